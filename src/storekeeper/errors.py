@@ -1,0 +1,152 @@
+"""The exceptions storekeeper raises.
+
+Every error storekeeper raises on purpose derives from :class:`StorekeeperError`, and
+also from the builtin exception whose meaning matches, so code written against the
+builtins (``except KeyError``) keeps working::
+
+    StorekeeperError (Exception)
+    ├── KeyNotFoundError (KeyError)             a key, file or user that does not exist
+    ├── InvalidKeyError (ValueError)            a key that is not a non-empty str without NUL
+    ├── InvalidMetadataError (ValueError)       metadata that is not a JSON-representable dict
+    ├── InvalidValueError (TypeError)           data that is not bytes / chunks / a file-like
+    ├── ReadOnlyStoreError (PermissionError)    a write to a store or key that is read-only
+    ├── AuthenticationError (PermissionError)   missing or wrong credentials
+    ├── AuthorizationError (PermissionError)    authenticated, but not allowed to do this
+    ├── ConflictError                           a conditional write's precondition failed
+    ├── TransactionError                        misuse or failure of a transaction
+    ├── NotConnectedError (ConnectionError)     an operation on a store that is not connected
+    ├── BackendError                            the underlying engine failed (wraps its error)
+    │   └── BackendUnavailableError (ConnectionError)   the server cannot be reached
+    ├── MissingDependencyError (ImportError)    an optional extra is not installed
+    ├── UnknownSchemeError (ValueError)         ``open_store`` got a URL scheme nobody handles
+    ├── CorruptFileError (ValueError)           a file exists but cannot be parsed
+    ├── LockTimeoutError (TimeoutError)         an inter-process lock was not acquired in time
+    └── LockedStorageError (OSError)            session storage is locked by another writer
+
+Backend SDK errors (``sqlite3``, ``psycopg``, ``redis``, S3 SDKs) are translated into
+this tree at the backend edge with ``raise ... from exc``.
+
+All classes pickle and unpickle to an equal exception, so they cross process
+boundaries (multiprocessing, executors) intact.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+
+__all__ = [
+    "AuthenticationError",
+    "AuthorizationError",
+    "BackendError",
+    "BackendUnavailableError",
+    "ConflictError",
+    "CorruptFileError",
+    "InvalidKeyError",
+    "InvalidMetadataError",
+    "InvalidValueError",
+    "KeyNotFoundError",
+    "LockTimeoutError",
+    "LockedStorageError",
+    "MissingDependencyError",
+    "NotConnectedError",
+    "ReadOnlyStoreError",
+    "StorekeeperError",
+    "TransactionError",
+    "UnknownSchemeError",
+]
+
+
+class StorekeeperError(Exception):
+    """Root of every error storekeeper raises deliberately."""
+
+
+class KeyNotFoundError(StorekeeperError, KeyError):
+    """The key (or file, or user) does not exist.
+
+    ``str()`` shows the message rather than ``KeyError``'s quoted repr.
+    """
+
+    def __str__(self) -> str:
+        return Exception.__str__(self)
+
+
+class InvalidKeyError(StorekeeperError, ValueError):
+    """A key is not a non-empty ``str`` free of NUL characters, or is otherwise unusable."""
+
+
+class InvalidMetadataError(StorekeeperError, ValueError):
+    """Metadata is not a ``dict`` with ``str`` keys and JSON-representable values."""
+
+
+class InvalidValueError(StorekeeperError, TypeError):
+    """Data is not bytes, an iterable of bytes chunks, or a readable binary file-like."""
+
+
+class ReadOnlyStoreError(StorekeeperError, PermissionError):
+    """A write was attempted on a read-only store, or outside a composite's writable part."""
+
+
+class AuthenticationError(StorekeeperError, PermissionError):
+    """Credentials are missing or wrong."""
+
+
+class AuthorizationError(StorekeeperError, PermissionError):
+    """The authenticated user lacks the permission the operation needs."""
+
+
+class ConflictError(StorekeeperError):
+    """A conditional write's precondition (``if_version`` / ``if_exists``) did not hold."""
+
+
+class TransactionError(StorekeeperError):
+    """A transaction was misused (for example committed twice) or could not be applied."""
+
+
+class NotConnectedError(StorekeeperError, ConnectionError):
+    """An operation needs a connected store and this one is not connected."""
+
+
+class BackendError(StorekeeperError):
+    """The underlying storage engine failed; ``__cause__`` holds the engine's own error."""
+
+
+class BackendUnavailableError(BackendError, ConnectionError):
+    """The storage server cannot be reached."""
+
+
+class MissingDependencyError(StorekeeperError, ImportError):
+    """An optional dependency is missing; the message names the extra to install."""
+
+
+class UnknownSchemeError(StorekeeperError, ValueError):
+    """``open_store`` was given a URL whose scheme no registered backend handles."""
+
+
+class CorruptFileError(StorekeeperError, ValueError):
+    """A file exists but its content cannot be parsed; the message names the file."""
+
+
+class LockTimeoutError(StorekeeperError, TimeoutError):
+    """An inter-process lock could not be acquired within the timeout."""
+
+
+class LockedStorageError(StorekeeperError, OSError):
+    """Session storage is locked: another writer's ``next`` file is in place.
+
+    Carries ``errno`` (``EEXIST``) and ``filename`` like any :class:`OSError`.
+    """
+
+    def __init__(
+        self,
+        message: str = "storage is locked",
+        filename: str | os.PathLike[str] | None = None,
+        errno: int = _errno.EEXIST,
+    ) -> None:
+        if filename is None:
+            super().__init__(errno, message)
+        else:
+            super().__init__(errno, message, os.fspath(filename))
+
+    def __reduce__(self) -> tuple[type[LockedStorageError], tuple[str, str | None, int]]:
+        return (type(self), (self.strerror or "", self.filename, self.errno or _errno.EEXIST))
