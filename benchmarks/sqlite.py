@@ -1,0 +1,218 @@
+"""SqliteStore vs raw sqlite3, diskcache and sqlitedict, side by side in one run.
+
+Workloads: W1 = 10,000 keys x 100 B, W2 = 1,000 keys x 64 KiB (BENCH_KEYS_W1 / _W2 to
+shrink). Phases: set (one commit per key), get (to_bytes, shuffled), get_metadata,
+delete (shuffled), and multiset (one transaction) on a fresh database.
+Durable comparisons pair SqliteStore(durable=True) with raw sqlite3 WAL+FULL; the
+others pair SqliteStore(durable=False) with raw WAL+NORMAL, diskcache (WAL+NORMAL) and
+sqlitedict (synchronous=OFF). BENCH_DIR picks the directory (default: a temp dir on the
+real disk); BENCH_REPS the number of interleaved reps.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import sqlite3
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from storekeeper.events import EventManager
+
+from _harness import Results, env_int, rotate, timed
+from storekeeper.backends.sqlite import SqliteStore
+
+
+class Raw:
+    """Raw sqlite3: one table, autocommit per statement, executemany for batches."""
+
+    def __init__(self, path: Path, synchronous: str) -> None:
+        self.db = sqlite3.connect(path, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute(f"PRAGMA synchronous={synchronous}")
+        self.db.execute("CREATE TABLE kv (key TEXT PRIMARY KEY, value BLOB, metadata TEXT)")
+
+    def set(self, key: str, value: bytes) -> None:
+        self.db.execute("INSERT OR REPLACE INTO kv VALUES (?, ?, '{}')", (key, value))
+
+    def get(self, key: str) -> bytes:
+        row: bytes = self.db.execute("SELECT value FROM kv WHERE key=?", (key,)).fetchone()[0]
+        return row
+
+    def get_metadata(self, key: str) -> dict[str, Any]:
+        text = self.db.execute("SELECT metadata FROM kv WHERE key=?", (key,)).fetchone()[0]
+        result: dict[str, Any] = json.loads(text)
+        return result
+
+    def delete(self, key: str) -> None:
+        self.db.execute("DELETE FROM kv WHERE key=?", (key,))
+
+    def multiset(self, items: list[tuple[str, bytes]]) -> None:
+        self.db.execute("BEGIN")
+        self.db.executemany("INSERT OR REPLACE INTO kv VALUES (?, ?, '{}')", items)
+        self.db.execute("COMMIT")
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class Ours:
+    """SqliteStore through its public API."""
+
+    def __init__(self, path: Path, durable: bool) -> None:
+        self.store = SqliteStore(path, durable=durable, event_manager=EventManager())
+        self.store.connect()
+
+    def set(self, key: str, value: bytes) -> None:
+        self.store.set(key, (value, {}))
+
+    def get(self, key: str) -> bytes:
+        return self.store.to_bytes(key)
+
+    def get_metadata(self, key: str) -> dict[str, Any]:
+        return self.store.get_metadata(key)
+
+    def delete(self, key: str) -> None:
+        self.store.delete(key)
+
+    def multiset(self, items: list[tuple[str, bytes]]) -> None:
+        self.store.multiset([k for k, _ in items], [(v, {}) for _, v in items])
+
+    def close(self) -> None:
+        self.store.disconnect()
+
+
+class DiskCache:
+    """diskcache.Cache with its defaults."""
+
+    def __init__(self, path: Path) -> None:
+        import diskcache
+
+        self.cache = diskcache.Cache(str(path))
+
+    def set(self, key: str, value: bytes) -> None:
+        self.cache.set(key, value)
+
+    def get(self, key: str) -> bytes:
+        value: bytes = self.cache.get(key)
+        return value
+
+    def delete(self, key: str) -> None:
+        self.cache.delete(key)
+
+    def multiset(self, items: list[tuple[str, bytes]]) -> None:
+        with self.cache.transact():
+            for key, value in items:
+                self.cache.set(key, value)
+
+    def close(self) -> None:
+        self.cache.close()
+
+
+class SqliteDictPeer:
+    """sqlitedict with autocommit (one commit per write); batches commit once."""
+
+    def __init__(self, path: Path) -> None:
+        from sqlitedict import SqliteDict
+
+        self.d = SqliteDict(str(path), autocommit=True)
+
+    def set(self, key: str, value: bytes) -> None:
+        self.d[key] = value
+
+    def get(self, key: str) -> bytes:
+        value: bytes = self.d[key]
+        return value
+
+    def delete(self, key: str) -> None:
+        del self.d[key]
+
+    def multiset(self, items: list[tuple[str, bytes]]) -> None:
+        self.d.update(items)
+        self.d.commit()
+
+    def close(self) -> None:
+        self.d.close()
+
+
+PEERS: dict[str, Callable[[Path], Any]] = {
+    "raw WAL+FULL": lambda d: Raw(d / "raw.db", "FULL"),
+    "ours durable": lambda d: Ours(d / "ours.db", True),
+    "raw WAL+NORMAL": lambda d: Raw(d / "raw.db", "NORMAL"),
+    "ours durable=False": lambda d: Ours(d / "ours.db", False),
+    "diskcache": lambda d: DiskCache(d / "dc"),
+    "sqlitedict": lambda d: SqliteDictPeer(d / "sd.sqlite"),
+}
+
+PHASES = ["set", "get", "get_metadata", "delete", "multiset"]
+
+
+def run_peer(name: str, base: Path, keys: list[str], value: bytes, results: Results) -> None:
+    work = Path(tempfile.mkdtemp(dir=base))
+    peer = PEERS[name](work)
+    shuffled = random.sample(keys, len(keys))
+    results.add("set", name, len(keys), timed(lambda: [peer.set(k, value) for k in keys]))
+    got = [peer.get(k) for k in shuffled[:3]]
+    assert all(g == value for g in got)
+    results.add("get", name, len(keys), timed(lambda: [peer.get(k) for k in shuffled]))
+    if hasattr(peer, "get_metadata"):
+        elapsed = timed(lambda: [peer.get_metadata(k) for k in shuffled])
+        results.add("get_metadata", name, len(keys), elapsed)
+    random.shuffle(shuffled)
+    results.add("delete", name, len(keys), timed(lambda: [peer.delete(k) for k in shuffled]))
+    peer.close()
+    shutil.rmtree(work)
+    work = Path(tempfile.mkdtemp(dir=base))
+    peer = PEERS[name](work)
+    items = [(k, value) for k in keys]
+    results.add("multiset", name, len(keys), timed(lambda: peer.multiset(items)))
+    peer.close()
+    shutil.rmtree(work)
+
+
+def workload(title: str, count: int, size: int, reps: int, base: Path) -> None:
+    keys = [f"key-{i:06d}" for i in range(count)]
+    value = random.randbytes(size)
+    results = Results()
+    for rep in range(reps):
+        for name in rotate(list(PEERS), rep):
+            run_peer(name, base, keys, value, results)
+    print(f"\n== {title}: {count} keys x {size} B, {reps} reps")
+    results.print_table(PHASES, list(PEERS))
+    print("ratios ours / peer (median [min .. max] of per-rep ratios; > 1 means ours is faster)")
+    results.print_ratio("durable set vs raw WAL+FULL", "set", "ours durable", "raw WAL+FULL", 0.9)
+    for phase, target in (("get", 0.5), ("get_metadata", None), ("delete", None)):
+        results.print_ratio(
+            f"{phase} (durable) vs raw WAL+FULL", phase, "ours durable", "raw WAL+FULL", target
+        )
+    results.print_ratio(
+        "multiset vs raw executemany (FULL)", "multiset", "ours durable", "raw WAL+FULL", 0.8
+    )
+    results.print_ratio(
+        "set durable=False vs raw WAL+NORMAL", "set", "ours durable=False", "raw WAL+NORMAL", None
+    )
+    for peer in ("diskcache", "sqlitedict"):
+        for phase in ("set", "get", "delete", "multiset"):
+            results.print_ratio(
+                f"{phase} vs {peer} (durable=False)", phase, "ours durable=False", peer, 1.0
+            )
+
+
+def main() -> None:
+    reps = env_int("BENCH_REPS", 3)
+    base = Path(tempfile.mkdtemp(prefix="sk-bench-", dir=__import__("os").environ.get("BENCH_DIR")))
+    try:
+        workload("W1", env_int("BENCH_KEYS_W1", 10_000), 100, reps, base)
+        workload("W2", env_int("BENCH_KEYS_W2", 1_000), 64 * 1024, reps, base)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,315 @@
+"""Record files and data streams for :mod:`storekeeper.backends.filesystem`.
+
+One record file per key holds everything that must change together: the key, its
+metadata, version and timestamps, and either the data itself (small values, "inline")
+or the name of an immutable data file (large values). Replacing the record with one
+atomic rename therefore replaces data and metadata at once.
+
+Layout of a record file (integers big-endian; a binary header because reads are hot)::
+
+    b"SKR2" | CRC-32 u32 | created f64 | modified f64 | size u64
+    | key length u32 | version length u16 | data file name length u16 | metadata length u32
+    key (UTF-8) | version (ASCII) | data file name (ASCII, empty: inline) | metadata JSON
+    inline data (only when the data file name is empty)
+
+The CRC covers everything after itself, so a damaged record is reported instead of
+being served.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import weakref
+import zlib
+from collections.abc import Iterator
+from typing import IO, Any, NamedTuple
+
+from storekeeper.backends._fs_names import decode_name, is_record_name
+from storekeeper.errors import CorruptFileError
+from storekeeper.store.value import BytesValue, StreamValue, Value
+
+__all__ = [
+    "Record",
+    "SharedFile",
+    "iter_keys",
+    "iter_records",
+    "load_record",
+    "obsolete_data_file",
+    "open_stream",
+    "pack_record",
+    "record_value",
+]
+
+_MAGIC = b"SKR2"
+_PREFIX = struct.Struct(">4sIddQIHHI")
+_CRC_START = 8
+# One read of this size returns a whole small record, so most reads cost one syscall.
+_FIRST_READ = 16384
+# Linux returns at most this many bytes from one read; larger reads loop.
+_MAX_READ = 0x7FFFF000
+_STREAM_BUFFER = 65536
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+
+
+class Record(NamedTuple):
+    """What one record file says about a key.
+
+    ``data_file`` is the name of the key's data file, or ``None`` when the data is
+    inline; ``inline`` is the inline data when it was loaded (``None`` otherwise).
+    """
+
+    key: str
+    version: str
+    created: float
+    modified: float
+    size: int
+    data_file: str | None
+    metadata_json: str
+    inline: bytes | None = None
+
+
+def pack_record(record: Record) -> bytes:
+    """Serialise *record* (with its inline data, if the data is inline) to bytes."""
+    key = record.key.encode("utf-8", "surrogatepass")
+    version = record.version.encode("ascii")
+    data_file = (record.data_file or "").encode("ascii")
+    metadata = record.metadata_json.encode("utf-8")
+    inline = (record.inline or b"") if record.data_file is None else b""
+    prefix = _PREFIX.pack(
+        _MAGIC,
+        0,
+        record.created,
+        record.modified,
+        record.size,
+        len(key),
+        len(version),
+        len(data_file),
+        len(metadata),
+    )
+    body = b"".join((prefix, key, version, data_file, metadata, inline))
+    crc = zlib.crc32(memoryview(body)[_CRC_START:])
+    return body[:4] + crc.to_bytes(4, "big") + body[_CRC_START:]
+
+
+def load_record(path: str, *, with_data: bool) -> Record | None:
+    """Read the record at *path*; ``None`` if it does not exist.
+
+    With *with_data*, inline data is loaded too. Raises :class:`CorruptFileError` when the
+    file is not a well-formed record.
+    """
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except FileNotFoundError:
+        return None
+    try:
+        blob = os.read(fd, _FIRST_READ)
+        need = _needed(blob, path, with_data=with_data)
+        if len(blob) < need:
+            blob = _read_rest(fd, blob, need)
+    finally:
+        os.close(fd)
+    return _parse(blob, path, with_data=with_data)
+
+
+def _needed(blob: bytes, path: str, *, with_data: bool) -> int:
+    if len(blob) < _PREFIX.size or blob[:4] != _MAGIC:
+        raise CorruptFileError(f"{path!r} is not a storekeeper record file (or is truncated)")
+    fields = _PREFIX.unpack_from(blob)
+    size, key_len, version_len, data_len, metadata_len = fields[4:]
+    need: int = _PREFIX.size + key_len + version_len + data_len + metadata_len
+    return need + size if with_data and data_len == 0 else need
+
+
+def _read_rest(fd: int, blob: bytes, need: int) -> bytes:
+    parts = [blob]
+    have = len(blob)
+    while have < need:
+        chunk = os.read(fd, min(need - have, _MAX_READ))
+        if not chunk:
+            break
+        parts.append(chunk)
+        have += len(chunk)
+    return b"".join(parts)
+
+
+def _parse(blob: bytes, path: str, *, with_data: bool) -> Record:
+    _, crc, created, modified, size, key_len, version_len, data_len, metadata_len = (
+        _PREFIX.unpack_from(blob)
+    )
+    start = _PREFIX.size
+    ends = _running_sums(start, key_len, version_len, data_len, metadata_len)
+    end = ends[-1] + (size if data_len == 0 else 0)
+    complete = len(blob) == end
+    if len(blob) < ends[-1] or (with_data and not complete):
+        raise CorruptFileError(f"record file {path!r} is truncated")
+    if len(blob) > end or (complete and zlib.crc32(memoryview(blob)[_CRC_START:]) != crc):
+        raise CorruptFileError(f"record file {path!r} fails its checksum")
+    try:
+        return Record(
+            blob[start : ends[0]].decode("utf-8", "surrogatepass"),
+            blob[ends[0] : ends[1]].decode("ascii"),
+            created,
+            modified,
+            size,
+            blob[ends[1] : ends[2]].decode("ascii") or None,
+            blob[ends[2] : ends[3]].decode("utf-8"),
+            blob[ends[3] :] if complete and data_len == 0 else None,
+        )
+    except UnicodeDecodeError as exc:
+        raise CorruptFileError(f"record file {path!r} has a damaged header: {exc}") from exc
+
+
+def _running_sums(start: int, *lengths: int) -> list[int]:
+    ends = []
+    for length in lengths:
+        start += length
+        ends.append(start)
+    return ends
+
+
+class SharedFile:
+    """An open read-only file descriptor shared by a value and the streams it opens.
+
+    The descriptor is closed once the value and all of its streams are gone, so a value
+    keeps reading the data it was created with even after the key is overwritten and
+    the old data file is unlinked (POSIX semantics).
+    """
+
+    __slots__ = ("__weakref__", "fd")
+
+    def __init__(self, path: str) -> None:
+        self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        weakref.finalize(self, os.close, self.fd)
+
+
+class _PositionalReader(io.RawIOBase):
+    """A seekable raw stream over bytes ``[start, end)`` of a :class:`SharedFile`.
+
+    Reads use ``pread`` at the stream's own position, so any number of streams can read
+    the same descriptor at once without disturbing each other.
+    """
+
+    def __init__(self, shared: SharedFile, start: int, end: int) -> None:
+        super().__init__()
+        self._shared: SharedFile | None = shared
+        self._start = start
+        self._end = max(start, end)
+        self._position = start
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position - self._start
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: self._start, io.SEEK_CUR: self._position, io.SEEK_END: self._end}
+        target = base[whence] + offset
+        if target < self._start:
+            raise ValueError(f"negative seek position {target - self._start}")
+        self._position = target
+        return self.tell()
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        want = min(len(view), self._end - self._position, _MAX_READ)
+        if want <= 0:
+            return 0
+        if hasattr(os, "preadv"):
+            count = os.preadv(self._fd(), [view[:want]], self._position)
+        else:
+            chunk = os.pread(self._fd(), want, self._position)
+            count = len(chunk)
+            view[:count] = chunk
+        self._position += count
+        return count
+
+    def read(self, size: int | None = -1) -> bytes:
+        left = self._end - self._position
+        if size is None or size < 0 or size > left:
+            size = left
+        if size <= 0:
+            return b""
+        if size > _MAX_READ:
+            return self.readall()
+        chunk = os.pread(self._fd(), size, self._position)
+        self._position += len(chunk)
+        return chunk
+
+    def readall(self) -> bytes:
+        parts = []
+        while chunk := self.read(min(_MAX_READ, self._end - self._position)):
+            parts.append(chunk)
+        return b"".join(parts)
+
+    def close(self) -> None:
+        self._shared = None
+        super().close()
+
+    def _fd(self) -> int:
+        if self._shared is None:
+            raise ValueError("I/O operation on a closed stream")
+        return self._shared.fd
+
+
+def open_stream(shared: SharedFile, start: int, end: int) -> IO[bytes]:
+    """A buffered, seekable binary stream over bytes ``[start, end)`` of *shared*."""
+    return io.BufferedReader(_PositionalReader(shared, start, end), _STREAM_BUFFER)
+
+
+def record_value(record: Record, shared: SharedFile | None) -> Value:
+    """The :class:`Value` of *record*: inline data in memory, else streams over *shared*."""
+    if record.data_file is None:
+        return BytesValue(
+            record.inline or b"",
+            created=record.created,
+            modified=record.modified,
+            version=record.version,
+            metadata_json=record.metadata_json,
+        )
+    assert shared is not None  # a data-file record is always opened with its file
+    size = record.size
+    return StreamValue(
+        lambda: open_stream(shared, 0, size),
+        size=size,
+        created=record.created,
+        modified=record.modified,
+        version=record.version,
+        metadata_json=record.metadata_json,
+        range_opener=lambda lo, hi: open_stream(shared, lo, size if hi is None else hi),
+    )
+
+
+def obsolete_data_file(old: Record | None, new: Record | None) -> str | None:
+    """The data file *old* used that *new* (``None``: a deletion) no longer needs."""
+    if old is None or old.data_file is None:
+        return None
+    return None if new is not None and new.data_file == old.data_file else old.data_file
+
+
+def iter_keys(keys_dir: str) -> Iterator[str]:
+    """The keys of the records in *keys_dir*, decoded from file names where possible."""
+    for entry in os.scandir(keys_dir):
+        if not is_record_name(entry.name):
+            continue  # a temp or staged file
+        key = decode_name(entry.name)
+        if key is None:
+            record = load_record(entry.path, with_data=False)
+            if record is None:
+                continue  # deleted while we listed
+            key = record.key
+        yield key
+
+
+def iter_records(keys_dir: str) -> Iterator[Record]:
+    """The records in *keys_dir* (metadata only), skipping any deleted while listing."""
+    for entry in os.scandir(keys_dir):
+        if is_record_name(entry.name):
+            record = load_record(entry.path, with_data=False)
+            if record is not None:
+                yield record

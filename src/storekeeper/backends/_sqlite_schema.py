@@ -1,0 +1,200 @@
+"""SQL text for :mod:`storekeeper.backends.sqlite`: schema, identifier quoting, and the
+compilation of query terms into SQL.
+
+Nothing a caller supplies (table name, metadata names) is ever pasted into SQL unquoted:
+identifiers go through :func:`quote_identifier`, metadata names become JSON paths inside
+SQL string literals only when they consist of safe characters, and everything else is a
+bound parameter or filtered in Python.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from storekeeper.store.query import Equals, Exists, In, Prefix, QueryTerm, Range
+
+__all__ = [
+    "Schema",
+    "compile_query",
+    "json_path",
+    "quote_identifier",
+]
+
+# Metadata names made of these characters can be embedded in a JSON path literal
+# (needed for expression indexes) without any quoting subtleties.
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_\-. :/@+]{1,128}")
+
+
+def quote_identifier(name: str) -> str:
+    """Quote *name* as an SQL identifier (double quotes, embedded quotes doubled)."""
+    if "\x00" in name:
+        raise ValueError(f"SQL identifiers cannot contain NUL: {name!r}")
+    return '"' + name.replace('"', '""') + '"'
+
+
+def json_path(name: str) -> str | None:
+    """The SQL string literal of the JSON path to metadata entry *name*, or ``None``.
+
+    ``None`` means the name has characters that cannot safely appear in a path literal;
+    such terms are evaluated in Python instead.
+    """
+    if not _SAFE_NAME.fullmatch(name):
+        return None
+    return "'$.\"" + name + "\"'"
+
+
+class Schema:
+    """The statements for one store table (and its chunk table) in one database."""
+
+    def __init__(self, table: str) -> None:
+        self.table = table
+        self.main = quote_identifier(table)
+        self.chunks = quote_identifier(table + "__chunks")
+        self.chunk_index = quote_identifier(table + "__chunks_by_blob")
+        self.create = [
+            f"CREATE TABLE IF NOT EXISTS {self.main} ("
+            "key TEXT PRIMARY KEY NOT NULL, metadata TEXT NOT NULL, created REAL NOT NULL, "
+            "modified REAL NOT NULL, version TEXT NOT NULL, size INTEGER NOT NULL, blob TEXT, "
+            "data BLOB)",
+            f"CREATE TABLE IF NOT EXISTS {self.chunks} ("
+            "blob TEXT NOT NULL, seq INTEGER NOT NULL, data BLOB NOT NULL)",
+            f"CREATE UNIQUE INDEX IF NOT EXISTS {self.chunk_index} ON {self.chunks}(blob, seq)",
+        ]
+        self.select_row = (
+            f"SELECT metadata, created, modified, version, size, blob, data "
+            f"FROM {self.main} WHERE key=?"
+        )
+        self.select_state = f"SELECT version, created, blob FROM {self.main} WHERE key=?"
+        self.select_data = f"SELECT data, version FROM {self.main} WHERE key=?"
+        self.select_metadata = f"SELECT metadata FROM {self.main} WHERE key=?"
+        self.select_exists = f"SELECT 1 FROM {self.main} WHERE key=?"
+        self.upsert = (
+            f"INSERT INTO {self.main} "
+            "(key, metadata, created, modified, version, size, data, blob) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET "
+            "metadata=excluded.metadata, modified=excluded.modified, version=excluded.version, "
+            "size=excluded.size, data=excluded.data, blob=excluded.blob"
+        )
+        self.update_metadata = (
+            f"UPDATE {self.main} SET metadata=?, modified=?, version=? WHERE key=?"
+        )
+        self.delete = f"DELETE FROM {self.main} WHERE key=?"
+        self.insert_chunk = f"INSERT INTO {self.chunks} (blob, seq, data) VALUES (?, ?, ?)"
+        self.select_chunk = f"SELECT data FROM {self.chunks} WHERE blob=? AND seq=?"
+        self.delete_chunks = f"DELETE FROM {self.chunks} WHERE blob=?"
+        self.orphan_chunks = (
+            f"DELETE FROM {self.chunks} WHERE blob NOT IN "
+            f"(SELECT blob FROM {self.main} WHERE blob IS NOT NULL)"
+        )
+        self.select_blobs = f"SELECT key, blob FROM {self.main} WHERE key IN "
+        self.list_indexes = "SELECT name FROM sqlite_master WHERE type='index' AND tbl_name=?"
+
+    def index_name(self, metadata_name: str) -> str:
+        """A stable index name for *metadata_name* (hashed, so it needs no escaping)."""
+        digest = hashlib.sha256(metadata_name.encode()).hexdigest()[:16]
+        return f"{self.table}__md_{digest}"
+
+    def create_index(self, metadata_name: str, path: str) -> str:
+        """The statement creating the expression index on metadata entry *metadata_name*."""
+        return (
+            f"CREATE INDEX IF NOT EXISTS {quote_identifier(self.index_name(metadata_name))} "
+            f"ON {self.main}(json_extract(metadata, {path}))"
+        )
+
+    def select_query(self, where: str, *, with_metadata: bool) -> str:
+        """``SELECT key[, metadata] ... WHERE where`` over the main table."""
+        columns = "key, metadata" if with_metadata else "key"
+        return f"SELECT {columns} FROM {self.main} WHERE {where}"
+
+
+def compile_query(terms: Mapping[str, QueryTerm]) -> tuple[str, list[Any], bool]:
+    """Compile query terms into ``(where clause, parameters, exact)``.
+
+    The clause selects a superset of the matching rows; ``exact`` is true when the SQL
+    decides every term by itself, so the Python re-check may be skipped.
+    """
+    clauses: list[str] = []
+    params: list[Any] = []
+    exact = True
+    for name, term in terms.items():
+        path = json_path(name)
+        compiled = None if path is None else _compile_term(path, term)
+        if compiled is None:
+            exact = False
+            continue
+        clause, term_params = compiled
+        clauses.append(clause)
+        params.extend(term_params)
+    return (" AND ".join(clauses) or "1"), params, exact
+
+
+def _compile_term(path: str, term: QueryTerm) -> tuple[str, list[Any]] | None:
+    value = f"json_extract(metadata, {path})"
+    kind = f"json_type(metadata, {path})"
+    if isinstance(term, Equals):
+        return _compile_equals(value, kind, term.expected)
+    if isinstance(term, Exists):
+        return f"{kind} IS {'NOT ' if term.present else ''}NULL", []
+    if isinstance(term, Prefix):
+        return f"{kind} = 'text' AND substr({value}, 1, ?) = ?", [len(term.prefix), term.prefix]
+    if isinstance(term, Range):
+        return _compile_range(value, kind, term)
+    if isinstance(term, In):
+        return _compile_in(value, kind, term.values)
+    return None
+
+
+def _scalar_kind(value: Any) -> str | None:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int) and -(2**63) <= value < 2**63:
+        return "number"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "text"
+    return None
+
+
+def _compile_equals(value: str, kind: str, expected: Any) -> tuple[str, list[Any]] | None:
+    if expected is None:
+        return f"{kind} = 'null'", []
+    scalar = _scalar_kind(expected)
+    if scalar is None:
+        return None
+    if scalar == "text":
+        return f"{kind} = 'text' AND {value} = ?", [expected]
+    # JSON true/false extract as 1/0, so numbers and booleans compare as Python's == does.
+    return f"{kind} IN ('integer', 'real', 'true', 'false') AND {value} = ?", [expected]
+
+
+def _compile_range(value: str, kind: str, term: Range) -> tuple[str, list[Any]]:
+    kinds = "('text')" if term.kind == "string" else "('integer', 'real')"
+    clauses = [f"{kind} IN {kinds}"]
+    params: list[Any] = []
+    if term.low is not None:
+        clauses.append(f"{value} {'>=' if term.include_low else '>'} ?")
+        params.append(term.low)
+    if term.high is not None:
+        clauses.append(f"{value} {'<=' if term.include_high else '<'} ?")
+        params.append(term.high)
+    return " AND ".join(clauses), params
+
+
+def _compile_in(value: str, kind: str, candidates: tuple[Any, ...]) -> tuple[str, list[Any]] | None:
+    if not candidates:
+        return "0", []
+    kinds = {_scalar_kind(candidate) for candidate in candidates}
+    if None in kinds or len(kinds) != 1:
+        return None
+    (only,) = kinds
+    placeholders = ", ".join("?" * len(candidates))
+    if only == "text":
+        return f"{kind} = 'text' AND {value} IN ({placeholders})", list(candidates)
+    return (
+        f"{kind} IN ('integer', 'real', 'true', 'false') AND {value} IN ({placeholders})",
+        list(candidates),
+    )

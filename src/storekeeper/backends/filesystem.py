@@ -1,0 +1,569 @@
+"""``FileSystemStore``: a store in a directory, safe across threads and processes.
+
+``file:///abs/path`` (see :meth:`FileSystemStore.from_url`). Layout of the directory::
+
+    .FSStore        the magic file that marks the directory as a store
+    .lock           the store-wide inter-process lock (storekeeper.files.FileLock)
+    .journal        present only while a multi-key transaction is being applied
+    keys/<name>     one record per key: key, metadata, version, timestamps and either the
+                    data (values up to ``inline_limit`` bytes) or a data file's name
+    data/<name>.<v> immutable data files of large values
+
+- **Keys** are escaped to lowercase names of ``[a-z0-9_-%~]`` (see ``_fs_names``), so no
+  key escapes the directory or collides with another on a case-insensitive file system;
+  very long keys get a hashed name and the record keeps the real key.
+- **Atomicity**: a key's record is replaced by one atomic rename, so data and metadata
+  change together and readers see the old value or the new one, never a mix. A large
+  value's data file is written (and fsynced) before the record naming it.
+- **Durability**: with ``durable=True`` (default) every write fsyncs the files and their
+  directories before returning; ``durable=False`` skips the fsyncs (a returned write
+  survives a crash of the process, not a power loss).
+- **Concurrency**: writers serialise through a store-wide ``FileLock`` (a dead holder is
+  detected), under which conditional writes are checked, so two racing writers never
+  both win; readers take no lock. Transactions hold the lock from begin to end, see
+  their own writes, nest with savepoints and commit through an intent log that the
+  next writer (or ``connect``) rolls forward after a crash: all-or-nothing.
+- Reading a large value needs POSIX ``pread``; a value keeps reading the data it was
+  created with even if the key is overwritten meanwhile.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import errno
+import itertools
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import SplitResult, parse_qsl, unquote
+
+from storekeeper.backends._fs_journal import JOURNAL_NAME, collect_garbage, is_orphan, recover
+from storekeeper.backends._fs_lock import StoreLock
+from storekeeper.backends._fs_names import encode_key, is_hashed
+from storekeeper.backends._fs_records import (
+    Record,
+    SharedFile,
+    iter_keys,
+    iter_records,
+    load_record,
+    obsolete_data_file,
+    pack_record,
+    record_value,
+)
+from storekeeper.backends._fs_transactions import Staging, commit_staging, remove_staged_files
+from storekeeper.errors import (
+    BackendError,
+    NotConnectedError,
+    StorekeeperError,
+    TransactionError,
+)
+from storekeeper.events import BaseEventManager
+from storekeeper.files import atomic_write, fsync_directory
+from storekeeper.store._validate import (
+    DEFAULT_BUFFER_SIZE,
+    Metadata,
+    check_key,
+    decode_metadata,
+    encode_metadata,
+    iter_source,
+    select_metadata,
+)
+from storekeeper.store.abstract import (
+    AbstractStore,
+    check_precondition,
+    missing,
+    new_version,
+    unpack_value,
+)
+from storekeeper.store.events import StoreDeleteEvent, StoreSetEvent, StoreUpdateEvent
+from storekeeper.store.query import compile_terms, matches
+from storekeeper.store.value import Value
+
+__all__ = ["FileSystemStore", "FileSystemStoreError", "init_shared_store"]
+
+_MAGIC_CONTENT = b"storekeeper FileSystemStore\n__version__ = 1\n"
+_LOCK_NAME = ".lock"
+# A reader that finds a record's data file gone (the key was just overwritten) re-reads
+# the record; this bounds the retries under pathological churn.
+_READ_RETRIES = 100
+_FALSE_WORDS = frozenset({"0", "false", "no", "off"})
+
+
+class FileSystemStoreError(StorekeeperError, FileNotFoundError):
+    """The store's directory or its magic file does not exist (it is not a store).
+
+    A :class:`FileNotFoundError`, so ``except FileNotFoundError`` / ``OSError`` work.
+    """
+
+
+def init_shared_store(path: str | os.PathLike[str], magic_fname: str = ".FSStore") -> None:
+    """Make *path* a store: create the directory (and parents) and the magic file.
+
+    Idempotent: an existing store is left as it is.
+    """
+    root = os.path.abspath(os.fspath(path))
+    for directory in (root, os.path.join(root, "keys"), os.path.join(root, "data")):
+        os.makedirs(directory, exist_ok=True)
+    magic = os.path.join(root, magic_fname)
+    if not os.path.exists(magic):
+        atomic_write(magic, _MAGIC_CONTENT)
+
+
+@dataclass(frozen=True, slots=True)
+class _Payload:
+    inline: bytes | None
+    data_file: str | None
+    size: int
+
+
+class FileSystemStore(AbstractStore):
+    """A store kept in the directory *path* (see the module documentation).
+
+    The directory must have been made a store with :func:`init_shared_store`; the
+    constructor and :meth:`connect` raise :class:`FileSystemStoreError` otherwise.
+    Keyword options: ``durable`` (fsync, default true), ``lock_timeout`` (seconds to wait
+    for the store lock before :class:`~storekeeper.errors.LockTimeoutError`),
+    ``inline_limit`` (values up to this size live inside their record) and
+    ``orphan_grace`` (age in seconds after which an unreferenced data file is garbage).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        magic_fname: str = ".FSStore",
+        *,
+        durable: bool = True,
+        event_manager: BaseEventManager | None = None,
+        lock_timeout: float = 60.0,
+        inline_limit: int = 65536,
+        orphan_grace: float = 3600.0,
+    ) -> None:
+        super().__init__(event_manager)
+        self.path = os.path.abspath(os.fspath(path))
+        self.magic_fname = magic_fname
+        self.durable = durable
+        self.lock_timeout = lock_timeout
+        self.inline_limit = inline_limit
+        self.orphan_grace = orphan_grace
+        self._keys = os.path.join(self.path, "keys")
+        self._data = os.path.join(self.path, "data")
+        self._keys_prefix = self._keys + os.sep
+        self._journal = os.path.join(self.path, JOURNAL_NAME)
+        self._lock: StoreLock | None = None
+        self._staging_var: contextvars.ContextVar[Staging | None] = contextvars.ContextVar(
+            f"storekeeper-fs-staging-{id(self):x}", default=None
+        )
+        self._check_layout()
+
+    @classmethod
+    def from_url(cls, parts: SplitResult, **options: Any) -> FileSystemStore:
+        """``file:///abs/path``: the store in that directory.
+
+        Query parameters ``durable`` and ``create`` (``true``/``false``) are accepted;
+        keyword *options* win over them. With ``create=true`` the store is initialised
+        first (see :func:`init_shared_store`); without it a missing store is an error.
+        """
+        if parts.netloc not in ("", "localhost"):
+            raise ValueError(f"file URLs name a local path, not host {parts.netloc!r}")
+        if not parts.path:
+            raise ValueError("a file:// URL needs a path, e.g. file:///var/data/store")
+        query = dict(parse_qsl(parts.query))
+        settings: dict[str, Any] = {
+            name: query[name].lower() not in _FALSE_WORDS
+            for name in ("durable", "create")
+            if name in query
+        }
+        settings.update(options)
+        path = unquote(parts.path)
+        if settings.pop("create", False):
+            init_shared_store(path, settings.get("magic_fname", ".FSStore"))
+        return cls(path, **settings)
+
+    def info(self) -> dict[str, Any]:
+        """Store description with ``path`` and ``durable``."""
+        return {**super().info(), "path": self.path, "durable": self.durable}
+
+    # -- connection ----------------------------------------------------------------------
+    def connect(self, credentials: Any = None) -> None:
+        """Check the directory, finish a crashed transaction and collect garbage."""
+        self._check_layout()
+        lock = StoreLock(os.path.join(self.path, _LOCK_NAME), self.lock_timeout, self._recover)
+        with lock.held():
+            collect_garbage(self.path, self.orphan_grace)
+        self._lock = lock
+        super().connect(credentials)
+
+    def disconnect(self) -> None:
+        """Forget the lock object; the data stays on disk."""
+        super().disconnect()
+        self._lock = None
+
+    def collect_garbage(self, grace: float | None = None) -> int:
+        """Remove files no record refers to; return their number.
+
+        Data files younger than *grace* seconds (default ``orphan_grace``) are kept,
+        because another process may be about to link them.
+        """
+        self._require_connection()
+        with self._locked().held():
+            return collect_garbage(self.path, self.orphan_grace if grace is None else grace)
+
+    def _check_layout(self) -> None:
+        if not os.path.isdir(self.path):
+            raise FileSystemStoreError(
+                errno.ENOENT, "store directory not found (see init_shared_store)", self.path
+            )
+        magic = os.path.join(self.path, self.magic_fname)
+        if not os.path.isfile(magic):
+            raise FileSystemStoreError(
+                errno.ENOENT, "not a FileSystemStore: magic file missing", magic
+            )
+        for directory in (self._keys, self._data):
+            os.makedirs(directory, exist_ok=True)
+
+    # -- locking ---------------------------------------------------------------------------
+    def _locked(self) -> StoreLock:
+        lock = self._lock
+        if lock is None:
+            raise NotConnectedError(f"{type(self).__name__} is not connected")
+        return lock
+
+    def _recover(self) -> None:
+        # A writer that died after committing a journal left it for the next one to
+        # finish before anything else changes.
+        if os.path.exists(self._journal):
+            recover(self.path, durable=self.durable)
+
+    # -- reading ---------------------------------------------------------------------------
+    def _load(self, key: str, name: str, *, with_data: bool) -> Record | None:
+        staging = self._staging_var.get()
+        if staging is not None and key in staging.changes:
+            return staging.changes[key]
+        record = load_record(self._keys_prefix + name, with_data=with_data)
+        if record is None or record.key != key:  # a different key, hashed alike
+            return None
+        return record
+
+    def _record(self, key: str, *, with_data: bool) -> Record:
+        check_key(key)
+        self._require_connection()
+        record = self._load(key, encode_key(key), with_data=with_data)
+        if record is None:
+            raise missing(key)
+        return record
+
+    def get(self, key: str) -> Value:
+        """The value of *key*: in memory for small values, streamed from disk otherwise."""
+        for _ in range(_READ_RETRIES):
+            record = self._record(key, with_data=True)
+            if record.data_file is None:
+                return record_value(record, None)
+            try:
+                shared = SharedFile(os.path.join(self._data, record.data_file))
+            except FileNotFoundError:
+                continue  # overwritten between reading the record and opening its data
+            return record_value(record, shared)
+        raise BackendError(f"key {key!r} changed {_READ_RETRIES} times while being read")
+
+    def exists(self, key: str) -> bool:
+        """Whether *key* exists (one ``stat`` for most keys)."""
+        check_key(key)
+        self._require_connection()
+        name = encode_key(key)
+        staging = self._staging_var.get()
+        if is_hashed(name) or (staging is not None and key in staging.changes):
+            return self._load(key, name, with_data=False) is not None
+        return os.path.exists(self._keys_prefix + name)
+
+    def get_metadata(self, key: str, select: Iterable[str] | None = None) -> Metadata:
+        """A copy of *key*'s metadata (the data is not read)."""
+        record = self._record(key, with_data=False)
+        return select_metadata(decode_metadata(record.metadata_json), select)
+
+    def to_bytes(self, key: str, buffer_size: int = DEFAULT_BUFFER_SIZE) -> bytes:
+        """*key*'s data as bytes (a small value costs one read of its record)."""
+        record = self._record(key, with_data=True)
+        if record.data_file is None:
+            return record.inline or b""
+        return super().to_bytes(key, buffer_size)
+
+    def query(
+        self, select: Iterable[str] | None = None, **kwargs: Any
+    ) -> list[tuple[str, Metadata]]:
+        """Matching ``(key, metadata)`` pairs; reads every record's metadata."""
+        self._require_connection()
+        terms = compile_terms(kwargs)
+        names = None if select is None else list(select)
+        result = []
+        staging = self._staging_var.get()
+        changes = staging.changes if staging is not None else {}
+        committed = (r for r in iter_records(self._keys) if r.key not in changes)
+        staged = (r for r in changes.values() if r is not None)
+        for record in itertools.chain(committed, staged):
+            metadata = decode_metadata(record.metadata_json)
+            if matches(metadata, terms):
+                result.append((record.key, select_metadata(metadata, names)))
+        return result
+
+    def query_keys(self, **kwargs: Any) -> list[str]:
+        """Matching keys; without terms only file names are read (hashed ones aside)."""
+        if kwargs:
+            return super().query_keys(**kwargs)
+        self._require_connection()
+        staging = self._staging_var.get()
+        changes = staging.changes if staging is not None else {}
+        keys = [key for key in iter_keys(self._keys) if key not in changes]
+        keys.extend(key for key, record in changes.items() if record is not None)
+        return keys
+
+    # -- writing ---------------------------------------------------------------------------
+    def set(
+        self,
+        key: str,
+        value: Value | tuple[Any, Any],
+        buffer_size: int = DEFAULT_BUFFER_SIZE,
+        *,
+        if_version: str | None = None,
+        if_exists: bool | None = None,
+    ) -> None:
+        """Replace *key*'s data and metadata (see :meth:`AbstractStore.set`)."""
+        check_key(key)
+        self._require_connection()
+        source, metadata, owned = unpack_value(value)
+        try:
+            metadata_json = encode_metadata(metadata)
+            payload = self._ingest(key, source, buffer_size)
+        finally:
+            if owned:
+                source.close()  # type: ignore[attr-defined]
+        self._write(key, payload, lambda old: metadata_json, if_version, if_exists)
+
+    def set_data(
+        self,
+        key: str,
+        data: object,
+        buffer_size: int = DEFAULT_BUFFER_SIZE,
+        *,
+        if_version: str | None = None,
+        if_exists: bool | None = None,
+    ) -> None:
+        """Replace *key*'s data, keeping its metadata (``{}`` for a new key)."""
+        check_key(key)
+        self._require_connection()
+        payload = self._ingest(key, data, buffer_size)
+        self._write(key, payload, _kept_metadata, if_version, if_exists)
+
+    def set_metadata(
+        self,
+        key: str,
+        metadata: Mapping[str, Any],
+        *,
+        if_version: str | None = None,
+        if_exists: bool | None = None,
+    ) -> None:
+        """Replace *key*'s metadata, keeping its data (empty for a new key)."""
+        check_key(key)
+        self._require_connection()
+        metadata_json = encode_metadata(metadata)
+        self._write(key, None, lambda old: metadata_json, if_version, if_exists)
+
+    def update_metadata(
+        self, key: str, metadata: Mapping[str, Any], *, if_version: str | None = None
+    ) -> None:
+        """Merge *metadata* into *key*'s metadata; :class:`KeyNotFoundError` if missing."""
+        check_key(key)
+        self._require_connection()
+        encode_metadata(metadata)  # reject bad input before taking the lock
+
+        def merge(old: Record | None) -> str:
+            if old is None:
+                raise missing(key)
+            merged = decode_metadata(old.metadata_json)
+            merged.update(metadata)
+            return encode_metadata(merged)
+
+        self._write(key, None, merge, if_version, None)
+
+    def delete(self, key: str, *, if_version: str | None = None) -> None:
+        """Delete *key*; :class:`KeyNotFoundError` if missing."""
+        check_key(key)
+        self._require_connection()
+        name = encode_key(key)
+        with self._locked().held():
+            old = self._load(key, name, with_data=False)
+            if old is None:
+                raise missing(key)
+            check_precondition(key, old.version, if_version, None)
+            self._store(key, name, old, None)
+        self._emit(StoreDeleteEvent(self, key=key, metadata=decode_metadata(old.metadata_json)))
+
+    def _write(
+        self,
+        key: str,
+        payload: _Payload | None,
+        metadata_for: Callable[[Record | None], str],
+        if_version: str | None,
+        if_exists: bool | None,
+    ) -> None:
+        """Under the lock: check the precondition and store the new record.
+
+        ``payload=None`` keeps the current data; *metadata_for* gives the new metadata
+        JSON from the current record. A data file written for *payload* is removed if
+        the write does not happen.
+        """
+        name = encode_key(key)
+        try:
+            with self._locked().held():
+                old = self._load(key, name, with_data=payload is None)
+                metadata_json = metadata_for(old)
+                check_precondition(key, None if old is None else old.version, if_version, if_exists)
+                new = self._new_record(key, old, payload, metadata_json)
+                self._store(key, name, old, new)
+        except BaseException:
+            if payload is not None and payload.data_file is not None:
+                self._discard_data(payload.data_file)
+            raise
+        event = StoreSetEvent if old is None else StoreUpdateEvent
+        self._emit(event(self, key=key, metadata=decode_metadata(new.metadata_json)))
+
+    @staticmethod
+    def _new_record(
+        key: str, old: Record | None, payload: _Payload | None, metadata_json: str
+    ) -> Record:
+        now = time.time()
+        if payload is None:
+            payload = (
+                _Payload(b"", None, 0)
+                if old is None
+                else _Payload(old.inline, old.data_file, old.size)
+            )
+        return Record(
+            key=key,
+            version=new_version(),
+            created=now if old is None else old.created,
+            modified=now,
+            size=payload.size,
+            data_file=payload.data_file,
+            metadata_json=metadata_json,
+            inline=payload.inline,
+        )
+
+    def _store(self, key: str, name: str, old: Record | None, new: Record | None) -> None:
+        """Make *new* (``None``: deletion) the committed or staged record of *key*."""
+        staging = self._staging_var.get()
+        if staging is not None:
+            staging.record(key, new)
+            return
+        path = os.path.join(self._keys, name)
+        if new is not None:
+            atomic_write(path, pack_record(new), durable=self.durable)
+        else:
+            os.unlink(path)
+            if self.durable:
+                fsync_directory(self._keys)
+        obsolete = obsolete_data_file(old, new)
+        if obsolete is not None:
+            self._unlink_data(obsolete)
+
+    def _discard_data(self, data_file: str) -> None:
+        """Remove a data file this store wrote, unless a committed record names it.
+
+        Used after a failure, when the write may or may not have reached its record.
+        """
+        if is_orphan(self._keys, data_file):
+            self._unlink_data(data_file)
+
+    def _unlink_data(self, data_file: str) -> None:
+        with suppress(FileNotFoundError):
+            os.unlink(os.path.join(self._data, data_file))
+
+    def _ingest(self, key: str, source: object, buffer_size: int) -> _Payload:
+        """Read *source*: into memory up to ``inline_limit``, else into a new data file."""
+        if isinstance(source, bytes):
+            if len(source) <= self.inline_limit:
+                return _Payload(source, None, len(source))
+            return self._write_data_file(key, source)
+        chunks = iter_source(source, buffer_size)
+        head: list[bytes] = []
+        total = 0
+        with self._progress(f"Setting key {key!r}", key, None) as progress:
+            for chunk in chunks:
+                head.append(chunk)
+                total += len(chunk)
+                progress.step(step=total)
+                if total > self.inline_limit:
+                    rest = _stepped(chunks, progress.step, total)
+                    return self._write_data_file(key, itertools.chain(head, rest))
+        return _Payload(b"".join(head), None, total)
+
+    def _write_data_file(self, key: str, chunks: bytes | Iterator[bytes]) -> _Payload:
+        data_file = f"{encode_key(key)}.{new_version()}"
+        path = os.path.join(self._data, data_file)
+        atomic_write(path, chunks, durable=self.durable)
+        staging = self._staging_var.get()
+        if staging is not None:
+            staging.created_data.append(data_file)
+        return _Payload(None, data_file, os.stat(path).st_size)
+
+    # -- transactions ----------------------------------------------------------------------
+    def _staging(self) -> Staging:
+        staging = self._staging_var.get()
+        if staging is None:
+            raise TransactionError("no transaction is active in this thread or task")
+        return staging
+
+    def _begin_transaction(self) -> None:
+        self._locked().acquire()
+        self._staging_var.set(Staging())
+
+    def _commit_transaction(self) -> None:
+        unused = commit_staging(
+            self.path, self._staging(), self._store_committed, durable=self.durable
+        )
+        for data_file in unused:
+            self._unlink_data(data_file)
+        self._staging_var.set(None)
+        self._locked().release()
+
+    def _rollback_transaction(self) -> None:
+        staging = self._staging()
+        self._staging_var.set(None)
+        try:
+            if not staging.journaled:
+                for data_file in staging.created_data:
+                    self._discard_data(data_file)
+                remove_staged_files(self.path)
+        finally:
+            self._locked().release()
+
+    def _savepoint(self) -> object:
+        return self._staging().savepoint()
+
+    def _rollback_to_savepoint(self, token: object) -> None:
+        assert isinstance(token, int)  # made by _savepoint
+        self._staging().rollback_to(token)
+
+    def _release_savepoint(self, token: object) -> None:
+        return None
+
+    def _store_committed(self, key: str, old: Record | None, new: Record | None) -> None:
+        token = self._staging_var.set(None)
+        try:
+            self._store(key, encode_key(key), old, new)
+        finally:
+            self._staging_var.reset(token)
+
+
+def _kept_metadata(old: Record | None) -> str:
+    return "{}" if old is None else old.metadata_json
+
+
+def _stepped(chunks: Iterator[bytes], step: Callable[..., object], done: int) -> Iterator[bytes]:
+    """Pass *chunks* through, reporting the running byte count after each one."""
+    for chunk in chunks:
+        done += len(chunk)
+        step(step=done)
+        yield chunk

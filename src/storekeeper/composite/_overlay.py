@@ -1,0 +1,344 @@
+"""Layered stores: the machinery shared by :class:`JoinedStore` and :class:`MountedStore`.
+
+An overlay stacks *layers*, each a child store with a key mapping. A key is looked up in
+the layers in order and the first layer that has it wins. Every write goes to the top
+layer (layer 0); a key that only a lower layer holds is copied up when it is partly
+changed (``set_data``, ``set_metadata``, ``update_metadata``), so the untouched part is
+kept.
+
+Deleting a key that a lower layer would show through writes a *whiteout* in the top
+layer: an empty entry whose metadata holds the reserved name :data:`WHITEOUT`. A
+whiteout hides the key in every lower layer, is never returned by reads, queries or
+globs, and is replaced by the next write of the key. Lower layers are never written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from storekeeper.composite._wrapper import CompositeStore, retarget_event
+from storekeeper.errors import InvalidMetadataError, ReadOnlyStoreError
+from storekeeper.events import BaseEvent, BaseEventManager
+from storekeeper.store._validate import (
+    DEFAULT_BUFFER_SIZE,
+    Metadata,
+    check_key,
+    copy_metadata,
+)
+from storekeeper.store.abstract import (
+    AbstractReadOnlyStore,
+    AbstractStore,
+    check_precondition,
+    missing,
+)
+from storekeeper.store.events import (
+    StoreDeleteEvent,
+    StoreModificationEvent,
+    StoreSetEvent,
+    StoreUpdateEvent,
+)
+from storekeeper.store.value import Value
+
+__all__ = ["WHITEOUT", "Layer", "OverlayStore", "is_whiteout"]
+
+#: Metadata name marking a whiteout entry; reserved (NUL cannot appear in a key).
+WHITEOUT = "\x00storekeeper:whiteout"
+
+
+def is_whiteout(value: Value) -> bool:
+    """Whether *value* is a whiteout (checked without decoding non-empty values)."""
+    if value.size:
+        return False
+    return WHITEOUT in value.metadata
+
+
+def _identity(key: str) -> str:
+    return key
+
+
+@dataclass(frozen=True, slots=True)
+class Layer:
+    """One layer: a child store and the maps between overlay keys and its keys.
+
+    ``inner(key)`` gives the child's key for an overlay key, or ``None`` if the layer
+    cannot hold that key; ``outer(child_key)`` is the inverse (``None``: not visible).
+    """
+
+    store: AbstractReadOnlyStore
+    inner: Callable[[str], str | None] = _identity
+    outer: Callable[[str], str | None] = _identity
+
+
+class OverlayStore(CompositeStore):
+    """A store made of :class:`Layer` objects; see the module docstring for the rules."""
+
+    emits_own_events = True
+
+    def __init__(
+        self, layers: Sequence[Layer], event_manager: BaseEventManager | None = None
+    ) -> None:
+        if not layers:
+            raise ValueError(f"{type(self).__name__} needs at least one store")
+        if not isinstance(layers[0].store, AbstractStore):
+            raise TypeError(f"the top store of {type(self).__name__} must be writable")
+        super().__init__([layer.store for layer in layers], event_manager)
+        self._layers = tuple(layers)
+
+    # -- reads ---------------------------------------------------------------------------
+    def get(self, key: str) -> Value:
+        """The value of *key* from the first layer that has it."""
+        check_key(key)
+        self._require_connection()
+        visible = self._find(key, 0)
+        if visible is None:
+            raise missing(key)
+        return visible
+
+    def exists(self, key: str) -> bool:
+        """Whether some layer shows *key* (a whiteout hides it)."""
+        check_key(key)
+        self._require_connection()
+        return self._find(key, 0) is not None
+
+    def query(
+        self, select: Iterable[str] | None = None, **kwargs: Any
+    ) -> list[tuple[str, Metadata]]:
+        """Matches from every layer; a key a higher layer holds is never taken from below.
+
+        A higher layer hides a lower layer's entry even when the higher entry does not
+        match the query, so a shadowed entry can never leak into the results.
+        """
+        self._require_connection()
+        if isinstance(select, str):
+            raise InvalidMetadataError(f"select is an iterable of names, not a str: {select!r}")
+        names = None if select is None else [*select, WHITEOUT]
+        results: list[tuple[str, Metadata]] = []
+        hidden: set[str] = set()
+        for index, layer in enumerate(self._layers):
+            for inner, metadata in layer.store.query(names, **kwargs):
+                key = layer.outer(inner)
+                if key is None or key in hidden or metadata.pop(WHITEOUT, None) is not None:
+                    continue
+                results.append((key, metadata))
+            if index + 1 < len(self._layers):
+                hidden.update(_outer_keys(layer))
+        return results
+
+    def _find(self, key: str, start: int) -> Value | None:
+        """The visible value of *key* looking from layer *start* down; None if hidden."""
+        layers = self._layers if start == 0 else self._layers[start:]
+        for layer in layers:
+            inner = key if layer.inner is _identity else layer.inner(key)
+            if inner is None:
+                continue
+            try:
+                value = layer.store.get(inner)
+            except KeyError:
+                continue
+            # Only empty values can be whiteouts; skip the metadata check for the rest.
+            return None if not value.size and is_whiteout(value) else value
+        return None
+
+    def _lookup(self, key: str) -> tuple[Value | None, Value | None]:
+        """``(top layer's own entry or None, visible value or None)``."""
+        inner = self._layers[0].inner(key)
+        if inner is not None:
+            try:
+                raw = self._layers[0].store.get(inner)
+            except KeyError:
+                pass
+            else:
+                return raw, None if is_whiteout(raw) else raw
+        return None, self._find(key, 1)
+
+    # -- writes --------------------------------------------------------------------------
+    def _top_key(self, key: str) -> str:
+        """The top layer's key for *key*; ReadOnlyStoreError where writes are not allowed."""
+        check_key(key)
+        self._require_connection()
+        inner = self._layers[0].inner(key)
+        if inner is None:
+            raise ReadOnlyStoreError(f"key {key!r} is read-only in {type(self).__name__}")
+        return inner
+
+    def set(
+        self,
+        key: str,
+        value: Value | tuple[Any, Any],
+        buffer_size: int = DEFAULT_BUFFER_SIZE,
+        *,
+        if_version: str | None = None,
+        if_exists: bool | None = None,
+    ) -> None:
+        """Write *value* into the top layer (see :meth:`AbstractStore.set`)."""
+        top = self._top_key(key)
+        raw, visible = self._lookup(key)
+        pins = _pins(key, raw, visible, if_version, if_exists)
+        self._quietly(self._writer(0).set, top, value, buffer_size, **pins)
+        self._changed(key, visible, _metadata_of(value))
+
+    def set_data(
+        self,
+        key: str,
+        data: object,
+        buffer_size: int = DEFAULT_BUFFER_SIZE,
+        *,
+        if_version: str | None = None,
+        if_exists: bool | None = None,
+    ) -> None:
+        """Replace *key*'s data, keeping the metadata it shows (from whichever layer)."""
+        top = self._top_key(key)
+        raw, visible = self._lookup(key)
+        pins = _pins(key, raw, visible, if_version, if_exists)
+        writer = self._writer(0)
+        if raw is not None and raw is visible:
+            self._quietly(writer.set_data, top, data, buffer_size, **pins)
+            metadata = raw.metadata
+        else:
+            metadata = {} if visible is None else visible.metadata
+            self._quietly(writer.set, top, (data, metadata), buffer_size, **pins)
+        self._changed(key, visible, metadata)
+
+    def set_metadata(
+        self,
+        key: str,
+        metadata: Mapping[str, Any],
+        *,
+        if_version: str | None = None,
+        if_exists: bool | None = None,
+    ) -> None:
+        """Replace *key*'s metadata, keeping the data it shows (copied up if needed)."""
+        top = self._top_key(key)
+        raw, visible = self._lookup(key)
+        pins = _pins(key, raw, visible, if_version, if_exists)
+        stored = copy_metadata(metadata)
+        self._write_metadata(top, raw, visible, stored, pins)
+        self._changed(key, visible, stored)
+
+    def update_metadata(
+        self, key: str, metadata: Mapping[str, Any], *, if_version: str | None = None
+    ) -> None:
+        """Merge *metadata* into what *key* shows; :class:`KeyNotFoundError` if hidden."""
+        top = self._top_key(key)
+        update = copy_metadata(metadata)
+        raw, visible = self._lookup(key)
+        if visible is None:
+            raise missing(key)
+        pins = _pins(key, raw, visible, if_version, None)
+        merged = visible.metadata
+        merged.update(update)
+        if raw is visible:
+            pin = pins.get("if_version")
+            self._quietly(self._writer(0).update_metadata, top, update, if_version=pin)
+        else:
+            self._write_metadata(top, raw, visible, merged, pins)
+        self._changed(key, visible, merged)
+
+    def _write_metadata(
+        self,
+        top: str,
+        raw: Value | None,
+        visible: Value | None,
+        metadata: Metadata,
+        pins: dict[str, Any],
+    ) -> None:
+        writer = self._writer(0)
+        if raw is not None and raw is visible:
+            self._quietly(writer.set_metadata, top, metadata, **pins)
+        elif visible is None:
+            self._quietly(writer.set, top, (b"", metadata), **pins)
+        else:
+            with visible.data as stream:
+                self._quietly(writer.set, top, (stream, metadata), **pins)
+
+    def delete(self, key: str, *, if_version: str | None = None) -> None:
+        """Make *key* disappear: delete it from the top layer, and white it out if a
+        lower layer would otherwise show it. Lower layers keep their entries."""
+        top = self._top_key(key)
+        raw, visible = self._lookup(key)
+        if visible is None:
+            raise missing(key)
+        check_precondition(key, visible.version, if_version, None)
+        writer = self._writer(0)
+        below = visible if raw is None else self._find(key, 1)
+        if below is None:
+            assert raw is not None  # otherwise visible would come from below
+            pin = raw.version if if_version is not None else None
+            self._quietly(writer.delete, top, if_version=pin)
+        else:
+            pins = _pins(key, raw, visible, if_version, None)
+            self._quietly(writer.set, top, (b"", {WHITEOUT: True}), **pins)
+        self._emit(StoreDeleteEvent(self, key=key, metadata=visible.metadata))
+
+    def _changed(self, key: str, before: Value | None, metadata: Metadata) -> None:
+        event = StoreSetEvent if before is None else StoreUpdateEvent
+        self._emit(event(self, key=key, metadata=metadata))
+
+    # -- events from the layers -------------------------------------------------------------
+    def _outer_key(self, index: int, key: str) -> str | None:
+        return self._layers[index].outer(key)
+
+    def _translate_change(self, index: int, event: StoreModificationEvent) -> BaseEvent | None:
+        """An outside change to a layer, as this overlay sees it (None: not visible).
+
+        A change under a key that a higher layer holds is invisible. A whiteout written
+        into a layer is a deletion; a deletion that uncovers a lower entry is an update.
+        """
+        key = self._layers[index].outer(event.key)
+        if key is None or self._shadowed(key, index):
+            return None
+        metadata = event.metadata if isinstance(event.metadata, dict) else {}
+        if WHITEOUT in metadata:
+            return StoreDeleteEvent(self, key=key, metadata={})
+        below = self._find(key, index + 1)
+        if isinstance(event, StoreDeleteEvent):
+            if below is None:
+                return retarget_event(event, self, key=key)
+            return StoreUpdateEvent(self, key=key, metadata=below.metadata)
+        if isinstance(event, StoreSetEvent) and below is not None:
+            return StoreUpdateEvent(self, key=key, metadata=metadata)
+        return retarget_event(event, self, key=key)
+
+    def _shadowed(self, key: str, index: int) -> bool:
+        for layer in self._layers[:index]:
+            inner = layer.inner(key)
+            if inner is not None and layer.store.exists(inner):
+                return True
+        return False
+
+
+def _outer_keys(layer: Layer) -> Iterable[str]:
+    for inner in layer.store.query_keys():
+        key = layer.outer(inner)
+        if key is not None:
+            yield key
+
+
+def _pins(
+    key: str,
+    raw: Value | None,
+    visible: Value | None,
+    if_version: str | None,
+    if_exists: bool | None,
+) -> dict[str, Any]:
+    """Check a precondition against what the overlay shows, and return the conditions
+    that make the top layer's write fail if its entry changed since it was looked at."""
+    if if_version is None and if_exists is None:
+        return {}
+    check_precondition(key, None if visible is None else visible.version, if_version, if_exists)
+    if raw is None:
+        return {"if_exists": False}
+    if raw.version is None:
+        return {"if_exists": True}
+    return {"if_version": raw.version}
+
+
+def _metadata_of(value: object) -> Metadata:
+    """The metadata a successful ``set(key, value)`` stored, as a fresh dict."""
+    if isinstance(value, Value):
+        return value.metadata
+    assert isinstance(value, tuple | list)  # the child accepted it, so it is a pair
+    metadata = value[1]
+    return {} if metadata is None else copy_metadata(metadata)

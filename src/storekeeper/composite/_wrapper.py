@@ -1,0 +1,351 @@
+"""What every composite store shares: children, connection, transactions and events.
+
+A composite is a store built from other stores (its *children*). This module gives it:
+
+- **Connection**: ``connect`` connects the children that are not connected yet, and
+  ``disconnect`` disconnects exactly those again, so the composite can reconnect.
+- **Transactions**: a composite transaction *enlists* a child the first time something
+  is written to it, by entering the child's own transaction (and one nested transaction
+  per savepoint already open, so savepoints line up). Commit commits the enlisted
+  children one after another, the highest child index first; rollback rolls them all
+  back. Each child is all-or-nothing on its own; across children this is not a
+  two-phase commit: if a child's commit fails after another child has committed, the
+  committed child keeps its writes (the remaining children are rolled back).
+- **Events**: the composite listens on its children's event managers and re-emits their
+  key events (modifications and progress) with itself as ``source`` and the key
+  translated into its own key space. Composites whose key space differs from their
+  children's (overlays) emit their own modification events for the writes they make and
+  only forward the changes other code made directly to a child.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import copy
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, ClassVar, TypeVar
+
+from storekeeper.errors import ReadOnlyStoreError
+from storekeeper.events import BaseEvent, BaseEventManager
+from storekeeper.store.abstract import AbstractReadOnlyStore, AbstractStore
+from storekeeper.store.events import (
+    StoreKeyEvent,
+    StoreModificationEvent,
+    StoreProgressEvent,
+)
+from storekeeper.store.utils import SimpleTransactionContext
+
+__all__ = ["CompositeStore", "CompositeTransaction", "retarget_event"]
+
+_T = TypeVar("_T")
+_log = logging.getLogger(__name__)
+
+
+class _ChildRollbackError(Exception):
+    """Handed to a child's transaction context to make it roll back."""
+
+
+def retarget_event(event: BaseEvent, source: object, **changes: Any) -> BaseEvent:
+    """A copy of *event* with ``source`` and the given attributes replaced."""
+    clone = copy.copy(event)
+    clone.source = source
+    for name, value in changes.items():
+        setattr(clone, name, value)
+    return clone
+
+
+@dataclass
+class _Enlistment:
+    """The child transactions one composite transaction (in one context) has opened."""
+
+    depth: int = 0
+    contexts: dict[int, list[Any]] = field(default_factory=dict)
+
+
+class CompositeTransaction(SimpleTransactionContext):
+    """A composite's transaction: holds back child events released by the commit.
+
+    Children emit the events they held during the transaction when the composite commits
+    them; those are queued behind the composite's own ``StoreTransactionEndEvent``, as
+    for any store.
+    """
+
+    store: CompositeStore
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        state = self.store._transaction_state()
+        held = state.events if state is not None and state.depth == 1 else None
+        token = self.store._held_events.set(held)
+        try:
+            super().__exit__(exc_type, exc, tb)
+        finally:
+            self.store._held_events.reset(token)
+
+
+class CompositeStore(AbstractStore):
+    """Base of the composite stores (see the module docstring for the shared contract).
+
+    Subclasses list their children, say which of them to listen to, and translate child
+    keys into their own key space with :meth:`_outer_key`.
+    """
+
+    #: True: the composite emits its own modification events for its writes, and drops
+    #: the children's events those writes cause. False: it forwards children's events.
+    emits_own_events: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        children: Sequence[AbstractReadOnlyStore],
+        event_manager: BaseEventManager | None = None,
+    ) -> None:
+        super().__init__(event_manager)
+        self._children: tuple[AbstractReadOnlyStore, ...] = tuple(children)
+        self._connected_here: list[AbstractReadOnlyStore] = []
+        self._listening: list[BaseEventManager] = []
+        self._connection_lock = threading.RLock()
+        tag = f"{type(self).__name__}-{id(self):x}"
+        self._enlisted: contextvars.ContextVar[_Enlistment | None] = contextvars.ContextVar(
+            f"{tag}-enlisted", default=None
+        )
+        self._quiet: contextvars.ContextVar[bool] = contextvars.ContextVar(
+            f"{tag}-quiet", default=False
+        )
+        self._held_events: contextvars.ContextVar[list[BaseEvent] | None] = contextvars.ContextVar(
+            f"{tag}-held", default=None
+        )
+
+    # -- connection ----------------------------------------------------------------------
+    def connect(self, credentials: Any = None) -> None:
+        """Connect the children that are not connected (passing *credentials*), then self."""
+        with self._connection_lock:
+            if self._connected:
+                return
+            self._connect_children(credentials)
+            self._listen()
+            self._connected = True
+
+    def disconnect(self) -> None:
+        """Stop forwarding events and disconnect the children :meth:`connect` connected."""
+        with self._connection_lock:
+            self._connected = False
+            self._unlisten()
+            while self._connected_here:
+                self._connected_here.pop().disconnect()
+
+    def _connect_children(self, credentials: Any) -> None:
+        try:
+            for child in self._children:
+                if not child.is_connected():
+                    child.connect(credentials)
+                    self._connected_here.append(child)
+        except BaseException:
+            while self._connected_here:
+                self._connected_here.pop().disconnect()
+            raise
+
+    def _listened_children(self) -> Sequence[AbstractReadOnlyStore]:
+        """The children whose events are forwarded (default: all of them)."""
+        return self._children
+
+    def _listen(self) -> None:
+        for child in self._listened_children():
+            manager = child.event_manager
+            if all(manager is not seen for seen in self._listening):
+                # A bound method: the manager holds it weakly, so a forgotten composite
+                # does not stay alive (or keep listening) because of its children.
+                manager.connect(StoreKeyEvent, self._on_child_event)
+                self._listening.append(manager)
+
+    def _unlisten(self) -> None:
+        while self._listening:
+            manager = self._listening.pop()
+            try:
+                manager.disconnect(StoreKeyEvent, self._on_child_event)
+            except (KeyError, ValueError):
+                continue
+
+    def info(self) -> dict[str, Any]:
+        """The store description plus ``children``: each child's own ``info()``."""
+        return {**super().info(), "children": [child.info() for child in self._children]}
+
+    # -- helpers for subclasses --------------------------------------------------------------
+    def _child_index(self, store: object) -> int | None:
+        for index, child in enumerate(self._children):
+            if child is store:
+                return index
+        return None
+
+    def _writer(self, index: int) -> AbstractStore:
+        """Child *index* as a writable store, enlisted in the current transaction."""
+        child = self._children[index]
+        if not isinstance(child, AbstractStore):
+            raise ReadOnlyStoreError(f"{type(child).__name__} child of {self!r} is read-only")
+        state = self._enlisted.get()
+        if state is not None and index not in state.contexts:
+            # Composites write children in index order (lower first), so two threads'
+            # transactions lock shared children in the same order and cannot deadlock.
+            self._open_child(state, index)
+        return child
+
+    def _quietly(self, call: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """Run a child write whose events this composite replaces with its own."""
+        token = self._quiet.set(True)
+        try:
+            return call(*args, **kwargs)
+        finally:
+            self._quiet.reset(token)
+
+    # -- events ------------------------------------------------------------------------------
+    def _on_child_event(self, event: BaseEvent) -> None:
+        source = getattr(event, "source", None)
+        if not self._connected or all(source is not c for c in self._listened_children()):
+            return
+        index = self._child_index(source)
+        assert index is not None
+        if isinstance(event, StoreProgressEvent):
+            relayed = self._relay_progress(index, event)
+            if relayed is not None:
+                self.event_manager.emit(relayed)
+        elif isinstance(event, StoreModificationEvent):
+            if self.emits_own_events and self._quiet.get():
+                return
+            translated = self._translate_change(index, event)
+            if translated is not None:
+                self._deliver(translated)
+
+    def _outer_key(self, index: int, key: str) -> str | None:
+        """The composite's key for child *index*'s *key*; ``None`` if not visible."""
+        return key
+
+    def _relay_progress(self, index: int, event: StoreProgressEvent) -> BaseEvent | None:
+        key = self._outer_key(index, event.key)
+        return None if key is None else retarget_event(event, self, key=key)
+
+    def _translate_change(self, index: int, event: StoreModificationEvent) -> BaseEvent | None:
+        """The composite's event for a child's change (default: same event, new key)."""
+        key = self._outer_key(index, event.key)
+        return None if key is None else retarget_event(event, self, key=key)
+
+    def _deliver(self, event: BaseEvent) -> None:
+        """Emit a forwarded modification event now, or queue it behind a transaction."""
+        if self._in_transaction():
+            self._emit(event)
+            return
+        held = self._held_events.get()
+        if held is not None:
+            held.append(event)
+            return
+        self.event_manager.emit(event)
+
+    # -- transactions --------------------------------------------------------------------------
+    def transaction(self, notes: str = "") -> CompositeTransaction:
+        """A re-entrant transaction over the children written inside it (module docs)."""
+        return CompositeTransaction(self, notes)
+
+    def _open_child(self, state: _Enlistment, index: int) -> None:
+        child = self._children[index]
+        assert isinstance(child, AbstractStore)  # _writer checked it
+        contexts: list[Any] = []
+        try:
+            for _ in range(state.depth + 1):
+                context = child.transaction(f"part of a {type(self).__name__} transaction")
+                context.__enter__()
+                contexts.append(context)
+        except BaseException:
+            _close_all(contexts, _ChildRollbackError())
+            raise
+        state.contexts[index] = contexts
+
+    def _begin_transaction(self) -> None:
+        self._require_connection()
+        self._enlisted.set(_Enlistment())
+
+    def _commit_transaction(self) -> None:
+        state = self._enlisted.get()
+        self._enlisted.set(None)
+        if state is None:
+            return
+        token = self._quiet.set(self.emits_own_events)
+        try:
+            _commit_children(state)
+        finally:
+            self._quiet.reset(token)
+
+    def _rollback_transaction(self) -> None:
+        state = self._enlisted.get()
+        self._enlisted.set(None)
+        if state is None:
+            return
+        errors: list[BaseException] = []
+        for index in sorted(state.contexts, reverse=True):
+            try:
+                _close_all(state.contexts[index], _ChildRollbackError())
+            except Exception as exc:  # noqa: BLE001 - the others must still roll back
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+    def _savepoint(self) -> object:
+        state = self._enlisted.get()
+        assert state is not None  # only called inside a transaction
+        for index, contexts in state.contexts.items():
+            child = self._children[index]
+            assert isinstance(child, AbstractStore)
+            context = child.transaction("savepoint")
+            context.__enter__()
+            contexts.append(context)
+        state.depth += 1
+        return state.depth
+
+    def _rollback_to_savepoint(self, token: object) -> None:
+        self._leave_savepoint(_ChildRollbackError())
+
+    def _release_savepoint(self, token: object) -> None:
+        self._leave_savepoint(None)
+
+    def _leave_savepoint(self, failure: BaseException | None) -> None:
+        state = self._enlisted.get()
+        assert state is not None
+        state.depth -= 1
+        for contexts in state.contexts.values():
+            _close(contexts.pop(), failure)
+
+
+def _close(context: Any, failure: BaseException | None) -> None:
+    if failure is None:
+        context.__exit__(None, None, None)
+    else:
+        context.__exit__(type(failure), failure, None)
+
+
+def _close_all(contexts: list[Any], failure: BaseException | None) -> None:
+    while contexts:
+        _close(contexts.pop(), failure)
+
+
+def _commit_children(state: _Enlistment) -> None:
+    """Commit every enlisted child, highest index first; after a failure roll back the rest."""
+    failure: BaseException | None = None
+    for index in sorted(state.contexts, reverse=True):
+        contexts = state.contexts[index]
+        if failure is not None:
+            try:
+                _close_all(contexts, _ChildRollbackError())
+            except Exception:  # noqa: BLE001 - the commit's own error is what callers see
+                _log.exception("rolling back child %d after a failed commit also failed", index)
+            continue
+        try:
+            _close_all(contexts, None)
+        except BaseException as exc:  # noqa: BLE001 - re-raised once the rest rolled back
+            failure = exc
+    if failure is not None:
+        raise failure

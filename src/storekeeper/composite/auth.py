@@ -1,0 +1,836 @@
+"""``SimpleAuthStore``: password authentication and per-key permissions over any store.
+
+Users connect with ``{'username': ..., 'password': ...}``. A user record (salted password
+hash and the user's group tags) lives at ``user_key_path + username`` in the user store;
+keys with that prefix are reserved: no ordinary read, write, query, glob or event ever
+reaches them through the authenticating store.
+
+Every key written through the store carries its permissions (permission -> tags) in a
+reserved metadata entry that reads never return. A user's tags are their username,
+:data:`EVERYONE` and the groups in their record. Tags in ``'owned'`` may do everything,
+including reading and changing the permissions; tags in ``'exists'``, ``'get'``,
+``'set'`` or ``'delete'`` may do that much (any of them also lets the key be seen). A new
+key is owned by its creator alone. Keys written around the store, without permissions,
+behave as owned by :data:`EVERYONE`, which is the seed's "all authenticated users have full
+access".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import IO, Any
+
+from storekeeper.composite._wrapper import CompositeStore, retarget_event
+from storekeeper.errors import (
+    AuthenticationError,
+    AuthorizationError,
+    ConflictError,
+    InvalidKeyError,
+    InvalidMetadataError,
+    InvalidValueError,
+    NotConnectedError,
+)
+from storekeeper.events import BaseEvent, BaseEventManager
+from storekeeper.store._validate import (
+    DEFAULT_BUFFER_SIZE,
+    Metadata,
+    check_key,
+    copy_metadata,
+)
+from storekeeper.store.abstract import (
+    AbstractAuthorizingStore,
+    AbstractStore,
+    check_precondition,
+    missing,
+)
+from storekeeper.store.events import StoreModificationEvent, StoreProgressEvent
+from storekeeper.store.utils import read_stream
+from storekeeper.store.value import Value
+
+__all__ = [
+    "EVERYONE",
+    "PERMISSIONS",
+    "PasswordEncoder",
+    "SimpleAuthStore",
+    "make_encoder",
+    "sha1_hasher",
+]
+
+#: Metadata name under which a key's permissions are kept (never shown to callers).
+PERMISSIONS = "\x00storekeeper:permissions"
+#: The tag every authenticated user has.
+EVERYONE = "*"
+#: Everything :meth:`SimpleAuthStore.check_permissions` can grant.
+ALL_PERMISSIONS = frozenset({"connect", "exists", "get", "set", "delete"})
+_KEY_ACTIONS = ("exists", "get", "set", "delete")
+#: Permission name -> tags granted it (a name, since ``set`` is also a method name here).
+PermissionMap = dict[str, set[str]]
+_RETRIES = 20
+_SALT_BYTES = 16
+
+
+def sha1_hasher(data: bytes) -> bytes:
+    """SHA-1 digest of *data*: the original's fast hash, for reading its user records.
+
+    Never used unless passed explicitly to :func:`make_encoder`: SHA-1 is fast, which
+    makes stolen password hashes cheap to brute-force.
+    """
+    return hashlib.sha1(data).digest()  # noqa: S324 - explicit legacy opt-in, see docstring
+
+
+class PasswordEncoder:
+    """Turns ``(password, per-user salt)`` into a password hash.
+
+    The default is :func:`hashlib.scrypt` (cost *n*, block size *r*, parallelism *p*)
+    keyed with the secret *salt* given to :func:`make_encoder` plus the per-user salt. With
+    a *hasher*, the hash is ``hasher(secret + user_salt + password)``; with an empty
+    per-user salt that is exactly the original's encoder.
+    """
+
+    def __init__(
+        self,
+        secret: bytes,
+        hasher: Callable[[bytes], bytes] | None = None,
+        *,
+        n: int = 2**14,
+        r: int = 8,
+        p: int = 1,
+    ) -> None:
+        if not isinstance(secret, bytes):
+            raise TypeError(f"the encoder's salt is bytes, not {type(secret).__name__}")
+        self._secret = secret
+        self._hasher = hasher
+        self._cost = (n, r, p)
+
+    @property
+    def scheme(self) -> str:
+        """``'scrypt'`` or the name of the explicit hasher."""
+        if self._hasher is None:
+            return "scrypt"
+        return getattr(self._hasher, "__name__", "custom")
+
+    def __call__(self, password: bytes, salt: bytes = b"") -> bytes:
+        """The hash of *password* with the per-user *salt*."""
+        if self._hasher is not None:
+            return self._hasher(self._secret + salt + password)
+        n, r, p = self._cost
+        # scrypt needs about 128 * r * n bytes; leave OpenSSL headroom above that.
+        maxmem = 256 * r * n + (1 << 20)
+        return hashlib.scrypt(
+            password, salt=self._secret + salt, n=n, r=r, p=p, maxmem=maxmem, dklen=32
+        )
+
+    def __repr__(self) -> str:
+        return f"<PasswordEncoder {self.scheme}>"  # never shows the secret
+
+
+def make_encoder(
+    salt: bytes, hasher: Callable[[bytes], bytes] | None = None, *, n: int = 2**14
+) -> PasswordEncoder:
+    """A password encoder keyed with the secret *salt* (keep it out of the store).
+
+    Without *hasher* it uses scrypt with cost *n* (a power of two; lower it only in
+    tests). Pass :func:`sha1_hasher` explicitly to check records made by the original.
+    """
+    return PasswordEncoder(salt, hasher, n=n)
+
+
+@dataclass
+class _Session:
+    username: str
+    tags: frozenset[str]
+    proof: bytes
+    checked: float
+    revoked: bool = False
+
+
+class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
+    """A store wrapping *store* with password authentication and per-key permissions.
+
+    *encoder* hashes passwords (:func:`make_encoder`; a plain one-argument callable, as
+    in the seed, also works). User records live in *user_key_store* (default: *store*)
+    under ``user_key_path + username``. ``connect(credentials)`` takes a dict with
+    ``username`` and ``password`` (or a pair) and raises
+    :class:`~storekeeper.errors.AuthenticationError` unless they match.
+
+    Every operation checks the user's permissions: a key the user may not see raises
+    :class:`~storekeeper.errors.KeyNotFoundError` (``exists`` is False, queries and globs
+    skip it); a visible key the user may not read or change raises
+    :class:`~storekeeper.errors.AuthorizationError`. The session is re-checked against
+    the user record at most every *recheck_interval* seconds: once the user is removed
+    or their password changed, operations raise ``AuthenticationError`` until the store
+    is connected again.
+
+    :meth:`add_user`, :meth:`change_user`, :meth:`remove_user` and :meth:`users`
+    administer the user records; they need no session (whoever holds this object can
+    reach the wrapped store anyway), so expose only the store API to untrusted callers.
+    """
+
+    def __init__(
+        self,
+        store: AbstractStore,
+        encoder: Callable[..., bytes],
+        user_key_path: str = ".user_",
+        user_key_store: AbstractStore | None = None,
+        event_manager: BaseEventManager | None = None,
+        *,
+        recheck_interval: float = 5.0,
+    ) -> None:
+        if not user_key_path or "\x00" in user_key_path:
+            raise ValueError(f"user_key_path must be a non-empty str, not {user_key_path!r}")
+        users = store if user_key_store is None else user_key_store
+        children = [store] if users is store else [store, users]
+        super().__init__(children, event_manager)
+        self.encoder = encoder if isinstance(encoder, PasswordEncoder) else _Legacy(encoder)
+        self.user_key_path = user_key_path
+        self.recheck_interval = recheck_interval
+        self._session: _Session | None = None
+        self._session_lock = threading.Lock()
+        self._custom_check = type(self).check_permissions is not SimpleAuthStore.check_permissions
+
+    @property
+    def store(self) -> AbstractStore:
+        """The wrapped store that holds the data."""
+        store = self._children[0]
+        assert isinstance(store, AbstractStore)
+        return store
+
+    @property
+    def user_key_store(self) -> AbstractStore:
+        """The store that holds the user records."""
+        store = self._children[-1]
+        assert isinstance(store, AbstractStore)
+        return store
+
+    # -- connection -----------------------------------------------------------------------
+    def connect(self, credentials: Any = None) -> None:
+        """Authenticate as the user in *credentials*; AuthenticationError if they fail."""
+        username, password = _parse_credentials(credentials)
+        with self._connection_lock:
+            if self._connected:
+                self.disconnect()
+            self._connect_children(None)
+            try:
+                self._session = self._authenticate(username, password)
+            except BaseException:
+                self.disconnect()
+                raise
+            self._listen()
+            self._connected = True
+
+    def disconnect(self) -> None:
+        """End the session and disconnect the stores :meth:`connect` connected."""
+        with self._connection_lock:
+            self._session = None
+            super().disconnect()
+
+    def info(self) -> dict[str, Any]:
+        """The store description plus ``user``: the connected user's name, or None."""
+        info = super().info()
+        del info["children"]  # the wrapped store's own description may count user records
+        session = self._session
+        return {**info, "user": None if session is None else session.username}
+
+    @property
+    def user_tag(self) -> str:
+        """The connected user's tag: their username."""
+        return self._current().username
+
+    def _authenticate(self, username: str, password: bytes) -> _Session:
+        record = self._read_user(username)
+        if record is None:
+            # Hash anyway, so that a missing user takes as long as a wrong password.
+            self.encoder(password, secrets.token_bytes(_SALT_BYTES))
+            raise AuthenticationError("unknown user or wrong password")
+        proof = self.encoder(password, record.salt)
+        if not hmac.compare_digest(proof, record.digest):
+            raise AuthenticationError("unknown user or wrong password")
+        tags = frozenset({username, EVERYONE, *record.tags})
+        return _Session(username, tags, record.digest, time.monotonic())
+
+    def _current(self) -> _Session:
+        session = self._session
+        if session is None or not self._connected:
+            raise NotConnectedError(f"{type(self).__name__} is not connected: connect() first")
+        if session.revoked:
+            raise AuthenticationError(f"the session of {session.username!r} has ended: reconnect")
+        if time.monotonic() - session.checked >= self.recheck_interval:
+            self._recheck(session)
+        return session
+
+    def _recheck(self, session: _Session) -> None:
+        record = self._read_user(session.username)
+        if record is None or not hmac.compare_digest(record.digest, session.proof):
+            session.revoked = True
+            raise AuthenticationError(f"the session of {session.username!r} has ended: reconnect")
+        session.tags = frozenset({session.username, EVERYONE, *record.tags})
+        session.checked = time.monotonic()
+
+    # -- permissions ------------------------------------------------------------------------
+    def check_permissions(self, key: str | None = None) -> set[str]:
+        """The permissions the connected user has on *key* (globally when ``None``).
+
+        A subset of ``{'connect', 'exists', 'get', 'set', 'delete'}``: everything
+        globally, and on a key what its permissions grant the user's tags (a key that
+        does not exist may be created, so it reports the global set). Subclasses may
+        override this to restrict permissions further; every operation then consults it
+        on top of the key's own permissions.
+        """
+        session = self._current()
+        value = None if key is None else self._peek(key)
+        if value is None:
+            return set(ALL_PERMISSIONS)
+        return (_granted(_record_of(value), session.tags) - {"owned"}) | {"connect"}
+
+    def _allowed(self, key: str, record: Mapping[str, Any] | None) -> set[str]:
+        """What the user may do with *key*, whose permissions are *record*."""
+        granted = _granted(record, self._current().tags)
+        if self._custom_check:
+            granted &= self.check_permissions(key) | {"owned"}
+        return granted
+
+    def _may_create(self) -> bool:
+        return not self._custom_check or "set" in self.check_permissions(None)
+
+    # -- reads ------------------------------------------------------------------------------
+    def _reserved(self, key: str) -> bool:
+        return key.startswith(self.user_key_path)
+
+    def _peek(self, key: str) -> Value | None:
+        """The wrapped store's value of *key*, or None (always None for user records)."""
+        check_key(key)
+        self._current()
+        if self._reserved(key):
+            return None
+        try:
+            return self.store.get(key)
+        except KeyError:
+            return None
+
+    def _visible(self, key: str, action: str) -> tuple[Value, set[str]]:
+        value = self._peek(key)
+        if value is None:
+            raise missing(key)
+        allowed = self._allowed(key, _record_of(value))
+        if "exists" not in allowed:
+            raise missing(key)
+        if action not in allowed:
+            raise AuthorizationError(f"{self.user_tag!r} may not {action} key {key!r}")
+        return value, allowed
+
+    def get(self, key: str) -> Value:
+        """The value of *key*; needs the ``get`` permission."""
+        value, allowed = self._visible(key, "get")
+        return _MaskedValue(value, "owned" in allowed)
+
+    def exists(self, key: str) -> bool:
+        """Whether *key* exists *for this user* (False without the ``exists`` permission)."""
+        value = self._peek(key)
+        return value is not None and "exists" in self._allowed(key, _record_of(value))
+
+    def query(
+        self, select: Iterable[str] | None = None, **kwargs: Any
+    ) -> list[tuple[str, Metadata]]:
+        """Matches among the keys the user may see; metadata only where they may ``get``."""
+        self._current()
+        if PERMISSIONS in kwargs:
+            raise InvalidMetadataError("permissions cannot be queried")
+        if isinstance(select, str):
+            raise InvalidMetadataError(f"select is an iterable of names, not a str: {select!r}")
+        names = None if select is None else [*select, PERMISSIONS]
+        need = "exists" if names == [PERMISSIONS] else "get"
+        results = []
+        for key, metadata in self.store.query(names, **kwargs):
+            if self._reserved(key):
+                continue
+            record = metadata.pop(PERMISSIONS, None)
+            if need in self._allowed(key, record if isinstance(record, dict) else None):
+                results.append((key, metadata))
+        return results
+
+    # -- writes ------------------------------------------------------------------------------
+    def _guarded(
+        self,
+        key: str,
+        action: str,
+        write: Callable[[Value | None, dict[str, Any]], None],
+        if_version: str | None,
+        if_exists: bool | None,
+    ) -> None:
+        """Check the user may do *action* and the preconditions, then *write*, atomically.
+
+        The write is pinned to the version that was checked, so a permission change or
+        another write in between makes it fail; without caller preconditions it is then
+        checked and tried again.
+        """
+        if self._reserved(check_key(key)):
+            raise AuthorizationError(f"keys starting with {self.user_key_path!r} are reserved")
+        for _ in range(_RETRIES):
+            value = self._peek(key)
+            self._authorize_write(key, action, value)
+            current = None if value is None else value.version
+            check_precondition(key, current, if_version, if_exists)
+            pins = {"if_exists": False} if value is None else _version_pin(value)
+            try:
+                write(value, pins)
+            except ConflictError:
+                if if_version is not None or if_exists is not None:
+                    raise
+                continue
+            return
+        raise ConflictError(f"key {key!r} kept changing while it was being written")
+
+    def _authorize_write(self, key: str, action: str, value: Value | None) -> None:
+        if value is None:
+            if action == "delete":
+                raise missing(key)
+            if not self._may_create():
+                raise AuthorizationError(f"{self.user_tag!r} may not create keys")
+            return
+        allowed = self._allowed(key, _record_of(value))
+        if action not in allowed:
+            if action == "delete" and "exists" not in allowed:
+                raise missing(key)
+            raise AuthorizationError(f"{self.user_tag!r} may not {action} key {key!r}")
+
+    def _new_record(self) -> dict[str, list[str]]:
+        return {"owned": [self.user_tag]}
+
+    def _stored(self, metadata: object, value: Value | None) -> Metadata:
+        """*metadata* validated, with the key's permissions (new: owned by the user)."""
+        stored = copy_metadata({} if metadata is None else metadata)
+        if PERMISSIONS in stored:
+            raise InvalidMetadataError("the permissions entry is set through set_permissions")
+        record = None if value is None else _record_of(value)
+        if value is None:
+            stored[PERMISSIONS] = self._new_record()
+        elif record is not None:
+            stored[PERMISSIONS] = record
+        return stored
+
+    def set(
+        self,
+        key: str,
+        value: Value | tuple[Any, Any],
+        buffer_size: int = DEFAULT_BUFFER_SIZE,
+        *,
+        if_version: str | None = None,
+        if_exists: bool | None = None,
+    ) -> None:
+        """Replace *key*'s data and metadata; needs ``set`` (or the right to create)."""
+        data, metadata = _split(value)
+        with _opened(data) as source:
+
+            def write(old: Value | None, pins: dict[str, Any]) -> None:
+                stored = self._stored(metadata, old)
+                self._writer(0).set(key, (source, stored), buffer_size, **pins)
+
+            self._write_once(key, source, write, if_version, if_exists)
+
+    def set_data(
+        self,
+        key: str,
+        data: object,
+        buffer_size: int = DEFAULT_BUFFER_SIZE,
+        *,
+        if_version: str | None = None,
+        if_exists: bool | None = None,
+    ) -> None:
+        """Replace *key*'s data, keeping its metadata and permissions."""
+
+        def write(old: Value | None, pins: dict[str, Any]) -> None:
+            if old is None:
+                stored = self._stored({}, None)
+                self._writer(0).set(key, (data, stored), buffer_size, **pins)
+            else:
+                self._writer(0).set_data(key, data, buffer_size, **pins)
+
+        self._write_once(key, data, write, if_version, if_exists)
+
+    def _write_once(
+        self,
+        key: str,
+        data: object,
+        write: Callable[[Value | None, dict[str, Any]], None],
+        if_version: str | None,
+        if_exists: bool | None,
+    ) -> None:
+        """Run a guarded ``set`` whose data can be read only once when it is a stream.
+
+        Bytes can be written again after a lost race; a stream cannot, so it is written
+        inside a transaction of the wrapped store, where nothing changes in between.
+        """
+        if isinstance(data, bytes | bytearray | memoryview):
+            self._guarded(key, "set", write, if_version, if_exists)
+            return
+        with self._writer(0).transaction(f"Setting {key!r}"):
+            self._guarded(key, "set", write, if_version, if_exists)
+
+    def set_metadata(
+        self,
+        key: str,
+        metadata: Mapping[str, Any],
+        *,
+        if_version: str | None = None,
+        if_exists: bool | None = None,
+    ) -> None:
+        """Replace *key*'s metadata, keeping its data and permissions."""
+
+        def write(old: Value | None, pins: dict[str, Any]) -> None:
+            stored = self._stored(metadata, old)
+            if old is None:
+                self._writer(0).set(key, (b"", stored), **pins)
+            else:
+                self._writer(0).set_metadata(key, stored, **pins)
+
+        self._guarded(key, "set", write, if_version, if_exists)
+
+    def update_metadata(
+        self, key: str, metadata: Mapping[str, Any], *, if_version: str | None = None
+    ) -> None:
+        """Merge *metadata* into *key*'s metadata; needs ``set``."""
+        update = copy_metadata(metadata)
+        if PERMISSIONS in update:
+            raise InvalidMetadataError("the permissions entry is set through set_permissions")
+
+        def write(old: Value | None, pins: dict[str, Any]) -> None:
+            if old is None:
+                raise missing(key)
+            self._writer(0).update_metadata(key, update, if_version=pins.get("if_version"))
+
+        self._guarded_existing(key, "set", write, if_version)
+
+    def delete(self, key: str, *, if_version: str | None = None) -> None:
+        """Delete *key*; needs ``delete``."""
+
+        def write(old: Value | None, pins: dict[str, Any]) -> None:
+            self._writer(0).delete(key, if_version=pins.get("if_version"))
+
+        self._guarded_existing(key, "delete", write, if_version)
+
+    def _guarded_existing(
+        self,
+        key: str,
+        action: str,
+        write: Callable[[Value | None, dict[str, Any]], None],
+        if_version: str | None,
+    ) -> None:
+        value = self._peek(key)
+        if value is None or "exists" not in self._allowed(key, _record_of(value)):
+            raise missing(key)
+        self._guarded(key, action, write, if_version, None)
+
+    # -- permission records -----------------------------------------------------------------
+    def get_permissions(self, key: str) -> PermissionMap:
+        """*key*'s permissions; KeyNotFoundError if not visible, AuthorizationError if not owned."""
+        value, allowed = self._visible(key, "exists")
+        if "owned" not in allowed:
+            raise AuthorizationError(f"{self.user_tag!r} does not own key {key!r}")
+        record = _record_of(value)
+        if record is None:
+            return {"owned": {EVERYONE}}
+        return {name: set(tags) for name, tags in record.items()}
+
+    def set_permissions(self, key: str, permissions: Mapping[str, Iterable[str]]) -> None:
+        """Replace *key*'s permissions (owners only); ``'owned'`` needs at least one tag."""
+        record = _normalize(permissions)
+        self._change_permissions(key, lambda _old: record)
+
+    def update_permissions(self, key: str, permissions: Mapping[str, Iterable[str]]) -> None:
+        """Add the tags in *permissions* to *key*'s permissions (owners only)."""
+        extra = _normalize(permissions, require_owner=False)
+
+        def merge(old: Mapping[str, list[str]]) -> dict[str, list[str]]:
+            merged = {name: set(tags) for name, tags in old.items()}
+            for name, tags in extra.items():
+                merged.setdefault(name, set()).update(tags)
+            return {name: sorted(tags) for name, tags in merged.items()}
+
+        self._change_permissions(key, merge)
+
+    def _change_permissions(
+        self, key: str, build: Callable[[Mapping[str, list[str]]], dict[str, list[str]]]
+    ) -> None:
+        for _ in range(_RETRIES):
+            value, allowed = self._visible(key, "exists")
+            if "owned" not in allowed:
+                raise AuthorizationError(f"{self.user_tag!r} does not own key {key!r}")
+            old = _record_of(value) or {"owned": [EVERYONE]}
+            try:
+                self._writer(0).update_metadata(
+                    key, {PERMISSIONS: build(old)}, if_version=value.version
+                )
+            except ConflictError:
+                continue
+            return
+        raise ConflictError(f"key {key!r} kept changing while its permissions were set")
+
+    # -- events ------------------------------------------------------------------------------
+    def _listened_children(self) -> list[AbstractStore]:
+        return [self.store]
+
+    def _outer_key(self, index: int, key: str) -> str | None:
+        return None if index != 0 or self._reserved(key) else key
+
+    def _translate_change(self, index: int, event: StoreModificationEvent) -> BaseEvent | None:
+        key = self._outer_key(index, event.key)
+        if key is None:
+            return None
+        metadata = event.metadata
+        if isinstance(metadata, dict) and PERMISSIONS in metadata:
+            metadata = {name: item for name, item in metadata.items() if name != PERMISSIONS}
+        return retarget_event(event, self, key=key, metadata=metadata)
+
+    def _relay_progress(self, index: int, event: StoreProgressEvent) -> BaseEvent | None:
+        key = self._outer_key(index, event.key)
+        return None if key is None else retarget_event(event, self, key=key)
+
+    # -- user administration ------------------------------------------------------------------
+    def add_user(self, username: str, password: str | bytes, tags: Iterable[str] = ()) -> None:
+        """Create a user; ConflictError if they exist. *tags* are the user's groups."""
+        record = self._make_record(password, tags)
+        with self._user_store() as users:
+            users.set(self._user_key(username), (record, {}), if_exists=False)
+
+    def change_user(
+        self,
+        username: str,
+        password: str | bytes | None = None,
+        tags: Iterable[str] | None = None,
+    ) -> None:
+        """Change a user's password and/or tags; KeyNotFoundError if there is no such user.
+
+        A new password ends the user's open sessions (at their next re-check).
+        """
+        key = self._user_key(username)
+        with self._user_store() as users:
+            value = users.get(key)
+            current = _UserRecord.parse(read_stream(value.data))
+            version = value.version
+            if password is None:
+                new_tags = current.tags if tags is None else _tags(tags)
+                record = current.with_tags(new_tags).dump()
+            else:
+                record = self._make_record(password, current.tags if tags is None else tags)
+            users.set(key, (record, {}), if_version=version)
+
+    def remove_user(self, username: str) -> None:
+        """Delete a user record; KeyNotFoundError if there is no such user."""
+        with self._user_store() as users:
+            users.delete(self._user_key(username))
+
+    def users(self) -> list[str]:
+        """The names of all users, sorted."""
+        prefix = self.user_key_path
+        with self._user_store() as users:
+            keys = users.query_keys()
+        return sorted(key[len(prefix) :] for key in keys if key.startswith(prefix))
+
+    def _user_key(self, username: str) -> str:
+        if not isinstance(username, str) or not username:
+            raise InvalidKeyError(f"a username is a non-empty str, not {username!r}")
+        return check_key(self.user_key_path + username)
+
+    def _make_record(self, password: str | bytes, tags: Iterable[str]) -> bytes:
+        salt = secrets.token_bytes(_SALT_BYTES)
+        digest = self.encoder(_password_bytes(password), salt)
+        return _UserRecord(salt, digest, _tags(tags), self.encoder.scheme).dump()
+
+    def _read_user(self, username: str) -> _UserRecord | None:
+        try:
+            data = self.user_key_store.to_bytes(self._user_key(username))
+        except KeyError:
+            return None
+        return _UserRecord.parse(data)
+
+    @contextmanager
+    def _user_store(self) -> Iterator[AbstractStore]:
+        users = self.user_key_store
+        opened = not users.is_connected()
+        if opened:
+            users.connect()
+        try:
+            yield users
+        finally:
+            if opened:
+                users.disconnect()
+
+
+@dataclass(frozen=True)
+class _UserRecord:
+    """A user record: salt and hash of the password, and the user's group tags."""
+
+    salt: bytes
+    digest: bytes
+    tags: tuple[str, ...]
+    scheme: str = "scrypt"
+
+    def dump(self) -> bytes:
+        return json.dumps(
+            {
+                "scheme": self.scheme,
+                "salt": self.salt.hex(),
+                "hash": self.digest.hex(),
+                "tags": list(self.tags),
+            }
+        ).encode()
+
+    def with_tags(self, tags: tuple[str, ...]) -> _UserRecord:
+        return _UserRecord(self.salt, self.digest, tags, self.scheme)
+
+    @classmethod
+    def parse(cls, data: bytes) -> _UserRecord:
+        """Parse a record; anything else is the original's bare hash (no per-user salt)."""
+        try:
+            fields = json.loads(data)
+            return cls(
+                bytes.fromhex(fields["salt"]),
+                bytes.fromhex(fields["hash"]),
+                tuple(fields["tags"]),
+                str(fields["scheme"]),
+            )
+        except (ValueError, TypeError, KeyError):
+            return cls(b"", data, (), "legacy")
+
+
+class _Legacy(PasswordEncoder):
+    """Adapts a seed-style one-argument encoder; the per-user salt is prepended."""
+
+    def __init__(self, encode: Callable[[bytes], bytes]) -> None:
+        super().__init__(b"", encode)
+
+
+class _MaskedValue(Value):
+    """A wrapped store's value without the permissions entry in its metadata."""
+
+    def __init__(self, inner: Value, owner: bool) -> None:
+        self._inner = inner
+        self._owner = owner
+        self.size = inner.size
+        self.created = inner.created
+        self.modified = inner.modified
+        self.version = inner.version
+
+    @property
+    def data(self) -> IO[bytes]:
+        """A new stream over the data."""
+        return self._inner.data
+
+    def range(self, start: int | None = None, end: int | None = None) -> IO[bytes]:
+        """A stream over ``[start, end)`` of the data."""
+        return self._inner.range(start, end)
+
+    @property
+    def metadata(self) -> Metadata:
+        """A fresh copy of the metadata, without the permissions entry."""
+        metadata = self._inner.metadata
+        metadata.pop(PERMISSIONS, None)
+        return metadata
+
+    @property
+    def permissions(self) -> dict[str, set[str]]:
+        """The key's permissions, for its owners; AuthorizationError for anyone else."""
+        if not self._owner:
+            return super().permissions
+        record = _record_of(self._inner)
+        if record is None:
+            return {"owned": {EVERYONE}}
+        return {name: set(tags) for name, tags in record.items()}
+
+
+def _granted(record: Mapping[str, Any] | None, tags: frozenset[str]) -> set[str]:
+    """What *tags* may do with a key whose permissions are *record* (None: everyone owns)."""
+    if record is None or not tags.isdisjoint(record.get("owned", ())):
+        return {*_KEY_ACTIONS, "owned"}
+    granted = {action for action in _KEY_ACTIONS if not tags.isdisjoint(record.get(action, ()))}
+    if granted:
+        granted.add("exists")
+    return granted
+
+
+def _record_of(value: Value) -> dict[str, list[str]] | None:
+    record = value.metadata.get(PERMISSIONS)
+    return record if isinstance(record, dict) else None
+
+
+def _version_pin(value: Value) -> dict[str, Any]:
+    return {"if_exists": True} if value.version is None else {"if_version": value.version}
+
+
+def _normalize(
+    permissions: Mapping[str, Iterable[str]], *, require_owner: bool = True
+) -> dict[str, list[str]]:
+    if not isinstance(permissions, Mapping):
+        raise InvalidMetadataError("permissions are a dict of permission -> set of tags")
+    record = {}
+    for name, tags in permissions.items():
+        if not isinstance(name, str):
+            raise InvalidMetadataError(f"permission names are str, not {name!r}")
+        record[name] = sorted(_tags(tags))
+    if require_owner and not record.get("owned"):
+        raise InvalidMetadataError("permissions need an 'owned' entry with at least one tag")
+    return record
+
+
+def _tags(tags: Iterable[str]) -> tuple[str, ...]:
+    if isinstance(tags, str):
+        raise InvalidMetadataError(f"tags are an iterable of str, not a single str: {tags!r}")
+    result = tuple(sorted(set(tags)))
+    if not all(isinstance(tag, str) and tag for tag in result):
+        raise InvalidMetadataError(f"tags are non-empty str: {result!r}")
+    return result
+
+
+def _password_bytes(password: object) -> bytes:
+    if isinstance(password, str):
+        return password.encode("utf-8")
+    if isinstance(password, bytes):
+        return password
+    raise AuthenticationError("the password must be a str")
+
+
+def _parse_credentials(credentials: object) -> tuple[str, bytes]:
+    if isinstance(credentials, Mapping):
+        username, password = credentials.get("username"), credentials.get("password")
+    elif isinstance(credentials, tuple | list) and len(credentials) == 2:
+        username, password = credentials
+    else:
+        raise AuthenticationError("credentials {'username': ..., 'password': ...} are required")
+    if not isinstance(username, str) or not username:
+        raise AuthenticationError("credentials need a non-empty 'username'")
+    return username, _password_bytes(password)
+
+
+def _split(value: object) -> tuple[object, object]:
+    """``(data, metadata)`` of what ``set`` accepts; a Value's data is opened lazily."""
+    if isinstance(value, Value):
+        return _LazyData(value), value.metadata
+    if isinstance(value, tuple | list) and len(value) == 2:
+        return value[0], value[1]
+    raise InvalidValueError(
+        f"a store value is a Value or a (data, metadata) pair, not {type(value).__name__}"
+    )
+
+
+class _LazyData:
+    """Marks a Value's data, which is opened only when the write happens."""
+
+    def __init__(self, value: Value) -> None:
+        self.value = value
+
+
+@contextmanager
+def _opened(data: object) -> Iterator[object]:
+    if not isinstance(data, _LazyData):
+        yield data
+        return
+    with data.value.data as stream:
+        yield stream

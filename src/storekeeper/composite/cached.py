@@ -1,0 +1,435 @@
+"""``CachedStore``: a read-through cache in front of a slow or remote store.
+
+Reads are served from a *cache* store when its copy is still valid and fetched from the
+*source* (and copied into the cache) otherwise. Validity is decided by the source's
+version token, which the cache remembers next to each copy:
+
+- ``policy='always'`` (default): every read asks the source for the key's current version
+  and uses the copy only if it matches: one cheap round trip, no data transferred.
+- ``policy='immutable'``: keys never change once written, so a copy is always valid and a
+  hit never touches the source.
+- ``policy='max_age'``: a copy is trusted for *max_age* seconds after it was fetched or
+  last validated, then validated again as under ``'always'``.
+
+**Asking for a version.** If the source has a ``version_of(key) -> str`` method (raising
+``KeyError`` for a missing key) the cache calls it; otherwise it calls
+``source.get(key)`` and reads only ``.version``, never ``.data``. That is free of data
+transfer for every built-in backend because their values open their data lazily (memory
+and small SQLite values are already local; files and remote values are opened only when
+``.data`` is read), so a remote backend's ``get`` is a metadata request. A backend whose
+``get`` downloads the data should provide ``version_of``. A source that reports no
+versions (``version`` is ``None``) cannot be validated: its keys are read through and not
+cached.
+
+**Size.** The cache holds at most *max_size* bytes of data (and *max_entries* keys, when
+given). When a fill crosses a bound, the least recently used copies are evicted until
+the cache is 10% under it. Use times are recorded in each copy's bookkeeping at most
+every *touch_interval* seconds, so a hit rarely writes.
+
+**Several processes** may share one cache store (for example a SQLite file): a copy's
+data and bookkeeping are written together by one atomic write, fills are conditional
+writes (of two processes filling the same key one wins and the other keeps its copy of
+the source value), eviction tolerates keys deleted by someone else, and a reader whose
+copy is evicted before it opens the data falls back to the source if the version still
+matches (``ConflictError`` otherwise).
+
+**Writes** go through to the source, and the cache's copy of the key is dropped; inside
+a transaction reads bypass the cache so the transaction sees its own writes, and the
+written keys are dropped again after the commit. Events are the source's, forwarded;
+the cache store's own events are not (filling a cache changes no data).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from typing import IO, Any, Literal
+
+from storekeeper.composite._wrapper import CompositeStore
+from storekeeper.errors import ConflictError
+from storekeeper.events import BaseEvent, BaseEventManager
+from storekeeper.store._validate import DEFAULT_BUFFER_SIZE, Metadata, check_key
+from storekeeper.store.abstract import AbstractReadOnlyStore, AbstractStore, missing
+from storekeeper.store.events import StoreModificationEvent
+from storekeeper.store.value import Value
+
+__all__ = ["BOOKKEEPING", "CachedStore", "Policy"]
+
+#: Metadata name of a cached copy's bookkeeping in the cache store (never returned).
+BOOKKEEPING = "\x00storekeeper:cache"
+Policy = Literal["always", "immutable", "max_age"]
+_POLICIES = ("always", "immutable", "max_age")
+_LOW_WATER = 0.9
+
+
+class CachedStore(CompositeStore):
+    """A read-through, write-through cache of *source* kept in the store *cache*.
+
+    See the module docstring for the validation policies, the ``version_of`` protocol,
+    the size bound and multi-process use. *cache* must be dedicated to this cache; its
+    keys are the source's keys. ``connect``/``disconnect`` manage both stores.
+    """
+
+    def __init__(
+        self,
+        source: AbstractReadOnlyStore,
+        cache: AbstractStore,
+        *,
+        policy: Policy = "always",
+        max_age: float | None = None,
+        max_size: int = 256 * 1024 * 1024,
+        max_entries: int | None = None,
+        touch_interval: float = 10.0,
+        event_manager: BaseEventManager | None = None,
+    ) -> None:
+        if policy not in _POLICIES:
+            raise ValueError(f"policy must be one of {_POLICIES}, not {policy!r}")
+        if (policy == "max_age") != (max_age is not None):
+            raise ValueError("max_age is required by, and only by, policy='max_age'")
+        if source is cache:
+            raise ValueError("the cache must be a different store from the source")
+        super().__init__([source, cache], event_manager)
+        self.policy: Policy = policy
+        self.max_age = max_age
+        self.max_size = max_size
+        self.max_entries = max_entries
+        self.touch_interval = touch_interval
+        self._usage_lock = threading.Lock()
+        self._usage: tuple[int, int] | None = None  # (bytes, keys) estimate since last scan
+        self._pending: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
+            f"cached-{id(self):x}-pending", default=None
+        )
+
+    @property
+    def source(self) -> AbstractReadOnlyStore:
+        """The store being cached."""
+        return self._children[0]
+
+    @property
+    def cache(self) -> AbstractStore:
+        """The store holding the cached copies."""
+        store = self._children[1]
+        assert isinstance(store, AbstractStore)
+        return store
+
+    def info(self) -> dict[str, Any]:
+        """The store description plus the cache's policy and bounds."""
+        return {
+            **super().info(),
+            "readonly": not isinstance(self.source, AbstractStore),
+            "policy": self.policy,
+            "max_age": self.max_age,
+            "max_size": self.max_size,
+            "max_entries": self.max_entries,
+        }
+
+    def _listened_children(self) -> list[AbstractReadOnlyStore]:
+        return [self.source]
+
+    # -- reads ---------------------------------------------------------------------------
+    def get(self, key: str) -> Value:
+        """*key*'s value: the cached copy if the policy says it is valid, else fetched."""
+        check_key(key)
+        self._require_connection()
+        if self._in_transaction():
+            return self.source.get(key)
+        entry = self._cached(key)
+        book = None if entry is None else _book(entry)
+        if entry is not None and book is not None:
+            if self._fresh(book):
+                return self._hit(key, entry, book, revalidated=False)
+            current = self._source_version(key, entry)
+            if current is not None and current == book["v"]:
+                return self._hit(key, entry, book, revalidated=True)
+        return self._fill(key, entry)
+
+    def exists(self, key: str) -> bool:
+        """Whether *key* exists: a copy the policy trusts says yes, else the source."""
+        check_key(key)
+        self._require_connection()
+        if not self._in_transaction() and self.policy != "always":
+            entry = self._cached(key)
+            book = None if entry is None else _book(entry)
+            if book is not None and self._fresh(book):
+                return True
+        return self.source.exists(key)
+
+    def query(
+        self, select: Iterable[str] | None = None, **kwargs: Any
+    ) -> list[tuple[str, Metadata]]:
+        """The source's answer (listings are never served from the cache)."""
+        self._require_connection()
+        return self.source.query(select, **kwargs)
+
+    def query_keys(self, **kwargs: Any) -> list[str]:
+        """The source's answer."""
+        self._require_connection()
+        return self.source.query_keys(**kwargs)
+
+    def glob(self, pattern: str) -> list[str]:
+        """The source's answer."""
+        self._require_connection()
+        return self.source.glob(pattern)
+
+    def _cached(self, key: str) -> Value | None:
+        try:
+            return self.cache.get(key)
+        except KeyError:
+            return None
+
+    def _fresh(self, book: Mapping[str, Any]) -> bool:
+        if self.policy == "immutable":
+            return True
+        if self.policy == "max_age":
+            assert self.max_age is not None
+            return time.time() - float(book["t"]) < self.max_age
+        return False
+
+    def _source_version(self, key: str, entry: Value) -> str | None:
+        """The source's current version of *key*; drops the copy if the key is gone."""
+        try:
+            version_of = getattr(self.source, "version_of", None)
+            if callable(version_of):
+                return str(version_of(key))
+            return self.source.get(key).version
+        except KeyError:
+            self._drop(key)
+            raise missing(key) from None
+
+    def _hit(self, key: str, entry: Value, book: Mapping[str, Any], *, revalidated: bool) -> Value:
+        now = time.time()
+        changes: dict[str, Any] = {}
+        if revalidated and self.policy == "max_age":
+            changes["t"] = now
+        if changes or now - float(book["u"]) >= self.touch_interval:
+            changes["u"] = now
+            self._update_book(key, entry, {**book, **changes})
+        return _CachedValue(self, key, entry, book)
+
+    def _update_book(self, key: str, entry: Value, book: Mapping[str, Any]) -> None:
+        try:
+            self.cache.update_metadata(key, {BOOKKEEPING: dict(book)}, if_version=entry.version)
+        except (KeyError, ConflictError):
+            return  # another process evicted or refreshed the copy: nothing to record
+
+    def _fill(self, key: str, stale: Value | None) -> Value:
+        try:
+            value = self.source.get(key)
+        except KeyError:
+            if stale is not None:
+                self._drop(key)
+            raise
+        if value.version is None:
+            return value
+        now = time.time()
+        book: dict[str, Any] = {"v": value.version, "t": now, "u": now, "n": value.size or 0}
+        book.update(c=value.created, m=value.modified)
+        metadata = value.metadata
+        metadata[BOOKKEEPING] = book
+        pins = {"if_exists": False} if stale is None else {"if_version": stale.version}
+        try:
+            with value.data as stream:
+                self.cache.set(key, (stream, metadata), **pins)
+        except ConflictError:
+            return value  # another reader filled it first; this value is just as good
+        entry = self._cached(key)
+        if entry is None or _book(entry) is None:
+            return value
+        self._account(entry.size or 0, stale is None)
+        return _CachedValue(self, key, entry, _book(entry) or book)
+
+    def _reopen(self, key: str, version: str) -> IO[bytes]:
+        """The source's data of *key* if it is still at *version* (the copy vanished)."""
+        value = self.source.get(key)
+        if value.version != version:
+            raise ConflictError(f"key {key!r} changed while its cached copy was evicted")
+        return value.data
+
+    # -- size bound ----------------------------------------------------------------------
+    def _account(self, size: int, new_key: bool) -> None:
+        with self._usage_lock:
+            if self._usage is None:
+                over = True
+            else:
+                total, count = self._usage
+                self._usage = (total + size, count + int(new_key))
+                over = self._over(*self._usage, 1.0)
+        if over:
+            self._evict()
+
+    def _over(self, total: int, count: int, fraction: float) -> bool:
+        if total > self.max_size * fraction:
+            return True
+        return self.max_entries is not None and count > self.max_entries * fraction
+
+    def _evict(self) -> None:
+        """Delete least recently used copies until the cache is under its low-water mark."""
+        copies = []
+        for key, metadata in self.cache.query([BOOKKEEPING]):
+            book = metadata.get(BOOKKEEPING)
+            if isinstance(book, dict):
+                copies.append((float(book.get("u", 0.0)), key, int(book.get("n", 0))))
+        copies.sort()
+        total = sum(size for _, _, size in copies)
+        count = len(copies)
+        for _, key, size in copies:
+            if not self._over(total, count, _LOW_WATER):
+                break
+            self._drop(key)
+            total -= size
+            count -= 1
+        with self._usage_lock:
+            self._usage = (total, count)
+
+    def invalidate(self, key: str | None = None) -> None:
+        """Forget the cached copy of *key*, or every copy when *key* is None."""
+        self._require_connection()
+        keys = self.cache.query_keys() if key is None else [check_key(key)]
+        for name in keys:
+            self._drop(name)
+        if key is None:
+            with self._usage_lock:
+                self._usage = (0, 0)
+
+    def _drop(self, key: str) -> None:
+        try:
+            self.cache.delete(key)
+        except KeyError:
+            return
+
+    # -- writes (through to the source) ----------------------------------------------------
+    def set(
+        self,
+        key: str,
+        value: Value | tuple[Any, Any],
+        buffer_size: int = DEFAULT_BUFFER_SIZE,
+        *,
+        if_version: str | None = None,
+        if_exists: bool | None = None,
+    ) -> None:
+        """Write *value* to the source and drop the cached copy."""
+        check_key(key)
+        self._require_connection()
+        source = self._writer(0)
+        source.set(key, value, buffer_size, if_version=if_version, if_exists=if_exists)
+        self._written_now(key)
+
+    def set_data(
+        self,
+        key: str,
+        data: object,
+        buffer_size: int = DEFAULT_BUFFER_SIZE,
+        *,
+        if_version: str | None = None,
+        if_exists: bool | None = None,
+    ) -> None:
+        """Write *key*'s data to the source and drop the cached copy."""
+        check_key(key)
+        self._require_connection()
+        source = self._writer(0)
+        source.set_data(key, data, buffer_size, if_version=if_version, if_exists=if_exists)
+        self._written_now(key)
+
+    def set_metadata(
+        self,
+        key: str,
+        metadata: Mapping[str, Any],
+        *,
+        if_version: str | None = None,
+        if_exists: bool | None = None,
+    ) -> None:
+        """Write *key*'s metadata to the source and drop the cached copy."""
+        check_key(key)
+        self._require_connection()
+        source = self._writer(0)
+        source.set_metadata(key, metadata, if_version=if_version, if_exists=if_exists)
+        self._written_now(key)
+
+    def update_metadata(
+        self, key: str, metadata: Mapping[str, Any], *, if_version: str | None = None
+    ) -> None:
+        """Merge *metadata* into the source's and drop the cached copy."""
+        check_key(key)
+        self._require_connection()
+        self._writer(0).update_metadata(key, metadata, if_version=if_version)
+        self._written_now(key)
+
+    def delete(self, key: str, *, if_version: str | None = None) -> None:
+        """Delete *key* from the source and drop the cached copy."""
+        check_key(key)
+        self._require_connection()
+        self._writer(0).delete(key, if_version=if_version)
+        self._written_now(key)
+
+    def _written_now(self, key: str) -> None:
+        self._drop(key)
+        pending = self._pending.get()
+        if pending is not None:
+            # Dropped again after the commit: a reader outside the transaction may copy
+            # the old value into the cache before the new one is committed.
+            pending.append(key)
+
+    # -- transactions and events -------------------------------------------------------------
+    def _begin_transaction(self) -> None:
+        super()._begin_transaction()
+        self._pending.set([])
+
+    def _commit_transaction(self) -> None:
+        pending = self._pending.get() or []
+        self._pending.set(None)
+        super()._commit_transaction()
+        for key in pending:
+            self._drop(key)
+
+    def _rollback_transaction(self) -> None:
+        self._pending.set(None)
+        super()._rollback_transaction()
+
+    def _translate_change(self, index: int, event: StoreModificationEvent) -> BaseEvent | None:
+        # Someone changed the source: this process's copy is out of date.
+        if not self._in_transaction():
+            self._drop(event.key)
+        return super()._translate_change(index, event)
+
+
+def _book(entry: Value) -> dict[str, Any] | None:
+    book = entry.metadata.get(BOOKKEEPING)
+    return book if isinstance(book, dict) and isinstance(book.get("v"), str) else None
+
+
+class _CachedValue(Value):
+    """A cached copy as the source's value: source version and times, no bookkeeping."""
+
+    def __init__(self, store: CachedStore, key: str, entry: Value, book: Mapping[str, Any]) -> None:
+        self._store = store
+        self._key = key
+        self._entry = entry
+        self.size = entry.size
+        self.version = str(book["v"])
+        self.created = book.get("c", entry.created)
+        self.modified = book.get("m", entry.modified)
+
+    @property
+    def data(self) -> IO[bytes]:
+        """A new stream over the cached data (from the source if the copy is gone)."""
+        try:
+            return self._entry.data
+        except (KeyError, ConflictError):
+            assert self.version is not None
+            return self._store._reopen(self._key, self.version)
+
+    def range(self, start: int | None = None, end: int | None = None) -> IO[bytes]:
+        """A stream over ``[start, end)`` of the cached data."""
+        try:
+            return self._entry.range(start, end)
+        except (KeyError, ConflictError):
+            return super().range(start, end)
+
+    @property
+    def metadata(self) -> Metadata:
+        """A fresh copy of the source's metadata."""
+        metadata = self._entry.metadata
+        metadata.pop(BOOKKEEPING, None)
+        return metadata

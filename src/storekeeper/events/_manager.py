@@ -1,0 +1,247 @@
+"""Event managers: who listens to which event class, and dispatch."""
+
+from __future__ import annotations
+
+import abc
+import itertools
+import logging
+import threading
+import weakref
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from storekeeper.events._event import BaseEvent
+
+__all__ = ["BaseEventManager", "EventManager", "get_event_manager", "set_event_manager"]
+
+_log = logging.getLogger("storekeeper.events")
+_MISSING = object()
+Listener = Callable[[Any], object]
+
+
+class BaseEventManager(abc.ABC):
+    """The event manager API: connect listeners to event classes and emit events."""
+
+    @abc.abstractmethod
+    def connect(
+        self,
+        cls: type[BaseEvent],
+        func: Listener,
+        filter: Mapping[str, Any] | None = None,  # noqa: A002 - the seed's name
+        priority: int = 0,
+    ) -> None:
+        """Call *func(event)* for every emitted event that is an instance of *cls*."""
+
+    @abc.abstractmethod
+    def disconnect(self, cls: type[BaseEvent], func: Listener) -> None:
+        """Stop calling *func* for *cls*; nothing happens if it was not connected."""
+
+    @abc.abstractmethod
+    def emit(self, event: BaseEvent, block: bool = True) -> Future[None] | None:
+        """Deliver *event* to its listeners (see :class:`EventManager`)."""
+
+    @abc.abstractmethod
+    def enable(self, cls: type[BaseEvent]) -> None:
+        """Re-enable events of *cls* (and of subclasses not disabled on their own)."""
+
+    @abc.abstractmethod
+    def disable(self, cls: type[BaseEvent]) -> None:
+        """Drop events of *cls* and its subclasses until :meth:`enable`."""
+
+    @abc.abstractmethod
+    def is_enabled(self, cls: type[BaseEvent]) -> bool:
+        """Whether events of *cls* are delivered (no class in its MRO is disabled)."""
+
+
+@dataclass(eq=False, slots=True)
+class _Connection:
+    cls: type[BaseEvent]
+    ref: Callable[[], Listener | None]
+    key: object
+    filter: tuple[tuple[str, Any], ...]
+    priority: int
+    order: int
+
+    def accepts(self, event: BaseEvent) -> bool:
+        return all(getattr(event, name, _MISSING) == expected for name, expected in self.filter)
+
+
+def _identity(func: Listener) -> object:
+    """What makes two listeners "the same": bound methods compare by object and function."""
+    self_ = getattr(func, "__self__", None)
+    if self_ is not None and hasattr(func, "__func__"):
+        return (id(self_), func.__func__)
+    return func
+
+
+class EventManager(BaseEventManager):
+    """A thread-safe event manager.
+
+    - Listeners of a class also receive events of its subclasses. Higher ``priority``
+      runs first; equal priorities run in connection order. Reconnecting the same
+      listener to the same class replaces its earlier connection.
+    - ``filter`` maps attribute names to values; an event passes when every attribute
+      equals its value. **An event lacking a filtered attribute does not pass.** Filters
+      are evaluated after the event's ``pre_emit``.
+    - A bound-method listener is held weakly: it disconnects when its object is
+      collected. Other callables are held strongly.
+    - A listener that raises is logged with its traceback; dispatch continues.
+    - ``emit(event)`` dispatches in the calling thread and returns ``None``;
+      ``emit(event, block=False)`` dispatches on a small shared worker pool and returns a
+      :class:`~concurrent.futures.Future` that completes when every listener has run.
+    """
+
+    def __init__(self, max_workers: int = 2) -> None:
+        self._lock = threading.RLock()
+        self._connections: dict[type[BaseEvent], list[_Connection]] = {}
+        self._disabled: set[type[BaseEvent]] = set()
+        self._cache: dict[type[BaseEvent], tuple[_Connection, ...]] = {}
+        self._order = itertools.count()
+        self._max_workers = max_workers
+        self._pool: ThreadPoolExecutor | None = None
+
+    def connect(
+        self,
+        cls: type[BaseEvent],
+        func: Listener,
+        filter: Mapping[str, Any] | None = None,  # noqa: A002 - the seed's name
+        priority: int = 0,
+    ) -> None:
+        """Connect *func* to *cls* (see the class documentation)."""
+        if not callable(func):
+            raise TypeError(f"listener must be callable, not {func!r}")
+        key = _identity(func)
+        with self._lock:
+            self._remove(cls, key)
+            connection = _Connection(
+                cls,
+                self._reference(cls, func, key),
+                key,
+                tuple((filter or {}).items()),
+                priority,
+                next(self._order),
+            )
+            self._connections.setdefault(cls, []).append(connection)
+            self._cache.clear()
+
+    def _reference(
+        self, cls: type[BaseEvent], func: Listener, key: object
+    ) -> Callable[[], Listener | None]:
+        if hasattr(func, "__self__") and hasattr(func, "__func__"):
+            manager = weakref.ref(self)
+
+            def collected(_: object) -> None:
+                owner = manager()
+                if owner is not None:
+                    with owner._lock:
+                        owner._remove(cls, key)
+                        owner._cache.clear()
+
+            return weakref.WeakMethod(func, collected)
+        return lambda: func
+
+    def _remove(self, cls: type[BaseEvent], key: object) -> None:
+        existing = self._connections.get(cls)
+        if existing:
+            existing[:] = [c for c in existing if c.key != key]
+
+    def disconnect(self, cls: type[BaseEvent], func: Listener) -> None:
+        """Disconnect *func* from *cls*."""
+        with self._lock:
+            self._remove(cls, _identity(func))
+            self._cache.clear()
+
+    def enable(self, cls: type[BaseEvent]) -> None:
+        """Enable *cls* again."""
+        with self._lock:
+            self._disabled.discard(cls)
+
+    def disable(self, cls: type[BaseEvent]) -> None:
+        """Disable *cls* and, through it, its subclasses."""
+        with self._lock:
+            self._disabled.add(cls)
+
+    def is_enabled(self, cls: type[BaseEvent]) -> bool:
+        """Whether no class in *cls*'s MRO is disabled."""
+        disabled = self._disabled
+        return not disabled or not any(base in disabled for base in cls.__mro__)
+
+    def has_listeners(self, cls: type[BaseEvent]) -> bool:
+        """Whether any listener would receive an event of class *cls*."""
+        return bool(self._resolve(cls))
+
+    def _resolve(self, cls: type[BaseEvent]) -> tuple[_Connection, ...]:
+        cached = self._cache.get(cls)
+        if cached is not None:
+            return cached
+        with self._lock:
+            found = [
+                connection for base in cls.__mro__ for connection in self._connections.get(base, ())
+            ]
+            found.sort(key=lambda c: (-c.priority, c.order))
+            result = tuple(found)
+            self._cache[cls] = result
+        return result
+
+    def emit(self, event: BaseEvent, block: bool = True) -> Future[None] | None:
+        """Deliver *event*; see the class documentation for ``block``."""
+        cls = type(event)
+        if not self.is_enabled(cls):
+            return None
+        connections = self._resolve(cls)
+        if block:
+            self._dispatch(event, connections)
+            return None
+        return self._executor().submit(self._dispatch, event, connections)
+
+    def _dispatch(self, event: BaseEvent, connections: tuple[_Connection, ...]) -> None:
+        event.pre_emit()
+        for connection in connections:
+            if event._handled:
+                break
+            func = connection.ref()
+            if func is None or (connection.filter and not connection.accepts(event)):
+                continue
+            try:
+                func(event)
+            except Exception:  # noqa: BLE001 - a failing listener must not stop the others
+                _log.exception("listener %r failed on %r", func, event)
+        event.post_emit()
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(
+                    self._max_workers, thread_name_prefix="storekeeper-events"
+                )
+            return self._pool
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop the worker pool used by ``emit(block=False)`` (it restarts on demand)."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=wait)
+
+
+_default: BaseEventManager | None = None
+_default_lock = threading.Lock()
+
+
+def get_event_manager() -> BaseEventManager:
+    """The process-wide default event manager (created on first use)."""
+    global _default
+    if _default is None:
+        with _default_lock:
+            if _default is None:
+                _default = EventManager()
+    return _default
+
+
+def set_event_manager(manager: BaseEventManager) -> None:
+    """Replace the process-wide default event manager."""
+    global _default
+    with _default_lock:
+        _default = manager

@@ -1,0 +1,241 @@
+"""Durable file primitives: atomic replacement of a file, and an inter-process lock.
+
+:func:`atomic_write` writes a unique temp file in the target's directory, writes every
+byte, flushes and fsyncs it, ``os.replace``-s it over the target and fsyncs the
+directory, so a crash leaves either the old file or the new one, never a mix. The temp
+file is removed on any failure.
+
+:class:`FileLock` is an exclusive lock between processes (and threads) built on
+``flock``: the kernel releases it when the holder dies, so a crashed holder never blocks
+others. The lock file also records its owner (pid, host, process start time) for
+diagnostics; :meth:`FileLock.owner` reads it and :func:`process_alive` tells a live
+owner from a dead one (checking the start time, so a reused pid is not mistaken for the
+original holder).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterable
+from types import TracebackType
+from typing import Any
+
+from storekeeper.errors import InvalidValueError, LockTimeoutError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - non-POSIX
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["FileLock", "atomic_write", "fsync_directory", "process_alive", "process_start_time"]
+
+_CHUNK = 1 << 20
+# Transient errors some filesystems (network, Windows sharing) report for a rename.
+_TRANSIENT = {errno.EAGAIN, errno.EBUSY, errno.EACCES}
+_RETRIES = 5
+
+# Fault-injection seams: tests replace these to simulate a full disk or failing fsync.
+_write = os.write
+_fsync = os.fsync
+
+
+def fsync_directory(path: str | os.PathLike[str]) -> None:
+    """Flush a directory's entries (renames, creations) to stable storage."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        _fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _chunks(data: object) -> Iterable[bytes]:
+    if isinstance(data, bytes | bytearray | memoryview):
+        return (bytes(data),)
+    if isinstance(data, str):
+        raise InvalidValueError("atomic_write takes bytes; encode str first")
+    read = getattr(data, "read", None)
+    if callable(read):
+        return iter(lambda: read(_CHUNK), b"")
+    if isinstance(data, Iterable):
+        return data
+    raise InvalidValueError(f"cannot write {type(data).__name__}: give bytes, chunks or a file")
+
+
+def _write_all(fd: int, chunk: bytes) -> None:
+    view = memoryview(chunk)
+    while view:
+        written = _write(fd, view)
+        view = view[written:]
+
+
+def atomic_write(
+    path: str | os.PathLike[str],
+    data: object,
+    *,
+    durable: bool = True,
+    mode: int | None = None,
+) -> None:
+    """Replace the file *path* with *data* atomically.
+
+    *data* is bytes, an iterable of bytes chunks or a binary file-like. With
+    ``durable=True`` the file and its directory are fsynced, so the new content survives
+    power loss once this returns. The permission bits of an existing target are kept;
+    a new file gets *mode* (default ``0o666`` less the umask). On any failure the target
+    is unchanged and the temp file is removed.
+    """
+    target = os.fspath(path)
+    directory = os.path.dirname(target) or "."
+    if mode is None:
+        with contextlib.suppress(FileNotFoundError):
+            mode = os.stat(target).st_mode & 0o7777
+    temp = os.path.join(directory, f".{os.path.basename(target)[:40]}.{os.urandom(6).hex()}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 if mode is None else 0o600)
+    try:
+        try:
+            for chunk in _chunks(data):
+                _write_all(fd, chunk)
+            if mode is not None:
+                os.fchmod(fd, mode)
+            if durable:
+                _fsync(fd)
+        finally:
+            os.close(fd)
+        _replace(temp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+        raise
+    if durable:
+        fsync_directory(directory)
+
+
+def _replace(source: str, target: str) -> None:
+    for attempt in range(_RETRIES):
+        try:
+            os.replace(source, target)
+            return
+        except OSError as exc:
+            if exc.errno not in _TRANSIENT or attempt == _RETRIES - 1:
+                raise
+            time.sleep(0.01 * (attempt + 1))
+
+
+def process_start_time(pid: int) -> float | None:
+    """The start time of process *pid* (seconds since boot on Linux), or ``None``."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+        return float(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def process_alive(pid: int, start_time: float | None = None) -> bool:
+    """Whether process *pid* exists on this host (and, if given, started at *start_time*)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    if start_time is None:
+        return True
+    current = process_start_time(pid)
+    return current is None or current == start_time
+
+
+class FileLock:
+    """An exclusive inter-process lock on the file *path* (created if missing).
+
+    Use as a context manager or through :meth:`acquire` / :meth:`release`. *timeout* is
+    ``None`` (wait forever) or seconds, after which :class:`LockTimeoutError` is raised.
+    The lock is held by the object, not re-entrant: acquiring it twice from the same
+    object raises ``RuntimeError``. The kernel drops it when the holding process dies.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        timeout: float | None = None,
+        poll_interval: float = 0.002,
+    ) -> None:
+        self.path = os.fspath(path)
+        self.timeout = timeout
+        self.poll_interval = poll_interval
+        self._fd: int | None = None
+        self._guard = threading.Lock()
+
+    def acquire(self, timeout: float | None = -1.0) -> None:
+        """Take the lock, waiting up to *timeout* (default: the constructor's)."""
+        wait = self.timeout if timeout == -1.0 else timeout
+        deadline = None if wait is None else time.monotonic() + wait
+        with self._guard:
+            if self._fd is not None:
+                raise RuntimeError(f"{self.path} is already held by this FileLock")
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self._wait(fd, deadline)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        self._record_owner(fd)
+
+    def _wait(self, fd: int, deadline: float | None) -> None:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if deadline is not None and time.monotonic() >= deadline:
+                    owner = self.owner()
+                    raise LockTimeoutError(
+                        f"timed out waiting for {self.path} (held by {owner})"
+                    ) from None
+                time.sleep(self.poll_interval)
+
+    def _record_owner(self, fd: int) -> None:
+        pid = os.getpid()
+        record = {"pid": pid, "host": socket.gethostname(), "start": process_start_time(pid)}
+        payload = json.dumps(record).encode()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, payload, 0)
+
+    def release(self) -> None:
+        """Release the lock; ``RuntimeError`` if it is not held."""
+        fd, self._fd = self._fd, None
+        if fd is None:
+            raise RuntimeError(f"{self.path} is not held by this FileLock")
+        os.close(fd)  # closing drops the flock
+
+    @property
+    def held(self) -> bool:
+        """Whether this object holds the lock."""
+        return self._fd is not None
+
+    def owner(self) -> dict[str, Any] | None:
+        """The last recorded owner ``{pid, host, start}`` (informational), or ``None``."""
+        try:
+            with open(self.path, "rb") as handle:
+                record: dict[str, Any] = json.loads(handle.read() or b"null")
+        except (OSError, ValueError):
+            return None
+        return record
+
+    def __enter__(self) -> FileLock:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()

@@ -1,0 +1,75 @@
+"""The key-value store API: values, abstract stores, events, utilities and ``open_store``."""
+
+from __future__ import annotations
+
+from storekeeper.store.abstract import (
+    AbstractAuthorizingStore,
+    AbstractReadOnlyStore,
+    AbstractStore,
+)
+from storekeeper.store.events import (
+    StoreDeleteEvent,
+    StoreEvent,
+    StoreKeyEvent,
+    StoreModificationEvent,
+    StoreProgressEndEvent,
+    StoreProgressEvent,
+    StoreProgressStartEvent,
+    StoreProgressStepEvent,
+    StoreSetEvent,
+    StoreTransactionEndEvent,
+    StoreTransactionEvent,
+    StoreTransactionStartEvent,
+    StoreUpdateEvent,
+)
+from storekeeper.store.mapping import StoreMapping
+from storekeeper.store.query import Equals, Exists, In, Prefix, QueryTerm, Range
+from storekeeper.store.registry import open_store, register_backend, registered_schemes
+from storekeeper.store.utils import (
+    BufferIteratorIO,
+    DummyTransactionContext,
+    SimpleTransactionContext,
+    StoreProgressManager,
+    buffer_iterator,
+    tee,
+)
+from storekeeper.store.value import BytesValue, StreamValue, StringValue, Value
+
+__all__ = [
+    "AbstractAuthorizingStore",
+    "AbstractReadOnlyStore",
+    "AbstractStore",
+    "BufferIteratorIO",
+    "BytesValue",
+    "DummyTransactionContext",
+    "Equals",
+    "Exists",
+    "In",
+    "Prefix",
+    "QueryTerm",
+    "Range",
+    "SimpleTransactionContext",
+    "StoreDeleteEvent",
+    "StoreEvent",
+    "StoreKeyEvent",
+    "StoreMapping",
+    "StoreModificationEvent",
+    "StoreProgressEndEvent",
+    "StoreProgressEvent",
+    "StoreProgressManager",
+    "StoreProgressStartEvent",
+    "StoreProgressStepEvent",
+    "StoreSetEvent",
+    "StoreTransactionEndEvent",
+    "StoreTransactionEvent",
+    "StoreTransactionStartEvent",
+    "StoreUpdateEvent",
+    "StreamValue",
+    "StringValue",
+    "Value",
+    "buffer_iterator",
+    "open_store",
+    "register_backend",
+    "registered_schemes",
+    "tee",
+]

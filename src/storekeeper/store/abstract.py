@@ -1,0 +1,524 @@
+"""The key-value store API: abstract read-only, writable and authorizing stores.
+
+A store maps keys (non-empty ``str`` without NUL) to a byte stream plus a JSON metadata
+dict. Backends implement a small abstract core; everything else has a default here, built
+on that core. A default that is slow or only atomic inside a transaction says so.
+
+Read core: :meth:`AbstractReadOnlyStore.get` and :meth:`AbstractReadOnlyStore.query`.
+Write core: :meth:`AbstractStore.set` and :meth:`AbstractStore.delete`, plus the
+transaction hooks (``_begin_transaction``, ``_commit_transaction``,
+``_rollback_transaction``, ``_savepoint``, ``_rollback_to_savepoint``,
+``_release_savepoint``) for backends that have transactions.
+
+Every operation on a store that is not connected raises
+:class:`~storekeeper.errors.NotConnectedError`; ``with store:`` connects and disconnects.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextvars
+import fnmatch
+import itertools
+import os
+import secrets
+from collections.abc import Iterable, Mapping
+from types import TracebackType
+from typing import IO, TYPE_CHECKING, Any, Self
+
+from storekeeper.errors import (
+    ConflictError,
+    InvalidValueError,
+    KeyNotFoundError,
+    NotConnectedError,
+)
+from storekeeper.events import BaseEvent, BaseEventManager, get_event_manager
+from storekeeper.store._validate import (
+    DEFAULT_BUFFER_SIZE,
+    Metadata,
+    check_key,
+    iter_source,
+    select_metadata,
+)
+from storekeeper.store.utils import (
+    SimpleTransactionContext,
+    StoreProgressManager,
+    buffer_iterator,
+    read_stream,
+)
+from storekeeper.store.value import Value
+
+if TYPE_CHECKING:
+    from storekeeper.store.mapping import StoreMapping
+    from storekeeper.store.utils import _TransactionState
+
+__all__ = [
+    "AbstractAuthorizingStore",
+    "AbstractReadOnlyStore",
+    "AbstractStore",
+    "check_precondition",
+    "missing",
+    "new_version",
+    "pair_up",
+    "unpack_value",
+]
+
+BinaryStream = IO[bytes]
+PathLike = str | os.PathLike[str]
+
+
+def new_version() -> str:
+    """Return a fresh opaque version token, unique across processes and hosts.
+
+    A random 64-bit prefix chosen per process (and again after ``fork``) plus a counter:
+    as unique as random tokens, at a fraction of the cost of drawing random bytes.
+    """
+    return f"{_version_prefix}{next(_version_counter):x}"
+
+
+def _reset_version_source() -> None:
+    global _version_prefix, _version_counter
+    _version_prefix = secrets.token_hex(8) + "-"
+    _version_counter = itertools.count(1)
+
+
+_version_prefix = ""
+_version_counter = itertools.count(1)
+_reset_version_source()
+os.register_at_fork(after_in_child=_reset_version_source)
+
+
+def check_precondition(
+    key: str, current: str | None, if_version: str | None, if_exists: bool | None
+) -> None:
+    """Raise :class:`ConflictError` unless a conditional write of *key* may proceed.
+
+    *current* is the key's version, or ``None`` when the key does not exist.
+    ``if_exists=True`` requires the key to exist, ``False`` requires it not to;
+    ``if_version`` requires the key to exist with exactly that version.
+    """
+    if if_exists is True and current is None:
+        raise ConflictError(f"key {key!r} does not exist (if_exists=True)")
+    if if_exists is False and current is not None:
+        raise ConflictError(f"key {key!r} already exists (if_exists=False)")
+    if if_version is not None and current != if_version:
+        found = "it does not exist" if current is None else f"its version is {current!r}"
+        raise ConflictError(f"key {key!r} is not at version {if_version!r}: {found}")
+
+
+def unpack_value(value: object) -> tuple[object, object, bool]:
+    """Split what ``set`` accepts into ``(data source, metadata, owned)``.
+
+    *value* is a :class:`Value` or a ``(data, metadata)`` pair; *metadata* may be
+    ``None`` (meaning ``{}``). *owned* is true when the data stream was opened here (from
+    a ``Value``) and must be closed by the caller of this function; streams the user
+    passed in are left open.
+    """
+    if isinstance(value, Value):
+        return value.data, value.metadata, True
+    if isinstance(value, tuple | list) and len(value) == 2:
+        data, metadata = value
+        return data, {} if metadata is None else metadata, False
+    raise InvalidValueError(
+        f"a store value is a Value or a (data, metadata) pair, not {type(value).__name__}"
+    )
+
+
+class AbstractReadOnlyStore(abc.ABC):
+    """Base of every store: the read half of the API.
+
+    ``event_manager`` is where the store emits its events (default: the process-wide
+    manager from :func:`storekeeper.events.get_event_manager`). Instances are safe to
+    share between threads.
+    """
+
+    event_manager: BaseEventManager
+
+    def __init__(self, event_manager: BaseEventManager | None = None) -> None:
+        self.event_manager = event_manager if event_manager is not None else get_event_manager()
+        self._connected = False
+        self._transaction_var: contextvars.ContextVar[_TransactionState | None] = (
+            contextvars.ContextVar(f"storekeeper-transaction-{id(self):x}", default=None)
+        )
+
+    # -- connection ----------------------------------------------------------------
+    def connect(self, credentials: Any = None) -> None:
+        """Acquire the store's long-lived resources; *credentials* are backend-specific.
+
+        Raises :class:`~storekeeper.errors.AuthenticationError` for bad credentials.
+        """
+        self._connected = True
+
+    def disconnect(self) -> None:
+        """Release the store's long-lived resources. Connecting again is allowed."""
+        self._connected = False
+
+    def is_connected(self) -> bool:
+        """Whether the store is connected."""
+        return self._connected
+
+    def info(self) -> dict[str, Any]:
+        """A dict describing the store: at least ``type``, ``readonly``, ``authorizing``."""
+        return {"type": type(self).__name__, "readonly": True, "authorizing": False}
+
+    def __enter__(self) -> Self:
+        if not self.is_connected():
+            self.connect()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.disconnect()
+
+    def _require_connection(self) -> None:
+        if not self._connected:
+            raise NotConnectedError(
+                f"{type(self).__name__} is not connected: call connect() or use 'with store:'"
+            )
+
+    # -- the read core -----------------------------------------------------------------
+    @abc.abstractmethod
+    def get(self, key: str) -> Value:
+        """Return the :class:`Value` of *key*; :class:`KeyNotFoundError` if it is missing."""
+
+    @abc.abstractmethod
+    def query(
+        self, select: Iterable[str] | None = None, **kwargs: Any
+    ) -> list[tuple[str, Metadata]]:
+        """Return ``(key, metadata)`` for every key whose metadata matches all *kwargs*.
+
+        Values in *kwargs* are exact matches or :mod:`storekeeper.store.query` terms.
+        *select* limits the returned metadata to those names (missing ones are omitted).
+        With no *kwargs*, every key is returned. The order is unspecified.
+        """
+
+    # -- defaults built on the core -----------------------------------------------------
+    def exists(self, key: str) -> bool:
+        """Whether *key* exists. Default: tries :meth:`get`."""
+        try:
+            self.get(key)
+        except KeyError:
+            return False
+        return True
+
+    def get_data(self, key: str) -> BinaryStream:
+        """A new readable stream over *key*'s data; close it when done."""
+        return self.get(key).data
+
+    def get_data_range(
+        self, key: str, start: int | None = None, end: int | None = None
+    ) -> BinaryStream:
+        """A stream over bytes ``start`` up to, not including, ``end`` of *key*'s data."""
+        return self.get(key).range(start, end)
+
+    def get_metadata(self, key: str, select: Iterable[str] | None = None) -> Metadata:
+        """A copy of *key*'s metadata, limited to the names in *select* when given."""
+        return select_metadata(self.get(key).metadata, select)
+
+    def multiget(self, keys: Iterable[str]) -> list[Value]:
+        """The values of *keys*, in input order; :class:`KeyNotFoundError` if any is missing."""
+        return [self.get(key) for key in keys]
+
+    def multiget_data(self, keys: Iterable[str]) -> list[BinaryStream]:
+        """Data streams of *keys*, in input order. Close each stream when done."""
+        return [self.get_data(key) for key in keys]
+
+    def multiget_metadata(
+        self, keys: Iterable[str], select: Iterable[str] | None = None
+    ) -> list[Metadata]:
+        """Metadata of *keys*, in input order, limited to *select* when given."""
+        names = None if select is None else list(select)
+        return [self.get_metadata(key, names) for key in keys]
+
+    def query_keys(self, **kwargs: Any) -> list[str]:
+        """The keys :meth:`query` would return for *kwargs*."""
+        return [key for key, _ in self.query(select=(), **kwargs)]
+
+    def glob(self, pattern: str) -> list[str]:
+        """Keys matching the glob *pattern* (``fnmatch`` rules, case-sensitive)."""
+        return [key for key in self.query_keys() if fnmatch.fnmatchcase(key, pattern)]
+
+    def to_bytes(self, key: str, buffer_size: int = DEFAULT_BUFFER_SIZE) -> bytes:
+        """*key*'s data as ``bytes`` (read in chunks of *buffer_size*)."""
+        return read_stream(self.get_data(key), buffer_size)
+
+    def to_file(self, key: str, path: PathLike, buffer_size: int = DEFAULT_BUFFER_SIZE) -> None:
+        """Write *key*'s data to the file *path*, atomically and durably.
+
+        The file is replaced only once all the data has been written, so a missing key or
+        a failure part-way leaves *path* as it was. Emits store progress events.
+        """
+        from storekeeper.files import atomic_write  # foundation; imported on first use
+
+        value = self.get(key)
+        message = f"Saving key {key!r} to file {os.fspath(path)!r}"
+        with self._progress(message, key, value.size) as progress, value.data as stream:
+            atomic_write(path, buffer_iterator(stream, buffer_size, progress))
+
+    def as_mapping(self) -> StoreMapping:
+        """A :class:`collections.abc.MutableMapping` view of key -> data bytes."""
+        from storekeeper.store.mapping import StoreMapping
+
+        return StoreMapping(self)
+
+    # -- events and transactions (shared machinery) -----------------------------------
+    def _emit(self, event: BaseEvent) -> None:
+        """Emit *event* now, or hold it until the current transaction commits."""
+        state = self._transaction_var.get()
+        if state is None:
+            self.event_manager.emit(event)
+        else:
+            state.events.append(event)
+
+    def _progress(self, message: str, key: str, size: int | None) -> StoreProgressManager:
+        return StoreProgressManager(
+            self.event_manager,
+            self,
+            message=message,
+            steps=-1 if size is None else size,
+            key=key,
+        )
+
+    def _transaction_state(self) -> _TransactionState | None:
+        return self._transaction_var.get()
+
+    def _set_transaction_state(self, state: _TransactionState | None) -> None:
+        self._transaction_var.set(state)
+
+    def _in_transaction(self) -> bool:
+        return self._transaction_var.get() is not None
+
+    def _begin_transaction(self) -> None:
+        """Hook: start a transaction (default: nothing)."""
+
+    def _commit_transaction(self) -> None:
+        """Hook: make the transaction's writes durable; on failure, leave nothing applied."""
+
+    def _rollback_transaction(self) -> None:
+        """Hook: undo the transaction's writes (default: nothing)."""
+
+    def _savepoint(self) -> object:
+        """Hook: mark the current point of the transaction; returns a token."""
+        return None
+
+    def _rollback_to_savepoint(self, token: object) -> None:
+        """Hook: undo the writes made since the savepoint *token*."""
+
+    def _release_savepoint(self, token: object) -> None:
+        """Hook: forget the savepoint *token*, keeping its writes."""
+
+
+class AbstractStore(AbstractReadOnlyStore):
+    """A writable store. Backends implement :meth:`set`, :meth:`delete` and transactions.
+
+    Single-key writes accept the keyword-only preconditions ``if_version`` (the key's
+    current :attr:`Value.version` must equal it) and ``if_exists`` (``True``: the key must
+    exist, ``False``: it must not); a failed precondition raises
+    :class:`~storekeeper.errors.ConflictError` and writes nothing. Backends check and
+    write atomically, so of two racing conditional writers at most one succeeds.
+    """
+
+    def info(self) -> dict[str, Any]:
+        """As :meth:`AbstractReadOnlyStore.info`, with ``readonly`` false."""
+        return {**super().info(), "readonly": False}
+
+    def transaction(self, notes: str = "") -> SimpleTransactionContext:
+        """A re-entrant transaction context manager (see :class:`SimpleTransactionContext`).
+
+        Writes in the block are applied together when the outermost block exits normally
+        and rolled back if it raises; only the outermost block of a thread/task counts.
+        """
+        return SimpleTransactionContext(self, notes)
+
+    @abc.abstractmethod
+    def set(
+        self,
+        key: str,
+        value: Value | tuple[Any, Any],
+        buffer_size: int = DEFAULT_BUFFER_SIZE,
+        *,
+        if_version: str | None = None,
+        if_exists: bool | None = None,
+    ) -> None:
+        """Replace *key*'s data and metadata with *value* (a Value or ``(data, metadata)``).
+
+        *data* may be bytes, a readable binary file-like, or an iterable of bytes chunks;
+        *metadata* a JSON-representable dict (or ``None`` for ``{}``). If reading the data
+        fails, the old value stays. Emits :class:`StoreSetEvent` for a new key and
+        :class:`StoreUpdateEvent` for an existing one.
+        """
+
+    @abc.abstractmethod
+    def delete(self, key: str, *, if_version: str | None = None) -> None:
+        """Delete *key*; :class:`KeyNotFoundError` if missing. Emits StoreDeleteEvent."""
+
+    def set_data(
+        self,
+        key: str,
+        data: object,
+        buffer_size: int = DEFAULT_BUFFER_SIZE,
+        *,
+        if_version: str | None = None,
+        if_exists: bool | None = None,
+    ) -> None:
+        """Replace *key*'s data, keeping its metadata (``{}`` for a new key).
+
+        Default: reads the metadata and calls :meth:`set` inside a transaction.
+        """
+        with self.transaction(f"Setting data of {key!r}"):
+            try:
+                metadata = self.get_metadata(key)
+            except KeyError:
+                metadata = {}
+            self.set(key, (data, metadata), buffer_size, if_version=if_version, if_exists=if_exists)
+
+    def set_metadata(
+        self,
+        key: str,
+        metadata: Mapping[str, Any],
+        *,
+        if_version: str | None = None,
+        if_exists: bool | None = None,
+    ) -> None:
+        """Replace *key*'s metadata, keeping its data (empty for a new key).
+
+        Default: re-writes the data through :meth:`set` inside a transaction (slow for
+        large values; backends override it).
+        """
+        with self.transaction(f"Setting metadata of {key!r}"):
+            try:
+                data: object = self.get_data(key)
+            except KeyError:
+                data = b""
+            try:
+                self.set(key, (data, metadata), if_version=if_version, if_exists=if_exists)
+            finally:
+                if not isinstance(data, bytes):
+                    data.close()  # type: ignore[attr-defined]
+
+    def update_metadata(
+        self, key: str, metadata: Mapping[str, Any], *, if_version: str | None = None
+    ) -> None:
+        """Merge *metadata* into *key*'s metadata like ``dict.update``.
+
+        :class:`KeyNotFoundError` if *key* is missing. Default: read, merge and
+        :meth:`set_metadata` inside a transaction.
+        """
+        with self.transaction(f"Updating metadata of {key!r}"):
+            merged = self.get_metadata(key)
+            merged.update(metadata)
+            self.set_metadata(key, merged, if_version=if_version, if_exists=True)
+
+    def multiset(
+        self,
+        keys: Iterable[str],
+        values: Iterable[Value | tuple[Any, Any]],
+        buffer_size: int = DEFAULT_BUFFER_SIZE,
+    ) -> None:
+        """:meth:`set` each key to its value (paired like ``zip``), in one transaction."""
+        pairs = pair_up(keys, values)
+        with self.transaction(f"Setting {len(pairs)} keys"):
+            for key, value in pairs:
+                self.set(key, value, buffer_size)
+
+    def multiset_data(
+        self, keys: Iterable[str], datas: Iterable[object], buffer_size: int = DEFAULT_BUFFER_SIZE
+    ) -> None:
+        """:meth:`set_data` for each key (paired like ``zip``), in one transaction."""
+        pairs = pair_up(keys, datas)
+        with self.transaction(f"Setting data of {len(pairs)} keys"):
+            for key, data in pairs:
+                self.set_data(key, data, buffer_size)
+
+    def multiset_metadata(
+        self, keys: Iterable[str], metadatas: Iterable[Mapping[str, Any]]
+    ) -> None:
+        """:meth:`set_metadata` for each key (paired like ``zip``), in one transaction."""
+        pairs = pair_up(keys, metadatas)
+        with self.transaction(f"Setting metadata of {len(pairs)} keys"):
+            for key, metadata in pairs:
+                self.set_metadata(key, metadata)
+
+    def multiupdate_metadata(
+        self, keys: Iterable[str], metadatas: Iterable[Mapping[str, Any]]
+    ) -> None:
+        """:meth:`update_metadata` for each key (paired like ``zip``), in one transaction."""
+        pairs = pair_up(keys, metadatas)
+        with self.transaction(f"Updating metadata of {len(pairs)} keys"):
+            for key, metadata in pairs:
+                self.update_metadata(key, metadata)
+
+    def _read_source(self, key: str, source: object, buffer_size: int) -> bytes:
+        """Read a whole data source into memory, reporting progress for streams."""
+        if isinstance(source, bytes):
+            return source
+        chunks = iter_source(source, buffer_size)
+        parts: list[bytes] = []
+        total = 0
+        with self._progress(f"Setting key {key!r}", key, None) as progress:
+            for chunk in chunks:
+                parts.append(chunk)
+                total += len(chunk)
+                progress.step(step=total)
+        return b"".join(parts)
+
+    def from_bytes(self, key: str, data: bytes, buffer_size: int = DEFAULT_BUFFER_SIZE) -> None:
+        """Set *key*'s data to *data*, keeping its metadata (``{}`` for a new key)."""
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise InvalidValueError(f"from_bytes takes bytes, not {type(data).__name__}")
+        self.set_data(key, bytes(data), buffer_size)
+
+    def from_file(self, key: str, path: PathLike, buffer_size: int = DEFAULT_BUFFER_SIZE) -> None:
+        """Set *key*'s data from the file at *path*, keeping its metadata."""
+        with open(path, "rb") as stream:
+            self.set_data(key, stream, buffer_size)
+
+
+class AbstractAuthorizingStore(AbstractStore):
+    """A store with per-key permissions: permission name -> set of tags granted it.
+
+    A tag stands for a user, group or role. The permission ``'owned'`` is required on
+    every key (with at least one tag); only owners may read or change permissions.
+    """
+
+    def info(self) -> dict[str, Any]:
+        """As :meth:`AbstractStore.info`, with ``authorizing`` true."""
+        return {**super().info(), "authorizing": True}
+
+    @property
+    @abc.abstractmethod
+    def user_tag(self) -> str:
+        """The tag that stands for the connected user."""
+
+    def get_permissions(self, key: str) -> dict[str, set[str]]:
+        """*key*'s permissions; KeyError if not visible, AuthorizationError if not owned."""
+        return self.get(key).permissions
+
+    @abc.abstractmethod
+    def set_permissions(self, key: str, permissions: Mapping[str, Iterable[str]]) -> None:
+        """Replace *key*'s permissions; ``'owned'`` must name at least one tag."""
+
+    @abc.abstractmethod
+    def update_permissions(self, key: str, permissions: Mapping[str, Iterable[str]]) -> None:
+        """Add the given tags to *key*'s permissions."""
+
+
+def pair_up(keys: Iterable[str], values: Iterable[Any]) -> list[tuple[str, Any]]:
+    """Pair *keys* with *values* like ``zip`` and validate every key.
+
+    Materialised once because generators can be consumed a single time, and so that
+    every key is checked before anything is written.
+    """
+    pairs = list(zip(keys, values, strict=False))
+    for key, _ in pairs:
+        check_key(key)
+    return pairs
+
+
+def missing(key: str) -> KeyNotFoundError:
+    """The error every backend raises for a missing *key*."""
+    return KeyNotFoundError(f"key {key!r} does not exist")

@@ -1,0 +1,116 @@
+"""``open_store(url)``: one front door from a URL to a connected store.
+
+A registry maps URL schemes to backend classes named as ``"module:Class"`` strings, so a
+backend module (and its optional dependency) is imported only when its scheme is used.
+Third-party packages add schemes through the entry-point group ``storekeeper.backends``
+(name: the scheme, value: ``"module:Class"``) or by calling :func:`register_backend`.
+A backend class provides ``from_url(parts: urllib.parse.SplitResult, **options)``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from importlib.metadata import entry_points
+from typing import Any, NamedTuple, Protocol, cast
+from urllib.parse import SplitResult, urlsplit
+
+from storekeeper.errors import MissingDependencyError, UnknownSchemeError
+from storekeeper.store.abstract import AbstractReadOnlyStore
+
+__all__ = ["open_store", "register_backend", "registered_schemes"]
+
+ENTRY_POINT_GROUP = "storekeeper.backends"
+
+
+class _Backend(NamedTuple):
+    target: str | type[AbstractReadOnlyStore]
+    extra: str | None
+
+
+class _FromUrl(Protocol):
+    def from_url(self, parts: SplitResult, **options: Any) -> AbstractReadOnlyStore: ...
+
+
+_registry: dict[str, _Backend] = {
+    "memory": _Backend("storekeeper.backends.memory:DictMemoryStore", None),
+    "file": _Backend("storekeeper.backends.filesystem:FileSystemStore", None),
+    "sqlite": _Backend("storekeeper.backends.sqlite:SqliteStore", None),
+}
+_lock = threading.Lock()
+_entry_points_loaded = False
+
+
+def register_backend(
+    scheme: str, target: str | type[AbstractReadOnlyStore], extra: str | None = None
+) -> None:
+    """Map the URL *scheme* to a backend class or a ``"module:Class"`` string.
+
+    *extra* names the ``pip install storekeeper[extra]`` that provides the backend's
+    dependency, for the error shown when it is missing. A later registration of the same
+    scheme replaces the earlier one.
+    """
+    if not scheme or not scheme.isascii() or not scheme.replace("+", "").isalnum():
+        raise ValueError(f"invalid URL scheme {scheme!r}")
+    with _lock:
+        _registry[scheme.lower()] = _Backend(target, extra)
+
+
+def registered_schemes() -> list[str]:
+    """The schemes :func:`open_store` currently understands, sorted."""
+    _load_entry_points()
+    with _lock:
+        return sorted(_registry)
+
+
+def open_store(url: str, **options: Any) -> AbstractReadOnlyStore:
+    """Create and connect the store that *url* describes; *options* go to the backend.
+
+    Examples: ``memory://``, ``file:///var/data/store``, ``sqlite:///app.db``,
+    ``sqlite://`` (an in-memory database). Raises :class:`UnknownSchemeError` for a scheme
+    nobody handles and :class:`MissingDependencyError` (naming the extra to install) when
+    the backend's dependency is missing. Use the result as a context manager to
+    disconnect it.
+    """
+    parts = urlsplit(url)
+    if not parts.scheme:
+        raise UnknownSchemeError(f"store URL {url!r} has no scheme (e.g. 'sqlite:///app.db')")
+    cls = _resolve(parts.scheme.lower())
+    store = cls.from_url(parts, **options)
+    store.connect()
+    return store
+
+
+def _resolve(scheme: str) -> _FromUrl:
+    _load_entry_points()
+    with _lock:
+        backend = _registry.get(scheme)
+    if backend is None:
+        known = ", ".join(registered_schemes())
+        raise UnknownSchemeError(f"no store backend handles {scheme!r}:// (known: {known})")
+    if not isinstance(backend.target, str):
+        return cast(_FromUrl, backend.target)
+    module_name, _, attribute = backend.target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        if backend.extra is None or module_name.startswith(exc.name or "\0"):
+            raise
+        raise MissingDependencyError(
+            f"the {scheme}:// backend needs {exc.name!r}: "
+            f"pip install 'storekeeper[{backend.extra}]'"
+        ) from exc
+    return cast(_FromUrl, getattr(module, attribute))
+
+
+def _load_entry_points() -> None:
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    found = {
+        ep.name.lower(): _Backend(ep.value, None) for ep in entry_points(group=ENTRY_POINT_GROUP)
+    }
+    with _lock:
+        for scheme, backend in found.items():
+            _registry.setdefault(scheme, backend)
+        _entry_points_loaded = True

@@ -1,0 +1,810 @@
+"""The shared conformance suite every store backend and composite must pass.
+
+Subclass :class:`StoreTests` in a test module and implement :meth:`StoreTests.create_store`;
+pytest then runs every documented behaviour of the store API against the backend::
+
+    class TestMyStore(StoreTests):
+        def create_store(self, tmp_path, event_manager):
+            return MyStore(tmp_path / "db", event_manager=event_manager)
+
+Capability flags (class attributes) switch off what a backend cannot do, and
+:meth:`StoreTests.store_url` enables the multi-process tests for backends that are safe
+across processes.
+"""
+
+from __future__ import annotations
+
+import abc
+import io
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from storekeeper.errors import (
+    ConflictError,
+    InvalidKeyError,
+    InvalidMetadataError,
+    InvalidValueError,
+    KeyNotFoundError,
+    NotConnectedError,
+)
+from storekeeper.events import BaseEvent, EventManager
+from storekeeper.store import (
+    AbstractStore,
+    BytesValue,
+    Exists,
+    In,
+    Prefix,
+    Range,
+    StoreDeleteEvent,
+    StoreEvent,
+    StoreModificationEvent,
+    StoreProgressEndEvent,
+    StoreProgressStartEvent,
+    StoreProgressStepEvent,
+    StoreSetEvent,
+    StoreTransactionEndEvent,
+    StoreTransactionStartEvent,
+    StoreUpdateEvent,
+)
+
+__all__ = ["WEIRD_KEYS", "StoreTests"]
+
+#: Keys every backend must store and list faithfully, however it maps them.
+WEIRD_KEYS = [
+    "../x",
+    "/abs",
+    "a/../../b",
+    ".",
+    "..",
+    ".hidden",
+    "CON",
+    "con",
+    "nul.txt",
+    "a" * 300,
+    "é" * 200,
+    "日本語/キー",
+    "with space",
+    "back\\slash",
+    "%41%2F",
+    "a:b*c?d<e>f|g\"h'",
+    "trailing.",
+    "trailing ",
+    "line\nbreak",
+    "tab\tkey",
+    "emoji 🎉",
+    "Upper",
+    "upper",
+    "x.data",
+    "x.metadata",
+]
+
+BAD_KEYS: list[Any] = ["", "a\x00b", 123, None, b"bytes", ("t",)]
+
+BAD_METADATA: list[Any] = [
+    {1: "int key"},
+    {"a": object()},
+    {"a": float("nan")},
+    {"a": float("inf")},
+    {"a": b"bytes"},
+    {"a": {1, 2}},
+    "not a dict",
+    ["a", 1],
+]
+
+
+class _Recorder:
+    """Collects the store events a manager emits, in order."""
+
+    def __init__(self, manager: EventManager, cls: type[BaseEvent] = StoreEvent) -> None:
+        self.events: list[BaseEvent] = []
+        manager.connect(cls, self.events.append)
+
+    def of(self, cls: type[BaseEvent]) -> list[Any]:
+        return [event for event in self.events if isinstance(event, cls)]
+
+    def clear(self) -> None:
+        self.events.clear()
+
+
+class _FailingReader(io.RawIOBase):
+    """A binary stream that yields some bytes and then raises."""
+
+    def __init__(self, good: bytes) -> None:
+        super().__init__()
+        self._good = good
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        if self._good:
+            chunk, self._good = self._good, b""
+            return chunk
+        raise OSError("the source failed mid-read")
+
+
+class StoreTests(abc.ABC):
+    """Conformance tests for a writable store; subclass and implement ``create_store``."""
+
+    #: Data survives disconnect + a new instance (``reopen_store`` must be implemented).
+    persistent = False
+    #: Size of the "large value" round trip; backends may raise it.
+    large_value_size = 3 * 1024 * 1024 + 17
+
+    # -- hooks ------------------------------------------------------------------------
+    @abc.abstractmethod
+    def create_store(self, tmp_path: Path, event_manager: EventManager) -> AbstractStore:
+        """Return a new, empty, *unconnected* store using *event_manager*."""
+
+    def reopen_store(self, tmp_path: Path, event_manager: EventManager) -> AbstractStore:
+        """Return a new unconnected instance on the same data (persistent backends)."""
+        raise TypeError(f"{type(self).__name__} sets persistent=True: define reopen_store")
+
+    @pytest.fixture
+    def event_manager(self) -> EventManager:
+        return EventManager()
+
+    @pytest.fixture
+    def store(self, tmp_path: Path, event_manager: EventManager) -> Iterator[AbstractStore]:
+        store = self.create_store(tmp_path, event_manager)
+        store.connect()
+        yield store
+        store.disconnect()
+
+    @pytest.fixture
+    def events(self, event_manager: EventManager) -> _Recorder:
+        return _Recorder(event_manager)
+
+    # -- connection --------------------------------------------------------------------
+    def test_operations_need_a_connection(
+        self, tmp_path: Path, event_manager: EventManager
+    ) -> None:
+        store = self.create_store(tmp_path, event_manager)
+        assert not store.is_connected()
+        with pytest.raises(NotConnectedError):
+            store.get("a")
+        with pytest.raises(NotConnectedError):
+            store.set("a", (b"x", {}))
+        with store:
+            assert store.is_connected()
+            store.set("a", (b"x", {}))
+        assert not store.is_connected()
+
+    def test_reconnect_keeps_working(self, store: AbstractStore) -> None:
+        store.set("a", (b"1", {"n": 1}))
+        store.disconnect()
+        store.connect()
+        store.set("b", (b"2", {}))
+        assert store.to_bytes("b") == b"2"
+
+    def test_info(self, store: AbstractStore) -> None:
+        info = store.info()
+        assert info["readonly"] is False
+        assert info["type"] == type(store).__name__
+
+    # -- reading and writing -------------------------------------------------------------
+    def test_missing_key(self, store: AbstractStore) -> None:
+        for call in (store.get, store.get_data, store.get_metadata, store.to_bytes, store.delete):
+            with pytest.raises(KeyNotFoundError) as info:
+                call("missing")
+            assert isinstance(info.value, KeyError)
+        assert store.exists("missing") is False
+
+    def test_set_and_get(self, store: AbstractStore) -> None:
+        before = time.time()
+        store.set("k", (b"hello", {"title": "Greeting", "n": 1, "tags": ["a"], "x": None}))
+        value = store.get("k")
+        with value.data as stream:
+            assert stream.read() == b"hello"
+        assert value.metadata == {"title": "Greeting", "n": 1, "tags": ["a"], "x": None}
+        assert value.size == 5
+        assert value.created is not None and value.modified is not None
+        assert before - 1 <= value.created <= value.modified <= time.time() + 1
+        assert isinstance(value.version, str) and value.version
+
+    def test_value_unpacks_as_pair_and_streams_are_fresh(self, store: AbstractStore) -> None:
+        store.set("k", (b"abc", {"a": 1}))
+        value = store.get("k")
+        data, metadata = value
+        assert data.read() == b"abc"
+        data.close()
+        assert metadata == {"a": 1}
+        assert len(value) == 2 and value[1] == {"a": 1}
+        first, second = value.data, value.data
+        assert first.read(1) == b"a" and second.read() == b"abc"
+        first.close()
+        second.close()
+
+    def test_metadata_is_copied_in_and_out(self, store: AbstractStore) -> None:
+        given: dict[str, Any] = {"list": [1, 2], "d": {"x": 1}}
+        store.set("k", (b"", given))
+        given["list"].append(3)
+        given["new"] = True
+        out = store.get_metadata("k")
+        assert out == {"list": [1, 2], "d": {"x": 1}}
+        out["list"].append(99)
+        out["d"]["x"] = 2
+        assert store.get_metadata("k") == {"list": [1, 2], "d": {"x": 1}}
+        value = store.get("k")
+        value.metadata["list"].append(5)
+        assert value.metadata == {"list": [1, 2], "d": {"x": 1}}
+
+    def test_set_accepts_every_data_source(self, store: AbstractStore, tmp_path: Path) -> None:
+        sources: dict[str, Any] = {
+            "bytes": b"payload",
+            "bytearray": bytearray(b"payload"),
+            "memoryview": memoryview(b"payload"),
+            "stream": io.BytesIO(b"payload"),
+            "chunks": [b"pay", b"", b"load"],
+            "generator": (part for part in (b"pa", b"yload")),
+            "value": BytesValue(b"payload", {}),
+        }
+        for name, source in sources.items():
+            if name == "value":
+                store.set(name, source)
+            else:
+                store.set(name, (source, None))
+            assert store.to_bytes(name) == b"payload", name
+            assert store.get_metadata(name) == {}, name
+
+    def test_set_copies_a_value_between_keys(self, store: AbstractStore) -> None:
+        store.set("a", (b"data", {"m": 1}))
+        store.set("b", store.get("a"))
+        assert store.to_bytes("b") == b"data"
+        assert store.get_metadata("b") == {"m": 1}
+
+    def test_user_stream_is_not_closed(self, store: AbstractStore) -> None:
+        stream = io.BytesIO(b"abc")
+        store.set("k", (stream, {}))
+        assert not stream.closed
+
+    def test_invalid_keys_are_rejected(self, store: AbstractStore) -> None:
+        store.set("good", (b"keep", {"a": 1}))
+        for key in BAD_KEYS:
+            with pytest.raises(InvalidKeyError):
+                store.set(key, (b"x", {}))
+            with pytest.raises(InvalidKeyError):
+                store.get(key)
+            with pytest.raises(InvalidKeyError):
+                store.exists(key)
+            with pytest.raises(InvalidKeyError):
+                store.delete(key)
+        with pytest.raises(InvalidKeyError):
+            store.multiset(["ok", ""], [(b"1", {}), (b"2", {})])
+        assert store.query_keys() == ["good"]
+
+    def test_weird_keys_round_trip(self, store: AbstractStore) -> None:
+        for index, key in enumerate(WEIRD_KEYS):
+            store.set(key, (key.encode(), {"i": index}))
+        assert sorted(store.query_keys()) == sorted(WEIRD_KEYS)
+        for index, key in enumerate(WEIRD_KEYS):
+            assert store.to_bytes(key) == key.encode(), key
+            assert store.get_metadata(key) == {"i": index}, key
+        assert store.to_bytes("Upper") != store.to_bytes("upper")
+        for key in WEIRD_KEYS:
+            store.delete(key)
+        assert store.query_keys() == []
+
+    def test_bad_metadata_is_rejected_and_old_value_stays(self, store: AbstractStore) -> None:
+        store.set("k", (b"old", {"a": 1}))
+        for metadata in BAD_METADATA:
+            with pytest.raises(InvalidMetadataError):
+                store.set("k", (b"new", metadata))
+            with pytest.raises(InvalidMetadataError):
+                store.set_metadata("k", metadata)
+            with pytest.raises(InvalidMetadataError):
+                store.set("fresh", (b"new", metadata))
+        with pytest.raises(InvalidMetadataError):
+            store.update_metadata("k", {"b": object()})
+        assert store.to_bytes("k") == b"old"
+        assert store.get_metadata("k") == {"a": 1}
+        assert not store.exists("fresh")
+
+    def test_bad_data_is_rejected(self, store: AbstractStore) -> None:
+        store.set("k", (b"old", {}))
+        for data in ("text", 12, io.StringIO("text"), ["ok", b"x"]):
+            with pytest.raises(InvalidValueError):
+                store.set("k", (data, {}))
+        with pytest.raises(InvalidValueError):
+            store.set("k", b"not a pair")  # type: ignore[arg-type]
+        assert store.to_bytes("k") == b"old"
+
+    def test_failing_source_keeps_old_value(self, store: AbstractStore) -> None:
+        store.set("k", (b"old", {"v": 1}))
+        with pytest.raises(OSError, match="mid-read"):
+            store.set("k", (_FailingReader(b"partial"), {"v": 2}))
+        with pytest.raises(OSError, match="mid-read"):
+            store.set_data("k", _FailingReader(b"partial"))
+        with pytest.raises(OSError, match="mid-read"):
+            store.set("new", (_FailingReader(b"partial"), {}))
+        assert store.to_bytes("k") == b"old"
+        assert store.get_metadata("k") == {"v": 1}
+        assert not store.exists("new")
+
+    def test_empty_value(self, store: AbstractStore) -> None:
+        store.set("empty", (b"", {}))
+        assert store.to_bytes("empty") == b""
+        assert store.get("empty").size == 0
+
+    def test_large_value_streams(self, store: AbstractStore) -> None:
+        size = self.large_value_size
+        chunk = bytes(range(256)) * 4096  # 1 MiB
+
+        def produce() -> Iterator[bytes]:
+            left = size
+            while left:
+                part = chunk[: min(left, len(chunk))]
+                left -= len(part)
+                yield part
+
+        store.set("big", (produce(), {"size": size}))
+        value = store.get("big")
+        assert value.size == size
+        total = 0
+        for part in value.iterdata(buffer_size=65536):
+            assert len(part) <= 65536
+            total += len(part)
+        assert total == size
+        with store.get_data_range("big", size - 10, None) as stream:
+            assert stream.read() == (chunk * 4)[size - 10 : size]
+
+    # -- partial reads --------------------------------------------------------------------
+    def test_get_data_range_is_end_exclusive(self, store: AbstractStore) -> None:
+        store.set("k", (b"test2\n", {}))
+        cases = {(1, 3): b"es", (None, 2): b"te", (4, None): b"2\n", (None, None): b"test2\n"}
+        for (start, end), expected in cases.items():
+            with store.get_data_range("k", start, end) as stream:
+                assert stream.read() == expected, (start, end)
+        with store.get("k").range(-2) as stream:
+            assert stream.read() == b"2\n"
+        with store.get_data_range("k", 3, 100) as stream:
+            assert stream.read() == b"t2\n"
+        with store.get_data_range("k", 5, 2) as stream:
+            assert stream.read() == b""
+
+    def test_get_metadata_select(self, store: AbstractStore) -> None:
+        store.set("k", (b"", {"author": "a", "org": "o", "title": "t"}))
+        assert store.get_metadata("k", select=["author", "org"]) == {"author": "a", "org": "o"}
+        assert store.get_metadata("k", ["author", "missing"]) == {"author": "a"}
+        assert store.get_metadata("k", []) == {}
+
+    def test_multiget_keeps_input_order_and_takes_generators(self, store: AbstractStore) -> None:
+        for key in "abc":
+            store.set(key, (key.encode() * 2, {"k": key}))
+        values = store.multiget(key for key in "cab")
+        assert [v.metadata["k"] for v in values] == ["c", "a", "b"]
+        datas = store.multiget_data(iter("bca"))
+        assert [d.read() for d in datas] == [b"bb", b"cc", b"aa"]
+        for stream in datas:
+            stream.close()
+        metas = store.multiget_metadata((key for key in "ba"), select=iter(["k", "x"]))
+        assert metas == [{"k": "b"}, {"k": "a"}]
+        with pytest.raises(KeyError):
+            store.multiget(["a", "missing"])
+
+    # -- queries --------------------------------------------------------------------------
+    def _populate(self, store: AbstractStore) -> None:
+        store.multiset(
+            ["k1", "k2", "k3", "k4", "k5"],
+            [
+                (b"1", {"author": "ali", "org": "40", "year": 2000, "tag": "a"}),
+                (b"2", {"author": "ali", "org": "41", "year": 2005.5, "tag": None}),
+                (b"3", {"author": "bob", "org": "40", "year": 2010, "path": "docs/x"}),
+                (b"4", {"author": "bob", "year": "2000", "nested": {"a": [1, 2]}}),
+                (b"5", {}),
+            ],
+        )
+
+    def test_query_exact_match(self, store: AbstractStore) -> None:
+        self._populate(store)
+        assert sorted(store.query_keys(author="ali")) == ["k1", "k2"]
+        assert store.query_keys(author="ali", org="40") == ["k1"]
+        assert sorted(store.query_keys()) == ["k1", "k2", "k3", "k4", "k5"]
+        assert store.query_keys(year=2000) == ["k1"]
+        assert store.query_keys(year=2000.0) == ["k1"]
+        assert store.query_keys(year="2000") == ["k4"]
+        assert store.query_keys(tag=None) == ["k2"]
+        assert store.query_keys(nested={"a": [1, 2]}) == ["k4"]
+        assert store.query_keys(author="nobody") == []
+
+    def test_query_select(self, store: AbstractStore) -> None:
+        self._populate(store)
+        result = dict(store.query(select=["org", "missing"], author="bob"))
+        assert result == {"k3": {"org": "40"}, "k4": {}}
+        full = dict(store.query(author="ali", org="40"))
+        assert full == {"k1": {"author": "ali", "org": "40", "year": 2000, "tag": "a"}}
+        everything = dict(store.query())
+        assert set(everything) == {"k1", "k2", "k3", "k4", "k5"}
+        assert everything["k5"] == {}
+
+    def test_query_terms(self, store: AbstractStore) -> None:
+        self._populate(store)
+        assert sorted(store.query_keys(author=In(["bob", "eve"]))) == ["k3", "k4"]
+        assert sorted(store.query_keys(year=Range(2000, 2010))) == ["k1", "k2"]
+        assert sorted(store.query_keys(year=Range(2000, 2010, include_high=True))) == [
+            "k1",
+            "k2",
+            "k3",
+        ]
+        assert store.query_keys(year=Range(low=2006)) == ["k3"]
+        assert store.query_keys(year=Range(high="3", low="1")) == ["k4"]
+        assert sorted(store.query_keys(tag=Exists())) == ["k1", "k2"]
+        assert sorted(store.query_keys(org=Exists(False))) == ["k4", "k5"]
+        assert store.query_keys(path=Prefix("docs/")) == ["k3"]
+        assert store.query_keys(path=Prefix("doc"), author="bob") == ["k3"]
+        assert store.query_keys(author=In([])) == []
+
+    def test_glob(self, store: AbstractStore) -> None:
+        for key in ["a.jpg", "b.jpg", "c.png", "dir/d.jpg", ".hidden.jpg", "A.JPG"]:
+            store.set(key, (b"", {}))
+        assert sorted(store.glob("*.jpg")) == [".hidden.jpg", "a.jpg", "b.jpg", "dir/d.jpg"]
+        assert store.glob("?.png") == ["c.png"]
+        assert sorted(store.glob("[ab].jpg")) == ["a.jpg", "b.jpg"]
+        assert store.glob("*.JPG") == ["A.JPG"]
+
+    # -- partial writes ------------------------------------------------------------------
+    def test_set_data_keeps_metadata(self, store: AbstractStore) -> None:
+        store.set("k", (b"old", {"a": 1}))
+        store.set_data("k", b"new")
+        assert (store.to_bytes("k"), store.get_metadata("k")) == (b"new", {"a": 1})
+        store.set_data("fresh", io.BytesIO(b"x"))
+        assert (store.to_bytes("fresh"), store.get_metadata("fresh")) == (b"x", {})
+
+    def test_set_metadata_keeps_data(self, store: AbstractStore) -> None:
+        store.set("k", (b"data", {"a": 1, "b": 2}))
+        store.set_metadata("k", {"c": 3})
+        assert (store.to_bytes("k"), store.get_metadata("k")) == (b"data", {"c": 3})
+        store.set_metadata("fresh", {"x": 1})
+        assert (store.to_bytes("fresh"), store.get_metadata("fresh")) == (b"", {"x": 1})
+
+    def test_update_metadata_merges(self, store: AbstractStore) -> None:
+        store.set("k", (b"data", {"a": 1, "b": 2}))
+        modified = store.get("k").modified
+        store.update_metadata("k", {"b": 3, "c": 4})
+        assert store.get_metadata("k") == {"a": 1, "b": 3, "c": 4}
+        assert store.to_bytes("k") == b"data"
+        assert store.get("k").modified >= modified  # type: ignore[operator]
+        with pytest.raises(KeyNotFoundError):
+            store.update_metadata("missing", {"a": 1})
+        assert not store.exists("missing")
+
+    def test_created_kept_and_modified_advances(self, store: AbstractStore) -> None:
+        store.set("k", (b"1", {}))
+        first = store.get("k")
+        time.sleep(0.01)
+        store.set("k", (b"2", {}))
+        second = store.get("k")
+        assert second.created == pytest.approx(first.created, abs=1e-3)
+        assert second.modified > first.modified  # type: ignore[operator]
+
+    def test_from_and_to_bytes_and_files(self, store: AbstractStore, tmp_path: Path) -> None:
+        store.set("k", (b"old", {"keep": True}))
+        store.from_bytes("k", b"new bytes")
+        assert store.to_bytes("k") == b"new bytes"
+        assert store.get_metadata("k") == {"keep": True}
+        source = tmp_path / "source.bin"
+        source.write_bytes(b"from a file" * 1000)
+        store.from_file("k", source, buffer_size=7)
+        assert store.get_metadata("k") == {"keep": True}
+        target = tmp_path / "out.bin"
+        store.to_file("k", target, buffer_size=100)
+        assert target.read_bytes() == b"from a file" * 1000
+        target.write_bytes(b"untouched")
+        with pytest.raises(KeyError):
+            store.to_file("missing", target)
+        assert target.read_bytes() == b"untouched"
+        with pytest.raises(KeyError):
+            store.to_file("missing", tmp_path / "never.bin")
+        assert not (tmp_path / "never.bin").exists()
+
+    def test_delete(self, store: AbstractStore) -> None:
+        store.set("k", (b"x", {}))
+        store.delete("k")
+        assert not store.exists("k")
+        with pytest.raises(KeyNotFoundError):
+            store.get("k")
+        with pytest.raises(KeyNotFoundError):
+            store.delete("k")
+        store.set("k", (b"again", {}))
+        assert store.to_bytes("k") == b"again"
+
+    def test_multi_methods_take_generators_and_zip(self, store: AbstractStore) -> None:
+        store.multiset((k for k in ["a", "b", "c"]), ((b"x", {"n": i}) for i in range(2)))
+        assert sorted(store.query_keys()) == ["a", "b"]
+        store.multiset_data(iter(["a", "b"]), iter([b"1", b"2", b"3"]))
+        assert [store.to_bytes(k) for k in "ab"] == [b"1", b"2"]
+        store.multiset_metadata((k for k in "ab"), ({"m": k} for k in "ab"))
+        assert store.multiget_metadata("ab") == [{"m": "a"}, {"m": "b"}]
+        store.multiupdate_metadata(iter("ab"), iter([{"u": 1}, {"u": 2}]))
+        assert store.multiget_metadata("ab") == [{"m": "a", "u": 1}, {"m": "b", "u": 2}]
+        assert [store.to_bytes(k) for k in "ab"] == [b"1", b"2"]
+
+    def test_multiset_is_all_or_nothing(self, store: AbstractStore) -> None:
+        store.set("a", (b"old", {}))
+        with pytest.raises(OSError, match="mid-read"):
+            store.multiset(["a", "b", "c"], [(b"new", {}), (b"b", {}), (_FailingReader(b"x"), {})])
+        assert store.to_bytes("a") == b"old"
+        assert not store.exists("b")
+
+    def test_mapping_view(self, store: AbstractStore) -> None:
+        mapping = store.as_mapping()
+        mapping["a"] = b"1"
+        store.set_metadata("a", {"m": 1})
+        mapping["a"] = b"2"
+        assert mapping["a"] == b"2"
+        assert store.get_metadata("a") == {"m": 1}
+        assert "a" in mapping and "b" not in mapping and len(mapping) == 1
+        assert dict(mapping) == {"a": b"2"}
+        del mapping["a"]
+        assert len(mapping) == 0
+        with pytest.raises(KeyError):
+            mapping["a"]
+
+    # -- versions and conditional writes -------------------------------------------------
+    def test_version_changes_on_every_write(self, store: AbstractStore) -> None:
+        seen = set()
+        store.set("k", (b"1", {}))
+        seen.add(store.get("k").version)
+        writes: tuple[Callable[[], None], ...] = (
+            lambda: store.set("k", (b"1", {})),
+            lambda: store.set_data("k", b"2"),
+            lambda: store.set_metadata("k", {"a": 1}),
+            lambda: store.update_metadata("k", {"b": 1}),
+            lambda: store.from_bytes("k", b"3"),
+        )
+        for write in writes:
+            write()
+            version = store.get("k").version
+            assert version not in seen
+            seen.add(version)
+        assert store.get("k").version == store.get("k").version
+
+    def test_conditional_writes(self, store: AbstractStore) -> None:
+        store.set("k", (b"1", {"n": 1}), if_exists=False)
+        with pytest.raises(ConflictError):
+            store.set("k", (b"2", {"n": 2}), if_exists=False)
+        version = store.get("k").version
+        assert version is not None
+        with pytest.raises(ConflictError):
+            store.set("k", (b"2", {}), if_version="not-" + version)
+        with pytest.raises(ConflictError):
+            store.set("missing", (b"2", {}), if_exists=True)
+        with pytest.raises(ConflictError):
+            store.set("missing", (b"2", {}), if_version=version)
+        assert store.to_bytes("k") == b"1" and not store.exists("missing")
+        store.set("k", (b"2", {"n": 2}), if_version=version)
+        with pytest.raises(ConflictError):
+            store.set_data("k", b"3", if_version=version)
+        with pytest.raises(ConflictError):
+            store.set_metadata("k", {"n": 3}, if_version=version)
+        with pytest.raises(ConflictError):
+            store.update_metadata("k", {"n": 3}, if_version=version)
+        with pytest.raises(ConflictError):
+            store.delete("k", if_version=version)
+        assert (store.to_bytes("k"), store.get_metadata("k")) == (b"2", {"n": 2})
+        current = store.get("k").version
+        store.update_metadata("k", {"n": 3}, if_version=current)
+        store.delete("k", if_version=store.get("k").version)
+        assert not store.exists("k")
+
+    def test_create_only_race_between_threads(self, store: AbstractStore) -> None:
+        winners: list[int] = []
+        barrier = threading.Barrier(8)
+
+        def contend(n: int) -> None:
+            barrier.wait()
+            try:
+                store.set("race", (str(n).encode(), {"n": n}), if_exists=False)
+            except ConflictError:
+                return
+            winners.append(n)
+
+        _run_threads(contend, 8)
+        assert len(winners) == 1
+        assert store.get_metadata("race") == {"n": winners[0]}
+
+    def test_compare_and_swap_counter_between_threads(self, store: AbstractStore) -> None:
+        store.set("counter", (b"0", {}))
+        increments = 25
+
+        def increment(_: int) -> None:
+            done = 0
+            while done < increments:
+                value = store.get("counter")
+                count = int(store.to_bytes("counter")) if value.version else 0
+                try:
+                    _cas(store, value.version, count)
+                except ConflictError:
+                    continue
+                done += 1
+
+        _run_threads(increment, 4)
+        assert int(store.to_bytes("counter")) == 4 * increments
+
+    # -- transactions ----------------------------------------------------------------------
+    def test_transaction_commits(self, store: AbstractStore) -> None:
+        with store.transaction("two keys") as transaction:
+            assert transaction is not None
+            store.set("a", (b"1", {}))
+            store.set("b", (b"2", {}))
+            assert store.to_bytes("a") == b"1"  # a transaction sees its own writes
+        assert store.to_bytes("b") == b"2"
+
+    def test_transaction_rolls_back_on_error(self, store: AbstractStore) -> None:
+        store.set("kept", (b"old", {"v": 1}))
+        store.set("gone", (b"gone", {}))
+
+        with pytest.raises(RuntimeError, match="boom"), store.transaction("failing"):
+            store.set("kept", (b"new", {"v": 2}))
+            store.update_metadata("kept", {"w": 1})
+            store.set("added", (b"x", {}))
+            store.delete("gone")
+            raise RuntimeError("boom")
+        assert (store.to_bytes("kept"), store.get_metadata("kept")) == (b"old", {"v": 1})
+        assert not store.exists("added")
+        assert store.to_bytes("gone") == b"gone"
+
+    def test_nested_transactions_apply_only_outermost(self, store: AbstractStore) -> None:
+        with pytest.raises(RuntimeError), store.transaction("outer"):
+            with store.transaction("inner"):
+                store.set("inner", (b"1", {}))
+            assert store.exists("inner")
+            raise RuntimeError("outer fails")
+        assert not store.exists("inner")
+
+    def test_failed_inner_transaction_rolls_back_to_its_start(self, store: AbstractStore) -> None:
+        with store.transaction("outer"):
+            store.set("outer", (b"1", {}))
+            with pytest.raises(RuntimeError), store.transaction("inner"):
+                store.set("inner", (b"1", {}))
+                store.set("outer", (b"changed", {}))
+                raise RuntimeError("inner fails")
+            store.set("after", (b"1", {}))
+        assert store.to_bytes("outer") == b"1"
+        assert not store.exists("inner")
+        assert store.exists("after")
+
+    def test_transaction_events(self, store: AbstractStore, events: _Recorder) -> None:
+        with store.transaction("notes here"):
+            store.set("a", (b"1", {"x": 1}))
+            store.delete("a")
+            assert events.of(StoreModificationEvent) == []
+        kinds = [type(e) for e in events.events if not isinstance(e, StoreProgressStartEvent)]
+        assert kinds[:2] == [StoreTransactionStartEvent, StoreTransactionEndEvent]
+        assert [type(e) for e in events.of(StoreModificationEvent)] == [
+            StoreSetEvent,
+            StoreDeleteEvent,
+        ]
+        end = events.of(StoreTransactionEndEvent)[0]
+        assert end.state == "done" and end.notes == "notes here"
+        events.clear()
+        with pytest.raises(RuntimeError), store.transaction("fails"):
+            store.set("b", (b"1", {}))
+            raise RuntimeError
+        assert events.of(StoreModificationEvent) == []
+        assert events.of(StoreTransactionEndEvent)[0].state == "failed"
+
+    def test_transactions_are_per_thread(self, store: AbstractStore) -> None:
+        inside = threading.Event()
+        other_done = threading.Event()
+        errors: list[BaseException] = []
+
+        def other_thread() -> None:
+            inside.wait(5)
+            try:
+                store.set("other", (b"committed", {}))
+            except BaseException as exc:  # reported to the main thread
+                errors.append(exc)
+            other_done.set()
+
+        worker = threading.Thread(target=other_thread)
+        worker.start()
+        with pytest.raises(RuntimeError), store.transaction("mine"):
+            store.set("mine", (b"x", {}))
+            inside.set()
+            # The other thread may block until this transaction ends; don't wait forever.
+            other_done.wait(0.2)
+            raise RuntimeError("roll back mine only")
+        worker.join(10)
+        assert not errors
+        assert store.to_bytes("other") == b"committed"
+        assert not store.exists("mine")
+
+    # -- events ------------------------------------------------------------------------------
+    def test_modification_events(self, store: AbstractStore, events: _Recorder) -> None:
+        store.set("k", (b"1", {"a": 1}))
+        store.set("k", (b"2", {"a": 2}))
+        store.update_metadata("k", {"b": 1})
+        store.delete("k")
+        mods = events.of(StoreModificationEvent)
+        assert [type(e) for e in mods] == [
+            StoreSetEvent,
+            StoreUpdateEvent,
+            StoreUpdateEvent,
+            StoreDeleteEvent,
+        ]
+        assert [e.action for e in mods] == ["set", "update", "update", "delete"]
+        assert all(e.key == "k" and e.source is store for e in mods)
+        assert [e.metadata for e in mods] == [
+            {"a": 1},
+            {"a": 2},
+            {"a": 2, "b": 1},
+            {"a": 2, "b": 1},
+        ]
+
+    def test_events_go_to_the_stores_own_manager(self, store: AbstractStore) -> None:
+        from storekeeper.events import get_event_manager
+
+        global_events = _Recorder(get_event_manager())  # type: ignore[arg-type]
+        try:
+            store.set("k", (io.BytesIO(b"x" * 10), {}))
+            store.delete("k")
+            assert [e for e in global_events.events if e.source is store] == []
+        finally:
+            get_event_manager().disconnect(StoreEvent, global_events.events.append)
+
+    def test_progress_events_for_streamed_writes(
+        self, store: AbstractStore, events: _Recorder, tmp_path: Path
+    ) -> None:
+        store.set("k", (io.BytesIO(b"x" * 100), {}), buffer_size=30)
+        starts = events.of(StoreProgressStartEvent)
+        ends = events.of(StoreProgressEndEvent)
+        assert len(starts) == 1 and len(ends) == 1
+        assert starts[0].key == "k" and starts[0].source is store
+        steps = [e.step for e in events.of(StoreProgressStepEvent)]
+        assert steps and steps == sorted(steps) and steps[-1] == 100
+        assert len(steps) == len(set(steps))  # the final step is not repeated
+        events.clear()
+        store.to_file("k", tmp_path / "out", buffer_size=40)
+        assert [e.step for e in events.of(StoreProgressStepEvent)] == [40, 80, 100]
+        assert len(events.of(StoreProgressEndEvent)) == 1
+
+    def test_listeners_cannot_change_stored_metadata(
+        self, store: AbstractStore, event_manager: EventManager
+    ) -> None:
+        def vandal(event: Any) -> None:
+            event.metadata["vandal"] = True
+
+        event_manager.connect(StoreModificationEvent, vandal)
+        store.set("k", (b"", {"a": 1}))
+        assert store.get_metadata("k") == {"a": 1}
+
+    # -- persistence -----------------------------------------------------------------------
+    def test_data_survives_reopening(self, tmp_path: Path, event_manager: EventManager) -> None:
+        if not self.persistent:
+            pytest.skip(f"{type(self).__name__} keeps data in memory only (persistent=False)")
+        with self.create_store(tmp_path, event_manager) as store:
+            store.set("k", (b"durable", {"a": [1]}))
+            version = store.get("k").version
+        with self.reopen_store(tmp_path, event_manager) as again:
+            value = again.get("k")
+            assert again.to_bytes("k") == b"durable"
+            assert value.metadata == {"a": [1]}
+            assert value.version == version
+            assert again.query_keys(a=[1]) == ["k"]
+
+
+def _cas(store: AbstractStore, version: str | None, count: int) -> None:
+    store.set("counter", (str(count + 1).encode(), {}), if_version=version)
+
+
+def _run_threads(target: Any, count: int) -> None:
+    failures: list[BaseException] = []
+
+    def run(n: int) -> None:
+        try:
+            target(n)
+        except BaseException as exc:  # reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not failures, failures

@@ -1,0 +1,421 @@
+"""SimpleAuthStore: conformance over memory, filesystem and SQLite, users, permissions."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from storekeeper.backends.memory import DictMemoryStore
+from storekeeper.backends.sqlite import SqliteStore
+from storekeeper.composite import (
+    EVERYONE,
+    SimpleAuthStore,
+    make_encoder,
+    sha1_hasher,
+)
+from storekeeper.composite.auth import PERMISSIONS
+from storekeeper.errors import (
+    AuthenticationError,
+    AuthorizationError,
+    ConflictError,
+    InvalidMetadataError,
+    KeyNotFoundError,
+    NotConnectedError,
+)
+from storekeeper.events import EventManager
+from storekeeper.store import AbstractAuthorizingStore, AbstractStore, StoreModificationEvent
+from storekeeper.testing.store import StoreTests
+
+ALICE = {"username": "alice", "password": "alice's secret"}
+BOB = {"username": "bob", "password": "bob's secret"}
+FAST = make_encoder(b"pepper", n=2)  # scrypt at the lowest cost: tests only
+
+
+def child(kind: str, tmp_path: Path, name: str) -> AbstractStore:
+    """A fresh unconnected child store of *kind*, with its own event manager."""
+    if kind == "memory":
+        return DictMemoryStore(event_manager=EventManager())
+    if kind == "sqlite":
+        return SqliteStore(tmp_path / f"{name}.db", durable=False, event_manager=EventManager())
+    from storekeeper.backends.filesystem import FileSystemStore, init_shared_store
+
+    init_shared_store(tmp_path / name)
+    return FileSystemStore(tmp_path / name, event_manager=EventManager())
+
+
+class _AliceStore(SimpleAuthStore):
+    """Connects as alice when no credentials are given (what the conformance suite does)."""
+
+    def connect(self, credentials: Any = None) -> None:
+        super().connect(ALICE if credentials is None else credentials)
+
+
+class _AuthConformance(StoreTests):
+    kind = "memory"
+
+    def create_store(self, tmp_path: Path, event_manager: EventManager) -> SimpleAuthStore:
+        store = _AliceStore(child(self.kind, tmp_path, "data"), FAST, event_manager=event_manager)
+        if "alice" not in store.users():
+            store.add_user("alice", ALICE["password"])
+        return store
+
+    def reopen_store(self, tmp_path: Path, event_manager: EventManager) -> SimpleAuthStore:
+        return self.create_store(tmp_path, event_manager)
+
+
+class TestAuthOverMemory(_AuthConformance):
+    kind = "memory"
+
+
+class TestAuthOverFiles(_AuthConformance):
+    kind = "file"
+    persistent = True
+
+
+class TestAuthOverSqlite(_AuthConformance):
+    kind = "sqlite"
+    persistent = True
+
+
+# -- fixtures for the store's own rules -------------------------------------------------------
+@pytest.fixture(params=["memory", "file", "sqlite"])
+def inner(request: pytest.FixtureRequest, tmp_path: Path) -> AbstractStore:
+    store = child(request.param, tmp_path, "data")
+    admin = SimpleAuthStore(store, FAST)
+    admin.add_user("alice", ALICE["password"])
+    admin.add_user("bob", BOB["password"])
+    admin.add_user("carol", "carol's secret", tags=["staff"])
+    store.connect()
+    return store
+
+
+def session(inner: AbstractStore, credentials: Any, **options: Any) -> SimpleAuthStore:
+    store = SimpleAuthStore(inner, FAST, event_manager=EventManager(), **options)
+    store.connect(credentials)
+    return store
+
+
+# -- authentication --------------------------------------------------------------------------
+def test_connect_needs_the_right_password(inner: AbstractStore) -> None:
+    store = SimpleAuthStore(inner, FAST)
+    for credentials in (
+        None,
+        {"username": "alice"},
+        {"username": "alice", "password": "wrong"},
+        {"username": "nobody", "password": "x"},
+        ("alice", "wrong"),
+        "alice",
+    ):
+        with pytest.raises(AuthenticationError):
+            store.connect(credentials)
+        assert not store.is_connected()
+        with pytest.raises(NotConnectedError):
+            store.get("anything")
+    store.connect(("alice", ALICE["password"]))
+    assert store.user_tag == "alice"
+
+
+def test_passwords_are_scrypt_hashes_with_a_salt_per_user(inner: AbstractStore) -> None:
+    admin = SimpleAuthStore(inner, make_encoder(b"pepper"))
+    admin.add_user("dave", "same password")
+    admin.add_user("erin", "same password")
+    dave = json.loads(inner.to_bytes(".user_dave"))
+    erin = json.loads(inner.to_bytes(".user_erin"))
+    assert dave["scheme"] == "scrypt" and dave["salt"] != erin["salt"]
+    assert dave["hash"] != erin["hash"]
+    salt = bytes.fromhex(dave["salt"])
+    expected = hashlib.scrypt(b"same password", salt=b"pepper" + salt, n=2**14, r=8, p=1, dklen=32)
+    assert bytes.fromhex(dave["hash"]) == expected
+    assert b"same password" not in inner.to_bytes(".user_dave")
+    assert "pepper" not in repr(admin.encoder)
+
+
+def test_passwords_are_compared_in_constant_time(
+    inner: AbstractStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[bytes, bytes]] = []
+    real = hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        calls.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr("storekeeper.composite.auth.hmac.compare_digest", spy)
+    session(inner, ALICE).disconnect()
+    assert len(calls) == 1
+
+
+def test_sha1_is_used_only_when_asked_for_and_reads_old_records(tmp_path: Path) -> None:
+    assert make_encoder(b"salt").scheme == "scrypt"
+    legacy = make_encoder(b"salt", sha1_hasher)
+    assert legacy.scheme == "sha1_hasher"
+    with DictMemoryStore() as raw:
+        # A record as the original wrote it: the bare sha1 of salt + password.
+        raw.set(".user_old", (hashlib.sha1(b"saltpw").digest(), {}))
+        store = SimpleAuthStore(raw, legacy)
+        store.connect({"username": "old", "password": "pw"})
+        assert store.user_tag == "old"
+        with pytest.raises(AuthenticationError):
+            SimpleAuthStore(raw, make_encoder(b"salt")).connect(("old", "pw"))
+
+
+def test_seed_style_one_argument_encoders_still_work() -> None:
+    with DictMemoryStore() as raw:
+        store = SimpleAuthStore(raw, lambda data: hashlib.sha256(data).digest())
+        store.add_user("u", "pw")
+        store.connect(("u", "pw"))
+        store.set("k", (b"v", {}))
+        assert store.to_bytes("k") == b"v"
+
+
+# -- user records are out of reach -------------------------------------------------------------
+def test_user_records_are_invisible_and_untouchable(inner: AbstractStore) -> None:
+    alice = session(inner, ALICE)
+    alice.set("data", (b"x", {"a": 1}))
+    record = inner.to_bytes(".user_bob")
+    for key in (".user_bob", ".user_alice", ".user_nobody"):
+        assert not alice.exists(key)
+        with pytest.raises(KeyNotFoundError):
+            alice.get(key)
+        with pytest.raises(KeyNotFoundError):
+            alice.delete(key)
+        with pytest.raises(KeyNotFoundError):
+            alice.update_metadata(key, {"x": 1})
+        for write in (
+            lambda k=key: alice.set(k, (b"evil", {})),
+            lambda k=key: alice.set_data(k, b"evil"),
+            lambda k=key: alice.set_metadata(k, {}),
+        ):
+            with pytest.raises(AuthorizationError):
+                write()
+    assert alice.query_keys() == ["data"]
+    assert [key for key, _ in alice.query(select=[])] == ["data"]
+    assert alice.glob(".user*") == [] and alice.glob("*") == ["data"]
+    assert inner.to_bytes(".user_bob") == record
+    assert alice.users() == ["alice", "bob", "carol"]  # the admin tool still sees them
+
+
+def test_permissions_never_show_in_metadata_or_events(inner: AbstractStore) -> None:
+    alice = session(inner, ALICE)
+    seen: list[Any] = []
+    alice.event_manager.connect(StoreModificationEvent, seen.append)
+    alice.set("k", (b"x", {"a": 1}))
+    alice.update_metadata("k", {"b": 2})
+    assert alice.get_metadata("k") == {"a": 1, "b": 2}
+    assert alice.get("k").metadata == {"a": 1, "b": 2}
+    assert dict(alice.query()) == {"k": {"a": 1, "b": 2}}
+    alice.delete("k")
+    assert [e.metadata for e in seen] == [{"a": 1}, {"a": 1, "b": 2}, {"a": 1, "b": 2}]
+    assert all(e.source is alice and e.key == "k" for e in seen)
+    with pytest.raises(InvalidMetadataError):
+        alice.set("k", (b"", {PERMISSIONS: {"owned": ["alice"]}}))
+    with pytest.raises(InvalidMetadataError):
+        alice.update_metadata("other", {PERMISSIONS: {}})
+    with pytest.raises(InvalidMetadataError):
+        alice.query_keys(**{PERMISSIONS: {"owned": ["alice"]}})
+
+
+# -- per-key permissions --------------------------------------------------------------------------
+def test_a_user_without_permission_can_never_reach_another_users_data(
+    inner: AbstractStore,
+) -> None:
+    alice, bob = session(inner, ALICE), session(inner, BOB)
+    alice.set("secret", (b"alice's data", {"owner": "alice"}))
+    bob.set("bobs", (b"bob's data", {"owner": "bob"}))
+    for read in (
+        lambda: bob.get("secret"),
+        lambda: bob.get_data("secret"),
+        lambda: bob.get_metadata("secret"),
+        lambda: bob.get_data_range("secret", 0, 3),
+        lambda: bob.to_bytes("secret"),
+        lambda: bob.multiget(["bobs", "secret"]),
+        lambda: bob.delete("secret"),
+        lambda: bob.update_metadata("secret", {"x": 1}),
+        lambda: bob.get_permissions("secret"),
+        lambda: bob.set_permissions("secret", {"owned": ["bob"]}),
+        lambda: bob.update_permissions("secret", {"get": ["bob"]}),
+    ):
+        with pytest.raises(KeyNotFoundError):
+            read()
+    for write in (
+        lambda: bob.set("secret", (b"overwritten", {})),
+        lambda: bob.set_data("secret", b"overwritten"),
+        lambda: bob.set_metadata("secret", {}),
+        lambda: bob.multiset(["mine", "secret"], [(b"", {}), (b"", {})]),
+    ):
+        with pytest.raises(AuthorizationError):
+            write()
+    assert not bob.exists("secret") and not bob.exists("mine")
+    assert bob.query_keys() == ["bobs"]
+    assert bob.query_keys(owner="alice") == []
+    assert dict(bob.query()) == {"bobs": {"owner": "bob"}}
+    assert bob.glob("*") == ["bobs"] and bob.glob("sec*") == []
+    assert bob.check_permissions("secret") == {"connect"}
+    assert (alice.to_bytes("secret"), alice.get_metadata("secret")) == (
+        b"alice's data",
+        {"owner": "alice"},
+    )
+    assert alice.get_permissions("secret") == {"owned": {"alice"}}
+
+
+def test_owners_grant_and_extend_permissions(inner: AbstractStore) -> None:
+    alice, bob, carol = (
+        session(inner, ALICE),
+        session(inner, BOB),
+        session(inner, ("carol", "carol's secret")),
+    )
+    alice.set("doc", (b"v1", {}))
+    alice.update_permissions("doc", {"get": {"bob"}})
+    assert bob.to_bytes("doc") == b"v1" and bob.query_keys() == ["doc"]
+    assert bob.check_permissions("doc") == {"connect", "exists", "get"}
+    with pytest.raises(AuthorizationError):
+        bob.set("doc", (b"bob was here", {}))
+    with pytest.raises(AuthorizationError):
+        bob.get_permissions("doc")
+    with pytest.raises(AuthorizationError):
+        bob.get("doc").permissions  # noqa: B018 - the property raises
+    assert not carol.exists("doc")
+    alice.update_permissions("doc", {"set": ["staff"]})  # a group tag
+    carol.set_data("doc", b"v2")
+    assert alice.get_permissions("doc") == {
+        "owned": {"alice"},
+        "get": {"bob"},
+        "set": {"staff"},
+    }
+    assert alice.get("doc").permissions == alice.get_permissions("doc")
+    with pytest.raises(InvalidMetadataError):
+        alice.set_permissions("doc", {"get": ["bob"]})  # 'owned' is required
+    alice.set_permissions("doc", {"owned": ["bob"], "get": [EVERYONE]})
+    assert bob.get_permissions("doc") == {"owned": {"bob"}, "get": {EVERYONE}}
+    with pytest.raises(AuthorizationError):
+        alice.get_permissions("doc")
+    assert alice.to_bytes("doc") == b"v2" and carol.to_bytes("doc") == b"v2"
+
+
+def test_writes_keep_permissions(inner: AbstractStore) -> None:
+    alice, bob = session(inner, ALICE), session(inner, BOB)
+    alice.set("doc", (b"1", {}))
+    alice.update_permissions("doc", {"set": ["bob"], "get": ["bob"]})
+    bob.set("doc", (b"2", {"by": "bob"}))
+    bob.set_metadata("doc", {"by": "bob again"})
+    bob.update_metadata("doc", {"more": 1})
+    assert alice.get_permissions("doc") == {"owned": {"alice"}, "set": {"bob"}, "get": {"bob"}}
+    with pytest.raises(AuthorizationError):
+        bob.delete("doc")
+    alice.delete("doc")
+    bob.set("doc", (b"mine now", {}))
+    assert bob.get_permissions("doc") == {"owned": {"bob"}}
+
+
+def test_keys_written_around_the_store_are_open_to_everyone(inner: AbstractStore) -> None:
+    inner.set("legacy", (b"old", {"a": 1}))
+    bob = session(inner, BOB)
+    assert bob.to_bytes("legacy") == b"old"
+    assert bob.get_permissions("legacy") == {"owned": {EVERYONE}}
+    bob.set_permissions("legacy", {"owned": ["bob"]})
+    assert not session(inner, ALICE).exists("legacy")
+
+
+def test_check_permissions_can_be_restricted_by_a_subclass(inner: AbstractStore) -> None:
+    class ReadOnlyUsers(SimpleAuthStore):
+        def check_permissions(self, key: str | None = None) -> set[str]:
+            return super().check_permissions(key) - {"set", "delete"}
+
+    session(inner, ALICE).set("k", (b"x", {}))
+    reader = ReadOnlyUsers(inner, FAST)
+    reader.connect(ALICE)
+    assert reader.check_permissions() == {"connect", "exists", "get"}
+    assert reader.to_bytes("k") == b"x"
+    with pytest.raises(AuthorizationError):
+        reader.set("k", (b"y", {}))
+    with pytest.raises(AuthorizationError):
+        reader.set("new", (b"y", {}))
+    with pytest.raises(AuthorizationError):
+        reader.delete("k")
+
+
+# -- user administration and sessions ------------------------------------------------------------
+def test_user_tools(inner: AbstractStore) -> None:
+    admin = SimpleAuthStore(inner, FAST)
+    with pytest.raises(ConflictError):
+        admin.add_user("alice", "again")
+    admin.change_user("alice", password="new secret")
+    with pytest.raises(AuthenticationError):
+        session(inner, ALICE)
+    session(inner, ("alice", "new secret")).disconnect()
+    admin.remove_user("bob")
+    with pytest.raises(KeyNotFoundError):
+        admin.remove_user("bob")
+    with pytest.raises(KeyNotFoundError):
+        admin.change_user("bob", password="x")
+    assert admin.users() == ["alice", "carol"]
+
+
+def test_removed_users_and_changed_passwords_end_sessions(inner: AbstractStore) -> None:
+    admin = SimpleAuthStore(inner, FAST)
+    bob = session(inner, BOB, recheck_interval=0.0)
+    carol = session(inner, ("carol", "carol's secret"), recheck_interval=0.0)
+    admin.change_user("carol", tags=["staff", "audit"])
+    assert carol.check_permissions() >= {"get"}  # a tag change keeps the session
+    admin.remove_user("bob")
+    with pytest.raises(AuthenticationError):
+        bob.query_keys()
+    with pytest.raises(AuthenticationError):
+        bob.get("anything")
+    admin.change_user("carol", password="changed")
+    with pytest.raises(AuthenticationError):
+        carol.exists("x")
+    carol.connect(("carol", "changed"))
+    assert carol.query_keys() == []
+
+
+def test_info_works_connected_or_not(inner: AbstractStore) -> None:
+    store = SimpleAuthStore(inner, FAST)
+    assert store.info()["user"] is None
+    store.connect(ALICE)
+    info = store.info()
+    assert info["user"] == "alice" and info["authorizing"] is True
+    assert isinstance(store, AbstractAuthorizingStore)
+    store.disconnect()
+    store.connect(BOB)  # the same object can reconnect, as another user
+    assert store.user_tag == "bob"
+
+
+def test_a_separate_user_store(tmp_path: Path) -> None:
+    users, data = DictMemoryStore(), DictMemoryStore()
+    store = SimpleAuthStore(data, FAST, user_key_path="u:", user_key_store=users)
+    store.add_user("alice", "pw")
+    store.connect(("alice", "pw"))
+    store.set("k", (b"v", {}))
+    assert users.query_keys() == ["u:alice"]
+    assert data.query_keys() == ["k"]
+    store.disconnect()
+    assert not users.is_connected() and not data.is_connected()
+
+
+def test_sessions_in_threads_see_only_their_own_keys(inner: AbstractStore) -> None:
+    errors: list[BaseException] = []
+
+    def work(credentials: dict[str, str]) -> None:
+        try:
+            store = session(inner, credentials)
+            name = credentials["username"]
+            for i in range(15):
+                store.set(f"{name}-{i}", (b"x", {"by": name}))
+                assert all(key.startswith(name) for key in store.query_keys())
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(who,)) for who in (ALICE, BOB) * 2]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not errors
+    assert len(session(inner, ALICE).query_keys()) == 15

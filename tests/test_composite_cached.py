@@ -1,0 +1,386 @@
+"""CachedStore: conformance over memory, filesystem and SQLite, policies, bounds, processes."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+
+from storekeeper.backends.memory import DictMemoryStore
+from storekeeper.backends.sqlite import SqliteStore
+from storekeeper.composite import CachedStore
+from storekeeper.composite.cached import BOOKKEEPING
+from storekeeper.errors import ConflictError, KeyNotFoundError, ReadOnlyStoreError
+from storekeeper.events import EventManager
+from storekeeper.store import (
+    AbstractReadOnlyStore,
+    AbstractStore,
+    StoreModificationEvent,
+    StreamValue,
+    Value,
+)
+from storekeeper.testing.store import StoreTests
+
+
+def child(kind: str, tmp_path: Path, name: str) -> AbstractStore:
+    """A fresh unconnected child store of *kind*, with its own event manager."""
+    if kind == "memory":
+        return DictMemoryStore(event_manager=EventManager())
+    if kind == "sqlite":
+        return SqliteStore(tmp_path / f"{name}.db", durable=False, event_manager=EventManager())
+    from storekeeper.backends.filesystem import FileSystemStore, init_shared_store
+
+    init_shared_store(tmp_path / name)
+    return FileSystemStore(tmp_path / name, event_manager=EventManager())
+
+
+class _CachedConformance(StoreTests):
+    kind = "memory"
+    policy = "always"
+
+    def create_store(self, tmp_path: Path, event_manager: EventManager) -> CachedStore:
+        source, cache = child(self.kind, tmp_path, "source"), child(self.kind, tmp_path, "cache")
+        return CachedStore(source, cache, policy=self.policy, event_manager=event_manager)  # type: ignore[arg-type]
+
+    def reopen_store(self, tmp_path: Path, event_manager: EventManager) -> CachedStore:
+        return self.create_store(tmp_path, event_manager)
+
+
+class TestCachedOverMemory(_CachedConformance):
+    kind = "memory"
+
+
+class TestCachedImmutableOverMemory(_CachedConformance):
+    kind = "memory"
+    policy = "immutable"
+
+
+class TestCachedOverFiles(_CachedConformance):
+    kind = "file"
+    persistent = True
+
+
+class TestCachedOverSqlite(_CachedConformance):
+    kind = "sqlite"
+    persistent = True
+
+
+class Counting(AbstractStore):
+    """A store wrapper that counts calls and data bytes read (a stand-in remote source)."""
+
+    def __init__(self, inner: AbstractStore, *, versions: bool = True) -> None:
+        super().__init__(inner.event_manager)
+        self.inner = inner
+        self.versions = versions
+        self.calls = 0
+        self.bytes_read = 0
+
+    def connect(self, credentials: Any = None) -> None:
+        self.inner.connect()
+        super().connect()
+
+    def get(self, key: str) -> Value:
+        self.calls += 1
+        value = self.inner.get(key)
+        return StreamValue(
+            lambda: self._counted(value.data),
+            value.metadata,
+            size=value.size,
+            version=value.version if self.versions else None,
+        )
+
+    def _counted(self, stream: IO[bytes]) -> IO[bytes]:
+        data = stream.read()
+        self.bytes_read += len(data)
+        return io.BytesIO(data)
+
+    def query(self, select: Any = None, **kwargs: Any) -> list[tuple[str, dict[str, Any]]]:
+        self.calls += 1
+        return self.inner.query(select, **kwargs)
+
+    def set(self, key: str, value: Any, buffer_size: int = 1 << 20, **kw: Any) -> None:
+        self.calls += 1
+        self.inner.set(key, value, buffer_size, **kw)
+
+    def delete(self, key: str, *, if_version: str | None = None) -> None:
+        self.calls += 1
+        self.inner.delete(key, if_version=if_version)
+
+    def reset(self) -> None:
+        self.calls = self.bytes_read = 0
+
+
+@pytest.fixture
+def source() -> Counting:
+    inner = DictMemoryStore()
+    inner.connect()
+    for name in "abcde":
+        inner.set(name, (name.encode() * 100, {"name": name}))
+    return Counting(inner)
+
+
+def cached(source: AbstractReadOnlyStore, **options: Any) -> CachedStore:
+    store = CachedStore(source, DictMemoryStore(), event_manager=EventManager(), **options)
+    store.connect()
+    return store
+
+
+def test_always_revalidates_with_one_call_and_no_data(source: Counting) -> None:
+    store = cached(source)
+    assert store.to_bytes("a") == b"a" * 100
+    source.reset()
+    value = store.get("a")
+    assert (source.calls, source.bytes_read) == (1, 0)
+    assert value.metadata == {"name": "a"} and value.version == source.inner.get("a").version
+    assert store.to_bytes("a") == b"a" * 100
+    assert source.bytes_read == 0
+
+
+def test_always_sees_changes_made_at_the_source(source: Counting) -> None:
+    store = cached(source)
+    store.get("a")
+    source.inner.set("a", (b"new", {"v": 2}))
+    assert store.to_bytes("a") == b"new" and store.get_metadata("a") == {"v": 2}
+    source.inner.delete("b")
+    with pytest.raises(KeyNotFoundError):
+        store.get("b")
+    assert not store.cache.exists("b")
+
+
+def test_immutable_hits_never_touch_the_source(source: Counting) -> None:
+    store = cached(source, policy="immutable")
+    store.get("a")
+    source.reset()
+    for _ in range(5):
+        assert store.to_bytes("a") == b"a" * 100
+        assert store.exists("a")
+    assert source.calls == 0
+
+
+def test_max_age_trusts_a_copy_for_a_while(source: Counting) -> None:
+    store = cached(source, policy="max_age", max_age=0.2)
+    store.get("a")
+    source.reset()
+    store.get("a")
+    assert source.calls == 0
+    time.sleep(0.25)
+    store.get("a")
+    assert (source.calls, source.bytes_read) == (1, 0)  # validated, not fetched
+    store.get("a")
+    assert source.calls == 1  # the validation restarted the clock
+
+
+def test_policy_arguments_are_checked(source: Counting) -> None:
+    with pytest.raises(ValueError, match="policy"):
+        CachedStore(source, DictMemoryStore(), policy="sometimes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_age"):
+        CachedStore(source, DictMemoryStore(), policy="max_age")
+    with pytest.raises(ValueError, match="max_age"):
+        CachedStore(source, DictMemoryStore(), max_age=3)
+
+
+def test_version_of_is_used_when_the_source_has_it(source: Counting) -> None:
+    asked: list[str] = []
+
+    def version_of(key: str) -> str:
+        asked.append(key)
+        version = source.inner.get(key).version
+        assert version is not None
+        return version
+
+    source.version_of = version_of  # type: ignore[attr-defined]
+    store = cached(source)
+    store.get("a")
+    source.reset()
+    assert store.to_bytes("a") == b"a" * 100
+    assert asked == ["a"] and source.calls == 0
+
+
+def test_sources_without_versions_are_read_through(source: Counting) -> None:
+    source.versions = False
+    store = cached(source)
+    assert store.to_bytes("a") == b"a" * 100
+    assert store.cache.query_keys() == []
+
+
+def test_least_recently_used_copies_are_evicted(source: Counting) -> None:
+    store = cached(source, max_size=350, touch_interval=0.0)
+    for name in "abc":
+        store.get(name)
+        time.sleep(0.01)
+    store.get("a")  # a is now more recent than b
+    time.sleep(0.01)
+    store.get("d")  # 400 bytes > 350: evict down to 315, least recently used first
+    assert sorted(store.cache.query_keys()) == ["a", "c", "d"]
+    by_count = cached(source, max_entries=2, touch_interval=0.0)
+    for name in "abcde":
+        by_count.get(name)
+        time.sleep(0.01)
+    assert len(by_count.cache.query_keys()) <= 2
+    assert "e" in by_count.cache.query_keys()
+    by_count.invalidate()
+    assert by_count.cache.query_keys() == []
+
+
+def test_bookkeeping_never_shows(source: Counting) -> None:
+    store = cached(source)
+    store.get("a")
+    assert BOOKKEEPING in store.cache.get_metadata("a")
+    assert store.get("a").metadata == {"name": "a"}
+    assert store.get_metadata("a") == {"name": "a"}
+    assert dict(store.query(name="a")) == {"a": {"name": "a"}}
+
+
+def test_writes_go_through_and_drop_the_copy(source: Counting) -> None:
+    store = cached(source, policy="immutable")
+    store.get("a")
+    store.set("a", (b"written", {}))
+    assert source.inner.to_bytes("a") == b"written"
+    assert store.to_bytes("a") == b"written"
+    store.update_metadata("a", {"u": 1})
+    assert store.get_metadata("a") == {"u": 1}
+    store.delete("a")
+    with pytest.raises(KeyNotFoundError):
+        store.get("a")
+
+
+def test_transactions_read_their_own_writes_and_roll_back(source: Counting) -> None:
+    store = cached(source.inner)
+    store.get("a")
+    with store.transaction("mine"):
+        store.set("a", (b"inside", {}))
+        assert store.to_bytes("a") == b"inside"
+    assert store.to_bytes("a") == b"inside"
+    with pytest.raises(RuntimeError), store.transaction("fails"):
+        store.set("a", (b"never", {}))
+        raise RuntimeError
+    assert store.to_bytes("a") == b"inside" == source.inner.to_bytes("a")
+    assert store.cache.exists("a")
+
+
+def test_read_only_source(source: Counting) -> None:
+    class ReadOnly(AbstractReadOnlyStore):
+        def get(self, key: str) -> Value:
+            return source.get(key)
+
+        def query(self, select: Any = None, **kwargs: Any) -> Any:
+            return source.query(select, **kwargs)
+
+    store = cached(ReadOnly())
+    assert store.info()["readonly"] is True and store.info()["policy"] == "always"
+    assert store.to_bytes("b") == b"b" * 100
+    with pytest.raises(ReadOnlyStoreError):
+        store.set("b", (b"", {}))
+
+
+def test_source_events_are_forwarded_and_drop_copies(source: Counting) -> None:
+    store = cached(source.inner, policy="immutable")
+    seen: list[Any] = []
+    store.event_manager.connect(StoreModificationEvent, seen.append)
+    store.get("a")
+    source.inner.set("a", (b"changed behind its back", {}))
+    assert store.to_bytes("a") == b"changed behind its back"
+    assert [(type(e).__name__, e.key, e.source) for e in seen] == [("StoreUpdateEvent", "a", store)]
+
+
+def test_a_copy_evicted_before_it_is_read_falls_back_to_the_source(source: Counting) -> None:
+    class LazyCache(DictMemoryStore):
+        def get(self, key: str) -> Value:
+            value = super().get(key)
+            return StreamValue(
+                lambda: io.BytesIO(DictMemoryStore.to_bytes(self, key)),
+                value.metadata,
+                size=value.size,
+                version=value.version,
+            )
+
+    store = CachedStore(source, LazyCache())
+    store.connect()
+    value = store.get("a")
+    store.invalidate("a")
+    with value.data as stream:
+        assert stream.read() == b"a" * 100
+    value = store.get("a")
+    store.invalidate("a")
+    source.inner.set("a", (b"moved on", {}))
+    with pytest.raises(ConflictError):
+        value.data  # noqa: B018 - the property raises
+
+
+def test_threads_share_a_cached_store(source: Counting) -> None:
+    store = cached(source, max_entries=3, touch_interval=0.0)
+    errors: list[BaseException] = []
+
+    def work(n: int) -> None:
+        try:
+            for i in range(40):
+                name = "abcde"[(n + i) % 5]
+                if i % 7 == 0:
+                    store.set(name, (name.encode() * 100, {"name": name}))
+                value = store.get(name)
+                assert value.metadata == {"name": name}
+                with value.data as stream:
+                    assert stream.read() == name.encode() * 100
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not errors
+
+
+_WORKER = textwrap.dedent(
+    """
+    import hashlib, random, sys
+    from storekeeper.backends.sqlite import SqliteStore
+    from storekeeper.composite import CachedStore
+
+    source_path, cache_path, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    rng = random.Random(seed)
+    source = SqliteStore(source_path, durable=False)
+    cache = SqliteStore(cache_path, durable=False)
+    with CachedStore(source, cache, max_entries=8, touch_interval=0.0) as store:
+        for i in range(150):
+            key = f"k{rng.randrange(12)}"
+            if rng.random() < 0.2:
+                data = f"{key}-{seed}-{i}".encode() * rng.randrange(1, 50)
+                store.set(key, (data, {"sha": hashlib.sha256(data).hexdigest()}))
+            try:
+                value = store.get(key)
+            except KeyError:
+                continue
+            with value.data as stream:
+                data = stream.read()
+            assert hashlib.sha256(data).hexdigest() == value.metadata["sha"], key
+    """
+)
+
+
+def test_processes_share_one_cache_store(tmp_path: Path) -> None:
+    source_path, cache_path = tmp_path / "source.db", tmp_path / "cache.db"
+    with SqliteStore(source_path) as source, SqliteStore(cache_path):
+        source.set("k0", (b"seed", {"sha": __import__("hashlib").sha256(b"seed").hexdigest()}))
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WORKER, str(source_path), str(cache_path), str(seed)],
+            stderr=subprocess.PIPE,
+        )
+        for seed in range(3)
+    ]
+    for worker in workers:
+        _, stderr = worker.communicate(timeout=60)
+        assert worker.returncode == 0, stderr.decode()
+    with CachedStore(SqliteStore(source_path), SqliteStore(cache_path)) as store:
+        assert len(store.cache.query_keys()) <= 8
+        for key in store.query_keys():
+            assert store.to_bytes(key) == store.source.to_bytes(key)

@@ -1,0 +1,251 @@
+"""JoinedStore: conformance over memory, filesystem and SQLite children, and its own rules."""
+
+from __future__ import annotations
+
+import io
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from storekeeper.backends.memory import DictMemoryStore
+from storekeeper.backends.sqlite import SqliteStore
+from storekeeper.composite import JoinedStore
+from storekeeper.errors import ConflictError, KeyNotFoundError
+from storekeeper.events import EventManager
+from storekeeper.store import (
+    AbstractStore,
+    Exists,
+    StoreDeleteEvent,
+    StoreModificationEvent,
+    StoreProgressStepEvent,
+    StoreSetEvent,
+    StoreUpdateEvent,
+)
+from storekeeper.testing.store import StoreTests
+
+KINDS = ["memory", "file", "sqlite"]
+
+
+def child(kind: str, tmp_path: Path, name: str) -> AbstractStore:
+    """A fresh unconnected child store of *kind*, with its own event manager."""
+    if kind == "memory":
+        return DictMemoryStore(event_manager=EventManager())
+    if kind == "sqlite":
+        return SqliteStore(tmp_path / f"{name}.db", durable=False, event_manager=EventManager())
+    from storekeeper.backends.filesystem import FileSystemStore, init_shared_store
+
+    init_shared_store(tmp_path / name)
+    return FileSystemStore(tmp_path / name, event_manager=EventManager())
+
+
+class _JoinedConformance(StoreTests):
+    kind = "memory"
+
+    def create_store(self, tmp_path: Path, event_manager: EventManager) -> JoinedStore:
+        stores = [child(self.kind, tmp_path, "top"), child(self.kind, tmp_path, "bottom")]
+        return JoinedStore(stores, event_manager=event_manager)
+
+    def reopen_store(self, tmp_path: Path, event_manager: EventManager) -> JoinedStore:
+        return self.create_store(tmp_path, event_manager)
+
+
+class TestJoinedOverMemory(_JoinedConformance):
+    kind = "memory"
+
+
+class TestJoinedOverFiles(_JoinedConformance):
+    kind = "file"
+    persistent = True
+
+
+class TestJoinedOverSqlite(_JoinedConformance):
+    kind = "sqlite"
+    persistent = True
+
+
+# -- the joined store's own rules -----------------------------------------------------------
+@pytest.fixture(params=KINDS)
+def layers(request: pytest.FixtureRequest, tmp_path: Path) -> list[AbstractStore]:
+    stores = [child(request.param, tmp_path, name) for name in ("a", "b", "c")]
+    for store in stores:
+        store.connect()
+    stores[1].set("shared", (b"from b", {"who": "b", "t": "yes"}))
+    stores[2].set("shared", (b"from c", {"who": "c", "t": "yes"}))
+    stores[2].set("only-c", (b"c data", {"who": "c", "t": "yes"}))
+    return stores
+
+
+@pytest.fixture
+def joined(layers: list[AbstractStore]) -> Any:
+    store = JoinedStore(layers, event_manager=EventManager())
+    store.connect()
+    yield store
+    store.disconnect()
+
+
+def test_first_store_that_has_a_key_wins(joined: JoinedStore) -> None:
+    assert joined.to_bytes("shared") == b"from b"
+    assert joined.get_metadata("only-c") == {"who": "c", "t": "yes"}
+    assert sorted(joined.query_keys()) == ["only-c", "shared"]
+
+
+def test_writes_go_to_the_first_store_only(
+    joined: JoinedStore, layers: list[AbstractStore]
+) -> None:
+    joined.set("shared", (b"new", {"who": "joined"}))
+    joined.set_data("only-c", b"changed")
+    assert layers[0].to_bytes("shared") == b"new"
+    assert layers[1].to_bytes("shared") == b"from b"
+    assert layers[0].get_metadata("only-c") == {"who": "c", "t": "yes"}  # copied up
+    assert layers[2].to_bytes("only-c") == b"c data"
+
+
+def test_partial_writes_of_lower_keys_keep_the_other_part(
+    joined: JoinedStore, layers: list[AbstractStore]
+) -> None:
+    joined.set_metadata("shared", {"m": 1})
+    assert (joined.to_bytes("shared"), joined.get_metadata("shared")) == (b"from b", {"m": 1})
+    joined.update_metadata("only-c", {"extra": True})
+    assert joined.to_bytes("only-c") == b"c data"
+    assert joined.get_metadata("only-c") == {"who": "c", "t": "yes", "extra": True}
+    joined.multiset_metadata(["shared", "only-c"], [{"x": 1}, {"y": 2}])
+    assert joined.to_bytes("only-c") == b"c data"  # the original's bug gave b""
+
+
+def test_delete_hides_lower_copies_for_good(
+    joined: JoinedStore, layers: list[AbstractStore]
+) -> None:
+    joined.set("shared", (b"top", {}))
+    joined.delete("shared")
+    joined.delete("only-c")
+    for key in ("shared", "only-c"):
+        assert not joined.exists(key)
+        with pytest.raises(KeyNotFoundError):
+            joined.get(key)
+        with pytest.raises(KeyNotFoundError):
+            joined.delete(key)
+        with pytest.raises(KeyNotFoundError):
+            joined.update_metadata(key, {"a": 1})
+    assert layers[2].to_bytes("only-c") == b"c data"  # lower stores are never written
+    assert joined.query_keys() == []
+    assert joined.query() == []
+    assert joined.glob("*") == []
+    assert joined.query_keys(who=Exists(False)) == []
+    joined.set_data("only-c", b"back")
+    assert (joined.to_bytes("only-c"), joined.get_metadata("only-c")) == (b"back", {})
+
+
+def test_queries_never_return_a_shadowed_entry(joined: JoinedStore) -> None:
+    joined.set_metadata("shared", {"t": "no"})
+    assert joined.query_keys(t="yes") == ["only-c"]
+    assert dict(joined.query(select=["who"])) == {"shared": {}, "only-c": {"who": "c"}}
+    assert sorted(joined.glob("*")) == ["only-c", "shared"]
+
+
+def test_conditional_writes_use_the_visible_version(
+    joined: JoinedStore, layers: list[AbstractStore]
+) -> None:
+    lower_version = layers[1].get("shared").version
+    assert joined.get("shared").version == lower_version
+    with pytest.raises(ConflictError):
+        joined.set("shared", (b"x", {}), if_exists=False)
+    with pytest.raises(ConflictError):
+        joined.delete("shared", if_version="stale")
+    joined.set("shared", (b"x", {}), if_version=lower_version)
+    with pytest.raises(ConflictError):
+        joined.set("shared", (b"y", {}), if_version=lower_version)
+    assert joined.to_bytes("shared") == b"x"
+
+
+def test_disconnect_then_connect_works(joined: JoinedStore, layers: list[AbstractStore]) -> None:
+    joined.disconnect()
+    assert all(store.is_connected() for store in layers)  # connected by the caller
+    joined.connect()
+    assert joined.to_bytes("shared") == b"from b"
+
+
+def test_connect_connects_and_disconnect_disconnects_its_children(tmp_path: Path) -> None:
+    stores = [DictMemoryStore(), DictMemoryStore()]
+    with JoinedStore(stores) as joined:
+        assert all(store.is_connected() for store in stores)
+        joined.set("k", (b"v", {}))
+    assert not any(store.is_connected() for store in stores)
+    with JoinedStore(stores) as joined:
+        assert joined.to_bytes("k") == b"v"
+
+
+def test_events_use_the_joined_key_space_and_kind(joined: JoinedStore) -> None:
+    seen: list[Any] = []
+    joined.event_manager.connect(StoreModificationEvent, seen.append)
+    joined.set("shared", (b"1", {"n": 1}))  # new in the top store, but it existed
+    joined.set("fresh", (b"1", {}))
+    joined.delete("shared")  # leaves a whiteout: still a deletion
+    assert [(type(e), e.key) for e in seen] == [
+        (StoreUpdateEvent, "shared"),
+        (StoreSetEvent, "fresh"),
+        (StoreDeleteEvent, "shared"),
+    ]
+    assert all(event.source is joined for event in seen)
+    assert seen[2].metadata == {"n": 1}
+
+
+def test_outside_changes_to_children_are_forwarded_unless_shadowed(
+    joined: JoinedStore, layers: list[AbstractStore]
+) -> None:
+    seen: list[Any] = []
+    joined.event_manager.connect(StoreModificationEvent, seen.append)
+    layers[2].set("shared", (b"hidden by b", {}))
+    layers[2].set("new-c", (b"", {"v": 1}))
+    layers[0].set("only-c", (b"over", {}))
+    layers[0].delete("only-c")
+    assert [(type(e).__name__, e.key) for e in seen] == [
+        ("StoreSetEvent", "new-c"),
+        ("StoreUpdateEvent", "only-c"),
+        ("StoreUpdateEvent", "only-c"),  # the deletion uncovered c's copy
+    ]
+    assert all(event.source is joined for event in seen)
+
+
+def test_progress_events_are_forwarded(joined: JoinedStore) -> None:
+    steps: list[Any] = []
+    joined.event_manager.connect(StoreProgressStepEvent, steps.append)
+    joined.set("big", (io.BytesIO(b"x" * 100), {}), buffer_size=40)
+    assert [event.step for event in steps] == [40, 80, 100]
+    assert {(event.source, event.key) for event in steps} == {(joined, "big")}
+
+
+def test_transaction_is_all_or_nothing_in_the_first_store(
+    joined: JoinedStore, layers: list[AbstractStore]
+) -> None:
+    with pytest.raises(RuntimeError), joined.transaction("fails"):
+        joined.set("shared", (b"changed", {}))
+        joined.delete("only-c")
+        raise RuntimeError("roll back")
+    assert joined.to_bytes("shared") == b"from b"
+    assert joined.to_bytes("only-c") == b"c data"
+    assert not layers[0].exists("shared")
+
+
+def test_threads_share_a_joined_store(joined: JoinedStore) -> None:
+    errors: list[BaseException] = []
+
+    def work(n: int) -> None:
+        try:
+            for i in range(20):
+                key = f"t{n}-{i}"
+                joined.set(key, (key.encode(), {"n": n}))
+                assert joined.to_bytes(key) == key.encode()
+                assert joined.to_bytes("only-c") == b"c data"
+            joined.delete(f"t{n}-0")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not errors
+    assert len(joined.query_keys()) == 2 + 4 * 19

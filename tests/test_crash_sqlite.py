@@ -1,0 +1,29 @@
+"""SqliteStore survives writer processes killed with SIGKILL at random moments."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from storekeeper.testing.crash import run_crash_rounds
+
+SOAK = os.environ.get("STOREKEEPER_SOAK") == "1"
+
+
+@pytest.mark.crash
+@pytest.mark.parametrize("durable", [True, False])
+def test_killed_writers_lose_nothing_acknowledged(tmp_path: Path, durable: bool) -> None:
+    url = f"sqlite://{tmp_path / 'crash.db'}?durable={str(durable).lower()}"
+    report = run_crash_rounds(url, rounds=60)
+    assert report.problems == []
+    assert report.rounds == 60
+    assert report.acknowledged > 0
+
+
+@pytest.mark.soak
+@pytest.mark.skipif(not SOAK, reason="thousands of kills: only under make soak")
+def test_killed_writers_soak(tmp_path: Path) -> None:
+    report = run_crash_rounds(f"sqlite://{tmp_path / 'soak.db'}", rounds=2000, max_delay=0.5)
+    assert report.problems == []

@@ -1,0 +1,29 @@
+"""DictMemoryStore against the conformance suite, plus what only it promises."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from storekeeper.events import EventManager
+
+from storekeeper.backends.memory import DictMemoryStore
+from storekeeper.store import open_store
+from storekeeper.testing.stateful import run_state_machine
+from storekeeper.testing.store import StoreTests
+
+
+class TestDictMemoryStore(StoreTests):
+    def create_store(self, tmp_path: Path, event_manager: EventManager) -> DictMemoryStore:
+        return DictMemoryStore(event_manager=event_manager)
+
+
+def test_open_store_memory_gives_a_connected_empty_store() -> None:
+    with open_store("memory://") as store:
+        assert isinstance(store, DictMemoryStore)
+        assert store.is_connected()
+        assert store.query_keys() == []
+    assert not store.is_connected()
+
+
+def test_state_machine_against_a_dict_model() -> None:
+    run_state_machine(lambda: DictMemoryStore(event_manager=EventManager()))

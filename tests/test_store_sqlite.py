@@ -1,0 +1,133 @@
+"""SqliteStore against the conformance suite, plus what only it promises."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from storekeeper.events import EventManager
+
+from storekeeper.backends.sqlite import SqliteStore
+from storekeeper.store import Range, open_store
+from storekeeper.testing.stateful import run_state_machine
+from storekeeper.testing.store import StoreTests
+
+
+class TestSqliteFileStore(StoreTests):
+    persistent = True
+
+    def create_store(self, tmp_path: Path, event_manager: EventManager) -> SqliteStore:
+        return SqliteStore(tmp_path / "store.db", event_manager=event_manager)
+
+    reopen_store = create_store
+
+
+class TestSqliteChunkedStore(StoreTests):
+    """Tiny inline limit and chunks, so every code path of large values is exercised."""
+
+    persistent = True
+    large_value_size = 100_003
+
+    def create_store(self, tmp_path: Path, event_manager: EventManager) -> SqliteStore:
+        return SqliteStore(
+            tmp_path / "store.db", inline_limit=4, chunk_size=7, event_manager=event_manager
+        )
+
+    reopen_store = create_store
+
+
+class TestSqliteMemoryStore(StoreTests):
+    def create_store(self, tmp_path: Path, event_manager: EventManager) -> SqliteStore:
+        return SqliteStore(event_manager=event_manager)
+
+
+def test_state_machine(tmp_path: Path) -> None:
+    run_state_machine(lambda: SqliteStore(tmp_path / "sm.db", inline_limit=8, chunk_size=5))
+
+
+def test_open_store_urls(tmp_path: Path) -> None:
+    path = tmp_path / "url.db"
+    with open_store(f"sqlite://{path}?table=things&durable=false") as store:
+        assert isinstance(store, SqliteStore)
+        assert (store.table, store.durable, store.location) == ("things", False, str(path))
+        store.set("k", (b"v", {}))
+    with open_store("sqlite://") as memory:
+        assert isinstance(memory, SqliteStore) and memory.location == ":memory:"
+    with pytest.raises(ValueError, match="no host"):
+        open_store("sqlite://host/x.db")
+
+
+def test_hostile_table_and_metadata_names_cannot_inject_sql(tmp_path: Path) -> None:
+    table = 'x"; DROP TABLE victim; --'
+    db = tmp_path / "inject.db"
+    with sqlite3.connect(db) as raw:
+        raw.execute("CREATE TABLE victim (a)")
+    names = ['a"b', "c'); DROP TABLE victim; --", "$.x", "d\\e", "[f]"]
+    with SqliteStore(db, table=table) as store:
+        for index, name in enumerate(names):
+            store.set(f"k{index}", (b"", {name: index}))
+        for index, name in enumerate(names):
+            assert store.query_keys(**{name: index}) == [f"k{index}"]
+            assert store.query_keys(**{name: Range(index, index + 1)}) == [f"k{index}"]
+    with sqlite3.connect(db) as raw:
+        tables = {row[0] for row in raw.execute("SELECT name FROM sqlite_master")}
+    assert "victim" in tables and table in tables
+
+
+def test_dynamic_indexes_are_used_and_survive_reconnect(tmp_path: Path) -> None:
+    db = tmp_path / "idx.db"
+    with SqliteStore(db) as store:
+        store.set("a", (b"", {"year": 2000}))
+    with SqliteStore(db) as store:
+        store.set("b", (b"", {"year": 2001}))  # no "duplicate column" on reconnect
+        store.set_metadata("a", {"year": 2005})  # index never goes stale
+        assert store.query_keys(year=2005) == ["a"]
+        assert store.query_keys(year=2000) == []
+    with sqlite3.connect(db) as raw:
+        plan = raw.execute(
+            'EXPLAIN QUERY PLAN SELECT key FROM "store" '
+            "WHERE json_extract(metadata, '$.\"year\"') = 2001"
+        ).fetchall()
+    assert any("INDEX" in str(row) for row in plan), plan
+
+
+def test_static_index_creates_its_columns(tmp_path: Path) -> None:
+    db = tmp_path / "static.db"
+    with SqliteStore(db, index="static", index_columns=["kind"]) as store:
+        store.set("a", (b"", {"kind": "x", "other": 1}))
+        assert store.query_keys(kind="x") == ["a"]
+    with sqlite3.connect(db) as raw:
+        indexes = [
+            row[0] for row in raw.execute("SELECT sql FROM sqlite_master WHERE type='index'")
+        ]
+    assert sum("kind" in (sql or "") for sql in indexes) == 1
+    assert not any("other" in (sql or "") for sql in indexes)
+
+
+def test_large_values_are_chunked_and_old_chunks_removed(tmp_path: Path) -> None:
+    db = tmp_path / "chunks.db"
+    with SqliteStore(db, inline_limit=10, chunk_size=16) as store:
+        store.set("big", (b"x" * 100, {}))
+        store.set("big", (b"y" * 50, {}))
+        assert store.to_bytes("big") == b"y" * 50
+        with store.get_data_range("big", 14, 40) as stream:
+            assert stream.read() == b"y" * 26
+        store.set("big", (b"small", {}))
+        store.set("gone", (b"z" * 40, {}))
+        store.delete("gone")
+    with sqlite3.connect(db) as raw:
+        assert raw.execute('SELECT COUNT(*) FROM "store__chunks"').fetchone() == (0,)
+
+
+def test_overwrite_while_streaming_raises_conflict_not_a_torn_value(tmp_path: Path) -> None:
+    from storekeeper.errors import ConflictError
+
+    with SqliteStore(tmp_path / "torn.db", inline_limit=1, chunk_size=4) as store:
+        store.set("k", (b"a" * 40, {}))
+        stream = store.get_data("k")
+        assert stream.read(4) == b"aaaa"
+        store.set("k", (b"b" * 40, {}))
+        with pytest.raises(ConflictError):
+            stream.read()
+        stream.close()
