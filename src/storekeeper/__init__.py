@@ -25,27 +25,98 @@ from storekeeper.errors import (
     TransactionError,
     UnknownSchemeError,
 )
+from storekeeper.events import (
+    BaseEvent,
+    BaseEventManager,
+    EventManager,
+    ProgressManager,
+    get_event_manager,
+    set_event_manager,
+)
+from storekeeper.store import (
+    AbstractAuthorizingStore,
+    AbstractReadOnlyStore,
+    AbstractStore,
+    BytesValue,
+    Exists,
+    In,
+    Prefix,
+    Range,
+    StreamValue,
+    Value,
+    open_store,
+    register_backend,
+)
 
 __version__ = "0.1.0.dev0"
 
+# Backends and composites load on first use (PEP 562), so ``import storekeeper`` stays
+# cheap and never imports an optional dependency.
+_LAZY = {
+    "DictMemoryStore": "storekeeper.backends.memory",
+    "FileSystemStore": "storekeeper.backends.filesystem",
+    "SqliteStore": "storekeeper.backends.sqlite",
+    "init_shared_store": "storekeeper.backends.filesystem",
+    "JoinedStore": "storekeeper.composite",
+    "MountedStore": "storekeeper.composite",
+    "SimpleAuthStore": "storekeeper.composite",
+    "CachedStore": "storekeeper.composite",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'storekeeper' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
+
 __all__ = [
+    "AbstractAuthorizingStore",
+    "AbstractReadOnlyStore",
+    "AbstractStore",
     "AuthenticationError",
     "AuthorizationError",
     "BackendError",
     "BackendUnavailableError",
+    "BaseEvent",
+    "BaseEventManager",
+    "BytesValue",
+    "CachedStore",
     "ConflictError",
     "CorruptFileError",
+    "DictMemoryStore",
+    "EventManager",
+    "Exists",
+    "FileSystemStore",
+    "In",
     "InvalidKeyError",
     "InvalidMetadataError",
     "InvalidValueError",
+    "JoinedStore",
     "KeyNotFoundError",
     "LockTimeoutError",
     "LockedStorageError",
     "MissingDependencyError",
+    "MountedStore",
     "NotConnectedError",
+    "Prefix",
+    "ProgressManager",
+    "Range",
     "ReadOnlyStoreError",
+    "SimpleAuthStore",
+    "SqliteStore",
     "StorekeeperError",
+    "StreamValue",
     "TransactionError",
     "UnknownSchemeError",
+    "Value",
     "__version__",
+    "get_event_manager",
+    "init_shared_store",
+    "open_store",
+    "register_backend",
+    "set_event_manager",
 ]
