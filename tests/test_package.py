@@ -19,5 +19,7 @@ def test_import_does_not_load_backends_or_optional_dependencies() -> None:
         "print(sorted(m for m in sys.modules if m.startswith(('storekeeper.backends', "
         "'storekeeper.composite', 'rich', 'msgpack', 'sqlite3'))))"
     )
-    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
     assert loaded.stdout.strip() == "[]"

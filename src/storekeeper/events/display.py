@@ -1,0 +1,200 @@
+"""A terminal display of progress events: the seed's "progress bar" example made real.
+
+``ProgressDisplay`` listens for :class:`ProgressStartEvent`, :class:`ProgressStepEvent`
+and :class:`ProgressEndEvent` on an event manager and draws every running operation:
+a bar with rate and time remaining when the step count is known, a spinner otherwise.
+Several operations may run at once. On a terminal it uses ``rich`` when installed (the
+``[cli]`` extra) and redraws in place otherwise; when the output is not a terminal it
+writes plain lines (start, at most one step line per ``interval`` seconds, end).
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, TextIO
+
+from storekeeper.events._manager import BaseEventManager, get_event_manager
+from storekeeper.events.progress import ProgressEndEvent, ProgressStartEvent, ProgressStepEvent
+
+__all__ = ["ProgressDisplay"]
+
+_SPINNER = "|/-\\"
+
+
+@dataclass
+class _Operation:
+    message: str
+    steps: int
+    step: int = 0
+    started: float = field(default_factory=time.monotonic)
+    last_line: float = 0.0
+
+    def describe(self, width: int = 30) -> str:
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        rate = self.step / elapsed
+        if self.steps > 0:
+            done = min(self.step / self.steps, 1.0)
+            bar = "#" * int(done * width)
+            remaining = (self.steps - self.step) / rate if rate > 0 else float("inf")
+            eta = f"{remaining:.0f}s" if remaining != float("inf") else "?"
+            return (
+                f"{self.message} [{bar:<{width}}] {self.step}/{self.steps} "
+                f"{done:4.0%} {rate:,.1f}/s eta {eta}"
+            )
+        spin = _SPINNER[self.step % len(_SPINNER)]
+        return f"{self.message} {spin} {self.step} {rate:,.1f}/s"
+
+
+class ProgressDisplay:
+    """Draws progress operations emitted on *event_manager* to *stream*.
+
+    Use as a context manager (connects on enter, disconnects on exit) or call
+    :meth:`connect` / :meth:`disconnect`. ``use_rich`` forces (``True``) or forbids
+    (``False``) rich; by default rich is used when importable and *stream* is a TTY.
+    """
+
+    def __init__(
+        self,
+        event_manager: BaseEventManager | None = None,
+        stream: TextIO | None = None,
+        *,
+        use_rich: bool | None = None,
+        interval: float = 1.0,
+    ) -> None:
+        self.event_manager = event_manager if event_manager is not None else get_event_manager()
+        self.stream = stream if stream is not None else sys.stderr
+        self.interval = interval
+        self._lock = threading.Lock()
+        self._operations: dict[Any, _Operation] = {}
+        self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self._rich = self._make_rich(use_rich)
+        self._rich_tasks: dict[Any, Any] = {}
+        self._drawn_lines = 0
+
+    def _make_rich(self, use_rich: bool | None) -> Any:
+        if use_rich is False or (use_rich is None and not self._tty):
+            return None
+        try:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                Progress,
+                SpinnerColumn,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+        except ImportError:
+            if use_rich:
+                raise
+            return None
+        console = Console(file=self.stream, force_terminal=True if use_rich else None)
+        return Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            auto_refresh=False,
+        )
+
+    # -- wiring -------------------------------------------------------------------------
+    def connect(self) -> None:
+        """Start listening for progress events."""
+        self.event_manager.connect(ProgressStartEvent, self._on_start)
+        self.event_manager.connect(ProgressStepEvent, self._on_step)
+        self.event_manager.connect(ProgressEndEvent, self._on_end)
+        if self._rich is not None:
+            self._rich.start()
+
+    def disconnect(self) -> None:
+        """Stop listening; a rich display is finished."""
+        self.event_manager.disconnect(ProgressStartEvent, self._on_start)
+        self.event_manager.disconnect(ProgressStepEvent, self._on_step)
+        self.event_manager.disconnect(ProgressEndEvent, self._on_end)
+        if self._rich is not None:
+            self._rich.stop()
+
+    def __enter__(self) -> ProgressDisplay:
+        self.connect()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.disconnect()
+
+    # -- events -------------------------------------------------------------------------
+    def _on_start(self, event: ProgressStartEvent) -> None:
+        operation = _Operation(event.message, event.steps)
+        with self._lock:
+            self._operations[event.operation_id] = operation
+            if self._rich is not None:
+                total = event.steps if event.steps > 0 else None
+                self._rich_tasks[event.operation_id] = self._rich.add_task(
+                    event.message, total=total
+                )
+                self._rich.refresh()
+            elif not self._tty:
+                self._line(f"{event.message}: started")
+            else:
+                self._redraw()
+
+    def _on_step(self, event: ProgressStepEvent) -> None:
+        with self._lock:
+            operation = self._operations.get(event.operation_id)
+            if operation is None:
+                return
+            operation.step = event.step if event.step >= 0 else operation.step + 1
+            if self._rich is not None:
+                self._rich.update(self._rich_tasks[event.operation_id], completed=operation.step)
+                self._rich.refresh()
+            elif not self._tty:
+                now = time.monotonic()
+                if now - operation.last_line >= self.interval:
+                    operation.last_line = now
+                    self._line(operation.describe())
+            else:
+                self._redraw()
+
+    def _on_end(self, event: ProgressEndEvent) -> None:
+        with self._lock:
+            operation = self._operations.pop(event.operation_id, None)
+            if operation is None:
+                return
+            summary = f"{operation.message}: {event.exit_state}"
+            if event.message and event.message != operation.message:
+                summary += f" ({event.message})"
+            if self._rich is not None:
+                task = self._rich_tasks.pop(event.operation_id)
+                self._rich.update(task, description=summary)
+                self._rich.refresh()
+            elif not self._tty:
+                self._line(summary)
+            else:
+                self._redraw(finished=summary)
+
+    # -- plain rendering ----------------------------------------------------------------
+    def _line(self, text: str) -> None:
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def _redraw(self, finished: str | None = None) -> None:
+        # Move up over what we drew last time, then draw the running operations again.
+        out = ["\x1b[F\x1b[K" * self._drawn_lines]
+        if finished is not None:
+            out.append(finished + "\n")
+        lines = [operation.describe() for operation in self._operations.values()]
+        out.extend(line + "\n" for line in lines)
+        self._drawn_lines = len(lines)
+        self.stream.write("".join(out))
+        self.stream.flush()
