@@ -17,8 +17,8 @@ run: $(STAMP)
 	$(BIN)/python -m storekeeper.tour
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check --no-cache src tests benchmarks
+	$(BIN)/ruff format --no-cache --check src tests benchmarks
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

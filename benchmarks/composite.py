@@ -27,8 +27,6 @@ from typing import IO, Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from storekeeper.events import EventManager
-
 from _harness import Results, env_int, rotate, timed
 from storekeeper.backends.memory import DictMemoryStore
 from storekeeper.backends.sqlite import SqliteStore
@@ -39,6 +37,7 @@ from storekeeper.composite import (
     SimpleAuthStore,
     make_encoder,
 )
+from storekeeper.events import EventManager
 from storekeeper.store import AbstractStore, StreamValue, Value
 
 KEYS = env_int("BENCH_KEYS", 2000)

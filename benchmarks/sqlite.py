@@ -23,10 +23,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from storekeeper.events import EventManager
-
 from _harness import Results, env_int, rotate, timed
 from storekeeper.backends.sqlite import SqliteStore
+from storekeeper.events import EventManager
 
 
 class Raw:

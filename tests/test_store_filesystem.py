@@ -12,8 +12,6 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from storekeeper.events import EventManager
-from storekeeper.files import atomic_write
 
 from storekeeper.backends import _fs_transactions
 from storekeeper.backends._fs_journal import JOURNAL_NAME, STAGE_PREFIX, Journal
@@ -24,6 +22,8 @@ from storekeeper.backends.filesystem import (
     init_shared_store,
 )
 from storekeeper.errors import ConflictError, CorruptFileError, NotConnectedError
+from storekeeper.events import EventManager
+from storekeeper.files import atomic_write
 from storekeeper.store import open_store
 from storekeeper.testing.stateful import run_state_machine
 from storekeeper.testing.store import WEIRD_KEYS, StoreTests

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from storekeeper.events import EventManager
-
 from storekeeper.backends.memory import DictMemoryStore
+from storekeeper.events import EventManager
 from storekeeper.store import open_store
 from storekeeper.testing.stateful import run_state_machine
 from storekeeper.testing.store import StoreTests

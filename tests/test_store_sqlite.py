@@ -6,9 +6,9 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from storekeeper.events import EventManager
 
 from storekeeper.backends.sqlite import SqliteStore
+from storekeeper.events import EventManager
 from storekeeper.store import Range, open_store
 from storekeeper.testing.stateful import run_state_machine
 from storekeeper.testing.store import StoreTests

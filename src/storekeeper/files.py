@@ -150,6 +150,19 @@ def process_alive(pid: int, start_time: float | None = None) -> bool:
     return current is None or current == start_time
 
 
+_owner_cache: tuple[int, bytes] = (-1, b"")
+
+
+def _owner_record() -> bytes:
+    """This process's owner record, computed once per process (pid changes on fork)."""
+    global _owner_cache
+    pid = os.getpid()
+    if _owner_cache[0] != pid:
+        record = {"pid": pid, "host": socket.gethostname(), "start": process_start_time(pid)}
+        _owner_cache = (pid, json.dumps(record).encode())
+    return _owner_cache[1]
+
+
 class FileLock:
     """An exclusive inter-process lock on the file *path* (created if missing).
 
@@ -201,11 +214,12 @@ class FileLock:
                 time.sleep(self.poll_interval)
 
     def _record_owner(self, fd: int) -> None:
-        pid = os.getpid()
-        record = {"pid": pid, "host": socket.gethostname(), "start": process_start_time(pid)}
-        payload = json.dumps(record).encode()
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, payload, 0)
+        payload = _owner_record()
+        # Rewriting an unchanged record would dirty the file on every acquisition; a
+        # process that takes the lock repeatedly writes its record once.
+        if os.pread(fd, len(payload) + 1, 0) != payload:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, payload, 0)
 
     def release(self) -> None:
         """Release the lock; ``RuntimeError`` if it is not held."""
