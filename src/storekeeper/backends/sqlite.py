@@ -67,7 +67,7 @@ __all__ = ["SqliteStore"]
 
 _MEMORY = ":memory:"
 _INDEX_MODES = ("dynamic", "static", None)
-_MMAP_SIZE = 256 * 1024 * 1024
+_MMAP_SIZE = 32 * 1024 * 1024
 # Stay well under SQLite's limit on bound parameters per statement.
 _IN_BATCH = 500
 
