@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 
 from storekeeper.backends.memory import DictMemoryStore
-from storekeeper.backends.sqlite import SqliteStore
 from storekeeper.composite import (
     EVERYONE,
     SimpleAuthStore,
@@ -30,23 +29,12 @@ from storekeeper.errors import (
 )
 from storekeeper.events import EventManager
 from storekeeper.store import AbstractAuthorizingStore, AbstractStore, StoreModificationEvent
+from storekeeper.testing.children import child
 from storekeeper.testing.store import StoreTests
 
 ALICE = {"username": "alice", "password": "alice's secret"}
 BOB = {"username": "bob", "password": "bob's secret"}
 FAST = make_encoder(b"pepper", n=2)  # scrypt at the lowest cost: tests only
-
-
-def child(kind: str, tmp_path: Path, name: str) -> AbstractStore:
-    """A fresh unconnected child store of *kind*, with its own event manager."""
-    if kind == "memory":
-        return DictMemoryStore(event_manager=EventManager())
-    if kind == "sqlite":
-        return SqliteStore(tmp_path / f"{name}.db", durable=False, event_manager=EventManager())
-    from storekeeper.backends.filesystem import FileSystemStore, init_shared_store
-
-    init_shared_store(tmp_path / name)
-    return FileSystemStore(tmp_path / name, event_manager=EventManager())
 
 
 class _AliceStore(SimpleAuthStore):

@@ -26,19 +26,8 @@ from storekeeper.store import (
     StreamValue,
     Value,
 )
+from storekeeper.testing.children import child
 from storekeeper.testing.store import StoreTests
-
-
-def child(kind: str, tmp_path: Path, name: str) -> AbstractStore:
-    """A fresh unconnected child store of *kind*, with its own event manager."""
-    if kind == "memory":
-        return DictMemoryStore(event_manager=EventManager())
-    if kind == "sqlite":
-        return SqliteStore(tmp_path / f"{name}.db", durable=False, event_manager=EventManager())
-    from storekeeper.backends.filesystem import FileSystemStore, init_shared_store
-
-    init_shared_store(tmp_path / name)
-    return FileSystemStore(tmp_path / name, event_manager=EventManager())
 
 
 class _CachedConformance(StoreTests):

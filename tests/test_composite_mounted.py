@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 
 from storekeeper.backends.memory import DictMemoryStore
-from storekeeper.backends.sqlite import SqliteStore
 from storekeeper.composite import MountedStore
 from storekeeper.errors import KeyNotFoundError, ReadOnlyStoreError
 from storekeeper.events import EventManager
@@ -22,21 +21,8 @@ from storekeeper.store import (
     StoreUpdateEvent,
     Value,
 )
+from storekeeper.testing.children import KINDS, child
 from storekeeper.testing.store import StoreTests
-
-KINDS = ["memory", "file", "sqlite"]
-
-
-def child(kind: str, tmp_path: Path, name: str) -> AbstractStore:
-    """A fresh unconnected child store of *kind*, with its own event manager."""
-    if kind == "memory":
-        return DictMemoryStore(event_manager=EventManager())
-    if kind == "sqlite":
-        return SqliteStore(tmp_path / f"{name}.db", durable=False, event_manager=EventManager())
-    from storekeeper.backends.filesystem import FileSystemStore, init_shared_store
-
-    init_shared_store(tmp_path / name)
-    return FileSystemStore(tmp_path / name, event_manager=EventManager())
 
 
 class _MountedConformance(StoreTests):
