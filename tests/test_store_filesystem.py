@@ -25,6 +25,7 @@ from storekeeper.errors import ConflictError, CorruptFileError, NotConnectedErro
 from storekeeper.events import EventManager
 from storekeeper.files import atomic_write
 from storekeeper.store import open_store
+from storekeeper.testing.processes import cas_counter, create_only_race
 from storekeeper.testing.stateful import run_state_machine
 from storekeeper.testing.store import WEIRD_KEYS, StoreTests
 
@@ -363,32 +364,6 @@ def test_state_machine(tmp_path: Path) -> None:
 
 
 # -- several processes ---------------------------------------------------------------------
-def _create_only(path: str, n: int, start: multiprocessing.synchronize.Event) -> bool:
-    with FileSystemStore(path) as store:
-        start.wait(60)
-        try:
-            store.set("race", (str(n).encode(), {"n": n}), if_exists=False)
-        except ConflictError:
-            return False
-        return True
-
-
-def _increment(path: str, times: int) -> int:
-    retries = 0
-    with FileSystemStore(path, durable=False) as store:
-        done = 0
-        while done < times:
-            value = store.get("counter")
-            count = int(store.to_bytes("counter"))
-            try:
-                store.set("counter", (str(count + 1).encode(), {}), if_version=value.version)
-            except ConflictError:
-                retries += 1
-                continue
-            done += 1
-    return retries
-
-
 def _payload(writer: int, n: int) -> bytes:
     return f"{writer}:{n}:".encode() * (1 + (n * 7919) % (3 * BIG // 10))
 
@@ -427,28 +402,13 @@ def _check_all(store: FileSystemStore) -> int:
 
 
 def test_create_only_race_between_processes(tmp_path: Path) -> None:
-    path = str(tmp_path / "race")
-    init_shared_store(path)
-    with CONTEXT.Manager() as manager:
-        start = manager.Event()
-        with CONTEXT.Pool(4) as pool:
-            pending = pool.starmap_async(_create_only, [(path, n, start) for n in range(4)])
-            start.set()
-            winners = pending.get(120)
+    winners, stored = create_only_race(f"file://{tmp_path / 'race'}?create=true")
     assert sum(winners) == 1
-    with FileSystemStore(path) as store:
-        assert store.get_metadata("race")["n"] == winners.index(True)
+    assert stored == winners.index(True)
 
 
 def test_compare_and_swap_counter_between_processes(tmp_path: Path) -> None:
-    path = str(tmp_path / "counter")
-    init_shared_store(path)
-    with FileSystemStore(path) as store:
-        store.set("counter", (b"0", {}))
-    with CONTEXT.Pool(4) as pool:
-        pool.starmap(_increment, [(path, 100)] * 4)
-    with FileSystemStore(path) as store:
-        assert int(store.to_bytes("counter")) == 400
+    assert cas_counter(f"file://{tmp_path / 'counter'}?create=true&durable=false") == 400
 
 
 def test_processes_write_and_read_at_once(tmp_path: Path) -> None:
