@@ -303,6 +303,29 @@ def test_a_copy_evicted_before_it_is_read_falls_back_to_the_source(source: Count
         value.data  # noqa: B018 - the property raises
 
 
+def test_a_fill_racing_a_write_never_installs_the_old_value(source: Counting) -> None:
+    store = cached(source, policy="immutable")
+    read_old, write_done = threading.Event(), threading.Event()
+    original_get = source.get
+
+    def slow_get(key: str) -> Value:
+        value = original_get(key)
+        if threading.current_thread().name == "filler":
+            read_old.set()  # the fill has the old value in hand ...
+            assert write_done.wait(5)  # ... and installs it only after the write
+        return value
+
+    source.get = slow_get  # type: ignore[method-assign]
+    filler = threading.Thread(target=lambda: store.get("a"), name="filler")
+    filler.start()
+    assert read_old.wait(5)
+    store.set("a", (b"new", {"name": "new"}))
+    write_done.set()
+    filler.join(5)
+    assert store.to_bytes("a") == b"new"
+    assert store.get_metadata("a") == {"name": "new"}
+
+
 def test_threads_share_a_cached_store(source: Counting) -> None:
     store = cached(source, max_entries=3, touch_interval=0.0)
     errors: list[BaseException] = []

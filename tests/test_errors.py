@@ -23,6 +23,7 @@ BUILTIN_OF = {
     errors.BackendUnavailableError: ConnectionError,
     errors.MissingDependencyError: ImportError,
     errors.UnknownSchemeError: ValueError,
+    errors.UnknownFormatError: ValueError,
     errors.CorruptFileError: ValueError,
     errors.LockTimeoutError: TimeoutError,
     errors.LockedStorageError: OSError,

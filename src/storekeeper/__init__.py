@@ -23,6 +23,7 @@ from storekeeper.errors import (
     ReadOnlyStoreError,
     StorekeeperError,
     TransactionError,
+    UnknownFormatError,
     UnknownSchemeError,
 )
 from storekeeper.events import (
@@ -111,6 +112,7 @@ __all__ = [
     "StorekeeperError",
     "StreamValue",
     "TransactionError",
+    "UnknownFormatError",
     "UnknownSchemeError",
     "Value",
     "__version__",

@@ -19,6 +19,7 @@ builtins (``except KeyError``) keeps working::
     │   └── BackendUnavailableError (ConnectionError)   the server cannot be reached
     ├── MissingDependencyError (ImportError)    an optional extra is not installed
     ├── UnknownSchemeError (ValueError)         ``open_store`` got a URL scheme nobody handles
+    ├── UnknownFormatError (ValueError)         ``atomic_store.open`` got a format it cannot use
     ├── CorruptFileError (ValueError)           a file exists but cannot be parsed
     ├── LockTimeoutError (TimeoutError)         an inter-process lock was not acquired in time
     └── LockedStorageError (OSError)            session storage is locked by another writer
@@ -53,6 +54,7 @@ __all__ = [
     "ReadOnlyStoreError",
     "StorekeeperError",
     "TransactionError",
+    "UnknownFormatError",
     "UnknownSchemeError",
 ]
 
@@ -121,6 +123,10 @@ class MissingDependencyError(StorekeeperError, ImportError):
 
 class UnknownSchemeError(StorekeeperError, ValueError):
     """``open_store`` was given a URL whose scheme no registered backend handles."""
+
+
+class UnknownFormatError(StorekeeperError, ValueError):
+    """A serialisation format was named that is unknown or has no dump/load methods."""
 
 
 class CorruptFileError(StorekeeperError, ValueError):

@@ -41,10 +41,11 @@ the cache store's own events are not (filling a cache changes no data).
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import IO, Any, Literal
 
 from storekeeper.composite._wrapper import CompositeStore
@@ -62,6 +63,53 @@ BOOKKEEPING = "\x00storekeeper:cache"
 Policy = Literal["always", "immutable", "max_age"]
 _POLICIES = ("always", "immutable", "max_age")
 _LOW_WATER = 0.9
+# Keys hash into this many fences (see _Fences); collisions only cost a skipped fill.
+_FENCES = 64
+
+
+class _Fences:
+    """Keep fills from installing a copy that a concurrent write made stale.
+
+    A write through this store bumps its key's epoch before and after writing the
+    source; a fill installs its copy only if no write of that fence was in progress when
+    it read the source and the epoch has not moved since, checked under the fence's
+    lock while installing. Without this, a fill that read the source just before a
+    write could install the old value after the write dropped the copy.
+    """
+
+    def __init__(self) -> None:
+        self._locks = [threading.Lock() for _ in range(_FENCES)]
+        self._epochs = [0] * _FENCES
+        self._writing = [0] * _FENCES
+
+    def _slot(self, key: str) -> int:
+        return hash(key) % _FENCES
+
+    @contextlib.contextmanager
+    def writing(self, key: str) -> Iterator[None]:
+        slot = self._slot(key)
+        with self._locks[slot]:
+            self._writing[slot] += 1
+            self._epochs[slot] += 1
+        try:
+            yield
+        finally:
+            with self._locks[slot]:
+                self._writing[slot] -= 1
+                self._epochs[slot] += 1
+
+    def ticket(self, key: str) -> int | None:
+        """The epoch to pass to :meth:`install`, or ``None`` while a write is running."""
+        slot = self._slot(key)
+        with self._locks[slot]:
+            return None if self._writing[slot] else self._epochs[slot]
+
+    @contextlib.contextmanager
+    def install(self, key: str, ticket: int | None) -> Iterator[bool]:
+        """Yield whether a copy read under *ticket* may be installed (lock held)."""
+        slot = self._slot(key)
+        with self._locks[slot]:
+            yield ticket is not None and ticket == self._epochs[slot]
 
 
 class CachedStore(CompositeStore):
@@ -98,6 +146,7 @@ class CachedStore(CompositeStore):
         self.touch_interval = touch_interval
         self._usage_lock = threading.Lock()
         self._usage: tuple[int, int] | None = None  # (bytes, keys) estimate since last scan
+        self._fences = _Fences()
         self._pending: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
             f"cached-{id(self):x}-pending", default=None
         )
@@ -215,6 +264,7 @@ class CachedStore(CompositeStore):
             return  # another process evicted or refreshed the copy: nothing to record
 
     def _fill(self, key: str, stale: Value | None) -> Value:
+        ticket = self._fences.ticket(key)
         try:
             value = self.source.get(key)
         except KeyError:
@@ -230,8 +280,11 @@ class CachedStore(CompositeStore):
         metadata[BOOKKEEPING] = book
         pins = {"if_exists": False} if stale is None else {"if_version": stale.version}
         try:
-            with value.data as stream:
-                self.cache.set(key, (stream, metadata), **pins)
+            with self._fences.install(key, ticket) as allowed:
+                if not allowed:
+                    return value  # a write raced this read: serve it, do not keep it
+                with value.data as stream:
+                    self.cache.set(key, (stream, metadata), **pins)
         except ConflictError:
             return value  # another reader filled it first; this value is just as good
         entry = self._cached(key)
@@ -313,8 +366,11 @@ class CachedStore(CompositeStore):
         check_key(key)
         self._require_connection()
         source = self._writer(0)
-        source.set(key, value, buffer_size, if_version=if_version, if_exists=if_exists)
-        self._written_now(key)
+        with self._fences.writing(key):
+            try:
+                source.set(key, value, buffer_size, if_version=if_version, if_exists=if_exists)
+            finally:
+                self._written_now(key)
 
     def set_data(
         self,
@@ -329,8 +385,11 @@ class CachedStore(CompositeStore):
         check_key(key)
         self._require_connection()
         source = self._writer(0)
-        source.set_data(key, data, buffer_size, if_version=if_version, if_exists=if_exists)
-        self._written_now(key)
+        with self._fences.writing(key):
+            try:
+                source.set_data(key, data, buffer_size, if_version=if_version, if_exists=if_exists)
+            finally:
+                self._written_now(key)
 
     def set_metadata(
         self,
@@ -344,8 +403,11 @@ class CachedStore(CompositeStore):
         check_key(key)
         self._require_connection()
         source = self._writer(0)
-        source.set_metadata(key, metadata, if_version=if_version, if_exists=if_exists)
-        self._written_now(key)
+        with self._fences.writing(key):
+            try:
+                source.set_metadata(key, metadata, if_version=if_version, if_exists=if_exists)
+            finally:
+                self._written_now(key)
 
     def update_metadata(
         self, key: str, metadata: Mapping[str, Any], *, if_version: str | None = None
@@ -353,15 +415,21 @@ class CachedStore(CompositeStore):
         """Merge *metadata* into the source's and drop the cached copy."""
         check_key(key)
         self._require_connection()
-        self._writer(0).update_metadata(key, metadata, if_version=if_version)
-        self._written_now(key)
+        with self._fences.writing(key):
+            try:
+                self._writer(0).update_metadata(key, metadata, if_version=if_version)
+            finally:
+                self._written_now(key)
 
     def delete(self, key: str, *, if_version: str | None = None) -> None:
         """Delete *key* from the source and drop the cached copy."""
         check_key(key)
         self._require_connection()
-        self._writer(0).delete(key, if_version=if_version)
-        self._written_now(key)
+        with self._fences.writing(key):
+            try:
+                self._writer(0).delete(key, if_version=if_version)
+            finally:
+                self._written_now(key)
 
     def _written_now(self, key: str) -> None:
         self._drop(key)

@@ -1,7 +1,7 @@
 """Crash testing for durable stores: kill a writer process with SIGKILL, then verify.
 
 :func:`run_crash_rounds` starts a child process that opens a store by URL and writes in
-a loop, printing an acknowledgement line after every write that returned. The parent
+a loop, sending an acknowledgement line after every write that returned. The parent
 kills it at a random moment, opens the store itself and checks that:
 
 - every acknowledged write is still there (or was superseded by a later one);
@@ -15,13 +15,12 @@ round's crash.
 from __future__ import annotations
 
 import hashlib
-import os
+import multiprocessing
 import random
 import signal
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 
 from storekeeper.store import AbstractStore, open_store
 
@@ -30,11 +29,11 @@ __all__ = ["CrashReport", "run_crash_rounds", "writer_main"]
 SINGLE_KEYS = [f"single/{n}" for n in range(5)]
 TRANSACTION_KEYS = ["tx/a", "tx/b", "tx/c"]
 
-_WRITER = """
-import sys
-from storekeeper.testing.crash import writer_main
-writer_main(sys.argv[1], int(sys.argv[2]))
-"""
+# Writers start from a fork server that has storekeeper imported, so a round costs
+# milliseconds rather than an interpreter start-up.
+_CONTEXT = multiprocessing.get_context("forkserver")
+_CONTEXT.set_forkserver_preload(["storekeeper.testing.crash"])
+_WAIT = 60.0
 
 
 def _payload(generation: int) -> bytes:
@@ -46,10 +45,15 @@ def _metadata(data: bytes, generation: int) -> dict[str, object]:
     return {"g": generation, "sha": hashlib.sha256(data).hexdigest()}
 
 
-def writer_main(url: str, first_generation: int) -> None:
-    """The child's loop: alternate single-key writes and 3-key transactions, forever."""
+def writer_main(url: str, first_generation: int, acks: Connection) -> None:
+    """The child's loop: alternate single-key writes and 3-key transactions, forever.
+
+    Sends ``"ready"`` on *acks* once the store is open, then one line per write that
+    returned.
+    """
     store = open_store(url)
     assert isinstance(store, AbstractStore)
+    acks.send("ready")
     generation = first_generation
     while True:
         if generation % 3 == 0:
@@ -57,12 +61,12 @@ def writer_main(url: str, first_generation: int) -> None:
                 for key in TRANSACTION_KEYS:
                     data = _payload(generation)
                     store.set(key, (data, _metadata(data, generation)))
-            print(f"tx {generation}", flush=True)
+            acks.send(f"tx {generation}")
         else:
             key = SINGLE_KEYS[generation % len(SINGLE_KEYS)]
             data = _payload(generation)
             store.set(key, (data, _metadata(data, generation)))
-            print(f"set {generation} {key}", flush=True)
+            acks.send(f"set {generation} {key}")
         generation += 1
 
 
@@ -75,7 +79,7 @@ class CrashReport:
     problems: list[str] = field(default_factory=list)
 
 
-def run_crash_rounds(url: str, rounds: int, max_delay: float = 0.3) -> CrashReport:
+def run_crash_rounds(url: str, rounds: int, max_delay: float = 0.1) -> CrashReport:
     """Run *rounds* kill-and-verify rounds against the store at *url*."""
     report = CrashReport()
     acked: dict[str, int] = {}
@@ -94,22 +98,34 @@ def run_crash_rounds(url: str, rounds: int, max_delay: float = 0.3) -> CrashRepo
 
 
 def _run_and_kill(url: str, generation: int, delay: float) -> list[str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with subprocess.Popen(
-        [sys.executable, "-c", _WRITER, url, str(generation)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-    ) as child:
-        time.sleep(delay)
-        child.send_signal(signal.SIGKILL)
-        out, err = child.communicate()
-    if child.returncode != -signal.SIGKILL:
-        raise RuntimeError(f"writer exited on its own ({child.returncode}): {err.decode()}")
-    # The last line may be cut off mid-write: only whole lines are acknowledgements.
-    text = out.decode()
-    complete = text if text.endswith("\n") else text.rpartition("\n")[0]
-    return [line for line in complete.splitlines() if line]
+    receiver, sender = _CONTEXT.Pipe(duplex=False)
+    child = _CONTEXT.Process(target=writer_main, args=(url, generation, sender))
+    child.start()
+    sender.close()
+    # The random delay counts from the writer's first write, not from its start-up.
+    if not _started(receiver):
+        child.kill()
+        raise RuntimeError(f"writer for {url} did not start (exit code {child.exitcode})")
+    time.sleep(delay)
+    child.kill()  # SIGKILL
+    child.join(_WAIT)
+    if child.exitcode != -signal.SIGKILL:
+        raise RuntimeError(f"writer exited on its own ({child.exitcode})")
+    lines = []
+    while True:
+        try:
+            lines.append(receiver.recv())
+        except (EOFError, OSError, ValueError):
+            break  # the end, or a message the kill cut short: not an acknowledgement
+    receiver.close()
+    return lines
+
+
+def _started(receiver: Connection) -> bool:
+    try:
+        return receiver.poll(_WAIT) and receiver.recv() == "ready"
+    except (EOFError, OSError):
+        return False
 
 
 def _record(line: str, acked: dict[str, int]) -> int:
