@@ -16,9 +16,9 @@ SOAK = os.environ.get("STOREKEEPER_SOAK") == "1"
 @pytest.mark.parametrize("durable", [True, False])
 def test_killed_writers_lose_nothing_acknowledged(tmp_path: Path, durable: bool) -> None:
     url = f"sqlite://{tmp_path / 'crash.db'}?durable={str(durable).lower()}"
-    report = run_crash_rounds(url, rounds=60)
+    report = run_crash_rounds(url, rounds=150)
     assert report.problems == []
-    assert report.rounds == 60
+    assert report.rounds == 150
     assert report.acknowledged > 0
 
 
