@@ -62,7 +62,7 @@ def bench_atomic_write(base: Path, reps: int, count: int) -> None:
 
 def bench_atomic_store(base: Path, reps: int) -> None:
     try:
-        from storekeeper import atomic_store  # type: ignore[attr-defined]
+        from storekeeper import atomic_store
     except ImportError:
         print("\n== atomic_store: not available in this build")
         return

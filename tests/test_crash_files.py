@@ -30,7 +30,7 @@ from storekeeper.sessions import SessionStorage
 SOAK = os.environ.get("STOREKEEPER_SOAK") == "1"
 CONTEXT = multiprocessing.get_context("forkserver")
 CONTEXT.set_forkserver_preload([__name__])
-SIZES = (0, 10, 4000, 70_000, 400_000)
+SIZES = (0, 10, 4000, 70_000, 400_000, 1_200_000)  # the last takes the large-checkpoint path
 WAIT = 60.0
 
 

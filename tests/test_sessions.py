@@ -193,8 +193,9 @@ def test_failed_write_raises_the_real_error_and_keeps_the_old(
     assert "session.next" not in os.listdir(storage.location)
 
 
+@pytest.mark.parametrize("size", [10, 2 << 20])
 def test_failed_fsync_raises_and_keeps_the_old(
-    storage: SessionStorage, monkeypatch: pytest.MonkeyPatch
+    storage: SessionStorage, monkeypatch: pytest.MonkeyPatch, size: int
 ) -> None:
     storage.save_checkpoint(b"old")
 
@@ -203,7 +204,7 @@ def test_failed_fsync_raises_and_keeps_the_old(
 
     monkeypatch.setattr(files, "_fsync", failing)
     with pytest.raises(OSError, match="I/O error"):
-        storage.save_checkpoint(b"new")
+        storage.save_checkpoint(b"n" * size)
     monkeypatch.undo()
     assert storage.load_checkpoint() == b"old"
 
@@ -324,3 +325,26 @@ def test_remove(storage: SessionStorage) -> None:
     storage.remove()
     assert not os.path.exists(storage.location)
     storage.remove()  # already gone: no error
+
+
+def _save_in_child(storage: SessionStorage, result: Any) -> None:
+    try:
+        storage.save_checkpoint(b"child")
+        result.put("saved")
+    except LockedStorageError:
+        result.put("locked")
+
+
+def test_a_forked_child_does_not_share_the_parents_lock(storage: SessionStorage) -> None:
+    storage.save_checkpoint(b"parent")  # the parent now has the lock file open
+    context = multiprocessing.get_context("fork")
+    result = context.Queue()
+    storage._lock()  # the parent is in the middle of a save
+    try:
+        child = context.Process(target=_save_in_child, args=(storage, result))
+        child.start()
+        assert result.get(timeout=30) == "locked"
+        child.join(30)
+    finally:
+        storage._unlock()
+    assert storage.load_checkpoint() == b"parent"

@@ -244,7 +244,9 @@ class AtomicStore:
         self.ignore_inner_exits = ignore_inner_exits
         self.durable = durable
         self.level = 0
-        self._default = copy.deepcopy(default)
+        # Copied when used, never shared: the file usually exists, and copying a large
+        # default up front would cost as much as a commit.
+        self._default = default
         self._encode, self._decode = _codec(format, is_binary, self.dump_kwargs, self.load_kwargs)
         self._lock = FileLock(self.path + ".lock", timeout=lock_timeout) if lock else None
         self._guard = threading.RLock()
