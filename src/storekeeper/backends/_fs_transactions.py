@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from storekeeper import files
 from storekeeper.backends._fs_journal import STAGE_PREFIX, Journal, commit_journal
 from storekeeper.backends._fs_names import encode_key
 from storekeeper.backends._fs_records import Record, load_record, obsolete_data_file, pack_record
@@ -124,7 +125,7 @@ def _write_staged(path: str, content: bytes, *, durable: bool) -> None:
         stream.write(content)
         stream.flush()
         if durable:
-            os.fsync(stream.fileno())
+            files._fsync(stream.fileno())
 
 
 def remove_staged_files(root: str) -> None:
