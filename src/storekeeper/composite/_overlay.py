@@ -43,6 +43,8 @@ from storekeeper.store.value import Value
 
 __all__ = ["WHITEOUT", "Layer", "OverlayStore", "is_whiteout"]
 
+_SET_EVENTS = (StoreSetEvent, StoreUpdateEvent)
+
 #: Metadata name marking a whiteout entry; reserved (NUL cannot appear in a key).
 WHITEOUT = "\x00storekeeper:whiteout"
 
@@ -174,6 +176,11 @@ class OverlayStore(CompositeStore):
     ) -> None:
         """Write *value* into the top layer (see :meth:`AbstractStore.set`)."""
         top = self._top_key(key)
+        if if_version is None and if_exists is None and not self._observed(*_SET_EVENTS):
+            # Nothing to check and nobody to tell whether this was a set or an update:
+            # the lookup that decides both can be skipped.
+            self._quietly(self._writer(0).set, top, value, buffer_size)
+            return
         raw, visible = self._lookup(key)
         pins = _pins(key, raw, visible, if_version, if_exists)
         self._quietly(self._writer(0).set, top, value, buffer_size, **pins)

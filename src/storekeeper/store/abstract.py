@@ -274,6 +274,19 @@ class AbstractReadOnlyStore(abc.ABC):
         else:
             state.events.append(event)
 
+    def _observed(self, *classes: type[BaseEvent]) -> bool:
+        """Whether an event of one of *classes* emitted now could reach a listener.
+
+        Inside a transaction the answer is always yes: listeners connected before the
+        commit receive the held events. A manager that cannot tell counts as observed.
+        """
+        if self._transaction_var.get() is not None:
+            return True
+        has_listeners = getattr(self.event_manager, "has_listeners", None)
+        if has_listeners is None:
+            return True
+        return any(has_listeners(cls) for cls in classes)
+
     def _progress(self, message: str, key: str, size: int | None) -> StoreProgressManager:
         return StoreProgressManager(
             self.event_manager,
