@@ -9,8 +9,10 @@ import tempfile
 from pathlib import Path
 
 import storekeeper
+from storekeeper import atomic_store
 from storekeeper.backends.sqlite import SqliteStore
 from storekeeper.events import EventManager
+from storekeeper.sessions import SessionStorage
 from storekeeper.store import Range, StoreModificationEvent
 
 
@@ -57,12 +59,28 @@ def tour_store(workdir: Path) -> None:
         print("   cat still in photos:", store.exists("photos/cat.jpg"))
 
 
+def tour_files(workdir: Path) -> None:
+    """State files and checkpoints that a crash can never corrupt."""
+    _say("atomic_store: one value in one file, written atomically when the block exits")
+    for _ in range(2):
+        with atomic_store.open(workdir / "runs.json", default=[]) as runs:
+            runs.value.append(len(runs.value) + 1)
+    print("   runs.json:", (workdir / "runs.json").read_text())
+
+    _say("session checkpoints: durable, checksummed, the previous one kept")
+    storage = SessionStorage.create(workdir / "sessions")
+    storage.save_checkpoint(b"step 1 done")
+    storage.save_checkpoint(b"step 2 done")
+    print("   session", storage.id, "resumes from:", storage.load_checkpoint())
+
+
 def main() -> None:
     """Walk through the library's main features in a temporary directory."""
     print(f"storekeeper {storekeeper.__version__}: a short tour")
     with tempfile.TemporaryDirectory(prefix="storekeeper-tour-") as tmp:
         workdir = Path(tmp)
         tour_store(workdir)
+        tour_files(workdir)
     print("\nThat's it. See README.md for more.")
 
 
