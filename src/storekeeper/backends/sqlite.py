@@ -388,6 +388,8 @@ class SqliteStore(AbstractStore):
             stale = [(blob,) for blob in previous.values() if blob is not None]
             conn.executemany(self._schema.delete_chunks, stale)
             self._index_batch(conn, rows)
+        if not self._observed(StoreSetEvent, StoreUpdateEvent):
+            return
         for key, metadata_json, *_ in rows:
             event = StoreUpdateEvent if key in previous else StoreSetEvent
             previous.setdefault(key, None)
@@ -397,15 +399,21 @@ class SqliteStore(AbstractStore):
         """Upsert rows for *pairs*, or ``None`` when a value is a stream or large."""
         now = time.time()
         rows = []
+        limit = self.inline_limit
         for key, value in pairs:
-            source, metadata, owned = unpack_value(value)
-            if owned:
-                source.close()  # type: ignore[attr-defined]
-            if not isinstance(source, bytes) or len(source) > self.inline_limit:
+            # The common (bytes, metadata) pair skips the general unpacking.
+            if type(value) is tuple and len(value) == 2 and type(value[0]) is bytes:
+                source, metadata = value
+            else:
+                source, metadata, owned = unpack_value(value)
+                if owned:
+                    source.close()  # type: ignore[attr-defined]
+                if not isinstance(source, bytes):
+                    return None
+            if len(source) > limit:
                 return None
-            rows.append(
-                (key, encode_metadata(metadata), now, now, new_version(), len(source), source, None)
-            )
+            metadata_json = "{}" if metadata is None else encode_metadata(metadata)
+            rows.append((key, metadata_json, now, now, new_version(), len(source), source, None))
         return rows
 
     def _blobs(self, conn: sqlite3.Connection, keys: list[str]) -> dict[str, str | None]:
