@@ -139,3 +139,60 @@ def test_lock_of_a_killed_holder_is_free(tmp_path: Path) -> None:
     assert not files.process_alive(owner["pid"], owner["start"])
     with files.FileLock(path, timeout=5):
         pass
+
+
+def _try_lock(path: str, result: multiprocessing.queues.Queue[str]) -> None:
+    try:
+        files.FileLock(path, timeout=0).acquire()
+        result.put("acquired")
+    except LockTimeoutError:
+        result.put("locked")
+
+
+def _try_inherited(
+    lock: files.FileLock,
+    go: multiprocessing.synchronize.Event,
+    result: multiprocessing.queues.Queue[str],
+) -> None:
+    go.wait(30)
+    _try_lock_object(lock, result)
+
+
+def _try_lock_object(lock: files.FileLock, result: multiprocessing.queues.Queue[str]) -> None:
+    try:
+        lock.acquire()
+        result.put("acquired")
+    except LockTimeoutError:
+        result.put("locked")
+
+
+def test_a_kept_open_lock_still_excludes(tmp_path: Path) -> None:
+    path = str(tmp_path / "lock")
+    lock = files.FileLock(path, timeout=0, keep_open=True)
+    other = files.FileLock(path, timeout=0)
+    for _ in range(3):
+        with lock:
+            with pytest.raises(LockTimeoutError):
+                other.acquire()
+        with other:  # released, though its descriptor stays open
+            with pytest.raises(LockTimeoutError):
+                lock.acquire()
+    context = multiprocessing.get_context("fork")
+    result = context.Queue()
+    with lock:  # a forked child does not inherit the lock
+        child = context.Process(target=_try_lock, args=(path, result))
+        child.start()
+        assert result.get(timeout=30) == "locked"
+        child.join(30)
+    # A child forked while the descriptor is kept open must not lock through it: it
+    # shares the parent's lock, so the child would "acquire" what the parent holds.
+    go = context.Event()
+    child = context.Process(target=_try_inherited, args=(lock, go, result))
+    child.start()
+    with lock:
+        go.set()
+        assert result.get(timeout=30) == "locked"
+    child.join(30)
+    lock.close()
+    with files.FileLock(path, timeout=0):
+        pass

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import fcntl
 import logging
 import os
 import re
@@ -41,7 +40,7 @@ from pathlib import Path
 from stat import S_ISDIR
 
 from storekeeper import files
-from storekeeper.errors import CorruptFileError, LockedStorageError
+from storekeeper.errors import CorruptFileError, LockedStorageError, LockTimeoutError
 
 __all__ = ["LockedStorageError", "SessionStorage", "SessionStorageRepository"]
 
@@ -151,8 +150,7 @@ class SessionStorage:
     def __init__(self, location: str | os.PathLike[str]) -> None:
         self._location = os.fspath(location)
         self._thread_lock = threading.Lock()
-        self._lock_fd: int | None = None
-        self._lock_pid = 0
+        self._file_lock = files.FileLock(self._path(self._LOCK_FILE), timeout=0, keep_open=True)
 
     @classmethod
     def create(cls, base_dir: str | os.PathLike[str], prefix: str = "pbox-") -> SessionStorage:
@@ -244,18 +242,14 @@ class SessionStorage:
     def _lock(self) -> None:
         """Take the kernel lock on ``session.lock``, or raise :class:`LockedStorageError`.
 
-        The lock file stays open between saves (two syscalls per save instead of an
-        open, a lock and a close); a forked child opens its own, since a descriptor
-        inherited across ``fork`` would share its parent's lock.
+        The lock file stays open between saves; a forked child opens its own, since a
+        descriptor inherited across ``fork`` would share its parent's lock.
         """
         if not self._thread_lock.acquire(blocking=False):
             raise self._locked()
         try:
-            if self._lock_fd is None or self._lock_pid != os.getpid():
-                self._lock_fd = os.open(self._path(self._LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
-                self._lock_pid = os.getpid()
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            self._file_lock.acquire()
+        except LockTimeoutError:
             self._thread_lock.release()
             raise self._locked() from None
         except BaseException:
@@ -263,15 +257,8 @@ class SessionStorage:
             raise
 
     def _unlock(self) -> None:
-        assert self._lock_fd is not None
-        fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        self._file_lock.release()
         self._thread_lock.release()
-
-    def _close_lock(self) -> None:
-        with self._thread_lock:
-            if self._lock_fd is not None and self._lock_pid == os.getpid():
-                os.close(self._lock_fd)
-            self._lock_fd = None
 
     def _locked(self) -> LockedStorageError:
         return LockedStorageError(
@@ -311,7 +298,8 @@ class SessionStorage:
 
     def remove(self) -> None:
         """Delete the session directory and everything in it (no error if it is gone)."""
-        self._close_lock()
+        with self._thread_lock:
+            self._file_lock.close()
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(self._location)
 

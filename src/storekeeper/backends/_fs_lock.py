@@ -24,7 +24,7 @@ class StoreLock:
     """
 
     def __init__(self, path: str, timeout: float, on_acquire: Callable[[], object]) -> None:
-        self._file_lock = FileLock(path, timeout=timeout)
+        self._file_lock = FileLock(path, timeout=timeout, keep_open=True)
         self._on_acquire = on_acquire
         self._mutex = threading.RLock()
         self._depth = 0  # only changed by the thread holding _mutex
