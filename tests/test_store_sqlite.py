@@ -131,3 +131,12 @@ def test_overwrite_while_streaming_raises_conflict_not_a_torn_value(tmp_path: Pa
         with pytest.raises(ConflictError):
             stream.read()
         stream.close()
+
+
+@pytest.mark.parametrize(("secure", "expected"), [(False, 2), (True, 1)])
+def test_secure_delete_setting(tmp_path: Path, secure: bool, expected: int) -> None:
+    store = SqliteStore(tmp_path / "s.db", secure_delete=secure)
+    with store:
+        store.set("k", (b"x" * 100_000, {}))
+        store.delete("k")
+        assert store._conn().execute("PRAGMA secure_delete").fetchone()[0] == expected
