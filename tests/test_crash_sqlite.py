@@ -13,9 +13,15 @@ SOAK = os.environ.get("STOREKEEPER_SOAK") == "1"
 
 
 @pytest.mark.crash
-@pytest.mark.parametrize("durable", [True, False])
-def test_killed_writers_lose_nothing_acknowledged(tmp_path: Path, durable: bool) -> None:
-    url = f"sqlite://{tmp_path / 'crash.db'}?durable={str(durable).lower()}"
+@pytest.mark.parametrize(
+    ("durable", "inline_limit"), [(True, 1 << 20), (False, 1 << 20), (True, 5000)]
+)
+def test_killed_writers_lose_nothing_acknowledged(
+    tmp_path: Path, durable: bool, inline_limit: int
+) -> None:
+    # inline_limit=5000 puts the larger values in value files beside the database.
+    options = f"durable={str(durable).lower()}&inline_limit={inline_limit}"
+    url = f"sqlite://{tmp_path / 'crash.db'}?{options}"
     report = run_crash_rounds(url, rounds=150)
     assert report.problems == []
     assert report.rounds == 150
@@ -27,3 +33,5 @@ def test_killed_writers_lose_nothing_acknowledged(tmp_path: Path, durable: bool)
 def test_killed_writers_soak(tmp_path: Path) -> None:
     report = run_crash_rounds(f"sqlite://{tmp_path / 'soak.db'}", rounds=2000, max_delay=0.5)
     assert report.problems == []
+    url = f"sqlite://{tmp_path / 'files.db'}?inline_limit=5000"
+    assert run_crash_rounds(url, rounds=1000, max_delay=0.5).problems == []

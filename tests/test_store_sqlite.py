@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
@@ -120,10 +121,11 @@ def test_large_values_are_chunked_and_old_chunks_removed(tmp_path: Path) -> None
         assert raw.execute('SELECT COUNT(*) FROM "store__chunks"').fetchone() == (0,)
 
 
-def test_overwrite_while_streaming_raises_conflict_not_a_torn_value(tmp_path: Path) -> None:
+def test_overwrite_while_streaming_raises_conflict_not_a_torn_value() -> None:
     from storekeeper.errors import ConflictError
 
-    with SqliteStore(tmp_path / "torn.db", inline_limit=1, chunk_size=4) as store:
+    # In memory, large values are chunks in the database: a reader must not mix versions.
+    with SqliteStore(inline_limit=1, chunk_size=4) as store:
         store.set("k", (b"a" * 40, {}))
         stream = store.get_data("k")
         assert stream.read(4) == b"aaaa"
@@ -131,6 +133,58 @@ def test_overwrite_while_streaming_raises_conflict_not_a_torn_value(tmp_path: Pa
         with pytest.raises(ConflictError):
             stream.read()
         stream.close()
+
+
+def test_a_reader_of_a_value_file_keeps_its_version(tmp_path: Path) -> None:
+    with SqliteStore(tmp_path / "files.db", inline_limit=10) as store:
+        store.set("k", (b"a" * 40, {}))
+        stream = store.get_data("k")
+        assert stream.read(4) == b"aaaa"
+        store.set("k", (b"b" * 40, {}))
+        assert stream.read() == b"a" * 36  # the old file stays readable while open
+        stream.close()
+        assert store.to_bytes("k") == b"b" * 40
+        assert len(os.listdir(tmp_path / "files.db-values")) == 1  # the old one is gone
+
+
+def test_value_files_follow_transactions(tmp_path: Path) -> None:
+    values = tmp_path / "t.db-values"
+    with SqliteStore(tmp_path / "t.db", inline_limit=10) as store:
+        store.set("keep", (b"k" * 50, {}))
+        with pytest.raises(RuntimeError), store.transaction("rolled back"):
+            store.set("new", (b"n" * 50, {}))
+            store.set("keep", (b"x" * 50, {}))
+            assert len(os.listdir(values)) == 3
+            raise RuntimeError
+        assert sorted(store.query_keys()) == ["keep"]
+        assert store.to_bytes("keep") == b"k" * 50
+        assert len(os.listdir(values)) == 1
+        with store.transaction("outer"):
+            store.set("a", (b"a" * 50, {}))
+            with pytest.raises(RuntimeError), store.transaction("inner, rolled back"):
+                store.set("b", (b"b" * 50, {}))
+                store.delete("keep")
+                raise RuntimeError
+            store.delete("keep")
+            assert len(os.listdir(values)) == 2  # keep's file waits for the commit
+        assert store.query_keys() == ["a"]
+        assert len(os.listdir(values)) == 1
+        ranged = store.get("a").range(10, 20)
+        assert ranged.read() == b"a" * 10
+        ranged.close()
+
+
+def test_unreferenced_value_files_are_swept_when_old(tmp_path: Path) -> None:
+    values = tmp_path / "s.db-values"
+    with SqliteStore(tmp_path / "s.db", inline_limit=10) as store:
+        store.set("k", (b"k" * 50, {}))
+    (values / "orphan-old").write_bytes(b"left by a crash")
+    (values / "orphan-new.tmp").write_bytes(b"a writer may still commit this")
+    os.utime(values / "orphan-old", (0, 0))
+    with SqliteStore(tmp_path / "s.db", inline_limit=10) as store:
+        assert store.to_bytes("k") == b"k" * 50
+    assert sorted(os.listdir(values)) != [] and "orphan-old" not in os.listdir(values)
+    assert "orphan-new.tmp" in os.listdir(values)
 
 
 @pytest.mark.parametrize(("secure", "expected"), [(False, 2), (True, 1)])

@@ -14,10 +14,13 @@
   first time it is written (up to ``max_indexes``), ``index='static'`` only for
   ``index_columns``, ``index=None`` none. Indexes are maintained by SQLite itself, so
   they never go stale and survive reconnecting.
-- **Large values** (over ``inline_limit`` bytes) are stored as fixed-size chunks in a
-  side table and streamed in and out; a value is never held in memory whole. A stream
-  over a large value raises :class:`~storekeeper.errors.ConflictError` if the key is
-  overwritten while it is being read (it never mixes two versions).
+- **Large values** (over ``inline_limit`` bytes) are streamed in and out, never held in
+  memory whole. A file database keeps each in its own file in ``<database>-values/``
+  (written and fsynced before the row naming it commits; see ``_sqlite_files``), so it
+  is written once and read at file speed, and a reader keeps the version it opened. An
+  in-memory database keeps them as fixed-size chunks in a side table; a stream over one
+  raises :class:`~storekeeper.errors.ConflictError` if the key is overwritten while it
+  is being read (it never mixes two versions).
 - **Deleted data**: freed pages are zeroed only where that costs no extra writes
   (``PRAGMA secure_delete=FAST``), unlike builds that zero every freed page and so
   write a large value again to delete it; ``secure_delete=True`` zeroes everything.
@@ -25,6 +28,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import fnmatch
 import itertools
 import os
@@ -33,10 +37,12 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import IO, Any, cast
 from urllib.parse import SplitResult, parse_qsl
 
+from storekeeper.backends._sqlite_files import ValueFiles, is_file_ref
 from storekeeper.backends._sqlite_schema import Schema, compile_query, json_path
 from storekeeper.errors import (
     BackendError,
@@ -126,13 +132,20 @@ class SqliteStore(AbstractStore):
         # shares that connection and takes turns through this lock.
         self._serial = threading.RLock() if self.location == _MEMORY else None
         self._savepoints = itertools.count()
+        self._files = (
+            None if self.location == _MEMORY else ValueFiles(self.location + "-values", durable)
+        )
+        self._file_log: contextvars.ContextVar[_FileLog | None] = contextvars.ContextVar(
+            f"sqlite-{id(self):x}-files", default=None
+        )
 
     @classmethod
     def from_url(cls, parts: SplitResult, **options: Any) -> SqliteStore:
         """``sqlite:///abs/path.db``, ``sqlite:relative.db`` or ``sqlite://`` (memory).
 
-        Query parameters ``table``, ``index`` (``dynamic``/``static``/``none``) and
-        ``durable`` (``true``/``false``) are accepted; keyword *options* win over them.
+        Query parameters ``table``, ``index`` (``dynamic``/``static``/``none``),
+        ``durable`` (``true``/``false``) and ``inline_limit`` (bytes) are accepted;
+        keyword *options* win over them.
         """
         if parts.netloc:
             raise ValueError(
@@ -146,6 +159,8 @@ class SqliteStore(AbstractStore):
             settings["index"] = None if query["index"].lower() == "none" else query["index"]
         if "durable" in query:
             settings["durable"] = query["durable"].lower() not in {"0", "false", "no", "off"}
+        if "inline_limit" in query:
+            settings["inline_limit"] = int(query["inline_limit"])
         settings.update(options)
         return cls(parts.path or _MEMORY, **settings)
 
@@ -171,6 +186,7 @@ class SqliteStore(AbstractStore):
                 for statement in self._schema.create:
                     conn.execute(statement)
                 conn.execute(self._schema.orphan_chunks)
+                self._sweep_files(conn)
                 self._load_indexes(conn)
                 if self.index is not None:
                     self._ensure_indexes(conn, self.index_columns, force=True)
@@ -179,6 +195,15 @@ class SqliteStore(AbstractStore):
                 conn.execute("ROLLBACK")
                 raise
         super().connect(credentials)
+
+    def _sweep_files(self, conn: sqlite3.Connection) -> None:
+        if self._files is None:
+            return
+        self._files.ensure()
+        referenced = conn.execute(
+            f"SELECT blob FROM {self._schema.main} WHERE blob LIKE 'file:%'"
+        ).fetchall()
+        self._files.sweep(row[0] for row in referenced)
 
     def disconnect(self) -> None:
         """Close every connection this store opened (in any thread)."""
@@ -267,6 +292,20 @@ class SqliteStore(AbstractStore):
                 modified=modified,
                 version=version,
                 metadata_json=metadata_json,
+            )
+        if is_file_ref(blob):
+            files = self._files
+            assert files is not None
+            return StreamValue(
+                lambda: files.open(key, blob, 0, size),
+                size=size,
+                created=created,
+                modified=modified,
+                version=version,
+                metadata_json=metadata_json,
+                range_opener=lambda lo, hi: files.open(
+                    key, blob, lo, size if hi is None else min(hi, size)
+                ),
             )
         return StreamValue(
             lambda: self._chunk_stream(key, blob, size, 0, size),
@@ -396,6 +435,8 @@ class SqliteStore(AbstractStore):
             conn.executemany(self._schema.upsert, rows)
             stale = [(blob,) for blob in previous.values() if blob is not None]
             conn.executemany(self._schema.delete_chunks, stale)
+            for blob in previous.values():
+                self._files_replaced(None, blob)
             self._index_batch(conn, rows)
         if not self._observed(StoreSetEvent, StoreUpdateEvent):
             return
@@ -511,8 +552,9 @@ class SqliteStore(AbstractStore):
                 raise missing(key)
             check_precondition(key, row[1], if_version, None)
             conn.execute(self._schema.delete, (key,))
-            if row[2] is not None:
+            if row[2] is not None and not is_file_ref(row[2]):
                 conn.execute(self._schema.delete_chunks, (row[2],))
+        self._files_replaced(None, row[2])
         self._emit(StoreDeleteEvent(self, key=key, metadata=decode_metadata(row[0])))
 
     def _store(
@@ -534,9 +576,31 @@ class SqliteStore(AbstractStore):
             head = _take(counted, self.inline_limit + 1)
             if len(head) <= self.inline_limit:
                 self._write(key, head, None, metadata_json, if_version, if_exists)
-            else:
+            elif self._files is None:
                 stream = itertools.chain([head], counted)
                 self._write(key, None, stream, metadata_json, if_version, if_exists)
+            else:
+                self._write_file(
+                    key, itertools.chain([head], counted), metadata_json, if_version, if_exists
+                )
+
+    def _write_file(
+        self,
+        key: str,
+        stream: Iterator[bytes],
+        metadata_json: str | None,
+        if_version: str | None,
+        if_exists: bool | None,
+    ) -> None:
+        """Write a large value to its own file first, then the row naming it."""
+        assert self._files is not None
+        # Outside the write transaction: other writers are not held up by the upload.
+        stored = self._files.write(stream)
+        try:
+            self._write(key, None, None, metadata_json, if_version, if_exists, stored=stored)
+        except BaseException:
+            self._files.remove([stored[0]])
+            raise
 
     def _write(
         self,
@@ -546,18 +610,23 @@ class SqliteStore(AbstractStore):
         metadata_json: str | None,
         if_version: str | None,
         if_exists: bool | None,
+        *,
+        stored: tuple[str, int] | None = None,
     ) -> None:
-        """One key's write transaction: inline *data*, or chunked *stream*."""
+        """One key's write transaction: inline *data*, chunked *stream*, or the value
+        file already *stored* (its reference and size)."""
         with self._writing() as conn:
             old = self._state(conn, key)
             check_precondition(key, None if old is None else old[0], if_version, if_exists)
             if metadata_json is None:
                 metadata_json = self._current_metadata(conn, key) if old else "{}"
-            self._upsert(conn, key, data, metadata_json, stream)
-            if old is not None and old[2] is not None:
-                conn.execute(self._schema.delete_chunks, (old[2],))
+            self._upsert(conn, key, data, metadata_json, stream, stored)
+            obsolete = None if old is None else old[2]
+            if obsolete is not None and not is_file_ref(obsolete):
+                conn.execute(self._schema.delete_chunks, (obsolete,))
             if self.index == "dynamic":
                 self._ensure_indexes(conn, decode_metadata(metadata_json))
+        self._files_replaced(None if stored is None else stored[0], obsolete)
         event = StoreSetEvent if old is None else StoreUpdateEvent
         self._emit(event(self, key=key, metadata=decode_metadata(metadata_json)))
 
@@ -579,9 +648,14 @@ class SqliteStore(AbstractStore):
         data: bytes | None,
         metadata_json: str,
         stream: Iterator[bytes] | None,
+        stored: tuple[str, int] | None = None,
     ) -> None:
-        blob = None if data is not None else new_version()
-        size = len(data) if data is not None else self._insert_chunks(conn, blob, stream)
+        blob: str | None
+        if stored is not None:
+            blob, size = stored
+        else:
+            blob = None if data is not None else new_version()
+            size = len(data) if data is not None else self._insert_chunks(conn, blob, stream)
         now = time.time()
         conn.execute(
             self._schema.upsert, (key, metadata_json, now, now, new_version(), size, data, blob)
@@ -625,6 +699,30 @@ class SqliteStore(AbstractStore):
             self._indexed.add(name)
 
     # -- transactions --------------------------------------------------------------------
+    def _files_replaced(self, created: str | None, obsolete: str | None) -> None:
+        """A write that created and/or made obsolete a value file has succeeded.
+
+        Outside a transaction it is committed: the obsolete file goes now. Inside one,
+        both wait for the outcome (see the transaction hooks below).
+        """
+        if self._files is None:
+            return
+        log = self._file_log.get()
+        if log is None:
+            self._files.remove([obsolete])
+            return
+        if created is not None:
+            log.created.append(created)
+        if is_file_ref(obsolete):
+            assert obsolete is not None
+            log.obsolete.append(obsolete)
+
+    def _settle_files(self, committed: bool) -> None:
+        log = self._file_log.get()
+        self._file_log.set(None)
+        if log is not None and self._files is not None:
+            self._files.remove(log.obsolete if committed else log.created)
+
     def _begin_transaction(self) -> None:
         self._require_connection()
         if self._serial is not None:
@@ -636,15 +734,22 @@ class SqliteStore(AbstractStore):
             if self._serial is not None:
                 self._serial.release()
             raise
+        self._file_log.set(_FileLog())
 
     def _commit_transaction(self) -> None:
         try:
             _commit(self._conn())
+        except BaseException:
+            self._settle_files(committed=False)
+            raise
+        else:
+            self._settle_files(committed=True)
         finally:
             if self._serial is not None:
                 self._serial.release()
 
     def _rollback_transaction(self) -> None:
+        self._settle_files(committed=False)
         try:
             with _translate("rolling back"):
                 conn = self._conn()
@@ -658,17 +763,48 @@ class SqliteStore(AbstractStore):
         name = f"storekeeper_{next(self._savepoints)}"
         with _translate("creating a savepoint"):
             self._conn().execute(f"SAVEPOINT {name}")
-        return name
+        log = self._file_log.get()
+        return _Savepoint(name, *((0, 0) if log is None else log.marks()))
 
     def _rollback_to_savepoint(self, token: object) -> None:
+        assert isinstance(token, _Savepoint)
         with _translate("rolling back to a savepoint"):
             conn = self._conn()
-            conn.execute(f"ROLLBACK TO {token}")
-            conn.execute(f"RELEASE {token}")
+            conn.execute(f"ROLLBACK TO {token.name}")
+            conn.execute(f"RELEASE {token.name}")
+        log = self._file_log.get()
+        if log is not None and self._files is not None:
+            self._files.remove(log.rewind(token.created, token.obsolete))
 
     def _release_savepoint(self, token: object) -> None:
+        assert isinstance(token, _Savepoint)
         with _translate("releasing a savepoint"):
-            self._conn().execute(f"RELEASE {token}")
+            self._conn().execute(f"RELEASE {token.name}")
+
+
+@dataclass
+class _FileLog:
+    """The value files a transaction created and made obsolete, in order."""
+
+    created: list[str] = field(default_factory=list)
+    obsolete: list[str] = field(default_factory=list)
+
+    def marks(self) -> tuple[int, int]:
+        return len(self.created), len(self.obsolete)
+
+    def rewind(self, created: int, obsolete: int) -> list[str]:
+        """Forget what followed the marks; return the files created since (to remove)."""
+        dropped = self.created[created:]
+        del self.created[created:]
+        del self.obsolete[obsolete:]
+        return dropped
+
+
+@dataclass(frozen=True)
+class _Savepoint:
+    name: str
+    created: int
+    obsolete: int
 
 
 class _Using:
