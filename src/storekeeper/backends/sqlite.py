@@ -624,11 +624,12 @@ class SqliteStore(AbstractStore):
             obsolete = None if old is None else old[2]
             if obsolete is not None and not is_file_ref(obsolete):
                 conn.execute(self._schema.delete_chunks, (obsolete,))
+            metadata = decode_metadata(metadata_json)
             if self.index == "dynamic":
-                self._ensure_indexes(conn, decode_metadata(metadata_json))
+                self._ensure_indexes(conn, metadata)
         self._files_replaced(None if stored is None else stored[0], obsolete)
         event = StoreSetEvent if old is None else StoreUpdateEvent
-        self._emit(event(self, key=key, metadata=decode_metadata(metadata_json)))
+        self._emit(event(self, key=key, metadata=metadata))
 
     def _state(self, conn: sqlite3.Connection, key: str) -> tuple[str, float, str | None] | None:
         """``(version, created, blob id or None)`` of *key*, or ``None`` when missing."""
