@@ -194,3 +194,17 @@ def test_secure_delete_setting(tmp_path: Path, secure: bool, expected: int) -> N
         store.set("k", (b"x" * 100_000, {}))
         store.delete("k")
         assert store._conn().execute("PRAGMA secure_delete").fetchone()[0] == expected
+
+
+def test_multiset_over_large_values_removes_them(tmp_path: Path) -> None:
+    with SqliteStore(tmp_path / "m.db", inline_limit=10) as store:
+        store.set("big", (b"b" * 50, {}))
+        assert len(os.listdir(tmp_path / "m.db-values")) == 1
+        store.multiset(["big", "small"], [(b"1", {}), (b"2", {})])
+        assert store.to_bytes("big") == b"1"
+        assert os.listdir(tmp_path / "m.db-values") == []
+    with SqliteStore(inline_limit=10, chunk_size=8) as memory:
+        memory.set("big", (b"b" * 50, {}))
+        memory.multiset(["big"], [(b"1", {})])
+        chunks = memory._conn().execute('SELECT count(*) FROM "store__chunks"').fetchone()
+        assert chunks == (0,)

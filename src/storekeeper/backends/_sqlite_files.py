@@ -105,6 +105,10 @@ class ValueFiles:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.path(ref))
 
+    def any(self) -> bool:
+        """Whether the directory holds any file (finished or not)."""
+        return next(_listing(self.directory), None) is not None
+
     def sweep(self, referenced: Iterable[str], min_age: float = SWEEP_AGE) -> int:
         """Remove files no row references that are older than *min_age* seconds."""
         keep = {ref[len(FILE_PREFIX) :] for ref in referenced if is_file_ref(ref)}

@@ -430,15 +430,21 @@ class SqliteStore(AbstractStore):
         if rows is None:
             super().multiset([k for k, _ in pairs], [v for _, v in pairs], buffer_size)
             return
+        observed = self._observed(StoreSetEvent, StoreUpdateEvent)
         with self.transaction(f"Setting {len(rows)} keys"), self._using() as conn:
-            previous = self._blobs(conn, [row[0] for row in rows])
+            # The old rows matter for their large values (to remove) and for the event
+            # kinds; with neither, the lookup is skipped.
+            if observed or self._has_large_values(conn):
+                previous = self._blobs(conn, [row[0] for row in rows])
+            else:
+                previous = {}
             conn.executemany(self._schema.upsert, rows)
             stale = [(blob,) for blob in previous.values() if blob is not None]
             conn.executemany(self._schema.delete_chunks, stale)
             for blob in previous.values():
                 self._files_replaced(None, blob)
             self._index_batch(conn, rows)
-        if not self._observed(StoreSetEvent, StoreUpdateEvent):
+        if not observed:
             return
         for key, metadata_json, *_ in rows:
             event = StoreUpdateEvent if key in previous else StoreSetEvent
@@ -465,6 +471,16 @@ class SqliteStore(AbstractStore):
             metadata_json = "{}" if metadata is None else encode_metadata(metadata)
             rows.append((key, metadata_json, now, now, new_version(), len(source), source, None))
         return rows
+
+    def _has_large_values(self, conn: sqlite3.Connection) -> bool:
+        """Whether any committed value is stored outside its row (chunks or a file).
+
+        Called inside a write transaction: no other writer can commit a row naming a
+        value file meanwhile, and a committed row's file exists until the row is gone.
+        """
+        if conn.execute(f"SELECT 1 FROM {self._schema.chunks} LIMIT 1").fetchone():
+            return True
+        return self._files is not None and self._files.any()
 
     def _blobs(self, conn: sqlite3.Connection, keys: list[str]) -> dict[str, str | None]:
         """Existing keys among *keys*, with their chunk-set ids."""
