@@ -206,6 +206,13 @@ class CompositeStore(AbstractStore):
 
     # -- events ------------------------------------------------------------------------------
     def _on_child_event(self, event: BaseEvent) -> None:
+        # Checked first: this composite's own writes make every child write land here.
+        if (
+            self.emits_own_events
+            and self._quiet.get()
+            and isinstance(event, StoreModificationEvent)
+        ):
+            return
         source = getattr(event, "source", None)
         if not self._connected or all(source is not c for c in self._listened_children()):
             return
