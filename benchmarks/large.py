@@ -1,6 +1,7 @@
 """A large value streamed into and out of each durable backend, vs a raw file copy.
 
-Each phase runs in a fresh subprocess so its peak RSS (``ru_maxrss``) is its own.
+Each phase runs in a fresh subprocess so its peak RSS (``ru_maxrss``) is its own; imports are
+not timed, and the run with the median ratio of BENCH_REPS (default 3) is reported.
 BENCH_LARGE_MIB sets the size (default 1024 = 1 GiB); BENCH_DIR the directory.
 Targets: throughput >= 0.7 of the raw file copy, peak RSS under 64 MiB.
 """
@@ -77,6 +78,11 @@ def _ours(backend: str, phase: str, path: Path, size: int) -> None:
 
 def child(backend: str, phase: str, path: str, size: int) -> None:
     """Run one phase and print its wall time and peak RSS as JSON."""
+    if backend != "raw":
+        # An application imports the library once; only the streaming is timed.
+        import storekeeper.backends.filesystem
+        import storekeeper.backends.sqlite
+        import storekeeper.store  # noqa: F401
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
     if backend == "raw":
@@ -101,6 +107,9 @@ def _run(backend: str, phase: str, path: Path, size: int) -> dict[str, float]:
     return result
 
 
+REPS = int(os.environ.get("BENCH_REPS", "3"))
+
+
 def main() -> None:
     size = int(os.environ.get("BENCH_LARGE_MIB", "1024")) * CHUNK
     backends = [b for b in ("sqlite", "filesystem") if _available(b)]
@@ -111,8 +120,12 @@ def main() -> None:
             work = base / backend
             work.mkdir()
             for phase in ("set", "get"):
-                raw = _run("raw", phase, work, size)
-                ours = _run(backend, phase, work, size)
+                runs = [(_run("raw", phase, work, size), _run(backend, phase, work, size))]
+                for _ in range(REPS - 1):
+                    runs.append((_run("raw", phase, work, size), _run(backend, phase, work, size)))
+                raw, ours = sorted(runs, key=lambda r: r[0]["seconds"] / r[1]["seconds"])[
+                    len(runs) // 2
+                ]
                 ratio = raw["seconds"] / ours["seconds"]
                 verdict = "ok" if ratio >= 0.7 and ours["peak_mib"] < 64 else "BELOW TARGET"
                 print(
