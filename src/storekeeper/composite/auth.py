@@ -756,23 +756,9 @@ def _granted(record: Mapping[str, Any] | None, tags: frozenset[str]) -> set[str]
     return granted
 
 
-_last_record: tuple[Value | None, dict[str, list[str]] | None] = (None, None)
-
-
 def _record_of(value: Value) -> dict[str, list[str]] | None:
-    """*value*'s permission record (read-only), decoded once per value object.
-
-    A write looks at the record several times (authorise, then keep it); the last
-    answer is remembered with a reference to its value, so the identity check is safe.
-    """
-    global _last_record
-    last_value, last_record = _last_record
-    if last_value is value:
-        return last_record
     record = value.metadata.get(PERMISSIONS)
-    found = record if isinstance(record, dict) else None
-    _last_record = (value, found)
-    return found
+    return record if isinstance(record, dict) else None
 
 
 def _version_pin(value: Value) -> dict[str, Any]:
