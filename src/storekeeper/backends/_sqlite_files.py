@@ -4,9 +4,9 @@ SQLite writes every byte twice (WAL, then checkpoint) and reads a chunk per quer
 values over ``inline_limit`` live in ``<database>-values/`` instead, and the row holds
 ``file:<name>`` where a chunk-set id would be. The rules that keep this crash-safe:
 
-- a value file is written under a temp name, fsynced, renamed to its final name and the
-  directory fsynced *before* the row naming it is committed, so a committed row never
-  names a missing or partial file;
+- a value file is written with :func:`storekeeper.files.atomic_write` (temp file, fsync,
+  rename, directory fsync) *before* the row naming it is committed, so a committed row
+  never names a missing or partial file;
 - a file is removed only after the row that named it is gone for good: once the write
   that replaced or deleted it has committed (for a transaction, the outermost commit);
   a file written by a write or transaction that rolled back is removed at once;
@@ -35,7 +35,6 @@ from storekeeper.store.utils import BufferIteratorIO
 __all__ = ["FILE_PREFIX", "ValueFiles", "is_file_ref"]
 
 FILE_PREFIX = "file:"
-_TEMP_SUFFIX = ".tmp"
 # An unreferenced file younger than this may belong to a writer about to commit.
 SWEEP_AGE = 3600.0
 _READ_CHUNK = 1 << 20
@@ -64,26 +63,15 @@ class ValueFiles:
     def write(self, chunks: Iterable[bytes]) -> tuple[str, int]:
         """Store *chunks* in a new file, durably; return its reference and size."""
         name = new_version()
-        final = os.path.join(self.directory, name)
-        temp = final + _TEMP_SUFFIX
         size = 0
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            try:
-                for chunk in chunks:
-                    files._write_all(fd, chunk)
-                    size += len(chunk)
-                if self.durable:
-                    files._fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(temp, final)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temp)
-            raise
-        if self.durable:
-            files.fsync_directory(self.directory)
+
+        def counted() -> Iterator[bytes]:
+            nonlocal size
+            for chunk in chunks:
+                size += len(chunk)
+                yield chunk
+
+        files.atomic_write(os.path.join(self.directory, name), counted(), durable=self.durable)
         return FILE_PREFIX + name, size
 
     def open(self, key: str, ref: str, start: int, stop: int) -> IO[bytes]:
@@ -115,7 +103,7 @@ class ValueFiles:
         cutoff = time.time() - min_age
         removed = 0
         for name in _listing(self.directory):
-            if name.removesuffix(_TEMP_SUFFIX) in keep:
+            if name in keep:
                 continue
             path = os.path.join(self.directory, name)
             with contextlib.suppress(FileNotFoundError):

@@ -439,9 +439,9 @@ class SqliteStore(AbstractStore):
             else:
                 previous = {}
             conn.executemany(self._schema.upsert, rows)
-            stale = [(blob,) for blob in previous.values() if blob is not None]
-            conn.executemany(self._schema.delete_chunks, stale)
             for blob in previous.values():
+                if blob is not None and not is_file_ref(blob):
+                    conn.execute(self._schema.delete_chunks, (blob,))
                 self._files_replaced(None, blob)
             self._index_batch(conn, rows)
         if not observed:
