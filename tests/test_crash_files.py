@@ -15,7 +15,6 @@ import json
 import multiprocessing
 import os
 import random
-import signal
 import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -26,6 +25,7 @@ import pytest
 from storekeeper import atomic_store
 from storekeeper.files import atomic_write
 from storekeeper.sessions import SessionStorage
+from storekeeper.testing.crash import kill_writer, start_writer
 
 SOAK = os.environ.get("STOREKEEPER_SOAK") == "1"
 CONTEXT = multiprocessing.get_context("forkserver")
@@ -79,7 +79,7 @@ KINDS: dict[str, tuple[Callable[[str, int], None], Callable[[str], object]]] = {
 
 def _writer(kind: str, path: str, generation: int, acks: Connection) -> None:
     write = KINDS[kind][0]
-    acks.send(-1)
+    acks.send("ready")
     while True:
         write(path, generation)
         acks.send(generation)
@@ -100,27 +100,14 @@ def _verify(kind: str, path: str, acknowledged: int, attempted: int) -> list[str
 
 def _round(kind: str, path: str, generation: int, rng: random.Random) -> int:
     """One writer life; returns the last acknowledged generation (or generation - 1)."""
-    receiver, sender = CONTEXT.Pipe(duplex=False)
-    process = CONTEXT.Process(target=_writer, args=(kind, path, generation, sender))
-    process.start()
-    sender.close()
-    assert receiver.poll(WAIT) and receiver.recv() == -1
+    process, receiver = start_writer(CONTEXT, _writer, (kind, path, generation))
     last = generation - 1
     for _ in range(rng.randint(0, 2)):
         if not receiver.poll(WAIT):
             break
         last = receiver.recv()
     time.sleep(rng.uniform(0.0, 0.003))
-    process.kill()
-    process.join(WAIT)
-    assert process.exitcode == -signal.SIGKILL
-    while True:
-        try:
-            last = receiver.recv()
-        except (EOFError, OSError, ValueError):
-            break
-    receiver.close()
-    return last
+    return max([last, *kill_writer(process, receiver)])
 
 
 def _crash_rounds(kind: str, target: str, rounds: int) -> int:

@@ -19,12 +19,16 @@ import multiprocessing
 import random
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from multiprocessing.context import ForkServerContext
+from multiprocessing.process import BaseProcess
+from typing import Any
 
 from storekeeper.store import AbstractStore, open_store
 
-__all__ = ["CrashReport", "run_crash_rounds", "writer_main"]
+__all__ = ["CrashReport", "kill_writer", "run_crash_rounds", "start_writer", "writer_main"]
 
 SINGLE_KEYS = [f"single/{n}" for n in range(5)]
 TRANSACTION_KEYS = ["tx/a", "tx/b", "tx/c"]
@@ -98,27 +102,42 @@ def run_crash_rounds(url: str, rounds: int, max_delay: float = 0.1) -> CrashRepo
 
 
 def _run_and_kill(url: str, generation: int, delay: float) -> list[str]:
-    receiver, sender = _CONTEXT.Pipe(duplex=False)
-    child = _CONTEXT.Process(target=writer_main, args=(url, generation, sender))
+    child, receiver = start_writer(_CONTEXT, writer_main, (url, generation))
+    # The random delay counts from the writer's first write, not from its start-up.
+    time.sleep(delay)
+    return kill_writer(child, receiver)
+
+
+def start_writer(
+    context: ForkServerContext, target: Callable[..., object], args: tuple[Any, ...]
+) -> tuple[BaseProcess, Connection]:
+    """Start ``target(*args, acks)`` in a process of *context*; return it and the
+    receiving end of *acks* once the writer has sent ``"ready"`` (RuntimeError if not)."""
+    receiver, sender = context.Pipe(duplex=False)
+    child = context.Process(target=target, args=(*args, sender))
     child.start()
     sender.close()
-    # The random delay counts from the writer's first write, not from its start-up.
     if not _started(receiver):
         child.kill()
-        raise RuntimeError(f"writer for {url} did not start (exit code {child.exitcode})")
-    time.sleep(delay)
-    child.kill()  # SIGKILL
+        child.join(_WAIT)
+        raise RuntimeError(f"writer {target.__name__} did not start (exit {child.exitcode})")
+    return child, receiver
+
+
+def kill_writer(child: BaseProcess, receiver: Connection) -> list[Any]:
+    """SIGKILL *child*, reap it, and return every whole message it had sent."""
+    child.kill()
     child.join(_WAIT)
     if child.exitcode != -signal.SIGKILL:
         raise RuntimeError(f"writer exited on its own ({child.exitcode})")
-    lines = []
+    messages = []
     while True:
         try:
-            lines.append(receiver.recv())
+            messages.append(receiver.recv())
         except (EOFError, OSError, ValueError):
             break  # the end, or a message the kill cut short: not an acknowledgement
     receiver.close()
-    return lines
+    return messages
 
 
 def _started(receiver: Connection) -> bool:
