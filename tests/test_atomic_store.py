@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import errno
 import io
 import json
 import multiprocessing
 import os
 import pickle
 import stat
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import IO, Any
 
@@ -23,6 +24,8 @@ from storekeeper.errors import (
     MissingDependencyError,
     UnknownFormatError,
 )
+
+ReadOnly = Callable[[], AbstractContextManager[None]]
 
 
 @pytest.fixture
@@ -300,21 +303,12 @@ def test_missing_parent_directory(tmp_path: Path) -> None:
     assert not (tmp_path / "missing").exists()
 
 
-def test_read_only_filesystem(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_read_only_filesystem(path: Path, read_only_filesystem: ReadOnly) -> None:
     atomic_store.open(path, default=1).commit()
-    real_open = os.open
-
-    def read_only(name: Any, flags: int, *args: Any, **kwargs: Any) -> int:
-        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
-            raise OSError(errno.EROFS, "Read-only file system", name)
-        return real_open(name, flags, *args, **kwargs)
-
-    monkeypatch.setattr(os, "open", read_only)
     store = atomic_store.open(path)
     store.value = 2
-    with pytest.raises(OSError, match="Read-only"):
+    with read_only_filesystem(), pytest.raises(OSError, match="Read-only"):
         store.commit()
-    monkeypatch.undo()
     assert atomic_store.open(path).value == 1
 
 

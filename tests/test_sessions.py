@@ -8,6 +8,8 @@ import multiprocessing
 import os
 import threading
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -226,20 +228,13 @@ def test_missing_session_directory_on_save(tmp_path: Path) -> None:
         SessionStorage(tmp_path / "gone.session").save_checkpoint(b"x")
 
 
-def test_read_only_filesystem(storage: SessionStorage, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_read_only_filesystem(
+    storage: SessionStorage, read_only_filesystem: Callable[[], AbstractContextManager[None]]
+) -> None:
     storage.save_checkpoint(b"old")
-    real_open = os.open
-
-    def read_only(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
-        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
-            raise OSError(errno.EROFS, "Read-only file system", path)
-        return real_open(path, flags, *args, **kwargs)
-
-    monkeypatch.setattr(os, "open", read_only)
-    with pytest.raises(OSError, match="Read-only") as caught:
+    with read_only_filesystem(), pytest.raises(OSError, match="Read-only") as caught:
         storage.save_checkpoint(b"new")
     assert caught.value.errno == errno.EROFS
-    monkeypatch.undo()
     assert storage.load_checkpoint() == b"old"
 
 
