@@ -366,11 +366,8 @@ class CachedStore(CompositeStore):
         check_key(key)
         self._require_connection()
         source = self._writer(0)
-        with self._fences.writing(key):
-            try:
-                source.set(key, value, buffer_size, if_version=if_version, if_exists=if_exists)
-            finally:
-                self._written_now(key)
+        with self._writing_through(key):
+            source.set(key, value, buffer_size, if_version=if_version, if_exists=if_exists)
 
     def set_data(
         self,
@@ -385,11 +382,8 @@ class CachedStore(CompositeStore):
         check_key(key)
         self._require_connection()
         source = self._writer(0)
-        with self._fences.writing(key):
-            try:
-                source.set_data(key, data, buffer_size, if_version=if_version, if_exists=if_exists)
-            finally:
-                self._written_now(key)
+        with self._writing_through(key):
+            source.set_data(key, data, buffer_size, if_version=if_version, if_exists=if_exists)
 
     def set_metadata(
         self,
@@ -403,11 +397,8 @@ class CachedStore(CompositeStore):
         check_key(key)
         self._require_connection()
         source = self._writer(0)
-        with self._fences.writing(key):
-            try:
-                source.set_metadata(key, metadata, if_version=if_version, if_exists=if_exists)
-            finally:
-                self._written_now(key)
+        with self._writing_through(key):
+            source.set_metadata(key, metadata, if_version=if_version, if_exists=if_exists)
 
     def update_metadata(
         self, key: str, metadata: Mapping[str, Any], *, if_version: str | None = None
@@ -415,19 +406,22 @@ class CachedStore(CompositeStore):
         """Merge *metadata* into the source's and drop the cached copy."""
         check_key(key)
         self._require_connection()
-        with self._fences.writing(key):
-            try:
-                self._writer(0).update_metadata(key, metadata, if_version=if_version)
-            finally:
-                self._written_now(key)
+        with self._writing_through(key):
+            self._writer(0).update_metadata(key, metadata, if_version=if_version)
 
     def delete(self, key: str, *, if_version: str | None = None) -> None:
         """Delete *key* from the source and drop the cached copy."""
         check_key(key)
         self._require_connection()
+        with self._writing_through(key):
+            self._writer(0).delete(key, if_version=if_version)
+
+    @contextlib.contextmanager
+    def _writing_through(self, key: str) -> Iterator[None]:
+        """Around a write of *key* to the source: fence off fills, then drop the copy."""
         with self._fences.writing(key):
             try:
-                self._writer(0).delete(key, if_version=if_version)
+                yield
             finally:
                 self._written_now(key)
 
