@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from storekeeper.backends.sqlite import SqliteStore
+from storekeeper.errors import ConflictError
 from storekeeper.events import EventManager
 from storekeeper.store import Range, open_store
 from storekeeper.testing.stateful import run_state_machine
@@ -208,3 +209,40 @@ def test_multiset_over_large_values_removes_them(tmp_path: Path) -> None:
         memory.multiset(["big"], [(b"1", {})])
         chunks = memory._conn().execute('SELECT count(*) FROM "store__chunks"').fetchone()
         assert chunks == (0,)
+
+
+def test_tables_with_text_version_tokens_keep_working(tmp_path: Path) -> None:
+    """Tables made before versions became integers hold text tokens; both kinds coexist."""
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        db.execute(
+            'CREATE TABLE "store" (key TEXT PRIMARY KEY NOT NULL, metadata TEXT NOT NULL, '
+            "created REAL NOT NULL, modified REAL NOT NULL, version TEXT NOT NULL, "
+            "size INTEGER NOT NULL, blob TEXT, data BLOB)"
+        )
+        db.execute(
+            'INSERT INTO "store" VALUES (?, ?, ?, ?, ?, ?, NULL, ?)',
+            ("old", '{"m": 1}', 1.0, 2.0, "0123abcd-1f", 3, b"old"),
+        )
+    with SqliteStore(path) as store:
+        assert store.get("old").version == "0123abcd-1f"
+        with pytest.raises(ConflictError):
+            store.set("old", (b"x", {}), if_version="1f")
+        store.set("old", (b"new", {}), if_version="0123abcd-1f")
+        store.multiset(["a", "b"], [(b"1", {}), (b"2", {})])
+        versions = [store.get(key).version for key in ("old", "a", "b")]
+        assert all(isinstance(v, str) for v in versions) and len(set(versions)) == 3
+        store.update_metadata("a", {"n": 1}, if_version=versions[1])
+        with pytest.raises(ConflictError):
+            store.delete("b", if_version=versions[1])
+        store.delete("b", if_version=versions[2])
+
+
+def test_versions_are_stored_as_integers_and_read_as_text(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    with SqliteStore(path) as store:
+        store.set("k", (b"v", {}))
+        version = store.get("k").version
+    with sqlite3.connect(path) as db:
+        stored = db.execute('SELECT version FROM "store" WHERE key=?', ("k",)).fetchone()[0]
+    assert isinstance(stored, int) and str(stored) == version

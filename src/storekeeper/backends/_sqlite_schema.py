@@ -46,6 +46,12 @@ def json_path(name: str) -> str | None:
     return "'$.\"" + name + "\"'"
 
 
+# Versions are stored as integers (see storekeeper.store.abstract.version_numbers) and
+# read back as the decimal text callers see; tables made before that hold text tokens,
+# which the cast leaves alone.
+_VERSION = "CAST(version AS TEXT)"
+
+
 class Schema:
     """The statements for one store table (and its chunk table) in one database."""
 
@@ -57,18 +63,18 @@ class Schema:
         self.create = [
             f"CREATE TABLE IF NOT EXISTS {self.main} ("
             "key TEXT PRIMARY KEY NOT NULL, metadata TEXT NOT NULL, created REAL NOT NULL, "
-            "modified REAL NOT NULL, version TEXT NOT NULL, size INTEGER NOT NULL, blob TEXT, "
+            "modified REAL NOT NULL, version INTEGER NOT NULL, size INTEGER NOT NULL, blob TEXT, "
             "data BLOB)",
             f"CREATE TABLE IF NOT EXISTS {self.chunks} ("
             "blob TEXT NOT NULL, seq INTEGER NOT NULL, data BLOB NOT NULL)",
             f"CREATE UNIQUE INDEX IF NOT EXISTS {self.chunk_index} ON {self.chunks}(blob, seq)",
         ]
         self.select_row = (
-            f"SELECT metadata, created, modified, version, size, blob, data "
+            f"SELECT metadata, created, modified, {_VERSION}, size, blob, data "
             f"FROM {self.main} WHERE key=?"
         )
-        self.select_state = f"SELECT version, created, blob FROM {self.main} WHERE key=?"
-        self.select_data = f"SELECT data, version FROM {self.main} WHERE key=?"
+        self.select_state = f"SELECT {_VERSION}, created, blob FROM {self.main} WHERE key=?"
+        self.select_data = f"SELECT data, {_VERSION} FROM {self.main} WHERE key=?"
         self.select_metadata = f"SELECT metadata FROM {self.main} WHERE key=?"
         self.select_exists = f"SELECT 1 FROM {self.main} WHERE key=?"
         self.upsert = (
@@ -78,6 +84,7 @@ class Schema:
             "metadata=excluded.metadata, modified=excluded.modified, version=excluded.version, "
             "size=excluded.size, data=excluded.data, blob=excluded.blob"
         )
+        self.select_for_update = f"SELECT metadata, {_VERSION}, blob FROM {self.main} WHERE key=?"
         self.update_metadata = (
             f"UPDATE {self.main} SET metadata=?, modified=?, version=? WHERE key=?"
         )
@@ -91,6 +98,22 @@ class Schema:
         )
         self.select_blobs = f"SELECT key, blob FROM {self.main} WHERE key IN "
         self.list_indexes = "SELECT name FROM sqlite_master WHERE type='index' AND tbl_name=?"
+
+    def insert_batch(self, now: float) -> str:
+        """An upsert of inline values for ``executemany`` over ``(key, metadata, version,
+        size, data)`` rows, with *now* as their time written into the statement.
+
+        Binding the same time to every row of a batch costs more than the row itself;
+        a float's ``repr`` round-trips through SQLite's parser.
+        """
+        stamp = repr(float(now))
+        return (
+            f"INSERT INTO {self.main} "
+            "(key, metadata, created, modified, version, size, data, blob) "
+            f"VALUES (?, ?, {stamp}, {stamp}, ?, ?, ?, NULL) ON CONFLICT(key) DO UPDATE SET "
+            "metadata=excluded.metadata, modified=excluded.modified, version=excluded.version, "
+            "size=excluded.size, data=excluded.data, blob=NULL"
+        )
 
     def index_name(self, metadata_name: str) -> str:
         """A stable index name for *metadata_name* (hashed, so it needs no escaping)."""

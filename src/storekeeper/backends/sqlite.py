@@ -38,6 +38,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from operator import itemgetter
 from types import TracebackType
 from typing import IO, Any, cast
 from urllib.parse import SplitResult, parse_qsl
@@ -66,6 +67,7 @@ from storekeeper.store.abstract import (
     new_version,
     pair_up,
     unpack_value,
+    version_numbers,
 )
 from storekeeper.store.events import StoreDeleteEvent, StoreSetEvent, StoreUpdateEvent
 from storekeeper.store.query import compile_terms, matches
@@ -426,36 +428,61 @@ class SqliteStore(AbstractStore):
     ) -> None:
         """Set many keys in one transaction; small ``bytes`` values go in one batch."""
         pairs = pair_up(keys, values)
-        rows = self._inline_rows(pairs)
-        if rows is None:
+        batch = self._inline_batch(pairs)
+        if batch is None:
             super().multiset([k for k, _ in pairs], [v for _, v in pairs], buffer_size)
             return
+        batch_keys, metadata_texts, datas = batch
         observed = self._observed(StoreSetEvent, StoreUpdateEvent)
-        with self.transaction(f"Setting {len(rows)} keys"), self._using() as conn:
+        with self.transaction(f"Setting {len(batch_keys)} keys"), self._using() as conn:
             # The old rows matter for their large values (to remove) and for the event
             # kinds; with neither, the lookup is skipped.
             if observed or self._has_large_values(conn):
-                previous = self._blobs(conn, [row[0] for row in rows])
+                previous = self._blobs(conn, batch_keys)
             else:
                 previous = {}
-            conn.executemany(self._schema.upsert, rows)
+            rows = zip(
+                batch_keys,
+                metadata_texts,
+                version_numbers(len(batch_keys)),
+                map(len, datas),
+                datas,
+                strict=True,
+            )
+            conn.executemany(self._schema.insert_batch(time.time()), rows)
             for blob in previous.values():
                 if blob is not None and not is_file_ref(blob):
                     conn.execute(self._schema.delete_chunks, (blob,))
                 self._files_replaced(None, blob)
-            self._index_batch(conn, rows)
+            self._index_batch(conn, metadata_texts)
         if not observed:
             return
-        for key, metadata_json, *_ in rows:
+        for key, metadata_json in zip(batch_keys, metadata_texts, strict=True):
             event = StoreUpdateEvent if key in previous else StoreSetEvent
             previous.setdefault(key, None)
             self._emit(event(self, key=key, metadata=decode_metadata(metadata_json)))
 
-    def _inline_rows(self, pairs: list[tuple[str, Any]]) -> list[tuple[Any, ...]] | None:
-        """Upsert rows for *pairs*, or ``None`` when a value is a stream or large."""
-        now = time.time()
-        rows = []
+    def _inline_batch(
+        self, pairs: list[tuple[str, Any]]
+    ) -> tuple[list[str], list[str], list[bytes]] | None:
+        """Keys, metadata texts and data of *pairs*, or ``None`` when a value is a stream
+        or too large to be stored inline."""
         limit = self.inline_limit
+        values = list(map(itemgetter(1), pairs))
+        # The common batch, (bytes, metadata dict) pairs only, is split by C-level maps.
+        if set(map(type, values)) == {tuple} and set(map(len, values)) == {2}:
+            datas = list(map(itemgetter(0), values))
+            metadatas = list(map(itemgetter(1), values))
+            if (
+                set(map(type, datas)) == {bytes}
+                and set(map(type, metadatas)) == {dict}
+                and max(map(len, datas)) <= limit
+            ):
+                keys = list(map(itemgetter(0), pairs))
+                return keys, list(map(encode_metadata, metadatas)), datas
+        keys = []
+        metadata_texts: list[str] = []
+        datas = []
         for key, value in pairs:
             # The common (bytes, metadata) pair skips the general unpacking.
             if type(value) is tuple and len(value) == 2 and type(value[0]) is bytes:
@@ -468,9 +495,10 @@ class SqliteStore(AbstractStore):
                     return None
             if len(source) > limit:
                 return None
-            metadata_json = "{}" if metadata is None else encode_metadata(metadata)
-            rows.append((key, metadata_json, now, now, new_version(), len(source), source, None))
-        return rows
+            keys.append(key)
+            datas.append(source)
+            metadata_texts.append("{}" if metadata is None else encode_metadata(metadata))
+        return keys, metadata_texts, datas
 
     def _has_large_values(self, conn: sqlite3.Connection) -> bool:
         """Whether any committed value is stored outside its row (chunks or a file).
@@ -491,13 +519,14 @@ class SqliteStore(AbstractStore):
             found.update(conn.execute(sql, batch).fetchall())
         return found
 
-    def _index_batch(self, conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    def _index_batch(self, conn: sqlite3.Connection, metadata_texts: list[str]) -> None:
         if self.index != "dynamic":
             return
         names: set[str] = set()
-        for row in rows:
-            if row[1] != "{}":
-                names.update(decode_metadata(row[1]))
+        # Batches often repeat the same metadata: each distinct text is decoded once.
+        for text in set(metadata_texts):
+            if text != "{}":
+                names.update(decode_metadata(text))
         self._ensure_indexes(conn, names)
 
     def set_data(
@@ -543,9 +572,7 @@ class SqliteStore(AbstractStore):
         check_key(key)
         encode_metadata(metadata)  # reject bad input before touching anything
         with self._writing() as conn:
-            row = conn.execute(
-                f"SELECT metadata, version FROM {self._schema.main} WHERE key=?", (key,)
-            ).fetchone()
+            row = conn.execute(self._schema.select_for_update, (key,)).fetchone()
             if row is None:
                 raise missing(key)
             check_precondition(key, row[1], if_version, True)
@@ -560,10 +587,7 @@ class SqliteStore(AbstractStore):
         """Delete *key* (and its chunks); :class:`KeyNotFoundError` if missing."""
         check_key(key)
         with self._writing() as conn:
-            row = conn.execute(
-                f"SELECT metadata, version, blob FROM {self._schema.main} WHERE key=?",
-                (key,),
-            ).fetchone()
+            row = conn.execute(self._schema.select_for_update, (key,)).fetchone()
             if row is None:
                 raise missing(key)
             check_precondition(key, row[1], if_version, None)
@@ -674,9 +698,8 @@ class SqliteStore(AbstractStore):
             blob = None if data is not None else new_version()
             size = len(data) if data is not None else self._insert_chunks(conn, blob, stream)
         now = time.time()
-        conn.execute(
-            self._schema.upsert, (key, metadata_json, now, now, new_version(), size, data, blob)
-        )
+        version = version_numbers(1).start
+        conn.execute(self._schema.upsert, (key, metadata_json, now, now, version, size, data, blob))
 
     def _insert_chunks(
         self, conn: sqlite3.Connection, blob: str | None, stream: Iterator[bytes] | None
@@ -689,7 +712,8 @@ class SqliteStore(AbstractStore):
         return total
 
     def _replace_metadata(self, conn: sqlite3.Connection, key: str, metadata_json: str) -> None:
-        conn.execute(self._schema.update_metadata, (metadata_json, time.time(), new_version(), key))
+        version = version_numbers(1).start
+        conn.execute(self._schema.update_metadata, (metadata_json, time.time(), version, key))
 
     # -- indexes -------------------------------------------------------------------------
     def _load_indexes(self, conn: sqlite3.Connection) -> None:

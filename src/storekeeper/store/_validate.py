@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from storekeeper.errors import InvalidKeyError, InvalidMetadataError, InvalidValueError
@@ -16,6 +16,7 @@ from storekeeper.errors import InvalidKeyError, InvalidMetadataError, InvalidVal
 __all__ = [
     "DEFAULT_BUFFER_SIZE",
     "check_key",
+    "check_keys",
     "copy_metadata",
     "decode_metadata",
     "encode_metadata",
@@ -47,6 +48,16 @@ def check_key(key: object) -> str:
     if "\x00" in key:
         raise InvalidKeyError(f"store keys must not contain NUL characters: {key!r}")
     return key
+
+
+def check_keys(keys: Sequence[object]) -> None:
+    """Raise :class:`InvalidKeyError` for the first invalid key in *keys*, as
+    :func:`check_key` would; nothing happens when all are valid."""
+    # Whole-list checks run in C; only a list holding a bad key is walked key by key.
+    if set(map(type, keys)) <= {str} and all(keys) and "\x00" not in "".join(keys):  # type: ignore[arg-type]
+        return
+    for key in keys:
+        check_key(key)
 
 
 def encode_metadata(metadata: object) -> str:

@@ -22,7 +22,9 @@ import fnmatch
 import itertools
 import os
 import secrets
+import threading
 from collections.abc import Iterable, Mapping
+from operator import itemgetter
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Self
 
@@ -36,7 +38,7 @@ from storekeeper.events import BaseEvent, BaseEventManager, get_event_manager
 from storekeeper.store._validate import (
     DEFAULT_BUFFER_SIZE,
     Metadata,
-    check_key,
+    check_keys,
     iter_source,
     select_metadata,
 )
@@ -61,6 +63,7 @@ __all__ = [
     "new_version",
     "pair_up",
     "unpack_value",
+    "version_numbers",
 ]
 
 BinaryStream = IO[bytes]
@@ -76,14 +79,34 @@ def new_version() -> str:
     return f"{_version_prefix}{next(_version_counter):x}"
 
 
+def version_numbers(count: int) -> range:
+    """Reserve *count* fresh version numbers: distinct 64-bit integers, for backends that
+    store versions as integers (cheaper to store and compare than text tokens).
+
+    Numbers run upwards from a random 62-bit start chosen per process (and again after
+    ``fork``): two processes collide only if their ranges overlap, which for a 62-bit
+    start takes about 10**18 / (numbers drawn) processes. ``str()`` of a number is the
+    version token callers see.
+    """
+    global _next_number
+    with _number_lock:
+        start = _next_number
+        _next_number = start + count
+    return range(start, start + count)
+
+
 def _reset_version_source() -> None:
-    global _version_prefix, _version_counter
+    global _version_prefix, _version_counter, _next_number, _number_lock
     _version_prefix = secrets.token_hex(8) + "-"
     _version_counter = itertools.count(1)
+    _next_number = secrets.randbits(62)
+    _number_lock = threading.Lock()
 
 
 _version_prefix = ""
 _version_counter = itertools.count(1)
+_next_number = 0
+_number_lock = threading.Lock()
 _reset_version_source()
 os.register_at_fork(after_in_child=_reset_version_source)
 
@@ -527,8 +550,7 @@ def pair_up(keys: Iterable[str], values: Iterable[Any]) -> list[tuple[str, Any]]
     every key is checked before anything is written.
     """
     pairs = list(zip(keys, values, strict=False))
-    for key, _ in pairs:
-        check_key(key)
+    check_keys(list(map(itemgetter(0), pairs)))
     return pairs
 
 

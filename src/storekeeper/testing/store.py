@@ -274,9 +274,25 @@ class StoreTests(abc.ABC):
                 store.exists(key)
             with pytest.raises(InvalidKeyError):
                 store.delete(key)
-        with pytest.raises(InvalidKeyError):
-            store.multiset(["ok", ""], [(b"1", {}), (b"2", {})])
+        for bad in ["", "a\x00b", 7, None]:
+            with pytest.raises(InvalidKeyError):
+                store.multiset(["ok", bad], [(b"1", {}), (b"2", {})])  # type: ignore[list-item]
+        with pytest.raises(InvalidMetadataError):
+            store.multiset(["ok", "ok2"], [(b"1", {}), (b"2", {"x": object()})])
         assert store.query_keys() == ["good"]
+
+    def test_multiset_gives_each_key_its_own_version_and_times(self, store: AbstractStore) -> None:
+        before = time.time()
+        store.multiset(["a", "b", "c"], [(b"1", {}), (b"22", None), (b"333", {"m": 1})])
+        values = [store.get(key) for key in "abc"]
+        assert [v.size for v in values] == [1, 2, 3]
+        assert [store.get_metadata(key) for key in "abc"] == [{}, {}, {"m": 1}]
+        assert len({v.version for v in values}) == 3
+        for value in values:
+            assert before - 1 <= value.created <= value.modified <= time.time() + 1
+        store.set("a", (b"x", {}), if_version=values[0].version)
+        with pytest.raises(ConflictError):
+            store.set("b", (b"x", {}), if_version=values[0].version)
 
     def test_weird_keys_round_trip(self, store: AbstractStore) -> None:
         for index, key in enumerate(WEIRD_KEYS):
