@@ -289,6 +289,7 @@ class StoreTests(abc.ABC):
         assert [store.get_metadata(key) for key in "abc"] == [{}, {}, {"m": 1}]
         assert len({v.version for v in values}) == 3
         for value in values:
+            assert value.created is not None and value.modified is not None
             assert before - 1 <= value.created <= value.modified <= time.time() + 1
         store.set("a", (b"x", {}), if_version=values[0].version)
         with pytest.raises(ConflictError):
