@@ -65,7 +65,7 @@ from storekeeper.store.abstract import (
     check_precondition,
     missing,
     new_version,
-    pair_up,
+    split_pairs,
     unpack_value,
     version_numbers,
 )
@@ -427,10 +427,10 @@ class SqliteStore(AbstractStore):
         buffer_size: int = DEFAULT_BUFFER_SIZE,
     ) -> None:
         """Set many keys in one transaction; small ``bytes`` values go in one batch."""
-        pairs = pair_up(keys, values)
-        batch = self._inline_batch(pairs)
+        key_list, value_list = split_pairs(keys, values)
+        batch = self._inline_batch(key_list, value_list)
         if batch is None:
-            super().multiset([k for k, _ in pairs], [v for _, v in pairs], buffer_size)
+            super().multiset(key_list, value_list, buffer_size)
             return
         batch_keys, metadata_texts, datas = batch
         observed = self._observed(StoreSetEvent, StoreUpdateEvent)
@@ -463,12 +463,11 @@ class SqliteStore(AbstractStore):
             self._emit(event(self, key=key, metadata=decode_metadata(metadata_json)))
 
     def _inline_batch(
-        self, pairs: list[tuple[str, Any]]
+        self, keys: list[str], values: list[Any]
     ) -> tuple[list[str], list[str], list[bytes]] | None:
-        """Keys, metadata texts and data of *pairs*, or ``None`` when a value is a stream
+        """Keys, metadata texts and data of a batch, or ``None`` when a value is a stream
         or too large to be stored inline."""
         limit = self.inline_limit
-        values = list(map(itemgetter(1), pairs))
         # The common batch, (bytes, metadata dict) pairs only, is split by C-level maps.
         if set(map(type, values)) == {tuple} and set(map(len, values)) == {2}:
             datas = list(map(itemgetter(0), values))
@@ -478,24 +477,18 @@ class SqliteStore(AbstractStore):
                 and set(map(type, metadatas)) == {dict}
                 and max(map(len, datas)) <= limit
             ):
-                keys = list(map(itemgetter(0), pairs))
-                return keys, list(map(encode_metadata, metadatas)), datas
-        keys = []
+                if any(metadatas):
+                    return keys, list(map(encode_metadata, metadatas)), datas
+                return keys, ["{}"] * len(keys), datas
         metadata_texts: list[str] = []
         datas = []
-        for key, value in pairs:
-            # The common (bytes, metadata) pair skips the general unpacking.
-            if type(value) is tuple and len(value) == 2 and type(value[0]) is bytes:
-                source, metadata = value
-            else:
-                source, metadata, owned = unpack_value(value)
-                if owned:
-                    source.close()  # type: ignore[attr-defined]
-                if not isinstance(source, bytes):
-                    return None
-            if len(source) > limit:
+        for value in values:
+            # Anything else goes through the general unpacking.
+            source, metadata, owned = unpack_value(value)
+            if owned:
+                source.close()  # type: ignore[attr-defined]
+            if not isinstance(source, bytes) or len(source) > limit:
                 return None
-            keys.append(key)
             datas.append(source)
             metadata_texts.append("{}" if metadata is None else encode_metadata(metadata))
         return keys, metadata_texts, datas

@@ -62,6 +62,7 @@ __all__ = [
     "missing",
     "new_version",
     "pair_up",
+    "split_pairs",
     "unpack_value",
     "version_numbers",
 ]
@@ -552,6 +553,14 @@ def pair_up(keys: Iterable[str], values: Iterable[Any]) -> list[tuple[str, Any]]
     pairs = list(zip(keys, values, strict=False))
     check_keys(list(map(itemgetter(0), pairs)))
     return pairs
+
+
+def split_pairs(keys: Iterable[str], values: Iterable[Any]) -> tuple[list[str], list[Any]]:
+    """Like :func:`pair_up`, but as a list of keys and a list of values."""
+    pairs = list(zip(keys, values, strict=False))
+    key_list = list(map(itemgetter(0), pairs))
+    check_keys(key_list)
+    return key_list, list(map(itemgetter(1), pairs))
 
 
 def missing(key: str) -> KeyNotFoundError:
