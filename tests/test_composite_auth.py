@@ -18,7 +18,7 @@ from storekeeper.composite import (
     make_encoder,
     sha1_hasher,
 )
-from storekeeper.composite.auth import PERMISSIONS
+from storekeeper.composite.auth import PERMISSIONS, _record
 from storekeeper.errors import (
     AuthenticationError,
     AuthorizationError,
@@ -28,7 +28,12 @@ from storekeeper.errors import (
     NotConnectedError,
 )
 from storekeeper.events import EventManager
-from storekeeper.store import AbstractAuthorizingStore, AbstractStore, StoreModificationEvent
+from storekeeper.store import (
+    AbstractAuthorizingStore,
+    AbstractStore,
+    BytesValue,
+    StoreModificationEvent,
+)
 from storekeeper.testing.children import child
 from storekeeper.testing.store import StoreTests
 
@@ -326,6 +331,87 @@ def test_check_permissions_can_be_restricted_by_a_subclass(inner: AbstractStore)
         reader.set("new", (b"y", {}))
     with pytest.raises(AuthorizationError):
         reader.delete("k")
+
+
+def test_a_revoked_permission_denies_the_very_next_access(inner: AbstractStore) -> None:
+    alice, bob = session(inner, ALICE), session(inner, BOB)
+    alice.set("doc", (b"v1", {"a": 1}))
+    alice.update_permissions("doc", {"get": ["bob"], "set": ["bob"]})
+    assert bob.to_bytes("doc") == b"v1"
+    bob.set("doc", (b"v2", {"a": 1}))
+    alice.set_permissions("doc", {"owned": ["alice"], "exists": ["bob"]})
+    assert bob.exists("doc")
+    with pytest.raises(AuthorizationError):
+        bob.get("doc")
+    with pytest.raises(AuthorizationError):
+        bob.set("doc", (b"v3", {"a": 1}))
+    alice.set_permissions("doc", {"owned": ["alice"]})
+    with pytest.raises(KeyNotFoundError):
+        bob.get("doc")
+    assert not bob.exists("doc") and bob.query_keys() == []
+    # Changed around the store, data and other metadata untouched: enforced at once too.
+    alice.update_permissions("doc", {"get": ["bob"]})
+    assert bob.to_bytes("doc") == b"v2"
+    inner.update_metadata("doc", {PERMISSIONS: {"owned": ["alice"], "exists": ["bob"]}})
+    with pytest.raises(AuthorizationError):
+        bob.get("doc")
+    assert alice.to_bytes("doc") == b"v2"
+
+
+def test_writes_copy_the_callers_metadata_and_still_validate_it(inner: AbstractStore) -> None:
+    alice = session(inner, ALICE)
+    metadata: dict[str, Any] = {"tags": ["a"], "nested": {"x": 1}}
+    alice.set("k", (b"x", metadata))
+    metadata["tags"].append("b")
+    metadata["nested"]["x"] = 2
+    assert set(metadata) == {"tags", "nested"}  # the permissions went into a copy
+    assert alice.get_metadata("k") == {"tags": ["a"], "nested": {"x": 1}}
+    for bad in ({"x": object()}, {1: "name is not a str"}, {"x": float("nan")}):
+        with pytest.raises(InvalidMetadataError):
+            alice.set("new", (b"x", bad))
+        with pytest.raises(InvalidMetadataError):
+            alice.set_metadata("k", bad)
+    assert not alice.exists("new")
+    assert alice.get_metadata("k") == {"tags": ["a"], "nested": {"x": 1}}
+
+
+def test_events_reach_listeners_connected_later_or_before_a_commit(inner: AbstractStore) -> None:
+    alice = session(inner, ALICE)
+    alice.set("unheard", (b"x", {}))  # nobody listens yet: nothing to deliver
+    seen: list[Any] = []
+    alice.event_manager.connect(StoreModificationEvent, seen.append)
+    alice.set("heard", (b"x", {"a": 1}))
+    assert [(e.key, e.metadata, e.source) for e in seen] == [("heard", {"a": 1}, alice)]
+    alice.event_manager.disconnect(StoreModificationEvent, seen.append)
+    seen.clear()
+    with alice.transaction():
+        alice.set("held", (b"x", {"b": 2}))
+        alice.event_manager.connect(StoreModificationEvent, seen.append)
+    assert [(e.key, e.metadata, e.source) for e in seen] == [("held", {"b": 2}, alice)]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{}",
+        ' {"a": 1} ',
+        '{"a":1}\n',
+        '{"\\u0000storekeeper:permissions":{"owned":["bob"]},"a":[1,{"b":null}]}',
+        '{"\\u0000storekeeper:permissions":["not", "a", "record"]}',
+        '{"\\u0000storekeeper:permissions":{"owned":["bob"]},'
+        '"\\u0000storekeeper:permissions":{"owned":["alice"]}}',  # the last one counts
+    ],
+)
+def test_permission_records_are_read_exactly_as_the_metadata(text: str) -> None:
+    value = BytesValue(b"", metadata_json=text)
+    expected = value.metadata.get(PERMISSIONS)
+    assert _record(value) == (expected if isinstance(expected, dict) else None)
+
+
+@pytest.mark.parametrize("text", ["", "[1]", '{"a":1} x', '{"a":1'])
+def test_unreadable_metadata_grants_nothing(text: str) -> None:
+    with pytest.raises(ValueError):
+        _record(BytesValue(b"", metadata_json=text))
 
 
 # -- user administration and sessions ------------------------------------------------------------

@@ -27,7 +27,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar, cast
 
 from storekeeper.errors import ReadOnlyStoreError
 from storekeeper.events import BaseEvent, BaseEventManager
@@ -109,6 +109,8 @@ class CompositeStore(AbstractStore):
     ) -> None:
         super().__init__(event_manager)
         self._children: tuple[AbstractReadOnlyStore, ...] = tuple(children)
+        # Worked out once: _writer runs on every write, and an ABC isinstance is not free.
+        self._writable = tuple(isinstance(child, AbstractStore) for child in self._children)
         self._connected_here: list[AbstractReadOnlyStore] = []
         self._listening: list[BaseEventManager] = []
         self._connection_lock = threading.RLock()
@@ -187,14 +189,14 @@ class CompositeStore(AbstractStore):
     def _writer(self, index: int) -> AbstractStore:
         """Child *index* as a writable store, enlisted in the current transaction."""
         child = self._children[index]
-        if not isinstance(child, AbstractStore):
+        if not self._writable[index]:
             raise ReadOnlyStoreError(f"{type(child).__name__} child of {self!r} is read-only")
         state = self._enlisted.get()
         if state is not None and index not in state.contexts:
             # Composites write children in index order (lower first), so two threads'
             # transactions lock shared children in the same order and cannot deadlock.
             self._open_child(state, index)
-        return child
+        return cast(AbstractStore, child)  # _writable said so
 
     def _quietly(self, call: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         """Run a child write whose events this composite replaces with its own."""
@@ -214,7 +216,13 @@ class CompositeStore(AbstractStore):
         ):
             return
         source = getattr(event, "source", None)
-        if not self._connected or all(source is not c for c in self._listened_children()):
+        if not self._connected:
+            return
+        # A plain loop rather than all(...): this runs for every child write.
+        for child in self._listened_children():
+            if child is source:
+                break
+        else:
             return
         index = self._child_index(source)
         assert index is not None

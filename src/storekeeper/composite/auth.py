@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import json.scanner
 import secrets
 import threading
 import time
@@ -44,6 +45,7 @@ from storekeeper.store._validate import (
     Metadata,
     check_key,
     copy_metadata,
+    decode_metadata,
 )
 from storekeeper.store.abstract import (
     AbstractAuthorizingStore,
@@ -53,7 +55,7 @@ from storekeeper.store.abstract import (
 )
 from storekeeper.store.events import StoreModificationEvent, StoreProgressEvent
 from storekeeper.store.utils import read_stream
-from storekeeper.store.value import Value
+from storekeeper.store.value import BytesValue, StreamValue, Value
 
 __all__ = [
     "EVERYONE",
@@ -75,6 +77,15 @@ _KEY_ACTIONS = ("exists", "get", "set", "delete")
 PermissionMap = dict[str, set[str]]
 _RETRIES = 20
 _SALT_BYTES = 16
+#: What an owner may do with a key (frozen, so one object serves every check).
+_EVERYTHING = frozenset({*_KEY_ACTIONS, "owned"})
+#: The C JSON scanner behind ``json.loads``, called directly: the same parse without
+#: the Python-level wrappers, which cost more than the scan for small metadata.
+# (typeshed types the context as a scanner; json itself passes its decoder, as here.)
+_SCAN = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
+#: The backends' own value types: exactly these keep the metadata text that their
+#: ``metadata`` property parses with ``decode_metadata`` (a subclass might not).
+_PLAIN_VALUES = (BytesValue, StreamValue)
 
 
 def sha1_hasher(data: bytes) -> bytes:
@@ -195,6 +206,8 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
         self._session: _Session | None = None
         self._session_lock = threading.Lock()
         self._custom_check = type(self).check_permissions is not SimpleAuthStore.check_permissions
+        self._data: AbstractStore = store  # what the ``store`` property returns, without checks
+        self._listened = (store,)  # built once: every child event asks for it
 
     @property
     def store(self) -> AbstractStore:
@@ -288,11 +301,13 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
         value = None if key is None else self._peek(key)
         if value is None:
             return set(ALL_PERMISSIONS)
-        return (_granted(_record_of(value), session.tags) - {"owned"}) | {"connect"}
+        return set(_granted(_record(value), session.tags) - {"owned"}) | {"connect"}
 
-    def _allowed(self, key: str, record: Mapping[str, Any] | None) -> set[str]:
-        """What the user may do with *key*, whose permissions are *record*."""
-        granted = _granted(record, self._current().tags)
+    def _allowed(
+        self, key: str, record: Mapping[str, Any] | None, session: _Session
+    ) -> frozenset[str]:
+        """What *session*'s user may do with *key*, whose permissions are *record*."""
+        granted = _granted(record, session.tags)
         if self._custom_check:
             granted &= self.check_permissions(key) | {"owned"}
         return granted
@@ -306,35 +321,56 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
 
     def _peek(self, key: str) -> Value | None:
         """The wrapped store's value of *key*, or None (always None for user records)."""
-        check_key(key)
+        key = _key(key)
         self._current()
-        if self._reserved(key):
+        return self._lookup(key)
+
+    def _lookup(self, key: str) -> Value | None:
+        """:meth:`_peek` for a checked *key* once the session has been checked."""
+        if key.startswith(self.user_key_path):
             return None
         try:
-            return self.store.get(key)
+            return self._data.get(key)
         except KeyError:
             return None
 
-    def _visible(self, key: str, action: str) -> tuple[Value, set[str]]:
-        value = self._peek(key)
+    def _visible(
+        self, key: str, action: str
+    ) -> tuple[Value, dict[str, list[str]] | None, frozenset[str], _Session]:
+        """*key*'s value, permission record and what the user may do with it, and the
+        session; KeyNotFoundError if the user cannot see it, AuthorizationError if they
+        may not do *action*."""
+        # Every read passes here: _key and _lookup are written out to save two calls.
+        if type(key) is not str or not key or "\x00" in key:
+            key = check_key(key)
+        session = self._current()
+        value = None
+        if not key.startswith(self.user_key_path):
+            try:
+                value = self._data.get(key)
+            except KeyError:
+                value = None
         if value is None:
             raise missing(key)
-        allowed = self._allowed(key, _record_of(value))
+        record = _record(value)
+        allowed = self._allowed(key, record, session)
         if "exists" not in allowed:
             raise missing(key)
         if action not in allowed:
-            raise AuthorizationError(f"{self.user_tag!r} may not {action} key {key!r}")
-        return value, allowed
+            raise AuthorizationError(f"{session.username!r} may not {action} key {key!r}")
+        return value, record, allowed, session
 
     def get(self, key: str) -> Value:
         """The value of *key*; needs the ``get`` permission."""
-        value, allowed = self._visible(key, "get")
+        value, _, allowed, _ = self._visible(key, "get")
         return _MaskedValue(value, "owned" in allowed)
 
     def exists(self, key: str) -> bool:
         """Whether *key* exists *for this user* (False without the ``exists`` permission)."""
-        value = self._peek(key)
-        return value is not None and "exists" in self._allowed(key, _record_of(value))
+        key = _key(key)
+        session = self._current()
+        value = self._lookup(key)
+        return value is not None and "exists" in self._allowed(key, _record(value), session)
 
     def query(
         self, select: Iterable[str] | None = None, **kwargs: Any
@@ -348,11 +384,14 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
         names = None if select is None else [*select, PERMISSIONS]
         need = "exists" if names == [PERMISSIONS] else "get"
         results = []
-        for key, metadata in self.store.query(names, **kwargs):
+        for key, metadata in self._data.query(names, **kwargs):
             if self._reserved(key):
                 continue
             record = metadata.pop(PERMISSIONS, None)
-            if need in self._allowed(key, record if isinstance(record, dict) else None):
+            # Checked per key: a long query still sees a re-check of the session when due.
+            session = self._current()
+            allowed = self._allowed(key, record if isinstance(record, dict) else None, session)
+            if need in allowed:
                 results.append((key, metadata))
         return results
 
@@ -361,7 +400,7 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
         self,
         key: str,
         action: str,
-        write: Callable[[Value | None, dict[str, Any]], None],
+        write: _Write,
         if_version: str | None,
         if_exists: bool | None,
     ) -> None:
@@ -369,18 +408,23 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
 
         The write is pinned to the version that was checked, so a permission change or
         another write in between makes it fail; without caller preconditions it is then
-        checked and tried again.
+        checked and tried again. *write* gets the permission record that was checked, so
+        what it writes back is exactly what allowed the write.
         """
-        if self._reserved(check_key(key)):
+        key = _key(key)
+        if key.startswith(self.user_key_path):
             raise AuthorizationError(f"keys starting with {self.user_key_path!r} are reserved")
         for _ in range(_RETRIES):
-            value = self._peek(key)
-            self._authorize_write(key, action, value)
-            current = None if value is None else value.version
-            check_precondition(key, current, if_version, if_exists)
+            session = self._current()
+            value = self._lookup(key)
+            record = None if value is None else _record(value)
+            self._authorize_write(key, action, value, record, session)
+            if if_version is not None or if_exists is not None:
+                current = None if value is None else value.version
+                check_precondition(key, current, if_version, if_exists)
             pins = {"if_exists": False} if value is None else _version_pin(value)
             try:
-                write(value, pins)
+                write(value, record, session, pins)
             except ConflictError:
                 if if_version is not None or if_exists is not None:
                     raise
@@ -388,30 +432,49 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
             return
         raise ConflictError(f"key {key!r} kept changing while it was being written")
 
-    def _authorize_write(self, key: str, action: str, value: Value | None) -> None:
+    def _authorize_write(
+        self,
+        key: str,
+        action: str,
+        value: Value | None,
+        record: Mapping[str, Any] | None,
+        session: _Session,
+    ) -> None:
         if value is None:
             if action == "delete":
                 raise missing(key)
-            if not self._may_create():
-                raise AuthorizationError(f"{self.user_tag!r} may not create keys")
+            # Without an overridden check_permissions anyone may create: skip the call.
+            if self._custom_check and not self._may_create():
+                raise AuthorizationError(f"{session.username!r} may not create keys")
             return
-        allowed = self._allowed(key, _record_of(value))
+        allowed = self._allowed(key, record, session)
         if action not in allowed:
             if action == "delete" and "exists" not in allowed:
                 raise missing(key)
-            raise AuthorizationError(f"{self.user_tag!r} may not {action} key {key!r}")
+            raise AuthorizationError(f"{session.username!r} may not {action} key {key!r}")
 
-    def _new_record(self) -> dict[str, list[str]]:
-        return {"owned": [self.user_tag]}
+    def _new_record(self, session: _Session) -> dict[str, list[str]]:
+        return {"owned": [session.username]}
 
-    def _stored(self, metadata: object, value: Value | None) -> Metadata:
-        """*metadata* validated, with the key's permissions (new: owned by the user)."""
-        stored = copy_metadata({} if metadata is None else metadata)
+    def _stored(
+        self,
+        metadata: object,
+        value: Value | None,
+        record: Mapping[str, list[str]] | None,
+        session: _Session,
+    ) -> Metadata:
+        """*metadata* with the key's permissions: *record*, the one checked for this write
+        (none stored: none written), or for a new key owned by the user."""
+        if type(metadata) is dict:
+            # A shallow copy is enough to add the permissions without touching the
+            # caller's dict: the wrapped store validates and copies what it stores.
+            stored = dict(metadata)
+        else:
+            stored = copy_metadata({} if metadata is None else metadata)
         if PERMISSIONS in stored:
             raise InvalidMetadataError("the permissions entry is set through set_permissions")
-        record = None if value is None else _record_of(value)
         if value is None:
-            stored[PERMISSIONS] = self._new_record()
+            stored[PERMISSIONS] = self._new_record(session)
         elif record is not None:
             stored[PERMISSIONS] = record
         return stored
@@ -427,12 +490,22 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
     ) -> None:
         """Replace *key*'s data and metadata; needs ``set`` (or the right to create)."""
         data, metadata = _split(value)
-        with _opened(data) as source:
+        source: object = data
 
-            def write(old: Value | None, pins: dict[str, Any]) -> None:
-                stored = self._stored(metadata, old)
-                self._writer(0).set(key, (source, stored), buffer_size, **pins)
+        def write(
+            old: Value | None,
+            record: dict[str, list[str]] | None,
+            session: _Session,
+            pins: dict[str, Any],
+        ) -> None:
+            stored = self._stored(metadata, old, record, session)
+            self._writer(0).set(key, (source, stored), buffer_size, **pins)
 
+        if isinstance(data, _LazyData):
+            with data.value.data as source:
+                self._write_once(key, source, write, if_version, if_exists)
+        else:
+            # No context manager for plain data: it would cost more than the checks.
             self._write_once(key, source, write, if_version, if_exists)
 
     def set_data(
@@ -446,9 +519,14 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
     ) -> None:
         """Replace *key*'s data, keeping its metadata and permissions."""
 
-        def write(old: Value | None, pins: dict[str, Any]) -> None:
+        def write(
+            old: Value | None,
+            record: dict[str, list[str]] | None,
+            session: _Session,
+            pins: dict[str, Any],
+        ) -> None:
             if old is None:
-                stored = self._stored({}, None)
+                stored = self._stored({}, None, None, session)
                 self._writer(0).set(key, (data, stored), buffer_size, **pins)
             else:
                 self._writer(0).set_data(key, data, buffer_size, **pins)
@@ -459,7 +537,7 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
         self,
         key: str,
         data: object,
-        write: Callable[[Value | None, dict[str, Any]], None],
+        write: _Write,
         if_version: str | None,
         if_exists: bool | None,
     ) -> None:
@@ -468,7 +546,8 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
         Bytes can be written again after a lost race; a stream cannot, so it is written
         inside a transaction of the wrapped store, where nothing changes in between.
         """
-        if isinstance(data, bytes | bytearray | memoryview):
+        # The exact-type test first: a union isinstance costs more than it looks.
+        if type(data) is bytes or isinstance(data, bytes | bytearray | memoryview):
             self._guarded(key, "set", write, if_version, if_exists)
             return
         with self._writer(0).transaction(f"Setting {key!r}"):
@@ -484,8 +563,13 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
     ) -> None:
         """Replace *key*'s metadata, keeping its data and permissions."""
 
-        def write(old: Value | None, pins: dict[str, Any]) -> None:
-            stored = self._stored(metadata, old)
+        def write(
+            old: Value | None,
+            record: dict[str, list[str]] | None,
+            session: _Session,
+            pins: dict[str, Any],
+        ) -> None:
+            stored = self._stored(metadata, old, record, session)
             if old is None:
                 self._writer(0).set(key, (b"", stored), **pins)
             else:
@@ -501,7 +585,12 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
         if PERMISSIONS in update:
             raise InvalidMetadataError("the permissions entry is set through set_permissions")
 
-        def write(old: Value | None, pins: dict[str, Any]) -> None:
+        def write(
+            old: Value | None,
+            record: dict[str, list[str]] | None,
+            session: _Session,
+            pins: dict[str, Any],
+        ) -> None:
             if old is None:
                 raise missing(key)
             self._writer(0).update_metadata(key, update, if_version=pins.get("if_version"))
@@ -511,7 +600,12 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
     def delete(self, key: str, *, if_version: str | None = None) -> None:
         """Delete *key*; needs ``delete``."""
 
-        def write(old: Value | None, pins: dict[str, Any]) -> None:
+        def write(
+            old: Value | None,
+            record: dict[str, list[str]] | None,
+            session: _Session,
+            pins: dict[str, Any],
+        ) -> None:
             self._writer(0).delete(key, if_version=pins.get("if_version"))
 
         self._guarded_existing(key, "delete", write, if_version)
@@ -520,21 +614,22 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
         self,
         key: str,
         action: str,
-        write: Callable[[Value | None, dict[str, Any]], None],
+        write: _Write,
         if_version: str | None,
     ) -> None:
-        value = self._peek(key)
-        if value is None or "exists" not in self._allowed(key, _record_of(value)):
+        key = _key(key)
+        session = self._current()
+        value = self._lookup(key)
+        if value is None or "exists" not in self._allowed(key, _record(value), session):
             raise missing(key)
         self._guarded(key, action, write, if_version, None)
 
     # -- permission records -----------------------------------------------------------------
     def get_permissions(self, key: str) -> PermissionMap:
         """*key*'s permissions; KeyNotFoundError if not visible, AuthorizationError if not owned."""
-        value, allowed = self._visible(key, "exists")
+        _, record, allowed, session = self._visible(key, "exists")
         if "owned" not in allowed:
-            raise AuthorizationError(f"{self.user_tag!r} does not own key {key!r}")
-        record = _record_of(value)
+            raise AuthorizationError(f"{session.username!r} does not own key {key!r}")
         if record is None:
             return {"owned": {EVERYONE}}
         return {name: set(tags) for name, tags in record.items()}
@@ -560,10 +655,10 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
         self, key: str, build: Callable[[Mapping[str, list[str]]], dict[str, list[str]]]
     ) -> None:
         for _ in range(_RETRIES):
-            value, allowed = self._visible(key, "exists")
+            value, record, allowed, session = self._visible(key, "exists")
             if "owned" not in allowed:
-                raise AuthorizationError(f"{self.user_tag!r} does not own key {key!r}")
-            old = _record_of(value) or {"owned": [EVERYONE]}
+                raise AuthorizationError(f"{session.username!r} does not own key {key!r}")
+            old = record or {"owned": [EVERYONE]}
             try:
                 self._writer(0).update_metadata(
                     key, {PERMISSIONS: build(old)}, if_version=value.version
@@ -574,11 +669,29 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
         raise ConflictError(f"key {key!r} kept changing while its permissions were set")
 
     # -- events ------------------------------------------------------------------------------
-    def _listened_children(self) -> list[AbstractStore]:
-        return [self.store]
+    def _listened_children(self) -> tuple[AbstractStore]:
+        return self._listened
 
     def _outer_key(self, index: int, key: str) -> str | None:
         return None if index != 0 or self._reserved(key) else key
+
+    def _on_child_event(self, event: BaseEvent) -> None:
+        # Every write through this store comes back here as the child's event: when no
+        # copy of it could be seen, return before any of the translation work.
+        if isinstance(event, StoreModificationEvent) and self._unobserved(type(event)):
+            return
+        super()._on_child_event(event)
+
+    def _unobserved(self, cls: type[BaseEvent]) -> bool:
+        """Whether an event of *cls* forwarded now would reach no listener at all.
+
+        Only when nobody listens now and no transaction (of this store, or one that holds
+        its events for later delivery) is open; a manager that cannot tell is observed.
+        """
+        if self._held_events.get() is not None or self._in_transaction():
+            return False
+        has_listeners = getattr(self.event_manager, "has_listeners", None)
+        return has_listeners is not None and not has_listeners(cls)
 
     def _translate_change(self, index: int, event: StoreModificationEvent) -> BaseEvent | None:
         key = self._outer_key(index, event.key)
@@ -746,19 +859,56 @@ class _MaskedValue(Value):
         return {name: set(tags) for name, tags in record.items()}
 
 
-def _granted(record: Mapping[str, Any] | None, tags: frozenset[str]) -> set[str]:
+def _granted(record: Mapping[str, Any] | None, tags: frozenset[str]) -> frozenset[str]:
     """What *tags* may do with a key whose permissions are *record* (None: everyone owns)."""
     if record is None or not tags.isdisjoint(record.get("owned", ())):
-        return {*_KEY_ACTIONS, "owned"}
+        return _EVERYTHING
     granted = {action for action in _KEY_ACTIONS if not tags.isdisjoint(record.get(action, ()))}
     if granted:
         granted.add("exists")
-    return granted
+    return frozenset(granted)
+
+
+def _key(key: object) -> str:
+    """*key* as checked by :func:`check_key`, without a call for the usual valid ``str``."""
+    if type(key) is str and key and "\x00" not in key:
+        return key
+    return check_key(key)
+
+
+def _decode_record(text: str) -> dict[str, list[str]] | None:
+    """The permission record in the metadata *text*, parsed as ``decode_metadata`` would."""
+    try:
+        metadata, end = _SCAN(text, 0)
+    except StopIteration:
+        metadata, end = None, -1
+    if end != len(text) or not isinstance(metadata, dict):
+        # Leading or trailing whitespace, or not an object: the full decoder decides
+        # (and raises just as reading the metadata would).
+        metadata = decode_metadata(text)
+    record = metadata.get(PERMISSIONS)
+    return record if isinstance(record, dict) else None
+
+
+def _record(value: Value) -> dict[str, list[str]] | None:
+    """*value*'s permission record (None: none stored), read from its metadata text.
+
+    For the backends' own value types this parses the text the way ``value.metadata``
+    would, minus the Python-level layers around the parser (the record is needed on every
+    operation); any other value is asked for its metadata.
+    """
+    if type(value) in _PLAIN_VALUES:
+        return _decode_record(value._metadata_json)  # type: ignore[attr-defined]
+    return _record_of(value)
 
 
 def _record_of(value: Value) -> dict[str, list[str]] | None:
     record = value.metadata.get(PERMISSIONS)
     return record if isinstance(record, dict) else None
+
+
+#: A guarded write: ``write(old value, its checked permission record, session, pins)``.
+_Write = Callable[[Value | None, "dict[str, list[str]] | None", _Session, dict[str, Any]], None]
 
 
 def _version_pin(value: Value) -> dict[str, Any]:
@@ -811,6 +961,8 @@ def _parse_credentials(credentials: object) -> tuple[str, bytes]:
 
 def _split(value: object) -> tuple[object, object]:
     """``(data, metadata)`` of what ``set`` accepts; a Value's data is opened lazily."""
+    if type(value) is tuple and len(value) == 2:
+        return value  # the usual pair, recognised before the slower Value check
     if isinstance(value, Value):
         return _LazyData(value), value.metadata
     if isinstance(value, tuple | list) and len(value) == 2:
@@ -825,12 +977,3 @@ class _LazyData:
 
     def __init__(self, value: Value) -> None:
         self.value = value
-
-
-@contextmanager
-def _opened(data: object) -> Iterator[object]:
-    if not isinstance(data, _LazyData):
-        yield data
-        return
-    with data.value.data as stream:
-        yield stream
