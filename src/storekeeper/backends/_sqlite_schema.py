@@ -77,13 +77,7 @@ class Schema:
         self.select_data = f"SELECT data, {_VERSION} FROM {self.main} WHERE key=?"
         self.select_metadata = f"SELECT metadata FROM {self.main} WHERE key=?"
         self.select_exists = f"SELECT 1 FROM {self.main} WHERE key=?"
-        self.upsert = (
-            f"INSERT INTO {self.main} "
-            "(key, metadata, created, modified, version, size, data, blob) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET "
-            "metadata=excluded.metadata, modified=excluded.modified, version=excluded.version, "
-            "size=excluded.size, data=excluded.data, blob=excluded.blob"
-        )
+        self.upsert = self._upsert("?, ?, ?, ?, ?, ?, ?, ?")
         self.select_for_update = f"SELECT metadata, {_VERSION}, blob FROM {self.main} WHERE key=?"
         self.update_metadata = (
             f"UPDATE {self.main} SET metadata=?, modified=?, version=? WHERE key=?"
@@ -107,12 +101,18 @@ class Schema:
         a float's ``repr`` round-trips through SQLite's parser.
         """
         stamp = repr(float(now))
+        return self._upsert(f"?, ?, {stamp}, {stamp}, ?, ?, ?, NULL")
+
+    def _upsert(self, values: str) -> str:
+        """Insert-or-replace of one row from *values* (SQL for the columns in the order
+        key, metadata, created, modified, version, size, data, blob); a replaced row
+        keeps its ``created``."""
         return (
             f"INSERT INTO {self.main} "
             "(key, metadata, created, modified, version, size, data, blob) "
-            f"VALUES (?, ?, {stamp}, {stamp}, ?, ?, ?, NULL) ON CONFLICT(key) DO UPDATE SET "
+            f"VALUES ({values}) ON CONFLICT(key) DO UPDATE SET "
             "metadata=excluded.metadata, modified=excluded.modified, version=excluded.version, "
-            "size=excluded.size, data=excluded.data, blob=NULL"
+            "size=excluded.size, data=excluded.data, blob=excluded.blob"
         )
 
     def index_name(self, metadata_name: str) -> str:

@@ -451,8 +451,7 @@ class SqliteStore(AbstractStore):
             )
             conn.executemany(self._schema.insert_batch(time.time()), rows)
             for blob in previous.values():
-                if blob is not None and not is_file_ref(blob):
-                    conn.execute(self._schema.delete_chunks, (blob,))
+                self._drop_chunks(conn, blob)
                 self._files_replaced(None, blob)
             self._index_batch(conn, metadata_texts)
         if not observed:
@@ -585,8 +584,7 @@ class SqliteStore(AbstractStore):
                 raise missing(key)
             check_precondition(key, row[1], if_version, None)
             conn.execute(self._schema.delete, (key,))
-            if row[2] is not None and not is_file_ref(row[2]):
-                conn.execute(self._schema.delete_chunks, (row[2],))
+            self._drop_chunks(conn, row[2])
         self._files_replaced(None, row[2])
         self._emit(StoreDeleteEvent(self, key=key, metadata=decode_metadata(row[0])))
 
@@ -655,8 +653,7 @@ class SqliteStore(AbstractStore):
                 metadata_json = self._current_metadata(conn, key) if old else "{}"
             self._upsert(conn, key, data, metadata_json, stream, stored)
             obsolete = None if old is None else old[2]
-            if obsolete is not None and not is_file_ref(obsolete):
-                conn.execute(self._schema.delete_chunks, (obsolete,))
+            self._drop_chunks(conn, obsolete)
             metadata = decode_metadata(metadata_json)
             if self.index == "dynamic":
                 self._ensure_indexes(conn, metadata)
@@ -693,6 +690,12 @@ class SqliteStore(AbstractStore):
         now = time.time()
         version = version_numbers(1).start
         conn.execute(self._schema.upsert, (key, metadata_json, now, now, version, size, data, blob))
+
+    def _drop_chunks(self, conn: sqlite3.Connection, blob: str | None) -> None:
+        """Delete the chunks of a replaced or deleted value that *blob* names, if any
+        (a value file is removed once the transaction commits: :meth:`_files_replaced`)."""
+        if blob is not None and not is_file_ref(blob):
+            conn.execute(self._schema.delete_chunks, (blob,))
 
     def _insert_chunks(
         self, conn: sqlite3.Connection, blob: str | None, stream: Iterator[bytes] | None

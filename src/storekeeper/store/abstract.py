@@ -557,10 +557,8 @@ def pair_up(keys: Iterable[str], values: Iterable[Any]) -> list[tuple[str, Any]]
 
 def split_pairs(keys: Iterable[str], values: Iterable[Any]) -> tuple[list[str], list[Any]]:
     """Like :func:`pair_up`, but as a list of keys and a list of values."""
-    pairs = list(zip(keys, values, strict=False))
-    key_list = list(map(itemgetter(0), pairs))
-    check_keys(key_list)
-    return key_list, list(map(itemgetter(1), pairs))
+    pairs = pair_up(keys, values)
+    return list(map(itemgetter(0), pairs)), list(map(itemgetter(1), pairs))
 
 
 def missing(key: str) -> KeyNotFoundError:
