@@ -34,6 +34,7 @@ from storekeeper.store import (
     BytesValue,
     StoreModificationEvent,
 )
+from storekeeper.store._validate import decode_metadata
 from storekeeper.testing.children import child
 from storekeeper.testing.store import StoreTests
 
@@ -403,8 +404,10 @@ def test_events_reach_listeners_connected_later_or_before_a_commit(inner: Abstra
     ],
 )
 def test_permission_records_are_read_exactly_as_the_metadata(text: str) -> None:
+    # json.loads is the reference: decode_metadata's fast path must agree with it.
+    assert decode_metadata(text) == json.loads(text)
     value = BytesValue(b"", metadata_json=text)
-    expected = value.metadata.get(PERMISSIONS)
+    expected = json.loads(text).get(PERMISSIONS)
     assert _record(value) == (expected if isinstance(expected, dict) else None)
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import json.scanner
 import secrets
 import threading
 import time
@@ -79,10 +78,6 @@ _RETRIES = 20
 _SALT_BYTES = 16
 #: What an owner may do with a key (frozen, so one object serves every check).
 _EVERYTHING = frozenset({*_KEY_ACTIONS, "owned"})
-#: The C JSON scanner behind ``json.loads``, called directly: the same parse without
-#: the Python-level wrappers, which cost more than the scan for small metadata.
-# (typeshed types the context as a scanner; json itself passes its decoder, as here.)
-_SCAN = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
 #: The backends' own value types: exactly these keep the metadata text that their
 #: ``metadata`` property parses with ``decode_metadata`` (a subclass might not).
 _PLAIN_VALUES = (BytesValue, StreamValue)
@@ -321,7 +316,7 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
 
     def _peek(self, key: str) -> Value | None:
         """The wrapped store's value of *key*, or None (always None for user records)."""
-        key = _key(key)
+        key = check_key(key)
         self._current()
         return self._lookup(key)
 
@@ -340,16 +335,9 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
         """*key*'s value, permission record and what the user may do with it, and the
         session; KeyNotFoundError if the user cannot see it, AuthorizationError if they
         may not do *action*."""
-        # Every read passes here: _key and _lookup are written out to save two calls.
-        if type(key) is not str or not key or "\x00" in key:
-            key = check_key(key)
+        key = check_key(key)
         session = self._current()
-        value = None
-        if not key.startswith(self.user_key_path):
-            try:
-                value = self._data.get(key)
-            except KeyError:
-                value = None
+        value = self._lookup(key)
         if value is None:
             raise missing(key)
         record = _record(value)
@@ -367,7 +355,7 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
 
     def exists(self, key: str) -> bool:
         """Whether *key* exists *for this user* (False without the ``exists`` permission)."""
-        key = _key(key)
+        key = check_key(key)
         session = self._current()
         value = self._lookup(key)
         return value is not None and "exists" in self._allowed(key, _record(value), session)
@@ -411,7 +399,7 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
         checked and tried again. *write* gets the permission record that was checked, so
         what it writes back is exactly what allowed the write.
         """
-        key = _key(key)
+        key = check_key(key)
         if key.startswith(self.user_key_path):
             raise AuthorizationError(f"keys starting with {self.user_key_path!r} are reserved")
         for _ in range(_RETRIES):
@@ -617,7 +605,7 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
         write: _Write,
         if_version: str | None,
     ) -> None:
-        key = _key(key)
+        key = check_key(key)
         session = self._current()
         value = self._lookup(key)
         if value is None or "exists" not in self._allowed(key, _record(value), session):
@@ -853,7 +841,7 @@ class _MaskedValue(Value):
         """The key's permissions, for its owners; AuthorizationError for anyone else."""
         if not self._owner:
             return super().permissions
-        record = _record_of(self._inner)
+        record = _record(self._inner)
         if record is None:
             return {"owned": {EVERYONE}}
         return {name: set(tags) for name, tags in record.items()}
@@ -869,41 +857,17 @@ def _granted(record: Mapping[str, Any] | None, tags: frozenset[str]) -> frozense
     return frozenset(granted)
 
 
-def _key(key: object) -> str:
-    """*key* as checked by :func:`check_key`, without a call for the usual valid ``str``."""
-    if type(key) is str and key and "\x00" not in key:
-        return key
-    return check_key(key)
-
-
-def _decode_record(text: str) -> dict[str, list[str]] | None:
-    """The permission record in the metadata *text*, parsed as ``decode_metadata`` would."""
-    try:
-        metadata, end = _SCAN(text, 0)
-    except StopIteration:
-        metadata, end = None, -1
-    if end != len(text) or not isinstance(metadata, dict):
-        # Leading or trailing whitespace, or not an object: the full decoder decides
-        # (and raises just as reading the metadata would).
-        metadata = decode_metadata(text)
-    record = metadata.get(PERMISSIONS)
-    return record if isinstance(record, dict) else None
-
-
 def _record(value: Value) -> dict[str, list[str]] | None:
-    """*value*'s permission record (None: none stored), read from its metadata text.
+    """*value*'s permission record (None: none stored).
 
-    For the backends' own value types this parses the text the way ``value.metadata``
-    would, minus the Python-level layers around the parser (the record is needed on every
-    operation); any other value is asked for its metadata.
+    The backends' own value types have their metadata text parsed directly, without the
+    copy ``value.metadata`` makes (the record is needed on every operation).
     """
     if type(value) in _PLAIN_VALUES:
-        return _decode_record(value._metadata_json)  # type: ignore[attr-defined]
-    return _record_of(value)
-
-
-def _record_of(value: Value) -> dict[str, list[str]] | None:
-    record = value.metadata.get(PERMISSIONS)
+        metadata = decode_metadata(value._metadata_json)  # type: ignore[attr-defined]
+    else:
+        metadata = value.metadata
+    record = metadata.get(PERMISSIONS)
     return record if isinstance(record, dict) else None
 
 
