@@ -412,7 +412,7 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
                 check_precondition(key, current, if_version, if_exists)
             pins = {"if_exists": False} if value is None else _version_pin(value)
             try:
-                write(value, record, session, pins)
+                write(_Checked(value, record, session, pins))
             except ConflictError:
                 if if_version is not None or if_exists is not None:
                     raise
@@ -444,15 +444,9 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
     def _new_record(self, session: _Session) -> dict[str, list[str]]:
         return {"owned": [session.username]}
 
-    def _stored(
-        self,
-        metadata: object,
-        value: Value | None,
-        record: Mapping[str, list[str]] | None,
-        session: _Session,
-    ) -> Metadata:
-        """*metadata* with the key's permissions: *record*, the one checked for this write
-        (none stored: none written), or for a new key owned by the user."""
+    def _stored(self, metadata: object, checked: _Checked) -> Metadata:
+        """*metadata* with the key's permissions: the record checked for this write (none
+        stored: none written), or for a new key, owned by the user."""
         if type(metadata) is dict:
             # A shallow copy is enough to add the permissions without touching the
             # caller's dict: the wrapped store validates and copies what it stores.
@@ -461,10 +455,10 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
             stored = copy_metadata({} if metadata is None else metadata)
         if PERMISSIONS in stored:
             raise InvalidMetadataError("the permissions entry is set through set_permissions")
-        if value is None:
-            stored[PERMISSIONS] = self._new_record(session)
-        elif record is not None:
-            stored[PERMISSIONS] = record
+        if checked.old is None:
+            stored[PERMISSIONS] = self._new_record(checked.session)
+        elif checked.record is not None:
+            stored[PERMISSIONS] = checked.record
         return stored
 
     def set(
@@ -480,14 +474,9 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
         data, metadata = _split(value)
         source: object = data
 
-        def write(
-            old: Value | None,
-            record: dict[str, list[str]] | None,
-            session: _Session,
-            pins: dict[str, Any],
-        ) -> None:
-            stored = self._stored(metadata, old, record, session)
-            self._writer(0).set(key, (source, stored), buffer_size, **pins)
+        def write(checked: _Checked) -> None:
+            stored = self._stored(metadata, checked)
+            self._writer(0).set(key, (source, stored), buffer_size, **checked.pins)
 
         if isinstance(data, _LazyData):
             with data.value.data as source:
@@ -507,17 +496,12 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
     ) -> None:
         """Replace *key*'s data, keeping its metadata and permissions."""
 
-        def write(
-            old: Value | None,
-            record: dict[str, list[str]] | None,
-            session: _Session,
-            pins: dict[str, Any],
-        ) -> None:
-            if old is None:
-                stored = self._stored({}, None, None, session)
-                self._writer(0).set(key, (data, stored), buffer_size, **pins)
+        def write(checked: _Checked) -> None:
+            if checked.old is None:
+                stored = self._stored({}, checked)
+                self._writer(0).set(key, (data, stored), buffer_size, **checked.pins)
             else:
-                self._writer(0).set_data(key, data, buffer_size, **pins)
+                self._writer(0).set_data(key, data, buffer_size, **checked.pins)
 
         self._write_once(key, data, write, if_version, if_exists)
 
@@ -551,17 +535,12 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
     ) -> None:
         """Replace *key*'s metadata, keeping its data and permissions."""
 
-        def write(
-            old: Value | None,
-            record: dict[str, list[str]] | None,
-            session: _Session,
-            pins: dict[str, Any],
-        ) -> None:
-            stored = self._stored(metadata, old, record, session)
-            if old is None:
-                self._writer(0).set(key, (b"", stored), **pins)
+        def write(checked: _Checked) -> None:
+            stored = self._stored(metadata, checked)
+            if checked.old is None:
+                self._writer(0).set(key, (b"", stored), **checked.pins)
             else:
-                self._writer(0).set_metadata(key, stored, **pins)
+                self._writer(0).set_metadata(key, stored, **checked.pins)
 
         self._guarded(key, "set", write, if_version, if_exists)
 
@@ -573,28 +552,19 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
         if PERMISSIONS in update:
             raise InvalidMetadataError("the permissions entry is set through set_permissions")
 
-        def write(
-            old: Value | None,
-            record: dict[str, list[str]] | None,
-            session: _Session,
-            pins: dict[str, Any],
-        ) -> None:
-            if old is None:
+        def write(checked: _Checked) -> None:
+            if checked.old is None:
                 raise missing(key)
-            self._writer(0).update_metadata(key, update, if_version=pins.get("if_version"))
+            version = checked.pins.get("if_version")
+            self._writer(0).update_metadata(key, update, if_version=version)
 
         self._guarded_existing(key, "set", write, if_version)
 
     def delete(self, key: str, *, if_version: str | None = None) -> None:
         """Delete *key*; needs ``delete``."""
 
-        def write(
-            old: Value | None,
-            record: dict[str, list[str]] | None,
-            session: _Session,
-            pins: dict[str, Any],
-        ) -> None:
-            self._writer(0).delete(key, if_version=pins.get("if_version"))
+        def write(checked: _Checked) -> None:
+            self._writer(0).delete(key, if_version=checked.pins.get("if_version"))
 
         self._guarded_existing(key, "delete", write, if_version)
 
@@ -871,8 +841,19 @@ def _record(value: Value) -> dict[str, list[str]] | None:
     return record if isinstance(record, dict) else None
 
 
-#: A guarded write: ``write(old value, its checked permission record, session, pins)``.
-_Write = Callable[[Value | None, "dict[str, list[str]] | None", _Session, dict[str, Any]], None]
+@dataclass(frozen=True, slots=True)
+class _Checked:
+    """What a guarded write was allowed on: the key's value (None: a new key), its
+    permission record, the session, and the preconditions that pin the write to them."""
+
+    old: Value | None
+    record: dict[str, list[str]] | None
+    session: _Session
+    pins: dict[str, Any]
+
+
+#: A guarded write, given what was checked.
+_Write = Callable[[_Checked], None]
 
 
 def _version_pin(value: Value) -> dict[str, Any]:
