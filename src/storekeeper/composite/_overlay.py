@@ -14,7 +14,7 @@ globs, and is replaced by the next write of the key. Lower layers are never writ
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,21 +56,29 @@ def is_whiteout(value: Value) -> bool:
     return WHITEOUT in value.metadata
 
 
-def _identity(key: str) -> str:
-    return key
-
-
 @dataclass(frozen=True, slots=True)
 class Layer:
-    """One layer: a child store and the maps between overlay keys and its keys.
+    """One layer: a child store whose key ``k`` the overlay shows as ``prefix + k``.
 
-    ``inner(key)`` gives the child's key for an overlay key, or ``None`` if the layer
-    cannot hold that key; ``outer(child_key)`` is the inverse (``None``: not visible).
+    Overlay keys that do not start with *prefix*, or equal it, are not in this layer.
+    With the empty prefix the layer's keys are the overlay's keys.
     """
 
     store: AbstractReadOnlyStore
-    inner: Callable[[str], str | None] = _identity
-    outer: Callable[[str], str | None] = _identity
+    prefix: str = ""
+
+    def inner(self, key: str) -> str | None:
+        """The child's key for the overlay key *key*, or ``None`` if it is not here."""
+        prefix = self.prefix
+        if not prefix:
+            return key
+        inner = key.removeprefix(prefix)
+        # Same length: the prefix was not there; empty: the key is the prefix itself.
+        return inner if inner and len(inner) != len(key) else None
+
+    def outer(self, key: str) -> str:
+        """The overlay's key for the child's key *key*."""
+        return self.prefix + key
 
 
 class OverlayStore(CompositeStore):
@@ -121,7 +129,7 @@ class OverlayStore(CompositeStore):
         for index, layer in enumerate(self._layers):
             for inner, metadata in layer.store.query(names, **kwargs):
                 key = layer.outer(inner)
-                if key is None or key in hidden or metadata.pop(WHITEOUT, None) is not None:
+                if key in hidden or metadata.pop(WHITEOUT, None) is not None:
                     continue
                 results.append((key, metadata))
             if index + 1 < len(self._layers):
@@ -132,9 +140,14 @@ class OverlayStore(CompositeStore):
         """The visible value of *key* looking from layer *start* down; None if hidden."""
         layers = self._layers if start == 0 else self._layers[start:]
         for layer in layers:
-            inner = key if layer.inner is _identity else layer.inner(key)
-            if inner is None:
-                continue
+            # Layer.inner, inlined: this runs for every read.
+            prefix = layer.prefix
+            if not prefix:
+                inner = key
+            else:
+                inner = key.removeprefix(prefix)
+                if not inner or len(inner) == len(key):
+                    continue
             try:
                 value = layer.store.get(inner)
             except KeyError:
@@ -160,7 +173,10 @@ class OverlayStore(CompositeStore):
         """The top layer's key for *key*; ReadOnlyStoreError where writes are not allowed."""
         check_key(key)
         self._require_connection()
-        inner = self._layers[0].inner(key)
+        top = self._layers[0]
+        if not top.prefix:
+            return key
+        inner = top.inner(key)
         if inner is None:
             raise ReadOnlyStoreError(f"key {key!r} is read-only in {type(self).__name__}")
         return inner
@@ -178,8 +194,14 @@ class OverlayStore(CompositeStore):
         top = self._top_key(key)
         if if_version is None and if_exists is None and not self._observed(*_SET_EVENTS):
             # Nothing to check and nobody to tell whether this was a set or an update:
-            # the lookup that decides both can be skipped.
-            self._quietly(self._writer(0).set, top, value, buffer_size)
+            # the lookup that decides both can be skipped. (_quietly inlined: this is
+            # the composite's most frequent write.)
+            writer = self._writer(0)
+            token = self._quiet.set(True)
+            try:
+                writer.set(top, value, buffer_size)
+            finally:
+                self._quiet.reset(token)
             return
         raw, visible = self._lookup(key)
         pins = _pins(key, raw, visible, if_version, if_exists)
@@ -294,7 +316,7 @@ class OverlayStore(CompositeStore):
         into a layer is a deletion; a deletion that uncovers a lower entry is an update.
         """
         key = self._layers[index].outer(event.key)
-        if key is None or self._shadowed(key, index):
+        if self._shadowed(key, index):
             return None
         metadata = event.metadata if isinstance(event.metadata, dict) else {}
         if WHITEOUT in metadata:
@@ -317,10 +339,7 @@ class OverlayStore(CompositeStore):
 
 
 def _outer_keys(layer: Layer) -> Iterable[str]:
-    for inner in layer.store.query_keys():
-        key = layer.outer(inner)
-        if key is not None:
-            yield key
+    return (layer.outer(inner) for inner in layer.store.query_keys())
 
 
 def _pins(

@@ -38,8 +38,7 @@ class MountedStore(OverlayStore):
         if not isinstance(mount_point, str) or "\x00" in mount_point:
             raise ValueError(f"mount_point must be a str without NUL, not {mount_point!r}")
         self.mount_point = mount_point
-        mount = Layer(mount_store, self._inner, self._outer)
-        super().__init__([mount, Layer(backing_store)], event_manager)
+        super().__init__([Layer(mount_store, mount_point), Layer(backing_store)], event_manager)
 
     @property
     def mount_store(self) -> AbstractStore:
@@ -52,14 +51,6 @@ class MountedStore(OverlayStore):
     def backing_store(self) -> AbstractReadOnlyStore:
         """The store the mount store is mounted on."""
         return self._children[1]
-
-    def _inner(self, key: str) -> str | None:
-        if len(key) > len(self.mount_point) and key.startswith(self.mount_point):
-            return key[len(self.mount_point) :]
-        return None
-
-    def _outer(self, key: str) -> str:
-        return self.mount_point + key
 
     def info(self) -> dict[str, Any]:
         """The store description plus ``mount_point``."""
@@ -79,7 +70,7 @@ class MountedStore(OverlayStore):
         """
         check_key(key)
         self._require_connection()
-        inner = self._inner(key)
+        inner = self._layers[0].inner(key)
         if inner is None:
             raise missing(key)
         with self.transaction(f"Pushing {key!r}"):

@@ -57,8 +57,13 @@ class BaseEventManager(abc.ABC):
 
 @dataclass(eq=False, slots=True)
 class _Connection:
+    """One listener. A bound method is kept as its function plus a weak reference to
+    its object (``owner``), so dispatch calls ``func(owner(), event)`` without
+    rebuilding a bound method; any other callable has ``owner=None``."""
+
     cls: type[BaseEvent]
-    ref: Callable[[], Listener | None]
+    func: Callable[..., object]
+    owner: weakref.ref[Any] | None
     key: object
     filter: tuple[tuple[str, Any], ...]
     priority: int
@@ -115,9 +120,11 @@ class EventManager(BaseEventManager):
         key = _identity(func)
         with self._lock:
             self._remove(cls, key)
+            target, owner = self._reference(cls, func, key)
             connection = _Connection(
                 cls,
-                self._reference(cls, func, key),
+                target,
+                owner,
                 key,
                 tuple((filter or {}).items()),
                 priority,
@@ -128,19 +135,23 @@ class EventManager(BaseEventManager):
 
     def _reference(
         self, cls: type[BaseEvent], func: Listener, key: object
-    ) -> Callable[[], Listener | None]:
-        if hasattr(func, "__self__") and hasattr(func, "__func__"):
-            manager = weakref.ref(self)
+    ) -> tuple[Callable[..., object], weakref.ref[Any] | None]:
+        """``(function, weak reference to its object)`` for a bound method (which then
+        disconnects when its object is collected), ``(func, None)`` for the rest."""
+        target = getattr(func, "__self__", None)
+        function = getattr(func, "__func__", None)
+        if target is None or function is None:
+            return func, None
+        manager = weakref.ref(self)
 
-            def collected(_: object) -> None:
-                owner = manager()
-                if owner is not None:
-                    with owner._lock:
-                        owner._remove(cls, key)
-                        owner._cache.clear()
+        def collected(_: object) -> None:
+            owner = manager()
+            if owner is not None:
+                with owner._lock:
+                    owner._remove(cls, key)
+                    owner._cache.clear()
 
-            return weakref.WeakMethod(func, collected)
-        return lambda: func
+        return function, weakref.ref(target, collected)
 
     def _remove(self, cls: type[BaseEvent], key: object) -> None:
         existing = self._connections.get(cls)
@@ -170,7 +181,9 @@ class EventManager(BaseEventManager):
 
     def has_listeners(self, cls: type[BaseEvent]) -> bool:
         """Whether any listener would receive an event of class *cls*."""
-        return bool(self._resolve(cls))
+        # Asked before every write of a store: the cache lookup comes first.
+        cached = self._cache.get(cls)
+        return bool(self._resolve(cls) if cached is None else cached)
 
     def _resolve(self, cls: type[BaseEvent]) -> tuple[_Connection, ...]:
         cached = self._cache.get(cls)
@@ -201,13 +214,18 @@ class EventManager(BaseEventManager):
         for connection in connections:
             if event._handled:
                 break
-            func = connection.ref()
-            if func is None or (connection.filter and not connection.accepts(event)):
+            if connection.filter and not connection.accepts(event):
                 continue
+            owner = connection.owner
             try:
-                func(event)
+                if owner is None:
+                    connection.func(event)
+                else:
+                    target = owner()
+                    if target is not None:
+                        connection.func(target, event)
             except Exception:  # noqa: BLE001 - a failing listener must not stop the others
-                _log.exception("listener %r failed on %r", func, event)
+                _log.exception("listener %r failed on %r", connection.func, event)
         event.post_emit()
 
     def _executor(self) -> ThreadPoolExecutor:

@@ -309,7 +309,11 @@ class AbstractReadOnlyStore(abc.ABC):
         has_listeners = getattr(self.event_manager, "has_listeners", None)
         if has_listeners is None:
             return True
-        return any(has_listeners(cls) for cls in classes)
+        # This runs before every write of some stores.
+        for cls in classes:  # noqa: SIM110 - any() over a generator costs more here
+            if has_listeners(cls):
+                return True
+        return False
 
     def _progress(self, message: str, key: str, size: int | None) -> StoreProgressManager:
         return StoreProgressManager(
