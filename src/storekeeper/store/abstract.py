@@ -23,7 +23,7 @@ import itertools
 import os
 import secrets
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sized
 from operator import itemgetter
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Self
@@ -548,21 +548,31 @@ class AbstractAuthorizingStore(AbstractStore):
         """Add the given tags to *key*'s permissions."""
 
 
-def pair_up(keys: Iterable[str], values: Iterable[Any]) -> list[tuple[str, Any]]:
-    """Pair *keys* with *values* like ``zip`` and validate every key.
+def split_pairs(keys: Iterable[str], values: Iterable[Any]) -> tuple[list[str], list[Any]]:
+    """*keys* and *values* paired like ``zip`` (the longer one's excess is ignored), as a
+    list of keys and a list of values, every key validated.
 
     Materialised once because generators can be consumed a single time, and so that
     every key is checked before anything is written.
     """
-    pairs = list(zip(keys, values, strict=False))
-    check_keys(list(map(itemgetter(0), pairs)))
-    return pairs
+    if isinstance(keys, Sized) and isinstance(values, Sized):
+        # Copying two lists makes no pair tuples: a large batch would otherwise
+        # allocate one per key, and the garbage collector would walk them all.
+        key_list, value_list = list(keys), list(values)
+        count = min(len(key_list), len(value_list))
+        del key_list[count:], value_list[count:]
+    else:
+        # zip stops at the shorter one, so an endless iterator of values still works.
+        pairs = list(zip(keys, values, strict=False))
+        key_list = list(map(itemgetter(0), pairs))
+        value_list = list(map(itemgetter(1), pairs))
+    check_keys(key_list)
+    return key_list, value_list
 
 
-def split_pairs(keys: Iterable[str], values: Iterable[Any]) -> tuple[list[str], list[Any]]:
-    """Like :func:`pair_up`, but as a list of keys and a list of values."""
-    pairs = pair_up(keys, values)
-    return list(map(itemgetter(0), pairs)), list(map(itemgetter(1), pairs))
+def pair_up(keys: Iterable[str], values: Iterable[Any]) -> list[tuple[str, Any]]:
+    """Like :func:`split_pairs`, but as a list of ``(key, value)`` pairs."""
+    return list(zip(*split_pairs(keys, values), strict=True))
 
 
 def missing(key: str) -> KeyNotFoundError:

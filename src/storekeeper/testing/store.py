@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import abc
 import io
+import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -540,6 +541,17 @@ class StoreTests(abc.ABC):
         store.multiupdate_metadata(iter("ab"), iter([{"u": 1}, {"u": 2}]))
         assert store.multiget_metadata("ab") == [{"m": "a", "u": 1}, {"m": "b", "u": 2}]
         assert [store.to_bytes(k) for k in "ab"] == [b"1", b"2"]
+
+    def test_multi_methods_pair_lists_like_zip(self, store: AbstractStore) -> None:
+        store.multiset(["a", "b", "c"], [(b"1", {}), (b"2", {})])
+        assert sorted(store.query_keys()) == ["a", "b"]
+        store.multiset(("a",), [(b"one", {}), (b"ignored", {})])
+        assert [store.to_bytes(k) for k in "ab"] == [b"one", b"2"]
+        store.multiset(["d", "e"], itertools.repeat((b"same", {"r": 1})))
+        assert store.multiget_metadata(["d", "e"]) == [{"r": 1}, {"r": 1}]
+        with pytest.raises(InvalidKeyError):
+            store.multiset(["f", "g\x00"], [(b"1", {}), (b"2", {})])
+        assert not store.exists("f")
 
     def test_multiset_is_all_or_nothing(self, store: AbstractStore) -> None:
         store.set("a", (b"old", {}))
