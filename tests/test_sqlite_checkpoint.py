@@ -1,0 +1,152 @@
+"""SqliteStore's background checkpoints: commits never copy the log, a thread does."""
+
+from __future__ import annotations
+
+import gc
+import multiprocessing
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from storekeeper.backends import _sqlite_checkpoint
+from storekeeper.backends.sqlite import SqliteStore
+from storekeeper.errors import TransactionError
+
+MIB = 1 << 20
+BATCH = 4 * MIB
+
+
+def checkpoint_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("storekeeper-checkpoint")]
+
+
+def write_batch(store: SqliteStore, prefix: str = "k") -> None:
+    value = os.urandom(64 * 1024)
+    count = BATCH // len(value)
+    store.multiset([f"{prefix}{i}" for i in range(count)], [(value, {})] * count)
+
+
+def wait_for(condition: Callable[[], bool], seconds: float = 20.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SqliteStore]:
+    store = SqliteStore(tmp_path / "c.db", durable=False)
+    store.connect()
+    yield store
+    store.disconnect()
+
+
+def test_the_thread_copies_the_log_into_the_database(store: SqliteStore) -> None:
+    write_batch(store)
+    database = Path(store.location)
+    assert wait_for(lambda: database.stat().st_size >= BATCH)
+    logged, copied = store.checkpoint()
+    assert logged == copied
+
+
+def test_a_commit_does_not_checkpoint_and_checkpoint_does(store: SqliteStore) -> None:
+    assert store._checkpointer is not None
+    store._checkpointer.delay = 3600.0  # the thread waits: only checkpoint() copies
+    write_batch(store)
+    database = Path(store.location)
+    assert database.stat().st_size < MIB
+    assert Path(store.location + "-wal").stat().st_size >= BATCH
+    logged, copied = store.checkpoint()
+    assert logged == copied > BATCH // 4096
+    assert database.stat().st_size >= BATCH
+    started = time.monotonic()
+    store.disconnect()
+    assert time.monotonic() - started < 5  # stop() does not sit out the delay
+    store.connect()
+    assert store.to_bytes("k0") and len(store.query_keys()) == BATCH // (64 * 1024)
+
+
+def test_thread_starts_at_the_first_commit_and_stops_at_disconnect(tmp_path: Path) -> None:
+    before = len(checkpoint_threads())
+    store = SqliteStore(tmp_path / "t.db")
+    store.connect()
+    assert not store.exists("x")
+    assert len(checkpoint_threads()) == before
+    store.set("x", (b"1", {}))
+    assert len(checkpoint_threads()) == before + 1
+    store.disconnect()
+    assert len(checkpoint_threads()) == before
+    store.connect()
+    store.set("y", (b"2", {}))
+    assert len(checkpoint_threads()) == before + 1
+    del store
+    gc.collect()
+    assert wait_for(lambda: len(checkpoint_threads()) == before, 10)
+
+
+def test_checkpoint_outside_transactions_only(store: SqliteStore) -> None:
+    with store.transaction():
+        store.set("a", (b"1", {}))
+        with pytest.raises(TransactionError, match="outside a transaction"):
+            store.checkpoint()
+    assert store.to_bytes("a") == b"1"
+    with SqliteStore() as memory:
+        assert memory.checkpoint() == (0, 0)
+
+
+def test_transactions_poke_the_thread_once_committed(store: SqliteStore) -> None:
+    with store.transaction():
+        write_batch(store)
+    assert wait_for(lambda: Path(store.location).stat().st_size >= BATCH)
+
+
+def test_no_thread_falls_back_to_sqlite_checkpoints(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(self: _sqlite_checkpoint.Checkpointer) -> sqlite3.Connection:
+        raise sqlite3.OperationalError("unable to open database file")
+
+    monkeypatch.setattr(_sqlite_checkpoint.Checkpointer, "_connect", refuse)
+    store.set("a", (b"1", {}))
+    checkpointer = store._checkpointer
+    assert checkpointer is not None
+    assert wait_for(lambda: checkpointer._failed)
+    store.set("b", (b"2", {}))
+    pages = store._conn().execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+    assert pages == 1000
+    write_batch(store)  # SQLite's own checkpoint at commit copies it
+    assert Path(store.location).stat().st_size >= BATCH
+
+
+def _child_writes(store: SqliteStore, result: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    # The store object came through fork, with the parent's checkpointer in it.
+    write_batch(store, "child")
+    ok = wait_for(lambda: Path(store.location).stat().st_size >= 2 * BATCH)
+    result.put((ok, len(checkpoint_threads())))
+    store.disconnect()
+
+
+def test_a_forked_child_runs_its_own_checkpoints(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "f.db", durable=False)
+    store.connect()
+    write_batch(store, "parent")
+    assert wait_for(lambda: Path(store.location).stat().st_size >= BATCH)
+    context = multiprocessing.get_context("fork")
+    result = context.Queue()
+    child = context.Process(target=_child_writes, args=(store, result))
+    child.start()
+    ok, threads = result.get(timeout=60)
+    child.join(60)
+    assert child.exitcode == 0
+    assert ok and threads == 1
+    assert len(store.query_keys()) == 2 * (BATCH // (64 * 1024))
+    store.set("after", (b"parent still checkpoints", {}))
+    assert len(checkpoint_threads()) >= 1
+    store.disconnect()
