@@ -21,8 +21,11 @@ MIB = 1 << 20
 BATCH = 4 * MIB
 
 
-def checkpoint_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("storekeeper-checkpoint")]
+def checkpoint_threads(location: str) -> list[threading.Thread]:
+    """The live checkpoint threads of the database at *location* (other tests' stores
+    may start or stop theirs meanwhile)."""
+    name = f"storekeeper-checkpoint:{location}"
+    return [thread for thread in threading.enumerate() if thread.name == name]
 
 
 def write_batch(store: SqliteStore, prefix: str = "k") -> None:
@@ -74,21 +77,23 @@ def test_a_commit_does_not_checkpoint_and_checkpoint_does(store: SqliteStore) ->
 
 
 def test_thread_starts_at_the_first_commit_and_stops_at_disconnect(tmp_path: Path) -> None:
-    before = len(checkpoint_threads())
     store = SqliteStore(tmp_path / "t.db")
+    location = store.location
     store.connect()
     assert not store.exists("x")
-    assert len(checkpoint_threads()) == before
+    assert checkpoint_threads(location) == []  # reads start nothing
     store.set("x", (b"1", {}))
-    assert len(checkpoint_threads()) == before + 1
+    assert len(checkpoint_threads(location)) == 1
+    store.set("y", (b"1", {}))
+    assert len(checkpoint_threads(location)) == 1
     store.disconnect()
-    assert len(checkpoint_threads()) == before
+    assert checkpoint_threads(location) == []
     store.connect()
     store.set("y", (b"2", {}))
-    assert len(checkpoint_threads()) == before + 1
+    assert len(checkpoint_threads(location)) == 1
     del store
     gc.collect()
-    assert wait_for(lambda: len(checkpoint_threads()) == before, 10)
+    assert wait_for(lambda: checkpoint_threads(location) == [], 10)
 
 
 def test_checkpoint_outside_transactions_only(store: SqliteStore) -> None:
@@ -129,7 +134,7 @@ def _child_writes(store: SqliteStore, result: multiprocessing.Queue) -> None:  #
     # The store object came through fork, with the parent's checkpointer in it.
     write_batch(store, "child")
     ok = wait_for(lambda: Path(store.location).stat().st_size >= 2 * BATCH)
-    result.put((ok, len(checkpoint_threads())))
+    result.put((ok, len(checkpoint_threads(store.location))))
     store.disconnect()
 
 
@@ -147,6 +152,6 @@ def test_a_forked_child_runs_its_own_checkpoints(tmp_path: Path) -> None:
     assert child.exitcode == 0
     assert ok and threads == 1
     assert len(store.query_keys()) == 2 * (BATCH // (64 * 1024))
-    store.set("after", (b"parent still checkpoints", {}))
-    assert len(checkpoint_threads()) >= 1
+    store.set("after", (b"the parent's thread lives on", {}))
+    assert len(checkpoint_threads(store.location)) == 1
     store.disconnect()

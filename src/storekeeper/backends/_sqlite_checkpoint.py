@@ -22,12 +22,35 @@ import logging
 import os
 import sqlite3
 import threading
+import weakref
 
 __all__ = ["Checkpointer"]
 
 _log = logging.getLogger(__name__)
 _CHECKPOINT = "PRAGMA wal_checkpoint(PASSIVE)"
 _SQLITE_DEFAULT_PAGES = 1000
+
+# Every checkpointer, so that fork() waits for checkpoints in progress: SQLite keeps the
+# locks a connection holds in per-process tables, and a child forked in the middle of a
+# checkpoint would inherit a checkpoint lock that no thread of it will ever release.
+_live: weakref.WeakSet[Checkpointer] = weakref.WeakSet()
+_held: list[threading.Lock] = []
+
+
+def _before_fork() -> None:
+    for checkpointer in list(_live):
+        # _lock too: a child must not inherit it taken by a thread starting the thread.
+        for lock in (checkpointer._lock, checkpointer._running):
+            lock.acquire()
+            _held.append(lock)
+
+
+def _after_fork() -> None:
+    while _held:
+        _held.pop().release()
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork)
 
 
 class Checkpointer:
@@ -54,6 +77,7 @@ class Checkpointer:
         self._failed = False
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
+        _live.add(self)
 
     def poke(self, conn: sqlite3.Connection) -> None:
         """Note that *conn* committed: a checkpoint follows within about *delay*.
@@ -77,12 +101,11 @@ class Checkpointer:
         self._wake.set()
 
     def _forget_parent(self) -> None:
-        # The parent's thread did not survive fork, and its locks may have been taken
-        # when the process forked: this process starts afresh.
+        # The parent's thread did not survive fork (no checkpoint was in progress: see
+        # _before_fork): this process starts its own.
         self._pid = os.getpid()
         self._thread = None
         self._failed = False
-        self._running = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
 
