@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import io
 import json
+import json.encoder
 import json.scanner
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from storekeeper.errors import InvalidKeyError, InvalidMetadataError, InvalidValueError
@@ -33,6 +34,16 @@ Metadata = dict[str, Any]
 # (typeshed types the scanner's context loosely; json itself passes its decoder, as here.)
 _SCAN = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
 _ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+# The C encoder _ENCODER.encode builds on every call, built once. Without a markers dict
+# it does not look for cycles: a circular value ends in RecursionError instead (caught).
+_MAKE_ENCODER = getattr(json.encoder, "c_make_encoder", None)  # None without the C module
+_C_ENCODE: Callable[[object, int], Sequence[str]] | None = (
+    None
+    if _MAKE_ENCODER is None
+    else _MAKE_ENCODER(
+        None, _ENCODER.default, json.encoder.encode_basestring, None, ":", ",", False, False, False
+    )
+)
 
 
 def check_key(key: object) -> str:
@@ -70,8 +81,11 @@ def encode_metadata(metadata: object) -> str:
     mapping) with ``str`` keys whose values are JSON-representable (``None``, ``bool``,
     ``int``, finite ``float``, ``str``, lists/tuples and dicts with ``str`` keys thereof).
     """
-    if type(metadata) is dict and not metadata:
-        return "{}"
+    if type(metadata) is dict:
+        if not metadata:
+            return "{}"
+        if _C_ENCODE is not None:
+            return _encode_dict(metadata)
     if not isinstance(metadata, Mapping):
         raise InvalidMetadataError(
             f"metadata must be a dict, not {type(metadata).__name__}: {metadata!r}"
@@ -81,6 +95,20 @@ def encode_metadata(metadata: object) -> str:
             raise InvalidMetadataError(f"metadata keys must be str, not {name!r}")
     try:
         return _ENCODER.encode(dict(metadata))
+    except (TypeError, ValueError) as exc:
+        raise InvalidMetadataError(f"metadata is not JSON-representable: {exc}") from exc
+    except RecursionError as exc:
+        raise InvalidMetadataError("metadata is nested too deeply or is circular") from exc
+
+
+def _encode_dict(metadata: dict[Any, Any]) -> str:
+    """:func:`encode_metadata` of a plain ``dict``, through the prebuilt C encoder."""
+    assert _C_ENCODE is not None
+    for name in metadata:
+        if type(name) is not str:
+            raise InvalidMetadataError(f"metadata keys must be str, not {name!r}")
+    try:
+        return "".join(_C_ENCODE(metadata, 0))
     except (TypeError, ValueError) as exc:
         raise InvalidMetadataError(f"metadata is not JSON-representable: {exc}") from exc
     except RecursionError as exc:

@@ -86,7 +86,15 @@ WEIRD_KEYS = [
 
 BAD_KEYS: list[Any] = ["", "a\x00b", 123, None, b"bytes", ("t",)]
 
+
+def _circular() -> dict[str, Any]:
+    metadata: dict[str, Any] = {"name": "loop"}
+    metadata["self"] = [metadata]
+    return metadata
+
+
 BAD_METADATA: list[Any] = [
+    _circular(),
     {1: "int key"},
     {"a": object()},
     {"a": float("nan")},
