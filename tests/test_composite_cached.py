@@ -279,6 +279,13 @@ def test_source_events_are_forwarded_and_drop_copies(source: Counting) -> None:
     assert [(type(e).__name__, e.key, e.source) for e in seen] == [("StoreUpdateEvent", "a", store)]
 
 
+def test_source_changes_drop_copies_with_nobody_listening(source: Counting) -> None:
+    store = cached(source.inner, policy="immutable")
+    assert store.to_bytes("a") == b"a" * 100
+    source.inner.set("a", (b"changed in this process", {}))
+    assert store.to_bytes("a") == b"changed in this process"
+
+
 def test_a_copy_evicted_before_it_is_read_falls_back_to_the_source(source: Counting) -> None:
     class LazyCache(DictMemoryStore):
         def get(self, key: str) -> Value:

@@ -17,6 +17,7 @@ from storekeeper.store import (
     AbstractStore,
     Exists,
     StoreDeleteEvent,
+    StoreKeyEvent,
     StoreModificationEvent,
     StoreProgressStepEvent,
     StoreSetEvent,
@@ -192,6 +193,43 @@ def test_outside_changes_to_children_are_forwarded_unless_shadowed(
         ("StoreUpdateEvent", "only-c"),  # the deletion uncovered c's copy
     ]
     assert all(event.source is joined for event in seen)
+
+
+def test_children_are_listened_to_only_while_someone_listens(
+    joined: JoinedStore, layers: list[AbstractStore]
+) -> None:
+    def composite_listens(child: AbstractStore) -> bool:
+        manager = child.event_manager
+        assert isinstance(manager, EventManager)
+        return manager.may_deliver(StoreKeyEvent)
+
+    assert not any(composite_listens(layer) for layer in layers)
+    joined.set("quiet", (b"1", {}))  # nobody listens: nothing to forward
+    seen: list[Any] = []
+    joined.event_manager.connect(StoreDeleteEvent, seen.append)
+    assert all(composite_listens(layer) for layer in layers)
+    layers[2].set("late", (b"", {}))
+    layers[2].delete("late")
+    joined.event_manager.disconnect(StoreDeleteEvent, seen.append)
+    assert not any(composite_listens(layer) for layer in layers)
+    layers[2].set("later", (b"", {}))
+    layers[2].delete("later")
+    assert [(type(e).__name__, e.key, e.source) for e in seen] == [
+        ("StoreDeleteEvent", "late", joined)
+    ]
+
+
+def test_a_manager_shared_with_the_children_forwards_once(tmp_path: Path) -> None:
+    shared = EventManager()
+    top, low = DictMemoryStore(event_manager=shared), DictMemoryStore(event_manager=shared)
+    with JoinedStore([top, low], event_manager=shared) as joined:
+        assert not shared.may_deliver(StoreKeyEvent)  # its own subscription does not count
+        seen: list[Any] = []
+        shared.connect(StoreSetEvent, seen.append)
+        low.set("k", (b"", {}))
+        assert [(e.key, e.source) for e in seen] == [("k", low), ("k", joined)]
+        shared.disconnect(StoreSetEvent, seen.append)
+        assert not shared.may_deliver(StoreKeyEvent)
 
 
 def test_progress_events_are_forwarded(joined: JoinedStore) -> None:

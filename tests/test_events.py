@@ -303,3 +303,44 @@ def test_seed_progress_bar_example() -> None:
         progress(step=1)
         progress(step=2)
     assert lines == ["Saving foo", "[* ]", "[**]", "Saving foo: normal"]
+
+
+def test_watchers_hear_of_every_connect_and_disconnect() -> None:
+    manager = EventManager()
+    changes: list[bool] = []
+
+    class Watcher:
+        def changed(self) -> None:
+            changes.append(manager.may_deliver(FileEvent))
+
+    watcher = Watcher()
+    manager.watch(watcher.changed)
+    listener = lambda event: None  # noqa: E731
+    manager.connect(SaveEvent, listener)  # a subclass: a FileEvent may reach it
+    manager.disconnect(SaveEvent, listener)
+    manager.connect(BaseEvent, listener)  # a base: every FileEvent reaches it
+    manager.unwatch(watcher.changed)
+    manager.disconnect(BaseEvent, listener)
+    assert changes == [True, False, True]
+    manager.watch(watcher.changed)
+    del watcher
+    gc.collect()
+    manager.connect(OpenEvent, listener)  # a collected watcher is dropped, not called
+    assert changes == [True, False, True]
+
+
+def test_may_deliver_ignores_unrelated_classes_and_the_ignored_listener() -> None:
+    manager = EventManager()
+
+    class Other(BaseEvent):
+        pass
+
+    def own(event: BaseEvent) -> None:
+        return None
+
+    manager.connect(Other, lambda event: None)
+    assert not manager.may_deliver(FileEvent)
+    manager.connect(OpenEvent, own)
+    assert manager.may_deliver(FileEvent)
+    assert not manager.may_deliver(FileEvent, ignore=own)
+    assert not manager.may_deliver(SaveEvent)  # a sibling class

@@ -95,12 +95,14 @@ class OverlayStore(CompositeStore):
             raise TypeError(f"the top store of {type(self).__name__} must be writable")
         super().__init__([layer.store for layer in layers], event_manager)
         self._layers = tuple(layers)
+        self._top: AbstractStore = layers[0].store
 
     # -- reads ---------------------------------------------------------------------------
     def get(self, key: str) -> Value:
         """The value of *key* from the first layer that has it."""
         check_key(key)
-        self._require_connection()
+        if not self._connected:  # checked inline: this is the most frequent call
+            self._require_connection()
         visible = self._find(key, 0)
         if visible is None:
             raise missing(key)
@@ -172,7 +174,8 @@ class OverlayStore(CompositeStore):
     def _top_key(self, key: str) -> str:
         """The top layer's key for *key*; ReadOnlyStoreError where writes are not allowed."""
         check_key(key)
-        self._require_connection()
+        if not self._connected:
+            self._require_connection()
         top = self._layers[0]
         if not top.prefix:
             return key
@@ -192,17 +195,21 @@ class OverlayStore(CompositeStore):
     ) -> None:
         """Write *value* into the top layer (see :meth:`AbstractStore.set`)."""
         top = self._top_key(key)
-        if if_version is None and if_exists is None and not self._observed(*_SET_EVENTS):
+        if if_version is None and if_exists is None:
             # Nothing to check and nobody to tell whether this was a set or an update:
-            # the lookup that decides both can be skipped. (_quietly inlined: this is
-            # the composite's most frequent write.)
-            writer = self._writer(0)
-            token = self._quiet.set(True)
-            try:
-                writer.set(top, value, buffer_size)
-            finally:
-                self._quiet.reset(token)
-            return
+            # the lookup that decides both can be skipped.
+            if not self._forwarding and not self._in_transaction():
+                # Not subscribed to the top store either: its event cannot come back.
+                self._top.set(top, value, buffer_size)
+                return
+            if not self._observed(*_SET_EVENTS):
+                writer = self._writer(0)
+                token = self._quiet.set(True)  # _quietly, inlined for the frequent case
+                try:
+                    writer.set(top, value, buffer_size)
+                finally:
+                    self._quiet.reset(token)
+                return
         raw, visible = self._lookup(key)
         pins = _pins(key, raw, visible, if_version, if_exists)
         self._quietly(self._writer(0).set, top, value, buffer_size, **pins)

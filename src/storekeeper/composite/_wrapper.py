@@ -101,6 +101,9 @@ class CompositeStore(AbstractStore):
     #: True: the composite emits its own modification events for its writes, and drops
     #: the children's events those writes cause. False: it forwards children's events.
     emits_own_events: ClassVar[bool] = False
+    #: True: the composite needs its children's events itself (not only to forward
+    #: them), so it listens to them even when nobody listens to it.
+    listens_always: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -114,6 +117,10 @@ class CompositeStore(AbstractStore):
         self._connected_here: list[AbstractReadOnlyStore] = []
         self._listening: list[BaseEventManager] = []
         self._connection_lock = threading.RLock()
+        # Whether children's events may be forwarded to someone; False only while the
+        # event manager says nobody could receive them (see _follow_listeners).
+        self._forwarding = True
+        self._adjusting = False
         tag = f"{type(self).__name__}-{id(self):x}"
         self._enlisted: contextvars.ContextVar[_Enlistment | None] = contextvars.ContextVar(
             f"{tag}-enlisted", default=None
@@ -132,14 +139,18 @@ class CompositeStore(AbstractStore):
             if self._connected:
                 return
             self._connect_children(credentials)
-            self._listen()
+            self._follow_listeners()
             self._connected = True
 
     def disconnect(self) -> None:
         """Stop forwarding events and disconnect the children :meth:`connect` connected."""
         with self._connection_lock:
             self._connected = False
+            unwatch = getattr(self.event_manager, "unwatch", None)
+            if unwatch is not None:
+                unwatch(self._listeners_changed)
             self._unlisten()
+            self._forwarding = True
             while self._connected_here:
                 self._connected_here.pop().disconnect()
 
@@ -157,6 +168,41 @@ class CompositeStore(AbstractStore):
     def _listened_children(self) -> Sequence[AbstractReadOnlyStore]:
         """The children whose events are forwarded (default: all of them)."""
         return self._children
+
+    def _follow_listeners(self) -> None:
+        """Listen to the children only while someone listens to this store.
+
+        A manager that can report changes of its listeners (``watch`` and
+        ``may_deliver``, as :class:`~storekeeper.events.EventManager`) has this store
+        subscribe to the children when the first listener that could receive a key
+        event connects, and unsubscribe when the last one disconnects; meanwhile the
+        children's writes cost nothing here. Any other manager, or ``listens_always``:
+        always subscribed.
+        """
+        manager = self.event_manager
+        watch = getattr(manager, "watch", None)
+        if self.listens_always or watch is None or not hasattr(manager, "may_deliver"):
+            self._listen()
+            self._forwarding = True
+            return
+        watch(self._listeners_changed)
+        self._listeners_changed()
+
+    def _listeners_changed(self) -> None:
+        with self._connection_lock:
+            if self._adjusting:
+                return  # our own (un)subscription, on a manager the children share
+            self._adjusting = True
+            try:
+                manager: Any = self.event_manager
+                needed = bool(manager.may_deliver(StoreKeyEvent, ignore=self._on_child_event))
+                if needed and not self._listening:
+                    self._listen()
+                elif not needed and self._listening:
+                    self._unlisten()
+                self._forwarding = needed
+            finally:
+                self._adjusting = False
 
     def _listen(self) -> None:
         for child in self._listened_children():

@@ -231,7 +231,7 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
             except BaseException:
                 self.disconnect()
                 raise
-            self._listen()
+            self._follow_listeners()
             self._connected = True
 
     def disconnect(self) -> None:

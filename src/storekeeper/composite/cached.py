@@ -120,6 +120,10 @@ class CachedStore(CompositeStore):
     keys are the source's keys. ``connect``/``disconnect`` manage both stores.
     """
 
+    # A change to the source made in this process drops the copy at once (the only way
+    # the immutable policy notices it), so the source's events matter with no listener.
+    listens_always = True
+
     def __init__(
         self,
         source: AbstractReadOnlyStore,

@@ -73,7 +73,7 @@ class _Connection:
         return all(getattr(event, name, _MISSING) == expected for name, expected in self.filter)
 
 
-def _identity(func: Listener) -> object:
+def _identity(func: Callable[..., object]) -> object:
     """What makes two listeners "the same": bound methods compare by object and function."""
     self_ = getattr(func, "__self__", None)
     if self_ is not None and hasattr(func, "__func__"):
@@ -106,6 +106,7 @@ class EventManager(BaseEventManager):
         self._order = itertools.count()
         self._max_workers = max_workers
         self._pool: ThreadPoolExecutor | None = None
+        self._watchers: dict[object, tuple[Callable[..., object], weakref.ref[Any] | None]] = {}
 
     def connect(
         self,
@@ -132,6 +133,7 @@ class EventManager(BaseEventManager):
             )
             self._connections.setdefault(cls, []).append(connection)
             self._cache.clear()
+        self._notify_watchers()
 
     def _reference(
         self, cls: type[BaseEvent], func: Listener, key: object
@@ -163,6 +165,57 @@ class EventManager(BaseEventManager):
         with self._lock:
             self._remove(cls, _identity(func))
             self._cache.clear()
+        self._notify_watchers()
+
+    def watch(self, callback: Callable[[], object]) -> None:
+        """Call ``callback()`` after each :meth:`connect` and :meth:`disconnect`.
+
+        For code that does work only while someone listens (composite stores forward
+        their children's events only then). A bound method is held weakly. Listeners
+        that go away because their object was collected are not reported: a watcher
+        then keeps doing work that nobody needs, which is slower, never wrong.
+        """
+        key = _identity(callback)
+        target = getattr(callback, "__self__", None)
+        function = getattr(callback, "__func__", None)
+        with self._lock:
+            if target is None or function is None:
+                self._watchers[key] = (callback, None)
+            else:
+                self._watchers[key] = (function, weakref.ref(target))
+
+    def unwatch(self, callback: Callable[[], object]) -> None:
+        """Stop calling *callback*; nothing happens if it was not watching."""
+        with self._lock:
+            self._watchers.pop(_identity(callback), None)
+
+    def _notify_watchers(self) -> None:
+        # Outside the lock: a watcher may connect or disconnect listeners itself.
+        with self._lock:
+            watchers = list(self._watchers.items())
+        for key, (function, owner) in watchers:
+            if owner is None:
+                function()
+                continue
+            target = owner()
+            if target is None:
+                with self._lock:
+                    self._watchers.pop(key, None)
+            else:
+                function(target)
+
+    def may_deliver(self, cls: type[BaseEvent], ignore: Listener | None = None) -> bool:
+        """Whether a listener is connected to *cls*, a base or a subclass of it: whether
+        some event of *cls* or of a subclass could reach a listener. Connections of
+        *ignore* do not count; filters and disabled classes are not considered."""
+        skip = None if ignore is None else _identity(ignore)
+        with self._lock:
+            return any(
+                connection.key != skip
+                for connected, connections in self._connections.items()
+                if issubclass(connected, cls) or issubclass(cls, connected)
+                for connection in connections
+            )
 
     def enable(self, cls: type[BaseEvent]) -> None:
         """Enable *cls* again."""
