@@ -398,7 +398,7 @@ class FileSystemStore(AbstractStore):
                 raise missing(key)
             check_precondition(key, old.version, if_version, None)
             self._store(key, name, old, None)
-        self._emit(StoreDeleteEvent(self, key=key, metadata=decode_metadata(old.metadata_json)))
+        self._emit_change(StoreDeleteEvent, key, old.metadata_json)
 
     def _write(
         self,
@@ -426,8 +426,9 @@ class FileSystemStore(AbstractStore):
             if payload is not None and payload.data_file is not None:
                 self._discard_data(payload.data_file)
             raise
-        event = StoreSetEvent if old is None else StoreUpdateEvent
-        self._emit(event(self, key=key, metadata=decode_metadata(new.metadata_json)))
+        self._emit_change(
+            StoreSetEvent if old is None else StoreUpdateEvent, key, new.metadata_json
+        )
 
     @staticmethod
     def _new_record(

@@ -204,7 +204,7 @@ class DictMemoryStore(AbstractStore):
             check_precondition(key, old.version, if_version, None)
             self._remember(key, old)
             del self._entries[key]
-        self._emit(StoreDeleteEvent(self, key=key, metadata=decode_metadata(old.metadata_json)))
+        self._emit_change(StoreDeleteEvent, key, old.metadata_json)
 
     def _write(
         self,
@@ -230,8 +230,9 @@ class DictMemoryStore(AbstractStore):
             )
             self._remember(key, old)
             self._entries[key] = entry
-        event = StoreSetEvent if old is None else StoreUpdateEvent
-        self._emit(event(self, key=key, metadata=decode_metadata(entry.metadata_json)))
+        self._emit_change(
+            StoreSetEvent if old is None else StoreUpdateEvent, key, entry.metadata_json
+        )
 
     # -- transactions --------------------------------------------------------------------
     def _remember(self, key: str, old: _Entry | None) -> None:

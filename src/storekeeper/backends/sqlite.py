@@ -595,8 +595,7 @@ class SqliteStore(AbstractStore):
             else:
                 self._replace_metadata(conn, key, metadata_json)
             self._ensure_indexes(conn, metadata)
-        event = StoreSetEvent if old is None else StoreUpdateEvent
-        self._emit(event(self, key=key, metadata=decode_metadata(metadata_json)))
+        self._emit_change(StoreSetEvent if old is None else StoreUpdateEvent, key, metadata_json)
 
     def update_metadata(
         self, key: str, metadata: Mapping[str, Any], *, if_version: str | None = None
@@ -627,7 +626,7 @@ class SqliteStore(AbstractStore):
             conn.execute(self._schema.delete, (key,))
             self._drop_chunks(conn, row[2])
         self._files_replaced(None, row[2])
-        self._emit(StoreDeleteEvent(self, key=key, metadata=decode_metadata(row[0])))
+        self._emit_change(StoreDeleteEvent, key, row[0])
 
     def _store(
         self,

@@ -39,6 +39,7 @@ from storekeeper.store._validate import (
     DEFAULT_BUFFER_SIZE,
     Metadata,
     check_keys,
+    decode_metadata,
     iter_source,
     select_metadata,
 )
@@ -51,6 +52,7 @@ from storekeeper.store.utils import (
 from storekeeper.store.value import Value
 
 if TYPE_CHECKING:
+    from storekeeper.store.events import StoreKeyEvent
     from storekeeper.store.mapping import StoreMapping
     from storekeeper.store.utils import _TransactionState
 
@@ -297,6 +299,12 @@ class AbstractReadOnlyStore(abc.ABC):
             self.event_manager.emit(event)
         else:
             state.events.append(event)
+
+    def _emit_change(self, cls: type[StoreKeyEvent], key: str, metadata_json: str) -> None:
+        """Emit a *cls* event for *key* with the metadata parsed from *metadata_json*;
+        neither is built when no listener could receive it."""
+        if self._observed(cls):
+            self._emit(cls(self, key=key, metadata=decode_metadata(metadata_json)))
 
     def _observed(self, *classes: type[BaseEvent]) -> bool:
         """Whether an event of one of *classes* emitted now could reach a listener.
