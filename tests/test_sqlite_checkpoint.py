@@ -6,6 +6,7 @@ import gc
 import multiprocessing
 import os
 import sqlite3
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -119,15 +120,15 @@ def test_no_thread_falls_back_to_sqlite_checkpoints(
         raise sqlite3.OperationalError("unable to open database file")
 
     monkeypatch.setattr(_sqlite_checkpoint.Checkpointer, "_connect", refuse)
-    store.set("a", (b"1", {}))
+    write_batch(store, "first")  # enough pages for the thread to open the database
     checkpointer = store._checkpointer
     assert checkpointer is not None
     assert wait_for(lambda: checkpointer._failed)
     store.set("b", (b"2", {}))
     pages = store._conn().execute("PRAGMA wal_autocheckpoint").fetchone()[0]
     assert pages == 1000
-    write_batch(store)  # SQLite's own checkpoint at commit copies it
-    assert Path(store.location).stat().st_size >= BATCH
+    write_batch(store)  # SQLite's own checkpoint at commit copies both batches
+    assert Path(store.location).stat().st_size >= 2 * BATCH
 
 
 def _child_writes(store: SqliteStore, result: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
@@ -155,3 +156,37 @@ def test_a_forked_child_runs_its_own_checkpoints(tmp_path: Path) -> None:
     store.set("after", (b"the parent's thread lives on", {}))
     assert len(checkpoint_threads(store.location)) == 1
     store.disconnect()
+
+
+def test_pending_frames_reads_what_a_checkpoint_then_copies(store: SqliteStore) -> None:
+    checkpointer = store._checkpointer
+    assert checkpointer is not None
+    checkpointer.delay = 3600.0
+    store.set("a", (b"x" * 10_000, {}))
+    pending = checkpointer.pending_frames()
+    assert pending > 0
+    assert store.checkpoint() == (pending, pending)
+    assert checkpointer.pending_frames() == 0
+
+
+def test_small_commits_leave_the_log_alone(store: SqliteStore) -> None:
+    for index in range(20):
+        store.set(f"k{index}", (b"small", {}))
+    time.sleep(0.5)  # ten times the batching delay
+    logged, copied = store.checkpoint()
+    assert logged == copied > 0  # nothing had copied them: under 1,000 pages
+
+
+def test_an_unreadable_wal_index_means_checkpoint() -> None:
+    unknown = 1000
+    assert _sqlite_checkpoint._pending(b"", unknown) == unknown
+    assert _sqlite_checkpoint._pending(bytes(100), unknown) == unknown  # version 0
+    header = bytearray(100)
+    struct.pack_into("=I", header, 0, 3007000)
+    header[12] = 1
+    struct.pack_into("=I", header, 16, 70)
+    header[48:96] = header[0:48]
+    struct.pack_into("=I", header, 96, 30)
+    assert _sqlite_checkpoint._pending(bytes(header), unknown) == 40
+    header[60] = 9  # the second copy disagrees: caught mid-update
+    assert _sqlite_checkpoint._pending(bytes(header), unknown) == unknown

@@ -5,7 +5,8 @@ the log past 1,000 pages also copies the log back into the database file (a
 *checkpoint*): that one commit waits for the copy and for two fsyncs, which for a large
 batch costs as much again as writing it. A store's connections turn automatic
 checkpoints off (``wal_autocheckpoint=0``) and a :class:`Checkpointer` daemon thread
-runs them instead, shortly after commits; a commit only pokes it.
+runs them instead, shortly after a commit that leaves 1,000 or more pages in the log
+(SQLite's own threshold, read from the shared wal-index); a commit only pokes it.
 
 Durability does not change: a commit returns once the log holds it as ``synchronous``
 requires, as before, and a checkpoint only copies committed pages (after a crash at
@@ -21,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import struct
 import threading
 import weakref
 
@@ -29,6 +31,28 @@ __all__ = ["Checkpointer"]
 _log = logging.getLogger(__name__)
 _CHECKPOINT = "PRAGMA wal_checkpoint(PASSIVE)"
 _SQLITE_DEFAULT_PAGES = 1000
+
+# The wal-index (the -shm file, https://www.sqlite.org/walformat.html) begins with two
+# copies of a 48-byte header, then the checkpoint information. In native byte order:
+# iVersion (u32) at 0, isInit (u8) at 12, mxFrame (u32, the last valid frame) at 16,
+# and nBackfill (u32, frames already copied into the database) at 96.
+_WAL_INDEX_READ = 100
+_WAL_INDEX_VERSION = 3007000
+_HEADER = 48
+
+
+def _pending(header: bytes, unknown: int) -> int:
+    """``mxFrame - nBackfill`` from the start of a wal-index, or *unknown* if it is not
+    one this code understands or was caught mid-update (the two header copies differ)."""
+    if len(header) < _WAL_INDEX_READ or header[:_HEADER] != header[_HEADER : 2 * _HEADER]:
+        return unknown
+    (version,) = struct.unpack_from("=I", header, 0)
+    if version != _WAL_INDEX_VERSION or header[12] != 1:
+        return unknown
+    (last_frame,) = struct.unpack_from("=I", header, 16)
+    (backfilled,) = struct.unpack_from("=I", header, 96)
+    return max(0, int(last_frame) - int(backfilled))
+
 
 # Every checkpointer, so that fork() waits for checkpoints in progress: SQLite keeps the
 # locks a connection holds in per-process tables, and a child forked in the middle of a
@@ -57,16 +81,26 @@ class Checkpointer:
     """Checkpoints the database at *path* from a daemon thread after commits.
 
     The thread starts at the first :meth:`poke` and, once poked, waits *delay* seconds
-    (so that a burst of commits is copied in one checkpoint) before checkpointing on
-    its own connection, opened with *synchronous*. :meth:`stop` ends it; a later poke
+    (so that a burst of commits is copied in one checkpoint), then checkpoints on its
+    own connection, opened with *synchronous*, if the log holds *threshold* or more
+    pages not yet copied (checkpointing a few pages would cost two fsyncs each time,
+    which slows the commits that fsync meanwhile). :meth:`stop` ends it; a later poke
     starts a new one. After ``fork`` the child starts its own thread at its first poke.
     """
 
-    def __init__(self, path: str, synchronous: str, timeout: float, delay: float = 0.05) -> None:
+    def __init__(
+        self,
+        path: str,
+        synchronous: str,
+        timeout: float,
+        delay: float = 0.05,
+        threshold: int = _SQLITE_DEFAULT_PAGES,
+    ) -> None:
         self.path = path
         self.synchronous = synchronous
         self.timeout = timeout
         self.delay = delay
+        self.threshold = threshold
         self._lock = threading.Lock()
         # Held while a checkpoint runs, so checkpoint_now() and the thread take turns
         # instead of one finding the other's checkpoint busy.
@@ -122,6 +156,17 @@ class Checkpointer:
         wake.set()
         thread.join(self.timeout if timeout is None else timeout)
 
+    def pending_frames(self) -> int:
+        """Frames (pages) in the log not copied into the database yet, as the shared
+        wal-index says; :attr:`threshold` when it cannot be read, so that a checkpoint
+        runs rather than never."""
+        try:
+            with open(self.path + "-shm", "rb", buffering=0) as index:
+                header = index.read(_WAL_INDEX_READ)
+        except OSError:
+            return self.threshold
+        return _pending(header, self.threshold)
+
     def checkpoint_now(self, conn: sqlite3.Connection) -> tuple[int, int]:
         """Checkpoint through *conn* now; ``(frames in the log, frames copied)``."""
         with self._running:
@@ -138,8 +183,9 @@ class Checkpointer:
                     return
                 wake.clear()
                 self._poked = False
-                conn = conn or self._connect()
-                self._checkpoint(conn)
+                if self.pending_frames() >= self.threshold:
+                    conn = conn or self._connect()
+                    self._checkpoint(conn)
         except sqlite3.Error:
             # Opening the database failed. _poked stays set, so every later commit
             # takes poke()'s fallback until stop() (a disconnect) resets this.
