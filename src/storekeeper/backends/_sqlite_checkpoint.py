@@ -1,36 +1,39 @@
-"""Write-ahead-log checkpoints of a file-backed :class:`SqliteStore`, off the commit path.
+"""Large commits of a file-backed :class:`SqliteStore` leave their checkpoint to a thread.
 
-SQLite appends each commit to the write-ahead log, and by default the commit that takes
-the log past 1,000 pages also copies the log back into the database file (a
-*checkpoint*): that one commit waits for the copy and for two fsyncs, which for a large
-batch costs as much again as writing it. A store's connections turn automatic
-checkpoints off (``wal_autocheckpoint=0``) and a :class:`Checkpointer` daemon thread
-runs them instead, shortly after a commit that leaves 1,000 or more pages in the log
-(SQLite's own threshold, read from the shared wal-index); a commit only pokes it.
+SQLite appends each commit to the write-ahead log, and the commit that takes the log
+past 1,000 pages also copies the log back into the database file (a *checkpoint*):
+that commit waits for the copy and for two fsyncs. For ordinary commits that is what we
+want (it keeps the log small and lets the next writer restart it from the beginning,
+which keeps fsyncs cheap). For a large transaction, though, the copy costs as much again
+as writing it. So a transaction that wrote more than 1,000 pages' worth of data commits
+with automatic checkpoints off (:meth:`Checkpointer.deferred`) and pokes a
+:class:`Checkpointer`, whose daemon thread runs the checkpoint right after.
 
 Durability does not change: a commit returns once the log holds it as ``synchronous``
-requires, as before, and a checkpoint only copies committed pages (after a crash at
-any point the next open recovers from the log, as it always does). Checkpoints are
-``PASSIVE``: they never wait for, or block, readers and writers; pages a reader still
-needs stay in the log until a later checkpoint. Each process (and each store object)
-has its own checkpointer; SQLite lets one checkpoint run at a time, and one that finds
-another running simply leaves the work to it.
+requires, and a checkpoint only copies committed pages (after a crash at any point the
+next open recovers from the log, as it always does). Checkpoints are ``PASSIVE``: they
+never wait for, or block, readers and writers; a later commit's automatic checkpoint
+finishes what they could not copy. SQLite lets one checkpoint run at a time, and one
+that finds another running leaves the work to it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
 import struct
 import threading
 import weakref
+from collections.abc import Iterator
 
 __all__ = ["Checkpointer"]
 
 _log = logging.getLogger(__name__)
 _CHECKPOINT = "PRAGMA wal_checkpoint(PASSIVE)"
 _SQLITE_DEFAULT_PAGES = 1000
+_PAGE_SIZE_GUESS = 4096  # SQLite's default page size; only sizes the threshold
 
 # The wal-index (the -shm file, https://www.sqlite.org/walformat.html) begins with two
 # copies of a 48-byte header, then the checkpoint information. In native byte order:
@@ -78,14 +81,14 @@ os.register_at_fork(before=_before_fork, after_in_parent=_after_fork, after_in_c
 
 
 class Checkpointer:
-    """Checkpoints the database at *path* from a daemon thread after commits.
+    """Runs checkpoints of the database at *path* on a daemon thread, when poked.
 
-    The thread starts at the first :meth:`poke` and, once poked, waits *delay* seconds
-    (so that a burst of commits is copied in one checkpoint), then checkpoints on its
-    own connection, opened with *synchronous*, if the log holds *threshold* or more
-    pages not yet copied (checkpointing a few pages would cost two fsyncs each time,
-    which slows the commits that fsync meanwhile). :meth:`stop` ends it; a later poke
-    starts a new one. After ``fork`` the child starts its own thread at its first poke.
+    :meth:`is_large` says whether a transaction wrote enough to defer its checkpoint,
+    :meth:`deferred` wraps its COMMIT, and :meth:`poke` then wakes the thread (started
+    at the first poke), which waits *delay* seconds and checkpoints on its own
+    connection, opened with *synchronous*, if the log holds *threshold* or more pages
+    not yet copied. :meth:`stop` ends the thread; a later poke starts a new one. After
+    ``fork`` the child starts its own thread at its first poke.
     """
 
     def __init__(
@@ -93,7 +96,7 @@ class Checkpointer:
         path: str,
         synchronous: str,
         timeout: float,
-        delay: float = 0.05,
+        delay: float = 0.0,
         threshold: int = _SQLITE_DEFAULT_PAGES,
     ) -> None:
         self.path = path
@@ -107,23 +110,34 @@ class Checkpointer:
         self._running = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._poked = False
         self._failed = False
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
         _live.add(self)
 
-    def poke(self, conn: sqlite3.Connection) -> None:
-        """Note that *conn* committed: a checkpoint follows within about *delay*.
+    def is_large(self, data_bytes: int) -> bool:
+        """Whether a transaction that wrote *data_bytes* of row data would take the log
+        past the automatic checkpoint's threshold by itself."""
+        return data_bytes >= self.threshold * _PAGE_SIZE_GUESS
 
-        If the thread could not open the database, *conn* gets SQLite's automatic
-        checkpoints back instead, so the log never grows without bound.
+    @contextlib.contextmanager
+    def deferred(self, conn: sqlite3.Connection) -> Iterator[None]:
+        """Context: *conn* commits without running SQLite's automatic checkpoint."""
+        conn.execute("PRAGMA wal_autocheckpoint=0")
+        try:
+            yield
+        finally:
+            conn.execute(f"PRAGMA wal_autocheckpoint={self.threshold}")
+
+    def poke(self, conn: sqlite3.Connection) -> None:
+        """*conn* committed a large transaction: have the thread checkpoint it.
+
+        If the thread could not open the database, *conn* checkpoints now instead, so
+        the log is never left large.
         """
-        if self._poked and self._pid == os.getpid():
-            if self._failed:
-                conn.execute(f"PRAGMA wal_autocheckpoint={_SQLITE_DEFAULT_PAGES}")
-            return  # a checkpoint is already due and will include this commit
-        self._poked = True
+        if self._failed and self._pid == os.getpid():
+            self._checkpoint(conn)
+            return
         with self._lock:
             if self._pid != os.getpid():
                 self._forget_parent()
@@ -151,7 +165,7 @@ class Checkpointer:
                 return
             stop, wake = self._stop, self._wake
             self._stop, self._wake = threading.Event(), threading.Event()
-        self._poked = self._failed = False
+        self._failed = False
         stop.set()
         wake.set()
         thread.join(self.timeout if timeout is None else timeout)
@@ -182,16 +196,14 @@ class Checkpointer:
                 if stop.wait(self.delay):
                     return
                 wake.clear()
-                self._poked = False
                 if self.pending_frames() >= self.threshold:
                     conn = conn or self._connect()
                     self._checkpoint(conn)
         except sqlite3.Error:
-            # Opening the database failed. _poked stays set, so every later commit
-            # takes poke()'s fallback until stop() (a disconnect) resets this.
+            # Opening the database failed: later pokes checkpoint in the committing
+            # thread until stop() (a disconnect) resets this.
             _log.exception("background checkpoints of %s stopped", self.path)
             self._failed = True
-            self._poked = True
         finally:
             if conn is not None:
                 conn.close()

@@ -253,8 +253,6 @@ class SqliteStore(AbstractStore):
         )
         if self.location != _MEMORY:
             conn.execute("PRAGMA journal_mode=WAL")
-            # The Checkpointer's thread copies the log into the database instead.
-            conn.execute("PRAGMA wal_autocheckpoint=0")
         conn.execute(f"PRAGMA synchronous={self._synchronous}")
         # Reads through a memory map skip a read() system call per page: 1.3-1.6x faster
         # gets of 64 KiB values here.
@@ -293,17 +291,13 @@ class SqliteStore(AbstractStore):
                 conn.execute("ROLLBACK")
                 raise
             _commit(conn)
-            self._committed(conn)
-
-    def _committed(self, conn: sqlite3.Connection) -> None:
-        if self._checkpointer is not None:
-            self._checkpointer.poke(conn)
 
     def checkpoint(self) -> tuple[int, int]:
         """Copy the committed pages of the write-ahead log into the database file now.
 
-        A background thread does this shortly after commits anyway; call it to know it
-        is done (before copying the database file, or to time a write including its
+        SQLite does it in the commit that takes the log past 1,000 pages, and a
+        background thread right after a larger transaction; call it to know it is done
+        (before copying the database file, or to time a write including its
         checkpoint). Returns ``(pages in the log, pages copied)``: fewer are copied
         while a reader still uses an older snapshot. ``(0, 0)`` for an in-memory
         database, which has no log. :class:`~storekeeper.errors.TransactionError`
@@ -491,6 +485,9 @@ class SqliteStore(AbstractStore):
                 strict=True,
             )
             conn.executemany(self._schema.insert_batch(time.time()), rows)
+            log = self._file_log.get()
+            if log is not None:
+                log.inline += sum(map(len, datas))
             for blob in previous.values():
                 self._drop_chunks(conn, blob)
                 self._files_replaced(None, blob)
@@ -727,6 +724,9 @@ class SqliteStore(AbstractStore):
         else:
             blob = None if data is not None else new_version()
             size = len(data) if data is not None else self._insert_chunks(conn, blob, stream)
+            log = self._file_log.get()
+            if log is not None:
+                log.inline += size
         now = time.time()
         version = version_numbers(1).start
         conn.execute(self._schema.upsert, (key, metadata_json, now, now, version, size, data, blob))
@@ -815,17 +815,31 @@ class SqliteStore(AbstractStore):
 
     def _commit_transaction(self) -> None:
         conn = self._conn()
+        deferring = self._deferring(self._file_log.get())
         try:
-            _commit(conn)
+            if deferring is None:
+                _commit(conn)
+            else:
+                with deferring.deferred(conn):
+                    _commit(conn)
         except BaseException:
             self._settle_files(committed=False)
             raise
         else:
-            self._committed(conn)
+            if deferring is not None:
+                deferring.poke(conn)
             self._settle_files(committed=True)
         finally:
             if self._serial is not None:
                 self._serial.release()
+
+    def _deferring(self, log: _FileLog | None) -> Checkpointer | None:
+        """The checkpointer, if the committing transaction wrote enough that SQLite would
+        copy its pages into the database inside the COMMIT; the thread does it instead."""
+        checkpointer = self._checkpointer
+        if checkpointer is None or log is None or not checkpointer.is_large(log.inline):
+            return None
+        return checkpointer
 
     def _rollback_transaction(self) -> None:
         self._settle_files(committed=False)
@@ -863,10 +877,13 @@ class SqliteStore(AbstractStore):
 
 @dataclass
 class _FileLog:
-    """The value files a transaction created and made obsolete, in order."""
+    """What a transaction wrote that matters once it ends: the value files it created
+    and made obsolete, in order, and the bytes of data it wrote into rows (``inline``;
+    a large total has its pages copied into the database by the checkpointer)."""
 
     created: list[str] = field(default_factory=list)
     obsolete: list[str] = field(default_factory=list)
+    inline: int = 0
 
     def marks(self) -> tuple[int, int]:
         return len(self.created), len(self.obsolete)
