@@ -696,7 +696,8 @@ class SqliteStore(AbstractStore):
                 self._ensure_indexes(conn, metadata)
         self._files_replaced(None if stored is None else stored[0], obsolete)
         event = StoreSetEvent if old is None else StoreUpdateEvent
-        self._emit(event(self, key=key, metadata=metadata))
+        if self._observed(event):
+            self._emit(event(self, key=key, metadata=metadata))
 
     def _state(self, conn: sqlite3.Connection, key: str) -> tuple[str, float, str | None] | None:
         """``(version, created, blob id or None)`` of *key*, or ``None`` when missing."""
