@@ -8,11 +8,12 @@ others pair SqliteStore(durable=False) with raw WAL+NORMAL, diskcache (WAL+NORMA
 sqlitedict (synchronous=OFF). BENCH_DIR picks the directory (default: a temp dir on the
 real disk); BENCH_REPS the number of interleaved reps.
 
-SqliteStore copies its write-ahead log into the database file on a background thread,
-where raw sqlite3 does it inside the commit that crosses 1,000 pages. After each timed
-write phase the script waits, untimed, for that background checkpoint; the ``+ckpt``
-columns and the "with our background checkpoint" lines add the wait to our time (the
-other peers' are unchanged), so both views are printed.
+After a transaction of more than 1,000 pages SqliteStore copies its write-ahead log into
+the database file on a background thread, where raw sqlite3 does it inside the COMMIT.
+After each timed write phase the script waits, untimed, for a checkpoint of whatever our
+log still holds; the ``+ckpt`` columns and the "with our background checkpoint" lines
+add that wait to our time (the other peers' are unchanged; for W1 it copies pages raw
+sqlite3 leaves in its log too), so both views are printed.
 """
 
 from __future__ import annotations
