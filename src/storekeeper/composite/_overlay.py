@@ -100,7 +100,8 @@ class OverlayStore(CompositeStore):
     # -- reads ---------------------------------------------------------------------------
     def get(self, key: str) -> Value:
         """The value of *key* from the first layer that has it."""
-        check_key(key)
+        if type(key) is not str or not key or "\x00" in key:  # check_key's test, inlined
+            check_key(key)  # raises the specific error
         if not self._connected:  # checked inline: this is the most frequent call
             self._require_connection()
         visible = self._find(key, 0)
