@@ -270,27 +270,11 @@ class SqliteStore(AbstractStore):
         self._require_connection()
         return _Using(self)
 
-    @contextmanager
-    def _writing(self) -> Iterator[sqlite3.Connection]:
-        """A write: its own ``BEGIN IMMEDIATE`` transaction, or a savepoint inside one."""
-        with self._using() as conn:
-            if self._in_transaction():
-                conn.execute("SAVEPOINT storekeeper_write")
-                try:
-                    yield conn
-                except BaseException:
-                    conn.execute("ROLLBACK TO storekeeper_write")
-                    conn.execute("RELEASE storekeeper_write")
-                    raise
-                conn.execute("RELEASE storekeeper_write")
-                return
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            _commit(conn)
+    def _writing(self) -> _Writing:
+        """Context: a write, in its own ``BEGIN IMMEDIATE`` transaction or in a savepoint
+        of the current one; committed (released) on success, rolled back on error."""
+        self._require_connection()
+        return _Writing(self)
 
     def checkpoint(self) -> tuple[int, int]:
         """Copy the committed pages of the write-ahead log into the database file now.
@@ -635,8 +619,9 @@ class SqliteStore(AbstractStore):
         if_exists: bool | None,
     ) -> None:
         """Write *source* as *key*'s data; ``metadata_json=None`` keeps the metadata."""
-        if isinstance(source, bytes | bytearray | memoryview) and len(source) <= self.inline_limit:
-            self._write(key, bytes(source), None, metadata_json, if_version, if_exists)
+        data = _small_bytes(source, self.inline_limit)
+        if data is not None:
+            self._write(key, data, None, metadata_json, if_version, if_exists)
             return
         chunks = iter_source(source, min(buffer_size, self.chunk_size))
         with self._progress(f"Setting key {key!r}", key, _known_size(source)) as progress:
@@ -783,7 +768,7 @@ class SqliteStore(AbstractStore):
         Outside a transaction it is committed: the obsolete file goes now. Inside one,
         both wait for the outcome (see the transaction hooks below).
         """
-        if self._files is None:
+        if self._files is None or (created is None and obsolete is None):
             return
         log = self._file_log.get()
         if log is None:
@@ -936,6 +921,46 @@ class _Using:
             raise _backend_error(exc, "running a statement") from exc
 
 
+class _Writing(_Using):
+    """:meth:`SqliteStore._writing` (a class, not a generator: it wraps every write)."""
+
+    __slots__ = ("_conn", "_nested")
+
+    def __enter__(self) -> sqlite3.Connection:
+        conn = super().__enter__()
+        self._conn = conn
+        self._nested = self._store._in_transaction()
+        try:
+            conn.execute("SAVEPOINT storekeeper_write" if self._nested else "BEGIN IMMEDIATE")
+        except BaseException as exc:
+            super().__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        return conn
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        conn = self._conn
+        try:
+            if exc is not None:
+                if self._nested:
+                    conn.execute("ROLLBACK TO storekeeper_write")
+                    conn.execute("RELEASE storekeeper_write")
+                else:
+                    conn.execute("ROLLBACK")
+            elif self._nested:
+                conn.execute("RELEASE storekeeper_write")
+            else:
+                _commit(conn)
+        except BaseException as failure:
+            super().__exit__(type(failure), failure, failure.__traceback__)
+            raise
+        super().__exit__(exc_type, exc, tb)
+
+
 @contextmanager
 def _translate(action: str) -> Iterator[None]:
     try:
@@ -963,6 +988,15 @@ def _literal_prefix(pattern: str) -> str:
         if char in "*?[":
             return pattern[:index]
     return pattern
+
+
+def _small_bytes(source: object, limit: int) -> bytes | None:
+    """*source* as ``bytes`` if it is a bytes-like value of at most *limit* bytes."""
+    if type(source) is bytes:  # checked first: the isinstance below costs more
+        return source if len(source) <= limit else None
+    if isinstance(source, bytearray | memoryview) and len(source) <= limit:
+        return bytes(source)
+    return None
 
 
 def _known_size(source: object) -> int | None:

@@ -140,6 +140,9 @@ def unpack_value(value: object) -> tuple[object, object, bool]:
     a ``Value``) and must be closed by the caller of this function; streams the user
     passed in are left open.
     """
+    if type(value) is tuple and len(value) == 2:  # the common case, before an ABC check
+        data, metadata = value
+        return data, {} if metadata is None else metadata, False
     if isinstance(value, Value):
         return value.data, value.metadata, True
     if isinstance(value, tuple | list) and len(value) == 2:
