@@ -460,34 +460,33 @@ class SqliteStore(AbstractStore):
                 previous = self._blobs(conn, batch_keys)
             else:
                 previous = {}
-            rows = zip(
-                batch_keys,
-                metadata_texts,
-                version_numbers(len(batch_keys)),
-                map(len, datas),
-                datas,
-                strict=True,
-            )
-            conn.executemany(self._schema.insert_batch(time.time()), rows)
+            versions = version_numbers(len(batch_keys))
+            sql = self._schema.insert_batch(time.time(), empty_metadata=metadata_texts is None)
+            if metadata_texts is None:
+                conn.executemany(sql, zip(batch_keys, versions, datas, strict=True))
+            else:
+                conn.executemany(sql, zip(batch_keys, metadata_texts, versions, datas, strict=True))
+                self._index_batch(conn, metadata_texts)
             log = self._file_log.get()
             if log is not None:
                 log.inline += sum(map(len, datas))
             for blob in previous.values():
                 self._drop_chunks(conn, blob)
                 self._files_replaced(None, blob)
-            self._index_batch(conn, metadata_texts)
         if not observed:
             return
-        for key, metadata_json in zip(batch_keys, metadata_texts, strict=True):
+        texts = ["{}"] * len(batch_keys) if metadata_texts is None else metadata_texts
+        for key, metadata_json in zip(batch_keys, texts, strict=True):
             event = StoreUpdateEvent if key in previous else StoreSetEvent
             previous.setdefault(key, None)
             self._emit(event(self, key=key, metadata=decode_metadata(metadata_json)))
 
     def _inline_batch(
         self, keys: list[str], values: list[Any]
-    ) -> tuple[list[str], list[str], list[bytes]] | None:
-        """Keys, metadata texts and data of a batch, or ``None`` when a value is a stream
-        or too large to be stored inline."""
+    ) -> tuple[list[str], list[str] | None, list[bytes]] | None:
+        """Keys, metadata texts (``None`` when every value's metadata is empty) and data
+        of a batch, or ``None`` when a value is a stream or too large to be stored
+        inline."""
         limit = self.inline_limit
         # The common batch, (bytes, metadata dict) pairs only, is split by C-level maps.
         if set(map(type, values)) == {tuple} and set(map(len, values)) == {2}:
@@ -500,7 +499,7 @@ class SqliteStore(AbstractStore):
             ):
                 if any(metadatas):
                     return keys, list(map(encode_metadata, metadatas)), datas
-                return keys, ["{}"] * len(keys), datas
+                return keys, None, datas
         metadata_texts: list[str] = []
         datas = []
         for value in values:
