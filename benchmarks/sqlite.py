@@ -14,6 +14,10 @@ After each timed write phase the script waits, untimed, for a checkpoint of what
 log still holds; the ``+ckpt`` columns and the "with our background checkpoint" lines
 add that wait to our time (the other peers' are unchanged; for W1 it copies pages raw
 sqlite3 leaves in its log too), so both views are printed.
+
+Every timed phase starts after an untimed ``os.sync()``: without it the data sqlitedict
+leaves unsynced is written back during whichever peer runs next, and that peer's fsyncs
+wait for it.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _harness import Results, env_int, rotate, timed
+from _harness import Results, env_int, rotate, timed, timed_io
 from storekeeper.backends.sqlite import SqliteStore
 from storekeeper.events import EventManager
 
@@ -175,7 +179,7 @@ def timed_write(
     """Time *action* as *phase*; then, untimed there, wait for the peer's background
     checkpoint and record the sum as *phase*+ckpt (the same time for the others, whose
     commits checkpoint in the foreground or never)."""
-    elapsed = timed(action)
+    elapsed = timed_io(action)
     results.add(phase, name, count, elapsed)
     settle = getattr(peer, "settle", None)
     extra = 0.0 if settle is None else timed(settle)
@@ -189,12 +193,12 @@ def run_peer(name: str, base: Path, keys: list[str], value: bytes, results: Resu
     timed_write(results, "set", name, len(keys), peer, lambda: [peer.set(k, value) for k in keys])
     got = [peer.get(k) for k in shuffled[:3]]
     assert all(g == value for g in got)
-    results.add("get", name, len(keys), timed(lambda: [peer.get(k) for k in shuffled]))
+    results.add("get", name, len(keys), timed_io(lambda: [peer.get(k) for k in shuffled]))
     if hasattr(peer, "get_metadata"):
-        elapsed = timed(lambda: [peer.get_metadata(k) for k in shuffled])
+        elapsed = timed_io(lambda: [peer.get_metadata(k) for k in shuffled])
         results.add("get_metadata", name, len(keys), elapsed)
     random.shuffle(shuffled)
-    results.add("delete", name, len(keys), timed(lambda: [peer.delete(k) for k in shuffled]))
+    results.add("delete", name, len(keys), timed_io(lambda: [peer.delete(k) for k in shuffled]))
     peer.close()
     shutil.rmtree(work)
     work = Path(tempfile.mkdtemp(dir=base))

@@ -44,9 +44,9 @@ def wait_for(condition: Callable[[], bool], seconds: float = 20.0) -> bool:
     return condition()
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteStore]:
-    store = SqliteStore(tmp_path / "c.db", durable=False)
+@pytest.fixture(params=[False, True], ids=["large-commits", "every-commit"])
+def store(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[SqliteStore]:
+    store = SqliteStore(tmp_path / "c.db", durable=False, background_checkpoints=request.param)
     store.connect()
     yield store
     store.disconnect()
@@ -131,7 +131,8 @@ def test_no_thread_means_the_committer_checkpoints(
     assert wait_for(lambda: checkpointer._failed)
     write_batch(store)  # the committing thread checkpoints both batches itself
     assert Path(store.location).stat().st_size >= 2 * BATCH
-    assert store._conn().execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
+    expected = 0 if store.background_checkpoints else 1000
+    assert store._conn().execute("PRAGMA wal_autocheckpoint").fetchone()[0] == expected
 
 
 def _child_writes(store: SqliteStore, result: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
@@ -191,5 +192,66 @@ def test_an_unreadable_wal_index_means_checkpoint() -> None:
     header[48:96] = header[0:48]
     struct.pack_into("=I", header, 96, 30)
     assert _sqlite_checkpoint._pending(bytes(header), unknown) == 40
+    assert _sqlite_checkpoint._frames(bytes(header)) == (70, 30)
     header[60] = 9  # the second copy disagrees: caught mid-update
     assert _sqlite_checkpoint._pending(bytes(header), unknown) == unknown
+    assert _sqlite_checkpoint._frames(bytes(header)) is None
+
+
+def log_frames(store: SqliteStore) -> tuple[int, int]:
+    """``(frames in the log, frames copied)`` as the wal-index says."""
+    frames = _sqlite_checkpoint._frames(Path(store.location + "-shm").read_bytes()[:100])
+    assert frames is not None
+    return frames
+
+
+def autocheckpoint(store: SqliteStore) -> int:
+    setting: int = store._conn().execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+    return setting
+
+
+def test_a_fast_store_leaves_every_checkpoint_to_the_thread(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "fast.db", durable=False)
+    store.connect()
+    assert store.background_checkpoints and autocheckpoint(store) == 0
+    value = os.urandom(3000)  # a page or more per commit
+    for index in range(1500):
+        store.set(f"k{index}", (value, {}))
+    assert len(checkpoint_threads(store.location)) == 1
+    assert wait_for(lambda: log_frames(store)[0] - log_frames(store)[1] < 1000)
+    assert Path(store.location).stat().st_size >= 1000 * 3000
+    store.disconnect()
+    with SqliteStore(tmp_path / "fast.db") as again:
+        assert len(again.query_keys()) == 1500 and again.to_bytes("k1499") == value
+
+
+def test_the_log_stays_bounded_when_the_thread_falls_behind(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "bounded.db", durable=False)
+    store.connect()
+    checkpointer = store._checkpointer
+    assert checkpointer is not None
+    checkpointer.delay = 3600.0  # the thread never copies: only the committer can
+    checkpointer.threshold, checkpointer.cap = 50, 200
+    largest = 0
+    for index in range(1000):
+        store.set(f"k{index}", (b"v" * 100, {}))
+        largest = max(largest, log_frames(store)[0])
+    # The commit that reached the cap checkpointed all of it; the next one restarted the
+    # log from its beginning, so the log never held much more than the cap.
+    assert 200 <= largest < 200 + 10
+    assert Path(store.location + "-wal").stat().st_size < (200 + 10) * (4096 + 24) + 32
+    assert len(store.query_keys()) == 1000
+    store.disconnect()
+
+
+def test_durable_stores_keep_sqlites_own_checkpoint(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "durable.db")
+    store.connect()
+    assert not store.background_checkpoints and autocheckpoint(store) == 1000
+    for index in range(600):
+        store.set(f"k{index}", (os.urandom(3000), {}))
+    assert checkpoint_threads(store.location) == []  # no thread for small commits
+    assert log_frames(store)[0] < 1000 + 10
+    store.disconnect()
+    with SqliteStore(tmp_path / "f.db", durable=False) as fast, SqliteStore() as memory:
+        assert fast.background_checkpoints and not memory.background_checkpoints

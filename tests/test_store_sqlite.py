@@ -53,7 +53,12 @@ def test_open_store_urls(tmp_path: Path) -> None:
     with open_store(f"sqlite://{path}?table=things&durable=false") as store:
         assert isinstance(store, SqliteStore)
         assert (store.table, store.durable, store.location) == ("things", False, str(path))
+        assert store.info()["background_checkpoints"] is True
         store.set("k", (b"v", {}))
+    with open_store(f"sqlite://{path}?table=things&durable=false&background_checkpoints=0") as s:
+        assert isinstance(s, SqliteStore)
+        assert (s.durable, s.background_checkpoints) == (False, False)
+        assert s.to_bytes("k") == b"v"
     with open_store("sqlite://") as memory:
         assert isinstance(memory, SqliteStore) and memory.location == ":memory:"
     with pytest.raises(ValueError, match="no host"):

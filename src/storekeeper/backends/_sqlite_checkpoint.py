@@ -15,6 +15,17 @@ next open recovers from the log, as it always does). Checkpoints are ``PASSIVE``
 never wait for, or block, readers and writers; a later commit's automatic checkpoint
 finishes what they could not copy. SQLite lets one checkpoint run at a time, and one
 that finds another running leaves the work to it.
+
+In *background* mode (what a ``durable=False`` store runs) every commit leaves its
+checkpoint to the thread: connections run with automatic checkpoints off, and after each
+commit :meth:`Checkpointer.after_commit` reads the wal-index (one ``pread``) and wakes
+the thread once the log holds 1,000 pages not yet copied. With ``synchronous=NORMAL``
+the checkpoint is the only time a writer would wait for the disk, so writes no longer
+wait at all. A log only restarts from its beginning when a checkpoint has copied all of
+it, which a thread racing a steady writer never does; so once the log holds *cap*
+uncopied pages the committing thread checkpoints itself, as SQLite would, and the log
+stays bounded. (A durable store does not use this mode: there every commit fsyncs the
+log, and a log that keeps growing makes each of those fsyncs extend the file.)
 """
 
 from __future__ import annotations
@@ -42,19 +53,28 @@ _PAGE_SIZE_GUESS = 4096  # SQLite's default page size; only sizes the threshold
 _WAL_INDEX_READ = 100
 _WAL_INDEX_VERSION = 3007000
 _HEADER = 48
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+def _frames(header: bytes) -> tuple[int, int] | None:
+    """``(mxFrame, nBackfill)`` from the start of a wal-index: frames in the log and
+    frames already copied; ``None`` if it is not one this code understands or was caught
+    mid-update (the two header copies differ)."""
+    if len(header) < _WAL_INDEX_READ or header[:_HEADER] != header[_HEADER : 2 * _HEADER]:
+        return None
+    (version,) = struct.unpack_from("=I", header, 0)
+    if version != _WAL_INDEX_VERSION or header[12] != 1:
+        return None
+    (last_frame,) = struct.unpack_from("=I", header, 16)
+    (backfilled,) = struct.unpack_from("=I", header, 96)
+    return int(last_frame), int(backfilled)
 
 
 def _pending(header: bytes, unknown: int) -> int:
-    """``mxFrame - nBackfill`` from the start of a wal-index, or *unknown* if it is not
-    one this code understands or was caught mid-update (the two header copies differ)."""
-    if len(header) < _WAL_INDEX_READ or header[:_HEADER] != header[_HEADER : 2 * _HEADER]:
-        return unknown
-    (version,) = struct.unpack_from("=I", header, 0)
-    if version != _WAL_INDEX_VERSION or header[12] != 1:
-        return unknown
-    (last_frame,) = struct.unpack_from("=I", header, 16)
-    (backfilled,) = struct.unpack_from("=I", header, 96)
-    return max(0, int(last_frame) - int(backfilled))
+    """``mxFrame - nBackfill`` from the start of a wal-index, or *unknown* (see
+    :func:`_frames`)."""
+    frames = _frames(header)
+    return unknown if frames is None else max(0, frames[0] - frames[1])
 
 
 # Every checkpointer, so that fork() waits for checkpoints in progress: SQLite keeps the
@@ -88,7 +108,10 @@ class Checkpointer:
     at the first poke), which waits *delay* seconds and checkpoints on its own
     connection, opened with *synchronous*, if the log holds *threshold* or more pages
     not yet copied. :meth:`stop` ends the thread; a later poke starts a new one. After
-    ``fork`` the child starts its own thread at its first poke.
+    ``fork`` the child starts its own thread at its first poke. With *background*,
+    commits run without SQLite's automatic checkpoint (:attr:`autocheckpoint` is 0) and
+    call :meth:`after_commit` (see the module documentation); *cap* defaults to four
+    times *threshold*.
     """
 
     def __init__(
@@ -98,8 +121,13 @@ class Checkpointer:
         timeout: float,
         delay: float = 0.0,
         threshold: int = _SQLITE_DEFAULT_PAGES,
+        *,
+        background: bool = False,
+        cap: int | None = None,
     ) -> None:
         self.path = path
+        self.background = background
+        self.cap = 4 * threshold if cap is None else cap
         self.synchronous = synchronous
         self.timeout = timeout
         self.delay = delay
@@ -113,7 +141,16 @@ class Checkpointer:
         self._failed = False
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
+        # The wal-index, kept open for after_commit's one pread (closed by stop(): SQLite
+        # may delete and re-create the file once every connection has closed).
+        self._index: int | None = None
         _live.add(self)
+
+    @property
+    def autocheckpoint(self) -> int:
+        """The ``wal_autocheckpoint`` setting of a committing connection: 0 (never) in
+        background mode, else SQLite's default."""
+        return 0 if self.background else self.threshold
 
     def is_large(self, data_bytes: int) -> bool:
         """Whether a transaction that wrote *data_bytes* of row data would take the log
@@ -127,7 +164,25 @@ class Checkpointer:
         try:
             yield
         finally:
-            conn.execute(f"PRAGMA wal_autocheckpoint={self.threshold}")
+            conn.execute(f"PRAGMA wal_autocheckpoint={self.autocheckpoint}")
+
+    def after_commit(self, conn: sqlite3.Connection) -> None:
+        """Background mode: *conn* committed. Wake the thread once the log holds
+        :attr:`threshold` pages not copied yet; checkpoint through *conn* now once the
+        log has grown to :attr:`cap` pages (the thread copies behind a steady writer but
+        never all of the log, so the log would never restart)."""
+        try:
+            if self._index is None:
+                self._index = os.open(self.path + "-shm", os.O_RDONLY | _O_CLOEXEC)
+            frames = _frames(os.pread(self._index, _WAL_INDEX_READ, 0))
+        except OSError:
+            frames = None
+        if frames is None:
+            self.poke(conn)  # unknown: the thread checkpoints (pending_frames says so)
+        elif frames[0] >= self.cap:
+            self._checkpoint(conn)
+        elif frames[0] - frames[1] >= self.threshold:
+            self.poke(conn)
 
     def poke(self, conn: sqlite3.Connection) -> None:
         """*conn* committed a large transaction: have the thread checkpoint it.
@@ -162,10 +217,12 @@ class Checkpointer:
         with self._lock:
             thread, self._thread = self._thread, None
             if thread is None or self._pid != os.getpid():
+                self._close_index()
                 return
             stop, wake = self._stop, self._wake
             self._stop, self._wake = threading.Event(), threading.Event()
         self._failed = False
+        self._close_index()  # only committing threads use it, and none runs now
         stop.set()
         wake.set()
         thread.join(self.timeout if timeout is None else timeout)
@@ -180,6 +237,11 @@ class Checkpointer:
         except OSError:
             return self.threshold
         return _pending(header, self.threshold)
+
+    def _close_index(self) -> None:
+        index, self._index = self._index, None
+        if index is not None:
+            os.close(index)
 
     def checkpoint_now(self, conn: sqlite3.Connection) -> tuple[int, int]:
         """Checkpoint through *conn* now; ``(frames in the log, frames copied)``."""

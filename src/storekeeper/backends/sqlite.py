@@ -4,7 +4,11 @@
 
 - **Durability**: WAL journal; ``durable=True`` (default) runs ``synchronous=FULL`` so a
   returned write survives power loss, ``durable=False`` runs ``NORMAL`` (survives a crash
-  of the process, may lose the last writes on power loss).
+  of the process, may lose the last writes on power loss). Copying the write-ahead log
+  into the database (a checkpoint) runs on a background thread after a large
+  transaction and, with ``background_checkpoints`` (default: ``not durable``), after
+  any commit, so such writes never wait for the disk; the log is then bounded at 4,000
+  pages (see ``_sqlite_checkpoint``).
 - **Concurrency**: one connection per thread (re-created after ``fork``), a busy timeout,
   and ``BEGIN IMMEDIATE`` for every write, so threads and processes may share a database
   file. Transactions nest with savepoints. An in-memory database has a single connection
@@ -106,6 +110,7 @@ class SqliteStore(AbstractStore):
         chunk_size: int = 1 << 20,
         max_indexes: int = 64,
         secure_delete: bool = False,
+        background_checkpoints: bool | None = None,
         event_manager: BaseEventManager | None = None,
     ) -> None:
         super().__init__(event_manager)
@@ -126,6 +131,9 @@ class SqliteStore(AbstractStore):
         self.chunk_size = chunk_size
         self.max_indexes = max_indexes
         self.secure_delete = secure_delete
+        self.background_checkpoints = (
+            not durable if background_checkpoints is None else background_checkpoints
+        ) and self.location != _MEMORY
         self._schema = Schema(table)
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
@@ -144,7 +152,12 @@ class SqliteStore(AbstractStore):
         self._checkpointer = (
             None
             if self.location == _MEMORY
-            else Checkpointer(self.location, self._synchronous, timeout)
+            else Checkpointer(
+                self.location,
+                self._synchronous,
+                timeout,
+                background=self.background_checkpoints,
+            )
         )
         if self._checkpointer is not None:
             # A store dropped without disconnect() must not leave its thread waiting.
@@ -158,8 +171,8 @@ class SqliteStore(AbstractStore):
         """``sqlite:///abs/path.db``, ``sqlite:relative.db`` or ``sqlite://`` (memory).
 
         Query parameters ``table``, ``index`` (``dynamic``/``static``/``none``),
-        ``durable`` (``true``/``false``) and ``inline_limit`` (bytes) are accepted;
-        keyword *options* win over them.
+        ``durable`` and ``background_checkpoints`` (``true``/``false``) and
+        ``inline_limit`` (bytes) are accepted; keyword *options* win over them.
         """
         if parts.netloc:
             raise ValueError(
@@ -171,21 +184,24 @@ class SqliteStore(AbstractStore):
             settings["table"] = query["table"]
         if "index" in query:
             settings["index"] = None if query["index"].lower() == "none" else query["index"]
-        if "durable" in query:
-            settings["durable"] = query["durable"].lower() not in {"0", "false", "no", "off"}
+        for flag in ("durable", "background_checkpoints"):
+            if flag in query:
+                settings[flag] = query[flag].lower() not in {"0", "false", "no", "off"}
         if "inline_limit" in query:
             settings["inline_limit"] = int(query["inline_limit"])
         settings.update(options)
         return cls(parts.path or _MEMORY, **settings)
 
     def info(self) -> dict[str, Any]:
-        """Store description with ``location``, ``table``, ``index`` and ``durable``."""
+        """Store description with ``location``, ``table``, ``index``, ``durable`` and
+        ``background_checkpoints``."""
         return {
             **super().info(),
             "location": self.location,
             "table": self.table,
             "index": self.index,
             "durable": self.durable,
+            "background_checkpoints": self.background_checkpoints,
         }
 
     # -- connections ---------------------------------------------------------------------
@@ -261,6 +277,8 @@ class SqliteStore(AbstractStore):
         # or replacing a large value write it again; FAST zeroes only what is written
         # anyway. secure_delete=True asks for the zeroing.
         conn.execute(f"PRAGMA secure_delete={'ON' if self.secure_delete else 'FAST'}")
+        if self.background_checkpoints:
+            conn.execute("PRAGMA wal_autocheckpoint=0")
         with self._connections_lock:
             self._connections.append(conn)
         return conn
@@ -813,6 +831,8 @@ class SqliteStore(AbstractStore):
         else:
             if deferring is not None:
                 deferring.poke(conn)
+            elif self.background_checkpoints:
+                self._after_commit(conn)
             self._settle_files(committed=True)
         finally:
             if self._serial is not None:
@@ -822,9 +842,18 @@ class SqliteStore(AbstractStore):
         """The checkpointer, if the committing transaction wrote enough that SQLite would
         copy its pages into the database inside the COMMIT; the thread does it instead."""
         checkpointer = self._checkpointer
-        if checkpointer is None or log is None or not checkpointer.is_large(log.inline):
+        if (
+            checkpointer is None
+            or checkpointer.background  # every commit leaves its checkpoint to the thread
+            or log is None
+            or not checkpointer.is_large(log.inline)
+        ):
             return None
         return checkpointer
+
+    def _after_commit(self, conn: sqlite3.Connection) -> None:
+        assert self._checkpointer is not None  # background checkpoints need a file
+        self._checkpointer.after_commit(conn)
 
     def _rollback_transaction(self) -> None:
         self._settle_files(committed=False)
@@ -954,6 +983,8 @@ class _Writing(_Using):
                 conn.execute("RELEASE storekeeper_write")
             else:
                 _commit(conn)
+                if self._store.background_checkpoints:
+                    self._store._after_commit(conn)
         except BaseException as failure:
             super().__exit__(type(failure), failure, failure.__traceback__)
             raise
