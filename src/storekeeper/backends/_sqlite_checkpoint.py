@@ -22,10 +22,11 @@ commit :meth:`Checkpointer.after_commit` reads the wal-index (one ``pread``) and
 the thread once the log holds 1,000 pages not yet copied. With ``synchronous=NORMAL``
 the checkpoint is the only time a writer would wait for the disk, so writes no longer
 wait at all. A log only restarts from its beginning when a checkpoint has copied all of
-it, which a thread racing a steady writer never does; so once the log holds *cap*
-uncopied pages the committing thread checkpoints itself, as SQLite would, and the log
-stays bounded. (A durable store does not use this mode: there every commit fsyncs the
-log, and a log that keeps growing makes each of those fsyncs extend the file.)
+it, which a thread racing a steady writer never does; so once the log has grown to
+*cap* pages the committing thread checkpoints itself (copying what the thread has not),
+the next commit restarts the log, and it stays bounded. (A durable store does not use
+this mode: there every commit fsyncs the log, and a log that keeps growing makes each of
+those fsyncs extend the file.)
 """
 
 from __future__ import annotations
@@ -172,9 +173,8 @@ class Checkpointer:
         log has grown to :attr:`cap` pages (the thread copies behind a steady writer but
         never all of the log, so the log would never restart)."""
         try:
-            if self._index is None:
-                self._index = os.open(self.path + "-shm", os.O_RDONLY | _O_CLOEXEC)
-            frames = _frames(os.pread(self._index, _WAL_INDEX_READ, 0))
+            index = self._index if self._index is not None else self._open_index()
+            frames = _frames(os.pread(index, _WAL_INDEX_READ, 0))
         except OSError:
             frames = None
         if frames is None:
@@ -237,6 +237,12 @@ class Checkpointer:
         except OSError:
             return self.threshold
         return _pending(header, self.threshold)
+
+    def _open_index(self) -> int:
+        with self._lock:  # two committing threads must not both open (and leak) one
+            if self._index is None:
+                self._index = os.open(self.path + "-shm", os.O_RDONLY | _O_CLOEXEC)
+            return self._index
 
     def _close_index(self) -> None:
         index, self._index = self._index, None
