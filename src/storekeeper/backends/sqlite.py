@@ -842,12 +842,7 @@ class SqliteStore(AbstractStore):
         """The checkpointer, if the committing transaction wrote enough that SQLite would
         copy its pages into the database inside the COMMIT; the thread does it instead."""
         checkpointer = self._checkpointer
-        if (
-            checkpointer is None
-            or checkpointer.background  # every commit leaves its checkpoint to the thread
-            or log is None
-            or not checkpointer.is_large(log.inline)
-        ):
+        if checkpointer is None or log is None or not checkpointer.is_large(log.inline):
             return None
         return checkpointer
 
