@@ -298,7 +298,8 @@ class SqliteStore(AbstractStore):
         """Copy the committed pages of the write-ahead log into the database file now.
 
         SQLite does it in the commit that takes the log past 1,000 pages, and a
-        background thread right after a larger transaction; call it to know it is done
+        background thread right after a larger transaction (after any commit with
+        ``background_checkpoints``); call it to know it is done
         (before copying the database file, or to time a write including its
         checkpoint). Returns ``(pages in the log, pages copied)``: fewer are copied
         while a reader still uses an older snapshot. ``(0, 0)`` for an in-memory
