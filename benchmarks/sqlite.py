@@ -15,6 +15,11 @@ log still holds; the ``+ckpt`` columns and the "with our background checkpoint" 
 add that wait to our time (the other peers' are unchanged; for W1 it copies pages raw
 sqlite3 leaves in its log too), so both views are printed.
 
+The ``+sync`` columns add a timed ``os.sync()`` after that: the time until every peer's
+writes are on the disk. A ``durable=False`` store and sqlitedict (``synchronous=OFF``,
+rollback journal) both return before their data is there; the plain columns say how
+soon a write returns, the ``+sync`` ones what it costs the disk.
+
 Every timed phase starts after an untimed ``os.sync()``: without it the data sqlitedict
 leaves unsynced is written back during whichever peer runs next, and that peer's fsyncs
 wait for it.
@@ -23,6 +28,7 @@ wait for it.
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import sqlite3
@@ -170,7 +176,17 @@ PEERS: dict[str, Callable[[Path], Any]] = {
     "sqlitedict": lambda d: SqliteDictPeer(d / "sd.sqlite"),
 }
 
-PHASES = ["set", "set+ckpt", "get", "get_metadata", "delete", "multiset", "multiset+ckpt"]
+PHASES = [
+    "set",
+    "set+ckpt",
+    "set+sync",
+    "get",
+    "get_metadata",
+    "delete",
+    "multiset",
+    "multiset+ckpt",
+    "multiset+sync",
+]
 
 
 def timed_write(
@@ -178,12 +194,16 @@ def timed_write(
 ) -> None:
     """Time *action* as *phase*; then, untimed there, wait for the peer's background
     checkpoint and record the sum as *phase*+ckpt (the same time for the others, whose
-    commits checkpoint in the foreground or never)."""
+    commits checkpoint in the foreground or never); then time an ``os.sync()`` and
+    record the whole as *phase*+sync: the time until the writes are on the disk, which
+    is what a peer that never fsyncs (sqlitedict) leaves out of *phase*."""
     elapsed = timed_io(action)
     results.add(phase, name, count, elapsed)
     settle = getattr(peer, "settle", None)
-    extra = 0.0 if settle is None else timed(settle)
-    results.add(f"{phase}+ckpt", name, count, elapsed + extra)
+    elapsed += 0.0 if settle is None else timed(settle)
+    results.add(f"{phase}+ckpt", name, count, elapsed)
+    elapsed += timed(os.sync)
+    results.add(f"{phase}+sync", name, count, elapsed)
 
 
 def run_peer(name: str, base: Path, keys: list[str], value: bytes, results: Results) -> None:
@@ -252,18 +272,22 @@ def workload(title: str, count: int, size: int, reps: int, base: Path) -> None:
                 f"{phase} vs {peer} (durable=False)", phase, "ours durable=False", peer, 1.0
             )
             if phase in ("set", "multiset"):
-                results.print_ratio(
-                    "  the same, with our background checkpoint",
-                    f"{phase}+ckpt",
-                    "ours durable=False",
-                    peer,
-                    None,
-                )
+                for suffix, label in (
+                    ("ckpt", "with our background checkpoint"),
+                    ("sync", "until on disk (os.sync)"),
+                ):
+                    results.print_ratio(
+                        f"  the same, {label}",
+                        f"{phase}+{suffix}",
+                        "ours durable=False",
+                        peer,
+                        None,
+                    )
 
 
 def main() -> None:
     reps = env_int("BENCH_REPS", 3)
-    base = Path(tempfile.mkdtemp(prefix="sk-bench-", dir=__import__("os").environ.get("BENCH_DIR")))
+    base = Path(tempfile.mkdtemp(prefix="sk-bench-", dir=os.environ.get("BENCH_DIR")))
     try:
         workload("W1", env_int("BENCH_KEYS_W1", 10_000), 100, reps, base)
         workload("W2", env_int("BENCH_KEYS_W2", 1_000), 64 * 1024, reps, base)
