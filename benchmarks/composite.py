@@ -1,8 +1,9 @@
 """Overhead of the composite stores over their children, and what a CachedStore saves.
 
 Part 1, overhead: get (``get`` + read the data) and set of 100 B values through each
-composite, against the same child store used directly, for in-memory and SQLite
-(``durable=False``) children. Every peer has its own child with the same keys; peers run
+composite, against the same child store used directly, for in-memory, filesystem and
+SQLite children (the last two ``durable=False``, so that fsyncs do not hide the Python
+cost being measured). Every peer has its own child with the same keys; peers run
 in rotated order within each rep, and the table shows the median per-rep time ratio
 composite/child (targets: JoinedStore and MountedStore <= 1.2, SimpleAuthStore <= 1.3).
 
@@ -28,6 +29,7 @@ from typing import IO, Any
 sys.path.insert(0, str(Path(__file__).parent))
 
 from _harness import Results, env_int, rotate, timed
+from storekeeper.backends.filesystem import FileSystemStore, init_shared_store
 from storekeeper.backends.memory import DictMemoryStore
 from storekeeper.backends.sqlite import SqliteStore
 from storekeeper.composite import (
@@ -50,6 +52,9 @@ CREDENTIALS = {"username": "bench", "password": "bench password"}
 def make_child(kind: str, directory: Path, name: str) -> AbstractStore:
     if kind == "memory":
         return DictMemoryStore(event_manager=EventManager())
+    if kind == "file":
+        init_shared_store(directory / name)
+        return FileSystemStore(directory / name, durable=False, event_manager=EventManager())
     return SqliteStore(directory / f"{name}.db", durable=False, event_manager=EventManager())
 
 
@@ -218,6 +223,7 @@ def caching() -> None:
 
 def main() -> None:
     overhead("memory")
+    overhead("file")
     overhead("sqlite")
     caching()
 

@@ -12,6 +12,7 @@ from storekeeper.backends.sqlite import SqliteStore
 from storekeeper.errors import ConflictError
 from storekeeper.events import EventManager
 from storekeeper.store import Range, open_store
+from storekeeper.store.events import StoreKeyEvent
 from storekeeper.testing.stateful import run_state_machine
 from storekeeper.testing.store import StoreTests
 
@@ -251,3 +252,76 @@ def test_versions_are_stored_as_integers_and_read_as_text(tmp_path: Path) -> Non
     with sqlite3.connect(path) as db:
         stored = db.execute('SELECT version FROM "store" WHERE key=?', ("k",)).fetchone()[0]
     assert isinstance(stored, int) and str(stored) == version
+
+
+def _traced(store: SqliteStore) -> list[str]:
+    """The statements the calling thread's connection runs from now on."""
+    statements: list[str] = []
+    store._conn().set_trace_callback(statements.append)
+    return statements
+
+
+def _verbs(statements: list[str]) -> list[str]:
+    return [sql.split()[0] for sql in statements]
+
+
+def test_a_plain_write_is_one_statement(tmp_path: Path) -> None:
+    with SqliteStore(tmp_path / "q.db", event_manager=EventManager()) as store:
+        store.set("a", (b"old", {"n": 1}))  # the first write of "n" creates its index
+        before = store.get("a")
+        statements = _traced(store)
+        store.set("a", (b"new", {"n": 2}))
+        store.set("b", (b"", {}))
+        store.delete("b")
+        assert _verbs(statements) == ["INSERT", "INSERT", "DELETE"]
+        after = store.get("a")
+        assert (after.created, store.to_bytes("a"), after.metadata) == (
+            before.created,
+            b"new",
+            {"n": 2},
+        )
+        assert after.version != before.version and after.size == 3
+        assert after.modified >= before.modified
+        assert not store.exists("b")
+
+
+def test_writes_take_the_full_path_when_one_statement_cannot_do_it(tmp_path: Path) -> None:
+    manager = EventManager()
+    with SqliteStore(tmp_path / "f.db", event_manager=manager) as store:
+        statements = _traced(store)
+        store.set("a", (b"1", {"new name": 1}))  # an index to create
+        assert _verbs(statements)[0] == "BEGIN"
+        with store.transaction("t"):
+            statements.clear()
+            store.set("a", (b"2", {}))
+            store.delete("a")
+            assert "BEGIN" not in _verbs(statements) and "SAVEPOINT" in _verbs(statements)
+        heard: list[object] = []
+        manager.connect(StoreKeyEvent, heard.append)
+        statements.clear()
+        store.set("b", (b"1", {}))
+        store.delete("b")
+        assert _verbs(statements).count("BEGIN") == 2 and len(heard) == 2
+
+
+@pytest.mark.parametrize("location", ["file", "memory"])
+def test_plain_writes_over_values_stored_outside_their_row_clean_them_up(
+    tmp_path: Path, location: str
+) -> None:
+    path = str(tmp_path / "o.db") if location == "file" else ":memory:"
+    with SqliteStore(path, inline_limit=10, chunk_size=8, event_manager=EventManager()) as store:
+        conn = store._conn()
+        store.set("big", (b"b" * 50, {"n": 1}))
+        store.set("gone", (b"g" * 50, {}))
+        statements = _traced(store)
+        store.set("big", (b"small", {}))
+        store.delete("gone")
+        # The one statement changed nothing; the full path ran and cleaned up.
+        assert _verbs(statements).count("BEGIN") == 2
+        assert store.to_bytes("big") == b"small" and store.get_metadata("big") == {}
+        assert not store.exists("gone")
+        assert conn.execute('SELECT count(*) FROM "store__chunks"').fetchone() == (0,)
+        if location == "file":
+            assert os.listdir(tmp_path / "o.db-values") == []
+        with pytest.raises(KeyError):
+            store.delete("gone")

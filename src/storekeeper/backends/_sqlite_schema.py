@@ -83,6 +83,13 @@ class Schema:
             f"UPDATE {self.main} SET metadata=?, modified=?, version=? WHERE key=?"
         )
         self.delete = f"DELETE FROM {self.main} WHERE key=?"
+        # The one-statement writes of SqliteStore's quick paths: they leave a row that
+        # names chunks or a value file alone (changing nothing), and the caller then
+        # takes the full path, which cleans those up.
+        self.quick_upsert = self._upsert(
+            "?1, ?2, ?3, ?3, ?4, length(?5), ?5, NULL", only_inline_rows=True
+        )
+        self.quick_delete = f"DELETE FROM {self.main} WHERE key=? AND blob IS NULL"
         self.insert_chunk = f"INSERT INTO {self.chunks} (blob, seq, data) VALUES (?, ?, ?)"
         self.select_chunk = f"SELECT data FROM {self.chunks} WHERE blob=? AND seq=?"
         self.delete_chunks = f"DELETE FROM {self.chunks} WHERE blob=?"
@@ -108,16 +115,18 @@ class Schema:
             return self._upsert(f"?1, '{{}}', {stamp}, {stamp}, ?2, length(?3), ?3, NULL")
         return self._upsert(f"?1, ?2, {stamp}, {stamp}, ?3, length(?4), ?4, NULL")
 
-    def _upsert(self, values: str) -> str:
+    def _upsert(self, values: str, *, only_inline_rows: bool = False) -> str:
         """Insert-or-replace of one row from *values* (SQL for the columns in the order
         key, metadata, created, modified, version, size, data, blob); a replaced row
-        keeps its ``created``."""
+        keeps its ``created``. *only_inline_rows*: an existing row whose value lives
+        elsewhere (``blob`` set) is left as it is, and the statement changes no row."""
         return (
             f"INSERT INTO {self.main} "
             "(key, metadata, created, modified, version, size, data, blob) "
             f"VALUES ({values}) ON CONFLICT(key) DO UPDATE SET "
             "metadata=excluded.metadata, modified=excluded.modified, version=excluded.version, "
             "size=excluded.size, data=excluded.data, blob=excluded.blob"
+            + (" WHERE blob IS NULL" if only_inline_rows else "")
         )
 
     def index_name(self, metadata_name: str) -> str:

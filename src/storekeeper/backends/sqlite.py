@@ -453,10 +453,38 @@ class SqliteStore(AbstractStore):
         source, metadata, owned = unpack_value(value)
         try:
             metadata_json = encode_metadata(metadata)
-            self._store(key, source, metadata_json, buffer_size, if_version, if_exists)
+            quick = if_version is None and if_exists is None
+            if not (quick and self._quick_set(key, source, metadata, metadata_json)):
+                self._store(key, source, metadata_json, buffer_size, if_version, if_exists)
         finally:
             if owned:
                 source.close()  # type: ignore[attr-defined]
+
+    def _quick_set(self, key: str, source: object, metadata: Any, metadata_json: str) -> bool:
+        """The common write in one autocommit statement; False (nothing written) when it
+        needs the full path.
+
+        A small ``bytes`` value, outside a transaction, nobody listening, no index to
+        create: the full path's ``BEGIN``, lookup of the old row and ``COMMIT`` only
+        served the event kind and the cleanup of a value stored outside its row, and
+        the statement changes no row whose value is stored outside it.
+        """
+        if type(source) is not bytes or len(source) > self.inline_limit:
+            return False
+        if self._in_transaction() or self._observed(StoreSetEvent, StoreUpdateEvent):
+            return False
+        if self.index == "dynamic" and metadata and self._may_index(metadata):
+            return False
+        version = version_numbers(1).start
+        with self._using() as conn:
+            cursor = conn.execute(
+                self._schema.quick_upsert, (key, metadata_json, time.time(), version, source)
+            )
+            if cursor.rowcount == 0:
+                return False
+            if self.background_checkpoints:
+                self._after_commit(conn)
+        return True
 
     def multiset(
         self,
@@ -617,6 +645,8 @@ class SqliteStore(AbstractStore):
     def delete(self, key: str, *, if_version: str | None = None) -> None:
         """Delete *key* (and its chunks); :class:`KeyNotFoundError` if missing."""
         check_key(key)
+        if if_version is None and self._quick_delete(key):
+            return
         with self._writing() as conn:
             row = conn.execute(self._schema.select_for_update, (key,)).fetchone()
             if row is None:
@@ -626,6 +656,20 @@ class SqliteStore(AbstractStore):
             self._drop_chunks(conn, row[2])
         self._files_replaced(None, row[2])
         self._emit_change(StoreDeleteEvent, key, row[0])
+
+    def _quick_delete(self, key: str) -> bool:
+        """:meth:`delete` of a key whose value is in its row, in one autocommit statement
+        when nobody listens and no transaction is open; False (nothing deleted) when the
+        full path must run: a missing key, or a value stored outside its row."""
+        self._require_connection()
+        if self._in_transaction() or self._observed(StoreDeleteEvent):
+            return False
+        with self._using() as conn:
+            if conn.execute(self._schema.quick_delete, (key,)).rowcount == 0:
+                return False
+            if self.background_checkpoints:
+                self._after_commit(conn)
+        return True
 
     def _store(
         self,
@@ -761,6 +805,10 @@ class SqliteStore(AbstractStore):
             row[0] for row in conn.execute(self._schema.list_indexes, (self.table,))
         }
         self._indexed = set()
+
+    def _may_index(self, names: Iterable[str]) -> bool:
+        """Whether a write of metadata *names* might create an index (dynamic mode)."""
+        return len(self._indexed) < self.max_indexes and not self._indexed.issuperset(names)
 
     def _ensure_indexes(
         self, conn: sqlite3.Connection, names: Iterable[str], *, force: bool = False
