@@ -325,3 +325,46 @@ def test_plain_writes_over_values_stored_outside_their_row_clean_them_up(
             assert os.listdir(tmp_path / "o.db-values") == []
         with pytest.raises(KeyError):
             store.delete("gone")
+
+
+def test_conditional_writes_are_one_statement_and_still_refuse(tmp_path: Path) -> None:
+    with SqliteStore(tmp_path / "c.db", event_manager=EventManager()) as store:
+        statements = _traced(store)
+        store.set("a", (b"1", {}), if_exists=False)
+        version = store.get("a").version
+        store.set("a", (b"2", {}), if_version=version)
+        store.set("a", (b"3", {}), if_exists=True)
+        current = store.get("a").version
+        store.delete("a", if_version=current)
+        assert _verbs(statements) == ["INSERT", "SELECT", "UPDATE", "UPDATE", "SELECT", "DELETE"]
+        store.set("b", (b"kept", {"n": 1}))
+        kept = store.get("b")
+        refused = [
+            {"if_exists": False},
+            {"if_version": version},
+            {"if_version": kept.version, "if_exists": False},
+        ]
+        for conditions in refused:
+            with pytest.raises(ConflictError):
+                store.set("b", (b"lost", {}), **conditions)
+        with pytest.raises(ConflictError):
+            store.set("missing", (b"lost", {}), if_exists=True)
+        with pytest.raises(ConflictError):
+            store.delete("b", if_version=version)
+        after = store.get("b")
+        assert (after.version, store.to_bytes("b"), after.metadata) == (
+            kept.version,
+            b"kept",
+            {"n": 1},
+        )
+        assert not store.exists("missing") and not store.exists("a")
+
+
+def test_conditional_writes_over_a_value_file_take_the_full_path(tmp_path: Path) -> None:
+    with SqliteStore(tmp_path / "v.db", inline_limit=10, event_manager=EventManager()) as store:
+        store.set("big", (b"b" * 50, {}))
+        store.set("big", (b"small", {}), if_version=store.get("big").version)
+        store.set("other", (b"o" * 50, {}))
+        store.delete("other", if_version=store.get("other").version)
+        assert store.to_bytes("big") == b"small" and not store.exists("other")
+        assert os.listdir(tmp_path / "v.db-values") == []

@@ -90,6 +90,18 @@ class Schema:
             "?1, ?2, ?3, ?3, ?4, length(?5), ?5, NULL", only_inline_rows=True
         )
         self.quick_delete = f"DELETE FROM {self.main} WHERE key=? AND blob IS NULL"
+        # Parameters as quick_upsert's; a seventh (?6) is the version a write expects.
+        self.quick_create = (
+            f"INSERT INTO {self.main} "
+            "(key, metadata, created, modified, version, size, data, blob) "
+            "VALUES (?1, ?2, ?3, ?3, ?4, length(?5), ?5, NULL) ON CONFLICT(key) DO NOTHING"
+        )
+        self.quick_replace = (
+            f"UPDATE {self.main} SET metadata=?2, modified=?3, version=?4, size=length(?5), "
+            "data=?5 WHERE key=?1 AND blob IS NULL"
+        )
+        self.quick_replace_version = self.quick_replace + f" AND {_VERSION}=?6"
+        self.quick_delete_version = self.quick_delete + f" AND {_VERSION}=?"
         self.insert_chunk = f"INSERT INTO {self.chunks} (blob, seq, data) VALUES (?, ?, ?)"
         self.select_chunk = f"SELECT data FROM {self.chunks} WHERE blob=? AND seq=?"
         self.delete_chunks = f"DELETE FROM {self.chunks} WHERE blob=?"

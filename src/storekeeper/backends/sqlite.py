@@ -453,21 +453,32 @@ class SqliteStore(AbstractStore):
         source, metadata, owned = unpack_value(value)
         try:
             metadata_json = encode_metadata(metadata)
-            quick = if_version is None and if_exists is None
-            if not (quick and self._quick_set(key, source, metadata, metadata_json)):
+            quick = self._quick_set(key, source, metadata, metadata_json, if_version, if_exists)
+            if not quick:
                 self._store(key, source, metadata_json, buffer_size, if_version, if_exists)
         finally:
             if owned:
                 source.close()  # type: ignore[attr-defined]
 
-    def _quick_set(self, key: str, source: object, metadata: Any, metadata_json: str) -> bool:
+    def _quick_set(
+        self,
+        key: str,
+        source: object,
+        metadata: Any,
+        metadata_json: str,
+        if_version: str | None,
+        if_exists: bool | None,
+    ) -> bool:
         """The common write in one autocommit statement; False (nothing written) when it
         needs the full path.
 
         A small ``bytes`` value, outside a transaction, nobody listening, no index to
         create: the full path's ``BEGIN``, lookup of the old row and ``COMMIT`` only
-        served the event kind and the cleanup of a value stored outside its row, and
-        the statement changes no row whose value is stored outside it.
+        served the precondition, the event kind and the cleanup of a value stored
+        outside its row. The statement carries the precondition in its ``WHERE`` (or
+        conflict clause) and changes no row whose value is stored outside it; when it
+        changes nothing, the full path runs and tells a failed precondition (which it
+        raises) from a value to clean up.
         """
         if type(source) is not bytes or len(source) > self.inline_limit:
             return False
@@ -475,12 +486,19 @@ class SqliteStore(AbstractStore):
             return False
         if self.index == "dynamic" and metadata and self._may_index(metadata):
             return False
+        schema = self._schema
         version = version_numbers(1).start
+        params: tuple[object, ...] = (key, metadata_json, time.time(), version, source)
+        if if_version is not None:
+            if if_exists is False:
+                return False  # contradictory: the full path says which way it fails
+            sql, params = schema.quick_replace_version, (*params, if_version)
+        elif if_exists is None:
+            sql = schema.quick_upsert
+        else:
+            sql = schema.quick_replace if if_exists else schema.quick_create
         with self._using() as conn:
-            cursor = conn.execute(
-                self._schema.quick_upsert, (key, metadata_json, time.time(), version, source)
-            )
-            if cursor.rowcount == 0:
+            if conn.execute(sql, params).rowcount == 0:
                 return False
             if self.background_checkpoints:
                 self._after_commit(conn)
@@ -645,7 +663,7 @@ class SqliteStore(AbstractStore):
     def delete(self, key: str, *, if_version: str | None = None) -> None:
         """Delete *key* (and its chunks); :class:`KeyNotFoundError` if missing."""
         check_key(key)
-        if if_version is None and self._quick_delete(key):
+        if self._quick_delete(key, if_version):
             return
         with self._writing() as conn:
             row = conn.execute(self._schema.select_for_update, (key,)).fetchone()
@@ -657,15 +675,18 @@ class SqliteStore(AbstractStore):
         self._files_replaced(None, row[2])
         self._emit_change(StoreDeleteEvent, key, row[0])
 
-    def _quick_delete(self, key: str) -> bool:
+    def _quick_delete(self, key: str, if_version: str | None) -> bool:
         """:meth:`delete` of a key whose value is in its row, in one autocommit statement
         when nobody listens and no transaction is open; False (nothing deleted) when the
-        full path must run: a missing key, or a value stored outside its row."""
+        full path must run: a missing key, another version, or a value stored outside
+        its row."""
         self._require_connection()
         if self._in_transaction() or self._observed(StoreDeleteEvent):
             return False
+        params: tuple[str, ...] = (key,) if if_version is None else (key, if_version)
+        sql = self._schema.quick_delete if if_version is None else self._schema.quick_delete_version
         with self._using() as conn:
-            if conn.execute(self._schema.quick_delete, (key,)).rowcount == 0:
+            if conn.execute(sql, params).rowcount == 0:
                 return False
             if self.background_checkpoints:
                 self._after_commit(conn)
