@@ -267,10 +267,11 @@ def _verbs(statements: list[str]) -> list[str]:
 
 def test_a_plain_write_is_one_statement(tmp_path: Path) -> None:
     with SqliteStore(tmp_path / "q.db", event_manager=EventManager()) as store:
-        store.set("a", (b"old", {"n": 1}))  # the first write of "n" creates its index
+        # The first write of "n" creates its index; 'odd"name' can have none.
+        store.set("a", (b"old", {"n": 1, 'odd"name': 0}))
         before = store.get("a")
         statements = _traced(store)
-        store.set("a", (b"new", {"n": 2}))
+        store.set("a", (b"new", {"n": 2, 'odd"name': 0}))
         store.set("b", (b"", {}))
         store.delete("b")
         assert _verbs(statements) == ["INSERT", "INSERT", "DELETE"]
@@ -278,7 +279,7 @@ def test_a_plain_write_is_one_statement(tmp_path: Path) -> None:
         assert (after.created, store.to_bytes("a"), after.metadata) == (
             before.created,
             b"new",
-            {"n": 2},
+            {"n": 2, 'odd"name': 0},
         )
         assert after.version != before.version and after.size == 3
         assert after.modified >= before.modified

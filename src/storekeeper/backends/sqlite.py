@@ -140,6 +140,8 @@ class SqliteStore(AbstractStore):
         self._connections_lock = threading.Lock()
         self._generation = 0
         self._indexed: set[str] = set()
+        # Names dealt with: indexed, or with no safe JSON path (never indexed).
+        self._handled: set[str] = set()
         self._index_names: set[str] = set()
         self._shared: sqlite3.Connection | None = None
         # An in-memory database exists only inside its one connection, so every thread
@@ -826,10 +828,11 @@ class SqliteStore(AbstractStore):
             row[0] for row in conn.execute(self._schema.list_indexes, (self.table,))
         }
         self._indexed = set()
+        self._handled = set()
 
     def _may_index(self, names: Iterable[str]) -> bool:
         """Whether a write of metadata *names* might create an index (dynamic mode)."""
-        return len(self._indexed) < self.max_indexes and not self._indexed.issuperset(names)
+        return len(self._indexed) < self.max_indexes and not self._handled.issuperset(names)
 
     def _ensure_indexes(
         self, conn: sqlite3.Connection, names: Iterable[str], *, force: bool = False
@@ -842,11 +845,13 @@ class SqliteStore(AbstractStore):
                 continue
             path = json_path(name)
             if path is None:
+                self._handled.add(name)
                 continue
             if self._schema.index_name(name) not in self._index_names:
                 conn.execute(self._schema.create_index(name, path))
                 self._index_names.add(self._schema.index_name(name))
             self._indexed.add(name)
+            self._handled.add(name)
 
     # -- transactions --------------------------------------------------------------------
     def _files_replaced(self, created: str | None, obsolete: str | None) -> None:
