@@ -369,3 +369,22 @@ def test_conditional_writes_over_a_value_file_take_the_full_path(tmp_path: Path)
         store.delete("other", if_version=store.get("other").version)
         assert store.to_bytes("big") == b"small" and not store.exists("other")
         assert os.listdir(tmp_path / "v.db-values") == []
+
+
+def test_an_index_rolled_back_with_its_transaction_is_created_again(tmp_path: Path) -> None:
+    def indexes(store: SqliteStore) -> int:
+        sql = "SELECT count(*) FROM sqlite_master WHERE type='index' AND name LIKE 'store__md_%'"
+        count: int = store._conn().execute(sql).fetchone()[0]
+        return count
+
+    with SqliteStore(tmp_path / "r.db", event_manager=EventManager()) as store:
+        with pytest.raises(RuntimeError), store.transaction("rolled back"):
+            store.set("a", (b"", {"year": 1}))
+            raise RuntimeError
+        with store.transaction("outer"):
+            with pytest.raises(RuntimeError), store.transaction("savepoint"):
+                store.set("b", (b"", {"month": 1}))
+                raise RuntimeError
+        assert indexes(store) == 0
+        store.set("c", (b"", {"year": 2, "month": 2}))
+        assert indexes(store) == 2

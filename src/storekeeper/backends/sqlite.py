@@ -932,6 +932,8 @@ class SqliteStore(AbstractStore):
                 conn = self._conn()
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
+                # An index the transaction created is gone with it.
+                self._load_indexes(conn)
         finally:
             if self._serial is not None:
                 self._serial.release()
@@ -949,6 +951,7 @@ class SqliteStore(AbstractStore):
             conn = self._conn()
             conn.execute(f"ROLLBACK TO {token.name}")
             conn.execute(f"RELEASE {token.name}")
+            self._load_indexes(conn)
         log = self._file_log.get()
         if log is not None and self._files is not None:
             self._files.remove(log.rewind(token.created, token.obsolete))
