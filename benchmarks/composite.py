@@ -1,11 +1,11 @@
 """Overhead of the composite stores over their children, and what a CachedStore saves.
 
-Part 1, overhead: get (``get`` + read the data) and set of 100 B values through each
-composite, against the same child store used directly, for in-memory, filesystem and
-SQLite children (the last two ``durable=False``, so that fsyncs do not hide the Python
-cost being measured). Every peer has its own child with the same keys; peers run
-in rotated order within each rep, and the table shows the median per-rep time ratio
-composite/child (targets: JoinedStore and MountedStore <= 1.2, SimpleAuthStore <= 1.3).
+Part 1, overhead: set (of new keys), get (``get`` + read the data) and overwrite (set of
+existing keys) of 100 B values through each composite, against the same child store used
+directly, for in-memory, filesystem and SQLite children (the last two ``durable=False``,
+so that fsyncs do not hide the Python cost being measured). Every peer has its own child
+with the same keys; peers run in rotated order within each rep, and the table shows the
+median per-rep time ratio composite/child (targets: JoinedStore and MountedStore <= 1.2, SimpleAuthStore <= 1.3).
 
 Part 2, caching: a source wrapped to add 5 ms of latency per call (like a remote store:
 ``get`` is a metadata request, opening the data another request). A CachedStore hit under
@@ -109,12 +109,14 @@ def overhead(kind: str) -> None:
                 keys = [f"{prefix}key-{rep}-{i}" for i in range(KEYS)]
                 results.add("set", name, KEYS, timed(lambda s=store, k=keys: set_all(s, k)))
                 results.add("get", name, KEYS, timed(lambda s=store, k=keys: get_all(s, k)))
+                elapsed = timed(lambda s=store, k=keys: set_all(s, k))
+                results.add("overwrite", name, KEYS, elapsed)
         print(f"\n== overhead over {kind} children ({KEYS} keys x 100 B, {REPS} reps)")
-        results.print_table(["set", "get"], list(peers))
+        results.print_table(["set", "get", "overwrite"], list(peers))
         targets = {"JoinedStore": 1.2, "MountedStore": 1.2, "SimpleAuthStore": 1.3}
         print("  time ratio composite/child, median [min .. max]:")
         for name, target in targets.items():
-            for phase in ("set", "get"):
+            for phase in ("set", "get", "overwrite"):
                 median, low, high = results.ratio(phase, "child", name)
                 verdict = "ok" if median <= target else "ABOVE TARGET"
                 print(

@@ -496,3 +496,34 @@ def test_sessions_in_threads_see_only_their_own_keys(inner: AbstractStore) -> No
         thread.join(30)
     assert not errors
     assert len(session(inner, ALICE).query_keys()) == 15
+
+
+class _CountingStore(DictMemoryStore):
+    """Counts lookups, so a test can tell which writes needed one."""
+
+    lookups = 0
+
+    def get(self, key: str) -> Any:
+        self.lookups += 1
+        return super().get(key)
+
+
+def test_creating_a_key_needs_no_lookup_and_overwriting_still_checks() -> None:
+    inner = _CountingStore(event_manager=EventManager())
+    admin = SimpleAuthStore(inner, FAST)
+    admin.add_user("alice", ALICE["password"])
+    admin.add_user("bob", BOB["password"])
+    inner.connect()
+    alice, bob = session(inner, ALICE), session(inner, BOB)
+    inner.lookups = 0
+    alice.set("new", (b"1", {"n": 1}))
+    alice.set_metadata("also new", {"m": 1})
+    assert inner.lookups == 0
+    alice.set("new", (b"2", {"n": 2}))
+    assert inner.lookups >= 1
+    with pytest.raises(ConflictError):
+        alice.set("new", (b"3", {}), if_exists=False)
+    with pytest.raises(AuthorizationError):
+        bob.set("new", (b"bob's", {}))
+    assert (alice.to_bytes("new"), alice.get_metadata("new")) == (b"2", {"n": 2})
+    assert alice.get_permissions("also new") == {"owned": {"alice"}}

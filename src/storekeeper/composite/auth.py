@@ -391,6 +391,8 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
         write: _Write,
         if_version: str | None,
         if_exists: bool | None,
+        *,
+        repeatable: bool = False,
     ) -> None:
         """Check the user may do *action* and the preconditions, then *write*, atomically.
 
@@ -398,10 +400,23 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
         another write in between makes it fail; without caller preconditions it is then
         checked and tried again. *write* gets the permission record that was checked, so
         what it writes back is exactly what allowed the write.
+
+        A *repeatable* write (its data can be sent again) that may create the key is
+        first tried as a creation, pinned to the key not existing: anyone who may
+        create keys may do that, so no lookup is needed. If the key exists, the pinned
+        write fails without changing anything and the checked path runs as usual.
         """
         key = check_key(key)
         if key.startswith(self.user_key_path):
             raise AuthorizationError(f"keys starting with {self.user_key_path!r} are reserved")
+        if repeatable and if_version is None and if_exists is not True:
+            session = self._current()
+            if self._may_create():
+                try:
+                    write(_Checked(None, None, session, {"if_exists": False}))
+                    return
+                except ConflictError:
+                    pass  # it exists: what the user may do with it decides
         for _ in range(_RETRIES):
             session = self._current()
             value = self._lookup(key)
@@ -520,7 +535,7 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
         """
         # The exact-type test first: a union isinstance costs more than it looks.
         if type(data) is bytes or isinstance(data, bytes | bytearray | memoryview):
-            self._guarded(key, "set", write, if_version, if_exists)
+            self._guarded(key, "set", write, if_version, if_exists, repeatable=True)
             return
         with self._writer(0).transaction(f"Setting {key!r}"):
             self._guarded(key, "set", write, if_version, if_exists)
@@ -542,7 +557,7 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
             else:
                 self._writer(0).set_metadata(key, stored, **checked.pins)
 
-        self._guarded(key, "set", write, if_version, if_exists)
+        self._guarded(key, "set", write, if_version, if_exists, repeatable=True)
 
     def update_metadata(
         self, key: str, metadata: Mapping[str, Any], *, if_version: str | None = None
