@@ -5,7 +5,8 @@ existing keys) of 100 B values through each composite, against the same child st
 directly, for in-memory, filesystem and SQLite children (the last two ``durable=False``,
 so that fsyncs do not hide the Python cost being measured). Every peer has its own child
 with the same keys; peers run in rotated order within each rep, and the table shows the
-median per-rep time ratio composite/child (targets: JoinedStore and MountedStore <= 1.2, SimpleAuthStore <= 1.3).
+median per-rep time ratio composite/child (targets: JoinedStore and MountedStore <= 1.2,
+SimpleAuthStore <= 1.3).
 
 Part 2, caching: a source wrapped to add 5 ms of latency per call (like a remote store:
 ``get`` is a metadata request, opening the data another request). A CachedStore hit under

@@ -508,7 +508,7 @@ class _CountingStore(DictMemoryStore):
         return super().get(key)
 
 
-def test_creating_a_key_needs_no_lookup_and_overwriting_still_checks() -> None:
+def test_a_create_only_write_needs_no_lookup_and_overwriting_still_checks() -> None:
     inner = _CountingStore(event_manager=EventManager())
     admin = SimpleAuthStore(inner, FAST)
     admin.add_user("alice", ALICE["password"])
@@ -516,14 +516,18 @@ def test_creating_a_key_needs_no_lookup_and_overwriting_still_checks() -> None:
     inner.connect()
     alice, bob = session(inner, ALICE), session(inner, BOB)
     inner.lookups = 0
-    alice.set("new", (b"1", {"n": 1}))
-    alice.set_metadata("also new", {"m": 1})
+    alice.set("new", (b"1", {"n": 1}), if_exists=False)
+    alice.set_metadata("also new", {"m": 1}, if_exists=False)
     assert inner.lookups == 0
     alice.set("new", (b"2", {"n": 2}))
     assert inner.lookups >= 1
     with pytest.raises(ConflictError):
         alice.set("new", (b"3", {}), if_exists=False)
-    with pytest.raises(AuthorizationError):
-        bob.set("new", (b"bob's", {}))
+    for write in (
+        lambda: bob.set("new", (b"bob's", {})),
+        lambda: bob.set("new", (b"bob's", {}), if_exists=False),
+    ):
+        with pytest.raises(AuthorizationError):
+            write()
     assert (alice.to_bytes("new"), alice.get_metadata("new")) == (b"2", {"n": 2})
     assert alice.get_permissions("also new") == {"owned": {"alice"}}

@@ -348,6 +348,10 @@ def test_conditional_writes_are_one_statement_and_still_refuse(tmp_path: Path) -
         for conditions in refused:
             with pytest.raises(ConflictError):
                 store.set("b", (b"lost", {}), **conditions)
+        statements.clear()
+        with pytest.raises(ConflictError, match="already exists"):
+            store.set("b", (b"lost", {}), if_exists=False)
+        assert _verbs(statements) == ["INSERT"]
         with pytest.raises(ConflictError):
             store.set("missing", (b"lost", {}), if_exists=True)
         with pytest.raises(ConflictError):

@@ -501,6 +501,9 @@ class SqliteStore(AbstractStore):
             sql = schema.quick_replace if if_exists else schema.quick_create
         with self._using() as conn:
             if conn.execute(sql, params).rowcount == 0:
+                if sql is schema.quick_create:
+                    # DO NOTHING changed nothing: the key exists, wherever its value is.
+                    raise ConflictError(f"key {key!r} already exists (if_exists=False)")
                 return False
             if self.background_checkpoints:
                 self._after_commit(conn)

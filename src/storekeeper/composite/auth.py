@@ -401,15 +401,17 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
         checked and tried again. *write* gets the permission record that was checked, so
         what it writes back is exactly what allowed the write.
 
-        A *repeatable* write (its data can be sent again) that may create the key is
-        first tried as a creation, pinned to the key not existing: anyone who may
-        create keys may do that, so no lookup is needed. If the key exists, the pinned
-        write fails without changing anything and the checked path runs as usual.
+        A create-only write (``if_exists=False``) whose data can be sent again
+        (*repeatable*) is first tried as it is, pinned to the key not existing: anyone
+        who may create keys may do that, so no lookup is needed. If the key exists, the
+        write fails without changing anything and the checked path says why (a conflict,
+        or no permission to see or change the key). A plain write looks the key up
+        first: trying a creation first would cost an overwrite a third operation.
         """
         key = check_key(key)
         if key.startswith(self.user_key_path):
             raise AuthorizationError(f"keys starting with {self.user_key_path!r} are reserved")
-        if repeatable and if_version is None and if_exists is not True:
+        if repeatable and if_version is None and if_exists is False:
             session = self._current()
             if self._may_create():
                 try:
