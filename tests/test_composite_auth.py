@@ -508,7 +508,7 @@ class _CountingStore(DictMemoryStore):
         return super().get(key)
 
 
-def test_a_create_only_write_needs_no_lookup_and_overwriting_still_checks() -> None:
+def _counting_sessions() -> tuple[_CountingStore, SimpleAuthStore, SimpleAuthStore]:
     inner = _CountingStore(event_manager=EventManager())
     admin = SimpleAuthStore(inner, FAST)
     admin.add_user("alice", ALICE["password"])
@@ -516,11 +516,16 @@ def test_a_create_only_write_needs_no_lookup_and_overwriting_still_checks() -> N
     inner.connect()
     alice, bob = session(inner, ALICE), session(inner, BOB)
     inner.lookups = 0
-    alice.set("new", (b"1", {"n": 1}), if_exists=False)
+    return inner, alice, bob
+
+
+def test_create_only_writes_and_rewrites_of_own_keys_need_no_lookup() -> None:
+    inner, alice, bob = _counting_sessions()
+    first = alice.set("new", (b"1", {"n": 1}), if_exists=False)
     alice.set_metadata("also new", {"m": 1}, if_exists=False)
+    second = alice.set("new", (b"2", {"n": 2}))  # pinned to the version alice wrote
     assert inner.lookups == 0
-    alice.set("new", (b"2", {"n": 2}))
-    assert inner.lookups >= 1
+    assert first != second == inner.get("new").version
     with pytest.raises(ConflictError):
         alice.set("new", (b"3", {}), if_exists=False)
     for write in (
@@ -531,3 +536,31 @@ def test_a_create_only_write_needs_no_lookup_and_overwriting_still_checks() -> N
             write()
     assert (alice.to_bytes("new"), alice.get_metadata("new")) == (b"2", {"n": 2})
     assert alice.get_permissions("also new") == {"owned": {"alice"}}
+
+
+@pytest.mark.parametrize("where", ["own store", "another session", "wrapped store"])
+def test_a_key_changed_since_this_store_set_it_is_checked_again(where: str) -> None:
+    inner, alice, bob = _counting_sessions()
+    alice.set("k", (b"alice's", {}))
+    if where == "own store":
+        alice.set_permissions("k", {"owned": ["bob"]})
+    elif where == "another session":
+        other_alice = session(inner, ALICE)
+        other_alice.set_permissions("k", {"owned": ["bob"]})
+    else:
+        inner.set("k", (b"bob's", {PERMISSIONS: {"owned": ["bob"]}}))
+    before = (inner.get("k").version, inner.to_bytes("k"))
+    with pytest.raises(AuthorizationError):
+        alice.set("k", (b"overwritten", {}))
+    assert (inner.get("k").version, inner.to_bytes("k")) == before
+    assert bob.to_bytes("k") in (b"alice's", b"bob's")
+
+
+def test_a_rewrite_of_an_own_key_keeps_its_permissions() -> None:
+    _, alice, bob = _counting_sessions()
+    alice.set("shared", (b"1", {}))
+    alice.set_permissions("shared", {"owned": ["alice"], "get": ["bob"]})
+    alice.set("shared", (b"2", {}))  # a lookup (permissions changed), then remembered
+    alice.set("shared", (b"3", {}))  # pinned to what alice wrote last
+    assert bob.to_bytes("shared") == b"3"
+    assert alice.get_permissions("shared") == {"owned": {"alice"}, "get": {"bob"}}

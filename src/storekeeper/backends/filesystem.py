@@ -328,7 +328,7 @@ class FileSystemStore(AbstractStore):
         *,
         if_version: str | None = None,
         if_exists: bool | None = None,
-    ) -> None:
+    ) -> str:
         """Replace *key*'s data and metadata (see :meth:`AbstractStore.set`)."""
         check_key(key)
         self._require_connection()
@@ -339,7 +339,7 @@ class FileSystemStore(AbstractStore):
         finally:
             if owned:
                 source.close()  # type: ignore[attr-defined]
-        self._write(key, payload, lambda old: metadata_json, if_version, if_exists)
+        return self._write(key, payload, lambda old: metadata_json, if_version, if_exists)
 
     def set_data(
         self,
@@ -407,8 +407,8 @@ class FileSystemStore(AbstractStore):
         metadata_for: Callable[[Record | None], str],
         if_version: str | None,
         if_exists: bool | None,
-    ) -> None:
-        """Under the lock: check the precondition and store the new record.
+    ) -> str:
+        """Under the lock: check the precondition and store the new record; its version.
 
         ``payload=None`` keeps the current data; *metadata_for* gives the new metadata
         JSON from the current record. A data file written for *payload* is removed if
@@ -429,6 +429,7 @@ class FileSystemStore(AbstractStore):
         self._emit_change(
             StoreSetEvent if old is None else StoreUpdateEvent, key, new.metadata_json
         )
+        return new.version
 
     @staticmethod
     def _new_record(

@@ -137,7 +137,7 @@ class DictMemoryStore(AbstractStore):
         *,
         if_version: str | None = None,
         if_exists: bool | None = None,
-    ) -> None:
+    ) -> str:
         """Replace *key*'s data and metadata (see :meth:`AbstractStore.set`)."""
         check_key(key)
         self._require_connection()
@@ -148,7 +148,7 @@ class DictMemoryStore(AbstractStore):
         finally:
             if owned:
                 source.close()  # type: ignore[attr-defined]
-        self._write(key, data, metadata_json, if_version, if_exists)
+        return self._write(key, data, metadata_json, if_version, if_exists)
 
     def set_data(
         self,
@@ -213,8 +213,9 @@ class DictMemoryStore(AbstractStore):
         metadata_json: str | None,
         if_version: str | None,
         if_exists: bool | None,
-    ) -> None:
-        """Store a new entry; ``None`` for data or metadata keeps the current one."""
+    ) -> str:
+        """Store a new entry; ``None`` for data or metadata keeps the current one.
+        Returns its version."""
         with self._lock:
             old = self._entries.get(key)
             check_precondition(key, None if old is None else old.version, if_version, if_exists)
@@ -233,6 +234,7 @@ class DictMemoryStore(AbstractStore):
         self._emit_change(
             StoreSetEvent if old is None else StoreUpdateEvent, key, entry.metadata_json
         )
+        return entry.version
 
     # -- transactions --------------------------------------------------------------------
     def _remember(self, key: str, old: _Entry | None) -> None:

@@ -448,7 +448,7 @@ class SqliteStore(AbstractStore):
         *,
         if_version: str | None = None,
         if_exists: bool | None = None,
-    ) -> None:
+    ) -> str:
         """Replace *key*'s data and metadata (see :meth:`AbstractStore.set`)."""
         check_key(key)
         self._require_connection()
@@ -456,8 +456,9 @@ class SqliteStore(AbstractStore):
         try:
             metadata_json = encode_metadata(metadata)
             quick = self._quick_set(key, source, metadata, metadata_json, if_version, if_exists)
-            if not quick:
-                self._store(key, source, metadata_json, buffer_size, if_version, if_exists)
+            if quick is not None:
+                return quick
+            return self._store(key, source, metadata_json, buffer_size, if_version, if_exists)
         finally:
             if owned:
                 source.close()  # type: ignore[attr-defined]
@@ -470,9 +471,9 @@ class SqliteStore(AbstractStore):
         metadata_json: str,
         if_version: str | None,
         if_exists: bool | None,
-    ) -> bool:
-        """The common write in one autocommit statement; False (nothing written) when it
-        needs the full path.
+    ) -> str | None:
+        """The common write in one autocommit statement: its version, or ``None``
+        (nothing written) when it needs the full path.
 
         A small ``bytes`` value, outside a transaction, nobody listening, no index to
         create: the full path's ``BEGIN``, lookup of the old row and ``COMMIT`` only
@@ -483,17 +484,17 @@ class SqliteStore(AbstractStore):
         raises) from a value to clean up.
         """
         if type(source) is not bytes or len(source) > self.inline_limit:
-            return False
+            return None
         if self._in_transaction() or self._observed(StoreSetEvent, StoreUpdateEvent):
-            return False
+            return None
         if self.index == "dynamic" and metadata and self._may_index(metadata):
-            return False
+            return None
         schema = self._schema
         version = version_numbers(1).start
         params: tuple[object, ...] = (key, metadata_json, time.time(), version, source)
         if if_version is not None:
             if if_exists is False:
-                return False  # contradictory: the full path says which way it fails
+                return None  # contradictory: the full path says which way it fails
             sql, params = schema.quick_replace_version, (*params, if_version)
         elif if_exists is None:
             sql = schema.quick_upsert
@@ -504,10 +505,10 @@ class SqliteStore(AbstractStore):
                 if sql is schema.quick_create:
                     # DO NOTHING changed nothing: the key exists, wherever its value is.
                     raise ConflictError(f"key {key!r} already exists (if_exists=False)")
-                return False
+                return None
             if self.background_checkpoints:
                 self._after_commit(conn)
-        return True
+        return str(version)
 
     def multiset(
         self,
@@ -705,25 +706,24 @@ class SqliteStore(AbstractStore):
         buffer_size: int,
         if_version: str | None,
         if_exists: bool | None,
-    ) -> None:
-        """Write *source* as *key*'s data; ``metadata_json=None`` keeps the metadata."""
+    ) -> str:
+        """Write *source* as *key*'s data (``metadata_json=None`` keeps the metadata);
+        return the new version."""
         data = _small_bytes(source, self.inline_limit)
         if data is not None:
-            self._write(key, data, None, metadata_json, if_version, if_exists)
-            return
+            return self._write(key, data, None, metadata_json, if_version, if_exists)
         chunks = iter_source(source, min(buffer_size, self.chunk_size))
         with self._progress(f"Setting key {key!r}", key, _known_size(source)) as progress:
             counted = _report(chunks, progress)
             head = _take(counted, self.inline_limit + 1)
             if len(head) <= self.inline_limit:
-                self._write(key, head, None, metadata_json, if_version, if_exists)
-            elif self._files is None:
+                return self._write(key, head, None, metadata_json, if_version, if_exists)
+            if self._files is None:
                 stream = itertools.chain([head], counted)
-                self._write(key, None, stream, metadata_json, if_version, if_exists)
-            else:
-                self._write_file(
-                    key, itertools.chain([head], counted), metadata_json, if_version, if_exists
-                )
+                return self._write(key, None, stream, metadata_json, if_version, if_exists)
+            return self._write_file(
+                key, itertools.chain([head], counted), metadata_json, if_version, if_exists
+            )
 
     def _write_file(
         self,
@@ -732,13 +732,13 @@ class SqliteStore(AbstractStore):
         metadata_json: str | None,
         if_version: str | None,
         if_exists: bool | None,
-    ) -> None:
+    ) -> str:
         """Write a large value to its own file first, then the row naming it."""
         assert self._files is not None
         # Outside the write transaction: other writers are not held up by the upload.
         stored = self._files.write(stream)
         try:
-            self._write(key, None, None, metadata_json, if_version, if_exists, stored=stored)
+            return self._write(key, None, None, metadata_json, if_version, if_exists, stored=stored)
         except BaseException:
             self._files.remove([stored[0]])
             raise
@@ -753,15 +753,15 @@ class SqliteStore(AbstractStore):
         if_exists: bool | None,
         *,
         stored: tuple[str, int] | None = None,
-    ) -> None:
+    ) -> str:
         """One key's write transaction: inline *data*, chunked *stream*, or the value
-        file already *stored* (its reference and size)."""
+        file already *stored* (its reference and size); returns the new version."""
         with self._writing() as conn:
             old = self._state(conn, key)
             check_precondition(key, None if old is None else old[0], if_version, if_exists)
             if metadata_json is None:
                 metadata_json = self._current_metadata(conn, key) if old else "{}"
-            self._upsert(conn, key, data, metadata_json, stream, stored)
+            version = self._upsert(conn, key, data, metadata_json, stream, stored)
             obsolete = None if old is None else old[2]
             self._drop_chunks(conn, obsolete)
             metadata = decode_metadata(metadata_json)
@@ -771,6 +771,7 @@ class SqliteStore(AbstractStore):
         event = StoreSetEvent if old is None else StoreUpdateEvent
         if self._observed(event):
             self._emit(event(self, key=key, metadata=metadata))
+        return str(version)
 
     def _state(self, conn: sqlite3.Connection, key: str) -> tuple[str, float, str | None] | None:
         """``(version, created, blob id or None)`` of *key*, or ``None`` when missing."""
@@ -791,7 +792,8 @@ class SqliteStore(AbstractStore):
         metadata_json: str,
         stream: Iterator[bytes] | None,
         stored: tuple[str, int] | None = None,
-    ) -> None:
+    ) -> int:
+        """Insert or replace *key*'s row; returns its new version."""
         blob: str | None
         if stored is not None:
             blob, size = stored
@@ -804,6 +806,7 @@ class SqliteStore(AbstractStore):
         now = time.time()
         version = version_numbers(1).start
         conn.execute(self._schema.upsert, (key, metadata_json, now, now, version, size, data, blob))
+        return version
 
     def _drop_chunks(self, conn: sqlite3.Connection, blob: str | None) -> None:
         """Delete the chunks of a replaced or deleted value that *blob* names, if any

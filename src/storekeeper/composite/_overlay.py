@@ -193,28 +193,28 @@ class OverlayStore(CompositeStore):
         *,
         if_version: str | None = None,
         if_exists: bool | None = None,
-    ) -> None:
-        """Write *value* into the top layer (see :meth:`AbstractStore.set`)."""
+    ) -> str | None:
+        """Write *value* into the top layer (see :meth:`AbstractStore.set`); the top
+        layer's version of it, which is what this store shows."""
         top = self._top_key(key)
         if if_version is None and if_exists is None:
             # Nothing to check and nobody to tell whether this was a set or an update:
             # the lookup that decides both can be skipped.
             if not self._forwarding and not self._in_transaction():
                 # Not subscribed to the top store either: its event cannot come back.
-                self._top.set(top, value, buffer_size)
-                return
+                return self._top.set(top, value, buffer_size)
             if not self._observed(*_SET_EVENTS):
                 writer = self._writer(0)
                 token = self._quiet.set(True)  # _quietly, inlined for the frequent case
                 try:
-                    writer.set(top, value, buffer_size)
+                    return writer.set(top, value, buffer_size)
                 finally:
                     self._quiet.reset(token)
-                return
         raw, visible = self._lookup(key)
         pins = _pins(key, raw, visible, if_version, if_exists)
-        self._quietly(self._writer(0).set, top, value, buffer_size, **pins)
+        version = self._quietly(self._writer(0).set, top, value, buffer_size, **pins)
         self._changed(key, visible, _metadata_of(value))
+        return version
 
     def set_data(
         self,

@@ -75,6 +75,8 @@ _KEY_ACTIONS = ("exists", "get", "set", "delete")
 #: Permission name -> tags granted it (a name, since ``set`` is also a method name here).
 PermissionMap = dict[str, set[str]]
 _RETRIES = 20
+# Keys whose last version written through a store, and its permission record, it keeps.
+_KNOWN_KEYS = 4096
 _SALT_BYTES = 16
 #: What an owner may do with a key (frozen, so one object serves every check).
 _EVERYTHING = frozenset({*_KEY_ACTIONS, "owned"})
@@ -203,6 +205,10 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
         self._custom_check = type(self).check_permissions is not SimpleAuthStore.check_permissions
         self._data: AbstractStore = store  # what the ``store`` property returns, without checks
         self._listened = (store,)  # built once: every child event asks for it
+        # key -> (version, permission record) of the last value this store set (see
+        # _write_known); a bounded hint, never trusted without a write pinned to it.
+        self._known: dict[str, tuple[str, dict[str, list[str]] | None]] = {}
+        self._known_lock = threading.Lock()
 
     @property
     def store(self) -> AbstractStore:
@@ -393,7 +399,7 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
         if_exists: bool | None,
         *,
         repeatable: bool = False,
-    ) -> None:
+    ) -> str | None:
         """Check the user may do *action* and the preconditions, then *write*, atomically.
 
         The write is pinned to the version that was checked, so a permission change or
@@ -401,12 +407,14 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
         checked and tried again. *write* gets the permission record that was checked, so
         what it writes back is exactly what allowed the write.
 
-        A create-only write (``if_exists=False``) whose data can be sent again
-        (*repeatable*) is first tried as it is, pinned to the key not existing: anyone
-        who may create keys may do that, so no lookup is needed. If the key exists, the
-        write fails without changing anything and the checked path says why (a conflict,
-        or no permission to see or change the key). A plain write looks the key up
-        first: trying a creation first would cost an overwrite a third operation.
+        A write whose data can be sent again (*repeatable*) may skip the lookup: a
+        create-only one (``if_exists=False``) is first tried as it is, pinned to the key
+        not existing (anyone who may create keys may do that), and one of a key this
+        store set last is tried pinned to that version (:meth:`_write_known`). If the
+        key is not as expected, the pinned write fails without changing anything and the
+        checked path runs and says what is wrong (a conflict, or no permission to see or
+        change the key). A plain write of a key of unknown state looks it up first:
+        trying a creation first would cost an overwrite a third operation.
         """
         key = check_key(key)
         if key.startswith(self.user_key_path):
@@ -415,10 +423,14 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
             session = self._current()
             if self._may_create():
                 try:
-                    write(_Checked(None, None, session, {"if_exists": False}))
-                    return
+                    return write(_Checked(None, None, session, {"if_exists": False}))
                 except ConflictError:
                     pass  # it exists: what the user may do with it decides
+        known = self._known.get(key) if repeatable else None
+        if known is not None and if_exists is not False and if_version in (None, known[0]):
+            done, version = self._write_known(key, action, write, known)
+            if done:
+                return version
         for _ in range(_RETRIES):
             session = self._current()
             value = self._lookup(key)
@@ -428,14 +440,53 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
                 current = None if value is None else value.version
                 check_precondition(key, current, if_version, if_exists)
             pins = {"if_exists": False} if value is None else _version_pin(value)
+            self._forget(key)
             try:
-                write(_Checked(value, record, session, pins))
+                return write(_Checked(value, record, session, pins))
             except ConflictError:
                 if if_version is not None or if_exists is not None:
                     raise
                 continue
-            return
         raise ConflictError(f"key {key!r} kept changing while it was being written")
+
+    def _write_known(
+        self,
+        key: str,
+        action: str,
+        write: _Write,
+        known: tuple[str, dict[str, list[str]] | None],
+    ) -> tuple[bool, str | None]:
+        """*write*, allowed by the permission record *key* had at the version this store
+        last set, and pinned to that version: ``(True, new version)``. Sound without a
+        lookup because the pinned write succeeds only while the key is exactly that
+        value (a permission change, here or anywhere else, changes the version).
+        ``(False, None)`` when the record does not allow it (the checked path then
+        decides, on a fresh lookup) or the key has changed since.
+        """
+        version, record = known
+        session = self._current()
+        if action not in self._allowed(key, record, session):
+            return False, None
+        self._forget(key)
+        try:
+            return True, write(_Checked(_EXISTING, record, session, {"if_version": version}))
+        except ConflictError:
+            return False, None
+
+    def _remember(self, key: str, version: str | None, record: object) -> None:
+        """Keep *key*'s *version* and permission *record* after this store set it."""
+        if version is None or not (record is None or isinstance(record, dict)):
+            return
+        with self._known_lock:
+            self._known.pop(key, None)
+            if len(self._known) >= _KNOWN_KEYS:
+                del self._known[next(iter(self._known))]  # the oldest
+            self._known[key] = (version, record)
+
+    def _forget(self, key: str) -> None:
+        if key in self._known:
+            with self._known_lock:
+                self._known.pop(key, None)
 
     def _authorize_write(
         self,
@@ -486,21 +537,23 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
         *,
         if_version: str | None = None,
         if_exists: bool | None = None,
-    ) -> None:
-        """Replace *key*'s data and metadata; needs ``set`` (or the right to create)."""
+    ) -> str | None:
+        """Replace *key*'s data and metadata; needs ``set`` (or the right to create).
+        Returns the wrapped store's version of the value written."""
         data, metadata = _split(value)
         source: object = data
 
-        def write(checked: _Checked) -> None:
+        def write(checked: _Checked) -> str | None:
             stored = self._stored(metadata, checked)
-            self._writer(0).set(key, (source, stored), buffer_size, **checked.pins)
+            version = self._writer(0).set(key, (source, stored), buffer_size, **checked.pins)
+            self._remember(key, version, stored.get(PERMISSIONS))
+            return version
 
         if isinstance(data, _LazyData):
             with data.value.data as source:
-                self._write_once(key, source, write, if_version, if_exists)
-        else:
-            # No context manager for plain data: it would cost more than the checks.
-            self._write_once(key, source, write, if_version, if_exists)
+                return self._write_once(key, source, write, if_version, if_exists)
+        # No context manager for plain data: it would cost more than the checks.
+        return self._write_once(key, source, write, if_version, if_exists)
 
     def set_data(
         self,
@@ -529,7 +582,7 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
         write: _Write,
         if_version: str | None,
         if_exists: bool | None,
-    ) -> None:
+    ) -> str | None:
         """Run a guarded ``set`` whose data can be read only once when it is a stream.
 
         Bytes can be written again after a lost race; a stream cannot, so it is written
@@ -537,10 +590,9 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
         """
         # The exact-type test first: a union isinstance costs more than it looks.
         if type(data) is bytes or isinstance(data, bytes | bytearray | memoryview):
-            self._guarded(key, "set", write, if_version, if_exists, repeatable=True)
-            return
+            return self._guarded(key, "set", write, if_version, if_exists, repeatable=True)
         with self._writer(0).transaction(f"Setting {key!r}"):
-            self._guarded(key, "set", write, if_version, if_exists)
+            return self._guarded(key, "set", write, if_version, if_exists)
 
     def set_metadata(
         self,
@@ -597,7 +649,7 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
         value = self._lookup(key)
         if value is None or "exists" not in self._allowed(key, _record(value), session):
             raise missing(key)
-        self._guarded(key, action, write, if_version, None)
+        self._guarded(key, action, write, if_version, None, repeatable=True)
 
     # -- permission records -----------------------------------------------------------------
     def get_permissions(self, key: str) -> PermissionMap:
@@ -633,6 +685,7 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
             value, record, allowed, session = self._visible(key, "exists")
             if "owned" not in allowed:
                 raise AuthorizationError(f"{session.username!r} does not own key {key!r}")
+            self._forget(key)
             old = record or {"owned": [EVERYONE]}
             try:
                 self._writer(0).update_metadata(
@@ -863,14 +916,16 @@ class _Checked:
     """What a guarded write was allowed on: the key's value (None: a new key), its
     permission record, the session, and the preconditions that pin the write to them."""
 
-    old: Value | None
+    old: object  # the Value looked up, _EXISTING (known to exist), or None (a new key)
     record: dict[str, list[str]] | None
     session: _Session
     pins: dict[str, Any]
 
 
-#: A guarded write, given what was checked.
-_Write = Callable[[_Checked], None]
+#: A guarded write, given what was checked; returns the new version when it knows it.
+_Write = Callable[[_Checked], "str | None"]
+#: _Checked.old of a key known to exist without a lookup (see _write_known).
+_EXISTING = object()
 
 
 def _version_pin(value: Value) -> dict[str, Any]:

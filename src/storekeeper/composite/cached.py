@@ -365,13 +365,13 @@ class CachedStore(CompositeStore):
         *,
         if_version: str | None = None,
         if_exists: bool | None = None,
-    ) -> None:
-        """Write *value* to the source and drop the cached copy."""
+    ) -> str | None:
+        """Write *value* to the source and drop the cached copy; the source's version."""
         check_key(key)
         self._require_connection()
         source = self._writer(0)
         with self._writing_through(key):
-            source.set(key, value, buffer_size, if_version=if_version, if_exists=if_exists)
+            return source.set(key, value, buffer_size, if_version=if_version, if_exists=if_exists)
 
     def set_data(
         self,

@@ -395,13 +395,18 @@ class AbstractStore(AbstractReadOnlyStore):
         *,
         if_version: str | None = None,
         if_exists: bool | None = None,
-    ) -> None:
+    ) -> str | None:
         """Replace *key*'s data and metadata with *value* (a Value or ``(data, metadata)``).
 
         *data* may be bytes, a readable binary file-like, or an iterable of bytes chunks;
         *metadata* a JSON-representable dict (or ``None`` for ``{}``). If reading the data
         fails, the old value stays. Emits :class:`StoreSetEvent` for a new key and
         :class:`StoreUpdateEvent` for an existing one.
+
+        Returns the version of the value written (what ``get(key).version`` reports
+        until the next write: an ``if_version`` for the next conditional write, with no
+        lookup), or ``None`` from a store that cannot tell. Inside a transaction it is
+        the version the value has once the transaction commits.
         """
 
     @abc.abstractmethod

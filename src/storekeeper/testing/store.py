@@ -583,11 +583,24 @@ class StoreTests(abc.ABC):
             mapping["a"]
 
     # -- versions and conditional writes -------------------------------------------------
+    def test_set_returns_the_version_it_wrote(self, store: AbstractStore) -> None:
+        created = store.set("k", (b"1", {"a": 1}))
+        assert created is not None and created == store.get("k").version
+        replaced = store.set("k", (b"2", {}), if_version=created)
+        assert replaced not in (None, created) and replaced == store.get("k").version
+        store.set("k", (b"3", {}), if_version=replaced)  # the returned version pins a write
+        with pytest.raises(ConflictError):
+            store.set("k", (b"4", {}), if_version=replaced)
+        with store.transaction("versions"):
+            pending = store.set("t", (b"t", {}))
+        assert pending == store.get("t").version
+        assert store.set("s", (iter([b"a", b"b"]), {})) == store.get("s").version
+
     def test_version_changes_on_every_write(self, store: AbstractStore) -> None:
         seen = set()
         store.set("k", (b"1", {}))
         seen.add(store.get("k").version)
-        writes: tuple[Callable[[], None], ...] = (
+        writes: tuple[Callable[[], object], ...] = (
             lambda: store.set("k", (b"1", {})),
             lambda: store.set_data("k", b"2"),
             lambda: store.set_metadata("k", {"a": 1}),
