@@ -70,6 +70,7 @@ from storekeeper.store._validate import (
 from storekeeper.store.abstract import (
     AbstractStore,
     check_precondition,
+    exists_conflict,
     missing,
     new_version,
     split_pairs,
@@ -500,15 +501,12 @@ class SqliteStore(AbstractStore):
             sql = schema.quick_upsert
         else:
             sql = schema.quick_replace if if_exists else schema.quick_create
-        with self._using() as conn:
-            if conn.execute(sql, params).rowcount == 0:
-                if sql is schema.quick_create:
-                    # DO NOTHING changed nothing: the key exists, wherever its value is.
-                    raise ConflictError(f"key {key!r} already exists (if_exists=False)")
-                return None
-            if self.background_checkpoints:
-                self._after_commit(conn)
-        return str(version)
+        if self._autocommit(sql, params):
+            return str(version)
+        if sql is schema.quick_create:
+            # DO NOTHING changed nothing: the key exists, wherever its value is.
+            raise exists_conflict(key)
+        return None
 
     def multiset(
         self,
@@ -689,8 +687,12 @@ class SqliteStore(AbstractStore):
         self._require_connection()
         if self._in_transaction() or self._observed(StoreDeleteEvent):
             return False
-        params: tuple[str, ...] = (key,) if if_version is None else (key, if_version)
-        sql = self._schema.quick_delete if if_version is None else self._schema.quick_delete_version
+        if if_version is None:
+            return self._autocommit(self._schema.quick_delete, (key,))
+        return self._autocommit(self._schema.quick_delete_version, (key, if_version))
+
+    def _autocommit(self, sql: str, params: tuple[object, ...]) -> bool:
+        """Run one write statement as its own transaction; whether it changed a row."""
         with self._using() as conn:
             if conn.execute(sql, params).rowcount == 0:
                 return False
@@ -847,7 +849,7 @@ class SqliteStore(AbstractStore):
         if self.index != "dynamic" and not force:
             return
         for name in names:
-            if name in self._indexed or len(self._indexed) >= self.max_indexes:
+            if name in self._handled or len(self._indexed) >= self.max_indexes:
                 continue
             path = json_path(name)
             if path is None:

@@ -61,6 +61,7 @@ __all__ = [
     "AbstractReadOnlyStore",
     "AbstractStore",
     "check_precondition",
+    "exists_conflict",
     "missing",
     "new_version",
     "pair_up",
@@ -114,6 +115,11 @@ _reset_version_source()
 os.register_at_fork(after_in_child=_reset_version_source)
 
 
+def exists_conflict(key: str) -> ConflictError:
+    """The error of a create-only write (``if_exists=False``) of an existing *key*."""
+    return ConflictError(f"key {key!r} already exists (if_exists=False)")
+
+
 def check_precondition(
     key: str, current: str | None, if_version: str | None, if_exists: bool | None
 ) -> None:
@@ -126,7 +132,7 @@ def check_precondition(
     if if_exists is True and current is None:
         raise ConflictError(f"key {key!r} does not exist (if_exists=True)")
     if if_exists is False and current is not None:
-        raise ConflictError(f"key {key!r} already exists (if_exists=False)")
+        raise exists_conflict(key)
     if if_version is not None and current != if_version:
         found = "it does not exist" if current is None else f"its version is {current!r}"
         raise ConflictError(f"key {key!r} is not at version {if_version!r}: {found}")
