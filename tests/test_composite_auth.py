@@ -18,7 +18,8 @@ from storekeeper.composite import (
     make_encoder,
     sha1_hasher,
 )
-from storekeeper.composite.auth import PERMISSIONS, _record
+from storekeeper.composite import auth as auth_module
+from storekeeper.composite.auth import _KNOWN_KEYS, PERMISSIONS, _record
 from storekeeper.errors import (
     AuthenticationError,
     AuthorizationError,
@@ -411,6 +412,43 @@ def test_permission_records_are_read_exactly_as_the_metadata(text: str) -> None:
     assert _record(value) == (expected if isinstance(expected, dict) else None)
 
 
+_ALICE_TAIL = '"\\u0000storekeeper:permissions":{"owned":["alice"]}}'
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"a":1,' + _ALICE_TAIL,
+        "{" + _ALICE_TAIL,
+        '{"x\\"' + _ALICE_TAIL[1:],  # a name that only ends like the entry's
+        '{"x":{' + _ALICE_TAIL + "}",  # the entry one level down
+        '{"x":"\\"",' + _ALICE_TAIL,
+        "{" + _ALICE_TAIL[:-1] + ',"a":1}',  # not the last entry
+        '{"a":1,' + _ALICE_TAIL.replace("alice", "bob"),
+    ],
+)
+def test_a_record_read_from_the_end_of_the_text_is_the_top_level_one(text: str) -> None:
+    primer = BytesValue(b"", {"n": 1, PERMISSIONS: {"owned": ["alice"]}})
+    assert primer._metadata_json.endswith(_ALICE_TAIL)
+    assert _record(primer) == {"owned": ["alice"]}
+    assert _record(BytesValue(b"", metadata_json=text)) == json.loads(text).get(PERMISSIONS)
+
+
+def test_a_text_ending_with_the_record_read_last_is_not_parsed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _record(BytesValue(b"", {"n": 1, PERMISSIONS: {"owned": ["alice"]}}))
+    monkeypatch.setattr(auth_module, "decode_metadata", _no_parse)
+    value = BytesValue(b"", metadata_json='{"other":[1,2],' + _ALICE_TAIL)
+    assert _record(value) == {"owned": ["alice"]}
+    with pytest.raises(AssertionError):
+        _record(BytesValue(b"", metadata_json='{"a":1,' + _ALICE_TAIL.replace("alice", "bob")))
+
+
+def _no_parse(text: object) -> Any:
+    raise AssertionError(f"parsed {text!r}")
+
+
 @pytest.mark.parametrize("text", ["", "[1]", '{"a":1} x', '{"a":1'])
 def test_unreadable_metadata_grants_nothing(text: str) -> None:
     with pytest.raises(ValueError):
@@ -499,13 +537,19 @@ def test_sessions_in_threads_see_only_their_own_keys(inner: AbstractStore) -> No
 
 
 class _CountingStore(DictMemoryStore):
-    """Counts lookups, so a test can tell which writes needed one."""
+    """Counts lookups and ``set`` calls (failed ones too), so a test can tell which
+    writes needed a lookup or a second try."""
 
     lookups = 0
+    sets = 0
 
     def get(self, key: str) -> Any:
         self.lookups += 1
         return super().get(key)
+
+    def set(self, key: str, value: Any, *args: Any, **kwargs: Any) -> Any:
+        self.sets += 1
+        return super().set(key, value, *args, **kwargs)
 
 
 def _counting_sessions() -> tuple[_CountingStore, SimpleAuthStore, SimpleAuthStore]:
@@ -515,7 +559,7 @@ def _counting_sessions() -> tuple[_CountingStore, SimpleAuthStore, SimpleAuthSto
     admin.add_user("bob", BOB["password"])
     inner.connect()
     alice, bob = session(inner, ALICE), session(inner, BOB)
-    inner.lookups = 0
+    inner.lookups = inner.sets = 0
     return inner, alice, bob
 
 
@@ -536,6 +580,58 @@ def test_create_only_writes_and_rewrites_of_own_keys_need_no_lookup() -> None:
             write()
     assert (alice.to_bytes("new"), alice.get_metadata("new")) == (b"2", {"n": 2})
     assert alice.get_permissions("also new") == {"owned": {"alice"}}
+
+
+def test_plain_sets_try_creation_first_only_while_keys_turn_out_new() -> None:
+    inner, alice, bob = _counting_sessions()
+    bob.set("bob's", (b"bob's", {}))
+    for n in range(3):
+        alice.set(f"new-{n}", (b"x", {}))
+    inner.lookups = inner.sets = 0
+    for n in range(3, 10):
+        alice.set(f"new-{n}", (b"x", {}))
+    assert (inner.lookups, inner.sets) == (0, 7)  # one creation each, no lookup
+    # A creation tried first on a key that exists changes nothing; the checked path decides.
+    with pytest.raises(AuthorizationError):
+        alice.set("bob's", (b"alice's", {}))
+    assert bob.to_bytes("bob's") == b"bob's"
+    assert bob.get_permissions("bob's") == {"owned": {"bob"}}
+    # Overwriting keys of unknown state (written around the store) turns it off again.
+    for n in range(10):
+        inner.set(f"old-{n}", (b"old", {}))
+    for n in range(5):
+        alice.set(f"old-{n}", (b"new", {}))
+    inner.lookups = inner.sets = 0
+    for n in range(5, 10):
+        alice.set(f"old-{n}", (b"new", {}))
+    assert (inner.lookups, inner.sets) == (5, 5)  # a lookup and one write each, no failures
+    assert [alice.to_bytes(f"old-{n}") for n in range(10)] == [b"new"] * 10
+    assert alice.get_permissions("old-9") == {"owned": {"*"}}  # the record it had: none
+
+
+def test_the_keys_a_store_remembers_are_bounded_and_the_newest_kept() -> None:
+    inner, alice, _ = _counting_sessions()
+    keys = [f"k{n}" for n in range(_KNOWN_KEYS + 1)]
+    for key in keys:
+        alice.set(key, (b"1", {}))
+    inner.lookups = 0
+    alice.set(keys[-1], (b"2", {}))
+    alice.set(keys[_KNOWN_KEYS // 2 + 1], (b"2", {}))
+    assert inner.lookups == 0  # still remembered: pinned rewrites
+    alice.set(keys[0], (b"2", {}))
+    assert inner.lookups == 1  # forgotten: checked again
+    assert [alice.to_bytes(keys[n]) for n in (0, 1, -1)] == [b"2", b"1", b"2"]
+
+
+def test_delete_and_update_metadata_of_an_unknown_key_look_it_up_once() -> None:
+    inner, alice, _ = _counting_sessions()
+    inner.set("plain", (b"x", {"a": 1}))
+    inner.lookups = 0
+    alice.update_metadata("plain", {"b": 2})
+    assert inner.lookups == 1
+    alice.delete("plain")
+    assert inner.lookups == 2
+    assert not inner.exists("plain")
 
 
 @pytest.mark.parametrize("where", ["own store", "another session", "wrapped store"])

@@ -40,6 +40,7 @@ from storekeeper.errors import (
 )
 from storekeeper.events import BaseEvent, BaseEventManager
 from storekeeper.store._validate import (
+    _SCAN,
     DEFAULT_BUFFER_SIZE,
     Metadata,
     check_key,
@@ -77,6 +78,10 @@ PermissionMap = dict[str, set[str]]
 _RETRIES = 20
 # Keys whose last version written through a store, and its permission record, it keeps.
 _KNOWN_KEYS = 4096
+# The score of recent writes of unknown keys that created them (see _learn), its ceiling,
+# and from where a plain set tries a creation before any lookup.
+_FRESH_MAX = 4
+_FRESH_LIKELY = 2
 _SALT_BYTES = 16
 #: What an owner may do with a key (frozen, so one object serves every check).
 _EVERYTHING = frozenset({*_KEY_ACTIONS, "owned"})
@@ -209,6 +214,7 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
         # _write_known); a bounded hint, never trusted without a write pinned to it.
         self._known: dict[str, tuple[str, dict[str, list[str]] | None]] = {}
         self._known_lock = threading.Lock()
+        self._fresh = 0  # see _learn
 
     @property
     def store(self) -> AbstractStore:
@@ -399,43 +405,96 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
         if_exists: bool | None,
         *,
         repeatable: bool = False,
+        must_exist: bool = False,
     ) -> str | None:
         """Check the user may do *action* and the preconditions, then *write*, atomically.
 
         The write is pinned to the version that was checked, so a permission change or
         another write in between makes it fail; without caller preconditions it is then
         checked and tried again. *write* gets the permission record that was checked, so
-        what it writes back is exactly what allowed the write.
+        what it writes back is exactly what allowed the write. With *must_exist*, a key
+        that is missing or that the user may not see raises KeyNotFoundError.
 
-        A write whose data can be sent again (*repeatable*) may skip the lookup: a
-        create-only one (``if_exists=False``) is first tried as it is, pinned to the key
-        not existing (anyone who may create keys may do that), and one of a key this
-        store set last is tried pinned to that version (:meth:`_write_known`). If the
-        key is not as expected, the pinned write fails without changing anything and the
-        checked path runs and says what is wrong (a conflict, or no permission to see or
-        change the key). A plain write of a key of unknown state looks it up first:
-        trying a creation first would cost an overwrite a third operation.
+        A write whose data can be sent again (*repeatable*) is first tried without a
+        lookup when that is likely to succeed (:meth:`_write_unchecked`).
         """
         key = check_key(key)
         if key.startswith(self.user_key_path):
+            if must_exist:
+                raise missing(key)
             raise AuthorizationError(f"keys starting with {self.user_key_path!r} are reserved")
-        if repeatable and if_version is None and if_exists is False:
-            session = self._current()
-            if self._may_create():
-                try:
-                    return write(_Checked(None, None, session, {"if_exists": False}))
-                except ConflictError:
-                    pass  # it exists: what the user may do with it decides
-        known = self._known.get(key) if repeatable else None
-        if known is not None and if_exists is not False and if_version in (None, known[0]):
-            done, version = self._write_known(key, action, write, known)
+        if repeatable:
+            done, version = self._write_unchecked(
+                key, action, write, (if_version, if_exists, must_exist)
+            )
             if done:
                 return version
+        return self._write_checked(key, action, write, if_version, if_exists, must_exist)
+
+    def _write_unchecked(
+        self,
+        key: str,
+        action: str,
+        write: _Write,
+        conditions: tuple[str | None, bool | None, bool],
+    ) -> tuple[bool, str | None]:
+        """Try *write* without looking the key up: ``(True, new version)`` if it was done.
+        *conditions* are :meth:`_guarded`'s ``(if_version, if_exists, must_exist)``.
+
+        A key this store set last is written pinned to that version
+        (:meth:`_write_known`). A key about to be created is written pinned to its
+        absence (anyone who may create keys may do that): always for a create-only write
+        (``if_exists=False``), and for a plain ``set`` while most keys written lately
+        were new (a failed creation costs an overwrite a third operation, so this
+        follows the workload, see :meth:`_learn`). If the key is not as expected, the
+        pinned write changes nothing and ``(False, None)`` sends the caller down the
+        checked path, which says what is wrong (a conflict, or no permission).
+        """
+        if_version, if_exists, must_exist = conditions
+        known = self._known.get(key)
+        if known is not None and if_exists is not False and if_version in (None, known[0]):
+            return self._write_known(key, action, write, known)
+        if if_version is not None or if_exists is True or must_exist:
+            return False, None
+        if if_exists is None and self._fresh < _FRESH_LIKELY:
+            return False, None
+        session = self._current()
+        if not self._may_create():
+            return False, None
+        try:
+            version = write(_Checked(None, None, session, {"if_exists": False}))
+        except ConflictError:
+            self._learn(existed=True)
+            return False, None
+        self._learn(existed=False)
+        return True, version
+
+    def _learn(self, *, existed: bool) -> None:
+        """Count whether a key written without being known existed (see _write_unchecked).
+
+        A saturating score: a run of new keys turns creation-first on, a run of existing
+        ones turns it off. Races between threads lose a step at worst: it is a hint.
+        """
+        fresh = self._fresh
+        self._fresh = max(fresh - 1, 0) if existed else min(fresh + 1, _FRESH_MAX)
+
+    def _write_checked(
+        self,
+        key: str,
+        action: str,
+        write: _Write,
+        if_version: str | None,
+        if_exists: bool | None,
+        must_exist: bool,
+    ) -> str | None:
+        """:meth:`_guarded` on a fresh lookup of *key*, retried while it keeps changing."""
         for _ in range(_RETRIES):
             session = self._current()
             value = self._lookup(key)
+            if not must_exist:
+                self._learn(existed=value is not None)
             record = None if value is None else _record(value)
-            self._authorize_write(key, action, value, record, session)
+            self._authorize_write(key, action, value, record, session, must_exist)
             if if_version is not None or if_exists is not None:
                 current = None if value is None else value.version
                 check_precondition(key, current, if_version, if_exists)
@@ -478,10 +537,13 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
         if version is None or not (record is None or isinstance(record, dict)):
             return
         with self._known_lock:
-            self._known.pop(key, None)
-            if len(self._known) >= _KNOWN_KEYS:
-                del self._known[next(iter(self._known))]  # the oldest
-            self._known[key] = (version, record)
+            known = self._known
+            known.pop(key, None)
+            if len(known) >= _KNOWN_KEYS:
+                # The older half goes at once: removing the oldest entry on every write
+                # leaves a dict whose iteration must first skip all the removed ones.
+                self._known = known = dict(list(known.items())[_KNOWN_KEYS // 2 :])
+            known[key] = (version, record)
 
     def _forget(self, key: str) -> None:
         if key in self._known:
@@ -495,9 +557,10 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
         value: Value | None,
         record: Mapping[str, Any] | None,
         session: _Session,
+        must_exist: bool,
     ) -> None:
         if value is None:
-            if action == "delete":
+            if must_exist:
                 raise missing(key)
             # Without an overridden check_permissions anyone may create: skip the call.
             if self._custom_check and not self._may_create():
@@ -505,7 +568,7 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
             return
         allowed = self._allowed(key, record, session)
         if action not in allowed:
-            if action == "delete" and "exists" not in allowed:
+            if must_exist and "exists" not in allowed:
                 raise missing(key)
             raise AuthorizationError(f"{session.username!r} may not {action} key {key!r}")
 
@@ -622,12 +685,10 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
             raise InvalidMetadataError("the permissions entry is set through set_permissions")
 
         def write(checked: _Checked) -> None:
-            if checked.old is None:
-                raise missing(key)
             version = checked.pins.get("if_version")
             self._writer(0).update_metadata(key, update, if_version=version)
 
-        self._guarded_existing(key, "set", write, if_version)
+        self._guarded(key, "set", write, if_version, None, repeatable=True, must_exist=True)
 
     def delete(self, key: str, *, if_version: str | None = None) -> None:
         """Delete *key*; needs ``delete``."""
@@ -635,21 +696,7 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
         def write(checked: _Checked) -> None:
             self._writer(0).delete(key, if_version=checked.pins.get("if_version"))
 
-        self._guarded_existing(key, "delete", write, if_version)
-
-    def _guarded_existing(
-        self,
-        key: str,
-        action: str,
-        write: _Write,
-        if_version: str | None,
-    ) -> None:
-        key = check_key(key)
-        session = self._current()
-        value = self._lookup(key)
-        if value is None or "exists" not in self._allowed(key, _record(value), session):
-            raise missing(key)
-        self._guarded(key, action, write, if_version, None, repeatable=True)
+        self._guarded(key, "delete", write, if_version, None, repeatable=True, must_exist=True)
 
     # -- permission records -----------------------------------------------------------------
     def get_permissions(self, key: str) -> PermissionMap:
@@ -898,23 +945,72 @@ def _granted(record: Mapping[str, Any] | None, tags: frozenset[str]) -> frozense
 
 
 def _record(value: Value) -> dict[str, list[str]] | None:
-    """*value*'s permission record (None: none stored).
+    """*value*'s permission record (None: none stored). Never mutate the result: values
+    holding the same record may share it.
 
-    The backends' own value types have their metadata text parsed directly, without the
-    copy ``value.metadata`` makes (the record is needed on every operation).
+    The backends' own value types have their metadata text read directly, without the
+    copy ``value.metadata`` makes (the record is needed on every operation), and a text
+    that ends with the record read last is not parsed at all (see :func:`_same_tail`).
     """
-    if type(value) in _PLAIN_VALUES:
-        metadata = decode_metadata(value._metadata_json)  # type: ignore[attr-defined]
-    else:
-        metadata = value.metadata
+    if type(value) not in _PLAIN_VALUES:
+        return _record_of(value.metadata)
+    text = value._metadata_json  # type: ignore[attr-defined]
+    if type(text) is not str:
+        return _record_of(decode_metadata(text))
+    tail, record = _last_tail
+    if _same_tail(text, tail):
+        return record
+    found = _record_of(decode_metadata(text))
+    if found is not None:
+        _keep_tail(text, found)
+    return found
+
+
+def _record_of(metadata: Metadata) -> dict[str, list[str]] | None:
     record = metadata.get(PERMISSIONS)
     return record if isinstance(record, dict) else None
 
 
-@dataclass(frozen=True, slots=True)
+#: How the permissions entry's name starts in metadata text written by encode_metadata.
+_RECORD_NAME = json.dumps(PERMISSIONS) + ":"
+#: ``(tail, record)``: metadata text ending in *tail* holds *record* (see _same_tail).
+#: The first never matches: JSON text cannot hold a raw NUL.
+_last_tail: tuple[str, dict[str, list[str]]] = ("\x00", {})
+
+
+def _same_tail(text: str, tail: str) -> bool:
+    """Whether the metadata JSON *text* ends with *tail*: the permissions entry and its
+    record, then the final ``}``, right after a ``,`` or ``{``.
+
+    Sound for any valid JSON text: a quote right after ``,`` or ``{`` is a real string
+    delimiter (inside a string a quote is always escaped), the string it opens is a
+    member name exactly ``PERMISSIONS`` (its backslash cannot stand outside a string),
+    the record in *tail* is one complete JSON object, so it is that member's whole value,
+    and the final ``}`` therefore closes the top-level object.
+    """
+    size = len(tail)
+    return len(text) > size and text.endswith(tail) and text[-size - 1] in ",{"
+
+
+def _keep_tail(text: str, record: dict[str, list[str]]) -> None:
+    """Remember how *text* spells its permission *record*, if it is its last entry."""
+    global _last_tail  # one tuple, replaced whole: safe across threads
+    at = text.rfind(_RECORD_NAME)
+    if at <= 0 or text[at - 1] not in ",{" or text[-1] != "}":
+        return
+    try:
+        parsed, end = _SCAN(text, at + len(_RECORD_NAME))
+    except StopIteration:
+        return
+    if end == len(text) - 1 and parsed == record:
+        _last_tail = (text[at:], record)
+
+
+@dataclass(slots=True)
 class _Checked:
     """What a guarded write was allowed on: the key's value (None: a new key), its
-    permission record, the session, and the preconditions that pin the write to them."""
+    permission record, the session, and the preconditions that pin the write to them.
+    Never changed once made (not frozen: a frozen dataclass costs every write ~1 us)."""
 
     old: object  # the Value looked up, _EXISTING (known to exist), or None (a new key)
     record: dict[str, list[str]] | None
