@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import io
 import json
 import threading
 from pathlib import Path
@@ -34,6 +35,7 @@ from storekeeper.store import (
     AbstractStore,
     BytesValue,
     StoreModificationEvent,
+    StoreProgressEvent,
 )
 from storekeeper.store._validate import decode_metadata
 from storekeeper.testing.children import child
@@ -194,6 +196,57 @@ def test_user_records_are_invisible_and_untouchable(inner: AbstractStore) -> Non
     assert alice.glob(".user*") == [] and alice.glob("*") == ["data"]
     assert inner.to_bytes(".user_bob") == record
     assert alice.users() == ["alice", "bob", "carol"]  # the admin tool still sees them
+
+
+def test_listing_needs_exists_but_matching_metadata_needs_get(inner: AbstractStore) -> None:
+    alice, bob = session(inner, ALICE), session(inner, BOB)
+    alice.set("listed", (b"x", {"pin": 1234}))
+    alice.set_permissions("listed", {"owned": ["alice"], "exists": ["bob"]})
+    assert bob.query_keys() == ["listed"]
+    assert bob.exists("listed")
+    for pin in (1234, 1):  # guessing the value must tell nothing
+        assert bob.query_keys(pin=pin) == []
+        assert bob.query(pin=pin) == []
+    assert alice.query_keys(pin=1234) == ["listed"]
+
+
+def test_changes_reach_only_the_users_who_may_see_the_key(inner: AbstractStore) -> None:
+    alice, bob = session(inner, ALICE), session(inner, BOB)
+    heard: list[tuple[str, str, Any]] = []
+
+    def listen(event: StoreModificationEvent) -> None:
+        heard.append((event.action, event.key, event.metadata))
+
+    bob.event_manager.connect(StoreModificationEvent, listen)
+    alice.set("secret", (b"s", {"pin": 1234}))
+    alice.update_metadata("secret", {"pin": 4321})
+    alice.set("listed", (b"l", {"pin": 1}))
+    alice.set("shared", (b"d", {"pin": 2}))
+    assert heard == []
+    alice.set_permissions("listed", {"owned": ["alice"], "exists": ["bob"]})
+    alice.set_permissions("shared", {"owned": ["alice"], "get": ["bob"]})
+    assert heard == [("update", "listed", None), ("update", "shared", {"pin": 2})]
+    heard.clear()
+    for key in ("secret", "listed", "shared"):
+        alice.delete(key)
+    assert heard == [("delete", "listed", None), ("delete", "shared", {"pin": 2})]
+    heard.clear()
+    inner.set("around", (b"a", {"pin": 3}))  # no permissions: everyone's
+    assert heard == [("set", "around", {"pin": 3})]
+
+
+def test_progress_reaches_only_the_user_who_streams(inner: AbstractStore) -> None:
+    alice, bob = session(inner, ALICE), session(inner, BOB)
+    heard: dict[str, list[str]] = {"alice": [], "bob": []}
+    for name, store in (("alice", alice), ("bob", bob)):
+        store.event_manager.connect(
+            StoreProgressEvent, lambda event, name=name: heard[name].append(event.key)
+        )
+    alice.set("secret", (io.BytesIO(b"x" * 100_000), {}))
+    inner.set("around", (io.BytesIO(b"y" * 100_000), {}))
+    assert heard["bob"] == []
+    assert heard["alice"] and set(heard["alice"]) == {"secret"}
+    assert alice.to_bytes("secret") == b"x" * 100_000
 
 
 def test_permissions_never_show_in_metadata_or_events(inner: AbstractStore) -> None:

@@ -11,7 +11,8 @@ import pytest
 
 from storekeeper.backends.memory import DictMemoryStore
 from storekeeper.composite import JoinedStore
-from storekeeper.errors import ConflictError, KeyNotFoundError
+from storekeeper.composite._overlay import WHITEOUT
+from storekeeper.errors import ConflictError, InvalidMetadataError, KeyNotFoundError
 from storekeeper.events import EventManager
 from storekeeper.store import (
     AbstractStore,
@@ -238,6 +239,19 @@ def test_progress_events_are_forwarded(joined: JoinedStore) -> None:
     joined.set("big", (io.BytesIO(b"x" * 100), {}), buffer_size=40)
     assert [event.step for event in steps] == [40, 80, 100]
     assert {(event.source, event.key) for event in steps} == {(joined, "big")}
+
+
+def test_a_write_naming_the_whiteout_entry_is_refused(joined: JoinedStore) -> None:
+    for write in (
+        lambda: joined.set("shared", (b"", {WHITEOUT: True})),
+        lambda: joined.set_metadata("only-c", {WHITEOUT: True}),
+        lambda: joined.update_metadata("only-c", {WHITEOUT: 1}),
+    ):
+        with pytest.raises(InvalidMetadataError, match="reserved"):
+            write()
+    assert joined.to_bytes("shared") == b"from b"
+    assert joined.get_metadata("only-c") == {"who": "c", "t": "yes"}
+    assert sorted(joined.query_keys()) == ["only-c", "shared"]
 
 
 def test_transaction_is_all_or_nothing_in_the_first_store(

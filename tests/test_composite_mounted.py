@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -10,13 +12,16 @@ import pytest
 
 from storekeeper.backends.memory import DictMemoryStore
 from storekeeper.composite import MountedStore
-from storekeeper.errors import KeyNotFoundError, ReadOnlyStoreError
+from storekeeper.composite._overlay import WHITEOUT
+from storekeeper.errors import InvalidMetadataError, KeyNotFoundError, ReadOnlyStoreError
 from storekeeper.events import EventManager
 from storekeeper.store import (
     AbstractReadOnlyStore,
     AbstractStore,
+    BytesValue,
     StoreDeleteEvent,
     StoreModificationEvent,
+    StoreProgressStepEvent,
     StoreSetEvent,
     StoreUpdateEvent,
     Value,
@@ -88,18 +93,50 @@ def test_mount_store_appears_under_the_mount_point(
 
 def test_writes_outside_the_mount_point_are_refused(mounted: MountedStore) -> None:
     calls = [
-        lambda: mounted.set("elsewhere", (b"x", {})),
-        lambda: mounted.set("new", (b"x", {})),
-        lambda: mounted.set("remote/", (b"x", {})),
-        lambda: mounted.set_data("elsewhere", b"x"),
-        lambda: mounted.set_metadata("elsewhere", {}),
-        lambda: mounted.update_metadata("elsewhere", {}),
-        lambda: mounted.delete("elsewhere"),
+        ("elsewhere", lambda: mounted.set("elsewhere", (b"x", {}))),
+        ("new", lambda: mounted.set("new", (b"x", {}))),
+        ("remote/", lambda: mounted.set("remote/", (b"x", {}))),
+        ("elsewhere", lambda: mounted.set_data("elsewhere", b"x")),
+        ("elsewhere", lambda: mounted.set_metadata("elsewhere", {})),
+        ("elsewhere", lambda: mounted.update_metadata("elsewhere", {})),
+        ("elsewhere", lambda: mounted.delete("elsewhere")),
     ]
-    for call in calls:
-        with pytest.raises(ReadOnlyStoreError, match=r"elsewhere|new|remote/"):
+    for key, call in calls:
+        with pytest.raises(ReadOnlyStoreError, match=re.escape(repr(key))):
             call()
     assert mounted.to_bytes("elsewhere") == b"outside"
+
+
+def test_progress_events_are_in_the_mounted_key_space(mounted: MountedStore) -> None:
+    steps: list[Any] = []
+    mounted.event_manager.connect(StoreProgressStepEvent, steps.append)
+    mounted.set("remote/big", (io.BytesIO(b"x" * 100), {}), buffer_size=40)
+    assert [event.step for event in steps] == [40, 80, 100]
+    assert {(event.source, event.key) for event in steps} == {(mounted, "remote/big")}
+
+
+def test_the_whiteout_name_is_refused_in_metadata(
+    mounted: MountedStore, parts: tuple[AbstractStore, AbstractStore]
+) -> None:
+    mounted.set("remote/mine", (b"mine", {"a": 1}))
+    reserved = {WHITEOUT: True}
+    for write in (
+        lambda: mounted.set("remote/mine", (b"", reserved)),
+        lambda: mounted.set("remote/new", [b"", reserved]),
+        lambda: mounted.set("remote/new", BytesValue(b"", reserved)),
+        lambda: mounted.set_metadata("remote/mine", reserved),
+        lambda: mounted.update_metadata("remote/a", reserved),
+        lambda: mounted.multiset(["remote/x", "remote/mine"], [(b"", {}), (b"", reserved)]),
+    ):
+        with pytest.raises(InvalidMetadataError, match="reserved"):
+            write()
+    assert (mounted.to_bytes("remote/mine"), mounted.get_metadata("remote/mine")) == (
+        b"mine",
+        {"a": 1},
+    )
+    assert not mounted.exists("remote/new")
+    assert mounted.get_metadata("remote/a") == {"t": "yes", "side": "backing"}
+    assert parts[0].query_keys() == ["mine"]  # the multiset rolled back as a whole
 
 
 def test_writes_under_the_mount_point_go_to_the_mount_store(

@@ -197,6 +197,7 @@ class OverlayStore(CompositeStore):
         """Write *value* into the top layer (see :meth:`AbstractStore.set`); the top
         layer's version of it, which is what this store shows."""
         top = self._top_key(key)
+        _refuse_reserved(value)
         if if_version is None and if_exists is None:
             # Nothing to check and nobody to tell whether this was a set or an update:
             # the lookup that decides both can be skipped.
@@ -248,6 +249,7 @@ class OverlayStore(CompositeStore):
     ) -> None:
         """Replace *key*'s metadata, keeping the data it shows (copied up if needed)."""
         top = self._top_key(key)
+        _refuse_reserved(metadata)
         raw, visible = self._lookup(key)
         pins = _pins(key, raw, visible, if_version, if_exists)
         stored = copy_metadata(metadata)
@@ -259,6 +261,7 @@ class OverlayStore(CompositeStore):
     ) -> None:
         """Merge *metadata* into what *key* shows; :class:`KeyNotFoundError` if hidden."""
         top = self._top_key(key)
+        _refuse_reserved(metadata)
         update = copy_metadata(metadata)
         raw, visible = self._lookup(key)
         if visible is None:
@@ -367,6 +370,17 @@ def _pins(
     if raw.version is None:
         return {"if_exists": True}
     return {"if_version": raw.version}
+
+
+def _refuse_reserved(given: object) -> None:
+    """InvalidMetadataError if *given* (metadata, or a value or pair holding it) uses the
+    reserved name :data:`WHITEOUT`: such an entry would hide the key it is written to."""
+    if isinstance(given, Value):
+        given = given.metadata
+    elif type(given) is tuple or type(given) is list:
+        given = given[1] if len(given) == 2 else None
+    if (type(given) is dict or isinstance(given, Mapping)) and WHITEOUT in given:
+        raise InvalidMetadataError(f"the metadata name {WHITEOUT!r} is reserved for whiteouts")
 
 
 def _metadata_of(value: object) -> Metadata:

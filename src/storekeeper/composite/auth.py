@@ -17,6 +17,7 @@ access".
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import hmac
 import json
@@ -182,6 +183,12 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
     or their password changed, operations raise ``AuthenticationError`` until the store
     is connected again.
 
+    Events obey the same rules: a change of a key reaches this store's listeners only if
+    the user may see the key (its metadata only if they may ``get`` it), and progress
+    only for the user's own streamed writes. A hidden key is told apart from a missing
+    one only where that cannot be avoided: writing it fails (AuthorizationError) and
+    :meth:`check_permissions` reports ``{'connect'}`` for it.
+
     :meth:`add_user`, :meth:`change_user`, :meth:`remove_user` and :meth:`users`
     administer the user records; they need no session (whoever holds this object can
     reach the wrapped store anyway), so expose only the store API to untrusted callers.
@@ -215,6 +222,10 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
         self._known: dict[str, tuple[str, dict[str, list[str]] | None]] = {}
         self._known_lock = threading.Lock()
         self._fresh = 0  # see _learn
+        # The key whose data this store is streaming into the wrapped store, per context.
+        self._streaming: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+            f"SimpleAuthStore-{id(self):x}-streaming", default=None
+        )
 
     @property
     def store(self) -> AbstractStore:
@@ -382,7 +393,8 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
         if isinstance(select, str):
             raise InvalidMetadataError(f"select is an iterable of names, not a str: {select!r}")
         names = None if select is None else [*select, PERMISSIONS]
-        need = "exists" if names == [PERMISSIONS] else "get"
+        # Listing keys needs only ``exists``; matching metadata terms reads the metadata.
+        need = "exists" if names == [PERMISSIONS] and not kwargs else "get"
         results = []
         for key, metadata in self._data.query(names, **kwargs):
             if self._reserved(key):
@@ -654,8 +666,12 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
         # The exact-type test first: a union isinstance costs more than it looks.
         if type(data) is bytes or isinstance(data, bytes | bytearray | memoryview):
             return self._guarded(key, "set", write, if_version, if_exists, repeatable=True)
-        with self._writer(0).transaction(f"Setting {key!r}"):
-            return self._guarded(key, "set", write, if_version, if_exists)
+        token = self._streaming.set(key)  # its progress events are this user's to see
+        try:
+            with self._writer(0).transaction(f"Setting {key!r}"):
+                return self._guarded(key, "set", write, if_version, if_exists)
+        finally:
+            self._streaming.reset(token)
 
     def set_metadata(
         self,
@@ -769,17 +785,41 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
         return has_listeners is not None and not has_listeners(cls)
 
     def _translate_change(self, index: int, event: StoreModificationEvent) -> BaseEvent | None:
+        """The child's change as this user may see it: dropped for a key they may not
+        see (or whose permissions the event does not tell), without metadata where they
+        may not ``get`` it, and never with the permissions entry."""
         key = self._outer_key(index, event.key)
-        if key is None:
-            return None
         metadata = event.metadata
-        if isinstance(metadata, dict) and PERMISSIONS in metadata:
+        if key is None or not isinstance(metadata, dict):
+            return None
+        record = metadata.get(PERMISSIONS)
+        allowed = self._allowed_now(key, record if isinstance(record, dict) else None)
+        if "exists" not in allowed:
+            return None
+        if "get" not in allowed:
+            metadata = None
+        elif PERMISSIONS in metadata:
             metadata = {name: item for name, item in metadata.items() if name != PERMISSIONS}
         return retarget_event(event, self, key=key, metadata=metadata)
 
+    def _allowed_now(self, key: str, record: dict[str, list[str]] | None) -> frozenset[str]:
+        """What the connected user may do with *key*, given its *record*, for an event:
+        nothing without a live session (events are delivered outside any operation)."""
+        session = self._session
+        if session is None or session.revoked:
+            return frozenset()
+        try:
+            return self._allowed(key, record, session)
+        except (AuthenticationError, NotConnectedError):
+            return frozenset()
+
     def _relay_progress(self, index: int, event: StoreProgressEvent) -> BaseEvent | None:
+        # Only the progress of this store's own streamed write: a progress event does not
+        # tell who may see its key, and another user's may be a key this one may not.
         key = self._outer_key(index, event.key)
-        return None if key is None else retarget_event(event, self, key=key)
+        if key is None or self._streaming.get() != key:
+            return None
+        return retarget_event(event, self, key=key)
 
     # -- user administration ------------------------------------------------------------------
     def add_user(self, username: str, password: str | bytes, tags: Iterable[str] = ()) -> None:
