@@ -375,10 +375,11 @@ def _pins(
 def _refuse_reserved(given: object) -> None:
     """InvalidMetadataError if *given* (metadata, or a value or pair holding it) uses the
     reserved name :data:`WHITEOUT`: such an entry would hide the key it is written to."""
-    if isinstance(given, Value):
+    kind = type(given)
+    if kind is tuple or kind is list:  # exact types first: isinstance(Value) costs more
+        given = given[1] if len(given) == 2 else None  # type: ignore[index, arg-type]
+    elif kind is not dict and isinstance(given, Value):
         given = given.metadata
-    elif type(given) is tuple or type(given) is list:
-        given = given[1] if len(given) == 2 else None
     if (type(given) is dict or isinstance(given, Mapping)) and WHITEOUT in given:
         raise InvalidMetadataError(f"the metadata name {WHITEOUT!r} is reserved for whiteouts")
 
