@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import io
+import multiprocessing
+import multiprocessing.synchronize
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -17,7 +20,12 @@ from storekeeper.backends.memory import DictMemoryStore
 from storekeeper.backends.sqlite import SqliteStore
 from storekeeper.composite import CachedStore
 from storekeeper.composite.cached import BOOKKEEPING
-from storekeeper.errors import ConflictError, KeyNotFoundError, ReadOnlyStoreError
+from storekeeper.errors import (
+    ConflictError,
+    InvalidMetadataError,
+    KeyNotFoundError,
+    ReadOnlyStoreError,
+)
 from storekeeper.events import EventManager
 from storekeeper.store import (
     AbstractReadOnlyStore,
@@ -227,6 +235,44 @@ def test_bookkeeping_never_shows(source: Counting) -> None:
     assert dict(store.query(name="a")) == {"a": {"name": "a"}}
 
 
+_RESERVED = {BOOKKEEPING: {"v": "forged"}}
+_RESERVED_WRITES: dict[str, Callable[[CachedStore], object]] = {
+    "set": lambda store: store.set("a", (b"new", _RESERVED)),
+    "set a Value": lambda store: store.set("a", StreamValue(lambda: io.BytesIO(b"new"), _RESERVED)),
+    "set_metadata": lambda store: store.set_metadata("a", _RESERVED),
+    "update_metadata": lambda store: store.update_metadata("a", _RESERVED),
+    "multiset": lambda store: store.multiset(["b", "a"], [(b"new", {}), (b"new", _RESERVED)]),
+    "multiset_metadata": lambda store: store.multiset_metadata(["b", "a"], [{}, _RESERVED]),
+    "multiupdate_metadata": lambda store: store.multiupdate_metadata(["b", "a"], [{}, _RESERVED]),
+}
+
+
+@pytest.mark.parametrize("write", _RESERVED_WRITES.values(), ids=_RESERVED_WRITES.keys())
+def test_writes_refuse_the_reserved_name_and_write_nothing(
+    source: Counting, write: Callable[[CachedStore], object]
+) -> None:
+    store = cached(source, policy="immutable")
+    for key in "ab":
+        store.get(key)
+    before = {key: (source.inner.to_bytes(key), source.inner.get_metadata(key)) for key in "ab"}
+    copies = {key: store.cache.get(key).version for key in "ab"}
+    with pytest.raises(InvalidMetadataError) as refused:
+        write(store)
+    assert repr(BOOKKEEPING) in str(refused.value)
+    after = {key: (source.inner.to_bytes(key), source.inner.get_metadata(key)) for key in "ab"}
+    assert after == before
+    assert {key: store.cache.get(key).version for key in "ab"} == copies
+    assert store.to_bytes("a") == b"a" * 100 and store.get_metadata("a") == {"name": "a"}
+
+
+def test_a_source_value_holding_the_reserved_name_is_read_through(source: Counting) -> None:
+    source.inner.set("a", (b"odd", {BOOKKEEPING: "the source's own", "name": "a"}))
+    store = cached(source)
+    value = store.get("a")
+    assert value.metadata == {BOOKKEEPING: "the source's own", "name": "a"}
+    assert store.to_bytes("a") == b"odd" and not store.cache.exists("a")
+
+
 def test_writes_go_through_and_drop_the_copy(source: Counting) -> None:
     store = cached(source, policy="immutable")
     store.get("a")
@@ -403,3 +449,58 @@ def test_processes_share_one_cache_store(tmp_path: Path) -> None:
         assert len(store.cache.query_keys()) <= 8
         for key in store.query_keys():
             assert store.to_bytes(key) == store.source.to_bytes(key)
+
+
+_FILLERS, _FILLS, _VALUE = 4, 10, 100
+_DEFAULT_SIZE = 256 * 1024 * 1024
+# bound -> (max_size, max_entries): each bound is four fillers' ten keys halved.
+_BOUNDS: dict[str, tuple[int, int | None]] = {"entries": (_DEFAULT_SIZE, 20), "bytes": (2000, None)}
+
+
+def _fill_distinct_keys(
+    source_path: str,
+    cache_path: str,
+    bound: str,
+    n: int,
+    looked: multiprocessing.synchronize.Barrier,
+) -> None:
+    source = SqliteStore(source_path, durable=False)
+    cache = SqliteStore(cache_path, durable=False)
+    max_size, max_entries = _BOUNDS[bound]
+    with CachedStore(source, cache, max_size=max_size, max_entries=max_entries) as store:
+        store.get(f"p{n}-0")
+        # Every filler has looked at the cache before any fills more, so no look but the
+        # periodic ones can see the other fillers' copies.
+        looked.wait(60)
+        for i in range(1, _FILLS):
+            store.get(f"p{n}-{i}")
+
+
+@pytest.mark.parametrize("bound", _BOUNDS)
+def test_processes_filling_one_cache_keep_its_bound(tmp_path: Path, bound: str) -> None:
+    source_path, cache_path = str(tmp_path / "source.db"), str(tmp_path / "cache.db")
+    with SqliteStore(source_path) as source, SqliteStore(cache_path):
+        keys = [f"p{n}-{i}" for n in range(_FILLERS) for i in range(_FILLS)]
+        source.multiset(keys, [(b"x" * _VALUE, {}) for _ in keys])
+    context = multiprocessing.get_context("spawn")
+    looked = context.Barrier(_FILLERS)
+    fillers = [
+        context.Process(
+            target=_fill_distinct_keys, args=(source_path, cache_path, bound, n, looked)
+        )
+        for n in range(_FILLERS)
+    ]
+    for filler in fillers:
+        filler.start()
+    for filler in fillers:
+        filler.join(60)
+        assert filler.exitcode == 0
+    with SqliteStore(cache_path) as cache:
+        copies = cache.query_keys()
+        held = sum(cache.get(key).size or 0 for key in copies)
+    # The documented bound: one step (1/20 of the bound, and at least one key, or plus one
+    # value) past it per process.
+    max_size, max_entries = _BOUNDS[bound]
+    assert held <= max_size + _FILLERS * (max_size // 20 + _VALUE)
+    if max_entries is not None:
+        assert len(copies) <= max_entries + _FILLERS * max(1, max_entries // 20)

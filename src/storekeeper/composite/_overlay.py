@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from storekeeper.composite._wrapper import CompositeStore, retarget_event
+from storekeeper.composite._wrapper import CompositeStore, refuse_reserved, retarget_event
 from storekeeper.errors import InvalidMetadataError, ReadOnlyStoreError
 from storekeeper.events import BaseEvent, BaseEventManager
 from storekeeper.store._validate import (
@@ -197,7 +197,7 @@ class OverlayStore(CompositeStore):
         """Write *value* into the top layer (see :meth:`AbstractStore.set`); the top
         layer's version of it, which is what this store shows."""
         top = self._top_key(key)
-        _refuse_reserved(value)
+        refuse_reserved(value, WHITEOUT, type(self).__name__)
         if if_version is None and if_exists is None:
             # Nothing to check and nobody to tell whether this was a set or an update:
             # the lookup that decides both can be skipped.
@@ -249,7 +249,7 @@ class OverlayStore(CompositeStore):
     ) -> None:
         """Replace *key*'s metadata, keeping the data it shows (copied up if needed)."""
         top = self._top_key(key)
-        _refuse_reserved(metadata)
+        refuse_reserved(metadata, WHITEOUT, type(self).__name__)
         raw, visible = self._lookup(key)
         pins = _pins(key, raw, visible, if_version, if_exists)
         stored = copy_metadata(metadata)
@@ -261,7 +261,7 @@ class OverlayStore(CompositeStore):
     ) -> None:
         """Merge *metadata* into what *key* shows; :class:`KeyNotFoundError` if hidden."""
         top = self._top_key(key)
-        _refuse_reserved(metadata)
+        refuse_reserved(metadata, WHITEOUT, type(self).__name__)
         update = copy_metadata(metadata)
         raw, visible = self._lookup(key)
         if visible is None:
@@ -370,18 +370,6 @@ def _pins(
     if raw.version is None:
         return {"if_exists": True}
     return {"if_version": raw.version}
-
-
-def _refuse_reserved(given: object) -> None:
-    """InvalidMetadataError if *given* (metadata, or a value or pair holding it) uses the
-    reserved name :data:`WHITEOUT`: such an entry would hide the key it is written to."""
-    kind = type(given)
-    if kind is tuple or kind is list:  # exact types first: isinstance(Value) costs more
-        given = given[1] if len(given) == 2 else None  # type: ignore[index, arg-type]
-    elif kind is not dict and isinstance(given, Value):
-        given = given.metadata
-    if (type(given) is dict or isinstance(given, Mapping)) and WHITEOUT in given:
-        raise InvalidMetadataError(f"the metadata name {WHITEOUT!r} is reserved for whiteouts")
 
 
 def _metadata_of(value: object) -> Metadata:

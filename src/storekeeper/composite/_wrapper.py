@@ -24,12 +24,12 @@ import contextvars
 import copy
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, ClassVar, TypeVar, cast
 
-from storekeeper.errors import ReadOnlyStoreError
+from storekeeper.errors import InvalidMetadataError, ReadOnlyStoreError
 from storekeeper.events import BaseEvent, BaseEventManager
 from storekeeper.store.abstract import AbstractReadOnlyStore, AbstractStore
 from storekeeper.store.events import (
@@ -38,8 +38,9 @@ from storekeeper.store.events import (
     StoreProgressEvent,
 )
 from storekeeper.store.utils import SimpleTransactionContext
+from storekeeper.store.value import Value
 
-__all__ = ["CompositeStore", "CompositeTransaction", "retarget_event"]
+__all__ = ["CompositeStore", "CompositeTransaction", "refuse_reserved", "retarget_event"]
 
 _T = TypeVar("_T")
 _log = logging.getLogger(__name__)
@@ -47,6 +48,21 @@ _log = logging.getLogger(__name__)
 
 class _ChildRollbackError(Exception):
     """Handed to a child's transaction context to make it roll back."""
+
+
+def refuse_reserved(given: object, name: str, owner: str) -> None:
+    """Raise InvalidMetadataError if *given* (metadata, or a value or ``(data, metadata)``
+    pair holding it) uses the metadata *name* that *owner* reserves for itself.
+
+    Anything else about *given* is left for the wrapped store to check.
+    """
+    kind = type(given)
+    if kind is tuple or kind is list:  # exact types first: isinstance(Value) costs more
+        given = given[1] if len(given) == 2 else None  # type: ignore[index, arg-type]
+    elif kind is not dict and isinstance(given, Value):
+        given = given.metadata
+    if (type(given) is dict or isinstance(given, Mapping)) and name in given:
+        raise InvalidMetadataError(f"the metadata name {name!r} is reserved by {owner}")
 
 
 def retarget_event(event: BaseEvent, source: object, **changes: Any) -> BaseEvent:

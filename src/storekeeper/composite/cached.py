@@ -22,20 +22,38 @@ versions (``version`` is ``None``) cannot be validated: its keys are read throug
 cached.
 
 **Size.** The cache holds at most *max_size* bytes of data (and *max_entries* keys, when
-given). When a fill crosses a bound, the least recently used copies are evicted until
-the cache is 10% under it. Use times are recorded in each copy's bookkeeping at most
-every *touch_interval* seconds, so a hit rarely writes.
+given), up to the overshoot between processes below: when a fill crosses a bound, the
+least recently used copies are evicted until the cache is 10% under it. Use times are
+recorded in each copy's bookkeeping at most every *touch_interval* seconds, so a hit
+rarely writes.
 
-**Several processes** may share one cache store (for example a SQLite file): a copy's
-data and bookkeeping are written together by one atomic write, fills are conditional
-writes (of two processes filling the same key one wins and the other keeps its copy of
-the source value), eviction tolerates keys deleted by someone else, and a reader whose
-copy is evicted before it opens the data falls back to the source if the version still
-matches (``ConflictError`` otherwise).
+**Several processes** may share one cache store (for example a SQLite file). Each keeps
+an estimate of the cache's size, which only a *look* at the cache store corrects for
+the others' fills: a *scan* reads every copy's bookkeeping and, if the cache is over a
+bound, evicts as above; a *count* lists the keys only and scans if they are over
+*max_entries*. A process scans when its estimate crosses a bound and once its fills
+since its last scan reach a *step* of ``max_size / 20`` bytes; it counts once its new
+keys since its last look reach ``max(1, max_entries // 20)``. So each process's fills
+that no look has seen are under one step (plus the value just filled), and with *P*
+processes filling it the cache holds at most ``max_size + P * (max_size / 20 + the
+largest value)`` bytes and ``max_entries + P * max(1, max_entries // 20)`` keys (one
+process filling from one thread keeps the bounds exactly; threads that fill while their
+process's look runs may add one more step). An excess left by fills racing the others'
+looks lasts until the next scan (for keys, count) of any process. The steps cost a full
+cache about 20 bookkeeping rows read per fill (fewer when *max_entries* is what limits
+it) and, with *max_entries*, about 20 keys listed per fill, besides eviction's scans.
 
-**Writes** go through to the source, and the cache's copy of the key is dropped; inside
-a transaction reads bypass the cache so the transaction sees its own writes, and the
-written keys are dropped again after the commit. Events are the source's, forwarded;
+Sharing is safe: a copy's data and bookkeeping are written together by one atomic write,
+fills are conditional writes (of two processes filling the same key one wins and the
+other keeps its copy of the source value), eviction tolerates keys deleted by someone
+else, and a reader whose copy is evicted before it opens the data falls back to the
+source if the version still matches (``ConflictError`` otherwise).
+
+**Writes** go through to the source, and the cache's copy of the key is dropped. Metadata
+holding the reserved name :data:`BOOKKEEPING` is refused with ``InvalidMetadataError``
+before anything is written (a source value that holds it is read through, not cached).
+Inside a transaction reads bypass the cache so the transaction sees its own writes, and
+the written keys are dropped again after the commit. Events are the source's, forwarded;
 the cache store's own events are not (filling a cache changes no data).
 """
 
@@ -48,11 +66,11 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import IO, Any, Literal
 
-from storekeeper.composite._wrapper import CompositeStore
+from storekeeper.composite._wrapper import CompositeStore, refuse_reserved
 from storekeeper.errors import ConflictError
 from storekeeper.events import BaseEvent, BaseEventManager
 from storekeeper.store._validate import DEFAULT_BUFFER_SIZE, Metadata, check_key
-from storekeeper.store.abstract import AbstractReadOnlyStore, AbstractStore, missing
+from storekeeper.store.abstract import AbstractReadOnlyStore, AbstractStore, missing, pair_up
 from storekeeper.store.events import StoreModificationEvent
 from storekeeper.store.value import Value
 
@@ -63,6 +81,9 @@ BOOKKEEPING = "\x00storekeeper:cache"
 Policy = Literal["always", "immutable", "max_age"]
 _POLICIES = ("always", "immutable", "max_age")
 _LOW_WATER = 0.9
+# A process looks at the shared cache after filling 1/_STEPS of a bound (see the module
+# docstring): this trades the overshoot per process against the cost of looks per fill.
+_STEPS = 20
 # Keys hash into this many fences (see _Fences); collisions only cost a skipped fill.
 _FENCES = 64
 
@@ -150,6 +171,7 @@ class CachedStore(CompositeStore):
         self.touch_interval = touch_interval
         self._usage_lock = threading.Lock()
         self._usage: tuple[int, int] | None = None  # (bytes, keys) estimate since last scan
+        self._unseen = (0, 0)  # (bytes since last scan, new keys since last scan or count)
         self._fences = _Fences()
         self._pending: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
             f"cached-{id(self):x}-pending", default=None
@@ -277,10 +299,12 @@ class CachedStore(CompositeStore):
             raise
         if value.version is None:
             return value
+        metadata = value.metadata
+        if BOOKKEEPING in metadata:
+            return value  # a copy could not keep the source's entry under the reserved name
         now = time.time()
         book: dict[str, Any] = {"v": value.version, "t": now, "u": now, "n": value.size or 0}
         book.update(c=value.created, m=value.modified)
-        metadata = value.metadata
         metadata[BOOKKEEPING] = book
         pins = {"if_exists": False} if stale is None else {"if_version": stale.version}
         try:
@@ -307,38 +331,66 @@ class CachedStore(CompositeStore):
     # -- size bound ----------------------------------------------------------------------
     def _account(self, size: int, new_key: bool) -> None:
         with self._usage_lock:
-            if self._usage is None:
-                over = True
-            else:
-                total, count = self._usage
-                self._usage = (total + size, count + int(new_key))
-                over = self._over(*self._usage, 1.0)
-        if over:
-            self._evict()
+            look = self._look_due(size, new_key)
+        if look == "scan":
+            self._scan()
+        elif look == "count":
+            self._recount()
+
+    def _look_due(self, size: int, new_key: bool) -> Literal["scan", "count"] | None:
+        """Add a fill to the estimates (lock held); the look at the cache it makes due."""
+        if self._usage is None:
+            self._unseen = (0, 0)
+            return "scan"
+        total, count = self._usage
+        self._usage = (total + size, count + int(new_key))
+        unseen_bytes, unseen_keys = self._unseen[0] + size, self._unseen[1] + int(new_key)
+        if self._over(*self._usage, 1.0) or unseen_bytes * _STEPS >= self.max_size:
+            self._unseen = (0, 0)  # here too, so that other threads do not start more scans
+            return "scan"
+        if self.max_entries is not None and unseen_keys >= max(1, self.max_entries // _STEPS):
+            self._unseen = (unseen_bytes, 0)
+            return "count"
+        self._unseen = (unseen_bytes, unseen_keys)
+        return None
 
     def _over(self, total: int, count: int, fraction: float) -> bool:
         if total > self.max_size * fraction:
             return True
         return self.max_entries is not None and count > self.max_entries * fraction
 
-    def _evict(self) -> None:
-        """Delete least recently used copies until the cache is under its low-water mark."""
+    def _scan(self) -> None:
+        """Re-sync the estimate from every copy's bookkeeping and, if the cache is over a
+        bound, delete least recently used copies until it is under the low-water mark."""
+        with self._usage_lock:
+            self._unseen = (0, 0)  # fills from here on may miss the query: count them anew
         copies = []
         for key, metadata in self.cache.query([BOOKKEEPING]):
             book = metadata.get(BOOKKEEPING)
             if isinstance(book, dict):
                 copies.append((float(book.get("u", 0.0)), key, int(book.get("n", 0))))
-        copies.sort()
         total = sum(size for _, _, size in copies)
         count = len(copies)
-        for _, key, size in copies:
-            if not self._over(total, count, _LOW_WATER):
-                break
-            self._drop(key)
-            total -= size
-            count -= 1
+        if self._over(total, count, 1.0):
+            copies.sort()
+            for _, key, size in copies:
+                if not self._over(total, count, _LOW_WATER):
+                    break
+                self._drop(key)
+                total -= size
+                count -= 1
         with self._usage_lock:
             self._usage = (total, count)
+
+    def _recount(self) -> None:
+        """Re-sync the key count from a key listing (cheaper than a scan); scan if over."""
+        count = len(self.cache.query_keys())
+        if self._over(0, count, 1.0):
+            self._scan()
+            return
+        with self._usage_lock:
+            if self._usage is not None:
+                self._usage = (self._usage[0], count)
 
     def invalidate(self, key: str | None = None) -> None:
         """Forget the cached copy of *key*, or every copy when *key* is None."""
@@ -348,7 +400,7 @@ class CachedStore(CompositeStore):
             self._drop(name)
         if key is None:
             with self._usage_lock:
-                self._usage = (0, 0)
+                self._usage, self._unseen = (0, 0), (0, 0)
 
     def _drop(self, key: str) -> None:
         try:
@@ -366,9 +418,13 @@ class CachedStore(CompositeStore):
         if_version: str | None = None,
         if_exists: bool | None = None,
     ) -> str | None:
-        """Write *value* to the source and drop the cached copy; the source's version."""
+        """Write *value* to the source and drop the cached copy; the source's version.
+
+        ``InvalidMetadataError``, with nothing written, if its metadata holds :data:`BOOKKEEPING`.
+        """
         check_key(key)
         self._require_connection()
+        refuse_reserved(value, BOOKKEEPING, "CachedStore")
         source = self._writer(0)
         with self._writing_through(key):
             return source.set(key, value, buffer_size, if_version=if_version, if_exists=if_exists)
@@ -397,9 +453,13 @@ class CachedStore(CompositeStore):
         if_version: str | None = None,
         if_exists: bool | None = None,
     ) -> None:
-        """Write *key*'s metadata to the source and drop the cached copy."""
+        """Write *key*'s metadata to the source and drop the cached copy.
+
+        ``InvalidMetadataError``, with nothing written, if *metadata* holds :data:`BOOKKEEPING`.
+        """
         check_key(key)
         self._require_connection()
+        refuse_reserved(metadata, BOOKKEEPING, "CachedStore")
         source = self._writer(0)
         with self._writing_through(key):
             source.set_metadata(key, metadata, if_version=if_version, if_exists=if_exists)
@@ -407,11 +467,48 @@ class CachedStore(CompositeStore):
     def update_metadata(
         self, key: str, metadata: Mapping[str, Any], *, if_version: str | None = None
     ) -> None:
-        """Merge *metadata* into the source's and drop the cached copy."""
+        """Merge *metadata* into the source's and drop the cached copy.
+
+        ``InvalidMetadataError``, with nothing written, if *metadata* holds :data:`BOOKKEEPING`.
+        """
         check_key(key)
         self._require_connection()
+        refuse_reserved(metadata, BOOKKEEPING, "CachedStore")
         with self._writing_through(key):
             self._writer(0).update_metadata(key, metadata, if_version=if_version)
+
+    def multiset(
+        self,
+        keys: Iterable[str],
+        values: Iterable[Value | tuple[Any, Any]],
+        buffer_size: int = DEFAULT_BUFFER_SIZE,
+    ) -> None:
+        """:meth:`set` each key to its value in one transaction; nothing written if any
+        value's metadata holds :data:`BOOKKEEPING` (``InvalidMetadataError``)."""
+        pairs = pair_up(keys, values)
+        for _, value in pairs:
+            refuse_reserved(value, BOOKKEEPING, "CachedStore")
+        super().multiset([key for key, _ in pairs], [value for _, value in pairs], buffer_size)
+
+    def multiset_metadata(
+        self, keys: Iterable[str], metadatas: Iterable[Mapping[str, Any]]
+    ) -> None:
+        """:meth:`set_metadata` for each key in one transaction; nothing written if any
+        metadata holds :data:`BOOKKEEPING` (``InvalidMetadataError``)."""
+        pairs = pair_up(keys, metadatas)
+        for _, metadata in pairs:
+            refuse_reserved(metadata, BOOKKEEPING, "CachedStore")
+        super().multiset_metadata([key for key, _ in pairs], [meta for _, meta in pairs])
+
+    def multiupdate_metadata(
+        self, keys: Iterable[str], metadatas: Iterable[Mapping[str, Any]]
+    ) -> None:
+        """:meth:`update_metadata` for each key in one transaction; nothing written if any
+        metadata holds :data:`BOOKKEEPING` (``InvalidMetadataError``)."""
+        pairs = pair_up(keys, metadatas)
+        for _, metadata in pairs:
+            refuse_reserved(metadata, BOOKKEEPING, "CachedStore")
+        super().multiupdate_metadata([key for key, _ in pairs], [meta for _, meta in pairs])
 
     def delete(self, key: str, *, if_version: str | None = None) -> None:
         """Delete *key* from the source and drop the cached copy."""
