@@ -437,7 +437,7 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
             raise AuthorizationError(f"keys starting with {self.user_key_path!r} are reserved")
         if repeatable:
             done, version = self._write_unchecked(
-                key, action, write, (if_version, if_exists, must_exist)
+                key, action, write, if_version, if_exists, must_exist
             )
             if done:
                 return version
@@ -448,10 +448,11 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
         key: str,
         action: str,
         write: _Write,
-        conditions: tuple[str | None, bool | None, bool],
+        if_version: str | None,
+        if_exists: bool | None,
+        must_exist: bool,
     ) -> tuple[bool, str | None]:
         """Try *write* without looking the key up: ``(True, new version)`` if it was done.
-        *conditions* are :meth:`_guarded`'s ``(if_version, if_exists, must_exist)``.
 
         A key this store set last is written pinned to that version
         (:meth:`_write_known`). A key about to be created is written pinned to its
@@ -462,7 +463,6 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
         pinned write changes nothing and ``(False, None)`` sends the caller down the
         checked path, which says what is wrong (a conflict, or no permission).
         """
-        if_version, if_exists, must_exist = conditions
         known = self._known.get(key)
         if known is not None and if_exists is not False and if_version in (None, known[0]):
             return self._write_known(key, action, write, known)

@@ -64,7 +64,7 @@ import contextvars
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, TypeVar
 
 from storekeeper.composite._wrapper import CompositeStore, refuse_reserved
 from storekeeper.errors import ConflictError
@@ -80,6 +80,7 @@ __all__ = ["BOOKKEEPING", "CachedStore", "Policy"]
 BOOKKEEPING = "\x00storekeeper:cache"
 Policy = Literal["always", "immutable", "max_age"]
 _POLICIES = ("always", "immutable", "max_age")
+_T = TypeVar("_T")
 _LOW_WATER = 0.9
 # A process looks at the shared cache after filling 1/_STEPS of a bound (see the module
 # docstring): this trades the overshoot per process against the cost of looks per fill.
@@ -485,30 +486,21 @@ class CachedStore(CompositeStore):
     ) -> None:
         """:meth:`set` each key to its value in one transaction; nothing written if any
         value's metadata holds :data:`BOOKKEEPING` (``InvalidMetadataError``)."""
-        pairs = pair_up(keys, values)
-        for _, value in pairs:
-            refuse_reserved(value, BOOKKEEPING, "CachedStore")
-        super().multiset([key for key, _ in pairs], [value for _, value in pairs], buffer_size)
+        super().multiset(*_refused_in_batch(keys, values), buffer_size)
 
     def multiset_metadata(
         self, keys: Iterable[str], metadatas: Iterable[Mapping[str, Any]]
     ) -> None:
         """:meth:`set_metadata` for each key in one transaction; nothing written if any
         metadata holds :data:`BOOKKEEPING` (``InvalidMetadataError``)."""
-        pairs = pair_up(keys, metadatas)
-        for _, metadata in pairs:
-            refuse_reserved(metadata, BOOKKEEPING, "CachedStore")
-        super().multiset_metadata([key for key, _ in pairs], [meta for _, meta in pairs])
+        super().multiset_metadata(*_refused_in_batch(keys, metadatas))
 
     def multiupdate_metadata(
         self, keys: Iterable[str], metadatas: Iterable[Mapping[str, Any]]
     ) -> None:
         """:meth:`update_metadata` for each key in one transaction; nothing written if any
         metadata holds :data:`BOOKKEEPING` (``InvalidMetadataError``)."""
-        pairs = pair_up(keys, metadatas)
-        for _, metadata in pairs:
-            refuse_reserved(metadata, BOOKKEEPING, "CachedStore")
-        super().multiupdate_metadata([key for key, _ in pairs], [meta for _, meta in pairs])
+        super().multiupdate_metadata(*_refused_in_batch(keys, metadatas))
 
     def delete(self, key: str, *, if_version: str | None = None) -> None:
         """Delete *key* from the source and drop the cached copy."""
@@ -555,6 +547,15 @@ class CachedStore(CompositeStore):
         if not self._in_transaction():
             self._drop(event.key)
         return super()._translate_change(index, event)
+
+
+def _refused_in_batch(keys: Iterable[str], items: Iterable[_T]) -> tuple[list[str], list[_T]]:
+    """*keys* and *items* paired up (as ``zip``) and split again, once every item was
+    checked for the reserved name: a batch is refused before any of it is written."""
+    pairs = pair_up(keys, items)
+    for _, item in pairs:
+        refuse_reserved(item, BOOKKEEPING, "CachedStore")
+    return [key for key, _ in pairs], [item for _, item in pairs]
 
 
 def _book(entry: Value) -> dict[str, Any] | None:
