@@ -11,6 +11,10 @@ from typing import Any
 
 import pytest
 
+# The suite's markers come from storekeeper's opt-in pytest plugin, as they would for a
+# third-party backend's test suite.
+pytest_plugins = ["storekeeper.testing.plugin"]
+
 # Crash tests fork writers from a multiprocessing fork server that preloads the test
 # module, so each writer starts in milliseconds. Python 3.11's fork server ignores the
 # parent's sys.path when preloading, so the tests directory must be on PYTHONPATH for the

@@ -5,6 +5,8 @@ The package root re-exports the public names; see ``__all__``.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from storekeeper.errors import (
     AuthenticationError,
     AuthorizationError,
@@ -49,6 +51,12 @@ from storekeeper.store import (
     register_backend,
 )
 
+if TYPE_CHECKING:  # what __getattr__ loads on first use, spelled out for type checkers
+    from storekeeper.backends.filesystem import FileSystemStore, init_shared_store
+    from storekeeper.backends.memory import DictMemoryStore
+    from storekeeper.backends.sqlite import SqliteStore
+    from storekeeper.composite import CachedStore, JoinedStore, MountedStore, SimpleAuthStore
+
 __version__ = "0.1.0.dev0"
 
 # Backends and composites load on first use (PEP 562), so ``import storekeeper`` stays
@@ -72,6 +80,10 @@ def __getattr__(name: str) -> object:
     import importlib
 
     return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 __all__ = [
