@@ -91,13 +91,13 @@ _EVERYTHING = frozenset({*_KEY_ACTIONS, "owned"})
 _PLAIN_VALUES = (BytesValue, StreamValue)
 
 
-def sha1_hasher(data: bytes) -> bytes:
-    """SHA-1 digest of *data*: the original's fast hash, for reading its user records.
+def sha1_hasher(s: bytes) -> bytes:
+    """SHA-1 digest of *s*: the legacy fast hash, for reading user records made with it.
 
     Never used unless passed explicitly to :func:`make_encoder`: SHA-1 is fast, which
     makes stolen password hashes cheap to brute-force.
     """
-    return hashlib.sha1(data).digest()  # noqa: S324 - explicit legacy opt-in, see docstring
+    return hashlib.sha1(s).digest()  # noqa: S324 - explicit legacy opt-in, see docstring
 
 
 class PasswordEncoder:

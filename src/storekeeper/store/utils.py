@@ -80,9 +80,10 @@ def buffer_iterator(
 class BufferIteratorIO(io.RawIOBase):
     """A read-only binary file-like object over an iterator of ``bytes`` chunks.
 
-    ``read()`` and ``read(-1)`` return everything that is left; ``read(n)`` returns at
-    most ``n`` bytes (fewer only at the end). Closing it closes the iterator when the
-    iterator is a generator, so the producer's clean-up runs.
+    ``read()`` and ``read(-1)`` return everything that is left; ``read(n)`` (also spelt
+    ``read(buffer_size=n)``) returns at most ``n`` bytes (fewer only at the end).
+    Closing it closes the iterator when the iterator is a generator, so the producer's
+    clean-up runs.
     """
 
     def __init__(self, iterator: Iterable[bytes]) -> None:
@@ -94,19 +95,19 @@ class BufferIteratorIO(io.RawIOBase):
         """Always true: this is a read-only stream."""
         return True
 
-    def read(self, size: int | None = -1) -> bytes:
-        """Read up to *size* bytes; everything left when *size* is ``None`` or negative."""
+    def read(self, buffer_size: int | None = -1) -> bytes:
+        """Read up to *buffer_size* bytes; everything left when it is ``None`` or negative."""
         self._check_open()
-        if size is None or size < 0:
+        if buffer_size is None or buffer_size < 0:
             parts = [self._buffer, *self._drain()]
             self._buffer = b""
             return b"".join(parts)
-        while len(self._buffer) < size:
+        while len(self._buffer) < buffer_size:
             chunk = self._next_chunk()
             if chunk is None:
                 break
             self._buffer += chunk
-        result, self._buffer = self._buffer[:size], self._buffer[size:]
+        result, self._buffer = self._buffer[:buffer_size], self._buffer[buffer_size:]
         return result
 
     def readall(self) -> bytes:
