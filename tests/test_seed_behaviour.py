@@ -11,11 +11,16 @@ import gc
 import hashlib
 import inspect
 import io
+import re
+import sys
 import threading
+import tomllib
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from storekeeper import atomic_store
 from storekeeper.composite import sha1_hasher
 from storekeeper.concurrent import (
     Asynchronizer,
@@ -25,6 +30,7 @@ from storekeeper.concurrent import (
     SerializingAsynchronizer,
     SynchronousExecutor,
 )
+from storekeeper.errors import MissingDependencyError
 from storekeeper.events import BaseEvent, EventManager
 from storekeeper.store.utils import BufferIteratorIO
 
@@ -163,3 +169,27 @@ def test_buffer_iterator_io_still_works_as_a_file() -> None:
 
 def test_sha1_hasher_takes_s() -> None:
     assert sha1_hasher(s=b"secret") == hashlib.sha1(b"secret").digest()
+
+
+# -- the bson format -------------------------------------------------------------------------
+def test_the_extra_named_for_bson_exists_and_provides_bson(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "bson", None)
+    with pytest.raises(MissingDependencyError) as missing:
+        atomic_store.open(tmp_path / "v.bson", format="bson")
+    extra = re.search(r"storekeeper\[(\w+)\]", str(missing.value))
+    assert extra is not None
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    requirements = pyproject["project"]["optional-dependencies"][extra.group(1)]
+    assert any(re.match(r"pymongo\b", requirement) for requirement in requirements)
+
+
+def test_bson_round_trips_through_a_file(tmp_path: Path) -> None:
+    import bson
+
+    path = tmp_path / "v.bson"
+    with atomic_store.open(path, format="bson", default={}) as store:
+        store.value = {"a": [1, b"\x01"], "b": {"c": "d"}}
+    assert bson.decode(path.read_bytes()) == {"a": [1, b"\x01"], "b": {"c": "d"}}
+    assert atomic_store.open(path, format="bson").value == {"a": [1, b"\x01"], "b": {"c": "d"}}
