@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from storekeeper import atomic_store
+from storekeeper import DictMemoryStore, atomic_store
 from storekeeper.composite import sha1_hasher
 from storekeeper.concurrent import (
     Asynchronizer,
@@ -32,6 +32,7 @@ from storekeeper.concurrent import (
 )
 from storekeeper.errors import MissingDependencyError
 from storekeeper.events import BaseEvent, EventManager
+from storekeeper.store import AbstractStore, StoreModificationEvent
 from storekeeper.store.utils import BufferIteratorIO
 
 TIMEOUT = 10
@@ -193,3 +194,22 @@ def test_bson_round_trips_through_a_file(tmp_path: Path) -> None:
         store.value = {"a": [1, b"\x01"], "b": {"c": "d"}}
     assert bson.decode(path.read_bytes()) == {"a": [1, b"\x01"], "b": {"c": "d"}}
     assert atomic_store.open(path, format="bson").value == {"a": [1, b"\x01"], "b": {"c": "d"}}
+
+
+# -- event classes of the default implementations ---------------------------------------------
+def test_the_default_update_metadata_emits_an_update_event() -> None:
+    class DefaultUpdate(DictMemoryStore):
+        update_metadata = AbstractStore.update_metadata  # set_metadata inside a transaction
+
+    manager = EventManager()
+    seen: list[Any] = []
+    manager.connect(StoreModificationEvent, seen.append)
+    with DefaultUpdate(manager) as store:
+        store.set("k", (b"", {"a": 1}))
+        store.update_metadata("k", {"b": 2})
+        store.set_metadata("k", {"c": 3})
+    assert [(type(e).__name__, e.metadata) for e in seen] == [
+        ("StoreSetEvent", {"a": 1}),
+        ("StoreUpdateEvent", {"a": 1, "b": 2}),
+        ("StoreSetEvent", {"c": 3}),
+    ]

@@ -819,7 +819,10 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
         key = self._outer_key(index, event.key)
         if key is None or self._streaming.get() != key:
             return None
-        return retarget_event(event, self, key=key)
+        metadata = event.metadata  # what this user is writing, less the permissions entry
+        if isinstance(metadata, dict) and PERMISSIONS in metadata:
+            metadata = {name: item for name, item in metadata.items() if name != PERMISSIONS}
+        return retarget_event(event, self, key=key, metadata=metadata)
 
     # -- user administration ------------------------------------------------------------------
     def add_user(self, username: str, password: str | bytes, tags: Iterable[str] = ()) -> None:

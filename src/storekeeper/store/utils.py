@@ -15,6 +15,8 @@ from __future__ import annotations
 import io
 import itertools
 import logging
+import os
+import stat
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Protocol
@@ -42,6 +44,7 @@ __all__ = [
     "SimpleTransactionContext",
     "StoreProgressManager",
     "buffer_iterator",
+    "source_size",
     "tee",
 ]
 
@@ -75,6 +78,35 @@ def buffer_iterator(
         if progress is not None:
             progress(step=total)
         yield chunk
+
+
+def source_size(source: object) -> int | None:
+    """How many bytes a data source will yield, when that can be told without reading it:
+    the length of bytes-like data, the ``size`` of a ``Value``, what is left of a regular
+    file or of a ``BytesIO``; ``None`` otherwise (iterators, pipes, sockets...)."""
+    if isinstance(source, bytes | bytearray | memoryview):
+        return len(source)
+    size = getattr(source, "size", None)
+    if isinstance(size, int):
+        return size
+    try:
+        if isinstance(source, io.BytesIO):
+            return max(len(source.getbuffer()) - source.tell(), 0)
+        return _file_size_left(source)
+    except (OSError, ValueError):  # closed, unsupported or not a real file: unknown
+        return None
+
+
+def _file_size_left(source: object) -> int | None:
+    """Bytes from the position of a regular file object to its end, else ``None``."""
+    fileno = getattr(source, "fileno", None)
+    tell = getattr(source, "tell", None)
+    if fileno is None or tell is None:
+        return None
+    status = os.fstat(fileno())
+    if not stat.S_ISREG(status.st_mode):
+        return None
+    return max(status.st_size - int(tell()), 0)
 
 
 class BufferIteratorIO(io.RawIOBase):
