@@ -44,9 +44,7 @@ def _record(manager: EventManager) -> list[BaseEvent]:
 def _changes(seen: list[BaseEvent]) -> list[tuple[str, str, Any]]:
     """``(class name, key, metadata)`` of the modification events in *seen*."""
     return [
-        (type(e).__name__, e.key, e.metadata)
-        for e in seen
-        if isinstance(e, StoreModificationEvent)
+        (type(e).__name__, e.key, e.metadata) for e in seen if isinstance(e, StoreModificationEvent)
     ]
 
 
