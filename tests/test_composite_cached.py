@@ -322,7 +322,7 @@ def test_source_events_are_forwarded_and_drop_copies(source: Counting) -> None:
     store.get("a")
     source.inner.set("a", (b"changed behind its back", {}))
     assert store.to_bytes("a") == b"changed behind its back"
-    assert [(type(e).__name__, e.key, e.source) for e in seen] == [("StoreUpdateEvent", "a", store)]
+    assert [(type(e).__name__, e.key, e.source) for e in seen] == [("StoreSetEvent", "a", store)]
 
 
 def test_source_changes_drop_copies_with_nobody_listening(source: Counting) -> None:

@@ -167,13 +167,15 @@ def test_connect_connects_and_disconnect_disconnects_its_children(tmp_path: Path
 def test_events_use_the_joined_key_space_and_kind(joined: JoinedStore) -> None:
     seen: list[Any] = []
     joined.event_manager.connect(StoreModificationEvent, seen.append)
-    joined.set("shared", (b"1", {"n": 1}))  # new in the top store, but it existed
+    joined.set("shared", (b"1", {"n": 1}))  # it existed: a set all the same
     joined.set("fresh", (b"1", {}))
     joined.delete("shared")  # leaves a whiteout: still a deletion
+    joined.update_metadata("fresh", {"m": 1})
     assert [(type(e), e.key) for e in seen] == [
-        (StoreUpdateEvent, "shared"),
+        (StoreSetEvent, "shared"),
         (StoreSetEvent, "fresh"),
         (StoreDeleteEvent, "shared"),
+        (StoreUpdateEvent, "fresh"),
     ]
     assert all(event.source is joined for event in seen)
     assert seen[2].metadata == {"n": 1}
@@ -190,8 +192,8 @@ def test_outside_changes_to_children_are_forwarded_unless_shadowed(
     layers[0].delete("only-c")
     assert [(type(e).__name__, e.key) for e in seen] == [
         ("StoreSetEvent", "new-c"),
-        ("StoreUpdateEvent", "only-c"),
-        ("StoreUpdateEvent", "only-c"),  # the deletion uncovered c's copy
+        ("StoreSetEvent", "only-c"),
+        ("StoreSetEvent", "only-c"),  # the deletion uncovered c's copy: new data shows
     ]
     assert all(event.source is joined for event in seen)
 

@@ -247,15 +247,17 @@ def test_events_are_in_the_mounted_key_space(
     mount, backing = parts
     seen: list[Any] = []
     mounted.event_manager.connect(StoreModificationEvent, seen.append)
-    mounted.set("remote/a", (b"1", {}))  # existed in the backing store: an update
+    mounted.set("remote/a", (b"1", {}))  # existed in the backing store: a set all the same
     mount.set("direct", (b"2", {}))  # written around the composite
     backing.set("remote/a", (b"shadowed", {}))  # hidden by the overlay: no event
     backing.set("elsewhere", (b"3", {}))
+    mounted.update_metadata("remote/direct", {"m": 1})
     mounted.delete("remote/a")
     assert [(type(e), e.key) for e in seen] == [
-        (StoreUpdateEvent, "remote/a"),
+        (StoreSetEvent, "remote/a"),
         (StoreSetEvent, "remote/direct"),
-        (StoreUpdateEvent, "elsewhere"),
+        (StoreSetEvent, "elsewhere"),
+        (StoreUpdateEvent, "remote/direct"),
         (StoreDeleteEvent, "remote/a"),
     ]
     assert all(event.source is mounted for event in seen)

@@ -226,10 +226,31 @@ def test_closing_map_before_first_next_cancels_everything_pending() -> None:
     with EnhancedThreadPoolExecutor(max_workers=1) as executor:
         results = executor.map(job, range(4))
         assert started.wait(TIMEOUT)
-        del results  # dropping the iterator closes it
-        gc.collect()
+        results.close()  # type: ignore[attr-defined]
         release.set()
     assert ran == [0]
+
+
+def test_dropping_map_after_reading_cancels_the_rest() -> None:
+    started = threading.Event()
+    release = threading.Event()
+    ran: list[int] = []
+
+    def job(n: int) -> int:
+        ran.append(n)
+        if n == 1:
+            started.set()
+            release.wait(TIMEOUT)
+        return n
+
+    with EnhancedThreadPoolExecutor(max_workers=1) as executor:
+        results = executor.map(job, range(6))
+        assert next(results) == 0
+        assert started.wait(TIMEOUT)
+        del results  # as a half-read generator is closed when it is collected
+        gc.collect()
+        release.set()
+    assert ran == [0, 1]
 
 
 def test_failed_map_item_cancels_the_rest() -> None:

@@ -78,8 +78,14 @@ from storekeeper.store.abstract import (
     new_version,
     unpack_value,
 )
-from storekeeper.store.events import StoreDeleteEvent, StoreSetEvent, StoreUpdateEvent
+from storekeeper.store.events import (
+    StoreDeleteEvent,
+    StoreModificationEvent,
+    StoreSetEvent,
+    StoreUpdateEvent,
+)
 from storekeeper.store.query import compile_terms, matches
+from storekeeper.store.utils import source_size
 from storekeeper.store.value import Value
 
 __all__ = ["FileSystemStore", "FileSystemStoreError", "init_shared_store"]
@@ -285,6 +291,8 @@ class FileSystemStore(AbstractStore):
 
     def to_bytes(self, key: str, buffer_size: int = DEFAULT_BUFFER_SIZE) -> bytes:
         """*key*'s data as bytes (a small value costs one read of its record)."""
+        if self._progress_observed():
+            return super().to_bytes(key, buffer_size)
         record = self._record(key, with_data=True)
         if record.data_file is None:
             return record.inline or b""
@@ -335,7 +343,7 @@ class FileSystemStore(AbstractStore):
         source, metadata, owned = unpack_value(value)
         try:
             metadata_json = encode_metadata(metadata)
-            payload = self._ingest(key, source, buffer_size)
+            payload = self._ingest(key, source, buffer_size, metadata_json)
         finally:
             if owned:
                 source.close()  # type: ignore[attr-defined]
@@ -385,7 +393,7 @@ class FileSystemStore(AbstractStore):
             merged.update(metadata)
             return encode_metadata(merged)
 
-        self._write(key, None, merge, if_version, None)
+        self._write(key, None, merge, if_version, None, StoreUpdateEvent)
 
     def delete(self, key: str, *, if_version: str | None = None) -> None:
         """Delete *key*; :class:`KeyNotFoundError` if missing."""
@@ -407,12 +415,13 @@ class FileSystemStore(AbstractStore):
         metadata_for: Callable[[Record | None], str],
         if_version: str | None,
         if_exists: bool | None,
+        event: type[StoreModificationEvent] = StoreSetEvent,
     ) -> str:
         """Under the lock: check the precondition and store the new record; its version.
 
         ``payload=None`` keeps the current data; *metadata_for* gives the new metadata
         JSON from the current record. A data file written for *payload* is removed if
-        the write does not happen.
+        the write does not happen. Emits *event* for the key.
         """
         name = encode_key(key)
         try:
@@ -426,9 +435,7 @@ class FileSystemStore(AbstractStore):
             if payload is not None and payload.data_file is not None:
                 self._discard_data(payload.data_file)
             raise
-        self._emit_change(
-            StoreSetEvent if old is None else StoreUpdateEvent, key, new.metadata_json
-        )
+        self._emit_change(event, key, new.metadata_json)
         return new.version
 
     @staticmethod
@@ -482,8 +489,11 @@ class FileSystemStore(AbstractStore):
         with suppress(FileNotFoundError):
             os.unlink(os.path.join(self._data, data_file))
 
-    def _ingest(self, key: str, source: object, buffer_size: int) -> _Payload:
-        """Read *source*: into memory up to ``inline_limit``, else into a new data file."""
+    def _ingest(
+        self, key: str, source: object, buffer_size: int, metadata_json: str | None = None
+    ) -> _Payload:
+        """Read *source*: into memory up to ``inline_limit``, else into a new data file.
+        Streams report progress, with *metadata_json* (what is being written) if known."""
         if isinstance(source, bytes):
             if len(source) <= self.inline_limit:
                 return _Payload(source, None, len(source))
@@ -491,7 +501,8 @@ class FileSystemStore(AbstractStore):
         chunks = iter_source(source, buffer_size)
         head: list[bytes] = []
         total = 0
-        with self._progress(f"Setting key {key!r}", key, None) as progress:
+        size, metadata = source_size(source), self._progress_metadata(metadata_json)
+        with self._progress(f"Setting key {key!r}", key, size, metadata) as progress:
             for chunk in chunks:
                 head.append(chunk)
                 total += len(chunk)

@@ -32,7 +32,12 @@ from storekeeper.store.abstract import (
     new_version,
     unpack_value,
 )
-from storekeeper.store.events import StoreDeleteEvent, StoreSetEvent, StoreUpdateEvent
+from storekeeper.store.events import (
+    StoreDeleteEvent,
+    StoreModificationEvent,
+    StoreSetEvent,
+    StoreUpdateEvent,
+)
 from storekeeper.store.query import compile_terms, matches
 from storekeeper.store.value import BytesValue, Value
 
@@ -102,6 +107,8 @@ class DictMemoryStore(AbstractStore):
 
     def to_bytes(self, key: str, buffer_size: int = DEFAULT_BUFFER_SIZE) -> bytes:
         """*key*'s data (bytes are immutable, so no copy is made)."""
+        if self._progress_observed():
+            return super().to_bytes(key, buffer_size)
         return self._entry(key).data
 
     def query(
@@ -144,7 +151,7 @@ class DictMemoryStore(AbstractStore):
         source, metadata, owned = unpack_value(value)
         try:
             metadata_json = encode_metadata(metadata)
-            data = self._read_source(key, source, buffer_size)
+            data = self._read_source(key, source, buffer_size, metadata_json)
         finally:
             if owned:
                 source.close()  # type: ignore[attr-defined]
@@ -191,7 +198,7 @@ class DictMemoryStore(AbstractStore):
                 raise missing(key)
             merged = decode_metadata(old.metadata_json)
             merged.update(metadata)
-            self._write(key, None, encode_metadata(merged), if_version, True)
+            self._write(key, None, encode_metadata(merged), if_version, True, StoreUpdateEvent)
 
     def delete(self, key: str, *, if_version: str | None = None) -> None:
         """Delete *key*; :class:`KeyNotFoundError` if missing."""
@@ -213,9 +220,10 @@ class DictMemoryStore(AbstractStore):
         metadata_json: str | None,
         if_version: str | None,
         if_exists: bool | None,
+        event: type[StoreModificationEvent] = StoreSetEvent,
     ) -> str:
         """Store a new entry; ``None`` for data or metadata keeps the current one.
-        Returns its version."""
+        Emits *event* for it. Returns its version."""
         with self._lock:
             old = self._entries.get(key)
             check_precondition(key, None if old is None else old.version, if_version, if_exists)
@@ -231,9 +239,7 @@ class DictMemoryStore(AbstractStore):
             )
             self._remember(key, old)
             self._entries[key] = entry
-        self._emit_change(
-            StoreSetEvent if old is None else StoreUpdateEvent, key, entry.metadata_json
-        )
+        self._emit_change(event, key, entry.metadata_json)
         return entry.version
 
     # -- transactions --------------------------------------------------------------------

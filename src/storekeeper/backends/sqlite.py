@@ -79,7 +79,7 @@ from storekeeper.store.abstract import (
 )
 from storekeeper.store.events import StoreDeleteEvent, StoreSetEvent, StoreUpdateEvent
 from storekeeper.store.query import compile_terms, matches
-from storekeeper.store.utils import BufferIteratorIO, read_stream
+from storekeeper.store.utils import BufferIteratorIO, read_stream, source_size
 from storekeeper.store.value import BytesValue, StreamValue, Value
 
 __all__ = ["SqliteStore"]
@@ -378,6 +378,8 @@ class SqliteStore(AbstractStore):
     def to_bytes(self, key: str, buffer_size: int = DEFAULT_BUFFER_SIZE) -> bytes:
         """*key*'s data; one query for values stored inline."""
         check_key(key)
+        if self._progress_observed():
+            return super().to_bytes(key, buffer_size)
         with self._using() as conn:
             row = conn.execute(self._schema.select_data, (key,)).fetchone()
         if row is None:
@@ -486,7 +488,7 @@ class SqliteStore(AbstractStore):
         """
         if type(source) is not bytes or len(source) > self.inline_limit:
             return None
-        if self._in_transaction() or self._observed(StoreSetEvent, StoreUpdateEvent):
+        if self._in_transaction() or self._observed(StoreSetEvent):
             return None
         if self.index == "dynamic" and metadata and self._may_index(metadata):
             return None
@@ -521,14 +523,10 @@ class SqliteStore(AbstractStore):
             super().multiset(key_list, value_list, buffer_size)
             return
         batch_keys, metadata_texts, datas = batch
-        observed = self._observed(StoreSetEvent, StoreUpdateEvent)
+        observed = self._observed(StoreSetEvent)
         with self.transaction(f"Setting {len(batch_keys)} keys"), self._using() as conn:
-            # The old rows matter for their large values (to remove) and for the event
-            # kinds; with neither, the lookup is skipped.
-            if observed or self._has_large_values(conn):
-                previous = self._blobs(conn, batch_keys)
-            else:
-                previous = {}
+            # The old rows matter only for their large values (to remove).
+            previous = self._blobs(conn, batch_keys) if self._has_large_values(conn) else {}
             versions = version_numbers(len(batch_keys))
             sql = self._schema.insert_batch(time.time(), empty_metadata=metadata_texts is None)
             if metadata_texts is None:
@@ -546,9 +544,7 @@ class SqliteStore(AbstractStore):
             return
         texts = ["{}"] * len(batch_keys) if metadata_texts is None else metadata_texts
         for key, metadata_json in zip(batch_keys, texts, strict=True):
-            event = StoreUpdateEvent if key in previous else StoreSetEvent
-            previous.setdefault(key, None)
-            self._emit(event(self, key=key, metadata=decode_metadata(metadata_json)))
+            self._emit(StoreSetEvent(self, key=key, metadata=decode_metadata(metadata_json)))
 
     def _inline_batch(
         self, keys: list[str], values: list[Any]
@@ -644,7 +640,7 @@ class SqliteStore(AbstractStore):
             else:
                 self._replace_metadata(conn, key, metadata_json)
             self._ensure_indexes(conn, metadata)
-        self._emit_change(StoreSetEvent if old is None else StoreUpdateEvent, key, metadata_json)
+        self._emit_change(StoreSetEvent, key, metadata_json)
 
     def update_metadata(
         self, key: str, metadata: Mapping[str, Any], *, if_version: str | None = None
@@ -715,7 +711,8 @@ class SqliteStore(AbstractStore):
         if data is not None:
             return self._write(key, data, None, metadata_json, if_version, if_exists)
         chunks = iter_source(source, min(buffer_size, self.chunk_size))
-        with self._progress(f"Setting key {key!r}", key, _known_size(source)) as progress:
+        size, metadata = source_size(source), self._progress_metadata(metadata_json)
+        with self._progress(f"Setting key {key!r}", key, size, metadata) as progress:
             counted = _report(chunks, progress)
             head = _take(counted, self.inline_limit + 1)
             if len(head) <= self.inline_limit:
@@ -770,9 +767,8 @@ class SqliteStore(AbstractStore):
             if self.index == "dynamic":
                 self._ensure_indexes(conn, metadata)
         self._files_replaced(None if stored is None else stored[0], obsolete)
-        event = StoreSetEvent if old is None else StoreUpdateEvent
-        if self._observed(event):
-            self._emit(event(self, key=key, metadata=metadata))
+        if self._observed(StoreSetEvent):
+            self._emit(StoreSetEvent(self, key=key, metadata=metadata))
         return str(version)
 
     def _state(self, conn: sqlite3.Connection, key: str) -> tuple[str, float, str | None] | None:
@@ -1107,14 +1103,6 @@ def _small_bytes(source: object, limit: int) -> bytes | None:
         return source if len(source) <= limit else None
     if isinstance(source, bytearray | memoryview) and len(source) <= limit:
         return bytes(source)
-    return None
-
-
-def _known_size(source: object) -> int | None:
-    if isinstance(source, bytes | bytearray | memoryview):
-        return len(source)
-    if isinstance(source, Value):
-        return source.size
     return None
 
 

@@ -43,7 +43,7 @@ from storekeeper.store.value import Value
 
 __all__ = ["WHITEOUT", "Layer", "OverlayStore", "is_whiteout"]
 
-_SET_EVENTS = (StoreSetEvent, StoreUpdateEvent)
+_SET_EVENTS = (StoreSetEvent,)
 
 #: Metadata name marking a whiteout entry; reserved (NUL cannot appear in a key).
 WHITEOUT = "\x00storekeeper:whiteout"
@@ -199,8 +199,7 @@ class OverlayStore(CompositeStore):
         top = self._top_key(key)
         refuse_reserved(value, WHITEOUT, type(self).__name__)
         if if_version is None and if_exists is None:
-            # Nothing to check and nobody to tell whether this was a set or an update:
-            # the lookup that decides both can be skipped.
+            # Nothing to check and nobody to tell of the write: the lookup can be skipped.
             if not self._forwarding and not self._in_transaction():
                 # Not subscribed to the top store either: its event cannot come back.
                 return self._top.set(top, value, buffer_size)
@@ -214,7 +213,7 @@ class OverlayStore(CompositeStore):
         raw, visible = self._lookup(key)
         pins = _pins(key, raw, visible, if_version, if_exists)
         version = self._quietly(self._writer(0).set, top, value, buffer_size, **pins)
-        self._changed(key, visible, _metadata_of(value))
+        self._changed(StoreSetEvent, key, _metadata_of(value))
         return version
 
     def set_data(
@@ -237,7 +236,7 @@ class OverlayStore(CompositeStore):
         else:
             metadata = {} if visible is None else visible.metadata
             self._quietly(writer.set, top, (data, metadata), buffer_size, **pins)
-        self._changed(key, visible, metadata)
+        self._changed(StoreSetEvent, key, metadata)
 
     def set_metadata(
         self,
@@ -254,7 +253,7 @@ class OverlayStore(CompositeStore):
         pins = _pins(key, raw, visible, if_version, if_exists)
         stored = copy_metadata(metadata)
         self._write_metadata(top, raw, visible, stored, pins)
-        self._changed(key, visible, stored)
+        self._changed(StoreSetEvent, key, stored)
 
     def update_metadata(
         self, key: str, metadata: Mapping[str, Any], *, if_version: str | None = None
@@ -274,7 +273,7 @@ class OverlayStore(CompositeStore):
             self._quietly(self._writer(0).update_metadata, top, update, if_version=pin)
         else:
             self._write_metadata(top, raw, visible, merged, pins)
-        self._changed(key, visible, merged)
+        self._changed(StoreUpdateEvent, key, merged)
 
     def _write_metadata(
         self,
@@ -312,8 +311,7 @@ class OverlayStore(CompositeStore):
             self._quietly(writer.set, top, (b"", {WHITEOUT: True}), **pins)
         self._emit(StoreDeleteEvent(self, key=key, metadata=visible.metadata))
 
-    def _changed(self, key: str, before: Value | None, metadata: Metadata) -> None:
-        event = StoreSetEvent if before is None else StoreUpdateEvent
+    def _changed(self, event: type[StoreModificationEvent], key: str, metadata: Metadata) -> None:
         self._emit(event(self, key=key, metadata=metadata))
 
     # -- events from the layers -------------------------------------------------------------
@@ -324,7 +322,8 @@ class OverlayStore(CompositeStore):
         """An outside change to a layer, as this overlay sees it (None: not visible).
 
         A change under a key that a higher layer holds is invisible. A whiteout written
-        into a layer is a deletion; a deletion that uncovers a lower entry is an update.
+        into a layer is a deletion; a deletion that uncovers a lower entry is a set (the
+        key now shows that entry's data and metadata).
         """
         key = self._layers[index].outer(event.key)
         if self._shadowed(key, index):
@@ -332,13 +331,11 @@ class OverlayStore(CompositeStore):
         metadata = event.metadata if isinstance(event.metadata, dict) else {}
         if WHITEOUT in metadata:
             return StoreDeleteEvent(self, key=key, metadata={})
-        below = self._find(key, index + 1)
         if isinstance(event, StoreDeleteEvent):
+            below = self._find(key, index + 1)
             if below is None:
                 return retarget_event(event, self, key=key)
-            return StoreUpdateEvent(self, key=key, metadata=below.metadata)
-        if isinstance(event, StoreSetEvent) and below is not None:
-            return StoreUpdateEvent(self, key=key, metadata=metadata)
+            return StoreSetEvent(self, key=key, metadata=below.metadata)
         return retarget_event(event, self, key=key)
 
     def _shadowed(self, key: str, index: int) -> bool:

@@ -91,13 +91,13 @@ _EVERYTHING = frozenset({*_KEY_ACTIONS, "owned"})
 _PLAIN_VALUES = (BytesValue, StreamValue)
 
 
-def sha1_hasher(data: bytes) -> bytes:
-    """SHA-1 digest of *data*: the original's fast hash, for reading its user records.
+def sha1_hasher(s: bytes) -> bytes:
+    """SHA-1 digest of *s*: the legacy fast hash, for reading user records made with it.
 
     Never used unless passed explicitly to :func:`make_encoder`: SHA-1 is fast, which
     makes stolen password hashes cheap to brute-force.
     """
-    return hashlib.sha1(data).digest()  # noqa: S324 - explicit legacy opt-in, see docstring
+    return hashlib.sha1(s).digest()  # noqa: S324 - explicit legacy opt-in, see docstring
 
 
 class PasswordEncoder:
@@ -819,7 +819,10 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
         key = self._outer_key(index, event.key)
         if key is None or self._streaming.get() != key:
             return None
-        return retarget_event(event, self, key=key)
+        metadata = event.metadata  # what this user is writing, less the permissions entry
+        if isinstance(metadata, dict) and PERMISSIONS in metadata:
+            metadata = {name: item for name, item in metadata.items() if name != PERMISSIONS}
+        return retarget_event(event, self, key=key, metadata=metadata)
 
     # -- user administration ------------------------------------------------------------------
     def add_user(self, username: str, password: str | bytes, tags: Iterable[str] = ()) -> None:

@@ -148,8 +148,8 @@ class EnhancedThreadPoolExecutor(Executor):
       *uninitializer()* once when it exits. An exception in either is logged (with
       its traceback) and the worker keeps working: one faulty hook never breaks the
       pool.
-    - Worker threads are named ``f"{name or type(self).__name__}Worker-{n}"``, *n*
-      counting from 1 within this executor.
+    - :attr:`name` is *name* or, by default, the class name; worker threads are named
+      ``f"{self.name}Worker-{n}"``, *n* counting from 1 within this executor.
     - *wait_at_exit*: if true, pending and running work is finished and the workers
       are joined when the interpreter exits (from an ``atexit`` hook); if false, the
       workers are daemon threads that are abandoned at exit.
@@ -180,7 +180,8 @@ class EnhancedThreadPoolExecutor(Executor):
         self._max_workers = max_workers
         self._initializer = initializer
         self._uninitializer = uninitializer
-        self._thread_prefix = f"{name or type(self).__name__}Worker-"
+        self.name = name or type(self).__name__
+        self._thread_prefix = f"{self.name}Worker-"
         self._queue: _Queue = queue.SimpleQueue()
         self._idle = _IdleWorkers()
         self._threads: list[threading.Thread] = []
@@ -228,11 +229,14 @@ class EnhancedThreadPoolExecutor(Executor):
     ) -> Iterator[_T]:
         """Like the builtin ``map``, with the calls run in the pool.
 
-        Every call is submitted before this returns. The iterator yields results in
-        order and raises ``TimeoutError`` once *timeout* seconds, measured from this
-        call, have passed. Closing the iterator early (or an exception from a call)
-        cancels the calls not yet started. *chunksize* is accepted for compatibility
-        and must be at least 1; threads need no batching.
+        Every call is submitted before this returns and, as with the standard
+        library's executors, runs even if the iterator is never used: dropping it
+        unread cancels nothing. The iterator yields results in order and raises
+        ``TimeoutError`` once *timeout* seconds, measured from this call, have passed.
+        Once it has been read from, dropping it, closing it or an exception from a call
+        cancels the calls not yet started; :meth:`close <_Results.close>` cancels them
+        at any time. *chunksize* is accepted for compatibility and must be at least 1;
+        threads need no batching.
         """
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1")
@@ -278,16 +282,19 @@ class EnhancedThreadPoolExecutor(Executor):
 class _Results(Iterator[_T]):
     """The results of :meth:`EnhancedThreadPoolExecutor.map`, in submission order.
 
-    Closing it (or dropping it, or a failed or timed-out result) cancels every call
-    not yet consumed; unlike a generator it can be closed before the first ``next``.
+    :meth:`close` (or a failed or timed-out result) cancels every call not yet
+    consumed. Dropping it cancels them only once it has been read from: like the
+    standard library's generator, an iterator nobody read leaves every call to run.
     """
 
     def __init__(self, futures: list[Future[_T]], deadline: float | None) -> None:
         futures.reverse()  # popping from the end is O(1)
         self._futures = futures
         self._deadline = deadline
+        self._started = False
 
     def __next__(self) -> _T:
+        self._started = True
         if not self._futures:
             raise StopIteration
         # Popped first so no reference to a consumed future lingers here.
@@ -307,7 +314,9 @@ class _Results(Iterator[_T]):
         self._futures.clear()
 
     def __del__(self) -> None:
-        self.close()
+        # ``executor.map(fn, items)`` without reading the results is fire-and-forget.
+        if self._started:
+            self.close()
 
 
 @atexit.register

@@ -24,9 +24,11 @@ class SynchronousExecutor(Executor):
     thread. After :meth:`shutdown`, :meth:`submit` raises ``RuntimeError``.
 
     Useful in tests and wherever code written for an executor should run inline.
+    :attr:`name` is *name* or, by default, the class name.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, name: str | None = None) -> None:
+        self.name = name or type(self).__name__
         self._shutdown = False
 
     def submit(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> Future[_T]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from storekeeper.events._event import BaseEvent
 from storekeeper.events._manager import (
     BaseEventManager,
+    Delivery,
     EventManager,
     get_event_manager,
     set_event_manager,
@@ -27,6 +28,7 @@ from storekeeper.events.progress import (
 __all__ = [
     "BaseEvent",
     "BaseEventManager",
+    "Delivery",
     "EventManager",
     "ProgressEndEvent",
     "ProgressEvent",

@@ -8,13 +8,19 @@ import logging
 import threading
 import weakref
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
 from storekeeper.events._event import BaseEvent
 
-__all__ = ["BaseEventManager", "EventManager", "get_event_manager", "set_event_manager"]
+__all__ = [
+    "BaseEventManager",
+    "Delivery",
+    "EventManager",
+    "get_event_manager",
+    "set_event_manager",
+]
 
 _log = logging.getLogger("storekeeper.events")
 _MISSING = object()
@@ -36,10 +42,10 @@ class BaseEventManager(abc.ABC):
 
     @abc.abstractmethod
     def disconnect(self, cls: type[BaseEvent], func: Listener) -> None:
-        """Stop calling *func* for *cls*; nothing happens if it was not connected."""
+        """Stop calling *func* for *cls*; ``KeyError`` if it is not connected to *cls*."""
 
     @abc.abstractmethod
-    def emit(self, event: BaseEvent, block: bool = True) -> Future[None] | None:
+    def emit(self, event: BaseEvent, block: bool = True) -> Delivery | None:
         """Deliver *event* to its listeners (see :class:`EventManager`)."""
 
     @abc.abstractmethod
@@ -55,6 +61,47 @@ class BaseEventManager(abc.ABC):
         """Whether events of *cls* are delivered (no class in its MRO is disabled)."""
 
 
+class Delivery(Future[None]):
+    """What ``emit(event, block=False)`` returns: the delivery running in the background.
+
+    A :class:`~concurrent.futures.Future` that completes when every listener has run,
+    with the thread-like :meth:`join` and :meth:`is_alive` as well, so code that waits for
+    a background emit the way it waits for a thread works unchanged.
+    """
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait until the delivery has finished or *timeout* seconds have passed.
+
+        Like ``Thread.join`` it returns ``None`` either way (listener failures are logged,
+        not raised); call :meth:`is_alive` afterwards to know whether it finished.
+        """
+        wait([self], timeout)
+
+    def is_alive(self) -> bool:
+        """Whether the delivery has not finished yet."""
+        return not self.done()
+
+
+def _attribute_path(name: object) -> tuple[str, ...]:
+    """The attribute names of a filter key: ``"payload.real"`` -> ``("payload", "real")``."""
+    if not isinstance(name, str):
+        raise TypeError(f"filter keys must be attribute names (str), not {name!r}")
+    parts = tuple(name.split("."))
+    if not all(parts):
+        raise ValueError(f"filter key {name!r} is not a dotted attribute path")
+    return parts
+
+
+def _follow(event: BaseEvent, path: tuple[str, ...]) -> Any:
+    """The value at the attribute *path* of *event*; ``_MISSING`` if a step is missing."""
+    target: Any = event
+    for name in path:
+        target = getattr(target, name, _MISSING)
+        if target is _MISSING:
+            break
+    return target
+
+
 @dataclass(eq=False, slots=True)
 class _Connection:
     """One listener. A bound method is kept as its function plus a weak reference to
@@ -65,12 +112,16 @@ class _Connection:
     func: Callable[..., object]
     owner: weakref.ref[Any] | None
     key: object
-    filter: tuple[tuple[str, Any], ...]
+    filter: tuple[tuple[tuple[str, ...], Any], ...]
     priority: int
     order: int
 
     def accepts(self, event: BaseEvent) -> bool:
-        return all(getattr(event, name, _MISSING) == expected for name, expected in self.filter)
+        for path, expected in self.filter:
+            found = _follow(event, path)
+            if found is _MISSING or found != expected:
+                return False
+        return True
 
 
 def _identity(func: Callable[..., object]) -> object:
@@ -88,14 +139,18 @@ class EventManager(BaseEventManager):
       runs first; equal priorities run in connection order. Reconnecting the same
       listener to the same class replaces its earlier connection.
     - ``filter`` maps attribute names to values; an event passes when every attribute
-      equals its value. **An event lacking a filtered attribute does not pass.** Filters
-      are evaluated after the event's ``pre_emit``.
+      equals its value. A name may be a dotted path: ``{"payload.real": 0}`` compares
+      ``event.payload.real``. **An event lacking a filtered attribute (at any step of
+      the path) does not pass.** Filters are evaluated after the event's ``pre_emit``.
     - A bound-method listener is held weakly: it disconnects when its object is
       collected. Other callables are held strongly.
     - A listener that raises is logged with its traceback; dispatch continues.
+    - ``disconnect`` of a listener that is not connected to the class raises
+      ``KeyError``.
     - ``emit(event)`` dispatches in the calling thread and returns ``None``;
       ``emit(event, block=False)`` dispatches on a small shared worker pool and returns a
-      :class:`~concurrent.futures.Future` that completes when every listener has run.
+      :class:`Delivery`: a future that completes when every listener has run, which can
+      also be waited for with ``join()`` like a thread.
     """
 
     def __init__(self, max_workers: int = 2) -> None:
@@ -118,6 +173,7 @@ class EventManager(BaseEventManager):
         """Connect *func* to *cls* (see the class documentation)."""
         if not callable(func):
             raise TypeError(f"listener must be callable, not {func!r}")
+        paths = tuple((_attribute_path(name), value) for name, value in (filter or {}).items())
         key = _identity(func)
         with self._lock:
             self._remove(cls, key)
@@ -127,7 +183,7 @@ class EventManager(BaseEventManager):
                 target,
                 owner,
                 key,
-                tuple((filter or {}).items()),
+                paths,
                 priority,
                 next(self._order),
             )
@@ -155,15 +211,22 @@ class EventManager(BaseEventManager):
 
         return function, weakref.ref(target, collected)
 
-    def _remove(self, cls: type[BaseEvent], key: object) -> None:
+    def _remove(self, cls: type[BaseEvent], key: object) -> bool:
+        """Drop *key*'s connection to *cls*; whether there was one."""
         existing = self._connections.get(cls)
-        if existing:
-            existing[:] = [c for c in existing if c.key != key]
+        if not existing:
+            return False
+        kept = [c for c in existing if c.key != key]
+        if len(kept) == len(existing):
+            return False
+        existing[:] = kept
+        return True
 
     def disconnect(self, cls: type[BaseEvent], func: Listener) -> None:
-        """Disconnect *func* from *cls*."""
+        """Disconnect *func* from *cls*; ``KeyError`` if it is not connected to *cls*."""
         with self._lock:
-            self._remove(cls, _identity(func))
+            if not self._remove(cls, _identity(func)):
+                raise KeyError(f"{func!r} is not connected to {cls.__name__}")
             self._cache.clear()
         self._notify_watchers()
 
@@ -251,7 +314,7 @@ class EventManager(BaseEventManager):
             self._cache[cls] = result
         return result
 
-    def emit(self, event: BaseEvent, block: bool = True) -> Future[None] | None:
+    def emit(self, event: BaseEvent, block: bool = True) -> Delivery | None:
         """Deliver *event*; see the class documentation for ``block``."""
         cls = type(event)
         if not self.is_enabled(cls):
@@ -260,7 +323,22 @@ class EventManager(BaseEventManager):
         if block:
             self._dispatch(event, connections)
             return None
-        return self._executor().submit(self._dispatch, event, connections)
+        delivery = Delivery()
+        self._executor().submit(self._dispatch_later, delivery, event, connections)
+        return delivery
+
+    def _dispatch_later(
+        self, delivery: Delivery, event: BaseEvent, connections: tuple[_Connection, ...]
+    ) -> None:
+        """:meth:`_dispatch` in a pool worker, reporting the outcome to *delivery*."""
+        if not delivery.set_running_or_notify_cancel():
+            return
+        try:
+            self._dispatch(event, connections)
+        except BaseException as exc:  # noqa: BLE001 - a hook failed; the caller may look
+            delivery.set_exception(exc)
+        else:
+            delivery.set_result(None)
 
     def _dispatch(self, event: BaseEvent, connections: tuple[_Connection, ...]) -> None:
         event.pre_emit()

@@ -1,8 +1,11 @@
-"""A terminal display of progress events: the seed's "progress bar" example made real.
+"""A terminal display of progress events.
 
 ``ProgressDisplay`` listens for :class:`ProgressStartEvent`, :class:`ProgressStepEvent`
 and :class:`ProgressEndEvent` on an event manager and draws every running operation:
-a bar with rate and time remaining when the step count is known, a spinner otherwise.
+a bar with the amount done and the total, the rate and the time left when the total is
+known; the amount so far, the rate and the time elapsed otherwise. Byte counts (store
+progress events, ``unit='bytes'``) show as sizes. An ended operation leaves one line:
+``Copying: done, 3.0 MiB in 0:00:02 (1.5 MiB/s)`` or ``Copying: failed (disk gone)``.
 Several operations may run at once. On a terminal it uses ``rich`` when installed (the
 ``[cli]`` extra) and redraws in place otherwise; when the output is not a terminal it
 writes plain lines (start, at most one step line per ``interval`` seconds, end).
@@ -13,40 +16,14 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, TextIO
 
 from storekeeper.events._manager import BaseEventManager, get_event_manager
+from storekeeper.events._progress_text import Operation
 from storekeeper.events.progress import ProgressEndEvent, ProgressStartEvent, ProgressStepEvent
 
 __all__ = ["ProgressDisplay"]
-
-_SPINNER = "|/-\\"
-
-
-@dataclass
-class _Operation:
-    message: str
-    steps: int
-    step: int = 0
-    started: float = field(default_factory=time.monotonic)
-    last_line: float = 0.0
-
-    def describe(self, width: int = 30) -> str:
-        elapsed = max(time.monotonic() - self.started, 1e-9)
-        rate = self.step / elapsed
-        if self.steps > 0:
-            done = min(self.step / self.steps, 1.0)
-            bar = "#" * int(done * width)
-            remaining = (self.steps - self.step) / rate if rate > 0 else float("inf")
-            eta = f"{remaining:.0f}s" if remaining != float("inf") else "?"
-            return (
-                f"{self.message} [{bar:<{width}}] {self.step}/{self.steps} "
-                f"{done:4.0%} {rate:,.1f}/s eta {eta}"
-            )
-        spin = _SPINNER[self.step % len(_SPINNER)]
-        return f"{self.message} {spin} {self.step} {rate:,.1f}/s"
 
 
 class ProgressDisplay:
@@ -69,44 +46,30 @@ class ProgressDisplay:
         self.stream = stream if stream is not None else sys.stderr
         self.interval = interval
         self._lock = threading.Lock()
-        self._operations: dict[Any, _Operation] = {}
+        self._operations: dict[Any, Operation] = {}
         self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self._rich = self._make_rich(use_rich)
         self._rich_tasks: dict[Any, Any] = {}
         self._drawn_lines = 0
+        self._connected = False
 
     def _make_rich(self, use_rich: bool | None) -> Any:
         if use_rich is False or (use_rich is None and not self._tty):
             return None
         try:
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                Progress,
-                SpinnerColumn,
-                TextColumn,
-                TimeRemainingColumn,
-                TransferSpeedColumn,
-            )
+            from storekeeper.events._rich_display import make_progress
         except ImportError:
             if use_rich:
                 raise
             return None
-        console = Console(file=self.stream, force_terminal=True if use_rich else None)
-        return Progress(
-            SpinnerColumn(),
-            TextColumn("{task.description}"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total}"),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-            console=console,
-            auto_refresh=False,
-        )
+        return make_progress(self.stream, True if use_rich else None)
 
     # -- wiring -------------------------------------------------------------------------
     def connect(self) -> None:
-        """Start listening for progress events."""
+        """Start listening for progress events (again, if it was disconnected)."""
+        if self._connected:
+            return
+        self._connected = True
         self.event_manager.connect(ProgressStartEvent, self._on_start)
         self.event_manager.connect(ProgressStepEvent, self._on_step)
         self.event_manager.connect(ProgressEndEvent, self._on_end)
@@ -114,7 +77,10 @@ class ProgressDisplay:
             self._rich.start()
 
     def disconnect(self) -> None:
-        """Stop listening; a rich display is finished."""
+        """Stop listening; a rich display is finished. Does nothing if not connected."""
+        if not self._connected:
+            return
+        self._connected = False
         self.event_manager.disconnect(ProgressStartEvent, self._on_start)
         self.event_manager.disconnect(ProgressStepEvent, self._on_step)
         self.event_manager.disconnect(ProgressEndEvent, self._on_end)
@@ -135,13 +101,13 @@ class ProgressDisplay:
 
     # -- events -------------------------------------------------------------------------
     def _on_start(self, event: ProgressStartEvent) -> None:
-        operation = _Operation(event.message, event.steps)
+        unit = event.unit if isinstance(event.unit, str) else ""
+        operation = Operation(event.message, event.steps, unit)
         with self._lock:
             self._operations[event.operation_id] = operation
             if self._rich is not None:
-                total = event.steps if event.steps > 0 else None
                 self._rich_tasks[event.operation_id] = self._rich.add_task(
-                    event.message, total=total
+                    event.message, total=operation.total, unit=unit
                 )
                 self._rich.refresh()
             elif not self._tty:
@@ -171,12 +137,15 @@ class ProgressDisplay:
             operation = self._operations.pop(event.operation_id, None)
             if operation is None:
                 return
-            summary = f"{operation.message}: {event.exit_state}"
-            if event.message and event.message != operation.message:
-                summary += f" ({event.message})"
+            rich = self._rich is not None
+            summary = operation.summary(event.exit_state, event.message, figures=not rich)
             if self._rich is not None:
                 task = self._rich_tasks.pop(event.operation_id)
-                self._rich.update(task, description=summary)
+                finished = event.exit_state == "normal" and operation.total is None
+                # A finished operation of unknown size shows a full bar, not an empty one.
+                total = operation.step if finished else operation.total
+                self._rich.update(task, description=summary, total=total)
+                self._rich.stop_task(task)
                 self._rich.refresh()
             elif not self._tty:
                 self._line(summary)

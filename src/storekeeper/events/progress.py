@@ -23,10 +23,15 @@ _ids = itertools.count(1)
 
 
 class ProgressEvent(BaseEvent):
-    """Base of progress events: ``operation_id`` and a human-readable ``message``."""
+    """Base of progress events: ``operation_id`` and a human-readable ``message``.
+
+    ``unit`` says what a step counts, for displays: ``""`` (the default) for plain
+    counts, ``"bytes"`` for byte counts (store progress events).
+    """
 
     operation_id: Any = None
     message: str = ""
+    unit: str = ""
 
 
 class ProgressStartEvent(ProgressEvent):

@@ -43,11 +43,19 @@ from storekeeper.store._validate import (
     iter_source,
     select_metadata,
 )
+from storekeeper.store.events import (
+    StoreProgressEndEvent,
+    StoreProgressStartEvent,
+    StoreProgressStepEvent,
+    StoreSetEvent,
+    StoreUpdateEvent,
+)
 from storekeeper.store.utils import (
     SimpleTransactionContext,
     StoreProgressManager,
     buffer_iterator,
     read_stream,
+    source_size,
 )
 from storekeeper.store.value import Value
 
@@ -105,6 +113,21 @@ def _reset_version_source() -> None:
     _version_counter = itertools.count(1)
     _next_number = secrets.randbits(62)
     _number_lock = threading.Lock()
+
+
+_PROGRESS_EVENTS = (StoreProgressStartEvent, StoreProgressStepEvent, StoreProgressEndEvent)
+#: ``(store, key)`` while the default :meth:`AbstractStore.update_metadata` runs: its
+#: inner ``set_metadata`` emits a set event that is really the update.
+_updating: contextvars.ContextVar[tuple[object, str] | None] = contextvars.ContextVar(
+    "storekeeper-updating", default=None
+)
+
+
+def _as_update(event: BaseEvent, key: str) -> BaseEvent:
+    """*event* (a StoreSetEvent) as a StoreUpdateEvent if it concerns *key*."""
+    if getattr(event, "key", None) != key:
+        return event
+    return StoreUpdateEvent(event.source, key=key, metadata=getattr(event, "metadata", None))
 
 
 _version_prefix = ""
@@ -278,8 +301,20 @@ class AbstractReadOnlyStore(abc.ABC):
         return [key for key in self.query_keys() if fnmatch.fnmatchcase(key, pattern)]
 
     def to_bytes(self, key: str, buffer_size: int = DEFAULT_BUFFER_SIZE) -> bytes:
-        """*key*'s data as ``bytes`` (read in chunks of *buffer_size*)."""
-        return read_stream(self.get_data(key), buffer_size)
+        """*key*'s data as ``bytes`` (read in chunks of *buffer_size*).
+
+        Reading a value larger than one buffer (or of unknown size) emits store progress
+        events, as :meth:`to_file` does, when anyone listens for them.
+        """
+        if not self._progress_observed():
+            return read_stream(self.get_data(key), buffer_size)
+        value = self.get(key)
+        size = value.size
+        if size is not None and size <= buffer_size:
+            return read_stream(value.data, buffer_size)
+        message = f"Reading key {key!r}"
+        with self._progress(message, key, size, value.metadata) as progress, value.data as stream:
+            return b"".join(buffer_iterator(stream, buffer_size, progress))
 
     def to_file(self, key: str, path: PathLike, buffer_size: int = DEFAULT_BUFFER_SIZE) -> None:
         """Write *key*'s data to the file *path*, atomically and durably.
@@ -291,7 +326,8 @@ class AbstractReadOnlyStore(abc.ABC):
 
         value = self.get(key)
         message = f"Saving key {key!r} to file {os.fspath(path)!r}"
-        with self._progress(message, key, value.size) as progress, value.data as stream:
+        progress = self._progress(message, key, value.size, value.metadata)
+        with progress, value.data as stream:
             atomic_write(path, buffer_iterator(stream, buffer_size, progress))
 
     def as_mapping(self) -> StoreMapping:
@@ -303,6 +339,9 @@ class AbstractReadOnlyStore(abc.ABC):
     # -- events and transactions (shared machinery) -----------------------------------
     def _emit(self, event: BaseEvent) -> None:
         """Emit *event* now, or hold it until the current transaction commits."""
+        updating = _updating.get()
+        if updating is not None and updating[0] is self and type(event) is StoreSetEvent:
+            event = _as_update(event, updating[1])
         state = self._transaction_var.get()
         if state is None:
             self.event_manager.emit(event)
@@ -332,14 +371,34 @@ class AbstractReadOnlyStore(abc.ABC):
                 return True
         return False
 
-    def _progress(self, message: str, key: str, size: int | None) -> StoreProgressManager:
+    def _progress(
+        self, message: str, key: str, size: int | None, metadata: Metadata | None = None
+    ) -> StoreProgressManager:
+        """Progress events of an operation on *key* of *size* bytes (``None``: unknown);
+        *metadata* is the key's, where the operation knows it."""
         return StoreProgressManager(
             self.event_manager,
             self,
             message=message,
             steps=-1 if size is None else size,
             key=key,
+            metadata=metadata,
         )
+
+    def _progress_observed(self) -> bool:
+        """Whether a store progress event emitted now could reach a listener (they are
+        never held back by transactions). A manager that cannot tell counts as observed."""
+        has_listeners = getattr(self.event_manager, "has_listeners", None)
+        if has_listeners is None:
+            return True
+        return any(map(has_listeners, _PROGRESS_EVENTS))
+
+    def _progress_metadata(self, metadata_json: str | None) -> Metadata | None:
+        """The metadata for progress events from its JSON text, parsed only if someone
+        listens for them."""
+        if metadata_json is None or not self._progress_observed():
+            return None
+        return decode_metadata(metadata_json)
 
     def _transaction_state(self) -> _TransactionState | None:
         return self._transaction_var.get()
@@ -406,8 +465,8 @@ class AbstractStore(AbstractReadOnlyStore):
 
         *data* may be bytes, a readable binary file-like, or an iterable of bytes chunks;
         *metadata* a JSON-representable dict (or ``None`` for ``{}``). If reading the data
-        fails, the old value stays. Emits :class:`StoreSetEvent` for a new key and
-        :class:`StoreUpdateEvent` for an existing one.
+        fails, the old value stays. Emits :class:`StoreSetEvent`, whether the key existed
+        or not.
 
         Returns the version of the value written (what ``get(key).version`` reports
         until the next write: an ``if_version`` for the next conditional write, with no
@@ -430,7 +489,8 @@ class AbstractStore(AbstractReadOnlyStore):
     ) -> None:
         """Replace *key*'s data, keeping its metadata (``{}`` for a new key).
 
-        Default: reads the metadata and calls :meth:`set` inside a transaction.
+        Emits :class:`StoreSetEvent`. Default: reads the metadata and calls :meth:`set`
+        inside a transaction.
         """
         with self.transaction(f"Setting data of {key!r}"):
             try:
@@ -449,8 +509,8 @@ class AbstractStore(AbstractReadOnlyStore):
     ) -> None:
         """Replace *key*'s metadata, keeping its data (empty for a new key).
 
-        Default: re-writes the data through :meth:`set` inside a transaction (slow for
-        large values; backends override it).
+        Emits :class:`StoreSetEvent`. Default: re-writes the data through :meth:`set`
+        inside a transaction (slow for large values; backends override it).
         """
         with self.transaction(f"Setting metadata of {key!r}"):
             try:
@@ -468,13 +528,18 @@ class AbstractStore(AbstractReadOnlyStore):
     ) -> None:
         """Merge *metadata* into *key*'s metadata like ``dict.update``.
 
-        :class:`KeyNotFoundError` if *key* is missing. Default: read, merge and
-        :meth:`set_metadata` inside a transaction.
+        :class:`KeyNotFoundError` if *key* is missing. Emits :class:`StoreUpdateEvent`.
+        Default: read, merge and :meth:`set_metadata` inside a transaction (whose
+        :class:`StoreSetEvent` for *key* is emitted as the update it is).
         """
-        with self.transaction(f"Updating metadata of {key!r}"):
-            merged = self.get_metadata(key)
-            merged.update(metadata)
-            self.set_metadata(key, merged, if_version=if_version, if_exists=True)
+        token = _updating.set((self, key))
+        try:
+            with self.transaction(f"Updating metadata of {key!r}"):
+                merged = self.get_metadata(key)
+                merged.update(metadata)
+                self.set_metadata(key, merged, if_version=if_version, if_exists=True)
+        finally:
+            _updating.reset(token)
 
     def multiset(
         self,
@@ -482,7 +547,8 @@ class AbstractStore(AbstractReadOnlyStore):
         values: Iterable[Value | tuple[Any, Any]],
         buffer_size: int = DEFAULT_BUFFER_SIZE,
     ) -> None:
-        """:meth:`set` each key to its value (paired like ``zip``), in one transaction."""
+        """:meth:`set` each key to its value (paired like ``zip``), in one transaction;
+        a :class:`StoreSetEvent` for every key."""
         pairs = pair_up(keys, values)
         with self.transaction(f"Setting {len(pairs)} keys"):
             for key, value in pairs:
@@ -491,7 +557,8 @@ class AbstractStore(AbstractReadOnlyStore):
     def multiset_data(
         self, keys: Iterable[str], datas: Iterable[object], buffer_size: int = DEFAULT_BUFFER_SIZE
     ) -> None:
-        """:meth:`set_data` for each key (paired like ``zip``), in one transaction."""
+        """:meth:`set_data` for each key (paired like ``zip``), in one transaction;
+        a :class:`StoreSetEvent` for every key."""
         pairs = pair_up(keys, datas)
         with self.transaction(f"Setting data of {len(pairs)} keys"):
             for key, data in pairs:
@@ -500,7 +567,8 @@ class AbstractStore(AbstractReadOnlyStore):
     def multiset_metadata(
         self, keys: Iterable[str], metadatas: Iterable[Mapping[str, Any]]
     ) -> None:
-        """:meth:`set_metadata` for each key (paired like ``zip``), in one transaction."""
+        """:meth:`set_metadata` for each key (paired like ``zip``), in one transaction;
+        a :class:`StoreSetEvent` for every key."""
         pairs = pair_up(keys, metadatas)
         with self.transaction(f"Setting metadata of {len(pairs)} keys"):
             for key, metadata in pairs:
@@ -509,20 +577,25 @@ class AbstractStore(AbstractReadOnlyStore):
     def multiupdate_metadata(
         self, keys: Iterable[str], metadatas: Iterable[Mapping[str, Any]]
     ) -> None:
-        """:meth:`update_metadata` for each key (paired like ``zip``), in one transaction."""
+        """:meth:`update_metadata` for each key (paired like ``zip``), in one transaction;
+        a :class:`StoreUpdateEvent` for every key."""
         pairs = pair_up(keys, metadatas)
         with self.transaction(f"Updating metadata of {len(pairs)} keys"):
             for key, metadata in pairs:
                 self.update_metadata(key, metadata)
 
-    def _read_source(self, key: str, source: object, buffer_size: int) -> bytes:
-        """Read a whole data source into memory, reporting progress for streams."""
+    def _read_source(
+        self, key: str, source: object, buffer_size: int, metadata_json: str | None = None
+    ) -> bytes:
+        """Read a whole data source into memory, reporting progress for streams (with
+        *metadata_json*, the metadata being written, when it is known)."""
         if isinstance(source, bytes):
             return source
         chunks = iter_source(source, buffer_size)
         parts: list[bytes] = []
         total = 0
-        with self._progress(f"Setting key {key!r}", key, None) as progress:
+        size, metadata = source_size(source), self._progress_metadata(metadata_json)
+        with self._progress(f"Setting key {key!r}", key, size, metadata) as progress:
             for chunk in chunks:
                 parts.append(chunk)
                 total += len(chunk)

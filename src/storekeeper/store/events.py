@@ -9,8 +9,8 @@ Class tree (listen on a superclass to hear all of its subclasses)::
         │   └── StoreTransactionEndEvent state: 'done' or 'failed'
         └── StoreKeyEvent                key, metadata
             ├── StoreModificationEvent   action
-            │   ├── StoreSetEvent        action='set'    (the key did not exist)
-            │   ├── StoreUpdateEvent     action='update' (the key existed)
+            │   ├── StoreSetEvent        action='set'    (set, set_data, set_metadata)
+            │   ├── StoreUpdateEvent     action='update' (update_metadata)
             │   └── StoreDeleteEvent     action='delete' (metadata: what it had)
             └── StoreProgressEvent       (also a ProgressEvent)
                 ├── StoreProgressStartEvent
@@ -84,13 +84,20 @@ class StoreModificationEvent(StoreKeyEvent):
 
 
 class StoreSetEvent(StoreModificationEvent):
-    """A key that did not exist was written; ``metadata`` is what it now holds."""
+    """A key was written by ``set``, ``set_data``, ``set_metadata`` or a ``multiset*``
+    call, whether it existed before or not; ``metadata`` is what it now holds.
+
+    A composite store also emits it when a key it shows takes another value without a
+    write through it (a child changed, or a deletion uncovered a lower layer's entry).
+    """
 
     action = "set"
 
 
 class StoreUpdateEvent(StoreModificationEvent):
-    """An existing key's data and/or metadata changed; ``metadata`` is what it now holds."""
+    """An existing key's metadata was merged by ``update_metadata`` (or
+    ``multiupdate_metadata``); its data did not change. ``metadata`` is what it now
+    holds."""
 
     action = "update"
 
@@ -102,7 +109,13 @@ class StoreDeleteEvent(StoreModificationEvent):
 
 
 class StoreProgressEvent(ProgressEvent, StoreKeyEvent):
-    """Progress of a long store operation on ``key`` (see :class:`ProgressEvent`)."""
+    """Progress of a long store operation on ``key`` (see :class:`ProgressEvent`).
+
+    Steps count bytes (``unit`` is ``'bytes'``). ``metadata`` is the key's metadata when
+    the operation knows it (reads, and writes that set the metadata), else ``None``.
+    """
+
+    unit = "bytes"
 
 
 class StoreProgressStartEvent(ProgressStartEvent, StoreProgressEvent):

@@ -15,6 +15,8 @@ from __future__ import annotations
 import io
 import itertools
 import logging
+import os
+import stat
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Protocol
@@ -42,6 +44,7 @@ __all__ = [
     "SimpleTransactionContext",
     "StoreProgressManager",
     "buffer_iterator",
+    "source_size",
     "tee",
 ]
 
@@ -77,12 +80,42 @@ def buffer_iterator(
         yield chunk
 
 
+def source_size(source: object) -> int | None:
+    """How many bytes a data source will yield, when that can be told without reading it:
+    the length of bytes-like data, the ``size`` of a ``Value``, what is left of a regular
+    file or of a ``BytesIO``; ``None`` otherwise (iterators, pipes, sockets...)."""
+    if isinstance(source, bytes | bytearray | memoryview):
+        return len(source)
+    size = getattr(source, "size", None)
+    if isinstance(size, int):
+        return size
+    try:
+        if isinstance(source, io.BytesIO):
+            return max(len(source.getbuffer()) - source.tell(), 0)
+        return _file_size_left(source)
+    except (OSError, ValueError):  # closed, unsupported or not a real file: unknown
+        return None
+
+
+def _file_size_left(source: object) -> int | None:
+    """Bytes from the position of a regular file object to its end, else ``None``."""
+    fileno = getattr(source, "fileno", None)
+    tell = getattr(source, "tell", None)
+    if fileno is None or tell is None:
+        return None
+    status = os.fstat(fileno())
+    if not stat.S_ISREG(status.st_mode):
+        return None
+    return max(status.st_size - int(tell()), 0)
+
+
 class BufferIteratorIO(io.RawIOBase):
     """A read-only binary file-like object over an iterator of ``bytes`` chunks.
 
-    ``read()`` and ``read(-1)`` return everything that is left; ``read(n)`` returns at
-    most ``n`` bytes (fewer only at the end). Closing it closes the iterator when the
-    iterator is a generator, so the producer's clean-up runs.
+    ``read()`` and ``read(-1)`` return everything that is left; ``read(n)`` (also spelt
+    ``read(buffer_size=n)``) returns at most ``n`` bytes (fewer only at the end).
+    Closing it closes the iterator when the iterator is a generator, so the producer's
+    clean-up runs.
     """
 
     def __init__(self, iterator: Iterable[bytes]) -> None:
@@ -94,19 +127,19 @@ class BufferIteratorIO(io.RawIOBase):
         """Always true: this is a read-only stream."""
         return True
 
-    def read(self, size: int | None = -1) -> bytes:
-        """Read up to *size* bytes; everything left when *size* is ``None`` or negative."""
+    def read(self, buffer_size: int | None = -1) -> bytes:
+        """Read up to *buffer_size* bytes; everything left when it is ``None`` or negative."""
         self._check_open()
-        if size is None or size < 0:
+        if buffer_size is None or buffer_size < 0:
             parts = [self._buffer, *self._drain()]
             self._buffer = b""
             return b"".join(parts)
-        while len(self._buffer) < size:
+        while len(self._buffer) < buffer_size:
             chunk = self._next_chunk()
             if chunk is None:
                 break
             self._buffer += chunk
-        result, self._buffer = self._buffer[:size], self._buffer[size:]
+        result, self._buffer = self._buffer[:buffer_size], self._buffer[buffer_size:]
         return result
 
     def readall(self) -> bytes:
