@@ -8,6 +8,7 @@ CachedStore fill installing a value that a transactional write had replaced.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -27,10 +28,12 @@ from storekeeper.composite import (
 )
 from storekeeper.errors import TransactionError
 from storekeeper.store import AbstractStore, Value
+from storekeeper.testing.isolation import increment, increment_in_task
 
 ALICE = {"username": "alice", "password": "alice's secret"}
 FAST = make_encoder(b"pepper", n=2)  # scrypt at the lowest cost: tests only
 BACKENDS = ["sqlite", "file", "memory"]
+SOAK = os.environ.get("STOREKEEPER_SOAK") == "1"
 
 
 def backend(kind: str, tmp_path: Path, name: str) -> AbstractStore:
@@ -236,6 +239,56 @@ def test_read_modify_write_transactions_from_tasks_keep_every_update(
 
         asyncio.run(main())
         assert int(store.to_bytes("n")) == 100
+
+
+def test_refusal_says_why_and_what_to_do(tmp_path: Path) -> None:
+    with backend("memory", tmp_path, "s") as store:
+        errors: list[TransactionError] = []
+
+        async def main() -> None:
+            with store.transaction():
+                store.set("a", (b"A", {}))
+
+                async def other() -> None:
+                    with pytest.raises(TransactionError) as caught:
+                        store.set("b", (b"B", {}))
+                    errors.append(caught.value)
+
+                await asyncio.create_task(other())
+
+        asyncio.run(main())
+        message = str(errors[0])
+        assert "another asyncio task of this thread" in message
+        assert "asyncio.to_thread" in message and "block the event loop" in message
+
+
+@pytest.mark.soak
+@pytest.mark.skipif(not SOAK, reason="long: only under make soak")
+@pytest.mark.parametrize("kind", BACKENDS)
+@pytest.mark.parametrize("composite", [None, *sorted(COMPOSITES)])
+def test_read_modify_write_transactions_soak(
+    tmp_path: Path, composite: str | None, kind: str
+) -> None:
+    if composite is None:
+        store = backend(kind, tmp_path, "plain")
+    else:
+        store = COMPOSITES[composite](kind, tmp_path)
+    store.connect(ALICE if composite == "auth" else None)
+    try:
+        store.set("n", (b"0", {}))
+
+        def threads_and_tasks() -> None:
+            async def main() -> None:
+                await asyncio.gather(*(increment_in_task(store, 50) for _ in range(4)))
+
+            for _ in range(100):
+                increment(store)
+            asyncio.run(main())
+
+        _run_threads(threads_and_tasks, 4)
+        assert int(store.to_bytes("n")) == 4 * (100 + 4 * 50)
+    finally:
+        store.disconnect()
 
 
 # -- item 6: the immutable cache's fence covers transactional writes -----------------------
