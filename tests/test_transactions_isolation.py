@@ -97,6 +97,18 @@ def test_composite_read_modify_write_transactions_lose_no_update(
         store.disconnect()
 
 
+def test_joined_transaction_over_two_tables_of_one_database(tmp_path: Path) -> None:
+    # Only the top store is enlisted: a lower one on the same database would otherwise
+    # wait for the top one's write lock, held by this very transaction.
+    path = tmp_path / "shared.db"
+    stores = [SqliteStore(path, table=name, timeout=2, durable=False) for name in ("a", "b")]
+    with JoinedStore(stores) as store:
+        stores[1].set("low", (b"1", {}))
+        with store.transaction():
+            store.set("k", (store.to_bytes("low") + b"2", {}))
+        assert stores[0].to_bytes("k") == b"12"
+
+
 # -- item 5: asyncio tasks of one thread do not share a transaction --------------------------
 TASK_BACKENDS = ["sqlite", "sqlite-memory", "file", "memory"]
 

@@ -4,12 +4,16 @@ A composite is a store built from other stores (its *children*). This module giv
 
 - **Connection**: ``connect`` connects the children that are not connected yet, and
   ``disconnect`` disconnects exactly those again, so the composite can reconnect.
-- **Transactions**: a composite transaction *enlists* every writable child when it
-  begins, by entering the child's own transaction, lowest index first (so two
-  composites' transactions take shared children in one order and cannot deadlock), and
-  opens one nested child transaction per savepoint. Everything the block reads or writes
-  then goes through the children's transactions, so it is isolated as a transaction on
-  the child itself would be. Commit commits the enlisted children one after another,
+- **Transactions**: a composite transaction *enlists* a child by entering the child's
+  own transaction (and one nested child transaction per savepoint). It enlists the
+  children it reads and writes in transactions (:meth:`CompositeStore._transactional_children`,
+  by default every writable child) when it begins, lowest index first, so everything the
+  block reads from or writes to them goes through their transactions and is isolated as
+  a transaction on the child itself would be. A writable child left out (one only a
+  rare operation writes, such as ``MountedStore.push``'s backing store) is enlisted at
+  its first write; every such child comes after all the others in index order, so two
+  composites' transactions always take shared children in one order and cannot
+  deadlock. Commit commits the enlisted children one after another,
   the highest child index first; rollback rolls them all back. Each child is
   all-or-nothing on its own; across children this is not a two-phase commit: if a
   child's commit fails after another child has committed, the committed child keeps
@@ -251,14 +255,21 @@ class CompositeStore(AbstractStore):
         return None
 
     def _writer(self, index: int) -> AbstractStore:
-        """Child *index* as a writable store (enlisted in a transaction when one is open)."""
+        """Child *index* as a writable store, enlisted in the current transaction."""
         child = self._children[index]
         if not self._writable[index]:
             raise ReadOnlyStoreError(f"{type(child).__name__} child of {self!r} is read-only")
+        state = self._enlisted.get()
+        if state is not None and index not in state.contexts:
+            self._open_child(state, index)  # after the others: see the module docstring
         return cast(AbstractStore, child)  # _writable said so
 
     def _transactional_children(self) -> list[int]:
-        """Indexes of the children a transaction enlists (default: every writable one)."""
+        """Indexes of the children a transaction enlists when it begins, ascending.
+
+        Default: every writable child. A subclass may leave out children that only some
+        operations write, if they have higher indexes than every child it keeps.
+        """
         return [index for index, writable in enumerate(self._writable) if writable]
 
     def _quietly(self, call: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
