@@ -105,7 +105,8 @@ class DictMemoryStore(AbstractStore):
         check_key(key)
         self._require_connection()
         with self._lock:
-            entry = self._current(key)
+            # No open transaction is the common case: one check, no call.
+            entry = self._entries.get(key) if self._transaction is None else self._current(key)
         if entry is None:
             raise missing(key)
         return entry
@@ -147,6 +148,8 @@ class DictMemoryStore(AbstractStore):
         check_key(key)
         self._require_connection()
         with self._lock:
+            if self._transaction is None:
+                return key in self._entries
             return self._current(key) is not None
 
     def get_metadata(self, key: str, select: Iterable[str] | None = None) -> Metadata:
@@ -274,8 +277,8 @@ class DictMemoryStore(AbstractStore):
         """Store a new entry; ``None`` for data or metadata keeps the current one.
         Returns its version."""
         with self._lock:
-            transaction = self._await_turn()
-            old = self._current(key)
+            transaction = None if self._transaction is None else self._await_turn()
+            old = self._entries.get(key) if transaction is None else self._current(key)
             check_precondition(key, None if old is None else old.version, if_version, if_exists)
             now = time.time()
             entry = _Entry(
