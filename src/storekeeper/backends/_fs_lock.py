@@ -1,19 +1,22 @@
 """The store-wide writer lock of :mod:`storekeeper.backends.filesystem`.
 
-Writers of one store directory exclude each other at two levels: a re-entrant thread
-lock inside the process and a :class:`storekeeper.files.FileLock` between processes
-(which tells a lock left by a dead process from a live one). The thread that holds the
-lock may take it again (a write inside its own transaction); the file lock is taken only
-by the outermost acquisition.
+Writers of one store directory exclude each other at two levels: a re-entrant lock
+inside the process and a :class:`storekeeper.files.FileLock` between processes
+(which tells a lock left by a dead process from a live one). The task or thread that
+holds the lock may take it again (a write inside its own transaction); another asyncio
+task of its thread is refused with TransactionError rather than block the event loop
+(see :mod:`storekeeper.store.owners`). The file lock is taken only by the outermost
+acquisition.
 """
 
 from __future__ import annotations
 
-import threading
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from storekeeper.files import FileLock
+from storekeeper.store.owners import OwnerLock
 
 __all__ = ["StoreLock"]
 
@@ -26,8 +29,8 @@ class StoreLock:
     def __init__(self, path: str, timeout: float, on_acquire: Callable[[], object]) -> None:
         self._file_lock = FileLock(path, timeout=timeout, keep_open=True)
         self._on_acquire = on_acquire
-        self._mutex = threading.RLock()
-        self._depth = 0  # only changed by the thread holding _mutex
+        self._mutex = OwnerLock(f"the FileSystemStore at {os.path.dirname(path)!r}")
+        self._depth = 0  # only changed by the owner holding _mutex
 
     def acquire(self) -> None:
         """Take the lock (waiting up to the timeout for other processes)."""

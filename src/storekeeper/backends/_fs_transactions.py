@@ -1,7 +1,7 @@
 """Transaction staging and commit for :mod:`storekeeper.backends.filesystem`.
 
 A transaction holds the store lock from begin to end and keeps its writes in a
-:class:`Staging` overlay (visible only to its own thread), so rolling back means
+:class:`Staging` overlay (visible only to its owner, the task or thread), so rolling back means
 forgetting the overlay. :func:`commit_staging` then writes the overlay to disk: a single
 changed key is written directly (one atomic rename is already all-or-nothing), more
 keys go through staged files and the journal (see :mod:`._fs_journal`).

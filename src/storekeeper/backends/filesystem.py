@@ -29,7 +29,6 @@
 
 from __future__ import annotations
 
-import contextvars
 import errno
 import itertools
 import os
@@ -84,6 +83,7 @@ from storekeeper.store.events import (
     StoreSetEvent,
     StoreUpdateEvent,
 )
+from storekeeper.store.owners import OwnedVar
 from storekeeper.store.query import compile_terms, matches
 from storekeeper.store.utils import source_size
 from storekeeper.store.value import Value
@@ -159,9 +159,8 @@ class FileSystemStore(AbstractStore):
         self._keys_prefix = self._keys + os.sep
         self._journal = os.path.join(self.path, JOURNAL_NAME)
         self._lock: StoreLock | None = None
-        self._staging_var: contextvars.ContextVar[Staging | None] = contextvars.ContextVar(
-            f"storekeeper-fs-staging-{id(self):x}", default=None
-        )
+        # Seen only by the transaction's owner, not by tasks that inherit its context.
+        self._staging_var: OwnedVar[Staging] = OwnedVar(f"storekeeper-fs-staging-{id(self):x}")
         self._check_layout()
 
     @classmethod

@@ -2,9 +2,14 @@
 
 Values live in the process's memory and vanish with it. Data and metadata are copied in
 and out, so neither callers nor listeners can change what is stored behind the store's
-back. Transactions are serializable: a transaction holds the store's lock from begin to
-commit/rollback, so other threads' reads and writes wait for it and never see its
-uncommitted writes; rollback replays an undo log.
+back.
+
+Transactions are serializable. One transaction is open at a time, and plain writes wait
+for it: another thread's write or transaction waits until it ends, another asyncio task
+of the same thread gets :class:`~storekeeper.errors.TransactionError` at once (see
+:mod:`storekeeper.store.owners`). Its writes are kept aside, seen only by its owner, and
+applied all together at commit under the data lock; rollback forgets them. So reads never
+wait for a transaction and always see committed data, never part of a commit.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import SplitResult
 
@@ -38,6 +43,7 @@ from storekeeper.store.events import (
     StoreSetEvent,
     StoreUpdateEvent,
 )
+from storekeeper.store.owners import Claim
 from storekeeper.store.query import compile_terms, matches
 from storekeeper.store.value import BytesValue, Value
 
@@ -53,15 +59,41 @@ class _Entry:
     version: str
 
 
+_ABSENT = object()
+
+
+@dataclass(slots=True)
+class _Transaction:
+    """The open transaction: its owner, its writes (``None``: deleted) and, for
+    savepoints, the entry each write replaced in ``changes`` (``_ABSENT``: none)."""
+
+    claim: Claim
+    changes: dict[str, _Entry | None] = field(default_factory=dict)
+    log: list[tuple[str, object]] = field(default_factory=list)
+
+    def record(self, key: str, entry: _Entry | None) -> None:
+        self.log.append((key, self.changes.get(key, _ABSENT)))
+        self.changes[key] = entry
+
+    def rollback_to(self, mark: int) -> None:
+        while len(self.log) > mark:
+            key, previous = self.log.pop()
+            if previous is _ABSENT:
+                del self.changes[key]
+            else:
+                self.changes[key] = previous  # type: ignore[assignment]
+
+
 class DictMemoryStore(AbstractStore):
     """A store held in memory; the same instance keeps its data across reconnects."""
 
     def __init__(self, event_manager: BaseEventManager | None = None) -> None:
         super().__init__(event_manager)
         self._entries: dict[str, _Entry] = {}
+        # Guards _entries and _transaction; held briefly, never for a whole transaction.
         self._lock = threading.RLock()
-        # Only the thread holding ``_lock`` for a transaction can have an undo log.
-        self._undo: list[tuple[str, _Entry | None]] | None = None
+        self._turn = threading.Condition(self._lock)  # notified when a transaction ends
+        self._transaction: _Transaction | None = None
 
     @classmethod
     def from_url(cls, url: SplitResult, **options: Any) -> DictMemoryStore:
@@ -78,10 +110,32 @@ class DictMemoryStore(AbstractStore):
         check_key(key)
         self._require_connection()
         with self._lock:
-            entry = self._entries.get(key)
+            # No open transaction is the common case: one check, no call.
+            entry = self._entries.get(key) if self._transaction is None else self._current(key)
         if entry is None:
             raise missing(key)
         return entry
+
+    def _current(self, key: str) -> _Entry | None:
+        """*key*'s entry as the caller sees it (lock held): its own transaction's write,
+        else the committed one."""
+        transaction = self._transaction
+        if transaction is not None and key in transaction.changes and transaction.claim.is_mine():
+            return transaction.changes[key]
+        return self._entries.get(key)
+
+    def _visible(self) -> dict[str, _Entry]:
+        """Every entry as the caller sees it (lock held); do not modify the result."""
+        transaction = self._transaction
+        if transaction is None or not transaction.changes or not transaction.claim.is_mine():
+            return self._entries
+        view = dict(self._entries)
+        for key, entry in transaction.changes.items():
+            if entry is None:
+                view.pop(key, None)
+            else:
+                view[key] = entry
+        return view
 
     def get(self, key: str) -> Value:
         """The value of *key* as a :class:`BytesValue`."""
@@ -99,7 +153,9 @@ class DictMemoryStore(AbstractStore):
         check_key(key)
         self._require_connection()
         with self._lock:
-            return key in self._entries
+            if self._transaction is None:
+                return key in self._entries
+            return self._current(key) is not None
 
     def get_metadata(self, key: str, select: Iterable[str] | None = None) -> Metadata:
         """A copy of *key*'s metadata, limited to *select* when given."""
@@ -119,7 +175,7 @@ class DictMemoryStore(AbstractStore):
         terms = compile_terms(kwargs)
         names = None if select is None else list(select)
         with self._lock:
-            items = [(key, entry.metadata_json) for key, entry in self._entries.items()]
+            items = [(key, entry.metadata_json) for key, entry in self._visible().items()]
         result = []
         for key, text in items:
             metadata = decode_metadata(text)
@@ -133,7 +189,7 @@ class DictMemoryStore(AbstractStore):
             return super().query_keys(**kwargs)
         self._require_connection()
         with self._lock:
-            return list(self._entries)
+            return list(self._visible())
 
     # -- writes ------------------------------------------------------------------------
     def set(
@@ -193,7 +249,8 @@ class DictMemoryStore(AbstractStore):
         self._require_connection()
         encode_metadata(metadata)  # reject bad input before touching anything
         with self._lock:
-            old = self._entries.get(key)
+            self._await_turn()
+            old = self._current(key)
             if old is None:
                 raise missing(key)
             merged = decode_metadata(old.metadata_json)
@@ -205,12 +262,15 @@ class DictMemoryStore(AbstractStore):
         check_key(key)
         self._require_connection()
         with self._lock:
-            old = self._entries.get(key)
+            transaction = self._await_turn()
+            old = self._current(key)
             if old is None:
                 raise missing(key)
             check_precondition(key, old.version, if_version, None)
-            self._remember(key, old)
-            del self._entries[key]
+            if transaction is None:
+                del self._entries[key]
+            else:
+                transaction.record(key, None)
         self._emit_change(StoreDeleteEvent, key, old.metadata_json)
 
     def _write(
@@ -225,7 +285,8 @@ class DictMemoryStore(AbstractStore):
         """Store a new entry; ``None`` for data or metadata keeps the current one.
         Emits *event* for it. Returns its version."""
         with self._lock:
-            old = self._entries.get(key)
+            transaction = None if self._transaction is None else self._await_turn()
+            old = self._entries.get(key) if transaction is None else self._current(key)
             check_precondition(key, None if old is None else old.version, if_version, if_exists)
             now = time.time()
             entry = _Entry(
@@ -237,44 +298,67 @@ class DictMemoryStore(AbstractStore):
                 now,
                 new_version(),
             )
-            self._remember(key, old)
-            self._entries[key] = entry
+            if transaction is None:
+                self._entries[key] = entry
+            else:
+                transaction.record(key, entry)
         self._emit_change(event, key, entry.metadata_json)
         return entry.version
 
     # -- transactions --------------------------------------------------------------------
-    def _remember(self, key: str, old: _Entry | None) -> None:
-        if self._undo is not None:
-            self._undo.append((key, old))
+    def _await_turn(self) -> _Transaction | None:
+        """Before a write (lock held): the caller's own transaction, or ``None`` once no
+        transaction is open. Waits for another thread's transaction to end; another
+        task of this thread's transaction raises TransactionError (see owners.py)."""
+        while True:
+            transaction = self._transaction
+            if transaction is None:
+                return None
+            claim = transaction.claim
+            if claim.is_mine():
+                return transaction
+            if claim.blocks_here():
+                raise claim.refusal(self)
+            self._turn.wait()
+
+    def _own_transaction(self) -> _Transaction:
+        transaction = self._transaction
+        assert transaction is not None and transaction.claim.is_mine()  # hooks run in it
+        return transaction
 
     def _begin_transaction(self) -> None:
         self._require_connection()
-        self._lock.acquire()
-        self._undo = []
+        with self._lock:
+            mine = self._await_turn()
+            assert mine is None  # a block inside a transaction nests instead of beginning
+            self._transaction = _Transaction(Claim.take())
 
     def _commit_transaction(self) -> None:
-        self._undo = None
-        self._lock.release()
+        with self._lock:
+            for key, entry in self._own_transaction().changes.items():
+                if entry is None:
+                    self._entries.pop(key, None)
+                else:
+                    self._entries[key] = entry
+            self._end()
 
     def _rollback_transaction(self) -> None:
-        try:
-            self._rollback_to_savepoint(0)
-        finally:
-            self._undo = None
-            self._lock.release()
+        with self._lock:
+            self._own_transaction()
+            self._end()
+
+    def _end(self) -> None:
+        self._transaction = None
+        self._turn.notify_all()
 
     def _savepoint(self) -> object:
-        assert self._undo is not None  # only called inside a transaction
-        return len(self._undo)
+        with self._lock:
+            return len(self._own_transaction().log)
 
     def _rollback_to_savepoint(self, token: object) -> None:
-        assert self._undo is not None and isinstance(token, int)
-        while len(self._undo) > token:
-            key, old = self._undo.pop()
-            if old is None:
-                self._entries.pop(key, None)
-            else:
-                self._entries[key] = old
+        assert isinstance(token, int)  # made by _savepoint
+        with self._lock:
+            self._own_transaction().rollback_to(token)
 
     def _release_savepoint(self, token: object) -> None:
         return None

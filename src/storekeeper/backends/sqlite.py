@@ -9,10 +9,16 @@
   transaction and, with ``background_checkpoints`` (default: ``not durable``), after
   any commit, so such writes never wait for the disk; the log is then bounded at 4,000
   pages (see ``_sqlite_checkpoint``).
-- **Concurrency**: one connection per thread (re-created after ``fork``), a busy timeout,
-  and ``BEGIN IMMEDIATE`` for every write, so threads and processes may share a database
-  file. Transactions nest with savepoints. An in-memory database has a single connection
-  and serialises every operation (and every transaction) through a lock.
+- **Concurrency**: one connection per thread for plain reads and writes (re-created after
+  ``fork``), a busy timeout, and ``BEGIN IMMEDIATE`` for every write, so threads and
+  processes may share a database file. A transaction runs on a connection of its own,
+  so other tasks of its thread read committed data meanwhile; their writes and
+  transactions, which would have to wait for it, raise
+  :class:`~storekeeper.errors.TransactionError` at once (see
+  :mod:`storekeeper.store.owners`). Transactions nest with savepoints. An in-memory
+  database has a single connection and serialises every operation (and every
+  transaction) through a lock; there, any call of another task of the transaction's
+  thread raises TransactionError.
 - **Metadata** is JSON text, never pickle. Queries compile to SQL over ``json_extract``;
   ``index='dynamic'`` (default) creates an expression index for each metadata name the
   first time it is written (up to ``max_indexes``), ``index='static'`` only for
@@ -32,7 +38,6 @@
 
 from __future__ import annotations
 
-import contextvars
 import fnmatch
 import itertools
 import os
@@ -78,6 +83,7 @@ from storekeeper.store.abstract import (
     version_numbers,
 )
 from storekeeper.store.events import StoreDeleteEvent, StoreSetEvent, StoreUpdateEvent
+from storekeeper.store.owners import Claim, OwnedVar
 from storekeeper.store.query import compile_terms, matches
 from storekeeper.store.utils import BufferIteratorIO, read_stream, source_size
 from storekeeper.store.value import BytesValue, StreamValue, Value
@@ -149,6 +155,13 @@ class SqliteStore(AbstractStore):
         # shares that connection and takes turns through this lock.
         self._serial = threading.RLock() if self.location == _MEMORY else None
         self._savepoints = itertools.count()
+        # The open transaction's owner, set once it holds the write lock: a call of
+        # another task of its thread that would wait for it is refused instead.
+        self._holder: Claim | None = None
+        # File databases: a transaction's own connection (the thread's serves plain
+        # calls) and the idle ones, as (connection, generation, pid).
+        self._leased: OwnedVar[_Lease] = OwnedVar(f"sqlite-{id(self):x}-transaction")
+        self._idle: list[_Lease] = []
         self._files = (
             None if self.location == _MEMORY else ValueFiles(self.location + "-values", durable)
         )
@@ -165,9 +178,7 @@ class SqliteStore(AbstractStore):
         if self._checkpointer is not None:
             # A store dropped without disconnect() must not leave its thread waiting.
             weakref.finalize(self, self._checkpointer.stop)
-        self._file_log: contextvars.ContextVar[_FileLog | None] = contextvars.ContextVar(
-            f"sqlite-{id(self):x}-files", default=None
-        )
+        self._file_log: OwnedVar[_FileLog] = OwnedVar(f"sqlite-{id(self):x}-files")
 
     @classmethod
     def from_url(cls, parts: SplitResult, **options: Any) -> SqliteStore:
@@ -247,6 +258,7 @@ class SqliteStore(AbstractStore):
             connections, self._connections = self._connections, []
             self._generation += 1
             self._shared = None
+            self._idle = []
         for conn in connections:
             conn.close()
 
@@ -255,6 +267,9 @@ class SqliteStore(AbstractStore):
             if self._shared is None:
                 self._shared = self._open()
             return self._shared
+        lease = self._leased.get()
+        if lease is not None:
+            return lease.conn
         local = self._local
         if getattr(local, "generation", None) == self._generation and local.pid == os.getpid():
             conn: sqlite3.Connection = local.conn
@@ -285,6 +300,27 @@ class SqliteStore(AbstractStore):
         with self._connections_lock:
             self._connections.append(conn)
         return conn
+
+    def _lease(self) -> _Lease:
+        """An idle connection of this generation and process for a transaction, or a new one."""
+        with self._connections_lock:
+            while self._idle:
+                lease = self._idle.pop()
+                if lease.generation == self._generation and lease.pid == os.getpid():
+                    return lease
+            generation = self._generation
+        return _Lease(self._open(), generation, os.getpid())
+
+    def _give_back(self, lease: _Lease) -> None:
+        with self._connections_lock:
+            if lease.generation == self._generation and lease.pid == os.getpid():
+                self._idle.append(lease)
+
+    def _check_turn(self) -> None:
+        """Refuse a call that would wait for another task's transaction in this thread."""
+        holder = self._holder
+        if holder is not None and holder.blocks_here():
+            raise holder.refusal(self)
 
     def _using(self) -> _Using:
         """Context: the thread's connection, with the in-memory lock held if there is one."""
@@ -689,6 +725,7 @@ class SqliteStore(AbstractStore):
 
     def _autocommit(self, sql: str, params: tuple[object, ...]) -> bool:
         """Run one write statement as its own transaction; whether it changed a row."""
+        self._check_turn()
         with self._using() as conn:
             if conn.execute(sql, params).rowcount == 0:
                 return False
@@ -884,20 +921,37 @@ class SqliteStore(AbstractStore):
 
     def _begin_transaction(self) -> None:
         self._require_connection()
+        self._check_turn()
         if self._serial is not None:
             self._serial.acquire()
+        lease = None
         try:
+            self._check_turn()
             with _translate("beginning a transaction"):
+                if self._serial is None:
+                    lease = self._lease()
+                    self._leased.set(lease)
                 self._conn().execute("BEGIN IMMEDIATE")
         except BaseException:
-            if self._serial is not None:
-                self._serial.release()
+            self._end_transaction()
             raise
+        # Only once the write lock is held: this clears it only before letting it go.
+        self._holder = Claim.take()
         self._file_log.set(_FileLog())
+
+    def _end_transaction(self) -> None:
+        """Give back what the transaction held: its connection, the in-memory lock."""
+        lease = self._leased.get()
+        if lease is not None:
+            self._leased.set(None)
+            self._give_back(lease)
+        if self._serial is not None:
+            self._serial.release()
 
     def _commit_transaction(self) -> None:
         conn = self._conn()
         deferring = self._deferring(self._file_log.get())
+        self._holder = None  # nothing else runs in this thread until the lock is let go
         try:
             if deferring is None:
                 _commit(conn)
@@ -906,16 +960,15 @@ class SqliteStore(AbstractStore):
                     _commit(conn)
         except BaseException:
             self._settle_files(committed=False)
-            raise
-        else:
+            raise  # the rollback that follows ends the transaction
+        try:
             if deferring is not None:
                 deferring.poke(conn)
             elif self.background_checkpoints:
                 self._after_commit(conn)
             self._settle_files(committed=True)
         finally:
-            if self._serial is not None:
-                self._serial.release()
+            self._end_transaction()
 
     def _deferring(self, log: _FileLog | None) -> Checkpointer | None:
         """The checkpointer, if the committing transaction wrote enough that SQLite would
@@ -931,6 +984,7 @@ class SqliteStore(AbstractStore):
 
     def _rollback_transaction(self) -> None:
         self._settle_files(committed=False)
+        self._holder = None
         try:
             with _translate("rolling back"):
                 conn = self._conn()
@@ -939,8 +993,7 @@ class SqliteStore(AbstractStore):
                 # An index the transaction created is gone with it.
                 self._load_indexes(conn)
         finally:
-            if self._serial is not None:
-                self._serial.release()
+            self._end_transaction()
 
     def _savepoint(self) -> object:
         name = f"storekeeper_{next(self._savepoints)}"
@@ -988,6 +1041,15 @@ class _FileLog:
 
 
 @dataclass(frozen=True)
+class _Lease:
+    """A connection reserved for transactions, with the generation and process it is for."""
+
+    conn: sqlite3.Connection
+    generation: int
+    pid: int
+
+
+@dataclass(frozen=True)
 class _Savepoint:
     name: str
     created: int
@@ -1003,11 +1065,15 @@ class _Using:
         self._store = store
 
     def __enter__(self) -> sqlite3.Connection:
-        serial = self._store._serial
+        store = self._store
+        serial = store._serial
         if serial is not None:
             serial.acquire()
+            if store._holder is not None and store._holder.blocks_here():
+                serial.release()
+                raise store._holder.refusal(store)
         try:
-            return self._store._conn()
+            return store._conn()
         except sqlite3.Error as exc:
             if serial is not None:
                 serial.release()
@@ -1032,9 +1098,11 @@ class _Writing(_Using):
     __slots__ = ("_conn", "_nested")
 
     def __enter__(self) -> sqlite3.Connection:
+        self._nested = self._store._in_transaction()
+        if not self._nested:
+            self._store._check_turn()
         conn = super().__enter__()
         self._conn = conn
-        self._nested = self._store._in_transaction()
         try:
             conn.execute("SAVEPOINT storekeeper_write" if self._nested else "BEGIN IMMEDIATE")
         except BaseException as exc:

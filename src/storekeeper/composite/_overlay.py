@@ -97,6 +97,13 @@ class OverlayStore(CompositeStore):
         self._layers = tuple(layers)
         self._top: AbstractStore = layers[0].store
 
+    def _transactional_children(self) -> list[int]:
+        # The top layer only: it is the one every write goes to. Lower layers are only
+        # read (MountedStore.push writes the backing store and enlists it then), and
+        # holding their transactions would lock them for nothing, or wait for ourselves
+        # when two layers are tables of one SQLite database.
+        return [0]
+
     # -- reads ---------------------------------------------------------------------------
     def get(self, key: str) -> Value:
         """The value of *key* from the first layer that has it."""

@@ -4,13 +4,20 @@ A composite is a store built from other stores (its *children*). This module giv
 
 - **Connection**: ``connect`` connects the children that are not connected yet, and
   ``disconnect`` disconnects exactly those again, so the composite can reconnect.
-- **Transactions**: a composite transaction *enlists* a child the first time something
-  is written to it, by entering the child's own transaction (and one nested transaction
-  per savepoint already open, so savepoints line up). Commit commits the enlisted
-  children one after another, the highest child index first; rollback rolls them all
-  back. Each child is all-or-nothing on its own; across children this is not a
-  two-phase commit: if a child's commit fails after another child has committed, the
-  committed child keeps its writes (the remaining children are rolled back).
+- **Transactions**: a composite transaction *enlists* a child by entering the child's
+  own transaction (and one nested child transaction per savepoint). It enlists the
+  children it reads and writes in transactions (:meth:`CompositeStore._transactional_children`,
+  by default every writable child) when it begins, lowest index first, so everything the
+  block reads from or writes to them goes through their transactions and is isolated as
+  a transaction on the child itself would be. A writable child left out (one only a
+  rare operation writes, such as ``MountedStore.push``'s backing store) is enlisted at
+  its first write; every such child comes after all the others in index order, so two
+  composites' transactions always take shared children in one order and cannot
+  deadlock. Commit commits the enlisted children one after another,
+  the highest child index first; rollback rolls them all back. Each child is
+  all-or-nothing on its own; across children this is not a two-phase commit: if a
+  child's commit fails after another child has committed, the committed child keeps
+  its writes (the remaining children are rolled back).
 - **Events**: the composite listens on its children's event managers and re-emits their
   key events (modifications and progress) with itself as ``source`` and the key
   translated into its own key space. Composites whose key space differs from their
@@ -37,6 +44,7 @@ from storekeeper.store.events import (
     StoreModificationEvent,
     StoreProgressEvent,
 )
+from storekeeper.store.owners import OwnedVar
 from storekeeper.store.utils import SimpleTransactionContext
 from storekeeper.store.value import Value
 
@@ -138,9 +146,7 @@ class CompositeStore(AbstractStore):
         self._forwarding = True
         self._adjusting = False
         tag = f"{type(self).__name__}-{id(self):x}"
-        self._enlisted: contextvars.ContextVar[_Enlistment | None] = contextvars.ContextVar(
-            f"{tag}-enlisted", default=None
-        )
+        self._enlisted: OwnedVar[_Enlistment] = OwnedVar(f"{tag}-enlisted")
         self._quiet: contextvars.ContextVar[bool] = contextvars.ContextVar(
             f"{tag}-quiet", default=False
         )
@@ -255,10 +261,16 @@ class CompositeStore(AbstractStore):
             raise ReadOnlyStoreError(f"{type(child).__name__} child of {self!r} is read-only")
         state = self._enlisted.get()
         if state is not None and index not in state.contexts:
-            # Composites write children in index order (lower first), so two threads'
-            # transactions lock shared children in the same order and cannot deadlock.
-            self._open_child(state, index)
+            self._open_child(state, index)  # after the others: see the module docstring
         return cast(AbstractStore, child)  # _writable said so
+
+    def _transactional_children(self) -> list[int]:
+        """Indexes of the children a transaction enlists when it begins, ascending.
+
+        Default: every writable child. A subclass may leave out children that only some
+        operations write, if they have higher indexes than every child it keeps.
+        """
+        return [index for index, writable in enumerate(self._writable) if writable]
 
     def _quietly(self, call: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         """Run a child write whose events this composite replaces with its own."""
@@ -330,7 +342,7 @@ class CompositeStore(AbstractStore):
 
     def _open_child(self, state: _Enlistment, index: int) -> None:
         child = self._children[index]
-        assert isinstance(child, AbstractStore)  # _writer checked it
+        assert isinstance(child, AbstractStore)  # only writable children are enlisted
         contexts: list[Any] = []
         try:
             for _ in range(state.depth + 1):
@@ -344,7 +356,14 @@ class CompositeStore(AbstractStore):
 
     def _begin_transaction(self) -> None:
         self._require_connection()
-        self._enlisted.set(_Enlistment())
+        state = _Enlistment()
+        try:
+            for index in self._transactional_children():  # ascending: see the module docs
+                self._open_child(state, index)
+        except BaseException:
+            _roll_back_children(state)
+            raise
+        self._enlisted.set(state)
 
     def _commit_transaction(self) -> None:
         state = self._enlisted.get()
@@ -360,16 +379,8 @@ class CompositeStore(AbstractStore):
     def _rollback_transaction(self) -> None:
         state = self._enlisted.get()
         self._enlisted.set(None)
-        if state is None:
-            return
-        errors: list[BaseException] = []
-        for index in sorted(state.contexts, reverse=True):
-            try:
-                _close_all(state.contexts[index], _ChildRollbackError())
-            except Exception as exc:  # noqa: BLE001 - the others must still roll back
-                errors.append(exc)
-        if errors:
-            raise errors[0]
+        if state is not None:
+            _roll_back_children(state)
 
     def _savepoint(self) -> object:
         state = self._enlisted.get()
@@ -407,6 +418,18 @@ def _close(context: Any, failure: BaseException | None) -> None:
 def _close_all(contexts: list[Any], failure: BaseException | None) -> None:
     while contexts:
         _close(contexts.pop(), failure)
+
+
+def _roll_back_children(state: _Enlistment) -> None:
+    """Roll back every enlisted child, highest index first; raise the first failure."""
+    errors: list[BaseException] = []
+    for index in sorted(state.contexts, reverse=True):
+        try:
+            _close_all(state.contexts[index], _ChildRollbackError())
+        except Exception as exc:  # noqa: BLE001 - the others must still roll back
+            errors.append(exc)
+    if errors:
+        raise errors[0]
 
 
 def _commit_children(state: _Enlistment) -> None:

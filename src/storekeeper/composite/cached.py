@@ -60,7 +60,6 @@ the cache store's own events are not (filling a cache changes no data).
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -72,6 +71,7 @@ from storekeeper.events import BaseEvent, BaseEventManager
 from storekeeper.store._validate import DEFAULT_BUFFER_SIZE, Metadata, check_key
 from storekeeper.store.abstract import AbstractReadOnlyStore, AbstractStore, missing, pair_up
 from storekeeper.store.events import StoreModificationEvent
+from storekeeper.store.owners import OwnedVar
 from storekeeper.store.value import Value
 
 __all__ = ["BOOKKEEPING", "CachedStore", "Policy"]
@@ -92,11 +92,13 @@ _FENCES = 64
 class _Fences:
     """Keep fills from installing a copy that a concurrent write made stale.
 
-    A write through this store bumps its key's epoch before and after writing the
-    source; a fill installs its copy only if no write of that fence was in progress when
-    it read the source and the epoch has not moved since, checked under the fence's
-    lock while installing. Without this, a fill that read the source just before a
-    write could install the old value after the write dropped the copy.
+    A write through this store bumps its key's epoch when it begins and when it ends
+    (:meth:`begin`, :meth:`end`); it ends once the write is committed and the copy
+    dropped, which for a write inside a transaction is after the commit. A fill installs
+    its copy only if no write of that fence was in progress when it read the source and
+    the epoch has not moved since, checked under the fence's lock while installing.
+    Without this, a fill that read the source just before a write committed could
+    install the old value after the write dropped the copy.
     """
 
     def __init__(self) -> None:
@@ -107,18 +109,19 @@ class _Fences:
     def _slot(self, key: str) -> int:
         return hash(key) % _FENCES
 
-    @contextlib.contextmanager
-    def writing(self, key: str) -> Iterator[None]:
+    def begin(self, key: str) -> None:
+        """A write of *key* begins: no fill of its fence installs until :meth:`end`."""
+        self._bump(key, 1)
+
+    def end(self, key: str) -> None:
+        """The write :meth:`begin` announced is committed (or undone) and the copy dropped."""
+        self._bump(key, -1)
+
+    def _bump(self, key: str, writers: int) -> None:
         slot = self._slot(key)
         with self._locks[slot]:
-            self._writing[slot] += 1
+            self._writing[slot] += writers
             self._epochs[slot] += 1
-        try:
-            yield
-        finally:
-            with self._locks[slot]:
-                self._writing[slot] -= 1
-                self._epochs[slot] += 1
 
     def ticket(self, key: str) -> int | None:
         """The epoch to pass to :meth:`install`, or ``None`` while a write is running."""
@@ -174,9 +177,8 @@ class CachedStore(CompositeStore):
         self._usage: tuple[int, int] | None = None  # (bytes, keys) estimate since last scan
         self._unseen = (0, 0)  # (bytes since last scan, new keys since last scan or count)
         self._fences = _Fences()
-        self._pending: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
-            f"cached-{id(self):x}-pending", default=None
-        )
+        # Keys the open transaction wrote: their fences stay up until it ends.
+        self._pending: OwnedVar[list[str]] = OwnedVar(f"cached-{id(self):x}-pending")
 
     @property
     def source(self) -> AbstractReadOnlyStore:
@@ -203,6 +205,11 @@ class CachedStore(CompositeStore):
 
     def _listened_children(self) -> list[AbstractReadOnlyStore]:
         return [self.source]
+
+    def _transactional_children(self) -> list[int]:
+        # The source only: a transaction reads and writes the source, never the cache,
+        # and holding the cache's transaction would make every other reader's fill wait.
+        return [0] if self._writable[0] else []
 
     # -- reads ---------------------------------------------------------------------------
     def get(self, key: str) -> Value:
@@ -511,20 +518,18 @@ class CachedStore(CompositeStore):
 
     @contextlib.contextmanager
     def _writing_through(self, key: str) -> Iterator[None]:
-        """Around a write of *key* to the source: fence off fills, then drop the copy."""
-        with self._fences.writing(key):
-            try:
-                yield
-            finally:
-                self._written_now(key)
-
-    def _written_now(self, key: str) -> None:
-        self._drop(key)
+        """Around a write of *key* to the source: fence off fills until the write is
+        committed (for a write in a transaction, until it ends), then drop the copy."""
         pending = self._pending.get()
+        self._fences.begin(key)
         if pending is not None:
-            # Dropped again after the commit: a reader outside the transaction may copy
-            # the old value into the cache before the new one is committed.
-            pending.append(key)
+            pending.append(key)  # the commit drops the copy again and ends the fence
+        try:
+            yield
+        finally:
+            self._drop(key)
+            if pending is None:
+                self._fences.end(key)
 
     # -- transactions and events -------------------------------------------------------------
     def _begin_transaction(self) -> None:
@@ -534,13 +539,26 @@ class CachedStore(CompositeStore):
     def _commit_transaction(self) -> None:
         pending = self._pending.get() or []
         self._pending.set(None)
-        super()._commit_transaction()
-        for key in pending:
-            self._drop(key)
+        try:
+            super()._commit_transaction()
+            # Dropped again: a reader outside the transaction may have copied the old
+            # value before the commit (the fence keeps it from doing so from now on).
+            for key in pending:
+                self._drop(key)
+        finally:
+            self._end_fences(pending)
 
     def _rollback_transaction(self) -> None:
+        pending = self._pending.get() or []
         self._pending.set(None)
-        super()._rollback_transaction()
+        try:
+            super()._rollback_transaction()
+        finally:
+            self._end_fences(pending)
+
+    def _end_fences(self, keys: list[str]) -> None:
+        for key in keys:
+            self._fences.end(key)
 
     def _translate_change(self, index: int, event: StoreModificationEvent) -> BaseEvent | None:
         # Someone changed the source: this process's copy is out of date.

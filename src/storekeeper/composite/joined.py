@@ -21,8 +21,10 @@ class JoinedStore(OverlayStore):
     in the first store (see :mod:`storekeeper.composite._overlay`); the metadata name
     ``"\\x00storekeeper:whiteout"`` is reserved for that.
 
-    Queries and globs list each key once, from the store that wins it. Transactions
-    cover the first store, so they are as atomic as that store's own. ``connect`` passes
+    Queries and globs list each key once, from the store that wins it. A transaction
+    enters the first store's transaction when it begins, so it is as isolated and as
+    atomic as that store's own: read-modify-write transactions through the joined store
+    never lose an update. (Later stores are read outside any transaction.) ``connect`` passes
     *credentials* to every store that is not connected yet, and ``disconnect``
     disconnects those again; the joined store can be reconnected. ``info()`` lists the
     joined stores' own descriptions under ``children``.

@@ -50,6 +50,7 @@ from storekeeper.store.events import (
     StoreSetEvent,
     StoreUpdateEvent,
 )
+from storekeeper.store.owners import OwnedVar
 from storekeeper.store.utils import (
     SimpleTransactionContext,
     StoreProgressManager,
@@ -195,8 +196,9 @@ class AbstractReadOnlyStore(abc.ABC):
     def __init__(self, event_manager: BaseEventManager | None = None) -> None:
         self.event_manager = event_manager if event_manager is not None else get_event_manager()
         self._connected = False
-        self._transaction_var: contextvars.ContextVar[_TransactionState | None] = (
-            contextvars.ContextVar(f"storekeeper-transaction-{id(self):x}", default=None)
+        # Seen only by the task or thread that began the transaction (see owners.py).
+        self._transaction_var: OwnedVar[_TransactionState] = OwnedVar(
+            f"storekeeper-transaction-{id(self):x}"
         )
 
     # -- connection ----------------------------------------------------------------

@@ -6,8 +6,10 @@ clones a stream.
 
 Transactions: :class:`SimpleTransactionContext` gives any store re-entrant transactions
 with begin/commit/rollback hooks, savepoints for nested blocks, and held-back events.
-There is at most one active transaction per store *per context* (thread or asyncio task,
-tracked with :mod:`contextvars`), never one shared by every thread of a process.
+There is at most one active transaction per store *per owner*: the asyncio task or, outside
+tasks, the thread that began it (see :mod:`storekeeper.store.owners`). A task created
+inside the block, or a thread started with a copy of its context, is not in it: its own
+``transaction()`` begins a transaction of its own.
 """
 
 from __future__ import annotations

@@ -53,6 +53,7 @@ from storekeeper.store import (
     StoreUpdateEvent,
 )
 from storekeeper.testing.events import EventConformance
+from storekeeper.testing.isolation import IsolationTests
 
 __all__ = ["WEIRD_KEYS", "StoreTests"]
 
@@ -138,7 +139,7 @@ class _FailingReader(io.RawIOBase):
         raise OSError("the source failed mid-read")
 
 
-class StoreTests(EventConformance, abc.ABC):
+class StoreTests(EventConformance, IsolationTests, abc.ABC):
     """Conformance tests for a writable store; subclass and implement ``create_store``."""
 
     #: Data survives disconnect + a new instance (``reopen_store`` must be implemented).
