@@ -263,7 +263,9 @@ def test_a_committed_journal_is_rolled_forward(
     _crash_mid_commit(store, monkeypatch)
     root = Path(store.path)
     assert (root / JOURNAL_NAME).exists()
-    assert store.to_bytes("a") == b"old" and not store.exists("c")  # nothing applied yet
+    # Nothing is applied yet, but the journal is the commit point: readers see it all.
+    assert store.to_bytes("a") == b"new" and store.exists("c") and not store.exists("gone")
+    assert not Path(store.path, "keys", "c").exists()
     with FileSystemStore(root) as again:
         assert [again.get_metadata(key)["g"] for key in "abc"] == [2, 2, 2]
         assert again.to_bytes("b") == b"y" * BIG and not again.exists("gone")
