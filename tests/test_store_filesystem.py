@@ -25,6 +25,7 @@ from storekeeper.errors import ConflictError, CorruptFileError, NotConnectedErro
 from storekeeper.events import EventManager
 from storekeeper.files import atomic_write
 from storekeeper.store import open_store
+from storekeeper.testing.crossprocess import Opener, same_store
 from storekeeper.testing.processes import cas_counter, create_only_race
 from storekeeper.testing.stateful import run_state_machine
 from storekeeper.testing.store import WEIRD_KEYS, StoreTests
@@ -46,6 +47,9 @@ class TestFileSystemStore(StoreTests):
 
     reopen_store = create_store
 
+    def store_url(self, tmp_path: Path) -> str:
+        return f"file://{tmp_path / 'store'}"
+
 
 class TestFileSystemStoreDataFiles(StoreTests):
     """A tiny inline limit and no fsync: every value but the smallest uses a data file."""
@@ -57,6 +61,9 @@ class TestFileSystemStoreDataFiles(StoreTests):
         return _store(tmp_path, event_manager=event_manager, inline_limit=2, durable=False)
 
     reopen_store = create_store
+
+    def process_opener(self, tmp_path: Path) -> Opener:
+        return same_store(self, tmp_path)
 
 
 @pytest.fixture
