@@ -136,7 +136,7 @@ class Pending(NamedTuple):
 class JournalReader:
     """Reads the journal of the store at *root* for readers, parsing each one once.
 
-    :meth:`pending` costs one failed ``open`` when no transaction is being applied.
+    :meth:`pending` costs one ``access`` call when no transaction is being applied.
     """
 
     __slots__ = ("_cached", "_path")
@@ -147,6 +147,9 @@ class JournalReader:
 
     def pending(self) -> Pending | None:
         """The committed transaction not yet fully applied, or ``None``."""
+        # Runs on every read: access() says "no journal" without building an exception.
+        if not os.access(self._path, os.F_OK):
+            return None
         try:
             fd = os.open(self._path, _OPEN_FLAGS)
         except FileNotFoundError:

@@ -53,7 +53,6 @@ from storekeeper.backends._fs_journal import (
     JournalReader,
     collect_garbage,
     is_orphan,
-    load_visible,
     recover,
     visible_keys,
     visible_records,
@@ -65,6 +64,7 @@ from storekeeper.backends._fs_records import (
     SharedFile,
     damaged_record,
     is_damaged,
+    load_record,
     obsolete_data_file,
     pack_record,
     record_value,
@@ -275,7 +275,10 @@ class FileSystemStore(AbstractStore):
         # The journal is read before the record: see _fs_journal for why that order.
         pending = self._journal_reader.pending()
         try:
-            record = load_visible(self._keys, name, pending, with_data=with_data)
+            if pending is None or not pending.covers(name):
+                record = load_record(self._keys_prefix + name, with_data=with_data)
+            else:
+                record = pending.load(self._keys, name, with_data=with_data)
         except CorruptFileError as exc:
             raise CorruptFileError(
                 f"the record of key {key!r} is damaged ({exc}); set or delete the key to replace it"
