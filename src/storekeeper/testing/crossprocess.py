@@ -143,7 +143,8 @@ class _Reader:
         self.process = _CONTEXT.Process(target=_reader_main, args=(opener, child_end))
         self.process.start()
         child_end.close()
-        if not (self.conn.poll(_WAIT * 3) and self.conn.recv() == "ready"):
+        if not _started(self.conn):
+            self.process.kill()
             raise RuntimeError("the reader process did not start")
 
     def ask(self, request: str, report: Observation) -> Any:
@@ -169,11 +170,18 @@ def _start_writer(opener: Opener, generation: int) -> multiprocessing.process.Ba
     writer = _CONTEXT.Process(target=_writer_main, args=(opener, generation, sender))
     writer.start()
     sender.close()
-    if not (receiver.poll(_WAIT * 3) and receiver.recv() == "ready"):
+    if not _started(receiver):
         writer.kill()
         raise RuntimeError("the writer process did not start")
     receiver.close()
     return writer
+
+
+def _started(conn: Connection) -> bool:
+    try:
+        return conn.poll(_WAIT * 3) and conn.recv() == "ready"
+    except (EOFError, OSError):
+        return False  # the process died before it was ready
 
 
 def _wait_stopped(pid: int) -> None:
