@@ -39,6 +39,7 @@ from storekeeper.store import (
 )
 from storekeeper.store._validate import decode_metadata
 from storekeeper.testing.children import child
+from storekeeper.testing.crossprocess import Opener, same_store
 from storekeeper.testing.store import StoreTests
 
 ALICE = {"username": "alice", "password": "alice's secret"}
@@ -64,6 +65,9 @@ class _AuthConformance(StoreTests):
 
     def reopen_store(self, tmp_path: Path, event_manager: EventManager) -> SimpleAuthStore:
         return self.create_store(tmp_path, event_manager)
+
+    def process_opener(self, tmp_path: Path) -> Opener | None:
+        return None if self.kind == "memory" else same_store(self, tmp_path)
 
 
 class TestAuthOverMemory(_AuthConformance):

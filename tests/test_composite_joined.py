@@ -25,6 +25,7 @@ from storekeeper.store import (
     StoreUpdateEvent,
 )
 from storekeeper.testing.children import KINDS, child
+from storekeeper.testing.crossprocess import Opener, same_store
 from storekeeper.testing.store import StoreTests
 
 
@@ -37,6 +38,9 @@ class _JoinedConformance(StoreTests):
 
     def reopen_store(self, tmp_path: Path, event_manager: EventManager) -> JoinedStore:
         return self.create_store(tmp_path, event_manager)
+
+    def process_opener(self, tmp_path: Path) -> Opener | None:
+        return None if self.kind == "memory" else same_store(self, tmp_path)
 
 
 class TestJoinedOverMemory(_JoinedConformance):

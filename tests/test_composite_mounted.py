@@ -27,6 +27,7 @@ from storekeeper.store import (
     Value,
 )
 from storekeeper.testing.children import KINDS, child
+from storekeeper.testing.crossprocess import Opener, same_store
 from storekeeper.testing.store import StoreTests
 
 
@@ -41,6 +42,9 @@ class _MountedConformance(StoreTests):
 
     def reopen_store(self, tmp_path: Path, event_manager: EventManager) -> MountedStore:
         return self.create_store(tmp_path, event_manager)
+
+    def process_opener(self, tmp_path: Path) -> Opener | None:
+        return None if self.kind == "memory" else same_store(self, tmp_path)
 
 
 class TestMountedOverMemory(_MountedConformance):

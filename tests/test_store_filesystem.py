@@ -25,6 +25,7 @@ from storekeeper.errors import ConflictError, CorruptFileError, NotConnectedErro
 from storekeeper.events import EventManager
 from storekeeper.files import atomic_write
 from storekeeper.store import open_store
+from storekeeper.testing.crossprocess import Opener, same_store
 from storekeeper.testing.processes import cas_counter, create_only_race
 from storekeeper.testing.stateful import run_state_machine
 from storekeeper.testing.store import WEIRD_KEYS, StoreTests
@@ -46,6 +47,9 @@ class TestFileSystemStore(StoreTests):
 
     reopen_store = create_store
 
+    def store_url(self, tmp_path: Path) -> str:
+        return f"file://{tmp_path / 'store'}"
+
 
 class TestFileSystemStoreDataFiles(StoreTests):
     """A tiny inline limit and no fsync: every value but the smallest uses a data file."""
@@ -57,6 +61,9 @@ class TestFileSystemStoreDataFiles(StoreTests):
         return _store(tmp_path, event_manager=event_manager, inline_limit=2, durable=False)
 
     reopen_store = create_store
+
+    def process_opener(self, tmp_path: Path) -> Opener:
+        return same_store(self, tmp_path)
 
 
 @pytest.fixture
@@ -263,7 +270,9 @@ def test_a_committed_journal_is_rolled_forward(
     _crash_mid_commit(store, monkeypatch)
     root = Path(store.path)
     assert (root / JOURNAL_NAME).exists()
-    assert store.to_bytes("a") == b"old" and not store.exists("c")  # nothing applied yet
+    # Nothing is applied yet, but the journal is the commit point: readers see it all.
+    assert store.to_bytes("a") == b"new" and store.exists("c") and not store.exists("gone")
+    assert not Path(store.path, "keys", "c").exists()
     with FileSystemStore(root) as again:
         assert [again.get_metadata(key)["g"] for key in "abc"] == [2, 2, 2]
         assert again.to_bytes("b") == b"y" * BIG and not again.exists("gone")

@@ -25,6 +25,10 @@ class TestSqliteFileStore(StoreTests):
 
     reopen_store = create_store
 
+    def store_url(self, tmp_path: Path) -> str:
+        # Four slashes: an absolute path, whichever URL convention is in force.
+        return f"sqlite:///{tmp_path / 'store.db'}"
+
 
 class TestSqliteChunkedStore(StoreTests):
     """Tiny inline limit and chunks, so every code path of large values is exercised."""

@@ -12,7 +12,17 @@ A multi-key transaction commits in four steps, each one safe to interrupt:
 A crash before step 2 leaves staged files nobody refers to (collected); a crash after it
 leaves a complete journal that the next writer or ``connect`` applies again. Applying is
 idempotent: a staged file that is already renamed and a record that is already deleted
-are skipped. Everything here runs under the store's lock.
+are skipped. Writing and applying run under the store's lock.
+
+Readers take no lock and never wait for a writer: they read the journal *before* a
+record (:class:`JournalReader`) and, while a complete journal exists, take the keys it
+names from its staged files (or treat them as deleted). A committed transaction is
+therefore visible in full from its commit point on, whether its writer is still
+renaming, frozen or dead, and invisible before it. Why reading the journal first is
+enough: with no journal at that moment, every record on disk was committed, and a
+record read a little later is either that state or a newer committed one; with a
+journal, the keys it names are read from staged files, which exist until renamed over
+their records (after which the record holds the same or a newer version).
 """
 
 from __future__ import annotations
@@ -22,11 +32,13 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
-from storekeeper.backends._fs_names import is_record_name
-from storekeeper.backends._fs_records import load_record
+from storekeeper.backends._fs_names import decode_name, is_record_name
+from storekeeper.backends._fs_records import Record, load_record, record_names
 from storekeeper.errors import CorruptFileError
 from storekeeper.files import atomic_write, fsync_directory
 
@@ -34,10 +46,17 @@ __all__ = [
     "JOURNAL_NAME",
     "STAGE_PREFIX",
     "Journal",
+    "JournalReader",
+    "OnDamaged",
+    "Pending",
     "collect_garbage",
     "commit_journal",
     "is_orphan",
+    "load_visible",
     "recover",
+    "visible_keys",
+    "visible_names",
+    "visible_records",
 ]
 
 _log = logging.getLogger(__name__)
@@ -85,6 +104,136 @@ class Journal:
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise CorruptFileError(f"the journal cannot be parsed: {exc}") from exc
+
+
+class Pending(NamedTuple):
+    """What a committed journal still in place means for readers.
+
+    ``puts`` maps a record name to the staged file holding its new record; ``deletes``
+    holds the record names the transaction deleted.
+    """
+
+    puts: dict[str, str]
+    deletes: frozenset[str]
+
+    def covers(self, name: str) -> bool:
+        """Whether the transaction changes the record *name*."""
+        return name in self.puts or name in self.deletes
+
+    def load(self, keys_dir: str, name: str, *, with_data: bool) -> Record | None:
+        """The committed record *name* as of this journal (``None``: deleted or absent)."""
+        if name in self.deletes:
+            return None
+        staged = self.puts.get(name)
+        if staged is not None:
+            record = load_record(os.path.join(keys_dir, staged), with_data=with_data)
+            if record is not None:
+                return record
+            # Renamed over the record meanwhile: the record is this version or newer.
+        return load_record(os.path.join(keys_dir, name), with_data=with_data)
+
+
+class JournalReader:
+    """Reads the journal of the store at *root* for readers, parsing each one once.
+
+    :meth:`pending` costs one ``access`` call when no transaction is being applied.
+    """
+
+    __slots__ = ("_cached", "_path")
+
+    def __init__(self, root: str) -> None:
+        self._path = os.path.join(root, JOURNAL_NAME)
+        self._cached: tuple[bytes, Pending] | None = None
+
+    def pending(self) -> Pending | None:
+        """The committed transaction not yet fully applied, or ``None``."""
+        # Runs on every read: access() says "no journal" without building an exception.
+        if not os.access(self._path, os.F_OK):
+            return None
+        try:
+            fd = os.open(self._path, _OPEN_FLAGS)
+        except FileNotFoundError:
+            return None
+        try:
+            content = _read_all(fd)
+        finally:
+            os.close(fd)
+        cached = self._cached
+        if cached is not None and cached[0] == content:
+            return cached[1]
+        try:
+            journal = Journal.decode(content)
+        except CorruptFileError:
+            return None  # never complete, so never committed: recovery discards it
+        pending = Pending(
+            {record: staged for staged, record in journal.puts}, frozenset(journal.deletes)
+        )
+        self._cached = (content, pending)
+        return pending
+
+
+#: Called with the name of a record file found damaged, and the error, by the listings.
+OnDamaged = Callable[[str, CorruptFileError], None]
+
+
+def load_visible(
+    keys_dir: str, name: str, pending: Pending | None, *, with_data: bool
+) -> Record | None:
+    """The committed record *name* as a reader must see it, given *pending*."""
+    if pending is not None and pending.covers(name):
+        return pending.load(keys_dir, name, with_data=with_data)
+    return load_record(os.path.join(keys_dir, name), with_data=with_data)
+
+
+def visible_names(keys_dir: str, pending: Pending | None) -> Iterator[str]:
+    """The record names a reader must see (a new key may still be a staged file)."""
+    if pending is None:
+        yield from record_names(keys_dir)
+        return
+    for name in record_names(keys_dir):
+        if not pending.covers(name):
+            yield name
+    yield from pending.puts
+
+
+def visible_records(
+    keys_dir: str, pending: Pending | None, on_damaged: OnDamaged
+) -> Iterator[Record]:
+    """The committed records (metadata only); damaged ones go to *on_damaged*."""
+    for name in visible_names(keys_dir, pending):
+        try:
+            record = load_visible(keys_dir, name, pending, with_data=False)
+        except CorruptFileError as exc:
+            on_damaged(name, exc)
+            continue
+        if record is not None:  # None: deleted while we listed
+            yield record
+
+
+def visible_keys(keys_dir: str, pending: Pending | None, on_damaged: OnDamaged) -> Iterator[str]:
+    """The committed keys, decoded from record names (hashed names need their record)."""
+    for name in visible_names(keys_dir, pending):
+        key = decode_name(name)
+        if key is None:
+            try:
+                record = load_visible(keys_dir, name, pending, with_data=False)
+            except CorruptFileError as exc:
+                on_damaged(name, exc)
+                continue
+            if record is None:
+                continue
+            key = record.key
+        yield key
+
+
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+
+
+def _read_all(fd: int) -> bytes:
+    parts = []
+    while chunk := os.read(fd, 1 << 20):
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 def commit_journal(root: str, journal: Journal, *, durable: bool) -> None:

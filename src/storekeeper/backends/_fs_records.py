@@ -26,19 +26,21 @@ import zlib
 from collections.abc import Iterator
 from typing import IO, Any, NamedTuple
 
-from storekeeper.backends._fs_names import decode_name, is_record_name
+from storekeeper.backends._fs_names import is_record_name
 from storekeeper.errors import CorruptFileError
 from storekeeper.store.value import BytesValue, StreamValue, Value
 
 __all__ = [
+    "DAMAGED_VERSION",
     "Record",
     "SharedFile",
-    "iter_keys",
-    "iter_records",
+    "damaged_record",
+    "is_damaged",
     "load_record",
     "obsolete_data_file",
     "open_stream",
     "pack_record",
+    "record_names",
     "record_value",
 ]
 
@@ -292,24 +294,23 @@ def obsolete_data_file(old: Record | None, new: Record | None) -> str | None:
     return None if new is not None and new.data_file == old.data_file else old.data_file
 
 
-def iter_keys(keys_dir: str) -> Iterator[str]:
-    """The keys of the records in *keys_dir*, decoded from file names where possible."""
-    for entry in os.scandir(keys_dir):
-        if not is_record_name(entry.name):
-            continue  # a temp or staged file
-        key = decode_name(entry.name)
-        if key is None:
-            record = load_record(entry.path, with_data=False)
-            if record is None:
-                continue  # deleted while we listed
-            key = record.key
-        yield key
+#: The version a damaged record stands for: it matches no version a caller holds.
+DAMAGED_VERSION = "damaged"
 
 
-def iter_records(keys_dir: str) -> Iterator[Record]:
-    """The records in *keys_dir* (metadata only), skipping any deleted while listing."""
-    for entry in os.scandir(keys_dir):
-        if is_record_name(entry.name):
-            record = load_record(entry.path, with_data=False)
-            if record is not None:
-                yield record
+def damaged_record(key: str) -> Record:
+    """A stand-in for *key*'s damaged record, for the writes that replace or delete it.
+
+    It names no data file: one the damaged record used is left to garbage collection.
+    """
+    return Record(key, DAMAGED_VERSION, 0.0, 0.0, 0, None, "{}")
+
+
+def is_damaged(record: Record | None) -> bool:
+    """Whether *record* is a :func:`damaged_record` stand-in."""
+    return record is not None and record.version == DAMAGED_VERSION
+
+
+def record_names(keys_dir: str) -> Iterator[str]:
+    """The names of the record files in *keys_dir* (temp and staged files left out)."""
+    return (entry.name for entry in os.scandir(keys_dir) if is_record_name(entry.name))

@@ -16,7 +16,14 @@ from dataclasses import dataclass, field
 from storekeeper import files
 from storekeeper.backends._fs_journal import STAGE_PREFIX, Journal, commit_journal
 from storekeeper.backends._fs_names import encode_key
-from storekeeper.backends._fs_records import Record, load_record, obsolete_data_file, pack_record
+from storekeeper.backends._fs_records import (
+    Record,
+    damaged_record,
+    load_record,
+    obsolete_data_file,
+    pack_record,
+)
+from storekeeper.errors import CorruptFileError
 from storekeeper.files import fsync_directory
 from storekeeper.store.abstract import new_version
 
@@ -87,7 +94,11 @@ def commit_staging(
 
 
 def _committed(keys_dir: str, key: str) -> Record | None:
-    record = load_record(os.path.join(keys_dir, encode_key(key)), with_data=False)
+    try:
+        record = load_record(os.path.join(keys_dir, encode_key(key)), with_data=False)
+    except CorruptFileError:
+        # The transaction replaces or deletes it (other writes of it raised earlier).
+        return damaged_record(key)
     return record if record is not None and record.key == key else None
 
 

@@ -20,9 +20,16 @@
   survives a crash of the process, not a power loss).
 - **Concurrency**: writers serialise through a store-wide ``FileLock`` (a dead holder is
   detected), under which conditional writes are checked, so two racing writers never
-  both win; readers take no lock. Transactions hold the lock from begin to end, see
-  their own writes, nest with savepoints and commit through an intent log that the
-  next writer (or ``connect``) rolls forward after a crash: all-or-nothing.
+  both win. Transactions hold the lock from begin to end, see their own writes, nest
+  with savepoints and commit through an intent log that the next writer (or
+  ``connect``) rolls forward after a crash: all-or-nothing.
+- **Readers** take no lock and never wait: they read the intent log before a record and
+  see every key of a committed transaction from its commit point on, even while its
+  writer is still applying it, frozen or dead (see ``_fs_journal``).
+- **Damage**: a record file that fails its checksum makes reads of its key raise
+  :class:`~storekeeper.errors.CorruptFileError`; listings and queries skip it with a
+  logged warning, :meth:`FileSystemStore.info` lists it, and ``set`` or ``delete`` of
+  the key replaces or removes it.
 - Reading a large value needs POSIX ``pread``; a value keeps reading the data it was
   created with even if the key is overwritten meanwhile.
 """
@@ -31,6 +38,7 @@ from __future__ import annotations
 
 import errno
 import itertools
+import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -39,14 +47,22 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import SplitResult, parse_qsl, unquote
 
-from storekeeper.backends._fs_journal import JOURNAL_NAME, collect_garbage, is_orphan, recover
+from storekeeper.backends._fs_journal import (
+    JOURNAL_NAME,
+    JournalReader,
+    collect_garbage,
+    is_orphan,
+    recover,
+    visible_keys,
+    visible_records,
+)
 from storekeeper.backends._fs_lock import StoreLock
-from storekeeper.backends._fs_names import encode_key, is_hashed
+from storekeeper.backends._fs_names import decode_name, encode_key, is_hashed
 from storekeeper.backends._fs_records import (
     Record,
     SharedFile,
-    iter_keys,
-    iter_records,
+    damaged_record,
+    is_damaged,
     load_record,
     obsolete_data_file,
     pack_record,
@@ -55,6 +71,7 @@ from storekeeper.backends._fs_records import (
 from storekeeper.backends._fs_transactions import Staging, commit_staging, remove_staged_files
 from storekeeper.errors import (
     BackendError,
+    CorruptFileError,
     NotConnectedError,
     StorekeeperError,
     TransactionError,
@@ -96,6 +113,7 @@ _LOCK_NAME = ".lock"
 # the record; this bounds the retries under pathological churn.
 _READ_RETRIES = 100
 _FALSE_WORDS = frozenset({"0", "false", "no", "off"})
+_log = logging.getLogger(__name__)
 
 
 class FileSystemStoreError(StorekeeperError, FileNotFoundError):
@@ -158,6 +176,7 @@ class FileSystemStore(AbstractStore):
         self._data = os.path.join(self.path, "data")
         self._keys_prefix = self._keys + os.sep
         self._journal = os.path.join(self.path, JOURNAL_NAME)
+        self._journal_reader = JournalReader(self.path)
         self._lock: StoreLock | None = None
         # Seen only by the transaction's owner, not by tasks that inherit its context.
         self._staging_var: OwnedVar[Staging] = OwnedVar(f"storekeeper-fs-staging-{id(self):x}")
@@ -188,8 +207,18 @@ class FileSystemStore(AbstractStore):
         return cls(path, **settings)
 
     def info(self) -> dict[str, Any]:
-        """Store description with ``path`` and ``durable``."""
-        return {**super().info(), "path": self.path, "durable": self.durable}
+        """Store description with ``path``, ``durable`` and, when connected,
+        ``damaged_keys``: the keys whose record file is damaged (found by reading every
+        record; a damaged record whose long key is stored hashed is listed by file name).
+        """
+        info = {**super().info(), "path": self.path, "durable": self.durable}
+        if self.is_connected():
+            damaged: list[str] = []
+            pending = self._journal_reader.pending()
+            for _ in visible_records(self._keys, pending, lambda n, e: damaged.append(n)):
+                pass
+            info["damaged_keys"] = sorted(_key_of_name(name) for name in damaged)
+        return info
 
     # -- connection ----------------------------------------------------------------------
     def connect(self, credentials: Any = None) -> None:
@@ -244,13 +273,33 @@ class FileSystemStore(AbstractStore):
 
     # -- reading ---------------------------------------------------------------------------
     def _load(self, key: str, name: str, *, with_data: bool) -> Record | None:
+        """*key*'s record as this context sees it; :class:`CorruptFileError` if damaged."""
         staging = self._staging_var.get()
         if staging is not None and key in staging.changes:
             return staging.changes[key]
-        record = load_record(self._keys_prefix + name, with_data=with_data)
+        # The journal is read before the record: see _fs_journal for why that order.
+        pending = self._journal_reader.pending()
+        try:
+            if pending is None or not pending.covers(name):
+                record = load_record(self._keys_prefix + name, with_data=with_data)
+            else:
+                record = pending.load(self._keys, name, with_data=with_data)
+        except CorruptFileError as exc:
+            raise CorruptFileError(
+                f"the record of key {key!r} is damaged ({exc}); set or delete the key to replace it"
+            ) from exc
         if record is None or record.key != key:  # a different key, hashed alike
             return None
         return record
+
+    def _load_replaced(self, key: str, name: str, *, with_data: bool) -> Record | None:
+        """As :meth:`_load`, for a write that replaces or deletes the whole record: a
+        damaged record comes back as a :func:`damaged_record` stand-in."""
+        try:
+            return self._load(key, name, with_data=with_data)
+        except CorruptFileError as exc:
+            _log.warning("replacing the damaged record of key %r: %s", key, exc)
+            return damaged_record(key)
 
     def _record(self, key: str, *, with_data: bool) -> Record:
         check_key(key)
@@ -259,6 +308,9 @@ class FileSystemStore(AbstractStore):
         if record is None:
             raise missing(key)
         return record
+
+    def _on_damaged(self, name: str, error: CorruptFileError) -> None:
+        _log.warning("skipping the damaged record of key %r: %s", _key_of_name(name), error)
 
     def get(self, key: str) -> Value:
         """The value of *key*: in memory for small values, streamed from disk otherwise."""
@@ -281,6 +333,9 @@ class FileSystemStore(AbstractStore):
         staging = self._staging_var.get()
         if is_hashed(name) or (staging is not None and key in staging.changes):
             return self._load(key, name, with_data=False) is not None
+        pending = self._journal_reader.pending()
+        if pending is not None and pending.covers(name):
+            return self._load(key, name, with_data=False) is not None
         return os.path.exists(self._keys_prefix + name)
 
     def get_metadata(self, key: str, select: Iterable[str] | None = None) -> Metadata:
@@ -300,14 +355,18 @@ class FileSystemStore(AbstractStore):
     def query(
         self, select: Iterable[str] | None = None, **kwargs: Any
     ) -> list[tuple[str, Metadata]]:
-        """Matching ``(key, metadata)`` pairs; reads every record's metadata."""
+        """Matching ``(key, metadata)`` pairs; reads every record's metadata.
+
+        Damaged records are skipped with a logged warning (see :meth:`info`).
+        """
         self._require_connection()
         terms = compile_terms(kwargs)
         names = None if select is None else list(select)
         result = []
         staging = self._staging_var.get()
         changes = staging.changes if staging is not None else {}
-        committed = (r for r in iter_records(self._keys) if r.key not in changes)
+        records = visible_records(self._keys, self._journal_reader.pending(), self._on_damaged)
+        committed = (r for r in records if r.key not in changes)
         staged = (r for r in changes.values() if r is not None)
         for record in itertools.chain(committed, staged):
             metadata = decode_metadata(record.metadata_json)
@@ -322,7 +381,8 @@ class FileSystemStore(AbstractStore):
         self._require_connection()
         staging = self._staging_var.get()
         changes = staging.changes if staging is not None else {}
-        keys = [key for key in iter_keys(self._keys) if key not in changes]
+        listed = visible_keys(self._keys, self._journal_reader.pending(), self._on_damaged)
+        keys = [key for key in listed if key not in changes]
         keys.extend(key for key, record in changes.items() if record is not None)
         return keys
 
@@ -346,7 +406,9 @@ class FileSystemStore(AbstractStore):
         finally:
             if owned:
                 source.close()  # type: ignore[attr-defined]
-        return self._write(key, payload, lambda old: metadata_json, if_version, if_exists)
+        return self._write(
+            key, payload, lambda old: metadata_json, if_version, if_exists, replaces=True
+        )
 
     def set_data(
         self,
@@ -400,7 +462,7 @@ class FileSystemStore(AbstractStore):
         self._require_connection()
         name = encode_key(key)
         with self._locked().held():
-            old = self._load(key, name, with_data=False)
+            old = self._load_replaced(key, name, with_data=False)
             if old is None:
                 raise missing(key)
             check_precondition(key, old.version, if_version, None)
@@ -415,20 +477,26 @@ class FileSystemStore(AbstractStore):
         if_version: str | None,
         if_exists: bool | None,
         event: type[StoreModificationEvent] = StoreSetEvent,
+        *,
+        replaces: bool = False,
     ) -> str:
         """Under the lock: check the precondition and store the new record; its version.
 
         ``payload=None`` keeps the current data; *metadata_for* gives the new metadata
-        JSON from the current record. A data file written for *payload* is removed if
-        the write does not happen. Emits *event* for the key.
+        JSON from the current record. A write that *replaces* data and metadata also
+        replaces a damaged record (others raise :class:`CorruptFileError`). A data file
+        written for *payload* is removed if the write does not happen. Emits *event* for
+        the key.
         """
         name = encode_key(key)
+        load = self._load_replaced if replaces else self._load
         try:
             with self._locked().held():
-                old = self._load(key, name, with_data=payload is None)
-                metadata_json = metadata_for(old)
+                old = load(key, name, with_data=payload is None)
+                current = None if is_damaged(old) else old
+                metadata_json = metadata_for(current)
                 check_precondition(key, None if old is None else old.version, if_version, if_exists)
-                new = self._new_record(key, old, payload, metadata_json)
+                new = self._new_record(key, current, payload, metadata_json)
                 self._store(key, name, old, new)
         except BaseException:
             if payload is not None and payload.data_file is not None:
@@ -567,6 +635,12 @@ class FileSystemStore(AbstractStore):
             self._store(key, encode_key(key), old, new)
         finally:
             self._staging_var.reset(token)
+
+
+def _key_of_name(name: str) -> str:
+    """The key of the record file *name*, or the name itself when it is hashed."""
+    key = decode_name(name)
+    return name if key is None else key
 
 
 def _kept_metadata(old: Record | None) -> str:

@@ -49,9 +49,10 @@ _C_ENCODE: Callable[[object, int], Sequence[str]] | None = (
 def check_key(key: object) -> str:
     """Return *key* if it is a valid store key, else raise :class:`InvalidKeyError`.
 
-    A valid key is a non-empty ``str`` without NUL characters. Everything else about a key
-    is the backend's business: backends that map keys onto restricted namespaces (file
-    names, URLs) encode them reversibly.
+    A valid key is a non-empty ``str`` without NUL characters that UTF-8 can encode (no
+    lone surrogates such as ``"\\udc80"``). Everything else about a key is the backend's
+    business: backends that map keys onto restricted namespaces (file names, URLs)
+    encode them reversibly.
     """
     if type(key) is not str:
         if not isinstance(key, str):
@@ -61,15 +62,35 @@ def check_key(key: object) -> str:
         raise InvalidKeyError("store keys must not be empty")
     if "\x00" in key:
         raise InvalidKeyError(f"store keys must not contain NUL characters: {key!r}")
+    if not key.isascii() and not _is_utf8(key):
+        raise InvalidKeyError(f"store keys must be valid Unicode (no lone surrogates): {key!r}")
     return key
+
+
+def _is_utf8(text: str) -> bool:
+    """Whether UTF-8 can encode *text* (it cannot encode lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _valid_text(text: str) -> str:
+    """*text* (encoded metadata) if UTF-8 can encode it, else InvalidMetadataError."""
+    if not text.isascii() and not _is_utf8(text):
+        raise InvalidMetadataError("metadata text must be valid Unicode (no lone surrogates)")
+    return text
 
 
 def check_keys(keys: Sequence[object]) -> None:
     """Raise :class:`InvalidKeyError` for the first invalid key in *keys*, as
     :func:`check_key` would; nothing happens when all are valid."""
     # Whole-list checks run in C; only a list holding a bad key is walked key by key.
-    if set(map(type, keys)) <= {str} and all(keys) and "\x00" not in "".join(keys):  # type: ignore[arg-type]
-        return
+    if set(map(type, keys)) <= {str} and all(keys):
+        joined = "".join(keys)  # type: ignore[arg-type]
+        if "\x00" not in joined and (joined.isascii() or _is_utf8(joined)):
+            return
     for key in keys:
         check_key(key)
 
@@ -94,11 +115,12 @@ def encode_metadata(metadata: object) -> str:
         if not isinstance(name, str):
             raise InvalidMetadataError(f"metadata keys must be str, not {name!r}")
     try:
-        return _ENCODER.encode(dict(metadata))
+        text = _ENCODER.encode(dict(metadata))
     except (TypeError, ValueError) as exc:
         raise InvalidMetadataError(f"metadata is not JSON-representable: {exc}") from exc
     except RecursionError as exc:
         raise InvalidMetadataError("metadata is nested too deeply or is circular") from exc
+    return _valid_text(text)
 
 
 def _encode_dict(metadata: dict[Any, Any]) -> str:
@@ -108,11 +130,12 @@ def _encode_dict(metadata: dict[Any, Any]) -> str:
         if type(name) is not str:
             raise InvalidMetadataError(f"metadata keys must be str, not {name!r}")
     try:
-        return "".join(_C_ENCODE(metadata, 0))
+        text = "".join(_C_ENCODE(metadata, 0))
     except (TypeError, ValueError) as exc:
         raise InvalidMetadataError(f"metadata is not JSON-representable: {exc}") from exc
     except RecursionError as exc:
         raise InvalidMetadataError("metadata is nested too deeply or is circular") from exc
+    return _valid_text(text)
 
 
 def decode_metadata(text: str | bytes) -> Metadata:

@@ -52,6 +52,7 @@ from storekeeper.store import (
     StoreTransactionStartEvent,
     StoreUpdateEvent,
 )
+from storekeeper.testing.crossprocess import CrossProcessTests
 from storekeeper.testing.events import EventConformance
 from storekeeper.testing.isolation import IsolationTests
 
@@ -139,7 +140,7 @@ class _FailingReader(io.RawIOBase):
         raise OSError("the source failed mid-read")
 
 
-class StoreTests(EventConformance, IsolationTests, abc.ABC):
+class StoreTests(EventConformance, IsolationTests, CrossProcessTests, abc.ABC):
     """Conformance tests for a writable store; subclass and implement ``create_store``."""
 
     #: Data survives disconnect + a new instance (``reopen_store`` must be implemented).
