@@ -20,6 +20,7 @@ __all__ = [
     "Schema",
     "compile_query",
     "json_path",
+    "prefix_range",
     "quote_identifier",
 ]
 
@@ -60,6 +61,13 @@ class Schema:
         self.main = quote_identifier(table)
         self.chunks = quote_identifier(table + "__chunks")
         self.chunk_index = quote_identifier(table + "__chunks_by_blob")
+        # Names of the three objects ``create`` makes; SQLite folds ASCII case in names.
+        self.table_names = (table, table + "__chunks", table + "__chunks_by_blob")
+        self.count_tables = (
+            "SELECT count(*) FROM sqlite_master WHERE "
+            "(type='table' AND lower(name) IN (lower(?1), lower(?2))) "
+            "OR (type='index' AND lower(name)=lower(?3))"
+        )
         self.create = [
             f"CREATE TABLE IF NOT EXISTS {self.main} ("
             "key TEXT PRIMARY KEY NOT NULL, metadata TEXT NOT NULL, created REAL NOT NULL, "
@@ -105,6 +113,13 @@ class Schema:
         self.insert_chunk = f"INSERT INTO {self.chunks} (blob, seq, data) VALUES (?, ?, ?)"
         self.select_chunk = f"SELECT data FROM {self.chunks} WHERE blob=? AND seq=?"
         self.delete_chunks = f"DELETE FROM {self.chunks} WHERE blob=?"
+        # For a chunk set kept while a value read it: a rolled back overwrite may have
+        # left a row naming it again.
+        self.delete_unreferenced_chunks = (
+            f"DELETE FROM {self.chunks} WHERE blob=?1 "
+            f"AND NOT EXISTS (SELECT 1 FROM {self.main} WHERE blob=?1)"
+        )
+        self.select_file_refs = f"SELECT blob FROM {self.main} WHERE blob LIKE 'file:%'"
         self.orphan_chunks = (
             f"DELETE FROM {self.chunks} WHERE blob NOT IN "
             f"(SELECT blob FROM {self.main} WHERE blob IS NOT NULL)"
@@ -157,6 +172,29 @@ class Schema:
         """``SELECT key[, metadata] ... WHERE where`` over the main table."""
         columns = "key, metadata" if with_metadata else "key"
         return f"SELECT {columns} FROM {self.main} WHERE {where}"
+
+
+def prefix_range(prefix: str) -> tuple[str, tuple[str, ...]]:
+    """``(where clause, parameters)`` selecting the keys that start with *prefix*, as a
+    range scan of the primary key.
+
+    SQLite orders text by its UTF-8 bytes, which is the order of code points, so the
+    keys starting with *prefix* are those from *prefix* up to (excluding) the least
+    string above all of them: *prefix* less its trailing U+10FFFF characters, with its
+    last character incremented (no such bound when nothing is left). A prefix with a
+    lone surrogate has no UTF-8 form and so starts no stored key.
+    """
+    try:
+        prefix.encode()
+    except UnicodeEncodeError:
+        return "0", ()
+    stem = prefix.rstrip("\U0010ffff")
+    if not stem:
+        return "key >= ?", (prefix,)
+    following = ord(stem[-1]) + 1
+    if 0xD800 <= following <= 0xDFFF:
+        following = 0xE000  # surrogates never occur in stored keys
+    return "key >= ? AND key < ?", (prefix, stem[:-1] + chr(following))
 
 
 def compile_query(terms: Mapping[str, QueryTerm]) -> tuple[str, list[Any], bool]:
