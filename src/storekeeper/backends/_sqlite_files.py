@@ -262,9 +262,7 @@ class DatabaseFile:
         try:
             self._fd = os.open(self.location, os.O_RDONLY | _O_CLOEXEC)
         except OSError as exc:
-            raise BackendError(
-                f"cannot open the database file {self.location!r}: {exc}"
-            ) from exc
+            raise BackendError(f"cannot open the database file {self.location!r}: {exc}") from exc
 
     def check(self) -> None:
         """Raise :class:`~storekeeper.errors.BackendError` if the file is gone."""

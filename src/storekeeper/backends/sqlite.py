@@ -485,9 +485,7 @@ class SqliteStore(AbstractStore):
         stop = size if end is None else min(end, size)
         return cast(IO[bytes], BufferIteratorIO(self._chunks(key, blob, start, stop, hold)))
 
-    def _chunks(
-        self, key: str, blob: str, start: int, stop: int, hold: object
-    ) -> Iterator[bytes]:
+    def _chunks(self, key: str, blob: str, start: int, stop: int, hold: object) -> Iterator[bytes]:
         """Bytes ``[start, stop)`` of chunk set *blob*, kept alive by *hold* meanwhile."""
         position = start - start % self.chunk_size
         seq = start // self.chunk_size
