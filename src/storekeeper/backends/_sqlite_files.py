@@ -39,18 +39,19 @@ import re
 import time
 import weakref
 from collections.abc import Iterable, Iterator
-from typing import IO
 
 from storekeeper import files
 from storekeeper.backends._fs_records import SharedFile, open_stream
 from storekeeper.errors import BackendError
 from storekeeper.store.abstract import new_version
+from storekeeper.store.value import StreamValue, Value
 
 __all__ = [
     "FILE_PREFIX",
     "ChunkHolds",
     "DatabaseFile",
     "ValueFiles",
+    "file_value",
     "is_file_ref",
     "table_directory",
 ]
@@ -147,7 +148,7 @@ class ValueFiles:
         return FILE_PREFIX + name, size
 
     def open_shared(self, ref: str) -> SharedFile:
-        """*ref*'s file, held open for a value and its streams (:func:`open_range`).
+        """*ref*'s file, held open for a value and its streams (:func:`file_value`).
 
         :class:`FileNotFoundError` when the file is gone (its row was replaced since it
         was read: read the row again).
@@ -187,9 +188,25 @@ class ValueFiles:
         return removed
 
 
-def open_range(shared: SharedFile, start: int, stop: int) -> IO[bytes]:
-    """A stream over bytes ``[start, stop)`` of a value file held open."""
-    return open_stream(shared, start, stop)
+def file_value(
+    shared: SharedFile,
+    size: int,
+    metadata_json: str,
+    created: float,
+    modified: float,
+    version: str,
+) -> Value:
+    """The value of a row whose value file *shared* is held open (by the value and
+    every stream it opens, until the last is gone)."""
+    return StreamValue(
+        lambda: open_stream(shared, 0, size),
+        size=size,
+        created=created,
+        modified=modified,
+        version=version,
+        metadata_json=metadata_json,
+        range_opener=lambda lo, hi: open_stream(shared, lo, size if hi is None else hi),
+    )
 
 
 def _listing(directory: str) -> Iterator[str]:

@@ -19,12 +19,17 @@
   ``index_columns``, ``index=None`` none. Indexes are maintained by SQLite itself, so
   they never go stale and survive reconnecting.
 - **Large values** (over ``inline_limit`` bytes) are streamed in and out, never held in
-  memory whole. A file database keeps each in its own file in ``<database>-values/``
-  (written and fsynced before the row naming it commits; see ``_sqlite_files``), so it
-  is written once and read at file speed, and a reader keeps the version it opened. An
-  in-memory database keeps them as fixed-size chunks in a side table; a stream over one
-  raises :class:`~storekeeper.errors.ConflictError` if the key is overwritten while it
-  is being read (it never mixes two versions).
+  memory whole. A file database keeps each in its own file in
+  ``<database>-values/<table>/``, the database's real path (links resolved) naming the
+  directory, so any path to the database finds them and tables sharing it keep their
+  own (written and fsynced before the row naming it commits; see ``_sqlite_files``):
+  written once and read at file speed. An in-memory database keeps them as fixed-size
+  chunks in a side table. Either way a value (and every stream it opens) reads the
+  version it was read with, whatever is written to its key afterwards.
+- **Opening** an existing database takes no write lock, so it never waits for another
+  connection's write transaction. A database file deleted or replaced while open is
+  noticed before each write commits (one ``fstat``), which then raises
+  :class:`~storekeeper.errors.BackendError` instead of acknowledging a lost write.
 - **Deleted data**: freed pages are zeroed only where that costs no extra writes
   (``PRAGMA secure_delete=FAST``), unlike builds that zero every freed page and so
   write a large value again to delete it; ``secure_delete=True`` zeroes everything.
@@ -53,10 +58,18 @@ from storekeeper.backends._sqlite_files import (
     ChunkHolds,
     DatabaseFile,
     ValueFiles,
+    file_value,
     is_file_ref,
-    open_range,
 )
-from storekeeper.backends._sqlite_schema import Schema, compile_query, json_path, prefix_range
+from storekeeper.backends._sqlite_schema import (
+    Schema,
+    begin_without_waiting,
+    compile_query,
+    encodable,
+    json_path,
+    prefix_range,
+    write_transaction,
+)
 from storekeeper.errors import (
     BackendError,
     ConflictError,
@@ -126,7 +139,7 @@ class SqliteStore(AbstractStore):
         super().__init__(event_manager)
         if index not in _INDEX_MODES:
             raise ValueError(f"index must be one of {_INDEX_MODES}, not {index!r}")
-        if not table or "\x00" in table or not _encodable(table):
+        if not table or "\x00" in table or not encodable(table):
             raise ValueError(f"invalid table name {table!r}")
         if chunk_size <= 0 or inline_limit < 0:
             raise ValueError("chunk_size must be positive and inline_limit non-negative")
@@ -234,45 +247,21 @@ class SqliteStore(AbstractStore):
             if self._files is not None:
                 self._files.ensure()
             self._load_indexes(conn)
-            if self._schema_missing(conn):
-                with _immediate(conn):
+            static = self.index_columns if self.index is not None else []
+            if self._schema.missing(conn, self._index_names, static, self.max_indexes):
+                with write_transaction(conn):
                     for statement in self._schema.create:
                         conn.execute(statement)
                     self._load_indexes(conn)
                     self._ensure_indexes(conn, self.index_columns, force=True)
-            self._tidy(conn)
+            # Tidying up is skipped while another writer is busy: a transaction that has
+            # written a value file but not committed its row must not see it swept.
+            if begin_without_waiting(conn, self.timeout):
+                with write_transaction(conn, begun=True):
+                    conn.execute(self._schema.orphan_chunks)
+                    if self._files is not None:
+                        self._files.sweep(row[0] for row in conn.execute(self._schema.file_refs))
         super().connect(credentials)
-
-    def _schema_missing(self, conn: sqlite3.Connection) -> bool:
-        """Whether a table or index this store needs is missing (a read: no lock)."""
-        if conn.execute(self._schema.count_tables, self._schema.table_names).fetchone()[0] < 3:
-            return True
-        if self.index is None:
-            return False
-        wanted = [name for name in self.index_columns if json_path(name) is not None]
-        names = (self._schema.index_name(name) for name in wanted[: self.max_indexes])
-        return not self._index_names.issuperset(names)
-
-    def _tidy(self, conn: sqlite3.Connection) -> None:
-        """Drop orphaned chunks and old unreferenced value files, if no writer is busy.
-
-        The write lock keeps a transaction that has written a value file but not yet
-        committed its row from seeing that file swept; it is tried, never waited for.
-        """
-        conn.execute("PRAGMA busy_timeout=0")
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
-                raise
-            return
-        finally:
-            conn.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
-        with _immediate(conn, begun=True):
-            conn.execute(self._schema.orphan_chunks)
-            if self._files is not None:
-                referenced = conn.execute(self._schema.select_file_refs).fetchall()
-                self._files.sweep(row[0] for row in referenced)
 
     def disconnect(self) -> None:
         """Close every connection this store opened (in any thread)."""
@@ -396,15 +385,7 @@ class SqliteStore(AbstractStore):
             shared = self._files.open_shared(blob)
         except FileNotFoundError:
             return None
-        return StreamValue(
-            lambda: open_range(shared, 0, size),
-            size=size,
-            created=created,
-            modified=modified,
-            version=version,
-            metadata_json=metadata_json,
-            range_opener=lambda lo, hi: open_range(shared, lo, size if hi is None else hi),
-        )
+        return file_value(shared, size, metadata_json, created, modified, version)
 
     def _chunked_value(self, key: str, row: tuple[Any, ...], hold: object) -> Value:
         """The value of a row naming a chunk set, which *hold* keeps from being deleted."""
@@ -1161,29 +1142,6 @@ def _unencodable(exc: UnicodeEncodeError) -> StorekeeperError:
     return InvalidKeyError(
         f"text holding a lone surrogate cannot be stored ({exc.reason}): {exc.object!r}"
     )
-
-
-def _encodable(text: str) -> bool:
-    """Whether *text* has a UTF-8 form (no lone surrogates), as SQLite needs."""
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-@contextmanager
-def _immediate(conn: sqlite3.Connection, *, begun: bool = False) -> Iterator[None]:
-    """A write transaction (*begun*: already begun): committed at the end, rolled back
-    on error."""
-    if not begun:
-        conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
 
 
 def _commit(conn: sqlite3.Connection, database: DatabaseFile | None) -> None:
