@@ -132,18 +132,21 @@ def test_large_values_are_chunked_and_old_chunks_removed(tmp_path: Path) -> None
         assert raw.execute('SELECT COUNT(*) FROM "store__chunks"').fetchone() == (0,)
 
 
-def test_overwrite_while_streaming_raises_conflict_not_a_torn_value() -> None:
-    from storekeeper.errors import ConflictError
-
-    # In memory, large values are chunks in the database: a reader must not mix versions.
+def test_a_reader_of_chunks_keeps_its_version_in_memory() -> None:
+    # In memory, large values are chunks in the database: a reader keeps the chunk set
+    # it started on, and the obsolete set goes once the reader is gone.
     with SqliteStore(inline_limit=1, chunk_size=4) as store:
         store.set("k", (b"a" * 40, {}))
         stream = store.get_data("k")
         assert stream.read(4) == b"aaaa"
         store.set("k", (b"b" * 40, {}))
-        with pytest.raises(ConflictError):
-            stream.read()
+        assert stream.read() == b"a" * 36
         stream.close()
+        del stream
+        store.set("other", (b"c" * 40, {}))  # a later write drops the released set
+        chunks = store._conn().execute('SELECT count(*) FROM "store__chunks"').fetchone()
+        assert chunks == (20,)  # 10 chunks of "k" and 10 of "other"
+        assert store.to_bytes("k") == b"b" * 40
 
 
 def test_a_reader_of_a_value_file_keeps_its_version(tmp_path: Path) -> None:
@@ -155,11 +158,11 @@ def test_a_reader_of_a_value_file_keeps_its_version(tmp_path: Path) -> None:
         assert stream.read() == b"a" * 36  # the old file stays readable while open
         stream.close()
         assert store.to_bytes("k") == b"b" * 40
-        assert len(os.listdir(tmp_path / "files.db-values")) == 1  # the old one is gone
+        assert len(os.listdir(tmp_path / "files.db-values" / "store")) == 1  # the old one is gone
 
 
 def test_value_files_follow_transactions(tmp_path: Path) -> None:
-    values = tmp_path / "t.db-values"
+    values = tmp_path / "t.db-values" / "store"
     with SqliteStore(tmp_path / "t.db", inline_limit=10) as store:
         store.set("keep", (b"k" * 50, {}))
         with pytest.raises(RuntimeError), store.transaction("rolled back"):
@@ -186,7 +189,7 @@ def test_value_files_follow_transactions(tmp_path: Path) -> None:
 
 
 def test_unreferenced_value_files_are_swept_when_old(tmp_path: Path) -> None:
-    values = tmp_path / "s.db-values"
+    values = tmp_path / "s.db-values" / "store"
     with SqliteStore(tmp_path / "s.db", inline_limit=10) as store:
         store.set("k", (b"k" * 50, {}))
     (values / "orphan-old").write_bytes(b"left by a crash")
@@ -210,10 +213,10 @@ def test_secure_delete_setting(tmp_path: Path, secure: bool, expected: int) -> N
 def test_multiset_over_large_values_removes_them(tmp_path: Path) -> None:
     with SqliteStore(tmp_path / "m.db", inline_limit=10) as store:
         store.set("big", (b"b" * 50, {}))
-        assert len(os.listdir(tmp_path / "m.db-values")) == 1
+        assert len(os.listdir(tmp_path / "m.db-values" / "store")) == 1
         store.multiset(["big", "small"], [(b"1", {}), (b"2", {})])
         assert store.to_bytes("big") == b"1"
-        assert os.listdir(tmp_path / "m.db-values") == []
+        assert os.listdir(tmp_path / "m.db-values" / "store") == []
     with SqliteStore(inline_limit=10, chunk_size=8) as memory:
         memory.set("big", (b"b" * 50, {}))
         memory.multiset(["big"], [(b"1", {})])
@@ -327,7 +330,7 @@ def test_plain_writes_over_values_stored_outside_their_row_clean_them_up(
         assert not store.exists("gone")
         assert conn.execute('SELECT count(*) FROM "store__chunks"').fetchone() == (0,)
         if location == "file":
-            assert os.listdir(tmp_path / "o.db-values") == []
+            assert os.listdir(tmp_path / "o.db-values" / "store") == []
         with pytest.raises(KeyError):
             store.delete("gone")
 
@@ -376,7 +379,7 @@ def test_conditional_writes_over_a_value_file_take_the_full_path(tmp_path: Path)
         store.set("other", (b"o" * 50, {}))
         store.delete("other", if_version=store.get("other").version)
         assert store.to_bytes("big") == b"small" and not store.exists("other")
-        assert os.listdir(tmp_path / "v.db-values") == []
+        assert os.listdir(tmp_path / "v.db-values" / "store") == []
 
 
 def test_an_index_rolled_back_with_its_transaction_is_created_again(tmp_path: Path) -> None:

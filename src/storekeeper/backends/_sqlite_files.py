@@ -1,8 +1,12 @@
-"""Large values of a file-backed :class:`SqliteStore`, one file each beside the database.
+"""Large values of a :class:`SqliteStore` kept outside their row, and its database file.
 
-SQLite writes every byte twice (WAL, then checkpoint) and reads a chunk per query, so
-values over ``inline_limit`` live in ``<database>-values/`` instead, and the row holds
-``file:<name>`` where a chunk-set id would be. The rules that keep this crash-safe:
+SQLite writes every byte twice (WAL, then checkpoint) and reads a chunk per query, so in
+a file database values over ``inline_limit`` live in files instead, and the row holds
+``file:<name>`` where a chunk-set id would be. The files of a table are in
+``<database>-values/<table>/``, where ``<database>`` is the real path of the database
+file (symbolic links resolved): every path that opens a database finds the same files,
+and tables sharing a database never touch each other's (see :func:`table_directory`).
+The rules that keep this crash-safe:
 
 - a value file is written with :func:`storekeeper.files.atomic_write` (temp file, fsync,
   rename, directory fsync) *before* the row naming it is committed, so a committed row
@@ -10,34 +14,55 @@ values over ``inline_limit`` live in ``<database>-values/`` instead, and the row
 - a file is removed only after the row that named it is gone for good: once the write
   that replaced or deleted it has committed (for a transaction, the outermost commit);
   a file written by a write or transaction that rolled back is removed at once;
-- a crash between those steps leaves an unreferenced file, which :meth:`sweep` removes
-  when a store connects, if it is old enough that no live writer can still be about to
-  commit it.
+- a crash between those steps leaves an unreferenced file, which :meth:`ValueFiles.sweep`
+  removes when a store connects, if it is old enough that no live writer can still be
+  about to commit it.
 
-Readers open the file named by the row they read; on POSIX an open file stays readable
-after it is replaced, so a reader sees one whole version. A reader that reaches the file
-after a writer removed it gets :class:`~storekeeper.errors.ConflictError`.
+A :class:`~storekeeper.store.value.Value` read from a file row holds the file open
+(:meth:`ValueFiles.open_shared`); on POSIX an open file stays readable after it is
+removed, so the value keeps the version it was read with, in this process and whatever
+other processes write. An in-memory database keeps large values as chunk sets in a side
+table; :class:`ChunkHolds` keeps a chunk set that a live value still reads from being
+deleted when its key is overwritten.
+
+:class:`DatabaseFile` watches the database file itself: SQLite goes on writing into a
+file that was deleted (or replaced) while open, and every write it acknowledges after
+that is lost, so writes check first.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import re
 import time
+import weakref
 from collections.abc import Iterable, Iterator
-from typing import IO, cast
 
 from storekeeper import files
-from storekeeper.errors import ConflictError
+from storekeeper.backends._fs_records import SharedFile, open_stream
+from storekeeper.errors import BackendError
 from storekeeper.store.abstract import new_version
-from storekeeper.store.utils import BufferIteratorIO
+from storekeeper.store.value import StreamValue, Value
 
-__all__ = ["FILE_PREFIX", "ValueFiles", "is_file_ref"]
+__all__ = [
+    "FILE_PREFIX",
+    "ChunkHolds",
+    "DatabaseFile",
+    "ValueFiles",
+    "file_value",
+    "is_file_ref",
+    "table_directory",
+]
 
 FILE_PREFIX = "file:"
 # An unreferenced file younger than this may belong to a writer about to commit.
 SWEEP_AGE = 3600.0
-_READ_CHUNK = 1 << 20
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+# Table names used as they are for their directory; others are hashed.
+_PLAIN_TABLE = re.compile(r"[a-z0-9_][a-z0-9_.\-]{0,63}")
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
 def is_file_ref(blob: str | None) -> bool:
@@ -45,45 +70,95 @@ def is_file_ref(blob: str | None) -> bool:
     return blob is not None and blob.startswith(FILE_PREFIX)
 
 
-class ValueFiles:
-    """The directory of value files of one database (see the module docstring)."""
+def table_directory(table: str) -> str:
+    """The name of the directory holding *table*'s value files.
 
-    def __init__(self, directory: str, durable: bool) -> None:
-        self.directory = directory
+    SQLite folds ASCII letters in table names (``Store`` and ``store`` are one table), so
+    the name is folded the same way; a name that is not a plain file name is hashed
+    (``~`` and the first 32 hex digits of its SHA-256), so no table name can reach
+    outside the values directory or collide with another table's.
+    """
+    folded = table.translate(_ASCII_LOWER)
+    if _PLAIN_TABLE.fullmatch(folded) and folded.strip(".") == folded:
+        return folded
+    return "~" + hashlib.sha256(folded.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+class ValueFiles:
+    """The value files of one table of one database (see the module docstring).
+
+    *location* is the database path as given; :meth:`ensure` (at connect, once the
+    database exists) resolves it to the real directory.
+    """
+
+    def __init__(self, location: str, table: str, durable: bool) -> None:
+        self.location = location
+        self.table = table
         self.durable = durable
+        self.directory = self._resolve()
+
+    def _resolve(self) -> str:
+        real = os.path.realpath(self.location)
+        return os.path.join(real + "-values", table_directory(self.table))
 
     def ensure(self) -> None:
-        """Create the directory if it is missing."""
-        os.makedirs(self.directory, exist_ok=True)
+        """Resolve the directory (the database may be a new link) and create it."""
+        self.directory = self._resolve()
+        try:
+            os.makedirs(self.directory, exist_ok=True)
+        except OSError as exc:
+            raise BackendError(
+                f"cannot create the value directory {self.directory!r}: {exc}"
+            ) from exc
 
     def path(self, ref: str) -> str:
         """The file of *ref* (``file:<name>``)."""
         return os.path.join(self.directory, ref[len(FILE_PREFIX) :])
 
     def write(self, chunks: Iterable[bytes]) -> tuple[str, int]:
-        """Store *chunks* in a new file, durably; return its reference and size."""
+        """Store *chunks* in a new file, durably; return its reference and size.
+
+        An error raised by *chunks* itself propagates as it is; a failure to write
+        (disk full, permissions) is a :class:`~storekeeper.errors.BackendError`.
+        """
         name = new_version()
         size = 0
+        source_failed = False
 
         def counted() -> Iterator[bytes]:
-            nonlocal size
-            for chunk in chunks:
+            nonlocal size, source_failed
+            iterator = iter(chunks)
+            while True:
+                try:
+                    chunk = next(iterator)
+                except StopIteration:
+                    return
+                except BaseException:
+                    source_failed = True
+                    raise
                 size += len(chunk)
                 yield chunk
 
-        files.atomic_write(os.path.join(self.directory, name), counted(), durable=self.durable)
+        try:
+            files.atomic_write(os.path.join(self.directory, name), counted(), durable=self.durable)
+        except OSError as exc:
+            if source_failed:
+                raise
+            raise BackendError(f"cannot write a value file in {self.directory!r}: {exc}") from exc
         return FILE_PREFIX + name, size
 
-    def open(self, key: str, ref: str, start: int, stop: int) -> IO[bytes]:
-        """A stream over bytes ``[start, stop)`` of *ref*'s file."""
+    def open_shared(self, ref: str) -> SharedFile:
+        """*ref*'s file, held open for a value and its streams (:func:`file_value`).
+
+        :class:`FileNotFoundError` when the file is gone (its row was replaced since it
+        was read: read the row again).
+        """
         try:
-            stream = open(self.path(ref), "rb")  # noqa: SIM115 - returned to the caller
+            return SharedFile(self.path(ref))
         except FileNotFoundError:
-            raise ConflictError(f"key {key!r} changed before its value could be read") from None
-        if start == 0 and stop >= os.fstat(stream.fileno()).st_size:
-            return stream  # the whole file: the file object itself is the fastest stream
-        stream.seek(start)
-        return cast(IO[bytes], _Range(stream, stop - start))
+            raise
+        except OSError as exc:
+            raise BackendError(f"cannot open the value file {self.path(ref)!r}: {exc}") from exc
 
     def remove(self, refs: Iterable[str | None]) -> None:
         """Remove the files of *refs* (chunk-set ids and missing files are skipped)."""
@@ -113,6 +188,27 @@ class ValueFiles:
         return removed
 
 
+def file_value(
+    shared: SharedFile,
+    size: int,
+    metadata_json: str,
+    created: float,
+    modified: float,
+    version: str,
+) -> Value:
+    """The value of a row whose value file *shared* is held open (by the value and
+    every stream it opens, until the last is gone)."""
+    return StreamValue(
+        lambda: open_stream(shared, 0, size),
+        size=size,
+        created=created,
+        modified=modified,
+        version=version,
+        metadata_json=metadata_json,
+        range_opener=lambda lo, hi: open_stream(shared, lo, size if hi is None else hi),
+    )
+
+
 def _listing(directory: str) -> Iterator[str]:
     try:
         with os.scandir(directory) as entries:
@@ -121,25 +217,82 @@ def _listing(directory: str) -> Iterator[str]:
         return
 
 
-class _Range(BufferIteratorIO):
-    """The next *remaining* bytes of an open file; closing it closes the file."""
+class _Hold:
+    """What a value (and each stream it opens) holds while it may read a chunk set."""
 
-    def __init__(self, stream: IO[bytes], remaining: int) -> None:
-        self._file = stream
-        super().__init__(_read_range(stream, remaining))
+    __slots__ = ("__weakref__",)
+
+
+class ChunkHolds:
+    """Chunk sets of an in-memory database that live values still read.
+
+    :meth:`hold` is called under the store's lock while the row naming the chunk set is
+    read; the returned token is kept by the value and its streams. A write that makes a
+    held chunk set obsolete :meth:`keep`\\ s it instead of deleting it; once no token is
+    left, :meth:`released` hands it back for deletion (by a statement that also checks
+    that no row names it again, as after a rolled back overwrite).
+    """
+
+    def __init__(self) -> None:
+        self._tokens: weakref.WeakValueDictionary[str, _Hold] = weakref.WeakValueDictionary()
+        self._waiting: set[str] = set()
+
+    def hold(self, blob: str) -> object:
+        """A token keeping chunk set *blob* while it lives."""
+        token = self._tokens.get(blob)
+        if token is None:
+            token = self._tokens[blob] = _Hold()
+        return token
+
+    def keep(self, blob: str) -> bool:
+        """Whether *blob* is held; if so it waits for :meth:`released` to be deleted."""
+        if blob in self._tokens:
+            self._waiting.add(blob)
+            return True
+        return False
+
+    def released(self) -> list[str]:
+        """Chunk sets that waited for their holders and have none left (handed out once)."""
+        if not self._waiting:
+            return []
+        done = [blob for blob in self._waiting if blob not in self._tokens]
+        self._waiting.difference_update(done)
+        return done
+
+
+class DatabaseFile:
+    """The database file a store has open, watched for deletion or replacement.
+
+    :meth:`attach` opens a descriptor of its own on the file; :meth:`check` (before a
+    write commits: one ``fstat``) raises once the file has no name left, that is, once
+    it was deleted or replaced by another file, when SQLite would go on acknowledging
+    writes that nothing can ever read.
+    """
+
+    def __init__(self, location: str) -> None:
+        self.location = location
+        self._fd: int | None = None
+
+    def attach(self) -> None:
+        """Start watching the file now at the location (after the database is open)."""
+        self.close()
+        try:
+            self._fd = os.open(self.location, os.O_RDONLY | _O_CLOEXEC)
+        except OSError as exc:
+            raise BackendError(f"cannot open the database file {self.location!r}: {exc}") from exc
+
+    def check(self) -> None:
+        """Raise :class:`~storekeeper.errors.BackendError` if the file is gone."""
+        fd = self._fd
+        if fd is not None and os.fstat(fd).st_nlink == 0:
+            raise BackendError(
+                f"the database file {self.location!r} was deleted or replaced while the "
+                "store had it open; nothing written now could be read again: reconnect "
+                "(disconnect() and connect()) to open the file now at that path"
+            )
 
     def close(self) -> None:
-        """Close the stream and its file."""
-        try:
-            super().close()
-        finally:
-            self._file.close()
-
-
-def _read_range(stream: IO[bytes], remaining: int) -> Iterator[bytes]:
-    while remaining > 0:
-        chunk = stream.read(min(remaining, _READ_CHUNK))
-        if not chunk:
-            return
-        remaining -= len(chunk)
-        yield chunk
+        """Stop watching (at disconnect)."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)

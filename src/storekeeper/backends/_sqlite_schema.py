@@ -11,16 +11,22 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping
+import sqlite3
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from storekeeper.store.query import Equals, Exists, In, Prefix, QueryTerm, Range
 
 __all__ = [
     "Schema",
+    "begin_without_waiting",
     "compile_query",
+    "encodable",
     "json_path",
+    "prefix_range",
     "quote_identifier",
+    "write_transaction",
 ]
 
 # Metadata names made of these characters can be embedded in a JSON path literal
@@ -60,6 +66,13 @@ class Schema:
         self.main = quote_identifier(table)
         self.chunks = quote_identifier(table + "__chunks")
         self.chunk_index = quote_identifier(table + "__chunks_by_blob")
+        # Names of the three objects ``create`` makes; SQLite folds ASCII case in names.
+        self.table_names = (table, table + "__chunks", table + "__chunks_by_blob")
+        self.count_tables = (
+            "SELECT count(*) FROM sqlite_master WHERE "
+            "(type='table' AND lower(name) IN (lower(?1), lower(?2))) "
+            "OR (type='index' AND lower(name)=lower(?3))"
+        )
         self.create = [
             f"CREATE TABLE IF NOT EXISTS {self.main} ("
             "key TEXT PRIMARY KEY NOT NULL, metadata TEXT NOT NULL, created REAL NOT NULL, "
@@ -105,12 +118,29 @@ class Schema:
         self.insert_chunk = f"INSERT INTO {self.chunks} (blob, seq, data) VALUES (?, ?, ?)"
         self.select_chunk = f"SELECT data FROM {self.chunks} WHERE blob=? AND seq=?"
         self.delete_chunks = f"DELETE FROM {self.chunks} WHERE blob=?"
+        # For a chunk set kept while a value read it: a rolled back overwrite may have
+        # left a row naming it again.
+        self.delete_unreferenced_chunks = (
+            f"DELETE FROM {self.chunks} WHERE blob=?1 "
+            f"AND NOT EXISTS (SELECT 1 FROM {self.main} WHERE blob=?1)"
+        )
+        self.file_refs = f"SELECT blob FROM {self.main} WHERE blob LIKE 'file:%'"
         self.orphan_chunks = (
             f"DELETE FROM {self.chunks} WHERE blob NOT IN "
             f"(SELECT blob FROM {self.main} WHERE blob IS NOT NULL)"
         )
         self.select_blobs = f"SELECT key, blob FROM {self.main} WHERE key IN "
         self.list_indexes = "SELECT name FROM sqlite_master WHERE type='index' AND tbl_name=?"
+
+    def missing(
+        self, conn: sqlite3.Connection, indexes: set[str], columns: Iterable[str], limit: int
+    ) -> bool:
+        """Whether the tables are missing, or among the existing *indexes* one on the
+        first *limit* of *columns* that can have one: a read, so it needs no lock."""
+        if conn.execute(self.count_tables, self.table_names).fetchone()[0] < 3:
+            return True
+        wanted = [self.index_name(name) for name in columns if json_path(name)][:limit]
+        return not indexes.issuperset(wanted)
 
     def insert_batch(self, now: float, *, empty_metadata: bool) -> str:
         """An upsert of inline values for ``executemany`` over ``(key, metadata, version,
@@ -157,6 +187,65 @@ class Schema:
         """``SELECT key[, metadata] ... WHERE where`` over the main table."""
         columns = "key, metadata" if with_metadata else "key"
         return f"SELECT {columns} FROM {self.main} WHERE {where}"
+
+
+def encodable(text: str) -> bool:
+    """Whether *text* has a UTF-8 form (no lone surrogates), as SQLite needs."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+@contextmanager
+def write_transaction(conn: sqlite3.Connection, *, begun: bool = False) -> Iterator[None]:
+    """A write transaction on *conn* (*begun*: already begun), committed at the end and
+    rolled back on error."""
+    if not begun:
+        conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def begin_without_waiting(conn: sqlite3.Connection, timeout: float) -> bool:
+    """``BEGIN IMMEDIATE`` if no other connection holds the write lock now; whether it
+    began. *timeout* is the connection's busy timeout (seconds), restored after."""
+    conn.execute("PRAGMA busy_timeout=0")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
+            raise
+        return False
+    finally:
+        conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+    return True
+
+
+def prefix_range(prefix: str) -> tuple[str, tuple[str, ...]]:
+    """``(where clause, parameters)`` selecting the keys that start with *prefix*, as a
+    range scan of the primary key.
+
+    SQLite orders text by its UTF-8 bytes, which is the order of code points, so the
+    keys starting with *prefix* are those from *prefix* up to (excluding) the least
+    string above all of them: *prefix* less its trailing U+10FFFF characters, with its
+    last character incremented (no such bound when nothing is left). A prefix with a
+    lone surrogate has no UTF-8 form and so starts no stored key.
+    """
+    if not encodable(prefix):
+        return "0", ()
+    stem = prefix.rstrip("\U0010ffff")
+    if not stem:
+        return "key >= ?", (prefix,)
+    following = ord(stem[-1]) + 1
+    if 0xD800 <= following <= 0xDFFF:
+        following = 0xE000  # surrogates never occur in stored keys
+    return "key >= ? AND key < ?", (prefix, stem[:-1] + chr(following))
 
 
 def compile_query(terms: Mapping[str, QueryTerm]) -> tuple[str, list[Any], bool]:

@@ -25,12 +25,17 @@
   ``index_columns``, ``index=None`` none. Indexes are maintained by SQLite itself, so
   they never go stale and survive reconnecting.
 - **Large values** (over ``inline_limit`` bytes) are streamed in and out, never held in
-  memory whole. A file database keeps each in its own file in ``<database>-values/``
-  (written and fsynced before the row naming it commits; see ``_sqlite_files``), so it
-  is written once and read at file speed, and a reader keeps the version it opened. An
-  in-memory database keeps them as fixed-size chunks in a side table; a stream over one
-  raises :class:`~storekeeper.errors.ConflictError` if the key is overwritten while it
-  is being read (it never mixes two versions).
+  memory whole. A file database keeps each in its own file in
+  ``<database>-values/<table>/``, the database's real path (links resolved) naming the
+  directory, so any path to the database finds them and tables sharing it keep their
+  own (written and fsynced before the row naming it commits; see ``_sqlite_files``):
+  written once and read at file speed. An in-memory database keeps them as fixed-size
+  chunks in a side table. Either way a value (and every stream it opens) reads the
+  version it was read with, whatever is written to its key afterwards.
+- **Opening** an existing database takes no write lock, so it never waits for another
+  connection's write transaction. A database file deleted or replaced while open is
+  noticed before each write commits (one ``fstat``), which then raises
+  :class:`~storekeeper.errors.BackendError` instead of acknowledging a lost write.
 - **Deleted data**: freed pages are zeroed only where that costs no extra writes
   (``PRAGMA secure_delete=FAST``), unlike builds that zero every freed page and so
   write a large value again to delete it; ``secure_delete=True`` zeroes everything.
@@ -54,11 +59,26 @@ from typing import IO, Any, cast
 from urllib.parse import SplitResult, parse_qsl
 
 from storekeeper.backends._sqlite_checkpoint import Checkpointer
-from storekeeper.backends._sqlite_files import ValueFiles, is_file_ref
-from storekeeper.backends._sqlite_schema import Schema, compile_query, json_path
+from storekeeper.backends._sqlite_files import (
+    ChunkHolds,
+    DatabaseFile,
+    ValueFiles,
+    file_value,
+    is_file_ref,
+)
+from storekeeper.backends._sqlite_schema import (
+    Schema,
+    begin_without_waiting,
+    compile_query,
+    encodable,
+    json_path,
+    prefix_range,
+    write_transaction,
+)
 from storekeeper.errors import (
     BackendError,
     ConflictError,
+    InvalidKeyError,
     StorekeeperError,
     TransactionError,
 )
@@ -93,6 +113,8 @@ __all__ = ["SqliteStore"]
 _MEMORY = ":memory:"
 _INDEX_MODES = ("dynamic", "static", None)
 _MMAP_SIZE = 32 * 1024 * 1024
+# Reads of a row whose value file was replaced before it could be opened.
+_READ_RETRIES = 16
 # Stay well under SQLite's limit on bound parameters per statement.
 _IN_BATCH = 500
 
@@ -123,7 +145,7 @@ class SqliteStore(AbstractStore):
         super().__init__(event_manager)
         if index not in _INDEX_MODES:
             raise ValueError(f"index must be one of {_INDEX_MODES}, not {index!r}")
-        if not table or "\x00" in table:
+        if not table or "\x00" in table or not encodable(table):
             raise ValueError(f"invalid table name {table!r}")
         if chunk_size <= 0 or inline_limit < 0:
             raise ValueError("chunk_size must be positive and inline_limit non-negative")
@@ -162,9 +184,10 @@ class SqliteStore(AbstractStore):
         # calls) and the idle ones, as (connection, generation, pid).
         self._leased: OwnedVar[_Lease] = OwnedVar(f"sqlite-{id(self):x}-transaction")
         self._idle: list[_Lease] = []
-        self._files = (
-            None if self.location == _MEMORY else ValueFiles(self.location + "-values", durable)
-        )
+        memory = self.location == _MEMORY
+        self._files = None if memory else ValueFiles(self.location, table, durable)
+        self._database = None if memory else DatabaseFile(self.location)
+        self._holds = ChunkHolds()
         self._checkpointer = (
             None
             if self.location == _MEMORY
@@ -220,40 +243,44 @@ class SqliteStore(AbstractStore):
 
     # -- connections ---------------------------------------------------------------------
     def connect(self, credentials: Any = None) -> None:
-        """Open the database, create the tables and indexes, and drop orphaned chunks."""
+        """Open the database and create what is missing of the tables and indexes.
+
+        An existing database is opened without its write lock, so connecting never waits
+        for another connection's write transaction; the tidying up (orphaned chunks, old
+        unreferenced value files) is skipped while one runs.
+        """
         with self._connections_lock:
             self._generation += 1
         with _translate(f"opening {self.location!r}"):
             conn = self._conn()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in self._schema.create:
-                    conn.execute(statement)
-                conn.execute(self._schema.orphan_chunks)
-                self._sweep_files(conn)
-                self._load_indexes(conn)
-                if self.index is not None:
+            if self._database is not None:
+                self._database.attach()
+            if self._files is not None:
+                self._files.ensure()
+            self._load_indexes(conn)
+            static = self.index_columns if self.index is not None else []
+            if self._schema.missing(conn, self._index_names, static, self.max_indexes):
+                with write_transaction(conn):
+                    for statement in self._schema.create:
+                        conn.execute(statement)
+                    self._load_indexes(conn)
                     self._ensure_indexes(conn, self.index_columns, force=True)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+            # Tidying up is skipped while another writer is busy: a transaction that has
+            # written a value file but not committed its row must not see it swept.
+            if begin_without_waiting(conn, self.timeout):
+                with write_transaction(conn, begun=True):
+                    conn.execute(self._schema.orphan_chunks)
+                    if self._files is not None:
+                        self._files.sweep(row[0] for row in conn.execute(self._schema.file_refs))
         super().connect(credentials)
-
-    def _sweep_files(self, conn: sqlite3.Connection) -> None:
-        if self._files is None:
-            return
-        self._files.ensure()
-        referenced = conn.execute(
-            f"SELECT blob FROM {self._schema.main} WHERE blob LIKE 'file:%'"
-        ).fetchall()
-        self._files.sweep(row[0] for row in referenced)
 
     def disconnect(self) -> None:
         """Close every connection this store opened (in any thread)."""
         super().disconnect()
         if self._checkpointer is not None:
             self._checkpointer.stop()
+        if self._database is not None:
+            self._database.close()
         with self._connections_lock:
             connections, self._connections = self._connections, []
             self._generation += 1
@@ -357,43 +384,56 @@ class SqliteStore(AbstractStore):
 
     # -- reads ---------------------------------------------------------------------------
     def get(self, key: str) -> Value:
-        """The value of *key*: in memory when small, a lazily streamed value when large."""
+        """The value of *key*: in memory when small, a lazily streamed value when large.
+
+        A large value keeps the version read here whatever is written afterwards: it
+        holds its value file open, or its chunk set (see ``_sqlite_files``).
+        """
         check_key(key)
-        with self._using() as conn:
-            row = conn.execute(self._schema.select_row, (key,)).fetchone()
-        if row is None:
-            raise missing(key)
-        metadata_json, created, modified, version, size, blob, data = row
-        if blob is None:
-            return BytesValue(
-                data,
-                created=created,
-                modified=modified,
-                version=version,
-                metadata_json=metadata_json,
-            )
-        if is_file_ref(blob):
-            files = self._files
-            assert files is not None
-            return StreamValue(
-                lambda: files.open(key, blob, 0, size),
-                size=size,
-                created=created,
-                modified=modified,
-                version=version,
-                metadata_json=metadata_json,
-                range_opener=lambda lo, hi: files.open(
-                    key, blob, lo, size if hi is None else min(hi, size)
-                ),
-            )
+        for _ in range(_READ_RETRIES):
+            with self._using() as conn:
+                row = conn.execute(self._schema.select_row, (key,)).fetchone()
+                if row is None:
+                    raise missing(key)
+                blob = row[5]
+                if blob is not None and not is_file_ref(blob):
+                    return self._chunked_value(key, row, self._holds.hold(blob))
+            if blob is None:
+                metadata_json, created, modified, version, _, _, data = row
+                return BytesValue(
+                    data,
+                    created=created,
+                    modified=modified,
+                    version=version,
+                    metadata_json=metadata_json,
+                )
+            value = self._file_value(row)
+            if value is not None:
+                return value
+        raise ConflictError(f"key {key!r} changed {_READ_RETRIES} times while being read")
+
+    def _file_value(self, row: tuple[Any, ...]) -> Value | None:
+        """The value of a row naming a value file, or ``None`` if the file is gone (the
+        row was replaced since it was read)."""
+        metadata_json, created, modified, version, size, blob, _ = row
+        assert self._files is not None  # a row names a file only in a file database
+        try:
+            shared = self._files.open_shared(blob)
+        except FileNotFoundError:
+            return None
+        return file_value(shared, size, metadata_json, created, modified, version)
+
+    def _chunked_value(self, key: str, row: tuple[Any, ...], hold: object) -> Value:
+        """The value of a row naming a chunk set, which *hold* keeps from being deleted."""
+        metadata_json, created, modified, version, size, blob, _ = row
         return StreamValue(
-            lambda: self._chunk_stream(key, blob, size, 0, size),
+            lambda: self._chunk_stream(key, blob, size, 0, size, hold),
             size=size,
             created=created,
             modified=modified,
             version=version,
             metadata_json=metadata_json,
-            range_opener=lambda lo, hi: self._chunk_stream(key, blob, size, lo, hi),
+            range_opener=lambda lo, hi: self._chunk_stream(key, blob, size, lo, hi, hold),
         )
 
     def exists(self, key: str) -> bool:
@@ -453,26 +493,26 @@ class SqliteStore(AbstractStore):
 
     def glob(self, pattern: str) -> list[str]:
         """Keys matching *pattern*; its literal prefix narrows the scan through the index."""
-        prefix = _literal_prefix(pattern)
-        sql = self._schema.select_query("key >= ? AND key < ?", with_metadata=False)
+        where, params = prefix_range(_literal_prefix(pattern))
         with self._using() as conn:
-            rows = conn.execute(sql, (prefix, prefix + "\U0010ffff")).fetchall()
-        return [key for (key,) in rows if fnmatch.fnmatchcase(key, pattern)]
+            rows = conn.execute(self._schema.select_query(where, with_metadata=False), params)
+            return [key for (key,) in rows if fnmatch.fnmatchcase(key, pattern)]
 
     def _chunk_stream(
-        self, key: str, blob: str, size: int, start: int, end: int | None
+        self, key: str, blob: str, size: int, start: int, end: int | None, hold: object
     ) -> IO[bytes]:
         stop = size if end is None else min(end, size)
-        return cast(IO[bytes], BufferIteratorIO(self._chunks(key, blob, start, stop)))
+        return cast(IO[bytes], BufferIteratorIO(self._chunks(key, blob, start, stop, hold)))
 
-    def _chunks(self, key: str, blob: str, start: int, stop: int) -> Iterator[bytes]:
+    def _chunks(self, key: str, blob: str, start: int, stop: int, hold: object) -> Iterator[bytes]:
+        """Bytes ``[start, stop)`` of chunk set *blob*, kept alive by *hold* meanwhile."""
         position = start - start % self.chunk_size
         seq = start // self.chunk_size
         while position < stop:
             with self._using() as conn:
                 row = conn.execute(self._schema.select_chunk, (blob, seq)).fetchone()
-            if row is None:
-                raise ConflictError(f"key {key!r} was overwritten while its data was being read")
+            if row is None:  # never while held: a damaged database
+                raise BackendError(f"chunk {seq} of key {key!r} is missing")
             chunk: bytes = row[0]
             yield chunk[max(0, start - position) : stop - position]
             position += len(chunk)
@@ -727,6 +767,8 @@ class SqliteStore(AbstractStore):
         """Run one write statement as its own transaction; whether it changed a row."""
         self._check_turn()
         with self._using() as conn:
+            if self._database is not None:
+                self._database.check()
             if conn.execute(sql, params).rowcount == 0:
                 return False
             if self.background_checkpoints:
@@ -844,9 +886,12 @@ class SqliteStore(AbstractStore):
         return version
 
     def _drop_chunks(self, conn: sqlite3.Connection, blob: str | None) -> None:
-        """Delete the chunks of a replaced or deleted value that *blob* names, if any
-        (a value file is removed once the transaction commits: :meth:`_files_replaced`)."""
-        if blob is not None and not is_file_ref(blob):
+        """Delete the chunks of a replaced or deleted value that *blob* names, if any,
+        unless a value still reads them (then they go at a later write; a value file is
+        removed once the transaction commits: :meth:`_files_replaced`)."""
+        for released in self._holds.released():
+            conn.execute(self._schema.delete_unreferenced_chunks, (released,))
+        if blob is not None and not is_file_ref(blob) and not self._holds.keep(blob):
             conn.execute(self._schema.delete_chunks, (blob,))
 
     def _insert_chunks(
@@ -953,11 +998,12 @@ class SqliteStore(AbstractStore):
         deferring = self._deferring(self._file_log.get())
         self._holder = None  # nothing else runs in this thread until the lock is let go
         try:
-            if deferring is None:
-                _commit(conn)
-            else:
-                with deferring.deferred(conn):
-                    _commit(conn)
+            with _translate("committing a transaction"):
+                if deferring is None:
+                    _commit(conn, self._database)
+                else:
+                    with deferring.deferred(conn):
+                        _commit(conn, self._database)
         except BaseException:
             self._settle_files(committed=False)
             raise  # the rollback that follows ends the transaction
@@ -1090,6 +1136,8 @@ class _Using:
             serial.release()
         if isinstance(exc, sqlite3.Error):
             raise _backend_error(exc, "running a statement") from exc
+        if isinstance(exc, UnicodeEncodeError):
+            raise _unencodable(exc) from exc
 
 
 class _Writing(_Using):
@@ -1127,7 +1175,7 @@ class _Writing(_Using):
             elif self._nested:
                 conn.execute("RELEASE storekeeper_write")
             else:
-                _commit(conn)
+                _commit(conn, self._store._database)
                 if self._store.background_checkpoints:
                     self._store._after_commit(conn)
         except BaseException as failure:
@@ -1142,17 +1190,32 @@ def _translate(action: str) -> Iterator[None]:
         yield
     except sqlite3.Error as exc:
         raise _backend_error(exc, action) from exc
+    except UnicodeEncodeError as exc:
+        raise _unencodable(exc) from exc
 
 
 def _backend_error(exc: sqlite3.Error, action: str) -> StorekeeperError:
     return BackendError(f"SQLite failed while {action}: {exc}")
 
 
-def _commit(conn: sqlite3.Connection) -> None:
-    """COMMIT, rolling back when the commit itself fails (disk full, I/O error)."""
+def _unencodable(exc: UnicodeEncodeError) -> StorekeeperError:
+    """The error for text SQLite cannot take: a lone surrogate has no UTF-8 form.
+
+    Keys and metadata are checked before they get here; this names what slipped past.
+    """
+    return InvalidKeyError(
+        f"text holding a lone surrogate cannot be stored ({exc.reason}): {exc.object!r}"
+    )
+
+
+def _commit(conn: sqlite3.Connection, database: DatabaseFile | None) -> None:
+    """COMMIT, unless the *database* file is gone; rolls back when that or the commit
+    itself fails (disk full, I/O error)."""
     try:
+        if database is not None:
+            database.check()
         conn.execute("COMMIT")
-    except sqlite3.Error:
+    except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
