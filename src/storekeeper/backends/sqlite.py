@@ -306,6 +306,9 @@ class SqliteStore(AbstractStore):
         return conn
 
     def _open(self) -> sqlite3.Connection:
+        if self._database is not None:
+            # Connecting to a path whose file was deleted would create a new, empty database.
+            self._database.check()
         conn = sqlite3.connect(
             self.location,
             timeout=self.timeout,
