@@ -21,8 +21,11 @@ from storekeeper.store._validate import (
     DEFAULT_BUFFER_SIZE,
     Metadata,
     check_key,
+    check_select,
+    check_write,
     decode_metadata,
     encode_metadata,
+    pick_metadata,
     select_metadata,
 )
 from storekeeper.store.abstract import (
@@ -33,7 +36,7 @@ from storekeeper.store.abstract import (
     unpack_value,
 )
 from storekeeper.store.events import StoreDeleteEvent, StoreSetEvent, StoreUpdateEvent
-from storekeeper.store.query import compile_terms, matches
+from storekeeper.store.query import matches, query_terms
 from storekeeper.store.value import BytesValue, Value
 
 __all__ = ["DictMemoryStore"]
@@ -105,25 +108,25 @@ class DictMemoryStore(AbstractStore):
         return self._entry(key).data
 
     def query(
-        self, select: Iterable[str] | None = None, **kwargs: Any
+        self, select: Iterable[str] | None = None, *where: Mapping[str, Any], **kwargs: Any
     ) -> list[tuple[str, Metadata]]:
         """Matching ``(key, metadata)`` pairs, in insertion order."""
         self._require_connection()
-        terms = compile_terms(kwargs)
-        names = None if select is None else list(select)
+        terms = query_terms(where, kwargs)
+        names = check_select(select)
         with self._lock:
             items = [(key, entry.metadata_json) for key, entry in self._entries.items()]
         result = []
         for key, text in items:
             metadata = decode_metadata(text)
             if matches(metadata, terms):
-                result.append((key, select_metadata(metadata, names)))
+                result.append((key, pick_metadata(metadata, names)))
         return result
 
-    def query_keys(self, **kwargs: Any) -> list[str]:
+    def query_keys(self, *where: Mapping[str, Any], **kwargs: Any) -> list[str]:
         """Matching keys, in insertion order (no metadata decoding without terms)."""
-        if kwargs:
-            return super().query_keys(**kwargs)
+        if where or kwargs:
+            return super().query_keys(*where, **kwargs)
         self._require_connection()
         with self._lock:
             return list(self._entries)
@@ -139,7 +142,7 @@ class DictMemoryStore(AbstractStore):
         if_exists: bool | None = None,
     ) -> str:
         """Replace *key*'s data and metadata (see :meth:`AbstractStore.set`)."""
-        check_key(key)
+        check_write(key, if_version, if_exists)
         self._require_connection()
         source, metadata, owned = unpack_value(value)
         try:
@@ -160,7 +163,7 @@ class DictMemoryStore(AbstractStore):
         if_exists: bool | None = None,
     ) -> None:
         """Replace *key*'s data, keeping its metadata (``{}`` for a new key)."""
-        check_key(key)
+        check_write(key, if_version, if_exists)
         self._require_connection()
         content = self._read_source(key, data, buffer_size)
         self._write(key, content, None, if_version, if_exists)
@@ -174,7 +177,7 @@ class DictMemoryStore(AbstractStore):
         if_exists: bool | None = None,
     ) -> None:
         """Replace *key*'s metadata, keeping its data (empty for a new key)."""
-        check_key(key)
+        check_write(key, if_version, if_exists)
         self._require_connection()
         self._write(key, None, encode_metadata(metadata), if_version, if_exists)
 
@@ -182,7 +185,7 @@ class DictMemoryStore(AbstractStore):
         self, key: str, metadata: Mapping[str, Any], *, if_version: str | None = None
     ) -> None:
         """Merge *metadata* into *key*'s metadata; :class:`KeyNotFoundError` if missing."""
-        check_key(key)
+        check_write(key, if_version)
         self._require_connection()
         encode_metadata(metadata)  # reject bad input before touching anything
         with self._lock:
@@ -195,7 +198,7 @@ class DictMemoryStore(AbstractStore):
 
     def delete(self, key: str, *, if_version: str | None = None) -> None:
         """Delete *key*; :class:`KeyNotFoundError` if missing."""
-        check_key(key)
+        check_write(key, if_version)
         self._require_connection()
         with self._lock:
             old = self._entries.get(key)
