@@ -338,22 +338,22 @@ def _compile_range(value: str, kind: str, term: Range) -> _Compiled | None:
 
 
 def _compile_text_range(value: str, kind: str, term: Range) -> _Compiled:
-    """String bounds. Cutting at the first NUL keeps code point order (it never swaps
-    two strings), so on rows holding NUL the inclusive comparison of the cut bounds
-    keeps every match; other rows get the exact comparison."""
+    """String bounds. A stored string reads cut at its first NUL, never after where it
+    was, and cutting keeps code point order: an upper bound as given, and a lower bound
+    cut the same way and inclusive, keep every match (and the expression index usable);
+    rows without NUL then get the exact lower bound."""
     clauses = [f"{kind} = 'text'"]
     params: list[Any] = []
-    for bound, low, inclusive in (
-        (term.low, True, term.include_low),
-        (term.high, False, term.include_high),
-    ):
-        if bound is None:
-            continue
-        operator = ">" if low else "<"
-        exact = f"{value} {operator}{'=' if inclusive else ''} ?"
-        loose = f"{value} {operator}= ?"
-        clauses.append(f"({exact} OR ({_HAS_NUL} AND {loose}))")
-        params.extend([bound, _before_nul(bound)])
+    if term.low is not None:
+        head = _before_nul(term.low)
+        clauses.append(f"{value} >= ?")
+        params.append(head)
+        if head != term.low or not term.include_low:
+            clauses.append(f"({_HAS_NUL} OR {value} {'>=' if term.include_low else '>'} ?)")
+            params.append(term.low)
+    if term.high is not None:
+        clauses.append(f"{value} {'<=' if term.include_high else '<'} ?")
+        params.append(term.high)
     return " AND ".join(clauses), params, True
 
 
