@@ -186,7 +186,10 @@ def encode_metadata(metadata: object) -> str:
         if not metadata:
             return "{}"
         if _C_ENCODE is not None:
-            return _checked_text(_encode_dict(metadata), metadata)
+            text = _encode_dict(metadata)
+            if text.isascii() and text.find("{", 1) == -1:  # _checked_text's quick pass
+                return text
+            return _checked_text(text, metadata)
     if not isinstance(metadata, Mapping):
         raise InvalidMetadataError(
             f"metadata must be a dict, not {type(metadata).__name__}: {metadata!r}"
