@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import builtins
 import copy
+import errno
 import io
 import json
 import os
@@ -237,6 +238,7 @@ class AtomicStore:
         durable: bool = True,
     ) -> None:
         self.path = os.fspath(path)
+        _check_folder(self.path)
         self.format = format
         self.is_binary = is_binary
         self.load_kwargs = dict(load_kwargs)
@@ -325,6 +327,17 @@ class AtomicStore:
         return f"<AtomicStore {self.path!r} level={self.level}>"
 
 
+def _check_folder(path: str) -> None:
+    """Raise :class:`FileNotFoundError` naming the folder of *path* unless it is an
+    existing directory: every commit writes a temporary file there, and finding out
+    only then (naming the temporary file) is too late and says the wrong thing."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(
+            errno.ENOENT, f"cannot keep {path!r}: its folder does not exist", folder
+        )
+
+
 def open(  # noqa: A001 - the seed's public name
     path: str | os.PathLike[str],
     default: Any = None,
@@ -351,8 +364,9 @@ def open(  # noqa: A001 - the seed's public name
 
     Raises :class:`~storekeeper.errors.UnknownFormatError` for a format it cannot use,
     :class:`~storekeeper.errors.MissingDependencyError` for a format whose package is
-    missing, and :class:`~storekeeper.errors.CorruptFileError` if the file exists but
-    is empty or cannot be parsed.
+    missing, :class:`~storekeeper.errors.CorruptFileError` if the file exists but
+    is empty or cannot be parsed, and :class:`FileNotFoundError` naming the folder if
+    the folder that would hold the file does not exist.
     """
     fmt, binary = _resolve(format, is_binary)
     return AtomicStore(

@@ -9,6 +9,7 @@ builtins (``except KeyError``) keeps working::
     ├── InvalidKeyError (ValueError)            a key that is not a non-empty str without NUL
     ├── InvalidMetadataError (ValueError)       metadata that is not a JSON-representable dict
     ├── InvalidValueError (TypeError)           data that is not bytes / chunks / a file-like
+    ├── InvalidArgumentError (TypeError)        an argument of the wrong type (if_exists, select...)
     ├── ReadOnlyStoreError (PermissionError)    a write to a store or key that is read-only
     ├── AuthenticationError (PermissionError)   missing or wrong credentials
     ├── AuthorizationError (PermissionError)    authenticated, but not allowed to do this
@@ -43,6 +44,7 @@ __all__ = [
     "BackendUnavailableError",
     "ConflictError",
     "CorruptFileError",
+    "InvalidArgumentError",
     "InvalidKeyError",
     "InvalidMetadataError",
     "InvalidValueError",
@@ -83,6 +85,12 @@ class InvalidMetadataError(StorekeeperError, ValueError):
 
 class InvalidValueError(StorekeeperError, TypeError):
     """Data is not bytes, an iterable of bytes chunks, or a readable binary file-like."""
+
+
+class InvalidArgumentError(StorekeeperError, TypeError):
+    """An argument has a type the method does not accept: ``if_exists`` that is not a
+    ``bool``, ``if_version`` that is not a ``str``, ``select`` given as a single ``str``,
+    a glob pattern that is not a ``str``, ... Raised before anything is written."""
 
 
 class ReadOnlyStoreError(StorekeeperError, PermissionError):

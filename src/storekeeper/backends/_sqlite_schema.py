@@ -19,10 +19,12 @@ from typing import Any
 from storekeeper.store.query import Equals, Exists, In, Prefix, QueryTerm, Range
 
 __all__ = [
+    "NUL_ESCAPE",
     "Schema",
     "begin_without_waiting",
     "compile_query",
     "encodable",
+    "has_string_terms",
     "json_path",
     "prefix_range",
     "quote_identifier",
@@ -183,9 +185,15 @@ class Schema:
             f"ON {self.main}(json_extract(metadata, {path}))"
         )
 
-    def select_query(self, where: str, *, with_metadata: bool) -> str:
-        """``SELECT key[, metadata] ... WHERE where`` over the main table."""
+    def select_query(
+        self, where: str, *, with_metadata: bool, metadata_if_nul: bool = False
+    ) -> str:
+        """``SELECT key[, metadata] ... WHERE where`` over the main table; with
+        *metadata_if_nul*, the metadata comes only of rows holding a string with NUL
+        (``NULL`` for the others), which a query must re-check in Python."""
         columns = "key, metadata" if with_metadata else "key"
+        if metadata_if_nul:
+            columns = f"key, CASE WHEN {_HAS_NUL} THEN metadata END"
         return f"SELECT {columns} FROM {self.main} WHERE {where}"
 
 
@@ -248,11 +256,25 @@ def prefix_range(prefix: str) -> tuple[str, tuple[str, ...]]:
     return "key >= ? AND key < ?", (prefix, stem[:-1] + chr(following))
 
 
+#: A row whose metadata text holds this escape has a string with a NUL character, which
+#: json_extract cuts short there ("a\u0000b" reads as "a"). Such rows are decided in
+#: Python; the SQL of string terms only has to let them through.
+NUL_ESCAPE = "'\\u0000'"
+_HAS_NUL = f"instr(metadata, {NUL_ESCAPE}) > 0"
+
+# Integers beyond 64 bits read back from JSON as the nearest float, and floats that large
+# cannot tell neighbouring integers apart: numbers with a magnitude below this compare
+# exactly in SQL; larger ones only loosely (the Python re-check decides).
+_EXACT_LIMIT = 2**63
+
+
 def compile_query(terms: Mapping[str, QueryTerm]) -> tuple[str, list[Any], bool]:
     """Compile query terms into ``(where clause, parameters, exact)``.
 
-    The clause selects a superset of the matching rows; ``exact`` is true when the SQL
-    decides every term by itself, so the Python re-check may be skipped.
+    The clause selects a superset of the matching rows. ``exact`` is true when the SQL
+    decides every term by itself for every row whose metadata holds no NUL character
+    in a string (:data:`NUL_ESCAPE`): only such rows need the Python re-check, and
+    only when :func:`has_string_terms` says a term compares strings.
     """
     clauses: list[str] = []
     params: list[Any] = []
@@ -263,21 +285,39 @@ def compile_query(terms: Mapping[str, QueryTerm]) -> tuple[str, list[Any], bool]
         if compiled is None:
             exact = False
             continue
-        clause, term_params = compiled
+        clause, term_params, term_exact = compiled
         clauses.append(clause)
         params.extend(term_params)
+        exact = exact and term_exact
     return (" AND ".join(clauses) or "1"), params, exact
 
 
-def _compile_term(path: str, term: QueryTerm) -> tuple[str, list[Any]] | None:
+def has_string_terms(terms: Mapping[str, QueryTerm]) -> bool:
+    """Whether a term compares string values, whose SQL is loose on rows holding NUL."""
+    for term in terms.values():
+        if isinstance(term, Prefix):
+            return True
+        if isinstance(term, Equals) and isinstance(term.expected, str):
+            return True
+        if isinstance(term, In) and any(isinstance(value, str) for value in term.values):
+            return True
+        if isinstance(term, Range) and term.kind == "string":
+            return True
+    return False
+
+
+_Compiled = tuple[str, list[Any], bool]
+
+
+def _compile_term(path: str, term: QueryTerm) -> _Compiled | None:
     value = f"json_extract(metadata, {path})"
     kind = f"json_type(metadata, {path})"
     if isinstance(term, Equals):
         return _compile_equals(value, kind, term.expected)
     if isinstance(term, Exists):
-        return f"{kind} IS {'NOT ' if term.present else ''}NULL", []
+        return f"{kind} IS {'NOT ' if term.present else ''}NULL", [], True
     if isinstance(term, Prefix):
-        return f"{kind} = 'text' AND substr({value}, 1, ?) = ?", [len(term.prefix), term.prefix]
+        return _compile_prefix(value, kind, term.prefix)
     if isinstance(term, Range):
         return _compile_range(value, kind, term)
     if isinstance(term, In):
@@ -285,54 +325,146 @@ def _compile_term(path: str, term: QueryTerm) -> tuple[str, list[Any]] | None:
     return None
 
 
+def _compile_equals(value: str, kind: str, expected: Any) -> _Compiled | None:
+    if type(expected) is str and "\x00" not in expected:  # the most frequent term
+        return f"{kind} = 'text' AND {value} = ?", [expected], True
+    return _compile_in(value, kind, (expected,))
+
+
 def _scalar_kind(value: Any) -> str | None:
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int) and -(2**63) <= value < 2**63:
-        return "number"
-    if isinstance(value, float):
-        return "number"
+    """How SQL compares *value*: ``'null'``, ``'text'``, ``'number'`` (booleans too:
+    JSON true/false extract as 1/0, so they compare as Python's ``==`` does), or
+    ``None`` for values left to Python (lists, dicts, numbers beyond a float)."""
+    if value is None:
+        return "null"
     if isinstance(value, str):
         return "text"
+    if isinstance(value, bool | float):
+        return "number"
+    if isinstance(value, int):
+        return "number" if _as_float(value) is not None else None
     return None
 
 
-def _compile_equals(value: str, kind: str, expected: Any) -> tuple[str, list[Any]] | None:
-    if expected is None:
-        return f"{kind} = 'null'", []
-    scalar = _scalar_kind(expected)
-    if scalar is None:
-        return None
-    if scalar == "text":
-        return f"{kind} = 'text' AND {value} = ?", [expected]
-    # JSON true/false extract as 1/0, so numbers and booleans compare as Python's == does.
-    return f"{kind} IN ('integer', 'real', 'true', 'false') AND {value} = ?", [expected]
+def _compile_in(value: str, kind: str, candidates: tuple[Any, ...]) -> _Compiled | None:
+    """Equality with any of *candidates* (one for an exact match), grouped by kind."""
+    if not candidates:
+        return "0", [], True
+    groups: dict[str, list[Any]] = {}
+    for candidate in candidates:
+        scalar = _scalar_kind(candidate)
+        if scalar is None:
+            return None
+        groups.setdefault(scalar, []).append(candidate)
+    clauses: list[str] = []
+    params: list[Any] = []
+    exact = True
+    for scalar, members in groups.items():
+        if scalar == "null":
+            clauses.append(f"{kind} = 'null'")
+        elif scalar == "text":
+            clause, texts = _text_in(value, members)
+            clauses.append(f"({kind} = 'text' AND {clause})")
+            params.extend(texts)
+        else:
+            numbers = f"{kind} IN ('integer', 'real', 'true', 'false')"
+            clauses.append(f"({numbers} AND {value} IN ({_marks(members)}))")
+            params.extend(map(_number_param, members))
+            exact = exact and all(map(_exact_number, members))
+    return "(" + " OR ".join(clauses) + ")", params, exact
 
 
-def _compile_range(value: str, kind: str, term: Range) -> tuple[str, list[Any]]:
-    kinds = "('text')" if term.kind == "string" else "('integer', 'real')"
-    clauses = [f"{kind} IN {kinds}"]
+def _text_in(value: str, texts: list[str]) -> tuple[str, list[str]]:
+    """Equality with any of *texts*, and its parameters. Stored strings read cut at
+    their first NUL, so a row holding NUL may pass wrongly (the re-check drops it); a
+    string with NUL, compared cut the same way, can match only such rows."""
+    plain = [text for text in texts if "\x00" not in text]
+    with_nul = [_before_nul(text) for text in texts if "\x00" in text]
+    parts = [f"{value} IN ({_marks(plain)})"] if plain else []
+    if with_nul:
+        parts.append(f"({_HAS_NUL} AND {value} IN ({_marks(with_nul)}))")
+    return "(" + " OR ".join(parts) + ")", plain + with_nul
+
+
+def _marks(values: list[Any]) -> str:
+    return ", ".join("?" * len(values))
+
+
+def _compile_prefix(value: str, kind: str, prefix: str) -> _Compiled:
+    head = _before_nul(prefix)
+    clause = f"{kind} = 'text' AND substr({value}, 1, ?) = ?"
+    if head != prefix:
+        clause += f" AND {_HAS_NUL}"
+    return clause, [len(head), head], True
+
+
+def _compile_range(value: str, kind: str, term: Range) -> _Compiled | None:
+    if term.kind == "string":
+        return _compile_text_range(value, kind, term)
+    clauses = [f"{kind} IN ('integer', 'real')"]
+    params: list[Any] = []
+    exact = True
+    for bound, low, inclusive in (
+        (term.low, True, term.include_low),
+        (term.high, False, term.include_high),
+    ):
+        if bound is None:
+            continue
+        if _exact_number(bound):
+            operator = (">" if low else "<") + ("=" if inclusive else "")
+            clauses.append(f"{value} {operator} ?")
+            params.append(bound)
+            continue
+        number = _as_float(bound) if isinstance(bound, int) else bound
+        if number is None:
+            return None  # beyond any float: Python decides
+        # Rounding is monotonic, so the inclusive comparison of the rounded numbers
+        # keeps every match; the Python re-check drops the extra ones.
+        clauses.append(f"{value} {'>=' if low else '<='} ?")
+        params.append(number)
+        exact = False
+    return " AND ".join(clauses), params, exact
+
+
+def _compile_text_range(value: str, kind: str, term: Range) -> _Compiled:
+    """String bounds. A stored string reads cut at its first NUL, never after where it
+    was, and cutting keeps code point order: an upper bound as given, and a lower bound
+    cut the same way and inclusive, keep every match (and the expression index usable);
+    rows without NUL then get the exact lower bound."""
+    clauses = [f"{kind} = 'text'"]
     params: list[Any] = []
     if term.low is not None:
-        clauses.append(f"{value} {'>=' if term.include_low else '>'} ?")
-        params.append(term.low)
+        head = _before_nul(term.low)
+        clauses.append(f"{value} >= ?")
+        params.append(head)
+        if head != term.low or not term.include_low:
+            clauses.append(f"({_HAS_NUL} OR {value} {'>=' if term.include_low else '>'} ?)")
+            params.append(term.low)
     if term.high is not None:
         clauses.append(f"{value} {'<=' if term.include_high else '<'} ?")
         params.append(term.high)
-    return " AND ".join(clauses), params
+    return " AND ".join(clauses), params, True
 
 
-def _compile_in(value: str, kind: str, candidates: tuple[Any, ...]) -> tuple[str, list[Any]] | None:
-    if not candidates:
-        return "0", []
-    kinds = {_scalar_kind(candidate) for candidate in candidates}
-    if None in kinds or len(kinds) != 1:
+def _before_nul(text: str) -> str:
+    """*text* up to its first NUL: what json_extract reads of a stored string."""
+    return text.partition("\x00")[0]
+
+
+def _as_float(number: int) -> float | None:
+    try:
+        return float(number)
+    except OverflowError:
         return None
-    (only,) = kinds
-    placeholders = ", ".join("?" * len(candidates))
-    if only == "text":
-        return f"{kind} = 'text' AND {value} IN ({placeholders})", list(candidates)
-    return (
-        f"{kind} IN ('integer', 'real', 'true', 'false') AND {value} IN ({placeholders})",
-        list(candidates),
-    )
+
+
+def _exact_number(number: Any) -> bool:
+    """Whether SQL compares *number* exactly with every stored number (see _EXACT_LIMIT)."""
+    return isinstance(number, bool) or -_EXACT_LIMIT < number < _EXACT_LIMIT
+
+
+def _number_param(number: Any) -> Any:
+    """*number* as SQL can bind it: ints beyond 64 bits as the nearest float."""
+    if isinstance(number, int) and not isinstance(number, bool) and not _exact_number(number):
+        return float(number)
+    return number

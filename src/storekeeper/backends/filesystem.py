@@ -82,9 +82,12 @@ from storekeeper.store._validate import (
     DEFAULT_BUFFER_SIZE,
     Metadata,
     check_key,
+    check_select,
+    check_write,
     decode_metadata,
     encode_metadata,
     iter_source,
+    pick_metadata,
     select_metadata,
 )
 from storekeeper.store.abstract import (
@@ -101,7 +104,7 @@ from storekeeper.store.events import (
     StoreUpdateEvent,
 )
 from storekeeper.store.owners import OwnedVar
-from storekeeper.store.query import compile_terms, matches
+from storekeeper.store.query import matches, query_terms
 from storekeeper.store.utils import source_size
 from storekeeper.store.value import Value
 
@@ -353,15 +356,15 @@ class FileSystemStore(AbstractStore):
         return super().to_bytes(key, buffer_size)
 
     def query(
-        self, select: Iterable[str] | None = None, **kwargs: Any
+        self, select: Iterable[str] | None = None, *where: Mapping[str, Any], **kwargs: Any
     ) -> list[tuple[str, Metadata]]:
         """Matching ``(key, metadata)`` pairs; reads every record's metadata.
 
         Damaged records are skipped with a logged warning (see :meth:`info`).
         """
         self._require_connection()
-        terms = compile_terms(kwargs)
-        names = None if select is None else list(select)
+        terms = query_terms(where, kwargs)
+        names = check_select(select)
         result = []
         staging = self._staging_var.get()
         changes = staging.changes if staging is not None else {}
@@ -371,13 +374,13 @@ class FileSystemStore(AbstractStore):
         for record in itertools.chain(committed, staged):
             metadata = decode_metadata(record.metadata_json)
             if matches(metadata, terms):
-                result.append((record.key, select_metadata(metadata, names)))
+                result.append((record.key, pick_metadata(metadata, names)))
         return result
 
-    def query_keys(self, **kwargs: Any) -> list[str]:
+    def query_keys(self, *where: Mapping[str, Any], **kwargs: Any) -> list[str]:
         """Matching keys; without terms only file names are read (hashed ones aside)."""
-        if kwargs:
-            return super().query_keys(**kwargs)
+        if where or kwargs:
+            return super().query_keys(*where, **kwargs)
         self._require_connection()
         staging = self._staging_var.get()
         changes = staging.changes if staging is not None else {}
@@ -397,7 +400,7 @@ class FileSystemStore(AbstractStore):
         if_exists: bool | None = None,
     ) -> str:
         """Replace *key*'s data and metadata (see :meth:`AbstractStore.set`)."""
-        check_key(key)
+        check_write(key, if_version, if_exists)
         self._require_connection()
         source, metadata, owned = unpack_value(value)
         try:
@@ -420,7 +423,7 @@ class FileSystemStore(AbstractStore):
         if_exists: bool | None = None,
     ) -> None:
         """Replace *key*'s data, keeping its metadata (``{}`` for a new key)."""
-        check_key(key)
+        check_write(key, if_version, if_exists)
         self._require_connection()
         payload = self._ingest(key, data, buffer_size)
         self._write(key, payload, _kept_metadata, if_version, if_exists)
@@ -434,7 +437,7 @@ class FileSystemStore(AbstractStore):
         if_exists: bool | None = None,
     ) -> None:
         """Replace *key*'s metadata, keeping its data (empty for a new key)."""
-        check_key(key)
+        check_write(key, if_version, if_exists)
         self._require_connection()
         metadata_json = encode_metadata(metadata)
         self._write(key, None, lambda old: metadata_json, if_version, if_exists)
@@ -443,7 +446,7 @@ class FileSystemStore(AbstractStore):
         self, key: str, metadata: Mapping[str, Any], *, if_version: str | None = None
     ) -> None:
         """Merge *metadata* into *key*'s metadata; :class:`KeyNotFoundError` if missing."""
-        check_key(key)
+        check_write(key, if_version)
         self._require_connection()
         encode_metadata(metadata)  # reject bad input before taking the lock
 
@@ -458,7 +461,7 @@ class FileSystemStore(AbstractStore):
 
     def delete(self, key: str, *, if_version: str | None = None) -> None:
         """Delete *key*; :class:`KeyNotFoundError` if missing."""
-        check_key(key)
+        check_write(key, if_version)
         self._require_connection()
         name = encode_key(key)
         with self._locked().held():

@@ -26,8 +26,11 @@ from storekeeper.store._validate import (
     DEFAULT_BUFFER_SIZE,
     Metadata,
     check_key,
+    check_select,
+    check_write,
     decode_metadata,
     encode_metadata,
+    pick_metadata,
     select_metadata,
 )
 from storekeeper.store.abstract import (
@@ -44,7 +47,7 @@ from storekeeper.store.events import (
     StoreUpdateEvent,
 )
 from storekeeper.store.owners import Claim
-from storekeeper.store.query import compile_terms, matches
+from storekeeper.store.query import matches, query_terms
 from storekeeper.store.value import BytesValue, Value
 
 __all__ = ["DictMemoryStore"]
@@ -168,25 +171,25 @@ class DictMemoryStore(AbstractStore):
         return self._entry(key).data
 
     def query(
-        self, select: Iterable[str] | None = None, **kwargs: Any
+        self, select: Iterable[str] | None = None, *where: Mapping[str, Any], **kwargs: Any
     ) -> list[tuple[str, Metadata]]:
         """Matching ``(key, metadata)`` pairs, in insertion order."""
         self._require_connection()
-        terms = compile_terms(kwargs)
-        names = None if select is None else list(select)
+        terms = query_terms(where, kwargs)
+        names = check_select(select)
         with self._lock:
             items = [(key, entry.metadata_json) for key, entry in self._visible().items()]
         result = []
         for key, text in items:
             metadata = decode_metadata(text)
             if matches(metadata, terms):
-                result.append((key, select_metadata(metadata, names)))
+                result.append((key, pick_metadata(metadata, names)))
         return result
 
-    def query_keys(self, **kwargs: Any) -> list[str]:
+    def query_keys(self, *where: Mapping[str, Any], **kwargs: Any) -> list[str]:
         """Matching keys, in insertion order (no metadata decoding without terms)."""
-        if kwargs:
-            return super().query_keys(**kwargs)
+        if where or kwargs:
+            return super().query_keys(*where, **kwargs)
         self._require_connection()
         with self._lock:
             return list(self._visible())
@@ -202,7 +205,7 @@ class DictMemoryStore(AbstractStore):
         if_exists: bool | None = None,
     ) -> str:
         """Replace *key*'s data and metadata (see :meth:`AbstractStore.set`)."""
-        check_key(key)
+        check_write(key, if_version, if_exists)
         self._require_connection()
         source, metadata, owned = unpack_value(value)
         try:
@@ -223,7 +226,7 @@ class DictMemoryStore(AbstractStore):
         if_exists: bool | None = None,
     ) -> None:
         """Replace *key*'s data, keeping its metadata (``{}`` for a new key)."""
-        check_key(key)
+        check_write(key, if_version, if_exists)
         self._require_connection()
         content = self._read_source(key, data, buffer_size)
         self._write(key, content, None, if_version, if_exists)
@@ -237,7 +240,7 @@ class DictMemoryStore(AbstractStore):
         if_exists: bool | None = None,
     ) -> None:
         """Replace *key*'s metadata, keeping its data (empty for a new key)."""
-        check_key(key)
+        check_write(key, if_version, if_exists)
         self._require_connection()
         self._write(key, None, encode_metadata(metadata), if_version, if_exists)
 
@@ -245,7 +248,7 @@ class DictMemoryStore(AbstractStore):
         self, key: str, metadata: Mapping[str, Any], *, if_version: str | None = None
     ) -> None:
         """Merge *metadata* into *key*'s metadata; :class:`KeyNotFoundError` if missing."""
-        check_key(key)
+        check_write(key, if_version)
         self._require_connection()
         encode_metadata(metadata)  # reject bad input before touching anything
         with self._lock:
@@ -259,7 +262,7 @@ class DictMemoryStore(AbstractStore):
 
     def delete(self, key: str, *, if_version: str | None = None) -> None:
         """Delete *key*; :class:`KeyNotFoundError` if missing."""
-        check_key(key)
+        check_write(key, if_version)
         self._require_connection()
         with self._lock:
             transaction = self._await_turn()

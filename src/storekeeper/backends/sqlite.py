@@ -71,6 +71,7 @@ from storekeeper.backends._sqlite_schema import (
     begin_without_waiting,
     compile_query,
     encodable,
+    has_string_terms,
     json_path,
     prefix_range,
     write_transaction,
@@ -86,10 +87,15 @@ from storekeeper.events import BaseEventManager
 from storekeeper.store._validate import (
     DEFAULT_BUFFER_SIZE,
     Metadata,
+    check_buffer_size,
     check_key,
+    check_pattern,
+    check_select,
+    check_write,
     decode_metadata,
     encode_metadata,
     iter_source,
+    pick_metadata,
     select_metadata,
 )
 from storekeeper.store.abstract import (
@@ -104,7 +110,7 @@ from storekeeper.store.abstract import (
 )
 from storekeeper.store.events import StoreDeleteEvent, StoreSetEvent, StoreUpdateEvent
 from storekeeper.store.owners import Claim, OwnedVar
-from storekeeper.store.query import compile_terms, matches
+from storekeeper.store.query import matches, query_terms
 from storekeeper.store.utils import BufferIteratorIO, read_stream, source_size
 from storekeeper.store.value import BytesValue, StreamValue, Value
 
@@ -469,33 +475,40 @@ class SqliteStore(AbstractStore):
         return read_stream(self.get(key).data, buffer_size)
 
     def query(
-        self, select: Iterable[str] | None = None, **kwargs: Any
+        self, select: Iterable[str] | None = None, *where: Mapping[str, Any], **kwargs: Any
     ) -> list[tuple[str, Metadata]]:
         """Matching ``(key, metadata)`` pairs; terms are evaluated in SQL where possible."""
-        terms = compile_terms(kwargs)
-        where, params, _ = compile_query(terms)
-        names = None if select is None else list(select)
+        terms = query_terms(where, kwargs)
+        clause, params, _ = compile_query(terms)
+        names = check_select(select)
         with self._using() as conn:
-            rows = conn.execute(self._schema.select_query(where, with_metadata=True), params)
+            rows = conn.execute(self._schema.select_query(clause, with_metadata=True), params)
             result = []
             for key, text in rows:
                 metadata = decode_metadata(text)
                 if matches(metadata, terms):
-                    result.append((key, select_metadata(metadata, names)))
+                    result.append((key, pick_metadata(metadata, names)))
         return result
 
-    def query_keys(self, **kwargs: Any) -> list[str]:
-        """Matching keys; without metadata decoding when SQL decides every term."""
-        terms = compile_terms(kwargs)
-        where, params, exact = compile_query(terms)
+    def query_keys(self, *where: Mapping[str, Any], **kwargs: Any) -> list[str]:
+        """Matching keys; without metadata decoding when SQL decides every term (on
+        rows holding a string with NUL, which SQL reads cut short, Python decides)."""
+        terms = query_terms(where, kwargs)
+        clause, params, exact = compile_query(terms)
         if not exact:
-            return super().query_keys(**kwargs)
+            return super().query_keys(terms)
+        if not has_string_terms(terms):
+            with self._using() as conn:
+                sql = self._schema.select_query(clause, with_metadata=False)
+                return [key for (key,) in conn.execute(sql, params)]
+        sql = self._schema.select_query(clause, with_metadata=False, metadata_if_nul=True)
         with self._using() as conn:
-            rows = conn.execute(self._schema.select_query(where, with_metadata=False), params)
-            return [key for (key,) in rows]
+            rows = conn.execute(sql, params).fetchall()
+        return [key for key, text in rows if text is None or matches(decode_metadata(text), terms)]
 
     def glob(self, pattern: str) -> list[str]:
         """Keys matching *pattern*; its literal prefix narrows the scan through the index."""
+        check_pattern(pattern)
         where, params = prefix_range(_literal_prefix(pattern))
         with self._using() as conn:
             rows = conn.execute(self._schema.select_query(where, with_metadata=False), params)
@@ -532,7 +545,7 @@ class SqliteStore(AbstractStore):
         if_exists: bool | None = None,
     ) -> str:
         """Replace *key*'s data and metadata (see :meth:`AbstractStore.set`)."""
-        check_key(key)
+        check_write(key, if_version, if_exists)
         self._require_connection()
         source, metadata, owned = unpack_value(value)
         try:
@@ -696,7 +709,7 @@ class SqliteStore(AbstractStore):
         if_exists: bool | None = None,
     ) -> None:
         """Replace *key*'s data, keeping its metadata (``{}`` for a new key)."""
-        check_key(key)
+        check_write(key, if_version, if_exists)
         self._require_connection()
         self._store(key, data, None, buffer_size, if_version, if_exists)
 
@@ -709,7 +722,7 @@ class SqliteStore(AbstractStore):
         if_exists: bool | None = None,
     ) -> None:
         """Replace *key*'s metadata, keeping its data (empty for a new key)."""
-        check_key(key)
+        check_write(key, if_version, if_exists)
         metadata_json = encode_metadata(metadata)
         with self._writing() as conn:
             old = self._state(conn, key)
@@ -725,7 +738,7 @@ class SqliteStore(AbstractStore):
         self, key: str, metadata: Mapping[str, Any], *, if_version: str | None = None
     ) -> None:
         """Merge *metadata* into *key*'s metadata; :class:`KeyNotFoundError` if missing."""
-        check_key(key)
+        check_write(key, if_version)
         encode_metadata(metadata)  # reject bad input before touching anything
         with self._writing() as conn:
             row = conn.execute(self._schema.select_for_update, (key,)).fetchone()
@@ -741,7 +754,7 @@ class SqliteStore(AbstractStore):
 
     def delete(self, key: str, *, if_version: str | None = None) -> None:
         """Delete *key* (and its chunks); :class:`KeyNotFoundError` if missing."""
-        check_key(key)
+        check_write(key, if_version)
         if self._quick_delete(key, if_version):
             return
         with self._writing() as conn:
@@ -792,7 +805,7 @@ class SqliteStore(AbstractStore):
         data = _small_bytes(source, self.inline_limit)
         if data is not None:
             return self._write(key, data, None, metadata_json, if_version, if_exists)
-        chunks = iter_source(source, min(buffer_size, self.chunk_size))
+        chunks = iter_source(source, min(check_buffer_size(buffer_size), self.chunk_size))
         size, metadata = source_size(source), self._progress_metadata(metadata_json)
         with self._progress(f"Setting key {key!r}", key, size, metadata) as progress:
             counted = _report(chunks, progress)

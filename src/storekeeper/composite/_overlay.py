@@ -19,12 +19,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from storekeeper.composite._wrapper import CompositeStore, refuse_reserved, retarget_event
-from storekeeper.errors import InvalidMetadataError, ReadOnlyStoreError
+from storekeeper.errors import ReadOnlyStoreError
 from storekeeper.events import BaseEvent, BaseEventManager
 from storekeeper.store._validate import (
     DEFAULT_BUFFER_SIZE,
     Metadata,
     check_key,
+    check_select,
+    check_write,
     copy_metadata,
 )
 from storekeeper.store.abstract import (
@@ -39,6 +41,7 @@ from storekeeper.store.events import (
     StoreSetEvent,
     StoreUpdateEvent,
 )
+from storekeeper.store.query import pass_terms, query_terms
 from storekeeper.store.value import Value
 
 __all__ = ["WHITEOUT", "Layer", "OverlayStore", "is_whiteout"]
@@ -123,7 +126,7 @@ class OverlayStore(CompositeStore):
         return self._find(key, 0) is not None
 
     def query(
-        self, select: Iterable[str] | None = None, **kwargs: Any
+        self, select: Iterable[str] | None = None, *where: Mapping[str, Any], **kwargs: Any
     ) -> list[tuple[str, Metadata]]:
         """Matches from every layer; a key a higher layer holds is never taken from below.
 
@@ -131,13 +134,14 @@ class OverlayStore(CompositeStore):
         match the query, so a shadowed entry can never leak into the results.
         """
         self._require_connection()
-        if isinstance(select, str):
-            raise InvalidMetadataError(f"select is an iterable of names, not a str: {select!r}")
-        names = None if select is None else [*select, WHITEOUT]
+        terms = query_terms(where, kwargs)
+        names = check_select(select)
+        if names is not None:
+            names.append(WHITEOUT)
         results: list[tuple[str, Metadata]] = []
         hidden: set[str] = set()
         for index, layer in enumerate(self._layers):
-            for inner, metadata in layer.store.query(names, **kwargs):
+            for inner, metadata in pass_terms(layer.store.query, terms, names):
                 key = layer.outer(inner)
                 if key in hidden or metadata.pop(WHITEOUT, None) is not None:
                     continue
@@ -179,9 +183,10 @@ class OverlayStore(CompositeStore):
         return None, self._find(key, 1)
 
     # -- writes --------------------------------------------------------------------------
-    def _top_key(self, key: str) -> str:
-        """The top layer's key for *key*; ReadOnlyStoreError where writes are not allowed."""
-        check_key(key)
+    def _top_key(self, key: str, if_version: object = None, if_exists: object = None) -> str:
+        """The top layer's key for *key*; ReadOnlyStoreError where writes are not allowed.
+        Checks the write's arguments first (:func:`check_write`)."""
+        check_write(key, if_version, if_exists)
         if not self._connected:
             self._require_connection()
         top = self._layers[0]
@@ -203,7 +208,7 @@ class OverlayStore(CompositeStore):
     ) -> str | None:
         """Write *value* into the top layer (see :meth:`AbstractStore.set`); the top
         layer's version of it, which is what this store shows."""
-        top = self._top_key(key)
+        top = self._top_key(key, if_version, if_exists)
         refuse_reserved(value, WHITEOUT, type(self).__name__)
         if if_version is None and if_exists is None:
             # Nothing to check and nobody to tell of the write: the lookup can be skipped.
@@ -233,7 +238,7 @@ class OverlayStore(CompositeStore):
         if_exists: bool | None = None,
     ) -> None:
         """Replace *key*'s data, keeping the metadata it shows (from whichever layer)."""
-        top = self._top_key(key)
+        top = self._top_key(key, if_version, if_exists)
         raw, visible = self._lookup(key)
         pins = _pins(key, raw, visible, if_version, if_exists)
         writer = self._writer(0)
@@ -254,7 +259,7 @@ class OverlayStore(CompositeStore):
         if_exists: bool | None = None,
     ) -> None:
         """Replace *key*'s metadata, keeping the data it shows (copied up if needed)."""
-        top = self._top_key(key)
+        top = self._top_key(key, if_version, if_exists)
         refuse_reserved(metadata, WHITEOUT, type(self).__name__)
         raw, visible = self._lookup(key)
         pins = _pins(key, raw, visible, if_version, if_exists)
@@ -266,7 +271,7 @@ class OverlayStore(CompositeStore):
         self, key: str, metadata: Mapping[str, Any], *, if_version: str | None = None
     ) -> None:
         """Merge *metadata* into what *key* shows; :class:`KeyNotFoundError` if hidden."""
-        top = self._top_key(key)
+        top = self._top_key(key, if_version)
         refuse_reserved(metadata, WHITEOUT, type(self).__name__)
         update = copy_metadata(metadata)
         raw, visible = self._lookup(key)
@@ -302,7 +307,7 @@ class OverlayStore(CompositeStore):
     def delete(self, key: str, *, if_version: str | None = None) -> None:
         """Make *key* disappear: delete it from the top layer, and white it out if a
         lower layer would otherwise show it. Lower layers keep their entries."""
-        top = self._top_key(key)
+        top = self._top_key(key, if_version)
         raw, visible = self._lookup(key)
         if visible is None:
             raise missing(key)

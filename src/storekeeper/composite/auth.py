@@ -45,6 +45,8 @@ from storekeeper.store._validate import (
     DEFAULT_BUFFER_SIZE,
     Metadata,
     check_key,
+    check_select,
+    check_write,
     copy_metadata,
     decode_metadata,
 )
@@ -55,6 +57,7 @@ from storekeeper.store.abstract import (
     missing,
 )
 from storekeeper.store.events import StoreModificationEvent, StoreProgressEvent
+from storekeeper.store.query import pass_terms, query_terms
 from storekeeper.store.utils import read_stream
 from storekeeper.store.value import BytesValue, StreamValue, Value
 
@@ -384,19 +387,20 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
         return value is not None and "exists" in self._allowed(key, _record(value), session)
 
     def query(
-        self, select: Iterable[str] | None = None, **kwargs: Any
+        self, select: Iterable[str] | None = None, *where: Mapping[str, Any], **kwargs: Any
     ) -> list[tuple[str, Metadata]]:
         """Matches among the keys the user may see; metadata only where they may ``get``."""
         self._current()
-        if PERMISSIONS in kwargs:
+        terms = query_terms(where, kwargs)
+        if PERMISSIONS in terms:
             raise InvalidMetadataError("permissions cannot be queried")
-        if isinstance(select, str):
-            raise InvalidMetadataError(f"select is an iterable of names, not a str: {select!r}")
-        names = None if select is None else [*select, PERMISSIONS]
+        names = check_select(select)
+        if names is not None:
+            names.append(PERMISSIONS)
         # Listing keys needs only ``exists``; matching metadata terms reads the metadata.
-        need = "exists" if names == [PERMISSIONS] and not kwargs else "get"
+        need = "exists" if names == [PERMISSIONS] and not terms else "get"
         results = []
-        for key, metadata in self._data.query(names, **kwargs):
+        for key, metadata in pass_terms(self._data.query, terms, names):
             if self._reserved(key):
                 continue
             record = metadata.pop(PERMISSIONS, None)
@@ -430,7 +434,7 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
         A write whose data can be sent again (*repeatable*) is first tried without a
         lookup when that is likely to succeed (:meth:`_write_unchecked`).
         """
-        key = check_key(key)
+        key = check_write(key, if_version, if_exists)
         if key.startswith(self.user_key_path):
             if must_exist:
                 raise missing(key)

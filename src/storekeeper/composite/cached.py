@@ -68,10 +68,18 @@ from typing import IO, Any, Literal, TypeVar
 from storekeeper.composite._wrapper import CompositeStore, refuse_reserved
 from storekeeper.errors import ConflictError
 from storekeeper.events import BaseEvent, BaseEventManager
-from storekeeper.store._validate import DEFAULT_BUFFER_SIZE, Metadata, check_key
+from storekeeper.store._validate import (
+    DEFAULT_BUFFER_SIZE,
+    Metadata,
+    check_key,
+    check_pattern,
+    check_select,
+    check_write,
+)
 from storekeeper.store.abstract import AbstractReadOnlyStore, AbstractStore, missing, pair_up
 from storekeeper.store.events import StoreModificationEvent
 from storekeeper.store.owners import OwnedVar
+from storekeeper.store.query import pass_terms, query_terms
 from storekeeper.store.value import Value
 
 __all__ = ["BOOKKEEPING", "CachedStore", "Policy"]
@@ -240,21 +248,21 @@ class CachedStore(CompositeStore):
         return self.source.exists(key)
 
     def query(
-        self, select: Iterable[str] | None = None, **kwargs: Any
+        self, select: Iterable[str] | None = None, *where: Mapping[str, Any], **kwargs: Any
     ) -> list[tuple[str, Metadata]]:
         """The source's answer (listings are never served from the cache)."""
         self._require_connection()
-        return self.source.query(select, **kwargs)
+        return pass_terms(self.source.query, query_terms(where, kwargs), check_select(select))
 
-    def query_keys(self, **kwargs: Any) -> list[str]:
+    def query_keys(self, *where: Mapping[str, Any], **kwargs: Any) -> list[str]:
         """The source's answer."""
         self._require_connection()
-        return self.source.query_keys(**kwargs)
+        return pass_terms(self.source.query_keys, query_terms(where, kwargs))
 
     def glob(self, pattern: str) -> list[str]:
         """The source's answer."""
         self._require_connection()
-        return self.source.glob(pattern)
+        return self.source.glob(check_pattern(pattern))
 
     def _cached(self, key: str) -> Value | None:
         try:
@@ -430,7 +438,7 @@ class CachedStore(CompositeStore):
 
         ``InvalidMetadataError``, with nothing written, if its metadata holds :data:`BOOKKEEPING`.
         """
-        check_key(key)
+        check_write(key, if_version, if_exists)
         self._require_connection()
         refuse_reserved(value, BOOKKEEPING, "CachedStore")
         source = self._writer(0)
@@ -447,7 +455,7 @@ class CachedStore(CompositeStore):
         if_exists: bool | None = None,
     ) -> None:
         """Write *key*'s data to the source and drop the cached copy."""
-        check_key(key)
+        check_write(key, if_version, if_exists)
         self._require_connection()
         source = self._writer(0)
         with self._writing_through(key):
@@ -465,7 +473,7 @@ class CachedStore(CompositeStore):
 
         ``InvalidMetadataError``, with nothing written, if *metadata* holds :data:`BOOKKEEPING`.
         """
-        check_key(key)
+        check_write(key, if_version, if_exists)
         self._require_connection()
         refuse_reserved(metadata, BOOKKEEPING, "CachedStore")
         source = self._writer(0)
@@ -479,7 +487,7 @@ class CachedStore(CompositeStore):
 
         ``InvalidMetadataError``, with nothing written, if *metadata* holds :data:`BOOKKEEPING`.
         """
-        check_key(key)
+        check_write(key, if_version)
         self._require_connection()
         refuse_reserved(metadata, BOOKKEEPING, "CachedStore")
         with self._writing_through(key):
@@ -511,7 +519,7 @@ class CachedStore(CompositeStore):
 
     def delete(self, key: str, *, if_version: str | None = None) -> None:
         """Delete *key* from the source and drop the cached copy."""
-        check_key(key)
+        check_write(key, if_version)
         self._require_connection()
         with self._writing_through(key):
             self._writer(0).delete(key, if_version=if_version)

@@ -10,19 +10,32 @@ import io
 import json
 import json.encoder
 import json.scanner
+import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from storekeeper.errors import InvalidKeyError, InvalidMetadataError, InvalidValueError
+from storekeeper.errors import (
+    InvalidArgumentError,
+    InvalidKeyError,
+    InvalidMetadataError,
+    InvalidValueError,
+)
 
 __all__ = [
     "DEFAULT_BUFFER_SIZE",
+    "check_buffer_size",
+    "check_conditions",
+    "check_json_value",
     "check_key",
     "check_keys",
+    "check_pattern",
+    "check_select",
+    "check_write",
     "copy_metadata",
     "decode_metadata",
     "encode_metadata",
     "iter_source",
+    "pick_metadata",
     "select_metadata",
 ]
 
@@ -46,13 +59,19 @@ _C_ENCODE: Callable[[object, int], Sequence[str]] | None = (
 )
 
 
+# Integers below this need no look at their size (json writes at most 4300 digits).
+_SMALL_INT = 2**64
+# What json encodes as objects and arrays (a tuple, not a union: isinstance is faster).
+_CONTAINERS = (dict, list, tuple)
+
+
 def check_key(key: object) -> str:
     """Return *key* if it is a valid store key, else raise :class:`InvalidKeyError`.
 
-    A valid key is a non-empty ``str`` without NUL characters that UTF-8 can encode (no
-    lone surrogates such as ``"\\udc80"``). Everything else about a key is the backend's
-    business: backends that map keys onto restricted namespaces (file names, URLs)
-    encode them reversibly.
+    A valid key is a non-empty ``str`` without NUL characters or lone surrogates (which
+    no text encoding can store). Everything else about a key is the backend's business:
+    backends that map keys onto restricted namespaces (file names, URLs) encode them
+    reversibly.
     """
     if type(key) is not str:
         if not isinstance(key, str):
@@ -62,25 +81,41 @@ def check_key(key: object) -> str:
         raise InvalidKeyError("store keys must not be empty")
     if "\x00" in key:
         raise InvalidKeyError(f"store keys must not contain NUL characters: {key!r}")
-    if not key.isascii() and not _is_utf8(key):
-        raise InvalidKeyError(f"store keys must be valid Unicode (no lone surrogates): {key!r}")
+    if not key.isascii() and not _encodable(key):  # isascii reads a flag: no scan
+        raise InvalidKeyError(f"store keys must not contain lone surrogates: {key!r}")
     return key
 
 
-def _is_utf8(text: str) -> bool:
-    """Whether UTF-8 can encode *text* (it cannot encode lone surrogates)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+def check_write(key: object, if_version: object = None, if_exists: object = None) -> str:
+    """:func:`check_key` for a single-key write, plus :func:`check_conditions` of its
+    preconditions: every write method and ``delete`` starts with it, so wrong input fails
+    before anything is read or written. Returns *key*."""
+    # Both checks inlined for the common case: this runs before every write.
+    if (if_version is not None and type(if_version) is not str) or (
+        if_exists is not None and if_exists is not True and if_exists is not False
+    ):
+        check_conditions(if_version, if_exists)
+    if type(key) is str and key and key.isascii() and "\x00" not in key:
+        return key
+    return check_key(key)
 
 
-def _valid_text(text: str) -> str:
-    """*text* (encoded metadata) if UTF-8 can encode it, else InvalidMetadataError."""
-    if not text.isascii() and not _is_utf8(text):
-        raise InvalidMetadataError("metadata text must be valid Unicode (no lone surrogates)")
-    return text
+def check_conditions(if_version: object, if_exists: object) -> None:
+    """Raise :class:`InvalidArgumentError` unless *if_version* is ``None`` or a ``str``
+    and *if_exists* is ``None``, ``True`` or ``False``.
+
+    Anything else (``if_exists=0``, ``"no"``, ``if_version=3``) is refused rather than
+    read as truthy or falsy: a precondition that silently means something else lets a
+    write overwrite what it was meant to protect.
+    """
+    if if_version is not None and not isinstance(if_version, str):
+        raise InvalidArgumentError(
+            f"if_version is a version str or None, not {type(if_version).__name__}: {if_version!r}"
+        )
+    if if_exists is not None and if_exists is not True and if_exists is not False:
+        raise InvalidArgumentError(
+            f"if_exists is True, False or None, not {type(if_exists).__name__}: {if_exists!r}"
+        )
 
 
 def check_keys(keys: Sequence[object]) -> None:
@@ -89,24 +124,72 @@ def check_keys(keys: Sequence[object]) -> None:
     # Whole-list checks run in C; only a list holding a bad key is walked key by key.
     if set(map(type, keys)) <= {str} and all(keys):
         joined = "".join(keys)  # type: ignore[arg-type]
-        if "\x00" not in joined and (joined.isascii() or _is_utf8(joined)):
+        if "\x00" not in joined and (joined.isascii() or _encodable(joined)):
             return
     for key in keys:
         check_key(key)
+
+
+def check_select(select: object) -> list[str] | None:
+    """The metadata names of a ``select`` argument as a list (``None`` stays ``None``).
+
+    *select* is an iterable of ``str``; a single ``str`` (which would be read as its
+    characters) or names that are not ``str`` raise :class:`InvalidArgumentError`.
+    """
+    if select is None:
+        return None
+    if isinstance(select, str | bytes) or not isinstance(select, Iterable):
+        raise InvalidArgumentError(
+            f"select is an iterable of metadata names (or None), not {type(select).__name__}: "
+            f"{select!r}"
+        )
+    names = list(select)
+    for name in names:
+        if not isinstance(name, str):
+            raise InvalidArgumentError(f"select holds metadata names (str), not {name!r}")
+    return names
+
+
+def check_pattern(pattern: object) -> str:
+    """Return the glob *pattern* if it is a ``str`` that could match a key, else raise
+    :class:`InvalidArgumentError` (not a ``str``) or :class:`InvalidKeyError` (a lone
+    surrogate, which no key can hold)."""
+    if not isinstance(pattern, str):
+        raise InvalidArgumentError(
+            f"a glob pattern is a str, not {type(pattern).__name__}: {pattern!r}"
+        )
+    if not pattern.isascii() and not _encodable(pattern):
+        raise InvalidKeyError(f"glob patterns must not contain lone surrogates: {pattern!r}")
+    return pattern
+
+
+def _encodable(text: str) -> bool:
+    """Whether *text* has no lone surrogates (it encodes to UTF-8)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def encode_metadata(metadata: object) -> str:
     """Serialise *metadata* to compact JSON text, validating it on the way.
 
     Raises :class:`InvalidMetadataError` unless *metadata* is a ``dict`` (or other
-    mapping) with ``str`` keys whose values are JSON-representable (``None``, ``bool``,
-    ``int``, finite ``float``, ``str``, lists/tuples and dicts with ``str`` keys thereof).
+    mapping) with ``str`` keys whose values are JSON-representable: ``None``, ``bool``,
+    ``int``, finite ``float``, ``str`` (without lone surrogates), and lists/tuples and
+    dicts with ``str`` keys thereof, at every depth. Nothing is ever rewritten: json
+    would turn a nested ``{1: "x"}`` into ``{"1": "x"}`` (and merge it with a ``"1"``
+    entry), so non-str keys are refused wherever they are.
     """
     if type(metadata) is dict:
         if not metadata:
             return "{}"
         if _C_ENCODE is not None:
-            return _encode_dict(metadata)
+            text = _encode_dict(metadata)
+            if text.isascii() and text.find("{", 1) == -1:  # _checked_text's quick pass
+                return text
+            return _checked_text(text, metadata)
     if not isinstance(metadata, Mapping):
         raise InvalidMetadataError(
             f"metadata must be a dict, not {type(metadata).__name__}: {metadata!r}"
@@ -120,7 +203,41 @@ def encode_metadata(metadata: object) -> str:
         raise InvalidMetadataError(f"metadata is not JSON-representable: {exc}") from exc
     except RecursionError as exc:
         raise InvalidMetadataError("metadata is nested too deeply or is circular") from exc
-    return _valid_text(text)
+    return _checked_text(text, metadata)
+
+
+def _checked_text(text: str, metadata: Mapping[Any, Any]) -> str:
+    """*text*, the encoding of *metadata*, once the checks json does not make passed.
+
+    Both are decided from the text first, in C: without a ``{`` after the first
+    character there is no nested dict whose keys could be wrong, and ASCII text holds
+    no surrogate. Only metadata that could fail is looked at more closely.
+    """
+    if text.find("{", 1) != -1:
+        _check_nested_names(metadata)
+    if not text.isascii() and not _encodable(text):
+        raise InvalidMetadataError("metadata must not contain lone surrogates (not UTF-8)")
+    return text
+
+
+def _check_nested_names(metadata: Mapping[Any, Any]) -> None:
+    """Raise :class:`InvalidMetadataError` for a dict key that is not a ``str`` anywhere
+    below the top level of *metadata* (already encoded, so neither circular nor deeper
+    than the encoder allows)."""
+    pending = [value for value in metadata.values() if isinstance(value, _CONTAINERS)]
+    while pending:
+        item = pending.pop()
+        values: Iterable[Any] = item
+        if isinstance(item, dict):
+            for name in item:
+                if type(name) is not str and not isinstance(name, str):
+                    raise InvalidMetadataError(
+                        f"metadata keys must be str at every depth, not {name!r}"
+                    )
+            values = item.values()
+        for value in values:
+            if isinstance(value, _CONTAINERS):
+                pending.append(value)
 
 
 def _encode_dict(metadata: dict[Any, Any]) -> str:
@@ -130,12 +247,22 @@ def _encode_dict(metadata: dict[Any, Any]) -> str:
         if type(name) is not str:
             raise InvalidMetadataError(f"metadata keys must be str, not {name!r}")
     try:
-        text = "".join(_C_ENCODE(metadata, 0))
+        return "".join(_C_ENCODE(metadata, 0))
     except (TypeError, ValueError) as exc:
         raise InvalidMetadataError(f"metadata is not JSON-representable: {exc}") from exc
     except RecursionError as exc:
         raise InvalidMetadataError("metadata is nested too deeply or is circular") from exc
-    return _valid_text(text)
+
+
+def check_json_value(value: object, what: str) -> None:
+    """Raise :class:`InvalidMetadataError` unless *value* could be stored as a metadata
+    value (see :func:`encode_metadata`); *what* names it in the message."""
+    if _plain_scalar(value):
+        return
+    try:
+        encode_metadata({"": value})
+    except InvalidMetadataError as exc:
+        raise InvalidMetadataError(f"{what} is not a JSON value: {exc}") from None
 
 
 def decode_metadata(text: str | bytes) -> Metadata:
@@ -170,15 +297,29 @@ def copy_metadata(metadata: object) -> Metadata:
 def select_metadata(metadata: Metadata, select: Iterable[str] | None) -> Metadata:
     """Return the entries of *metadata* named by *select* (all when ``None``).
 
-    Names in *select* that *metadata* lacks are omitted, as the seed documents.
+    Names in *select* that *metadata* lacks are omitted, as the seed documents. A
+    *select* that :func:`check_select` refuses raises :class:`InvalidArgumentError`.
     """
-    if select is None:
+    return pick_metadata(metadata, check_select(select))
+
+
+def _plain_scalar(value: Any) -> bool:
+    """Whether *value* is a scalar that is plainly JSON: a quick answer that spares
+    most query values an encoding (False only means "look closer")."""
+    kind = type(value)
+    if kind is str:
+        return bool(value.isascii())
+    if kind is float:
+        return math.isfinite(value)
+    return value is None or kind is bool or (kind is int and -_SMALL_INT < value < _SMALL_INT)
+
+
+def pick_metadata(metadata: Metadata, names: list[str] | None) -> Metadata:
+    """:func:`select_metadata` for *names* that :func:`check_select` returned (queries
+    check ``select`` once, then pick from each match)."""
+    if names is None:
         return metadata
-    if isinstance(select, str):
-        raise InvalidMetadataError(
-            f"select is an iterable of metadata names, not a single str: {select!r}"
-        )
-    return {name: metadata[name] for name in select if name in metadata}
+    return {name: metadata[name] for name in names if name in metadata}
 
 
 def iter_source(data: object, buffer_size: int = DEFAULT_BUFFER_SIZE) -> Iterator[bytes]:
@@ -198,6 +339,7 @@ def iter_source(data: object, buffer_size: int = DEFAULT_BUFFER_SIZE) -> Iterato
         raise InvalidValueError("store data is bytes; open files in binary mode ('rb')")
     read = getattr(data, "read", None)
     if callable(read):
+        check_buffer_size(buffer_size)
         return _read_chunks(read, buffer_size)
     if isinstance(data, Iterable):
         return _checked_chunks(data)
@@ -211,9 +353,22 @@ def _single_chunk(data: bytes) -> Iterator[bytes]:
         yield data
 
 
-def _read_chunks(read: Any, buffer_size: int) -> Iterator[bytes]:
+def check_buffer_size(buffer_size: object) -> int:
+    """Return *buffer_size* if it is a positive ``int`` (the chunk size of a streamed
+    read); :class:`InvalidArgumentError` for another type, :class:`InvalidValueError`
+    for zero or less."""
+    if type(buffer_size) is not int and (
+        isinstance(buffer_size, bool) or not isinstance(buffer_size, int)
+    ):
+        raise InvalidArgumentError(
+            f"buffer_size is an int, not {type(buffer_size).__name__}: {buffer_size!r}"
+        )
     if buffer_size <= 0:
         raise InvalidValueError(f"buffer_size must be positive, not {buffer_size}")
+    return int(buffer_size)
+
+
+def _read_chunks(read: Any, buffer_size: int) -> Iterator[bytes]:
     while True:
         chunk = read(buffer_size)
         if not chunk:

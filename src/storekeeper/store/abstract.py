@@ -38,7 +38,11 @@ from storekeeper.events import BaseEvent, BaseEventManager, get_event_manager
 from storekeeper.store._validate import (
     DEFAULT_BUFFER_SIZE,
     Metadata,
+    check_conditions,
     check_keys,
+    check_pattern,
+    check_select,
+    check_write,
     decode_metadata,
     iter_source,
     select_metadata,
@@ -51,6 +55,7 @@ from storekeeper.store.events import (
     StoreUpdateEvent,
 )
 from storekeeper.store.owners import OwnedVar
+from storekeeper.store.query import pass_terms, query_terms
 from storekeeper.store.utils import (
     SimpleTransactionContext,
     StoreProgressManager,
@@ -145,19 +150,28 @@ def exists_conflict(key: str) -> ConflictError:
 
 
 def check_precondition(
-    key: str, current: str | None, if_version: str | None, if_exists: bool | None
+    key: str, current: str | None, if_version: object, if_exists: object
 ) -> None:
     """Raise :class:`ConflictError` unless a conditional write of *key* may proceed.
 
     *current* is the key's version, or ``None`` when the key does not exist.
     ``if_exists=True`` requires the key to exist, ``False`` requires it not to;
-    ``if_version`` requires the key to exist with exactly that version.
+    ``if_version`` requires the key to exist with exactly that version. Preconditions
+    of the wrong type raise :class:`~storekeeper.errors.InvalidArgumentError` (backends
+    refuse them earlier, through :func:`~storekeeper.store._validate.check_write`).
     """
-    if if_exists is True and current is None:
-        raise ConflictError(f"key {key!r} does not exist (if_exists=True)")
-    if if_exists is False and current is not None:
-        raise exists_conflict(key)
+    if if_exists is None:
+        pass
+    elif if_exists is True:
+        if current is None:
+            raise ConflictError(f"key {key!r} does not exist (if_exists=True)")
+    elif if_exists is False:
+        if current is not None:
+            raise exists_conflict(key)
+    else:
+        check_conditions(if_version, if_exists)
     if if_version is not None and current != if_version:
+        check_conditions(if_version, if_exists)
         found = "it does not exist" if current is None else f"its version is {current!r}"
         raise ConflictError(f"key {key!r} is not at version {if_version!r}: {found}")
 
@@ -247,13 +261,19 @@ class AbstractReadOnlyStore(abc.ABC):
 
     @abc.abstractmethod
     def query(
-        self, select: Iterable[str] | None = None, **kwargs: Any
+        self, select: Iterable[str] | None = None, *where: Mapping[str, Any], **kwargs: Any
     ) -> list[tuple[str, Metadata]]:
-        """Return ``(key, metadata)`` for every key whose metadata matches all *kwargs*.
+        """Return ``(key, metadata)`` for every key whose metadata matches all terms.
 
-        Values in *kwargs* are exact matches or :mod:`storekeeper.store.query` terms.
+        Terms map a metadata name to an exact value or a :mod:`storekeeper.store.query`
+        term. They are given as keyword arguments, or as mappings after *select* for
+        any name at all, including names a keyword cannot carry (``select``, names that
+        are not identifiers): ``query(None, {"select": 1})``. A name given twice raises
+        :class:`~storekeeper.errors.InvalidArgumentError`, as do a *select* that is a
+        single ``str`` and a term name that is not a ``str``; a value that is not JSON
+        raises :class:`~storekeeper.errors.InvalidMetadataError`.
         *select* limits the returned metadata to those names (missing ones are omitted).
-        With no *kwargs*, every key is returned. The order is unspecified.
+        With no terms, every key is returned. The order is unspecified.
         """
 
     # -- defaults built on the core -----------------------------------------------------
@@ -291,15 +311,18 @@ class AbstractReadOnlyStore(abc.ABC):
         self, keys: Iterable[str], select: Iterable[str] | None = None
     ) -> list[Metadata]:
         """Metadata of *keys*, in input order, limited to *select* when given."""
-        names = None if select is None else list(select)
+        names = check_select(select)
         return [self.get_metadata(key, names) for key in keys]
 
-    def query_keys(self, **kwargs: Any) -> list[str]:
-        """The keys :meth:`query` would return for *kwargs*."""
-        return [key for key, _ in self.query(select=(), **kwargs)]
+    def query_keys(self, *where: Mapping[str, Any], **kwargs: Any) -> list[str]:
+        """The keys :meth:`query` would return for the same terms. There is no *select*
+        here, so every keyword names metadata, ``select`` included."""
+        return [key for key, _ in pass_terms(self.query, query_terms(where, kwargs), ())]
 
     def glob(self, pattern: str) -> list[str]:
-        """Keys matching the glob *pattern* (``fnmatch`` rules, case-sensitive)."""
+        """Keys matching the glob *pattern* (``fnmatch`` rules, case-sensitive); a
+        pattern that is not a ``str`` raises :class:`~storekeeper.errors.InvalidArgumentError`."""
+        check_pattern(pattern)
         return [key for key in self.query_keys() if fnmatch.fnmatchcase(key, pattern)]
 
     def to_bytes(self, key: str, buffer_size: int = DEFAULT_BUFFER_SIZE) -> bytes:
@@ -494,6 +517,7 @@ class AbstractStore(AbstractReadOnlyStore):
         Emits :class:`StoreSetEvent`. Default: reads the metadata and calls :meth:`set`
         inside a transaction.
         """
+        check_write(key, if_version, if_exists)
         with self.transaction(f"Setting data of {key!r}"):
             try:
                 metadata = self.get_metadata(key)
@@ -514,6 +538,7 @@ class AbstractStore(AbstractReadOnlyStore):
         Emits :class:`StoreSetEvent`. Default: re-writes the data through :meth:`set`
         inside a transaction (slow for large values; backends override it).
         """
+        check_write(key, if_version, if_exists)
         with self.transaction(f"Setting metadata of {key!r}"):
             try:
                 data: object = self.get_data(key)
@@ -534,6 +559,7 @@ class AbstractStore(AbstractReadOnlyStore):
         Default: read, merge and :meth:`set_metadata` inside a transaction (whose
         :class:`StoreSetEvent` for *key* is emitted as the update it is).
         """
+        check_write(key, if_version)
         token = _updating.set((self, key))
         try:
             with self.transaction(f"Updating metadata of {key!r}"):

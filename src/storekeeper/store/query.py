@@ -7,29 +7,58 @@ Each keyword argument of a query names a metadata entry and gives either a plain
     store.query_keys(year=Range(2000, 2010))            # 2000 <= year < 2010
     store.query_keys(tag=In(["a", "b"]), title=Exists())
     store.query_keys(path=Prefix("docs/"))
+    store.query_keys({"select": 1, "two words": Exists()})   # any name, as a mapping
+    store.query(["title"], {"select": 1})               # the same after query's select
 
-Semantics, identical on every backend:
+Terms can also be given as mappings (positional arguments after ``query``'s *select*),
+which reaches every metadata name, including ``select`` and names that are not Python
+identifiers. A name given twice is an error.
+
+Semantics, identical on every backend: a backend answers exactly what Python's ``==``
+and ordering answer on the decoded metadata.
 
 - Exact match compares the decoded JSON values with Python ``==``: ``1``, ``1.0`` and
-  ``True`` are equal, lists compare element-wise, dicts ignore key order.
+  ``True`` are equal (so ``flag=1`` matches a stored ``true``), lists compare
+  element-wise, dicts ignore key order; integers of any size compare exactly
+  (``2**64 + 1`` does not equal ``float(2**64)``), strings may hold NUL characters.
 - ``name=None`` matches keys whose metadata has ``name`` set to ``null``; a key *without*
   ``name`` never matches an exact term. Use ``Exists(False)`` for "has no such entry".
 - :class:`Range` and :class:`Prefix` match only values of a comparable type (numbers
-  with numbers, strings with strings); a value of another type simply does not match.
+  with numbers, strings with strings, by code point); a value of another type simply
+  does not match. Booleans are not numbers for :class:`Range`: ``Range(0, 2)`` does not
+  match ``true``, and a boolean bound is refused.
+- Query values must be what metadata can hold (see
+  :func:`~storekeeper.store._validate.encode_metadata`): a ``set``, ``bytes``, NaN or a
+  lone surrogate raises :class:`~storekeeper.errors.InvalidMetadataError` instead of
+  silently matching nothing.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Mapping
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from storekeeper.errors import InvalidMetadataError
+from storekeeper.errors import InvalidArgumentError, InvalidMetadataError
+from storekeeper.store._validate import check_json_value
 
-__all__ = ["Equals", "Exists", "In", "Prefix", "QueryTerm", "Range", "compile_terms", "matches"]
+__all__ = [
+    "Equals",
+    "Exists",
+    "In",
+    "Prefix",
+    "QueryTerm",
+    "Range",
+    "compile_terms",
+    "matches",
+    "pass_terms",
+    "query_terms",
+]
 
 _MISSING = object()
+_T = TypeVar("_T")
 
 
 class QueryTerm(abc.ABC):
@@ -52,6 +81,9 @@ class Equals(QueryTerm):
 
     expected: Any
 
+    def __post_init__(self) -> None:
+        check_json_value(self.expected, "the query value")
+
     def test(self, value: Any) -> bool:
         """True when *value* equals the expected value (JSON semantics, see module)."""
         return _json_equal(value, self.expected)
@@ -66,7 +98,9 @@ class In(QueryTerm):
     def __init__(self, values: Iterable[Any]) -> None:
         if isinstance(values, str | bytes):
             raise InvalidMetadataError("In() takes an iterable of values, not a single str")
-        object.__setattr__(self, "values", tuple(values))
+        values = tuple(values)
+        check_json_value(list(values), "a value of In()")
+        object.__setattr__(self, "values", values)
 
     def test(self, value: Any) -> bool:
         """True when *value* equals one of the values."""
@@ -94,6 +128,14 @@ class Range(QueryTerm):
                 "Range() bounds must both be numbers or both be strings: "
                 f"{self.low!r}, {self.high!r}"
             )
+        for bound in (self.low, self.high):
+            if isinstance(bound, float) and math.isnan(bound):
+                raise InvalidMetadataError("a Range() bound cannot be NaN: it orders with nothing")
+            if isinstance(bound, str):
+                check_json_value(bound, "a Range() bound")
+        for flag in (self.include_low, self.include_high):
+            if type(flag) is not bool:
+                raise InvalidArgumentError(f"Range() inclusivity is a bool, not {flag!r}")
 
     @property
     def kind(self) -> str:
@@ -123,6 +165,7 @@ class Prefix(QueryTerm):
     def __post_init__(self) -> None:
         if not isinstance(self.prefix, str):
             raise InvalidMetadataError(f"Prefix() takes a str, not {self.prefix!r}")
+        check_json_value(self.prefix, "the Prefix()")
 
     def test(self, value: Any) -> bool:
         """True when *value* is a str starting with the prefix."""
@@ -135,6 +178,10 @@ class Exists(QueryTerm):
 
     present: bool = True
 
+    def __post_init__(self) -> None:
+        if type(self.present) is not bool:
+            raise InvalidArgumentError(f"Exists() takes a bool, not {self.present!r}")
+
     def test(self, value: Any) -> bool:
         """True for any present value when ``present``; never otherwise."""
         return self.present
@@ -144,12 +191,49 @@ class Exists(QueryTerm):
         return not self.present
 
 
+def query_terms(
+    where: Sequence[Mapping[str, Any]], kwargs: Mapping[str, Any]
+) -> dict[str, QueryTerm]:
+    """The terms of a query: the mappings *where* and the keyword arguments *kwargs*
+    merged (plain values become exact matches), every store's one reading of its query
+    arguments.
+
+    Raises :class:`~storekeeper.errors.InvalidArgumentError` for a *where* that is not a
+    mapping, a name that is not a ``str`` or that is given twice, and
+    :class:`~storekeeper.errors.InvalidMetadataError` for a value that is not JSON.
+    """
+    terms = compile_terms(kwargs)
+    for mapping in where:
+        if not isinstance(mapping, Mapping):
+            raise InvalidArgumentError(
+                "query terms are keyword arguments or mappings of metadata name to term, "
+                f"not {type(mapping).__name__}: {mapping!r}"
+            )
+        for name, term in compile_terms(mapping).items():
+            if name in terms:
+                raise InvalidArgumentError(f"the query term for {name!r} is given twice")
+            terms[name] = term
+    return terms
+
+
+def pass_terms(method: Callable[..., _T], terms: Mapping[str, QueryTerm], *args: Any) -> _T:
+    """Call a store's ``query`` or ``query_keys`` *method* (after *args*) with *terms*, as
+    keyword arguments where they can be, so that stores written against the keyword-only
+    form keep working under composites; names a keyword cannot carry there (``select``,
+    ``self``) go as one mapping."""
+    if "select" in terms or "self" in terms:
+        return method(*args, terms)
+    return method(*args, **terms)
+
+
 def compile_terms(kwargs: Mapping[str, Any]) -> dict[str, QueryTerm]:
-    """Turn query keyword arguments into terms (plain values become exact matches)."""
-    return {
-        name: value if isinstance(value, QueryTerm) else Equals(value)
-        for name, value in kwargs.items()
-    }
+    """Turn one mapping of query terms into terms (plain values become exact matches)."""
+    terms: dict[str, QueryTerm] = {}
+    for name, value in kwargs.items():
+        if not isinstance(name, str):
+            raise InvalidArgumentError(f"query terms name metadata by str, not {name!r}")
+        terms[name] = value if isinstance(value, QueryTerm) else Equals(value)
+    return terms
 
 
 def matches(metadata: Mapping[str, Any], terms: Mapping[str, QueryTerm]) -> bool:

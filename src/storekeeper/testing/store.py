@@ -55,6 +55,7 @@ from storekeeper.store import (
 from storekeeper.testing.crossprocess import CrossProcessTests
 from storekeeper.testing.events import EventConformance
 from storekeeper.testing.isolation import IsolationTests
+from storekeeper.testing.strict import StrictInputTests
 from storekeeper.testing.versions import ValueVersionTests
 
 __all__ = ["WEIRD_KEYS", "StoreTests"]
@@ -141,7 +142,14 @@ class _FailingReader(io.RawIOBase):
         raise OSError("the source failed mid-read")
 
 
-class StoreTests(EventConformance, IsolationTests, CrossProcessTests, ValueVersionTests, abc.ABC):
+class StoreTests(
+    EventConformance,
+    IsolationTests,
+    CrossProcessTests,
+    ValueVersionTests,
+    StrictInputTests,
+    abc.ABC,
+):
     """Conformance tests for a writable store; subclass and implement ``create_store``."""
 
     #: Data survives disconnect + a new instance (``reopen_store`` must be implemented).
