@@ -51,12 +51,12 @@ def test_state_machine(tmp_path: Path) -> None:
 
 def test_open_store_urls(tmp_path: Path) -> None:
     path = tmp_path / "url.db"
-    with open_store(f"sqlite://{path}?table=things&durable=false") as store:
+    with open_store(f"sqlite:///{path}?table=things&durable=false") as store:
         assert isinstance(store, SqliteStore)
         assert (store.table, store.durable, store.location) == ("things", False, str(path))
         assert store.info()["background_checkpoints"] is True
         store.set("k", (b"v", {}))
-    with open_store(f"sqlite://{path}?table=things&durable=false&background_checkpoints=0") as s:
+    with open_store(f"sqlite:///{path}?table=things&durable=false&background_checkpoints=0") as s:
         assert isinstance(s, SqliteStore)
         assert (s.durable, s.background_checkpoints) == (False, False)
         assert s.to_bytes("k") == b"v"
