@@ -13,7 +13,7 @@ from storekeeper.errors import ConflictError
 from storekeeper.events import EventManager
 from storekeeper.store import Range, open_store
 from storekeeper.store.events import StoreKeyEvent
-from storekeeper.testing.stateful import run_state_machine
+from storekeeper.testing.model import SMALL_INLINE_LIMIT
 from storekeeper.testing.store import StoreTests
 
 
@@ -24,6 +24,14 @@ class TestSqliteFileStore(StoreTests):
         return SqliteStore(tmp_path / "store.db", event_manager=event_manager)
 
     reopen_store = create_store
+
+    def create_model_store(self, tmp_path: Path, event_manager: EventManager) -> SqliteStore:
+        return SqliteStore(
+            tmp_path / "model.db",
+            durable=False,
+            inline_limit=SMALL_INLINE_LIMIT,
+            event_manager=event_manager,
+        )
 
 
 class TestSqliteChunkedStore(StoreTests):
@@ -44,9 +52,10 @@ class TestSqliteMemoryStore(StoreTests):
     def create_store(self, tmp_path: Path, event_manager: EventManager) -> SqliteStore:
         return SqliteStore(event_manager=event_manager)
 
-
-def test_state_machine(tmp_path: Path) -> None:
-    run_state_machine(lambda: SqliteStore(tmp_path / "sm.db", inline_limit=8, chunk_size=5))
+    def create_model_store(self, tmp_path: Path, event_manager: EventManager) -> SqliteStore:
+        return SqliteStore(
+            inline_limit=SMALL_INLINE_LIMIT, chunk_size=5, event_manager=event_manager
+        )
 
 
 def test_open_store_urls(tmp_path: Path) -> None:

@@ -52,6 +52,7 @@ from storekeeper.store import (
     StoreTransactionStartEvent,
     StoreUpdateEvent,
 )
+from storekeeper.testing.model import ModelTests
 
 __all__ = ["WEIRD_KEYS", "StoreTests"]
 
@@ -137,7 +138,7 @@ class _FailingReader(io.RawIOBase):
         raise OSError("the source failed mid-read")
 
 
-class StoreTests(abc.ABC):
+class StoreTests(ModelTests, abc.ABC):
     """Conformance tests for a writable store; subclass and implement ``create_store``."""
 
     #: Data survives disconnect + a new instance (``reopen_store`` must be implemented).
