@@ -72,10 +72,10 @@ def build_peers(kind: str, directory: Path) -> dict[str, tuple[AbstractStore, st
         make_child(kind, directory, "m-back"),
         event_manager=EventManager(),
     )
-    auth = SimpleAuthStore(
-        make_child(kind, directory, "auth"), make_encoder(b"pepper"), event_manager=EventManager()
-    )
-    auth.add_user(CREDENTIALS["username"], CREDENTIALS["password"])
+    auth_child = make_child(kind, directory, "auth")
+    auth = SimpleAuthStore(auth_child, make_encoder(b"pepper"), event_manager=EventManager())
+    with auth_child:  # the user tools need the store of the records connected
+        auth.add_user(CREDENTIALS["username"], CREDENTIALS["password"])
     child.connect()
     joined.connect()
     mounted.connect()

@@ -57,7 +57,7 @@ def _store(backend: str, path: Path):  # type: ignore[no-untyped-def]
     from storekeeper.store import open_store
 
     url = {
-        "sqlite": f"sqlite://{path / 'large.db'}",
+        "sqlite": f"sqlite:///{path / 'large.db'}",
         "filesystem": f"file://{path / 'fs'}",
     }[backend]
     if backend == "filesystem":

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from storekeeper.backends.memory import DictMemoryStore
+from storekeeper.backends.sqlite import SqliteStore
 from storekeeper.composite import (
     EVERYONE,
     SimpleAuthStore,
@@ -58,9 +59,11 @@ class _AuthConformance(StoreTests):
     kind = "memory"
 
     def create_store(self, tmp_path: Path, event_manager: EventManager) -> SimpleAuthStore:
-        store = _AliceStore(child(self.kind, tmp_path, "data"), FAST, event_manager=event_manager)
-        if "alice" not in store.users():
-            store.add_user("alice", ALICE["password"])
+        data = child(self.kind, tmp_path, "data")
+        store = _AliceStore(data, FAST, event_manager=event_manager)
+        with data:  # the user tools need the store of the records connected
+            if "alice" not in store.users():
+                store.add_user("alice", ALICE["password"])
         return store
 
     def reopen_store(self, tmp_path: Path, event_manager: EventManager) -> SimpleAuthStore:
@@ -88,11 +91,11 @@ class TestAuthOverSqlite(_AuthConformance):
 @pytest.fixture(params=["memory", "file", "sqlite"])
 def inner(request: pytest.FixtureRequest, tmp_path: Path) -> AbstractStore:
     store = child(request.param, tmp_path, "data")
+    store.connect()
     admin = SimpleAuthStore(store, FAST)
     admin.add_user("alice", ALICE["password"])
     admin.add_user("bob", BOB["password"])
     admin.add_user("carol", "carol's secret", tags=["staff"])
-    store.connect()
     return store
 
 
@@ -529,6 +532,46 @@ def test_user_tools(inner: AbstractStore) -> None:
     assert admin.users() == ["alice", "carol"]
 
 
+def test_user_tools_never_connect_an_unconnected_store_for_one_call() -> None:
+    # An in-memory database lives only while connected: connecting it for add_user and
+    # disconnecting it afterwards made the new user vanish without a word.
+    inner = SqliteStore()
+    admin = SimpleAuthStore(inner, FAST)
+    calls = [
+        lambda: admin.add_user("alice", "pw"),
+        lambda: admin.change_user("alice", password="new"),
+        lambda: admin.remove_user("alice"),
+        admin.users,
+    ]
+    for call in calls:
+        with pytest.raises(NotConnectedError, match="user records"):
+            call()
+        assert not inner.is_connected()
+    with inner:
+        admin.add_user("alice", "pw")
+        assert admin.users() == ["alice"]
+        store = SimpleAuthStore(inner, FAST)  # a second object finds the user
+        store.connect(("alice", "pw"))
+        store.set("k", (b"v", {}))
+        store.disconnect()
+        assert inner.is_connected()  # left connected: this store did not connect it
+        assert json.loads(inner.to_bytes(".user_alice"))["scheme"] == "scrypt"
+
+
+def test_user_tools_use_the_connection_of_a_connected_auth_store() -> None:
+    users, data = DictMemoryStore(), DictMemoryStore()
+    with users:
+        SimpleAuthStore(data, FAST, user_key_store=users).add_user("alice", "pw")
+    store = SimpleAuthStore(data, FAST, user_key_store=users)
+    store.connect(("alice", "pw"))  # connects both children
+    store.add_user("bob", "pw")
+    assert store.users() == ["alice", "bob"]
+    store.disconnect()
+    assert not users.is_connected()
+    with pytest.raises(NotConnectedError):
+        store.users()
+
+
 def test_removed_users_and_changed_passwords_end_sessions(inner: AbstractStore) -> None:
     admin = SimpleAuthStore(inner, FAST)
     bob = session(inner, BOB, recheck_interval=0.0)
@@ -562,7 +605,8 @@ def test_info_works_connected_or_not(inner: AbstractStore) -> None:
 def test_a_separate_user_store(tmp_path: Path) -> None:
     users, data = DictMemoryStore(), DictMemoryStore()
     store = SimpleAuthStore(data, FAST, user_key_path="u:", user_key_store=users)
-    store.add_user("alice", "pw")
+    with users:
+        store.add_user("alice", "pw")
     store.connect(("alice", "pw"))
     store.set("k", (b"v", {}))
     assert users.query_keys() == ["u:alice"]
@@ -611,10 +655,10 @@ class _CountingStore(DictMemoryStore):
 
 def _counting_sessions() -> tuple[_CountingStore, SimpleAuthStore, SimpleAuthStore]:
     inner = _CountingStore(event_manager=EventManager())
+    inner.connect()
     admin = SimpleAuthStore(inner, FAST)
     admin.add_user("alice", ALICE["password"])
     admin.add_user("bob", BOB["password"])
-    inner.connect()
     alice, bob = session(inner, ALICE), session(inner, BOB)
     inner.lookups = inner.sets = 0
     return inner, alice, bob

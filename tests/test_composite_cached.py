@@ -35,6 +35,7 @@ from storekeeper.store import (
     Value,
 )
 from storekeeper.testing.children import child
+from storekeeper.testing.model import ModelTests
 from storekeeper.testing.store import StoreTests
 
 
@@ -67,6 +68,25 @@ class TestCachedOverFiles(_CachedConformance):
 class TestCachedOverSqlite(_CachedConformance):
     kind = "sqlite"
     persistent = True
+
+
+class _ImmutableModel(ModelTests):
+    """The dict-model test alone for ``policy="immutable"`` over file and SQLite children
+    (over memory it runs with the whole suite, above)."""
+
+    kind = "file"
+
+    def create_store(self, tmp_path: Path, event_manager: EventManager) -> CachedStore:
+        source, cache = child(self.kind, tmp_path, "source"), child(self.kind, tmp_path, "cache")
+        return CachedStore(source, cache, policy="immutable", event_manager=event_manager)
+
+
+class TestCachedImmutableModelOverFiles(_ImmutableModel):
+    kind = "file"
+
+
+class TestCachedImmutableModelOverSqlite(_ImmutableModel):
+    kind = "sqlite"
 
 
 class Counting(AbstractStore):

@@ -21,7 +21,7 @@ def test_killed_writers_lose_nothing_acknowledged(
 ) -> None:
     # inline_limit=5000 puts the larger values in value files beside the database.
     options = f"durable={str(durable).lower()}&inline_limit={inline_limit}"
-    url = f"sqlite://{tmp_path / 'crash.db'}?{options}"
+    url = f"sqlite:///{tmp_path / 'crash.db'}?{options}"
     report = run_crash_rounds(url, rounds=150)
     assert report.problems == []
     assert report.rounds == 150
@@ -31,10 +31,10 @@ def test_killed_writers_lose_nothing_acknowledged(
 @pytest.mark.soak
 @pytest.mark.skipif(not SOAK, reason="thousands of kills: only under make soak")
 def test_killed_writers_soak(tmp_path: Path) -> None:
-    report = run_crash_rounds(f"sqlite://{tmp_path / 'soak.db'}", rounds=2000, max_delay=0.5)
+    report = run_crash_rounds(f"sqlite:///{tmp_path / 'soak.db'}", rounds=2000, max_delay=0.5)
     assert report.problems == []
-    url = f"sqlite://{tmp_path / 'files.db'}?inline_limit=5000"
+    url = f"sqlite:///{tmp_path / 'files.db'}?inline_limit=5000"
     assert run_crash_rounds(url, rounds=1000, max_delay=0.5).problems == []
     # durable=False: every checkpoint runs on the background thread or at the log's cap.
-    url = f"sqlite://{tmp_path / 'fast.db'}?durable=false"
+    url = f"sqlite:///{tmp_path / 'fast.db'}?durable=false"
     assert run_crash_rounds(url, rounds=1000, max_delay=0.5).problems == []

@@ -22,6 +22,7 @@ BUILTIN_OF = {
     errors.NotConnectedError: ConnectionError,
     errors.BackendUnavailableError: ConnectionError,
     errors.MissingDependencyError: ImportError,
+    errors.InvalidURLError: ValueError,
     errors.UnknownSchemeError: ValueError,
     errors.UnknownFormatError: ValueError,
     errors.CorruptFileError: ValueError,

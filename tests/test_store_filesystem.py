@@ -26,8 +26,8 @@ from storekeeper.events import EventManager
 from storekeeper.files import atomic_write
 from storekeeper.store import open_store
 from storekeeper.testing.crossprocess import Opener, same_store
+from storekeeper.testing.model import SMALL_INLINE_LIMIT
 from storekeeper.testing.processes import cas_counter, create_only_race
-from storekeeper.testing.stateful import run_state_machine
 from storekeeper.testing.store import WEIRD_KEYS, StoreTests
 
 CONTEXT = multiprocessing.get_context("spawn")
@@ -49,6 +49,11 @@ class TestFileSystemStore(StoreTests):
 
     def store_url(self, tmp_path: Path) -> str:
         return f"file://{tmp_path / 'store'}"
+
+    def create_model_store(self, tmp_path: Path, event_manager: EventManager) -> FileSystemStore:
+        return _store(
+            tmp_path, event_manager=event_manager, inline_limit=SMALL_INLINE_LIMIT, durable=False
+        )
 
 
 class TestFileSystemStoreDataFiles(StoreTests):
@@ -365,11 +370,6 @@ def test_transactions_see_their_own_writes(store: FileSystemStore) -> None:
         assert not store.exists("a") and store.exists("c")
         assert store.to_bytes("c") == b"x" * BIG
     assert sorted(store.query_keys()) == ["b", "c"]
-
-
-def test_state_machine(tmp_path: Path) -> None:
-    init_shared_store(tmp_path / "sm")
-    run_state_machine(lambda: FileSystemStore(tmp_path / "sm", durable=False, inline_limit=8))
 
 
 # -- several processes ---------------------------------------------------------------------

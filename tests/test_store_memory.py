@@ -7,7 +7,6 @@ from pathlib import Path
 from storekeeper.backends.memory import DictMemoryStore
 from storekeeper.events import EventManager
 from storekeeper.store import open_store
-from storekeeper.testing.stateful import run_state_machine
 from storekeeper.testing.store import StoreTests
 
 
@@ -22,7 +21,3 @@ def test_open_store_memory_gives_a_connected_empty_store() -> None:
         assert store.is_connected()
         assert store.query_keys() == []
     assert not store.is_connected()
-
-
-def test_state_machine_against_a_dict_model() -> None:
-    run_state_machine(lambda: DictMemoryStore(event_manager=EventManager()))

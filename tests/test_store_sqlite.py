@@ -13,7 +13,7 @@ from storekeeper.errors import ConflictError
 from storekeeper.events import EventManager
 from storekeeper.store import Range, open_store
 from storekeeper.store.events import StoreKeyEvent
-from storekeeper.testing.stateful import run_state_machine
+from storekeeper.testing.model import SMALL_INLINE_LIMIT
 from storekeeper.testing.store import StoreTests
 
 
@@ -28,6 +28,14 @@ class TestSqliteFileStore(StoreTests):
     def store_url(self, tmp_path: Path) -> str:
         # Four slashes: an absolute path, whichever URL convention is in force.
         return f"sqlite:///{tmp_path / 'store.db'}"
+
+    def create_model_store(self, tmp_path: Path, event_manager: EventManager) -> SqliteStore:
+        return SqliteStore(
+            tmp_path / "model.db",
+            durable=False,
+            inline_limit=SMALL_INLINE_LIMIT,
+            event_manager=event_manager,
+        )
 
 
 class TestSqliteChunkedStore(StoreTests):
@@ -48,19 +56,20 @@ class TestSqliteMemoryStore(StoreTests):
     def create_store(self, tmp_path: Path, event_manager: EventManager) -> SqliteStore:
         return SqliteStore(event_manager=event_manager)
 
-
-def test_state_machine(tmp_path: Path) -> None:
-    run_state_machine(lambda: SqliteStore(tmp_path / "sm.db", inline_limit=8, chunk_size=5))
+    def create_model_store(self, tmp_path: Path, event_manager: EventManager) -> SqliteStore:
+        return SqliteStore(
+            inline_limit=SMALL_INLINE_LIMIT, chunk_size=5, event_manager=event_manager
+        )
 
 
 def test_open_store_urls(tmp_path: Path) -> None:
     path = tmp_path / "url.db"
-    with open_store(f"sqlite://{path}?table=things&durable=false") as store:
+    with open_store(f"sqlite:///{path}?table=things&durable=false") as store:
         assert isinstance(store, SqliteStore)
         assert (store.table, store.durable, store.location) == ("things", False, str(path))
         assert store.info()["background_checkpoints"] is True
         store.set("k", (b"v", {}))
-    with open_store(f"sqlite://{path}?table=things&durable=false&background_checkpoints=0") as s:
+    with open_store(f"sqlite:///{path}?table=things&durable=false&background_checkpoints=0") as s:
         assert isinstance(s, SqliteStore)
         assert (s.durable, s.background_checkpoints) == (False, False)
         assert s.to_bytes("k") == b"v"

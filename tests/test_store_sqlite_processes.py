@@ -9,7 +9,7 @@ from storekeeper.testing.processes import cas_counter, create_only_race
 
 
 def test_create_only_race_between_processes(tmp_path: Path) -> None:
-    url = f"sqlite://{tmp_path / 'race.db'}"
+    url = f"sqlite:///{tmp_path / 'race.db'}"
     with open_store(url):
         pass
     winners, stored = create_only_race(url)
@@ -18,4 +18,4 @@ def test_create_only_race_between_processes(tmp_path: Path) -> None:
 
 
 def test_compare_and_swap_counter_between_processes(tmp_path: Path) -> None:
-    assert cas_counter(f"sqlite://{tmp_path / 'counter.db'}?durable=false") == 400
+    assert cas_counter(f"sqlite:///{tmp_path / 'counter.db'}?durable=false") == 400

@@ -19,7 +19,8 @@ builtins (``except KeyError``) keeps working::
     ├── BackendError                            the underlying engine failed (wraps its error)
     │   └── BackendUnavailableError (ConnectionError)   the server cannot be reached
     ├── MissingDependencyError (ImportError)    an optional extra is not installed
-    ├── UnknownSchemeError (ValueError)         ``open_store`` got a URL scheme nobody handles
+    ├── InvalidURLError (ValueError)            a store URL that is malformed or has bad options
+    │   └── UnknownSchemeError                  ``open_store`` got a URL scheme nobody handles
     ├── UnknownFormatError (ValueError)         ``atomic_store.open`` got a format it cannot use
     ├── CorruptFileError (ValueError)           a file exists but cannot be parsed
     ├── LockTimeoutError (TimeoutError)         an inter-process lock was not acquired in time
@@ -47,6 +48,7 @@ __all__ = [
     "InvalidArgumentError",
     "InvalidKeyError",
     "InvalidMetadataError",
+    "InvalidURLError",
     "InvalidValueError",
     "KeyNotFoundError",
     "LockTimeoutError",
@@ -129,7 +131,12 @@ class MissingDependencyError(StorekeeperError, ImportError):
     """An optional dependency is missing; the message names the extra to install."""
 
 
-class UnknownSchemeError(StorekeeperError, ValueError):
+class InvalidURLError(StorekeeperError, ValueError):
+    """A store URL is malformed, or has an unknown or invalid option; the message says
+    which part and names the valid forms."""
+
+
+class UnknownSchemeError(InvalidURLError):
     """``open_store`` was given a URL whose scheme no registered backend handles."""
 
 

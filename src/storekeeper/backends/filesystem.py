@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import SplitResult, parse_qsl, unquote
+from urllib.parse import SplitResult
 
 from storekeeper.backends._fs_journal import (
     JOURNAL_NAME,
@@ -72,12 +72,14 @@ from storekeeper.backends._fs_transactions import Staging, commit_staging, remov
 from storekeeper.errors import (
     BackendError,
     CorruptFileError,
+    InvalidURLError,
     NotConnectedError,
     StorekeeperError,
     TransactionError,
 )
 from storekeeper.events import BaseEventManager
 from storekeeper.files import atomic_write, fsync_directory
+from storekeeper.store import urls
 from storekeeper.store._validate import (
     DEFAULT_BUFFER_SIZE,
     Metadata,
@@ -115,8 +117,28 @@ _LOCK_NAME = ".lock"
 # A reader that finds a record's data file gone (the key was just overwritten) re-reads
 # the record; this bounds the retries under pathological churn.
 _READ_RETRIES = 100
-_FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 _log = logging.getLogger(__name__)
+_URL_OPTIONS = {
+    "create": urls.flag,
+    "durable": urls.flag,
+    "inline_limit": urls.count,
+    "lock_timeout": urls.seconds,
+    "orphan_grace": urls.seconds,
+}
+_URL_FORMS = "file:///absolute/dir, or file:relative/dir relative to the working directory"
+
+
+def _url_directory(parts: SplitResult) -> str:
+    """The absolute directory a ``file:`` URL names."""
+    if parts.netloc not in ("", "localhost"):
+        raise InvalidURLError(
+            f"file://{parts.netloc}{parts.path} names the host {parts.netloc!r}, but a store "
+            f"URL names a local directory: write {_URL_FORMS}"
+        )
+    path = urls.url_path(parts)
+    if not path:
+        raise InvalidURLError(f"a file: URL needs a directory: write {_URL_FORMS}")
+    return os.path.abspath(path)
 
 
 class FileSystemStoreError(StorekeeperError, FileNotFoundError):
@@ -187,24 +209,21 @@ class FileSystemStore(AbstractStore):
 
     @classmethod
     def from_url(cls, parts: SplitResult, **options: Any) -> FileSystemStore:
-        """``file:///abs/path``: the store in that directory.
+        """The store in the directory a ``file:`` URL names.
 
-        Query parameters ``durable`` and ``create`` (``true``/``false``) are accepted;
-        keyword *options* win over them. With ``create=true`` the store is initialised
-        first (see :func:`init_shared_store`); without it a missing store is an error.
+        ``file:///absolute/dir`` (also ``file://localhost/absolute/dir`` and
+        ``file:/absolute/dir``) or ``file:relative/dir`` (relative to the working
+        directory when opened); the path is percent-decoded (``my%20store``). Options:
+        ``create`` and ``durable`` (true/false), ``inline_limit`` (bytes),
+        ``lock_timeout`` and ``orphan_grace`` (seconds); keyword *options* win over
+        them. With ``create=true`` the store is initialised first (see
+        :func:`init_shared_store`); without it a missing store is an error. A host
+        part, an unknown option or a bad value is an
+        :class:`~storekeeper.errors.InvalidURLError`.
         """
-        if parts.netloc not in ("", "localhost"):
-            raise ValueError(f"file URLs name a local path, not host {parts.netloc!r}")
-        if not parts.path:
-            raise ValueError("a file:// URL needs a path, e.g. file:///var/data/store")
-        query = dict(parse_qsl(parts.query))
-        settings: dict[str, Any] = {
-            name: query[name].lower() not in _FALSE_WORDS
-            for name in ("durable", "create")
-            if name in query
-        }
+        settings = urls.url_options(parts, _URL_OPTIONS)
         settings.update(options)
-        path = unquote(parts.path)
+        path = _url_directory(parts)
         if settings.pop("create", False):
             init_shared_store(path, settings.get("magic_fname", ".FSStore"))
         return cls(path, **settings)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import SplitResult
 
+from storekeeper.errors import InvalidURLError
 from storekeeper.events import BaseEventManager
 from storekeeper.store._validate import (
     DEFAULT_BUFFER_SIZE,
@@ -48,6 +49,7 @@ from storekeeper.store.events import (
 )
 from storekeeper.store.owners import Claim
 from storekeeper.store.query import matches, query_terms
+from storekeeper.store.urls import url_options
 from storekeeper.store.value import BytesValue, Value
 
 __all__ = ["DictMemoryStore"]
@@ -100,7 +102,17 @@ class DictMemoryStore(AbstractStore):
 
     @classmethod
     def from_url(cls, url: SplitResult, **options: Any) -> DictMemoryStore:
-        """Build a store for ``memory://`` (each call gives a new, empty store)."""
+        """Build a store for ``memory://`` (each call gives a new, empty store).
+
+        The URL has no host, path or options: anything there is an
+        :class:`~storekeeper.errors.InvalidURLError`, since it would name nothing.
+        """
+        url_options(url, {})
+        if url.netloc or url.path:
+            raise InvalidURLError(
+                f"memory:// URLs have no host or path (got {url.geturl()!r}): each "
+                "open_store('memory://') is a new, empty store of its own"
+            )
         return cls(**options)
 
     def info(self) -> dict[str, Any]:

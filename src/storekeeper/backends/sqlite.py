@@ -1,6 +1,7 @@
 """``SqliteStore``: the embedded default store, one table in an SQLite database.
 
-``sqlite:///path/to/app.db`` (or ``sqlite://`` for a private in-memory database).
+``sqlite:///relative/app.db``, ``sqlite:////absolute/app.db`` (or ``sqlite://`` for a private
+in-memory database): see :meth:`SqliteStore.from_url`.
 
 - **Durability**: WAL journal; ``durable=True`` (default) runs ``synchronous=FULL`` so a
   returned write survives power loss, ``durable=False`` runs ``NORMAL`` (survives a crash
@@ -56,7 +57,7 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from types import TracebackType
 from typing import IO, Any, cast
-from urllib.parse import SplitResult, parse_qsl
+from urllib.parse import SplitResult
 
 from storekeeper.backends._sqlite_checkpoint import Checkpointer
 from storekeeper.backends._sqlite_files import (
@@ -80,10 +81,12 @@ from storekeeper.errors import (
     BackendError,
     ConflictError,
     InvalidKeyError,
+    InvalidURLError,
     StorekeeperError,
     TransactionError,
 )
 from storekeeper.events import BaseEventManager
+from storekeeper.store import urls
 from storekeeper.store._validate import (
     DEFAULT_BUFFER_SIZE,
     Metadata,
@@ -123,6 +126,40 @@ _MMAP_SIZE = 32 * 1024 * 1024
 _READ_RETRIES = 16
 # Stay well under SQLite's limit on bound parameters per statement.
 _IN_BATCH = 500
+_URL_FORMS = "sqlite:///relative.db, sqlite:////absolute.db, or sqlite:// in memory"
+_URL_OPTIONS = {
+    "table": urls.text,
+    "index": urls.choice(*_INDEX_MODES),
+    "index_columns": urls.names,
+    "durable": urls.flag,
+    "background_checkpoints": urls.flag,
+    "secure_delete": urls.flag,
+    "inline_limit": urls.count,
+    "chunk_size": urls.count,
+    "max_indexes": urls.count,
+    "timeout": urls.seconds,
+}
+
+
+def _url_location(parts: SplitResult) -> str:
+    """The database an ``sqlite:`` URL names: an absolute path or ``:memory:``."""
+    if _MEMORY in parts.netloc:
+        raise InvalidURLError(f"for an in-memory database write sqlite:// ({_URL_FORMS})")
+    if parts.netloc:
+        raise InvalidURLError(
+            f"sqlite URLs have no host part (got {parts.netloc!r}): write {_URL_FORMS}"
+        )
+    if not parts.path:
+        return _MEMORY
+    if not parts.path.startswith("/"):
+        raise InvalidURLError(
+            f"write sqlite:///{parts.path} for a database relative to the working "
+            f"directory ({_URL_FORMS})"
+        )
+    path = urls.url_path(parts)[1:]  # SQLAlchemy's rule: the third slash only ends the host
+    if not path:
+        raise InvalidURLError(f"sqlite:/// names no database file: write {_URL_FORMS}")
+    return _MEMORY if path == _MEMORY else os.path.abspath(path)
 
 
 class SqliteStore(AbstractStore):
@@ -211,29 +248,20 @@ class SqliteStore(AbstractStore):
 
     @classmethod
     def from_url(cls, parts: SplitResult, **options: Any) -> SqliteStore:
-        """``sqlite:///abs/path.db``, ``sqlite:relative.db`` or ``sqlite://`` (memory).
+        """A store for an ``sqlite:`` URL, spelled as SQLAlchemy spells them.
 
-        Query parameters ``table``, ``index`` (``dynamic``/``static``/``none``),
-        ``durable`` and ``background_checkpoints`` (``true``/``false``) and
-        ``inline_limit`` (bytes) are accepted; keyword *options* win over them.
+        ``sqlite:///relative.db`` (relative to the working directory when opened),
+        ``sqlite:////absolute/path.db`` and ``sqlite://`` (a private in-memory database;
+        ``sqlite:///:memory:`` too). The path is percent-decoded. Options: ``table``,
+        ``index`` (``dynamic``/``static``/``none``), ``index_columns`` (comma-separated),
+        ``durable``, ``background_checkpoints`` and ``secure_delete`` (true/false),
+        ``inline_limit``, ``chunk_size`` and ``max_indexes`` (integers), ``timeout``
+        (seconds); keyword *options* win over them. Anything else is an
+        :class:`~storekeeper.errors.InvalidURLError` naming the valid forms.
         """
-        if parts.netloc:
-            raise ValueError(
-                f"sqlite URLs have no host ({parts.netloc!r}); use sqlite:///absolute/path.db"
-            )
-        query = dict(parse_qsl(parts.query))
-        settings: dict[str, Any] = {}
-        if "table" in query:
-            settings["table"] = query["table"]
-        if "index" in query:
-            settings["index"] = None if query["index"].lower() == "none" else query["index"]
-        for flag in ("durable", "background_checkpoints"):
-            if flag in query:
-                settings[flag] = query[flag].lower() not in {"0", "false", "no", "off"}
-        if "inline_limit" in query:
-            settings["inline_limit"] = int(query["inline_limit"])
+        settings = urls.url_options(parts, _URL_OPTIONS)
         settings.update(options)
-        return cls(parts.path or _MEMORY, **settings)
+        return cls(_url_location(parts), **settings)
 
     def info(self) -> dict[str, Any]:
         """Store description with ``location``, ``table``, ``index``, ``durable`` and

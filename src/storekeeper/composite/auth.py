@@ -24,8 +24,7 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -195,6 +194,10 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
     :meth:`add_user`, :meth:`change_user`, :meth:`remove_user` and :meth:`users`
     administer the user records; they need no session (whoever holds this object can
     reach the wrapped store anyway), so expose only the store API to untrusted callers.
+    They do need the store holding the records connected (by this store's
+    :meth:`connect`, or by its owner: ``open_store`` returns a connected store) and raise
+    :class:`~storekeeper.errors.NotConnectedError` otherwise, as every operation on an
+    unconnected store does; they never connect it for one call.
     """
 
     def __init__(
@@ -832,8 +835,7 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
     def add_user(self, username: str, password: str | bytes, tags: Iterable[str] = ()) -> None:
         """Create a user; ConflictError if they exist. *tags* are the user's groups."""
         record = self._make_record(password, tags)
-        with self._user_store() as users:
-            users.set(self._user_key(username), (record, {}), if_exists=False)
+        self._user_store("add_user").set(self._user_key(username), (record, {}), if_exists=False)
 
     def change_user(
         self,
@@ -846,27 +848,24 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
         A new password ends the user's open sessions (at their next re-check).
         """
         key = self._user_key(username)
-        with self._user_store() as users:
-            value = users.get(key)
-            current = _UserRecord.parse(read_stream(value.data))
-            version = value.version
-            if password is None:
-                new_tags = current.tags if tags is None else _tags(tags)
-                record = current.with_tags(new_tags).dump()
-            else:
-                record = self._make_record(password, current.tags if tags is None else tags)
-            users.set(key, (record, {}), if_version=version)
+        users = self._user_store("change_user")
+        value = users.get(key)
+        current = _UserRecord.parse(read_stream(value.data))
+        if password is None:
+            new_tags = current.tags if tags is None else _tags(tags)
+            record = current.with_tags(new_tags).dump()
+        else:
+            record = self._make_record(password, current.tags if tags is None else tags)
+        users.set(key, (record, {}), if_version=value.version)
 
     def remove_user(self, username: str) -> None:
         """Delete a user record; KeyNotFoundError if there is no such user."""
-        with self._user_store() as users:
-            users.delete(self._user_key(username))
+        self._user_store("remove_user").delete(self._user_key(username))
 
     def users(self) -> list[str]:
         """The names of all users, sorted."""
         prefix = self.user_key_path
-        with self._user_store() as users:
-            keys = users.query_keys()
+        keys = self._user_store("users").query_keys()
         return sorted(key[len(prefix) :] for key in keys if key.startswith(prefix))
 
     def _user_key(self, username: str) -> str:
@@ -886,17 +885,21 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
             return None
         return _UserRecord.parse(data)
 
-    @contextmanager
-    def _user_store(self) -> Iterator[AbstractStore]:
+    def _user_store(self, method: str) -> AbstractStore:
+        """The store of the user records, which *method* needs connected.
+
+        Never connected here for the call: a store that keeps its data only while
+        connected (an in-memory SQLite database) would drop the record on the disconnect
+        that followed, and the user would silently vanish.
+        """
         users = self.user_key_store
-        opened = not users.is_connected()
-        if opened:
-            users.connect()
-        try:
-            yield users
-        finally:
-            if opened:
-                users.disconnect()
+        if not users.is_connected():
+            raise NotConnectedError(
+                f"{method}() needs the {type(users).__name__} holding the user records "
+                "connected: connect it first (connect(), 'with', or open_store, which gives "
+                "a connected store), or connect this store as an existing user"
+            )
+        return users
 
 
 @dataclass(frozen=True)

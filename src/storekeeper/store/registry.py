@@ -4,7 +4,8 @@ A registry maps URL schemes to backend classes named as ``"module:Class"`` strin
 backend module (and its optional dependency) is imported only when its scheme is used.
 Third-party packages add schemes through the entry-point group ``storekeeper.backends``
 (name: the scheme, value: ``"module:Class"``) or by calling :func:`register_backend`.
-A backend class provides ``from_url(parts: urllib.parse.SplitResult, **options)``.
+A backend class provides ``from_url(parts: urllib.parse.SplitResult, **options)``; the
+helpers in :mod:`storekeeper.store.urls` read paths and options the same way everywhere.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from importlib.metadata import entry_points
 from typing import Any, NamedTuple, Protocol, cast
 from urllib.parse import SplitResult, urlsplit
 
-from storekeeper.errors import MissingDependencyError, UnknownSchemeError
+from storekeeper.errors import InvalidURLError, MissingDependencyError, UnknownSchemeError
 from storekeeper.store.abstract import AbstractReadOnlyStore
 
 __all__ = ["open_store", "register_backend", "registered_schemes"]
@@ -66,15 +67,34 @@ def registered_schemes() -> list[str]:
 def open_store(url: str, **options: Any) -> AbstractReadOnlyStore:
     """Create and connect the store that *url* describes; *options* go to the backend.
 
-    Examples: ``memory://``, ``file:///var/data/store``, ``sqlite:///app.db``,
-    ``sqlite://`` (an in-memory database). Raises :class:`UnknownSchemeError` for a scheme
-    nobody handles and :class:`MissingDependencyError` (naming the extra to install) when
-    the backend's dependency is missing. Use the result as a context manager to
-    disconnect it.
+    The built-in URL forms (paths are percent-decoded, ``my%20data`` is ``my data``)::
+
+        memory://                         a new, empty in-memory store
+        sqlite:///relative/app.db         SQLite, relative to the working directory
+        sqlite:////absolute/app.db        SQLite, absolute path (four slashes, as in
+                                          SQLAlchemy: ``f"sqlite:///{path}"``)
+        sqlite://                         SQLite in memory (also sqlite:///:memory:)
+        file:///absolute/dir              a FileSystemStore (``Path.as_uri()`` gives one)
+        file:relative/dir                 a FileSystemStore relative to the working directory
+
+    Options follow ``?``: ``sqlite:///app.db?durable=false&table=things``,
+    ``file:///srv/store?create=true`` (each backend's ``from_url`` lists its own);
+    keyword *options* win over them. Raises :class:`InvalidURLError` for a malformed URL
+    or an unknown or invalid option (naming the valid ones),
+    :class:`UnknownSchemeError` (an ``InvalidURLError``) for a scheme nobody handles and
+    :class:`MissingDependencyError` (naming the extra to install) when the backend's
+    dependency is missing. Use the result as a context manager to disconnect it.
     """
-    parts = urlsplit(url)
+    if not isinstance(url, str):
+        raise TypeError(f"a store URL is a str, not {type(url).__name__}")
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # e.g. an unbalanced "[" where a host would be
+        raise InvalidURLError(f"malformed store URL {url!r}: {exc}") from None
     if not parts.scheme:
-        raise UnknownSchemeError(f"store URL {url!r} has no scheme (e.g. 'sqlite:///app.db')")
+        raise UnknownSchemeError(
+            f"store URL {url!r} has no scheme (e.g. 'sqlite:///app.db' for ./app.db)"
+        )
     cls = _resolve(parts.scheme.lower())
     store = cls.from_url(parts, **options)
     store.connect()

@@ -55,6 +55,7 @@ from storekeeper.store import (
 from storekeeper.testing.crossprocess import CrossProcessTests
 from storekeeper.testing.events import EventConformance
 from storekeeper.testing.isolation import IsolationTests
+from storekeeper.testing.model import ModelTests
 from storekeeper.testing.strict import StrictInputTests
 from storekeeper.testing.versions import ValueVersionTests
 
@@ -148,6 +149,7 @@ class StoreTests(
     CrossProcessTests,
     ValueVersionTests,
     StrictInputTests,
+    ModelTests,
     abc.ABC,
 ):
     """Conformance tests for a writable store; subclass and implement ``create_store``."""

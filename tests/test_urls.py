@@ -1,0 +1,174 @@
+"""Store URLs: SQLAlchemy's sqlite forms, percent-decoded paths, strict options, hints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from storekeeper import open_store
+from storekeeper.backends.filesystem import FileSystemStore, init_shared_store
+from storekeeper.backends.memory import DictMemoryStore
+from storekeeper.backends.sqlite import SqliteStore
+from storekeeper.errors import InvalidURLError, UnknownSchemeError
+
+
+@pytest.fixture
+def cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh working directory (relative URLs resolve against it)."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    return work
+
+
+def _sqlite(url: str) -> SqliteStore:
+    store = open_store(url)
+    assert isinstance(store, SqliteStore)
+    return store
+
+
+# -- sqlite: as SQLAlchemy spells it ----------------------------------------------------------
+@pytest.mark.parametrize(
+    ("url", "name"),
+    [
+        ("sqlite:///data.db", "data.db"),
+        ("sqlite:///./x.db", "x.db"),
+        ("sqlite:///a/b.db", "a/b.db"),
+    ],
+)
+def test_three_slashes_name_a_database_relative_to_the_working_directory(
+    cwd: Path, url: str, name: str
+) -> None:
+    (cwd / "a").mkdir()
+    with _sqlite(url) as store:
+        assert store.location == str(cwd / name)
+        store.set("k", (b"written through the URL", {}))
+    with SqliteStore(cwd / name) as again:  # a second path to the same file
+        assert again.to_bytes("k") == b"written through the URL"
+
+
+def test_four_slashes_name_an_absolute_path(cwd: Path, tmp_path: Path) -> None:
+    path = tmp_path / "elsewhere" / "abs.db"
+    path.parent.mkdir()
+    with _sqlite(f"sqlite:///{path}") as store:  # the f-string gives sqlite:////...
+        assert store.location == str(path)
+        store.set("k", (b"v", {}))
+    with SqliteStore(path) as again:
+        assert again.to_bytes("k") == b"v"
+    assert list(cwd.iterdir()) == []
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:", "sqlite:?durable=false"])
+def test_memory_forms(cwd: Path, url: str) -> None:
+    with _sqlite(url) as store:
+        assert store.location == ":memory:"
+        store.set("k", (b"v", {}))
+        assert store.to_bytes("k") == b"v"
+    assert list(cwd.iterdir()) == []
+
+
+def test_paths_are_percent_decoded(cwd: Path, tmp_path: Path) -> None:
+    with _sqlite("sqlite:///my%20data%23.db") as store:
+        assert store.location == str(cwd / "my data#.db")
+    target = tmp_path / "file store é"
+    with open_store(target.as_uri() + "?create=true") as files:
+        assert isinstance(files, FileSystemStore) and files.path == str(target)
+    with open_store("file:rel%20dir?create=true") as relative:
+        assert isinstance(relative, FileSystemStore) and relative.path == str(cwd / "rel dir")
+
+
+def test_url_options_reach_the_store(cwd: Path) -> None:
+    url = (
+        "sqlite:///o.db?table=things&index=none&durable=OFF&background_checkpoints=yes"
+        "&inline_limit=8&chunk_size=4&max_indexes=3&timeout=2.5&secure_delete=1"
+    )
+    with _sqlite(url) as store:
+        assert (store.table, store.index, store.durable) == ("things", None, False)
+        assert (store.background_checkpoints, store.secure_delete) == (True, True)
+        assert (store.inline_limit, store.chunk_size, store.max_indexes) == (8, 4, 3)
+        assert store.timeout == 2.5
+    with _sqlite("sqlite:///o.db?index=static&index_columns=a,b") as indexed:
+        assert (indexed.index, indexed.index_columns) == ("static", ["a", "b"])
+    url = "file:fs?create=true&durable=false&inline_limit=5&lock_timeout=1&orphan_grace=0"
+    with open_store(url) as files:
+        assert isinstance(files, FileSystemStore)
+        assert (files.durable, files.inline_limit, files.lock_timeout) == (False, 5, 1.0)
+        assert files.orphan_grace == 0.0
+
+
+def test_keyword_options_win_over_url_options(cwd: Path) -> None:
+    with open_store("sqlite:///k.db?durable=false&table=a", durable=True) as store:
+        assert isinstance(store, SqliteStore) and (store.durable, store.table) == (True, "a")
+
+
+# -- refused, naming what is valid --------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("url", "named"),
+    [
+        ("sqlite:///x.db?durabel=false", "durable"),
+        ("sqlite:///x.db?durable=nope", "true or false"),
+        ("sqlite:///x.db?durable", "durable="),
+        ("sqlite:///x.db?durable=1&durable=0", "twice"),
+        ("sqlite:///x.db?inline_limit=-1", "non-negative integer"),
+        ("sqlite:///x.db?inline_limit=1e3", "non-negative integer"),
+        ("sqlite:///x.db?timeout=inf", "seconds"),
+        ("sqlite:///x.db?index=fast", "dynamic, static, none"),
+        ("sqlite:///x.db?table=", "non-empty"),
+        ("sqlite:///x.db?table=%ff", "UTF-8"),
+        ("sqlite:///x.db#main", "fragment"),
+        ("sqlite:///%ff.db", "UTF-8"),
+        ("sqlite:///a%00b.db", "NUL"),
+        ("sqlite:///", "sqlite://"),
+        ("sqlite:x.db", "sqlite:///x.db"),
+        ("sqlite://host/x.db", "no host"),
+        ("sqlite://[::1/x.db", "malformed"),
+        ("file:///srv/x?creat=true", "create"),
+        ("file:///srv/x?create=maybe", "true or false"),
+        ("file:///srv/x?lock_timeout=-1", "seconds"),
+        ("file://", "needs a directory"),
+        ("memory://foo/bar", "no host or path"),
+        ("memory:///bar", "no host or path"),
+        ("memory://?durable=false", "take no options"),
+    ],
+)
+def test_bad_urls_are_refused_before_anything_is_created(cwd: Path, url: str, named: str) -> None:
+    with pytest.raises(InvalidURLError) as caught:
+        open_store(url)
+    assert named in str(caught.value)
+    assert isinstance(caught.value, ValueError)
+    assert list(cwd.iterdir()) == []
+
+
+def test_an_unknown_option_lists_the_valid_ones(cwd: Path) -> None:
+    with pytest.raises(InvalidURLError) as caught:
+        open_store("sqlite:///x.db?durabel=false")
+    message = str(caught.value)
+    for name in ("durable", "table", "index", "inline_limit", "background_checkpoints"):
+        assert name in message
+    with pytest.raises(InvalidURLError) as file_caught:
+        open_store("file:///srv/x?durabel=false")
+    assert "create, durable, inline_limit, lock_timeout, orphan_grace" in str(file_caught.value)
+
+
+def test_hints_for_common_mistakes(cwd: Path, tmp_path: Path) -> None:
+    with pytest.raises(InvalidURLError, match=r"in-memory database write sqlite://") as memory:
+        open_store("sqlite://:memory:")
+    assert "sqlite:////absolute.db" in str(memory.value)
+    init_shared_store(tmp_path / "relative")
+    with pytest.raises(InvalidURLError, match=r"host 'relative'") as host:
+        open_store("file://relative")
+    assert "file:///absolute/dir" in str(host.value)
+    assert "file:relative/dir" in str(host.value)
+    with pytest.raises(UnknownSchemeError, match="no scheme"):
+        open_store("data.db")
+    assert issubclass(UnknownSchemeError, InvalidURLError)
+    with pytest.raises(TypeError, match="str"):
+        open_store(b"memory://")  # type: ignore[arg-type]
+
+
+def test_memory_url_gives_a_new_empty_store() -> None:
+    with open_store("memory://") as first, open_store("memory:") as second:
+        assert isinstance(first, DictMemoryStore) and isinstance(second, DictMemoryStore)
+        first.set("k", (b"v", {}))
+        assert second.query_keys() == []
