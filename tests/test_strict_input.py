@@ -38,8 +38,10 @@ class _Alice(SimpleAuthStore):
 
 
 def _auth(tmp_path: Path) -> AbstractStore:
-    store = _Alice(child("sqlite", tmp_path, "auth"), make_encoder(b"pepper", n=2))
-    store.add_user("alice", "pw")
+    inner = child("sqlite", tmp_path, "auth")
+    store = _Alice(inner, make_encoder(b"pepper", n=2))
+    with inner:  # user tools need the user store connected
+        store.add_user("alice", "pw")
     return store
 
 

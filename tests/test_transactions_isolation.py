@@ -63,7 +63,8 @@ def cached(kind: str, tmp_path: Path) -> AbstractStore:
 
 def authorizing(kind: str, tmp_path: Path) -> AbstractStore:
     inner = backend(kind, tmp_path, "auth")
-    SimpleAuthStore(inner, FAST).add_user("alice", ALICE["password"])
+    with inner:  # user tools need the user store connected
+        SimpleAuthStore(inner, FAST).add_user("alice", ALICE["password"])
     return SimpleAuthStore(inner, FAST)
 
 
