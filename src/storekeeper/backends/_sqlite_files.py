@@ -39,6 +39,8 @@ import re
 import time
 import weakref
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from storekeeper import files
 from storekeeper.backends._fs_records import SharedFile, open_stream
@@ -50,8 +52,12 @@ __all__ = [
     "FILE_PREFIX",
     "ChunkHolds",
     "DatabaseFile",
+    "FileLog",
+    "FileMarks",
+    "StoredFile",
     "ValueFiles",
     "file_value",
+    "fixed_chunks",
     "is_file_ref",
     "table_directory",
 ]
@@ -82,6 +88,13 @@ def table_directory(table: str) -> str:
     if _PLAIN_TABLE.fullmatch(folded) and folded.strip(".") == folded:
         return folded
     return "~" + hashlib.sha256(folded.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+class StoredFile(NamedTuple):
+    """A value file written for a row: its reference (``file:<name>``) and size."""
+
+    ref: str
+    size: int
 
 
 class ValueFiles:
@@ -115,7 +128,7 @@ class ValueFiles:
         """The file of *ref* (``file:<name>``)."""
         return os.path.join(self.directory, ref[len(FILE_PREFIX) :])
 
-    def write(self, chunks: Iterable[bytes]) -> tuple[str, int]:
+    def write(self, chunks: Iterable[bytes]) -> StoredFile:
         """Store *chunks* in a new file, durably; return its reference and size.
 
         An error raised by *chunks* itself propagates as it is; a failure to write
@@ -145,7 +158,7 @@ class ValueFiles:
             if source_failed:
                 raise
             raise BackendError(f"cannot write a value file in {self.directory!r}: {exc}") from exc
-        return FILE_PREFIX + name, size
+        return StoredFile(FILE_PREFIX + name, size)
 
     def open_shared(self, ref: str) -> SharedFile:
         """*ref*'s file, held open for a value and its streams (:func:`file_value`).
@@ -207,6 +220,50 @@ def file_value(
         metadata_json=metadata_json,
         range_opener=lambda lo, hi: open_stream(shared, lo, size if hi is None else hi),
     )
+
+
+class FileMarks(NamedTuple):
+    """How many files a :class:`FileLog` had listed when a savepoint was opened."""
+
+    created: int
+    obsolete: int
+
+
+@dataclass
+class FileLog:
+    """What a transaction wrote that matters once it ends: the value files it created
+    and made obsolete, in order, and the bytes of data it wrote into rows (``inline``;
+    a large total has its pages copied into the database by the checkpointer)."""
+
+    created: list[str] = field(default_factory=list)
+    obsolete: list[str] = field(default_factory=list)
+    inline: int = 0
+
+    def marks(self) -> FileMarks:
+        """Where the lists end now (for :meth:`rewind`)."""
+        return FileMarks(len(self.created), len(self.obsolete))
+
+    def rewind(self, marks: FileMarks) -> list[str]:
+        """Forget what followed *marks*; return the files created since (to remove)."""
+        dropped = self.created[marks.created :]
+        del self.created[marks.created :]
+        del self.obsolete[marks.obsolete :]
+        return dropped
+
+
+def fixed_chunks(stream: Iterable[bytes], size: int) -> Iterator[bytes]:
+    """Re-cut *stream* into chunks of exactly *size* bytes (the last may be shorter),
+    as an in-memory database's chunk sets are stored."""
+    pending = b""
+    for piece in stream:
+        view = memoryview(pending + piece if pending else piece)
+        offset = 0
+        while len(view) - offset >= size:
+            yield bytes(view[offset : offset + size])
+            offset += size
+        pending = bytes(view[offset:])
+    if pending:
+        yield pending
 
 
 def _listing(directory: str) -> Iterator[str]:

@@ -88,12 +88,11 @@ class Schema:
             f"SELECT metadata, created, modified, {_VERSION}, size, blob, data "
             f"FROM {self.main} WHERE key=?"
         )
-        self.select_state = f"SELECT {_VERSION}, created, blob FROM {self.main} WHERE key=?"
-        self.select_data = f"SELECT data, {_VERSION} FROM {self.main} WHERE key=?"
+        self.select_state = f"SELECT metadata, {_VERSION}, blob FROM {self.main} WHERE key=?"
+        self.select_data = f"SELECT data FROM {self.main} WHERE key=?"
         self.select_metadata = f"SELECT metadata FROM {self.main} WHERE key=?"
         self.select_exists = f"SELECT 1 FROM {self.main} WHERE key=?"
         self.upsert = self._upsert("?, ?, ?, ?, ?, ?, ?, ?")
-        self.select_for_update = f"SELECT metadata, {_VERSION}, blob FROM {self.main} WHERE key=?"
         self.update_metadata = (
             f"UPDATE {self.main} SET metadata=?, modified=?, version=? WHERE key=?"
         )
