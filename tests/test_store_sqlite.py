@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import sqlite3
 from pathlib import Path
@@ -408,3 +409,29 @@ def test_an_index_rolled_back_with_its_transaction_is_created_again(tmp_path: Pa
         assert indexes(store) == 0
         store.set("c", (b"", {"year": 2, "month": 2}))
         assert indexes(store) == 2
+
+
+def _child_calls(
+    store: SqliteStore,
+    parent_conn: sqlite3.Connection,
+    result: multiprocessing.Queue,  # type: ignore[type-arg]
+) -> None:
+    # The store came through fork with this thread's connection of the parent in it.
+    own = store._conn() is not parent_conn
+    store.set("child", (b"from the child", {}))
+    result.put((own, store.to_bytes("parent")))
+
+
+def test_a_forked_child_opens_connections_of_its_own(tmp_path: Path) -> None:
+    with SqliteStore(tmp_path / "f.db") as store:
+        store.set("parent", (b"from the parent", {}))
+        parent_conn = store._conn()
+        context = multiprocessing.get_context("fork")
+        result = context.Queue()
+        child = context.Process(target=_child_calls, args=(store, parent_conn, result))
+        child.start()
+        assert result.get(timeout=60) == (True, b"from the parent")
+        child.join(60)
+        assert child.exitcode == 0
+        assert store._conn() is parent_conn
+        assert store.to_bytes("child") == b"from the child"

@@ -40,6 +40,14 @@ in-memory database): see :meth:`SqliteStore.from_url`.
 - **Deleted data**: freed pages are zeroed only where that costs no extra writes
   (``PRAGMA secure_delete=FAST``), unlike builds that zero every freed page and so
   write a large value again to delete it; ``secure_delete=True`` zeroes everything.
+
+Where each part lives: this module holds the store's API (argument checks, events,
+progress, quick paths); ``_sqlite_connections`` the connections, the transaction
+connection pool, the in-memory lock and the commit; ``_sqlite_reads`` and
+``_sqlite_writes`` the statements' use; ``_sqlite_transactions`` transactions and what
+their outcome settles; ``_sqlite_schema`` the SQL text and query compilation;
+``_sqlite_indexes`` the expression indexes; ``_sqlite_files`` value files, chunk sets
+and the database file watch; ``_sqlite_checkpoint`` the background checkpoints.
 """
 
 from __future__ import annotations
