@@ -214,8 +214,13 @@ class Connections:
             with self.using() as conn:
                 row: tuple[object, ...] | None = conn.execute(sql, params).fetchone()
                 return row
-        try:  # a file database's reads take no lock: the plain path, inlined
-            row = self.conn().execute(sql, params).fetchone()
+        # A file database's reads take no lock: Using's work, without its object.
+        try:
+            conn = self.conn()
+        except sqlite3.Error as exc:
+            raise backend_error(exc, "connecting") from exc
+        try:
+            row = conn.execute(sql, params).fetchone()
         except sqlite3.Error as exc:
             raise backend_error(exc, "running a statement") from exc
         except UnicodeEncodeError as exc:
