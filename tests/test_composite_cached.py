@@ -54,6 +54,17 @@ class _CachedConformance(StoreTests):
     def process_opener(self, tmp_path: Path) -> Opener | None:
         return None if self.kind == "memory" else same_store(self, tmp_path)
 
+    # Raw access through the source, the store of record.
+    def raw_write(
+        self, store: AbstractStore, key: str, data: bytes, metadata: dict[str, Any]
+    ) -> None:
+        assert isinstance(store, CachedStore) and isinstance(store.source, AbstractStore)
+        store.source.set(key, (data, metadata))
+
+    def raw_read(self, store: AbstractStore, key: str) -> tuple[bytes, dict[str, Any]]:
+        assert isinstance(store, CachedStore)
+        return store.source.to_bytes(key), store.source.get_metadata(key)
+
 
 class TestCachedOverMemory(_CachedConformance):
     kind = "memory"

@@ -72,9 +72,9 @@ from storekeeper.backends._fs_transactions import Staging, commit_staging, remov
 from storekeeper.errors import (
     BackendError,
     CorruptFileError,
+    FileSystemStoreError,
     InvalidURLError,
     NotConnectedError,
-    StorekeeperError,
     TransactionError,
 )
 from storekeeper.events import BaseEventManager
@@ -110,6 +110,8 @@ from storekeeper.store.events import (
 )
 from storekeeper.store.value import Value
 
+# FileSystemStoreError is defined in storekeeper.errors (with the whole error tree) and
+# stays importable from here.
 __all__ = ["FileSystemStore", "FileSystemStoreError", "init_shared_store"]
 
 _MAGIC_CONTENT = b"storekeeper FileSystemStore\n__version__ = 1\n"
@@ -139,13 +141,6 @@ def _url_directory(parts: SplitResult) -> str:
     if not path:
         raise InvalidURLError(f"a file: URL needs a directory: write {_URL_FORMS}")
     return os.path.abspath(path)
-
-
-class FileSystemStoreError(StorekeeperError, FileNotFoundError):
-    """The store's directory or its magic file does not exist (it is not a store).
-
-    A :class:`FileNotFoundError`, so ``except FileNotFoundError`` / ``OSError`` work.
-    """
 
 
 def init_shared_store(path: str | os.PathLike[str], magic_fname: str = ".FSStore") -> None:

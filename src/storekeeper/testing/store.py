@@ -11,7 +11,10 @@ What applies is decided by the store's declared ``capabilities``
 (:class:`~storekeeper.store.StoreCapabilities`): a ``persistent`` store must survive
 :meth:`StoreTests.reopen_store`, and a ``cross_process`` one the multi-process checks,
 for which the test class names how another process opens it
-(:meth:`~storekeeper.testing.crossprocess.CrossProcessTests.store_url`).
+(:meth:`~storekeeper.testing.crossprocess.CrossProcessTests.store_url`). The raw
+hooks (:meth:`~storekeeper.testing.raw.RawStorageTests.raw_read` and ``raw_write``)
+read and write around the store, so that a bug symmetric in ``set`` and ``get``
+cannot pass.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ from storekeeper.testing.crossprocess import CrossProcessTests
 from storekeeper.testing.events import EventConformance
 from storekeeper.testing.isolation import IsolationTests
 from storekeeper.testing.model import ModelTests
+from storekeeper.testing.raw import RawStorageTests
 from storekeeper.testing.strict import StrictInputTests
 from storekeeper.testing.versions import ValueVersionTests
 
@@ -152,6 +156,7 @@ class StoreTests(
     ValueVersionTests,
     StrictInputTests,
     ModelTests,
+    RawStorageTests,
     abc.ABC,
 ):
     """Conformance tests for a writable store; subclass and implement ``create_store``."""
