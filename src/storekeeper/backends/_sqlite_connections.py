@@ -34,7 +34,7 @@ from types import TracebackType
 from storekeeper.backends._sqlite_checkpoint import Checkpointer
 from storekeeper.backends._sqlite_files import DatabaseFile
 from storekeeper.errors import BackendError, InvalidKeyError, StorekeeperError, TransactionError
-from storekeeper.store.owners import Claim, OwnedVar
+from storekeeper.store.backend import Claim, OwnedVar
 
 __all__ = [
     "MEMORY",

@@ -43,9 +43,9 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from storekeeper import files
-from storekeeper.backends._fs_records import SharedFile, open_stream
 from storekeeper.errors import BackendError
-from storekeeper.store.abstract import new_version
+from storekeeper.files import SharedFile, open_stream
+from storekeeper.store.backend import new_version
 from storekeeper.store.value import StreamValue, Value
 
 __all__ = [

@@ -13,7 +13,7 @@ import sqlite3
 from collections.abc import Iterable
 
 from storekeeper.backends._sqlite_schema import Schema, json_path
-from storekeeper.store._validate import decode_metadata
+from storekeeper.store.backend import decode_metadata
 
 __all__ = ["Indexes"]
 

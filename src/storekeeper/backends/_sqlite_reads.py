@@ -21,9 +21,8 @@ from storekeeper.backends._sqlite_schema import (
     prefix_range,
 )
 from storekeeper.errors import BackendError, ConflictError
-from storekeeper.store._validate import Metadata, decode_metadata, pick_metadata
-from storekeeper.store.abstract import missing
-from storekeeper.store.query import QueryTerm, matches
+from storekeeper.store.backend import Metadata, decode_metadata, matches, missing, pick_metadata
+from storekeeper.store.query import QueryTerm
 from storekeeper.store.utils import BufferIteratorIO
 from storekeeper.store.value import BytesValue, StreamValue, Value
 

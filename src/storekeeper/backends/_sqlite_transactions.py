@@ -16,7 +16,7 @@ from storekeeper.backends._sqlite_checkpoint import Checkpointer
 from storekeeper.backends._sqlite_connections import Connections, translate
 from storekeeper.backends._sqlite_files import FileLog, FileMarks, ValueFiles, is_file_ref
 from storekeeper.backends._sqlite_indexes import Indexes
-from storekeeper.store.owners import OwnedVar
+from storekeeper.store.backend import OwnedVar
 
 __all__ = ["Savepoint", "Transactions"]
 

@@ -30,9 +30,11 @@ from storekeeper.backends._sqlite_files import (
 from storekeeper.backends._sqlite_indexes import Indexes
 from storekeeper.backends._sqlite_schema import Schema
 from storekeeper.backends._sqlite_transactions import Transactions
-from storekeeper.store._validate import Metadata, decode_metadata, encode_metadata
-from storekeeper.store.abstract import (
+from storekeeper.store.backend import (
+    Metadata,
     check_precondition,
+    decode_metadata,
+    encode_metadata,
     exists_conflict,
     missing,
     new_version,

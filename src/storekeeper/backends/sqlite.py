@@ -74,9 +74,11 @@ from storekeeper.backends._sqlite_writes import Writes, small_bytes, take
 from storekeeper.errors import InvalidURLError, TransactionError
 from storekeeper.events import BaseEventManager
 from storekeeper.store import urls
-from storekeeper.store._validate import (
+from storekeeper.store.abstract import AbstractStore
+from storekeeper.store.backend import (
     DEFAULT_BUFFER_SIZE,
     Metadata,
+    StoreCapabilities,
     check_buffer_size,
     check_key,
     check_pattern,
@@ -84,12 +86,14 @@ from storekeeper.store._validate import (
     check_write,
     encode_metadata,
     iter_source,
+    query_terms,
+    read_stream,
     select_metadata,
+    source_size,
+    split_pairs,
+    unpack_value,
 )
-from storekeeper.store.abstract import AbstractStore, split_pairs, unpack_value
 from storekeeper.store.events import StoreDeleteEvent, StoreSetEvent, StoreUpdateEvent
-from storekeeper.store.query import query_terms
-from storekeeper.store.utils import read_stream, source_size
 from storekeeper.store.value import Value
 
 __all__ = ["SqliteStore"]
@@ -220,6 +224,14 @@ class SqliteStore(AbstractStore):
         settings = urls.url_options(parts, _URL_OPTIONS)
         settings.update(options)
         return cls(_url_location(parts), **settings)
+
+    @property
+    def capabilities(self) -> StoreCapabilities:
+        """Every capability; an in-memory database is neither persistent nor shared
+        between processes."""
+        if self.location == MEMORY:
+            return StoreCapabilities.everything().but(cross_process=False, persistent=False)
+        return StoreCapabilities.everything()
 
     def info(self) -> dict[str, Any]:
         """Store description with ``location``, ``table``, ``index``, ``durable`` and
