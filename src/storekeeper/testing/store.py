@@ -55,6 +55,7 @@ from storekeeper.store import (
 from storekeeper.testing.crossprocess import CrossProcessTests
 from storekeeper.testing.events import EventConformance
 from storekeeper.testing.isolation import IsolationTests
+from storekeeper.testing.listing import ListingTests
 from storekeeper.testing.model import ModelTests
 from storekeeper.testing.strict import StrictInputTests
 from storekeeper.testing.versions import ValueVersionTests
@@ -146,6 +147,7 @@ class _FailingReader(io.RawIOBase):
 class StoreTests(
     EventConformance,
     IsolationTests,
+    ListingTests,
     CrossProcessTests,
     ValueVersionTests,
     StrictInputTests,
