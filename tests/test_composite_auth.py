@@ -79,6 +79,7 @@ class TestAuthOverMemory(_AuthConformance):
 
 class TestAuthOverFiles(_AuthConformance):
     kind = "file"
+    listing_streams = False
     persistent = True
 
 

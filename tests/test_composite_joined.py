@@ -49,6 +49,7 @@ class TestJoinedOverMemory(_JoinedConformance):
 
 class TestJoinedOverFiles(_JoinedConformance):
     kind = "file"
+    listing_streams = False
     persistent = True
 
 

@@ -41,6 +41,7 @@ def _store(tmp_path: Path, **options: object) -> FileSystemStore:
 
 class TestFileSystemStore(StoreTests):
     persistent = True
+    listing_streams = False
 
     def create_store(self, tmp_path: Path, event_manager: EventManager) -> FileSystemStore:
         return _store(tmp_path, event_manager=event_manager)
@@ -60,6 +61,7 @@ class TestFileSystemStoreDataFiles(StoreTests):
     """A tiny inline limit and no fsync: every value but the smallest uses a data file."""
 
     persistent = True
+    listing_streams = False
     large_value_size = 100_003
 
     def create_store(self, tmp_path: Path, event_manager: EventManager) -> FileSystemStore:

@@ -18,7 +18,14 @@ import hashlib
 import re
 from urllib.parse import unquote_to_bytes
 
-__all__ = ["MAX_ESCAPED_LENGTH", "decode_name", "encode_key", "is_hashed", "is_record_name"]
+__all__ = [
+    "MAX_ESCAPED_LENGTH",
+    "decode_name",
+    "encode_key",
+    "is_hashed",
+    "is_record_name",
+    "name_starts",
+]
 
 #: Longest escaped name kept as is; longer ones are hashed (file systems allow 255 bytes,
 #: and the store appends suffixes to names of staged and data files).
@@ -45,6 +52,17 @@ def encode_key(key: str) -> str:
     if len(name) > MAX_ESCAPED_LENGTH:
         return _HASH_PREFIX + hashlib.sha256(raw).hexdigest()
     return name
+
+
+def name_starts(prefix: str) -> tuple[str, ...]:
+    """How the names of the keys that start with *prefix* begin (any key; ``str.startswith``
+    takes the tuple): with *prefix* escaped byte by byte, as a hashed name, or as one of
+    the device names whose last letter :func:`encode_key` escapes. A name that begins so
+    may still hold another key: decode it to be sure.
+    """
+    escaped = "".join([_ESCAPES[byte] for byte in prefix.encode("utf-8", "surrogatepass")])
+    devices = [encode_key(name) for name in sorted(_RESERVED) if name.startswith(prefix)]
+    return (escaped, _HASH_PREFIX, *devices)
 
 
 def decode_name(name: str) -> str | None:
