@@ -72,6 +72,8 @@ def decode_name(name: str) -> str | None:
     """
     if name.startswith(_HASH_PREFIX):
         return None
+    if "%" not in name:
+        return name  # nothing escaped: the key is the name (every listing decodes names)
     return unquote_to_bytes(name).decode("utf-8", "surrogatepass")
 
 
