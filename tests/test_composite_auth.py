@@ -82,6 +82,7 @@ class TestAuthOverMemory(_AuthConformance):
 
 class TestAuthOverFiles(_AuthConformance):
     kind = "file"
+    listing_streams = False
     persistent = True
 
 

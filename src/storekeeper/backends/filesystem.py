@@ -56,6 +56,7 @@ from storekeeper.backends._fs_journal import (
     visible_keys,
     visible_records,
 )
+from storekeeper.backends._fs_listing import KeyLister
 from storekeeper.backends._fs_lock import StoreLock
 from storekeeper.backends._fs_names import decode_name, encode_key, is_hashed
 from storekeeper.backends._fs_records import (
@@ -108,6 +109,7 @@ from storekeeper.store.events import (
     StoreSetEvent,
     StoreUpdateEvent,
 )
+from storekeeper.store.listing import check_listing, fold_keys
 from storekeeper.store.value import Value
 
 # FileSystemStoreError is defined in storekeeper.errors (with the whole error tree) and
@@ -207,6 +209,7 @@ class FileSystemStore(AbstractStore):
         self._keys_prefix = self._keys + os.sep
         self._journal = os.path.join(self.path, JOURNAL_NAME)
         self._journal_reader = JournalReader(self.path)
+        self._lister = KeyLister(self._keys, self._on_damaged)
         self._lock: StoreLock | None = None
         # Seen only by the transaction's owner, not by tasks that inherit its context.
         self._staging_var: OwnedVar[Staging] = OwnedVar(f"storekeeper-fs-staging-{id(self):x}")
@@ -417,6 +420,21 @@ class FileSystemStore(AbstractStore):
         keys = [key for key in listed if key not in changes]
         keys.extend(key for key, record in changes.items() if record is not None)
         return keys
+
+    def list_keys(self, prefix: str = "", delimiter: str | None = None) -> Iterator[str]:
+        """Keys under *prefix* (see :meth:`AbstractReadOnlyStore.list_keys`) from file
+        names: one read of the directory, no record opened (a long key's hashed record
+        once per store object), the matching keys sorted in memory (see ``_fs_listing``)."""
+        check_listing(prefix, delimiter)
+        self._require_connection()
+        keys = self._lister.keys(prefix, self._journal_reader.pending())
+        staging = self._staging_var.get()
+        for key, record in staging.changes.items() if staging is not None else ():
+            if record is None:
+                keys.discard(key)
+            elif key.startswith(prefix):
+                keys.add(key)
+        return fold_keys(sorted(keys), prefix, delimiter)
 
     # -- writing ---------------------------------------------------------------------------
     def set(

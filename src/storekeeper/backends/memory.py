@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import SplitResult
@@ -49,6 +50,7 @@ from storekeeper.store.events import (
     StoreSetEvent,
     StoreUpdateEvent,
 )
+from storekeeper.store.listing import SortedKeys, check_listing, prefix_end, walk, with_changes
 from storekeeper.store.urls import url_options
 from storekeeper.store.value import BytesValue, Value
 
@@ -104,6 +106,7 @@ class DictMemoryStore(AbstractStore):
         self._lock = threading.RLock()
         self._turn = threading.Condition(self._lock)  # notified when a transaction ends
         self._transaction: _Transaction | None = None
+        self._index = SortedKeys(self._entries.keys)  # for list_keys; changed under _lock
 
     @classmethod
     def from_url(cls, url: SplitResult, **options: Any) -> DictMemoryStore:
@@ -217,6 +220,34 @@ class DictMemoryStore(AbstractStore):
         with self._lock:
             return list(self._visible())
 
+    def list_keys(self, prefix: str = "", delimiter: str | None = None) -> Iterator[str]:
+        """Keys under *prefix* (see :meth:`AbstractReadOnlyStore.list_keys`): a binary
+        search in a sorted list of the keys, then the keys listed.
+
+        The list is brought up to date when a listing needs it, at a cost that grows
+        with the keys added or deleted since the last listing (see
+        :class:`~storekeeper.store.listing.SortedKeys`): nothing when there were none,
+        one sort of every key after a bulk load. A listing reads the keys as they were
+        when it was called.
+        """
+        check_listing(prefix, delimiter)
+        self._require_connection()
+        with self._lock:
+            keys = self._index.snapshot()
+            transaction = self._transaction
+            changes = None
+            if transaction is not None and transaction.changes and transaction.claim.is_mine():
+                changes = {key: entry is not None for key, entry in transaction.changes.items()}
+        end = prefix_end(prefix)
+
+        def keys_from(low: str) -> Iterator[str]:
+            stop = len(keys) if end is None else bisect_left(keys, end)
+            return map(keys.__getitem__, range(bisect_left(keys, low), stop))
+
+        return walk(
+            keys_from if changes is None else with_changes(keys_from, changes), prefix, delimiter
+        )
+
     # -- writes ------------------------------------------------------------------------
     def set(
         self,
@@ -295,6 +326,7 @@ class DictMemoryStore(AbstractStore):
             check_precondition(key, old.version, if_version, None)
             if transaction is None:
                 del self._entries[key]
+                self._index.discard(key)
             else:
                 transaction.record(key, None)
         self._emit_change(StoreDeleteEvent, key, old.metadata_json)
@@ -326,6 +358,8 @@ class DictMemoryStore(AbstractStore):
             )
             if transaction is None:
                 self._entries[key] = entry
+                if old is None:
+                    self._index.add(key)
             else:
                 transaction.record(key, entry)
         self._emit_change(event, key, entry.metadata_json)
@@ -363,8 +397,11 @@ class DictMemoryStore(AbstractStore):
         with self._lock:
             for key, entry in self._own_transaction().changes.items():
                 if entry is None:
-                    self._entries.pop(key, None)
+                    if self._entries.pop(key, None) is not None:
+                        self._index.discard(key)
                 else:
+                    if key not in self._entries:
+                        self._index.add(key)
                     self._entries[key] = entry
             self._end()
 

@@ -67,6 +67,7 @@ from storekeeper.backends._sqlite_files import (
     file_value,
     is_file_ref,
 )
+from storekeeper.backends._sqlite_listing import key_range
 from storekeeper.backends._sqlite_schema import (
     Schema,
     begin_without_waiting,
@@ -113,6 +114,7 @@ from storekeeper.store.abstract import (
 )
 from storekeeper.store.capabilities import StoreCapabilities
 from storekeeper.store.events import StoreDeleteEvent, StoreSetEvent, StoreUpdateEvent
+from storekeeper.store.listing import check_listing, prefix_end, walk
 from storekeeper.store.owners import Claim, OwnedVar
 from storekeeper.store.query import matches, query_terms
 from storekeeper.store.utils import BufferIteratorIO, read_stream, source_size
@@ -550,6 +552,15 @@ class SqliteStore(AbstractStore):
         with self._using() as conn:
             rows = conn.execute(self._schema.select_query(where, with_metadata=False), params)
             return [key for (key,) in rows if fnmatch.fnmatchcase(key, pattern)]
+
+    def list_keys(self, prefix: str = "", delimiter: str | None = None) -> Iterator[str]:
+        """Keys under *prefix* (see :meth:`AbstractReadOnlyStore.list_keys`): a scan of
+        the prefix's range of the key index, read in pages as the listing is consumed;
+        a folder's keys are jumped over, not read."""
+        check_listing(prefix, delimiter)
+        self._require_connection()
+        end, table = prefix_end(prefix), self._schema.main
+        return walk(lambda low: key_range(self._using, table, low, end), prefix, delimiter)
 
     def _chunk_stream(
         self, key: str, blob: str, size: int, start: int, end: int | None, hold: object

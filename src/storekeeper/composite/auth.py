@@ -24,7 +24,7 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -56,6 +56,7 @@ from storekeeper.store.abstract import (
     missing,
 )
 from storekeeper.store.events import StoreModificationEvent, StoreProgressEvent
+from storekeeper.store.listing import check_listing, filter_listing
 from storekeeper.store.query import pass_terms, query_terms
 from storekeeper.store.utils import read_stream
 from storekeeper.store.value import BytesValue, StreamValue, Value
@@ -413,6 +414,14 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
             if need in allowed:
                 results.append((key, metadata))
         return results
+
+    def list_keys(self, prefix: str = "", delimiter: str | None = None) -> Iterator[str]:
+        """The keys under *prefix* the user may see, and the folders holding one (see
+        :meth:`AbstractReadOnlyStore.list_keys`): the wrapped store's listing, with each
+        key's permissions read as it is listed (as :meth:`exists` reads them)."""
+        check_listing(prefix, delimiter)
+        self._current()
+        return filter_listing(self._data.list_keys, self.exists, prefix, delimiter)
 
     # -- writes ------------------------------------------------------------------------------
     def _guarded(

@@ -279,6 +279,11 @@ class CachedStore(CompositeStore):
         self._require_connection()
         return self.source.glob(check_pattern(pattern))
 
+    def list_keys(self, prefix: str = "", delimiter: str | None = None) -> Iterator[str]:
+        """The source's listing (see :meth:`AbstractReadOnlyStore.list_keys`)."""
+        self._require_connection()
+        return self.source.list_keys(prefix, delimiter)
+
     def _cached(self, key: str) -> Value | None:
         try:
             return self.cache.get(key)

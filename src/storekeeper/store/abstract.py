@@ -24,7 +24,7 @@ import abc
 import contextvars
 import fnmatch
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import IO, Any, Protocol, Self, runtime_checkable
 
@@ -64,6 +64,7 @@ from storekeeper.store.events import (
     StoreSetEvent,
     StoreUpdateEvent,
 )
+from storekeeper.store.listing import check_listing, fold_keys
 from storekeeper.store.mapping import StoreMapping
 from storekeeper.store.utils import (
     SimpleTransactionContext,
@@ -257,6 +258,28 @@ class AbstractReadOnlyStore(abc.ABC):
         pattern that is not a ``str`` raises :class:`~storekeeper.errors.InvalidArgumentError`."""
         check_pattern(pattern)
         return [key for key in self.query_keys() if fnmatch.fnmatchcase(key, pattern)]
+
+    def list_keys(self, prefix: str = "", delimiter: str | None = None) -> Iterator[str]:
+        """An iterator over the keys that start with *prefix*, in key order (code-point
+        order, as Python sorts ``str``).
+
+        With a *delimiter*, a key holding the delimiter after the prefix is listed as
+        its *folder* (the key up to and including that first delimiter), each folder
+        once, in its place in the order: ``list_keys("a/", "/")`` lists one level, as
+        object stores do. The listing sees the caller's own transaction's writes, as
+        :meth:`get` does; it is not a snapshot: a key that exists throughout is listed
+        once, one added or deleted meanwhile may be listed or not. The arguments are
+        checked when it is called: :class:`~storekeeper.errors.InvalidArgumentError`
+        for a *prefix* that is not a ``str`` or a *delimiter* that is not ``None`` or
+        a non-empty ``str``, :class:`~storekeeper.errors.InvalidKeyError` for a lone
+        surrogate in either (no key holds one).
+
+        Default: sorts the matching keys of :meth:`query_keys` (every key is read);
+        backends override it with a scan of the prefix's range that yields as it reads.
+        """
+        check_listing(prefix, delimiter)
+        keys = sorted(key for key in self.query_keys() if key.startswith(prefix))
+        return fold_keys(keys, prefix, delimiter)
 
     def to_bytes(self, key: str, buffer_size: int = DEFAULT_BUFFER_SIZE) -> bytes:
         """*key*'s data as ``bytes`` (read in chunks of *buffer_size*).

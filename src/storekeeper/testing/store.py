@@ -60,6 +60,7 @@ from storekeeper.store import (
 from storekeeper.testing.crossprocess import CrossProcessTests
 from storekeeper.testing.events import EventConformance
 from storekeeper.testing.isolation import IsolationTests
+from storekeeper.testing.listing import ListingTests
 from storekeeper.testing.model import ModelTests
 from storekeeper.testing.raw import RawStorageTests
 from storekeeper.testing.strict import StrictInputTests
@@ -152,6 +153,7 @@ class _FailingReader(io.RawIOBase):
 class StoreTests(
     EventConformance,
     IsolationTests,
+    ListingTests,
     CrossProcessTests,
     ValueVersionTests,
     StrictInputTests,
