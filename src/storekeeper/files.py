@@ -9,8 +9,8 @@ file is removed on any failure.
 ``flock``: the kernel releases it when the holder dies, so a crashed holder never blocks
 others. The lock file also records its owner (pid, host, process start time) for
 diagnostics; :meth:`FileLock.owner` reads it and :func:`process_alive` tells a live
-owner from a dead one (checking the start time, so a reused pid is not mistaken for the
-original holder).
+owner from a dead one (checking the start time, so a process that reuses a dead
+holder's pid is not mistaken for it).
 """
 
 from __future__ import annotations

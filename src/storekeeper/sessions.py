@@ -11,7 +11,7 @@ saves and loads one opaque ``bytes`` checkpoint::
 
 :meth:`SessionStorage.save_checkpoint` writes ``session.next``, fsyncs it, keeps the
 current checkpoint as ``session.prev`` and renames ``session.next`` over ``session``, then
-fsyncs the directory. Unlike the original it never swallows an error: a failed write,
+fsyncs the directory. It never swallows an error: a failed write,
 fsync or rename raises and the previous checkpoint stays intact. Each checkpoint file
 carries its length and a CRC-32, so a torn or corrupted ``session`` is detected on load,
 which then returns ``session.prev`` and logs a warning.

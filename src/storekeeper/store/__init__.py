@@ -24,7 +24,12 @@ from storekeeper.store.events import (
 )
 from storekeeper.store.mapping import StoreMapping
 from storekeeper.store.query import Equals, Exists, In, Prefix, QueryTerm, Range
-from storekeeper.store.registry import open_store, register_backend, registered_schemes
+from storekeeper.store.registry import (
+    open_read_only_store,
+    open_store,
+    register_backend,
+    registered_schemes,
+)
 from storekeeper.store.utils import (
     BufferIteratorIO,
     DummyTransactionContext,
@@ -68,6 +73,7 @@ __all__ = [
     "StringValue",
     "Value",
     "buffer_iterator",
+    "open_read_only_store",
     "open_store",
     "register_backend",
     "registered_schemes",

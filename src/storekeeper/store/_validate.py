@@ -39,7 +39,7 @@ __all__ = [
     "select_metadata",
 ]
 
-#: The seed's default chunk size for streaming reads and writes (1 MiB).
+#: The default chunk size for streaming reads and writes (1 MiB).
 DEFAULT_BUFFER_SIZE = 1048576
 
 Metadata = dict[str, Any]
@@ -297,7 +297,7 @@ def copy_metadata(metadata: object) -> Metadata:
 def select_metadata(metadata: Metadata, select: Iterable[str] | None) -> Metadata:
     """Return the entries of *metadata* named by *select* (all when ``None``).
 
-    Names in *select* that *metadata* lacks are omitted, as the seed documents. A
+    Names in *select* that *metadata* lacks are omitted (not reported as ``None``). A
     *select* that :func:`check_select` refuses raises :class:`InvalidArgumentError`.
     """
     return pick_metadata(metadata, check_select(select))
