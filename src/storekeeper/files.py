@@ -33,7 +33,15 @@ try:
 except ImportError:  # pragma: no cover - non-POSIX
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["FileLock", "atomic_write", "fsync_directory", "process_alive", "process_start_time"]
+__all__ = [
+    "FileLock",
+    "atomic_write",
+    "fsync",
+    "fsync_directory",
+    "process_alive",
+    "process_start_time",
+    "write_all",
+]
 
 _CHUNK = 1 << 20
 # Transient errors some filesystems (network, Windows sharing) report for a rename.
@@ -49,6 +57,13 @@ def _full_fsync(fd: int) -> None:
 # Fault-injection seams: tests replace these to simulate a full disk or failing fsync.
 _write = os.write
 _fsync = _full_fsync if hasattr(fcntl, "F_FULLFSYNC") else os.fsync
+
+
+def fsync(fd: int) -> None:
+    """Flush the file open as *fd* (data and metadata) to stable storage, also out of
+    the drive's cache on macOS. Raises ``OSError`` when the flush fails: the data may
+    then be lost on power loss, so callers must not report the write as durable."""
+    _fsync(fd)
 
 
 def fsync_directory(path: str | os.PathLike[str]) -> None:
@@ -73,11 +88,17 @@ def _chunks(data: object) -> Iterable[bytes]:
     raise InvalidValueError(f"cannot write {type(data).__name__}: give bytes, chunks or a file")
 
 
-def _write_all(fd: int, chunk: bytes) -> None:
-    view = memoryview(chunk)
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of *data* to the file open as *fd*, however many ``os.write`` calls it
+    takes; ``OSError`` (a full disk, ...) propagates with part of *data* written."""
+    view = memoryview(data)
     while view:
         written = _write(fd, view)
         view = view[written:]
+
+
+# The former private name, until every caller uses write_all.
+_write_all = write_all
 
 
 def atomic_write(
@@ -105,7 +126,7 @@ def atomic_write(
     try:
         try:
             for chunk in _chunks(data):
-                _write_all(fd, chunk)
+                write_all(fd, chunk)
             if mode is not None:
                 os.fchmod(fd, mode)
             if durable:

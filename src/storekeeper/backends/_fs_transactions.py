@@ -136,7 +136,7 @@ def _write_staged(path: str, content: bytes, *, durable: bool) -> None:
         stream.write(content)
         stream.flush()
         if durable:
-            files._fsync(stream.fileno())
+            files.fsync(stream.fileno())
 
 
 def remove_staged_files(root: str) -> None:
