@@ -168,9 +168,7 @@ class CompositeStore(AbstractStore):
         """Stop forwarding events and disconnect the children :meth:`connect` connected."""
         with self._connection_lock:
             self._connected = False
-            unwatch = getattr(self.event_manager, "unwatch", None)
-            if unwatch is not None:
-                unwatch(self._listeners_changed)
+            self.event_manager.unwatch(self._listeners_changed)
             self._unlisten()
             self._forwarding = True
             while self._connected_here:
@@ -194,20 +192,17 @@ class CompositeStore(AbstractStore):
     def _follow_listeners(self) -> None:
         """Listen to the children only while someone listens to this store.
 
-        A manager that can report changes of its listeners (``watch`` and
-        ``may_deliver``, as :class:`~storekeeper.events.EventManager`) has this store
-        subscribe to the children when the first listener that could receive a key
-        event connects, and unsubscribe when the last one disconnects; meanwhile the
+        A manager that reports changes of its listeners (its ``watch`` returns ``True``,
+        as :class:`~storekeeper.events.EventManager`'s does) has this store subscribe to
+        the children when the first listener that could receive a key event connects
+        (``may_deliver``), and unsubscribe when the last one disconnects; meanwhile the
         children's writes cost nothing here. Any other manager, or ``listens_always``:
         always subscribed.
         """
-        manager = self.event_manager
-        watch = getattr(manager, "watch", None)
-        if self.listens_always or watch is None or not hasattr(manager, "may_deliver"):
+        if self.listens_always or not self.event_manager.watch(self._listeners_changed):
             self._listen()
             self._forwarding = True
             return
-        watch(self._listeners_changed)
         self._listeners_changed()
 
     def _listeners_changed(self) -> None:
@@ -216,8 +211,7 @@ class CompositeStore(AbstractStore):
                 return  # our own (un)subscription, on a manager the children share
             self._adjusting = True
             try:
-                manager: Any = self.event_manager
-                needed = bool(manager.may_deliver(StoreKeyEvent, ignore=self._on_child_event))
+                needed = self.event_manager.may_deliver(StoreKeyEvent, ignore=self._on_child_event)
                 if needed and not self._listening:
                     self._listen()
                 elif not needed and self._listening:
@@ -248,12 +242,6 @@ class CompositeStore(AbstractStore):
         return {**super().info(), "children": [child.info() for child in self._children]}
 
     # -- helpers for subclasses --------------------------------------------------------------
-    def _child_index(self, store: object) -> int | None:
-        for index, child in enumerate(self._children):
-            if child is store:
-                return index
-        return None
-
     def _writer(self, index: int) -> AbstractStore:
         """Child *index* as a writable store, enlisted in the current transaction."""
         child = self._children[index]
@@ -292,21 +280,17 @@ class CompositeStore(AbstractStore):
         source = getattr(event, "source", None)
         if not self._connected:
             return
-        # A plain loop rather than all(...): this runs for every child write.
         for child in self._listened_children():
             if child is source:
                 break
         else:
             return
-        index = self._child_index(source)
-        assert index is not None
+        index = next(i for i, each in enumerate(self._children) if each is source)
         if isinstance(event, StoreProgressEvent):
             relayed = self._relay_progress(index, event)
             if relayed is not None:
                 self.event_manager.emit(relayed)
         elif isinstance(event, StoreModificationEvent):
-            if self.emits_own_events and self._quiet.get():
-                return
             translated = self._translate_change(index, event)
             if translated is not None:
                 self._deliver(translated)
