@@ -1,15 +1,47 @@
 """The shared conformance suite every store backend and composite must pass.
 
-Subclass :class:`StoreTests` in a test module and implement :meth:`StoreTests.create_store`;
-pytest then runs every documented behaviour of the store API against the backend::
+Subclass :class:`StoreTests` (also importable from :mod:`storekeeper.testing`) in a test
+module and implement :meth:`StoreTests.create_store`; pytest then runs every documented
+behaviour of the store API against the store::
 
     class TestMyStore(StoreTests):
         def create_store(self, tmp_path, event_manager):
             return MyStore(tmp_path / "db", event_manager=event_manager)
 
-Capability flags (class attributes) switch off what a backend cannot do, and
-:meth:`StoreTests.store_url` enables the multi-process tests for backends that are safe
-across processes.
+The tests here cover the store API itself: connection, get/set/delete and their
+multi-key forms, metadata select/update/query, ranges, glob, streaming, conditional
+writes, transactions and events. :class:`StoreTests` also mixes in:
+
+- :class:`~storekeeper.testing.events.EventConformance`: which events each write
+  emits, and when (after the commit; held back by a transaction);
+- :class:`~storekeeper.testing.isolation.IsolationTests`: transactions belong to one
+  thread or asyncio task, and read-modify-write transactions lose no update;
+- :class:`~storekeeper.testing.versions.ValueVersionTests`: a value or stream read
+  before an overwrite keeps its data, and concurrent readers see whole versions;
+- :class:`~storekeeper.testing.strict.StrictInputTests`: wrong argument types and
+  hostile keys, metadata and query values are refused before anything is written;
+- :class:`~storekeeper.testing.model.ModelTests`: a Hypothesis state machine comparing
+  the store with a dict (short in ``make test``, long in ``make soak``);
+- :class:`~storekeeper.testing.crossprocess.CrossProcessTests`: readers in other
+  processes never see half of a transaction, while a writer is frozen or killed.
+
+Hooks and settings a subclass may override:
+
+- :meth:`StoreTests.create_store` (required): a new, empty, unconnected store;
+- ``persistent = True`` with :meth:`StoreTests.reopen_store`: data survives a
+  disconnect and a new instance;
+- ``large_value_size`` and ``kept_value_size``: the sizes of the large-value checks;
+- :meth:`~storekeeper.testing.model.ModelTests.create_model_store` and
+  ``model_examples`` / ``model_steps`` (``soak_model_examples`` / ``soak_model_steps``):
+  the store and the length of the model runs;
+- :meth:`~storekeeper.testing.crossprocess.CrossProcessTests.store_url` or
+  :meth:`~storekeeper.testing.crossprocess.CrossProcessTests.process_opener`: how
+  another process opens the same data; without one (the default) the cross-process
+  checks are skipped.
+
+The fixtures ``store`` (connected, disconnected afterwards), ``event_manager`` (a fresh
+:class:`~storekeeper.events.EventManager` per test) and ``events`` (a recorder of the
+store events on it) are available to a subclass's own tests.
 """
 
 from __future__ import annotations
