@@ -96,7 +96,7 @@ def test_without_the_c_encoder_the_text_and_refusals_are_the_same(document: dict
                 encode_metadata(bad)
         loop: dict[str, Any] = {}
         loop["again"] = [loop]
-        with pytest.raises(InvalidMetadataError, match="(?i)circular"):
+        with pytest.raises(InvalidMetadataError, match=r"(?i)circular"):
             encode_metadata(loop)
 
 
