@@ -56,6 +56,9 @@ class _AliceStore(SimpleAuthStore):
 
 
 class _AuthConformance(StoreTests):
+    # The raw hooks come through the wrapped data store, which keeps permissions in the
+    # stored metadata: to be written with the SimpleAuthStore split.
+    raw_unavailable = "not implemented yet for SimpleAuthStore"
     kind = "memory"
 
     def create_store(self, tmp_path: Path, event_manager: EventManager) -> SimpleAuthStore:

@@ -35,6 +35,7 @@ from storekeeper.store import (
     Value,
 )
 from storekeeper.testing.children import child
+from storekeeper.testing.crossprocess import Opener, same_store
 from storekeeper.testing.model import ModelTests
 from storekeeper.testing.store import StoreTests
 
@@ -50,6 +51,20 @@ class _CachedConformance(StoreTests):
     def reopen_store(self, tmp_path: Path, event_manager: EventManager) -> CachedStore:
         return self.create_store(tmp_path, event_manager)
 
+    def process_opener(self, tmp_path: Path) -> Opener | None:
+        return None if self.kind == "memory" else same_store(self, tmp_path)
+
+    # Raw access through the source, the store of record.
+    def raw_write(
+        self, store: AbstractStore, key: str, data: bytes, metadata: dict[str, Any]
+    ) -> None:
+        assert isinstance(store, CachedStore) and isinstance(store.source, AbstractStore)
+        store.source.set(key, (data, metadata))
+
+    def raw_read(self, store: AbstractStore, key: str) -> tuple[bytes, dict[str, Any]]:
+        assert isinstance(store, CachedStore)
+        return store.source.to_bytes(key), store.source.get_metadata(key)
+
 
 class TestCachedOverMemory(_CachedConformance):
     kind = "memory"
@@ -62,12 +77,10 @@ class TestCachedImmutableOverMemory(_CachedConformance):
 
 class TestCachedOverFiles(_CachedConformance):
     kind = "file"
-    persistent = True
 
 
 class TestCachedOverSqlite(_CachedConformance):
     kind = "sqlite"
-    persistent = True
 
 
 class _ImmutableModel(ModelTests):

@@ -42,6 +42,23 @@ class _JoinedConformance(StoreTests):
     def process_opener(self, tmp_path: Path) -> Opener | None:
         return None if self.kind == "memory" else same_store(self, tmp_path)
 
+    # Raw access through the children: written to the bottom layer, read from the
+    # first layer that holds the key.
+    def raw_write(
+        self, store: AbstractStore, key: str, data: bytes, metadata: dict[str, Any]
+    ) -> None:
+        assert isinstance(store, JoinedStore)
+        bottom = store.stores[-1]
+        assert isinstance(bottom, AbstractStore)
+        bottom.set(key, (data, metadata))
+
+    def raw_read(self, store: AbstractStore, key: str) -> tuple[bytes, dict[str, Any]]:
+        assert isinstance(store, JoinedStore)
+        for layer in store.stores:
+            if layer.exists(key):
+                return layer.to_bytes(key), layer.get_metadata(key)
+        raise KeyError(key)
+
 
 class TestJoinedOverMemory(_JoinedConformance):
     kind = "memory"
@@ -49,12 +66,10 @@ class TestJoinedOverMemory(_JoinedConformance):
 
 class TestJoinedOverFiles(_JoinedConformance):
     kind = "file"
-    persistent = True
 
 
 class TestJoinedOverSqlite(_JoinedConformance):
     kind = "sqlite"
-    persistent = True
 
 
 # -- the joined store's own rules -----------------------------------------------------------

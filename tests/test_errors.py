@@ -26,6 +26,7 @@ BUILTIN_OF = {
     errors.UnknownSchemeError: ValueError,
     errors.UnknownFormatError: ValueError,
     errors.CorruptFileError: ValueError,
+    errors.FileSystemStoreError: FileNotFoundError,
     errors.LockTimeoutError: TimeoutError,
     errors.LockedStorageError: OSError,
 }

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import multiprocessing
 import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -24,10 +26,11 @@ from storekeeper.backends.filesystem import (
 from storekeeper.errors import ConflictError, CorruptFileError, NotConnectedError
 from storekeeper.events import EventManager
 from storekeeper.files import atomic_write
-from storekeeper.store import open_store
+from storekeeper.store import AbstractStore, open_store
 from storekeeper.testing.crossprocess import Opener, same_store
 from storekeeper.testing.model import SMALL_INLINE_LIMIT
 from storekeeper.testing.processes import cas_counter, create_only_race
+from storekeeper.testing.raw import read_in_new_process, write_in_new_process
 from storekeeper.testing.store import WEIRD_KEYS, StoreTests
 
 CONTEXT = multiprocessing.get_context("spawn")
@@ -39,9 +42,22 @@ def _store(tmp_path: Path, **options: object) -> FileSystemStore:
     return FileSystemStore(tmp_path / "store", **options)  # type: ignore[arg-type]
 
 
-class TestFileSystemStore(StoreTests):
-    persistent = True
+class _FileSystemRaw(StoreTests):
+    """Raw access: a fresh store object on the same directory, in another process."""
 
+    def raw_read(self, store: AbstractStore, key: str) -> tuple[bytes, dict[str, Any]]:
+        assert isinstance(store, FileSystemStore)
+        return read_in_new_process(functools.partial(FileSystemStore, store.path), key)
+
+    def raw_write(
+        self, store: AbstractStore, key: str, data: bytes, metadata: dict[str, Any]
+    ) -> None:
+        assert isinstance(store, FileSystemStore)
+        opener = functools.partial(FileSystemStore, store.path)
+        write_in_new_process(opener, key, data, metadata)
+
+
+class TestFileSystemStore(_FileSystemRaw):
     def create_store(self, tmp_path: Path, event_manager: EventManager) -> FileSystemStore:
         return _store(tmp_path, event_manager=event_manager)
 
@@ -56,10 +72,9 @@ class TestFileSystemStore(StoreTests):
         )
 
 
-class TestFileSystemStoreDataFiles(StoreTests):
+class TestFileSystemStoreDataFiles(_FileSystemRaw):
     """A tiny inline limit and no fsync: every value but the smallest uses a data file."""
 
-    persistent = True
     large_value_size = 100_003
 
     def create_store(self, tmp_path: Path, event_manager: EventManager) -> FileSystemStore:

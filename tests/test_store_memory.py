@@ -11,6 +11,8 @@ from storekeeper.testing.store import StoreTests
 
 
 class TestDictMemoryStore(StoreTests):
+    raw_unavailable = "a DictMemoryStore's values live only inside the store object"
+
     def create_store(self, tmp_path: Path, event_manager: EventManager) -> DictMemoryStore:
         return DictMemoryStore(event_manager=event_manager)
 

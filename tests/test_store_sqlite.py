@@ -5,21 +5,36 @@ from __future__ import annotations
 import os
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from storekeeper.backends.sqlite import SqliteStore
 from storekeeper.errors import ConflictError
 from storekeeper.events import EventManager
-from storekeeper.store import Range, open_store
+from storekeeper.store import AbstractStore, Range, open_store
 from storekeeper.store.events import StoreKeyEvent
+from storekeeper.testing.crossprocess import Opener, same_store
 from storekeeper.testing.model import SMALL_INLINE_LIMIT
+from storekeeper.testing.raw import sqlite_read, sqlite_write
 from storekeeper.testing.store import StoreTests
 
 
-class TestSqliteFileStore(StoreTests):
-    persistent = True
+class _SqliteRaw(StoreTests):
+    """Raw access: a plain sqlite3 connection on the store's table."""
 
+    def raw_read(self, store: AbstractStore, key: str) -> tuple[bytes, dict[str, Any]]:
+        assert isinstance(store, SqliteStore)
+        return sqlite_read(str(store.location), store.table, key)
+
+    def raw_write(
+        self, store: AbstractStore, key: str, data: bytes, metadata: dict[str, Any]
+    ) -> None:
+        assert isinstance(store, SqliteStore)
+        sqlite_write(str(store.location), store.table, key, data, metadata)
+
+
+class TestSqliteFileStore(_SqliteRaw):
     def create_store(self, tmp_path: Path, event_manager: EventManager) -> SqliteStore:
         return SqliteStore(tmp_path / "store.db", event_manager=event_manager)
 
@@ -38,10 +53,9 @@ class TestSqliteFileStore(StoreTests):
         )
 
 
-class TestSqliteChunkedStore(StoreTests):
+class TestSqliteChunkedStore(_SqliteRaw):
     """Tiny inline limit and chunks, so every code path of large values is exercised."""
 
-    persistent = True
     large_value_size = 100_003
 
     def create_store(self, tmp_path: Path, event_manager: EventManager) -> SqliteStore:
@@ -51,8 +65,13 @@ class TestSqliteChunkedStore(StoreTests):
 
     reopen_store = create_store
 
+    def process_opener(self, tmp_path: Path) -> Opener:
+        return same_store(self, tmp_path)
+
 
 class TestSqliteMemoryStore(StoreTests):
+    raw_unavailable = "an in-memory database exists only inside the store's connection"
+
     def create_store(self, tmp_path: Path, event_manager: EventManager) -> SqliteStore:
         return SqliteStore(event_manager=event_manager)
 

@@ -23,6 +23,7 @@ builtins (``except KeyError``) keeps working::
     │   └── UnknownSchemeError                  ``open_store`` got a URL scheme nobody handles
     ├── UnknownFormatError (ValueError)         ``atomic_store.open`` got a format it cannot use
     ├── CorruptFileError (ValueError)           a file exists but cannot be parsed
+    ├── FileSystemStoreError (FileNotFoundError)   a FileSystemStore's directory is not a store
     ├── LockTimeoutError (TimeoutError)         an inter-process lock was not acquired in time
     └── LockedStorageError (OSError)            session storage is locked by another writer
 
@@ -45,6 +46,7 @@ __all__ = [
     "BackendUnavailableError",
     "ConflictError",
     "CorruptFileError",
+    "FileSystemStoreError",
     "InvalidArgumentError",
     "InvalidKeyError",
     "InvalidMetadataError",
@@ -146,6 +148,14 @@ class UnknownFormatError(StorekeeperError, ValueError):
 
 class CorruptFileError(StorekeeperError, ValueError):
     """A file exists but its content cannot be parsed; the message names the file."""
+
+
+class FileSystemStoreError(StorekeeperError, FileNotFoundError):
+    """A :class:`~storekeeper.backends.FileSystemStore`'s directory or its magic file does
+    not exist (the directory is not a store).
+
+    A :class:`FileNotFoundError`, so ``except FileNotFoundError`` / ``OSError`` work.
+    """
 
 
 class LockTimeoutError(StorekeeperError, TimeoutError):

@@ -25,7 +25,9 @@ from storekeeper.backends._fs_records import (
 )
 from storekeeper.errors import CorruptFileError
 from storekeeper.files import fsync_directory
-from storekeeper.store.abstract import new_version
+from storekeeper.store.backend import (
+    new_version,
+)
 
 __all__ = ["Staging", "commit_staging", "remove_staged_files"]
 

@@ -10,6 +10,10 @@ transaction hooks (``_begin_transaction``, ``_commit_transaction``,
 ``_rollback_transaction``, ``_savepoint``, ``_rollback_to_savepoint``,
 ``_release_savepoint``) for backends that have transactions.
 
+Optional surfaces are declared here too: :attr:`AbstractReadOnlyStore.capabilities`
+(what a store promises beyond this contract) and :class:`VersionedStore` (``version_of``).
+The helpers a backend builds its methods from are in :mod:`storekeeper.store.backend`.
+
 Every operation on a store that is not connected raises
 :class:`~storekeeper.errors.NotConnectedError`; ``with store:`` connects and disconnects.
 """

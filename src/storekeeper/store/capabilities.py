@@ -49,6 +49,11 @@ class StoreCapabilities:
     persistent: bool = False
 
     @classmethod
+    def everything(cls) -> StoreCapabilities:
+        """Every flag true."""
+        return cls(**{field.name: True for field in dataclasses.fields(cls)})
+
+    @classmethod
     def all_of(cls, capabilities: Iterable[StoreCapabilities]) -> StoreCapabilities:
         """The promises that hold for a store built on all of *capabilities*: each flag
         is true only if it is true for every one of them (true for none given)."""

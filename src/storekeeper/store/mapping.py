@@ -37,8 +37,7 @@ class StoreMapping(MutableMapping[str, bytes]):
 
     def __init__(self, store: _ReadableStore) -> None:
         self.store = store
-        # Decided once: a store's class, and so whether it can write, does not change.
-        self._writer = store if isinstance(store, _WritableStore) else None
+        self._writer: _WritableStore | None = None
 
     def __getitem__(self, key: str) -> bytes:
         return self.store.to_bytes(key)
@@ -62,6 +61,10 @@ class StoreMapping(MutableMapping[str, bytes]):
         return f"<StoreMapping of {self.store!r}>"
 
     def _writable(self) -> _WritableStore:
+        # Looked up at the first write, then kept: a protocol check is slow, and the
+        # store's class (so whether it can write) does not change.
         if self._writer is None:
-            raise ReadOnlyStoreError(f"{type(self.store).__name__} is read-only")
+            if not isinstance(self.store, _WritableStore):
+                raise ReadOnlyStoreError(f"{type(self.store).__name__} is read-only")
+            self._writer = self.store
         return self._writer

@@ -23,21 +23,30 @@ writes, transactions and events. :class:`StoreTests` also mixes in:
 - :class:`~storekeeper.testing.model.ModelTests`: a Hypothesis state machine comparing
   the store with a dict (short in ``make test``, long in ``make soak``);
 - :class:`~storekeeper.testing.crossprocess.CrossProcessTests`: readers in other
-  processes never see half of a transaction, while a writer is frozen or killed.
+  processes never see half of a transaction, while a writer is frozen or killed;
+- :class:`~storekeeper.testing.raw.RawStorageTests`: what ``set`` writes is found in
+  the store's storage read without the store, and the other way round, so that a bug
+  symmetric in ``set`` and ``get`` cannot pass.
+
+What applies is decided by the store's declared ``capabilities``
+(:class:`~storekeeper.store.StoreCapabilities`): a ``persistent`` store must survive
+:meth:`StoreTests.reopen_store`, and a ``cross_process`` one the multi-process checks.
 
 Hooks and settings a subclass may override:
 
 - :meth:`StoreTests.create_store` (required): a new, empty, unconnected store;
-- ``persistent = True`` with :meth:`StoreTests.reopen_store`: data survives a
-  disconnect and a new instance;
+- :meth:`StoreTests.reopen_store` (required for a ``persistent`` store): a new
+  instance on the same data;
+- :meth:`~storekeeper.testing.raw.RawStorageTests.raw_write` and ``raw_read``
+  (required), or ``raw_unavailable`` set to the reason for a store with no storage
+  outside the store object;
+- :meth:`~storekeeper.testing.crossprocess.CrossProcessTests.store_url` or
+  :meth:`~storekeeper.testing.crossprocess.CrossProcessTests.process_opener`: how
+  another process opens the same data (for a ``cross_process`` store);
 - ``large_value_size`` and ``kept_value_size``: the sizes of the large-value checks;
 - :meth:`~storekeeper.testing.model.ModelTests.create_model_store` and
   ``model_examples`` / ``model_steps`` (``soak_model_examples`` / ``soak_model_steps``):
-  the store and the length of the model runs;
-- :meth:`~storekeeper.testing.crossprocess.CrossProcessTests.store_url` or
-  :meth:`~storekeeper.testing.crossprocess.CrossProcessTests.process_opener`: how
-  another process opens the same data; without one (the default) the cross-process
-  checks are skipped.
+  the store and the length of the model runs.
 
 The fixtures ``store`` (connected, disconnected afterwards), ``event_manager`` (a fresh
 :class:`~storekeeper.events.EventManager` per test) and ``events`` (a recorder of the
@@ -88,6 +97,7 @@ from storekeeper.testing.crossprocess import CrossProcessTests
 from storekeeper.testing.events import EventConformance
 from storekeeper.testing.isolation import IsolationTests
 from storekeeper.testing.model import ModelTests
+from storekeeper.testing.raw import RawStorageTests
 from storekeeper.testing.strict import StrictInputTests
 from storekeeper.testing.versions import ValueVersionTests
 
@@ -182,12 +192,11 @@ class StoreTests(
     ValueVersionTests,
     StrictInputTests,
     ModelTests,
+    RawStorageTests,
     abc.ABC,
 ):
     """Conformance tests for a writable store; subclass and implement ``create_store``."""
 
-    #: Data survives disconnect + a new instance (``reopen_store`` must be implemented).
-    persistent = False
     #: Size of the "large value" round trip; backends may raise it.
     large_value_size = 3 * 1024 * 1024 + 17
 
@@ -197,8 +206,9 @@ class StoreTests(
         """Return a new, empty, *unconnected* store using *event_manager*."""
 
     def reopen_store(self, tmp_path: Path, event_manager: EventManager) -> AbstractStore:
-        """Return a new unconnected instance on the same data (persistent backends)."""
-        raise TypeError(f"{type(self).__name__} sets persistent=True: define reopen_store")
+        """Return a new unconnected instance on the same data (for stores whose
+        capabilities declare ``persistent``)."""
+        raise TypeError(f"{type(self).__name__}: the store is persistent; define reopen_store")
 
     @pytest.fixture
     def event_manager(self) -> EventManager:
@@ -872,9 +882,9 @@ class StoreTests(
 
     # -- persistence -----------------------------------------------------------------------
     def test_data_survives_reopening(self, tmp_path: Path, event_manager: EventManager) -> None:
-        if not self.persistent:
-            pytest.skip(f"{type(self).__name__} keeps data in memory only (persistent=False)")
         with self.create_store(tmp_path, event_manager) as store:
+            if not store.capabilities.persistent:
+                pytest.skip("the store does not declare persistent")
             store.set("k", (b"durable", {"a": [1]}))
             version = store.get("k").version
         with self.reopen_store(tmp_path, event_manager) as again:
