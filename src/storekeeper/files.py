@@ -104,10 +104,6 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-# The former private name, until every caller uses write_all.
-_write_all = write_all
-
-
 def atomic_write(
     path: str | os.PathLike[str],
     data: object,
