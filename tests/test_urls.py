@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
+from urllib.parse import SplitResult
 
 import pytest
 
-from storekeeper import open_store
+from storekeeper import (
+    AbstractReadOnlyStore,
+    BytesValue,
+    Value,
+    open_read_only_store,
+    open_store,
+)
 from storekeeper.backends.filesystem import FileSystemStore, init_shared_store
 from storekeeper.backends.memory import DictMemoryStore
 from storekeeper.backends.sqlite import SqliteStore
-from storekeeper.errors import InvalidURLError, UnknownSchemeError
+from storekeeper.errors import InvalidURLError, ReadOnlyStoreError, UnknownSchemeError
+from storekeeper.store import registry
 
 
 @pytest.fixture
@@ -172,3 +183,86 @@ def test_memory_url_gives_a_new_empty_store() -> None:
         assert isinstance(first, DictMemoryStore) and isinstance(second, DictMemoryStore)
         first.set("k", (b"v", {}))
         assert second.query_keys() == []
+
+
+# -- the registry: two doors, entry points read on demand ---------------------------------------
+class _Shelf(AbstractReadOnlyStore):
+    """A read-only backend: one key, ``shelf``, holding the URL's path."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+
+    @classmethod
+    def from_url(cls, parts: SplitResult, **options: Any) -> _Shelf:
+        return cls(parts.path)
+
+    def get(self, key: str) -> Value:
+        if key != "shelf":
+            raise KeyError(key)
+        return BytesValue(self.path.encode())
+
+    def query(self, select: Any = None, *where: Any, **kwargs: Any) -> list[tuple[str, Any]]:
+        return [("shelf", {})]
+
+
+@pytest.fixture
+def fresh_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A private copy of the registry for a test that registers schemes."""
+    monkeypatch.setattr(registry, "_registry", dict(registry._registry))
+    monkeypatch.setattr(registry, "_entry_points_loaded", False)
+
+
+@pytest.mark.usefixtures("fresh_registry")
+def test_open_store_refuses_a_read_only_backend_and_names_the_other_door() -> None:
+    registry.register_backend("shelf", _Shelf)
+    with pytest.raises(ReadOnlyStoreError, match=r"open_read_only_store\(\)"):
+        open_store("shelf:books")
+    with open_read_only_store("shelf:books") as store:
+        assert isinstance(store, _Shelf) and store.is_connected()
+        assert store.to_bytes("shelf") == b"books"
+    with open_read_only_store("memory://") as writable:  # every backend opens there
+        assert isinstance(writable, DictMemoryStore) and writable.is_connected()
+
+
+@pytest.mark.usefixtures("fresh_registry")
+def test_entry_points_add_schemes_and_never_replace_built_in_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import importlib.metadata
+
+    read: list[str] = []
+
+    def entry_points(group: str) -> list[importlib.metadata.EntryPoint]:
+        read.append(group)
+        return [
+            importlib.metadata.EntryPoint("shelf", f"{__name__}:_Shelf", group),
+            importlib.metadata.EntryPoint("memory", f"{__name__}:_Shelf", group),
+        ]
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", entry_points)
+    with open_store("memory://") as memory:  # a built-in scheme: entry points not read
+        assert isinstance(memory, DictMemoryStore)
+    assert read == []
+    with open_read_only_store("shelf:x") as shelf:  # not built in: read once
+        assert isinstance(shelf, _Shelf)
+    with open_store("memory://") as memory, pytest.raises(UnknownSchemeError):
+        assert isinstance(memory, DictMemoryStore)
+        open_store("nobody://")
+    assert read == ["storekeeper.backends"]
+    assert "shelf" in registry.registered_schemes()
+
+
+def test_opening_built_in_schemes_does_not_import_importlib_metadata(tmp_path: Path) -> None:
+    code = (
+        "import sys, storekeeper\n"
+        "with storekeeper.open_store('memory://'), storekeeper.open_store('sqlite://'):\n"
+        "    pass\n"
+        "with storekeeper.open_store(sys.argv[1] + '?create=true'):\n"
+        "    pass\n"
+        "print('importlib.metadata' in sys.modules)\n"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code, tmp_path.as_uri()], capture_output=True, text=True, check=True
+    )
+    assert loaded.stdout.strip() == "False"

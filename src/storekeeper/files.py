@@ -9,8 +9,8 @@ file is removed on any failure.
 ``flock``: the kernel releases it when the holder dies, so a crashed holder never blocks
 others. The lock file also records its owner (pid, host, process start time) for
 diagnostics; :meth:`FileLock.owner` reads it and :func:`process_alive` tells a live
-owner from a dead one (checking the start time, so a reused pid is not mistaken for the
-original holder).
+owner from a dead one (checking the start time, so a process that reuses a dead
+holder's pid is not mistaken for it).
 
 :class:`SharedFile` and :func:`open_stream` read one open file from any number of
 streams at once (positional reads), for stores whose values stream from files.
@@ -102,10 +102,6 @@ def write_all(fd: int, data: bytes) -> None:
     while view:
         written = _write(fd, view)
         view = view[written:]
-
-
-# The former private name, until every caller uses write_all.
-_write_all = write_all
 
 
 def atomic_write(

@@ -12,7 +12,7 @@ import json.encoder
 import json.scanner
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from storekeeper.errors import (
     InvalidArgumentError,
@@ -39,7 +39,7 @@ __all__ = [
     "select_metadata",
 ]
 
-#: The seed's default chunk size for streaming reads and writes (1 MiB).
+#: The default chunk size for streaming reads and writes (1 MiB).
 DEFAULT_BUFFER_SIZE = 1048576
 
 Metadata = dict[str, Any]
@@ -47,16 +47,54 @@ Metadata = dict[str, Any]
 # (typeshed types the scanner's context loosely; json itself passes its decoder, as here.)
 _SCAN = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
 _ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-# The C encoder _ENCODER.encode builds on every call, built once. Without a markers dict
-# it does not look for cycles: a circular value ends in RecursionError instead (caught).
-_MAKE_ENCODER = getattr(json.encoder, "c_make_encoder", None)  # None without the C module
-_C_ENCODE: Callable[[object, int], Sequence[str]] | None = (
-    None
-    if _MAKE_ENCODER is None
-    else _MAKE_ENCODER(
-        None, _ENCODER.default, json.encoder.encode_basestring, None, ":", ",", False, False, False
-    )
-)
+_CEncoder = Callable[[object, int], Sequence[str]]
+
+
+def _build_c_encoder(make: object) -> _CEncoder | None:
+    """The C encoder that ``_ENCODER.encode`` builds on every call, built once by *make*
+    (``json.encoder.c_make_encoder``, a private API), or ``None`` to use ``_ENCODER``.
+
+    ``None`` when *make* is missing (no C module), refuses these arguments or encodes a
+    probe differently from ``_ENCODER`` (its signature changed): :func:`encode_metadata`
+    then takes the public path, which writes the same text. Without a markers dict the C
+    encoder does not look for cycles: a circular value ends in RecursionError (caught).
+    """
+    if not callable(make):
+        return None
+    probe = {"a": [1, -2.5, None, True, "\u00e9\n"], "b": {"c": ""}, "": ()}
+    try:  # json.encoder's order: markers, default, encoder, indent, key and item separators,
+        # sort_keys, skipkeys, allow_nan
+        encode = make(
+            None,
+            _ENCODER.default,
+            json.encoder.encode_basestring,
+            None,
+            ":",
+            ",",
+            False,
+            False,
+            False,
+        )
+        text = "".join(encode(probe, 0))
+    except Exception:  # noqa: BLE001 - any failure of a private API means: do without it
+        return None
+    if text != _ENCODER.encode(probe) or _accepts_nan(encode):
+        return None
+    return cast(_CEncoder, encode)
+
+
+def _accepts_nan(encode: _CEncoder) -> bool:
+    """Whether *encode* writes NaN (metadata must refuse it, as ``allow_nan=False`` does)."""
+    try:
+        encode({"a": float("nan")}, 0)
+    except ValueError:
+        return False
+    except Exception:  # noqa: BLE001 - a different failure is a changed API too
+        return True
+    return True
+
+
+_C_ENCODE = _build_c_encoder(getattr(json.encoder, "c_make_encoder", None))
 
 
 # Integers below this need no look at their size (json writes at most 4300 digits).
@@ -297,7 +335,7 @@ def copy_metadata(metadata: object) -> Metadata:
 def select_metadata(metadata: Metadata, select: Iterable[str] | None) -> Metadata:
     """Return the entries of *metadata* named by *select* (all when ``None``).
 
-    Names in *select* that *metadata* lacks are omitted, as the seed documents. A
+    Names in *select* that *metadata* lacks are omitted (not reported as ``None``). A
     *select* that :func:`check_select` refuses raises :class:`InvalidArgumentError`.
     """
     return pick_metadata(metadata, check_select(select))

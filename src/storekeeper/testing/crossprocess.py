@@ -269,7 +269,7 @@ class CrossProcessTests:
         (default: :func:`open_store` of :meth:`store_url`); ``None`` for a store that
         does not declare ``cross_process`` in its capabilities."""
         url = self.store_url(tmp_path)
-        return None if url is None else functools.partial(open_store, url)  # type: ignore[return-value]
+        return None if url is None else functools.partial(open_store, url)
 
     @pytest.mark.crash
     def test_transactions_are_atomic_for_readers_in_other_processes(self, tmp_path: Path) -> None:
