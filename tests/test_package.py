@@ -19,7 +19,8 @@ def test_import_does_not_load_backends_or_optional_dependencies() -> None:
     code = (
         "import sys, storekeeper; "
         "print(sorted(m for m in sys.modules if m.startswith(('storekeeper.backends', "
-        "'storekeeper.composite', 'rich', 'msgpack', 'sqlite3', 'importlib.metadata'))))"
+        "'storekeeper.composite', 'rich', 'msgpack', 'sqlite3', 'importlib.metadata', "
+        "'asyncio'))))"
     )
     loaded = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True

@@ -21,7 +21,7 @@ a call raises :class:`~storekeeper.errors.TransactionError` at once instead
 
 from __future__ import annotations
 
-import asyncio
+import sys
 import threading
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
@@ -32,17 +32,20 @@ from storekeeper.errors import TransactionError
 __all__ = ["Claim", "OwnedVar", "OwnerLock", "current_owner"]
 
 _T = TypeVar("_T")
-_get_running_loop = asyncio._get_running_loop  # public in asyncio.events.__all__; never raises
 _get_ident = threading.get_ident
 
 
 def current_owner() -> object:
     """The asyncio task running in this thread, or the thread when no task runs."""
-    loop = _get_running_loop()
-    if loop is not None:
-        task = asyncio.current_task(loop)
-        if task is not None:
-            return task
+    # No event loop can run before asyncio is imported, and importing it here would make
+    # every `import storekeeper` pay for it.
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is not None:
+        loop = asyncio._get_running_loop()  # in asyncio.events.__all__; never raises
+        if loop is not None:
+            task = asyncio.current_task(loop)
+            if task is not None:
+                return task
     return threading.current_thread()
 
 
