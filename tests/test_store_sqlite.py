@@ -51,6 +51,11 @@ class TestSqliteChunkedStore(StoreTests):
 
     reopen_store = create_store
 
+    def store_url(self, tmp_path: Path) -> str:
+        # Other processes open it with the same tiny limits: the cross-process check then
+        # reads and writes large values (chunks and value files) only.
+        return f"sqlite:///{tmp_path / 'store.db'}?inline_limit=4&chunk_size=7"
+
 
 class TestSqliteMemoryStore(StoreTests):
     def create_store(self, tmp_path: Path, event_manager: EventManager) -> SqliteStore:
