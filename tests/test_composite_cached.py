@@ -35,6 +35,7 @@ from storekeeper.store import (
     Value,
 )
 from storekeeper.testing.children import child
+from storekeeper.testing.crossprocess import Opener, same_store
 from storekeeper.testing.model import ModelTests
 from storekeeper.testing.store import StoreTests
 
@@ -49,6 +50,11 @@ class _CachedConformance(StoreTests):
 
     def reopen_store(self, tmp_path: Path, event_manager: EventManager) -> CachedStore:
         return self.create_store(tmp_path, event_manager)
+
+    def process_opener(self, tmp_path: Path) -> Opener | None:
+        # A reader process's fills write to the cache store, which a frozen writer
+        # process may hold locked: readers must keep answering all the same.
+        return None if self.kind == "memory" else same_store(self, tmp_path)
 
 
 class TestCachedOverMemory(_CachedConformance):
