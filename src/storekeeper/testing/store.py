@@ -58,6 +58,7 @@ from storekeeper.testing.isolation import IsolationTests
 from storekeeper.testing.model import ModelTests
 from storekeeper.testing.strict import StrictInputTests
 from storekeeper.testing.versions import ValueVersionTests
+from storekeeper.testing.waiting import NoWaitTests
 
 __all__ = ["WEIRD_KEYS", "StoreTests"]
 
@@ -150,6 +151,7 @@ class StoreTests(
     ValueVersionTests,
     StrictInputTests,
     ModelTests,
+    NoWaitTests,
     abc.ABC,
 ):
     """Conformance tests for a writable store; subclass and implement ``create_store``."""
