@@ -51,6 +51,7 @@ from storekeeper.store.events import (
     StoreUpdateEvent,
 )
 from storekeeper.store.listing import SortedKeys, check_listing, prefix_end, walk, with_changes
+from storekeeper.store.owners import busy, may_wait
 from storekeeper.store.urls import url_options
 from storekeeper.store.value import BytesValue, Value
 
@@ -368,8 +369,9 @@ class DictMemoryStore(AbstractStore):
     # -- transactions --------------------------------------------------------------------
     def _await_turn(self) -> _Transaction | None:
         """Before a write (lock held): the caller's own transaction, or ``None`` once no
-        transaction is open. Waits for another thread's transaction to end; another
-        task of this thread's transaction raises TransactionError (see owners.py)."""
+        transaction is open. Waits for another thread's transaction to end (or raises
+        ``busy`` where ``may_wait`` says not to); another task of this thread's
+        transaction raises TransactionError (see owners.py)."""
         while True:
             transaction = self._transaction
             if transaction is None:
@@ -379,6 +381,8 @@ class DictMemoryStore(AbstractStore):
                 return transaction
             if claim.blocks_here():
                 raise claim.refusal(self)
+            if not may_wait():
+                raise busy(self)
             self._turn.wait()
 
     def _own_transaction(self) -> _Transaction:

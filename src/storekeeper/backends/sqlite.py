@@ -115,7 +115,7 @@ from storekeeper.store.abstract import (
 from storekeeper.store.capabilities import StoreCapabilities
 from storekeeper.store.events import StoreDeleteEvent, StoreSetEvent, StoreUpdateEvent
 from storekeeper.store.listing import check_listing, prefix_end, walk
-from storekeeper.store.owners import Claim, OwnedVar
+from storekeeper.store.owners import Claim, OwnedVar, busy, may_wait
 from storekeeper.store.query import matches, query_terms
 from storekeeper.store.utils import BufferIteratorIO, read_stream, source_size
 from storekeeper.store.value import BytesValue, StreamValue, Value
@@ -1031,8 +1031,9 @@ class SqliteStore(AbstractStore):
     def _begin_transaction(self) -> None:
         self._require_connection()
         self._check_turn()
-        if self._serial is not None:
-            self._serial.acquire()
+        wait = may_wait()  # false: a transaction(wait=False) raises busy instead of waiting
+        if self._serial is not None and not self._serial.acquire(blocking=wait):
+            raise busy(self)
         lease = None
         try:
             self._check_turn()
@@ -1040,13 +1041,21 @@ class SqliteStore(AbstractStore):
                 if self._serial is None:
                     lease = self._lease()
                     self._leased.set(lease)
-                self._conn().execute("BEGIN IMMEDIATE")
+                self._begin_immediate(wait)
         except BaseException:
             self._end_transaction()
             raise
         # Only once the write lock is held: this clears it only before letting it go.
         self._holder = Claim.take()
         self._file_log.set(_FileLog())
+
+    def _begin_immediate(self, wait: bool) -> None:
+        """``BEGIN IMMEDIATE`` on the transaction's connection; without *wait*, ``busy``
+        at once if another connection holds the write lock."""
+        if wait:
+            self._conn().execute("BEGIN IMMEDIATE")
+        elif not begin_without_waiting(self._conn(), self.timeout):
+            raise busy(self)
 
     def _end_transaction(self) -> None:
         """Give back what the transaction held: its connection, the in-memory lock."""

@@ -337,9 +337,10 @@ class CompositeStore(AbstractStore):
         self.event_manager.emit(event)
 
     # -- transactions --------------------------------------------------------------------------
-    def transaction(self, notes: str = "") -> CompositeTransaction:
-        """A re-entrant transaction over the children written inside it (module docs)."""
-        return CompositeTransaction(self, notes)
+    def transaction(self, notes: str = "", *, wait: bool = True) -> CompositeTransaction:
+        """A re-entrant transaction over the children written inside it (module docs);
+        ``wait=False`` as for any store (no child waits for another writer's lock)."""
+        return CompositeTransaction(self, notes, wait=wait)
 
     def _open_child(self, state: _Enlistment, index: int) -> None:
         child = self._children[index]

@@ -417,13 +417,16 @@ class AbstractStore(AbstractReadOnlyStore):
         """As :meth:`AbstractReadOnlyStore.info`, with ``readonly`` false."""
         return {**super().info(), "readonly": False}
 
-    def transaction(self, notes: str = "") -> SimpleTransactionContext:
+    def transaction(self, notes: str = "", *, wait: bool = True) -> SimpleTransactionContext:
         """A re-entrant transaction context manager (see :class:`SimpleTransactionContext`).
 
         Writes in the block are applied together when the outermost block exits normally
         and rolled back if it raises; only the outermost block of a thread/task counts.
+        ``wait=False``: entering the block raises
+        :class:`~storekeeper.errors.LockTimeoutError` at once if another thread, task or
+        process holds the store's write lock, instead of waiting for it.
         """
-        return SimpleTransactionContext(self, notes)
+        return SimpleTransactionContext(self, notes, wait=wait)
 
     @abc.abstractmethod
     def set(

@@ -20,6 +20,7 @@ import logging
 import os
 import stat
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import nullcontext
 from types import TracebackType
 from typing import IO, Any, Protocol
 
@@ -34,6 +35,7 @@ from storekeeper.store.events import (
     StoreTransactionEndEvent,
     StoreTransactionStartEvent,
 )
+from storekeeper.store.owners import not_waiting
 
 _log = logging.getLogger(__name__)
 
@@ -277,11 +279,17 @@ class SimpleTransactionContext:
     emits :class:`StoreTransactionEndEvent` (``state`` ``'done'`` or ``'failed'``) and,
     after a commit, the modification events held back during the transaction.
     ``__enter__`` returns the context itself.
+
+    With ``wait=False`` the outermost ``__enter__`` raises
+    :class:`~storekeeper.errors.LockTimeoutError` at once, beginning nothing, where the
+    store would wait for another thread's, task's or process's write lock (see
+    :func:`storekeeper.store.owners.not_waiting`).
     """
 
-    def __init__(self, store: TransactionHost, notes: str = "") -> None:
+    def __init__(self, store: TransactionHost, notes: str = "", *, wait: bool = True) -> None:
         self.store = store
         self.notes = notes
+        self.wait = wait
 
     # -- hooks (override in subclasses, or implement on the store) ---------------------
     def begin(self) -> None:
@@ -301,7 +309,8 @@ class SimpleTransactionContext:
         state = self.store._transaction_state()
         if state is None:
             state = TransactionState(self.notes)
-            self.begin()
+            with nullcontext() if self.wait else not_waiting():
+                self.begin()
             self.store._set_transaction_state(state)
             state.depth = 1
             self.store.event_manager.emit(StoreTransactionStartEvent(self.store, notes=self.notes))

@@ -274,7 +274,7 @@ class CrossProcessTests:
     @pytest.mark.crash
     def test_transactions_are_atomic_for_readers_in_other_processes(self, tmp_path: Path) -> None:
         report = self._observe(tmp_path, writers=3, freezes=20)
-        assert report.problems == []
+        assert report.problems == [], report.problems
         assert report.freezes == 60 and report.kills == 3 and report.passes > 0
 
     @pytest.mark.soak
@@ -283,7 +283,7 @@ class CrossProcessTests:
         self, tmp_path: Path
     ) -> None:
         report = self._observe(tmp_path, writers=200, freezes=50)
-        assert report.problems == []
+        assert report.problems == [], report.problems
 
     def _observe(self, tmp_path: Path, *, writers: int, freezes: int) -> Observation:
         create_store = getattr(self, "create_store")  # noqa: B009 (StoreTests defines it)

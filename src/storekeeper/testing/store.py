@@ -101,6 +101,7 @@ from storekeeper.testing.model import ModelTests
 from storekeeper.testing.raw import RawStorageTests
 from storekeeper.testing.strict import StrictInputTests
 from storekeeper.testing.versions import ValueVersionTests
+from storekeeper.testing.waiting import NoWaitTests
 
 __all__ = ["WEIRD_KEYS", "StoreTests"]
 
@@ -195,6 +196,7 @@ class StoreTests(
     StrictInputTests,
     ModelTests,
     RawStorageTests,
+    NoWaitTests,
     abc.ABC,
 ):
     """Conformance tests for a writable store; subclass and implement ``create_store``."""
