@@ -84,7 +84,9 @@ from storekeeper.store._validate import (
     DEFAULT_BUFFER_SIZE,
     Metadata,
     check_key,
+    check_read,
     check_select,
+    check_types,
     check_write,
     decode_metadata,
     encode_metadata,
@@ -191,6 +193,10 @@ class FileSystemStore(AbstractStore):
         orphan_grace: float = 3600.0,
     ) -> None:
         super().__init__(event_manager)
+        check_types(bool, durable=durable)
+        check_types(int, inline_limit=inline_limit)
+        check_types(float, lock_timeout=lock_timeout, orphan_grace=orphan_grace)
+        check_types(str, magic_fname=magic_fname)
         self.path = os.path.abspath(os.fspath(path))
         self.magic_fname = magic_fname
         self.durable = durable
@@ -226,7 +232,7 @@ class FileSystemStore(AbstractStore):
         path = _url_directory(parts)
         if settings.pop("create", False):
             init_shared_store(path, settings.get("magic_fname", ".FSStore"))
-        return cls(path, **settings)
+        return urls.create(cls, parts, path, **settings)
 
     def info(self) -> dict[str, Any]:
         """Store description with ``path``, ``durable`` and, when connected,
@@ -367,6 +373,7 @@ class FileSystemStore(AbstractStore):
 
     def to_bytes(self, key: str, buffer_size: int = DEFAULT_BUFFER_SIZE) -> bytes:
         """*key*'s data as bytes (a small value costs one read of its record)."""
+        check_read(key, buffer_size)
         if self._progress_observed():
             return super().to_bytes(key, buffer_size)
         record = self._record(key, with_data=True)
@@ -419,7 +426,7 @@ class FileSystemStore(AbstractStore):
         if_exists: bool | None = None,
     ) -> str:
         """Replace *key*'s data and metadata (see :meth:`AbstractStore.set`)."""
-        check_write(key, if_version, if_exists)
+        check_write(key, if_version, if_exists, buffer_size)
         self._require_connection()
         source, metadata, owned = unpack_value(value)
         try:
@@ -442,7 +449,7 @@ class FileSystemStore(AbstractStore):
         if_exists: bool | None = None,
     ) -> None:
         """Replace *key*'s data, keeping its metadata (``{}`` for a new key)."""
-        check_write(key, if_version, if_exists)
+        check_write(key, if_version, if_exists, buffer_size)
         self._require_connection()
         payload = self._ingest(key, data, buffer_size)
         self._write(key, payload, _kept_metadata, if_version, if_exists)

@@ -27,6 +27,7 @@ from storekeeper.store._validate import (
     DEFAULT_BUFFER_SIZE,
     Metadata,
     check_key,
+    check_read,
     check_select,
     check_write,
     decode_metadata,
@@ -49,7 +50,7 @@ from storekeeper.store.events import (
 )
 from storekeeper.store.owners import Claim
 from storekeeper.store.query import matches, query_terms
-from storekeeper.store.urls import url_options
+from storekeeper.store.urls import create, url_options
 from storekeeper.store.value import BytesValue, Value
 
 __all__ = ["DictMemoryStore"]
@@ -113,7 +114,7 @@ class DictMemoryStore(AbstractStore):
                 f"memory:// URLs have no host or path (got {url.geturl()!r}): each "
                 "open_store('memory://') is a new, empty store of its own"
             )
-        return cls(**options)
+        return create(cls, url, **options)
 
     def info(self) -> dict[str, Any]:
         """Store description; adds the number of keys."""
@@ -178,6 +179,7 @@ class DictMemoryStore(AbstractStore):
 
     def to_bytes(self, key: str, buffer_size: int = DEFAULT_BUFFER_SIZE) -> bytes:
         """*key*'s data (bytes are immutable, so no copy is made)."""
+        check_read(key, buffer_size)
         if self._progress_observed():
             return super().to_bytes(key, buffer_size)
         return self._entry(key).data
@@ -217,7 +219,7 @@ class DictMemoryStore(AbstractStore):
         if_exists: bool | None = None,
     ) -> str:
         """Replace *key*'s data and metadata (see :meth:`AbstractStore.set`)."""
-        check_write(key, if_version, if_exists)
+        check_write(key, if_version, if_exists, buffer_size)
         self._require_connection()
         source, metadata, owned = unpack_value(value)
         try:
@@ -238,7 +240,7 @@ class DictMemoryStore(AbstractStore):
         if_exists: bool | None = None,
     ) -> None:
         """Replace *key*'s data, keeping its metadata (``{}`` for a new key)."""
-        check_write(key, if_version, if_exists)
+        check_write(key, if_version, if_exists, buffer_size)
         self._require_connection()
         content = self._read_source(key, data, buffer_size)
         self._write(key, content, None, if_version, if_exists)

@@ -14,9 +14,10 @@ import importlib
 import threading
 from importlib.metadata import entry_points
 from typing import Any, NamedTuple, Protocol, cast
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import SplitResult
 
 from storekeeper.errors import InvalidURLError, MissingDependencyError, UnknownSchemeError
+from storekeeper.store import urls
 from storekeeper.store.abstract import AbstractReadOnlyStore
 
 __all__ = ["open_store", "register_backend", "registered_schemes"]
@@ -79,8 +80,10 @@ def open_store(url: str, **options: Any) -> AbstractReadOnlyStore:
 
     Options follow ``?``: ``sqlite:///app.db?durable=false&table=things``,
     ``file:///srv/store?create=true`` (each backend's ``from_url`` lists its own);
-    keyword *options* win over them. Raises :class:`InvalidURLError` for a malformed URL
-    or an unknown or invalid option (naming the valid ones),
+    keyword *options* win over them. Raises :class:`InvalidURLError` for a malformed URL,
+    an unknown URL option or an invalid option value (naming the valid ones),
+    :class:`~storekeeper.errors.InvalidArgumentError` for a keyword option the backend
+    does not take (naming the valid ones) or one of the wrong type,
     :class:`UnknownSchemeError` (an ``InvalidURLError``) for a scheme nobody handles and
     :class:`MissingDependencyError` (naming the extra to install) when the backend's
     dependency is missing. Use the result as a context manager to disconnect it.
@@ -88,7 +91,7 @@ def open_store(url: str, **options: Any) -> AbstractReadOnlyStore:
     if not isinstance(url, str):
         raise TypeError(f"a store URL is a str, not {type(url).__name__}")
     try:
-        parts = urlsplit(url)
+        parts = urls.split_url(url)
     except ValueError as exc:  # e.g. an unbalanced "[" where a host would be
         raise InvalidURLError(f"malformed store URL {url!r}: {exc}") from None
     if not parts.scheme:
