@@ -34,6 +34,7 @@ __all__ = [
     "DAMAGED_VERSION",
     "Record",
     "SharedFile",
+    "clear_damaged",
     "damaged_record",
     "is_damaged",
     "load_record",
@@ -105,14 +106,41 @@ def load_record(path: str, *, with_data: bool) -> Record | None:
         fd = os.open(path, _OPEN_FLAGS)
     except FileNotFoundError:
         return None
+    except IsADirectoryError:
+        raise _directory(path) from None
     try:
         blob = os.read(fd, _FIRST_READ)
         need = _needed(blob, path, with_data=with_data)
         if len(blob) < need:
             blob = _read_rest(fd, blob, need)
+    except IsADirectoryError:  # opening a directory read-only succeeds; reading fails
+        raise _directory(path) from None
     finally:
         os.close(fd)
     return _parse(blob, path, with_data=with_data)
+
+
+def _directory(path: str) -> CorruptFileError:
+    return CorruptFileError(f"{path!r} is a directory, not a storekeeper record file")
+
+
+def clear_damaged(path: str, key: str) -> None:
+    """Make way for a write that replaces or deletes the damaged record at *path*.
+
+    A file is simply replaced; a directory in its place is removed when it is empty
+    (nothing is lost), else :class:`CorruptFileError` asks for it to be moved away.
+    """
+    if os.path.islink(path) or not os.path.isdir(path):
+        return
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise CorruptFileError(
+            f"the record of key {key!r} is a directory that is not empty ({path!r}); "
+            "move it away to write the key"
+        ) from exc
 
 
 def _needed(blob: bytes, path: str, *, with_data: bool) -> int:
@@ -179,11 +207,27 @@ class SharedFile:
     the old data file is unlinked (POSIX semantics).
     """
 
-    __slots__ = ("__weakref__", "fd")
+    __slots__ = ("__weakref__", "fd", "owner")
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, owner: str = "") -> None:
         self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         weakref.finalize(self, os.close, self.fd)
+        #: What the data belongs to, for errors ("key 'x'"); the file's path by default.
+        self.owner = owner or repr(path)
+
+    def check_size(self, size: int) -> None:
+        """Raise :class:`CorruptFileError` if the file holds fewer than *size* bytes, the
+        size its record promises: a truncated data file is never read as short data."""
+        actual = os.fstat(self.fd).st_size
+        if actual < size:
+            raise self.truncated(size, actual)
+
+    def truncated(self, size: int, actual: int) -> CorruptFileError:
+        """The error of a data file found holding *actual* bytes of the *size* promised."""
+        return CorruptFileError(
+            f"the data file of {self.owner} is damaged (truncated): it ends after "
+            f"{actual} bytes where {size} were expected"
+        )
 
 
 class _PositionalReader(io.RawIOBase):
@@ -228,6 +272,8 @@ class _PositionalReader(io.RawIOBase):
             chunk = os.pread(self._fd(), want, self._position)
             count = len(chunk)
             view[:count] = chunk
+        if count == 0:
+            self._short_read()
         self._position += count
         return count
 
@@ -240,6 +286,8 @@ class _PositionalReader(io.RawIOBase):
         if size > _MAX_READ:
             return self.readall()
         chunk = os.pread(self._fd(), size, self._position)
+        if not chunk:
+            self._short_read()
         self._position += len(chunk)
         return chunk
 
@@ -252,6 +300,12 @@ class _PositionalReader(io.RawIOBase):
     def close(self) -> None:
         self._shared = None
         super().close()
+
+    def _short_read(self) -> None:
+        """The file ended before the range did: it was truncated after being opened."""
+        assert self._shared is not None  # _fd() just succeeded
+        size = os.fstat(self._shared.fd).st_size
+        raise self._shared.truncated(self._end, size)
 
     def _fd(self) -> int:
         if self._shared is None:
