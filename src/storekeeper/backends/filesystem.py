@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import SplitResult
 
-from storekeeper.backends._fs_errors import translated
+from storekeeper.backends._fs_errors import from_source, translated
 from storekeeper.backends._fs_journal import (
     JOURNAL_NAME,
     JournalReader,
@@ -614,7 +614,7 @@ class FileSystemStore(AbstractStore):
             if len(source) <= self.inline_limit:
                 return _Payload(source, None, len(source))
             return self._write_data_file(key, source)
-        chunks = iter_source(source, buffer_size)
+        chunks = from_source(iter_source(source, buffer_size))
         head: list[bytes] = []
         total = 0
         size, metadata = source_size(source), self._progress_metadata(metadata_json)
