@@ -20,7 +20,12 @@ from storekeeper import (
 from storekeeper.backends.filesystem import FileSystemStore, init_shared_store
 from storekeeper.backends.memory import DictMemoryStore
 from storekeeper.backends.sqlite import SqliteStore
-from storekeeper.errors import InvalidURLError, ReadOnlyStoreError, UnknownSchemeError
+from storekeeper.errors import (
+    InvalidArgumentError,
+    InvalidURLError,
+    ReadOnlyStoreError,
+    UnknownSchemeError,
+)
 from storekeeper.store import registry
 
 
@@ -266,3 +271,68 @@ def test_opening_built_in_schemes_does_not_import_importlib_metadata(tmp_path: P
         [sys.executable, "-c", code, tmp_path.as_uri()], capture_output=True, text=True, check=True
     )
     assert loaded.stdout.strip() == "False"
+
+
+# -- values the constructor refuses, keyword options, the single-slash form --------------------
+@pytest.mark.parametrize(
+    ("url", "named"),
+    [
+        ("sqlite:///x.db?chunk_size=0", "chunk_size"),
+        ("sqlite:///x.db?table=a%00b", "table name"),
+        ("sqlite:/x.db", "sqlite:////x.db"),
+        ("sqlite:/abs/x.db", "sqlite:///abs/x.db"),
+    ],
+)
+def test_values_the_store_refuses_are_invalid_url_errors(cwd: Path, url: str, named: str) -> None:
+    with pytest.raises(InvalidURLError) as caught:
+        open_store(url)
+    assert named in str(caught.value)
+    assert list(cwd.iterdir()) == []
+
+
+def test_keyword_options_are_checked_like_url_options(cwd: Path, tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgumentError, match=r"'durabel'.*valid options: .*durable"):
+        open_store("sqlite:///x.db", durabel=False)
+    with pytest.raises(InvalidArgumentError, match=r"'table'.*valid options: event_manager"):
+        open_store("memory://", table="t")
+    with pytest.raises(InvalidArgumentError, match="durable is bool, not str"):
+        open_store("sqlite:///x.db", durable="nope")
+    with pytest.raises(InvalidURLError, match="chunk_size"):
+        open_store("sqlite:///x.db", chunk_size=0)
+    init_shared_store(tmp_path / "fs")
+    with pytest.raises(InvalidArgumentError, match="lock_timeout is a number, not str"):
+        open_store((tmp_path / "fs").as_uri(), lock_timeout="5")
+    assert list(cwd.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("make", "named"),
+    [
+        (lambda: SqliteStore(durable="no"), "durable"),
+        (lambda: SqliteStore(secure_delete=1), "secure_delete"),
+        (lambda: SqliteStore(background_checkpoints="yes"), "background_checkpoints"),
+        (lambda: SqliteStore(inline_limit=1.5), "inline_limit"),
+        (lambda: SqliteStore(chunk_size=True), "chunk_size"),
+        (lambda: SqliteStore(timeout="30"), "timeout"),
+        (lambda: SqliteStore(":memory:", 5), "table"),
+    ],
+)
+def test_constructors_check_the_types_of_their_options(make: Any, named: str) -> None:
+    with pytest.raises(InvalidArgumentError, match=named):
+        make()
+
+
+def test_filesystem_constructor_checks_its_options(tmp_path: Path) -> None:
+    init_shared_store(tmp_path / "fs")
+    for options in ({"durable": "false"}, {"inline_limit": "8"}, {"orphan_grace": None}):
+        with pytest.raises(InvalidArgumentError, match=next(iter(options))):
+            FileSystemStore(tmp_path / "fs", **options)
+    assert FileSystemStore(tmp_path / "fs", lock_timeout=5, orphan_grace=0).lock_timeout == 5
+
+
+@pytest.mark.parametrize("url", ["sqlite:", "memory:"])
+def test_forms_without_slashes_that_name_no_path_are_in_memory(url: str) -> None:
+    with open_store(url) as store:
+        assert store.info()["type"] in ("SqliteStore", "DictMemoryStore")
+        if isinstance(store, SqliteStore):
+            assert store.location == ":memory:"

@@ -32,6 +32,7 @@ from storekeeper.store.backend import (
     StoreCapabilities,
     check_key,
     check_precondition,
+    check_read,
     check_select,
     check_write,
     decode_metadata,
@@ -52,7 +53,7 @@ from storekeeper.store.events import (
 )
 from storekeeper.store.listing import SortedKeys, check_listing, prefix_end, walk, with_changes
 from storekeeper.store.owners import busy, may_wait
-from storekeeper.store.urls import url_options
+from storekeeper.store.urls import create, url_options
 from storekeeper.store.value import BytesValue, Value
 
 __all__ = ["DictMemoryStore"]
@@ -122,7 +123,7 @@ class DictMemoryStore(AbstractStore):
                 f"memory:// URLs have no host or path (got {url.geturl()!r}): each "
                 "open_store('memory://') is a new, empty store of its own"
             )
-        return cls(**options)
+        return create(cls, url, **options)
 
     @property
     def capabilities(self) -> StoreCapabilities:
@@ -193,6 +194,7 @@ class DictMemoryStore(AbstractStore):
 
     def to_bytes(self, key: str, buffer_size: int = DEFAULT_BUFFER_SIZE) -> bytes:
         """*key*'s data (bytes are immutable, so no copy is made)."""
+        check_read(key, buffer_size)
         if self._progress_observed():
             return super().to_bytes(key, buffer_size)
         return self._entry(key).data
@@ -260,7 +262,7 @@ class DictMemoryStore(AbstractStore):
         if_exists: bool | None = None,
     ) -> str:
         """Replace *key*'s data and metadata (see :meth:`AbstractStore.set`)."""
-        check_write(key, if_version, if_exists)
+        check_write(key, if_version, if_exists, buffer_size)
         self._require_connection()
         source, metadata, owned = unpack_value(value)
         try:
@@ -281,7 +283,7 @@ class DictMemoryStore(AbstractStore):
         if_exists: bool | None = None,
     ) -> None:
         """Replace *key*'s data, keeping its metadata (``{}`` for a new key)."""
-        check_write(key, if_version, if_exists)
+        check_write(key, if_version, if_exists, buffer_size)
         self._require_connection()
         content = self._read_source(key, data, buffer_size)
         self._write(key, content, None, if_version, if_exists)

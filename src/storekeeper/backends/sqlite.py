@@ -94,7 +94,9 @@ from storekeeper.store._validate import (
     check_buffer_size,
     check_key,
     check_pattern,
+    check_read,
     check_select,
+    check_types,
     check_write,
     decode_metadata,
     encode_metadata,
@@ -154,6 +156,11 @@ def _url_location(parts: SplitResult) -> str:
         )
     if not parts.path:
         return _MEMORY
+    if parts.path.startswith("/") and not urls.has_authority(parts):
+        raise InvalidURLError(
+            f"write sqlite:///{parts.path} for the absolute path {parts.path} or "
+            f"sqlite://{parts.path} relative to the working directory ({_URL_FORMS})"
+        )
     if not parts.path.startswith("/"):
         raise InvalidURLError(
             f"write sqlite:///{parts.path} for a database relative to the working "
@@ -189,6 +196,12 @@ class SqliteStore(AbstractStore):
         event_manager: BaseEventManager | None = None,
     ) -> None:
         super().__init__(event_manager)
+        check_types(bool, durable=durable, secure_delete=secure_delete)
+        check_types(int, inline_limit=inline_limit, chunk_size=chunk_size, max_indexes=max_indexes)
+        check_types(float, timeout=timeout)
+        check_types(str, table=table)
+        if background_checkpoints is not None:
+            check_types(bool, background_checkpoints=background_checkpoints)
         if index not in _INDEX_MODES:
             raise ValueError(f"index must be one of {_INDEX_MODES}, not {index!r}")
         if not table or "\x00" in table or not encodable(table):
@@ -264,7 +277,7 @@ class SqliteStore(AbstractStore):
         """
         settings = urls.url_options(parts, _URL_OPTIONS)
         settings.update(options)
-        return cls(_url_location(parts), **settings)
+        return urls.create(cls, parts, _url_location(parts), **settings)
 
     @property
     def capabilities(self) -> StoreCapabilities:
@@ -501,7 +514,7 @@ class SqliteStore(AbstractStore):
 
     def to_bytes(self, key: str, buffer_size: int = DEFAULT_BUFFER_SIZE) -> bytes:
         """*key*'s data; one query for values stored inline."""
-        check_key(key)
+        check_read(key, buffer_size)
         if self._progress_observed():
             return super().to_bytes(key, buffer_size)
         with self._using() as conn:
@@ -593,7 +606,7 @@ class SqliteStore(AbstractStore):
         if_exists: bool | None = None,
     ) -> str:
         """Replace *key*'s data and metadata (see :meth:`AbstractStore.set`)."""
-        check_write(key, if_version, if_exists)
+        check_write(key, if_version, if_exists, buffer_size)
         self._require_connection()
         source, metadata, owned = unpack_value(value)
         try:
@@ -657,6 +670,7 @@ class SqliteStore(AbstractStore):
         buffer_size: int = DEFAULT_BUFFER_SIZE,
     ) -> None:
         """Set many keys in one transaction; small ``bytes`` values go in one batch."""
+        check_buffer_size(buffer_size)
         key_list, value_list = split_pairs(keys, values)
         batch = self._inline_batch(key_list, value_list)
         if batch is None:
@@ -757,7 +771,7 @@ class SqliteStore(AbstractStore):
         if_exists: bool | None = None,
     ) -> None:
         """Replace *key*'s data, keeping its metadata (``{}`` for a new key)."""
-        check_write(key, if_version, if_exists)
+        check_write(key, if_version, if_exists, buffer_size)
         self._require_connection()
         self._store(key, data, None, buffer_size, if_version, if_exists)
 

@@ -606,12 +606,10 @@ class SimpleAuthStore(CompositeStore, AbstractAuthorizingStore):
     def _stored(self, metadata: object, checked: _Checked) -> Metadata:
         """*metadata* with the key's permissions: the record checked for this write (none
         stored: none written), or for a new key, owned by the user."""
-        if type(metadata) is dict:
-            # A shallow copy is enough to add the permissions without touching the
-            # caller's dict: the wrapped store validates and copies what it stores.
-            stored = dict(metadata)
-        else:
-            stored = copy_metadata({} if metadata is None else metadata)
+        # A shallow copy of a dict is enough to add the permissions without touching the
+        # caller's dict: the wrapped store validates and copies what it stores. (set's
+        # None for {} was mapped by _split: None here is refused.)
+        stored = dict(metadata) if type(metadata) is dict else copy_metadata(metadata)
         if PERMISSIONS in stored:
             raise InvalidMetadataError("the permissions entry is set through set_permissions")
         if checked.old is None:
@@ -1132,13 +1130,16 @@ def _parse_credentials(credentials: object) -> tuple[str, bytes]:
 
 
 def _split(value: object) -> tuple[object, object]:
-    """``(data, metadata)`` of what ``set`` accepts; a Value's data is opened lazily."""
+    """``(data, metadata)`` of what ``set`` accepts; a Value's data is opened lazily.
+    Metadata ``None`` means ``{}`` here, in ``set``'s pair only (``set_metadata(key,
+    None)`` is refused)."""
     if type(value) is tuple and len(value) == 2:
-        return value  # the usual pair, recognised before the slower Value check
+        # The usual pair, recognised before the slower Value check.
+        return value if value[1] is not None else (value[0], {})
     if isinstance(value, Value):
         return _LazyData(value), value.metadata
     if isinstance(value, tuple | list) and len(value) == 2:
-        return value[0], value[1]
+        return value[0], {} if value[1] is None else value[1]
     raise InvalidValueError(
         f"a store value is a Value or a (data, metadata) pair, not {type(value).__name__}"
     )

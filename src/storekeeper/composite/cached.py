@@ -496,7 +496,7 @@ class CachedStore(CompositeStore):
 
         ``InvalidMetadataError``, with nothing written, if its metadata holds :data:`BOOKKEEPING`.
         """
-        check_write(key, if_version, if_exists)
+        check_write(key, if_version, if_exists, buffer_size)
         self._require_connection()
         refuse_reserved(value, BOOKKEEPING, "CachedStore")
         source = self._writer(0)
@@ -513,7 +513,7 @@ class CachedStore(CompositeStore):
         if_exists: bool | None = None,
     ) -> None:
         """Write *key*'s data to the source and drop the cached copy."""
-        check_write(key, if_version, if_exists)
+        check_write(key, if_version, if_exists, buffer_size)
         self._require_connection()
         source = self._writer(0)
         with self._writing_through(key):

@@ -23,13 +23,16 @@ from storekeeper.errors import (
 
 __all__ = [
     "DEFAULT_BUFFER_SIZE",
+    "check_batch_keys",
     "check_buffer_size",
     "check_conditions",
     "check_json_value",
     "check_key",
     "check_keys",
     "check_pattern",
+    "check_read",
     "check_select",
+    "check_types",
     "check_write",
     "copy_metadata",
     "decode_metadata",
@@ -124,15 +127,33 @@ def check_key(key: object) -> str:
     return key
 
 
-def check_write(key: object, if_version: object = None, if_exists: object = None) -> str:
+def check_write(
+    key: object,
+    if_version: object = None,
+    if_exists: object = None,
+    buffer_size: object = DEFAULT_BUFFER_SIZE,
+) -> str:
     """:func:`check_key` for a single-key write, plus :func:`check_conditions` of its
-    preconditions: every write method and ``delete`` starts with it, so wrong input fails
-    before anything is read or written. Returns *key*."""
-    # Both checks inlined for the common case: this runs before every write.
+    preconditions and :func:`check_buffer_size` of its *buffer_size*: every write method
+    and ``delete`` starts with it, so wrong input fails before anything is read or
+    written. Returns *key*."""
+    # The checks inlined for the common case: this runs before every write.
     if (if_version is not None and type(if_version) is not str) or (
         if_exists is not None and if_exists is not True and if_exists is not False
     ):
         check_conditions(if_version, if_exists)
+    if type(buffer_size) is not int or buffer_size <= 0:
+        check_buffer_size(buffer_size)
+    if type(key) is str and key and key.isascii() and "\x00" not in key:
+        return key
+    return check_key(key)
+
+
+def check_read(key: object, buffer_size: object) -> str:
+    """:func:`check_key` and :func:`check_buffer_size` for a read that takes a
+    *buffer_size* (``to_bytes``, ``to_file``), before anything is read. Returns *key*."""
+    if type(buffer_size) is not int or buffer_size <= 0:
+        check_buffer_size(buffer_size)
     if type(key) is str and key and key.isascii() and "\x00" not in key:
         return key
     return check_key(key)
@@ -153,6 +174,16 @@ def check_conditions(if_version: object, if_exists: object) -> None:
     if if_exists is not None and if_exists is not True and if_exists is not False:
         raise InvalidArgumentError(
             f"if_exists is True, False or None, not {type(if_exists).__name__}: {if_exists!r}"
+        )
+
+
+def check_batch_keys(keys: object) -> None:
+    """Raise :class:`InvalidArgumentError` unless *keys*, the keys argument of a batch
+    method (``multiget``, ``multiset``...), is an iterable other than ``str`` or
+    ``bytes``: ``multiget("ab")`` would otherwise read the keys ``"a"`` and ``"b"``."""
+    if isinstance(keys, str | bytes | bytearray | memoryview) or not isinstance(keys, Iterable):
+        raise InvalidArgumentError(
+            f"the keys of a batch call are an iterable of keys, not {type(keys).__name__}: {keys!r}"
         )
 
 
@@ -393,8 +424,8 @@ def _single_chunk(data: bytes) -> Iterator[bytes]:
 
 def check_buffer_size(buffer_size: object) -> int:
     """Return *buffer_size* if it is a positive ``int`` (the chunk size of a streamed
-    read); :class:`InvalidArgumentError` for another type, :class:`InvalidValueError`
-    for zero or less."""
+    read or write), else raise :class:`InvalidArgumentError`. Every method taking a
+    *buffer_size* checks it, even where it reads nothing in chunks (bytes data)."""
     if type(buffer_size) is not int and (
         isinstance(buffer_size, bool) or not isinstance(buffer_size, int)
     ):
@@ -402,8 +433,25 @@ def check_buffer_size(buffer_size: object) -> int:
             f"buffer_size is an int, not {type(buffer_size).__name__}: {buffer_size!r}"
         )
     if buffer_size <= 0:
-        raise InvalidValueError(f"buffer_size must be positive, not {buffer_size}")
+        raise InvalidArgumentError(f"buffer_size must be positive, not {buffer_size}")
     return int(buffer_size)
+
+
+def check_types(kind: type[bool | int | float | str], **values: object) -> None:
+    """Raise :class:`InvalidArgumentError` unless every one of *values* (named by their
+    keyword) is of *kind*: ``bool`` (only ``True`` or ``False``), ``int`` (not a
+    ``bool``), ``float`` (an ``int`` or a ``float``, not a ``bool``) or ``str``.
+
+    For constructor options, which are otherwise stored unchecked: ``durable="no"``
+    would count as true. Their ranges are left to the constructor (``ValueError``).
+    """
+    accepted: tuple[type, ...] = (int, float) if kind is float else (kind,)
+    for name, value in values.items():
+        if (isinstance(value, bool) and kind is not bool) or not isinstance(value, accepted):
+            expected = "a number" if kind is float else kind.__name__
+            raise InvalidArgumentError(
+                f"{name} is {expected}, not {type(value).__name__}: {value!r}"
+            )
 
 
 def _read_chunks(read: Any, buffer_size: int) -> Iterator[bytes]:

@@ -38,8 +38,11 @@ from storekeeper.store.backend import (
     Metadata,
     OwnedVar,
     StoreCapabilities,
+    check_batch_keys,
+    check_buffer_size,
     check_pattern,
     check_precondition,
+    check_read,
     check_select,
     check_write,
     decode_metadata,
@@ -235,16 +238,19 @@ class AbstractReadOnlyStore(abc.ABC):
 
     def multiget(self, keys: Iterable[str]) -> list[Value]:
         """The values of *keys*, in input order; :class:`KeyNotFoundError` if any is missing."""
+        check_batch_keys(keys)
         return [self.get(key) for key in keys]
 
     def multiget_data(self, keys: Iterable[str]) -> list[BinaryStream]:
         """Data streams of *keys*, in input order. Close each stream when done."""
+        check_batch_keys(keys)
         return [self.get_data(key) for key in keys]
 
     def multiget_metadata(
         self, keys: Iterable[str], select: Iterable[str] | None = None
     ) -> list[Metadata]:
         """Metadata of *keys*, in input order, limited to *select* when given."""
+        check_batch_keys(keys)
         names = check_select(select)
         return [self.get_metadata(key, names) for key in keys]
 
@@ -287,6 +293,7 @@ class AbstractReadOnlyStore(abc.ABC):
         Reading a value larger than one buffer (or of unknown size) emits store progress
         events, as :meth:`to_file` does, when anyone listens for them.
         """
+        check_read(key, buffer_size)
         if not self._progress_observed():
             return read_stream(self.get_data(key), buffer_size)
         value = self.get(key)
@@ -305,6 +312,7 @@ class AbstractReadOnlyStore(abc.ABC):
         """
         from storekeeper.files import atomic_write  # foundation; imported on first use
 
+        check_read(key, buffer_size)
         value = self.get(key)
         message = f"Saving key {key!r} to file {os.fspath(path)!r}"
         progress = self._progress(message, key, value.size, value.metadata)
@@ -469,7 +477,7 @@ class AbstractStore(AbstractReadOnlyStore):
         Emits :class:`StoreSetEvent`. Default: reads the metadata and calls :meth:`set`
         inside a transaction.
         """
-        check_write(key, if_version, if_exists)
+        check_write(key, if_version, if_exists, buffer_size)
         with self.transaction(f"Setting data of {key!r}"):
             try:
                 metadata = self.get_metadata(key)
@@ -529,6 +537,7 @@ class AbstractStore(AbstractReadOnlyStore):
     ) -> None:
         """:meth:`set` each key to its value (paired like ``zip``), in one transaction;
         a :class:`StoreSetEvent` for every key."""
+        check_buffer_size(buffer_size)
         pairs = pair_up(keys, values)
         with self.transaction(f"Setting {len(pairs)} keys"):
             for key, value in pairs:
@@ -539,6 +548,7 @@ class AbstractStore(AbstractReadOnlyStore):
     ) -> None:
         """:meth:`set_data` for each key (paired like ``zip``), in one transaction;
         a :class:`StoreSetEvent` for every key."""
+        check_buffer_size(buffer_size)
         pairs = pair_up(keys, datas)
         with self.transaction(f"Setting data of {len(pairs)} keys"):
             for key, data in pairs:
@@ -586,10 +596,12 @@ class AbstractStore(AbstractReadOnlyStore):
         """Set *key*'s data to *data*, keeping its metadata (``{}`` for a new key)."""
         if not isinstance(data, bytes | bytearray | memoryview):
             raise InvalidValueError(f"from_bytes takes bytes, not {type(data).__name__}")
+        check_buffer_size(buffer_size)
         self.set_data(key, bytes(data), buffer_size)
 
     def from_file(self, key: str, path: PathLike, buffer_size: int = DEFAULT_BUFFER_SIZE) -> None:
         """Set *key*'s data from the file at *path*, keeping its metadata."""
+        check_write(key, buffer_size=buffer_size)
         with open(path, "rb") as stream:
             self.set_data(key, stream, buffer_size)
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import importlib
 import threading
 from typing import Any, NamedTuple, Protocol, cast
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import SplitResult
 
 from storekeeper.errors import (
     InvalidURLError,
@@ -28,6 +28,7 @@ from storekeeper.errors import (
     ReadOnlyStoreError,
     UnknownSchemeError,
 )
+from storekeeper.store import urls
 from storekeeper.store.abstract import AbstractReadOnlyStore, AbstractStore
 
 __all__ = ["open_read_only_store", "open_store", "register_backend", "registered_schemes"]
@@ -90,9 +91,11 @@ def open_store(url: str, **options: Any) -> AbstractStore:
 
     Options follow ``?``: ``sqlite:///app.db?durable=false&table=things``,
     ``file:///srv/store?create=true`` (each backend's ``from_url`` lists its own);
-    keyword *options* win over them. Raises :class:`InvalidURLError` for a malformed URL
-    or an unknown or invalid option (naming the valid ones),
-    :class:`UnknownSchemeError` (an ``InvalidURLError``) for a scheme nobody handles,
+    keyword *options* win over them. Raises :class:`InvalidURLError` for a malformed URL,
+    an unknown URL option or an invalid option value (naming the valid ones),
+    :class:`~storekeeper.errors.InvalidArgumentError` for a keyword option the backend
+    does not take (naming the valid ones) or one of the wrong type,
+    :class:`UnknownSchemeError` (an ``InvalidURLError``) for a scheme nobody handles and
     :class:`MissingDependencyError` (naming the extra to install) when the backend's
     dependency is missing, and :class:`~storekeeper.errors.ReadOnlyStoreError` when the
     URL opens a read-only store (nothing is connected then): open those with
@@ -127,7 +130,7 @@ def _create(url: str, options: dict[str, Any]) -> AbstractReadOnlyStore:
     if not isinstance(url, str):
         raise TypeError(f"a store URL is a str, not {type(url).__name__}")
     try:
-        parts = urlsplit(url)
+        parts = urls.split_url(url)
     except ValueError as exc:  # e.g. an unbalanced "[" where a host would be
         raise InvalidURLError(f"malformed store URL {url!r}: {exc}") from None
     if not parts.scheme:

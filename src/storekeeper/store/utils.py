@@ -27,7 +27,7 @@ from typing import IO, Any, Protocol
 from storekeeper.errors import TransactionError
 from storekeeper.events import BaseEvent, BaseEventManager
 from storekeeper.events.progress import ProgressManager
-from storekeeper.store._validate import DEFAULT_BUFFER_SIZE
+from storekeeper.store._validate import DEFAULT_BUFFER_SIZE, check_buffer_size
 from storekeeper.store.events import (
     StoreProgressEndEvent,
     StoreProgressStartEvent,
@@ -70,8 +70,7 @@ def buffer_iterator(
     *progress*, when given, is called as ``progress(step=total_bytes_so_far)`` once per
     non-empty chunk.
     """
-    if buffer_size <= 0:
-        raise ValueError(f"buffer_size must be positive, not {buffer_size}")
+    check_buffer_size(buffer_size)
     total = 0
     while max_bytes is None or total < max_bytes:
         want = buffer_size if max_bytes is None else min(buffer_size, max_bytes - total)

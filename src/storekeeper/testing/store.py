@@ -93,6 +93,7 @@ from storekeeper.store import (
     StoreTransactionStartEvent,
     StoreUpdateEvent,
 )
+from storekeeper.testing.arguments import ArgumentTests
 from storekeeper.testing.crossprocess import CrossProcessTests
 from storekeeper.testing.events import EventConformance
 from storekeeper.testing.isolation import IsolationTests
@@ -188,6 +189,7 @@ class _FailingReader(io.RawIOBase):
 
 
 class StoreTests(
+    ArgumentTests,
     EventConformance,
     IsolationTests,
     ListingTests,
@@ -605,9 +607,9 @@ class StoreTests(
         store.multiset_data(iter(["a", "b"]), iter([b"1", b"2", b"3"]))
         assert [store.to_bytes(k) for k in "ab"] == [b"1", b"2"]
         store.multiset_metadata((k for k in "ab"), ({"m": k} for k in "ab"))
-        assert store.multiget_metadata("ab") == [{"m": "a"}, {"m": "b"}]
+        assert store.multiget_metadata(["a", "b"]) == [{"m": "a"}, {"m": "b"}]
         store.multiupdate_metadata(iter("ab"), iter([{"u": 1}, {"u": 2}]))
-        assert store.multiget_metadata("ab") == [{"m": "a", "u": 1}, {"m": "b", "u": 2}]
+        assert store.multiget_metadata(["a", "b"]) == [{"m": "a", "u": 1}, {"m": "b", "u": 2}]
         assert [store.to_bytes(k) for k in "ab"] == [b"1", b"2"]
 
     def test_multi_methods_pair_lists_like_zip(self, store: AbstractStore) -> None:
