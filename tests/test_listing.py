@@ -195,7 +195,7 @@ def test_a_file_system_listing_sees_a_committed_journal(
     assert list(fs.list_keys("j/", "/")) == ["j/a", "j/long/", "j/new"]
 
 
-def test_a_file_system_listing_treats_damage_as_query_keys_does(
+def test_a_file_system_listing_names_damaged_records_it_can_decode(
     fs: FileSystemStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     fs.multiset(["a", "b", LONG], [(b"1", {}), (b"2", {}), (b"3", {})])
@@ -206,9 +206,11 @@ def test_a_file_system_listing_treats_damage_as_query_keys_does(
         record.write_bytes(bytes(content))
     fresh = FileSystemStore(fs.path)  # nothing learnt about hashed names yet
     with fresh, caplog.at_level(logging.WARNING):
-        # A damaged record is listed under its name (no record is read), except a hashed
-        # one, whose key cannot be read: it is left out with a warning.
-        assert list(fresh.list_keys()) == sorted(fresh.query_keys()) == ["a", "b"]
+        # A listing reads no record, so a damaged one is listed under its name, except a
+        # hashed one, whose key cannot be read: it is left out with a warning. query_keys
+        # reads the records and leaves every damaged one out, as query does.
+        assert list(fresh.list_keys()) == ["a", "b"]
+        assert fresh.query_keys() == ["a"]
     assert "damaged" in caplog.text
 
 

@@ -446,7 +446,10 @@ class FileSystemStore(AbstractStore):
     def list_keys(self, prefix: str = "", delimiter: str | None = None) -> Iterator[str]:
         """Keys under *prefix* (see :meth:`AbstractReadOnlyStore.list_keys`) from file
         names: one read of the directory, no record opened (a long key's hashed record
-        once per store object), the matching keys sorted in memory (see ``_fs_listing``)."""
+        once per store object), the matching keys sorted in memory (see ``_fs_listing``).
+
+        Because no record is read, a damaged record is listed under its name, where
+        :meth:`query` and :meth:`query_keys` (which read records) leave it out."""
         check_listing(prefix, delimiter)
         self._require_connection()
         keys = self._lister.keys(prefix, self._journal_reader.pending())
