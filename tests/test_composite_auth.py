@@ -20,8 +20,8 @@ from storekeeper.composite import (
     make_encoder,
     sha1_hasher,
 )
-from storekeeper.composite import auth as auth_module
-from storekeeper.composite.auth import _KNOWN_KEYS, PERMISSIONS, _record
+from storekeeper.composite._auth_permissions import record_in
+from storekeeper.composite.auth import PERMISSIONS, RECENT_WRITES
 from storekeeper.errors import (
     AuthenticationError,
     AuthorizationError,
@@ -150,7 +150,7 @@ def test_passwords_are_compared_in_constant_time(
         calls.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr("storekeeper.composite.auth.hmac.compare_digest", spy)
+    monkeypatch.setattr(hmac, "compare_digest", spy)
     session(inner, ALICE).disconnect()
     assert len(calls) == 1
 
@@ -469,7 +469,7 @@ def test_permission_records_are_read_exactly_as_the_metadata(text: str) -> None:
     assert decode_metadata(text) == json.loads(text)
     value = BytesValue(b"", metadata_json=text)
     expected = json.loads(text).get(PERMISSIONS)
-    assert _record(value) == (expected if isinstance(expected, dict) else None)
+    assert record_in(value.metadata) == (expected if isinstance(expected, dict) else None)
 
 
 _ALICE_TAIL = '"\\u0000storekeeper:permissions":{"owned":["alice"]}}'
@@ -487,32 +487,15 @@ _ALICE_TAIL = '"\\u0000storekeeper:permissions":{"owned":["alice"]}}'
         '{"a":1,' + _ALICE_TAIL.replace("alice", "bob"),
     ],
 )
-def test_a_record_read_from_the_end_of_the_text_is_the_top_level_one(text: str) -> None:
-    primer = BytesValue(b"", {"n": 1, PERMISSIONS: {"owned": ["alice"]}})
-    assert primer._metadata_json.endswith(_ALICE_TAIL)
-    assert _record(primer) == {"owned": ["alice"]}
-    assert _record(BytesValue(b"", metadata_json=text)) == json.loads(text).get(PERMISSIONS)
-
-
-def test_a_text_ending_with_the_record_read_last_is_not_parsed(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    _record(BytesValue(b"", {"n": 1, PERMISSIONS: {"owned": ["alice"]}}))
-    monkeypatch.setattr(auth_module, "decode_metadata", _no_parse)
-    value = BytesValue(b"", metadata_json='{"other":[1,2],' + _ALICE_TAIL)
-    assert _record(value) == {"owned": ["alice"]}
-    with pytest.raises(AssertionError):
-        _record(BytesValue(b"", metadata_json='{"a":1,' + _ALICE_TAIL.replace("alice", "bob")))
-
-
-def _no_parse(text: object) -> Any:
-    raise AssertionError(f"parsed {text!r}")
+def test_the_record_is_the_top_level_entry_wherever_the_text_puts_it(text: str) -> None:
+    value = BytesValue(b"", metadata_json=text)
+    assert record_in(value.metadata) == json.loads(text).get(PERMISSIONS)
 
 
 @pytest.mark.parametrize("text", ["", "[1]", '{"a":1} x', '{"a":1'])
 def test_unreadable_metadata_grants_nothing(text: str) -> None:
     with pytest.raises(ValueError):
-        _record(BytesValue(b"", metadata_json=text))
+        record_in(BytesValue(b"", metadata_json=text).metadata)
 
 
 # -- user administration and sessions ------------------------------------------------------------
@@ -683,41 +666,38 @@ def test_create_only_writes_and_rewrites_of_own_keys_need_no_lookup() -> None:
     assert alice.get_permissions("also new") == {"owned": {"alice"}}
 
 
-def test_plain_sets_try_creation_first_only_while_keys_turn_out_new() -> None:
+def test_plain_sets_of_keys_not_written_here_look_them_up_once() -> None:
     inner, alice, bob = _counting_sessions()
     bob.set("bob's", (b"bob's", {}))
-    for n in range(3):
-        alice.set(f"new-{n}", (b"x", {}))
+    for n in range(10):
+        inner.set(f"old-{n}", (b"old", {}))
     inner.lookups = inner.sets = 0
-    for n in range(3, 10):
+    # However many new keys came before, a plain set looks its key up: one lookup and
+    # one write each, whether the key turns out new or not (no write is tried blind).
+    for n in range(10):
         alice.set(f"new-{n}", (b"x", {}))
-    assert (inner.lookups, inner.sets) == (0, 7)  # one creation each, no lookup
-    # A creation tried first on a key that exists changes nothing; the checked path decides.
+    assert (inner.lookups, inner.sets) == (10, 10)
+    inner.lookups = inner.sets = 0
+    for n in range(10):
+        alice.set(f"old-{n}", (b"new", {}))
+    assert (inner.lookups, inner.sets) == (10, 10)
     with pytest.raises(AuthorizationError):
         alice.set("bob's", (b"alice's", {}))
     assert bob.to_bytes("bob's") == b"bob's"
     assert bob.get_permissions("bob's") == {"owned": {"bob"}}
-    # Overwriting keys of unknown state (written around the store) turns it off again.
-    for n in range(10):
-        inner.set(f"old-{n}", (b"old", {}))
-    for n in range(5):
-        alice.set(f"old-{n}", (b"new", {}))
-    inner.lookups = inner.sets = 0
-    for n in range(5, 10):
-        alice.set(f"old-{n}", (b"new", {}))
-    assert (inner.lookups, inner.sets) == (5, 5)  # a lookup and one write each, no failures
     assert [alice.to_bytes(f"old-{n}") for n in range(10)] == [b"new"] * 10
     assert alice.get_permissions("old-9") == {"owned": {"*"}}  # the record it had: none
+    assert alice.get_permissions("new-9") == {"owned": {"alice"}}
 
 
 def test_the_keys_a_store_remembers_are_bounded_and_the_newest_kept() -> None:
     inner, alice, _ = _counting_sessions()
-    keys = [f"k{n}" for n in range(_KNOWN_KEYS + 1)]
+    keys = [f"k{n}" for n in range(RECENT_WRITES + 1)]
     for key in keys:
         alice.set(key, (b"1", {}))
     inner.lookups = 0
     alice.set(keys[-1], (b"2", {}))
-    alice.set(keys[_KNOWN_KEYS // 2 + 1], (b"2", {}))
+    alice.set(keys[RECENT_WRITES // 2 + 1], (b"2", {}))
     assert inner.lookups == 0  # still remembered: pinned rewrites
     alice.set(keys[0], (b"2", {}))
     assert inner.lookups == 1  # forgotten: checked again
