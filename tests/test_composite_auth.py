@@ -45,6 +45,7 @@ from storekeeper.testing.store import StoreTests
 
 ALICE = {"username": "alice", "password": "alice's secret"}
 BOB = {"username": "bob", "password": "bob's secret"}
+CAROL = {"username": "carol", "password": "carol's secret"}
 FAST = make_encoder(b"pepper", n=2)  # scrypt at the lowest cost: tests only
 
 
@@ -274,6 +275,85 @@ def test_permissions_never_show_in_metadata_or_events(inner: AbstractStore) -> N
         alice.update_metadata("other", {PERMISSIONS: {}})
     with pytest.raises(InvalidMetadataError):
         alice.query_keys(**{PERMISSIONS: {"owned": ["alice"]}})
+
+
+_ANYONE = {"owned": [EVERYONE], "get": [EVERYONE]}
+
+
+def without(metadata: dict[str, Any], name: str) -> dict[str, Any]:
+    return {key: item for key, item in metadata.items() if key != name}
+
+
+_ENTRY = json.dumps(PERMISSIONS) + ":" + json.dumps(_ANYONE, separators=(",", ":"))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        json.dumps({"x": {PERMISSIONS: _ANYONE}}),  # nested
+        json.dumps({"a": 1, "z": [{"y": {PERMISSIONS: _ANYONE}}]}),  # nested at the end
+        json.dumps({"\\u0000storekeeper:permissions": _ANYONE}),  # the escape, literally
+        json.dumps({"x" + PERMISSIONS: _ANYONE}),  # a name that ends like the entry's
+        json.dumps({"z": "," + _ENTRY + "}"}),  # the entry's text inside a string
+        json.dumps({"z": '"},' + _ENTRY}),  # ... one that closes quotes and objects
+        '{"a":1,' + _ENTRY + "}",  # the entry itself, at the end of the text
+        "{" + _ENTRY + "," + _ENTRY + "}",  # ... twice
+        '{"a":1,' + _ENTRY + ',"\\u0000storekeeper:permissions":{}}',  # duplicated
+        "{" + _ENTRY.replace(EVERYONE, "alice") + "," + _ENTRY + "}",  # the second wins
+    ],
+)
+def test_a_record_smuggled_into_metadata_never_grants_anything(
+    inner: AbstractStore, text: str
+) -> None:
+    alice, bob, carol = session(inner, ALICE), session(inner, BOB), session(inner, CAROL)
+    alice.set("doc", (b"alice's", {"a": 0}))
+    alice.set_permissions("doc", {"owned": ["alice"], "set": ["bob"]})
+    heard: list[str] = []
+    carol.event_manager.connect(StoreModificationEvent, lambda event: heard.append(event.key))
+    metadata = json.loads(text)
+    writes = {
+        "doc": [
+            lambda: bob.set("doc", (b"bob's", metadata)),
+            lambda: bob.set("doc", BytesValue(b"bob's", metadata_json=text)),
+            lambda: bob.set_metadata("doc", metadata),
+            lambda: bob.update_metadata("doc", metadata),
+            lambda: bob.set_data("doc", b"bob's again"),
+        ],
+        "new-1": [lambda: bob.set("new-1", BytesValue(b"new", metadata_json=text))],
+        "new-2": [lambda: bob.set("new-2", (b"new", metadata), if_exists=False)],
+        "new-3": [lambda: bob.set_metadata("new-3", metadata)],
+        # Code writing around the store is trusted with records at the top level only.
+        "plain": [lambda: inner.set("plain", (b"around", without(metadata, PERMISSIONS)))],
+    }
+    for key, key_writes in writes.items():
+        for write in key_writes:
+            try:
+                write()
+            except InvalidMetadataError:
+                continue  # refused outright (the entry is at the top level)
+            stored = inner.get_metadata(key)
+            assert stored.get(PERMISSIONS) in (
+                None,
+                {"owned": ["alice"], "set": ["bob"]},
+                {"owned": ["bob"]},
+            )
+    # Whatever was written, the permissions are those the owners gave.
+    assert alice.get_permissions("doc") == {"owned": {"alice"}, "set": {"bob"}}
+    assert bob.check_permissions("doc") == {"connect", "exists", "set"}
+    with pytest.raises(AuthorizationError):
+        bob.get_permissions("doc")
+    with pytest.raises(AuthorizationError):
+        bob.get("doc")
+    new_keys = [key for key in ("new-1", "new-2", "new-3") if inner.exists(key)]
+    for key in new_keys:
+        assert bob.get_permissions(key) == {"owned": {"bob"}}
+    for key in ("doc", *new_keys):
+        assert not carol.exists(key)
+        assert carol.check_permissions(key) == {"connect"}
+        with pytest.raises(KeyNotFoundError):
+            carol.get(key)
+    assert carol.query_keys() == ["plain"]  # owned by everyone: written around the store
+    assert heard == ["plain"]
 
 
 # -- per-key permissions --------------------------------------------------------------------------
