@@ -35,6 +35,7 @@ from storekeeper.store import (
     Value,
 )
 from storekeeper.testing.children import child
+from storekeeper.testing.crossprocess import Opener, same_store
 from storekeeper.testing.model import ModelTests
 from storekeeper.testing.store import StoreTests
 
@@ -50,6 +51,9 @@ class _CachedConformance(StoreTests):
     def reopen_store(self, tmp_path: Path, event_manager: EventManager) -> CachedStore:
         return self.create_store(tmp_path, event_manager)
 
+    def process_opener(self, tmp_path: Path) -> Opener | None:
+        return None if self.kind == "memory" else same_store(self, tmp_path)
+
 
 class TestCachedOverMemory(_CachedConformance):
     kind = "memory"
@@ -62,12 +66,10 @@ class TestCachedImmutableOverMemory(_CachedConformance):
 
 class TestCachedOverFiles(_CachedConformance):
     kind = "file"
-    persistent = True
 
 
 class TestCachedOverSqlite(_CachedConformance):
     kind = "sqlite"
-    persistent = True
 
 
 class _ImmutableModel(ModelTests):

@@ -49,12 +49,10 @@ class TestJoinedOverMemory(_JoinedConformance):
 
 class TestJoinedOverFiles(_JoinedConformance):
     kind = "file"
-    persistent = True
 
 
 class TestJoinedOverSqlite(_JoinedConformance):
     kind = "sqlite"
-    persistent = True
 
 
 # -- the joined store's own rules -----------------------------------------------------------

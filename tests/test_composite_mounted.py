@@ -53,12 +53,10 @@ class TestMountedOverMemory(_MountedConformance):
 
 class TestMountedOverFiles(_MountedConformance):
     kind = "file"
-    persistent = True
 
 
 class TestMountedOverSqlite(_MountedConformance):
     kind = "sqlite"
-    persistent = True
 
 
 # -- the mounted store's own rules ------------------------------------------------------------

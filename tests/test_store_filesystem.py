@@ -40,8 +40,6 @@ def _store(tmp_path: Path, **options: object) -> FileSystemStore:
 
 
 class TestFileSystemStore(StoreTests):
-    persistent = True
-
     def create_store(self, tmp_path: Path, event_manager: EventManager) -> FileSystemStore:
         return _store(tmp_path, event_manager=event_manager)
 
@@ -59,7 +57,6 @@ class TestFileSystemStore(StoreTests):
 class TestFileSystemStoreDataFiles(StoreTests):
     """A tiny inline limit and no fsync: every value but the smallest uses a data file."""
 
-    persistent = True
     large_value_size = 100_003
 
     def create_store(self, tmp_path: Path, event_manager: EventManager) -> FileSystemStore:

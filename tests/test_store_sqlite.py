@@ -13,13 +13,12 @@ from storekeeper.errors import ConflictError
 from storekeeper.events import EventManager
 from storekeeper.store import Range, open_store
 from storekeeper.store.events import StoreKeyEvent
+from storekeeper.testing.crossprocess import Opener, same_store
 from storekeeper.testing.model import SMALL_INLINE_LIMIT
 from storekeeper.testing.store import StoreTests
 
 
 class TestSqliteFileStore(StoreTests):
-    persistent = True
-
     def create_store(self, tmp_path: Path, event_manager: EventManager) -> SqliteStore:
         return SqliteStore(tmp_path / "store.db", event_manager=event_manager)
 
@@ -41,7 +40,6 @@ class TestSqliteFileStore(StoreTests):
 class TestSqliteChunkedStore(StoreTests):
     """Tiny inline limit and chunks, so every code path of large values is exercised."""
 
-    persistent = True
     large_value_size = 100_003
 
     def create_store(self, tmp_path: Path, event_manager: EventManager) -> SqliteStore:
@@ -50,6 +48,9 @@ class TestSqliteChunkedStore(StoreTests):
         )
 
     reopen_store = create_store
+
+    def process_opener(self, tmp_path: Path) -> Opener:
+        return same_store(self, tmp_path)
 
 
 class TestSqliteMemoryStore(StoreTests):

@@ -11,20 +11,25 @@ others. The lock file also records its owner (pid, host, process start time) for
 diagnostics; :meth:`FileLock.owner` reads it and :func:`process_alive` tells a live
 owner from a dead one (checking the start time, so a reused pid is not mistaken for the
 original holder).
+
+:class:`SharedFile` and :func:`open_stream` read one open file from any number of
+streams at once (positional reads), for stores whose values stream from files.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import json
 import os
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Iterable
 from types import TracebackType
-from typing import Any
+from typing import IO, Any
 
 from storekeeper.errors import InvalidValueError, LockTimeoutError
 
@@ -33,7 +38,17 @@ try:
 except ImportError:  # pragma: no cover - non-POSIX
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["FileLock", "atomic_write", "fsync_directory", "process_alive", "process_start_time"]
+__all__ = [
+    "FileLock",
+    "SharedFile",
+    "atomic_write",
+    "fsync",
+    "fsync_directory",
+    "open_stream",
+    "process_alive",
+    "process_start_time",
+    "write_all",
+]
 
 _CHUNK = 1 << 20
 # Transient errors some filesystems (network, Windows sharing) report for a rename.
@@ -49,6 +64,13 @@ def _full_fsync(fd: int) -> None:
 # Fault-injection seams: tests replace these to simulate a full disk or failing fsync.
 _write = os.write
 _fsync = _full_fsync if hasattr(fcntl, "F_FULLFSYNC") else os.fsync
+
+
+def fsync(fd: int) -> None:
+    """Flush the file open as *fd* (data and metadata) to stable storage, also out of
+    the drive's cache on macOS. Raises ``OSError`` when the flush fails: the data may
+    then be lost on power loss, so callers must not report the write as durable."""
+    _fsync(fd)
 
 
 def fsync_directory(path: str | os.PathLike[str]) -> None:
@@ -73,11 +95,17 @@ def _chunks(data: object) -> Iterable[bytes]:
     raise InvalidValueError(f"cannot write {type(data).__name__}: give bytes, chunks or a file")
 
 
-def _write_all(fd: int, chunk: bytes) -> None:
-    view = memoryview(chunk)
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of *data* to the file open as *fd*, however many ``os.write`` calls it
+    takes; ``OSError`` (a full disk, ...) propagates with part of *data* written."""
+    view = memoryview(data)
     while view:
         written = _write(fd, view)
         view = view[written:]
+
+
+# The former private name, until every caller uses write_all.
+_write_all = write_all
 
 
 def atomic_write(
@@ -105,7 +133,7 @@ def atomic_write(
     try:
         try:
             for chunk in _chunks(data):
-                _write_all(fd, chunk)
+                write_all(fd, chunk)
             if mode is not None:
                 os.fchmod(fd, mode)
             if durable:
@@ -288,3 +316,102 @@ class FileLock:
         tb: TracebackType | None,
     ) -> None:
         self.release()
+
+
+# -- shared read-only files ------------------------------------------------------------------
+# Linux returns at most this many bytes from one read; larger reads loop.
+_MAX_READ = 0x7FFFF000
+_STREAM_BUFFER = 65536
+
+
+class SharedFile:
+    """An open read-only file descriptor shared by a value and the streams it opens.
+
+    The descriptor is closed once the value and all of its streams are gone, so a value
+    keeps reading the data it was created with even after the key is overwritten and
+    the old data file is unlinked (POSIX semantics).
+    """
+
+    __slots__ = ("__weakref__", "fd")
+
+    def __init__(self, path: str) -> None:
+        self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        weakref.finalize(self, os.close, self.fd)
+
+
+class _PositionalReader(io.RawIOBase):
+    """A seekable raw stream over bytes ``[start, end)`` of a :class:`SharedFile`.
+
+    Reads use ``pread`` at the stream's own position, so any number of streams can read
+    the same descriptor at once without disturbing each other.
+    """
+
+    def __init__(self, shared: SharedFile, start: int, end: int) -> None:
+        super().__init__()
+        self._shared: SharedFile | None = shared
+        self._start = start
+        self._end = max(start, end)
+        self._position = start
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position - self._start
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: self._start, io.SEEK_CUR: self._position, io.SEEK_END: self._end}
+        target = base[whence] + offset
+        if target < self._start:
+            raise ValueError(f"negative seek position {target - self._start}")
+        self._position = target
+        return self.tell()
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        want = min(len(view), self._end - self._position, _MAX_READ)
+        if want <= 0:
+            return 0
+        if hasattr(os, "preadv"):
+            count = os.preadv(self._fd(), [view[:want]], self._position)
+        else:
+            chunk = os.pread(self._fd(), want, self._position)
+            count = len(chunk)
+            view[:count] = chunk
+        self._position += count
+        return count
+
+    def read(self, size: int | None = -1) -> bytes:
+        left = self._end - self._position
+        if size is None or size < 0 or size > left:
+            size = left
+        if size <= 0:
+            return b""
+        if size > _MAX_READ:
+            return self.readall()
+        chunk = os.pread(self._fd(), size, self._position)
+        self._position += len(chunk)
+        return chunk
+
+    def readall(self) -> bytes:
+        parts = []
+        while chunk := self.read(min(_MAX_READ, self._end - self._position)):
+            parts.append(chunk)
+        return b"".join(parts)
+
+    def close(self) -> None:
+        self._shared = None
+        super().close()
+
+    def _fd(self) -> int:
+        if self._shared is None:
+            raise ValueError("I/O operation on a closed stream")
+        return self._shared.fd
+
+
+def open_stream(shared: SharedFile, start: int, end: int) -> IO[bytes]:
+    """A buffered, seekable binary stream over bytes ``[start, end)`` of *shared*."""
+    return io.BufferedReader(_PositionalReader(shared, start, end), _STREAM_BUFFER)

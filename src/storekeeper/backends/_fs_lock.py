@@ -16,7 +16,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from storekeeper.files import FileLock
-from storekeeper.store.owners import OwnerLock
+from storekeeper.store.backend import (
+    OwnerLock,
+)
 
 __all__ = ["StoreLock"]
 

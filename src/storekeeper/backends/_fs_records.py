@@ -18,18 +18,19 @@ being served.
 
 from __future__ import annotations
 
-import io
 import os
 import struct
-import weakref
 import zlib
 from collections.abc import Iterator
-from typing import IO, Any, NamedTuple
+from typing import NamedTuple
 
 from storekeeper.backends._fs_names import is_record_name
 from storekeeper.errors import CorruptFileError
+from storekeeper.files import SharedFile, open_stream
 from storekeeper.store.value import BytesValue, StreamValue, Value
 
+# SharedFile and open_stream live in storekeeper.files; they are re-exported here until
+# the SQLite value files import them from there.
 __all__ = [
     "DAMAGED_VERSION",
     "Record",
@@ -51,7 +52,6 @@ _CRC_START = 8
 _FIRST_READ = 16384
 # Linux returns at most this many bytes from one read; larger reads loop.
 _MAX_READ = 0x7FFFF000
-_STREAM_BUFFER = 65536
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
 
 
@@ -169,99 +169,6 @@ def _running_sums(start: int, *lengths: int) -> list[int]:
         start += length
         ends.append(start)
     return ends
-
-
-class SharedFile:
-    """An open read-only file descriptor shared by a value and the streams it opens.
-
-    The descriptor is closed once the value and all of its streams are gone, so a value
-    keeps reading the data it was created with even after the key is overwritten and
-    the old data file is unlinked (POSIX semantics).
-    """
-
-    __slots__ = ("__weakref__", "fd")
-
-    def __init__(self, path: str) -> None:
-        self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        weakref.finalize(self, os.close, self.fd)
-
-
-class _PositionalReader(io.RawIOBase):
-    """A seekable raw stream over bytes ``[start, end)`` of a :class:`SharedFile`.
-
-    Reads use ``pread`` at the stream's own position, so any number of streams can read
-    the same descriptor at once without disturbing each other.
-    """
-
-    def __init__(self, shared: SharedFile, start: int, end: int) -> None:
-        super().__init__()
-        self._shared: SharedFile | None = shared
-        self._start = start
-        self._end = max(start, end)
-        self._position = start
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._position - self._start
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: self._start, io.SEEK_CUR: self._position, io.SEEK_END: self._end}
-        target = base[whence] + offset
-        if target < self._start:
-            raise ValueError(f"negative seek position {target - self._start}")
-        self._position = target
-        return self.tell()
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        want = min(len(view), self._end - self._position, _MAX_READ)
-        if want <= 0:
-            return 0
-        if hasattr(os, "preadv"):
-            count = os.preadv(self._fd(), [view[:want]], self._position)
-        else:
-            chunk = os.pread(self._fd(), want, self._position)
-            count = len(chunk)
-            view[:count] = chunk
-        self._position += count
-        return count
-
-    def read(self, size: int | None = -1) -> bytes:
-        left = self._end - self._position
-        if size is None or size < 0 or size > left:
-            size = left
-        if size <= 0:
-            return b""
-        if size > _MAX_READ:
-            return self.readall()
-        chunk = os.pread(self._fd(), size, self._position)
-        self._position += len(chunk)
-        return chunk
-
-    def readall(self) -> bytes:
-        parts = []
-        while chunk := self.read(min(_MAX_READ, self._end - self._position)):
-            parts.append(chunk)
-        return b"".join(parts)
-
-    def close(self) -> None:
-        self._shared = None
-        super().close()
-
-    def _fd(self) -> int:
-        if self._shared is None:
-            raise ValueError("I/O operation on a closed stream")
-        return self._shared.fd
-
-
-def open_stream(shared: SharedFile, start: int, end: int) -> IO[bytes]:
-    """A buffered, seekable binary stream over bytes ``[start, end)`` of *shared*."""
-    return io.BufferedReader(_PositionalReader(shared, start, end), _STREAM_BUFFER)
 
 
 def record_value(record: Record, shared: SharedFile | None) -> Value:

@@ -25,7 +25,9 @@ from storekeeper.backends._fs_records import (
 )
 from storekeeper.errors import CorruptFileError
 from storekeeper.files import fsync_directory
-from storekeeper.store.abstract import new_version
+from storekeeper.store.backend import (
+    new_version,
+)
 
 __all__ = ["Staging", "commit_staging", "remove_staged_files"]
 
@@ -136,7 +138,7 @@ def _write_staged(path: str, content: bytes, *, durable: bool) -> None:
         stream.write(content)
         stream.flush()
         if durable:
-            files._fsync(stream.fileno())
+            files.fsync(stream.fileno())
 
 
 def remove_staged_files(root: str) -> None:

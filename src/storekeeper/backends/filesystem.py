@@ -80,23 +80,26 @@ from storekeeper.errors import (
 from storekeeper.events import BaseEventManager
 from storekeeper.files import atomic_write, fsync_directory
 from storekeeper.store import urls
-from storekeeper.store._validate import (
+from storekeeper.store.abstract import AbstractStore
+from storekeeper.store.backend import (
     DEFAULT_BUFFER_SIZE,
     Metadata,
+    OwnedVar,
+    StoreCapabilities,
     check_key,
+    check_precondition,
     check_select,
     check_write,
     decode_metadata,
     encode_metadata,
     iter_source,
-    pick_metadata,
-    select_metadata,
-)
-from storekeeper.store.abstract import (
-    AbstractStore,
-    check_precondition,
+    matches,
     missing,
     new_version,
+    pick_metadata,
+    query_terms,
+    select_metadata,
+    source_size,
     unpack_value,
 )
 from storekeeper.store.events import (
@@ -105,9 +108,6 @@ from storekeeper.store.events import (
     StoreSetEvent,
     StoreUpdateEvent,
 )
-from storekeeper.store.owners import OwnedVar
-from storekeeper.store.query import matches, query_terms
-from storekeeper.store.utils import source_size
 from storekeeper.store.value import Value
 
 __all__ = ["FileSystemStore", "FileSystemStoreError", "init_shared_store"]
@@ -166,6 +166,16 @@ class _Payload:
     inline: bytes | None
     data_file: str | None
     size: int
+
+
+_CAPABILITIES = StoreCapabilities(
+    conditional_writes=True,
+    atomic_transactions=True,
+    isolated_transactions=True,
+    cross_process=True,
+    ranges=True,
+    persistent=True,
+)
 
 
 class FileSystemStore(AbstractStore):
@@ -227,6 +237,11 @@ class FileSystemStore(AbstractStore):
         if settings.pop("create", False):
             init_shared_store(path, settings.get("magic_fname", ".FSStore"))
         return cls(path, **settings)
+
+    @property
+    def capabilities(self) -> StoreCapabilities:
+        """Everything but server-side queries: a query reads every record's metadata."""
+        return _CAPABILITIES
 
     def info(self) -> dict[str, Any]:
         """Store description with ``path``, ``durable`` and, when connected,

@@ -23,22 +23,24 @@ from urllib.parse import SplitResult
 
 from storekeeper.errors import InvalidURLError
 from storekeeper.events import BaseEventManager
-from storekeeper.store._validate import (
+from storekeeper.store.abstract import AbstractStore
+from storekeeper.store.backend import (
     DEFAULT_BUFFER_SIZE,
+    Claim,
     Metadata,
+    StoreCapabilities,
     check_key,
+    check_precondition,
     check_select,
     check_write,
     decode_metadata,
     encode_metadata,
-    pick_metadata,
-    select_metadata,
-)
-from storekeeper.store.abstract import (
-    AbstractStore,
-    check_precondition,
+    matches,
     missing,
     new_version,
+    pick_metadata,
+    query_terms,
+    select_metadata,
     unpack_value,
 )
 from storekeeper.store.events import (
@@ -47,8 +49,6 @@ from storekeeper.store.events import (
     StoreSetEvent,
     StoreUpdateEvent,
 )
-from storekeeper.store.owners import Claim
-from storekeeper.store.query import matches, query_terms
 from storekeeper.store.urls import url_options
 from storekeeper.store.value import BytesValue, Value
 
@@ -89,6 +89,11 @@ class _Transaction:
                 self.changes[key] = previous  # type: ignore[assignment]
 
 
+_CAPABILITIES = StoreCapabilities(
+    conditional_writes=True, atomic_transactions=True, isolated_transactions=True, ranges=True
+)
+
+
 class DictMemoryStore(AbstractStore):
     """A store held in memory; the same instance keeps its data across reconnects."""
 
@@ -114,6 +119,12 @@ class DictMemoryStore(AbstractStore):
                 "open_store('memory://') is a new, empty store of its own"
             )
         return cls(**options)
+
+    @property
+    def capabilities(self) -> StoreCapabilities:
+        """Conditional writes, atomic and isolated transactions and ranges, in this
+        process only: the data lives in this object and goes with it."""
+        return _CAPABILITIES
 
     def info(self) -> dict[str, Any]:
         """Store description; adds the number of keys."""

@@ -111,6 +111,7 @@ from storekeeper.store.abstract import (
     unpack_value,
     version_numbers,
 )
+from storekeeper.store.capabilities import StoreCapabilities
 from storekeeper.store.events import StoreDeleteEvent, StoreSetEvent, StoreUpdateEvent
 from storekeeper.store.owners import Claim, OwnedVar
 from storekeeper.store.query import matches, query_terms
@@ -262,6 +263,14 @@ class SqliteStore(AbstractStore):
         settings = urls.url_options(parts, _URL_OPTIONS)
         settings.update(options)
         return cls(_url_location(parts), **settings)
+
+    @property
+    def capabilities(self) -> StoreCapabilities:
+        """Every capability; an in-memory database is neither persistent nor shared
+        between processes."""
+        if self.location == _MEMORY:
+            return StoreCapabilities.everything().but(cross_process=False, persistent=False)
+        return StoreCapabilities.everything()
 
     def info(self) -> dict[str, Any]:
         """Store description with ``location``, ``table``, ``index``, ``durable`` and

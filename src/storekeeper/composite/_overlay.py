@@ -21,19 +21,18 @@ from typing import Any
 from storekeeper.composite._wrapper import CompositeStore, refuse_reserved, retarget_event
 from storekeeper.errors import ReadOnlyStoreError
 from storekeeper.events import BaseEvent, BaseEventManager
-from storekeeper.store._validate import (
+from storekeeper.store.abstract import AbstractReadOnlyStore, AbstractStore
+from storekeeper.store.backend import (
     DEFAULT_BUFFER_SIZE,
     Metadata,
     check_key,
+    check_precondition,
     check_select,
     check_write,
     copy_metadata,
-)
-from storekeeper.store.abstract import (
-    AbstractReadOnlyStore,
-    AbstractStore,
-    check_precondition,
     missing,
+    pass_terms,
+    query_terms,
 )
 from storekeeper.store.events import (
     StoreDeleteEvent,
@@ -41,7 +40,6 @@ from storekeeper.store.events import (
     StoreSetEvent,
     StoreUpdateEvent,
 )
-from storekeeper.store.query import pass_terms, query_terms
 from storekeeper.store.value import Value
 
 __all__ = ["WHITEOUT", "Layer", "OverlayStore", "is_whiteout"]

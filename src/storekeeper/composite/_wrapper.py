@@ -39,12 +39,15 @@ from typing import Any, ClassVar, TypeVar, cast
 from storekeeper.errors import InvalidMetadataError, ReadOnlyStoreError
 from storekeeper.events import BaseEvent, BaseEventManager
 from storekeeper.store.abstract import AbstractReadOnlyStore, AbstractStore
+from storekeeper.store.backend import (
+    OwnedVar,
+)
+from storekeeper.store.capabilities import StoreCapabilities
 from storekeeper.store.events import (
     StoreKeyEvent,
     StoreModificationEvent,
     StoreProgressEvent,
 )
-from storekeeper.store.owners import OwnedVar
 from storekeeper.store.utils import SimpleTransactionContext
 from storekeeper.store.value import Value
 
@@ -168,9 +171,7 @@ class CompositeStore(AbstractStore):
         """Stop forwarding events and disconnect the children :meth:`connect` connected."""
         with self._connection_lock:
             self._connected = False
-            unwatch = getattr(self.event_manager, "unwatch", None)
-            if unwatch is not None:
-                unwatch(self._listeners_changed)
+            self.event_manager.unwatch(self._listeners_changed)
             self._unlisten()
             self._forwarding = True
             while self._connected_here:
@@ -194,20 +195,17 @@ class CompositeStore(AbstractStore):
     def _follow_listeners(self) -> None:
         """Listen to the children only while someone listens to this store.
 
-        A manager that can report changes of its listeners (``watch`` and
-        ``may_deliver``, as :class:`~storekeeper.events.EventManager`) has this store
-        subscribe to the children when the first listener that could receive a key
-        event connects, and unsubscribe when the last one disconnects; meanwhile the
+        A manager that reports changes of its listeners (its ``watch`` returns true, as
+        :class:`~storekeeper.events.EventManager`'s does) has this store subscribe to
+        the children when the first listener that could receive a key event connects
+        (``may_deliver``), and unsubscribe when the last one disconnects; meanwhile the
         children's writes cost nothing here. Any other manager, or ``listens_always``:
         always subscribed.
         """
-        manager = self.event_manager
-        watch = getattr(manager, "watch", None)
-        if self.listens_always or watch is None or not hasattr(manager, "may_deliver"):
+        if self.listens_always or not self.event_manager.watch(self._listeners_changed):
             self._listen()
             self._forwarding = True
             return
-        watch(self._listeners_changed)
         self._listeners_changed()
 
     def _listeners_changed(self) -> None:
@@ -216,8 +214,8 @@ class CompositeStore(AbstractStore):
                 return  # our own (un)subscription, on a manager the children share
             self._adjusting = True
             try:
-                manager: Any = self.event_manager
-                needed = bool(manager.may_deliver(StoreKeyEvent, ignore=self._on_child_event))
+                manager = self.event_manager
+                needed = manager.may_deliver(StoreKeyEvent, ignore=self._on_child_event)
                 if needed and not self._listening:
                     self._listen()
                 elif not needed and self._listening:
@@ -242,6 +240,19 @@ class CompositeStore(AbstractStore):
                 manager.disconnect(StoreKeyEvent, self._on_child_event)
             except (KeyError, ValueError):
                 continue
+
+    @property
+    def capabilities(self) -> StoreCapabilities:
+        """What every child promises: the flags about writes (conditional writes,
+        atomic and isolated transactions) from the writable children, the others from
+        all of them. A composite whose own logic weakens a promise overrides this."""
+        writable = [child for child, can in zip(self._children, self._writable, strict=True) if can]
+        writes = StoreCapabilities.all_of(child.capabilities for child in writable)
+        return StoreCapabilities.all_of(child.capabilities for child in self._children).but(
+            conditional_writes=writes.conditional_writes,
+            atomic_transactions=writes.atomic_transactions,
+            isolated_transactions=writes.isolated_transactions,
+        )
 
     def info(self) -> dict[str, Any]:
         """The store description plus ``children``: each child's own ``info()``."""

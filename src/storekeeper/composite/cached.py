@@ -11,8 +11,9 @@ version token, which the cache remembers next to each copy:
 - ``policy='max_age'``: a copy is trusted for *max_age* seconds after it was fetched or
   last validated, then validated again as under ``'always'``.
 
-**Asking for a version.** If the source has a ``version_of(key) -> str`` method (raising
-``KeyError`` for a missing key) the cache calls it; otherwise it calls
+**Asking for a version.** If the source has a ``version_of(key) -> str`` method (the
+:class:`~storekeeper.store.VersionedStore` protocol; ``KeyError`` for a missing key)
+the cache calls it; otherwise it calls
 ``source.get(key)`` and reads only ``.version``, never ``.data``. That is free of data
 transfer for every built-in backend because their values open their data lazily (memory
 and small SQLite values are already local; files and remote values are opened only when
@@ -68,18 +69,22 @@ from typing import IO, Any, Literal, TypeVar
 from storekeeper.composite._wrapper import CompositeStore, refuse_reserved
 from storekeeper.errors import ConflictError
 from storekeeper.events import BaseEvent, BaseEventManager
-from storekeeper.store._validate import (
+from storekeeper.store.abstract import AbstractReadOnlyStore, AbstractStore, VersionedStore
+from storekeeper.store.backend import (
     DEFAULT_BUFFER_SIZE,
     Metadata,
+    OwnedVar,
+    StoreCapabilities,
     check_key,
     check_pattern,
     check_select,
     check_write,
+    missing,
+    pair_up,
+    pass_terms,
+    query_terms,
 )
-from storekeeper.store.abstract import AbstractReadOnlyStore, AbstractStore, missing, pair_up
 from storekeeper.store.events import StoreModificationEvent
-from storekeeper.store.owners import OwnedVar
-from storekeeper.store.query import pass_terms, query_terms
 from storekeeper.store.value import Value
 
 __all__ = ["BOOKKEEPING", "CachedStore", "Policy"]
@@ -200,6 +205,14 @@ class CachedStore(CompositeStore):
         assert isinstance(store, AbstractStore)
         return store
 
+    @property
+    def capabilities(self) -> StoreCapabilities:
+        """As its children's (the composite rule), but
+        never ``cross_process``: a read that fills the cache writes to it, so a reader
+        waits for another process's transaction on the cache (a frozen writer stalls
+        every reader), which the cross-process promise rules out."""
+        return super().capabilities.but(cross_process=False)
+
     def info(self) -> dict[str, Any]:
         """The store description plus the cache's policy and bounds."""
         return {
@@ -281,9 +294,8 @@ class CachedStore(CompositeStore):
     def _source_version(self, key: str, entry: Value) -> str | None:
         """The source's current version of *key*; drops the copy if the key is gone."""
         try:
-            version_of = getattr(self.source, "version_of", None)
-            if callable(version_of):
-                return str(version_of(key))
+            if isinstance(self.source, VersionedStore):
+                return str(self.source.version_of(key))
             return self.source.get(key).version
         except KeyError:
             self._drop(key)

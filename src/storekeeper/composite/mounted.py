@@ -6,8 +6,11 @@ from typing import Any
 
 from storekeeper.composite._overlay import Layer, OverlayStore, is_whiteout
 from storekeeper.events import BaseEventManager
-from storekeeper.store._validate import check_key
-from storekeeper.store.abstract import AbstractReadOnlyStore, AbstractStore, missing
+from storekeeper.store.abstract import AbstractReadOnlyStore, AbstractStore
+from storekeeper.store.backend import (
+    check_key,
+    missing,
+)
 
 __all__ = ["MountedStore"]
 

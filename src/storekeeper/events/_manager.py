@@ -28,7 +28,15 @@ Listener = Callable[[Any], object]
 
 
 class BaseEventManager(abc.ABC):
-    """The event manager API: connect listeners to event classes and emit events."""
+    """The event manager API: connect listeners to event classes and emit events.
+
+    Besides the abstract core, a manager may report who listens, so that emitters skip
+    building events nobody receives and composites forward their children's events only
+    while someone listens: :meth:`has_listeners`, :meth:`may_deliver`, :meth:`watch` and
+    :meth:`unwatch`. The defaults here answer as a manager that cannot tell: every
+    event may have a listener and changes are not reported, which costs work, never
+    correctness.
+    """
 
     @abc.abstractmethod
     def connect(
@@ -59,6 +67,33 @@ class BaseEventManager(abc.ABC):
     @abc.abstractmethod
     def is_enabled(self, cls: type[BaseEvent]) -> bool:
         """Whether events of *cls* are delivered (no class in its MRO is disabled)."""
+
+    # -- listener introspection (optional; the defaults assume someone listens) --------
+    def has_listeners(self, cls: type[BaseEvent]) -> bool:
+        """Whether an event of class *cls* emitted now could reach a listener.
+
+        ``False`` is a promise (the emitter may skip building the event); ``True`` may be
+        a guess. Default: ``True``.
+        """
+        return True
+
+    def may_deliver(self, cls: type[BaseEvent], ignore: Listener | None = None) -> bool:
+        """Whether some event of *cls* or of a subclass could reach a listener other than
+        *ignore*. ``False`` is a promise; ``True`` may be a guess. Default: ``True``."""
+        return True
+
+    def watch(self, callback: Callable[[], object]) -> bool:
+        """Ask for ``callback()`` after each change of the connected listeners.
+
+        Returns whether the manager will do so: ``False`` (the default) means changes are
+        not reported, so a caller that wants to work only while someone listens must
+        work all the time.
+        """
+        return False
+
+    def unwatch(self, callback: Callable[[], object]) -> None:
+        """Stop calling *callback*; nothing happens if it was not watching (default:
+        nothing to stop)."""
 
 
 class Delivery(Future[None]):
@@ -230,8 +265,9 @@ class EventManager(BaseEventManager):
             self._cache.clear()
         self._notify_watchers()
 
-    def watch(self, callback: Callable[[], object]) -> None:
-        """Call ``callback()`` after each :meth:`connect` and :meth:`disconnect`.
+    def watch(self, callback: Callable[[], object]) -> bool:
+        """Call ``callback()`` after each :meth:`connect` and :meth:`disconnect`; returns
+        ``True`` (this manager reports changes).
 
         For code that does work only while someone listens (composite stores forward
         their children's events only then). A bound method is held weakly. Listeners
@@ -246,6 +282,7 @@ class EventManager(BaseEventManager):
                 self._watchers[key] = (callback, None)
             else:
                 self._watchers[key] = (function, weakref.ref(target))
+        return True
 
     def unwatch(self, callback: Callable[[], object]) -> None:
         """Stop calling *callback*; nothing happens if it was not watching."""

@@ -1,4 +1,8 @@
-"""The key-value store API: values, abstract stores, events, utilities and ``open_store``."""
+"""The key-value store API: values, abstract stores, events, utilities and ``open_store``.
+
+Backend authors find the helpers every store implementation uses in
+:mod:`storekeeper.store.backend` (the backend kit).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,9 @@ from storekeeper.store.abstract import (
     AbstractAuthorizingStore,
     AbstractReadOnlyStore,
     AbstractStore,
+    VersionedStore,
 )
+from storekeeper.store.capabilities import StoreCapabilities
 from storekeeper.store.events import (
     StoreDeleteEvent,
     StoreEvent,
@@ -49,6 +55,7 @@ __all__ = [
     "QueryTerm",
     "Range",
     "SimpleTransactionContext",
+    "StoreCapabilities",
     "StoreDeleteEvent",
     "StoreEvent",
     "StoreKeyEvent",
@@ -67,6 +74,7 @@ __all__ = [
     "StreamValue",
     "StringValue",
     "Value",
+    "VersionedStore",
     "buffer_iterator",
     "open_store",
     "register_backend",

@@ -19,61 +19,63 @@ from __future__ import annotations
 import abc
 import contextvars
 import fnmatch
-import itertools
 import os
-import secrets
-import threading
-from collections.abc import Iterable, Mapping, Sized
-from operator import itemgetter
+from collections.abc import Iterable, Mapping
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any, Self
+from typing import IO, Any, Protocol, Self, runtime_checkable
 
-from storekeeper.errors import (
-    ConflictError,
-    InvalidValueError,
-    KeyNotFoundError,
-    NotConnectedError,
-)
+from storekeeper.errors import InvalidValueError, NotConnectedError
 from storekeeper.events import BaseEvent, BaseEventManager, get_event_manager
-from storekeeper.store._validate import (
+
+# The helpers below were importable from here; their home is the backend kit now. They
+# stay importable from this module (they are in __all__) for code written against it.
+from storekeeper.store.backend import (
     DEFAULT_BUFFER_SIZE,
     Metadata,
-    check_conditions,
-    check_keys,
+    OwnedVar,
+    StoreCapabilities,
     check_pattern,
+    check_precondition,
     check_select,
     check_write,
     decode_metadata,
+    exists_conflict,
     iter_source,
+    missing,
+    new_version,
+    pair_up,
+    pass_terms,
+    query_terms,
     select_metadata,
+    source_size,
+    split_pairs,
+    unpack_value,
+    version_numbers,
 )
 from storekeeper.store.events import (
+    StoreKeyEvent,
     StoreProgressEndEvent,
     StoreProgressStartEvent,
     StoreProgressStepEvent,
     StoreSetEvent,
     StoreUpdateEvent,
 )
-from storekeeper.store.owners import OwnedVar
-from storekeeper.store.query import pass_terms, query_terms
+from storekeeper.store.mapping import StoreMapping
 from storekeeper.store.utils import (
     SimpleTransactionContext,
     StoreProgressManager,
+    TransactionState,
     buffer_iterator,
     read_stream,
-    source_size,
 )
 from storekeeper.store.value import Value
-
-if TYPE_CHECKING:
-    from storekeeper.store.events import StoreKeyEvent
-    from storekeeper.store.mapping import StoreMapping
-    from storekeeper.store.utils import _TransactionState
 
 __all__ = [
     "AbstractAuthorizingStore",
     "AbstractReadOnlyStore",
     "AbstractStore",
+    "VersionedStore",
+    # Kept for code that imported them from here; new code uses storekeeper.store.backend.
     "check_precondition",
     "exists_conflict",
     "missing",
@@ -87,40 +89,7 @@ __all__ = [
 BinaryStream = IO[bytes]
 PathLike = str | os.PathLike[str]
 
-
-def new_version() -> str:
-    """Return a fresh opaque version token, unique across processes and hosts.
-
-    A random 64-bit prefix chosen per process (and again after ``fork``) plus a counter:
-    as unique as random tokens, at a fraction of the cost of drawing random bytes.
-    """
-    return f"{_version_prefix}{next(_version_counter):x}"
-
-
-def version_numbers(count: int) -> range:
-    """Reserve *count* fresh version numbers: distinct 64-bit integers, for backends that
-    store versions as integers (cheaper to store and compare than text tokens).
-
-    Numbers run upwards from a random 62-bit start chosen per process (and again after
-    ``fork``): two processes collide only if their ranges overlap, which for a 62-bit
-    start takes about 10**18 / (numbers drawn) processes. ``str()`` of a number is the
-    version token callers see.
-    """
-    global _next_number
-    with _number_lock:
-        start = _next_number
-        _next_number = start + count
-    return range(start, start + count)
-
-
-def _reset_version_source() -> None:
-    global _version_prefix, _version_counter, _next_number, _number_lock
-    _version_prefix = secrets.token_hex(8) + "-"
-    _version_counter = itertools.count(1)
-    _next_number = secrets.randbits(62)
-    _number_lock = threading.Lock()
-
-
+_NO_CAPABILITIES = StoreCapabilities()
 _PROGRESS_EVENTS = (StoreProgressStartEvent, StoreProgressStepEvent, StoreProgressEndEvent)
 #: ``(store, key)`` while the default :meth:`AbstractStore.update_metadata` runs: its
 #: inner ``set_metadata`` emits a set event that is really the update.
@@ -136,65 +105,18 @@ def _as_update(event: BaseEvent, key: str) -> BaseEvent:
     return StoreUpdateEvent(event.source, key=key, metadata=getattr(event, "metadata", None))
 
 
-_version_prefix = ""
-_version_counter = itertools.count(1)
-_next_number = 0
-_number_lock = threading.Lock()
-_reset_version_source()
-os.register_at_fork(after_in_child=_reset_version_source)
+@runtime_checkable
+class VersionedStore(Protocol):
+    """A store that can tell a key's current version without reading its data.
 
-
-def exists_conflict(key: str) -> ConflictError:
-    """The error of a create-only write (``if_exists=False``) of an existing *key*."""
-    return ConflictError(f"key {key!r} already exists (if_exists=False)")
-
-
-def check_precondition(
-    key: str, current: str | None, if_version: object, if_exists: object
-) -> None:
-    """Raise :class:`ConflictError` unless a conditional write of *key* may proceed.
-
-    *current* is the key's version, or ``None`` when the key does not exist.
-    ``if_exists=True`` requires the key to exist, ``False`` requires it not to;
-    ``if_version`` requires the key to exist with exactly that version. Preconditions
-    of the wrong type raise :class:`~storekeeper.errors.InvalidArgumentError` (backends
-    refuse them earlier, through :func:`~storekeeper.store._validate.check_write`).
+    Optional: stores whose ``get`` downloads the data (remote ones) provide it so that
+    a cache can validate an entry cheaply (see :mod:`storekeeper.composite.cached`).
     """
-    if if_exists is None:
-        pass
-    elif if_exists is True:
-        if current is None:
-            raise ConflictError(f"key {key!r} does not exist (if_exists=True)")
-    elif if_exists is False:
-        if current is not None:
-            raise exists_conflict(key)
-    else:
-        check_conditions(if_version, if_exists)
-    if if_version is not None and current != if_version:
-        check_conditions(if_version, if_exists)
-        found = "it does not exist" if current is None else f"its version is {current!r}"
-        raise ConflictError(f"key {key!r} is not at version {if_version!r}: {found}")
 
-
-def unpack_value(value: object) -> tuple[object, object, bool]:
-    """Split what ``set`` accepts into ``(data source, metadata, owned)``.
-
-    *value* is a :class:`Value` or a ``(data, metadata)`` pair; *metadata* may be
-    ``None`` (meaning ``{}``). *owned* is true when the data stream was opened here (from
-    a ``Value``) and must be closed by the caller of this function; streams the user
-    passed in are left open.
-    """
-    if type(value) is tuple and len(value) == 2:  # the common case, before an ABC check
-        data, metadata = value
-        return data, {} if metadata is None else metadata, False
-    if isinstance(value, Value):
-        return value.data, value.metadata, True
-    if isinstance(value, tuple | list) and len(value) == 2:
-        data, metadata = value
-        return data, {} if metadata is None else metadata, False
-    raise InvalidValueError(
-        f"a store value is a Value or a (data, metadata) pair, not {type(value).__name__}"
-    )
+    def version_of(self, key: str) -> str:
+        """*key*'s current version (what ``get(key).version`` would report), without
+        transferring its data; a ``KeyError`` (:class:`~storekeeper.errors.KeyNotFoundError`)
+        if the key is missing."""
 
 
 class AbstractReadOnlyStore(abc.ABC):
@@ -211,7 +133,7 @@ class AbstractReadOnlyStore(abc.ABC):
         self.event_manager = event_manager if event_manager is not None else get_event_manager()
         self._connected = False
         # Seen only by the task or thread that began the transaction (see owners.py).
-        self._transaction_var: OwnedVar[_TransactionState] = OwnedVar(
+        self._transaction_var: OwnedVar[TransactionState] = OwnedVar(
             f"storekeeper-transaction-{id(self):x}"
         )
 
@@ -234,6 +156,13 @@ class AbstractReadOnlyStore(abc.ABC):
     def info(self) -> dict[str, Any]:
         """A dict describing the store: at least ``type``, ``readonly``, ``authorizing``."""
         return {"type": type(self).__name__, "readonly": True, "authorizing": False}
+
+    @property
+    def capabilities(self) -> StoreCapabilities:
+        """What this store promises beyond the contract (see
+        :class:`~storekeeper.store.StoreCapabilities`). Default: nothing; every backend
+        declares its own, composites derive theirs from their children."""
+        return _NO_CAPABILITIES
 
     def __enter__(self) -> Self:
         if not self.is_connected():
@@ -357,8 +286,6 @@ class AbstractReadOnlyStore(abc.ABC):
 
     def as_mapping(self) -> StoreMapping:
         """A :class:`collections.abc.MutableMapping` view of key -> data bytes."""
-        from storekeeper.store.mapping import StoreMapping
-
         return StoreMapping(self)
 
     # -- events and transactions (shared machinery) -----------------------------------
@@ -387,9 +314,7 @@ class AbstractReadOnlyStore(abc.ABC):
         """
         if self._transaction_var.get() is not None:
             return True
-        has_listeners = getattr(self.event_manager, "has_listeners", None)
-        if has_listeners is None:
-            return True
+        has_listeners = self.event_manager.has_listeners
         # This runs before every write of some stores.
         for cls in classes:  # noqa: SIM110 - any() over a generator costs more here
             if has_listeners(cls):
@@ -413,10 +338,7 @@ class AbstractReadOnlyStore(abc.ABC):
     def _progress_observed(self) -> bool:
         """Whether a store progress event emitted now could reach a listener (they are
         never held back by transactions). A manager that cannot tell counts as observed."""
-        has_listeners = getattr(self.event_manager, "has_listeners", None)
-        if has_listeners is None:
-            return True
-        return any(map(has_listeners, _PROGRESS_EVENTS))
+        return any(map(self.event_manager.has_listeners, _PROGRESS_EVENTS))
 
     def _progress_metadata(self, metadata_json: str | None) -> Metadata | None:
         """The metadata for progress events from its JSON text, parsed only if someone
@@ -425,10 +347,10 @@ class AbstractReadOnlyStore(abc.ABC):
             return None
         return decode_metadata(metadata_json)
 
-    def _transaction_state(self) -> _TransactionState | None:
+    def _transaction_state(self) -> TransactionState | None:
         return self._transaction_var.get()
 
-    def _set_transaction_state(self, state: _TransactionState | None) -> None:
+    def _set_transaction_state(self, state: TransactionState | None) -> None:
         self._transaction_var.set(state)
 
     def _in_transaction(self) -> bool:
@@ -669,35 +591,3 @@ class AbstractAuthorizingStore(AbstractStore):
     @abc.abstractmethod
     def update_permissions(self, key: str, permissions: Mapping[str, Iterable[str]]) -> None:
         """Add the given tags to *key*'s permissions."""
-
-
-def split_pairs(keys: Iterable[str], values: Iterable[Any]) -> tuple[list[str], list[Any]]:
-    """*keys* and *values* paired like ``zip`` (the longer one's excess is ignored), as a
-    list of keys and a list of values, every key validated.
-
-    Materialised once because generators can be consumed a single time, and so that
-    every key is checked before anything is written.
-    """
-    if isinstance(keys, Sized) and isinstance(values, Sized):
-        # Copying two lists makes no pair tuples: a large batch would otherwise
-        # allocate one per key, and the garbage collector would walk them all.
-        key_list, value_list = list(keys), list(values)
-        count = min(len(key_list), len(value_list))
-        del key_list[count:], value_list[count:]
-    else:
-        # zip stops at the shorter one, so an endless iterator of values still works.
-        pairs = list(zip(keys, values, strict=False))
-        key_list = list(map(itemgetter(0), pairs))
-        value_list = list(map(itemgetter(1), pairs))
-    check_keys(key_list)
-    return key_list, value_list
-
-
-def pair_up(keys: Iterable[str], values: Iterable[Any]) -> list[tuple[str, Any]]:
-    """Like :func:`split_pairs`, but as a list of ``(key, value)`` pairs."""
-    return list(zip(*split_pairs(keys, values), strict=True))
-
-
-def missing(key: str) -> KeyNotFoundError:
-    """The error every backend raises for a missing *key*."""
-    return KeyNotFoundError(f"key {key!r} does not exist")

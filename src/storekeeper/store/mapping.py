@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, MutableMapping
-from typing import TYPE_CHECKING
+from typing import Any, Protocol, runtime_checkable
 
 from storekeeper.errors import ReadOnlyStoreError
 
-if TYPE_CHECKING:
-    from storekeeper.store.abstract import AbstractReadOnlyStore, AbstractStore
-
 __all__ = ["StoreMapping"]
+
+
+class _ReadableStore(Protocol):
+    """What a mapping reads through (every store has it)."""
+
+    def to_bytes(self, key: str) -> bytes: ...
+    def exists(self, key: str) -> bool: ...
+    def query_keys(self, *where: Any, **kwargs: Any) -> list[str]: ...
+
+
+@runtime_checkable
+class _WritableStore(_ReadableStore, Protocol):
+    """What a mapping writes through (every writable store has it)."""
+
+    def set_data(self, key: str, data: Any) -> None: ...
+    def delete(self, key: str) -> None: ...
 
 
 class StoreMapping(MutableMapping[str, bytes]):
@@ -22,8 +35,10 @@ class StoreMapping(MutableMapping[str, bytes]):
     raise :class:`~storekeeper.errors.ReadOnlyStoreError`.
     """
 
-    def __init__(self, store: AbstractReadOnlyStore) -> None:
+    def __init__(self, store: _ReadableStore) -> None:
         self.store = store
+        # Decided once: a store's class, and so whether it can write, does not change.
+        self._writer = store if isinstance(store, _WritableStore) else None
 
     def __getitem__(self, key: str) -> bytes:
         return self.store.to_bytes(key)
@@ -46,9 +61,7 @@ class StoreMapping(MutableMapping[str, bytes]):
     def __repr__(self) -> str:
         return f"<StoreMapping of {self.store!r}>"
 
-    def _writable(self) -> AbstractStore:
-        from storekeeper.store.abstract import AbstractStore  # abstract imports this module
-
-        if not isinstance(self.store, AbstractStore):
+    def _writable(self) -> _WritableStore:
+        if self._writer is None:
             raise ReadOnlyStoreError(f"{type(self.store).__name__} is read-only")
-        return self.store
+        return self._writer

@@ -21,10 +21,10 @@ import os
 import stat
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any, Protocol
+from typing import IO, Any, Protocol
 
 from storekeeper.errors import TransactionError
-from storekeeper.events import BaseEvent
+from storekeeper.events import BaseEvent, BaseEventManager
 from storekeeper.events.progress import ProgressManager
 from storekeeper.store._validate import DEFAULT_BUFFER_SIZE
 from storekeeper.store.events import (
@@ -35,9 +35,6 @@ from storekeeper.store.events import (
     StoreTransactionStartEvent,
 )
 
-if TYPE_CHECKING:
-    from storekeeper.store.abstract import AbstractReadOnlyStore
-
 _log = logging.getLogger(__name__)
 
 __all__ = [
@@ -45,7 +42,10 @@ __all__ = [
     "DummyTransactionContext",
     "SimpleTransactionContext",
     "StoreProgressManager",
+    "TransactionHost",
+    "TransactionState",
     "buffer_iterator",
+    "read_stream",
     "source_size",
     "tee",
 ]
@@ -211,7 +211,7 @@ class DummyTransactionContext:
     are not rolled back on error. There is one instance per store.
     """
 
-    def __new__(cls, store: AbstractReadOnlyStore) -> DummyTransactionContext:
+    def __new__(cls, store: object) -> DummyTransactionContext:
         existing = getattr(store, "_dummy_transaction", None)
         if isinstance(existing, cls):
             return existing
@@ -220,7 +220,7 @@ class DummyTransactionContext:
         store._dummy_transaction = instance  # type: ignore[attr-defined]
         return instance
 
-    store: AbstractReadOnlyStore
+    store: object
 
     def __enter__(self) -> DummyTransactionContext:
         return self
@@ -234,8 +234,11 @@ class DummyTransactionContext:
         return None
 
 
-class _TransactionState:
-    """What one outermost transaction of one context has accumulated."""
+class TransactionState:
+    """What one outermost transaction of one owner has accumulated: its *notes*, how
+    deeply it is nested (``depth``), the events held back until the commit
+    (``events``) and the open savepoints (``savepoints``: the store's token and the
+    number of held events when it was taken)."""
 
     __slots__ = ("depth", "events", "notes", "savepoints")
 
@@ -244,6 +247,23 @@ class _TransactionState:
         self.depth = 0
         self.events: list[BaseEvent] = []
         self.savepoints: list[tuple[object, int]] = []
+
+
+class TransactionHost(Protocol):
+    """What :class:`SimpleTransactionContext` needs of a store (every
+    :class:`~storekeeper.store.AbstractReadOnlyStore` has it): where to emit, the
+    current owner's :class:`TransactionState`, and the transaction hooks."""
+
+    event_manager: BaseEventManager
+
+    def _transaction_state(self) -> TransactionState | None: ...
+    def _set_transaction_state(self, state: TransactionState | None) -> None: ...
+    def _begin_transaction(self) -> None: ...
+    def _commit_transaction(self) -> None: ...
+    def _rollback_transaction(self) -> None: ...
+    def _savepoint(self) -> object: ...
+    def _rollback_to_savepoint(self, token: object) -> None: ...
+    def _release_savepoint(self, token: object) -> None: ...
 
 
 class SimpleTransactionContext:
@@ -259,7 +279,7 @@ class SimpleTransactionContext:
     ``__enter__`` returns the context itself.
     """
 
-    def __init__(self, store: AbstractReadOnlyStore, notes: str = "") -> None:
+    def __init__(self, store: TransactionHost, notes: str = "") -> None:
         self.store = store
         self.notes = notes
 
@@ -280,7 +300,7 @@ class SimpleTransactionContext:
     def __enter__(self) -> SimpleTransactionContext:
         state = self.store._transaction_state()
         if state is None:
-            state = _TransactionState(self.notes)
+            state = TransactionState(self.notes)
             self.begin()
             self.store._set_transaction_state(state)
             state.depth = 1
@@ -324,7 +344,7 @@ class SimpleTransactionContext:
         except Exception:  # noqa: BLE001 - logged; the commit's error is re-raised
             _log.exception("rollback after a failed commit of %r also failed", self.store)
 
-    def _leave_nested(self, state: _TransactionState, *, failed: bool) -> None:
+    def _leave_nested(self, state: TransactionState, *, failed: bool) -> None:
         token, event_count = state.savepoints.pop()
         if failed:
             self.store._rollback_to_savepoint(token)
@@ -332,7 +352,7 @@ class SimpleTransactionContext:
         else:
             self.store._release_savepoint(token)
 
-    def _finish(self, state: _TransactionState, *, failed: bool, rolled_back: bool = False) -> None:
+    def _finish(self, state: TransactionState, *, failed: bool, rolled_back: bool = False) -> None:
         if failed and not rolled_back:
             self.rollback()
         manager = self.store.event_manager

@@ -23,6 +23,7 @@ from storekeeper.store._validate import (
     decode_metadata,
     encode_metadata,
 )
+from storekeeper.store.utils import buffer_iterator
 
 __all__ = ["BytesValue", "StreamValue", "StringValue", "Value", "normalize_range"]
 
@@ -103,8 +104,6 @@ class Value(abc.ABC):
         *progress*, when given, is called as ``progress(step=bytes_so_far)`` after each
         chunk. The stream is closed when the iteration finishes or is abandoned.
         """
-        from storekeeper.store.utils import buffer_iterator  # utils imports this module
-
         with self.data as stream:
             yield from buffer_iterator(stream, buffer_size, progress)
 

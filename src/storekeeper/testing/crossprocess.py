@@ -1,10 +1,11 @@
 """Conformance checks between processes: multi-key transactions seen from outside.
 
 :class:`CrossProcessTests` is a mixin of :class:`storekeeper.testing.store.StoreTests`.
-It applies to stores that are safe across processes, which a test class declares by
-returning a URL from :meth:`CrossProcessTests.store_url` or, for stores no URL can
-describe (composites, unusual options), a picklable opener from
-:meth:`CrossProcessTests.process_opener` (see :func:`same_store`).
+It applies to the stores whose ``capabilities`` declare ``cross_process``; their test
+class says how another process opens the same store by returning a URL from
+:meth:`CrossProcessTests.store_url` or, for stores no URL can describe (composites,
+unusual options), a picklable opener from :meth:`CrossProcessTests.process_opener`
+(see :func:`same_store`). A store that declares ``cross_process`` without either fails.
 
 The check (:func:`observe_commits`): a reader process, connected before anything else
 happens, reads every key of a group again and again while writer processes commit
@@ -260,13 +261,13 @@ class CrossProcessTests:
 
     def store_url(self, tmp_path: Path) -> str | None:
         """A URL that opens the data of ``create_store(tmp_path, ...)`` in another
-        process; ``None`` (the default) for stores not shared across processes."""
+        process; ``None`` (the default): no URL can (see :meth:`process_opener`)."""
         return None
 
     def process_opener(self, tmp_path: Path) -> Opener | None:
         """A picklable callable opening the store under test in another process
-        (default: :func:`open_store` of :meth:`store_url`); ``None`` switches the
-        cross-process checks off."""
+        (default: :func:`open_store` of :meth:`store_url`); ``None`` for a store that
+        does not declare ``cross_process`` in its capabilities."""
         url = self.store_url(tmp_path)
         return None if url is None else functools.partial(open_store, url)  # type: ignore[return-value]
 
@@ -285,10 +286,15 @@ class CrossProcessTests:
         assert report.problems == []
 
     def _observe(self, tmp_path: Path, *, writers: int, freezes: int) -> Observation:
+        create_store = getattr(self, "create_store")  # noqa: B009 (StoreTests defines it)
+        with create_store(tmp_path, EventManager()) as store:
+            shared = store.capabilities.cross_process  # and the store exists from now on
+        if not shared:
+            pytest.skip("the store does not declare cross_process")
         opener = self.process_opener(tmp_path)
         if opener is None:
-            pytest.skip("the store is not shared between processes")
-        create_store = getattr(self, "create_store")  # noqa: B009 (StoreTests defines it)
-        with create_store(tmp_path, EventManager()):
-            pass  # the store exists before other processes open it
+            pytest.fail(
+                f"{type(self).__name__}: the store declares cross_process; define store_url "
+                "or process_opener so other processes can open it"
+            )
         return observe_commits(opener, writers=writers, freezes=freezes)

@@ -7,9 +7,11 @@ pytest then runs every documented behaviour of the store API against the backend
         def create_store(self, tmp_path, event_manager):
             return MyStore(tmp_path / "db", event_manager=event_manager)
 
-Capability flags (class attributes) switch off what a backend cannot do, and
-:meth:`StoreTests.store_url` enables the multi-process tests for backends that are safe
-across processes.
+What applies is decided by the store's declared ``capabilities``
+(:class:`~storekeeper.store.StoreCapabilities`): a ``persistent`` store must survive
+:meth:`StoreTests.reopen_store`, and a ``cross_process`` one the multi-process checks,
+for which the test class names how another process opens it
+(:meth:`~storekeeper.testing.crossprocess.CrossProcessTests.store_url`).
 """
 
 from __future__ import annotations
@@ -154,8 +156,6 @@ class StoreTests(
 ):
     """Conformance tests for a writable store; subclass and implement ``create_store``."""
 
-    #: Data survives disconnect + a new instance (``reopen_store`` must be implemented).
-    persistent = False
     #: Size of the "large value" round trip; backends may raise it.
     large_value_size = 3 * 1024 * 1024 + 17
 
@@ -165,8 +165,9 @@ class StoreTests(
         """Return a new, empty, *unconnected* store using *event_manager*."""
 
     def reopen_store(self, tmp_path: Path, event_manager: EventManager) -> AbstractStore:
-        """Return a new unconnected instance on the same data (persistent backends)."""
-        raise TypeError(f"{type(self).__name__} sets persistent=True: define reopen_store")
+        """Return a new unconnected instance on the same data (for stores whose
+        capabilities declare ``persistent``)."""
+        raise TypeError(f"{type(self).__name__}: the store is persistent; define reopen_store")
 
     @pytest.fixture
     def event_manager(self) -> EventManager:
@@ -840,9 +841,9 @@ class StoreTests(
 
     # -- persistence -----------------------------------------------------------------------
     def test_data_survives_reopening(self, tmp_path: Path, event_manager: EventManager) -> None:
-        if not self.persistent:
-            pytest.skip(f"{type(self).__name__} keeps data in memory only (persistent=False)")
         with self.create_store(tmp_path, event_manager) as store:
+            if not store.capabilities.persistent:
+                pytest.skip("the store does not declare persistent")
             store.set("k", (b"durable", {"a": [1]}))
             version = store.get("k").version
         with self.reopen_store(tmp_path, event_manager) as again:
