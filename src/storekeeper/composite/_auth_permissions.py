@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from typing import IO, Any
 
 from storekeeper.errors import InvalidMetadataError
-from storekeeper.store._validate import Metadata
+from storekeeper.store.backend import Metadata
 from storekeeper.store.value import Value
 
 __all__ = [

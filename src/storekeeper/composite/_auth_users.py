@@ -20,9 +20,8 @@ from dataclasses import dataclass
 from storekeeper.composite._auth_passwords import PasswordEncoder, password_bytes
 from storekeeper.composite._auth_permissions import EVERYONE, normalize_tags
 from storekeeper.errors import AuthenticationError, InvalidKeyError, NotConnectedError
-from storekeeper.store._validate import check_key
 from storekeeper.store.abstract import AbstractStore
-from storekeeper.store.utils import read_stream
+from storekeeper.store.backend import check_key, read_stream
 
 __all__ = ["Session", "UserAdministration", "UserRecord", "parse_credentials"]
 

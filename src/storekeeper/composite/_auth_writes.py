@@ -27,8 +27,13 @@ from storekeeper.errors import (
     InvalidMetadataError,
     InvalidValueError,
 )
-from storekeeper.store._validate import Metadata, check_write, copy_metadata
-from storekeeper.store.abstract import check_precondition, missing
+from storekeeper.store.backend import (
+    Metadata,
+    check_precondition,
+    check_write,
+    copy_metadata,
+    missing,
+)
 from storekeeper.store.value import Value
 
 __all__ = [

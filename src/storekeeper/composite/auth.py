@@ -66,20 +66,18 @@ from storekeeper.errors import (
     NotConnectedError,
 )
 from storekeeper.events import BaseEvent, BaseEventManager
-from storekeeper.store._validate import (
+from storekeeper.store.abstract import AbstractAuthorizingStore, AbstractStore
+from storekeeper.store.backend import (
     DEFAULT_BUFFER_SIZE,
     Metadata,
     check_key,
     check_select,
     copy_metadata,
-)
-from storekeeper.store.abstract import (
-    AbstractAuthorizingStore,
-    AbstractStore,
     missing,
+    pass_terms,
+    query_terms,
 )
 from storekeeper.store.events import StoreModificationEvent, StoreProgressEvent
-from storekeeper.store.query import pass_terms, query_terms
 from storekeeper.store.value import Value
 
 __all__ = [
@@ -489,13 +487,12 @@ class SimpleAuthStore(GuardedWrites, UserAdministration, CompositeStore, Abstrac
     def _unobserved(self, cls: type[BaseEvent]) -> bool:
         """Whether an event of *cls* forwarded now would reach no listener at all.
 
-        Only when nobody listens now and no transaction (of this store, or one that holds
-        its events for later delivery) is open; a manager that cannot tell is observed.
+        Only when nobody listens now (the manager promises it) and no transaction (of
+        this store, or one that holds its events for later delivery) is open.
         """
         if self._held_events.get() is not None or self._in_transaction():
             return False
-        has_listeners = getattr(self.event_manager, "has_listeners", None)
-        return has_listeners is not None and not has_listeners(cls)
+        return not self.event_manager.has_listeners(cls)
 
     def _translate_change(self, index: int, event: StoreModificationEvent) -> BaseEvent | None:
         """The child's change as this user may see it: dropped for a key they may not
