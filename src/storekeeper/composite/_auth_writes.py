@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 from storekeeper.composite._auth_permissions import PERMISSIONS, Record, record_in
 from storekeeper.composite._auth_users import Session
@@ -84,12 +84,16 @@ def pins_for(value: Value | None) -> dict[str, Any]:
     return {"if_version": value.version}
 
 
-class Written(NamedTuple):
-    """What a store remembers of a key it wrote: the version written and the
-    permission record written with it."""
+class Written:
+    """What a store remembers of a key it wrote: the *version* written and the
+    permission *record* written with it. Never changed once made: the pair is one
+    fact (at that version the key holds that record), read without a lock."""
 
-    version: str
-    record: Record | None
+    __slots__ = ("record", "version")
+
+    def __init__(self, version: str, record: Record | None) -> None:
+        self.version = version
+        self.record = record
 
 
 class RecentWrites:
@@ -206,7 +210,7 @@ class GuardedWrites:
             if must_exist:
                 raise missing(key)
             raise AuthorizationError(f"keys starting with {self.user_key_path!r} are reserved")
-        if repeatable:
+        if repeatable and (if_exists is False or self._recent.recall(key) is not None):
             done, version = self._write_unchecked(key, action, write, if_version, if_exists)
             if done:
                 return version
