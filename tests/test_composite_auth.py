@@ -354,6 +354,20 @@ def _assert_only_owners_granted(
     assert carol.query_keys() == (["plain"] if inner.exists("plain") else [])
 
 
+@pytest.mark.parametrize("entry", ["alice", None, 1, {"a": 1}])
+def test_a_record_entry_that_is_not_a_list_of_tags_grants_nothing(
+    inner: AbstractStore, entry: Any
+) -> None:
+    SimpleAuthStore(inner, FAST).add_user("a", "a's secret")  # "a" is a letter of "alice"
+    inner.set("k", (b"x", {PERMISSIONS: {"owned": ["carol"], "get": entry, "set": entry}}))
+    for who in (session(inner, ("a", "a's secret")), session(inner, ALICE)):
+        assert not who.exists("k")
+        assert who.check_permissions("k") == {"connect"}
+        with pytest.raises(KeyNotFoundError):
+            who.get("k")
+    assert session(inner, CAROL).to_bytes("k") == b"x"
+
+
 # -- per-key permissions --------------------------------------------------------------------------
 def test_a_user_without_permission_can_never_reach_another_users_data(
     inner: AbstractStore,
