@@ -8,7 +8,8 @@ a name that merely looks like the reserved one) is ordinary data and grants noth
 Writes through the store refuse metadata that holds the reserved name, so only the
 store itself (and code writing around it, to the wrapped store) puts a record there.
 
-A key without a record behaves as owned by :data:`EVERYONE`.
+A key without a record behaves as owned by :data:`EVERYONE`; an entry of a record that
+is not a list of tags grants nothing.
 """
 
 from __future__ import annotations

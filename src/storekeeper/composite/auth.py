@@ -16,9 +16,9 @@ behave as owned by :data:`EVERYONE`: all authenticated users have full access.
 The parts live in their own modules: password hashing in
 :mod:`storekeeper.composite._auth_passwords`, permission records in
 :mod:`~storekeeper.composite._auth_permissions`, user records, sessions and the user
-tools in :mod:`~storekeeper.composite._auth_users`, and what a guarded write carries in
-:mod:`~storekeeper.composite._auth_writes`. This module is the store, and the place to
-import every public name from.
+tools in :mod:`~storekeeper.composite._auth_users`, and the checked, pinned write path
+(with the keys the store wrote last) in :mod:`~storekeeper.composite._auth_writes`. This
+module is the store, and the place to import every public name from.
 """
 
 from __future__ import annotations
