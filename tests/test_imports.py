@@ -29,8 +29,6 @@ TEMPORARILY_ALLOWED = {
     "storekeeper/backends/_sqlite_files.py",  # i-sqlite2
     "storekeeper/backends/_sqlite_schema.py",  # i-sqlite2
     "storekeeper/backends/_sqlite_checkpoint.py",  # i-sqlite2
-    "storekeeper/composite/auth.py",  # i-auth2
-    "storekeeper/sessions.py",  # i-misc
 }
 
 

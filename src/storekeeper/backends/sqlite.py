@@ -83,6 +83,7 @@ from storekeeper.errors import (
     ConflictError,
     InvalidKeyError,
     InvalidURLError,
+    LockTimeoutError,
     StorekeeperError,
     TransactionError,
 )
@@ -129,6 +130,7 @@ _INDEX_MODES = ("dynamic", "static", None)
 _MMAP_SIZE = 32 * 1024 * 1024
 # Reads of a row whose value file was replaced before it could be opened.
 _READ_RETRIES = 16
+_LOCK_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_PROTOCOL})
 # Stay well under SQLite's limit on bound parameters per statement.
 _IN_BATCH = 500
 _URL_FORMS = "sqlite:///relative.db, sqlite:////absolute.db, or sqlite:// in memory"
@@ -1282,6 +1284,15 @@ def _translate(action: str) -> Iterator[None]:
 
 
 def _backend_error(exc: sqlite3.Error, action: str) -> StorekeeperError:
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    if code in _LOCK_CODES:
+        # Another connection kept the database locked past the timeout, or (PROTOCOL) a
+        # process stopped while it updated the shared WAL index, which readers must then
+        # wait for: a lock that was not granted, not a failed engine.
+        return LockTimeoutError(
+            f"SQLite could not get a lock while {action} ({exc}): another process holds "
+            "the database locked, or stopped in the middle of a commit; try again"
+        )
     return BackendError(f"SQLite failed while {action}: {exc}")
 
 
