@@ -1,6 +1,6 @@
 """Shared helpers for the benchmark scripts: timing, interleaved reps, ratio tables.
 
-Numbers on this 2-core VM move 1.3-7x between runs (see research/perf-anchors.md), so
+Numbers on this 2-core VM move 1.3-7x between runs, so
 every script runs ours and the peers in the same process, rotates their order each rep,
 and reports the median of per-rep ratios with min..max.
 """

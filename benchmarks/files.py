@@ -1,8 +1,8 @@
 """Durable-file primitives vs the raw sequences and the peers, in one run.
 
 - atomic_write of 100 B vs the raw temp + fsync + replace + directory fsync (>= 0.9);
-- atomic_store commit of a dict of 10 / 1,000 / 100,000 entries vs the original
-  ``atomic_store`` package and ``atomicwrites`` (no slower than the original);
+- atomic_store commit of a dict of 10 / 1,000 / 100,000 entries vs the
+  ``atomic_store`` package (0.0.1) and ``atomicwrites`` (no slower than that package);
 - save_checkpoint of 1 KiB and 10 MiB vs the raw sequence (>= 0.9).
 BENCH_REPS sets the interleaved reps; BENCH_DIR the directory.
 """
@@ -66,7 +66,7 @@ def bench_atomic_store(base: Path, reps: int) -> None:
     except ImportError:
         print("\n== atomic_store: not available in this build")
         return
-    import atomic_store as original
+    import atomic_store as peer
     from atomicwrites import atomic_write as aw
 
     for size in (10, 1_000, 100_000):
@@ -81,7 +81,7 @@ def bench_atomic_store(base: Path, reps: int) -> None:
                     store.commit()
 
         def theirs(path: Path, value: dict[str, int] = value, commits: int = commits) -> None:
-            with original.open(str(path), default=dict(value)) as store:
+            with peer.open(str(path), default=dict(value)) as store:
                 for n in range(commits):
                     store.value["n"] = n
                     store.commit()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import io
@@ -20,8 +21,8 @@ from storekeeper.composite import (
     make_encoder,
     sha1_hasher,
 )
-from storekeeper.composite import auth as auth_module
-from storekeeper.composite.auth import _KNOWN_KEYS, PERMISSIONS, _record
+from storekeeper.composite._auth_permissions import record_in
+from storekeeper.composite.auth import PERMISSIONS, RECENT_WRITES
 from storekeeper.errors import (
     AuthenticationError,
     AuthorizationError,
@@ -45,6 +46,7 @@ from storekeeper.testing.store import StoreTests
 
 ALICE = {"username": "alice", "password": "alice's secret"}
 BOB = {"username": "bob", "password": "bob's secret"}
+CAROL = {"username": "carol", "password": "carol's secret"}
 FAST = make_encoder(b"pepper", n=2)  # scrypt at the lowest cost: tests only
 
 
@@ -82,6 +84,7 @@ class TestAuthOverMemory(_AuthConformance):
 
 class TestAuthOverFiles(_AuthConformance):
     kind = "file"
+    listing_streams = False
     persistent = True
 
 
@@ -153,7 +156,7 @@ def test_passwords_are_compared_in_constant_time(
         calls.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr("storekeeper.composite.auth.hmac.compare_digest", spy)
+    monkeypatch.setattr(hmac, "compare_digest", spy)
     session(inner, ALICE).disconnect()
     assert len(calls) == 1
 
@@ -277,6 +280,96 @@ def test_permissions_never_show_in_metadata_or_events(inner: AbstractStore) -> N
         alice.update_metadata("other", {PERMISSIONS: {}})
     with pytest.raises(InvalidMetadataError):
         alice.query_keys(**{PERMISSIONS: {"owned": ["alice"]}})
+
+
+_ANYONE = {"owned": [EVERYONE], "get": [EVERYONE]}
+
+
+def without(metadata: dict[str, Any], name: str) -> dict[str, Any]:
+    return {key: item for key, item in metadata.items() if key != name}
+
+
+_ENTRY = json.dumps(PERMISSIONS) + ":" + json.dumps(_ANYONE, separators=(",", ":"))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        json.dumps({"x": {PERMISSIONS: _ANYONE}}),  # nested
+        json.dumps({"a": 1, "z": [{"y": {PERMISSIONS: _ANYONE}}]}),  # nested at the end
+        json.dumps({"\\u0000storekeeper:permissions": _ANYONE}),  # the escape, literally
+        json.dumps({"x" + PERMISSIONS: _ANYONE}),  # a name that ends like the entry's
+        json.dumps({"z": "," + _ENTRY + "}"}),  # the entry's text inside a string
+        json.dumps({"z": '"},' + _ENTRY}),  # ... one that closes quotes and objects
+        '{"a":1,' + _ENTRY + "}",  # the entry itself, at the end of the text
+        "{" + _ENTRY + "," + _ENTRY + "}",  # ... twice
+        '{"a":1,' + _ENTRY + ',"\\u0000storekeeper:permissions":{}}',  # duplicated
+        "{" + _ENTRY.replace(EVERYONE, "alice") + "," + _ENTRY + "}",  # the second wins
+    ],
+)
+def test_a_record_smuggled_into_metadata_never_grants_anything(
+    inner: AbstractStore, text: str
+) -> None:
+    alice, bob, carol = session(inner, ALICE), session(inner, BOB), session(inner, CAROL)
+    alice.set("doc", (b"alice's", {"a": 0}))
+    alice.set_permissions("doc", {"owned": ["alice"], "set": ["bob"]})
+    heard: list[str] = []
+    carol.event_manager.connect(StoreModificationEvent, lambda event: heard.append(event.key))
+    metadata = json.loads(text)
+    writes = [
+        # First, so that the smuggled entries come after the record in the metadata.
+        lambda: bob.update_metadata("doc", metadata),
+        lambda: bob.set_data("doc", b"bob's again"),
+        lambda: bob.set("doc", (b"bob's", metadata)),
+        lambda: bob.set("doc", BytesValue(b"bob's", metadata_json=text)),
+        lambda: bob.set_metadata("doc", metadata),
+        lambda: bob.set("new-1", BytesValue(b"new", metadata_json=text)),
+        lambda: bob.set("new-2", (b"new", metadata), if_exists=False),
+        lambda: bob.set_metadata("new-3", metadata),
+        # Code writing around the store is trusted with records at the top level only.
+        lambda: inner.set("plain", (b"around", without(metadata, PERMISSIONS))),
+    ]
+    for write in writes:
+        with contextlib.suppress(InvalidMetadataError):  # refused: a top-level entry
+            write()
+        _assert_only_owners_granted(inner, alice, bob, carol)
+    assert heard == ["plain"]
+
+
+def _assert_only_owners_granted(
+    inner: AbstractStore, alice: SimpleAuthStore, bob: SimpleAuthStore, carol: SimpleAuthStore
+) -> None:
+    """The permissions are those the owners gave, whatever the metadata holds."""
+    assert alice.get_permissions("doc") == {"owned": {"alice"}, "set": {"bob"}}
+    assert bob.check_permissions("doc") == {"connect", "exists", "set"}
+    with pytest.raises(AuthorizationError):
+        bob.get_permissions("doc")
+    with pytest.raises(AuthorizationError):
+        bob.get("doc")
+    new_keys = [key for key in ("new-1", "new-2", "new-3") if inner.exists(key)]
+    for key in new_keys:
+        assert bob.get_permissions(key) == {"owned": {"bob"}}
+    for key in ("doc", *new_keys):
+        assert not carol.exists(key)
+        assert carol.check_permissions(key) == {"connect"}
+        with pytest.raises(KeyNotFoundError):
+            carol.get(key)
+    # Keys written around the store carry no record: owned by everyone.
+    assert carol.query_keys() == (["plain"] if inner.exists("plain") else [])
+
+
+@pytest.mark.parametrize("entry", ["alice", None, 1, {"a": 1}])
+def test_a_record_entry_that_is_not_a_list_of_tags_grants_nothing(
+    inner: AbstractStore, entry: Any
+) -> None:
+    SimpleAuthStore(inner, FAST).add_user("a", "a's secret")  # "a" is a letter of "alice"
+    inner.set("k", (b"x", {PERMISSIONS: {"owned": ["carol"], "get": entry, "set": entry}}))
+    for who in (session(inner, ("a", "a's secret")), session(inner, ALICE)):
+        assert not who.exists("k")
+        assert who.check_permissions("k") == {"connect"}
+        with pytest.raises(KeyNotFoundError):
+            who.get("k")
+    assert session(inner, CAROL).to_bytes("k") == b"x"
 
 
 # -- per-key permissions --------------------------------------------------------------------------
@@ -472,7 +565,7 @@ def test_permission_records_are_read_exactly_as_the_metadata(text: str) -> None:
     assert decode_metadata(text) == json.loads(text)
     value = BytesValue(b"", metadata_json=text)
     expected = json.loads(text).get(PERMISSIONS)
-    assert _record(value) == (expected if isinstance(expected, dict) else None)
+    assert record_in(value.metadata) == (expected if isinstance(expected, dict) else None)
 
 
 _ALICE_TAIL = '"\\u0000storekeeper:permissions":{"owned":["alice"]}}'
@@ -490,32 +583,15 @@ _ALICE_TAIL = '"\\u0000storekeeper:permissions":{"owned":["alice"]}}'
         '{"a":1,' + _ALICE_TAIL.replace("alice", "bob"),
     ],
 )
-def test_a_record_read_from_the_end_of_the_text_is_the_top_level_one(text: str) -> None:
-    primer = BytesValue(b"", {"n": 1, PERMISSIONS: {"owned": ["alice"]}})
-    assert primer._metadata_json.endswith(_ALICE_TAIL)
-    assert _record(primer) == {"owned": ["alice"]}
-    assert _record(BytesValue(b"", metadata_json=text)) == json.loads(text).get(PERMISSIONS)
-
-
-def test_a_text_ending_with_the_record_read_last_is_not_parsed(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    _record(BytesValue(b"", {"n": 1, PERMISSIONS: {"owned": ["alice"]}}))
-    monkeypatch.setattr(auth_module, "decode_metadata", _no_parse)
-    value = BytesValue(b"", metadata_json='{"other":[1,2],' + _ALICE_TAIL)
-    assert _record(value) == {"owned": ["alice"]}
-    with pytest.raises(AssertionError):
-        _record(BytesValue(b"", metadata_json='{"a":1,' + _ALICE_TAIL.replace("alice", "bob")))
-
-
-def _no_parse(text: object) -> Any:
-    raise AssertionError(f"parsed {text!r}")
+def test_the_record_is_the_top_level_entry_wherever_the_text_puts_it(text: str) -> None:
+    value = BytesValue(b"", metadata_json=text)
+    assert record_in(value.metadata) == json.loads(text).get(PERMISSIONS)
 
 
 @pytest.mark.parametrize("text", ["", "[1]", '{"a":1} x', '{"a":1'])
 def test_unreadable_metadata_grants_nothing(text: str) -> None:
     with pytest.raises(ValueError):
-        _record(BytesValue(b"", metadata_json=text))
+        record_in(BytesValue(b"", metadata_json=text).metadata)
 
 
 # -- user administration and sessions ------------------------------------------------------------
@@ -686,41 +762,38 @@ def test_create_only_writes_and_rewrites_of_own_keys_need_no_lookup() -> None:
     assert alice.get_permissions("also new") == {"owned": {"alice"}}
 
 
-def test_plain_sets_try_creation_first_only_while_keys_turn_out_new() -> None:
+def test_plain_sets_of_keys_not_written_here_look_them_up_once() -> None:
     inner, alice, bob = _counting_sessions()
     bob.set("bob's", (b"bob's", {}))
-    for n in range(3):
-        alice.set(f"new-{n}", (b"x", {}))
+    for n in range(10):
+        inner.set(f"old-{n}", (b"old", {}))
     inner.lookups = inner.sets = 0
-    for n in range(3, 10):
+    # However many new keys came before, a plain set looks its key up: one lookup and
+    # one write each, whether the key turns out new or not (no write is tried blind).
+    for n in range(10):
         alice.set(f"new-{n}", (b"x", {}))
-    assert (inner.lookups, inner.sets) == (0, 7)  # one creation each, no lookup
-    # A creation tried first on a key that exists changes nothing; the checked path decides.
+    assert (inner.lookups, inner.sets) == (10, 10)
+    inner.lookups = inner.sets = 0
+    for n in range(10):
+        alice.set(f"old-{n}", (b"new", {}))
+    assert (inner.lookups, inner.sets) == (10, 10)
     with pytest.raises(AuthorizationError):
         alice.set("bob's", (b"alice's", {}))
     assert bob.to_bytes("bob's") == b"bob's"
     assert bob.get_permissions("bob's") == {"owned": {"bob"}}
-    # Overwriting keys of unknown state (written around the store) turns it off again.
-    for n in range(10):
-        inner.set(f"old-{n}", (b"old", {}))
-    for n in range(5):
-        alice.set(f"old-{n}", (b"new", {}))
-    inner.lookups = inner.sets = 0
-    for n in range(5, 10):
-        alice.set(f"old-{n}", (b"new", {}))
-    assert (inner.lookups, inner.sets) == (5, 5)  # a lookup and one write each, no failures
     assert [alice.to_bytes(f"old-{n}") for n in range(10)] == [b"new"] * 10
     assert alice.get_permissions("old-9") == {"owned": {"*"}}  # the record it had: none
+    assert alice.get_permissions("new-9") == {"owned": {"alice"}}
 
 
 def test_the_keys_a_store_remembers_are_bounded_and_the_newest_kept() -> None:
     inner, alice, _ = _counting_sessions()
-    keys = [f"k{n}" for n in range(_KNOWN_KEYS + 1)]
+    keys = [f"k{n}" for n in range(RECENT_WRITES + 1)]
     for key in keys:
         alice.set(key, (b"1", {}))
     inner.lookups = 0
     alice.set(keys[-1], (b"2", {}))
-    alice.set(keys[_KNOWN_KEYS // 2 + 1], (b"2", {}))
+    alice.set(keys[RECENT_WRITES // 2 + 1], (b"2", {}))
     assert inner.lookups == 0  # still remembered: pinned rewrites
     alice.set(keys[0], (b"2", {}))
     assert inner.lookups == 1  # forgotten: checked again

@@ -52,6 +52,8 @@ class _CachedConformance(StoreTests):
         return self.create_store(tmp_path, event_manager)
 
     def process_opener(self, tmp_path: Path) -> Opener | None:
+        # A reader process's fills write to the cache store, which a frozen writer
+        # process may hold locked: readers must keep answering all the same.
         return None if self.kind == "memory" else same_store(self, tmp_path)
 
     # Raw access through the source, the store of record.
@@ -77,6 +79,7 @@ class TestCachedImmutableOverMemory(_CachedConformance):
 
 class TestCachedOverFiles(_CachedConformance):
     kind = "file"
+    listing_streams = False
 
 
 class TestCachedOverSqlite(_CachedConformance):
@@ -537,3 +540,40 @@ def test_processes_filling_one_cache_keep_its_bound(tmp_path: Path, bound: str) 
     assert held <= max_size + _FILLERS * (max_size // 20 + _VALUE)
     if max_entries is not None:
         assert len(copies) <= max_entries + _FILLERS * max(1, max_entries // 20)
+
+
+@pytest.mark.parametrize("kind", ["memory", "file", "sqlite"])
+def test_reads_never_wait_for_a_writer_holding_the_cache(tmp_path: Path, kind: str) -> None:
+    source, cache = child(kind, tmp_path, "source"), child(kind, tmp_path, "cache")
+    store = CachedStore(source, cache, event_manager=EventManager())  # type: ignore[arg-type]
+    store.connect()
+    store.set("a", (b"one", {"n": 1}))
+    store.set("b", (b"two", {"n": 2}))
+    assert store.to_bytes("a") == b"one"  # a copy of "a" is cached
+    holding, release = threading.Event(), threading.Event()
+
+    def hold_the_cache() -> None:  # a writer stuck inside a cache write (a frozen process)
+        with cache.transaction():
+            holding.set()
+            release.wait(60)
+
+    holder = threading.Thread(target=hold_the_cache)
+    holder.start()
+    answers: list[object] = []
+
+    def read() -> None:
+        answers.append((store.get_metadata("b"), store.to_bytes("b"), store.to_bytes("a")))
+
+    try:
+        assert holding.wait(60)
+        reader = threading.Thread(target=read)
+        reader.start()
+        reader.join(60)
+    finally:
+        release.set()
+        holder.join(60)
+    assert answers == [({"n": 2}, b"two", b"one")]  # answered, from the source and the copy
+    assert not cache.exists("b")  # nothing was filled while the cache was busy
+    assert store.to_bytes("b") == b"two"
+    assert cache.exists("b")  # filled once the cache is free
+    store.disconnect()

@@ -13,7 +13,7 @@ from storekeeper.backends.memory import DictMemoryStore
 from storekeeper.composite import JoinedStore
 from storekeeper.composite._overlay import WHITEOUT
 from storekeeper.errors import ConflictError, InvalidMetadataError, KeyNotFoundError
-from storekeeper.events import EventManager
+from storekeeper.events import BaseEvent, BaseEventManager, EventManager
 from storekeeper.store import (
     AbstractStore,
     Exists,
@@ -66,6 +66,7 @@ class TestJoinedOverMemory(_JoinedConformance):
 
 class TestJoinedOverFiles(_JoinedConformance):
     kind = "file"
+    listing_streams = False
 
 
 class TestJoinedOverSqlite(_JoinedConformance):
@@ -252,6 +253,43 @@ def test_a_manager_shared_with_the_children_forwards_once(tmp_path: Path) -> Non
         assert [(e.key, e.source) for e in seen] == [("k", low), ("k", joined)]
         shared.disconnect(StoreSetEvent, seen.append)
         assert not shared.may_deliver(StoreKeyEvent)
+
+
+class _Plain(BaseEventManager):
+    """A manager with only the abstract core: it cannot say who listens."""
+
+    def __init__(self) -> None:
+        self.inner = EventManager()
+
+    def connect(self, cls: Any, func: Any, filter: Any = None, priority: int = 0) -> None:  # noqa: A002
+        self.inner.connect(cls, func, filter, priority)
+
+    def disconnect(self, cls: Any, func: Any) -> None:
+        self.inner.disconnect(cls, func)
+
+    def emit(self, event: BaseEvent, block: bool = True) -> Any:
+        return self.inner.emit(event, block)
+
+    def enable(self, cls: Any) -> None:
+        self.inner.enable(cls)
+
+    def disable(self, cls: Any) -> None:
+        self.inner.disable(cls)
+
+    def is_enabled(self, cls: Any) -> bool:
+        return self.inner.is_enabled(cls)
+
+
+def test_a_manager_that_cannot_report_listeners_has_children_followed_always() -> None:
+    plain = _Plain()
+    low = DictMemoryStore(event_manager=EventManager())
+    with JoinedStore([DictMemoryStore(), low], event_manager=plain) as joined:
+        assert low.event_manager.may_deliver(StoreKeyEvent)  # subscribed from the start
+        seen: list[Any] = []
+        plain.connect(StoreSetEvent, seen.append)
+        low.set("k", (b"", {}))
+        assert [(e.key, e.source) for e in seen] == [("k", joined)]
+    assert not low.event_manager.may_deliver(StoreKeyEvent)  # disconnect unsubscribes
 
 
 def test_progress_events_are_forwarded(joined: JoinedStore) -> None:

@@ -22,18 +22,6 @@ import pytest
 SRC = Path(__file__).resolve().parent.parent / "src"
 PACKAGE = SRC / "storekeeper"
 
-# Files other helpers of issue 15 are rewriting: they adopt the public names after their
-# branches merge, and these exceptions go then (lead: delete each line once it passes).
-TEMPORARILY_ALLOWED = {
-    "storekeeper/backends/sqlite.py",  # i-sqlite2
-    "storekeeper/backends/_sqlite_files.py",  # i-sqlite2
-    "storekeeper/backends/_sqlite_schema.py",  # i-sqlite2
-    "storekeeper/backends/_sqlite_checkpoint.py",  # i-sqlite2
-    "storekeeper/composite/auth.py",  # i-auth2
-    "storekeeper/sessions.py",  # i-misc
-}
-
-
 def _module_name(path: Path) -> str:
     parts = list(path.relative_to(SRC).with_suffix("").parts)
     if parts[-1] == "__init__":
@@ -97,8 +85,6 @@ def test_no_module_uses_another_modules_private_names() -> None:
     problems = []
     for path in _sources():
         relative = path.relative_to(SRC).as_posix()
-        if relative in TEMPORARILY_ALLOWED:
-            continue
         problems += [f"{relative} {use}" for use in private_uses(path)]
     assert problems == []
 

@@ -19,7 +19,8 @@ def test_import_does_not_load_backends_or_optional_dependencies() -> None:
     code = (
         "import sys, storekeeper; "
         "print(sorted(m for m in sys.modules if m.startswith(('storekeeper.backends', "
-        "'storekeeper.composite', 'rich', 'msgpack', 'sqlite3'))))"
+        "'storekeeper.composite', 'rich', 'msgpack', 'sqlite3', 'importlib.metadata', "
+        "'asyncio'))))"
     )
     loaded = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
@@ -49,9 +50,18 @@ def test_a_users_script_type_checks(tmp_path: Path) -> None:
         "with store:\n"
         "    store.set('k', (b'data', {'n': 1}))\n"
         "memory: DictMemoryStore = DictMemoryStore()\n"
+        "with open_store('sqlite:///data.db') as opened:\n"
+        "    version = opened.set('photos/cat.jpg', (b'jpeg', {'kind': 'photo'}))\n"
+        "    opened.set('counter', (b'2', {}), if_version=version)\n"
+        "    with opened.transaction('move'):\n"
+        "        opened.delete('photos/cat.jpg')\n"
     )
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    first_example = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "open_store(" in first_example and ".set(" in first_example
+    (tmp_path / "readme_example.py").write_text(first_example)
     checked = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", str(script)],
+        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", str(tmp_path)],
         capture_output=True,
         text=True,
         check=False,

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from storekeeper.backends.sqlite import SqliteStore
-from storekeeper.errors import BackendError, InvalidKeyError
+from storekeeper.errors import BackendError, InvalidKeyError, LockTimeoutError
 
 _LIMIT = 10  # inline_limit: values of more bytes go to value files (or chunk sets)
 
@@ -226,3 +226,18 @@ def test_a_second_process_opens_the_store_during_a_write_transaction(tmp_path: P
             store.set("k", (b"uncommitted", {"kind": "y"}))
             assert _run(_READ_ONE, db) == "committed ['k']"
         assert _run(_READ_ONE, db) == "uncommitted []"
+
+
+def test_a_lock_held_past_the_timeout_is_a_lock_timeout_error(tmp_path: Path) -> None:
+    db = tmp_path / "held.db"
+    with SqliteStore(db, timeout=0.05) as store:
+        store.set("k", (b"old", {}))
+        holder = sqlite3.connect(db, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")  # another connection keeps the write lock
+        try:
+            with pytest.raises(LockTimeoutError, match="try again"):
+                store.set("k", (b"new", {}))
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        assert store.to_bytes("k") == b"old"

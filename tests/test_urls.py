@@ -2,15 +2,31 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
+from urllib.parse import SplitResult
 
 import pytest
 
-from storekeeper import open_store
+from storekeeper import (
+    AbstractReadOnlyStore,
+    BytesValue,
+    Value,
+    open_read_only_store,
+    open_store,
+)
 from storekeeper.backends.filesystem import FileSystemStore, init_shared_store
 from storekeeper.backends.memory import DictMemoryStore
 from storekeeper.backends.sqlite import SqliteStore
-from storekeeper.errors import InvalidURLError, UnknownSchemeError
+from storekeeper.errors import (
+    InvalidArgumentError,
+    InvalidURLError,
+    ReadOnlyStoreError,
+    UnknownSchemeError,
+)
+from storekeeper.store import registry
 
 
 @pytest.fixture
@@ -172,3 +188,151 @@ def test_memory_url_gives_a_new_empty_store() -> None:
         assert isinstance(first, DictMemoryStore) and isinstance(second, DictMemoryStore)
         first.set("k", (b"v", {}))
         assert second.query_keys() == []
+
+
+# -- the registry: two doors, entry points read on demand ---------------------------------------
+class _Shelf(AbstractReadOnlyStore):
+    """A read-only backend: one key, ``shelf``, holding the URL's path."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+
+    @classmethod
+    def from_url(cls, parts: SplitResult, **options: Any) -> _Shelf:
+        return cls(parts.path)
+
+    def get(self, key: str) -> Value:
+        if key != "shelf":
+            raise KeyError(key)
+        return BytesValue(self.path.encode())
+
+    def query(self, select: Any = None, *where: Any, **kwargs: Any) -> list[tuple[str, Any]]:
+        return [("shelf", {})]
+
+
+@pytest.fixture
+def fresh_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A private copy of the registry for a test that registers schemes."""
+    monkeypatch.setattr(registry, "_registry", dict(registry._registry))
+    monkeypatch.setattr(registry, "_entry_points_loaded", False)
+
+
+@pytest.mark.usefixtures("fresh_registry")
+def test_open_store_refuses_a_read_only_backend_and_names_the_other_door() -> None:
+    registry.register_backend("shelf", _Shelf)
+    with pytest.raises(ReadOnlyStoreError, match=r"open_read_only_store\(\)"):
+        open_store("shelf:books")
+    with open_read_only_store("shelf:books") as store:
+        assert isinstance(store, _Shelf) and store.is_connected()
+        assert store.to_bytes("shelf") == b"books"
+    with open_read_only_store("memory://") as writable:  # every backend opens there
+        assert isinstance(writable, DictMemoryStore) and writable.is_connected()
+
+
+@pytest.mark.usefixtures("fresh_registry")
+def test_entry_points_add_schemes_and_never_replace_built_in_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import importlib.metadata
+
+    read: list[str] = []
+
+    def entry_points(group: str) -> list[importlib.metadata.EntryPoint]:
+        read.append(group)
+        return [
+            importlib.metadata.EntryPoint("shelf", f"{__name__}:_Shelf", group),
+            importlib.metadata.EntryPoint("memory", f"{__name__}:_Shelf", group),
+        ]
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", entry_points)
+    with open_store("memory://") as memory:  # a built-in scheme: entry points not read
+        assert isinstance(memory, DictMemoryStore)
+    assert read == []
+    with open_read_only_store("shelf:x") as shelf:  # not built in: read once
+        assert isinstance(shelf, _Shelf)
+    with open_store("memory://") as memory, pytest.raises(UnknownSchemeError):
+        assert isinstance(memory, DictMemoryStore)
+        open_store("nobody://")
+    assert read == ["storekeeper.backends"]
+    assert "shelf" in registry.registered_schemes()
+
+
+def test_opening_built_in_schemes_does_not_import_importlib_metadata(tmp_path: Path) -> None:
+    code = (
+        "import sys, storekeeper\n"
+        "with storekeeper.open_store('memory://'), storekeeper.open_store('sqlite://'):\n"
+        "    pass\n"
+        "with storekeeper.open_store(sys.argv[1] + '?create=true'):\n"
+        "    pass\n"
+        "print('importlib.metadata' in sys.modules)\n"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code, tmp_path.as_uri()], capture_output=True, text=True, check=True
+    )
+    assert loaded.stdout.strip() == "False"
+
+
+# -- values the constructor refuses, keyword options, the single-slash form --------------------
+@pytest.mark.parametrize(
+    ("url", "named"),
+    [
+        ("sqlite:///x.db?chunk_size=0", "chunk_size"),
+        ("sqlite:///x.db?table=a%00b", "table name"),
+        ("sqlite:/x.db", "sqlite:////x.db"),
+        ("sqlite:/abs/x.db", "sqlite:///abs/x.db"),
+    ],
+)
+def test_values_the_store_refuses_are_invalid_url_errors(cwd: Path, url: str, named: str) -> None:
+    with pytest.raises(InvalidURLError) as caught:
+        open_store(url)
+    assert named in str(caught.value)
+    assert list(cwd.iterdir()) == []
+
+
+def test_keyword_options_are_checked_like_url_options(cwd: Path, tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgumentError, match=r"'durabel'.*valid options: .*durable"):
+        open_store("sqlite:///x.db", durabel=False)
+    with pytest.raises(InvalidArgumentError, match=r"'table'.*valid options: event_manager"):
+        open_store("memory://", table="t")
+    with pytest.raises(InvalidArgumentError, match="durable is bool, not str"):
+        open_store("sqlite:///x.db", durable="nope")
+    with pytest.raises(InvalidURLError, match="chunk_size"):
+        open_store("sqlite:///x.db", chunk_size=0)
+    init_shared_store(tmp_path / "fs")
+    with pytest.raises(InvalidArgumentError, match="lock_timeout is a number, not str"):
+        open_store((tmp_path / "fs").as_uri(), lock_timeout="5")
+    assert list(cwd.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("make", "named"),
+    [
+        (lambda: SqliteStore(durable="no"), "durable"),
+        (lambda: SqliteStore(secure_delete=1), "secure_delete"),
+        (lambda: SqliteStore(background_checkpoints="yes"), "background_checkpoints"),
+        (lambda: SqliteStore(inline_limit=1.5), "inline_limit"),
+        (lambda: SqliteStore(chunk_size=True), "chunk_size"),
+        (lambda: SqliteStore(timeout="30"), "timeout"),
+        (lambda: SqliteStore(":memory:", 5), "table"),
+    ],
+)
+def test_constructors_check_the_types_of_their_options(make: Any, named: str) -> None:
+    with pytest.raises(InvalidArgumentError, match=named):
+        make()
+
+
+def test_filesystem_constructor_checks_its_options(tmp_path: Path) -> None:
+    init_shared_store(tmp_path / "fs")
+    for options in ({"durable": "false"}, {"inline_limit": "8"}, {"orphan_grace": None}):
+        with pytest.raises(InvalidArgumentError, match=next(iter(options))):
+            FileSystemStore(tmp_path / "fs", **options)
+    assert FileSystemStore(tmp_path / "fs", lock_timeout=5, orphan_grace=0).lock_timeout == 5
+
+
+@pytest.mark.parametrize("url", ["sqlite:", "memory:"])
+def test_forms_without_slashes_that_name_no_path_are_in_memory(url: str) -> None:
+    with open_store(url) as store:
+        assert store.info()["type"] in ("SqliteStore", "DictMemoryStore")
+        if isinstance(store, SqliteStore):
+            assert store.location == ":memory:"

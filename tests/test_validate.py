@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import json.encoder
+import subprocess
+import sys
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -11,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from storekeeper.errors import InvalidMetadataError
+from storekeeper.store import _validate
 from storekeeper.store._validate import decode_metadata, encode_metadata
 
 scalars = (
@@ -50,3 +55,62 @@ def test_circular_metadata_is_refused_not_a_crash() -> None:
     loop["again"] = {"deeper": loop}
     with pytest.raises(InvalidMetadataError, match="circular"):
         encode_metadata(loop)
+
+
+# -- the prebuilt C encoder is an optimisation over a private json API ---------------------------
+_REAL_MAKE = json.encoder.c_make_encoder  # type: ignore[attr-defined]
+
+
+def _signature_changed(*args: Any) -> Any:
+    raise TypeError("c_make_encoder() takes exactly 10 arguments (9 given)")
+
+
+def _separators_moved(*args: Any) -> Any:
+    return _REAL_MAKE(*args[:4], ", ", ": ", *args[6:])
+
+
+def _allows_nan(*args: Any) -> Any:
+    return _REAL_MAKE(*args[:-1], True)
+
+
+def _returns_bytes(*args: Any) -> Any:
+    return lambda value, level: (b"{}",)
+
+
+@pytest.mark.parametrize(
+    "make", [None, _signature_changed, _separators_moved, _allows_nan, _returns_bytes]
+)
+def test_a_missing_or_changed_c_encoder_is_not_used(make: Callable[..., Any] | None) -> None:
+    assert _validate._build_c_encoder(make) is None
+    assert _validate._build_c_encoder(_REAL_MAKE) is not None  # this Python's, as it is
+
+
+@given(metadata)
+def test_without_the_c_encoder_the_text_and_refusals_are_the_same(document: dict[str, Any]) -> None:
+    fast = encode_metadata(document)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_validate, "_C_ENCODE", None)
+        assert encode_metadata(document) == fast
+        for bad in ({2: "x"}, {"a": float("nan")}, {"a": {"b": float("inf")}}, {"a": b"x"}):
+            with pytest.raises(InvalidMetadataError):
+                encode_metadata(bad)
+        loop: dict[str, Any] = {}
+        loop["again"] = [loop]
+        with pytest.raises(InvalidMetadataError, match=r"(?i)circular"):
+            encode_metadata(loop)
+
+
+def test_storekeeper_imports_and_encodes_when_the_private_encoder_changed() -> None:
+    code = (
+        "import json.encoder\n"
+        "def changed(*args):\n"
+        "    raise TypeError('c_make_encoder() takes a different signature now')\n"
+        "real, json.encoder.c_make_encoder = json.encoder.c_make_encoder, changed\n"
+        "from storekeeper.store import _validate\n"
+        "json.encoder.c_make_encoder = real  # json's own calls match its own signature\n"
+        "assert _validate._C_ENCODE is None\n"
+        "print(_validate.encode_metadata({'a': [1, 'é'], 'b': {'c': None}}))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == '{"a":[1,"é"],"b":{"c":null}}'

@@ -50,6 +50,7 @@ from storekeeper.store import (
     Range,
     StreamValue,
     Value,
+    open_read_only_store,
     open_store,
     register_backend,
 )
@@ -136,6 +137,7 @@ __all__ = [
     "__version__",
     "get_event_manager",
     "init_shared_store",
+    "open_read_only_store",
     "open_store",
     "register_backend",
     "set_event_manager",

@@ -11,7 +11,7 @@ Only :meth:`AtomicStore.commit` (called by leaving the outermost ``with`` block,
 every exit unless ``ignore_inner_exits=True``) writes, and it writes through
 :func:`storekeeper.files.atomic_write`: a crash leaves the old file or the new one.
 
-Differences from the original ``atomic_store`` package, on purpose:
+What it promises beyond writing atomically:
 
 - leaving a ``with`` block by an exception writes nothing, and the outermost such exit
   puts ``value`` back to what the file holds: the old state stays;
@@ -227,7 +227,7 @@ class AtomicStore:
         self,
         path: str | os.PathLike[str],
         default: Any,
-        format: Any,  # noqa: A002 - the seed's attribute name
+        format: Any,  # noqa: A002 - the public attribute name
         is_binary: bool,
         load_kwargs: Mapping[str, Any],
         dump_kwargs: Mapping[str, Any],
@@ -338,10 +338,10 @@ def _check_folder(path: str) -> None:
         )
 
 
-def open(  # noqa: A001 - the seed's public name
+def open(  # noqa: A001 - the public name: atomic_store.open(...)
     path: str | os.PathLike[str],
     default: Any = None,
-    format: Any = None,  # noqa: A002 - the seed's keyword
+    format: Any = None,  # noqa: A002 - the public keyword
     dump_kwargs: Mapping[str, Any] | None = None,
     load_kwargs: Mapping[str, Any] | None = None,
     is_binary: bool | None = None,

@@ -9,8 +9,8 @@ file is removed on any failure.
 ``flock``: the kernel releases it when the holder dies, so a crashed holder never blocks
 others. The lock file also records its owner (pid, host, process start time) for
 diagnostics; :meth:`FileLock.owner` reads it and :func:`process_alive` tells a live
-owner from a dead one (checking the start time, so a reused pid is not mistaken for the
-original holder).
+owner from a dead one (checking the start time, so a process that reuses a dead
+holder's pid is not mistaken for it).
 
 :class:`SharedFile` and :func:`open_stream` read one open file from any number of
 streams at once (positional reads), for stores whose values stream from files.
@@ -31,7 +31,7 @@ from collections.abc import Iterable
 from types import TracebackType
 from typing import IO, Any
 
-from storekeeper.errors import InvalidValueError, LockTimeoutError
+from storekeeper.errors import CorruptFileError, InvalidValueError, LockTimeoutError
 
 try:
     import fcntl
@@ -102,10 +102,6 @@ def write_all(fd: int, data: bytes) -> None:
     while view:
         written = _write(fd, view)
         view = view[written:]
-
-
-# The former private name, until every caller uses write_all.
-_write_all = write_all
 
 
 def atomic_write(
@@ -332,11 +328,27 @@ class SharedFile:
     the old data file is unlinked (POSIX semantics).
     """
 
-    __slots__ = ("__weakref__", "fd")
+    __slots__ = ("__weakref__", "fd", "owner")
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, owner: str = "") -> None:
         self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         weakref.finalize(self, os.close, self.fd)
+        #: What the data belongs to, for errors ("key 'x'"); the file's path by default.
+        self.owner = owner or repr(path)
+
+    def check_size(self, size: int) -> None:
+        """Raise :class:`CorruptFileError` if the file holds fewer than *size* bytes, the
+        size its record promises: a truncated data file is never read as short data."""
+        actual = os.fstat(self.fd).st_size
+        if actual < size:
+            raise self.truncated(size, actual)
+
+    def truncated(self, size: int, actual: int) -> CorruptFileError:
+        """The error of a data file found holding *actual* bytes of the *size* promised."""
+        return CorruptFileError(
+            f"the data file of {self.owner} is damaged (truncated): it ends after "
+            f"{actual} bytes where {size} were expected"
+        )
 
 
 class _PositionalReader(io.RawIOBase):
@@ -381,6 +393,8 @@ class _PositionalReader(io.RawIOBase):
             chunk = os.pread(self._fd(), want, self._position)
             count = len(chunk)
             view[:count] = chunk
+        if count == 0:
+            self._short_read()
         self._position += count
         return count
 
@@ -393,6 +407,8 @@ class _PositionalReader(io.RawIOBase):
         if size > _MAX_READ:
             return self.readall()
         chunk = os.pread(self._fd(), size, self._position)
+        if not chunk:
+            self._short_read()
         self._position += len(chunk)
         return chunk
 
@@ -405,6 +421,12 @@ class _PositionalReader(io.RawIOBase):
     def close(self) -> None:
         self._shared = None
         super().close()
+
+    def _short_read(self) -> None:
+        """The file ended before the range did: it was truncated after being opened."""
+        assert self._shared is not None  # _fd() just succeeded
+        size = os.fstat(self._shared.fd).st_size
+        raise self._shared.truncated(self._end, size)
 
     def _fd(self) -> int:
         if self._shared is None:

@@ -11,7 +11,7 @@ saves and loads one opaque ``bytes`` checkpoint::
 
 :meth:`SessionStorage.save_checkpoint` writes ``session.next``, fsyncs it, keeps the
 current checkpoint as ``session.prev`` and renames ``session.next`` over ``session``, then
-fsyncs the directory. Unlike the original it never swallows an error: a failed write,
+fsyncs the directory. It never swallows an error: a failed write,
 fsync or rename raises and the previous checkpoint stays intact. Each checkpoint file
 carries its length and a CRC-32, so a torn or corrupted ``session`` is detected on load,
 which then returns ``session.prev`` and logs a warning.
@@ -51,7 +51,8 @@ ENVIRONMENT_VARIABLE = "STOREKEEPER_SESSION_REPOSITORY"
 _MAGIC = b"SKCKPT1\n"
 _HEADER = struct.Struct(">8sQ")  # magic, length of the data
 _TRAILER = struct.Struct(">I")  # CRC-32 of the data
-# From this size on, the checksum is computed while the data is being flushed.
+# From this size on, the checksum is computed while the data is being flushed (below
+# it, a second flush and a thread cost more than the checksum).
 _CRC_DURING_FSYNC = 1 << 20
 
 
@@ -149,6 +150,9 @@ class SessionStorage:
 
     def __init__(self, location: str | os.PathLike[str]) -> None:
         self._location = os.fspath(location)
+        self._session_path = os.path.join(self._location, self._SESSION_FILE)
+        self._next_path = os.path.join(self._location, self._SESSION_FILE_NEXT)
+        self._prev_path = os.path.join(self._location, self._SESSION_FILE_PREV)
         self._thread_lock = threading.Lock()
         self._file_lock = files.FileLock(self._path(self._LOCK_FILE), timeout=0, keep_open=True)
 
@@ -187,7 +191,7 @@ class SessionStorage:
     @property
     def session_file(self) -> str:
         """The path of the current checkpoint file."""
-        return os.path.join(self._location, self._SESSION_FILE)
+        return self._session_path
 
     def _path(self, name: str) -> str:
         return os.path.join(self._location, name)
@@ -204,7 +208,7 @@ class SessionStorage:
         current = self._read(self.session_file)
         if isinstance(current, bytes):
             return current
-        previous = self._read(self._path(self._SESSION_FILE_PREV))
+        previous = self._read(self._prev_path)
         if isinstance(previous, bytes):
             if current is not None:
                 logger.warning("%s; falling back to the previous checkpoint", current)
@@ -263,28 +267,35 @@ class SessionStorage:
     def _locked(self) -> LockedStorageError:
         return LockedStorageError(
             "another process or thread is saving a checkpoint to this session",
-            self._path(self._SESSION_FILE_NEXT),
+            self._next_path,
         )
 
     def _save_locked(self, data: bytes) -> None:
-        next_path = self._path(self._SESSION_FILE_NEXT)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(next_path)  # nobody holds the lock, so its writer is dead
-            logger.info("discarded %s left by an interrupted save", next_path)
-        fd = os.open(next_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        next_path = self._next_path
+        fd = self._create_next()
         try:
             try:
                 _write_checkpoint(fd, data)
             finally:
                 os.close(fd)
             with contextlib.suppress(FileNotFoundError):
-                os.replace(self.session_file, self._path(self._SESSION_FILE_PREV))
-            os.replace(next_path, self.session_file)
+                os.replace(self._session_path, self._prev_path)
+            os.replace(next_path, self._session_path)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(next_path)
             raise
         files.fsync_directory(self._location)
+
+    def _create_next(self) -> int:
+        """Create ``session.next`` for writing, discarding one left by a dead saver."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+        try:
+            return os.open(self._next_path, flags, 0o644)
+        except FileExistsError:  # nobody else holds the lock, so its writer is dead
+            os.unlink(self._next_path)
+            logger.info("discarded %s left by an interrupted save", self._next_path)
+            return os.open(self._next_path, flags, 0o644)
 
     def break_lock(self) -> None:
         """Remove a leftover ``session.next`` file (nothing happens if there is none).
@@ -294,7 +305,7 @@ class SessionStorage:
         completing; the checkpoint it was replacing stays.
         """
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._path(self._SESSION_FILE_NEXT))
+            os.unlink(self._next_path)
 
     def remove(self) -> None:
         """Delete the session directory and everything in it (no error if it is gone)."""
@@ -311,14 +322,17 @@ def _write_checkpoint(fd: int, data: bytes) -> None:
     """Header, data and CRC trailer to *fd*, durably (through the files seams)."""
     header = _HEADER.pack(_MAGIC, len(data))
     if len(data) < _CRC_DURING_FSYNC:
-        files._write_all(fd, header + data + _TRAILER.pack(zlib.crc32(data)))
-        files._fsync(fd)
+        files.write_all(fd, header + data + _TRAILER.pack(zlib.crc32(data)))
+        files.fsync(fd)
         return
     # The checksum of a large checkpoint is computed while the fsync waits for the
-    # device, then written into the reserved trailer and flushed again (one page).
-    files._write_all(fd, header)
-    files._write_all(fd, data)
-    files._write_all(fd, bytes(_TRAILER.size))
+    # device, then written into the reserved trailer and flushed again (one page). Both
+    # zlib and fsync release the GIL, and waiting for the device costs no CPU, so the
+    # checksum is hidden even when the other cores are busy (computing it beside the
+    # write instead competes with the write for the CPU).
+    files.write_all(fd, header)
+    files.write_all(fd, data)
+    files.write_all(fd, bytes(_TRAILER.size))
     failure: list[BaseException] = []
     flusher = threading.Thread(target=_fsync_into, args=(fd, failure))
     flusher.start()
@@ -327,12 +341,12 @@ def _write_checkpoint(fd: int, data: bytes) -> None:
     if failure:
         raise failure[0]
     os.pwrite(fd, _TRAILER.pack(crc), _HEADER.size + len(data))
-    files._fsync(fd)
+    files.fsync(fd)
 
 
 def _fsync_into(fd: int, failure: list[BaseException]) -> None:
     try:
-        files._fsync(fd)
+        files.fsync(fd)
     except BaseException as exc:  # noqa: BLE001 - re-raised in the saving thread
         failure.append(exc)
 

@@ -5,13 +5,18 @@ Each step prints what it does; read this file side by side with its output.
 
 from __future__ import annotations
 
+import os
+import sys
 import tempfile
 from pathlib import Path
 
 import storekeeper
-from storekeeper import atomic_store
+from storekeeper import atomic_store, open_store
+from storekeeper.backends.memory import DictMemoryStore
 from storekeeper.backends.sqlite import SqliteStore
+from storekeeper.composite import JoinedStore
 from storekeeper.events import EventManager
+from storekeeper.events.display import ProgressDisplay
 from storekeeper.sessions import SessionStorage
 from storekeeper.store import Range, StoreModificationEvent
 
@@ -59,6 +64,50 @@ def tour_store(workdir: Path) -> None:
         print("   cat still in photos:", store.exists("photos/cat.jpg"))
 
 
+def tour_urls(workdir: Path) -> None:
+    """One front door: ``open_store(url)`` picks the backend from the URL."""
+    _say("open_store: the URL names the backend and where the data lives")
+    urls = [
+        "memory://",  # a new, empty in-memory store
+        (workdir / "files").as_uri() + "?create=true",  # a directory of files
+        f"sqlite:///{workdir / 'urls.db'}",  # SQLite; four slashes for an absolute path
+    ]
+    for url in urls:
+        with open_store(url) as store:  # connected; disconnected when the block exits
+            store.set("greeting", (b"hello", {"lang": "en"}))
+            print(f"   {url}\n      -> {type(store).__name__}: {store.query_keys(lang='en')}")
+
+
+def tour_composite(workdir: Path) -> None:
+    """Stores built from stores: an overlay that leaves the store below untouched."""
+    _say("a composite: an in-memory overlay on SQLite (reads fall through, writes stay on top)")
+    with open_store(f"sqlite:///{workdir / 'settings.db'}") as shared:
+        shared.set("theme", (b"light", {}))
+        shared.set("language", (b"en", {}))
+        with JoinedStore([DictMemoryStore(), shared]) as overlay:
+            overlay.set("theme", (b"dark", {}))
+            print("   overlay:", overlay.to_bytes("theme"), overlay.to_bytes("language"))
+            print("   below it, unchanged:", shared.to_bytes("theme"))
+
+
+def tour_progress(workdir: Path) -> None:
+    """Long operations emit progress events; ``ProgressDisplay`` draws them."""
+    _say("progress: copying a file into the store and out again, with a progress display")
+    source = workdir / "backup.bin"
+    source.write_bytes(os.urandom(4 << 20))
+    events = EventManager()
+    with (
+        SqliteStore(workdir / "backups.db", event_manager=events) as store,
+        ProgressDisplay(events, sys.stdout, interval=0.0),
+    ):
+        store.from_file("backup.bin", source, buffer_size=1 << 20)
+        store.to_file("backup.bin", workdir / "restored.bin", buffer_size=1 << 20)
+    print(
+        "   restored a faithful copy:",
+        (workdir / "restored.bin").read_bytes() == source.read_bytes(),
+    )
+
+
 def tour_files(workdir: Path) -> None:
     """State files and checkpoints that a crash can never corrupt."""
     _say("atomic_store: one value in one file, written atomically when the block exits")
@@ -80,6 +129,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="storekeeper-tour-") as tmp:
         workdir = Path(tmp)
         tour_store(workdir)
+        tour_urls(workdir)
+        tour_composite(workdir)
+        tour_progress(workdir)
         tour_files(workdir)
     print("\nThat's it. See README.md for more.")
 

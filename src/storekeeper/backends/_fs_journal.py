@@ -37,7 +37,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from storekeeper.backends._fs_names import decode_name, is_record_name
+from storekeeper.backends._fs_names import is_record_name
 from storekeeper.backends._fs_records import Record, load_record, record_names
 from storekeeper.errors import CorruptFileError
 from storekeeper.files import atomic_write, fsync_directory
@@ -211,19 +211,13 @@ def visible_records(
 
 
 def visible_keys(keys_dir: str, pending: Pending | None, on_damaged: OnDamaged) -> Iterator[str]:
-    """The committed keys, decoded from record names (hashed names need their record)."""
-    for name in visible_names(keys_dir, pending):
-        key = decode_name(name)
-        if key is None:
-            try:
-                record = load_visible(keys_dir, name, pending, with_data=False)
-            except CorruptFileError as exc:
-                on_damaged(name, exc)
-                continue
-            if record is None:
-                continue
-            key = record.key
-        yield key
+    """The keys of :func:`visible_records`.
+
+    Every record is read, not just its file name: a damaged record must be left out
+    here as the queries leave it out, so that ``query_keys()`` lists exactly the keys
+    ``query()`` returns.
+    """
+    return (record.key for record in visible_records(keys_dir, pending, on_damaged))
 
 
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)

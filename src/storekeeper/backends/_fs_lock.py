@@ -19,6 +19,7 @@ from storekeeper.files import FileLock
 from storekeeper.store.backend import (
     OwnerLock,
 )
+from storekeeper.store.owners import may_wait
 
 __all__ = ["StoreLock"]
 
@@ -35,7 +36,8 @@ class StoreLock:
         self._depth = 0  # only changed by the owner holding _mutex
 
     def acquire(self) -> None:
-        """Take the lock (waiting up to the timeout for other processes)."""
+        """Take the lock (waiting up to the timeout for other processes; inside
+        :func:`~storekeeper.store.owners.not_waiting`, LockTimeoutError at once)."""
         self._mutex.acquire()
         try:
             if self._depth == 0:
@@ -64,7 +66,8 @@ class StoreLock:
             self.release()
 
     def _lock_file(self) -> None:
-        self._file_lock.acquire()
+        # A transaction begun with wait=False tries the file lock once (timeout 0).
+        self._file_lock.acquire(-1.0 if may_wait() else 0.0)
         try:
             self._on_acquire()
         except BaseException:

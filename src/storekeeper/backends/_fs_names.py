@@ -18,7 +18,14 @@ import hashlib
 import re
 from urllib.parse import unquote_to_bytes
 
-__all__ = ["MAX_ESCAPED_LENGTH", "decode_name", "encode_key", "is_hashed", "is_record_name"]
+__all__ = [
+    "MAX_ESCAPED_LENGTH",
+    "decode_name",
+    "encode_key",
+    "is_hashed",
+    "is_record_name",
+    "name_starts",
+]
 
 #: Longest escaped name kept as is; longer ones are hashed (file systems allow 255 bytes,
 #: and the store appends suffixes to names of staged and data files).
@@ -47,6 +54,17 @@ def encode_key(key: str) -> str:
     return name
 
 
+def name_starts(prefix: str) -> tuple[str, ...]:
+    """How the names of the keys that start with *prefix* begin (any key; ``str.startswith``
+    takes the tuple): with *prefix* escaped byte by byte, as a hashed name, or as one of
+    the device names whose last letter :func:`encode_key` escapes. A name that begins so
+    may still hold another key: decode it to be sure.
+    """
+    escaped = "".join([_ESCAPES[byte] for byte in prefix.encode("utf-8", "surrogatepass")])
+    devices = [encode_key(name) for name in sorted(_RESERVED) if name.startswith(prefix)]
+    return (escaped, _HASH_PREFIX, *devices)
+
+
 def decode_name(name: str) -> str | None:
     """Return the key whose escaped name is *name*; ``None`` for a hashed name.
 
@@ -54,6 +72,8 @@ def decode_name(name: str) -> str | None:
     """
     if name.startswith(_HASH_PREFIX):
         return None
+    if "%" not in name:
+        return name  # nothing escaped: the key is the name (every listing decodes names)
     return unquote_to_bytes(name).decode("utf-8", "surrogatepass")
 
 

@@ -35,6 +35,7 @@ __all__ = [
     "DAMAGED_VERSION",
     "Record",
     "SharedFile",
+    "clear_damaged",
     "damaged_record",
     "is_damaged",
     "load_record",
@@ -105,14 +106,41 @@ def load_record(path: str, *, with_data: bool) -> Record | None:
         fd = os.open(path, _OPEN_FLAGS)
     except FileNotFoundError:
         return None
+    except IsADirectoryError:
+        raise _directory(path) from None
     try:
         blob = os.read(fd, _FIRST_READ)
         need = _needed(blob, path, with_data=with_data)
         if len(blob) < need:
             blob = _read_rest(fd, blob, need)
+    except IsADirectoryError:  # opening a directory read-only succeeds; reading fails
+        raise _directory(path) from None
     finally:
         os.close(fd)
     return _parse(blob, path, with_data=with_data)
+
+
+def _directory(path: str) -> CorruptFileError:
+    return CorruptFileError(f"{path!r} is a directory, not a storekeeper record file")
+
+
+def clear_damaged(path: str, key: str) -> None:
+    """Make way for a write that replaces or deletes the damaged record at *path*.
+
+    A file is simply replaced; a directory in its place is removed when it is empty
+    (nothing is lost), else :class:`CorruptFileError` asks for it to be moved away.
+    """
+    if os.path.islink(path) or not os.path.isdir(path):
+        return
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise CorruptFileError(
+            f"the record of key {key!r} is a directory that is not empty ({path!r}); "
+            "move it away to write the key"
+        ) from exc
 
 
 def _needed(blob: bytes, path: str, *, with_data: bool) -> int:

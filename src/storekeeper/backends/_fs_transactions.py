@@ -14,7 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from storekeeper import files
-from storekeeper.backends._fs_journal import STAGE_PREFIX, Journal, commit_journal
+from storekeeper.backends._fs_journal import (
+    JOURNAL_NAME,
+    STAGE_PREFIX,
+    Journal,
+    commit_journal,
+)
 from storekeeper.backends._fs_names import encode_key
 from storekeeper.backends._fs_records import (
     Record,
@@ -129,7 +134,15 @@ def _commit_through_journal(
     if durable:
         fsync_directory(keys_dir)
     staging.journaled = True
-    commit_journal(root, journal, durable=durable)
+    try:
+        commit_journal(root, journal, durable=durable)
+    except BaseException:
+        # No journal on disk (its write failed: a full disk) means no commit point was
+        # reached: the rollback may then remove the staged and data files. (Were it
+        # applied and removed already, those are renamed or referenced, and kept.)
+        if not os.path.exists(os.path.join(root, JOURNAL_NAME)):
+            staging.journaled = False
+        raise
 
 
 def _write_staged(path: str, content: bytes, *, durable: bool) -> None:

@@ -33,8 +33,16 @@ from types import TracebackType
 
 from storekeeper.backends._sqlite_checkpoint import Checkpointer
 from storekeeper.backends._sqlite_files import DatabaseFile
-from storekeeper.errors import BackendError, InvalidKeyError, StorekeeperError, TransactionError
+from storekeeper.backends._sqlite_schema import begin_without_waiting
+from storekeeper.errors import (
+    BackendError,
+    InvalidKeyError,
+    LockTimeoutError,
+    StorekeeperError,
+    TransactionError,
+)
 from storekeeper.store.backend import Claim, OwnedVar
+from storekeeper.store.owners import busy, may_wait
 
 __all__ = [
     "MEMORY",
@@ -49,6 +57,7 @@ __all__ = [
 
 MEMORY = ":memory:"
 _MMAP_SIZE = 32 * 1024 * 1024
+_LOCK_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_PROTOCOL})
 _NO_CONNECTION: tuple[object, None] = (None, None)
 
 # Every Connections object, so that a forked child opens connections of its own.
@@ -268,19 +277,28 @@ class Connections:
         """Begin a transaction (``BEGIN IMMEDIATE``) on a connection of its own (the
         shared one, under the lock, in memory) and record its owner."""
         self.check_turn()
-        if self.serial is not None:
-            self.serial.acquire()
+        wait = may_wait()  # false: a transaction(wait=False) raises busy instead of waiting
+        if self.serial is not None and not self.serial.acquire(blocking=wait):
+            raise busy(self._owner())
         try:
             self.check_turn()
             with translate("beginning a transaction"):
                 if self.serial is None:
                     self._leased.set(self._lease())
-                self.conn().execute("BEGIN IMMEDIATE")
+                self._begin_immediate(wait)
         except BaseException:
             self.end()
             raise
         # Only once the write lock is held: this clears it only before letting it go.
         self.holder = Claim.take()
+
+    def _begin_immediate(self, wait: bool) -> None:
+        """``BEGIN IMMEDIATE`` on the transaction's connection; without *wait*, ``busy``
+        at once if another connection holds the write lock."""
+        if wait:
+            self.conn().execute("BEGIN IMMEDIATE")
+        elif not begin_without_waiting(self.conn(), self.timeout):
+            raise busy(self._owner())
 
     def end(self) -> None:
         """Give back what the transaction held: its connection, the in-memory lock."""
@@ -439,6 +457,15 @@ def translate(action: str) -> Iterator[None]:
 
 def backend_error(exc: sqlite3.Error, action: str) -> StorekeeperError:
     """The error for an sqlite3 failure while doing *action*."""
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    if code in _LOCK_CODES:
+        # Another connection kept the database locked past the timeout, or (PROTOCOL) a
+        # process stopped while it updated the shared WAL index, which readers must then
+        # wait for: a lock that was not granted, not a failed engine.
+        return LockTimeoutError(
+            f"SQLite could not get a lock while {action} ({exc}): another process holds "
+            "the database locked, or stopped in the middle of a commit; try again"
+        )
     return BackendError(f"SQLite failed while {action}: {exc}")
 
 

@@ -14,6 +14,7 @@ from typing import IO, NamedTuple, cast
 
 from storekeeper.backends._sqlite_connections import Connections
 from storekeeper.backends._sqlite_files import ChunkHolds, ValueFiles, file_value, is_file_ref
+from storekeeper.backends._sqlite_listing import key_range
 from storekeeper.backends._sqlite_schema import (
     Schema,
     compile_query,
@@ -139,6 +140,11 @@ class Reads:
         with self.connections.using() as conn:
             rows = conn.execute(self.schema.select_query(where, with_metadata=False), params)
             return [key for (key,) in rows if fnmatch.fnmatchcase(key, pattern)]
+
+    def key_range(self, low: str, high: str | None) -> Iterator[str]:
+        """The keys from *low* (included) to *high* (excluded; ``None``: no end), in
+        order, read a page at a time (:func:`key_range`)."""
+        return key_range(self.connections.using, self.schema.main, low, high)
 
     def _file_value(self, row: Row) -> Value | None:
         """The value of a row naming a value file, or ``None`` if the file is gone (the

@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import SplitResult
 
+from storekeeper.backends._fs_errors import from_source, translated
 from storekeeper.backends._fs_journal import (
     JOURNAL_NAME,
     JournalReader,
@@ -56,11 +57,13 @@ from storekeeper.backends._fs_journal import (
     visible_keys,
     visible_records,
 )
+from storekeeper.backends._fs_listing import KeyLister
 from storekeeper.backends._fs_lock import StoreLock
 from storekeeper.backends._fs_names import decode_name, encode_key, is_hashed
 from storekeeper.backends._fs_records import (
     Record,
     SharedFile,
+    clear_damaged,
     damaged_record,
     is_damaged,
     load_record,
@@ -88,7 +91,9 @@ from storekeeper.store.backend import (
     StoreCapabilities,
     check_key,
     check_precondition,
+    check_read,
     check_select,
+    check_types,
     check_write,
     decode_metadata,
     encode_metadata,
@@ -108,6 +113,7 @@ from storekeeper.store.events import (
     StoreSetEvent,
     StoreUpdateEvent,
 )
+from storekeeper.store.listing import check_listing, fold_keys
 from storekeeper.store.value import Value
 
 # FileSystemStoreError is defined in storekeeper.errors (with the whole error tree) and
@@ -196,6 +202,10 @@ class FileSystemStore(AbstractStore):
         orphan_grace: float = 3600.0,
     ) -> None:
         super().__init__(event_manager)
+        check_types(bool, durable=durable)
+        check_types(int, inline_limit=inline_limit)
+        check_types(float, lock_timeout=lock_timeout, orphan_grace=orphan_grace)
+        check_types(str, magic_fname=magic_fname)
         self.path = os.path.abspath(os.fspath(path))
         self.magic_fname = magic_fname
         self.durable = durable
@@ -207,6 +217,7 @@ class FileSystemStore(AbstractStore):
         self._keys_prefix = self._keys + os.sep
         self._journal = os.path.join(self.path, JOURNAL_NAME)
         self._journal_reader = JournalReader(self.path)
+        self._lister = KeyLister(self._keys, self._on_damaged)
         self._lock: StoreLock | None = None
         # Seen only by the transaction's owner, not by tasks that inherit its context.
         self._staging_var: OwnedVar[Staging] = OwnedVar(f"storekeeper-fs-staging-{id(self):x}")
@@ -231,7 +242,7 @@ class FileSystemStore(AbstractStore):
         path = _url_directory(parts)
         if settings.pop("create", False):
             init_shared_store(path, settings.get("magic_fname", ".FSStore"))
-        return cls(path, **settings)
+        return urls.create(cls, parts, path, **settings)
 
     @property
     def capabilities(self) -> StoreCapabilities:
@@ -274,7 +285,7 @@ class FileSystemStore(AbstractStore):
         because another process may be about to link them.
         """
         self._require_connection()
-        with self._locked().held():
+        with translated("collecting garbage"), self._locked().held():
             return collect_garbage(self.path, self.orphan_grace if grace is None else grace)
 
     def _check_layout(self) -> None:
@@ -331,6 +342,7 @@ class FileSystemStore(AbstractStore):
             return self._load(key, name, with_data=with_data)
         except CorruptFileError as exc:
             _log.warning("replacing the damaged record of key %r: %s", key, exc)
+            clear_damaged(self._keys_prefix + name, key)
             return damaged_record(key)
 
     def _record(self, key: str, *, with_data: bool) -> Record:
@@ -345,15 +357,26 @@ class FileSystemStore(AbstractStore):
         _log.warning("skipping the damaged record of key %r: %s", _key_of_name(name), error)
 
     def get(self, key: str) -> Value:
-        """The value of *key*: in memory for small values, streamed from disk otherwise."""
+        """The value of *key*: in memory for small values, streamed from disk otherwise.
+
+        A large value whose data file is missing or shorter than its record says raises
+        :class:`CorruptFileError` (so do its streams if the file is truncated later).
+        """
+        seen = None
         for _ in range(_READ_RETRIES):
             record = self._record(key, with_data=True)
             if record.data_file is None:
                 return record_value(record, None)
             try:
-                shared = SharedFile(os.path.join(self._data, record.data_file))
+                shared = SharedFile(os.path.join(self._data, record.data_file), f"key {key!r}")
             except FileNotFoundError:
-                continue  # overwritten between reading the record and opening its data
+                # Overwritten between reading the record and opening its data, unless
+                # the record is still the same: then its data file is gone (damage).
+                if record.version == seen:
+                    raise _missing_data(key, record.data_file) from None
+                seen = record.version
+                continue
+            shared.check_size(record.size)
             return record_value(record, shared)
         raise BackendError(f"key {key!r} changed {_READ_RETRIES} times while being read")
 
@@ -377,6 +400,7 @@ class FileSystemStore(AbstractStore):
 
     def to_bytes(self, key: str, buffer_size: int = DEFAULT_BUFFER_SIZE) -> bytes:
         """*key*'s data as bytes (a small value costs one read of its record)."""
+        check_read(key, buffer_size)
         if self._progress_observed():
             return super().to_bytes(key, buffer_size)
         record = self._record(key, with_data=True)
@@ -407,7 +431,8 @@ class FileSystemStore(AbstractStore):
         return result
 
     def query_keys(self, *where: Mapping[str, Any], **kwargs: Any) -> list[str]:
-        """Matching keys; without terms only file names are read (hashed ones aside)."""
+        """Matching keys: exactly the keys :meth:`query` returns (damaged records
+        skipped), without decoding any metadata when there are no terms."""
         if where or kwargs:
             return super().query_keys(*where, **kwargs)
         self._require_connection()
@@ -417,6 +442,24 @@ class FileSystemStore(AbstractStore):
         keys = [key for key in listed if key not in changes]
         keys.extend(key for key, record in changes.items() if record is not None)
         return keys
+
+    def list_keys(self, prefix: str = "", delimiter: str | None = None) -> Iterator[str]:
+        """Keys under *prefix* (see :meth:`AbstractReadOnlyStore.list_keys`) from file
+        names: one read of the directory, no record opened (a long key's hashed record
+        once per store object), the matching keys sorted in memory (see ``_fs_listing``).
+
+        Because no record is read, a damaged record is listed under its name, where
+        :meth:`query` and :meth:`query_keys` (which read records) leave it out."""
+        check_listing(prefix, delimiter)
+        self._require_connection()
+        keys = self._lister.keys(prefix, self._journal_reader.pending())
+        staging = self._staging_var.get()
+        for key, record in staging.changes.items() if staging is not None else ():
+            if record is None:
+                keys.discard(key)
+            elif key.startswith(prefix):
+                keys.add(key)
+        return fold_keys(sorted(keys), prefix, delimiter)
 
     # -- writing ---------------------------------------------------------------------------
     def set(
@@ -429,18 +472,19 @@ class FileSystemStore(AbstractStore):
         if_exists: bool | None = None,
     ) -> str:
         """Replace *key*'s data and metadata (see :meth:`AbstractStore.set`)."""
-        check_write(key, if_version, if_exists)
+        check_write(key, if_version, if_exists, buffer_size)
         self._require_connection()
         source, metadata, owned = unpack_value(value)
-        try:
-            metadata_json = encode_metadata(metadata)
-            payload = self._ingest(key, source, buffer_size, metadata_json)
-        finally:
-            if owned:
-                source.close()  # type: ignore[attr-defined]
-        return self._write(
-            key, payload, lambda old: metadata_json, if_version, if_exists, replaces=True
-        )
+        with translated("writing", key):
+            try:
+                metadata_json = encode_metadata(metadata)
+                payload = self._ingest(key, source, buffer_size, metadata_json)
+            finally:
+                if owned:
+                    source.close()  # type: ignore[attr-defined]
+            return self._write(
+                key, payload, lambda old: metadata_json, if_version, if_exists, replaces=True
+            )
 
     def set_data(
         self,
@@ -452,10 +496,11 @@ class FileSystemStore(AbstractStore):
         if_exists: bool | None = None,
     ) -> None:
         """Replace *key*'s data, keeping its metadata (``{}`` for a new key)."""
-        check_write(key, if_version, if_exists)
+        check_write(key, if_version, if_exists, buffer_size)
         self._require_connection()
-        payload = self._ingest(key, data, buffer_size)
-        self._write(key, payload, _kept_metadata, if_version, if_exists)
+        with translated("writing", key):
+            payload = self._ingest(key, data, buffer_size)
+            self._write(key, payload, _kept_metadata, if_version, if_exists)
 
     def set_metadata(
         self,
@@ -469,7 +514,8 @@ class FileSystemStore(AbstractStore):
         check_write(key, if_version, if_exists)
         self._require_connection()
         metadata_json = encode_metadata(metadata)
-        self._write(key, None, lambda old: metadata_json, if_version, if_exists)
+        with translated("writing", key):
+            self._write(key, None, lambda old: metadata_json, if_version, if_exists)
 
     def update_metadata(
         self, key: str, metadata: Mapping[str, Any], *, if_version: str | None = None
@@ -486,14 +532,15 @@ class FileSystemStore(AbstractStore):
             merged.update(metadata)
             return encode_metadata(merged)
 
-        self._write(key, None, merge, if_version, None, StoreUpdateEvent)
+        with translated("writing", key):
+            self._write(key, None, merge, if_version, None, StoreUpdateEvent)
 
     def delete(self, key: str, *, if_version: str | None = None) -> None:
         """Delete *key*; :class:`KeyNotFoundError` if missing."""
         check_write(key, if_version)
         self._require_connection()
         name = encode_key(key)
-        with self._locked().held():
+        with translated("deleting", key), self._locked().held():
             old = self._load_replaced(key, name, with_data=False)
             if old is None:
                 raise missing(key)
@@ -569,7 +616,8 @@ class FileSystemStore(AbstractStore):
         if new is not None:
             atomic_write(path, pack_record(new), durable=self.durable)
         else:
-            os.unlink(path)
+            with suppress(FileNotFoundError):  # a damaged record's directory, removed
+                os.unlink(path)
             if self.durable:
                 fsync_directory(self._keys)
         obsolete = obsolete_data_file(old, new)
@@ -597,7 +645,7 @@ class FileSystemStore(AbstractStore):
             if len(source) <= self.inline_limit:
                 return _Payload(source, None, len(source))
             return self._write_data_file(key, source)
-        chunks = iter_source(source, buffer_size)
+        chunks = from_source(iter_source(source, buffer_size))
         head: list[bytes] = []
         total = 0
         size, metadata = source_size(source), self._progress_metadata(metadata_json)
@@ -628,15 +676,18 @@ class FileSystemStore(AbstractStore):
         return staging
 
     def _begin_transaction(self) -> None:
-        self._locked().acquire()
+        with translated("beginning a transaction"):
+            self._locked().acquire()
         self._staging_var.set(Staging())
 
     def _commit_transaction(self) -> None:
-        unused = commit_staging(
-            self.path, self._staging(), self._store_committed, durable=self.durable
-        )
-        for data_file in unused:
-            self._unlink_data(data_file)
+        # A failure here leaves the staging and the lock to _rollback_transaction.
+        with translated("committing a transaction"):
+            unused = commit_staging(
+                self.path, self._staging(), self._store_committed, durable=self.durable
+            )
+            for data_file in unused:
+                self._unlink_data(data_file)
         self._staging_var.set(None)
         self._locked().release()
 
@@ -644,10 +695,11 @@ class FileSystemStore(AbstractStore):
         staging = self._staging()
         self._staging_var.set(None)
         try:
-            if not staging.journaled:
-                for data_file in staging.created_data:
-                    self._discard_data(data_file)
-                remove_staged_files(self.path)
+            with translated("rolling back a transaction"):
+                if not staging.journaled:
+                    for data_file in staging.created_data:
+                        self._discard_data(data_file)
+                    remove_staged_files(self.path)
         finally:
             self._locked().release()
 
@@ -667,6 +719,13 @@ class FileSystemStore(AbstractStore):
             self._store(key, encode_key(key), old, new)
         finally:
             self._staging_var.reset(token)
+
+
+def _missing_data(key: str, data_file: str) -> CorruptFileError:
+    return CorruptFileError(
+        f"the data file {data_file!r} of key {key!r} is missing; set or delete the key "
+        "to replace it"
+    )
 
 
 def _key_of_name(name: str) -> str:

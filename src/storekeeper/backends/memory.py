@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import SplitResult
@@ -31,6 +32,7 @@ from storekeeper.store.backend import (
     StoreCapabilities,
     check_key,
     check_precondition,
+    check_read,
     check_select,
     check_write,
     decode_metadata,
@@ -49,7 +51,9 @@ from storekeeper.store.events import (
     StoreSetEvent,
     StoreUpdateEvent,
 )
-from storekeeper.store.urls import url_options
+from storekeeper.store.listing import SortedKeys, check_listing, prefix_end, walk, with_changes
+from storekeeper.store.owners import busy, may_wait
+from storekeeper.store.urls import create, url_options
 from storekeeper.store.value import BytesValue, Value
 
 __all__ = ["DictMemoryStore"]
@@ -104,6 +108,7 @@ class DictMemoryStore(AbstractStore):
         self._lock = threading.RLock()
         self._turn = threading.Condition(self._lock)  # notified when a transaction ends
         self._transaction: _Transaction | None = None
+        self._index = SortedKeys(self._entries.keys)  # for list_keys; changed under _lock
 
     @classmethod
     def from_url(cls, url: SplitResult, **options: Any) -> DictMemoryStore:
@@ -118,7 +123,7 @@ class DictMemoryStore(AbstractStore):
                 f"memory:// URLs have no host or path (got {url.geturl()!r}): each "
                 "open_store('memory://') is a new, empty store of its own"
             )
-        return cls(**options)
+        return create(cls, url, **options)
 
     @property
     def capabilities(self) -> StoreCapabilities:
@@ -189,6 +194,7 @@ class DictMemoryStore(AbstractStore):
 
     def to_bytes(self, key: str, buffer_size: int = DEFAULT_BUFFER_SIZE) -> bytes:
         """*key*'s data (bytes are immutable, so no copy is made)."""
+        check_read(key, buffer_size)
         if self._progress_observed():
             return super().to_bytes(key, buffer_size)
         return self._entry(key).data
@@ -217,6 +223,34 @@ class DictMemoryStore(AbstractStore):
         with self._lock:
             return list(self._visible())
 
+    def list_keys(self, prefix: str = "", delimiter: str | None = None) -> Iterator[str]:
+        """Keys under *prefix* (see :meth:`AbstractReadOnlyStore.list_keys`): a binary
+        search in a sorted list of the keys, then the keys listed.
+
+        The list is brought up to date when a listing needs it, at a cost that grows
+        with the keys added or deleted since the last listing (see
+        :class:`~storekeeper.store.listing.SortedKeys`): nothing when there were none,
+        one sort of every key after a bulk load. A listing reads the keys as they were
+        when it was called.
+        """
+        check_listing(prefix, delimiter)
+        self._require_connection()
+        with self._lock:
+            keys = self._index.snapshot()
+            transaction = self._transaction
+            changes = None
+            if transaction is not None and transaction.changes and transaction.claim.is_mine():
+                changes = {key: entry is not None for key, entry in transaction.changes.items()}
+        end = prefix_end(prefix)
+
+        def keys_from(low: str) -> Iterator[str]:
+            stop = len(keys) if end is None else bisect_left(keys, end)
+            return map(keys.__getitem__, range(bisect_left(keys, low), stop))
+
+        return walk(
+            keys_from if changes is None else with_changes(keys_from, changes), prefix, delimiter
+        )
+
     # -- writes ------------------------------------------------------------------------
     def set(
         self,
@@ -228,7 +262,7 @@ class DictMemoryStore(AbstractStore):
         if_exists: bool | None = None,
     ) -> str:
         """Replace *key*'s data and metadata (see :meth:`AbstractStore.set`)."""
-        check_write(key, if_version, if_exists)
+        check_write(key, if_version, if_exists, buffer_size)
         self._require_connection()
         source, metadata, owned = unpack_value(value)
         try:
@@ -249,7 +283,7 @@ class DictMemoryStore(AbstractStore):
         if_exists: bool | None = None,
     ) -> None:
         """Replace *key*'s data, keeping its metadata (``{}`` for a new key)."""
-        check_write(key, if_version, if_exists)
+        check_write(key, if_version, if_exists, buffer_size)
         self._require_connection()
         content = self._read_source(key, data, buffer_size)
         self._write(key, content, None, if_version, if_exists)
@@ -295,6 +329,7 @@ class DictMemoryStore(AbstractStore):
             check_precondition(key, old.version, if_version, None)
             if transaction is None:
                 del self._entries[key]
+                self._index.discard(key)
             else:
                 transaction.record(key, None)
         self._emit_change(StoreDeleteEvent, key, old.metadata_json)
@@ -326,6 +361,8 @@ class DictMemoryStore(AbstractStore):
             )
             if transaction is None:
                 self._entries[key] = entry
+                if old is None:
+                    self._index.add(key)
             else:
                 transaction.record(key, entry)
         self._emit_change(event, key, entry.metadata_json)
@@ -334,8 +371,9 @@ class DictMemoryStore(AbstractStore):
     # -- transactions --------------------------------------------------------------------
     def _await_turn(self) -> _Transaction | None:
         """Before a write (lock held): the caller's own transaction, or ``None`` once no
-        transaction is open. Waits for another thread's transaction to end; another
-        task of this thread's transaction raises TransactionError (see owners.py)."""
+        transaction is open. Waits for another thread's transaction to end (or raises
+        ``busy`` where ``may_wait`` says not to); another task of this thread's
+        transaction raises TransactionError (see owners.py)."""
         while True:
             transaction = self._transaction
             if transaction is None:
@@ -345,6 +383,8 @@ class DictMemoryStore(AbstractStore):
                 return transaction
             if claim.blocks_here():
                 raise claim.refusal(self)
+            if not may_wait():
+                raise busy(self)
             self._turn.wait()
 
     def _own_transaction(self) -> _Transaction:
@@ -363,8 +403,11 @@ class DictMemoryStore(AbstractStore):
         with self._lock:
             for key, entry in self._own_transaction().changes.items():
                 if entry is None:
-                    self._entries.pop(key, None)
+                    if self._entries.pop(key, None) is not None:
+                        self._index.discard(key)
                 else:
+                    if key not in self._entries:
+                        self._index.add(key)
                     self._entries[key] = entry
             self._end()
 

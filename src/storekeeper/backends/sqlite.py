@@ -82,7 +82,9 @@ from storekeeper.store.backend import (
     check_buffer_size,
     check_key,
     check_pattern,
+    check_read,
     check_select,
+    check_types,
     check_write,
     encode_metadata,
     iter_source,
@@ -94,6 +96,7 @@ from storekeeper.store.backend import (
     unpack_value,
 )
 from storekeeper.store.events import StoreDeleteEvent, StoreSetEvent, StoreUpdateEvent
+from storekeeper.store.listing import check_listing, prefix_end, walk
 from storekeeper.store.value import Value
 
 __all__ = ["SqliteStore"]
@@ -124,6 +127,11 @@ def _url_location(parts: SplitResult) -> str:
         )
     if not parts.path:
         return MEMORY
+    if parts.path.startswith("/") and not urls.has_authority(parts):
+        raise InvalidURLError(
+            f"write sqlite:///{parts.path} for the absolute path {parts.path} or "
+            f"sqlite://{parts.path} relative to the working directory ({_URL_FORMS})"
+        )
     if not parts.path.startswith("/"):
         raise InvalidURLError(
             f"write sqlite:///{parts.path} for a database relative to the working "
@@ -159,6 +167,12 @@ class SqliteStore(AbstractStore):
         event_manager: BaseEventManager | None = None,
     ) -> None:
         super().__init__(event_manager)
+        check_types(bool, durable=durable, secure_delete=secure_delete)
+        check_types(int, inline_limit=inline_limit, chunk_size=chunk_size, max_indexes=max_indexes)
+        check_types(float, timeout=timeout)
+        check_types(str, table=table)
+        if background_checkpoints is not None:
+            check_types(bool, background_checkpoints=background_checkpoints)
         if index not in _INDEX_MODES:
             raise ValueError(f"index must be one of {_INDEX_MODES}, not {index!r}")
         if not table or "\x00" in table or not encodable(table):
@@ -223,7 +237,7 @@ class SqliteStore(AbstractStore):
         """
         settings = urls.url_options(parts, _URL_OPTIONS)
         settings.update(options)
-        return cls(_url_location(parts), **settings)
+        return urls.create(cls, parts, _url_location(parts), **settings)
 
     @property
     def capabilities(self) -> StoreCapabilities:
@@ -329,7 +343,7 @@ class SqliteStore(AbstractStore):
 
     def to_bytes(self, key: str, buffer_size: int = DEFAULT_BUFFER_SIZE) -> bytes:
         """*key*'s data; one query for values stored inline."""
-        check_key(key)
+        check_read(key, buffer_size)
         self._require_connection()
         data = self._reads.inline_data(key)
         if data is not None:
@@ -365,6 +379,15 @@ class SqliteStore(AbstractStore):
         self._require_connection()
         return self._reads.glob(pattern)
 
+    def list_keys(self, prefix: str = "", delimiter: str | None = None) -> Iterator[str]:
+        """Keys under *prefix* (see :meth:`AbstractReadOnlyStore.list_keys`): a scan of
+        the prefix's range of the key index, read in pages as the listing is consumed;
+        a folder's keys are jumped over, not read."""
+        check_listing(prefix, delimiter)
+        self._require_connection()
+        end = prefix_end(prefix)
+        return walk(lambda low: self._reads.key_range(low, end), prefix, delimiter)
+
     # -- writes --------------------------------------------------------------------------
     def set(
         self,
@@ -376,7 +399,7 @@ class SqliteStore(AbstractStore):
         if_exists: bool | None = None,
     ) -> str:
         """Replace *key*'s data and metadata (see :meth:`AbstractStore.set`)."""
-        check_write(key, if_version, if_exists)
+        check_write(key, if_version, if_exists, buffer_size)
         self._require_connection()
         source, metadata, owned = unpack_value(value)
         try:
@@ -413,6 +436,7 @@ class SqliteStore(AbstractStore):
         buffer_size: int = DEFAULT_BUFFER_SIZE,
     ) -> None:
         """Set many keys in one transaction; small ``bytes`` values go in one batch."""
+        check_buffer_size(buffer_size)
         key_list, value_list = split_pairs(keys, values)
         batch = self._writes.inline_batch(key_list, value_list)
         if batch is None:
@@ -437,7 +461,7 @@ class SqliteStore(AbstractStore):
         if_exists: bool | None = None,
     ) -> None:
         """Replace *key*'s data, keeping its metadata (``{}`` for a new key)."""
-        check_write(key, if_version, if_exists)
+        check_write(key, if_version, if_exists, buffer_size)
         self._require_connection()
         self._store(key, data, None, buffer_size, (if_version, if_exists))
 

@@ -14,7 +14,8 @@ globs, and is replaced by the next write of the key. Lower layers are never writ
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import heapq
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +41,7 @@ from storekeeper.store.events import (
     StoreSetEvent,
     StoreUpdateEvent,
 )
+from storekeeper.store.listing import check_listing, filter_listing, fold_keys
 from storekeeper.store.value import Value
 
 __all__ = ["WHITEOUT", "Layer", "OverlayStore", "is_whiteout"]
@@ -80,6 +82,24 @@ class Layer:
     def outer(self, key: str) -> str:
         """The overlay's key for the child's key *key*."""
         return self.prefix + key
+
+    def listing(self, prefix: str, delimiter: str | None) -> Iterator[str]:
+        """The overlay's listing of *prefix* with *delimiter* over this layer's keys
+        alone (whiteouts included, other layers ignored)."""
+        mine, store = self.prefix, self.store
+        if prefix.startswith(mine):
+            return (mine + entry for entry in store.list_keys(prefix[len(mine) :], delimiter))
+        if not mine.startswith(prefix):
+            return iter(())
+        # The layer's keys all start with the prefix and then the rest of the layer's own.
+        rest = mine[len(prefix) :]
+        if delimiter is not None:
+            index = rest.find(delimiter)
+            if index >= 0:  # every key of the layer is in this one folder
+                return iter((prefix + rest[: index + len(delimiter)],))
+            if len(delimiter) > 1:  # a delimiter may straddle the layer's prefix
+                return fold_keys((mine + key for key in store.list_keys()), prefix, delimiter)
+        return (mine + entry for entry in store.list_keys("", delimiter))
 
 
 class OverlayStore(CompositeStore):
@@ -147,6 +167,39 @@ class OverlayStore(CompositeStore):
             if index + 1 < len(self._layers):
                 hidden.update(_outer_keys(layer))
         return results
+
+    def list_keys(self, prefix: str = "", delimiter: str | None = None) -> Iterator[str]:
+        """Keys under *prefix* that some layer shows (see
+        :meth:`AbstractReadOnlyStore.list_keys`): the layers' listings merged as they
+        are read. For each key the first layer that holds it decides, and a whiteout
+        there hides it (one metadata lookup per key listed tells); a folder is listed
+        when it shows a key (its keys are looked at until one is shown).
+        """
+        check_listing(prefix, delimiter)
+        self._require_connection()
+        return filter_listing(self._merged_listing, self._shows, prefix, delimiter)
+
+    def _merged_listing(self, prefix: str, delimiter: str | None) -> Iterator[str]:
+        """Each entry of the layers' listings once, in order."""
+        previous = None
+        listings = [layer.listing(prefix, delimiter) for layer in self._layers]
+        for entry in heapq.merge(*listings):
+            if entry != previous:
+                yield entry
+            previous = entry
+
+    def _shows(self, key: str) -> bool:
+        """Whether the overlay shows *key*, looking at metadata only (as queries do)."""
+        for layer in self._layers:
+            inner = layer.inner(key)
+            if inner is None:
+                continue
+            try:
+                metadata = layer.store.get_metadata(inner, [WHITEOUT])
+            except KeyError:
+                continue
+            return WHITEOUT not in metadata
+        return False
 
     def _find(self, key: str, start: int) -> Value | None:
         """The visible value of *key* looking from layer *start* down; None if hidden."""

@@ -259,12 +259,6 @@ class CompositeStore(AbstractStore):
         return {**super().info(), "children": [child.info() for child in self._children]}
 
     # -- helpers for subclasses --------------------------------------------------------------
-    def _child_index(self, store: object) -> int | None:
-        for index, child in enumerate(self._children):
-            if child is store:
-                return index
-        return None
-
     def _writer(self, index: int) -> AbstractStore:
         """Child *index* as a writable store, enlisted in the current transaction."""
         child = self._children[index]
@@ -303,21 +297,17 @@ class CompositeStore(AbstractStore):
         source = getattr(event, "source", None)
         if not self._connected:
             return
-        # A plain loop rather than all(...): this runs for every child write.
         for child in self._listened_children():
             if child is source:
                 break
         else:
             return
-        index = self._child_index(source)
-        assert index is not None
+        index = next(i for i, each in enumerate(self._children) if each is source)
         if isinstance(event, StoreProgressEvent):
             relayed = self._relay_progress(index, event)
             if relayed is not None:
                 self.event_manager.emit(relayed)
         elif isinstance(event, StoreModificationEvent):
-            if self.emits_own_events and self._quiet.get():
-                return
             translated = self._translate_change(index, event)
             if translated is not None:
                 self._deliver(translated)
@@ -347,9 +337,10 @@ class CompositeStore(AbstractStore):
         self.event_manager.emit(event)
 
     # -- transactions --------------------------------------------------------------------------
-    def transaction(self, notes: str = "") -> CompositeTransaction:
-        """A re-entrant transaction over the children written inside it (module docs)."""
-        return CompositeTransaction(self, notes)
+    def transaction(self, notes: str = "", *, wait: bool = True) -> CompositeTransaction:
+        """A re-entrant transaction over the children written inside it (module docs);
+        ``wait=False`` as for any store (no child waits for another writer's lock)."""
+        return CompositeTransaction(self, notes, wait=wait)
 
     def _open_child(self, state: _Enlistment, index: int) -> None:
         child = self._children[index]

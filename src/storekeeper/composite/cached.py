@@ -63,11 +63,11 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import IO, Any, Literal, TypeVar
 
 from storekeeper.composite._wrapper import CompositeStore, refuse_reserved
-from storekeeper.errors import ConflictError
+from storekeeper.errors import ConflictError, LockTimeoutError
 from storekeeper.events import BaseEvent, BaseEventManager
 from storekeeper.store.abstract import AbstractReadOnlyStore, AbstractStore, VersionedStore
 from storekeeper.store.backend import (
@@ -279,6 +279,11 @@ class CachedStore(CompositeStore):
         self._require_connection()
         return self.source.glob(check_pattern(pattern))
 
+    def list_keys(self, prefix: str = "", delimiter: str | None = None) -> Iterator[str]:
+        """The source's listing (see :meth:`AbstractReadOnlyStore.list_keys`)."""
+        self._require_connection()
+        return self.source.list_keys(prefix, delimiter)
+
     def _cached(self, key: str) -> Value | None:
         try:
             return self.cache.get(key)
@@ -300,7 +305,7 @@ class CachedStore(CompositeStore):
                 return str(self._version_of(key))
             return self.source.get(key).version
         except KeyError:
-            self._drop(key)
+            self._write_cache_now(lambda: self._drop(key))
             raise missing(key) from None
 
     def _hit(self, key: str, entry: Value, book: Mapping[str, Any], *, revalidated: bool) -> Value:
@@ -314,8 +319,11 @@ class CachedStore(CompositeStore):
         return _CachedValue(self, key, entry, book)
 
     def _update_book(self, key: str, entry: Value, book: Mapping[str, Any]) -> None:
-        try:
+        def update() -> None:
             self.cache.update_metadata(key, {BOOKKEEPING: dict(book)}, if_version=entry.version)
+
+        try:
+            self._write_cache_now(update)  # skipped while the cache is busy: a use time is lost
         except (KeyError, ConflictError):
             return  # another process evicted or refreshed the copy: nothing to record
 
@@ -325,7 +333,7 @@ class CachedStore(CompositeStore):
             value = self.source.get(key)
         except KeyError:
             if stale is not None:
-                self._drop(key)
+                self._write_cache_now(lambda: self._drop(key))
             raise
         if value.version is None:
             return value
@@ -337,12 +345,17 @@ class CachedStore(CompositeStore):
         book.update(c=value.created, m=value.modified)
         metadata[BOOKKEEPING] = book
         pins = {"if_exists": False} if stale is None else {"if_version": stale.version}
-        try:
+
+        def install() -> bool:
             with self._fences.install(key, ticket) as allowed:
-                if not allowed:
-                    return value  # a write raced this read: serve it, do not keep it
-                with value.data as stream:
-                    self.cache.set(key, (stream, metadata), **pins)
+                if allowed:  # else a write raced this read: serve the value, do not keep it
+                    with value.data as stream:
+                        self.cache.set(key, (stream, metadata), **pins)
+                return allowed
+
+        try:
+            if not self._write_cache_now(install):
+                return value  # fenced off, or the cache is busy: served without a copy
         except ConflictError:
             return value  # another reader filled it first; this value is just as good
         entry = self._cached(key)
@@ -402,15 +415,28 @@ class CachedStore(CompositeStore):
         total = sum(size for _, _, size in copies)
         count = len(copies)
         if self._over(total, count, 1.0):
-            copies.sort()
-            for _, key, size in copies:
-                if not self._over(total, count, _LOW_WATER):
-                    break
-                self._drop(key)
-                total -= size
-                count -= 1
+            # While the cache is busy the estimate stays over the bound, so that a later
+            # fill scans (and evicts) again.
+            total, count = self._write_cache_now(lambda: self._evict(copies, total, count)) or (
+                total,
+                count,
+            )
         with self._usage_lock:
             self._usage = (total, count)
+
+    def _evict(
+        self, copies: list[tuple[float, str, int]], total: int, count: int
+    ) -> tuple[int, int]:
+        """Drop the least recently used *copies* until under the low-water mark; the
+        bytes and keys left."""
+        copies.sort()
+        for _, key, size in copies:
+            if not self._over(total, count, _LOW_WATER):
+                break
+            self._drop(key)
+            total -= size
+            count -= 1
+        return total, count
 
     def _recount(self) -> None:
         """Re-sync the key count from a key listing (cheaper than a scan); scan if over."""
@@ -438,6 +464,24 @@ class CachedStore(CompositeStore):
         except KeyError:
             return
 
+    def _write_cache_now(self, write: Callable[[], _T]) -> _T | None:
+        """Run *write* (cache writes made for a read) in a cache transaction if the cache's
+        write lock is free now; ``None`` without running it if another thread or process
+        holds it. A read never waits for a writer (perhaps a frozen process) to fill,
+        touch or evict: it serves the source's value and leaves the cache as it is."""
+        transaction = self.cache.transaction("cache upkeep for a read", wait=False)
+        try:
+            transaction.__enter__()
+        except LockTimeoutError:
+            return None
+        try:
+            result = write()
+        except BaseException as exc:
+            transaction.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        transaction.__exit__(None, None, None)
+        return result
+
     # -- writes (through to the source) ----------------------------------------------------
     def set(
         self,
@@ -452,7 +496,7 @@ class CachedStore(CompositeStore):
 
         ``InvalidMetadataError``, with nothing written, if its metadata holds :data:`BOOKKEEPING`.
         """
-        check_write(key, if_version, if_exists)
+        check_write(key, if_version, if_exists, buffer_size)
         self._require_connection()
         refuse_reserved(value, BOOKKEEPING, "CachedStore")
         source = self._writer(0)
@@ -469,7 +513,7 @@ class CachedStore(CompositeStore):
         if_exists: bool | None = None,
     ) -> None:
         """Write *key*'s data to the source and drop the cached copy."""
-        check_write(key, if_version, if_exists)
+        check_write(key, if_version, if_exists, buffer_size)
         self._require_connection()
         source = self._writer(0)
         with self._writing_through(key):

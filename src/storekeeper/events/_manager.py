@@ -43,7 +43,7 @@ class BaseEventManager(abc.ABC):
         self,
         cls: type[BaseEvent],
         func: Listener,
-        filter: Mapping[str, Any] | None = None,  # noqa: A002 - the seed's name
+        filter: Mapping[str, Any] | None = None,  # noqa: A002 - the public keyword
         priority: int = 0,
     ) -> None:
         """Call *func(event)* for every emitted event that is an instance of *cls*."""
@@ -202,7 +202,7 @@ class EventManager(BaseEventManager):
         self,
         cls: type[BaseEvent],
         func: Listener,
-        filter: Mapping[str, Any] | None = None,  # noqa: A002 - the seed's name
+        filter: Mapping[str, Any] | None = None,  # noqa: A002 - the public keyword
         priority: int = 0,
     ) -> None:
         """Connect *func* to *cls* (see the class documentation)."""

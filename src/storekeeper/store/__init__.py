@@ -30,7 +30,12 @@ from storekeeper.store.events import (
 )
 from storekeeper.store.mapping import StoreMapping
 from storekeeper.store.query import Equals, Exists, In, Prefix, QueryTerm, Range
-from storekeeper.store.registry import open_store, register_backend, registered_schemes
+from storekeeper.store.registry import (
+    open_read_only_store,
+    open_store,
+    register_backend,
+    registered_schemes,
+)
 from storekeeper.store.utils import (
     BufferIteratorIO,
     DummyTransactionContext,
@@ -76,6 +81,7 @@ __all__ = [
     "Value",
     "VersionedStore",
     "buffer_iterator",
+    "open_read_only_store",
     "open_store",
     "register_backend",
     "registered_schemes",

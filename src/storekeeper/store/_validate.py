@@ -12,7 +12,7 @@ import json.encoder
 import json.scanner
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from storekeeper.errors import (
     InvalidArgumentError,
@@ -23,13 +23,16 @@ from storekeeper.errors import (
 
 __all__ = [
     "DEFAULT_BUFFER_SIZE",
+    "check_batch_keys",
     "check_buffer_size",
     "check_conditions",
     "check_json_value",
     "check_key",
     "check_keys",
     "check_pattern",
+    "check_read",
     "check_select",
+    "check_types",
     "check_write",
     "copy_metadata",
     "decode_metadata",
@@ -39,7 +42,7 @@ __all__ = [
     "select_metadata",
 ]
 
-#: The seed's default chunk size for streaming reads and writes (1 MiB).
+#: The default chunk size for streaming reads and writes (1 MiB).
 DEFAULT_BUFFER_SIZE = 1048576
 
 Metadata = dict[str, Any]
@@ -47,16 +50,54 @@ Metadata = dict[str, Any]
 # (typeshed types the scanner's context loosely; json itself passes its decoder, as here.)
 _SCAN = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
 _ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-# The C encoder _ENCODER.encode builds on every call, built once. Without a markers dict
-# it does not look for cycles: a circular value ends in RecursionError instead (caught).
-_MAKE_ENCODER = getattr(json.encoder, "c_make_encoder", None)  # None without the C module
-_C_ENCODE: Callable[[object, int], Sequence[str]] | None = (
-    None
-    if _MAKE_ENCODER is None
-    else _MAKE_ENCODER(
-        None, _ENCODER.default, json.encoder.encode_basestring, None, ":", ",", False, False, False
-    )
-)
+_CEncoder = Callable[[object, int], Sequence[str]]
+
+
+def _build_c_encoder(make: object) -> _CEncoder | None:
+    """The C encoder that ``_ENCODER.encode`` builds on every call, built once by *make*
+    (``json.encoder.c_make_encoder``, a private API), or ``None`` to use ``_ENCODER``.
+
+    ``None`` when *make* is missing (no C module), refuses these arguments or encodes a
+    probe differently from ``_ENCODER`` (its signature changed): :func:`encode_metadata`
+    then takes the public path, which writes the same text. Without a markers dict the C
+    encoder does not look for cycles: a circular value ends in RecursionError (caught).
+    """
+    if not callable(make):
+        return None
+    probe = {"a": [1, -2.5, None, True, "\u00e9\n"], "b": {"c": ""}, "": ()}
+    try:  # json.encoder's order: markers, default, encoder, indent, key and item separators,
+        # sort_keys, skipkeys, allow_nan
+        encode = make(
+            None,
+            _ENCODER.default,
+            json.encoder.encode_basestring,
+            None,
+            ":",
+            ",",
+            False,
+            False,
+            False,
+        )
+        text = "".join(encode(probe, 0))
+    except Exception:  # noqa: BLE001 - any failure of a private API means: do without it
+        return None
+    if text != _ENCODER.encode(probe) or _accepts_nan(encode):
+        return None
+    return cast(_CEncoder, encode)
+
+
+def _accepts_nan(encode: _CEncoder) -> bool:
+    """Whether *encode* writes NaN (metadata must refuse it, as ``allow_nan=False`` does)."""
+    try:
+        encode({"a": float("nan")}, 0)
+    except ValueError:
+        return False
+    except Exception:  # noqa: BLE001 - a different failure is a changed API too
+        return True
+    return True
+
+
+_C_ENCODE = _build_c_encoder(getattr(json.encoder, "c_make_encoder", None))
 
 
 # Integers below this need no look at their size (json writes at most 4300 digits).
@@ -86,15 +127,33 @@ def check_key(key: object) -> str:
     return key
 
 
-def check_write(key: object, if_version: object = None, if_exists: object = None) -> str:
+def check_write(
+    key: object,
+    if_version: object = None,
+    if_exists: object = None,
+    buffer_size: object = DEFAULT_BUFFER_SIZE,
+) -> str:
     """:func:`check_key` for a single-key write, plus :func:`check_conditions` of its
-    preconditions: every write method and ``delete`` starts with it, so wrong input fails
-    before anything is read or written. Returns *key*."""
-    # Both checks inlined for the common case: this runs before every write.
+    preconditions and :func:`check_buffer_size` of its *buffer_size*: every write method
+    and ``delete`` starts with it, so wrong input fails before anything is read or
+    written. Returns *key*."""
+    # The checks inlined for the common case: this runs before every write.
     if (if_version is not None and type(if_version) is not str) or (
         if_exists is not None and if_exists is not True and if_exists is not False
     ):
         check_conditions(if_version, if_exists)
+    if type(buffer_size) is not int or buffer_size <= 0:
+        check_buffer_size(buffer_size)
+    if type(key) is str and key and key.isascii() and "\x00" not in key:
+        return key
+    return check_key(key)
+
+
+def check_read(key: object, buffer_size: object) -> str:
+    """:func:`check_key` and :func:`check_buffer_size` for a read that takes a
+    *buffer_size* (``to_bytes``, ``to_file``), before anything is read. Returns *key*."""
+    if type(buffer_size) is not int or buffer_size <= 0:
+        check_buffer_size(buffer_size)
     if type(key) is str and key and key.isascii() and "\x00" not in key:
         return key
     return check_key(key)
@@ -115,6 +174,16 @@ def check_conditions(if_version: object, if_exists: object) -> None:
     if if_exists is not None and if_exists is not True and if_exists is not False:
         raise InvalidArgumentError(
             f"if_exists is True, False or None, not {type(if_exists).__name__}: {if_exists!r}"
+        )
+
+
+def check_batch_keys(keys: object) -> None:
+    """Raise :class:`InvalidArgumentError` unless *keys*, the keys argument of a batch
+    method (``multiget``, ``multiset``...), is an iterable other than ``str`` or
+    ``bytes``: ``multiget("ab")`` would otherwise read the keys ``"a"`` and ``"b"``."""
+    if isinstance(keys, str | bytes | bytearray | memoryview) or not isinstance(keys, Iterable):
+        raise InvalidArgumentError(
+            f"the keys of a batch call are an iterable of keys, not {type(keys).__name__}: {keys!r}"
         )
 
 
@@ -297,7 +366,7 @@ def copy_metadata(metadata: object) -> Metadata:
 def select_metadata(metadata: Metadata, select: Iterable[str] | None) -> Metadata:
     """Return the entries of *metadata* named by *select* (all when ``None``).
 
-    Names in *select* that *metadata* lacks are omitted, as the seed documents. A
+    Names in *select* that *metadata* lacks are omitted (not reported as ``None``). A
     *select* that :func:`check_select` refuses raises :class:`InvalidArgumentError`.
     """
     return pick_metadata(metadata, check_select(select))
@@ -355,8 +424,8 @@ def _single_chunk(data: bytes) -> Iterator[bytes]:
 
 def check_buffer_size(buffer_size: object) -> int:
     """Return *buffer_size* if it is a positive ``int`` (the chunk size of a streamed
-    read); :class:`InvalidArgumentError` for another type, :class:`InvalidValueError`
-    for zero or less."""
+    read or write), else raise :class:`InvalidArgumentError`. Every method taking a
+    *buffer_size* checks it, even where it reads nothing in chunks (bytes data)."""
     if type(buffer_size) is not int and (
         isinstance(buffer_size, bool) or not isinstance(buffer_size, int)
     ):
@@ -364,8 +433,25 @@ def check_buffer_size(buffer_size: object) -> int:
             f"buffer_size is an int, not {type(buffer_size).__name__}: {buffer_size!r}"
         )
     if buffer_size <= 0:
-        raise InvalidValueError(f"buffer_size must be positive, not {buffer_size}")
+        raise InvalidArgumentError(f"buffer_size must be positive, not {buffer_size}")
     return int(buffer_size)
+
+
+def check_types(kind: type[bool | int | float | str], **values: object) -> None:
+    """Raise :class:`InvalidArgumentError` unless every one of *values* (named by their
+    keyword) is of *kind*: ``bool`` (only ``True`` or ``False``), ``int`` (not a
+    ``bool``), ``float`` (an ``int`` or a ``float``, not a ``bool``) or ``str``.
+
+    For constructor options, which are otherwise stored unchecked: ``durable="no"``
+    would count as true. Their ranges are left to the constructor (``ValueError``).
+    """
+    accepted: tuple[type, ...] = (int, float) if kind is float else (kind,)
+    for name, value in values.items():
+        if (isinstance(value, bool) and kind is not bool) or not isinstance(value, accepted):
+            expected = "a number" if kind is float else kind.__name__
+            raise InvalidArgumentError(
+                f"{name} is {expected}, not {type(value).__name__}: {value!r}"
+            )
 
 
 def _read_chunks(read: Any, buffer_size: int) -> Iterator[bytes]:

@@ -24,7 +24,7 @@ import abc
 import contextvars
 import fnmatch
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import IO, Any, Protocol, Self, runtime_checkable
 
@@ -38,8 +38,11 @@ from storekeeper.store.backend import (
     Metadata,
     OwnedVar,
     StoreCapabilities,
+    check_batch_keys,
+    check_buffer_size,
     check_pattern,
     check_precondition,
+    check_read,
     check_select,
     check_write,
     decode_metadata,
@@ -64,6 +67,7 @@ from storekeeper.store.events import (
     StoreSetEvent,
     StoreUpdateEvent,
 )
+from storekeeper.store.listing import check_listing, fold_keys
 from storekeeper.store.mapping import StoreMapping
 from storekeeper.store.utils import (
     SimpleTransactionContext,
@@ -234,16 +238,19 @@ class AbstractReadOnlyStore(abc.ABC):
 
     def multiget(self, keys: Iterable[str]) -> list[Value]:
         """The values of *keys*, in input order; :class:`KeyNotFoundError` if any is missing."""
+        check_batch_keys(keys)
         return [self.get(key) for key in keys]
 
     def multiget_data(self, keys: Iterable[str]) -> list[BinaryStream]:
         """Data streams of *keys*, in input order. Close each stream when done."""
+        check_batch_keys(keys)
         return [self.get_data(key) for key in keys]
 
     def multiget_metadata(
         self, keys: Iterable[str], select: Iterable[str] | None = None
     ) -> list[Metadata]:
         """Metadata of *keys*, in input order, limited to *select* when given."""
+        check_batch_keys(keys)
         names = check_select(select)
         return [self.get_metadata(key, names) for key in keys]
 
@@ -258,12 +265,35 @@ class AbstractReadOnlyStore(abc.ABC):
         check_pattern(pattern)
         return [key for key in self.query_keys() if fnmatch.fnmatchcase(key, pattern)]
 
+    def list_keys(self, prefix: str = "", delimiter: str | None = None) -> Iterator[str]:
+        """An iterator over the keys that start with *prefix*, in key order (code-point
+        order, as Python sorts ``str``).
+
+        With a *delimiter*, a key holding the delimiter after the prefix is listed as
+        its *folder* (the key up to and including that first delimiter), each folder
+        once, in its place in the order: ``list_keys("a/", "/")`` lists one level, as
+        object stores do. The listing sees the caller's own transaction's writes, as
+        :meth:`get` does; it is not a snapshot: a key that exists throughout is listed
+        once, one added or deleted meanwhile may be listed or not. The arguments are
+        checked when it is called: :class:`~storekeeper.errors.InvalidArgumentError`
+        for a *prefix* that is not a ``str`` or a *delimiter* that is not ``None`` or
+        a non-empty ``str``, :class:`~storekeeper.errors.InvalidKeyError` for a lone
+        surrogate in either (no key holds one).
+
+        Default: sorts the matching keys of :meth:`query_keys` (every key is read);
+        backends override it with a scan of the prefix's range that yields as it reads.
+        """
+        check_listing(prefix, delimiter)
+        keys = sorted(key for key in self.query_keys() if key.startswith(prefix))
+        return fold_keys(keys, prefix, delimiter)
+
     def to_bytes(self, key: str, buffer_size: int = DEFAULT_BUFFER_SIZE) -> bytes:
         """*key*'s data as ``bytes`` (read in chunks of *buffer_size*).
 
         Reading a value larger than one buffer (or of unknown size) emits store progress
         events, as :meth:`to_file` does, when anyone listens for them.
         """
+        check_read(key, buffer_size)
         if not self._progress_observed():
             return read_stream(self.get_data(key), buffer_size)
         value = self.get(key)
@@ -282,6 +312,7 @@ class AbstractReadOnlyStore(abc.ABC):
         """
         from storekeeper.files import atomic_write  # foundation; imported on first use
 
+        check_read(key, buffer_size)
         value = self.get(key)
         message = f"Saving key {key!r} to file {os.fspath(path)!r}"
         progress = self._progress(message, key, value.size, value.metadata)
@@ -394,13 +425,16 @@ class AbstractStore(AbstractReadOnlyStore):
         """As :meth:`AbstractReadOnlyStore.info`, with ``readonly`` false."""
         return {**super().info(), "readonly": False}
 
-    def transaction(self, notes: str = "") -> SimpleTransactionContext:
+    def transaction(self, notes: str = "", *, wait: bool = True) -> SimpleTransactionContext:
         """A re-entrant transaction context manager (see :class:`SimpleTransactionContext`).
 
         Writes in the block are applied together when the outermost block exits normally
         and rolled back if it raises; only the outermost block of a thread/task counts.
+        ``wait=False``: entering the block raises
+        :class:`~storekeeper.errors.LockTimeoutError` at once if another thread, task or
+        process holds the store's write lock, instead of waiting for it.
         """
-        return SimpleTransactionContext(self, notes)
+        return SimpleTransactionContext(self, notes, wait=wait)
 
     @abc.abstractmethod
     def set(
@@ -443,7 +477,7 @@ class AbstractStore(AbstractReadOnlyStore):
         Emits :class:`StoreSetEvent`. Default: reads the metadata and calls :meth:`set`
         inside a transaction.
         """
-        check_write(key, if_version, if_exists)
+        check_write(key, if_version, if_exists, buffer_size)
         with self.transaction(f"Setting data of {key!r}"):
             try:
                 metadata = self.get_metadata(key)
@@ -503,6 +537,7 @@ class AbstractStore(AbstractReadOnlyStore):
     ) -> None:
         """:meth:`set` each key to its value (paired like ``zip``), in one transaction;
         a :class:`StoreSetEvent` for every key."""
+        check_buffer_size(buffer_size)
         pairs = pair_up(keys, values)
         with self.transaction(f"Setting {len(pairs)} keys"):
             for key, value in pairs:
@@ -513,6 +548,7 @@ class AbstractStore(AbstractReadOnlyStore):
     ) -> None:
         """:meth:`set_data` for each key (paired like ``zip``), in one transaction;
         a :class:`StoreSetEvent` for every key."""
+        check_buffer_size(buffer_size)
         pairs = pair_up(keys, datas)
         with self.transaction(f"Setting data of {len(pairs)} keys"):
             for key, data in pairs:
@@ -560,10 +596,12 @@ class AbstractStore(AbstractReadOnlyStore):
         """Set *key*'s data to *data*, keeping its metadata (``{}`` for a new key)."""
         if not isinstance(data, bytes | bytearray | memoryview):
             raise InvalidValueError(f"from_bytes takes bytes, not {type(data).__name__}")
+        check_buffer_size(buffer_size)
         self.set_data(key, bytes(data), buffer_size)
 
     def from_file(self, key: str, path: PathLike, buffer_size: int = DEFAULT_BUFFER_SIZE) -> None:
         """Set *key*'s data from the file at *path*, keeping its metadata."""
+        check_write(key, buffer_size=buffer_size)
         with open(path, "rb") as stream:
             self.set_data(key, stream, buffer_size)
 

@@ -47,13 +47,16 @@ from storekeeper.errors import ConflictError, InvalidValueError, KeyNotFoundErro
 from storekeeper.store._validate import (
     DEFAULT_BUFFER_SIZE,
     Metadata,
+    check_batch_keys,
     check_buffer_size,
     check_conditions,
     check_json_value,
     check_key,
     check_keys,
     check_pattern,
+    check_read,
     check_select,
+    check_types,
     check_write,
     copy_metadata,
     decode_metadata,
@@ -76,6 +79,7 @@ __all__ = [
     "OwnerLock",
     "StoreCapabilities",
     "buffer_iterator",
+    "check_batch_keys",
     "check_buffer_size",
     "check_conditions",
     "check_json_value",
@@ -83,7 +87,9 @@ __all__ = [
     "check_keys",
     "check_pattern",
     "check_precondition",
+    "check_read",
     "check_select",
+    "check_types",
     "check_write",
     "compile_terms",
     "copy_metadata",
@@ -219,8 +225,10 @@ def split_pairs(keys: Iterable[str], values: Iterable[Any]) -> tuple[list[str], 
     list of keys and a list of values, every key validated (:func:`check_keys`).
 
     Materialised once because generators can be consumed a single time, and so that
-    every key is checked before anything is written.
+    every key is checked before anything is written. *keys* that are a ``str`` (or not
+    iterable) raise :class:`~storekeeper.errors.InvalidArgumentError`.
     """
+    check_batch_keys(keys)
     if isinstance(keys, Sized) and isinstance(values, Sized):
         # Copying two lists makes no pair tuples: a large batch would otherwise
         # allocate one per key, and the garbage collector would walk them all.

@@ -17,32 +17,69 @@ Waiting for another *thread* is fine. Waiting for another task of the *same* thr
 a synchronous call blocks the event loop, so the task it waits for never runs again. Such
 a call raises :class:`~storekeeper.errors.TransactionError` at once instead
 (:meth:`Claim.refusal` says why and what to do).
+
+A transaction begun with ``store.transaction(wait=False)`` waits for nobody: its begin
+runs under :func:`not_waiting`, and a store whose write lock another thread, task or
+process holds raises :func:`busy` (a :class:`~storekeeper.errors.LockTimeoutError`)
+instead of waiting (:func:`may_wait` tells a store which to do).
 """
 
 from __future__ import annotations
 
-import asyncio
+import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from storekeeper.errors import TransactionError
+from storekeeper.errors import LockTimeoutError, TransactionError
 
-__all__ = ["Claim", "OwnedVar", "OwnerLock", "current_owner"]
+__all__ = ["Claim", "OwnedVar", "OwnerLock", "busy", "current_owner", "may_wait", "not_waiting"]
 
 _T = TypeVar("_T")
-_get_running_loop = asyncio._get_running_loop  # public in asyncio.events.__all__; never raises
 _get_ident = threading.get_ident
+_patient: ContextVar[bool] = ContextVar("storekeeper-may-wait", default=True)
+
+
+def may_wait() -> bool:
+    """Whether the transaction beginning in this context may wait for another writer's
+    lock: false inside :func:`not_waiting`."""
+    return _patient.get()
+
+
+@contextmanager
+def not_waiting() -> Iterator[None]:
+    """Around the begin of a ``transaction(wait=False)``: stores (and the children of a
+    composite) raise :func:`busy` where they would wait for another writer."""
+    token = _patient.set(False)
+    try:
+        yield
+    finally:
+        _patient.reset(token)
+
+
+def busy(what: object) -> LockTimeoutError:
+    """The error of a transaction begun with ``wait=False`` on *what* (a store, or a
+    description of one) while another thread, task or process holds its write lock."""
+    return LockTimeoutError(
+        f"{what} is being written by another thread, task or process; a transaction "
+        "begun with wait=False does not wait for it"
+    )
 
 
 def current_owner() -> object:
     """The asyncio task running in this thread, or the thread when no task runs."""
-    loop = _get_running_loop()
-    if loop is not None:
-        task = asyncio.current_task(loop)
-        if task is not None:
-            return task
+    # No event loop can run before asyncio is imported, and importing it here would make
+    # every `import storekeeper` pay for it.
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is not None:
+        loop = asyncio._get_running_loop()  # in asyncio.events.__all__; never raises
+        if loop is not None:
+            task = asyncio.current_task(loop)
+            if task is not None:
+                return task
     return threading.current_thread()
 
 
@@ -122,14 +159,16 @@ class OwnerLock:
         self._depth = 0
 
     def acquire(self) -> None:
-        """Take the lock (again, for its owner); raises TransactionError, see the class."""
+        """Take the lock (again, for its owner); raises TransactionError, see the class,
+        and :func:`busy` instead of waiting for another owner inside :func:`not_waiting`."""
         claim = self._claim
         if claim is not None and claim.thread == _get_ident():
             if claim.is_mine():
                 self._depth += 1
                 return
             raise claim.refusal(self._what)
-        self._lock.acquire()
+        if not self._lock.acquire(blocking=may_wait()):
+            raise busy(self._what)
         self._claim = Claim.take()
         self._depth = 1
 

@@ -4,6 +4,10 @@
 :func:`urllib.parse.urlsplit` and hands the parts to the backend's ``from_url``. These
 helpers give every backend the same rules:
 
+- :func:`split_url` splits a URL as :func:`urllib.parse.urlsplit` does, remembering
+  whether ``//`` followed the scheme (:func:`has_authority`): ``sqlite:/x.db`` and
+  ``sqlite:///x.db`` split alike, but only a backend that sees the difference can refuse
+  the first.
 - :func:`url_path` percent-decodes the path as UTF-8, as ``file://`` URLs are read
   everywhere (``my%20store`` is ``my store``), and refuses what no path may hold.
 - :func:`url_options` reads the ``?name=value&...`` options against the backend's table
@@ -12,29 +16,39 @@ helpers give every backend the same rules:
   value the converter refuses is an :class:`~storekeeper.errors.InvalidURLError` that
   names the valid options, never silently ignored: ``?durabel=false`` must not leave a
   store durable while its author believes otherwise.
+- :func:`create` builds the store from what a URL and keyword options give: a keyword
+  the constructor does not take is an :class:`~storekeeper.errors.InvalidArgumentError`
+  naming the valid ones, and a value the constructor refuses (``ValueError``) an
+  :class:`~storekeeper.errors.InvalidURLError`.
 
 Third-party backends may use them in their own ``from_url``.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Mapping
-from typing import Any
-from urllib.parse import SplitResult, unquote
+from typing import Any, TypeVar
+from urllib.parse import SplitResult, unquote, urlsplit
 
-from storekeeper.errors import InvalidURLError
+from storekeeper.errors import InvalidArgumentError, InvalidURLError, StorekeeperError
 
 __all__ = [
     "choice",
     "count",
+    "create",
     "flag",
+    "has_authority",
     "names",
     "seconds",
+    "split_url",
     "text",
     "url_options",
     "url_path",
 ]
+
+_Store = TypeVar("_Store")
 
 #: Turns an option's text into its value; raises ValueError saying what it expected.
 Converter = Callable[[str], Any]
@@ -169,3 +183,66 @@ def url_path(parts: SplitResult) -> str:
     if "\x00" in path:
         raise InvalidURLError(f"the path of {parts.scheme}:// URL {parts.path!r} holds NUL")
     return path
+
+
+class _StoreURL(SplitResult):
+    """A :class:`~urllib.parse.SplitResult` that remembers whether the URL had ``//``."""
+
+    authority = True
+
+
+def split_url(url: str) -> SplitResult:
+    """*url* split by :func:`urllib.parse.urlsplit`, remembering whether ``//`` followed
+    the scheme (see :func:`has_authority`); ``ValueError`` as ``urlsplit`` raises it."""
+    parts = _StoreURL(*urlsplit(url))
+    # The scheme ends at the first colon (urlsplit found it there).
+    if parts.scheme and not url.partition(":")[2].startswith("//"):
+        parts.authority = False
+    return parts
+
+
+def has_authority(parts: SplitResult) -> bool:
+    """Whether the URL *parts* were split from had ``//`` after its scheme.
+
+    ``urlsplit`` gives ``sqlite:/x.db`` and ``sqlite:///x.db`` the same parts; only
+    :func:`split_url` keeps the difference. Parts split otherwise count as having it.
+    """
+    return getattr(parts, "authority", True) is not False
+
+
+def create(cls: Callable[..., _Store], parts: SplitResult, *args: Any, **settings: Any) -> _Store:
+    """``cls(*args, **settings)``, the store a ``from_url`` builds.
+
+    *settings* are the URL's options merged with the keyword options of
+    :func:`~storekeeper.store.registry.open_store`. A name the constructor does not
+    take raises :class:`~storekeeper.errors.InvalidArgumentError` naming the ones it
+    does (a ``TypeError``, as Python's own for an unexpected keyword); a value it
+    refuses with a ``ValueError`` (``chunk_size=0``, a table name holding NUL) raises
+    :class:`~storekeeper.errors.InvalidURLError`. Storekeeper errors pass unchanged.
+    """
+    _check_names(cls, parts.scheme, len(args), settings)
+    try:
+        return cls(*args, **settings)
+    except StorekeeperError:
+        raise
+    except ValueError as exc:
+        raise InvalidURLError(f"invalid option for a {parts.scheme}:// store: {exc}") from exc
+
+
+def _check_names(cls: Callable[..., object], scheme: str, given: int, settings: Any) -> None:
+    """Refuse keyword *settings* that the constructor *cls* (whose first *given*
+    parameters are passed by position) does not take."""
+    try:
+        parameters = list(inspect.signature(cls).parameters.values())
+    except (TypeError, ValueError):
+        return  # no signature to check against: the constructor decides
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return
+    keywords = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    valid = [p.name for p in parameters[given:] if p.kind in keywords]
+    unknown = sorted(set(settings) - set(valid))
+    if unknown:
+        raise InvalidArgumentError(
+            f"unknown option {unknown[0]!r} for a {scheme}:// store; "
+            f"valid options: {', '.join(sorted(valid))}"
+        )

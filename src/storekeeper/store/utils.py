@@ -20,13 +20,14 @@ import logging
 import os
 import stat
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import nullcontext
 from types import TracebackType
 from typing import IO, Any, Protocol
 
 from storekeeper.errors import TransactionError
 from storekeeper.events import BaseEvent, BaseEventManager
 from storekeeper.events.progress import ProgressManager
-from storekeeper.store._validate import DEFAULT_BUFFER_SIZE
+from storekeeper.store._validate import DEFAULT_BUFFER_SIZE, check_buffer_size
 from storekeeper.store.events import (
     StoreProgressEndEvent,
     StoreProgressStartEvent,
@@ -34,6 +35,7 @@ from storekeeper.store.events import (
     StoreTransactionEndEvent,
     StoreTransactionStartEvent,
 )
+from storekeeper.store.owners import not_waiting
 
 _log = logging.getLogger(__name__)
 
@@ -68,8 +70,7 @@ def buffer_iterator(
     *progress*, when given, is called as ``progress(step=total_bytes_so_far)`` once per
     non-empty chunk.
     """
-    if buffer_size <= 0:
-        raise ValueError(f"buffer_size must be positive, not {buffer_size}")
+    check_buffer_size(buffer_size)
     total = 0
     while max_bytes is None or total < max_bytes:
         want = buffer_size if max_bytes is None else min(buffer_size, max_bytes - total)
@@ -277,11 +278,17 @@ class SimpleTransactionContext:
     emits :class:`StoreTransactionEndEvent` (``state`` ``'done'`` or ``'failed'``) and,
     after a commit, the modification events held back during the transaction.
     ``__enter__`` returns the context itself.
+
+    With ``wait=False`` the outermost ``__enter__`` raises
+    :class:`~storekeeper.errors.LockTimeoutError` at once, beginning nothing, where the
+    store would wait for another thread's, task's or process's write lock (see
+    :func:`storekeeper.store.owners.not_waiting`).
     """
 
-    def __init__(self, store: TransactionHost, notes: str = "") -> None:
+    def __init__(self, store: TransactionHost, notes: str = "", *, wait: bool = True) -> None:
         self.store = store
         self.notes = notes
+        self.wait = wait
 
     # -- hooks (override in subclasses, or implement on the store) ---------------------
     def begin(self) -> None:
@@ -301,7 +308,8 @@ class SimpleTransactionContext:
         state = self.store._transaction_state()
         if state is None:
             state = TransactionState(self.notes)
-            self.begin()
+            with nullcontext() if self.wait else not_waiting():
+                self.begin()
             self.store._set_transaction_state(state)
             state.depth = 1
             self.store.event_manager.emit(StoreTransactionStartEvent(self.store, notes=self.notes))

@@ -3,8 +3,8 @@
 A :class:`Value` bundles a key's byte stream with its metadata and a few attributes the
 store controls (``size``, ``created``, ``modified``, ``version``). It opens nothing until
 asked: each access to :attr:`Value.data` opens a *fresh* stream positioned at the start,
-and each access to :attr:`Value.metadata` returns an independent copy. For code written
-against the seed, a value also unpacks as the 2-tuple ``(data, metadata)``.
+and each access to :attr:`Value.metadata` returns an independent copy. A value also
+unpacks as the 2-tuple ``(data, metadata)``, as in ``data, metadata = store.get(key)``.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ class Value(abc.ABC):
         with self.data as stream:
             yield from buffer_iterator(stream, buffer_size, progress)
 
-    # The seed's legacy protocol: ``data, metadata = store.get(key)``.
+    # The pair protocol: ``data, metadata = store.get(key)``.
     def __iter__(self) -> Iterator[Any]:
         yield self.data
         yield self.metadata
@@ -202,7 +202,7 @@ class BytesValue(_MetadataHolder):
         return io.BytesIO(self._bytes[lo:hi])
 
 
-#: The seed's name for an in-memory value.
+#: Another name for :class:`BytesValue`, kept for code written against older APIs.
 StringValue = BytesValue
 
 

@@ -1,20 +1,56 @@
 """The shared conformance suite every store backend and composite must pass.
 
-Subclass :class:`StoreTests` in a test module and implement :meth:`StoreTests.create_store`;
-pytest then runs every documented behaviour of the store API against the backend::
+Subclass :class:`StoreTests` (also importable from :mod:`storekeeper.testing`) in a test
+module and implement :meth:`StoreTests.create_store`; pytest then runs every documented
+behaviour of the store API against the store::
 
     class TestMyStore(StoreTests):
         def create_store(self, tmp_path, event_manager):
             return MyStore(tmp_path / "db", event_manager=event_manager)
 
+The tests here cover the store API itself: connection, get/set/delete and their
+multi-key forms, metadata select/update/query, ranges, glob, streaming, conditional
+writes, transactions and events. :class:`StoreTests` also mixes in:
+
+- :class:`~storekeeper.testing.events.EventConformance`: which events each write
+  emits, and when (after the commit; held back by a transaction);
+- :class:`~storekeeper.testing.isolation.IsolationTests`: transactions belong to one
+  thread or asyncio task, and read-modify-write transactions lose no update;
+- :class:`~storekeeper.testing.versions.ValueVersionTests`: a value or stream read
+  before an overwrite keeps its data, and concurrent readers see whole versions;
+- :class:`~storekeeper.testing.strict.StrictInputTests`: wrong argument types and
+  hostile keys, metadata and query values are refused before anything is written;
+- :class:`~storekeeper.testing.model.ModelTests`: a Hypothesis state machine comparing
+  the store with a dict (short in ``make test``, long in ``make soak``);
+- :class:`~storekeeper.testing.crossprocess.CrossProcessTests`: readers in other
+  processes never see half of a transaction, while a writer is frozen or killed;
+- :class:`~storekeeper.testing.raw.RawStorageTests`: what ``set`` writes is found in
+  the store's storage read without the store, and the other way round, so that a bug
+  symmetric in ``set`` and ``get`` cannot pass.
+
 What applies is decided by the store's declared ``capabilities``
 (:class:`~storekeeper.store.StoreCapabilities`): a ``persistent`` store must survive
-:meth:`StoreTests.reopen_store`, and a ``cross_process`` one the multi-process checks,
-for which the test class names how another process opens it
-(:meth:`~storekeeper.testing.crossprocess.CrossProcessTests.store_url`). The raw
-hooks (:meth:`~storekeeper.testing.raw.RawStorageTests.raw_read` and ``raw_write``)
-read and write around the store, so that a bug symmetric in ``set`` and ``get``
-cannot pass.
+:meth:`StoreTests.reopen_store`, and a ``cross_process`` one the multi-process checks.
+
+Hooks and settings a subclass may override:
+
+- :meth:`StoreTests.create_store` (required): a new, empty, unconnected store;
+- :meth:`StoreTests.reopen_store` (required for a ``persistent`` store): a new
+  instance on the same data;
+- :meth:`~storekeeper.testing.raw.RawStorageTests.raw_write` and ``raw_read``
+  (required), or ``raw_unavailable`` set to the reason for a store with no storage
+  outside the store object;
+- :meth:`~storekeeper.testing.crossprocess.CrossProcessTests.store_url` or
+  :meth:`~storekeeper.testing.crossprocess.CrossProcessTests.process_opener`: how
+  another process opens the same data (for a ``cross_process`` store);
+- ``large_value_size`` and ``kept_value_size``: the sizes of the large-value checks;
+- :meth:`~storekeeper.testing.model.ModelTests.create_model_store` and
+  ``model_examples`` / ``model_steps`` (``soak_model_examples`` / ``soak_model_steps``):
+  the store and the length of the model runs.
+
+The fixtures ``store`` (connected, disconnected afterwards), ``event_manager`` (a fresh
+:class:`~storekeeper.events.EventManager` per test) and ``events`` (a recorder of the
+store events on it) are available to a subclass's own tests.
 """
 
 from __future__ import annotations
@@ -57,13 +93,16 @@ from storekeeper.store import (
     StoreTransactionStartEvent,
     StoreUpdateEvent,
 )
+from storekeeper.testing.arguments import ArgumentTests
 from storekeeper.testing.crossprocess import CrossProcessTests
 from storekeeper.testing.events import EventConformance
 from storekeeper.testing.isolation import IsolationTests
+from storekeeper.testing.listing import ListingTests
 from storekeeper.testing.model import ModelTests
 from storekeeper.testing.raw import RawStorageTests
 from storekeeper.testing.strict import StrictInputTests
 from storekeeper.testing.versions import ValueVersionTests
+from storekeeper.testing.waiting import NoWaitTests
 
 __all__ = ["WEIRD_KEYS", "StoreTests"]
 
@@ -150,13 +189,16 @@ class _FailingReader(io.RawIOBase):
 
 
 class StoreTests(
+    ArgumentTests,
     EventConformance,
     IsolationTests,
+    ListingTests,
     CrossProcessTests,
     ValueVersionTests,
     StrictInputTests,
     ModelTests,
     RawStorageTests,
+    NoWaitTests,
     abc.ABC,
 ):
     """Conformance tests for a writable store; subclass and implement ``create_store``."""
@@ -565,9 +607,9 @@ class StoreTests(
         store.multiset_data(iter(["a", "b"]), iter([b"1", b"2", b"3"]))
         assert [store.to_bytes(k) for k in "ab"] == [b"1", b"2"]
         store.multiset_metadata((k for k in "ab"), ({"m": k} for k in "ab"))
-        assert store.multiget_metadata("ab") == [{"m": "a"}, {"m": "b"}]
+        assert store.multiget_metadata(["a", "b"]) == [{"m": "a"}, {"m": "b"}]
         store.multiupdate_metadata(iter("ab"), iter([{"u": 1}, {"u": 2}]))
-        assert store.multiget_metadata("ab") == [{"m": "a", "u": 1}, {"m": "b", "u": 2}]
+        assert store.multiget_metadata(["a", "b"]) == [{"m": "a", "u": 1}, {"m": "b", "u": 2}]
         assert [store.to_bytes(k) for k in "ab"] == [b"1", b"2"]
 
     def test_multi_methods_pair_lists_like_zip(self, store: AbstractStore) -> None:
