@@ -72,11 +72,11 @@ from storekeeper.backends._fs_records import (
     record_value,
 )
 from storekeeper.backends._fs_transactions import Staging, commit_staging, remove_staged_files
+from storekeeper.backends._fs_url import URL_OPTIONS, url_directory
 from storekeeper.errors import (
     BackendError,
     CorruptFileError,
     FileSystemStoreError,
-    InvalidURLError,
     NotConnectedError,
     TransactionError,
 )
@@ -126,27 +126,6 @@ _LOCK_NAME = ".lock"
 # the record; this bounds the retries under pathological churn.
 _READ_RETRIES = 100
 _log = logging.getLogger(__name__)
-_URL_OPTIONS = {
-    "create": urls.flag,
-    "durable": urls.flag,
-    "inline_limit": urls.count,
-    "lock_timeout": urls.seconds,
-    "orphan_grace": urls.seconds,
-}
-_URL_FORMS = "file:///absolute/dir, or file:relative/dir relative to the working directory"
-
-
-def _url_directory(parts: SplitResult) -> str:
-    """The absolute directory a ``file:`` URL names."""
-    if parts.netloc not in ("", "localhost"):
-        raise InvalidURLError(
-            f"file://{parts.netloc}{parts.path} names the host {parts.netloc!r}, but a store "
-            f"URL names a local directory: write {_URL_FORMS}"
-        )
-    path = urls.url_path(parts)
-    if not path:
-        raise InvalidURLError(f"a file: URL needs a directory: write {_URL_FORMS}")
-    return os.path.abspath(path)
 
 
 def init_shared_store(path: str | os.PathLike[str], magic_fname: str = ".FSStore") -> None:
@@ -237,9 +216,9 @@ class FileSystemStore(AbstractStore):
         part, an unknown option or a bad value is an
         :class:`~storekeeper.errors.InvalidURLError`.
         """
-        settings = urls.url_options(parts, _URL_OPTIONS)
+        settings = urls.url_options(parts, URL_OPTIONS)
         settings.update(options)
-        path = _url_directory(parts)
+        path = url_directory(parts)
         if settings.pop("create", False):
             init_shared_store(path, settings.get("magic_fname", ".FSStore"))
         return urls.create(cls, parts, path, **settings)

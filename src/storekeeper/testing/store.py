@@ -9,8 +9,18 @@ behaviour of the store API against the store::
             return MyStore(tmp_path / "db", event_manager=event_manager)
 
 The tests here cover the store API itself: connection, get/set/delete and their
-multi-key forms, metadata select/update/query, ranges, glob, streaming, conditional
-writes, transactions and events. :class:`StoreTests` also mixes in:
+multi-key forms, partial writes, streaming, persistence and events. :class:`StoreTests`
+also mixes in:
+
+- :class:`~storekeeper.testing.queries.QueryTests`: partial reads, metadata queries
+  and ``glob``;
+- :class:`~storekeeper.testing.transactions.TransactionTests`: versions, conditional
+  writes and transactions;
+- :class:`~storekeeper.testing.listing.ListingTests`: ``list_keys`` by prefix and
+  delimiter, against a model;
+- :class:`~storekeeper.testing.arguments.ArgumentTests` and
+  :class:`~storekeeper.testing.waiting.NoWaitTests`: batch and buffer arguments, and
+  ``transaction(wait=False)``;
 
 - :class:`~storekeeper.testing.events.EventConformance`: which events each write
   emits, and when (after the commit; held back by a transaction);
@@ -58,9 +68,8 @@ from __future__ import annotations
 import abc
 import io
 import itertools
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -78,10 +87,6 @@ from storekeeper.events import BaseEvent, EventManager
 from storekeeper.store import (
     AbstractStore,
     BytesValue,
-    Exists,
-    In,
-    Prefix,
-    Range,
     StoreDeleteEvent,
     StoreEvent,
     StoreModificationEvent,
@@ -89,8 +94,6 @@ from storekeeper.store import (
     StoreProgressStartEvent,
     StoreProgressStepEvent,
     StoreSetEvent,
-    StoreTransactionEndEvent,
-    StoreTransactionStartEvent,
     StoreUpdateEvent,
 )
 from storekeeper.testing.arguments import ArgumentTests
@@ -99,8 +102,10 @@ from storekeeper.testing.events import EventConformance
 from storekeeper.testing.isolation import IsolationTests
 from storekeeper.testing.listing import ListingTests
 from storekeeper.testing.model import ModelTests
+from storekeeper.testing.queries import QueryTests
 from storekeeper.testing.raw import RawStorageTests
 from storekeeper.testing.strict import StrictInputTests
+from storekeeper.testing.transactions import TransactionTests
 from storekeeper.testing.versions import ValueVersionTests
 from storekeeper.testing.waiting import NoWaitTests
 
@@ -189,6 +194,8 @@ class _FailingReader(io.RawIOBase):
 
 
 class StoreTests(
+    QueryTests,
+    TransactionTests,
     ArgumentTests,
     EventConformance,
     IsolationTests,
@@ -475,66 +482,6 @@ class StoreTests(
         with pytest.raises(KeyError):
             store.multiget(["a", "missing"])
 
-    # -- queries --------------------------------------------------------------------------
-    def _populate(self, store: AbstractStore) -> None:
-        store.multiset(
-            ["k1", "k2", "k3", "k4", "k5"],
-            [
-                (b"1", {"author": "ali", "org": "40", "year": 2000, "tag": "a"}),
-                (b"2", {"author": "ali", "org": "41", "year": 2005.5, "tag": None}),
-                (b"3", {"author": "bob", "org": "40", "year": 2010, "path": "docs/x"}),
-                (b"4", {"author": "bob", "year": "2000", "nested": {"a": [1, 2]}}),
-                (b"5", {}),
-            ],
-        )
-
-    def test_query_exact_match(self, store: AbstractStore) -> None:
-        self._populate(store)
-        assert sorted(store.query_keys(author="ali")) == ["k1", "k2"]
-        assert store.query_keys(author="ali", org="40") == ["k1"]
-        assert sorted(store.query_keys()) == ["k1", "k2", "k3", "k4", "k5"]
-        assert store.query_keys(year=2000) == ["k1"]
-        assert store.query_keys(year=2000.0) == ["k1"]
-        assert store.query_keys(year="2000") == ["k4"]
-        assert store.query_keys(tag=None) == ["k2"]
-        assert store.query_keys(nested={"a": [1, 2]}) == ["k4"]
-        assert store.query_keys(author="nobody") == []
-
-    def test_query_select(self, store: AbstractStore) -> None:
-        self._populate(store)
-        result = dict(store.query(select=["org", "missing"], author="bob"))
-        assert result == {"k3": {"org": "40"}, "k4": {}}
-        full = dict(store.query(author="ali", org="40"))
-        assert full == {"k1": {"author": "ali", "org": "40", "year": 2000, "tag": "a"}}
-        everything = dict(store.query())
-        assert set(everything) == {"k1", "k2", "k3", "k4", "k5"}
-        assert everything["k5"] == {}
-
-    def test_query_terms(self, store: AbstractStore) -> None:
-        self._populate(store)
-        assert sorted(store.query_keys(author=In(["bob", "eve"]))) == ["k3", "k4"]
-        assert sorted(store.query_keys(year=Range(2000, 2010))) == ["k1", "k2"]
-        assert sorted(store.query_keys(year=Range(2000, 2010, include_high=True))) == [
-            "k1",
-            "k2",
-            "k3",
-        ]
-        assert store.query_keys(year=Range(low=2006)) == ["k3"]
-        assert store.query_keys(year=Range(high="3", low="1")) == ["k4"]
-        assert sorted(store.query_keys(tag=Exists())) == ["k1", "k2"]
-        assert sorted(store.query_keys(org=Exists(False))) == ["k4", "k5"]
-        assert store.query_keys(path=Prefix("docs/")) == ["k3"]
-        assert store.query_keys(path=Prefix("doc"), author="bob") == ["k3"]
-        assert store.query_keys(author=In([])) == []
-
-    def test_glob(self, store: AbstractStore) -> None:
-        for key in ["a.jpg", "b.jpg", "c.png", "dir/d.jpg", ".hidden.jpg", "A.JPG"]:
-            store.set(key, (b"", {}))
-        assert sorted(store.glob("*.jpg")) == [".hidden.jpg", "a.jpg", "b.jpg", "dir/d.jpg"]
-        assert store.glob("?.png") == ["c.png"]
-        assert sorted(store.glob("[ab].jpg")) == ["a.jpg", "b.jpg"]
-        assert store.glob("*.JPG") == ["A.JPG"]
-
     # -- partial writes ------------------------------------------------------------------
     def test_set_data_keeps_metadata(self, store: AbstractStore) -> None:
         store.set("k", (b"old", {"a": 1}))
@@ -644,189 +591,6 @@ class StoreTests(
         with pytest.raises(KeyError):
             mapping["a"]
 
-    # -- versions and conditional writes -------------------------------------------------
-    def test_set_returns_the_version_it_wrote(self, store: AbstractStore) -> None:
-        created = store.set("k", (b"1", {"a": 1}))
-        assert created is not None and created == store.get("k").version
-        replaced = store.set("k", (b"2", {}), if_version=created)
-        assert replaced not in (None, created) and replaced == store.get("k").version
-        store.set("k", (b"3", {}), if_version=replaced)  # the returned version pins a write
-        with pytest.raises(ConflictError):
-            store.set("k", (b"4", {}), if_version=replaced)
-        with store.transaction("versions"):
-            pending = store.set("t", (b"t", {}))
-        assert pending == store.get("t").version
-        assert store.set("s", (iter([b"a", b"b"]), {})) == store.get("s").version
-
-    def test_version_changes_on_every_write(self, store: AbstractStore) -> None:
-        seen = set()
-        store.set("k", (b"1", {}))
-        seen.add(store.get("k").version)
-        writes: tuple[Callable[[], object], ...] = (
-            lambda: store.set("k", (b"1", {})),
-            lambda: store.set_data("k", b"2"),
-            lambda: store.set_metadata("k", {"a": 1}),
-            lambda: store.update_metadata("k", {"b": 1}),
-            lambda: store.from_bytes("k", b"3"),
-        )
-        for write in writes:
-            write()
-            version = store.get("k").version
-            assert version not in seen
-            seen.add(version)
-        assert store.get("k").version == store.get("k").version
-
-    def test_conditional_writes(self, store: AbstractStore) -> None:
-        store.set("k", (b"1", {"n": 1}), if_exists=False)
-        with pytest.raises(ConflictError):
-            store.set("k", (b"2", {"n": 2}), if_exists=False)
-        version = store.get("k").version
-        assert version is not None
-        with pytest.raises(ConflictError):
-            store.set("k", (b"2", {}), if_version="not-" + version)
-        with pytest.raises(ConflictError):
-            store.set("missing", (b"2", {}), if_exists=True)
-        with pytest.raises(ConflictError):
-            store.set("missing", (b"2", {}), if_version=version)
-        assert store.to_bytes("k") == b"1" and not store.exists("missing")
-        store.set("k", (b"2", {"n": 2}), if_version=version)
-        with pytest.raises(ConflictError):
-            store.set_data("k", b"3", if_version=version)
-        with pytest.raises(ConflictError):
-            store.set_metadata("k", {"n": 3}, if_version=version)
-        with pytest.raises(ConflictError):
-            store.update_metadata("k", {"n": 3}, if_version=version)
-        with pytest.raises(ConflictError):
-            store.delete("k", if_version=version)
-        assert (store.to_bytes("k"), store.get_metadata("k")) == (b"2", {"n": 2})
-        current = store.get("k").version
-        store.update_metadata("k", {"n": 3}, if_version=current)
-        store.delete("k", if_version=store.get("k").version)
-        assert not store.exists("k")
-
-    def test_create_only_race_between_threads(self, store: AbstractStore) -> None:
-        winners: list[int] = []
-        barrier = threading.Barrier(8)
-
-        def contend(n: int) -> None:
-            barrier.wait()
-            try:
-                store.set("race", (str(n).encode(), {"n": n}), if_exists=False)
-            except ConflictError:
-                return
-            winners.append(n)
-
-        _run_threads(contend, 8)
-        assert len(winners) == 1
-        assert store.get_metadata("race") == {"n": winners[0]}
-
-    def test_compare_and_swap_counter_between_threads(self, store: AbstractStore) -> None:
-        store.set("counter", (b"0", {}))
-        increments = 25
-
-        def increment(_: int) -> None:
-            done = 0
-            while done < increments:
-                value = store.get("counter")
-                count = int(store.to_bytes("counter")) if value.version else 0
-                try:
-                    _cas(store, value.version, count)
-                except ConflictError:
-                    continue
-                done += 1
-
-        _run_threads(increment, 4)
-        assert int(store.to_bytes("counter")) == 4 * increments
-
-    # -- transactions ----------------------------------------------------------------------
-    def test_transaction_commits(self, store: AbstractStore) -> None:
-        with store.transaction("two keys") as transaction:
-            assert transaction is not None
-            store.set("a", (b"1", {}))
-            store.set("b", (b"2", {}))
-            assert store.to_bytes("a") == b"1"  # a transaction sees its own writes
-        assert store.to_bytes("b") == b"2"
-
-    def test_transaction_rolls_back_on_error(self, store: AbstractStore) -> None:
-        store.set("kept", (b"old", {"v": 1}))
-        store.set("gone", (b"gone", {}))
-
-        with pytest.raises(RuntimeError, match="boom"), store.transaction("failing"):
-            store.set("kept", (b"new", {"v": 2}))
-            store.update_metadata("kept", {"w": 1})
-            store.set("added", (b"x", {}))
-            store.delete("gone")
-            raise RuntimeError("boom")
-        assert (store.to_bytes("kept"), store.get_metadata("kept")) == (b"old", {"v": 1})
-        assert not store.exists("added")
-        assert store.to_bytes("gone") == b"gone"
-
-    def test_nested_transactions_apply_only_outermost(self, store: AbstractStore) -> None:
-        with pytest.raises(RuntimeError), store.transaction("outer"):
-            with store.transaction("inner"):
-                store.set("inner", (b"1", {}))
-            assert store.exists("inner")
-            raise RuntimeError("outer fails")
-        assert not store.exists("inner")
-
-    def test_failed_inner_transaction_rolls_back_to_its_start(self, store: AbstractStore) -> None:
-        with store.transaction("outer"):
-            store.set("outer", (b"1", {}))
-            with pytest.raises(RuntimeError), store.transaction("inner"):
-                store.set("inner", (b"1", {}))
-                store.set("outer", (b"changed", {}))
-                raise RuntimeError("inner fails")
-            store.set("after", (b"1", {}))
-        assert store.to_bytes("outer") == b"1"
-        assert not store.exists("inner")
-        assert store.exists("after")
-
-    def test_transaction_events(self, store: AbstractStore, events: _Recorder) -> None:
-        with store.transaction("notes here"):
-            store.set("a", (b"1", {"x": 1}))
-            store.delete("a")
-            assert events.of(StoreModificationEvent) == []
-        kinds = [type(e) for e in events.events if not isinstance(e, StoreProgressStartEvent)]
-        assert kinds[:2] == [StoreTransactionStartEvent, StoreTransactionEndEvent]
-        assert [type(e) for e in events.of(StoreModificationEvent)] == [
-            StoreSetEvent,
-            StoreDeleteEvent,
-        ]
-        end = events.of(StoreTransactionEndEvent)[0]
-        assert end.state == "done" and end.notes == "notes here"
-        events.clear()
-        with pytest.raises(RuntimeError), store.transaction("fails"):
-            store.set("b", (b"1", {}))
-            raise RuntimeError
-        assert events.of(StoreModificationEvent) == []
-        assert events.of(StoreTransactionEndEvent)[0].state == "failed"
-
-    def test_transactions_are_per_thread(self, store: AbstractStore) -> None:
-        inside = threading.Event()
-        other_done = threading.Event()
-        errors: list[BaseException] = []
-
-        def other_thread() -> None:
-            inside.wait(5)
-            try:
-                store.set("other", (b"committed", {}))
-            except BaseException as exc:  # reported to the main thread
-                errors.append(exc)
-            other_done.set()
-
-        worker = threading.Thread(target=other_thread)
-        worker.start()
-        with pytest.raises(RuntimeError), store.transaction("mine"):
-            store.set("mine", (b"x", {}))
-            inside.set()
-            # The other thread may block until this transaction ends; don't wait forever.
-            other_done.wait(0.2)
-            raise RuntimeError("roll back mine only")
-        worker.join(10)
-        assert not errors
-        assert store.to_bytes("other") == b"committed"
-        assert not store.exists("mine")
-
     # -- events ------------------------------------------------------------------------------
     def test_modification_events(self, store: AbstractStore, events: _Recorder) -> None:
         store.set("k", (b"1", {"a": 1}))
@@ -899,24 +663,3 @@ class StoreTests(
             assert value.metadata == {"a": [1]}
             assert value.version == version
             assert again.query_keys(a=[1]) == ["k"]
-
-
-def _cas(store: AbstractStore, version: str | None, count: int) -> None:
-    store.set("counter", (str(count + 1).encode(), {}), if_version=version)
-
-
-def _run_threads(target: Any, count: int) -> None:
-    failures: list[BaseException] = []
-
-    def run(n: int) -> None:
-        try:
-            target(n)
-        except BaseException as exc:  # reported below
-            failures.append(exc)
-
-    threads = [threading.Thread(target=run, args=(n,)) for n in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    assert not failures, failures
