@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import json.encoder
 import subprocess
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 
 from storekeeper.errors import InvalidMetadataError
 from storekeeper.store import _validate
-from storekeeper.store._validate import decode_metadata, encode_metadata
+from storekeeper.store._validate import MAX_METADATA_DEPTH, decode_metadata, encode_metadata
 
 scalars = (
     st.none()
@@ -55,6 +56,68 @@ def test_circular_metadata_is_refused_not_a_crash() -> None:
     loop["again"] = {"deeper": loop}
     with pytest.raises(InvalidMetadataError, match="circular"):
         encode_metadata(loop)
+
+
+def _recurse(depth: int) -> int:
+    return 0 if depth == 0 else 1 + _recurse(depth - 1)
+
+
+def test_refusing_deep_metadata_leaves_finalizers_the_stack(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A garbage collection may start at any allocation and runs every pending finalizer
+    (anyone's objects) where it starts. json's encoder recurses once per level up to the
+    recursion limit, so refusing absurdly deep or circular metadata that way left the
+    finalizers no stack: each failed with RecursionError, reported as unraisable (a
+    flaky failure of the conformance suite's ``deep`` case, under load). With a
+    collection at every allocation, each one must find room to run Python code."""
+    deep: Any = "leaf"
+    for _ in range(100_000):
+        deep = {"d": [deep]}
+    loop: list[Any] = []
+    loop.append({"again": loop})
+    starved: list[dict[str, Any]] = []
+
+    def probe(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            try:
+                _recurse(100)
+            except RecursionError:
+                starved.append(info)
+
+    unraisable: list[Any] = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    threshold = gc.get_threshold()
+    gc.collect()
+    gc.callbacks.append(probe)
+    gc.set_threshold(1)
+    try:
+        for document in ({"a": deep}, {"a": loop}, OrderedDict(a=deep)):
+            with pytest.raises(InvalidMetadataError, match="too deeply"):
+                encode_metadata(document)
+    finally:
+        gc.set_threshold(*threshold)
+        gc.callbacks.remove(probe)
+    assert not unraisable
+    assert not starved, f"{len(starved)} collections started with no stack left"
+
+
+def test_metadata_depth_limit_is_exact_and_the_same_on_both_paths() -> None:
+    def nested(levels: int) -> dict[str, Any]:
+        value: Any = "leaf"
+        for level in range(levels - 1):
+            value = [value] if level % 2 else {"d": value}
+        return {"a": value}
+
+    for document in (nested(MAX_METADATA_DEPTH), {"a": [[1], {"b": ([2],)}]}):
+        text = encode_metadata(document)
+        assert decode_metadata(text) == json.loads(text)
+        assert encode_metadata(OrderedDict(document)) == text
+    for document in (nested(MAX_METADATA_DEPTH + 1), {"a": [{"b": nested(MAX_METADATA_DEPTH)}]}):
+        with pytest.raises(InvalidMetadataError, match="too deeply"):
+            encode_metadata(document)
+        with pytest.raises(InvalidMetadataError, match="too deeply"):
+            encode_metadata(OrderedDict(document))
 
 
 # -- the prebuilt C encoder is an optimisation over a private json API ---------------------------

@@ -23,6 +23,7 @@ from storekeeper.errors import (
 
 __all__ = [
     "DEFAULT_BUFFER_SIZE",
+    "MAX_METADATA_DEPTH",
     "check_batch_keys",
     "check_buffer_size",
     "check_conditions",
@@ -45,6 +46,17 @@ __all__ = [
 #: The default chunk size for streaming reads and writes (1 MiB).
 DEFAULT_BUFFER_SIZE = 1048576
 
+#: The deepest metadata a store holds: the metadata dict is level 1 and each list, tuple
+#: or dict inside it one level more. Deeper (or circular) metadata is refused before
+#: json's encoder sees it. The encoder recurses once per level, in C, up to the
+#: interpreter's recursion limit: a garbage collection that starts down there (any
+#: allocation can start one) runs every pending finalizer (``__del__``, weakref
+#: callbacks, generators being closed: any object's, not the store's) with no stack
+#: left, so each fails with RecursionError and is lost as an "unraisable" exception. A
+#: fixed bound keeps encoding (and decoding what was stored) far from that limit, and
+#: answers the same whatever the caller's own stack depth.
+MAX_METADATA_DEPTH = 128
+
 Metadata = dict[str, Any]
 
 # (typeshed types the scanner's context loosely; json itself passes its decoder, as here.)
@@ -60,7 +72,7 @@ def _build_c_encoder(make: object) -> _CEncoder | None:
     ``None`` when *make* is missing (no C module), refuses these arguments or encodes a
     probe differently from ``_ENCODER`` (its signature changed): :func:`encode_metadata`
     then takes the public path, which writes the same text. Without a markers dict the C
-    encoder does not look for cycles: a circular value ends in RecursionError (caught).
+    encoder does not look for cycles: :func:`_check_depth` refuses circular values first.
     """
     if not callable(make):
         return None
@@ -104,6 +116,8 @@ _C_ENCODE = _build_c_encoder(getattr(json.encoder, "c_make_encoder", None))
 _SMALL_INT = 2**64
 # What json encodes as objects and arrays (a tuple, not a union: isinstance is faster).
 _CONTAINERS = (dict, list, tuple)
+# Types of values with nothing below them (subclasses are looked at more closely).
+_LEAVES = frozenset({str, int, float, bool, type(None)})
 
 
 def check_key(key: object) -> str:
@@ -247,14 +261,16 @@ def encode_metadata(metadata: object) -> str:
     Raises :class:`InvalidMetadataError` unless *metadata* is a ``dict`` (or other
     mapping) with ``str`` keys whose values are JSON-representable: ``None``, ``bool``,
     ``int``, finite ``float``, ``str`` (without lone surrogates), and lists/tuples and
-    dicts with ``str`` keys thereof, at every depth. Nothing is ever rewritten: json
-    would turn a nested ``{1: "x"}`` into ``{"1": "x"}`` (and merge it with a ``"1"``
-    entry), so non-str keys are refused wherever they are.
+    dicts with ``str`` keys thereof, at every depth, nested at most
+    :data:`MAX_METADATA_DEPTH` levels. Nothing is ever rewritten: json would turn a
+    nested ``{1: "x"}`` into ``{"1": "x"}`` (and merge it with a ``"1"`` entry), so
+    non-str keys are refused wherever they are.
     """
     if type(metadata) is dict:
         if not metadata:
             return "{}"
         if _C_ENCODE is not None:
+            _check_depth(metadata)
             text = _encode_dict(metadata)
             if text.isascii() and text.find("{", 1) == -1:  # _checked_text's quick pass
                 return text
@@ -266,6 +282,7 @@ def encode_metadata(metadata: object) -> str:
     for name in metadata:
         if not isinstance(name, str):
             raise InvalidMetadataError(f"metadata keys must be str, not {name!r}")
+    _check_depth(metadata)
     try:
         text = _ENCODER.encode(dict(metadata))
     except (TypeError, ValueError) as exc:
@@ -289,10 +306,33 @@ def _checked_text(text: str, metadata: Mapping[Any, Any]) -> str:
     return text
 
 
+def _check_depth(metadata: Mapping[Any, Any]) -> None:
+    """Raise :class:`InvalidMetadataError` if *metadata* nests lists, tuples and dicts
+    deeper than :data:`MAX_METADATA_DEPTH` (circular metadata included), without
+    recursing: level by level, where a container of scalars only passes at C speed."""
+    values: Iterable[Any] = metadata.values()
+    if _LEAVES.issuperset(map(type, values)):
+        return
+    level = [value for value in values if isinstance(value, _CONTAINERS)]
+    for _ in range(MAX_METADATA_DEPTH - 1):
+        below: list[Any] = []
+        for item in level:
+            values = item.values() if isinstance(item, dict) else item
+            if not _LEAVES.issuperset(map(type, values)):
+                below.extend(value for value in values if isinstance(value, _CONTAINERS))
+        if not below:
+            return
+        level = below
+    raise InvalidMetadataError(
+        f"metadata is nested too deeply (more than {MAX_METADATA_DEPTH} levels of lists "
+        "and dicts) or is circular"
+    )
+
+
 def _check_nested_names(metadata: Mapping[Any, Any]) -> None:
     """Raise :class:`InvalidMetadataError` for a dict key that is not a ``str`` anywhere
-    below the top level of *metadata* (already encoded, so neither circular nor deeper
-    than the encoder allows)."""
+    below the top level of *metadata* (already checked by :func:`_check_depth` and
+    encoded, so neither circular nor deeper than :data:`MAX_METADATA_DEPTH`)."""
     pending = [value for value in metadata.values() if isinstance(value, _CONTAINERS)]
     while pending:
         item = pending.pop()

@@ -13,7 +13,8 @@ needs is private elsewhere.
   :func:`select_metadata`, :func:`pick_metadata`, :func:`check_buffer_size`.
 - **Metadata**: :func:`encode_metadata` (validates and serialises to compact JSON text),
   :func:`decode_metadata`, :func:`copy_metadata`, :func:`check_json_value`. ``Metadata``
-  is the type of a metadata dict (``dict[str, Any]``).
+  is the type of a metadata dict (``dict[str, Any]``); :data:`MAX_METADATA_DEPTH` bounds
+  its nesting.
 - **Versions**: :func:`new_version` (text tokens), :func:`version_numbers` (integers).
 - **Batches**: :func:`pair_up`, :func:`split_pairs` (keys and values paired like ``zip``,
   every key checked before anything is written).
@@ -46,6 +47,7 @@ from typing import Any
 from storekeeper.errors import ConflictError, InvalidValueError, KeyNotFoundError
 from storekeeper.store._validate import (
     DEFAULT_BUFFER_SIZE,
+    MAX_METADATA_DEPTH,
     Metadata,
     check_batch_keys,
     check_buffer_size,
@@ -73,6 +75,7 @@ from storekeeper.store.value import Value
 
 __all__ = [
     "DEFAULT_BUFFER_SIZE",
+    "MAX_METADATA_DEPTH",
     "Claim",
     "Metadata",
     "OwnedVar",

@@ -5,8 +5,9 @@ Every store, backend or composite, must:
 - refuse arguments of the wrong type (``if_exists``, ``if_version``, ``select``,
   ``buffer_size``, glob patterns, query term names) with a ``TypeError``
   (:class:`~storekeeper.errors.InvalidArgumentError`), and keys and metadata it cannot
-  hold (lone surrogates, non-str keys at any depth, NaN, circular or absurdly deep
-  nesting) with :class:`~storekeeper.errors.InvalidKeyError` /
+  hold (lone surrogates, non-str keys at any depth, NaN, circular nesting or nesting
+  deeper than :data:`~storekeeper.store.backend.MAX_METADATA_DEPTH`) with
+  :class:`~storekeeper.errors.InvalidKeyError` /
   :class:`~storekeeper.errors.InvalidMetadataError`, writing nothing: the stored value is
   checked afterwards;
 - answer queries over hostile values (strings holding NUL, integers beyond 64 bits,
@@ -25,6 +26,7 @@ import pytest
 
 from storekeeper.errors import InvalidKeyError, InvalidMetadataError
 from storekeeper.store import AbstractStore, Exists, In, Prefix, QueryTerm, Range
+from storekeeper.store.backend import MAX_METADATA_DEPTH
 
 __all__ = ["HOSTILE_VALUES", "StrictInputTests"]
 
@@ -147,6 +149,7 @@ def _state(store: AbstractStore, key: str) -> object:
 
 
 def _deep(depth: int) -> Any:
+    """A value nesting ``2 * depth`` lists and dicts."""
     nested: Any = "leaf"
     for _ in range(depth):
         nested = {"d": [nested]}
@@ -292,7 +295,9 @@ class StrictInputTests:
             pytest.param({"a": [1, float("nan")]}, id="nan"),
             pytest.param({"a": {"b": float("-inf")}}, id="infinity"),
             pytest.param({"a": 10**5000}, id="int-beyond-json-digits"),
-            pytest.param({"a": _deep(100_000)}, id="deep"),
+            # One level beyond the limit (the metadata dict is a level): small enough
+            # that a failure, and pytest's report of it, shows the value.
+            pytest.param({"a": _deep(MAX_METADATA_DEPTH // 2)}, id="deep"),
         ],
     )
     def test_hostile_metadata_writes_nothing(
@@ -321,6 +326,11 @@ class StrictInputTests:
         assert store.get_metadata("k") == metadata
         assert store.query_keys(big=2**70) == ["k"]
         assert store.query_keys(deep=Exists()) == ["k"]
+
+    def test_metadata_nested_to_the_limit_round_trips(self, store: AbstractStore) -> None:
+        deepest = {"a": [_deep((MAX_METADATA_DEPTH - 2) // 2)]}
+        store.set("k", (b"", deepest))
+        assert store.get_metadata("k") == deepest
 
     # -- queries answer what Python answers ------------------------------------------------------
     @pytest.mark.parametrize(
