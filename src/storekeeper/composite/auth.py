@@ -285,20 +285,8 @@ class SimpleAuthStore(GuardedWrites, UserAdministration, CompositeStore, Abstrac
 
     def get(self, key: str) -> Value:
         """The value of *key*; needs the ``get`` permission."""
-        # _visible's steps, without building its result: this runs on every read.
-        key = check_key(key)
-        session = self._current()
-        value = self._lookup(key)
-        if value is None:
-            raise missing(key)
-        metadata = value.metadata
-        record = record_in(metadata)
-        allowed = self._allowed(key, record, session)
-        if "get" not in allowed:
-            if "exists" not in allowed:
-                raise missing(key)
-            raise AuthorizationError(f"{session.username!r} may not get key {key!r}")
-        return MaskedValue(value, metadata, record, "owned" in allowed)
+        found = self._visible(key, "get")
+        return MaskedValue(found.value, found.metadata, found.record, "owned" in found.allowed)
 
     def exists(self, key: str) -> bool:
         """Whether *key* exists *for this user* (False without the ``exists`` permission)."""
