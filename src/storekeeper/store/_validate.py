@@ -72,7 +72,7 @@ def _build_c_encoder(make: object) -> _CEncoder | None:
     ``None`` when *make* is missing (no C module), refuses these arguments or encodes a
     probe differently from ``_ENCODER`` (its signature changed): :func:`encode_metadata`
     then takes the public path, which writes the same text. Without a markers dict the C
-    encoder does not look for cycles: :func:`_check_depth` refuses circular values first.
+    encoder does not look for cycles: :func:`_check_nesting` refuses circular values first.
     """
     if not callable(make):
         return None
@@ -270,11 +270,8 @@ def encode_metadata(metadata: object) -> str:
         if not metadata:
             return "{}"
         if _C_ENCODE is not None:
-            _check_depth(metadata)
-            text = _encode_dict(metadata)
-            if text.isascii() and text.find("{", 1) == -1:  # _checked_text's quick pass
-                return text
-            return _checked_text(text, metadata)
+            _check_nesting(metadata)
+            return _unicode_checked(_encode_dict(metadata))
     if not isinstance(metadata, Mapping):
         raise InvalidMetadataError(
             f"metadata must be a dict, not {type(metadata).__name__}: {metadata!r}"
@@ -282,34 +279,33 @@ def encode_metadata(metadata: object) -> str:
     for name in metadata:
         if not isinstance(name, str):
             raise InvalidMetadataError(f"metadata keys must be str, not {name!r}")
-    _check_depth(metadata)
+    _check_nesting(metadata)
     try:
         text = _ENCODER.encode(dict(metadata))
     except (TypeError, ValueError) as exc:
         raise InvalidMetadataError(f"metadata is not JSON-representable: {exc}") from exc
     except RecursionError as exc:
         raise InvalidMetadataError("metadata is nested too deeply or is circular") from exc
-    return _checked_text(text, metadata)
+    return _unicode_checked(text)
 
 
-def _checked_text(text: str, metadata: Mapping[Any, Any]) -> str:
-    """*text*, the encoding of *metadata*, once the checks json does not make passed.
+_STR_ONLY = frozenset({str})
 
-    Both are decided from the text first, in C: without a ``{`` after the first
-    character there is no nested dict whose keys could be wrong, and ASCII text holds
-    no surrogate. Only metadata that could fail is looked at more closely.
-    """
-    if text.find("{", 1) != -1:
-        _check_nested_names(metadata)
+
+def _unicode_checked(text: str) -> str:
+    """*text* (encoded metadata) unless it holds a lone surrogate, which has no UTF-8
+    form (ASCII text, the usual case, is told apart in C)."""
     if not text.isascii() and not _encodable(text):
         raise InvalidMetadataError("metadata must not contain lone surrogates (not UTF-8)")
     return text
 
 
-def _check_depth(metadata: Mapping[Any, Any]) -> None:
+def _check_nesting(metadata: Mapping[Any, Any]) -> None:
     """Raise :class:`InvalidMetadataError` if *metadata* nests lists, tuples and dicts
-    deeper than :data:`MAX_METADATA_DEPTH` (circular metadata included), without
-    recursing: level by level, where a container of scalars only passes at C speed."""
+    deeper than :data:`MAX_METADATA_DEPTH` (circular metadata included) or holds a dict
+    with a key that is not a ``str`` at any depth (json would rewrite ``{1: "x"}`` as
+    ``{"1": "x"}``). One walk, level by level, without recursing; a container of scalars
+    only passes at C speed."""
     values: Iterable[Any] = metadata.values()
     if _LEAVES.issuperset(map(type, values)):
         return
@@ -317,7 +313,11 @@ def _check_depth(metadata: Mapping[Any, Any]) -> None:
     for _ in range(MAX_METADATA_DEPTH - 1):
         below: list[Any] = []
         for item in level:
-            values = item.values() if isinstance(item, dict) else item
+            if isinstance(item, dict):
+                _check_names(item)
+                values = item.values()
+            else:
+                values = item
             if not _LEAVES.issuperset(map(type, values)):
                 below.extend(value for value in values if isinstance(value, _CONTAINERS))
         if not below:
@@ -329,24 +329,13 @@ def _check_depth(metadata: Mapping[Any, Any]) -> None:
     )
 
 
-def _check_nested_names(metadata: Mapping[Any, Any]) -> None:
-    """Raise :class:`InvalidMetadataError` for a dict key that is not a ``str`` anywhere
-    below the top level of *metadata* (already checked by :func:`_check_depth` and
-    encoded, so neither circular nor deeper than :data:`MAX_METADATA_DEPTH`)."""
-    pending = [value for value in metadata.values() if isinstance(value, _CONTAINERS)]
-    while pending:
-        item = pending.pop()
-        values: Iterable[Any] = item
-        if isinstance(item, dict):
-            for name in item:
-                if type(name) is not str and not isinstance(name, str):
-                    raise InvalidMetadataError(
-                        f"metadata keys must be str at every depth, not {name!r}"
-                    )
-            values = item.values()
-        for value in values:
-            if isinstance(value, _CONTAINERS):
-                pending.append(value)
+def _check_names(nested: dict[Any, Any]) -> None:
+    """Raise :class:`InvalidMetadataError` unless every key of the *nested* dict is a str."""
+    if _STR_ONLY.issuperset(map(type, nested)):
+        return
+    for name in nested:
+        if not isinstance(name, str):
+            raise InvalidMetadataError(f"metadata keys must be str at every depth, not {name!r}")
 
 
 def _encode_dict(metadata: dict[Any, Any]) -> str:
