@@ -121,7 +121,7 @@ def sqlite_read(path: str, table: str, key: str) -> Raw:
             raise KeyError(key)
         metadata, blob, data = row
         if isinstance(blob, str) and blob.startswith("file:"):
-            raise NotImplementedError(f"{key!r} is in a value file; raw reads take inline values")
+            raise ValueError(f"{key!r} is in a value file; raw reads take inline values")
         if blob is not None and data is None:
             chunks = connection.execute(
                 f"SELECT data FROM {_quoted(table + '__chunks')} WHERE blob=? ORDER BY seq",
