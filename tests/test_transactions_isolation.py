@@ -27,7 +27,7 @@ from storekeeper.composite import (
 )
 from storekeeper.errors import TransactionError
 from storekeeper.store import AbstractStore, Value
-from storekeeper.testing.isolation import increment, increment_in_task
+from storekeeper.testing.isolation import increment, increment_in_task, run_threads
 
 ALICE = {"username": "alice", "password": "alice's secret"}
 FAST = make_encoder(b"pepper", n=2)  # scrypt at the lowest cost: tests only
@@ -89,7 +89,7 @@ def test_composite_read_modify_write_transactions_lose_no_update(
                 with store.transaction():
                     store.set("n", (str(int(store.to_bytes("n")) + 1).encode(), {}))
 
-        _run_threads(work, 4)
+        run_threads(work, 4)
         assert int(store.to_bytes("n")) == 200
     finally:
         store.disconnect()
@@ -158,7 +158,7 @@ def test_read_modify_write_transactions_soak(
                 increment(store)
             asyncio.run(main())
 
-        _run_threads(threads_and_tasks, 4)
+        run_threads(threads_and_tasks, 4)
         assert int(store.to_bytes("n")) == 4 * (100 + 4 * 50)
     finally:
         store.disconnect()
@@ -192,21 +192,3 @@ def test_immutable_cache_fill_does_not_install_a_value_a_transaction_replaced(
         filler[0].join(10)
         assert store.to_bytes("k") == b"new"
         assert not cache_store.exists("k") or cache_store.to_bytes("k") == b"new"
-
-
-# -- helpers -----------------------------------------------------------------------------------
-def _run_threads(target: Callable[[], None], count: int) -> None:
-    failures: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            target()
-        except BaseException as exc:  # reported below
-            failures.append(exc)
-
-    threads = [threading.Thread(target=run) for _ in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
-    assert not failures, failures
