@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+from storekeeper.store.backend import encodable
 from storekeeper.store.query import Equals, Exists, In, Prefix, QueryTerm, Range
 
 __all__ = [
@@ -23,7 +24,6 @@ __all__ = [
     "Schema",
     "begin_without_waiting",
     "compile_query",
-    "encodable",
     "has_string_terms",
     "json_path",
     "prefix_range",
@@ -194,15 +194,6 @@ class Schema:
         if metadata_if_nul:
             columns = f"key, CASE WHEN {_HAS_NUL} THEN metadata END"
         return f"SELECT {columns} FROM {self.main} WHERE {where}"
-
-
-def encodable(text: str) -> bool:
-    """Whether *text* has a UTF-8 form (no lone surrogates), as SQLite needs."""
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 @contextmanager

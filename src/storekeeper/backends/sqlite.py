@@ -66,7 +66,6 @@ from storekeeper.backends._sqlite_reads import Reads
 from storekeeper.backends._sqlite_schema import (
     Schema,
     begin_without_waiting,
-    encodable,
     write_transaction,
 )
 from storekeeper.backends._sqlite_transactions import Savepoint, Transactions
@@ -86,6 +85,7 @@ from storekeeper.store.backend import (
     check_select,
     check_types,
     check_write,
+    encodable,
     encode_metadata,
     iter_source,
     query_terms,

@@ -37,6 +37,7 @@ __all__ = [
     "check_write",
     "copy_metadata",
     "decode_metadata",
+    "encodable",
     "encode_metadata",
     "iter_source",
     "pick_metadata",
@@ -136,7 +137,7 @@ def check_key(key: object) -> str:
         raise InvalidKeyError("store keys must not be empty")
     if "\x00" in key:
         raise InvalidKeyError(f"store keys must not contain NUL characters: {key!r}")
-    if not key.isascii() and not _encodable(key):  # isascii reads a flag: no scan
+    if not key.isascii() and not encodable(key):  # isascii reads a flag: no scan
         raise InvalidKeyError(f"store keys must not contain lone surrogates: {key!r}")
     return key
 
@@ -151,21 +152,18 @@ def check_write(
     preconditions and :func:`check_buffer_size` of its *buffer_size*: every write method
     and ``delete`` starts with it, so wrong input fails before anything is read or
     written. Returns *key*."""
-    # The checks inlined for the common case: this runs before every write.
+    # The valid case is decided inline (a few `is` tests): this runs before every write.
     if (if_version is not None and type(if_version) is not str) or (
         if_exists is not None and if_exists is not True and if_exists is not False
     ):
         check_conditions(if_version, if_exists)
-    if type(buffer_size) is not int or buffer_size <= 0:
-        check_buffer_size(buffer_size)
-    if type(key) is str and key and key.isascii() and "\x00" not in key:
-        return key
-    return check_key(key)
+    return check_read(key, buffer_size)
 
 
 def check_read(key: object, buffer_size: object) -> str:
     """:func:`check_key` and :func:`check_buffer_size` for a read that takes a
-    *buffer_size* (``to_bytes``, ``to_file``), before anything is read. Returns *key*."""
+    *buffer_size* (``to_bytes``, ``to_file``), before anything is read, and the key and
+    buffer checks of :func:`check_write`. Returns *key*."""
     if type(buffer_size) is not int or buffer_size <= 0:
         check_buffer_size(buffer_size)
     if type(key) is str and key and key.isascii() and "\x00" not in key:
@@ -207,7 +205,7 @@ def check_keys(keys: Sequence[object]) -> None:
     # Whole-list checks run in C; only a list holding a bad key is walked key by key.
     if set(map(type, keys)) <= {str} and all(keys):
         joined = "".join(keys)  # type: ignore[arg-type]
-        if "\x00" not in joined and (joined.isascii() or _encodable(joined)):
+        if "\x00" not in joined and (joined.isascii() or encodable(joined)):
             return
     for key in keys:
         check_key(key)
@@ -241,13 +239,14 @@ def check_pattern(pattern: object) -> str:
         raise InvalidArgumentError(
             f"a glob pattern is a str, not {type(pattern).__name__}: {pattern!r}"
         )
-    if not pattern.isascii() and not _encodable(pattern):
+    if not pattern.isascii() and not encodable(pattern):
         raise InvalidKeyError(f"glob patterns must not contain lone surrogates: {pattern!r}")
     return pattern
 
 
-def _encodable(text: str) -> bool:
-    """Whether *text* has no lone surrogates (it encodes to UTF-8)."""
+def encodable(text: str) -> bool:
+    """Whether *text* has no lone surrogates (it encodes to UTF-8, as files, SQLite and
+    JSON text need)."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -295,7 +294,7 @@ _STR_ONLY = frozenset({str})
 def _unicode_checked(text: str) -> str:
     """*text* (encoded metadata) unless it holds a lone surrogate, which has no UTF-8
     form (ASCII text, the usual case, is told apart in C)."""
-    if not text.isascii() and not _encodable(text):
+    if not text.isascii() and not encodable(text):
         raise InvalidMetadataError("metadata must not contain lone surrogates (not UTF-8)")
     return text
 

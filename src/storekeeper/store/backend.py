@@ -12,9 +12,9 @@ needs is private elsewhere.
 - **Reads**: :func:`missing` (the error of a missing key), :func:`check_select`,
   :func:`select_metadata`, :func:`pick_metadata`, :func:`check_buffer_size`.
 - **Metadata**: :func:`encode_metadata` (validates and serialises to compact JSON text),
-  :func:`decode_metadata`, :func:`copy_metadata`, :func:`check_json_value`. ``Metadata``
-  is the type of a metadata dict (``dict[str, Any]``); :data:`MAX_METADATA_DEPTH` bounds
-  its nesting.
+  :func:`decode_metadata`, :func:`copy_metadata`, :func:`check_json_value`,
+  :func:`encodable` (no lone surrogates). ``Metadata`` is the type of a metadata dict
+  (``dict[str, Any]``); :data:`MAX_METADATA_DEPTH` bounds its nesting.
 - **Versions**: :func:`new_version` (text tokens), :func:`version_numbers` (integers).
 - **Batches**: :func:`pair_up`, :func:`split_pairs` (keys and values paired like ``zip``,
   every key checked before anything is written).
@@ -62,6 +62,7 @@ from storekeeper.store._validate import (
     check_write,
     copy_metadata,
     decode_metadata,
+    encodable,
     encode_metadata,
     iter_source,
     pick_metadata,
@@ -98,6 +99,7 @@ __all__ = [
     "copy_metadata",
     "current_owner",
     "decode_metadata",
+    "encodable",
     "encode_metadata",
     "exists_conflict",
     "iter_source",

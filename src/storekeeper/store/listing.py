@@ -20,6 +20,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from storekeeper.errors import InvalidArgumentError, InvalidKeyError
+from storekeeper.store._validate import encodable
 
 __all__ = [
     "SortedKeys",
@@ -54,16 +55,8 @@ def check_listing(prefix: object, delimiter: object) -> None:
         if not delimiter:
             raise InvalidArgumentError("a delimiter is a non-empty str or None, not ''")
     for name, text in (("key prefix", prefix), ("delimiter", delimiter)):
-        if text is not None and not text.isascii() and not _encodable(text):
+        if text is not None and not text.isascii() and not encodable(text):
             raise InvalidKeyError(f"a {name} must not contain lone surrogates: {text!r}")
-
-
-def _encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def prefix_end(prefix: str) -> str | None:
