@@ -1,0 +1,307 @@
+"""Copy keys between two stores, or between a store and a local folder: ``cp`` and ``sync``.
+
+::
+
+    from storekeeper.store.transfer import Folder, transfer
+
+    transfer(open_store("sqlite:///app.db"), open_store("file:///backup?create=true"))
+    transfer(Folder("photos"), store, prefix="")            # a folder of plain files in
+    transfer(store, Folder("out"), delete=True)              # mirror a store out
+
+Each key is copied with its metadata (a folder keeps data only, see :class:`Folder`),
+its data streamed in chunks, never held whole in memory. Only keys that differ are
+copied, so a second run copies nothing and a run that was interrupted (killed, crashed,
+^C) picks up where it stopped: a key is written in one atomic step, so the target holds
+each key's old value or its new one, never a part of it. What "differ" means is the
+*compare* mode:
+
+- ``"quick"`` (default): the target key is missing, or its size or metadata differ, or
+  it is older than the source key (by modified times; a key whose times are unknown is
+  compared by checksum). Versions are not compared: they are tokens of one store and
+  mean nothing to another.
+- ``"checksum"``: missing, size or metadata differ, or the data's SHA-256 differs
+  (every key present on both sides is read in full on both sides).
+- ``"always"``: every key is copied.
+
+With ``delete=True`` (``sync``), target keys under the prefix that the source lacks are
+deleted after the copies. ``dry_run=True`` reports the same actions without writing.
+
+Writes into a store whose transactions are atomic are grouped (up to *batch_keys* keys
+or *batch_bytes* bytes per transaction), which saves a durable commit per key; the
+actions of a group are reported once it has committed. Progress (bytes copied of the
+bytes to copy) is emitted as progress events on *event_manager* when one is given (for
+:class:`~storekeeper.events.display.ProgressDisplay`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import IO
+
+from storekeeper.errors import InvalidArgumentError
+from storekeeper.events import BaseEventManager, ProgressManager
+from storekeeper.store.abstract import AbstractReadOnlyStore
+from storekeeper.store.transfer_sides import Entry, Folder, Side, folder_side, store_side
+
+__all__ = [
+    "COMPARE_MODES",
+    "Folder",
+    "TransferAction",
+    "TransferReport",
+    "iter_transfer",
+    "transfer",
+]
+
+COMPARE_MODES = ("quick", "checksum", "always")
+#: Chunk size of the data streams: large enough that per-chunk costs vanish.
+BUFFER_SIZE = 1 << 20
+
+Location = AbstractReadOnlyStore | Folder
+
+
+@dataclass(frozen=True, slots=True)
+class TransferAction:
+    """One thing a transfer did (or, in a dry run, would do) to the target.
+
+    ``action`` is ``"copy"`` or ``"delete"``; ``reason`` says why: ``"new"`` (missing
+    in the target), ``"size"``, ``"metadata"``, ``"newer"`` (the source changed after
+    the target's copy), ``"checksum"``, ``"always"``, or ``"extra"`` for a delete (not
+    in the source). ``size`` is the bytes copied (``None`` for a delete or when
+    unknown); ``done`` is false in a dry run.
+    """
+
+    action: str
+    key: str
+    reason: str
+    size: int | None
+    done: bool
+
+
+@dataclass(slots=True)
+class TransferReport:
+    """What :func:`transfer` did: keys ``copied`` (and their ``bytes``), ``skipped``
+    (already the same) and ``deleted``; the counts are of planned actions in a dry run."""
+
+    copied: int = 0
+    bytes: int = 0
+    skipped: int = 0
+    deleted: int = 0
+    dry_run: bool = False
+    actions: list[TransferAction] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    copies: list[tuple[str, str, int | None]]  # key, reason, size
+    deletes: list[str]
+    skipped: int
+
+
+def transfer(
+    source: Location,
+    target: Location,
+    prefix: str = "",
+    *,
+    delete: bool = False,
+    dry_run: bool = False,
+    compare: str = "quick",
+    event_manager: BaseEventManager | None = None,
+    batch_keys: int = 256,
+    batch_bytes: int = 64 << 20,
+) -> TransferReport:
+    """Copy the keys under *prefix* that differ from *source* to *target* (see the
+    module documentation for *compare*, *delete*, *dry_run* and the batching), and
+    return a :class:`TransferReport` listing every action.
+
+    *source* and *target* are connected stores or :class:`Folder` objects (the target
+    folder is created if missing). Raises :class:`~storekeeper.errors.InvalidArgumentError`
+    for an unknown *compare* mode, :class:`FileNotFoundError` for a missing source
+    folder, :class:`~storekeeper.errors.InvalidKeyError` when a key cannot be a file
+    in a target folder, and whatever the stores raise; keys copied before an error stay
+    copied (run it again to finish).
+    """
+    report = TransferReport(dry_run=dry_run)
+    actions = iter_transfer(
+        source,
+        target,
+        prefix,
+        delete=delete,
+        dry_run=dry_run,
+        compare=compare,
+        event_manager=event_manager,
+        batch_keys=batch_keys,
+        batch_bytes=batch_bytes,
+        report=report,
+    )
+    report.actions.extend(actions)
+    return report
+
+
+def iter_transfer(
+    source: Location,
+    target: Location,
+    prefix: str = "",
+    *,
+    delete: bool = False,
+    dry_run: bool = False,
+    compare: str = "quick",
+    event_manager: BaseEventManager | None = None,
+    batch_keys: int = 256,
+    batch_bytes: int = 64 << 20,
+    report: TransferReport | None = None,
+) -> Iterator[TransferAction]:
+    """As :func:`transfer`, yielding each :class:`TransferAction` once it is done
+    (once its group has committed) instead of collecting them; skipped keys yield
+    nothing. *report*, when given, is kept up to date as the actions happen.
+    Abandoning the iterator stops the transfer after the current group."""
+    if compare not in COMPARE_MODES:
+        raise InvalidArgumentError(f"compare is one of {COMPARE_MODES}, not {compare!r}")
+    if batch_keys < 1 or batch_bytes < 1:
+        raise InvalidArgumentError("batch_keys and batch_bytes must be positive")
+    report = report if report is not None else TransferReport(dry_run=dry_run)
+    src, dst = _side(source, is_target=False), _side(target, is_target=True)
+    plan = _plan(src, dst, prefix, compare, delete)
+    report.skipped = plan.skipped
+    if dry_run:
+        for key, reason, size in plan.copies:
+            report.copied += 1
+            report.bytes += size or 0
+            yield TransferAction("copy", key, reason, size, done=False)
+        for key in plan.deletes:
+            report.deleted += 1
+            yield TransferAction("delete", key, "extra", None, done=False)
+        return
+    total = sum(size or 0 for _, _, size in plan.copies)
+    message = f"Copying {len(plan.copies)} keys"
+    progress = None
+    if event_manager is not None:
+        progress = ProgressManager(event_manager, None, message=message, steps=total, unit="bytes")
+    with progress if progress is not None else contextlib.nullcontext():
+        counter = _Counter(progress)
+        for group in _groups(plan.copies, batch_keys, batch_bytes):
+            done = _copy_group(src, dst, group, counter)
+            for action in done:
+                report.copied += 1
+                report.bytes += action.size or 0
+                yield action
+    for key in plan.deletes:
+        dst.delete(key)
+        report.deleted += 1
+        yield TransferAction("delete", key, "extra", None, done=True)
+
+
+def _side(location: Location, *, is_target: bool) -> Side:
+    if isinstance(location, Folder):
+        return folder_side(location, missing_ok=is_target)
+    if isinstance(location, AbstractReadOnlyStore):
+        return store_side(location)
+    raise InvalidArgumentError(
+        f"a transfer goes between stores and Folder objects, not {type(location).__name__}"
+    )
+
+
+def _plan(src: Side, dst: Side, prefix: str, compare: str, delete: bool) -> _Plan:
+    """Decide, key by key, what to copy and delete (reading entries, no data but for
+    checksums)."""
+    source_keys = list(src.keys(prefix))
+    target_keys = set(dst.keys(prefix))
+    copies: list[tuple[str, str, int | None]] = []
+    skipped = 0
+    for key in source_keys:
+        mine = src.entry(key)
+        if mine is None:  # deleted since it was listed: nothing to copy
+            continue
+        theirs = dst.entry(key) if key in target_keys else None
+        reason = _reason(src, dst, key, mine, theirs, compare)
+        if reason is None:
+            skipped += 1
+        else:
+            copies.append((key, reason, mine.size))
+    deletes = sorted(target_keys.difference(source_keys)) if delete else []
+    return _Plan(copies, deletes, skipped)
+
+
+def _reason(
+    src: Side, dst: Side, key: str, mine: Entry, theirs: Entry | None, compare: str
+) -> str | None:
+    """Why *key* must be copied, or ``None`` when the target already has it."""
+    if theirs is None:
+        return "new"
+    if compare == "always":
+        return "always"
+    if mine.size is not None and theirs.size is not None and mine.size != theirs.size:
+        return "size"
+    if src.keeps_metadata and dst.keeps_metadata and mine.metadata != theirs.metadata:
+        return "metadata"
+    known = None not in (mine.size, theirs.size, mine.modified, theirs.modified)
+    if compare == "quick" and known:
+        return None if dst.is_fresh(theirs, mine) else "newer"
+    return None if _digest(src, key) == _digest(dst, key) else "checksum"
+
+
+def _digest(side: Side, key: str) -> bytes | None:
+    opened = side.read(key)
+    if opened is None:
+        return None
+    stream, _ = opened
+    digest = hashlib.sha256()
+    with stream:
+        while chunk := stream.read(BUFFER_SIZE):
+            digest.update(chunk)
+    return digest.digest()
+
+
+def _groups(
+    copies: list[tuple[str, str, int | None]], batch_keys: int, batch_bytes: int
+) -> Iterator[list[tuple[str, str, int | None]]]:
+    group: list[tuple[str, str, int | None]] = []
+    size = 0
+    for item in copies:
+        group.append(item)
+        size += item[2] or 0
+        if len(group) >= batch_keys or size >= batch_bytes:
+            yield group
+            group, size = [], 0
+    if group:
+        yield group
+
+
+def _copy_group(
+    src: Side, dst: Side, group: list[tuple[str, str, int | None]], counter: _Counter
+) -> list[TransferAction]:
+    done: list[TransferAction] = []
+    with dst.batch():
+        for key, reason, _ in group:
+            opened = src.read(key)
+            if opened is None:  # deleted from the source meanwhile
+                continue
+            stream, entry = opened
+            with stream:
+                copied = _Copied()
+                dst.write(key, counter.chunks(stream, copied), entry)
+            done.append(TransferAction("copy", key, reason, copied.size, done=True))
+    return done
+
+
+@dataclass(slots=True)
+class _Copied:
+    size: int = 0
+
+
+class _Counter:
+    """Counts the bytes streamed through it, reporting the running total as progress."""
+
+    def __init__(self, progress: ProgressManager | None) -> None:
+        self.progress = progress
+        self.total = 0
+
+    def chunks(self, stream: IO[bytes], copied: _Copied) -> Iterable[bytes]:
+        while chunk := stream.read(BUFFER_SIZE):
+            copied.size += len(chunk)
+            self.total += len(chunk)
+            if self.progress is not None:
+                self.progress.step(step=self.total)
+            yield chunk

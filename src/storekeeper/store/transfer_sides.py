@@ -1,0 +1,247 @@
+"""The two kinds of place a transfer reads from and writes to: a store, or a local folder.
+
+:func:`storekeeper.store.transfer.transfer` sees both through one small interface,
+:class:`Side`: sorted keys under a prefix, a key's :class:`Entry` (size, modified time,
+metadata), its data, a write and a delete. :class:`Folder` is the public name users
+pass to say "this directory, as plain files"; the store side wraps any store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import IO, Any, Protocol
+
+from storekeeper.errors import InvalidKeyError, ReadOnlyStoreError
+from storekeeper.store.abstract import AbstractReadOnlyStore, AbstractStore
+from storekeeper.store.backend import Metadata
+
+__all__ = ["Entry", "Folder", "Side", "folder_side", "store_side"]
+
+#: How far apart (seconds) a folder file's mtime and its source's modified time may be
+#: and still count as equal: file systems round timestamps (float seconds lose ns).
+MTIME_TOLERANCE = 0.001
+# Temp files that storekeeper.files.atomic_write leaves behind if the process is killed
+# mid-write: never data, so never listed as keys.
+_TEMP_FILE = re.compile(r"^\..*\.[0-9a-f]{12}\.tmp$")
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """What a transfer compares about one key: ``size`` and ``modified`` (UTC POSIX
+    seconds; ``None`` where the side cannot tell) and ``metadata`` (``None`` for a side
+    that keeps none, such as a folder)."""
+
+    size: int | None
+    modified: float | None
+    metadata: Metadata | None
+
+
+class Side(Protocol):
+    """One end of a transfer. Keys are listed in key order; ``read`` returns the data
+    stream and the entry read together, so data and metadata always match."""
+
+    keeps_metadata: bool
+
+    def keys(self, prefix: str) -> Iterator[str]:
+        """The keys starting with *prefix*, sorted."""
+
+    def entry(self, key: str) -> Entry | None:
+        """*key*'s entry, ``None`` if it is missing."""
+
+    def read(self, key: str) -> tuple[IO[bytes], Entry] | None:
+        """A new stream over *key*'s data and the entry it belongs to; ``None`` if missing."""
+
+    def write(self, key: str, chunks: Iterable[bytes], source: Entry) -> None:
+        """Replace *key* with *chunks* and the metadata of *source* (an atomic step)."""
+
+    def delete(self, key: str) -> None:
+        """Remove *key*; nothing if it is already gone."""
+
+    def is_fresh(self, mine: Entry, source: Entry) -> bool:
+        """Whether *mine*, of the same size and metadata as *source*, is known to hold
+        *source*'s data without reading it (by modification times)."""
+
+    def batch(self) -> contextlib.AbstractContextManager[Any]:
+        """A context in which several writes may be applied together (or a no-op)."""
+
+
+class Folder:
+    """A local directory seen as keys: each regular file is a key, its path relative to
+    the directory with ``/`` separators (``photos/2024/a.jpg``).
+
+    A folder keeps data only: metadata copied into one is dropped, and metadata copied
+    out of one is ``{}`` (a key that exists in the target store keeps its metadata).
+    Files are written atomically (temp file, rename) with their modification time set
+    to the source key's, so an interrupted copy never leaves a partial file and a later
+    one recognises the files it wrote. *durable* fsyncs every file written.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, durable: bool = False) -> None:
+        self.path = os.fspath(path)
+        self.durable = durable
+
+    def __repr__(self) -> str:
+        return f"Folder({self.path!r})"
+
+
+class _StoreSide:
+    """A store as a transfer side."""
+
+    keeps_metadata = True
+
+    def __init__(self, store: AbstractReadOnlyStore) -> None:
+        self.store = store
+
+    def keys(self, prefix: str) -> Iterator[str]:
+        return self.store.list_keys(prefix)
+
+    def entry(self, key: str) -> Entry | None:
+        try:
+            value = self.store.get(key)
+        except KeyError:
+            return None
+        return Entry(value.size, value.modified, value.metadata)
+
+    def read(self, key: str) -> tuple[IO[bytes], Entry] | None:
+        try:
+            value = self.store.get(key)
+        except KeyError:
+            return None
+        return value.data, Entry(value.size, value.modified, value.metadata)
+
+    def _writable(self) -> AbstractStore:
+        if not isinstance(self.store, AbstractStore):
+            raise ReadOnlyStoreError(f"cannot write into the read-only {type(self.store).__name__}")
+        return self.store
+
+    def write(self, key: str, chunks: Iterable[bytes], source: Entry) -> None:
+        store = self._writable()
+        if source.metadata is None:  # from a folder: the key keeps the metadata it has
+            store.set_data(key, chunks)
+        else:
+            store.set(key, (chunks, source.metadata))
+
+    def delete(self, key: str) -> None:
+        with contextlib.suppress(KeyError):
+            self._writable().delete(key)
+
+    def is_fresh(self, mine: Entry, source: Entry) -> bool:
+        # A store sets a key's modified time itself, so a copy is younger than its source
+        # until the source changes again. Equal times prove nothing (a change within one
+        # clock tick of the copy): such a key is copied again.
+        if mine.modified is None or source.modified is None:
+            return False
+        return mine.modified > source.modified
+
+    def batch(self) -> contextlib.AbstractContextManager[Any]:
+        store = self.store
+        if isinstance(store, AbstractStore) and store.capabilities.atomic_transactions:
+            return store.transaction("Copying keys")
+        return contextlib.nullcontext()
+
+
+class _FolderSide:
+    """A :class:`Folder` as a transfer side."""
+
+    keeps_metadata = False
+
+    def __init__(self, folder: Folder, *, missing_ok: bool) -> None:
+        self.root = folder.path
+        self.durable = folder.durable
+        self.missing_ok = missing_ok
+
+    def keys(self, prefix: str) -> Iterator[str]:
+        if not os.path.isdir(self.root):
+            if self.missing_ok and not os.path.exists(self.root):
+                return iter(())  # a target folder is created by its first write
+            raise FileNotFoundError(f"no such folder: {self.root!r}")
+        found: list[str] = []
+        for directory, subdirectories, files in os.walk(self.root):
+            subdirectories.sort()
+            relative = os.path.relpath(directory, self.root)
+            base = "" if relative == "." else relative.replace(os.sep, "/") + "/"
+            for name in files:
+                key = base + name
+                if key.startswith(prefix) and not _TEMP_FILE.match(name):
+                    found.append(key)
+        return iter(sorted(found))
+
+    def path_of(self, key: str) -> str:
+        """The file that holds *key*; InvalidKeyError for a key no file name can hold."""
+        parts = key.split("/")
+        if any(part in ("", ".", "..") or "\x00" in part or os.sep in part for part in parts):
+            raise InvalidKeyError(f"key {key!r} cannot be a file path under {self.root!r}")
+        return os.path.join(self.root, *parts)
+
+    def _stat(self, key: str) -> os.stat_result | None:
+        try:
+            stat = os.stat(self.path_of(key))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return stat if _is_file(stat) else None
+
+    def entry(self, key: str) -> Entry | None:
+        stat = self._stat(key)
+        return None if stat is None else Entry(stat.st_size, stat.st_mtime_ns / 1e9, None)
+
+    def read(self, key: str) -> tuple[IO[bytes], Entry] | None:
+        try:
+            stream = open(self.path_of(key), "rb")  # noqa: SIM115 - the caller closes it
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return None
+        stat = os.fstat(stream.fileno())
+        return stream, Entry(stat.st_size, stat.st_mtime_ns / 1e9, None)
+
+    def write(self, key: str, chunks: Iterable[bytes], source: Entry) -> None:
+        from storekeeper.files import atomic_write  # the file layer, needed only here
+
+        path = self.path_of(key)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        atomic_write(path, chunks, durable=self.durable)
+        if source.modified is not None:
+            nanoseconds = round(source.modified * 1e9)
+            os.utime(path, ns=(nanoseconds, nanoseconds))
+
+    def delete(self, key: str) -> None:
+        path = self.path_of(key)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+        # Empty folders left behind would be keyless clutter; stop at the first non-empty.
+        directory = os.path.dirname(path)
+        while os.path.abspath(directory) != os.path.abspath(self.root):
+            try:
+                os.rmdir(directory)
+            except OSError:
+                break
+            directory = os.path.dirname(directory)
+
+    def is_fresh(self, mine: Entry, source: Entry) -> bool:
+        # A file written here got its source's modified time: equal times mean this
+        # copy (a file changed since then has a newer mtime).
+        if mine.modified is None or source.modified is None:
+            return False
+        return abs(mine.modified - source.modified) <= MTIME_TOLERANCE
+
+    def batch(self) -> contextlib.AbstractContextManager[Any]:
+        return contextlib.nullcontext()
+
+
+def _is_file(stat: os.stat_result) -> bool:
+    import stat as stat_module
+
+    return stat_module.S_ISREG(stat.st_mode)
+
+
+def store_side(store: AbstractReadOnlyStore) -> Side:
+    """*store* as a transfer side."""
+    return _StoreSide(store)
+
+
+def folder_side(folder: Folder, *, missing_ok: bool = False) -> Side:
+    """*folder* as a transfer side; *missing_ok*: a folder that does not exist yet lists
+    no keys (a target) instead of raising FileNotFoundError (a source)."""
+    return _FolderSide(folder, missing_ok=missing_ok)

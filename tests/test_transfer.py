@@ -1,0 +1,269 @@
+"""``storekeeper.store.transfer``: copy and sync between every backend and local folders.
+
+What the CLI's ``cp`` and ``sync`` promise, checked here on the library call they make:
+keys, data and metadata arrive (read back through a fresh store on the same storage), a
+second run copies nothing, a change on the source is found even when the size stays the
+same, an interrupted run leaves whole keys only and a rerun finishes the job.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+
+from storekeeper import open_store
+from storekeeper.errors import InvalidArgumentError, InvalidKeyError
+from storekeeper.events import EventManager, ProgressStepEvent
+from storekeeper.store.abstract import AbstractStore
+from storekeeper.store.transfer import Folder, iter_transfer, transfer
+from storekeeper.store.value import StreamValue, Value
+
+BIG = os.urandom(3 << 20)  # three buffers: the data streams in chunks
+
+StoreFactory = Callable[[str], str]
+
+
+@pytest.fixture(params=["memory", "sqlite", "file"])
+def url_for(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
+    """A function giving a URL for a new store named *name* of the parametrized kind."""
+    kind = request.param
+
+    def make(name: str) -> str:
+        if kind == "memory":
+            return "memory://"
+        if kind == "sqlite":
+            return f"sqlite:///{tmp_path / (name + '.db')}"
+        return (tmp_path / name).as_uri() + "?create=true"
+
+    return make
+
+
+@pytest.fixture
+def pair(url_for: StoreFactory) -> Iterator[tuple[AbstractStore, AbstractStore]]:
+    with open_store(url_for("source")) as source, open_store(url_for("target")) as target:
+        yield source, target
+
+
+def fill(store: AbstractStore) -> dict[str, tuple[bytes, dict[str, object]]]:
+    content: dict[str, tuple[bytes, dict[str, object]]] = {
+        "a.txt": (b"alpha", {"kind": "text", "n": 1}),
+        "dir/b.bin": (BIG, {"kind": "blob"}),
+        "dir/sub/c": (b"", {}),
+        "other/d": (b"delta", {"tags": ["x", "y"]}),
+    }
+    for key, value in content.items():
+        store.set(key, value)
+    return content
+
+
+def snapshot(store: AbstractStore) -> dict[str, tuple[bytes, dict[str, object]]]:
+    return {key: (store.to_bytes(key), store.get_metadata(key)) for key in store.list_keys()}
+
+
+def test_copies_every_key_with_metadata_then_nothing(
+    pair: tuple[AbstractStore, AbstractStore],
+) -> None:
+    source, target = pair
+    content = fill(source)
+    report = transfer(source, target)
+    assert report.copied == 4 and report.bytes == sum(len(d) for d, _ in content.values())
+    assert {a.reason for a in report.actions} == {"new"}
+    assert snapshot(target) == content
+    again = transfer(source, target)
+    assert (again.copied, again.skipped, again.actions) == (0, 4, [])
+    assert transfer(source, target, compare="checksum").copied == 0
+
+
+def test_fresh_store_on_the_target_storage_sees_the_copy(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    with open_store("memory://") as source, open_store(url) as target:
+        content = fill(source)
+        transfer(source, target)
+    with open_store(url) as reopened:
+        assert snapshot(reopened) == content
+
+
+def test_same_size_change_is_found_by_time_and_by_checksum(
+    pair: tuple[AbstractStore, AbstractStore],
+) -> None:
+    source, target = pair
+    fill(source)
+    transfer(source, target)
+    source.set("a.txt", (b"ALPHA", {"kind": "text", "n": 1}))
+    assert [(a.key, a.reason) for a in transfer(source, target).actions] == [("a.txt", "newer")]
+    assert target.to_bytes("a.txt") == b"ALPHA"
+    # A target changed behind the transfer's back, newer than the source: only a
+    # checksum comparison can tell.
+    target.set("other/d", (b"DELTA", {"tags": ["x", "y"]}))
+    assert transfer(source, target).copied == 0
+    report = transfer(source, target, compare="checksum")
+    assert [(a.key, a.reason) for a in report.actions] == [("other/d", "checksum")]
+    assert target.to_bytes("other/d") == b"delta"
+
+
+def test_metadata_change_is_copied(pair: tuple[AbstractStore, AbstractStore]) -> None:
+    source, target = pair
+    fill(source)
+    transfer(source, target)
+    source.update_metadata("dir/b.bin", {"kind": "changed"})
+    assert [(a.key, a.reason) for a in transfer(source, target).actions] == [
+        ("dir/b.bin", "metadata")
+    ]
+    assert target.get_metadata("dir/b.bin") == {"kind": "changed"}
+
+
+def test_sync_deletes_extras_under_the_prefix_only(
+    pair: tuple[AbstractStore, AbstractStore],
+) -> None:
+    source, target = pair
+    fill(source)
+    target.set("dir/extra", (b"x", {}))
+    target.set("outside", (b"y", {}))
+    report = transfer(source, target, "dir/", delete=True)
+    assert sorted(a.key for a in report.actions if a.action == "copy") == ["dir/b.bin", "dir/sub/c"]
+    assert [a.key for a in report.actions if a.action == "delete"] == ["dir/extra"]
+    assert sorted(target.list_keys()) == ["dir/b.bin", "dir/sub/c", "outside"]
+
+
+def test_dry_run_writes_nothing(pair: tuple[AbstractStore, AbstractStore]) -> None:
+    source, target = pair
+    fill(source)
+    target.set("extra", (b"x", {}))
+    report = transfer(source, target, delete=True, dry_run=True)
+    assert {(a.action, a.done) for a in report.actions} == {("copy", False), ("delete", False)}
+    assert (report.copied, report.deleted) == (4, 1)
+    assert list(target.list_keys()) == ["extra"]
+
+
+class BrokenStream(io.RawIOBase):
+    """Gives the first bytes of *stream*, then fails as a dying disk would."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self.stream = stream
+        self.reads = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        self.reads += 1
+        if self.reads > 1:
+            raise OSError("disk gone")
+        data = self.stream.read(min(len(buffer), 100))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self.stream.close()
+        super().close()
+
+
+def test_interrupted_copy_leaves_whole_keys_and_a_rerun_finishes(
+    pair: tuple[AbstractStore, AbstractStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source, target = pair
+    content = fill(source)
+    for index in range(20):
+        source.set(f"many/{index:02}", (os.urandom(1000), {"i": index}))
+    expected = snapshot(source)
+    real_get = source.get
+    calls = 0
+
+    def broken_get(key: str) -> Value:
+        # The plan reads every key once; the copy's 12th read breaks inside the data.
+        nonlocal calls
+        calls += 1
+        value = real_get(key)
+        if calls != len(expected) + 12:
+            return value
+
+        def opener() -> IO[bytes]:
+            return BrokenStream(value.data)
+
+        return StreamValue(opener, value.metadata, value.size, modified=value.modified)
+
+    monkeypatch.setattr(source, "get", broken_get)
+    with pytest.raises(OSError, match="disk gone"):
+        transfer(source, target, batch_keys=3)
+    monkeypatch.undo()
+    partial = snapshot(target)
+    assert 0 < len(partial) < len(expected)
+    assert all(expected[key] == value for key, value in partial.items())
+    report = transfer(source, target)
+    assert report.copied == len(expected) - len(partial)
+    assert snapshot(target) == expected
+    assert len(content) + 20 == len(expected)
+
+
+def test_progress_counts_the_bytes_copied(pair: tuple[AbstractStore, AbstractStore]) -> None:
+    source, target = pair
+    content = fill(source)
+    manager = EventManager()
+    seen: list[int] = []
+    manager.connect(ProgressStepEvent, lambda event: seen.append(event.step))
+    transfer(source, target, event_manager=manager)
+    assert seen == sorted(seen) and seen[-1] == sum(len(d) for d, _ in content.values())
+
+
+def test_folder_round_trip(pair: tuple[AbstractStore, AbstractStore], tmp_path: Path) -> None:
+    source, target = pair
+    content = fill(source)
+    out = tmp_path / "out"
+    assert transfer(source, Folder(out)).copied == 4
+    assert (out / "dir" / "b.bin").read_bytes() == BIG
+    assert (out / "dir" / "sub" / "c").read_bytes() == b""
+    assert transfer(source, Folder(out)).copied == 0
+    assert transfer(Folder(out), target).copied == 4
+    assert snapshot(target) == {key: (data, {}) for key, (data, _) in content.items()}
+    assert transfer(Folder(out), target).copied == 0
+    # A file edited in the folder (same size, so only its time tells) is copied again.
+    (out / "a.txt").write_bytes(b"ALPHA")
+    assert [a.key for a in transfer(source, Folder(out)).actions] == ["a.txt"]
+    assert (out / "a.txt").read_bytes() == b"alpha"
+
+
+def test_folder_to_store_keeps_the_target_metadata(
+    pair: tuple[AbstractStore, AbstractStore], tmp_path: Path
+) -> None:
+    _, target = pair
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "k").write_bytes(b"brand new")
+    target.set("k", (b"old", {"keep": True}))
+    assert transfer(Folder(folder), target).copied == 1
+    assert (target.to_bytes("k"), target.get_metadata("k")) == (b"brand new", {"keep": True})
+
+
+def test_sync_into_a_folder_deletes_files_and_empty_folders(
+    pair: tuple[AbstractStore, AbstractStore], tmp_path: Path
+) -> None:
+    source, _ = pair
+    fill(source)
+    out = tmp_path / "out"
+    transfer(source, Folder(out))
+    source.delete("dir/sub/c")
+    report = transfer(source, Folder(out), delete=True)
+    assert [(a.action, a.key) for a in report.actions] == [("delete", "dir/sub/c")]
+    assert not (out / "dir" / "sub").exists() and (out / "dir" / "b.bin").exists()
+
+
+def test_key_that_cannot_be_a_file_is_refused(tmp_path: Path) -> None:
+    with open_store("memory://") as source:
+        source.set("ok", (b"1", {}))
+        source.set("../escape", (b"2", {}))
+        with pytest.raises(InvalidKeyError, match="escape"):
+            transfer(source, Folder(tmp_path / "out"))
+    assert not (tmp_path / "escape").exists()
+
+
+def test_missing_source_folder_and_bad_mode(tmp_path: Path) -> None:
+    with open_store("memory://") as store:
+        with pytest.raises(FileNotFoundError):
+            transfer(Folder(tmp_path / "nope"), store)
+        with pytest.raises(InvalidArgumentError):
+            list(iter_transfer(store, store, compare="sometimes"))
