@@ -1,0 +1,167 @@
+"""``cp`` and ``sync``: copy keys between stores, or between a store and a local folder.
+
+Both are :func:`storekeeper.store.transfer.iter_transfer`; ``sync`` can also delete
+what the source lacks. A SRC or DST that starts like a URL (``scheme:``) is a store,
+anything else a local folder of plain files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from storekeeper.cli.conventions import (
+    echo_json,
+    looks_like_url,
+    progress_events,
+    read_store,
+    write_store,
+)
+
+__all__ = ["cp", "sync"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _shared_options(function: F) -> F:
+    options = [
+        click.argument("source", metavar="SRC"),
+        click.argument("target", metavar="DST"),
+        click.option("--prefix", default="", metavar="P", help="Only keys starting with P."),
+        click.option(
+            "--checksum",
+            is_flag=True,
+            help="Compare data by SHA-256 instead of size and modified time.",
+        ),
+        click.option("--dry-run", is_flag=True, help="Print what would be done; do nothing."),
+        click.option("-v", "--verbose", is_flag=True, help="Print each key copied or deleted."),
+        click.option("--json", "as_json", is_flag=True, help="Print each action as JSON."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def _run(
+    source: str,
+    target: str,
+    prefix: str,
+    *,
+    compare: str,
+    delete: bool,
+    dry_run: bool,
+    verbose: bool,
+    as_json: bool,
+) -> None:
+    from storekeeper.store.transfer import Folder, TransferReport, iter_transfer
+
+    report = TransferReport(dry_run=dry_run)
+    with contextlib.ExitStack() as stack:
+        src = stack.enter_context(read_store(source)) if looks_like_url(source) else None
+        dst = stack.enter_context(write_store(target)) if looks_like_url(target) else None
+        manager = stack.enter_context(progress_events())
+        actions = iter_transfer(
+            src if src is not None else Folder(source),
+            dst if dst is not None else Folder(target),
+            prefix,
+            delete=delete,
+            dry_run=dry_run,
+            compare=compare,
+            event_manager=manager,
+            report=report,
+        )
+        for action in actions:
+            if as_json:
+                echo_json(
+                    {
+                        "action": action.action,
+                        "key": action.key,
+                        "reason": action.reason,
+                        "size": action.size,
+                        "done": action.done,
+                    }
+                )
+            elif verbose or dry_run:
+                prefix_word = "" if action.done else "would "
+                click.echo(f"{prefix_word}{action.action} {action.key} ({action.reason})")
+    verb = "would copy" if dry_run else "copied"
+    click.echo(
+        f"{verb} {report.copied} keys ({report.bytes} bytes), {report.skipped} unchanged"
+        + (f", {'would delete' if dry_run else 'deleted'} {report.deleted}" if delete else ""),
+        err=True,
+    )
+
+
+@click.command()
+@_shared_options
+@click.option("--all", "copy_all", is_flag=True, help="Copy every key, changed or not.")
+def cp(
+    source: str,
+    target: str,
+    prefix: str,
+    checksum: bool,
+    dry_run: bool,
+    verbose: bool,
+    as_json: bool,
+    copy_all: bool,
+) -> None:
+    """Copy the keys of SRC (with their metadata) to DST: stores or local folders.
+
+    Only keys that differ are copied (size, metadata, then modified time, or the
+    data itself with --checksum), so an interrupted cp run again picks up where it
+    stopped, and a second run copies nothing. A folder keeps data only.
+
+    \b
+    Examples:
+      storekeeper cp sqlite:///app.db file:///backup/app?create=true
+      storekeeper cp ./photos sqlite:///app.db --prefix 2024/
+      storekeeper cp sqlite:///app.db ./export --dry-run
+    """
+    compare = "always" if copy_all else "checksum" if checksum else "quick"
+    _run(
+        source,
+        target,
+        prefix,
+        compare=compare,
+        delete=False,
+        dry_run=dry_run,
+        verbose=verbose,
+        as_json=as_json,
+    )
+
+
+@click.command()
+@_shared_options
+@click.option("--delete", is_flag=True, help="Delete keys of DST that SRC lacks (under P).")
+def sync(
+    source: str,
+    target: str,
+    prefix: str,
+    checksum: bool,
+    dry_run: bool,
+    verbose: bool,
+    as_json: bool,
+    delete: bool,
+) -> None:
+    """Make DST hold what SRC holds: copy the keys that differ and, with --delete,
+    remove the keys SRC lacks. Running it again copies nothing.
+
+    \b
+    Examples:
+      storekeeper sync ./site sqlite:///site.db --delete
+      storekeeper sync sqlite:///app.db file:///mirror?create=true --checksum -v
+      storekeeper sync sqlite:///app.db ./out --delete --dry-run --json
+    """
+    _run(
+        source,
+        target,
+        prefix,
+        compare="checksum" if checksum else "quick",
+        delete=delete,
+        dry_run=dry_run,
+        verbose=verbose,
+        as_json=as_json,
+    )
