@@ -1,0 +1,166 @@
+"""The ``storekeeper`` command vs the coreutils it stands in for, in one run.
+
+- start-up: ``storekeeper --help`` wall time (target < 150 ms), next to ``python -c pass``;
+- ``cp`` of a 1 GiB file into SQLite and back out to a folder, vs coreutils ``cp`` of the
+  same file (target: ratio cp time / ours >= 0.7). Ours writes the value durably into
+  SQLite (fsync), ``cp`` leaves it in the page cache, so ``cp`` + ``sync`` is shown too;
+- ``sync`` of 10,000 small files into a SQLite store, then a re-sync with nothing
+  changed, vs ``rsync -a`` of the same tree into a directory and its no-change rerun.
+
+Ratios are peer time / our time per rep (higher is better for us), median [min .. max].
+BENCH_REPS (default 3), BENCH_CLI_MIB (1024), BENCH_CLI_FILES (10000), BENCH_DIR.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _harness import env_int, rotate, timed, timed_io
+
+COMMAND = str(Path(sys.executable).with_name("storekeeper"))
+
+
+def run(*args: str) -> None:
+    subprocess.run(args, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def median_ms(samples: list[float]) -> str:
+    low, high = min(samples) * 1000, max(samples) * 1000
+    return f"{statistics.median(samples) * 1000:7.1f} ms [{low:.1f} .. {high:.1f}]"
+
+
+def remove(pattern: str, work: Path) -> None:
+    for path in work.glob(pattern):
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+def ratio(peer: list[float], ours: list[float], label: str, target: float | None) -> None:
+    ratios = [p / o for p, o in zip(peer, ours, strict=True)]
+    median = statistics.median(ratios)
+    verdict = "" if target is None else ("  ok" if median >= target else "  BELOW TARGET")
+    goal = "" if target is None else f" (target >= {target})"
+    print(f"  {label:<50} {median:6.2f}  [{min(ratios):.2f} .. {max(ratios):.2f}]{goal}{verdict}")
+
+
+def startup(reps: int) -> None:
+    print("== start-up (20 runs per rep, median)")
+    commands = {
+        "storekeeper --help": [COMMAND, "--help"],
+        "python -c pass": [sys.executable, "-c", "pass"],
+        "import storekeeper": [sys.executable, "-c", "import storekeeper"],
+        "import click": [sys.executable, "-c", "import click"],
+    }
+    samples: dict[str, list[float]] = {name: [] for name in commands}
+    for rep in range(reps):
+        for name in rotate(list(commands), rep):
+            times = [timed(lambda: run(*commands[name])) for _ in range(20)]
+            samples[name].append(statistics.median(times))
+    for name, values in samples.items():
+        print(f"  {name:<22} {median_ms(values)}")
+    verdict = "ok" if statistics.median(samples["storekeeper --help"]) < 0.150 else "ABOVE TARGET"
+    print(f"  target < 150 ms: {verdict}")
+
+
+def big_copy(work: Path, reps: int, mib: int) -> None:
+    print(f"== cp of a {mib} MiB file: into SQLite and back")
+    source = work / "big-in"
+    source.mkdir()
+    with open(source / "big.bin", "wb") as out:
+        block = os.urandom(1 << 20)
+        for _ in range(mib):
+            out.write(block)
+    times: dict[str, list[float]] = {
+        name: [] for name in ("ours in", "ours out", "cp in", "cp out", "cp+sync in")
+    }
+    for rep in range(reps):
+        url = f"sqlite:///{work / f'big-{rep}.db'}"
+        back = work / f"big-out-{rep}"
+        copy = work / f"big-copy-{rep}.bin"
+        steps: dict[str, Callable[[], None]] = {
+            "ours": lambda: (
+                times["ours in"].append(timed_io(lambda: run(COMMAND, "cp", str(source), url))),
+                times["ours out"].append(timed_io(lambda: run(COMMAND, "cp", url, str(back)))),
+            ),
+            "cp": lambda: (
+                times["cp in"].append(timed_io(lambda: run("cp", str(source / "big.bin"), copy))),
+                times["cp out"].append(timed_io(lambda: run("cp", copy, str(copy) + ".out"))),
+                times["cp+sync in"].append(
+                    timed_io(lambda: run("sh", "-c", f"cp '{source}/big.bin' '{copy}.2' && sync"))
+                ),
+            ),
+        }
+        for name in rotate(list(steps), rep):
+            steps[name]()
+        assert (back / "big.bin").stat().st_size == mib << 20
+        for pattern in (f"big-out-{rep}", f"big-{rep}.db*", f"big-copy-{rep}.bin*"):
+            remove(pattern, work)
+    for name, values in times.items():
+        rate = statistics.median((mib << 20) / v / 1e6 for v in values)
+        print(f"  {name:<12} {median_ms(values)}  {rate:8.0f} MB/s")
+    ratio(times["cp in"], times["ours in"], "cp / ours, into SQLite (durable)", 0.7)
+    ratio(times["cp out"], times["ours out"], "cp / ours, back out to a folder", 0.7)
+    ratio(times["cp+sync in"], times["ours in"], "(cp && sync) / ours, into SQLite", None)
+
+
+def small_sync(work: Path, reps: int, count: int) -> None:
+    print(f"== sync of {count} small files (1 KiB) into a store, then again unchanged")
+    tree = work / "tree"
+    for index in range(count):
+        path = tree / f"d{index % 100:02}" / f"f{index:05}.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(os.urandom(1024))
+    times: dict[str, list[float]] = {
+        name: [] for name in ("ours first", "ours again", "rsync first", "rsync again")
+    }
+    for rep in range(reps):
+        url = f"sqlite:///{work / f'sync-{rep}.db'}"
+        mirror = work / f"mirror-{rep}"
+        steps: dict[str, Callable[[], None]] = {
+            "ours": lambda: (
+                times["ours first"].append(timed_io(lambda: run(COMMAND, "sync", str(tree), url))),
+                times["ours again"].append(timed_io(lambda: run(COMMAND, "sync", str(tree), url))),
+            ),
+            "rsync": lambda: (
+                times["rsync first"].append(
+                    timed_io(lambda: run("rsync", "-a", f"{tree}/", f"{mirror}/"))
+                ),
+                times["rsync again"].append(
+                    timed_io(lambda: run("rsync", "-a", f"{tree}/", f"{mirror}/"))
+                ),
+            ),
+        }
+        for name in rotate(list(steps), rep):
+            steps[name]()
+        shutil.rmtree(mirror)
+        remove(f"sync-{rep}.db*", work)
+    for name, values in times.items():
+        print(f"  {name:<12} {median_ms(values)}  {count / statistics.median(values):9.0f} files/s")
+    ratio(times["rsync first"], times["ours first"], "rsync / ours, first sync", None)
+    ratio(times["rsync again"], times["ours again"], "rsync / ours, no-change re-sync", None)
+
+
+def main() -> None:
+    reps = env_int("BENCH_REPS", 3)
+    print(f"storekeeper CLI benchmark, {reps} interleaved reps (shared machine: expect noise)")
+    startup(reps)
+    base = os.environ.get("BENCH_DIR")
+    with tempfile.TemporaryDirectory(dir=base) as directory:
+        work = Path(directory)
+        small_sync(work, reps, env_int("BENCH_CLI_FILES", 10_000))
+        big_copy(work, reps, env_int("BENCH_CLI_MIB", 1024))
+
+
+if __name__ == "__main__":
+    main()
