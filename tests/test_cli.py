@@ -5,7 +5,9 @@ wrote is read back through the library on the same storage."""
 
 from __future__ import annotations
 
+import io
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -215,7 +217,7 @@ def test_errors_are_one_line_with_exit_codes(run: Run, url: str, tmp_path: Path)
     assert not (tmp_path / "never").exists()
     fails(run("ls", "nosuchscheme:///x"), 2, "nosuchscheme")
     fails(run("ls", "sqlite:///x.db?bogus=1"), 2, "bogus")
-    fails(run("ls", (tmp_path / "not-a-store").as_uri()), 3)
+    fails(run("ls", (tmp_path / "not-a-store").as_uri()), 3, "create=true")
     fails(run("put", f"{url}#k", str(tmp_path / "no-such-file")), 3, "no-such-file")
     fails(run("put", f"{url}#k", "--meta", "{oops"), 2, "JSON")
     fails(run("put", f"{url}#k", "-m", "novalue"), 2, "name=value")
@@ -343,3 +345,26 @@ def test_every_command_has_help_with_examples(run: Run) -> None:
 def test_completion_script(run: Run) -> None:
     assert "_STOREKEEPER_COMPLETE" in ok(run("completion", "bash")).stdout
     fails(run("completion", "tcsh"), 2)
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_only_on_a_terminal(run: Run, url: str, tmp_path: Path) -> None:
+    from storekeeper.cli.conventions import progress_events
+    from storekeeper.store.transfer import Folder, transfer
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "big").write_bytes(os.urandom(3 << 20))
+    screen = Terminal()
+    with open_store(url) as store, progress_events(screen) as manager:
+        assert manager is not None
+        transfer(Folder(tmp_path / "in"), store, event_manager=manager)
+    drawn = screen.getvalue()
+    assert "Copying 1 key" in drawn and "3.0 MiB" in drawn and "/s" in drawn
+    with progress_events(io.StringIO()) as manager:
+        assert manager is None
+    result = ok(run("cp", str(tmp_path / "in"), f"sqlite:///{tmp_path / 'p.db'}"))
+    assert result.stderr.splitlines() == ["copied 1 keys (3145728 bytes), 0 unchanged"]

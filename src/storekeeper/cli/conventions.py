@@ -88,6 +88,8 @@ def error_for(exc: BaseException, debug: bool = False) -> CommandError:
     if debug:
         traceback.print_exception(exc, file=sys.stderr)
     message = str(exc) if isinstance(exc, errors.StorekeeperError) else _describe(exc)
+    if isinstance(exc, errors.FileSystemStoreError):
+        message += " (a file: URL with ?create=true creates the store)"
     if isinstance(exc, errors.ConflictError):
         return CommandError(message, CONFLICT)
     if isinstance(exc, KeyError | FileNotFoundError):

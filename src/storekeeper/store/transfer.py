@@ -175,7 +175,8 @@ def iter_transfer(
             yield TransferAction("delete", key, "extra", None, done=False)
         return
     total = sum(size or 0 for _, _, size in plan.copies)
-    message = f"Copying {len(plan.copies)} keys"
+    count = len(plan.copies)
+    message = f"Copying {count} key{'' if count == 1 else 's'}"
     progress = None
     if event_manager is not None:
         progress = ProgressManager(event_manager, None, message=message, steps=total, unit="bytes")
