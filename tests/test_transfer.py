@@ -258,7 +258,12 @@ def test_key_that_cannot_be_a_file_is_refused(tmp_path: Path) -> None:
         source.set("../escape", (b"2", {}))
         with pytest.raises(InvalidKeyError, match="escape"):
             transfer(source, Folder(tmp_path / "out"))
+        source.delete("../escape")
+        source.set("ok/inside", (b"3", {}))
+        with pytest.raises(InvalidKeyError, match="'ok' and 'ok/inside'"):
+            transfer(source, Folder(tmp_path / "out"))
     assert not (tmp_path / "escape").exists()
+    assert not (tmp_path / "out").exists()  # refused before anything was written
 
 
 def test_missing_source_folder_and_bad_mode(tmp_path: Path) -> None:

@@ -208,6 +208,7 @@ def _plan(src: Side, dst: Side, prefix: str, compare: str, delete: bool) -> _Pla
     """Decide, key by key, what to copy and delete (reading entries, no data but for
     checksums)."""
     source_keys = list(src.keys(prefix))
+    dst.check_keys(source_keys)
     target_keys = set(dst.keys(prefix))
     copies: list[tuple[str, str, int | None]] = []
     skipped = 0

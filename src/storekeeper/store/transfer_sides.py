@@ -55,6 +55,9 @@ class Side(Protocol):
     def read(self, key: str) -> tuple[IO[bytes], Entry] | None:
         """A new stream over *key*'s data and the entry it belongs to; ``None`` if missing."""
 
+    def check_keys(self, keys: list[str]) -> None:
+        """Raise InvalidKeyError, naming one, if any of *keys* cannot be written here."""
+
     def write(self, key: str, chunks: Iterable[bytes], source: Entry) -> None:
         """Replace *key* with *chunks* and the metadata of *source* (an atomic step)."""
 
@@ -117,6 +120,9 @@ class _StoreSide:
         if not isinstance(self.store, AbstractStore):
             raise ReadOnlyStoreError(f"cannot write into the read-only {type(self.store).__name__}")
         return self.store
+
+    def check_keys(self, keys: list[str]) -> None:
+        return None  # a store holds any key: it checks its own on write
 
     def write(self, key: str, chunks: Iterable[bytes], source: Entry) -> None:
         store = self._writable()
@@ -195,6 +201,19 @@ class _FolderSide:
             return None
         stat = os.fstat(stream.fileno())
         return stream, Entry(stat.st_size, stat.st_mtime_ns / 1e9, None)
+
+    def check_keys(self, keys: list[str]) -> None:
+        # A file cannot also be a folder: "a" beside "a/b" has no place on disk.
+        names = set(keys)
+        for key in keys:
+            self.path_of(key)
+            parts = key.split("/")
+            for depth in range(1, len(parts)):
+                folder = "/".join(parts[:depth])
+                if folder in names:
+                    raise InvalidKeyError(
+                        f"keys {folder!r} and {key!r} cannot both be files under {self.root!r}"
+                    )
 
     def write(self, key: str, chunks: Iterable[bytes], source: Entry) -> None:
         from storekeeper.files import atomic_write  # the file layer, needed only here
