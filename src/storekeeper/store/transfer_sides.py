@@ -159,22 +159,31 @@ class _FolderSide:
         self.root = folder.path
         self.durable = folder.durable
         self.missing_ok = missing_ok
+        self._seen: dict[str, Entry] = {}
 
     def keys(self, prefix: str) -> Iterator[str]:
         if not os.path.isdir(self.root):
             if self.missing_ok and not os.path.exists(self.root):
                 return iter(())  # a target folder is created by its first write
             raise FileNotFoundError(f"no such folder: {self.root!r}")
-        found: list[str] = []
-        for directory, subdirectories, files in os.walk(self.root):
-            subdirectories.sort()
-            relative = os.path.relpath(directory, self.root)
-            base = "" if relative == "." else relative.replace(os.sep, "/") + "/"
-            for name in files:
-                key = base + name
-                if key.startswith(prefix) and not _TEMP_FILE.match(name):
-                    found.append(key)
-        return iter(sorted(found))
+        # The walk's stats answer the entry() calls of the plan that follows: one stat
+        # per file instead of two, and no path building.
+        self._seen = {}
+        self._scan(self.root, "", prefix)
+        return iter(sorted(self._seen))
+
+    def _scan(self, directory: str, base: str, prefix: str) -> None:
+        with os.scandir(directory) as entries:
+            for item in entries:
+                key = base + item.name
+                if item.is_dir(follow_symlinks=False):
+                    folder = key + "/"
+                    if folder.startswith(prefix) or prefix.startswith(folder):
+                        self._scan(item.path, folder, prefix)
+                elif key.startswith(prefix) and not _TEMP_FILE.match(item.name):
+                    stat = item.stat()
+                    if _is_file(stat):
+                        self._seen[key] = Entry(stat.st_size, stat.st_mtime_ns / 1e9, None)
 
     def path_of(self, key: str) -> str:
         """The file that holds *key*; InvalidKeyError for a key no file name can hold."""
@@ -191,6 +200,9 @@ class _FolderSide:
         return stat if _is_file(stat) else None
 
     def entry(self, key: str) -> Entry | None:
+        seen = self._seen.pop(key, None)
+        if seen is not None:
+            return seen
         stat = self._stat(key)
         return None if stat is None else Entry(stat.st_size, stat.st_mtime_ns / 1e9, None)
 
