@@ -283,7 +283,12 @@ def _copy_group(
             stream, entry = opened
             with stream:
                 copied = _Copied()
-                dst.write(key, counter.chunks(stream, copied), entry)
+                if entry.size is not None and entry.size <= BUFFER_SIZE:
+                    # One buffer's worth goes as bytes: the stores' fast path for
+                    # small values (no chunking, no per-key progress of their own).
+                    dst.write(key, counter.whole(stream, copied), entry)
+                else:
+                    dst.write(key, counter.chunks(stream, copied), entry)
             done.append(TransferAction("copy", key, reason, copied.size, done=True))
     return done
 
@@ -300,10 +305,19 @@ class _Counter:
         self.progress = progress
         self.total = 0
 
+    def whole(self, stream: IO[bytes], copied: _Copied) -> bytes:
+        """All of *stream* (a small value) as bytes, counted."""
+        data = stream.read()
+        self._count(len(data), copied)
+        return data
+
+    def _count(self, size: int, copied: _Copied) -> None:
+        copied.size += size
+        self.total += size
+        if self.progress is not None:
+            self.progress.step(step=self.total)
+
     def chunks(self, stream: IO[bytes], copied: _Copied) -> Iterable[bytes]:
         while chunk := stream.read(BUFFER_SIZE):
-            copied.size += len(chunk)
-            self.total += len(chunk)
-            if self.progress is not None:
-                self.progress.step(step=self.total)
+            self._count(len(chunk), copied)
             yield chunk

@@ -58,8 +58,9 @@ class Side(Protocol):
     def check_keys(self, keys: list[str]) -> None:
         """Raise InvalidKeyError, naming one, if any of *keys* cannot be written here."""
 
-    def write(self, key: str, chunks: Iterable[bytes], source: Entry) -> None:
-        """Replace *key* with *chunks* and the metadata of *source* (an atomic step)."""
+    def write(self, key: str, chunks: bytes | Iterable[bytes], source: Entry) -> None:
+        """Replace *key* with *chunks* (bytes, or an iterable of bytes chunks) and the
+        metadata of *source* (an atomic step)."""
 
     def delete(self, key: str) -> None:
         """Remove *key*; nothing if it is already gone."""
@@ -124,7 +125,7 @@ class _StoreSide:
     def check_keys(self, keys: list[str]) -> None:
         return None  # a store holds any key: it checks its own on write
 
-    def write(self, key: str, chunks: Iterable[bytes], source: Entry) -> None:
+    def write(self, key: str, chunks: bytes | Iterable[bytes], source: Entry) -> None:
         store = self._writable()
         if source.metadata is None:  # from a folder: the key keeps the metadata it has
             store.set_data(key, chunks)
@@ -227,7 +228,7 @@ class _FolderSide:
                         f"keys {folder!r} and {key!r} cannot both be files under {self.root!r}"
                     )
 
-    def write(self, key: str, chunks: Iterable[bytes], source: Entry) -> None:
+    def write(self, key: str, chunks: bytes | Iterable[bytes], source: Entry) -> None:
         from storekeeper.files import atomic_write  # the file layer, needed only here
 
         path = self.path_of(key)
