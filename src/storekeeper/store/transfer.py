@@ -156,6 +156,7 @@ def iter_transfer(
     """As :func:`transfer`, yielding each :class:`TransferAction` once it is done
     (once its group has committed) instead of collecting them; skipped keys yield
     nothing. *report*, when given, is kept up to date as the actions happen.
+    The arguments are checked at the call; the work starts at the first ``next()``.
     Abandoning the iterator stops the transfer after the current group."""
     if compare not in COMPARE_MODES:
         raise InvalidArgumentError(f"compare is one of {COMPARE_MODES}, not {compare!r}")
@@ -163,6 +164,23 @@ def iter_transfer(
         raise InvalidArgumentError("batch_keys and batch_bytes must be positive")
     report = report if report is not None else TransferReport(dry_run=dry_run)
     src, dst = _side(source, is_target=False), _side(target, is_target=True)
+    return _run(
+        src, dst, prefix, delete, dry_run, compare, event_manager, batch_keys, batch_bytes, report
+    )
+
+
+def _run(
+    src: Side,
+    dst: Side,
+    prefix: str,
+    delete: bool,
+    dry_run: bool,
+    compare: str,
+    event_manager: BaseEventManager | None,
+    batch_keys: int,
+    batch_bytes: int,
+    report: TransferReport,
+) -> Iterator[TransferAction]:
     plan = _plan(src, dst, prefix, compare, delete)
     report.skipped = plan.skipped
     if dry_run:
