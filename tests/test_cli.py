@@ -241,6 +241,8 @@ def test_info_and_memory_store(run: Run) -> None:
     assert "capabilities:" in ok(run("info", "memory://")).stdout
     assert ok(run("ls", "memory://")).stdout == ""
     ok(run("put", "memory://#k", stdin=b"gone when the command ends"))
+    assert ok(run("ls", "memory://")).stdout == ""  # a new store per invocation
+    assert "copied 0 keys" in ok(run("sync", "memory://", "memory://", "--delete")).stderr
 
 
 def test_cp_and_sync(run: Run, url: str, tmp_path: Path) -> None:
