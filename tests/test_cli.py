@@ -86,6 +86,8 @@ def test_get_defaults_to_the_keys_name_in_the_working_directory(
     monkeypatch.chdir(tmp_path)
     ok(run("get", f"{url}#deep/dir/name.txt"))
     assert (tmp_path / "name.txt").read_bytes() == b"x"
+    ok(run("put", f"{url}#up/..", stdin=b"y"))
+    fails(run("get", f"{url}#up/.."), 2, "-o FILE")
 
 
 def test_put_without_metadata_keeps_it_and_with_it_replaces_it(run: Run, url: str) -> None:

@@ -55,6 +55,8 @@ def get(target: str | None, key: str | None, output: str | None) -> None:
     """
     url, name = split_key(target, key)
     path = output if output is not None else name.rstrip("/").rsplit("/", 1)[-1]
+    if path in ("", ".", ".."):
+        raise click.UsageError(f"key {name!r} names no file here: give -o FILE")
     with read_store(url) as opened:
         if path == "-":
             _copy_out(opened.get_data(name))
