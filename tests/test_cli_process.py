@@ -105,7 +105,8 @@ def test_help_does_not_import_backends(command: list[str]) -> None:
     code = (
         "import sys; from storekeeper.cli.main import main\n"
         f"try:\n    main({command!r})\nexcept SystemExit:\n    pass\n"
-        "loaded = [m for m in sys.modules if m.startswith(('storekeeper.backends', 'rich'))]\n"
+        "loaded = [m for m in sys.modules if m.startswith(('storekeeper.backends', 'rich',"
+        " 'storekeeper.store'))]\n"
         "sys.stderr.write(repr(loaded))"
     )
     result = subprocess.run(

@@ -31,41 +31,61 @@ from storekeeper.errors import (
     UnknownFormatError,
     UnknownSchemeError,
 )
-from storekeeper.events import (
-    BaseEvent,
-    BaseEventManager,
-    EventManager,
-    ProgressManager,
-    get_event_manager,
-    set_event_manager,
-)
-from storekeeper.store import (
-    AbstractAuthorizingStore,
-    AbstractReadOnlyStore,
-    AbstractStore,
-    BytesValue,
-    Exists,
-    In,
-    Prefix,
-    Range,
-    StreamValue,
-    Value,
-    open_read_only_store,
-    open_store,
-    register_backend,
-)
 
 if TYPE_CHECKING:  # what __getattr__ loads on first use, spelled out for type checkers
     from storekeeper.backends.filesystem import FileSystemStore, init_shared_store
     from storekeeper.backends.memory import DictMemoryStore
     from storekeeper.backends.sqlite import SqliteStore
     from storekeeper.composite import CachedStore, JoinedStore, MountedStore, SimpleAuthStore
+    from storekeeper.events import (
+        BaseEvent,
+        BaseEventManager,
+        EventManager,
+        ProgressManager,
+        get_event_manager,
+        set_event_manager,
+    )
+    from storekeeper.store import (
+        AbstractAuthorizingStore,
+        AbstractReadOnlyStore,
+        AbstractStore,
+        BytesValue,
+        Exists,
+        In,
+        Prefix,
+        Range,
+        StreamValue,
+        Value,
+        open_read_only_store,
+        open_store,
+        register_backend,
+    )
 
 __version__ = "0.1.0.dev0"
 
-# Backends and composites load on first use (PEP 562), so ``import storekeeper`` stays
-# cheap and never imports an optional dependency.
+# The store API, events, backends and composites load on first use (PEP 562), so
+# ``import storekeeper`` stays cheap (the command line's --help starts fast) and never
+# imports an optional dependency.
 _LAZY = {
+    "BaseEvent": "storekeeper.events",
+    "BaseEventManager": "storekeeper.events",
+    "EventManager": "storekeeper.events",
+    "ProgressManager": "storekeeper.events",
+    "get_event_manager": "storekeeper.events",
+    "set_event_manager": "storekeeper.events",
+    "AbstractAuthorizingStore": "storekeeper.store",
+    "AbstractReadOnlyStore": "storekeeper.store",
+    "AbstractStore": "storekeeper.store",
+    "BytesValue": "storekeeper.store",
+    "Exists": "storekeeper.store",
+    "In": "storekeeper.store",
+    "Prefix": "storekeeper.store",
+    "Range": "storekeeper.store",
+    "StreamValue": "storekeeper.store",
+    "Value": "storekeeper.store",
+    "open_read_only_store": "storekeeper.store",
+    "open_store": "storekeeper.store",
+    "register_backend": "storekeeper.store",
     "DictMemoryStore": "storekeeper.backends.memory",
     "FileSystemStore": "storekeeper.backends.filesystem",
     "SqliteStore": "storekeeper.backends.sqlite",
@@ -83,7 +103,9 @@ def __getattr__(name: str) -> object:
         raise AttributeError(f"module 'storekeeper' has no attribute {name!r}")
     import importlib
 
-    return getattr(importlib.import_module(module), name)
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
 
 
 def __dir__() -> list[str]:
