@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from storekeeper import open_store
+from storekeeper import AuthenticationError, open_store
 from storekeeper.cli.listing import parse_term
 from storekeeper.cli.main import cli
 from storekeeper.store.query import Exists, In, Prefix, Range
@@ -329,7 +329,9 @@ def test_users(run: Run, url: str) -> None:
     with open_store(url) as store:
         auth = SimpleAuthStore(store, make_encoder(b"app-secret"))
         auth.connect({"username": "alice", "password": "pw1"})
-        assert "staff" in auth._current().tags
+        assert auth.user_tag == "alice"
+        with pytest.raises(AuthenticationError):
+            SimpleAuthStore(store, make_encoder(b"app-secret")).connect(("bob", "wrong"))
     ok(run("users", "rm", url, "bob"))
     fails(run("users", "rm", url, "bob"), 3)
     assert ok(run("users", "list", url)).stdout.split() == ["alice"]
