@@ -74,25 +74,23 @@ def _run(
             report=report,
         )
         for action in actions:
-            if as_json:
-                echo_json(
-                    {
-                        "action": action.action,
-                        "key": action.key,
-                        "reason": action.reason,
-                        "size": action.size,
-                        "done": action.done,
-                    }
-                )
-            elif verbose or dry_run:
-                prefix_word = "" if action.done else "would "
-                click.echo(f"{prefix_word}{action.action} {action.key} ({action.reason})")
+            _show(action, as_json=as_json, verbose=verbose or dry_run)
     verb = "would copy" if dry_run else "copied"
     click.echo(
         f"{verb} {report.copied} keys ({report.bytes} bytes), {report.skipped} unchanged"
         + (f", {'would delete' if dry_run else 'deleted'} {report.deleted}" if delete else ""),
         err=True,
     )
+
+
+def _show(action: Any, *, as_json: bool, verbose: bool) -> None:
+    """Print one TransferAction: as JSON, as a line when *verbose*, else not at all."""
+    if as_json:
+        fields = ("action", "key", "reason", "size", "done")
+        echo_json({name: getattr(action, name) for name in fields})
+    elif verbose:
+        would = "" if action.done else "would "
+        click.echo(f"{would}{action.action} {action.key} ({action.reason})")
 
 
 @click.command()

@@ -44,18 +44,13 @@ def ls(store: str | None, prefix: str, delimiter: str | None, long_: bool, as_js
 
     with read_store(store_url(store)) as opened:
         for entry in opened.list_keys(prefix, delimiter or None):
-            folder = is_folder(entry, prefix, delimiter or None)
-            record: dict[str, Any] = {"key": entry}
-            if folder:
-                record["folder"] = True
+            record: dict[str, Any] | None = {"key": entry}
+            if is_folder(entry, prefix, delimiter or None):
+                record = {"key": entry, "folder": True}
             elif long_:
-                try:
-                    value = opened.get(entry)
-                except KeyError:  # deleted since it was listed
-                    continue
-                record.update(
-                    size=value.size, modified=iso_time(value.modified), version=value.version
-                )
+                record = _long_record(opened, entry)
+            if record is None:  # deleted since it was listed
+                continue
             if as_json:
                 echo_json(record)
             elif long_:
@@ -66,6 +61,20 @@ def ls(store: str | None, prefix: str, delimiter: str | None, long_: bool, as_js
                 )
             else:
                 click.echo(entry)
+
+
+def _long_record(store: Any, key: str) -> dict[str, Any] | None:
+    """``ls --long``'s record of *key*: size, modified time, version; None if it is gone."""
+    try:
+        value = store.get(key)
+    except KeyError:
+        return None
+    return {
+        "key": key,
+        "size": value.size,
+        "modified": iso_time(value.modified),
+        "version": value.version,
+    }
 
 
 @click.command()
