@@ -28,7 +28,13 @@ _IF_VERSION = click.option("--if-version", metavar="V", help="Only if the key's 
 
 @click.group()
 def meta() -> None:
-    """Read or change the metadata of a key (a JSON object)."""
+    """Read or change the metadata of a key (a JSON object).
+
+    \b
+    Examples:
+      storekeeper meta get sqlite:///app.db#photos/cat.jpg
+      storekeeper meta update '#photos/cat.jpg' -m rating=5
+    """
 
 
 @meta.command("get")

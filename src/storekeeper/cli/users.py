@@ -43,7 +43,13 @@ def _auth_store(url: str, user_prefix: str, secret: str | None) -> Iterator[Simp
 
 @click.group()
 def users() -> None:
-    """Manage the users of a SimpleAuthStore kept in a store."""
+    """Manage the users of a SimpleAuthStore kept in a store.
+
+    \b
+    Examples:
+      storekeeper users add sqlite:///app.db alice --secret "$APP_SECRET"
+      storekeeper users list sqlite:///app.db
+    """
 
 
 @users.command("add")
