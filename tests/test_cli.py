@@ -373,4 +373,4 @@ def test_progress_only_on_a_terminal(run: Run, url: str, tmp_path: Path) -> None
     with progress_events(io.StringIO()) as manager:
         assert manager is None
     result = ok(run("cp", str(tmp_path / "in"), f"sqlite:///{tmp_path / 'p.db'}"))
-    assert result.stderr.splitlines() == ["copied 1 keys (3145728 bytes), 0 unchanged"]
+    assert result.stderr.splitlines() == ["copied 1 key (3145728 bytes), 0 unchanged"]

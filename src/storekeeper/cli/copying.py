@@ -76,8 +76,9 @@ def _run(
         for action in actions:
             _show(action, as_json=as_json, verbose=verbose or dry_run)
     verb = "would copy" if dry_run else "copied"
+    keys = "key" if report.copied == 1 else "keys"
     click.echo(
-        f"{verb} {report.copied} keys ({report.bytes} bytes), {report.skipped} unchanged"
+        f"{verb} {report.copied} {keys} ({report.bytes} bytes), {report.skipped} unchanged"
         + (f", {'would delete' if dry_run else 'deleted'} {report.deleted}" if delete else ""),
         err=True,
     )
