@@ -76,8 +76,12 @@ def cat(targets: tuple[str, ...], key: str | None) -> None:
       storekeeper cat sqlite:///app.db#notes/today
       storekeeper cat notes/a notes/b          # keys in $STOREKEEPER_URL
     """
-    names = [split_key(targets[0] if targets else None, key)] if key else []
-    names += [] if key else [split_key(target) for target in targets]
+    if key is not None and len(targets) > 1:
+        raise click.UsageError("with --key, name at most one STORE")
+    if key is not None:
+        names = [split_key(targets[0] if targets else None, key)]
+    else:
+        names = [split_key(target) for target in targets]
     if not names:
         raise click.UsageError("name a key: STORE_URL#key, #key or --key KEY")
     for url, name in names:
