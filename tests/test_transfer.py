@@ -272,3 +272,22 @@ def test_missing_source_folder_and_bad_mode(tmp_path: Path) -> None:
             transfer(Folder(tmp_path / "nope"), store)
         with pytest.raises(InvalidArgumentError):
             iter_transfer(store, store, compare="sometimes")
+
+
+KINDS = ["memory", "sqlite", "file"]
+
+
+@pytest.mark.parametrize(("from_kind", "to_kind"), [(a, b) for a in KINDS for b in KINDS if a != b])
+def test_between_kinds(from_kind: str, to_kind: str, tmp_path: Path) -> None:
+    def url(kind: str, name: str) -> str:
+        if kind == "memory":
+            return "memory://"
+        if kind == "sqlite":
+            return f"sqlite:///{tmp_path / (name + '.db')}"
+        return (tmp_path / name).as_uri() + "?create=true"
+
+    with open_store(url(from_kind, "a")) as source, open_store(url(to_kind, "b")) as target:
+        content = fill(source)
+        assert transfer(source, target).copied == len(content)
+        assert snapshot(target) == content
+        assert transfer(source, target, delete=True).actions == []
