@@ -115,7 +115,7 @@ def cp(
 
     \b
     Examples:
-      storekeeper cp sqlite:///app.db file:///backup/app?create=true
+      storekeeper cp sqlite:///app.db 'file:///backup/app?create=true'
       storekeeper cp ./photos sqlite:///app.db --prefix 2024/
       storekeeper cp sqlite:///app.db ./export --dry-run
     """
@@ -151,7 +151,7 @@ def sync(
     \b
     Examples:
       storekeeper sync ./site sqlite:///site.db --delete
-      storekeeper sync sqlite:///app.db file:///mirror?create=true --checksum -v
+      storekeeper sync sqlite:///app.db 'file:///mirror?create=true' --checksum -v
       storekeeper sync sqlite:///app.db ./out --delete --dry-run --json
     """
     _run(

@@ -75,7 +75,7 @@ class StorekeeperGroup(click.Group):
         "  export STOREKEEPER_URL=sqlite:///app.db\n"
         "  storekeeper ls --prefix notes/ --long\n"
         "  storekeeper query kind=note year=range:2020..2025 --json\n"
-        "  storekeeper sync ./photos file:///backup/photos?create=true\n"
+        "  storekeeper sync ./photos 'file:///backup/photos?create=true'\n"
         "\b\nExit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 conflict.\n"
         'Shell completion: eval "$(storekeeper completion bash)".'
     ),
