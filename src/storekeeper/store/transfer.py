@@ -231,10 +231,10 @@ def _plan(src: Side, dst: Side, prefix: str, compare: str, delete: bool) -> _Pla
     copies: list[tuple[str, str, int | None]] = []
     skipped = 0
     for key in source_keys:
-        mine = src.entry(key)
+        mine = src.entry(key, metadata=dst.keeps_metadata)
         if mine is None:  # deleted since it was listed: nothing to copy
             continue
-        theirs = dst.entry(key) if key in target_keys else None
+        theirs = dst.entry(key, metadata=src.keeps_metadata) if key in target_keys else None
         reason = _reason(src, dst, key, mine, theirs, compare)
         if reason is None:
             skipped += 1

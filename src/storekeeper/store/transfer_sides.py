@@ -49,8 +49,9 @@ class Side(Protocol):
     def keys(self, prefix: str) -> Iterator[str]:
         """The keys starting with *prefix*, sorted."""
 
-    def entry(self, key: str) -> Entry | None:
-        """*key*'s entry, ``None`` if it is missing."""
+    def entry(self, key: str, *, metadata: bool = True) -> Entry | None:
+        """*key*'s entry, ``None`` if it is missing; without *metadata* (when the other
+        side keeps none) its ``metadata`` may be ``None``, which saves decoding it."""
 
     def read(self, key: str) -> tuple[IO[bytes], Entry] | None:
         """A new stream over *key*'s data and the entry it belongs to; ``None`` if missing."""
@@ -103,12 +104,12 @@ class _StoreSide:
     def keys(self, prefix: str) -> Iterator[str]:
         return self.store.list_keys(prefix)
 
-    def entry(self, key: str) -> Entry | None:
+    def entry(self, key: str, *, metadata: bool = True) -> Entry | None:
         try:
             value = self.store.get(key)
         except KeyError:
             return None
-        return Entry(value.size, value.modified, value.metadata)
+        return Entry(value.size, value.modified, value.metadata if metadata else None)
 
     def read(self, key: str) -> tuple[IO[bytes], Entry] | None:
         try:
@@ -200,7 +201,7 @@ class _FolderSide:
             return None
         return stat if _is_file(stat) else None
 
-    def entry(self, key: str) -> Entry | None:
+    def entry(self, key: str, *, metadata: bool = True) -> Entry | None:
         seen = self._seen.pop(key, None)
         if seen is not None:
             return seen
