@@ -172,18 +172,16 @@ def test_interrupted_copy_leaves_whole_keys_and_a_rerun_finishes(
         source.set(f"many/{index:02}", (os.urandom(1000), {"i": index}))
     expected = snapshot(source)
     real_get = source.get
-    calls = 0
+    opened = 0
 
     def broken_get(key: str) -> Value:
-        # The plan reads every key once; the copy's 12th read breaks inside the data.
-        nonlocal calls
-        calls += 1
+        # The 12th data stream the copy opens breaks after its first bytes.
         value = real_get(key)
-        if calls != len(expected) + 12:
-            return value
 
         def opener() -> IO[bytes]:
-            return BrokenStream(value.data)
+            nonlocal opened
+            opened += 1
+            return BrokenStream(value.data) if opened == 12 else value.data
 
         return StreamValue(opener, value.metadata, value.size, modified=value.modified)
 
@@ -291,3 +289,25 @@ def test_between_kinds(from_kind: str, to_kind: str, tmp_path: Path) -> None:
         assert transfer(source, target).copied == len(content)
         assert snapshot(target) == content
         assert transfer(source, target, delete=True).actions == []
+
+
+def test_key_changed_while_copied_is_copied_again(
+    pair: tuple[AbstractStore, AbstractStore],
+) -> None:
+    source, target = pair
+    fill(source)
+    manager = EventManager()
+    changes = iter([b"ALPHA", b"alph4"])
+
+    def change_source(event: ProgressStepEvent) -> None:
+        # Steps are counted after a value is read and before it is written: the worst
+        # moment for a change (the copy is written after it, so it looks newer).
+        if event.step == 5:  # a.txt, the first key, has been read
+            source.set("a.txt", (next(changes, b"final"), {"kind": "text", "n": 1}))
+
+    manager.connect(ProgressStepEvent, change_source)
+    report = transfer(source, target, event_manager=manager)
+    assert report.unsettled == []
+    assert ("a.txt", "changed") in [(a.key, a.reason) for a in report.actions]
+    assert target.to_bytes("a.txt") == source.to_bytes("a.txt") == b"ALPHA"
+    assert transfer(source, target, compare="checksum").copied == 0

@@ -82,6 +82,12 @@ def _run(
         + (f", {'would delete' if dry_run else 'deleted'} {report.deleted}" if delete else ""),
         err=True,
     )
+    if report.unsettled:
+        click.echo(
+            f"warning: {len(report.unsettled)} keys kept changing while copied (first: "
+            f"{report.unsettled[0]!r}); run again with --checksum once the source is quiet",
+            err=True,
+        )
 
 
 def _show(action: Any, *, as_json: bool, verbose: bool) -> None:

@@ -12,8 +12,10 @@ Each key is copied with its metadata (a folder keeps data only, see :class:`Fold
 its data streamed in chunks, never held whole in memory. Only keys that differ are
 copied, so a second run copies nothing and a run that was interrupted (killed, crashed,
 ^C) picks up where it stopped: a key is written in one atomic step, so the target holds
-each key's old value or its new one, never a part of it. What "differ" means is the
-*compare* mode:
+each key's old value or its new one, never a part of it.
+A key the source changes while it is being copied is copied again (that copy would
+otherwise be younger than the change by its time, and no quick check would find it).
+What "differ" means is the *compare* mode:
 
 - ``"quick"`` (default): the target key is missing, or its size or metadata differ, or
   it is older than the source key (by modified times; a key whose times are unknown is
@@ -58,6 +60,8 @@ __all__ = [
 COMPARE_MODES = ("quick", "checksum", "always")
 #: Chunk size of the data streams: large enough that per-chunk costs vanish.
 BUFFER_SIZE = 1 << 20
+#: How many times a key the source changes while it is copied is copied again.
+RECOPIES = 3
 
 Location = AbstractReadOnlyStore | Folder
 
@@ -68,8 +72,9 @@ class TransferAction:
 
     ``action`` is ``"copy"`` or ``"delete"``; ``reason`` says why: ``"new"`` (missing
     in the target), ``"size"``, ``"metadata"``, ``"newer"`` (the source changed after
-    the target's copy), ``"checksum"``, ``"always"``, or ``"extra"`` for a delete (not
-    in the source). ``size`` is the bytes copied (``None`` for a delete or when
+    the target's copy), ``"checksum"``, ``"always"``, ``"changed"`` (copied again: the
+    source changed while it was copied), or ``"extra"`` for a delete (not in the
+    source). ``size`` is the bytes copied (``None`` for a delete or when
     unknown); ``done`` is false in a dry run.
     """
 
@@ -83,7 +88,10 @@ class TransferAction:
 @dataclass(slots=True)
 class TransferReport:
     """What :func:`transfer` did: keys ``copied`` (and their ``bytes``), ``skipped``
-    (already the same) and ``deleted``; the counts are of planned actions in a dry run."""
+    (already the same) and ``deleted``; the counts are of planned actions in a dry run.
+    ``unsettled`` lists the keys the source kept changing while they were copied (see
+    :data:`RECOPIES`): their copies may be older than the source, so compare them with
+    ``compare="checksum"`` once the source is quiet."""
 
     copied: int = 0
     bytes: int = 0
@@ -91,6 +99,7 @@ class TransferReport:
     deleted: int = 0
     dry_run: bool = False
     actions: list[TransferAction] = field(default_factory=list)
+    unsettled: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,7 +210,8 @@ def _run(
     with progress if progress is not None else contextlib.nullcontext():
         counter = _Counter(progress)
         for group in _groups(plan.copies, batch_keys, batch_bytes):
-            done = _copy_group(src, dst, group, counter)
+            done, unsettled = _copy_group(src, dst, group, counter)
+            report.unsettled.extend(unsettled)
             for action in done:
                 report.copied += 1
                 report.bytes += action.size or 0
@@ -291,24 +301,45 @@ def _groups(
 
 def _copy_group(
     src: Side, dst: Side, group: list[tuple[str, str, int | None]], counter: _Counter
-) -> list[TransferAction]:
-    done: list[TransferAction] = []
-    with dst.batch():
-        for key, reason, _ in group:
-            opened = src.read(key)
-            if opened is None:  # deleted from the source meanwhile
-                continue
-            stream, entry = opened
-            with stream:
-                copied = _Copied()
-                if entry.size is not None and entry.size <= BUFFER_SIZE:
-                    # One buffer's worth goes as bytes: the stores' fast path for
-                    # small values (no chunking, no per-key progress of their own).
-                    dst.write(key, counter.whole(stream, copied), entry)
-                else:
-                    dst.write(key, counter.chunks(stream, copied), entry)
-            done.append(TransferAction("copy", key, reason, copied.size, done=True))
-    return done
+) -> tuple[list[TransferAction], list[str]]:
+    """Copy *group* in one batch; then copy again (up to :data:`RECOPIES` times) each key
+    the source changed while it was being copied. Returns the actions, one per key, and
+    the keys still changing after that (their copies may be stale)."""
+    done: dict[str, TransferAction] = {}
+    pending = [(key, reason) for key, reason, _ in group]
+    for _ in range(RECOPIES + 1):
+        with dst.batch():
+            written = [_copy_one(src, dst, key, reason, counter) for key, reason in pending]
+        pending = []
+        for key, reason, entry, size in filter(None, written):
+            done[key] = TransferAction("copy", key, reason, size, done=True)
+            # A change between our read and our write leaves the target older than the
+            # source but younger by its modified time: no later quick check would see it.
+            now = src.entry(key, metadata=False)
+            if now is not None and not entry.same_as(now):
+                pending.append((key, "changed"))
+        if not pending:
+            break
+    return list(done.values()), [key for key, _ in pending]
+
+
+def _copy_one(
+    src: Side, dst: Side, key: str, reason: str, counter: _Counter
+) -> tuple[str, str, Entry, int] | None:
+    """Copy *key*; what was copied (``None`` if the source no longer has it)."""
+    opened = src.read(key)
+    if opened is None:
+        return None
+    stream, entry = opened
+    with stream:
+        copied = _Copied()
+        if entry.size is not None and entry.size <= BUFFER_SIZE:
+            # One buffer's worth goes as bytes: the stores' fast path for small values
+            # (no chunking, no per-key progress of their own).
+            dst.write(key, counter.whole(stream, copied), entry)
+        else:
+            dst.write(key, counter.chunks(stream, copied), entry)
+    return key, reason, entry, copied.size
 
 
 @dataclass(slots=True)

@@ -32,12 +32,20 @@ _TEMP_FILE = re.compile(r"^\..*\.[0-9a-f]{12}\.tmp$")
 @dataclass(frozen=True, slots=True)
 class Entry:
     """What a transfer compares about one key: ``size`` and ``modified`` (UTC POSIX
-    seconds; ``None`` where the side cannot tell) and ``metadata`` (``None`` for a side
-    that keeps none, such as a folder)."""
+    seconds; ``None`` where the side cannot tell), ``metadata`` (``None`` for a side
+    that keeps none, such as a folder), and ``version``: a token that changes whenever
+    the key does on this side (a store's version, a file's mtime and size), or ``None``."""
 
     size: int | None
     modified: float | None
     metadata: Metadata | None
+    version: str | None = None
+
+    def same_as(self, other: Entry) -> bool:
+        """Whether *other*, read later from the same side, is the same value."""
+        if self.version is not None and other.version is not None:
+            return self.version == other.version
+        return (self.size, self.modified) == (other.size, other.modified)
 
 
 class Side(Protocol):
@@ -109,14 +117,15 @@ class _StoreSide:
             value = self.store.get(key)
         except KeyError:
             return None
-        return Entry(value.size, value.modified, value.metadata if metadata else None)
+        chosen = value.metadata if metadata else None
+        return Entry(value.size, value.modified, chosen, value.version)
 
     def read(self, key: str) -> tuple[IO[bytes], Entry] | None:
         try:
             value = self.store.get(key)
         except KeyError:
             return None
-        return value.data, Entry(value.size, value.modified, value.metadata)
+        return value.data, Entry(value.size, value.modified, value.metadata, value.version)
 
     def _writable(self) -> AbstractStore:
         if not isinstance(self.store, AbstractStore):
@@ -185,7 +194,7 @@ class _FolderSide:
                 elif key.startswith(prefix) and not _TEMP_FILE.match(item.name):
                     stat = item.stat()
                     if _is_file(stat):
-                        self._seen[key] = Entry(stat.st_size, stat.st_mtime_ns / 1e9, None)
+                        self._seen[key] = _file_entry(stat)
 
     def path_of(self, key: str) -> str:
         """The file that holds *key*; InvalidKeyError for a key no file name can hold."""
@@ -206,7 +215,7 @@ class _FolderSide:
         if seen is not None:
             return seen
         stat = self._stat(key)
-        return None if stat is None else Entry(stat.st_size, stat.st_mtime_ns / 1e9, None)
+        return None if stat is None else _file_entry(stat)
 
     def read(self, key: str) -> tuple[IO[bytes], Entry] | None:
         try:
@@ -214,7 +223,7 @@ class _FolderSide:
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
         stat = os.fstat(stream.fileno())
-        return stream, Entry(stat.st_size, stat.st_mtime_ns / 1e9, None)
+        return stream, _file_entry(stat)
 
     def check_keys(self, keys: list[str]) -> None:
         # A file cannot also be a folder: "a" beside "a/b" has no place on disk.
@@ -261,6 +270,11 @@ class _FolderSide:
 
     def batch(self) -> contextlib.AbstractContextManager[Any]:
         return contextlib.nullcontext()
+
+
+def _file_entry(stat: os.stat_result) -> Entry:
+    version = f"{stat.st_ino}-{stat.st_mtime_ns}-{stat.st_size}"
+    return Entry(stat.st_size, stat.st_mtime_ns / 1e9, None, version)
 
 
 def _is_file(stat: os.stat_result) -> bool:
