@@ -113,3 +113,31 @@ def test_help_does_not_import_backends(command: list[str]) -> None:
         [sys.executable, "-c", code], capture_output=True, timeout=120, check=True
     )
     assert result.stderr.decode().strip() == "[]"
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "file"])
+def test_two_cp_at_once_into_one_store(tmp_path: Path, kind: str) -> None:
+    folder = tmp_path / "tree"
+    for index in range(300):
+        path = folder / f"d{index % 7}" / f"f{index:04}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(index.to_bytes(4, "big") * (1 + index % 300))
+    if kind == "sqlite":
+        url = f"sqlite:///{tmp_path / 'shared.db'}"
+    else:
+        url = (tmp_path / "shared").as_uri() + "?create=true"
+    processes = [
+        subprocess.Popen(
+            [str(COMMAND), "cp", str(folder), url],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(2)
+    ]
+    for process in processes:
+        _, error = process.communicate(timeout=120)
+        assert process.returncode == 0, error
+    with open_store(url) as target:
+        keys = sorted(target.list_keys())
+        assert keys == sorted(p.relative_to(folder).as_posix() for p in folder.rglob("f*"))
+        assert all(target.to_bytes(key) == (folder / key).read_bytes() for key in keys)
