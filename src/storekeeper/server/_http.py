@@ -177,7 +177,7 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
         end = size if not last else int(last) + 1
     except ValueError:
         return None
-    if start < 0 or end <= start:
+    if start < 0 or (last and end <= start):  # "bytes=5-3": not a valid range
         return None
     if start >= size:
         raise _unsatisfiable(size)
