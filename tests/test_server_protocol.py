@@ -296,6 +296,7 @@ def test_list_streams_json_lines(served: Served) -> None:
     for key in ["a/1", "a/2", "a/b/3", "b"]:
         served.backing.set(key, (b"", {}))
     response, body = request(served, "GET", "/list?prefix=a/&delimiter=/")
+    assert (response.getheader("Content-Type") or "").startswith("application/x-ndjson")
     assert [json.loads(line) for line in body.splitlines()] == ["a/1", "a/2", "a/b/"]
 
 
