@@ -138,7 +138,7 @@ def test_tokens(guarded: Served) -> None:
 def test_auth_over_plain_http_on_a_public_address_is_refused() -> None:
     auth = SimpleAuthStore(DictMemoryStore(), FAST)
     with pytest.raises(InsecureAuthError):
-        serve("memory://", host="0.0.0.0", auth=auth)  # noqa: S104 - refused, never bound
+        serve("memory://", host="0.0.0.0", auth=auth)
 
 
 # -- events -----------------------------------------------------------------------------------
