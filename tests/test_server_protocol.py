@@ -292,10 +292,15 @@ def test_query_answers_keys_one_per_line(served: Served) -> None:
     assert response.status == 400
 
 
-def test_list_streams_json_lines(served: Served) -> None:
+def test_list_streams_a_json_array_or_json_lines(served: Served) -> None:
     for key in ["a/1", "a/2", "a/b/3", "b"]:
         served.backing.set(key, (b"", {}))
     response, body = request(served, "GET", "/list?prefix=a/&delimiter=/")
+    assert response.getheader("Content-Type") == "application/json"
+    assert json.loads(body) == ["a/1", "a/2", "a/b/"]
+    assert json.loads(request(served, "GET", "/list?prefix=zz")[1]) == []
+    lines = {"Accept": "application/x-ndjson"}
+    response, body = request(served, "GET", "/list?prefix=a/&delimiter=/", headers=lines)
     assert (response.getheader("Content-Type") or "").startswith("application/x-ndjson")
     assert [json.loads(line) for line in body.splitlines()] == ["a/1", "a/2", "a/b/"]
 
