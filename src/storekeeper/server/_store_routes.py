@@ -27,6 +27,7 @@ from storekeeper.server._http import (
 )
 from storekeeper.server._paths import key_and_part, raw_remainder
 from storekeeper.store.abstract import AbstractAuthorizingStore, AbstractReadOnlyStore
+from storekeeper.store.value import Value
 
 __all__ = ["StoreEndpoint"]
 
@@ -198,15 +199,7 @@ def _load(
     value = store.get(key)
     size = value.size
     tag = etag(value.version)
-    found = _Loaded(200, {"Accept-Ranges": "bytes", "Cache-Control": "no-cache"})
-    if tag is not None:
-        found.headers["ETag"] = tag
-    modified = http_date(value.modified)
-    if modified is not None:
-        found.headers["Last-Modified"] = modified
-        found.headers[MODIFIED] = repr(value.modified)
-    if value.created is not None:
-        found.headers[CREATED] = repr(value.created)
+    found = _Loaded(200, _validators(value, tag, whole))
     if_none_match = headers.get("if-none-match")
     if if_none_match is not None and matches_etag(if_none_match, value.version):
         found.status = 304
@@ -240,6 +233,22 @@ def _load(
         raise
     found.body, found.stream = prefix, stream
     return found
+
+
+def _validators(value: Value, tag: str | None, whole: bool) -> dict[str, str]:
+    """The headers that describe the version of *value* a read found."""
+    headers = {"Accept-Ranges": "bytes", "Cache-Control": "no-cache"}
+    if tag is not None:
+        headers["ETag"] = tag
+    modified = http_date(value.modified)
+    if modified is not None:
+        headers["Last-Modified"] = modified
+    if whole:  # the client's get(): times to the microsecond, not the second
+        if value.modified is not None:
+            headers[MODIFIED] = repr(value.modified)
+        if value.created is not None:
+            headers[CREATED] = repr(value.created)
+    return headers
 
 
 def _read_all(stream: IO[bytes], length: int) -> bytes:
