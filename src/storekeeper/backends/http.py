@@ -31,12 +31,13 @@ from typing import IO, Any
 from urllib.parse import SplitResult, quote, unquote, urlencode, urlsplit, urlunsplit
 
 from storekeeper.backends._http_streams import ResponseStream, SpooledCopy, window
-from storekeeper.backends._http_transactions import Overlay, PendingTransaction
+from storekeeper.backends._http_transactions import Op, Overlay, PendingTransaction
 from storekeeper.backends._http_transport import Transport, basic_header
 from storekeeper.backends.http_protocol import (
     CREATED,
     METADATA_LENGTH,
     MODIFIED,
+    encode_batch,
     encode_terms,
     quote_key,
 )
@@ -232,11 +233,14 @@ class DynamicURLStore(AbstractAuthorizingStore):
     @property
     def capabilities(self) -> StoreCapabilities:
         """Ranges and server-side queries; conditional writes and persistence as the
-        served store declares them (``/info``)."""
+        served store declares them (``/info``); atomic transactions when the server
+        commits batches and the served store's transactions are atomic."""
         served = self._server.get("capabilities", {})
         return _CAPABILITIES.but(
             conditional_writes=bool(served.get("conditional_writes")),
             persistent=bool(served.get("persistent")),
+            atomic_transactions=bool(self._server.get("batch"))
+            and bool(served.get("atomic_transactions")),
         )
 
     def info(self) -> dict[str, Any]:
@@ -495,10 +499,12 @@ class DynamicURLStore(AbstractAuthorizingStore):
                     )
                 else:
                     data = self._read_source(key, source, buffer_size, metadata_json)
-                    self._check_pending(key, if_version, if_exists)
+                    if if_version is not None or if_exists is not None:
+                        self._check_pending(key, if_version, if_exists)
                     version = new_version()
                     send = partial(self._replay_set, key, data, metadata_json, version)
-                    pending.record(key, Overlay(False, data, metadata_json), send)
+                    op = Op(_header("set", key, metadata_json), data, version)
+                    pending.record(key, Overlay(False, data, metadata_json), send, op)
         finally:
             if owned:
                 source.close()  # type: ignore[attr-defined]
@@ -532,7 +538,8 @@ class DynamicURLStore(AbstractAuthorizingStore):
                     else (None if exists else "{}")
                 )
                 send = partial(self._send_data, key, content, buffer_size, {})
-                pending.record(key, Overlay(False, content, metadata_json), send)
+                op = Op(_header("set_data", key), content)
+                pending.record(key, Overlay(False, content, metadata_json), send, op)
                 metadata_json = metadata_json or self._metadata_for_event(key, StoreSetEvent)
         if metadata_json is not None:
             self._emit_change(StoreSetEvent, key, metadata_json)
@@ -563,7 +570,8 @@ class DynamicURLStore(AbstractAuthorizingStore):
                     else (None if exists else b"")
                 )
                 send = partial(self._send_metadata, "PUT", key, metadata_json, {})
-                pending.record(key, Overlay(False, data, metadata_json), send)
+                op = Op(_header("set_metadata", key, metadata_json))
+                pending.record(key, Overlay(False, data, metadata_json), send, op)
         self._emit_change(StoreSetEvent, key, metadata_json)
 
     def update_metadata(
@@ -585,7 +593,8 @@ class DynamicURLStore(AbstractAuthorizingStore):
                 merged_json = encode_metadata(merged)
                 data = None if entry is None else entry.data
                 send = partial(self._send_metadata, "POST", key, given, {})
-                pending.record(key, Overlay(False, data, merged_json), send)
+                op = Op(_header("update_metadata", key, given))
+                pending.record(key, Overlay(False, data, merged_json), send, op)
         if merged_json is not None:
             self._emit_change(StoreUpdateEvent, key, merged_json)
 
@@ -602,7 +611,8 @@ class DynamicURLStore(AbstractAuthorizingStore):
             else:
                 if not self._check_pending(key, if_version, None):
                     raise missing(key)
-                pending.record(key, Overlay(deleted=True), partial(self._send_delete, key))
+                send = partial(self._send_delete, key)
+                pending.record(key, Overlay(deleted=True), send, Op(_header("delete", key)))
         if old_json is not None:
             self._emit_change(StoreDeleteEvent, key, old_json)
 
@@ -659,14 +669,17 @@ class DynamicURLStore(AbstractAuthorizingStore):
     def _replay_set(self, key: str, data: bytes, metadata_json: str, alias: str) -> None:
         """A transaction's ``set`` at the commit: the version the server gives the value
         is known to this store object by the *alias* the ``set`` returned."""
-        real = self._send_value(key, data, metadata_json, DEFAULT_BUFFER_SIZE, {})
-        if real is not None:
-            with self._turn:
-                self._aliases[real] = alias
-                self._reals[alias] = real
-                while len(self._aliases) > ALIASES:
-                    oldest = next(iter(self._aliases))
-                    self._reals.pop(self._aliases.pop(oldest), None)
+        self._remember(alias, self._send_value(key, data, metadata_json, DEFAULT_BUFFER_SIZE, {}))
+
+    def _remember(self, alias: str, real: str | None) -> None:
+        if real is None:
+            return
+        with self._turn:
+            self._aliases[real] = alias
+            self._reals[alias] = real
+            while len(self._aliases) > ALIASES:
+                oldest = next(iter(self._aliases))
+                self._reals.pop(self._aliases.pop(oldest), None)
 
     def _alias(self, version: str | None) -> str | None:
         """The version to report for the server's *version*."""
@@ -819,8 +832,20 @@ class DynamicURLStore(AbstractAuthorizingStore):
         pending = self._own_pending()
         assert pending is not None  # hooks run in the owner
         try:
-            for write in pending.log:
-                write()
+            if not pending.log:
+                return
+            if not self._server.get("batch"):
+                for write, _ in pending.log:
+                    write()
+                return
+            ops = [op for _, op in pending.log]
+            body = encode_batch([(op.header, op.data) for op in ops])
+            response = self._call(
+                "POST", self.root_url + "/batch", None, (200,), body=b"".join(body)
+            )
+            for op, version in zip(ops, json.loads(response.data), strict=False):
+                if op.alias is not None and isinstance(version, str):
+                    self._remember(op.alias, version)
         finally:
             self._end()
 
@@ -887,6 +912,13 @@ def _other_client(parts: SplitResult) -> Any:
             module, _, attribute = target.partition(":")
             return getattr(importlib.import_module(module), attribute)
     return None
+
+
+def _header(operation: str, key: str, metadata_json: str | None = None) -> dict[str, object]:
+    header: dict[str, object] = {"op": operation, "key": key}
+    if metadata_json is not None:
+        header["metadata"] = decode_metadata(metadata_json)
+    return header
 
 
 def _conditions(if_version: str | None, if_exists: bool | None) -> dict[str, str]:
