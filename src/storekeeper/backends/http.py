@@ -24,12 +24,14 @@ import email.utils
 import importlib
 import io
 import json
+import secrets
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from functools import partial
 from typing import IO, Any
 from urllib.parse import SplitResult, quote, unquote, urlencode, urlsplit, urlunsplit
 
+from storekeeper.backends._http_events import EventFollower
 from storekeeper.backends._http_streams import ResponseStream, SpooledCopy, window
 from storekeeper.backends._http_transactions import Op, Overlay, PendingTransaction
 from storekeeper.backends._http_transport import Transport, basic_header
@@ -37,6 +39,7 @@ from storekeeper.backends.http_protocol import (
     CREATED,
     METADATA_LENGTH,
     MODIFIED,
+    ORIGIN,
     encode_batch,
     encode_terms,
     quote_key,
@@ -85,7 +88,7 @@ DEFAULT_PARTS = {"permissions": "auth", "data": "data", "metadata": "metadata", 
 ALIASES = 4096
 #: Values up to this size are kept in memory by ``get``; larger ones in a temporary file.
 INLINE_LIMIT = 1024 * 1024
-_URL_OPTIONS = {"query_url": urls.text, "timeout": urls.seconds}
+_URL_OPTIONS = {"query_url": urls.text, "timeout": urls.seconds, "remote_events": urls.flag}
 #: Options of an ``http(s)://`` store URL that select another client than this one:
 #: ``(name, value)`` -> ``"module:Class"``, whose ``from_url(parts, **options)`` gets the
 #: whole URL. A client registers itself here, e.g. ``("static", "true")``.
@@ -99,7 +102,10 @@ class DynamicURLStore(AbstractAuthorizingStore):
     *url_format* builds a key's URL from ``{base}``, ``{key}`` (percent-escaped) and
     ``{part}`` (a value of *parts*: ``data``, ``metadata``, ``permissions``, ``value``);
     *url_format_no_part* the URL a ``DELETE`` goes to. *timeout* bounds each wait on
-    the server, in seconds; *pool_size* is how many connections are kept open.
+    the server, in seconds; *pool_size* is how many connections are kept open;
+    *credentials* are what :meth:`connect` uses when given none. With *remote_events*,
+    other clients' changes are emitted on this store's ``event_manager`` as the usual
+    store events with ``remote=True`` (see :mod:`storekeeper.backends._http_events`).
     """
 
     def __init__(
@@ -114,6 +120,7 @@ class DynamicURLStore(AbstractAuthorizingStore):
         timeout: float = 60.0,
         pool_size: int = 16,
         credentials: Any = None,
+        remote_events: bool = False,
     ) -> None:
         super().__init__(event_manager)
         self.base_url = base_url.rstrip("/")
@@ -126,6 +133,10 @@ class DynamicURLStore(AbstractAuthorizingStore):
         self.timeout = timeout
         self.pool_size = pool_size
         self._default_credentials = credentials
+        self.remote_events = remote_events
+        #: Names this store object to the server (``X-Storekeeper-Origin``).
+        self.origin = secrets.token_hex(8)
+        self._follower: EventFollower | None = None
         self._transport: Transport | None = None
         self._user_tag: str | None = None
         self._server: dict[str, Any] = {}
@@ -177,6 +188,7 @@ class DynamicURLStore(AbstractAuthorizingStore):
         reached.
         """
         transport = Transport(self.timeout, self.pool_size)
+        transport.headers[ORIGIN] = self.origin
         tag = self._authorize(transport, credentials or self._default_credentials)
         response = transport.request("GET", self.root_url + "/info")
         if response.status in (401, 403):
@@ -193,6 +205,11 @@ class DynamicURLStore(AbstractAuthorizingStore):
         self._transport, self._server = transport, server
         self._user_tag = server.get("user") or tag
         super().connect(credentials)
+        if self.remote_events and self._follower is None:
+            self._follower = EventFollower(
+                self, transport, self.root_url + "/events", self.origin, self.event_manager.emit
+            )
+            self._follower.start()
 
     def _authorize(self, transport: Transport, credentials: Any) -> str | None:
         if credentials is None:
@@ -224,7 +241,10 @@ class DynamicURLStore(AbstractAuthorizingStore):
         )
 
     def disconnect(self) -> None:
-        """Close the pooled connections."""
+        """Stop following events and close the pooled connections."""
+        if self._follower is not None:
+            self._follower.stop()
+            self._follower = None
         if self._transport is not None:
             self._transport.close()
             self._transport = None

@@ -53,6 +53,7 @@ __all__ = [
     "CREATED",
     "METADATA_LENGTH",
     "MODIFIED",
+    "ORIGIN",
     "decode_batch",
     "decode_terms",
     "encode_batch",
@@ -65,6 +66,9 @@ __all__ = [
 #: (``Last-Modified`` has whole seconds only).
 CREATED = "X-Storekeeper-Created"
 MODIFIED = "X-Storekeeper-Modified"
+#: Header naming the client object that sent a request; the event stream repeats it
+#: as a change's ``origin``, so a client can tell its own changes from others'.
+ORIGIN = "X-Storekeeper-Origin"
 #: Header of a value body: the length in bytes of the metadata JSON that starts it.
 METADATA_LENGTH = "X-Storekeeper-Metadata-Length"
 
