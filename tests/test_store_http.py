@@ -15,7 +15,7 @@ from _http_servers import Served, served_in_process
 from storekeeper.backends import http as http_backend
 from storekeeper.backends.http import DynamicURLStore
 from storekeeper.backends.memory import DictMemoryStore
-from storekeeper.errors import InvalidURLError
+from storekeeper.errors import ConflictError, InvalidURLError
 from storekeeper.events import EventManager
 from storekeeper.store import AbstractStore, StoreModificationEvent, open_store
 from storekeeper.testing.store import StoreTests
@@ -129,3 +129,24 @@ def test_remote_events_deliver_other_clients_changes_once(served: Served) -> Non
     ]
     assert heard[1].metadata == {"a": 1} and heard[2].metadata == {"a": 1, "b": 2}
     assert heard[1].source is listener
+
+
+def test_a_commit_over_another_clients_change_fails_instead_of_losing_it(served: Served) -> None:
+    served.clear()
+    with DynamicURLStore(served.base) as mine, DynamicURLStore(served.base) as theirs:
+        mine.set("n", (b"1", {}))
+        with pytest.raises(ConflictError), mine.transaction("increment"):
+            count = int(mine.to_bytes("n"))
+            theirs.set("n", (b"10", {}))  # between my read and my commit
+            mine.set("n", (str(count + 1).encode(), {}))
+            mine.set("other", (b"x", {}))
+        assert mine.to_bytes("n") == b"10"
+        assert not mine.exists("other")  # the whole commit was refused
+        with pytest.raises(ConflictError), mine.transaction("create"):
+            assert not mine.exists("fresh")
+            theirs.set("fresh", (b"theirs", {}))
+            mine.set("fresh", (b"mine", {}))
+        assert mine.to_bytes("fresh") == b"theirs"
+        with mine.transaction("increment"):  # nobody interferes: it commits
+            mine.set("n", (str(int(mine.to_bytes("n")) + 1).encode(), {}))
+        assert theirs.to_bytes("n") == b"11"

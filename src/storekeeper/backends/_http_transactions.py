@@ -52,12 +52,33 @@ class PendingTransaction:
     claim: Claim
     overlay: dict[str, Overlay] = field(default_factory=dict)
     log: list[tuple[Write, Op]] = field(default_factory=list)
+    #: The server's version of each key the transaction read (``None``: it was missing),
+    #: as first read; the commit makes the server check them (``if_version``).
+    seen: dict[str, str | None] = field(default_factory=dict)
 
     def record(self, key: str, entry: Overlay, write: Write, op: Op) -> None:
         """Note that *key* now reads as *entry* and that *write* (or *op* in a batch)
         makes it so."""
         self.overlay[key] = entry
         self.log.append((write, op))
+
+    def checked_ops(self) -> list[Op]:
+        """The log's writes, the first write of each key read by the transaction made
+        conditional on the version it read, so that a commit over another client's
+        change of that key fails instead of losing it."""
+        ops: list[Op] = []
+        pinned: set[str] = set()
+        for _, logged in self.log:
+            key = str(logged.header["key"])
+            if key in self.seen and key not in pinned:
+                pinned.add(key)
+                version = self.seen[key]
+                extra: dict[str, object] = (
+                    {"if_exists": False} if version is None else {"if_version": version}
+                )
+                logged = Op({**logged.header, **extra}, logged.data, logged.alias)  # noqa: PLW2901
+            ops.append(logged)
+        return ops
 
     def savepoint(self) -> tuple[int, dict[str, Overlay]]:
         """A token for :meth:`rollback_to`."""

@@ -294,9 +294,21 @@ class DynamicURLStore(AbstractAuthorizingStore):
     ) -> Any:
         transport = self._http()
         response = transport.request(method, url, **kwargs)
+        if key is not None and method in {"GET", "HEAD"} and self._pending is not None:
+            self._note_read(key, response)
         if response.status not in ok:
             raise transport.fail(response, key)
         return response
+
+    def _note_read(self, key: str, response: Any) -> None:
+        """Inside a transaction, remember the version of *key* the server first showed."""
+        pending = self._own_pending()
+        if pending is None or key in pending.seen or key in pending.overlay:
+            return
+        if response.status == 404:
+            pending.seen[key] = None
+        elif response.status in (200, 206) and response.headers.get("ETag") is not None:
+            pending.seen[key] = _version(response.headers["ETag"])
 
     # -- reads ---------------------------------------------------------------------------
     def get(self, key: str) -> Value:
@@ -858,7 +870,7 @@ class DynamicURLStore(AbstractAuthorizingStore):
                 for write, _ in pending.log:
                     write()
                 return
-            ops = [op for _, op in pending.log]
+            ops = pending.checked_ops()
             body = encode_batch([(op.header, op.data) for op in ops])
             response = self._call(
                 "POST", self.root_url + "/batch", None, (200,), body=b"".join(body)
