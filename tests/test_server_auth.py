@@ -6,18 +6,22 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlencode
 
 import pytest
 
-from _http_servers import Served, served_in_thread
+from _http_servers import Served, free_port, served_in_thread, wait_for
 from storekeeper.backends.http import DynamicURLStore
 from storekeeper.backends.http_protocol import quote_key
 from storekeeper.backends.memory import DictMemoryStore
+from storekeeper.backends.sqlite import SqliteStore
 from storekeeper.composite import SimpleAuthStore, make_encoder
 from storekeeper.errors import AuthenticationError, AuthorizationError
 from storekeeper.server import InsecureAuthError, serve
@@ -250,3 +254,32 @@ def test_events_resume_from_a_cursor(guarded: Served) -> None:
         assert stale.wait_for(1)[0].get("event") == "reset"
     finally:
         stale.close()
+
+
+def test_serve_wraps_the_opened_store_with_the_users_it_holds(tmp_path: Path) -> None:
+    path = tmp_path / "users.db"
+    with SqliteStore(str(path)) as data:
+        SimpleAuthStore(data, FAST).add_user(*ALICE)
+        data.set("k", (b"v", {}))
+    port = free_port()
+    script = (
+        "import sys\n"
+        "from storekeeper.backends.memory import DictMemoryStore\n"
+        "from storekeeper.composite import SimpleAuthStore, make_encoder\n"
+        "from storekeeper.server import serve\n"
+        "auth = SimpleAuthStore(DictMemoryStore(), make_encoder(b'pepper', n=2))\n"
+        "serve(sys.argv[1], port=int(sys.argv[2]), auth=auth, log_level='warning')\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", script, f"sqlite:///{path}", str(port)])
+    try:
+        wait_for(port, process)
+        served = Served(DictMemoryStore(), f"http://127.0.0.1:{port}")
+        assert request(served, "GET", "/store/k/data", None)[0].status == 401
+        assert request(served, "GET", "/store/k/data", ("alice", "wrong"))[0].status == 401
+        response, body = request(served, "GET", "/store/k/data", ALICE)
+        assert response.status == 200 and body == b"v"
+        response, body = request(served, "GET", "/list", ALICE)
+        assert json.loads(body) == ["k"]  # the user records stay hidden
+    finally:
+        process.terminate()
+        process.wait(30)
