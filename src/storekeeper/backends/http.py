@@ -19,8 +19,6 @@ Built on urllib3: pooled connections, streaming in both directions, no other dep
 from __future__ import annotations
 
 import builtins
-import contextlib
-import email.utils
 import importlib
 import io
 import json
@@ -33,20 +31,30 @@ from urllib.parse import SplitResult, quote, unquote, urlencode, urlsplit, urlun
 
 from storekeeper.backends._http_events import EventFollower
 from storekeeper.backends._http_streams import ResponseStream, SpooledCopy, window
-from storekeeper.backends._http_transactions import Op, Overlay, PendingTransaction
+from storekeeper.backends._http_transactions import (
+    ClientTransactions,
+    Op,
+    Overlay,
+    PendingTransaction,
+)
 from storekeeper.backends._http_transport import Transport, basic_header
+from storekeeper.backends._http_uploads import Uploads
+from storekeeper.backends._http_wire import (
+    batch_header,
+    condition_headers,
+    etag_version,
+    json_lines,
+    read_exactly,
+    value_times,
+)
 from storekeeper.backends.http_protocol import (
-    CREATED,
     METADATA_LENGTH,
-    MODIFIED,
     ORIGIN,
-    encode_batch,
     encode_terms,
     quote_key,
 )
 from storekeeper.errors import (
     AuthenticationError,
-    BackendError,
     InvalidURLError,
     NotConnectedError,
 )
@@ -55,28 +63,23 @@ from storekeeper.store import urls
 from storekeeper.store.abstract import AbstractAuthorizingStore, AbstractReadOnlyStore
 from storekeeper.store.backend import (
     DEFAULT_BUFFER_SIZE,
-    Claim,
     Metadata,
     StoreCapabilities,
     check_key,
-    check_precondition,
     check_read,
     check_select,
     check_write,
     decode_metadata,
     encode_metadata,
-    iter_source,
     matches,
     missing,
     new_version,
     pick_metadata,
     query_terms,
-    source_size,
     unpack_value,
 )
 from storekeeper.store.events import StoreDeleteEvent, StoreSetEvent, StoreUpdateEvent
 from storekeeper.store.listing import check_listing
-from storekeeper.store.owners import busy, may_wait
 from storekeeper.store.query import QueryTerm
 from storekeeper.store.value import BytesValue, StreamValue, Value, normalize_range
 
@@ -84,8 +87,6 @@ __all__ = ["DEFAULT_PARTS", "URL_CLIENTS", "DynamicURLStore"]
 
 #: The URL part names, as encore's client had them, plus ``value`` (data and metadata).
 DEFAULT_PARTS = {"permissions": "auth", "data": "data", "metadata": "metadata", "value": "value"}
-#: How many versions returned inside transactions a store object remembers.
-ALIASES = 4096
 #: Values up to this size are kept in memory by ``get``; larger ones in a temporary file.
 INLINE_LIMIT = 1024 * 1024
 _URL_OPTIONS = {"query_url": urls.text, "timeout": urls.seconds, "remote_events": urls.flag}
@@ -96,7 +97,7 @@ URL_CLIENTS: dict[tuple[str, str], str] = {}
 _CAPABILITIES = StoreCapabilities(ranges=True, server_side_queries=True)
 
 
-class DynamicURLStore(AbstractAuthorizingStore):
+class DynamicURLStore(Uploads, ClientTransactions, AbstractAuthorizingStore):
     """A store served over HTTP at *base_url*, queried at *query_url*.
 
     *url_format* builds a key's URL from ``{base}``, ``{key}`` (percent-escaped) and
@@ -308,7 +309,7 @@ class DynamicURLStore(AbstractAuthorizingStore):
         if response.status == 404:
             pending.seen[key] = None
         elif response.status in (200, 206) and response.headers.get("ETag") is not None:
-            pending.seen[key] = _version(response.headers["ETag"])
+            pending.seen[key] = etag_version(response.headers["ETag"])
 
     # -- reads ---------------------------------------------------------------------------
     def get(self, key: str) -> Value:
@@ -322,13 +323,13 @@ class DynamicURLStore(AbstractAuthorizingStore):
         stream = ResponseStream(response)
         try:
             length = int(response.headers.get(METADATA_LENGTH, "0"))
-            metadata_json = _read_exactly(stream, length).decode("utf-8")
+            metadata_json = read_exactly(stream, length).decode("utf-8")
             total = response.headers.get("Content-Length")
             size = None if total is None else int(total) - length
-            version = self._alias(_version(response.headers.get("ETag")))
-            created, modified = _times(response.headers)
+            version = self._alias(etag_version(response.headers.get("ETag")))
+            created, modified = value_times(response.headers)
             if size is not None and size <= INLINE_LIMIT:
-                data = _read_exactly(stream, size)
+                data = read_exactly(stream, size)
                 return BytesValue(
                     data,
                     created=created,
@@ -375,7 +376,7 @@ class DynamicURLStore(AbstractAuthorizingStore):
         length = response.headers.get("Content-Length")
         return {
             "size": None if length is None else int(length),
-            "version": self._alias(_version(response.headers.get("ETag"))),
+            "version": self._alias(etag_version(response.headers.get("ETag"))),
         }
 
     def get_data(self, key: str) -> IO[bytes]:
@@ -494,7 +495,7 @@ class DynamicURLStore(AbstractAuthorizingStore):
         url = self.root_url + "/list?" + urlencode(fields, quote_via=quote)
         headers = {"Accept": "application/x-ndjson"}
         response = self._call("GET", url, None, (200,), stream=True, headers=headers)
-        return _lines(ResponseStream(response))
+        return json_lines(ResponseStream(response))
 
     def to_bytes(self, key: str, buffer_size: int = DEFAULT_BUFFER_SIZE) -> bytes:
         """*key*'s data in one request (progress events as the base class sends them)."""
@@ -527,7 +528,7 @@ class DynamicURLStore(AbstractAuthorizingStore):
                         source,
                         metadata_json,
                         buffer_size,
-                        _conditions(self._real(if_version), if_exists),
+                        condition_headers(self._real(if_version), if_exists),
                     )
                 else:
                     data = self._read_source(key, source, buffer_size, metadata_json)
@@ -535,7 +536,7 @@ class DynamicURLStore(AbstractAuthorizingStore):
                         self._check_pending(key, if_version, if_exists)
                     version = new_version()
                     send = partial(self._replay_set, key, data, metadata_json, version)
-                    op = Op(_header("set", key, metadata_json), data, version)
+                    op = Op(batch_header("set", key, metadata_json), data, version)
                     pending.record(key, Overlay(False, data, metadata_json), send, op)
         finally:
             if owned:
@@ -557,7 +558,7 @@ class DynamicURLStore(AbstractAuthorizingStore):
         self._require_connection()
         with self._writing() as pending:
             if pending is None:
-                conditions = _conditions(self._real(if_version), if_exists)
+                conditions = condition_headers(self._real(if_version), if_exists)
                 self._send_data(key, data, buffer_size, conditions)
                 metadata_json = self._metadata_for_event(key, StoreSetEvent)
             else:
@@ -570,7 +571,7 @@ class DynamicURLStore(AbstractAuthorizingStore):
                     else (None if exists else "{}")
                 )
                 send = partial(self._send_data, key, content, buffer_size, {})
-                op = Op(_header("set_data", key), content)
+                op = Op(batch_header("set_data", key), content)
                 pending.record(key, Overlay(False, content, metadata_json), send, op)
                 metadata_json = metadata_json or self._metadata_for_event(key, StoreSetEvent)
         if metadata_json is not None:
@@ -591,7 +592,7 @@ class DynamicURLStore(AbstractAuthorizingStore):
         with self._writing() as pending:
             if pending is None:
                 self._send_metadata(
-                    "PUT", key, metadata_json, _conditions(self._real(if_version), if_exists)
+                    "PUT", key, metadata_json, condition_headers(self._real(if_version), if_exists)
                 )
             else:
                 exists = self._check_pending(key, if_version, if_exists)
@@ -602,7 +603,7 @@ class DynamicURLStore(AbstractAuthorizingStore):
                     else (None if exists else b"")
                 )
                 send = partial(self._send_metadata, "PUT", key, metadata_json, {})
-                op = Op(_header("set_metadata", key, metadata_json))
+                op = Op(batch_header("set_metadata", key, metadata_json))
                 pending.record(key, Overlay(False, data, metadata_json), send, op)
         self._emit_change(StoreSetEvent, key, metadata_json)
 
@@ -615,7 +616,9 @@ class DynamicURLStore(AbstractAuthorizingStore):
         given = encode_metadata(metadata)
         with self._writing() as pending:
             if pending is None:
-                self._send_metadata("POST", key, given, _conditions(self._real(if_version), None))
+                self._send_metadata(
+                    "POST", key, given, condition_headers(self._real(if_version), None)
+                )
                 merged_json = self._metadata_for_event(key, StoreUpdateEvent)
             else:
                 self._check_pending(key, if_version, True)
@@ -625,7 +628,7 @@ class DynamicURLStore(AbstractAuthorizingStore):
                 merged_json = encode_metadata(merged)
                 data = None if entry is None else entry.data
                 send = partial(self._send_metadata, "POST", key, given, {})
-                op = Op(_header("update_metadata", key, given))
+                op = Op(batch_header("update_metadata", key, given))
                 pending.record(key, Overlay(False, data, merged_json), send, op)
         if merged_json is not None:
             self._emit_change(StoreUpdateEvent, key, merged_json)
@@ -637,14 +640,14 @@ class DynamicURLStore(AbstractAuthorizingStore):
         with self._writing() as pending:
             old_json = self._metadata_for_event(key, StoreDeleteEvent)
             if pending is None:
-                headers = _conditions(self._real(if_version), None)
+                headers = condition_headers(self._real(if_version), None)
                 url = self.url_format_no_part.format(base=self.base_url, key=quote_key(key))
                 self._call("DELETE", url, key, (200, 204), headers=headers)
             else:
                 if not self._check_pending(key, if_version, None):
                     raise missing(key)
                 send = partial(self._send_delete, key)
-                pending.record(key, Overlay(deleted=True), send, Op(_header("delete", key)))
+                pending.record(key, Overlay(deleted=True), send, Op(batch_header("delete", key)))
         if old_json is not None:
             self._emit_change(StoreDeleteEvent, key, old_json)
 
@@ -670,268 +673,6 @@ class DynamicURLStore(AbstractAuthorizingStore):
         body = json.dumps({name: sorted(tags) for name, tags in permissions.items()})
         self._call(method, self._url(key, "permissions"), key, body=body.encode())
 
-    # -- sending -------------------------------------------------------------------------
-    def _send_value(
-        self,
-        key: str,
-        source: object,
-        metadata_json: str,
-        buffer_size: int,
-        conditions: dict[str, str],
-    ) -> str | None:
-        head = metadata_json.encode("utf-8")
-        headers = {**conditions, METADATA_LENGTH: str(len(head))}
-        if isinstance(source, bytes):
-            body: Any = head + source
-            response = self._upload("PUT", self._url(key, "value"), key, body, headers, None)
-        else:
-            chunks = self._chunks(key, source, buffer_size, metadata_json)
-            size = source_size(source)
-            body = _prefixed(head, chunks)
-            response = self._upload(
-                "PUT",
-                self._url(key, "value"),
-                key,
-                body,
-                headers,
-                None if size is None else len(head) + size,
-            )
-        return _version(response.headers.get("ETag"))
-
-    def _replay_set(self, key: str, data: bytes, metadata_json: str, alias: str) -> None:
-        """A transaction's ``set`` at the commit: the version the server gives the value
-        is known to this store object by the *alias* the ``set`` returned."""
-        self._remember(alias, self._send_value(key, data, metadata_json, DEFAULT_BUFFER_SIZE, {}))
-
-    def _remember(self, alias: str, real: str | None) -> None:
-        if real is None:
-            return
-        with self._turn:
-            self._aliases[real] = alias
-            self._reals[alias] = real
-            while len(self._aliases) > ALIASES:
-                oldest = next(iter(self._aliases))
-                self._reals.pop(self._aliases.pop(oldest), None)
-
-    def _alias(self, version: str | None) -> str | None:
-        """The version to report for the server's *version*."""
-        if version is None or not self._aliases:
-            return version
-        return self._aliases.get(version, version)
-
-    def _real(self, version: str | None) -> str | None:
-        """The server's version for a reported *version*."""
-        if version is None or not self._reals:
-            return version
-        return self._reals.get(version, version)
-
-    def _send_data(
-        self, key: str, data: object, buffer_size: int, conditions: dict[str, str]
-    ) -> None:
-        if isinstance(data, bytes | bytearray | memoryview):
-            self._upload("PUT", self._url(key, "data"), key, bytes(data), conditions, None)
-            return
-        chunks = self._chunks(key, data, buffer_size, None)
-        self._upload("PUT", self._url(key, "data"), key, chunks, conditions, source_size(data))
-
-    def _upload(
-        self,
-        method: str,
-        url: str,
-        key: str,
-        body: Any,
-        headers: dict[str, str],
-        length: int | None,
-    ) -> Any:
-        """Send *body* (bytes, or chunks of *length* bytes or of unknown length, then
-        chunked); an error raised by the chunks' source is re-raised as it was."""
-        failure: list[BaseException] = []
-        if not isinstance(body, bytes):
-            body = _watched(body, failure)
-            if length is not None:
-                headers = {**headers, "Content-Length": str(length)}
-        try:
-            return self._call(
-                method,
-                url,
-                key,
-                body=body,
-                headers=headers,
-                chunked=not isinstance(body, bytes) and length is None,
-            )
-        except Exception:
-            if failure:
-                raise failure[0] from None
-            raise
-
-    def _chunks(
-        self, key: str, source: object, buffer_size: int, metadata_json: str | None
-    ) -> Iterator[bytes]:
-        chunks = iter_source(source, buffer_size)
-        if not self._progress_observed():
-            yield from chunks
-            return
-        metadata = self._progress_metadata(metadata_json)
-        total = 0
-        with self._progress(f"Setting key {key!r}", key, source_size(source), metadata) as bar:
-            for chunk in chunks:
-                total += len(chunk)
-                yield chunk
-                bar.step(step=total)
-
-    def _send_metadata(
-        self, method: str, key: str, metadata_json: str, conditions: dict[str, str]
-    ) -> None:
-        body = metadata_json.encode("utf-8")
-        self._call(method, self._url(key, "metadata"), key, body=body, headers=conditions)
-
-    def _send_delete(self, key: str) -> None:
-        url = self.url_format_no_part.format(base=self.base_url, key=quote_key(key))
-        self._call("DELETE", url, key, (200, 204, 404))
-
-    def _metadata_for_event(self, key: str, cls: type) -> str | None:
-        """*key*'s metadata as JSON for an event of *cls*, read only if it can be heard."""
-        if not self._observed(cls):
-            return None
-        try:
-            return encode_metadata(self.get_metadata(key))
-        except KeyError:
-            return None
-
-    # -- transactions ----------------------------------------------------------------------
-    def _own_pending(self) -> PendingTransaction | None:
-        pending = self._pending
-        if pending is not None and pending.claim.is_mine():
-            return pending
-        return None
-
-    def _overlay(self, key: str) -> Overlay | None:
-        pending = self._pending
-        if pending is None or not pending.overlay or not pending.claim.is_mine():
-            return None
-        self._require_connection()
-        return pending.overlay.get(key)
-
-    def _overlay_metadata(self, key: str, entry: Overlay) -> str:
-        if entry.deleted:
-            raise missing(key)
-        if entry.metadata_json is not None:
-            return entry.metadata_json
-        response = self._call("GET", self._url(key, "metadata"), key, (200,))
-        return str(response.data.decode("utf-8"))
-
-    def _overlay_value(self, key: str, entry: Overlay) -> Value:
-        metadata_json = self._overlay_metadata(key, entry)
-        data = entry.data
-        if data is None:
-            data = bytes(self._call("GET", self._url(key, "data"), key, (200,)).data)
-        return BytesValue(data, metadata_json=metadata_json)
-
-    def _check_pending(self, key: str, if_version: str | None, if_exists: bool | None) -> bool:
-        """Check a transaction's write to *key* now; whether *key* exists for it. A key
-        the transaction wrote has no version until the commit, so ``if_version`` fails."""
-        entry = self._overlay(key)
-        if entry is not None:
-            exists = not entry.deleted
-            current = "\x00pending" if exists else None
-        else:
-            found = self._head(key)
-            exists = found is not None
-            current = None if found is None else (found["version"] or "")
-        if if_version is not None or if_exists is not None:
-            check_precondition(key, current, if_version, if_exists)
-        return exists
-
-    def _writing(self) -> _Turn:
-        return _Turn(self)
-
-    def _begin_transaction(self) -> None:
-        self._require_connection()
-        with self._turn:
-            while self._pending is not None or self._writers:
-                self._wait_turn()
-            self._pending = PendingTransaction(Claim.take())
-
-    def _wait_turn(self) -> None:
-        pending = self._pending
-        if pending is not None and pending.claim.blocks_here():
-            raise pending.claim.refusal(self)
-        if not may_wait():
-            raise busy(self)
-        self._turn.wait()
-
-    def _commit_transaction(self) -> None:
-        pending = self._own_pending()
-        assert pending is not None  # hooks run in the owner
-        try:
-            if not pending.log:
-                return
-            if not self._server.get("batch"):
-                for write, _ in pending.log:
-                    write()
-                return
-            ops = pending.checked_ops()
-            body = encode_batch([(op.header, op.data) for op in ops])
-            response = self._call(
-                "POST", self.root_url + "/batch", None, (200,), body=b"".join(body)
-            )
-            for op, version in zip(ops, json.loads(response.data), strict=False):
-                if op.alias is not None and isinstance(version, str):
-                    self._remember(op.alias, version)
-        finally:
-            self._end()
-
-    def _rollback_transaction(self) -> None:
-        if self._own_pending() is not None:
-            self._end()
-
-    def _end(self) -> None:
-        with self._turn:
-            self._pending = None
-            self._turn.notify_all()
-
-    def _savepoint(self) -> object:
-        pending = self._own_pending()
-        assert pending is not None
-        return pending.savepoint()
-
-    def _rollback_to_savepoint(self, token: object) -> None:
-        pending = self._own_pending()
-        assert pending is not None
-        pending.rollback_to(token)
-
-    def _release_savepoint(self, token: object) -> None:
-        return None
-
-
-class _Turn:
-    """``with store._writing() as pending``: the caller's own transaction, or ``None``
-    once no other owner's transaction is open (counted as a running plain write)."""
-
-    def __init__(self, store: DynamicURLStore) -> None:
-        self._store = store
-        self._counted = False
-
-    def __enter__(self) -> PendingTransaction | None:
-        store = self._store
-        with store._turn:
-            while True:
-                pending = store._pending
-                if pending is None:
-                    store._writers += 1
-                    self._counted = True
-                    return None
-                if pending.claim.is_mine():
-                    return pending
-                store._wait_turn()
-
-    def __exit__(self, *exc: object) -> None:
-        if self._counted:
-            store = self._store
-            with store._turn:
-                store._writers -= 1
-                store._turn.notify_all()
-
 
 def _other_client(parts: SplitResult) -> Any:
     """The class another client of :data:`URL_CLIENTS` that *parts* ask for, or ``None``."""
@@ -944,84 +685,3 @@ def _other_client(parts: SplitResult) -> Any:
             module, _, attribute = target.partition(":")
             return getattr(importlib.import_module(module), attribute)
     return None
-
-
-def _header(operation: str, key: str, metadata_json: str | None = None) -> dict[str, object]:
-    header: dict[str, object] = {"op": operation, "key": key}
-    if metadata_json is not None:
-        header["metadata"] = decode_metadata(metadata_json)
-    return header
-
-
-def _conditions(if_version: str | None, if_exists: bool | None) -> dict[str, str]:
-    headers: dict[str, str] = {}
-    if if_version is not None:  # (translated by the store: see _real)
-        headers["If-Match"] = '"' + if_version.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if if_exists is True:
-        headers.setdefault("If-Match", "*")
-    elif if_exists is False:
-        headers["If-None-Match"] = "*"
-    return headers
-
-
-def _version(tag: str | None) -> str | None:
-    if tag is None:
-        return None
-    tag = tag.removeprefix("W/")
-    if len(tag) >= 2 and tag[0] == tag[-1] == '"':
-        tag = tag[1:-1]
-    out, escaped = [], False
-    for char in tag:
-        if escaped or char != "\\":
-            out.append(char)
-            escaped = False
-        else:
-            escaped = True
-    return "".join(out)
-
-
-def _times(headers: Mapping[str, str]) -> tuple[float | None, float | None]:
-    """``(created, modified)`` from a response's headers (``None`` where not told)."""
-    found: list[float | None] = []
-    for name, fallback in ((CREATED, None), (MODIFIED, "Last-Modified")):
-        text = headers.get(name)
-        try:
-            found.append(float(text) if text is not None else None)
-        except ValueError:
-            found.append(None)
-        if found[-1] is None and fallback is not None and headers.get(fallback):
-            with contextlib.suppress(TypeError, ValueError):
-                found[-1] = email.utils.parsedate_to_datetime(headers[fallback]).timestamp()
-    return found[0], found[1]
-
-
-def _read_exactly(stream: ResponseStream, count: int) -> bytes:
-    parts, left = [], count
-    while left > 0:
-        chunk = stream.read(left)
-        if not chunk:
-            raise BackendError("the server's answer ended early")
-        parts.append(chunk)
-        left -= len(chunk)
-    return b"".join(parts)
-
-
-def _lines(stream: ResponseStream) -> Iterator[str]:
-    """The JSON strings of a ``/list`` answer, one per line, read as they arrive."""
-    with io.BufferedReader(stream, 8192) as reader:
-        for line in reader:
-            yield json.loads(line)
-
-
-def _prefixed(head: bytes, chunks: Iterator[bytes]) -> Iterator[bytes]:
-    yield head
-    yield from chunks
-
-
-def _watched(chunks: Iterable[bytes], failure: list[BaseException]) -> Iterator[bytes]:
-    """*chunks*, noting in *failure* an error their source raises (urllib3 wraps it)."""
-    try:
-        yield from chunks
-    except BaseException as exc:
-        failure.append(exc)
-        raise
