@@ -211,6 +211,13 @@ class StaticURLStore(AbstractReadOnlyStore):
         self.poll = float(poll)
         self.timeout = timeout
         self._scheme = scheme
+        # Where index.json and the data files are: URLs, or paths for a file: root.
+        data_url = urllib.parse.urljoin(self.root_url, data_path)
+        index_url = urllib.parse.urljoin(self.root_url, query_path)
+        if scheme == "file":
+            data_url, index_url = _file_path(data_url), _file_path(index_url)
+        self._data_prefix = data_url
+        self._index_location = index_url
         self._index = _EMPTY
         self._update_lock = threading.RLock()
         self._headers: dict[str, str] = {}
@@ -298,7 +305,7 @@ class StaticURLStore(AbstractReadOnlyStore):
             try:
                 self._refresh(stop)
             except (StorekeeperError, OSError) as exc:  # a host down now may be back later
-                _log.warning("StaticURLStore: cannot re-read %s: %s", self._index_url(), exc)
+                _log.warning("StaticURLStore: cannot re-read %s: %s", self._index_location, exc)
 
     # -- the index -------------------------------------------------------------------------
     def update_index(self) -> None:
@@ -327,11 +334,8 @@ class StaticURLStore(AbstractReadOnlyStore):
             if key not in new.texts:
                 self._emit(StoreDeleteEvent(self, key=key, metadata=decode_metadata(before)))
 
-    def _index_url(self) -> str:
-        return urllib.parse.urljoin(self.root_url, self.query_path)
-
     def _fetch_index(self) -> _Index:
-        url = self._index_url()
+        url = self._index_location
         with self._open(url, None) as response:
             raw = response.stream.read()
         return parse_index(raw, url)
@@ -362,7 +366,7 @@ class StaticURLStore(AbstractReadOnlyStore):
         """*key*'s value: metadata from the index, size and dates from the data file
         (one ``HEAD`` request over HTTP), data read when the value's stream is opened."""
         text = self._metadata_text(key)
-        url = self._data_url(key)
+        url = self._data_location(key)
         info = self._head(url, key)
         stamp = f"{text}\x00{info.stamp}".encode()
         return StreamValue(
@@ -378,7 +382,7 @@ class StaticURLStore(AbstractReadOnlyStore):
     def get_data(self, key: str) -> BinaryStream:
         """A stream over *key*'s data (one ``GET`` over HTTP)."""
         self._metadata_text(key)
-        return self._open(self._data_url(key), key).stream
+        return self._open(self._data_location(key), key).stream
 
     def query(
         self, select: Iterable[str] | None = None, *where: Mapping[str, Any], **kwargs: Any
@@ -395,11 +399,13 @@ class StaticURLStore(AbstractReadOnlyStore):
         ]
 
     def query_keys(self, *where: Mapping[str, Any], **kwargs: Any) -> list[str]:
-        """Matching keys, in key order."""
-        if where or kwargs:
-            return super().query_keys(*where, **kwargs)
+        """Matching keys, in key order (no metadata is copied)."""
         self._require_connection()
-        return list(self._index.keys)
+        index = self._index
+        if not where and not kwargs:
+            return list(index.keys)
+        terms = query_terms(where, kwargs)
+        return [key for key in index.keys if matches(index.parsed[key], terms)]
 
     def list_keys(self, prefix: str = "", delimiter: str | None = None) -> Iterator[str]:
         """Keys under *prefix* from the index held when called (see
@@ -410,14 +416,17 @@ class StaticURLStore(AbstractReadOnlyStore):
         return fold_keys((key for key in keys if key.startswith(prefix)), prefix, delimiter)
 
     # -- transport ---------------------------------------------------------------------------
-    def _data_url(self, key: str) -> str:
-        quoted = "/".join(urllib.parse.quote(part, safe="") for part in data_segments(key))
-        return urllib.parse.urljoin(self.root_url, self.data_path) + quoted
+    def _data_location(self, key: str) -> str:
+        """The URL (or, for a file: root, the path) of *key*'s data file."""
+        segments = data_segments(key)
+        if self._scheme == "file":
+            return self._data_prefix + "/".join(segments)
+        return self._data_prefix + "/".join(urllib.parse.quote(part, safe="") for part in segments)
 
     def _head(self, url: str, key: str) -> _FileInfo:
         if self._scheme == "file":
             try:
-                stat = os.stat(_file_path(url))
+                stat = os.stat(url)
             except OSError as exc:
                 raise _file_error(exc, url, key) from None
             return _FileInfo(stat.st_size, stat.st_mtime, f"{stat.st_mtime_ns}-{stat.st_size}")
@@ -433,7 +442,7 @@ class StaticURLStore(AbstractReadOnlyStore):
     def _open(self, url: str, key: str | None) -> _Opened:
         if self._scheme == "file":
             try:
-                return _Opened(open(_file_path(url), "rb"), 200)
+                return _Opened(open(url, "rb"), 200)
             except OSError as exc:
                 raise _file_error(exc, url, key) from None
         response = self._request("GET", url, key, {"Accept-Encoding": "identity"})
@@ -505,7 +514,8 @@ class _Opened:
 
 class _Body(io.RawIOBase):
     """A urllib3 response body as a raw stream: a body read to its end gives its
-    connection back to the pool; one closed early drops its connection."""
+    connection back to the pool; one closed early drops its connection. ``read`` hands
+    urllib3's chunks on as they are (``readinto`` would copy each one twice)."""
 
     def __init__(self, response: urllib3.BaseHTTPResponse) -> None:
         super().__init__()
@@ -515,16 +525,27 @@ class _Body(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: Any) -> int:
+    def read(self, size: int | None = -1) -> bytes:
         import urllib3
 
-        view = memoryview(buffer).cast("B")
+        if self.closed:
+            raise ValueError("read of a closed stream")
+        if size == 0:
+            return b""
         try:
-            chunk = self._response.read(len(view))
+            chunk = self._response.read(None if size is None or size < 0 else size)
         except urllib3.exceptions.HTTPError as exc:
             raise BackendUnavailableError(f"the connection broke mid-response: {exc}") from exc
-        if not chunk:
+        if not chunk or size is None or size < 0:
             self._done = True
+        return chunk
+
+    def readall(self) -> bytes:
+        return self.read(-1)
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        chunk = self.read(len(view))
         view[: len(chunk)] = chunk
         return len(chunk)
 
@@ -553,14 +574,26 @@ class _Limited(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    def read(self, size: int | None = -1) -> bytes:
+        if self.closed:
+            raise ValueError("read of a closed stream")
+        want = self._left if size is None or size < 0 else min(size, self._left)
+        if want <= 0:
+            return b""
+        chunk = self._inner.read(want)
+        self._left -= len(chunk)
+        return chunk
+
+    def readall(self) -> bytes:
+        parts = []
+        while chunk := self.read(1 << 20):
+            parts.append(chunk)
+        return b"".join(parts)
+
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
-        want = min(len(view), self._left)
-        if want <= 0:
-            return 0
-        chunk = self._inner.read(want)
+        chunk = self.read(len(view))
         view[: len(chunk)] = chunk
-        self._left -= len(chunk)
         return len(chunk)
 
     def close(self) -> None:
