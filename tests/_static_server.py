@@ -11,6 +11,7 @@ import base64
 import functools
 import http.server
 import threading
+import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -22,6 +23,9 @@ from storekeeper.export import export_static
 class _Handler(http.server.SimpleHTTPRequestHandler):
     credentials: str | None = None
     requests: list[str]
+    #: While set, requests for index.json wait until it is cleared (a stuck host).
+    hold_index: threading.Event
+    index_waiting: threading.Event
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
         """Quiet: the tests read the request list instead."""
@@ -40,6 +44,10 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         return False
 
     def do_GET(self) -> None:
+        if self.path.endswith("index.json") and self.hold_index.is_set():
+            self.index_waiting.set()
+            while self.hold_index.is_set():
+                time.sleep(0.01)
         if self._allowed():
             super().do_GET()
 
@@ -54,8 +62,17 @@ class StaticServer:
     def __init__(self, root: Path, credentials: str | None = None) -> None:
         self.root = root
         self.requests: list[str] = []
+        self.hold_index = threading.Event()
+        self.index_waiting = threading.Event()
         handler = type(
-            "Handler", (_Handler,), {"credentials": credentials, "requests": self.requests}
+            "Handler",
+            (_Handler,),
+            {
+                "credentials": credentials,
+                "requests": self.requests,
+                "hold_index": self.hold_index,
+                "index_waiting": self.index_waiting,
+            },
         )
         self._server = http.server.ThreadingHTTPServer(
             ("127.0.0.1", 0), functools.partial(handler, directory=str(root))
@@ -71,6 +88,7 @@ class StaticServer:
         return f"http://{host}:{port}/"
 
     def close(self) -> None:
+        self.hold_index.clear()
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=10)

@@ -115,6 +115,36 @@ def test_disconnect_is_prompt_with_the_default_poll(served: StaticServer) -> Non
     assert not any(t.name == "StaticURLStore-poll" for t in threading.enumerate())
 
 
+def test_disconnect_does_not_wait_for_a_stuck_poll(served: StaticServer, tmp_path: Path) -> None:
+    manager = EventManager()
+    seen: list[StoreModificationEvent] = []
+    manager.connect(StoreModificationEvent, seen.append)
+    store = StaticURLStore(served.url, poll=0.01, event_manager=manager)
+    store.connect()
+    served.hold_index.set()
+    assert served.index_waiting.wait(30), "the poller never asked for the index again"
+    export_values(tmp_path / "site", {"changed": (b"", {})})
+    started = time.monotonic()
+    store.disconnect()
+    assert time.monotonic() - started < 1.5
+    served.hold_index.clear()  # the stuck request now answers, after the disconnect
+    poller = [t for t in threading.enumerate() if t.name == "StaticURLStore-poll"]
+    for thread in poller:
+        thread.join(timeout=30)
+    assert seen == []  # what the abandoned request read was dropped
+    assert not store.is_connected()
+
+
+def test_version_of_follows_data_and_metadata(served: StaticServer, tmp_path: Path) -> None:
+    with StaticURLStore(served.url, poll=0) as store:
+        first = store.version_of("a")
+        assert first == store.get("a").version == store.version_of("a")
+        assert store.version_of("dir/b") != first
+        export_values(tmp_path / "site", {"a": (b"A", {"n": 2}), "dir/b": (b"B", {"n": 2})})
+        store.update_index()
+        assert store.version_of("a") != first
+
+
 def test_a_query_iterated_slowly_blocks_no_update(served: StaticServer, tmp_path: Path) -> None:
     with StaticURLStore(served.url, poll=0) as store:
         listing = store.list_keys()

@@ -379,6 +379,11 @@ class StaticURLStore(AbstractReadOnlyStore):
             range_opener=lambda lo, hi: self._open_range(url, key, lo, hi),
         )
 
+    def version_of(self, key: str) -> str:
+        """*key*'s version, as ``get(key).version`` reports it (one ``HEAD`` over HTTP, no
+        data transferred)."""
+        return cast(str, self.get(key).version)
+
     def get_data(self, key: str) -> BinaryStream:
         """A stream over *key*'s data (one ``GET`` over HTTP)."""
         self._metadata_text(key)
