@@ -232,7 +232,11 @@ def test_a_key_whose_data_file_is_missing(served: StaticServer, tmp_path: Path) 
 
 def test_open_by_url(served: StaticServer, tmp_path: Path) -> None:
     base = served.url.removeprefix("http://")
-    for url in (f"http+static://{base}?poll=0", f"http://{base}?static=true&poll=0"):
+    for url in (
+        f"http+static://{base}?poll=0",
+        f"http://{base}?static=true&poll=0",
+        f"http://{base}?kind=static&poll=0",
+    ):
         with open_read_only_store(url) as store:
             assert isinstance(store, StaticURLStore)
             assert store.to_bytes("dir/b") == b"B"
@@ -243,7 +247,7 @@ def test_open_by_url(served: StaticServer, tmp_path: Path) -> None:
         open_read_only_store(f"http+static://{base}?pol=1")
     with pytest.raises(InvalidURLError, match="static=true"):
         open_read_only_store(f"http+static://{base}?static=false")
-    with pytest.raises(InvalidURLError, match="static=true"):
-        open_read_only_store(f"http://{base}")
+    with pytest.raises(InvalidURLError, match="kind"):
+        open_read_only_store(f"http://{base}?kind=other")
     with pytest.raises(Exception, match="read-only"):
         open_store(f"http+static://{base}?poll=0")

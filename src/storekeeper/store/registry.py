@@ -49,10 +49,8 @@ _registry: dict[str, _Backend] = {
     "memory": _Backend("storekeeper.backends.memory:DictMemoryStore", None),
     "file": _Backend("storekeeper.backends.filesystem:FileSystemStore", None),
     "sqlite": _Backend("storekeeper.backends.sqlite:SqliteStore", None),
-    # Plain http(s):// is the REST client's; until it is registered here, only
-    # ?static=true URLs open (StaticURLStore.from_url refuses the others).
-    "http": _Backend("storekeeper.backends.static:StaticURLStore", "http"),
-    "https": _Backend("storekeeper.backends.static:StaticURLStore", "http"),
+    "http": _Backend("storekeeper.backends.http:DynamicURLStore", "http"),
+    "https": _Backend("storekeeper.backends.http:DynamicURLStore", "http"),
     "http+static": _Backend("storekeeper.backends.static:StaticURLStore", "http"),
     "https+static": _Backend("storekeeper.backends.static:StaticURLStore", "http"),
     "file+static": _Backend("storekeeper.backends.static:StaticURLStore", None),

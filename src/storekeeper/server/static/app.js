@@ -191,9 +191,15 @@ async function showFolder() {
   $("clear-search").hidden = true;
   showCrumbs();
   const query = new URLSearchParams({ prefix: state.prefix, delimiter: "/" });
-  const keys = await callJson("/list?" + query);
+  const keys = parseListing(await (await call("/list?" + query)).text());
   const items = keys.map((key) => entryItem(key, key.endsWith("/") && key !== state.prefix));
   showEntries(items, "Folder /" + state.prefix);
+}
+
+// /list answers one JSON string per line (NDJSON); a JSON array is read too.
+function parseListing(text) {
+  if (text.trimStart().startsWith("[")) return JSON.parse(text);
+  return text.split("\n").filter((line) => line.trim()).map((line) => JSON.parse(line));
 }
 
 function readTerms() {

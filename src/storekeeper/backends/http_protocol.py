@@ -1,0 +1,134 @@
+"""The wire format shared by :class:`~storekeeper.backends.http.DynamicURLStore` and
+:mod:`storekeeper.server`: standard library only, so the server needs no HTTP client.
+
+The layout (``base`` is ``http://HOST:PORT/store``)::
+
+    HEAD/GET  {base}/{key}/data        data (Content-Length, ETag, Last-Modified, Range)
+    PUT       {base}/{key}/data        replace the data, keep the metadata
+    GET/PUT   {base}/{key}/metadata    metadata as JSON; PUT replaces
+    POST      {base}/{key}/metadata    metadata merged like dict.update
+    GET/PUT/POST {base}/{key}/auth     permissions: {permission: [tags]}
+    GET/PUT   {base}/{key}/value       data and metadata in one body (see below)
+    DELETE    {base}/{key}             delete the key
+    GET       /query?name=json...      matching keys, one per line (UTF-8)
+    POST      /query                   JSON {"where": {...}, "select": [...]} -> JSON
+    GET       /list?prefix=&delimiter= keys (folders) under a prefix, in key order, one
+                                       JSON string per line, streamed
+    GET       /info                    {"read_only", "auth", "user", "permissions",
+                                        "capabilities"} of the served store
+
+A *value body* is the metadata as UTF-8 JSON followed by the data; the header
+:data:`METADATA_LENGTH` gives the length of the JSON part in bytes. Error responses
+carry JSON ``{"error": class name, "message": text}``; :func:`error_class` maps the
+name back to the storekeeper exception.
+
+Query terms travel as JSON by :func:`encode_terms` / :func:`decode_terms`: a plain
+value is an exact match, ``{"$in": [...]}``, ``{"$range": [low, high, include_low,
+include_high]}``, ``{"$prefix": text}`` and ``{"$exists": bool}`` are the other terms,
+and ``{"$eq": value}`` is an exact match of any value (a dict is always sent that way).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote
+
+from storekeeper import errors
+from storekeeper.errors import InvalidArgumentError, StorekeeperError
+from storekeeper.store.query import Equals, Exists, In, Prefix, QueryTerm, Range
+
+__all__ = [
+    "CREATED",
+    "METADATA_LENGTH",
+    "MODIFIED",
+    "decode_terms",
+    "encode_terms",
+    "error_class",
+    "quote_key",
+]
+
+#: Headers of a read: the key's creation and modification times, POSIX seconds
+#: (``Last-Modified`` has whole seconds only).
+CREATED = "X-Storekeeper-Created"
+MODIFIED = "X-Storekeeper-Modified"
+#: Header of a value body: the length in bytes of the metadata JSON that starts it.
+METADATA_LENGTH = "X-Storekeeper-Metadata-Length"
+
+# Characters a key keeps unescaped in a URL path (as the encore client quoted them),
+# minus "?", "#" and "%", which quote() escapes anyway.
+_SAFE = "/~!$&'()*+,;=:@"
+
+
+def quote_key(key: str) -> str:
+    """*key* as a URL path (UTF-8, percent-escaped), decoded exactly once by the server.
+
+    Segments that are ``.`` or ``..`` are escaped as ``%2E`` so that no client or proxy
+    normalises them away (``a/../b`` stays three segments).
+    """
+    segments = quote(key, safe=_SAFE).split("/")
+    return "/".join(
+        segment.replace(".", "%2E") if segment in {".", ".."} else segment for segment in segments
+    )
+
+
+def error_class(name: object) -> type[StorekeeperError] | None:
+    """The storekeeper exception class called *name*, or ``None``."""
+    if not isinstance(name, str):
+        return None
+    found = getattr(errors, name, None)
+    if isinstance(found, type) and issubclass(found, StorekeeperError):
+        return found
+    return None
+
+
+def encode_terms(terms: Mapping[str, QueryTerm]) -> dict[str, Any]:
+    """Compiled query *terms* (see :func:`storekeeper.store.query.query_terms`) as JSON."""
+    encoded: dict[str, Any] = {}
+    for name, term in terms.items():
+        encoded[name] = _encode_term(term)
+    return encoded
+
+
+def _encode_term(term: QueryTerm) -> Any:
+    if isinstance(term, Equals):
+        value = term.expected
+        return {"$eq": value} if isinstance(value, dict) else value
+    if isinstance(term, In):
+        return {"$in": list(term.values)}
+    if isinstance(term, Range):
+        return {"$range": [term.low, term.high, term.include_low, term.include_high]}
+    if isinstance(term, Prefix):
+        return {"$prefix": term.prefix}
+    if isinstance(term, Exists):
+        return {"$exists": term.present}
+    raise InvalidArgumentError(f"the query term {term!r} cannot be sent over HTTP")
+
+
+def decode_terms(encoded: object) -> dict[str, Any]:
+    """The query terms of a JSON object made by :func:`encode_terms`, ready for
+    ``store.query(None, terms)``; :class:`~storekeeper.errors.InvalidArgumentError`
+    for anything else."""
+    if not isinstance(encoded, dict):
+        raise InvalidArgumentError("query terms are a JSON object of name -> term")
+    return {name: _decode_term(value) for name, value in encoded.items()}
+
+
+def _decode_term(value: Any) -> Any:
+    if not isinstance(value, dict):
+        return value
+    if len(value) != 1:
+        raise InvalidArgumentError(f"a query term object has one '$' entry, not {value!r}")
+    ((kind, argument),) = value.items()
+    if kind == "$eq":
+        return argument
+    if kind == "$in" and isinstance(argument, list):
+        return In(argument)
+    if kind == "$range" and isinstance(argument, list) and len(argument) == 4:
+        low, high, include_low, include_high = argument
+        return Range(low, high, include_low, include_high)
+    if kind == "$prefix" and isinstance(argument, str):
+        return Prefix(argument)
+    if kind == "$exists" and isinstance(argument, bool):
+        return Exists(argument)
+    raise InvalidArgumentError(f"unknown query term {value!r}")
