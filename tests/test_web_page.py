@@ -182,6 +182,21 @@ def test_download(page: Any, store: DictMemoryStore) -> None:
 def test_upload_by_drag_and_drop_with_progress(page: Any, store: DictMemoryStore) -> None:
     _open(page, "#up%2F")
     size = 3 * 1024 * 1024 + 5
+    # A slow uplink (2 MB/s), so the upload takes long enough to be seen part-way.
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    conditions = {"offline": False, "latency": 0, "downloadThroughput": -1}
+    cdp.send("Network.emulateNetworkConditions", {**conditions, "uploadThroughput": 2_000_000})
+    page.evaluate(
+        """() => {
+            window.partway = [];
+            window.watcher = setInterval(() => {
+                for (const bar of document.querySelectorAll("#uploads progress")) {
+                    if (bar.value > 0 && bar.value < bar.max) window.partway.push(bar.value);
+                }
+            }, 5);
+        }"""
+    )
     page.evaluate(
         """(size) => {
             const bytes = new Uint8Array(size);
@@ -197,6 +212,9 @@ def test_upload_by_drag_and_drop_with_progress(page: Any, store: DictMemoryStore
         size,
     )
     page.wait_for_selector("#status:has-text('Uploaded 2 files')")
+    partway = page.evaluate("clearInterval(window.watcher) || window.partway")
+    assert len(set(partway)) >= 2, partway  # the bar moved during the upload
+    cdp.send("Network.emulateNetworkConditions", {**conditions, "uploadThroughput": -1})
     assert store.to_bytes("up/dropped file.bin") == bytes(i % 251 for i in range(size))
     assert store.to_bytes("up/second.txt") == b"small"
     bars = page.locator("#uploads progress")
