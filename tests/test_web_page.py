@@ -43,13 +43,18 @@ def _missing() -> str | None:
     return None
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
+def _require() -> None:
+    """Skip without Playwright or Chromium, but fail under CI, which must run these."""
     reason = _missing()
     if reason is not None:
         if os.environ.get("CI") == "true":
             pytest.fail(f"the browser tests cannot run under CI: {reason}")
         pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    _require()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -62,8 +67,7 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def served() -> Iterator[tuple[DictMemoryStore, str]]:
-    if _missing() is not None:
-        pytest.skip("see the browser fixture")
+    _require()
     from storekeeper.server import ServerThread, create_app
 
     store = DictMemoryStore()
@@ -301,8 +305,7 @@ def test_readable_on_a_phone(page: Any, store: DictMemoryStore) -> None:
 @pytest.fixture(scope="module")
 def guarded() -> Iterator[tuple[DictMemoryStore, str]]:
     """A server that requires users: ali may read everything, bob only his own keys."""
-    if _missing() is not None:
-        pytest.skip("see the browser fixture")
+    _require()
     from storekeeper.composite.auth import SimpleAuthStore, make_encoder
     from storekeeper.server import ServerThread, create_app
 
