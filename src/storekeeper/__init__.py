@@ -59,6 +59,7 @@ if TYPE_CHECKING:  # what __getattr__ loads on first use, spelled out for type c
     from storekeeper.backends.filesystem import FileSystemStore, init_shared_store
     from storekeeper.backends.memory import DictMemoryStore
     from storekeeper.backends.sqlite import SqliteStore
+    from storekeeper.backends.static import StaticURLStore
     from storekeeper.composite import CachedStore, JoinedStore, MountedStore, SimpleAuthStore
 
 __version__ = "0.1.0.dev0"
@@ -69,6 +70,7 @@ _LAZY = {
     "DictMemoryStore": "storekeeper.backends.memory",
     "FileSystemStore": "storekeeper.backends.filesystem",
     "SqliteStore": "storekeeper.backends.sqlite",
+    "StaticURLStore": "storekeeper.backends.static",
     "init_shared_store": "storekeeper.backends.filesystem",
     "JoinedStore": "storekeeper.composite",
     "MountedStore": "storekeeper.composite",
@@ -128,6 +130,7 @@ __all__ = [
     "ReadOnlyStoreError",
     "SimpleAuthStore",
     "SqliteStore",
+    "StaticURLStore",
     "StorekeeperError",
     "StreamValue",
     "TransactionError",
