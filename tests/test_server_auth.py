@@ -9,7 +9,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlencode
 
 import pytest
@@ -21,6 +21,7 @@ from storekeeper.backends.memory import DictMemoryStore
 from storekeeper.composite import SimpleAuthStore, make_encoder
 from storekeeper.errors import AuthenticationError, AuthorizationError
 from storekeeper.server import InsecureAuthError, serve
+from storekeeper.store import open_store
 
 FAST = make_encoder(b"pepper", n=2)  # scrypt at its lowest cost: tests only
 ALICE = ("alice", "alice's secret")
@@ -86,7 +87,7 @@ def test_a_user_never_sees_a_key_they_may_not_read(guarded: Served) -> None:
     response, _ = request(guarded, "GET", private + "/data", ALICE)
     assert response.status == 200
     response, body = request(guarded, "GET", "/list", BOB)
-    assert [json.loads(line) for line in body.splitlines()] == ["shared/note"]
+    assert json.loads(body) == ["shared/note"]
     response, body = request(guarded, "GET", "/query?" + urlencode({"kind": '"doc"'}), BOB)
     assert body == b"shared/note\n"
     response, body = request(guarded, "GET", "/query", ALICE)
@@ -106,6 +107,22 @@ def test_a_user_never_sees_a_key_they_may_not_read(guarded: Served) -> None:
         with pytest.raises(AuthorizationError):
             bob.get_permissions("shared/note")
     assert request(guarded, "GET", "/store/shared%2Fnote/data", ALICE)[1] == b"hello"
+
+
+def test_connect_takes_encore_pairs_and_url_credentials(guarded: Served) -> None:
+    class Session:  # what encore's client was given: a requests.Session with auth
+        auth = BOB
+        headers: ClassVar[dict[str, str]] = {"X-Trace": "1"}
+
+    store = DynamicURLStore(guarded.base)
+    store.connect(("bob", Session()))
+    try:
+        assert store.user_tag == "bob" and store.query_keys() == ["shared/note"]
+    finally:
+        store.disconnect()
+    host = guarded.url.removeprefix("http://")
+    with open_store(f"http://bob:bob%27s%20secret@{host}/store") as bob:
+        assert bob.query_keys() == ["shared/note"]
 
 
 def test_permissions_travel_as_lists_of_tags(guarded: Served) -> None:

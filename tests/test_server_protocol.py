@@ -163,16 +163,18 @@ def _cut_off(served: Served, head: bytes, body: bytes) -> None:
     # Closing mid-body: the server must notice and keep the old value.
 
 
-@pytest.mark.parametrize("chunked", [False, True])
-def test_an_upload_cut_off_midway_leaves_the_old_value(served: Served, chunked: bool) -> None:
+@pytest.mark.parametrize("kind", ["chunked", "large", "small"])
+def test_an_upload_cut_off_midway_leaves_the_old_value(served: Served, kind: str) -> None:
     served.backing.set("k", (b"old", {"m": 1}))
     path = data_path("k").encode()
-    if chunked:
+    if kind == "chunked":
         head = b"PUT " + path + b" HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
         body = b"10000\r\n" + b"n" * 0x8000
     else:
-        head = b"PUT " + path + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 1048576\r\n\r\n"
-        body = b"n" * 300_000
+        length = b"1048576" if kind == "large" else b"1000"  # streamed / read at once
+        head = b"PUT " + path + b" HTTP/1.1\r\nHost: x\r\nContent-Length: " + length
+        head += b"\r\n\r\n"
+        body = b"n" * (300_000 if kind == "large" else 500)
     _cut_off(served, head, body)
     time.sleep(0.3)  # the server unwinds the upload
     response, data = request(served, "GET", data_path("k"))
@@ -292,10 +294,15 @@ def test_query_answers_keys_one_per_line(served: Served) -> None:
     assert response.status == 400
 
 
-def test_list_streams_json_lines(served: Served) -> None:
+def test_list_streams_a_json_array_or_json_lines(served: Served) -> None:
     for key in ["a/1", "a/2", "a/b/3", "b"]:
         served.backing.set(key, (b"", {}))
     response, body = request(served, "GET", "/list?prefix=a/&delimiter=/")
+    assert response.getheader("Content-Type") == "application/json"
+    assert json.loads(body) == ["a/1", "a/2", "a/b/"]
+    assert json.loads(request(served, "GET", "/list?prefix=zz")[1]) == []
+    lines = {"Accept": "application/x-ndjson"}
+    response, body = request(served, "GET", "/list?prefix=a/&delimiter=/", headers=lines)
     assert (response.getheader("Content-Type") or "").startswith("application/x-ndjson")
     assert [json.loads(line) for line in body.splitlines()] == ["a/1", "a/2", "a/b/"]
 

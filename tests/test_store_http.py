@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import SplitResult
 
 import pytest
 
 from _http_servers import Served, served_in_process
+from storekeeper.backends import http as http_backend
 from storekeeper.backends.http import DynamicURLStore
+from storekeeper.backends.memory import DictMemoryStore
+from storekeeper.errors import InvalidURLError
 from storekeeper.events import EventManager
 from storekeeper.store import AbstractStore, open_store
 from storekeeper.testing.store import StoreTests
@@ -52,3 +57,48 @@ def test_open_store_http_gives_a_connected_dynamic_store(served: Served) -> None
         assert store.is_connected()
         store.set("k", (b"v", {}))
     assert served.backing.to_bytes("k") == b"v"
+
+
+def test_url_options_are_checked(served: Served) -> None:
+    with open_store(served.base + "?timeout=5&query_url=" + served.url + "/query") as store:
+        assert isinstance(store, DynamicURLStore) and store.timeout == 5
+    with pytest.raises(InvalidURLError, match="valid options: query_url, timeout"):
+        open_store(served.base + "?timout=5")
+
+
+def test_an_option_of_url_clients_hands_the_url_to_that_client(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(http_backend.URL_CLIENTS, ("flavour", "other"), f"{__name__}:OtherClient")
+    with open_store(served.base + "?flavour=other") as store:
+        assert isinstance(store, OtherClient)
+        assert store.url.endswith("/store?flavour=other")
+
+
+class OtherClient(DictMemoryStore):
+    """Stands for another http(s):// client (the static one)."""
+
+    url = ""
+
+    @classmethod
+    def from_url(cls, parts: SplitResult, **options: Any) -> OtherClient:  # type: ignore[override]
+        store = cls()
+        store.url = parts.geturl()
+        return store
+
+
+def test_get_of_a_large_value_keeps_it_in_a_file_not_in_memory(served: Served) -> None:
+    served.clear()
+    size = 8 * 1024 * 1024
+    served.backing.set("big", (b"b" * size, {"m": 1}))
+    with DynamicURLStore(served.base) as store:
+        tracemalloc.start()
+        try:
+            value = store.get("big")
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert peak < 4 * 1024 * 1024, peak
+        assert value.size == size and value.metadata == {"m": 1}
+        with value.range(size - 3) as stream:
+            assert stream.read() == b"bbb"

@@ -19,6 +19,7 @@ from storekeeper.errors import (
     CorruptFileError,
     InvalidURLError,
     KeyNotFoundError,
+    ReadOnlyStoreError,
 )
 from storekeeper.events import EventManager
 from storekeeper.store import StoreModificationEvent, open_read_only_store, open_store
@@ -235,7 +236,7 @@ def test_open_by_url(served: StaticServer, tmp_path: Path) -> None:
     for url in (
         f"http+static://{base}?poll=0",
         f"http://{base}?static=true&poll=0",
-        f"http://{base}?kind=static&poll=0",
+        f"http://{base}?poll=0&static=yes",
     ):
         with open_read_only_store(url) as store:
             assert isinstance(store, StaticURLStore)
@@ -247,7 +248,8 @@ def test_open_by_url(served: StaticServer, tmp_path: Path) -> None:
         open_read_only_store(f"http+static://{base}?pol=1")
     with pytest.raises(InvalidURLError, match="static=true"):
         open_read_only_store(f"http+static://{base}?static=false")
-    with pytest.raises(InvalidURLError, match="kind"):
-        open_read_only_store(f"http://{base}?kind=other")
-    with pytest.raises(Exception, match="read-only"):
-        open_store(f"http+static://{base}?poll=0")
+    with pytest.raises(InvalidURLError, match="unknown"):
+        open_read_only_store(f"http://{base}?static=yes&pol=1")
+    for url in (f"http+static://{base}?poll=0", f"http://{base}?static=true&poll=0"):
+        with pytest.raises(ReadOnlyStoreError, match="read-only"):
+            open_store(url)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import email.utils
+import importlib
 import io
 import json
 import threading
@@ -39,7 +40,6 @@ from storekeeper.backends.http_protocol import (
     encode_terms,
     quote_key,
 )
-from storekeeper.backends.static import StaticURLStore, static_requested
 from storekeeper.errors import (
     AuthenticationError,
     BackendError,
@@ -76,7 +76,7 @@ from storekeeper.store.owners import busy, may_wait
 from storekeeper.store.query import QueryTerm
 from storekeeper.store.value import BytesValue, StreamValue, Value, normalize_range
 
-__all__ = ["DEFAULT_PARTS", "DynamicURLStore"]
+__all__ = ["DEFAULT_PARTS", "URL_CLIENTS", "DynamicURLStore"]
 
 #: The URL part names, as encore's client had them, plus ``value`` (data and metadata).
 DEFAULT_PARTS = {"permissions": "auth", "data": "data", "metadata": "metadata", "value": "value"}
@@ -84,7 +84,14 @@ DEFAULT_PARTS = {"permissions": "auth", "data": "data", "metadata": "metadata", 
 ALIASES = 4096
 #: Values up to this size are kept in memory by ``get``; larger ones in a temporary file.
 INLINE_LIMIT = 1024 * 1024
-_URL_OPTIONS = {"query_url": urls.text, "timeout": urls.seconds, "kind": urls.choice("dynamic")}
+_URL_OPTIONS = {"query_url": urls.text, "timeout": urls.seconds}
+#: Options of an ``http(s)://`` store URL that select another client than this one:
+#: ``(name, value)`` -> ``"module:Class"``, whose ``from_url(parts, **options)`` gets the
+#: whole URL. A client registers itself here, e.g. ``("static", "true")``.
+URL_CLIENTS: dict[tuple[str, str], str] = {
+    ("static", word): "storekeeper.backends.static:StaticURLStore"
+    for word in ("true", "1", "yes", "on")
+}
 _CAPABILITIES = StoreCapabilities(ranges=True, server_side_queries=True)
 
 
@@ -134,20 +141,18 @@ class DynamicURLStore(AbstractAuthorizingStore):
 
     @classmethod
     def from_url(cls, parts: SplitResult, **options: Any) -> AbstractReadOnlyStore:
-        """A store for ``http://HOST:PORT/store`` (or ``https://``).
+        """The store for ``http://HOST:PORT/store`` (or ``https://``).
 
-        Options: ``query_url`` (default: ``/query`` beside the base path), ``timeout``
-        (seconds) and ``kind`` (``dynamic``). ``user:password@`` in the URL are the
-        credentials ``connect()`` uses when given none. A URL with ``?static=true`` (or
-        ``kind=static``) opens a read-only
-        :class:`~storekeeper.backends.static.StaticURLStore` of a static export instead.
+        A URL holding an option of :data:`URL_CLIENTS` (``?static=true``) is handed,
+        whole, to the client class that option names. Options of this class:
+        ``query_url`` (default: ``/query`` beside the base path) and ``timeout`` (seconds);
+        ``user:password@`` in the URL are the credentials ``connect()`` uses when given
+        none.
         """
-        if static_requested(parts):
-            return StaticURLStore.from_url(parts, **options)
+        other = _other_client(parts)
+        if other is not None:
+            return other.from_url(parts, **options)  # type: ignore[no-any-return]
         settings = urls.url_options(parts, _URL_OPTIONS)
-        kind = settings.pop("kind", "dynamic")
-        if kind != "dynamic":  # pragma: no cover - other kinds register here
-            raise InvalidURLError(f"unknown kind {kind!r} of {parts.scheme}:// store")
         if not parts.hostname:
             raise InvalidURLError(f"{parts.scheme}:// store URLs name a host: {parts.geturl()!r}")
         settings.update(options)
@@ -454,7 +459,8 @@ class DynamicURLStore(AbstractAuthorizingStore):
             return super().list_keys(prefix, delimiter)
         fields = [("prefix", prefix)] + ([] if delimiter is None else [("delimiter", delimiter)])
         url = self.root_url + "/list?" + urlencode(fields, quote_via=quote)
-        response = self._call("GET", url, None, (200,), stream=True)
+        headers = {"Accept": "application/x-ndjson"}
+        response = self._call("GET", url, None, (200,), stream=True, headers=headers)
         return _lines(ResponseStream(response))
 
     def to_bytes(self, key: str, buffer_size: int = DEFAULT_BUFFER_SIZE) -> bytes:
@@ -871,6 +877,19 @@ class _Turn:
             with store._turn:
                 store._writers -= 1
                 store._turn.notify_all()
+
+
+def _other_client(parts: SplitResult) -> Any:
+    """The class another client of :data:`URL_CLIENTS` that *parts* ask for, or ``None``."""
+    if not URL_CLIENTS:
+        return None
+    for field in parts.query.split("&"):
+        name, _, value = field.partition("=")
+        target = URL_CLIENTS.get((unquote(name), unquote(value).lower()))
+        if target is not None:
+            module, _, attribute = target.partition(":")
+            return getattr(importlib.import_module(module), attribute)
+    return None
 
 
 def _conditions(if_version: str | None, if_exists: bool | None) -> dict[str, str]:

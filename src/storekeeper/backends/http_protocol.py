@@ -12,8 +12,9 @@ The layout (``base`` is ``http://HOST:PORT/store``)::
     DELETE    {base}/{key}             delete the key
     GET       /query?name=json...      matching keys, one per line (UTF-8)
     POST      /query                   JSON {"where": {...}, "select": [...]} -> JSON
-    GET       /list?prefix=&delimiter= keys (folders) under a prefix, in key order, one
-                                       JSON string per line, streamed
+    GET       /list?prefix=&delimiter= keys (folders) under a prefix, in key order, as a
+                                       JSON array (one JSON string per line with
+                                       Accept: application/x-ndjson), streamed
     GET       /info                    {"read_only", "auth", "user", "permissions",
                                         "capabilities"} of the served store
 

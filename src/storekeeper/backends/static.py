@@ -60,7 +60,7 @@ from storekeeper.store.backend import (
 )
 from storekeeper.store.events import StoreDeleteEvent, StoreSetEvent, StoreUpdateEvent
 from storekeeper.store.listing import check_listing, fold_keys
-from storekeeper.store.urls import choice, create, flag, seconds, text, url_options
+from storekeeper.store.urls import create, flag, seconds, text, url_options
 from storekeeper.store.value import StreamValue, Value
 
 if TYPE_CHECKING:
@@ -76,7 +76,6 @@ _MAX_SEGMENT = 255
 #: URL options a ``?static=true`` URL may carry besides ``static``.
 URL_OPTIONS: dict[str, Callable[[str], Any]] = {
     "static": flag,
-    "kind": choice("static"),
     "data_path": text,
     "query_path": text,
     "poll": seconds,
@@ -114,13 +113,11 @@ def data_segments(key: str) -> list[str]:
 
 def static_requested(parts: SplitResult) -> bool:
     """Whether a store URL asks for a :class:`StaticURLStore`: its scheme ends in
-    ``+static``, or its options hold ``static=true`` (``1``, ``yes``, ``on``) or
-    ``kind=static``. For the ``from_url`` of the store that owns the ``http(s)://``
-    schemes, to hand such URLs on."""
-    static, kind = _option(parts, "static"), _option(parts, "kind")
+    ``+static``, or its options hold ``static=true`` (``1``, ``yes``, ``on``)."""
+    static = _option(parts, "static")
     if parts.scheme.lower().endswith("+static"):
         return static is None or _true(static)
-    return (static is not None and _true(static)) or kind == "static"
+    return static is not None and _true(static)
 
 
 def _option(parts: SplitResult, name: str) -> str | None:
@@ -236,9 +233,8 @@ class StaticURLStore(AbstractReadOnlyStore):
     def from_url(cls, parts: SplitResult, **options: Any) -> StaticURLStore:
         """The store for ``http(s)://host/path/?static=true`` (the URL's path is the root).
 
-        Options: ``static`` (must be true) or ``kind`` (``static``), ``data_path``,
-        ``query_path``, ``poll`` and ``timeout`` (seconds); keyword *options* win over
-        them. The ``http+static``,
+        Options: ``static`` (must be true), ``data_path``, ``query_path``, ``poll``
+        and ``timeout`` (seconds); keyword *options* win over them. The ``http+static``,
         ``https+static`` and ``file+static`` schemes need no ``static`` option:
         ``file+static:///srv/export`` reads an export from the local file system.
         """
@@ -249,7 +245,6 @@ class StaticURLStore(AbstractReadOnlyStore):
                 f"(or as {parts.scheme}+static://); got {parts.geturl()!r}"
             )
         settings.pop("static", None)
-        settings.pop("kind", None)
         scheme = parts.scheme.lower().removesuffix("+static")
         root = urllib.parse.urlunsplit((scheme, parts.netloc, parts.path or "/", "", ""))
         settings.update(options)

@@ -23,8 +23,10 @@ from storekeeper.server._http import HTTPProblem
 
 __all__ = ["BodyReader", "ClientGone", "iterate_stream"]
 
+#: Request body bytes gathered per worker-thread hop while a store reads an upload.
+GATHER = 1024 * 1024
 #: Bytes read from a store stream per worker-thread hop when streaming a response.
-CHUNK_SIZE = 256 * 1024
+CHUNK_SIZE = 1024 * 1024
 
 
 class ClientGone(OSError):  # noqa: N818 - reads as what happened
@@ -53,7 +55,8 @@ class BodyReader(io.RawIOBase):
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
         while not self._pending and not self._done:
-            self._pending = memoryview(anyio.from_thread.run(self._next_piece))
+            wanted = max(len(view), GATHER)
+            self._pending = memoryview(anyio.from_thread.run(self._next_piece, wanted))
         count = min(len(view), len(self._pending))
         view[:count] = self._pending[:count]
         self._pending = self._pending[count:]
@@ -71,18 +74,25 @@ class BodyReader(io.RawIOBase):
             left -= len(chunk)
         return b"".join(parts)
 
-    async def _next_piece(self) -> bytes:
-        message = await self._receive()
-        if message["type"] == "http.disconnect":
-            self._done = True
-            raise ClientGone("the client disconnected before the request body was complete")
-        body: bytes = message.get("body", b"")
-        self._done = not message.get("more_body", False)
-        self._count += len(body)
-        if self._limit is not None and self._count > self._limit:
-            self._done = True
-            raise HTTPProblem(413, f"the request body exceeds {self._limit} bytes", "TooLarge")
-        return body
+    async def _next_piece(self, wanted: int) -> bytes:
+        """The next received pieces of the body, up to about *wanted* bytes (one trip
+        from the worker thread to the event loop per gathered batch, not per piece)."""
+        pieces: list[bytes] = []
+        size = 0
+        while size < wanted and not self._done:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                self._done = True
+                raise ClientGone("the client disconnected before the request body was complete")
+            body: bytes = message.get("body", b"")
+            self._done = not message.get("more_body", False)
+            self._count += len(body)
+            if self._limit is not None and self._count > self._limit:
+                self._done = True
+                raise HTTPProblem(413, f"the request body exceeds {self._limit} bytes", "TooLarge")
+            pieces.append(body)
+            size += len(body)
+        return b"".join(pieces)
 
 
 async def read_body(receive: Receive, limit: int) -> bytes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import functools
 import json
 import logging
 from collections.abc import Mapping
@@ -108,7 +109,12 @@ def http_date(timestamp: float | None) -> str | None:
     """*timestamp* (POSIX seconds) as an RFC 1123 date, or ``None``."""
     if timestamp is None:
         return None
-    return email.utils.formatdate(timestamp, usegmt=True)
+    return _whole_second_date(int(timestamp))
+
+
+@functools.lru_cache(maxsize=256)
+def _whole_second_date(second: int) -> str:
+    return email.utils.formatdate(second, usegmt=True)
 
 
 def etag(version: str | None) -> str | None:

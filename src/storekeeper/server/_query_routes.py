@@ -73,21 +73,31 @@ async def query_post(context: ServerContext, request: Request) -> Response:
 
 async def list_keys(context: ServerContext, request: Request) -> Response:
     """``GET /list?prefix=...&delimiter=...``: the keys under the prefix in key order,
-    folders (keys up to the delimiter) listed once, as one JSON string per line
-    (``application/x-ndjson``), streamed as the store lists them."""
+    folders (keys up to the delimiter) listed once, streamed as the store lists them:
+    a JSON array, or one JSON string per line when the request accepts
+    ``application/x-ndjson``."""
     store = await context.store_for(request)
     prefix = request.query_params.get("prefix", "")
     delimiter = request.query_params.get("delimiter") or None
     keys = await run_in_threadpool(store.list_keys, prefix, delimiter)
 
-    async def lines() -> AsyncIterator[bytes]:
+    lines = "application/x-ndjson" in request.headers.get("accept", "")
+    separator, opening, closing = ("\n", "", "") if lines else (",", "[", "]")
+
+    async def pieces() -> AsyncIterator[bytes]:
+        yield opening.encode()
+        first = True
         while True:
             batch = await run_in_threadpool(lambda: list(itertools.islice(keys, LIST_BATCH)))
             if not batch:
-                return
-            yield "".join(json.dumps(key) + "\n" for key in batch).encode()
+                break
+            text = separator.join(json.dumps(key) for key in batch)
+            yield (("" if first or lines else ",") + text + ("\n" if lines else "")).encode()
+            first = False
+        yield closing.encode()
 
-    return StreamingResponse(lines(), media_type="application/x-ndjson")
+    media = "application/x-ndjson" if lines else "application/json"
+    return StreamingResponse(pieces(), media_type=media)
 
 
 async def info(context: ServerContext, request: Request) -> Response:

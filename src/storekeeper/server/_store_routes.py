@@ -27,11 +27,14 @@ from storekeeper.server._http import (
 )
 from storekeeper.server._paths import key_and_part, raw_remainder
 from storekeeper.store.abstract import AbstractAuthorizingStore, AbstractReadOnlyStore
+from storekeeper.store.value import Value
 
 __all__ = ["StoreEndpoint"]
 
 #: Values up to this size are read in one worker-thread hop and sent in one piece.
 SMALL_VALUE = 256 * 1024
+#: Request bodies of a known length up to this size are read before the store is called.
+SMALL_BODY = 256 * 1024
 _OCTETS = "application/octet-stream"
 
 
@@ -82,8 +85,9 @@ class StoreEndpoint:
                 return await self._read(store, key, headers, method == "HEAD", False)
             if method == "PUT":
                 writable = self.context.writable(store)
-                reader = BodyReader(receive, self.context.max_upload)
-                await run_in_threadpool(writable.set_data, key, reader, **conditions(headers))
+                found = conditions(headers)
+                source = await self._body(headers, receive)
+                await run_in_threadpool(lambda: writable.set_data(key, source, **found))
                 return Response(status_code=204)
         elif part == "value":
             if method in {"GET", "HEAD"}:
@@ -120,15 +124,31 @@ class StoreEndpoint:
         if length > self.context.max_json:
             raise HTTPProblem(413, f"metadata over {self.context.max_json} bytes", "TooLarge")
         found = conditions(headers)
-        reader = BodyReader(receive, self.context.max_upload)
+        source = await self._body(headers, receive)
 
         def write() -> str | None:
-            metadata = parse_json(reader.read_exactly(length), "metadata")
-            return writable.set(key, (reader, metadata), **found)
+            if isinstance(source, bytes):
+                if len(source) < length:
+                    raise HTTPProblem(400, "the request body ended early", "InvalidValueError")
+                metadata = parse_json(source[:length], "metadata")
+                return writable.set(key, (source[length:], metadata), **found)
+            metadata = parse_json(source.read_exactly(length), "metadata")
+            return writable.set(key, (source, metadata), **found)
 
         version = await run_in_threadpool(write)
         tag = etag(version)
         return Response(status_code=204, headers={} if tag is None else {"ETag": tag})
+
+    async def _body(self, headers: Headers, receive: Receive) -> bytes | BodyReader:
+        """The request body: read here when it is small and its length is known (one
+        worker-thread hop for the whole write), else a reader the store streams from."""
+        length = headers.get("content-length", "")
+        limit = self.context.max_upload
+        if length.isascii() and length.isdigit() and int(length) <= SMALL_BODY:
+            if limit is not None and int(length) > limit:
+                raise HTTPProblem(413, f"the request body exceeds {limit} bytes", "TooLarge")
+            return await read_body(receive, SMALL_BODY if limit is None else limit)
+        return BodyReader(receive, limit)
 
     # -- metadata and permissions ---------------------------------------------------------
     async def _metadata(
@@ -179,15 +199,7 @@ def _load(
     value = store.get(key)
     size = value.size
     tag = etag(value.version)
-    found = _Loaded(200, {"Accept-Ranges": "bytes", "Cache-Control": "no-cache"})
-    if tag is not None:
-        found.headers["ETag"] = tag
-    modified = http_date(value.modified)
-    if modified is not None:
-        found.headers["Last-Modified"] = modified
-        found.headers[MODIFIED] = repr(value.modified)
-    if value.created is not None:
-        found.headers[CREATED] = repr(value.created)
+    found = _Loaded(200, _validators(value, tag, whole))
     if_none_match = headers.get("if-none-match")
     if if_none_match is not None and matches_etag(if_none_match, value.version):
         found.status = 304
@@ -221,6 +233,22 @@ def _load(
         raise
     found.body, found.stream = prefix, stream
     return found
+
+
+def _validators(value: Value, tag: str | None, whole: bool) -> dict[str, str]:
+    """The headers that describe the version of *value* a read found."""
+    headers = {"Accept-Ranges": "bytes", "Cache-Control": "no-cache"}
+    if tag is not None:
+        headers["ETag"] = tag
+    modified = http_date(value.modified)
+    if modified is not None:
+        headers["Last-Modified"] = modified
+    if whole:  # the client's get(): times to the microsecond, not the second
+        if value.modified is not None:
+            headers[MODIFIED] = repr(value.modified)
+        if value.created is not None:
+            headers[CREATED] = repr(value.created)
+    return headers
 
 
 def _read_all(stream: IO[bytes], length: int) -> bytes:
