@@ -16,7 +16,7 @@ from urllib.parse import urlencode
 import pytest
 
 from _http_servers import Served, served_in_thread
-from storekeeper.backends.http_protocol import quote_key
+from storekeeper.backends.http_protocol import encode_batch, quote_key
 from storekeeper.backends.memory import DictMemoryStore
 from storekeeper.testing.store import WEIRD_KEYS
 
@@ -220,7 +220,7 @@ def test_read_only_server_refuses_writes() -> None:
     store.connect()
     store.set("k", (b"old", {}))
     with served_in_thread(store, read_only=True) as limited:
-        for method, path in [("PUT", data_path("k")), ("DELETE", "/store/k")]:
+        for method, path in [("PUT", data_path("k")), ("DELETE", "/store/k"), ("POST", "/batch")]:
             response, _ = request(limited, method, path, body=b"new")
             assert response.status == 405
         response, data = request(limited, "GET", data_path("k"))
@@ -362,3 +362,43 @@ def test_encore_client_flow(served: Served) -> None:
     assert body == b"ab"  # inclusive end, as HTTP means it
     response, _ = request(served, "DELETE", "/store/doc")
     assert response.status == 204 and not served.backing.exists("doc")
+
+
+# -- batches -----------------------------------------------------------------------------------
+def test_a_batch_is_applied_in_one_transaction(served: Served) -> None:
+    served.backing.set("taken", (b"old", {}))
+    writes: list[tuple[dict[str, Any], bytes | None]] = [
+        ({"op": "set", "key": "a", "metadata": {"n": 1}}, b"A"),
+        ({"op": "set_data", "key": "taken"}, b"new"),
+        ({"op": "set", "key": "taken", "metadata": {}, "if_exists": False}, b"x"),
+    ]
+    response, body = request(served, "POST", "/batch", body=b"".join(encode_batch(writes)))
+    assert response.status == 412, body
+    assert not served.backing.exists("a")  # the whole batch rolled back
+    assert served.backing.to_bytes("taken") == b"old"
+    writes[2] = ({"op": "update_metadata", "key": "taken", "metadata": {"u": 1}}, None)
+    writes.append(({"op": "delete", "key": "a"}, None))
+    writes.append(({"op": "set", "key": "b", "metadata": {}}, b""))
+    response, body = request(served, "POST", "/batch", body=b"".join(encode_batch(writes)))
+    assert response.status == 200, body
+    versions = json.loads(body)
+    assert versions[1:4] == [None, None, None]
+    assert versions[0] is not None and versions[4] == served.backing.get("b").version
+    assert served.backing.to_bytes("taken") == b"new"
+    assert served.backing.get_metadata("taken") == {"u": 1}
+    assert not served.backing.exists("a")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"op": "set", "key": "a", "metadata": {}, "size": 10}\nshort',
+        b"not json\n",
+        b'{"op": "x"}',
+    ],
+)
+def test_a_malformed_batch_is_400_and_applies_nothing(served: Served, body: bytes) -> None:
+    good = b"".join(encode_batch([({"op": "set", "key": "first", "metadata": {}}, b"1")]))
+    response, answer = request(served, "POST", "/batch", body=good + body)
+    assert response.status == 400, answer
+    assert served.backing.query_keys() == []

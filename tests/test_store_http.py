@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ from storekeeper.backends.http import DynamicURLStore
 from storekeeper.backends.memory import DictMemoryStore
 from storekeeper.errors import InvalidURLError
 from storekeeper.events import EventManager
-from storekeeper.store import AbstractStore, open_store
+from storekeeper.store import AbstractStore, StoreModificationEvent, open_store
 from storekeeper.testing.store import StoreTests
 
 
@@ -62,7 +63,7 @@ def test_open_store_http_gives_a_connected_dynamic_store(served: Served) -> None
 def test_url_options_are_checked(served: Served) -> None:
     with open_store(served.base + "?timeout=5&query_url=" + served.url + "/query") as store:
         assert isinstance(store, DynamicURLStore) and store.timeout == 5
-    with pytest.raises(InvalidURLError, match="valid options: query_url, timeout"):
+    with pytest.raises(InvalidURLError, match="valid options: query_url, remote_events, timeout"):
         open_store(served.base + "?timout=5")
 
 
@@ -102,3 +103,29 @@ def test_get_of_a_large_value_keeps_it_in_a_file_not_in_memory(served: Served) -
         assert value.size == size and value.metadata == {"m": 1}
         with value.range(size - 3) as stream:
             assert stream.read() == b"bbb"
+
+
+def test_remote_events_deliver_other_clients_changes_once(served: Served) -> None:
+    served.clear()
+    manager = EventManager()
+    heard: list[Any] = []
+    manager.connect(StoreModificationEvent, heard.append)
+    listener = DynamicURLStore(served.base, event_manager=manager, remote_events=True)
+    with listener, DynamicURLStore(served.base) as writer:
+        listener.set("mine", (b"1", {}))  # its own change: the local event only
+        writer.set("theirs", (b"2", {"a": 1}))
+        writer.update_metadata("theirs", {"b": 2})
+        writer.delete("theirs")
+        deadline = time.monotonic() + 30
+        while len(heard) < 4 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.2)  # a repeat of "mine" would have arrived by now
+    seen = [(type(e).__name__, e.key, getattr(e, "remote", False)) for e in heard]
+    assert seen == [
+        ("StoreSetEvent", "mine", False),
+        ("StoreSetEvent", "theirs", True),
+        ("StoreUpdateEvent", "theirs", True),
+        ("StoreDeleteEvent", "theirs", True),
+    ]
+    assert heard[1].metadata == {"a": 1} and heard[2].metadata == {"a": 1, "b": 2}
+    assert heard[1].source is listener

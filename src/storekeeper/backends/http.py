@@ -24,19 +24,23 @@ import email.utils
 import importlib
 import io
 import json
+import secrets
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from functools import partial
 from typing import IO, Any
 from urllib.parse import SplitResult, quote, unquote, urlencode, urlsplit, urlunsplit
 
+from storekeeper.backends._http_events import EventFollower
 from storekeeper.backends._http_streams import ResponseStream, SpooledCopy, window
-from storekeeper.backends._http_transactions import Overlay, PendingTransaction
+from storekeeper.backends._http_transactions import Op, Overlay, PendingTransaction
 from storekeeper.backends._http_transport import Transport, basic_header
 from storekeeper.backends.http_protocol import (
     CREATED,
     METADATA_LENGTH,
     MODIFIED,
+    ORIGIN,
+    encode_batch,
     encode_terms,
     quote_key,
 )
@@ -84,7 +88,7 @@ DEFAULT_PARTS = {"permissions": "auth", "data": "data", "metadata": "metadata", 
 ALIASES = 4096
 #: Values up to this size are kept in memory by ``get``; larger ones in a temporary file.
 INLINE_LIMIT = 1024 * 1024
-_URL_OPTIONS = {"query_url": urls.text, "timeout": urls.seconds}
+_URL_OPTIONS = {"query_url": urls.text, "timeout": urls.seconds, "remote_events": urls.flag}
 #: Options of an ``http(s)://`` store URL that select another client than this one:
 #: ``(name, value)`` -> ``"module:Class"``, whose ``from_url(parts, **options)`` gets the
 #: whole URL. A client registers itself here, e.g. ``("static", "true")``.
@@ -101,7 +105,10 @@ class DynamicURLStore(AbstractAuthorizingStore):
     *url_format* builds a key's URL from ``{base}``, ``{key}`` (percent-escaped) and
     ``{part}`` (a value of *parts*: ``data``, ``metadata``, ``permissions``, ``value``);
     *url_format_no_part* the URL a ``DELETE`` goes to. *timeout* bounds each wait on
-    the server, in seconds; *pool_size* is how many connections are kept open.
+    the server, in seconds; *pool_size* is how many connections are kept open;
+    *credentials* are what :meth:`connect` uses when given none. With *remote_events*,
+    other clients' changes are emitted on this store's ``event_manager`` as the usual
+    store events with ``remote=True`` (see :mod:`storekeeper.backends._http_events`).
     """
 
     def __init__(
@@ -116,6 +123,7 @@ class DynamicURLStore(AbstractAuthorizingStore):
         timeout: float = 60.0,
         pool_size: int = 16,
         credentials: Any = None,
+        remote_events: bool = False,
     ) -> None:
         super().__init__(event_manager)
         self.base_url = base_url.rstrip("/")
@@ -128,6 +136,10 @@ class DynamicURLStore(AbstractAuthorizingStore):
         self.timeout = timeout
         self.pool_size = pool_size
         self._default_credentials = credentials
+        self.remote_events = remote_events
+        #: Names this store object to the server (``X-Storekeeper-Origin``).
+        self.origin = secrets.token_hex(8)
+        self._follower: EventFollower | None = None
         self._transport: Transport | None = None
         self._user_tag: str | None = None
         self._server: dict[str, Any] = {}
@@ -179,6 +191,7 @@ class DynamicURLStore(AbstractAuthorizingStore):
         reached.
         """
         transport = Transport(self.timeout, self.pool_size)
+        transport.headers[ORIGIN] = self.origin
         tag = self._authorize(transport, credentials or self._default_credentials)
         response = transport.request("GET", self.root_url + "/info")
         if response.status in (401, 403):
@@ -195,6 +208,11 @@ class DynamicURLStore(AbstractAuthorizingStore):
         self._transport, self._server = transport, server
         self._user_tag = server.get("user") or tag
         super().connect(credentials)
+        if self.remote_events and self._follower is None:
+            self._follower = EventFollower(
+                self, transport, self.root_url + "/events", self.origin, self.event_manager.emit
+            )
+            self._follower.start()
 
     def _authorize(self, transport: Transport, credentials: Any) -> str | None:
         if credentials is None:
@@ -226,7 +244,10 @@ class DynamicURLStore(AbstractAuthorizingStore):
         )
 
     def disconnect(self) -> None:
-        """Close the pooled connections."""
+        """Stop following events and close the pooled connections."""
+        if self._follower is not None:
+            self._follower.stop()
+            self._follower = None
         if self._transport is not None:
             self._transport.close()
             self._transport = None
@@ -235,11 +256,14 @@ class DynamicURLStore(AbstractAuthorizingStore):
     @property
     def capabilities(self) -> StoreCapabilities:
         """Ranges and server-side queries; conditional writes and persistence as the
-        served store declares them (``/info``)."""
+        served store declares them (``/info``); atomic transactions when the server
+        commits batches and the served store's transactions are atomic."""
         served = self._server.get("capabilities", {})
         return _CAPABILITIES.but(
             conditional_writes=bool(served.get("conditional_writes")),
             persistent=bool(served.get("persistent")),
+            atomic_transactions=bool(self._server.get("batch"))
+            and bool(served.get("atomic_transactions")),
         )
 
     def info(self) -> dict[str, Any]:
@@ -498,10 +522,12 @@ class DynamicURLStore(AbstractAuthorizingStore):
                     )
                 else:
                     data = self._read_source(key, source, buffer_size, metadata_json)
-                    self._check_pending(key, if_version, if_exists)
+                    if if_version is not None or if_exists is not None:
+                        self._check_pending(key, if_version, if_exists)
                     version = new_version()
                     send = partial(self._replay_set, key, data, metadata_json, version)
-                    pending.record(key, Overlay(False, data, metadata_json), send)
+                    op = Op(_header("set", key, metadata_json), data, version)
+                    pending.record(key, Overlay(False, data, metadata_json), send, op)
         finally:
             if owned:
                 source.close()  # type: ignore[attr-defined]
@@ -535,7 +561,8 @@ class DynamicURLStore(AbstractAuthorizingStore):
                     else (None if exists else "{}")
                 )
                 send = partial(self._send_data, key, content, buffer_size, {})
-                pending.record(key, Overlay(False, content, metadata_json), send)
+                op = Op(_header("set_data", key), content)
+                pending.record(key, Overlay(False, content, metadata_json), send, op)
                 metadata_json = metadata_json or self._metadata_for_event(key, StoreSetEvent)
         if metadata_json is not None:
             self._emit_change(StoreSetEvent, key, metadata_json)
@@ -566,7 +593,8 @@ class DynamicURLStore(AbstractAuthorizingStore):
                     else (None if exists else b"")
                 )
                 send = partial(self._send_metadata, "PUT", key, metadata_json, {})
-                pending.record(key, Overlay(False, data, metadata_json), send)
+                op = Op(_header("set_metadata", key, metadata_json))
+                pending.record(key, Overlay(False, data, metadata_json), send, op)
         self._emit_change(StoreSetEvent, key, metadata_json)
 
     def update_metadata(
@@ -588,7 +616,8 @@ class DynamicURLStore(AbstractAuthorizingStore):
                 merged_json = encode_metadata(merged)
                 data = None if entry is None else entry.data
                 send = partial(self._send_metadata, "POST", key, given, {})
-                pending.record(key, Overlay(False, data, merged_json), send)
+                op = Op(_header("update_metadata", key, given))
+                pending.record(key, Overlay(False, data, merged_json), send, op)
         if merged_json is not None:
             self._emit_change(StoreUpdateEvent, key, merged_json)
 
@@ -605,7 +634,8 @@ class DynamicURLStore(AbstractAuthorizingStore):
             else:
                 if not self._check_pending(key, if_version, None):
                     raise missing(key)
-                pending.record(key, Overlay(deleted=True), partial(self._send_delete, key))
+                send = partial(self._send_delete, key)
+                pending.record(key, Overlay(deleted=True), send, Op(_header("delete", key)))
         if old_json is not None:
             self._emit_change(StoreDeleteEvent, key, old_json)
 
@@ -662,14 +692,17 @@ class DynamicURLStore(AbstractAuthorizingStore):
     def _replay_set(self, key: str, data: bytes, metadata_json: str, alias: str) -> None:
         """A transaction's ``set`` at the commit: the version the server gives the value
         is known to this store object by the *alias* the ``set`` returned."""
-        real = self._send_value(key, data, metadata_json, DEFAULT_BUFFER_SIZE, {})
-        if real is not None:
-            with self._turn:
-                self._aliases[real] = alias
-                self._reals[alias] = real
-                while len(self._aliases) > ALIASES:
-                    oldest = next(iter(self._aliases))
-                    self._reals.pop(self._aliases.pop(oldest), None)
+        self._remember(alias, self._send_value(key, data, metadata_json, DEFAULT_BUFFER_SIZE, {}))
+
+    def _remember(self, alias: str, real: str | None) -> None:
+        if real is None:
+            return
+        with self._turn:
+            self._aliases[real] = alias
+            self._reals[alias] = real
+            while len(self._aliases) > ALIASES:
+                oldest = next(iter(self._aliases))
+                self._reals.pop(self._aliases.pop(oldest), None)
 
     def _alias(self, version: str | None) -> str | None:
         """The version to report for the server's *version*."""
@@ -822,8 +855,20 @@ class DynamicURLStore(AbstractAuthorizingStore):
         pending = self._own_pending()
         assert pending is not None  # hooks run in the owner
         try:
-            for write in pending.log:
-                write()
+            if not pending.log:
+                return
+            if not self._server.get("batch"):
+                for write, _ in pending.log:
+                    write()
+                return
+            ops = [op for _, op in pending.log]
+            body = encode_batch([(op.header, op.data) for op in ops])
+            response = self._call(
+                "POST", self.root_url + "/batch", None, (200,), body=b"".join(body)
+            )
+            for op, version in zip(ops, json.loads(response.data), strict=False):
+                if op.alias is not None and isinstance(version, str):
+                    self._remember(op.alias, version)
         finally:
             self._end()
 
@@ -890,6 +935,13 @@ def _other_client(parts: SplitResult) -> Any:
             module, _, attribute = target.partition(":")
             return getattr(importlib.import_module(module), attribute)
     return None
+
+
+def _header(operation: str, key: str, metadata_json: str | None = None) -> dict[str, object]:
+    header: dict[str, object] = {"op": operation, "key": key}
+    if metadata_json is not None:
+        header["metadata"] = decode_metadata(metadata_json)
+    return header
 
 
 def _conditions(if_version: str | None, if_exists: bool | None) -> dict[str, str]:

@@ -15,6 +15,7 @@ The layout (``base`` is ``http://HOST:PORT/store``)::
     GET       /list?prefix=&delimiter= keys (folders) under a prefix, in key order, as a
                                        JSON array (one JSON string per line with
                                        Accept: application/x-ndjson), streamed
+    POST      /batch                   writes applied in one transaction (see below)
     GET       /info                    {"read_only", "auth", "user", "permissions",
                                         "capabilities"} of the served store
 
@@ -22,6 +23,13 @@ A *value body* is the metadata as UTF-8 JSON followed by the data; the header
 :data:`METADATA_LENGTH` gives the length of the JSON part in bytes. Error responses
 carry JSON ``{"error": class name, "message": text}``; :func:`error_class` maps the
 name back to the storekeeper exception.
+
+A *batch* body is a sequence of writes, each a line of JSON ``{"op": "set" | "set_data"
+| "set_metadata" | "update_metadata" | "delete", "key": ..., "metadata": {...},
+"size": n}`` followed by *n* bytes of data (for ``set`` and ``set_data``); see
+:func:`encode_batch` / :func:`decode_batch`. The server applies them in order inside one
+transaction of the served store and answers a JSON list: each ``set``'s version, else
+``null``.
 
 Query terms travel as JSON by :func:`encode_terms` / :func:`decode_terms`: a plain
 value is an exact match, ``{"$in": [...]}``, ``{"$range": [low, high, include_low,
@@ -31,6 +39,7 @@ and ``{"$eq": value}`` is an exact match of any value (a dict is always sent tha
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
@@ -40,10 +49,14 @@ from storekeeper.errors import InvalidArgumentError, StorekeeperError
 from storekeeper.store.query import Equals, Exists, In, Prefix, QueryTerm, Range
 
 __all__ = [
+    "BATCH_OPERATIONS",
     "CREATED",
     "METADATA_LENGTH",
     "MODIFIED",
+    "ORIGIN",
+    "decode_batch",
     "decode_terms",
+    "encode_batch",
     "encode_terms",
     "error_class",
     "quote_key",
@@ -53,6 +66,9 @@ __all__ = [
 #: (``Last-Modified`` has whole seconds only).
 CREATED = "X-Storekeeper-Created"
 MODIFIED = "X-Storekeeper-Modified"
+#: Header naming the client object that sent a request; the event stream repeats it
+#: as a change's ``origin``, so a client can tell its own changes from others'.
+ORIGIN = "X-Storekeeper-Origin"
 #: Header of a value body: the length in bytes of the metadata JSON that starts it.
 METADATA_LENGTH = "X-Storekeeper-Metadata-Length"
 
@@ -133,3 +149,51 @@ def _decode_term(value: Any) -> Any:
     if kind == "$exists" and isinstance(argument, bool):
         return Exists(argument)
     raise InvalidArgumentError(f"unknown query term {value!r}")
+
+
+#: The writes a batch may hold.
+BATCH_OPERATIONS = frozenset({"set", "set_data", "set_metadata", "update_metadata", "delete"})
+
+
+def encode_batch(writes: list[tuple[dict[str, Any], bytes | None]]) -> list[bytes]:
+    """The body of ``POST /batch`` for *writes* (a header dict and the data, if any), as
+    pieces to send one after another."""
+    pieces: list[bytes] = []
+    for header, data in writes:
+        fields = dict(header)
+        if data is not None:
+            fields["size"] = len(data)
+        pieces.append(json.dumps(fields, separators=(",", ":")).encode() + b"\n")
+        if data is not None:
+            pieces.append(data)
+    return pieces
+
+
+def decode_batch(body: bytes) -> list[tuple[dict[str, Any], bytes | None]]:
+    """The writes of a ``POST /batch`` body; :class:`~storekeeper.errors.InvalidArgumentError`
+    for a malformed one (nothing is applied then)."""
+    writes: list[tuple[dict[str, Any], bytes | None]] = []
+    view = memoryview(body)
+    position = 0
+    while position < len(body):
+        end = body.find(b"\n", position)
+        if end < 0:
+            raise InvalidArgumentError("a batch write's header line has no end")
+        try:
+            header = json.loads(body[position:end])
+        except ValueError as exc:
+            raise InvalidArgumentError(f"a batch write's header is not JSON: {exc}") from None
+        if not isinstance(header, dict) or header.get("op") not in BATCH_OPERATIONS:
+            raise InvalidArgumentError(f"not a batch write: {header!r}")
+        if not isinstance(header.get("key"), str):
+            raise InvalidArgumentError(f"a batch write names its key: {header!r}")
+        position = end + 1
+        data = None
+        size = header.pop("size", None)
+        if size is not None:
+            if type(size) is not int or size < 0 or position + size > len(body):
+                raise InvalidArgumentError(f"a batch write's size is wrong: {size!r}")
+            data = bytes(view[position : position + size])
+            position += size
+        writes.append((header, data))
+    return writes

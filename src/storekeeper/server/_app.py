@@ -12,6 +12,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
 from storekeeper.composite.auth import SimpleAuthStore
+from storekeeper.server._batch import batch
 from storekeeper.server._context import ServerContext, handled
 from storekeeper.server._events import EventHub, events_endpoint
 from storekeeper.server._guard import UserGuard, login, logout
@@ -55,6 +56,7 @@ def create_app(
         Route("/query", handled(context, query_post), methods=["POST"]),
         Route("/list", handled(context, list_keys), methods=["GET"]),
         Route("/info", handled(context, info), methods=["GET"]),
+        Route("/batch", handled(context, batch), methods=["POST"]),
         Route("/login", handled(context, login), methods=["POST"]),
         Route("/login", handled(context, logout), methods=["DELETE"]),
         Route("/events", handled(context, events_endpoint(hub)), methods=["GET"]),

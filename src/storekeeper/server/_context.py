@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -15,7 +16,28 @@ from storekeeper.server._bridge import ClientGone
 from storekeeper.server._http import HTTPProblem, error_response, parse_etags
 from storekeeper.store.abstract import AbstractReadOnlyStore, AbstractStore
 
-__all__ = ["Conditions", "Guard", "ServerContext", "conditions", "handled", "parse_json"]
+__all__ = [
+    "ORIGIN",
+    "Conditions",
+    "Guard",
+    "ServerContext",
+    "conditions",
+    "handled",
+    "note_origin",
+    "parse_json",
+]
+
+#: The ``X-Storekeeper-Origin`` of the request being handled; store calls made for it
+#: (in worker threads, which copy the context) see it, so its change events carry it.
+ORIGIN: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "storekeeper-server-origin", default=None
+)
+
+
+def note_origin(headers: Headers) -> None:
+    """Remember the request's origin header for the change events it causes."""
+    ORIGIN.set(headers.get("x-storekeeper-origin"))
+
 
 #: Default limit of a JSON request body (metadata, permissions, query), in bytes.
 MAX_JSON = 16 * 1024 * 1024
@@ -76,6 +98,7 @@ def handled(context: ServerContext, handler: Handler) -> Callable[[Request], Awa
     """A Starlette endpoint running *handler*, answering its errors as JSON errors."""
 
     async def endpoint(request: Request) -> Response:
+        note_origin(request.headers)
         try:
             response = await handler(context, request)
         except ClientGone:

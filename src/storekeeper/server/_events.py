@@ -6,7 +6,9 @@ Each change is one SSE message (the default ``message`` event)::
     data: {"type": "set", "key": "a/b", "metadata": {"x": 1}}
 
 ``type`` is ``set``, ``update`` or ``delete``; ``metadata`` is the key's metadata after
-the change (before it, for a delete), or ``null`` where the user may not read it. A
+the change (before it, for a delete), or ``null`` where the user may not read it;
+``origin`` (present when the writing request sent ``X-Storekeeper-Origin``) names the
+client object that made the change. A
 client that reconnects with ``Last-Event-ID`` (browsers' ``EventSource`` do it by
 themselves; ``?last_event_id=`` works too) receives the changes it missed, from a log
 of the last :data:`LOG_SIZE`. When they cannot be told (the cursor is older than the
@@ -26,12 +28,13 @@ import json
 import secrets
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from storekeeper.events import BaseEvent
-from storekeeper.server._context import ServerContext
+from storekeeper.server._context import ORIGIN, ServerContext
 from storekeeper.store.abstract import AbstractReadOnlyStore
 from storekeeper.store.events import StoreDeleteEvent, StoreModificationEvent, StoreUpdateEvent
 
@@ -92,11 +95,14 @@ class EventLog:
             if isinstance(event, StoreUpdateEvent)
             else "set"
         )
-        payload = {
+        payload: dict[str, Any] = {
             "type": kind,
             "key": getattr(event, "key", None),
             "metadata": getattr(event, "metadata", None),
         }
+        origin = ORIGIN.get()
+        if origin is not None:
+            payload["origin"] = origin
         data = json.dumps(payload, separators=(",", ":"))
         with self._lock:
             self._count += 1

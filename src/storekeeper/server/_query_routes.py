@@ -111,5 +111,6 @@ async def info(context: ServerContext, request: Request) -> Response:
             "user": user,
             "permissions": isinstance(store, AbstractAuthorizingStore),
             "capabilities": dataclasses.asdict(store.capabilities),
+            "batch": True,
         }
     )

@@ -15,7 +15,7 @@ from starlette.types import Receive, Scope, Send
 from storekeeper.backends.http_protocol import CREATED, METADATA_LENGTH, MODIFIED
 from storekeeper.errors import InvalidValueError
 from storekeeper.server._bridge import BodyReader, ClientGone, iterate_stream, read_body
-from storekeeper.server._context import ServerContext, conditions, parse_json
+from storekeeper.server._context import ServerContext, conditions, note_origin, parse_json
 from storekeeper.server._http import (
     HTTPProblem,
     error_response,
@@ -59,6 +59,7 @@ class StoreEndpoint:
         if scope["type"] != "http":
             return
         request = Request(scope, receive)
+        note_origin(request.headers)
         try:
             response = await self._dispatch(request, scope, receive)
         except ClientGone:
