@@ -348,3 +348,27 @@ def test_log_in_when_the_server_asks(browser: Any, guarded: tuple[DictMemoryStor
         assert page.locator("#entries li").count() == 0
     finally:
         context.close()
+
+
+def test_a_read_only_server_offers_no_writes(browser: Any) -> None:
+    _require()
+    from storekeeper.server import ServerThread, create_app
+
+    backing = DictMemoryStore()
+    backing.connect()
+    backing.set("k", (b"data", {"a": 1}))
+    context = browser.new_context()
+    context.set_default_timeout(TIMEOUT_MS)
+    try:
+        with ServerThread(create_app(backing, read_only=True)) as server:
+            page = context.new_page()
+            page.goto(server.url + "/")
+            page.get_by_role("button", name="k", exact=True).click()
+            page.wait_for_selector("#details:not([hidden])")
+            for selector in ("#drop", "#save-metadata", "#delete", "#replace-label"):
+                assert not page.is_visible(selector), selector
+            assert page.is_visible("#download")
+            page.close()
+    finally:
+        context.close()
+        backing.disconnect()
