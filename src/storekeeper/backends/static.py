@@ -35,9 +35,18 @@ from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, cast
 from urllib.parse import SplitResult
 
+from storekeeper.backends._static_io import (
+    FileInfo,
+    Opened,
+    ResponseBody,
+    auth_headers,
+    file_error,
+    file_path,
+    limit,
+    skip,
+    status_error,
+)
 from storekeeper.errors import (
-    AuthenticationError,
-    AuthorizationError,
     BackendError,
     BackendUnavailableError,
     CorruptFileError,
@@ -219,7 +228,7 @@ class StaticURLStore(AbstractReadOnlyStore):
         data_url = urllib.parse.urljoin(self.root_url, data_path)
         index_url = urllib.parse.urljoin(self.root_url, query_path)
         if scheme == "file":
-            data_url, index_url = _file_path(data_url), _file_path(index_url)
+            data_url, index_url = file_path(data_url), file_path(index_url)
         self._data_prefix = data_url
         self._index_location = index_url
         self._index = _EMPTY
@@ -264,7 +273,7 @@ class StaticURLStore(AbstractReadOnlyStore):
         """Read the index (raising if it cannot be read) and start the polling thread."""
         if self._connected:
             return
-        self._headers = _auth_headers(credentials)
+        self._headers = auth_headers(credentials)
         if self._scheme != "file":
             import urllib3
 
@@ -432,13 +441,13 @@ class StaticURLStore(AbstractReadOnlyStore):
             return self._data_prefix + "/".join(segments)
         return self._data_prefix + "/".join(urllib.parse.quote(part, safe="") for part in segments)
 
-    def _head(self, url: str, key: str) -> _FileInfo:
+    def _head(self, url: str, key: str) -> FileInfo:
         if self._scheme == "file":
             try:
                 stat = os.stat(url)
             except OSError as exc:
-                raise _file_error(exc, url, key) from None
-            return _FileInfo(stat.st_size, stat.st_mtime, f"{stat.st_mtime_ns}-{stat.st_size}")
+                raise file_error(exc, url, key) from None
+            return FileInfo(stat.st_size, stat.st_mtime, f"{stat.st_mtime_ns}-{stat.st_size}")
         response = self._request("HEAD", url, key, {})
         response.release_conn()
         headers = response.headers
@@ -446,16 +455,16 @@ class StaticURLStore(AbstractReadOnlyStore):
         modified = headers.get("Last-Modified")
         when = email.utils.parsedate_to_datetime(modified).timestamp() if modified else None
         stamp = headers.get("ETag") or f"{modified}-{length}"
-        return _FileInfo(int(length) if length else None, when, stamp)
+        return FileInfo(int(length) if length else None, when, stamp)
 
-    def _open(self, url: str, key: str | None) -> _Opened:
+    def _open(self, url: str, key: str | None) -> Opened:
         if self._scheme == "file":
             try:
-                return _Opened(open(url, "rb"), 200)
+                return Opened(open(url, "rb"), 200)
             except OSError as exc:
-                raise _file_error(exc, url, key) from None
+                raise file_error(exc, url, key) from None
         response = self._request("GET", url, key, {"Accept-Encoding": "identity"})
-        return _Opened(cast(BinaryStream, _Body(response)), response.status)
+        return Opened(cast(BinaryStream, ResponseBody(response)), response.status)
 
     def _open_range(self, url: str, key: str, lo: int, hi: int | None) -> BinaryStream:
         if hi is not None and hi <= lo:
@@ -463,17 +472,17 @@ class StaticURLStore(AbstractReadOnlyStore):
         if self._scheme == "file":
             stream = self._open(url, key).stream
             stream.seek(lo)
-            return _limit(stream, hi, lo)
+            return limit(stream, hi, lo)
         last = "" if hi is None else str(hi - 1)
         headers = {"Accept-Encoding": "identity", "Range": f"bytes={lo}-{last}"}
         response = self._request("GET", url, key, headers, ok=(200, 206, 416))
         if response.status == 416:
             response.release_conn()
             return io.BytesIO()
-        stream = cast(BinaryStream, _Body(response))
+        stream = cast(BinaryStream, ResponseBody(response))
         if response.status == 200:  # the host ignored Range: skip to the start here
-            _skip(stream, lo)
-        return _limit(stream, hi, lo)
+            skip(stream, lo)
+        return limit(stream, hi, lo)
 
     def _request(
         self,
@@ -499,164 +508,4 @@ class StaticURLStore(AbstractReadOnlyStore):
             return response
         response.drain_conn()
         response.release_conn()
-        raise _status_error(response.status, url, key)
-
-
-@dataclass(frozen=True, slots=True)
-class _FileInfo:
-    size: int | None
-    modified: float | None
-    stamp: str
-
-
-@dataclass(slots=True)
-class _Opened:
-    stream: BinaryStream
-    status: int
-
-    def __enter__(self) -> _Opened:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stream.close()
-
-
-class _Body(io.RawIOBase):
-    """A urllib3 response body as a raw stream: a body read to its end gives its
-    connection back to the pool; one closed early drops its connection. ``read`` hands
-    urllib3's chunks on as they are (``readinto`` would copy each one twice)."""
-
-    def __init__(self, response: urllib3.BaseHTTPResponse) -> None:
-        super().__init__()
-        self._response = response
-        self._done = False
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int | None = -1) -> bytes:
-        import urllib3
-
-        if self.closed:
-            raise ValueError("read of a closed stream")
-        if size == 0:
-            return b""
-        try:
-            chunk = self._response.read(None if size is None or size < 0 else size)
-        except urllib3.exceptions.HTTPError as exc:
-            raise BackendUnavailableError(f"the connection broke mid-response: {exc}") from exc
-        if not chunk or size is None or size < 0:
-            self._done = True
-        return chunk
-
-    def readall(self) -> bytes:
-        return self.read(-1)
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        chunk = self.read(len(view))
-        view[: len(chunk)] = chunk
-        return len(chunk)
-
-    def close(self) -> None:
-        if not self.closed:
-            if not self._done:
-                self._response.close()
-            self._response.release_conn()
-        super().close()
-
-
-def _limit(stream: BinaryStream, hi: int | None, lo: int) -> BinaryStream:
-    if hi is None:
-        return stream
-    return cast(BinaryStream, _Limited(stream, hi - lo))
-
-
-class _Limited(io.RawIOBase):
-    """At most *limit* bytes of *inner*; closing it closes *inner*."""
-
-    def __init__(self, inner: BinaryStream, limit: int) -> None:
-        super().__init__()
-        self._inner = inner
-        self._left = limit
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int | None = -1) -> bytes:
-        if self.closed:
-            raise ValueError("read of a closed stream")
-        want = self._left if size is None or size < 0 else min(size, self._left)
-        if want <= 0:
-            return b""
-        chunk = self._inner.read(want)
-        self._left -= len(chunk)
-        return chunk
-
-    def readall(self) -> bytes:
-        parts = []
-        while chunk := self.read(1 << 20):
-            parts.append(chunk)
-        return b"".join(parts)
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        chunk = self.read(len(view))
-        view[: len(chunk)] = chunk
-        return len(chunk)
-
-    def close(self) -> None:
-        if not self.closed:
-            self._inner.close()
-        super().close()
-
-
-def _skip(stream: BinaryStream, count: int) -> None:
-    while count > 0:
-        chunk = stream.read(min(count, 1 << 16))
-        if not chunk:
-            return
-        count -= len(chunk)
-
-
-def _file_path(url: str) -> str:
-    return urllib.request.url2pathname(urllib.parse.urlsplit(url).path)
-
-
-def _file_error(exc: OSError, url: str, key: str | None) -> Exception:
-    if isinstance(exc, FileNotFoundError | NotADirectoryError):
-        if key is not None:
-            return KeyNotFoundError(key)
-        return BackendUnavailableError(f"cannot read {url}: {exc.strerror}")
-    if isinstance(exc, PermissionError):
-        return AuthorizationError(f"cannot read {url}: {exc.strerror}")
-    return BackendError(f"cannot read {url}: {exc}")
-
-
-def _status_error(status: int, url: str, key: str | None) -> Exception:
-    if status == 404 and key is not None:
-        return KeyNotFoundError(key)
-    if status == 401:
-        return AuthenticationError(f"{url} needs (other) credentials: HTTP 401")
-    if status == 403:
-        return AuthorizationError(f"{url} is forbidden: HTTP 403")
-    if status == 404:
-        return BackendUnavailableError(f"{url} not found: HTTP 404")
-    return BackendError(f"{url} answered HTTP {status}")
-
-
-def _auth_headers(credentials: Any) -> dict[str, str]:
-    if credentials is None:
-        return {}
-    if not isinstance(credentials, Mapping):
-        raise TypeError("credentials are a dict: {'username', 'password'} or {'token'}")
-    token = credentials.get("token")
-    if token is not None:
-        return {"Authorization": f"Bearer {token}"}
-    username, password = credentials.get("username"), credentials.get("password")
-    if not isinstance(username, str) or not isinstance(password, str):
-        raise TypeError("credentials need a str 'username' and 'password' (or a 'token')")
-    import base64
-
-    pair = base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
-    return {"Authorization": f"Basic {pair}"}
+        raise status_error(response.status, url, key)
