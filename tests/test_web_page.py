@@ -93,8 +93,11 @@ def page(
     context.set_default_timeout(TIMEOUT_MS)
     opened = context.new_page()
     opened.url_base = served[1]  # type: ignore[attr-defined]
+    errors: list[str] = []
+    opened.on("pageerror", lambda error: errors.append(str(error)))
     yield opened
     context.close()
+    assert errors == [], f"the page's script raised: {errors}"
 
 
 def _open(page: Any, fragment: str = "") -> None:
