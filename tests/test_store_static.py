@@ -102,7 +102,7 @@ def test_polling_thread_sees_changes_and_stops_on_disconnect(
     ]
     started = time.monotonic()
     store.disconnect()
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < 10  # not the poll interval, nor the stuck request
     poller.join(timeout=5)
     assert not poller.is_alive()
 
@@ -112,7 +112,7 @@ def test_disconnect_is_prompt_with_the_default_poll(served: StaticServer) -> Non
     store.connect()
     started = time.monotonic()
     store.disconnect()
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < 10  # not the poll interval, nor the stuck request
     assert not any(t.name == "StaticURLStore-poll" for t in threading.enumerate())
 
 
@@ -127,7 +127,7 @@ def test_disconnect_does_not_wait_for_a_stuck_poll(served: StaticServer, tmp_pat
     export_values(tmp_path / "site", {"changed": (b"", {})})
     started = time.monotonic()
     store.disconnect()
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < 10  # not the poll interval, nor the stuck request
     served.hold_index.clear()  # the stuck request now answers, after the disconnect
     poller = [t for t in threading.enumerate() if t.name == "StaticURLStore-poll"]
     for thread in poller:
