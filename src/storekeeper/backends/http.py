@@ -93,7 +93,10 @@ _URL_OPTIONS = {"query_url": urls.text, "timeout": urls.seconds, "remote_events"
 #: Options of an ``http(s)://`` store URL that select another client than this one:
 #: ``(name, value)`` -> ``"module:Class"``, whose ``from_url(parts, **options)`` gets the
 #: whole URL. A client registers itself here, e.g. ``("static", "true")``.
-URL_CLIENTS: dict[tuple[str, str], str] = {}
+URL_CLIENTS: dict[tuple[str, str], str] = {
+    ("static", word): "storekeeper.backends.static:StaticURLStore"
+    for word in ("true", "1", "yes", "on")
+}
 _CAPABILITIES = StoreCapabilities(ranges=True, server_side_queries=True)
 
 

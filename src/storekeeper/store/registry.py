@@ -51,6 +51,9 @@ _registry: dict[str, _Backend] = {
     "sqlite": _Backend("storekeeper.backends.sqlite:SqliteStore", None),
     "http": _Backend("storekeeper.backends.http:DynamicURLStore", "http"),
     "https": _Backend("storekeeper.backends.http:DynamicURLStore", "http"),
+    "http+static": _Backend("storekeeper.backends.static:StaticURLStore", "http"),
+    "https+static": _Backend("storekeeper.backends.static:StaticURLStore", "http"),
+    "file+static": _Backend("storekeeper.backends.static:StaticURLStore", None),
 }
 _lock = threading.Lock()
 _entry_points_loaded = False
