@@ -1,0 +1,270 @@
+"""The merge of staged documents, as a join of plain states, and their JSON form.
+
+An element's *state* maps field names to registers (a field never written has none):
+
+- scalar / datetime: ``(stamp, value)``, a last-writer-wins register. Stamps are
+  ``(microseconds, session id)``; equal stamps with different values (two processes of
+  one session in the same microsecond) are ordered by the values' JSON text, so the
+  maximum is always defined.
+- list: ``{item: stamp}``, a grow-only set; each item keeps the newest stamp of its
+  additions (``(microseconds, session id, position)``) and items are listed in stamp order.
+- element: a :class:`Slot`; entities: ``{entity id: Slot}``. A slot is
+  ``(added, deleted, state)``: the newest stamp at which the element was assigned, the
+  newest at which it was deleted, and its fields' state. It is present iff
+  ``added > deleted``; writes stamped at or before ``deleted`` are dropped from it, so
+  an older copy cannot resurrect what a delete removed, while a later assignment wins.
+
+Every register is a join-semilattice (pointwise maxima), and dropping what a delete
+covers is compatible with it, so :func:`join` is commutative, associative and
+idempotent: whatever order copies are merged in, the result is the same.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from storekeeper.stage._schema import FieldSpec, Kind
+
+__all__ = [
+    "Slot",
+    "Stamp",
+    "State",
+    "alive",
+    "decode_state",
+    "encode_state",
+    "join",
+    "join_slot",
+    "newest_stamp",
+    "prune",
+]
+
+Stamp = tuple[Any, ...]
+State = dict[str, Any]
+Specs = Callable[[type], dict[str, FieldSpec]]
+
+
+class Slot(NamedTuple):
+    """An element that can be deleted: ``added`` and ``deleted`` stamps (or ``None``)
+    and the element's state."""
+
+    added: Stamp | None
+    deleted: Stamp | None
+    state: State
+
+
+def alive(slot: Slot) -> bool:
+    """Whether *slot*'s element is present: assigned after its newest delete."""
+    added, deleted = slot.added, slot.deleted
+    return added is not None and (deleted is None or added > deleted)
+
+
+def _max(a: Stamp | None, b: Stamp | None) -> Stamp | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a if a >= b else b
+
+
+def _text(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def _join_register(a: tuple[Stamp, Any], b: tuple[Stamp, Any]) -> tuple[Stamp, Any]:
+    if a[0] != b[0]:
+        return a if a[0] > b[0] else b
+    if a[1] == b[1]:
+        return a
+    return a if _text(a[1]) >= _text(b[1]) else b
+
+
+def _join_items(a: dict[Any, Stamp], b: dict[Any, Stamp]) -> dict[Any, Stamp]:
+    out = dict(a)
+    for item, stamp in b.items():
+        known = out.get(item)
+        if known is None or stamp > known:
+            out[item] = stamp
+    return out
+
+
+def join_slot(specs: Specs, cls: type, a: Slot, b: Slot) -> Slot:
+    """The join of two slots of element type *cls*."""
+    if a is b or a == b:
+        return a
+    added, deleted = _max(a.added, b.added), _max(a.deleted, b.deleted)
+    state = join(specs, cls, a.state, b.state)
+    if deleted is not None:
+        state = prune(specs, cls, state, deleted)
+    return Slot(added, deleted, state)
+
+
+def _join_slots(specs: Specs, cls: type, a: dict[str, Slot], b: dict[str, Slot]) -> dict[str, Slot]:
+    out = dict(a)
+    for key, slot in b.items():
+        known = out.get(key)
+        out[key] = slot if known is None else join_slot(specs, cls, known, slot)
+    return out
+
+
+def join(specs: Specs, cls: type, a: State, b: State) -> State:
+    """The join of two states of element type *cls* (a new dict, or one of the inputs
+    when it is the join)."""
+    if a is b:
+        return a
+    out: State = {}
+    for name, spec in specs(cls).items():
+        ra, rb = a.get(name), b.get(name)
+        if ra is None or rb is None or ra is rb:
+            register = rb if ra is None else ra
+            if register is not None:
+                out[name] = register
+            continue
+        kind = spec.kind
+        if kind is Kind.SCALAR or kind is Kind.DATETIME:
+            out[name] = _join_register(ra, rb)
+        elif kind is Kind.LIST:
+            out[name] = _join_items(ra, rb)
+        elif kind is Kind.ELEMENT:
+            out[name] = join_slot(specs, spec.item, ra, rb)
+        else:
+            out[name] = _join_slots(specs, spec.item, ra, rb)
+    if out == a:
+        return a
+    return b if out == b else out
+
+
+def _prune_slot(specs: Specs, cls: type, slot: Slot, floor: Stamp) -> Slot:
+    added = None if slot.added is None or slot.added <= floor else slot.added
+    deleted = None if slot.deleted is None or slot.deleted <= floor else slot.deleted
+    return Slot(added, deleted, prune(specs, cls, slot.state, floor))
+
+
+def prune(specs: Specs, cls: type, state: State, floor: Stamp) -> State:
+    """*state* without the writes stamped at or before *floor* (what a delete at
+    *floor* covers)."""
+    out: State = {}
+    for name, spec in specs(cls).items():
+        register = state.get(name)
+        if register is None:
+            continue
+        kind = spec.kind
+        if kind is Kind.SCALAR or kind is Kind.DATETIME:
+            if register[0] > floor:
+                out[name] = register
+        elif kind is Kind.LIST:
+            items = {item: stamp for item, stamp in register.items() if stamp > floor}
+            if items:
+                out[name] = items
+        elif kind is Kind.ELEMENT:
+            out[name] = _prune_slot(specs, spec.item, register, floor)
+        else:
+            item = spec.item
+            out[name] = {k: _prune_slot(specs, item, s, floor) for k, s in register.items()}
+    return out
+
+
+def newest_stamp(specs: Specs, cls: type, state: State) -> Stamp | None:
+    """The newest stamp anywhere in *state* (``None`` if it holds none)."""
+    newest: Stamp | None = None
+    for name, spec in specs(cls).items():
+        register = state.get(name)
+        if register is None:
+            continue
+        kind = spec.kind
+        if kind is Kind.SCALAR or kind is Kind.DATETIME:
+            newest = _max(newest, register[0])
+        elif kind is Kind.LIST:
+            for stamp in register.values():
+                newest = _max(newest, stamp[:2])
+        else:
+            slots = [register] if kind is Kind.ELEMENT else register.values()
+            for slot in slots:
+                newest = _max(_max(newest, slot.added), slot.deleted)
+                newest = _max(newest, newest_stamp(specs, spec.item, slot.state))
+    return newest
+
+
+# -- JSON form ----------------------------------------------------------------------
+# An element is a JSON object: "@" holds the stamp most of its scalar fields share,
+# a scalar is [value] under it or [value, micros, session] with its own stamp, a list
+# [[item, micros, session, position], ...], a slot [added, deleted, element] and
+# entities {id: slot}. A stamp is [micros, session] or null.
+
+
+def _stamp_in(raw: Any) -> Stamp | None:
+    return None if raw is None else (raw[0], raw[1])
+
+
+def _stamp_out(stamp: Stamp | None) -> Any:
+    return None if stamp is None else [stamp[0], stamp[1]]
+
+
+def _common_stamp(specs: dict[str, FieldSpec], state: State) -> Stamp | None:
+    counts: dict[Stamp, int] = {}
+    for name, spec in specs.items():
+        if spec.kind is Kind.SCALAR or spec.kind is Kind.DATETIME:
+            register = state.get(name)
+            if register is not None:
+                counts[register[0]] = counts.get(register[0], 0) + 1
+    return max(counts, key=counts.__getitem__) if counts else None
+
+
+def encode_state(specs: Specs, cls: type, state: State) -> dict[str, Any]:
+    """The JSON-ready form of *state* (element type *cls*)."""
+    fields = specs(cls)
+    common = _common_stamp(fields, state)
+    out: dict[str, Any] = {}
+    if common is not None:
+        out["@"] = [common[0], common[1]]
+    for name, spec in fields.items():
+        register = state.get(name)
+        if register is None:
+            continue
+        kind = spec.kind
+        if kind is Kind.SCALAR or kind is Kind.DATETIME:
+            stamp, value = register
+            out[name] = [value] if stamp == common else [value, stamp[0], stamp[1]]
+        elif kind is Kind.LIST:
+            out[name] = [[item, *stamp] for item, stamp in register.items()]
+        elif kind is Kind.ELEMENT:
+            out[name] = _slot_out(specs, spec.item, register)
+        else:
+            out[name] = {k: _slot_out(specs, spec.item, s) for k, s in register.items()}
+    return out
+
+
+def _slot_out(specs: Specs, cls: type, slot: Slot) -> list[Any]:
+    return [_stamp_out(slot.added), _stamp_out(slot.deleted), encode_state(specs, cls, slot.state)]
+
+
+def _slot_in(specs: Specs, cls: type, raw: list[Any]) -> Slot:
+    return Slot(_stamp_in(raw[0]), _stamp_in(raw[1]), decode_state(specs, cls, raw[2]))
+
+
+def decode_state(specs: Specs, cls: type, raw: dict[str, Any]) -> State:
+    """The state encoded by :func:`encode_state` (ValueError if *raw* is malformed)."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"a {cls.__name__} element must be a JSON object")  # noqa: TRY004
+    common = _stamp_in(raw.get("@"))
+    state: State = {}
+    try:
+        for name, spec in specs(cls).items():
+            encoded = raw.get(name)
+            if encoded is None:
+                continue
+            kind = spec.kind
+            if kind is Kind.SCALAR or kind is Kind.DATETIME:
+                stamp = common if len(encoded) == 1 else (encoded[1], encoded[2])
+                state[name] = (stamp, encoded[0])
+            elif kind is Kind.LIST:
+                state[name] = {e[0]: (e[1], e[2], e[3]) for e in encoded}
+            elif kind is Kind.ELEMENT:
+                state[name] = _slot_in(specs, spec.item, encoded)
+            else:
+                item = spec.item
+                state[name] = {k: _slot_in(specs, item, s) for k, s in encoded.items()}
+    except (TypeError, IndexError, KeyError, AttributeError) as exc:
+        raise ValueError(f"malformed {cls.__name__} element: {exc}") from exc
+    return state
