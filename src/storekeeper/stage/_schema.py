@@ -65,11 +65,12 @@ class FieldSpec:
     factory: Callable[[], Any] | None
 
     def make_default(self) -> Any:
-        """A fresh default value (never shared between instances)."""
+        """A fresh default value (never shared between instances): the declared
+        default, else an empty list for a list field and ``None`` for any other."""
         if self.factory is not None:
             return self.factory()
         if self.default is _MISSING:
-            return None
+            return [] if self.kind is Kind.LIST else None
         if isinstance(self.default, list | dict | set):
             return copy.deepcopy(self.default)
         return self.default

@@ -138,7 +138,7 @@ def default_identifier(path: str | os.PathLike[str] | None = None) -> str:
         text = target.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
         text = ""
-    if text and Session.IDENTIFIER_PATTERN.match(text):
+    if text and Session.IDENTIFIER_PATTERN.fullmatch(text):
         return text
     target.parent.mkdir(parents=True, exist_ok=True)
     candidate = target.with_name(f"{target.name}.{uuid.uuid4().hex}.tmp")
@@ -151,7 +151,7 @@ def default_identifier(path: str | os.PathLike[str] | None = None) -> str:
     finally:
         candidate.unlink()
     text = target.read_text(encoding="utf-8").strip()
-    if not Session.IDENTIFIER_PATTERN.match(text):
+    if not Session.IDENTIFIER_PATTERN.fullmatch(text):
         raise ValueError(f"{target} does not hold a valid session identifier: {text!r}")
     return text
 
@@ -179,7 +179,7 @@ class Session:
             identifier = default_identifier()
         elif not isinstance(identifier, str):
             raise TypeError(f"a session identifier must be a str, not {type(identifier)!r}")
-        elif not cls.IDENTIFIER_PATTERN.match(identifier):
+        elif not cls.IDENTIFIER_PATTERN.fullmatch(identifier):
             raise ValueError(
                 f"invalid session identifier {identifier!r}: use letters, digits, '-', '_', '.'"
             )

@@ -279,7 +279,7 @@ class BaseStage:
         found = set()
         for key in self.repository.list_keys(prefix, "/"):
             name = unescape_component(key[len(prefix) :])
-            if Session.IDENTIFIER_PATTERN.match(name):
+            if Session.IDENTIFIER_PATTERN.fullmatch(name):
                 found.add(Session(name))
         return frozenset(found)
 
@@ -289,7 +289,7 @@ class BaseStage:
         times = {}
         for key in self.repository.list_keys(prefix, "/"):
             name = unescape_component(key[len(prefix) :])
-            if not Session.IDENTIFIER_PATTERN.match(name):
+            if not Session.IDENTIFIER_PATTERN.fullmatch(name):
                 continue
             try:
                 text = self.repository.to_bytes(key).decode("ascii")
@@ -374,7 +374,7 @@ class BaseStage:
             if match is None:
                 continue
             identifier = match.group(1)
-            if identifier == SNAPSHOT_IDENTIFIER or Session.IDENTIFIER_PATTERN.match(identifier):
+            if identifier == SNAPSHOT_IDENTIFIER or Session.IDENTIFIER_PATTERN.fullmatch(identifier):
                 yield base + name + tail, identifier
 
     def read_merged_document(
