@@ -409,22 +409,38 @@ def _capture_entities(
 
 
 def _settle(element: Element, state: State) -> None:
-    """Make *state* (just written) *element*'s own: its edits are no longer pending."""
+    """Make *state* (just written) *element*'s own: its edits are no longer pending, and
+    where the join kept another session's newer write, the element shows that."""
     object.__setattr__(element, "_state", state)
     element._assigned.clear()
     for name, spec in fields_of(type(element)).items():
         value = element.__dict__[name]
         register = state.get(name)
-        if spec.kind is Kind.ELEMENT and value is not None and register is not None:
+        if spec.kind is Kind.ENTITIES:
+            _settle_entities(value, register or {})
+        elif register is None:
+            continue
+        elif spec.kind is not Kind.ELEMENT:
+            object.__setattr__(element, name, _materialize(spec, register))
+        elif not alive(register):
+            object.__setattr__(element, name, None)
+        elif value is None:
+            object.__setattr__(element, name, _materialize(spec, register))
+        else:
             _settle(value, register.state)
-        elif spec.kind is Kind.ENTITIES:
-            ents: Entities[Any] = value
-            ents._slots = register or {}
-            ents._cache.update(ents._added)
-            ents._added.clear()
-            ents._deleted.clear()
-            for key, entity in ents._cache.items():
-                _settle(entity, ents._slots[key].state)
+
+
+def _settle_entities(ents: Entities[Any], slots: dict[str, Slot]) -> None:
+    ents._slots = slots
+    ents._cache.update(ents._added)
+    ents._added.clear()
+    ents._deleted.clear()
+    for key, entity in list(ents._cache.items()):
+        slot = slots.get(key)
+        if slot is None or not alive(slot):
+            del ents._cache[key]
+        else:
+            _settle(entity, slot.state)
 
 
 # -- whole documents -----------------------------------------------------------------
@@ -581,6 +597,8 @@ def pull_document(doc: _D, session: Session) -> _D:
     revision = doc.__revision__
     if revision is not None and revision.session is session:
         return doc
+    if revision is not None:
+        session.clock.observe(revision.updated_at)
     if revision is None or has_pending(doc):
         merged, micros = captured_state(doc, session)
         updated_at = from_micros(micros)
@@ -593,6 +611,9 @@ def merge_documents(session: Session, a: _D, b: _D) -> _D:
     """The join of *a* and *b* as *session* sees it (see :meth:`Session.merge`)."""
     if type(a) is not type(b):
         raise TypeError(f"cannot merge a {type(a).__name__} with a {type(b).__name__}")
+    for revision in (a.__revision__, b.__revision__):
+        if revision is not None:
+            session.clock.observe(revision.updated_at)
     pending_a, pending_b = has_pending(a), has_pending(b)
     sa = captured_state(a, session)[0] if pending_a else state_of(a)
     sb = captured_state(b, session)[0] if pending_b else state_of(b)

@@ -374,7 +374,7 @@ class BaseStage:
             if match is None:
                 continue
             identifier = match.group(1)
-            if identifier == SNAPSHOT_IDENTIFIER or Session.IDENTIFIER_PATTERN.fullmatch(identifier):
+            if _is_copy(identifier):
                 yield base + name + tail, identifier
 
     def read_merged_document(
@@ -522,6 +522,13 @@ class BaseStage:
         revision = Revision(self.session, from_micros(micros))
         buffer.write(self._own_key(spec, key), _Buffered(document_type, tomb, revision, bases))
         return True
+
+
+def _is_copy(identifier: str) -> bool:
+    """Whether a copy's name part is a session identifier or the snapshot's."""
+    return identifier == SNAPSHOT_IDENTIFIER or bool(
+        Session.IDENTIFIER_PATTERN.fullmatch(identifier)
+    )
 
 
 def _check_type(document_type: type) -> None:
