@@ -43,6 +43,7 @@ __all__ = [
 Stamp = tuple[Any, ...]
 State = dict[str, Any]
 Specs = Callable[[type], dict[str, FieldSpec]]
+_SCALAR, _DATETIME, _LIST, _ELEMENT = Kind.SCALAR, Kind.DATETIME, Kind.LIST, Kind.ELEMENT
 
 
 class Slot(NamedTuple):
@@ -81,58 +82,85 @@ def _join_register(a: tuple[Stamp, Any], b: tuple[Stamp, Any]) -> tuple[Stamp, A
 
 
 def _join_items(a: dict[Any, Stamp], b: dict[Any, Stamp]) -> dict[Any, Stamp]:
-    out = dict(a)
+    out = a
     for item, stamp in b.items():
         known = out.get(item)
         if known is None or stamp > known:
+            if out is a:
+                out = dict(a)
             out[item] = stamp
+    if out is not a and out == b:
+        return b
     return out
 
 
 def join_slot(specs: Specs, cls: type, a: Slot, b: Slot) -> Slot:
-    """The join of two slots of element type *cls*."""
-    if a is b or a == b:
+    """The join of two slots of element type *cls* (one of them when it is the join)."""
+    if a is b:
         return a
     added, deleted = _max(a.added, b.added), _max(a.deleted, b.deleted)
     state = join(specs, cls, a.state, b.state)
-    if deleted is not None:
+    if deleted is not None and (deleted is not a.deleted or deleted is not b.deleted):
         state = prune(specs, cls, state, deleted)
+    if state is a.state and added is a.added and deleted is a.deleted:
+        return a
+    if state is b.state and added is b.added and deleted is b.deleted:
+        return b
     return Slot(added, deleted, state)
 
 
 def _join_slots(specs: Specs, cls: type, a: dict[str, Slot], b: dict[str, Slot]) -> dict[str, Slot]:
-    out = dict(a)
+    out = a
+    all_b = len(a) <= len(b)
     for key, slot in b.items():
-        known = out.get(key)
-        out[key] = slot if known is None else join_slot(specs, cls, known, slot)
+        known = a.get(key)
+        joined = slot if known is None else join_slot(specs, cls, known, slot)
+        if joined is not known:
+            if out is a:
+                out = dict(a)
+            out[key] = joined
+        if joined is not slot:
+            all_b = False
+    if all_b and len(out) == len(b):
+        return b
     return out
 
 
 def join(specs: Specs, cls: type, a: State, b: State) -> State:
-    """The join of two states of element type *cls* (a new dict, or one of the inputs
-    when it is the join)."""
+    """The join of two states of element type *cls* (one of the inputs when every
+    register of the join is that input's)."""
     if a is b:
         return a
     out: State = {}
+    all_a = all_b = True
     for name, spec in specs(cls).items():
         ra, rb = a.get(name), b.get(name)
-        if ra is None or rb is None or ra is rb:
-            register = rb if ra is None else ra
-            if register is not None:
-                out[name] = register
+        if ra is rb:
+            if ra is not None:
+                out[name] = ra
+            continue
+        if ra is None or rb is None:
+            out[name] = rb if ra is None else ra
+            all_a, all_b = all_a and ra is not None, all_b and rb is not None
             continue
         kind = spec.kind
-        if kind is Kind.SCALAR or kind is Kind.DATETIME:
-            out[name] = _join_register(ra, rb)
-        elif kind is Kind.LIST:
-            out[name] = _join_items(ra, rb)
-        elif kind is Kind.ELEMENT:
-            out[name] = join_slot(specs, spec.item, ra, rb)
+        if kind is _SCALAR or kind is _DATETIME:
+            stamp_a, stamp_b = ra[0], rb[0]
+            if stamp_a != stamp_b:
+                register = ra if stamp_a > stamp_b else rb
+            else:
+                register = _join_register(ra, rb)
+        elif kind is _LIST:
+            register = _join_items(ra, rb)
+        elif kind is _ELEMENT:
+            register = join_slot(specs, spec.item, ra, rb)
         else:
-            out[name] = _join_slots(specs, spec.item, ra, rb)
-    if out == a:
+            register = _join_slots(specs, spec.item, ra, rb)
+        out[name] = register
+        all_a, all_b = all_a and register is ra, all_b and register is rb
+    if all_a:
         return a
-    return b if out == b else out
+    return b if all_b else out
 
 
 def _prune_slot(specs: Specs, cls: type, slot: Slot, floor: Stamp) -> Slot:
@@ -193,10 +221,6 @@ def newest_stamp(specs: Specs, cls: type, state: State) -> Stamp | None:
 # entities {id: slot}. A stamp is [micros, session] or null.
 
 
-def _stamp_in(raw: Any) -> Stamp | None:
-    return None if raw is None else (raw[0], raw[1])
-
-
 def _stamp_out(stamp: Stamp | None) -> Any:
     return None if stamp is None else [stamp[0], stamp[1]]
 
@@ -239,32 +263,47 @@ def _slot_out(specs: Specs, cls: type, slot: Slot) -> list[Any]:
     return [_stamp_out(slot.added), _stamp_out(slot.deleted), encode_state(specs, cls, slot.state)]
 
 
-def _slot_in(specs: Specs, cls: type, raw: list[Any]) -> Slot:
-    return Slot(_stamp_in(raw[0]), _stamp_in(raw[1]), decode_state(specs, cls, raw[2]))
-
-
 def decode_state(specs: Specs, cls: type, raw: dict[str, Any]) -> State:
     """The state encoded by :func:`encode_state` (ValueError if *raw* is malformed)."""
     if not isinstance(raw, dict):
         raise ValueError(f"a {cls.__name__} element must be a JSON object")  # noqa: TRY004
-    common = _stamp_in(raw.get("@"))
-    state: State = {}
     try:
-        for name, spec in specs(cls).items():
-            encoded = raw.get(name)
-            if encoded is None:
-                continue
-            kind = spec.kind
-            if kind is Kind.SCALAR or kind is Kind.DATETIME:
-                stamp = common if len(encoded) == 1 else (encoded[1], encoded[2])
-                state[name] = (stamp, encoded[0])
-            elif kind is Kind.LIST:
-                state[name] = {e[0]: (e[1], e[2], e[3]) for e in encoded}
-            elif kind is Kind.ELEMENT:
-                state[name] = _slot_in(specs, spec.item, encoded)
-            else:
-                item = spec.item
-                state[name] = {k: _slot_in(specs, item, s) for k, s in encoded.items()}
-    except (TypeError, IndexError, KeyError, AttributeError) as exc:
+        return _decode(specs, cls, raw)
+    except (TypeError, IndexError, KeyError, AttributeError, ValueError) as exc:
         raise ValueError(f"malformed {cls.__name__} element: {exc}") from exc
+
+
+def _decode(specs: Specs, cls: type, raw: dict[str, Any]) -> State:
+    # Reading a feed decodes every entry of every copy: the loops are spelled out.
+    common_raw = raw.get("@")
+    common = None if common_raw is None else (common_raw[0], common_raw[1])
+    state: State = {}
+    for name, spec in specs(cls).items():
+        encoded = raw.get(name)
+        if encoded is None:
+            continue
+        kind = spec.kind
+        if kind is _SCALAR or kind is _DATETIME:
+            if len(encoded) == 1:
+                if common is None:
+                    raise ValueError(f"{name} has no stamp")
+                state[name] = (common, encoded[0])
+            else:
+                state[name] = ((encoded[1], encoded[2]), encoded[0])
+        elif kind is _LIST:
+            state[name] = {e[0]: (e[1], e[2], e[3]) for e in encoded}
+        elif kind is _ELEMENT:
+            state[name] = _slot_in(specs, spec.item, encoded)
+        else:
+            item = spec.item
+            state[name] = {k: _slot_in(specs, item, s) for k, s in encoded.items()}
     return state
+
+
+def _slot_in(specs: Specs, cls: type, raw: list[Any]) -> Slot:
+    added, deleted, body = raw
+    return Slot(
+        None if added is None else (added[0], added[1]),
+        None if deleted is None else (deleted[0], deleted[1]),
+        _decode(specs, cls, body),
+    )

@@ -61,15 +61,19 @@ __all__ = [
 ]
 
 _E = TypeVar("_E", bound="Element")
+_SCALAR = Kind.SCALAR
+_MUTABLE = (list, dict)
 _D = TypeVar("_D", bound="MergeableDocument")
+
+
+_FIELDS: dict[type, dict[str, FieldSpec]] = {}
 
 
 def fields_of(cls: type) -> dict[str, FieldSpec]:
     """The declared fields of the element type *cls* (resolved once, then cached)."""
-    found: dict[str, FieldSpec] | None = cls.__dict__.get("__stage_fields")
+    found = _FIELDS.get(cls)
     if found is None:
-        found = field_specs(cls, Element, Entities)
-        type.__setattr__(cls, "__stage_fields", found)
+        found = _FIELDS[cls] = field_specs(cls, Element, Entities)
     return found
 
 
@@ -81,6 +85,27 @@ def _encode(spec: FieldSpec, value: Any) -> Any:
     if isinstance(value, list | dict):
         return copy.deepcopy(value)
     return value
+
+
+_DYNAMIC: Any = object()
+_PLANS: dict[type, list[tuple[str, FieldSpec, Any]]] = {}
+
+
+def _plan(cls: type) -> list[tuple[str, FieldSpec, Any]]:
+    """Each field of *cls* with its default when that is an immutable value (shared
+    safely between instances), else a marker: the default must be made each time."""
+    found = _PLANS.get(cls)
+    if found is None:
+        found = []
+        for name, spec in fields_of(cls).items():
+            static = _DYNAMIC
+            if spec.kind is not Kind.ENTITIES and spec.factory is None:
+                default = spec.make_default()
+                if default is None or type(default) in (str, int, float, bool, bytes):
+                    static = default
+            found.append((name, spec, static))
+        _PLANS[cls] = found
+    return found
 
 
 def decode_value(spec: FieldSpec, value: Any) -> Any:
@@ -139,10 +164,19 @@ class Element:
     @classmethod
     def _from_state(cls, state: State) -> Self:
         self = object.__new__(cls)
-        object.__setattr__(self, "_state", state)
-        object.__setattr__(self, "_assigned", set())
-        for name, spec in fields_of(cls).items():
-            object.__setattr__(self, name, _materialize(spec, state.get(name)))
+        values = self.__dict__
+        values["_state"] = state
+        values["_assigned"] = set()
+        for name, spec, static in _plan(cls):
+            register = state.get(name)
+            # The common cases inline: reading a feed materializes every entry.
+            if register is None and static is not _DYNAMIC:
+                values[name] = static
+            elif register is not None and spec.kind is _SCALAR:
+                value = register[1]
+                values[name] = copy.deepcopy(value) if type(value) in _MUTABLE else value
+            else:
+                values[name] = _materialize(spec, register)
         return self
 
 

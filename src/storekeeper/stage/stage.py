@@ -19,20 +19,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from storekeeper import errors
-from storekeeper.stage.codec import (
-    decode_document,
-    decode_revision,
-    decode_slot,
-    encode_document,
-    plain_document,
-)
+from storekeeper.stage._copies import Copy, CopyCache, load_copy
+from storekeeper.stage.codec import decode_slot, encode_document
 from storekeeper.stage.document import (
     DocState,
     MergeableDocument,
-    adopted_state,
     build_document,
     document_alive,
     has_pending,
@@ -63,6 +57,7 @@ _D = TypeVar("_D", bound=MergeableDocument)
 #: The name a compacted snapshot takes in place of a session identifier (it cannot be
 #: one: session identifiers have no ``@``).
 SNAPSHOT_IDENTIFIER = "@snapshot"
+_MISSING = "missing"  # the version token of a listed copy that has vanished since
 _COMMIT_ATTEMPTS = 64
 
 
@@ -91,9 +86,12 @@ class DirtyBuffer:
     *repository* is the store it flushes to, *lock* the stage's lock shared by its buffers.
     """
 
-    def __init__(self, repository: AbstractStore, lock: threading.RLock) -> None:
+    def __init__(
+        self, repository: AbstractStore, lock: threading.RLock, cache: CopyCache | None = None
+    ) -> None:
         self.repository = repository
         self.lock = lock
+        self.cache = cache if cache is not None else CopyCache()
         #: Pending writes: key -> what will be merged into the stored copy.
         self.dictionary: dict[str, _Buffered] = {}
 
@@ -120,30 +118,30 @@ class DirtyBuffer:
             return
         with self.lock:
             for attempt in range(_COMMIT_ATTEMPTS):
+                written = []
                 try:
                     with self.repository.transaction("stage commit"):
                         for key, entry in self.dictionary.items():
-                            self._flush_one(session, key, entry)
+                            written.append(self._flush_one(session, key, entry))
                         for key, data in (extra or {}).items():
                             self.repository.set(key, (data, {}))
                 except errors.ConflictError:
                     time.sleep(random.uniform(0, 0.002 * 2 ** min(attempt, 8)))
                     continue
+                for key, version, copy in written:
+                    self.cache.put((copy.state_type, key), version, copy.copy)
                 self.dictionary.clear()
                 return
         raise TransactionError(f"the commit conflicted {_COMMIT_ATTEMPTS} times in a row")
 
-    def _flush_one(self, session: Session, key: str, entry: _Buffered) -> None:
+    def _flush_one(
+        self, session: Session, key: str, entry: _Buffered
+    ) -> tuple[str, str | None, _Written]:
         store = self.repository
-        try:
-            value = store.get(key)
-        except KeyError:
-            version = None
-        else:
-            version = value.version
-            with value.data as stream:
-                body = stream.read()
-            stored = _decode_copy(session, entry.document_type, body, value.metadata)
+        found = load_copy(store, key, entry.document_type, session, self.cache)
+        version = None
+        if found is not None:
+            stored, version = found
             merged = join_documents(entry.document_type, entry.state, stored.state)
             updated = max(entry.revision.updated_at, stored.revision.updated_at)
             entry = _Buffered(
@@ -155,33 +153,18 @@ class DirtyBuffer:
         body, metadata = encode_document(
             entry.document_type, entry.state, entry.revision, entry.bases
         )
-        if version is None:
-            store.set(key, (body, metadata), if_exists=False)
+        if found is None:
+            new_version = store.set(key, (body, metadata), if_exists=False)
         else:
-            store.set(key, (body, metadata), if_version=version)
+            new_version = store.set(key, (body, metadata), if_version=version)
+        copy = Copy(entry.state, entry.revision, entry.bases, True)
+        return key, new_version, _Written(entry.document_type, copy)
 
 
-@dataclass(slots=True)
-class _Copy:
-    state: DocState
-    revision: Revision
-    bases: RevisionSet
-    stamped: bool
-
-
-def _decode_copy(
-    session: Session, document_type: type[MergeableDocument], body: bytes, metadata: dict[str, Any]
-) -> _Copy:
-    """A stored copy's merge state. An unstamped document (put in the store by hand)
-    gets the oldest possible stamp, the same for every reader, so adopting it again
-    changes nothing and any later edit wins over it."""
-    found = decode_revision(metadata)
-    if found is None:
-        state = adopted_state(plain_document(document_type, body))
-        return _Copy(state, Revision(session, from_micros(0)), RevisionSet(), False)
-    revision, bases = found
-    session.clock.observe(revision.updated_at)
-    return _Copy(decode_document(document_type, body, metadata), revision, bases, True)
+@dataclass(frozen=True, slots=True)
+class _Written:
+    state_type: type[MergeableDocument]
+    copy: Copy
 
 
 class BaseStage:
@@ -213,6 +196,8 @@ class BaseStage:
         self.lock = threading.RLock()
         #: Open transactions: context id -> (buffer, where it began).
         self.transactions: dict[object, tuple[DirtyBuffer, str]] = {}
+        #: Decoded copies and merges, valid while their versions hold.
+        self.cache = CopyCache()
         self._last_touch: datetime | None = None
 
     def __repr__(self) -> str:
@@ -240,7 +225,10 @@ class BaseStage:
                     "a transaction is already open in this context; it began at:\n" + began
                 )
             stack = "".join(traceback.format_stack()[:-1])
-            self.transactions[context] = (DirtyBuffer(self.repository, self.lock), stack)
+            self.transactions[context] = (
+                DirtyBuffer(self.repository, self.lock, self.cache),
+                stack,
+            )
         return self
 
     def __exit__(
@@ -315,17 +303,21 @@ class BaseStage:
             self.repository.set(key, (data, {}))
 
     # -- reading -------------------------------------------------------------------------
-    def _read_copy(self, buffer: DirtyBuffer, key: str, document_type: type[_D]) -> _Copy | None:
+    def _read_copy(self, buffer: DirtyBuffer, key: str, document_type: type[_D]) -> Copy | None:
+        return self._load(buffer, key, document_type)[0]
+
+    def _load(
+        self, buffer: DirtyBuffer, key: str, document_type: type[_D]
+    ) -> tuple[Copy | None, object]:
+        """The copy at *key* as this transaction sees it, and a token of its version
+        (``None`` when it cannot be cached: buffered, or the store has no versions)."""
         entry = buffer.dictionary.get(key)
         if entry is not None:
-            return _Copy(entry.state, entry.revision, entry.bases, True)
-        try:
-            value = self.repository.get(key)
-            with value.data as stream:
-                body = stream.read()
-        except KeyError:
-            return None
-        return _decode_copy(self.session, document_type, body, value.metadata)
+            return Copy(entry.state, entry.revision, entry.bases, True), None
+        found = load_copy(self.repository, key, document_type, self.session, self.cache)
+        if found is None:
+            return None, _MISSING
+        return found
 
     def read(self, document_type: type[_D], key: Sequence[str]) -> _D:
         """The document of *document_type* stored at *key* (a sequence of components),
@@ -396,25 +388,23 @@ class BaseStage:
     ) -> tuple[DocState, Revision, RevisionSet] | None:
         buffer = self.get_current_transaction()
         copies = []
-        unstamped = []
+        versions: list[object] = [document_type]
         for store_key, _ in self.copy_keys(spec, key):
-            copy = self._read_copy(buffer, store_key, document_type)
+            copy, version = self._load(buffer, store_key, document_type)
+            versions.append((store_key, version))
             if copy is not None:
                 copies.append(copy)
-                if not copy.stamped:
-                    unstamped.append(copy)
         if not copies:
             return None
-        state = copies[0].state
-        for copy in copies[1:]:
-            state = join_documents(document_type, state, copy.state)
-        same = [c for c in copies if c.state is state]
-        updated = (
-            same[0] if same else max(copies, key=lambda c: c.revision.updated_at)
-        ).revision.updated_at
-        revisions = RevisionSet(c.revision for c in copies if c.stamped)
-        bases = revisions.merge(*(c.bases for c in copies))
-        if unstamped:
+        signature = tuple(versions)
+        cacheable = all(v[1] is not None for v in versions[1:])  # type: ignore[index]
+        merged = self.cache.get(signature, True) if cacheable else None
+        if merged is None:
+            merged = _merge_copies(document_type, copies)
+            if cacheable:
+                self.cache.put(signature, True, merged)
+        state, updated, bases = merged
+        if not all(c.stamped for c in copies):
             self._adopt(buffer, document_type, spec, key, state, updated, bases)
         return state, Revision(self.session, updated), bases
 
@@ -522,6 +512,20 @@ class BaseStage:
         revision = Revision(self.session, from_micros(micros))
         buffer.write(self._own_key(spec, key), _Buffered(document_type, tomb, revision, bases))
         return True
+
+
+def _merge_copies(
+    document_type: type[MergeableDocument], copies: list[Copy]
+) -> tuple[DocState, datetime, RevisionSet]:
+    """The join of *copies*, the time of the merged revision (that of the copy that is
+    the join, if one is, else the newest) and the merged base revisions."""
+    state = copies[0].state
+    for copy in copies[1:]:
+        state = join_documents(document_type, state, copy.state)
+    same = [c for c in copies if c.state is state]
+    newest = same[0] if same else max(copies, key=lambda c: c.revision.updated_at)
+    revisions = RevisionSet(c.revision for c in copies if c.stamped)
+    return state, newest.revision.updated_at, revisions.merge(*(c.bases for c in copies))
 
 
 def _is_copy(identifier: str) -> bool:
