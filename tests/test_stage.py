@@ -495,3 +495,35 @@ def test_commit_merges_and_retries_after_a_concurrent_write_of_the_same_session(
             merged = stage.feeds["f"]
             assert sorted(merged.entries) == ["e1", "e2"]
             assert merged.entries["e1"].starred
+
+
+def test_routes_refuse_documents_of_another_type(memory: DictMemoryStore) -> None:
+    with _stage(memory, "rtype-a") as stage:
+        with pytest.raises(TypeError, match="Doc documents"):
+            stage.doc = Student(name="x")  # type: ignore[assignment]
+        with pytest.raises(TypeError, match="Student documents"):
+            stage.seating["A"]["1"] = Doc(title="x")
+
+
+def test_two_devices_sync_a_reading_list_through_a_folder(tmp_path: Path) -> None:
+    # The README's example: each device opens the same (synced) folder as its store.
+    folder = tmp_path / "Sync" / "reader"
+    laptop = Stage(Session("laptop"), folder.as_uri() + "?create=true")
+    phone = Stage(Session("phone"), folder.as_uri())
+    with laptop:
+        feed = Feed(id="https://example.org/feed.xml", title="Example")
+        feed.entries["post-1"] = Entry(title="Hello", link="https://example.org/1")
+        feed.entries["post-2"] = Entry(title="World", link="https://example.org/2")
+        laptop.feeds[feed.id] = feed
+    with phone:  # the phone marks post-1 read while the laptop stars post-2
+        feed = phone.feeds["https://example.org/feed.xml"]
+        feed.entries["post-1"].read = True
+        phone.feeds[feed.id] = feed
+    with laptop:
+        feed = laptop.feeds["https://example.org/feed.xml"]
+        feed.entries["post-2"].starred = True
+        laptop.feeds[feed.id] = feed
+    for device in (laptop, phone):
+        with device:
+            entries = device.feeds["https://example.org/feed.xml"].entries
+            assert (entries["post-1"].read, entries["post-2"].starred) == (True, True)

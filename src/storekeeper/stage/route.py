@@ -66,6 +66,11 @@ def join_key(components: Sequence[str]) -> str:
     return "/".join(map(escape_component, components))
 
 
+def _check_document(document_type: type, document: object) -> None:
+    if not isinstance(document, document_type):
+        raise TypeError(f"this route holds {document_type.__name__} documents, not {document!r}")
+
+
 def _fields(component: str) -> list[str]:
     return [f for _, f, _, _ in _FORMATTER.parse(component) if f is not None]
 
@@ -139,6 +144,7 @@ class Route(Generic[_D]):
     def __set__(self, stage: BaseStage, document: _D) -> None:
         if self.spec.levels:
             raise AttributeError("cannot set the directory")
+        _check_document(self.document_type, document)
         spec = self.spec
         key = [spec.format(i, (), stage.session) for i in range(len(spec.components))]
         stage.write(key, document)
@@ -242,6 +248,7 @@ class Directory(Mapping[str, Any], Generic[_D]):
 
     def __setitem__(self, index: str, document: _D) -> None:
         self._descend(index)
+        _check_document(self.document_type, document)
         self.stage.write(self._full_key(index), document)
 
     def __delitem__(self, index: str) -> None:

@@ -327,7 +327,8 @@ class BaseStage:
         copy = self._read_copy(buffer, join_key(key), document_type)
         if copy is None:
             raise errors.KeyNotFoundError(f"no document at {list(key)!r}")
-        return build_document(document_type, copy.state, copy.revision, copy.bases)
+        revision = Revision(self.session, copy.revision.updated_at)
+        return build_document(document_type, copy.state, revision, copy.bases)
 
     def list_level(self, key: Sequence[str]) -> list[str]:
         """The component names one level below *key*, with the open transaction's."""
