@@ -126,11 +126,46 @@ def _join_slots(specs: Specs, cls: type, a: dict[str, Slot], b: dict[str, Slot])
     return out
 
 
+_FLAT: dict[type, frozenset[str] | None] = {}
+
+
+def _flat_names(specs: Specs, cls: type) -> frozenset[str] | None:
+    """The field names of *cls* if every field is a scalar (entries of a feed usually
+    are), else ``None``: such states are decoded and joined by one tight loop."""
+    try:
+        return _FLAT[cls]
+    except KeyError:
+        fields = specs(cls)
+        flat = all(f.kind is _SCALAR or f.kind is _DATETIME for f in fields.values())
+        names = _FLAT[cls] = frozenset(fields) if flat else None
+        return names
+
+
+def _join_flat(a: State, b: State) -> State:
+    out = a
+    for name, rb in b.items():
+        ra = a.get(name)
+        if ra is rb:
+            continue
+        if ra is not None:
+            stamp_a, stamp_b = ra[0], rb[0]
+            if stamp_a > stamp_b or (stamp_a == stamp_b and _join_register(ra, rb) is ra):
+                continue
+        if out is a:
+            out = dict(a)
+        out[name] = rb
+    if out is a or (len(out) == len(b) and all(out[k] is r for k, r in b.items())):
+        return a if out is a else b
+    return out
+
+
 def join(specs: Specs, cls: type, a: State, b: State) -> State:
     """The join of two states of element type *cls* (one of the inputs when every
     register of the join is that input's)."""
     if a is b:
         return a
+    if _flat_names(specs, cls) is not None:
+        return _join_flat(a, b)
     out: State = {}
     all_a = all_b = True
     for name, spec in specs(cls).items():
@@ -277,6 +312,16 @@ def _decode(specs: Specs, cls: type, raw: dict[str, Any]) -> State:
     # Reading a feed decodes every entry of every copy: the loops are spelled out.
     common_raw = raw.get("@")
     common = None if common_raw is None else (common_raw[0], common_raw[1])
+    names = _flat_names(specs, cls)
+    if names is not None:
+        flat = {
+            name: (common if len(encoded) == 1 else (encoded[1], encoded[2]), encoded[0])
+            for name, encoded in raw.items()
+            if name in names
+        }
+        if common is None and any(register[0] is None for register in flat.values()):
+            raise ValueError(f"a {cls.__name__} field has no stamp")
+        return flat
     state: State = {}
     for name, spec in specs(cls).items():
         encoded = raw.get(name)
