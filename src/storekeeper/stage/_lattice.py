@@ -159,6 +159,17 @@ def _join_flat(a: State, b: State) -> State:
     return out
 
 
+def _join_field(specs: Specs, spec: FieldSpec, ra: Any, rb: Any) -> Any:
+    kind = spec.kind
+    if kind is _SCALAR or kind is _DATETIME:
+        return _join_register(ra, rb)
+    if kind is _LIST:
+        return _join_items(ra, rb)
+    if kind is _ELEMENT:
+        return join_slot(specs, spec.item, ra, rb)
+    return _join_slots(specs, spec.item, ra, rb)
+
+
 def join(specs: Specs, cls: type, a: State, b: State) -> State:
     """The join of two states of element type *cls* (one of the inputs when every
     register of the join is that input's)."""
@@ -178,19 +189,7 @@ def join(specs: Specs, cls: type, a: State, b: State) -> State:
             out[name] = rb if ra is None else ra
             all_a, all_b = all_a and ra is not None, all_b and rb is not None
             continue
-        kind = spec.kind
-        if kind is _SCALAR or kind is _DATETIME:
-            stamp_a, stamp_b = ra[0], rb[0]
-            if stamp_a != stamp_b:
-                register = ra if stamp_a > stamp_b else rb
-            else:
-                register = _join_register(ra, rb)
-        elif kind is _LIST:
-            register = _join_items(ra, rb)
-        elif kind is _ELEMENT:
-            register = join_slot(specs, spec.item, ra, rb)
-        else:
-            register = _join_slots(specs, spec.item, ra, rb)
+        register = _join_field(specs, spec, ra, rb)
         out[name] = register
         all_a, all_b = all_a and register is ra, all_b and register is rb
     if all_a:
