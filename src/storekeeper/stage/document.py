@@ -88,23 +88,40 @@ def _encode(spec: FieldSpec, value: Any) -> Any:
 
 
 _DYNAMIC: Any = object()
-_PLANS: dict[type, list[tuple[str, FieldSpec, Any]]] = {}
 
 
-def _plan(cls: type) -> list[tuple[str, FieldSpec, Any]]:
-    """Each field of *cls* with its default when that is an immutable value (shared
-    safely between instances), else a marker: the default must be made each time."""
+class _Plan(NamedTuple):
+    """How to build an element of one type from its state: each field with its default
+    when that is an immutable value (else a marker: made each time); for types whose
+    fields are all scalars with such defaults, those defaults as one dict (``flat``)
+    and the names of the time fields."""
+
+    fields: list[tuple[str, FieldSpec, Any]]
+    flat: dict[str, Any] | None
+    times: list[str]
+
+
+_PLANS: dict[type, _Plan] = {}
+
+
+def _plan(cls: type) -> _Plan:
     found = _PLANS.get(cls)
     if found is None:
-        found = []
+        fields = []
         for name, spec in fields_of(cls).items():
             static = _DYNAMIC
             if spec.kind is not Kind.ENTITIES and spec.factory is None:
                 default = spec.make_default()
                 if default is None or type(default) in (str, int, float, bool, bytes):
                     static = default
-            found.append((name, spec, static))
-        _PLANS[cls] = found
+            fields.append((name, spec, static))
+        scalar = all(
+            spec.kind in (Kind.SCALAR, Kind.DATETIME) and static is not _DYNAMIC
+            for _, spec, static in fields
+        )
+        flat = {name: static for name, _, static in fields} if scalar else None
+        times = [name for name, spec, _ in fields if spec.kind is Kind.DATETIME]
+        found = _PLANS[cls] = _Plan(fields, flat, times)
     return found
 
 
@@ -165,18 +182,25 @@ class Element:
     def _from_state(cls, state: State) -> Self:
         self = object.__new__(cls)
         values = self.__dict__
-        values["_state"] = state
-        values["_assigned"] = set()
-        for name, spec, static in _plan(cls):
-            register = state.get(name)
-            # The common cases inline: reading a feed materializes every entry.
-            if register is None and static is not _DYNAMIC:
-                values[name] = static
-            elif register is not None and spec.kind is _SCALAR:
+        plan = _plan(cls)
+        if plan.flat is not None:
+            # Every field a scalar with an immutable default (feed entries): one pass.
+            values.update(plan.flat)
+            for name, register in state.items():
                 value = register[1]
                 values[name] = copy.deepcopy(value) if type(value) in _MUTABLE else value
-            else:
-                values[name] = _materialize(spec, register)
+            for name in plan.times:
+                if type(values[name]) is str:
+                    values[name] = datetime.fromisoformat(values[name])
+        else:
+            for name, spec, static in plan.fields:
+                register = state.get(name)
+                if register is None and static is not _DYNAMIC:
+                    values[name] = static
+                else:
+                    values[name] = _materialize(spec, register)
+        values["_state"] = state
+        values["_assigned"] = set()
         return self
 
 
