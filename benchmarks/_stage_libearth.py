@@ -4,8 +4,11 @@ libearth cannot be imported on Python 3.10+ as released: it subclasses
 ``collections.MutableSequence`` and friends, which moved to ``collections.abc``. The
 shim below puts those names back before importing it; nothing else is changed.
 
-Usage: ``python _stage_libearth.py WORKDIR ENTRIES ITERATIONS SESSIONS...``; prints one
-JSON object of timings (seconds per operation, median of ITERATIONS) and sizes.
+Usage: ``python _stage_libearth.py WORKDIR ENTRIES SESSIONS...``. It builds one
+repository per number of sessions, prints ``ready``, then answers one command per line
+on stdin with one line of JSON: ``read S`` (seconds for one merged read of S copies),
+``commit S I`` (seconds to assign and commit an edit of entry I), ``memory S`` (bytes
+of one stored copy and the peak traced memory of one merged read).
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ import collections
 import collections.abc
 import json
 import os
-import statistics
 import sys
 import time
 import tracemalloc
@@ -45,51 +47,52 @@ def _feed(entries: int, session_index: int) -> Feed:
     return feed
 
 
-def _measure(workdir: str, entries: int, iterations: int, sessions: int) -> dict[str, float]:
+def _setup(workdir: str, entries: int, sessions: int) -> tuple[Stage, str]:
     repo = FileSystemRepository(os.path.join(workdir, f"libearth-{sessions}"))
     stages = [Stage(Session(f"s{i}"), repo) for i in range(sessions)]
     for index, stage in enumerate(stages):
         with stage:
             stage.feeds[FEED_ID] = _feed(entries, index)
-    reader = stages[0]
+    return stages[0], os.path.join(repo.path, "feeds", FEED_ID, "s0.xml")
 
-    def read() -> int:
-        with reader:
-            feed = reader.feeds[FEED_ID]
-            return sum(1 for e in feed.entries if e.title.value)
 
-    assert read() == entries
-    reads, commits = [], []
-    for _ in range(iterations):
+def _read(stage: Stage) -> int:
+    with stage:
+        feed = stage.feeds[FEED_ID]
+        return sum(1 for e in feed.entries if e.title.value)
+
+
+def _commit(stage: Stage, index: int) -> float:
+    with stage:
+        feed = stage.feeds[FEED_ID]
+        feed.entries[index].starred = Mark(marked=True, updated_at=now())
         start = time.perf_counter()
-        read()
-        reads.append(time.perf_counter() - start)
-    for iteration in range(iterations):
-        with reader:
-            feed = reader.feeds[FEED_ID]
-            feed.entries[iteration].starred = Mark(marked=True, updated_at=now())
-            start = time.perf_counter()
-            reader.feeds[FEED_ID] = feed
-        commits.append(time.perf_counter() - start)
-    copy = os.path.join(repo.path, "feeds", FEED_ID, "s0.xml")
-    copies = os.listdir(os.path.join(repo.path, "feeds", FEED_ID))
-    tracemalloc.start()
-    read()
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    return {
-        "read": statistics.median(reads),
-        "commit": statistics.median(commits),
-        "copy_bytes": os.path.getsize(copy) if os.path.exists(copy) else -1,
-        "copies": len(copies),
-        "read_peak": peak,
-    }
+        stage.feeds[FEED_ID] = feed
+    return time.perf_counter() - start
 
 
 def main() -> None:
-    workdir, entries, iterations = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    out = {s: _measure(workdir, entries, iterations, int(s)) for s in sys.argv[4:]}
-    print(json.dumps(out))
+    workdir, entries = sys.argv[1], int(sys.argv[2])
+    built = {s: _setup(workdir, entries, int(s)) for s in sys.argv[3:]}
+    for stage, _ in built.values():
+        assert _read(stage) == entries
+    print("ready", flush=True)
+    for line in sys.stdin:
+        command, sessions, *rest = line.split()
+        stage, copy = built[sessions]
+        if command == "read":
+            start = time.perf_counter()
+            _read(stage)
+            answer: object = time.perf_counter() - start
+        elif command == "commit":
+            answer = _commit(stage, int(rest[0]))
+        else:
+            tracemalloc.start()
+            _read(stage)
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+            answer = [os.path.getsize(copy), peak]
+        print(json.dumps(answer), flush=True)
 
 
 if __name__ == "__main__":

@@ -274,3 +274,18 @@ def test_equal_stamps_break_ties_by_value_in_every_order() -> None:
     one.revise(second)
     assert state_of(first).state["title"][0] == state_of(second).state["title"][0]
     assert one.merge(first, second).title == one.merge(second, first).title
+
+
+@settings(max_examples=100, deadline=None)
+@given(_history, _skews, st.data())
+def test_joining_many_states_at_once_equals_folding_pairs(
+    history: list[tuple[int, tuple[Any, ...]]], skews: list[int], data: st.DataObject
+) -> None:
+    from storekeeper.stage.document import join_all_documents
+
+    world = _run(history, skews)
+    picked = data.draw(st.lists(st.sampled_from(world.seen), min_size=1, max_size=6))
+    folded = picked[0]
+    for state in picked[1:]:
+        folded = _join(folded, state)
+    assert join_all_documents(Card, picked) == folded

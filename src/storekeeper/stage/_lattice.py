@@ -35,7 +35,9 @@ __all__ = [
     "decode_state",
     "encode_state",
     "join",
+    "join_all",
     "join_slot",
+    "join_slot_all",
     "newest_stamp",
     "prune",
 ]
@@ -195,6 +197,79 @@ def join(specs: Specs, cls: type, a: State, b: State) -> State:
     if all_a:
         return a
     return b if all_b else out
+
+
+def join_all(specs: Specs, cls: type, states: list[State]) -> State:
+    """The join of every state in *states* (at least one) of element type *cls*, in one
+    pass: equal to folding :func:`join` over them, with one new dict per element
+    instead of one per element and step (reading a feed merges every entry of every
+    session's copy)."""
+    if len(states) == 1:
+        return states[0]
+    if _flat_names(specs, cls) is not None:
+        return _join_flat_all(states)
+    out = {}
+    for name, spec in specs(cls).items():
+        registers = [r for r in (state.get(name) for state in states) if r is not None]
+        if not registers:
+            continue
+        head = registers[0]
+        if all(r is head for r in registers):
+            out[name] = head
+        elif spec.kind is Kind.ENTITIES:
+            out[name] = _join_entities_all(specs, spec.item, registers)
+        elif spec.kind is _ELEMENT:
+            out[name] = join_slot_all(specs, spec.item, registers)
+        else:
+            joined = head
+            for register in registers[1:]:
+                joined = _join_field(specs, spec, joined, register)
+            out[name] = joined
+    return out
+
+
+def _join_flat_all(states: list[State]) -> State:
+    out = dict(states[0])
+    for state in states[1:]:
+        for name, rb in state.items():
+            ra = out.get(name)
+            if ra is None:
+                out[name] = rb
+            elif ra is not rb:
+                stamp_a, stamp_b = ra[0], rb[0]
+                if stamp_b > stamp_a or (stamp_b == stamp_a and _join_register(ra, rb) is rb):
+                    out[name] = rb
+    return out
+
+
+def _join_entities_all(
+    specs: Specs, cls: type, registers: list[dict[str, Slot]]
+) -> dict[str, Slot]:
+    groups: dict[str, list[Slot]] = {}
+    for register in registers:
+        for key, slot in register.items():
+            group = groups.get(key)
+            if group is None:
+                groups[key] = [slot]
+            else:
+                group.append(slot)
+    return {
+        key: group[0] if len(group) == 1 else join_slot_all(specs, cls, group)
+        for key, group in groups.items()
+    }
+
+
+def join_slot_all(specs: Specs, cls: type, slots: list[Slot]) -> Slot:
+    """:func:`join_all` for slots."""
+    head = slots[0]
+    if all(slot is head for slot in slots):
+        return head
+    added = max((s.added for s in slots if s.added is not None), default=None)
+    deleted = max((s.deleted for s in slots if s.deleted is not None), default=None)
+    state = join_all(specs, cls, [s.state for s in slots])
+    if deleted is not None and any(s.deleted != deleted for s in slots):
+        state = prune(specs, cls, state, deleted)
+    return Slot(added, deleted, state)
 
 
 def _prune_slot(specs: Specs, cls: type, slot: Slot, floor: Stamp) -> Slot:

@@ -47,6 +47,7 @@ from storekeeper.stage._lattice import (
     State,
     alive,
     join,
+    join_all,
     prune,
 )
 from storekeeper.stage._schema import FieldSpec, Kind, entities, field_specs
@@ -582,6 +583,26 @@ def join_documents(cls: type, a: DocState, b: DocState) -> DocState:
     if result == a:
         return a
     return b if result == b else result
+
+
+def join_all_documents(cls: type, docs: list[DocState]) -> DocState:
+    """The join of every merge state in *docs* (at least one): equal to folding
+    :func:`join_documents` over them, faster for many copies."""
+    if len(docs) <= 2 or len({d.floor for d in docs}) > 1:
+        result = docs[0]
+        for doc in docs[1:]:
+            result = join_documents(cls, result, doc)
+        return result
+    state = join_all(fields_of, cls, [d.state for d in docs])
+    deleted = max((d.deleted for d in docs if d.deleted is not None), default=None)
+    if deleted is not None and any(d.deleted != deleted for d in docs):
+        state = prune(fields_of, cls, state, deleted)
+    added = max((d.added for d in docs if d.added is not None), default=None)
+    result = DocState(added, deleted, docs[0].floor, state)
+    for doc in docs:
+        if doc == result:
+            return doc
+    return result
 
 
 def _max_stamp(a: Stamp | None, b: Stamp | None) -> Stamp | None:

@@ -30,6 +30,7 @@ from storekeeper.stage.document import (
     build_document,
     document_alive,
     has_pending,
+    join_all_documents,
     join_documents,
     state_of,
     tombstone,
@@ -520,9 +521,7 @@ def _merge_copies(
 ) -> tuple[DocState, datetime, RevisionSet]:
     """The join of *copies*, the time of the merged revision (that of the copy that is
     the join, if one is, else the newest) and the merged base revisions."""
-    state = copies[0].state
-    for copy in copies[1:]:
-        state = join_documents(document_type, state, copy.state)
+    state = join_all_documents(document_type, [c.state for c in copies])
     same = [c for c in copies if c.state is state]
     newest = same[0] if same else max(copies, key=lambda c: c.revision.updated_at)
     revisions = RevisionSet(c.revision for c in copies if c.stamped)
