@@ -22,7 +22,7 @@ from types import TracebackType
 from typing import TypeVar
 
 from storekeeper import errors
-from storekeeper.stage._copies import Copy, CopyCache, load_copy
+from storekeeper.stage._copies import Copy, CopyCache, load_copy, paused_gc
 from storekeeper.stage.codec import decode_slot, encode_document
 from storekeeper.stage.document import (
     DocState,
@@ -117,7 +117,7 @@ class DirtyBuffer:
         transaction, merging each with its stored version; retried on conflict."""
         if not self.dictionary and not extra:
             return
-        with self.lock:
+        with self.lock, paused_gc():
             for attempt in range(_COMMIT_ATTEMPTS):
                 written = []
                 try:
@@ -386,6 +386,12 @@ class BaseStage:
         return build_document(document_type, state, revision, bases)
 
     def _merged(
+        self, document_type: type[_D], spec: KeySpec, key: Sequence[str]
+    ) -> tuple[DocState, Revision, RevisionSet] | None:
+        with paused_gc():
+            return self._merge_now(document_type, spec, key)
+
+    def _merge_now(
         self, document_type: type[_D], spec: KeySpec, key: Sequence[str]
     ) -> tuple[DocState, Revision, RevisionSet] | None:
         buffer = self.get_current_transaction()
