@@ -414,9 +414,34 @@ def _decode(specs: Specs, cls: type, raw: dict[str, Any]) -> State:
         elif kind is _ELEMENT:
             state[name] = _slot_in(specs, spec.item, encoded)
         else:
-            item = spec.item
-            state[name] = {k: _slot_in(specs, item, s) for k, s in encoded.items()}
+            state[name] = _decode_entities(specs, spec.item, encoded)
     return state
+
+
+def _decode_entities(specs: Specs, item: type, encoded: dict[str, Any]) -> dict[str, Slot]:
+    names = _flat_names(specs, item)
+    if names is not None:
+        return {k: _flat_slot_in(names, s) for k, s in encoded.items()}
+    return {k: _slot_in(specs, item, s) for k, s in encoded.items()}
+
+
+def _flat_slot_in(names: frozenset[str], raw: list[Any]) -> Slot:
+    """:func:`_slot_in` for an element type whose fields are all scalars, inline."""
+    added, deleted, body = raw
+    common_raw = body.get("@")
+    common = None if common_raw is None else (common_raw[0], common_raw[1])
+    state = {
+        name: (common if len(encoded) == 1 else (encoded[1], encoded[2]), encoded[0])
+        for name, encoded in body.items()
+        if name in names
+    }
+    if common is None and any(register[0] is None for register in state.values()):
+        raise ValueError("a field has no stamp")
+    return Slot(
+        None if added is None else (added[0], added[1]),
+        None if deleted is None else (deleted[0], deleted[1]),
+        state,
+    )
 
 
 def _slot_in(specs: Specs, cls: type, raw: list[Any]) -> Slot:

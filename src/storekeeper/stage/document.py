@@ -37,10 +37,11 @@ the join, so there is none.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, MutableMapping
+from collections.abc import ItemsView, Iterator, MutableMapping, ValuesView
 from datetime import datetime
 from typing import Any, Generic, NamedTuple, Self, TypeVar
 
+from storekeeper.stage._gc import paused_gc
 from storekeeper.stage._lattice import (
     Slot,
     Stamp,
@@ -294,6 +295,25 @@ class Entities(MutableMapping[str, _E], Generic[_E]):
     def __iter__(self) -> Iterator[str]:
         keys = {k for k, s in self._slots.items() if alive(s) and k not in self._deleted}
         return iter(sorted(keys.union(self._added)))
+
+    def values(self) -> ValuesView[_E]:
+        """The entities, in id order (built together on first use: a reader usually
+        walks them all)."""
+        self._materialize_all()
+        return super().values()
+
+    def items(self) -> ItemsView[str, _E]:
+        """``(id, entity)`` pairs, in id order."""
+        self._materialize_all()
+        return super().items()
+
+    def _materialize_all(self) -> None:
+        cache, build = self._cache, self._spec.item._from_state
+        with paused_gc():
+            for key, slot in self._slots.items():
+                absent = key not in cache and key not in self._added
+                if absent and alive(slot) and key not in self._deleted:
+                    cache[key] = build(slot.state)
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
