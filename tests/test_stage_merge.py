@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from storekeeper.stage import Element, Entities, MergeableDocument, Session, entities
-from storekeeper.stage.document import DocState, join_documents, state_of
+from storekeeper.stage.merge import DocState, join_documents, state_of
 from storekeeper.stage.session import HybridClock
 
 
@@ -281,7 +281,7 @@ def test_equal_stamps_break_ties_by_value_in_every_order() -> None:
 def test_joining_many_states_at_once_equals_folding_pairs(
     history: list[tuple[int, tuple[Any, ...]]], skews: list[int], data: st.DataObject
 ) -> None:
-    from storekeeper.stage.document import join_all_documents
+    from storekeeper.stage.merge import join_all_documents
 
     world = _run(history, skews)
     picked = data.draw(st.lists(st.sampled_from(world.seen), min_size=1, max_size=6))

@@ -16,7 +16,8 @@ from typing import Any
 
 from storekeeper.stage._gc import paused_gc
 from storekeeper.stage.codec import decode_document, decode_revision, plain_document
-from storekeeper.stage.document import DocState, MergeableDocument, adopted_state
+from storekeeper.stage.document import MergeableDocument
+from storekeeper.stage.merge import DocState, adopted_state
 from storekeeper.stage.session import Revision, RevisionSet, Session, from_micros
 from storekeeper.store.abstract import AbstractStore
 

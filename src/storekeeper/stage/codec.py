@@ -14,7 +14,8 @@ from typing import Any, TypeVar
 
 from storekeeper.stage._lattice import Stamp, decode_state, encode_state
 from storekeeper.stage._schema import Kind
-from storekeeper.stage.document import DocState, MergeableDocument, decode_value, fields_of
+from storekeeper.stage.document import MergeableDocument, decode_value, fields_of
+from storekeeper.stage.merge import DocState
 from storekeeper.stage.session import Revision, RevisionSet, Session, from_micros, to_micros
 
 __all__ = [

@@ -27,12 +27,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from storekeeper import errors
 from storekeeper.stage.codec import decode_document, decode_revision, encode_document
-from storekeeper.stage.document import (
-    DocState,
-    MergeableDocument,
-    collect_tombstones,
-    join_documents,
-)
+from storekeeper.stage.document import MergeableDocument
+from storekeeper.stage.merge import DocState, collect_tombstones, join_documents
 from storekeeper.stage.route import KeySpec, Route, compile_format_to_pattern, join_key
 from storekeeper.stage.session import Revision, RevisionSet, to_micros
 

@@ -210,7 +210,8 @@ class Session:
     def revise(self, document: MergeableDocument) -> None:
         """Stamp *document*'s unstamped edits with this session's next clock time and set
         its ``__revision__`` to ``Revision(self, that time)``; TypeError for a non-document."""
-        from storekeeper.stage.document import MergeableDocument, revise_document
+        from storekeeper.stage.document import MergeableDocument
+        from storekeeper.stage.merge import revise_document
 
         if not isinstance(document, MergeableDocument):
             raise TypeError(f"expected a MergeableDocument, not {type(document)!r}")
@@ -220,7 +221,8 @@ class Session:
         """*document* as this session's: the same object if it is already this
         session's, otherwise a copy revised as ``Revision(self, its updated_at)`` (an
         unrevised document is revised)."""
-        from storekeeper.stage.document import MergeableDocument, pull_document
+        from storekeeper.stage.document import MergeableDocument
+        from storekeeper.stage.merge import pull_document
 
         if not isinstance(document, MergeableDocument):
             raise TypeError(f"expected a MergeableDocument, not {type(document)!r}")
@@ -236,7 +238,7 @@ class Session:
         :meth:`pull`\\ ed is returned; otherwise a new document revised by this session,
         whose base revisions hold both inputs' revisions and bases.
         """
-        from storekeeper.stage.document import merge_documents
+        from storekeeper.stage.merge import merge_documents
 
         return merge_documents(self, a, b)
 

@@ -24,9 +24,9 @@ from typing import TypeVar
 from storekeeper import errors
 from storekeeper.stage._copies import Copy, CopyCache, load_copy, paused_gc
 from storekeeper.stage.codec import decode_slot, encode_document
-from storekeeper.stage.document import (
+from storekeeper.stage.document import MergeableDocument
+from storekeeper.stage.merge import (
     DocState,
-    MergeableDocument,
     build_document,
     document_alive,
     has_pending,
