@@ -129,7 +129,7 @@ def test_read_adopts_an_unstamped_document_into_the_readers_own_copy(store: Abst
         assert doc.__revision__ is not None and doc.__revision__.session is Session("adopt-a")
         assert not store.exists("doc.adopt-a.json")  # nothing written before the commit
     assert decode_revision(store.get_metadata("doc.adopt-a.json")) is not None
-    assert store.get_metadata("doc.handmade.json") == {}  # the original is left alone
+    assert store.get_metadata("doc.handmade.json") == {}  # the hand-made copy is left alone
     b = _stage(store, "adopt-b")
     with b:
         edited = b.doc

@@ -32,6 +32,8 @@ class StampClock:
         self.position = 0
 
     def item(self) -> Stamp:
+        """The stamp of the next list item added in this revise (its position breaks
+        the tie with the others, so they keep their order)."""
         self.position += 1
         return (self.stamp[0], self.stamp[1], self.position)
 

@@ -111,6 +111,7 @@ class KeySpec:
             self.levels.append(index)
 
     def format(self, index: int, indices: Sequence[str], session: object) -> str:
+        """Component *index* formatted with the directory *indices* and *session*."""
         return self.components[index].format(*indices, session=session)
 
 
