@@ -532,7 +532,7 @@ def test_two_devices_sync_a_reading_list_through_a_folder(tmp_path: Path) -> Non
 def test_paused_gc_restores_the_collector_as_it_found_it() -> None:
     import gc
 
-    from storekeeper.stage._copies import paused_gc
+    from storekeeper.stage._gc import paused_gc
 
     assert gc.isenabled()
     with paused_gc():
@@ -548,3 +548,21 @@ def test_paused_gc_restores_the_collector_as_it_found_it() -> None:
         assert not gc.isenabled()  # left disabled: the caller disabled it
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize(
+    ("body", "metadata"),
+    [
+        (b"not json", {METADATA_NAME: {"revision": "x 1", "bases": []}}),
+        (b'{"title": [1, 2]}', {METADATA_NAME: {"revision": "x 1", "bases": []}}),
+        (b"{}", {METADATA_NAME: {"revision": "no-time", "bases": []}}),
+        (b"[1, 2]", {}),
+    ],
+)
+def test_a_damaged_copy_is_a_clear_error_naming_it(
+    memory: DictMemoryStore, body: bytes, metadata: dict[str, Any]
+) -> None:
+    memory.set("doc.damaged.json", (body, metadata))
+    with _stage(memory, "dmg-a") as stage, pytest.raises(errors.CorruptFileError, match="damaged"):
+        stage.doc  # noqa: B018
+    assert memory.to_bytes("doc.damaged.json") == body  # left as it was

@@ -14,6 +14,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+from storekeeper.errors import CorruptFileError
 from storekeeper.stage._gc import paused_gc
 from storekeeper.stage.codec import decode_document, decode_revision, plain_document
 from storekeeper.stage.document import MergeableDocument
@@ -21,7 +22,7 @@ from storekeeper.stage.merge import DocState, adopted_state
 from storekeeper.stage.session import Revision, RevisionSet, Session, from_micros
 from storekeeper.store.abstract import AbstractStore
 
-__all__ = ["Copy", "CopyCache", "decode_copy", "load_copy", "paused_gc"]
+__all__ = ["Copy", "CopyCache", "decode_copy", "load_copy"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +102,12 @@ def load_copy(
                 body = stream.read()
         except KeyError:  # deleted since: as if it were missing
             return None
-        copy = decode_copy(session, document_type, body, value.metadata)
+        try:
+            copy = decode_copy(session, document_type, body, value.metadata)
+        except ValueError as exc:
+            raise CorruptFileError(
+                f"the stored copy {key!r} is not a {document_type.__name__}: {exc}"
+            ) from exc
         cache.put((document_type, key), version, copy)
     if copy.stamped:
         session.clock.observe(copy.revision.updated_at)
