@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from storekeeper.errors import CorruptFileError
-from storekeeper.stage._gc import paused_gc
 from storekeeper.stage.codec import decode_document, decode_revision, plain_document
 from storekeeper.stage.document import MergeableDocument
 from storekeeper.stage.merge import DocState, adopted_state

@@ -22,7 +22,8 @@ from types import TracebackType
 from typing import TypeVar
 
 from storekeeper import errors
-from storekeeper.stage._copies import Copy, CopyCache, load_copy, paused_gc
+from storekeeper.stage._copies import Copy, CopyCache, load_copy
+from storekeeper.stage._gc import paused_gc
 from storekeeper.stage.codec import decode_slot, encode_document
 from storekeeper.stage.document import MergeableDocument
 from storekeeper.stage.merge import (
