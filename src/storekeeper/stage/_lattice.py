@@ -262,13 +262,24 @@ def _join_entities_all(
 def join_slot_all(specs: Specs, cls: type, slots: list[Slot]) -> Slot:
     """:func:`join_all` for slots."""
     head = slots[0]
-    if all(slot is head for slot in slots):
+    added, deleted, same = head.added, head.deleted, True
+    for slot in slots[1:]:  # plain loops: this runs once per entity of a merged read
+        if slot is not head:
+            same = False
+        stamp = slot.added
+        if stamp is not None and (added is None or stamp > added):
+            added = stamp
+        stamp = slot.deleted
+        if stamp is not None and (deleted is None or stamp > deleted):
+            deleted = stamp
+    if same:
         return head
-    added = max((s.added for s in slots if s.added is not None), default=None)
-    deleted = max((s.deleted for s in slots if s.deleted is not None), default=None)
     state = join_all(specs, cls, [s.state for s in slots])
-    if deleted is not None and any(s.deleted != deleted for s in slots):
-        state = prune(specs, cls, state, deleted)
+    if deleted is not None:
+        for slot in slots:
+            if slot.deleted != deleted:
+                state = prune(specs, cls, state, deleted)
+                break
     return Slot(added, deleted, state)
 
 
