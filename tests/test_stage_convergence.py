@@ -29,7 +29,7 @@ from storekeeper.stage.session import to_micros
 
 _FEEDS = ["f1", "https://example.org/f2"]
 _ENTRIES = ["e1", "e2", "e3", "e4"]
-_RETENTION = timedelta(seconds=3)
+_RETENTION = timedelta(seconds=5)
 
 
 class _RollbackError(Exception):
