@@ -529,27 +529,6 @@ def test_two_devices_sync_a_reading_list_through_a_folder(tmp_path: Path) -> Non
             assert (entries["post-1"].read, entries["post-2"].starred) == (True, True)
 
 
-def test_paused_gc_restores_the_collector_as_it_found_it() -> None:
-    import gc
-
-    from storekeeper.stage._gc import paused_gc
-
-    assert gc.isenabled()
-    with paused_gc():
-        assert not gc.isenabled()
-        with paused_gc():
-            assert not gc.isenabled()
-        assert not gc.isenabled()
-    assert gc.isenabled()
-    gc.disable()
-    try:
-        with paused_gc():
-            pass
-        assert not gc.isenabled()  # left disabled: the caller disabled it
-    finally:
-        gc.enable()
-
-
 @pytest.mark.parametrize(
     ("body", "metadata"),
     [

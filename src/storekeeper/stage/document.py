@@ -41,7 +41,6 @@ from collections.abc import ItemsView, Iterator, MutableMapping, ValuesView
 from datetime import datetime
 from typing import Any, Generic, NamedTuple, Self, TypeVar
 
-from storekeeper.stage._gc import paused_gc
 from storekeeper.stage._lattice import (
     Slot,
     Stamp,
@@ -309,11 +308,10 @@ class Entities(MutableMapping[str, _E], Generic[_E]):
 
     def _materialize_all(self) -> None:
         cache, build = self._cache, self._spec.item._from_state
-        with paused_gc():
-            for key, slot in self._slots.items():
-                absent = key not in cache and key not in self._added
-                if absent and alive(slot) and key not in self._deleted:
-                    cache[key] = build(slot.state)
+        for key, slot in self._slots.items():
+            absent = key not in cache and key not in self._added
+            if absent and alive(slot) and key not in self._deleted:
+                cache[key] = build(slot.state)
 
     def __len__(self) -> int:
         return sum(1 for _ in self)

@@ -23,7 +23,6 @@ from typing import TypeVar
 
 from storekeeper import errors
 from storekeeper.stage._copies import Copy, CopyCache, load_copy
-from storekeeper.stage._gc import paused_gc
 from storekeeper.stage.codec import decode_slot, encode_document
 from storekeeper.stage.document import MergeableDocument
 from storekeeper.stage.merge import (
@@ -118,7 +117,7 @@ class DirtyBuffer:
         transaction, merging each with its stored version; retried on conflict."""
         if not self.dictionary and not extra:
             return
-        with self.lock, paused_gc():
+        with self.lock:
             for attempt in range(_COMMIT_ATTEMPTS):
                 written = []
                 try:
@@ -387,12 +386,6 @@ class BaseStage:
         return build_document(document_type, state, revision, bases)
 
     def _merged(
-        self, document_type: type[_D], spec: KeySpec, key: Sequence[str]
-    ) -> tuple[DocState, Revision, RevisionSet] | None:
-        with paused_gc():
-            return self._merge_now(document_type, spec, key)
-
-    def _merge_now(
         self, document_type: type[_D], spec: KeySpec, key: Sequence[str]
     ) -> tuple[DocState, Revision, RevisionSet] | None:
         buffer = self.get_current_transaction()
