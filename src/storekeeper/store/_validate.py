@@ -203,10 +203,17 @@ def check_keys(keys: Sequence[object]) -> None:
     """Raise :class:`InvalidKeyError` for the first invalid key in *keys*, as
     :func:`check_key` would; nothing happens when all are valid."""
     # Whole-list checks run in C; only a list holding a bad key is walked key by key.
-    if set(map(type, keys)) <= {str} and all(keys):
+    try:
         joined = "".join(keys)  # type: ignore[arg-type]
-        if "\x00" not in joined and (joined.isascii() or encodable(joined)):
-            return
+    except TypeError:  # a key that is not a str
+        joined = None
+    if (
+        joined is not None
+        and "\x00" not in joined
+        and (joined.isascii() or encodable(joined))
+        and all(keys)
+    ):
+        return
     for key in keys:
         check_key(key)
 
