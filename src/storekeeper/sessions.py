@@ -323,7 +323,7 @@ class SessionStorage:
 def _write_checkpoint(fd: int, data: bytes) -> None:
     """Header, data and CRC trailer to *fd*, durably (through the files seams)."""
     header = _HEADER.pack(_MAGIC, len(data))
-    if len(data) < _CRC_DURING_WRITEBACK or _start_writeback is None:
+    if len(data) < _CRC_DURING_WRITEBACK:
         files.write_all(fd, header + data + _TRAILER.pack(zlib.crc32(data)))
         files.fsync(fd)
         return
@@ -333,7 +333,8 @@ def _write_checkpoint(fd: int, data: bytes) -> None:
     # one fsync below waits for all of it, trailer included: durability rests on it.
     files.write_all(fd, header)
     files.write_all(fd, data)
-    _start_writeback(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    if _start_writeback is not None:
+        _start_writeback(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     files.write_all(fd, _TRAILER.pack(zlib.crc32(data)))
     files.fsync(fd)
 
