@@ -334,7 +334,8 @@ def _write_checkpoint(fd: int, data: bytes) -> None:
     files.write_all(fd, header)
     files.write_all(fd, data)
     if _start_writeback is not None:
-        _start_writeback(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        with contextlib.suppress(OSError):  # a refused hint costs only the overlap
+            _start_writeback(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     files.write_all(fd, _TRAILER.pack(zlib.crc32(data)))
     files.fsync(fd)
 
