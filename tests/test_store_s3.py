@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from s3_server import TEST_INLINE_LIMIT, prefix_for, raw_read, raw_write, shared
 
+from s3_server import TEST_INLINE_LIMIT, prefix_for, raw_read, raw_write, shared
 from storekeeper.backends.s3 import S3Store
 from storekeeper.events import EventManager
 from storekeeper.store import AbstractStore

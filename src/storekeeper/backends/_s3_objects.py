@@ -158,14 +158,26 @@ def parse_head(response: dict[str, Any]) -> Head:
 
 def _chunks_of(source: Iterable[bytes], size: int) -> Iterator[bytes]:
     """*source*'s bytes regrouped into pieces of exactly *size* (the last one shorter,
-    possibly empty); one piece is held at a time."""
-    buffer = bytearray()
-    for chunk in source:
-        buffer += chunk
-        while len(buffer) >= size:
-            yield bytes(buffer[:size])
-            del buffer[:size]
-    yield bytes(buffer)
+    possibly empty). The chunks of one piece are joined once, so a piece costs one
+    copy and about twice its size at the moment it is made."""
+    held: list[bytes] = []
+    total = 0
+    for given in source:
+        chunk = given
+        while total + len(chunk) >= size:
+            cut = size - total
+            with memoryview(chunk) as view:
+                held.append(view[:cut].tobytes() if cut < len(chunk) else chunk)
+                chunk = view[cut:].tobytes() if cut < len(chunk) else b""
+            piece = b"".join(held)
+            held.clear()
+            total = 0
+            yield piece
+            del piece
+        if chunk:
+            held.append(chunk)
+            total += len(chunk)
+    yield b"".join(held)
 
 
 def upload(
@@ -187,7 +199,7 @@ def upload(
     """
     pieces = _chunks_of(source, part_size)
     first = next(pieces)
-    if len(first) < part_size:
+    if len(first) < part_size:  # the whole value: one PUT
         response = call(
             name,
             client.put_object,
@@ -198,39 +210,43 @@ def upload(
             **condition,
         )
         return Written(response["ETag"], response.get("VersionId"))
-    return _multipart(client, bucket, name, first, pieces, tag, fields, condition)
+    pieces = _owned(first, pieces)
+    del first
+    return _multipart(client, bucket, name, pieces, part_size, tag, fields, condition)
+
+
+def _owned(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
+    """*first*, then *rest*, keeping no reference to a piece once it is handed out."""
+    pieces = [first]
+    del first
+    while pieces:
+        yield pieces.pop()
+    yield from rest
 
 
 def _multipart(
     client: Any,
     bucket: str,
     name: str,
-    first: bytes,
-    rest: Iterator[bytes],
+    pieces: Iterator[bytes],
+    part_size: int,
     tag: bytes,
     fields: dict[str, str],
     condition: dict[str, str],
 ) -> Written:
+    """Upload *pieces* (full parts, then one shorter, possibly empty, piece: see
+    :func:`_chunks_of`) as parts; the tag goes with the last one."""
     created = call(name, client.create_multipart_upload, Bucket=bucket, Key=name, Metadata=fields)
     upload_id = created["UploadId"]
     parts: list[dict[str, Any]] = []
     try:
-        piece: bytes | None = first
-        while piece is not None:
-            following = next(rest, None)
-            body = piece if following is not None else piece + tag
+        for piece in pieces:
             number = len(parts) + 1
-            answer = call(
-                name,
-                client.upload_part,
-                Bucket=bucket,
-                Key=name,
-                UploadId=upload_id,
-                PartNumber=number,
-                Body=body,
-            )
-            parts.append({"PartNumber": number, "ETag": answer["ETag"]})
-            piece = following
+            if len(piece) == part_size:
+                parts.append(_part(client, bucket, name, upload_id, number, piece))
+                continue
+            parts.append(_part(client, bucket, name, upload_id, number, piece + tag))
+            break
         response = call(
             name,
             client.complete_multipart_upload,
@@ -244,6 +260,19 @@ def _multipart(
         _abort(client, bucket, name, upload_id)
         raise
     return Written(response["ETag"], response.get("VersionId"))
+
+
+def _part(client: Any, bucket: str, name: str, upload_id: str, number: int, body: bytes) -> Any:
+    answer = call(
+        name,
+        client.upload_part,
+        Bucket=bucket,
+        Key=name,
+        UploadId=upload_id,
+        PartNumber=number,
+        Body=body,
+    )
+    return {"PartNumber": number, "ETag": answer["ETag"]}
 
 
 def _abort(client: Any, bucket: str, name: str, upload_id: str) -> None:

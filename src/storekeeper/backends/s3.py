@@ -60,7 +60,7 @@ from storekeeper.backends._s3_objects import (
     upload,
 )
 from storekeeper.backends._s3_transactions import Base, Change, Transaction, file_chunks
-from storekeeper.errors import ConflictError, InvalidURLError, TransactionError
+from storekeeper.errors import BackendError, ConflictError, InvalidURLError, TransactionError
 from storekeeper.events import BaseEventManager
 from storekeeper.store.abstract import AbstractStore
 from storekeeper.store.backend import (
@@ -213,7 +213,11 @@ class S3Store(AbstractStore):
         client = make_client(
             self.endpoint_url, self.region, given, self._max_connections, self.max_attempts
         )
-        call(f"bucket {self.bucket!r}", client.head_bucket, Bucket=self.bucket)
+        try:
+            call(f"bucket {self.bucket!r}", client.head_bucket, Bucket=self.bucket)
+        except MissingObjectError as exc:  # HEAD answers a bare 404, without a code
+            client.close()
+            raise BackendError(f"the S3 bucket {self.bucket!r} does not exist") from exc
         self._client = client
         super().connect()
 
@@ -598,6 +602,20 @@ class S3Store(AbstractStore):
             if owned:
                 source.close()  # type: ignore[attr-defined]
 
+    def set_metadata(
+        self,
+        key: str,
+        metadata: Mapping[str, Any],
+        *,
+        if_version: str | None = None,
+        if_exists: bool | None = None,
+    ) -> None:
+        """Replace *key*'s metadata, keeping its data: the object is written again (S3
+        cannot change an object's headers in place), in a transaction on its version."""
+        check_write(key, if_version, if_exists)
+        encode_metadata(metadata)  # refuse bad metadata (None included) before any request
+        super().set_metadata(key, metadata, if_version=if_version, if_exists=if_exists)
+
     def _chunks(
         self, key: str, source: object, buffer_size: int, metadata_json: str
     ) -> Iterator[bytes]:
@@ -631,7 +649,8 @@ class S3Store(AbstractStore):
         condition, retrying a plain set that lost a race."""
         first = b"".join(_take(chunks, self.part_size))
         small = len(first) < self.part_size
-        source: Iterable[bytes] = [first] if small else _chain(first, chunks)
+        source: Iterable[bytes] = [first] if small else _chain([first], chunks)
+        del first  # a large value's first part is not kept for the whole upload
         tag = new_tag()
         version = tag.hex()
         sidecar = None if fits_inline(metadata_json) else self._sidecar_name(version)
@@ -802,7 +821,7 @@ class S3Store(AbstractStore):
             data: bytes | str = first
             size = len(first)
         else:
-            data, size = transaction.spill(_chain(first, chunks))
+            data, size = transaction.spill(_chain([first], chunks))
         self._base(transaction, key, name)
         change = Change(name, data, metadata_json, new_tag(), size)
         transaction.record(key, change)
@@ -964,8 +983,10 @@ def _take(chunks: Iterator[bytes], limit: int) -> Iterator[bytes]:
         yield chunk
 
 
-def _chain(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
-    yield first
+def _chain(firsts: list[bytes], rest: Iterator[bytes]) -> Iterator[bytes]:
+    """*firsts* (emptied as they are handed out, so none is kept alive), then *rest*."""
+    while firsts:
+        yield firsts.pop(0)
     yield from rest
 
 
