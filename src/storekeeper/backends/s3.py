@@ -262,9 +262,13 @@ class S3Store(AbstractStore):
     def _metadata_json(self, head: Head) -> str:
         if head.metadata_json is not None:
             return head.metadata_json
-        assert head.sidecar is not None  # parse_head gives one or the other
+        return self._sidecar_json(head.sidecar)
+
+    def _sidecar_json(self, sidecar: str | None) -> str:
+        if sidecar is None:
+            return "{}"
         response = call(
-            "metadata sidecar", self._client.get_object, Bucket=self.bucket, Key=head.sidecar
+            "metadata sidecar", self._client.get_object, Bucket=self.bucket, Key=sidecar
         )
         with response["Body"] as body:
             return str(body.read().decode())
@@ -822,7 +826,6 @@ class S3Store(AbstractStore):
             size = len(first)
         else:
             data, size = transaction.spill(_chain([first], chunks))
-        self._base(transaction, key, name)
         change = Change(name, data, metadata_json, new_tag(), size)
         transaction.record(key, change)
         self._emit_change(StoreSetEvent, key, metadata_json)
@@ -836,8 +839,13 @@ class S3Store(AbstractStore):
             raise missing(key)
         check_precondition(key, current, if_version, None)
         change = transaction.changes.get(key)
-        base = transaction.bases[key]
-        metadata_json = change.metadata_json if change is not None else (base.metadata_json or "{}")
+        base = self._base(transaction, key, name)  # what the commit deletes, if anything
+        if change is not None:
+            metadata_json = change.metadata_json
+        elif base.metadata_json is not None:
+            metadata_json = base.metadata_json
+        else:
+            metadata_json = self._sidecar_json(base.sidecar)
         transaction.record(key, Change(name, None, metadata_json, b"", 0))
         self._emit_change(StoreDeleteEvent, key, metadata_json)
 
@@ -886,19 +894,25 @@ class S3Store(AbstractStore):
         return None
 
     def _apply(self, transaction: Transaction) -> None:
-        """Write the transaction's changes, each on the condition that its key is still
-        as the transaction first saw it; see :mod:`storekeeper.backends._s3_transactions`."""
-        changes = [(key, change) for key, change in transaction.changes.items()]
-        changes = [(k, c) for k, c in changes if c.data is not None or transaction.bases[k].etag]
-        if len(changes) > 1:
-            for key, change in changes:
+        """Write the transaction's changes: a key the transaction read (or wrote on a
+        condition) only if it is still as first seen, a key it only wrote as a plain set
+        does; see :mod:`storekeeper.backends._s3_transactions`."""
+        bases = transaction.bases
+        changes = [
+            (key, change)
+            for key, change in transaction.changes.items()
+            if change.data is not None or bases[key].etag is not None
+        ]
+        checked = [(key, change) for key, change in changes if key in bases]
+        if len(changes) > 1:  # every condition checked before the first write
+            for key, change in checked:
                 head = self._head(key, change.name)
-                if (None if head is None else head.etag) != transaction.bases[key].etag:
+                if (None if head is None else head.etag) != bases[key].etag:
                     raise ConflictError(f"key {key!r} changed since the transaction read it")
         done: list[str] = []
         for key, change in changes:
             try:
-                self._apply_one(key, change, transaction.bases[key])
+                self._apply_one(key, change, bases.get(key))
             except Exception as exc:
                 if not done:
                     if isinstance(exc, PreconditionError):
@@ -913,22 +927,22 @@ class S3Store(AbstractStore):
                 ) from exc
             done.append(key)
 
-    def _apply_one(self, key: str, change: Change, base: Base) -> None:
-        condition = {"IfMatch": base.etag} if base.etag else {"IfNoneMatch": "*"}
+    def _apply_one(self, key: str, change: Change, base: Base | None) -> None:
+        """Write one change: on *base*'s condition, or (``None``: a blind set) as a
+        plain set that tries again after losing a race."""
         if change.data is None:
+            assert base is not None and base.etag is not None  # deletes look first
             call(
                 change.name,
                 self._client.delete_object,
                 Bucket=self.bucket,
                 Key=change.name,
-                **condition,
+                IfMatch=base.etag,
             )
             self._remember(key, None)
             self._index.forget(change.name)
             self._drop_sidecar(base.sidecar)
             return
-        now = time.time()
-        created = base.created if base.created is not None else now
         sidecar = None if fits_inline(change.metadata_json) else self._sidecar_name(change.version)
         if sidecar is not None:
             call(
@@ -938,21 +952,40 @@ class S3Store(AbstractStore):
                 Key=sidecar,
                 Body=change.metadata_json.encode(),
             )
-        fields = header_fields(change.version, created, now, change.metadata_json, sidecar)
-        source = [change.data] if isinstance(change.data, bytes) else file_chunks(change.data)
-        written = upload(
-            self._client,
-            self.bucket,
-            change.name,
-            source,
-            change.tag,
-            fields,
-            condition,
-            self.part_size,
-        )
+        if base is None:
+            known = self._recall(key)
+        elif base.etag is None:
+            known = None
+        else:
+            known = _Known(base.version or "", base.etag, base.created or 0.0, base.sidecar)
+        for attempt in range(_RACE_ATTEMPTS):
+            now = time.time()
+            created = known.created if known else now
+            fields = header_fields(change.version, created, now, change.metadata_json, sidecar)
+            source = [change.data] if isinstance(change.data, bytes) else file_chunks(change.data)
+            condition = {"IfMatch": known.etag} if known else {"IfNoneMatch": "*"}
+            try:
+                written = upload(
+                    self._client,
+                    self.bucket,
+                    change.name,
+                    source,
+                    change.tag,
+                    fields,
+                    condition,
+                    self.part_size,
+                )
+            except PreconditionError:
+                if base is not None or attempt + 1 == _RACE_ATTEMPTS:
+                    raise
+                head = self._head(key, change.name)
+                known = None if head is None else _known_of(head)
+                continue
+            break
+        old_sidecar = None if known is None else known.sidecar
         self._remember(key, _Known(change.version, written.etag, created, sidecar))
         self._index.note(change.name, written.etag, change.metadata_json)
-        self._drop_sidecar(base.sidecar)
+        self._drop_sidecar(old_sidecar)
 
 
 def _known_of(head: Head) -> _Known:
