@@ -235,7 +235,8 @@ def large(endpoint: str) -> None:
 
 # -- queries ----------------------------------------------------------------------------------
 def _counting(store_or_client: Any) -> list[str]:
-    client = getattr(store_or_client, "_client", store_or_client)
+    objects = getattr(store_or_client, "_objects", None)
+    client = store_or_client if objects is None else objects.client
     seen: list[str] = []
     client.meta.events.register("before-call.s3", lambda model, **_: seen.append(model.name))
     return seen

@@ -83,8 +83,8 @@ class _Hooked:
 
 
 def _hook(store: S3Store) -> _Hooked:
-    hooked = _Hooked(store._client)
-    store._client = hooked
+    hooked = _Hooked(store._objects.client)
+    store._objects.client = hooked
     return hooked
 
 
@@ -276,9 +276,9 @@ def test_conditional_set_loses_to_a_write_between_its_check_and_its_put(
         store.set("k", (b"mine", {}), if_version=version)
     assert raw_read(server, store, "k") == (b"theirs", {"by": "other"})
     # Without the cached version the store looks first (HEAD), then writes: the same.
-    store._known.clear()
+    store._objects.remember("k", None)
     version = store.version_of("k")
-    store._known.clear()
+    store._objects.remember("k", None)
     hooked.before("put_object", lambda: other.set("k", (b"again", {})))
     with pytest.raises(ConflictError):
         store.set("k", (b"mine", {}), if_version=version)
@@ -385,7 +385,9 @@ def test_commit_that_fails_half_way_says_so(server: S3Server, store: S3Store) ->
 # -- the index and listing costs -------------------------------------------------------------
 def _count_requests(store: S3Store) -> list[str]:
     seen: list[str] = []
-    store._client.meta.events.register("before-call.s3", lambda model, **_: seen.append(model.name))
+    store._objects.client.meta.events.register(
+        "before-call.s3", lambda model, **_: seen.append(model.name)
+    )
     return seen
 
 

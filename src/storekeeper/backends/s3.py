@@ -29,36 +29,28 @@ Promises (:attr:`S3Store.capabilities`):
 
 from __future__ import annotations
 
-import heapq
 import io
 import threading
-import time
-from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
-from typing import IO, Any, cast
+from typing import IO, Any
 from urllib.parse import SplitResult
 
 from storekeeper.backends import _s3_names as names
+from storekeeper.backends._s3_bucket import (
+    RACE_ATTEMPTS,
+    Known,
+    Objects,
+    SidecarGoneError,
+    known_of,
+)
 from storekeeper.backends._s3_client import (
     MAX_ATTEMPTS,
     MissingObjectError,
     PreconditionError,
-    UnsatisfiableRangeError,
     call,
     make_client,
 )
-from storekeeper.backends._s3_index import MetadataIndex
-from storekeeper.backends._s3_objects import (
-    PART_SIZE,
-    BodyStream,
-    Head,
-    fits_inline,
-    header_fields,
-    new_tag,
-    parse_head,
-    upload,
-)
+from storekeeper.backends._s3_objects import PART_SIZE, Head, new_tag
 from storekeeper.backends._s3_transactions import Base, Change, Transaction, file_chunks
 from storekeeper.errors import BackendError, ConflictError, InvalidURLError, TransactionError
 from storekeeper.events import BaseEventManager
@@ -102,11 +94,6 @@ _CAPABILITIES = StoreCapabilities(
     ranges=True,
     persistent=True,
 )
-#: Versions (and their ETags) remembered per store object, so that a write after a read
-#: or write of the same key needs no extra request.
-_KNOWN_LIMIT = 4096
-#: Attempts of a plain set/delete that keeps losing races to other writers.
-_RACE_ATTEMPTS = 20
 _URL_OPTIONS = {
     "endpoint_url": text,
     "region": text,
@@ -115,14 +102,6 @@ _URL_OPTIONS = {
     "max_connections": count,
     "max_attempts": count,
 }
-
-
-@dataclass(frozen=True, slots=True)
-class _Known:
-    version: str
-    etag: str
-    created: float
-    sidecar: str | None
 
 
 class S3Store(AbstractStore):
@@ -165,13 +144,11 @@ class S3Store(AbstractStore):
         self.part_size = part_size
         self._max_connections = max_connections
         self.max_attempts = max_attempts
-        self._client: Any = None
+        self._objects = Objects(bucket, prefix, part_size)
         self._lock = threading.RLock()
         self._turn = threading.Condition(self._lock)
         self._transaction: Transaction | None = None
         self._writers = 0  # plain writes in flight (a transaction begins once none are)
-        self._known: OrderedDict[str, _Known] = OrderedDict()
-        self._index = MetadataIndex(self._fetch_entry, self._load_snapshot, self._save_snapshot)
 
     def __repr__(self) -> str:
         return f"S3Store(bucket={self.bucket!r}, prefix={self.prefix!r})"
@@ -218,70 +195,20 @@ class S3Store(AbstractStore):
         except MissingObjectError as exc:  # HEAD answers a bare 404, without a code
             client.close()
             raise BackendError(f"the S3 bucket {self.bucket!r} does not exist") from exc
-        self._client = client
+        self._objects.client = client
         super().connect()
 
     def disconnect(self) -> None:
         """Close the client's connections."""
-        client, self._client = self._client, None
+        client, self._objects.client = self._objects.client, None
         if client is not None:
             client.close()
         super().disconnect()
 
-    # -- helpers -----------------------------------------------------------------------
-    def _name(self, key: str) -> str:
-        return names.encode_name(self.prefix, key)
-
-    def _remember(self, key: str, known: _Known | None) -> None:
-        with self._lock:
-            if known is None:
-                self._known.pop(key, None)
-                return
-            self._known[key] = known
-            self._known.move_to_end(key)
-            if len(self._known) > _KNOWN_LIMIT:
-                self._known.popitem(last=False)
-
-    def _recall(self, key: str) -> _Known | None:
-        with self._lock:
-            return self._known.get(key)
-
-    def _head(self, key: str, name: str) -> Head | None:
-        """The head of *key*'s object, ``None`` when it is missing."""
-        try:
-            response = call(name, self._client.head_object, Bucket=self.bucket, Key=name)
-        except MissingObjectError:
-            return None
-        head = parse_head(response)
-        self._remember(key, _known_of(head))
-        return head
-
-    def _sidecar_name(self, version: str) -> str:
-        return names.internal_root(self.prefix) + "m/" + version
-
-    def _metadata_json(self, head: Head) -> str:
-        if head.metadata_json is not None:
-            return head.metadata_json
-        return self._sidecar_json(head.sidecar)
-
-    def _sidecar_json(self, sidecar: str | None) -> str:
-        if sidecar is None:
-            return "{}"
-        response = call(
-            "metadata sidecar", self._client.get_object, Bucket=self.bucket, Key=sidecar
-        )
-        with response["Body"] as body:
-            return str(body.read().decode())
-
-    def _drop_sidecar(self, sidecar: str | None) -> None:
-        if sidecar is None:
-            return
-        try:
-            self._client.delete_object(Bucket=self.bucket, Key=sidecar)
-        except Exception:  # noqa: BLE001 - an orphan sidecar is harmless
-            return
-
     # -- reads -------------------------------------------------------------------------
+    def _name(self, key: str) -> str:
+        return self._objects.name(key)
+
     def get(self, key: str) -> Value:
         """*key*'s value in one GET (two when its metadata is in a sidecar)."""
         check_key(key)
@@ -292,78 +219,17 @@ class S3Store(AbstractStore):
         name = self._name(key)
         for _ in range(3):
             try:
-                value, head = self._fetch_value(key, name)
+                value, head = self._objects.fetch_value(key, name, self.inline_limit)
             except MissingObjectError:
                 if transaction is not None:
                     transaction.bases.setdefault(key, Base(None))
                 raise missing(key) from None
-            except _SidecarGoneError:
+            except SidecarGoneError:
                 continue  # overwritten between the two requests: read the new one
             if transaction is not None:
                 transaction.bases.setdefault(key, _base_of(head))
             return value
         raise ConflictError(f"key {key!r} kept changing while it was read")
-
-    def _fetch_value(self, key: str, name: str) -> tuple[Value, Head]:
-        response = call(name, self._client.get_object, Bucket=self.bucket, Key=name)
-        body = response["Body"]
-        head = parse_head(response)
-        try:
-            metadata_json = self._metadata_json(head)
-        except MissingObjectError:
-            body.close()
-            raise _SidecarGoneError from None
-        self._remember(key, _known_of(head))
-        if head.size <= self.inline_limit:
-            with body:
-                data = body.read(head.size)
-            return BytesValue(
-                data,
-                created=head.created,
-                modified=head.modified,
-                version=head.version,
-                metadata_json=metadata_json,
-            ), head
-        return self._stream_value(name, head, metadata_json, body), head
-
-    def _stream_value(self, name: str, head: Head, metadata_json: str, body: Any) -> Value:
-        first: list[Any] = [body]
-
-        def open_range(start: int, end: int | None) -> BinaryStream:
-            stop = head.size if end is None else min(end, head.size)
-            if start >= stop:
-                return io.BytesIO()
-            pinned = {"VersionId": head.version_id} if head.version_id else {"IfMatch": head.etag}
-            try:
-                response = call(
-                    name,
-                    self._client.get_object,
-                    Bucket=self.bucket,
-                    Key=name,
-                    Range=f"bytes={start}-{stop - 1}",
-                    **pinned,
-                )
-            except (PreconditionError, MissingObjectError) as exc:
-                raise ConflictError(
-                    f"{name!r} was overwritten or deleted after this value was read, and "
-                    "the bucket keeps no old versions: its data is gone"
-                ) from exc
-            return _stream(response["Body"], stop - start)
-
-        def open_all() -> BinaryStream:
-            if first:  # the GET that read the headers streams the first reader's data
-                return _stream(first.pop(), head.size)
-            return open_range(0, None)
-
-        return StreamValue(
-            open_all,
-            size=head.size,
-            created=head.created,
-            modified=head.modified,
-            version=head.version,
-            metadata_json=metadata_json,
-            range_opener=open_range,
-        )
 
     def _pending_value(self, key: str, change: Change) -> Value:
         if change.data is None:
@@ -387,7 +253,7 @@ class S3Store(AbstractStore):
         transaction = self._own_transaction_or_none()
         if transaction is not None and key in transaction.changes:
             return transaction.changes[key].data is not None
-        return self._head(key, self._name(key)) is not None
+        return self._objects.head(key, self._name(key)) is not None
 
     def version_of(self, key: str) -> str:
         """*key*'s current version, from one HEAD (no data transferred)."""
@@ -399,7 +265,7 @@ class S3Store(AbstractStore):
             if change.data is None:
                 raise missing(key)
             return change.version
-        head = self._head(key, self._name(key))
+        head = self._objects.head(key, self._name(key))
         if head is None:
             raise missing(key)
         return head.version
@@ -416,13 +282,13 @@ class S3Store(AbstractStore):
                 raise missing(key)
             return select_metadata(decode_metadata(change.metadata_json), names_)
         for _ in range(3):
-            head = self._head(key, self._name(key))
+            head = self._objects.head(key, self._name(key))
             if transaction is not None:
                 transaction.bases.setdefault(key, Base(None) if head is None else _base_of(head))
             if head is None:
                 raise missing(key)
             try:
-                return select_metadata(decode_metadata(self._metadata_json(head)), names_)
+                return select_metadata(decode_metadata(self._objects.metadata_json(head)), names_)
             except MissingObjectError:
                 continue
         raise ConflictError(f"key {key!r} kept changing while it was read")
@@ -441,23 +307,10 @@ class S3Store(AbstractStore):
             if not self.exists(key):
                 raise missing(key)
             return io.BytesIO()
-        name = self._name(key)
-        stop = "" if end is None else str(end - 1)
         try:
-            response = call(
-                name,
-                self._client.get_object,
-                Bucket=self.bucket,
-                Key=name,
-                Range=f"bytes={lo}-{stop}",
-            )
+            return self._objects.read_range(self._name(key), lo, end)
         except MissingObjectError:
             raise missing(key) from None
-        except UnsatisfiableRangeError:
-            return io.BytesIO()  # starts past the end of the object
-        head = parse_head(response)
-        stop_at = head.size if end is None else min(end, head.size)
-        return _stream(response["Body"], max(0, stop_at - lo))
 
     def query(
         self, select: Iterable[str] | None = None, *where: Mapping[str, Any], **kwargs: Any
@@ -467,7 +320,7 @@ class S3Store(AbstractStore):
         self._require_connection()
         terms = query_terms(where, kwargs)
         names_ = check_select(select)
-        entries = self._index.refresh(self._listed())
+        entries = self._objects.index.refresh(self._objects.listed())
         pending = self._pending_changes()
         result = []
         for name, metadata_json in entries:
@@ -500,79 +353,12 @@ class S3Store(AbstractStore):
         if changes:
 
             def keys_from(low: str) -> Iterator[str]:
-                return (key for key in self._keys_under(prefix) if key >= low)
+                return (key for key in self._objects.keys_under(prefix) if key >= low)
 
             return walk(with_changes(keys_from, changes), prefix, delimiter)
         if delimiter is None or names.needs_escape(delimiter) or "\x01" in delimiter:
-            return fold_keys(self._keys_under(prefix), prefix, delimiter)
-        return self._folded(prefix, delimiter)
-
-    def _pages(self, prefix: str, delimiter: str | None = None) -> Iterator[dict[str, Any]]:
-        paginator = self._client.get_paginator("list_objects_v2")
-        arguments: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
-        if delimiter is not None:
-            arguments["Delimiter"] = delimiter
-        pages = iter(paginator.paginate(**arguments))
-        while True:
-            page = call(f"listing of {prefix!r}", lambda: next(pages, None))
-            if page is None:
-                return
-            yield page
-
-    def _listed(self) -> Iterator[tuple[str, str]]:
-        """``(name, ETag)`` of every key's object, in order."""
-        for page in self._pages(self.prefix):
-            for item in page.get("Contents", ()):
-                if names.decode_name(self.prefix, item["Key"]) is not None:
-                    yield item["Key"], item["ETag"]
-
-    def _keys_under(self, prefix: str) -> Iterator[str]:
-        for page in self._pages(names.encode_prefix(self.prefix, prefix)):
-            for item in page.get("Contents", ()):
-                key = names.decode_name(self.prefix, item["Key"])
-                if key is not None:
-                    yield key
-
-    def _folded(self, prefix: str, delimiter: str) -> Iterator[str]:
-        for page in self._pages(names.encode_prefix(self.prefix, prefix), delimiter):
-            objects = (item["Key"] for item in page.get("Contents", ()))
-            folders = (item["Prefix"] for item in page.get("CommonPrefixes", ()))
-            for name in heapq.merge(objects, folders, key=str.encode):
-                key = names.decode_name(self.prefix, name)
-                if key is not None:
-                    yield key
-
-    # -- the index's requests ------------------------------------------------------------
-    def _fetch_entry(self, name: str) -> tuple[str, str] | None:
-        response = call(name, self._client.head_object, Bucket=self.bucket, Key=name)
-        head = parse_head(response)
-        return head.etag, self._metadata_json(head)
-
-    def _snapshot_name(self) -> str:
-        return names.internal_root(self.prefix) + "index"
-
-    def _load_snapshot(self) -> bytes | None:
-        try:
-            response = call(
-                "index snapshot",
-                self._client.get_object,
-                Bucket=self.bucket,
-                Key=self._snapshot_name(),
-            )
-        except MissingObjectError:
-            return None
-        with response["Body"] as body:
-            data: bytes = body.read()
-            return data
-
-    def _save_snapshot(self, data: bytes) -> None:
-        call(
-            "index snapshot",
-            self._client.put_object,
-            Bucket=self.bucket,
-            Key=self._snapshot_name(),
-            Body=data,
-        )
+            return fold_keys(self._objects.keys_under(prefix), prefix, delimiter)
+        return self._objects.folded(prefix, delimiter)
 
     # -- writes --------------------------------------------------------------------------
     def set(
@@ -655,56 +441,33 @@ class S3Store(AbstractStore):
         small = len(first) < self.part_size
         source: Iterable[bytes] = [first] if small else _chain([first], chunks)
         del first  # a large value's first part is not kept for the whole upload
-        tag = new_tag()
-        version = tag.hex()
-        sidecar = None if fits_inline(metadata_json) else self._sidecar_name(version)
-        if sidecar is not None:  # first, so the object never points to a missing sidecar
-            call(
-                "metadata sidecar",
-                self._client.put_object,
-                Bucket=self.bucket,
-                Key=sidecar,
-                Body=metadata_json.encode(),
-            )
         conditional = if_version is not None or if_exists is not None
-        # A small value is in memory and may be sent again after losing a race; a plain
-        # set or an if_exists=True then looks again (a lost if_version race is final).
-        retry = small and if_version is None and if_exists is not False
-        known = None if (if_exists is True or not small) else self._recall(key)
-        for attempt in range(_RACE_ATTEMPTS):
-            if known is None or (if_version is not None and known.version != if_version):
-                head = self._head(key, name)
-                check_precondition(
-                    key, None if head is None else head.version, if_version, if_exists
-                )
-                known = None if head is None else _known_of(head)
-            if if_exists is False:
-                known = None
-            condition = {"IfMatch": known.etag} if known else {"IfNoneMatch": "*"}
-            if not small and not conditional:
-                condition = {}  # the stream cannot be sent twice: last writer wins
-            now = time.time()
-            created = known.created if known else now
-            fields = header_fields(version, created, now, metadata_json, sidecar)
-            try:
-                written = upload(
-                    self._client, self.bucket, name, source, tag, fields, condition, self.part_size
-                )
-            except PreconditionError:
-                self._remember(key, None)
-                if not retry or attempt + 1 == _RACE_ATTEMPTS:
-                    self._drop_sidecar(sidecar)
-                    raise ConflictError(_conflict_message(key, if_version, if_exists)) from None
-                known = None
-                time.sleep(0.001 * (attempt + 1))
-                continue
-            break
-        if known is not None and known.sidecar is not None:
-            self._drop_sidecar(known.sidecar)
-        self._remember(key, _Known(version, written.etag, created, sidecar))
-        self._index.note(name, written.etag, metadata_json)
+        known = None if (if_exists is True or not small) else self._objects.recall(key)
+        if known is None or (if_version is not None and known.version != if_version):
+            head = self._objects.head(key, name)
+            check_precondition(key, None if head is None else head.version, if_version, if_exists)
+            known = None if head is None else known_of(head)
+        if if_exists is False:
+            known = None
+        try:
+            written = self._objects.write(
+                key,
+                name,
+                lambda: source,
+                new_tag(),
+                metadata_json,
+                known,
+                # A small value is in memory and may be sent again after losing a race: a
+                # plain set or if_exists=True then looks again; a large one cannot, so a
+                # plain set of it does not wait for a condition (the last writer wins).
+                retry=small and if_version is None and if_exists is not False,
+                must_exist=if_exists is True,
+                condition={} if not (small or conditional) else None,
+            )
+        except PreconditionError:
+            raise ConflictError(_conflict_message(key, if_version, if_exists)) from None
         self._emit_change(StoreSetEvent, key, metadata_json)
-        return version
+        return written.version
 
     def delete(self, key: str, *, if_version: str | None = None) -> None:
         """Delete *key*; :class:`KeyNotFoundError` if missing. A conditional delete on
@@ -717,39 +480,30 @@ class S3Store(AbstractStore):
             if transaction is not None:
                 self._delete_in(transaction, key, name, if_version)
                 return
-            head, metadata_json = self._delete_now(key, name, if_version)
+            metadata_json = self._delete_now(key, name, if_version)
         finally:
             self._leave_write(transaction)
-        self._remember(key, None)
-        self._index.forget(name)
-        self._drop_sidecar(head.sidecar)
         self._emit_change(StoreDeleteEvent, key, metadata_json)
 
-    def _delete_now(self, key: str, name: str, if_version: str | None) -> tuple[Head, str]:
+    def _delete_now(self, key: str, name: str, if_version: str | None) -> str:
         """Delete *key*'s object on the condition that it is the one just looked at;
-        its head and metadata JSON (``{}`` when no listener wants it)."""
-        for _ in range(_RACE_ATTEMPTS):
-            head = self._head(key, name)
+        its metadata JSON (``{}`` when no listener wants it)."""
+        for _ in range(RACE_ATTEMPTS):
+            head = self._objects.head(key, name)
             if head is None:
                 raise missing(key)
             check_precondition(key, head.version, if_version, None)
             observed = self._observed(StoreDeleteEvent)
-            metadata_json = self._metadata_json(head) if observed else "{}"
+            metadata_json = self._objects.metadata_json(head) if observed else "{}"
             try:
-                call(
-                    name,
-                    self._client.delete_object,
-                    Bucket=self.bucket,
-                    Key=name,
-                    IfMatch=head.etag,
-                )
+                self._objects.delete(key, name, head.etag, head.sidecar)
             except PreconditionError:
                 if if_version is not None:
                     raise ConflictError(_conflict_message(key, if_version, None)) from None
                 continue
             except MissingObjectError:
                 raise missing(key) from None
-            return head, metadata_json
+            return metadata_json
         raise ConflictError(_conflict_message(key, None, None))
 
     # -- transactions --------------------------------------------------------------------
@@ -795,7 +549,7 @@ class S3Store(AbstractStore):
     def _base(self, transaction: Transaction, key: str, name: str) -> Base:
         base = transaction.bases.get(key)
         if base is None:
-            head = self._head(key, name)
+            head = self._objects.head(key, name)
             base = Base(None) if head is None else _base_of(head)
             transaction.bases[key] = base
         return base
@@ -845,7 +599,7 @@ class S3Store(AbstractStore):
         elif base.metadata_json is not None:
             metadata_json = base.metadata_json
         else:
-            metadata_json = self._sidecar_json(base.sidecar)
+            metadata_json = self._objects.sidecar_json(base.sidecar)
         transaction.record(key, Change(name, None, metadata_json, b"", 0))
         self._emit_change(StoreDeleteEvent, key, metadata_json)
 
@@ -906,7 +660,7 @@ class S3Store(AbstractStore):
         checked = [(key, change) for key, change in changes if key in bases]
         if len(changes) > 1:  # every condition checked before the first write
             for key, change in checked:
-                head = self._head(key, change.name)
+                head = self._objects.head(key, change.name)
                 if (None if head is None else head.etag) != bases[key].etag:
                     raise ConflictError(f"key {key!r} changed since the transaction read it")
         done: list[str] = []
@@ -932,76 +686,28 @@ class S3Store(AbstractStore):
         plain set that tries again after losing a race."""
         if change.data is None:
             assert base is not None and base.etag is not None  # deletes look first
-            call(
-                change.name,
-                self._client.delete_object,
-                Bucket=self.bucket,
-                Key=change.name,
-                IfMatch=base.etag,
-            )
-            self._remember(key, None)
-            self._index.forget(change.name)
-            self._drop_sidecar(base.sidecar)
+            self._objects.delete(key, change.name, base.etag, base.sidecar)
             return
-        sidecar = None if fits_inline(change.metadata_json) else self._sidecar_name(change.version)
-        if sidecar is not None:
-            call(
-                "metadata sidecar",
-                self._client.put_object,
-                Bucket=self.bucket,
-                Key=sidecar,
-                Body=change.metadata_json.encode(),
-            )
         if base is None:
-            known = self._recall(key)
+            known = self._objects.recall(key)
         elif base.etag is None:
             known = None
         else:
-            known = _Known(base.version or "", base.etag, base.created or 0.0, base.sidecar)
-        for attempt in range(_RACE_ATTEMPTS):
-            now = time.time()
-            created = known.created if known else now
-            fields = header_fields(change.version, created, now, change.metadata_json, sidecar)
-            source = [change.data] if isinstance(change.data, bytes) else file_chunks(change.data)
-            condition = {"IfMatch": known.etag} if known else {"IfNoneMatch": "*"}
-            try:
-                written = upload(
-                    self._client,
-                    self.bucket,
-                    change.name,
-                    source,
-                    change.tag,
-                    fields,
-                    condition,
-                    self.part_size,
-                )
-            except PreconditionError:
-                if base is not None or attempt + 1 == _RACE_ATTEMPTS:
-                    raise
-                head = self._head(key, change.name)
-                known = None if head is None else _known_of(head)
-                continue
-            break
-        old_sidecar = None if known is None else known.sidecar
-        self._remember(key, _Known(change.version, written.etag, created, sidecar))
-        self._index.note(change.name, written.etag, change.metadata_json)
-        self._drop_sidecar(old_sidecar)
-
-
-def _known_of(head: Head) -> _Known:
-    return _Known(head.version, head.etag, head.created, head.sidecar)
+            known = Known(base.version or "", base.etag, base.created or 0.0, base.sidecar)
+        data = change.data
+        self._objects.write(
+            key,
+            change.name,
+            lambda: [data] if isinstance(data, bytes) else file_chunks(data),
+            change.tag,
+            change.metadata_json,
+            known,
+            retry=base is None,
+        )
 
 
 def _base_of(head: Head) -> Base:
     return Base(head.etag, head.version, head.created, head.sidecar, head.metadata_json)
-
-
-class _SidecarGoneError(Exception):
-    """A sidecar vanished between reading its object and reading it (overwritten)."""
-
-
-def _stream(body: Any, limit: int) -> BinaryStream:
-    return cast(BinaryStream, BodyStream(body, limit))
 
 
 def _take(chunks: Iterator[bytes], limit: int) -> Iterator[bytes]:
