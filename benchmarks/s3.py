@@ -217,12 +217,15 @@ def large(endpoint: str) -> None:
     for phase in ("set", "get"):
         for peer in ("s3store", "boto3"):
             key = "big" if peer == "s3store" else "raw-big"
-            output = subprocess.run(
+            child = subprocess.run(
                 [sys.executable, __file__, "large-child", peer, phase, endpoint, key, str(size)],
-                check=True,
+                check=False,
                 capture_output=True,
                 text=True,
-            ).stdout
+            )
+            if child.returncode:
+                raise SystemExit(f"{peer} {phase} failed:\n{child.stderr[-3000:]}")
+            output = child.stdout
             figures[(phase, peer)] = json.loads(output.strip().splitlines()[-1])
             got = figures[(phase, peer)]
             print(

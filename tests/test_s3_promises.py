@@ -472,6 +472,9 @@ def _index_worker(opener: Callable[[], S3Store], owner: int) -> None:
 
 def test_index_is_exact_after_writers_in_other_processes(server: S3Server, store: S3Store) -> None:
     store.set("k0-00", (b"old", {"owner": 99}))
+    # The same data and metadata a worker writes before it changes only the metadata:
+    # only the write tag tells the index that the object changed.
+    store.set("k0-03", (b"x", {"owner": 0, "n": 3}))
     assert store.query_keys(owner=99) == ["k0-00"]  # the index is warm and about to be stale
     opener = server.opener(store.prefix)
     with ProcessPoolExecutor(3, mp_context=_CONTEXT) as pool:

@@ -443,7 +443,12 @@ class S3Store(AbstractStore):
         del first  # a large value's first part is not kept for the whole upload
         conditional = if_version is not None or if_exists is not None
         known = None if (if_exists is True or not small) else self._objects.recall(key)
-        if known is None or (if_version is not None and known.version != if_version):
+        # A small plain set or create-only set goes straight to the conditional PUT (the
+        # server checks; a lost race looks then): one request for a new key.
+        blind = small and if_version is None and if_exists is not True
+        if (known is None and not blind) or (
+            if_version is not None and (known is None or known.version != if_version)
+        ):
             head = self._objects.head(key, name)
             check_precondition(key, None if head is None else head.version, if_version, if_exists)
             known = None if head is None else known_of(head)
