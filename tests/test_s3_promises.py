@@ -392,7 +392,7 @@ def _count_requests(store: S3Store) -> list[str]:
 
 
 def test_queries_cost_a_listing_not_a_read_of_every_key(server: S3Server, store: S3Store) -> None:
-    count = 300
+    count = 150
     for number in range(count):
         raw_write(server, store, f"k{number:05d}", b"", {"n": number % 10, "i": number})
     seen = _count_requests(store)
