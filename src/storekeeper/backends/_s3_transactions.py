@@ -7,11 +7,13 @@ S3 has no multi-key atomicity, and an S3Store does not pretend to have it
   other threads' writes wait for it, and its writes are invisible to every other owner
   until the commit (they are held here, in memory or, over one part, in a temporary
   file).
-- *No lost update, across processes and hosts*: the commit writes each key on the
-  condition that it is still at the version the transaction first saw (``If-Match`` on
-  that write's ETag, ``If-None-Match: *`` for a key that was missing), after checking
-  every key's version first. A concurrent change from anywhere makes the commit fail
-  with :class:`~storekeeper.errors.ConflictError` before anything is written.
+- *No lost update, across processes and hosts*: the commit writes each key the
+  transaction read (or wrote or deleted on a condition) on the condition that it is
+  still at the version the transaction first saw (``If-Match`` on that write's ETag,
+  ``If-None-Match: *`` for a key that was missing), after checking all of them first. A
+  concurrent change from anywhere makes the commit fail with
+  :class:`~storekeeper.errors.ConflictError` before anything is written. A key the
+  transaction only wrote, without reading it, is written as a plain ``set`` would be.
 - *Never silently half-applied*: if a write fails after others of the same commit were
   applied (a change that raced the check, a lost connection), the commit raises
   :class:`~storekeeper.errors.TransactionError` naming the keys written and the keys

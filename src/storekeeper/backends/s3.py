@@ -14,8 +14,11 @@ Promises (:attr:`S3Store.capabilities`):
   to ``If-Match`` on the ETag and ``If-None-Match: *``, checked by the server in the same
   step as the write. AWS S3 (since August/November 2024) and most compatible servers
   enforce them atomically: of racing conditional writers exactly one wins. A plain
-  ``set`` is itself a conditional write on the version it last saw, retried, so that it
-  carries the key's creation time forward exactly.
+  ``set`` of a value that fits one part is itself conditional (``If-None-Match`` for a
+  key this store object has not seen, ``If-Match`` for one it has), looked up and
+  retried after a lost race, so a new key costs one PUT and the creation time is carried
+  forward exactly; a larger one (its stream cannot be sent twice) completes without a
+  condition: the last writer wins.
 - *Transactions* are isolated but *not atomic* across keys; exactly what they promise
   is in :mod:`storekeeper.backends._s3_transactions`.
 - *Queries* use a metadata index checked against the listing (see
