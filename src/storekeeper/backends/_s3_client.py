@@ -74,9 +74,12 @@ def make_client(
     credentials: dict[str, str] | None,
     max_pool_connections: int,
     max_attempts: int = MAX_ATTEMPTS,
+    profile: str | None = None,
 ) -> Any:
     """A boto3 S3 client: standard retries, a connection pool shared by threads, and
-    path-style addressing when an endpoint is given (S3-compatible servers)."""
+    path-style addressing when an endpoint is given (S3-compatible servers).
+    Credentials: *credentials* if given, else the named *profile*, else boto3's
+    standard lookup (environment, default profile, instance role)."""
     config = botocore.config.Config(
         retries={"max_attempts": max_attempts, "mode": "standard"},
         max_pool_connections=max_pool_connections,
@@ -86,6 +89,10 @@ def make_client(
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
     )
+    if profile is not None:  # a named profile of the shared AWS config files
+        return boto3.session.Session(profile_name=profile).client(
+            "s3", endpoint_url=endpoint_url, region_name=region, config=config
+        )
     global _session
     # One session per process: it caches the parsed service model, which otherwise
     # costs about 0.1 s of CPU per client. Sessions are not thread-safe, hence the lock.

@@ -104,6 +104,7 @@ _URL_OPTIONS = {
     "part_size": count,
     "max_connections": count,
     "max_attempts": count,
+    "profile": text,
 }
 
 
@@ -112,11 +113,12 @@ class S3Store(AbstractStore):
 
     *endpoint_url* and *region* select the server (default: AWS and boto3's region
     lookup); *credentials* (``aws_access_key_id``, ``aws_secret_access_key``,
-    ``aws_session_token``) override the standard lookup. *inline_limit*: values up to
-    this size are read whole by ``get``. *part_size*: values over it go up as multipart
-    uploads of parts this size (at least 5 MiB on AWS). *max_attempts*: attempts per
-    request on throttling and server errors (botocore's standard retry mode: capped
-    exponential backoff with jitter). The bucket must exist.
+    ``aws_session_token``) or a named *profile* override the standard lookup.
+    *inline_limit*: values up to this size are read whole by ``get``. *part_size*:
+    values over it go up as multipart uploads of parts this size (at least 5 MiB on
+    AWS). *max_attempts*: attempts per request on throttling and server errors
+    (botocore's standard retry mode: capped exponential backoff with jitter).
+    *max_connections*: the connection pool shared by threads. The bucket must exist.
     """
 
     def __init__(
@@ -131,6 +133,7 @@ class S3Store(AbstractStore):
         part_size: int = PART_SIZE,
         max_connections: int = 16,
         max_attempts: int = MAX_ATTEMPTS,
+        profile: str | None = None,
         event_manager: BaseEventManager | None = None,
     ) -> None:
         super().__init__(event_manager)
@@ -147,6 +150,7 @@ class S3Store(AbstractStore):
         self.part_size = part_size
         self._max_connections = max_connections
         self.max_attempts = max_attempts
+        self.profile = profile
         self._objects = Objects(bucket, prefix, part_size)
         self._lock = threading.RLock()
         self._turn = threading.Condition(self._lock)
@@ -159,7 +163,8 @@ class S3Store(AbstractStore):
     @classmethod
     def from_url(cls, url: SplitResult, **options: Any) -> S3Store:
         """Build a store for ``s3://bucket/prefix?endpoint_url=...&region=...`` (also
-        ``inline_limit``, ``part_size``, ``max_connections``). The prefix is the path
+        ``profile``, ``inline_limit``, ``part_size``, ``max_connections``,
+        ``max_attempts``; credentials never go in a URL). The prefix is the path
         after the bucket, percent-decoded, as given (``s3://b/data/`` keeps keys under
         ``data/``)."""
         settings = url_options(url, _URL_OPTIONS)
@@ -191,7 +196,12 @@ class S3Store(AbstractStore):
         """Create the client and check that the bucket is reachable."""
         given = credentials if credentials is not None else self._credentials
         client = make_client(
-            self.endpoint_url, self.region, given, self._max_connections, self.max_attempts
+            self.endpoint_url,
+            self.region,
+            given,
+            self._max_connections,
+            self.max_attempts,
+            self.profile,
         )
         try:
             call(f"bucket {self.bucket!r}", client.head_bucket, Bucket=self.bucket)
