@@ -242,11 +242,13 @@ def _multipart(
     try:
         for piece in pieces:
             number = len(parts) + 1
-            if len(piece) == part_size:
-                parts.append(_part(client, bucket, name, upload_id, number, piece))
-                continue
-            parts.append(_part(client, bucket, name, upload_id, number, piece + tag))
-            break
+            last = len(piece) < part_size
+            body = piece + tag if last else piece
+            del piece  # not kept while the next part is assembled
+            parts.append(_part(client, bucket, name, upload_id, number, body))
+            del body
+            if last:
+                break
         response = call(
             name,
             client.complete_multipart_upload,
