@@ -17,9 +17,9 @@ The object's user metadata (``x-amz-meta-*``) holds:
   a reader that has an object always finds the metadata of that very write.
 
 Data goes up as one PUT when it fits one part (:data:`PART_SIZE`), otherwise as a
-multipart upload holding one part in memory at a time; the condition of a conditional
-write is on the PUT or on the CompleteMultipartUpload, so nothing is visible before the
-whole value is.
+multipart upload assembling one part at a time (about two in memory); the condition of
+a conditional write is on the PUT or on the CompleteMultipartUpload, so nothing is
+visible before the whole value is.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Each key is one object under the store's prefix (names encoded reversibly and in
 order, see :mod:`storekeeper.backends._s3_names`), holding the data and, in the object's
 own headers, the metadata JSON (a sidecar object when it is over S3's 2 KB limit), so a
 ``get`` is one request (see :mod:`storekeeper.backends._s3_objects`). Writes stream the
-data (multipart over one part, one part in memory at a time); ranged reads are HTTP
+data (multipart over one part, about two parts in memory); ranged reads are HTTP
 ranges. The client is boto3; credentials come from the usual places (environment,
 shared profile, instance role) or the ``credentials`` option, and are never logged.
 
