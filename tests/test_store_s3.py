@@ -26,6 +26,9 @@ class TestS3Store(StoreTests):
     # parsed (about 2 MB of allocations), and filling the suite's 10,000 keys takes
     # minutes on moto; test_s3_promises checks that a listing stops after its first page.
     listing_streams = False
+    # Every model step is a few requests to moto (~5 ms each): two short runs here, the
+    # long ones under make soak.
+    model_examples = 2
     kept_value_size = TEST_INLINE_LIMIT * 3 + 5  # over the inline limit: streamed
 
     def create_store(self, tmp_path: Path, event_manager: EventManager) -> S3Store:
