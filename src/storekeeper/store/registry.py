@@ -49,6 +49,8 @@ _registry: dict[str, _Backend] = {
     "memory": _Backend("storekeeper.backends.memory:DictMemoryStore", None),
     "file": _Backend("storekeeper.backends.filesystem:FileSystemStore", None),
     "sqlite": _Backend("storekeeper.backends.sqlite:SqliteStore", None),
+    "postgresql": _Backend("storekeeper.backends.postgres:PostgresStore", "postgres"),
+    "postgres": _Backend("storekeeper.backends.postgres:PostgresStore", "postgres"),
 }
 _lock = threading.Lock()
 _entry_points_loaded = False
