@@ -95,12 +95,7 @@ def _wait_for_commits_in_flight() -> None:
 
 
 class TestPostgresStore(_PostgresTests):
-    pass
+    """Values over 64 bytes are chunked (64 KiB chunks): the suite's small values take
+    the inline path and its large ones (and the model's) the chunked one."""
 
-
-class TestPostgresChunkedStore(_PostgresTests):
-    """A tiny inline limit and small chunks, so every path of large values runs."""
-
-    options = {"inline_limit": 4, "chunk_size": 4099}  # noqa: RUF012
-    large_value_size = 100_003
-    kept_value_size = 100_003
+    options = {"inline_limit": 64, "chunk_size": 65536}  # noqa: RUF012

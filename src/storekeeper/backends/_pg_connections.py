@@ -135,7 +135,7 @@ class Connections:
         if self._pid != os.getpid():
             for conn in list(self._opened):
                 neutralize(conn)
-            _INHERITED.append(self._pool)
+            _INHERITED.append(self._pool)  # never finalised in the child
             self._opened = weakref.WeakSet()
             self._claims = set()
             self._pid = os.getpid()

@@ -173,10 +173,11 @@ class Listener:
             self.connected.set()
             last_maintenance = time.monotonic()  # connect() has just tidied up
             while not self._stop.is_set():
-                for notify in conn.notifies(timeout=0.5):
+                # The generator holds the connection's lock while it runs, and reading
+                # the log needs the connection: take one notification, then handle it
+                # (psycopg keeps those arriving meanwhile for the next call).
+                for notify in list(conn.notifies(timeout=0.5, stop_after=1)):
                     self._notified(conn, notify.payload)
-                    if self._stop.is_set():
-                        break
                 now = time.monotonic()
                 if now - last_maintenance >= self.interval:
                     last_maintenance = now

@@ -39,6 +39,7 @@ from typing import Any
 from urllib.parse import SplitResult, urlunsplit
 
 import psycopg
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from storekeeper.backends._pg_connections import Connections
@@ -254,8 +255,8 @@ class PostgresStore(AbstractStore):
             row = exists.fetchone()
             if row is not None and row[0] is not None:
                 return
-            for statement in schema.create():
-                conn.execute(statement)
+            # One round trip: the statements take no parameters.
+            conn.execute(sql.SQL(";\n").join(schema.create()))
 
     def _start_listener(self, cursor: int) -> None:
         if not self.listen:
@@ -293,10 +294,20 @@ class PostgresStore(AbstractStore):
 
     def _require_connection(self) -> None:
         super()._require_connection()
-        if self._pid != os.getpid():  # forked: this process needs a listener of its own
-            self._pid = os.getpid()
-            inherited, self._listener = self._listener, None
-            self._start_listener(0 if inherited is None else inherited.cursor)
+        if self._pid != os.getpid():
+            self._forked()
+
+    def _forked(self) -> None:
+        """First call in a process forked from the one that connected: this process's
+        writes get an origin of their own (or the parent's listener would take them for
+        its own), and a listener of its own from where the parent's had got to."""
+        self._pid = os.getpid()
+        self.origin = self._connections.origin = f"{self._pid}-{secrets.token_hex(6)}"
+        # Before the parent's listener is let go: its connection must be neutralized
+        # first, or freeing it would end the parent's session.
+        self._connections.pool()
+        inherited, self._listener = self._listener, None
+        self._start_listener(0 if inherited is None else inherited.cursor)
 
     def _deliver(self, change: Change) -> None:
         """Emit a change another store object made, from the listener thread."""
