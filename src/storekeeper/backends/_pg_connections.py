@@ -106,9 +106,21 @@ class Connections:
         assert pool is not None
         try:
             pool.wait(self.timeout)
+        except psycopg_pool.PoolTimeout as exc:
+            self.close()
+            raise self._why_not(exc) from exc
         except BaseException:
             self.close()
             raise
+
+    def _why_not(self, exc: psycopg_pool.PoolTimeout) -> BaseException:
+        """The error of a pool that opened no connection: the server's own refusal
+        (bad credentials, no such database...) when one connection attempt shows it."""
+        try:
+            psycopg.connect(self.conninfo, connect_timeout=max(1, int(self.timeout))).close()
+        except psycopg.Error as refused:
+            return convert(refused, f"connecting to {self.what}")
+        return convert(exc, f"connecting to {self.what}")
 
     def close(self) -> None:
         """Close the pool (in this process; a forked child's inherited one is left be)."""
