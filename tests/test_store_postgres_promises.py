@@ -56,7 +56,7 @@ def test_open_store_urls(table: str) -> None:
         assert again.to_bytes("k") == b"streamed in chunks"
         info = again.info()
         assert info["table"] == table and info["dbname"] == url.rsplit("/", 1)[1]
-    with pytest.raises(InvalidURLError, match="valid options: .*inline_limit"):
+    with pytest.raises(InvalidURLError, match=r"valid options: .*inline_limit"):
         open_store(f"{url}?tabel={table}")
     with pytest.raises(InvalidURLError, match="inline_limit"):
         open_store(f"{url}?inline_limit=lots")
@@ -116,8 +116,6 @@ def test_hostile_names_cannot_inject_sql() -> None:
 )
 def test_queries_run_on_indexes(table: str, term: Any, index: str) -> None:
     name = "year" if isinstance(term, int | Range) and index == "__n" else "m"
-    if isinstance(term, str):
-        term = term  # an exact value
     with PostgresStore(database_url(), table) as store:
         store.multiset(
             [f"k{i}" for i in range(2000)],
