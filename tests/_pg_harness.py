@@ -1,7 +1,8 @@
 """PostgreSQL test set-up shared by the PostgresStore test modules.
 
-One database per test session (``storekeeper_test_<random>``, created through the
-database of ``STOREKEEPER_TEST_POSTGRES`` and dropped at the end), one table per test.
+One database per test module (``storekeeper_test_<random>``, created through the
+database of ``STOREKEEPER_TEST_POSTGRES`` when first needed and dropped when the module
+is done), one table per test.
 Under ``CI=true`` a missing server fails the tests instead of skipping them.
 """
 
@@ -49,12 +50,15 @@ def database_url() -> str:
 
 
 def drop_database() -> None:
-    """Drop this session's database (at the end of the session)."""
-    if _database is None:
+    """Drop the database (at the end of a test module); the next test that needs one
+    creates a new one."""
+    global _database
+    name, _database = _database, None
+    if name is None:
         return
     with psycopg.connect(SERVER, autocommit=True, connect_timeout=5) as conn:
         statement = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
-        conn.execute(statement.format(sql.Identifier(_database)))
+        conn.execute(statement.format(sql.Identifier(name)))
 
 
 def table_for(seed: str) -> str:

@@ -21,7 +21,7 @@ from storekeeper.testing.store import StoreTests
 pytestmark = [pytest.mark.service, pytest.mark.postgres]
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def _session_database() -> Iterator[None]:
     yield
     drop_database()

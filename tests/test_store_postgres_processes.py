@@ -7,6 +7,7 @@ import gc
 import multiprocessing
 import os
 import random
+import subprocess
 import time
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
@@ -249,3 +250,38 @@ def _wait(condition: Any, timeout: float = 30.0, message: Any = str) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"timed out: {message()}"
         time.sleep(0.02)
+
+
+# -- a server restart: only under make soak, and only with a restart command given ---------------
+_RESTART = os.environ.get("STOREKEEPER_PG_RESTART_CMD")
+
+
+@pytest.mark.soak
+@pytest.mark.skipif(
+    os.environ.get("STOREKEEPER_SOAK") != "1" or not _RESTART,
+    reason="restarts the server: only under make soak with STOREKEEPER_PG_RESTART_CMD set",
+)
+def test_a_server_restart_loses_nothing_acknowledged(store: PostgresStore) -> None:
+    acknowledged: dict[str, int] = {}
+    failures: list[BaseException] = []
+    stop = time.monotonic() + 1e9
+    restarted = False
+    i = 0
+    while time.monotonic() < stop:
+        i += 1
+        try:
+            store.set(f"k{i}", (str(i).encode(), {"i": i}))
+            acknowledged[f"k{i}"] = i
+        except BackendUnavailableError as exc:  # a clear error while the server is away
+            failures.append(exc)
+        if i == 50 and not restarted:
+            assert _RESTART is not None
+            subprocess.run(_RESTART, shell=True, check=True)
+            restarted = True
+            stop = time.monotonic() + 20
+        if restarted and len(acknowledged) > 100:
+            break
+        time.sleep(0.01)
+    assert restarted and len(acknowledged) > 100
+    for key, value in acknowledged.items():
+        assert store.get_metadata(key) == {"i": value}

@@ -64,6 +64,7 @@ class Reads:
         self.chunk_size = chunk_size
         self._select = schema.compose(f"SELECT {_COLUMNS} FROM {{main}} WHERE key = %s")
         self._lock = schema.compose(f"SELECT {_COLUMNS} FROM {{main}} WHERE key = %s FOR UPDATE")
+        self._data = schema.compose("SELECT data FROM {main} WHERE key = %s")
 
     # -- one key ---------------------------------------------------------------------------
     def row(self, key: str) -> RowTuple | None:
@@ -73,6 +74,17 @@ class Reads:
             if not locking:
                 return conn.execute(self._select, [key], binary=True).fetchone()
             return self.locked_row(conn, key)
+
+    def inline_data(self, key: str) -> bytes | None:
+        """*key*'s data if it is stored inline and no transaction is open (one short
+        statement); ``None`` when the general path must answer (a missing key too)."""
+        if self.connections.transaction() is not None:
+            return None
+        with self.connections.using(f"reading {key!r}") as conn:
+            found = conn.execute(self._data, [key], binary=True).fetchone()
+        if found is None or found[0] is None:
+            return None
+        return bytes(found[0])
 
     def locked_row(self, conn: psycopg.Connection[Any], key: str) -> RowTuple | None:
         """*key*'s row read on *conn* (in a transaction) and locked until it ends; a

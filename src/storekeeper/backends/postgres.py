@@ -226,7 +226,10 @@ class PostgresStore(AbstractStore):
     # -- connections ---------------------------------------------------------------------
     def connect(self, credentials: Any = None) -> None:
         """Open the pool, create what is missing of the tables, indexes and trigger, and
-        start the change listener (returning once it listens, or after ``timeout``)."""
+        start the change listener (returning once it listens, or after ``timeout``).
+        Connecting a connected store does nothing."""
+        if self.is_connected() and self._pid == os.getpid():
+            return  # connected already: one pool, one listener
         connections = self._connections
         connections.open()
         try:
@@ -357,8 +360,10 @@ class PostgresStore(AbstractStore):
         self._require_connection()
         if self._progress_observed():
             return super().to_bytes(key, buffer_size)
-        value = self._reads.value(key)
-        return read_stream(value.data, buffer_size)
+        data = self._reads.inline_data(key)
+        if data is not None:
+            return data
+        return read_stream(self._reads.value(key).data, buffer_size)
 
     def get_data_range(self, key: str, start: int | None = None, end: int | None = None) -> Any:
         """A stream over bytes ``start`` to ``end`` (excluded): only the chunks holding
