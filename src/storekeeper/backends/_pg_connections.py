@@ -3,6 +3,9 @@ transaction of each owner, and what a ``fork`` leaves behind.
 
 - **One pool per store** (:mod:`psycopg_pool`), in autocommit mode: a plain read or write
   borrows a connection for one statement (or one short transaction) and gives it back.
+  Connections given back healthy and idle are kept in a small last-in-first-out cache
+  in front of the pool, so one thread's calls reuse one warm connection without the
+  pool's bookkeeping; anything else goes back to the pool, which resets or replaces it.
 - **A transaction per owner** (the asyncio task or thread, see
   :mod:`storekeeper.store.owners`): ``store.transaction()`` borrows a connection for the
   whole block and runs ``BEGIN`` on it; every call of that owner inside the block runs

@@ -142,12 +142,6 @@ class Listener:
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(10)
 
-    def interrupt(self) -> None:
-        """Close the connection under the thread (for tests: as if the network failed)."""
-        conn = self._conn
-        if conn is not None:
-            conn.pgconn.finish()
-
     # -- the thread --------------------------------------------------------------------------
     def _run(self) -> None:
         delay = 0.1

@@ -143,7 +143,7 @@ class Reads:
         missing."""
         if self.connections.transaction() is not None:
             return [self.value(key) for key in keys]  # each row locked, as one read does
-        statement = self.schema.compose(f"SELECT key, {_COLUMNS} FROM {{main}} WHERE key = ANY(%s)")
+        statement = self.schema.compose(f"SELECT key, {_COLUMNS} FROM {{main}} WHERE key = ANY(%b)")
         with self.connections.using("reading many keys") as conn:
             rows = conn.execute(statement, [list(set(keys))], binary=True).fetchall()
         found = {row[0]: row[1:] for row in rows}

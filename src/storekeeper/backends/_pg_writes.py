@@ -183,7 +183,8 @@ class Writes:
             "INSERT INTO {main} AS o "
             "(key, version, size, created, modified, metadata, meta, data, blob, action) "
             f"SELECT k, v, octet_length(d), {_NOW}, {_NOW}, m, j::jsonb, d, NULL, 'set' "
-            "FROM unnest(%s::text[], %s::bigint[], %s::text[], %s::text[], %s::bytea[]) "
+            # Binary parameters: the text form of arrays escapes every element.
+            "FROM unnest(%b::text[], %b::bigint[], %b::text[], %b::text[], %b::bytea[]) "
             "AS u(k, v, m, j, d) "
             "ON CONFLICT (key) DO UPDATE SET modified = EXCLUDED.modified, "
             "version = EXCLUDED.version, action = 'set', metadata = EXCLUDED.metadata, "

@@ -35,7 +35,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from typing import IO, Any
 from urllib.parse import SplitResult, urlunsplit
 
 import psycopg
@@ -381,7 +381,7 @@ class PostgresStore(AbstractStore):
         self._require_connection()
         return self._reads.many(key_list)
 
-    def multiget_data(self, keys: Iterable[str]) -> list[Any]:
+    def multiget_data(self, keys: Iterable[str]) -> list[IO[bytes]]:
         """Data streams of *keys* in input order (one statement)."""
         return [value.data for value in self.multiget(keys)]
 
