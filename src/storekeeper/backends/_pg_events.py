@@ -167,11 +167,8 @@ class Listener:
             self.connected.set()
             last_maintenance = time.monotonic()  # connect() has just tidied up
             while not self._stop.is_set():
-                # The generator holds the connection's lock while it runs, and reading
-                # the log needs the connection: take one notification, then handle it
-                # (psycopg keeps those arriving meanwhile for the next call).
-                for notify in list(conn.notifies(timeout=0.5, stop_after=1)):
-                    self._notified(conn, notify.payload)
+                for payload in self._receive(conn):
+                    self._notified(conn, payload)
                 now = time.monotonic()
                 if now - last_maintenance >= self.interval:
                     last_maintenance = now
@@ -195,13 +192,34 @@ class Listener:
         for row in rows:
             self._handle(Change(*row))
 
-    def _notified(self, conn: psycopg.Connection[Any], payload: str) -> None:
+    def _receive(self, conn: psycopg.Connection[Any]) -> list[str]:
+        """Wait up to half a second for a packet of notifications; those of them that
+        need the log read.
+
+        The others (this store's own changes, wake-up calls) are dealt with as they
+        come. The generator holds the connection's lock, and reading the log needs the
+        connection, so it is run to its end: it stops after the first packet (closing
+        it earlier would drop the rest of that packet).
+        """
+        later: list[str] = []
+        for notify in conn.notifies(timeout=0.5, stop_after=1):
+            if not self._settled(notify.payload):
+                later.append(notify.payload)
+        return later
+
+    def _settled(self, payload: str) -> bool:
+        """Deal with a notification that needs no statement; whether it was one."""
         if not payload:
-            return  # a disconnecting store's wake-up call (see stop)
+            return True  # a disconnecting store's wake-up call (see stop)
         if payload.startswith(self._own):
             # This store's own change: its writer emitted it. Only the cursor moves,
             # read from the id that follows the origin without parsing the rest.
             self.cursor = max(self.cursor, _last_id(payload, len(self._own)))
+            return True
+        return False
+
+    def _notified(self, conn: psycopg.Connection[Any], payload: str) -> None:
+        if self._settled(payload):
             return
         fields = json.loads(payload)
         if "ids" not in fields:
