@@ -370,7 +370,9 @@ class PostgresStore(AbstractStore):
         them are read."""
         check_key(key)
         self._require_connection()
-        return self._reads.value(key).range(start, end)
+        if (start is not None and start < 0) or (end is not None and end < 0):
+            return self._reads.value(key).range(start, end)  # counted from the end
+        return self._reads.data_range(key, start or 0, end)
 
     def multiget(self, keys: Iterable[str]) -> list[Value]:
         """The values of *keys* in input order, in one statement."""
