@@ -181,6 +181,14 @@ def test_a_forked_child_never_ends_the_parents_sessions(store: PostgresStore) ->
         code = 1
         try:
             store.set("child", (b"written by the child", {}))
+            # Closing what it inherited (as a pool's clean-up would) must not end the
+            # parent's sessions: psycopg only spares them when objects are freed.
+            for item in _pg_connections._INHERITED:
+                if isinstance(item, list):
+                    for conn in item:
+                        conn.close()
+                elif item is not None:
+                    item.close(timeout=0.1)
             _pg_connections._INHERITED.clear()
             gc.collect()
             code = 0
