@@ -261,8 +261,7 @@ class Connections:
         if pool is None or self._pid != os.getpid():
             conn.close()
             return
-        healthy = not conn.closed and not conn.broken
-        if healthy and conn.info.transaction_status == TransactionStatus.IDLE:
+        if not conn.broken and conn.pgconn.transaction_status == TransactionStatus.IDLE:
             with self._lock:
                 if self._pool is pool and len(self._idle) < self.max_size:
                     self._idle.append(conn)

@@ -175,14 +175,17 @@ class Schema:
             return sql.Identifier(name)
         return sql.Identifier(self.schema, name)
 
-    def compose(self, text: str, **extra: sql.Composable) -> sql.Composed:
-        """*text* with its ``{names}`` filled in (the table names and *extra*)."""
-        return sql.SQL(text).format(**self.names, **extra)
+    def compose(self, text: str, **extra: sql.Composable) -> bytes:
+        """*text* with its ``{names}`` filled in (the table names and *extra*), as the
+        bytes of the statement: rendered once, where psycopg would render a
+        :class:`~psycopg.sql.Composed` again at every execution (which cost half the
+        time of a point read)."""
+        return sql.SQL(text).format(**self.names, **extra).as_bytes(None)
 
-    def create(self) -> list[sql.Composed]:
+    def create(self) -> list[bytes]:
         """The statements creating what is missing of the tables, indexes and trigger."""
         statements = [self.compose(text) for text in _CREATE]
-        body = self.compose(_TRIGGER_BODY).as_string(None)
+        body = self.compose(_TRIGGER_BODY).decode()
         if _BODY_QUOTE in body:
             raise ValueError(f"invalid table name {self.table!r}")
         statements.append(
@@ -206,7 +209,7 @@ class Schema:
             )
         return statements
 
-    def drop(self) -> list[sql.Composed]:
+    def drop(self) -> list[bytes]:
         """The statements dropping the store's tables and function (for tests and tools)."""
         return [
             self.compose("DROP TABLE IF EXISTS {main}, {chunks}, {trash}, {changes}"),

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
 from storekeeper.backends._pg_schema import Schema
 from storekeeper.errors import ConflictError
@@ -75,7 +74,7 @@ class Writes:
 
     def __init__(self, schema: Schema) -> None:
         self.schema = schema
-        self._cache: dict[tuple[str, bool, bool, bool], sql.Composed] = {}
+        self._cache: dict[tuple[str, bool, bool, bool], bytes] = {}
 
     def write(
         self,
@@ -127,14 +126,14 @@ class Writes:
         found = row.fetchone()
         return None if found is None else str(found[0])
 
-    def _statement(self, mode: str, keep_meta: bool, keep_data: bool) -> sql.Composed:
+    def _statement(self, mode: str, keep_meta: bool, keep_data: bool) -> bytes:
         shape = (mode, keep_meta, keep_data, True)
         statement = self._cache.get(shape)
         if statement is None:
             statement = self._cache[shape] = self._build(mode, keep_meta, keep_data)
         return statement
 
-    def _build(self, mode: str, keep_meta: bool, keep_data: bool) -> sql.Composed:
+    def _build(self, mode: str, keep_meta: bool, keep_data: bool) -> bytes:
         changed = ["version", "action"]
         if not keep_meta:
             changed += _META_COLUMNS

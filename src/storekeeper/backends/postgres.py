@@ -39,7 +39,6 @@ from typing import IO, Any
 from urllib.parse import SplitResult, urlunsplit
 
 import psycopg
-from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from storekeeper.backends._pg_connections import Connections
@@ -259,7 +258,7 @@ class PostgresStore(AbstractStore):
             if row is not None and row[0] is not None:
                 return
             # One round trip: the statements take no parameters.
-            conn.execute(sql.SQL(";\n").join(schema.create()))
+            conn.execute(b";\n".join(schema.create()))
 
     def _start_listener(self, cursor: int) -> None:
         if not self.listen:
