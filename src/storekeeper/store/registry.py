@@ -49,6 +49,8 @@ _registry: dict[str, _Backend] = {
     "memory": _Backend("storekeeper.backends.memory:DictMemoryStore", None),
     "file": _Backend("storekeeper.backends.filesystem:FileSystemStore", None),
     "sqlite": _Backend("storekeeper.backends.sqlite:SqliteStore", None),
+    "redis": _Backend("storekeeper.backends.redis:RedisStore", "redis"),
+    "rediss": _Backend("storekeeper.backends.redis:RedisStore", "redis"),
 }
 _lock = threading.Lock()
 _entry_points_loaded = False

@@ -1,0 +1,161 @@
+"""Change events between processes: a listener thread reading the store's change stream.
+
+Every write script appends ``(origin, action, key, metadata, version)`` to the stream
+``{prefix}X`` in the same atomic step as the write (``XADD ... MAXLEN ~ length``), so
+the stream's order is the commit order and an entry exists only for a committed change.
+Each connected store runs one :class:`Listener`: a daemon thread that reads the stream
+with ``XREAD BLOCK`` from a cursor (the id of the last entry it delivered) and hands
+the entries written by *other* store objects to a callback. Entries are read in order
+and the cursor only moves past an entry once it was delivered, so each is delivered
+once, in commit order; after a lost connection the thread reconnects and goes on from
+its cursor, missing nothing the stream still holds. While nobody listens for the
+store's change events (*wanted* says so), the thread only waits for the next entry and
+moves its cursor to the newest, reading none of them: events nobody listens for are
+dropped, as the store's own are.
+
+The stream is trimmed to about ``length`` entries. A listener that falls further
+behind than that (a long network outage, a stopped process) finds entries deleted
+past its cursor: it logs a warning naming how far it got and counts the gap in
+:attr:`Listener.gaps`, since those changes cannot be delivered any more.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["Entry", "Listener", "last_id"]
+
+_log = logging.getLogger("storekeeper.backends.redis")
+
+#: One stream entry as delivered: (id, fields).
+Entry = tuple[str, dict[bytes, bytes]]
+
+_BLOCK_MS = 5000
+_BATCH = 500
+
+
+def last_id(client: Any, stream: str) -> str:
+    """The id of the newest entry of *stream* (``0-0`` when it is empty or missing)."""
+    newest = client.xrevrange(stream, count=1)
+    return _text(newest[0][0]) if newest else "0-0"
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _id_tuple(entry_id: str) -> tuple[int, int]:
+    milliseconds, _, sequence = entry_id.partition("-")
+    return int(milliseconds), int(sequence or 0)
+
+
+class Listener:
+    """A thread delivering the entries of *stream* after *cursor* to *deliver*.
+
+    *connect* makes the thread's own client (a blocking read holds its connection);
+    it is called again after a connection is lost. :meth:`stop` ends the thread
+    promptly (``CLIENT UNBLOCK`` from *control*, the store's own client).
+    """
+
+    def __init__(
+        self,
+        connect: Callable[[], Any],
+        control: Any,
+        stream: str,
+        cursor: str,
+        deliver: Callable[[Entry], None],
+        wanted: Callable[[], bool],
+    ) -> None:
+        self._connect = connect
+        self._control = control
+        self._stream = stream
+        self.cursor = cursor
+        self._deliver = deliver
+        self._wanted = wanted
+        self._stopping = threading.Event()
+        self._client_id: int | None = None
+        self._lock = threading.Lock()
+        #: How many times entries were trimmed away before this listener read them.
+        self.gaps = 0
+        self._thread = threading.Thread(
+            target=self._run, name=f"redis-events {stream}", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread and wait for it (it delivers nothing afterwards)."""
+        self._stopping.set()
+        with self._lock:
+            client_id = self._client_id
+        if client_id is not None:
+            try:
+                self._control.client_unblock(client_id)
+            except Exception:  # noqa: BLE001 - the thread also wakes up on its own
+                _log.debug("could not unblock the event listener", exc_info=True)
+        if threading.current_thread() is not self._thread:
+            self._thread.join(_BLOCK_MS / 1000 + 5)
+
+    def _run(self) -> None:
+        client: Any = None
+        delay = 0.05
+        while not self._stopping.is_set():
+            try:
+                if client is None:
+                    client = self._connect()
+                    with self._lock:
+                        self._client_id = client.client_id()
+                    self._check_gap(client)
+                self._read(client)
+                delay = 0.05
+            except Exception:  # noqa: BLE001 - reconnect and go on from the cursor
+                if self._stopping.is_set():
+                    break
+                _log.warning("change stream listener lost its connection; retrying", exc_info=True)
+                self._close(client)
+                client = None
+                self._stopping.wait(delay)
+                delay = min(delay * 2, 2.0)
+        self._close(client)
+
+    def _close(self, client: Any) -> None:
+        with self._lock:
+            self._client_id = None
+        if client is not None:
+            with contextlib.suppress(Exception):  # a broken connection may fail to close
+                client.close()
+
+    def _read(self, client: Any) -> None:
+        if not self._wanted():
+            if client.xread({self._stream: self.cursor}, count=1, block=_BLOCK_MS):
+                self.cursor = last_id(client, self._stream)
+            return
+        answer = client.xread({self._stream: self.cursor}, count=_BATCH, block=_BLOCK_MS)
+        for _, entries in answer or ():
+            for entry_id, fields in entries:
+                if self._stopping.is_set():
+                    return
+                self._deliver((_text(entry_id), fields))
+                self.cursor = _text(entry_id)
+
+    def _check_gap(self, client: Any) -> None:
+        """Warn when entries after the cursor were trimmed before they were read."""
+        if self.cursor == "0-0":
+            return
+        try:
+            info = client.xinfo_stream(self._stream)
+        except Exception:  # noqa: BLE001 - no stream yet: nothing was trimmed
+            return
+        deleted = info.get("max-deleted-entry-id")
+        if deleted is not None and _id_tuple(_text(deleted)) > _id_tuple(self.cursor):
+            self.gaps += 1
+            _log.warning(
+                "change stream %s was trimmed past this listener's cursor %s (up to %s): "
+                "the changes in between cannot be delivered",
+                self._stream,
+                self.cursor,
+                _text(deleted),
+            )
