@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -89,6 +90,15 @@ class Listener:
     def stop(self) -> None:
         """Stop the thread and wait for it (it delivers nothing afterwards)."""
         self._stopping.set()
+        if threading.current_thread() is self._thread:
+            return
+        deadline = time.monotonic() + _BLOCK_MS / 1000 + 5
+        # An unblock sent just before the thread blocks again is lost: send until it ends.
+        while self._thread.is_alive() and time.monotonic() < deadline:
+            self._unblock()
+            self._thread.join(0.05)
+
+    def _unblock(self) -> None:
         with self._lock:
             client_id = self._client_id
         if client_id is not None:
@@ -96,8 +106,6 @@ class Listener:
                 self._control.client_unblock(client_id)
             except Exception:  # noqa: BLE001 - the thread also wakes up on its own
                 _log.debug("could not unblock the event listener", exc_info=True)
-        if threading.current_thread() is not self._thread:
-            self._thread.join(_BLOCK_MS / 1000 + 5)
 
     def _run(self) -> None:
         client: Any = None
