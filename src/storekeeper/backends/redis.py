@@ -43,6 +43,7 @@ or newer (not Redis Cluster).
 
 from __future__ import annotations
 
+import re
 import secrets
 import threading
 import time
@@ -54,7 +55,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from storekeeper.backends._redis_errors import translate
+from storekeeper.backends._redis_errors import lost_watch, translate
 from storekeeper.backends._redis_events import Entry, Listener, last_id
 from storekeeper.backends._redis_index import index_entries
 from storekeeper.backends._redis_reads import Reads
@@ -62,6 +63,7 @@ from storekeeper.backends._redis_scripts import APPLY, READ_CHUNK, STATUS_CONFLI
 from storekeeper.backends._redis_server import URL_OPTIONS, durability, persistence, server_url
 from storekeeper.backends._redis_transactions import Record, Transaction
 from storekeeper.backends._redis_values import Staged, chunk_set, stage
+from storekeeper.errors import BackendUnavailableError
 from storekeeper.events import BaseEventManager
 from storekeeper.store import urls
 from storekeeper.store.abstract import AbstractStore
@@ -92,6 +94,7 @@ from storekeeper.store.value import Value
 __all__ = ["RedisStore"]
 
 _MIB = 1024 * 1024
+_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9:._/-]")
 _ACTIONS: dict[bytes, type[StoreKeyEvent]] = {
     b"set": StoreSetEvent,
     b"update": StoreUpdateEvent,
@@ -179,18 +182,35 @@ class RedisStore(Reads, AbstractStore):
         }
 
     @property
+    def origin(self) -> str:
+        """The id this store object writes into the change stream with each change
+        (new on every connect; empty before the first): events whose entry carries it
+        are this object's own and are not delivered to it as remote."""
+        return self._origin
+
+    @property
     def event_cursor(self) -> str | None:
         """The id of the last change-stream entry the listener has delivered (pass it
         as ``event_cursor=`` to resume there), or ``None`` without a listener."""
         return None if self._listener is None else self._listener.cursor
 
     # -- connection ------------------------------------------------------------------------
+    @property
+    def client_name(self) -> str:
+        """The name the store's connections give themselves (``CLIENT SETNAME``), for
+        ``CLIENT LIST``: ``storekeeper:<prefix>``, the listener's ``storekeeper-events:
+        <prefix>`` (characters Redis refuses in a name are replaced by ``_``)."""
+        return "storekeeper:" + _NAME_UNSAFE.sub("_", self.prefix)[:100]
+
     def _new_client(self) -> Any:
+        # No automatic retries: a write whose reply was lost may have been applied, and
+        # sending it again would apply it twice (its change event included).
         return redis.Redis.from_url(
             self.url,
             retry=Retry(NoBackoff(), 0),
             socket_timeout=self.timeout,
             socket_connect_timeout=self.timeout,
+            client_name=self.client_name,
         )
 
     def connect(self, credentials: Any = None) -> None:
@@ -217,7 +237,12 @@ class RedisStore(Reads, AbstractStore):
         super().connect(credentials)
 
     def _listener_client(self) -> Any:
-        return redis.Redis.from_url(self.url, single_connection_client=True)
+        return redis.Redis.from_url(
+            self.url,
+            single_connection_client=True,
+            socket_connect_timeout=self.timeout,
+            client_name=self.client_name.replace("storekeeper:", "storekeeper-events:", 1),
+        )
 
     def disconnect(self) -> None:
         """Stop the listener and close the connections (connecting again is allowed)."""
@@ -591,26 +616,27 @@ class RedisStore(Reads, AbstractStore):
         with translate("committing a transaction"):
             pipe.multi()
             for key, record in transaction.changes.items():
-                if record is None:
-                    args = self._args(key, "del", None, "{}", new_version(), now, "delete")
-                else:
-                    staged = Staged(
-                        record.get(b"d"),
-                        record[b"b"].decode() if b"b" in record else None,
-                        int(record[b"z"]),
-                        int(record.get(b"h", self.chunk_size)),
-                    )
-                    args = self._args(
-                        key,
-                        "set",
-                        staged,
-                        record[b"m"].decode(),
-                        record[b"v"].decode(),
-                        float(record[b"t"]),
-                        "set",
-                    )
-                self._apply_script(keys=[], args=args, client=pipe)
-            pipe.execute()
+                self._apply_script(keys=[], args=self._commit_args(key, record, now), client=pipe)
+            try:
+                pipe.execute()
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                raise _lost_commit() from exc
+            except redis.WatchError as exc:
+                if lost_watch(exc):
+                    raise _lost_commit() from exc
+                raise
+
+    def _commit_args(self, key: str, record: Record | None, now: float) -> list[Any]:
+        if record is None:
+            return self._args(key, "del", None, "{}", new_version(), now, "delete")
+        staged = Staged(
+            record.get(b"d"),
+            record[b"b"].decode() if b"b" in record else None,
+            int(record[b"z"]),
+            int(record.get(b"h", self.chunk_size)),
+        )
+        metadata_json, version = record[b"m"].decode(), record[b"v"].decode()
+        return self._args(key, "set", staged, metadata_json, version, float(record[b"t"]), "set")
 
     def _rollback_transaction(self) -> None:
         transaction = self._transaction
@@ -634,6 +660,13 @@ class RedisStore(Reads, AbstractStore):
 
     def _release_savepoint(self, token: object) -> None:
         return None
+
+
+def _lost_commit() -> BackendUnavailableError:
+    return BackendUnavailableError(
+        "the connection to Redis was lost while committing a transaction: Redis applies "
+        "a transaction whole or not at all, but whether this one was applied is unknown"
+    )
 
 
 def _without_password(url: str) -> str:
