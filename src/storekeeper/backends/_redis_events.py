@@ -9,9 +9,10 @@ the entries written by *other* store objects to a callback. Entries are read in 
 and the cursor only moves past an entry once it was delivered, so each is delivered
 once, in commit order; after a lost connection the thread reconnects and goes on from
 its cursor, missing nothing the stream still holds. While nobody listens for the
-store's change events (*wanted* says so), the thread only waits for the next entry and
-moves its cursor to the newest, reading none of them: events nobody listens for are
-dropped, as the store's own are.
+store's change events (*wanted* says so) the thread reads nothing (it looks again every
+``IDLE_SECONDS``) and, once someone does, starts from the newest entry: events nobody
+listens for are dropped, as the store's own are, and a store nobody listens to costs
+the server nothing.
 
 The stream is trimmed to about ``length`` entries. A listener that falls further
 behind than that (a long network outage, a stopped process) finds entries deleted
@@ -28,7 +29,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Entry", "Listener", "last_id"]
+__all__ = ["IDLE_SECONDS", "Entry", "Listener", "last_id"]
 
 _log = logging.getLogger("storekeeper.backends.redis")
 
@@ -36,6 +37,8 @@ _log = logging.getLogger("storekeeper.backends.redis")
 Entry = tuple[str, dict[bytes, bytes]]
 
 _BLOCK_MS = 5000
+#: How often a listener nobody listens to looks whether someone does.
+IDLE_SECONDS = 0.05
 _BATCH = 500
 
 
@@ -77,6 +80,7 @@ class Listener:
         self.cursor = cursor
         self._deliver = deliver
         self._wanted = wanted
+        self._idle = False
         self._stopping = threading.Event()
         self._client_id: int | None = None
         self._lock = threading.Lock()
@@ -138,9 +142,12 @@ class Listener:
 
     def _read(self, client: Any) -> None:
         if not self._wanted():
-            if client.xread({self._stream: self.cursor}, count=1, block=_BLOCK_MS):
-                self.cursor = last_id(client, self._stream)
+            self._idle = True
+            self._stopping.wait(IDLE_SECONDS)
             return
+        if self._idle:
+            self.cursor = last_id(client, self._stream)
+            self._idle = False
         answer = client.xread({self._stream: self.cursor}, count=_BATCH, block=_BLOCK_MS)
         for _, entries in answer or ():
             for entry_id, fields in entries:

@@ -32,16 +32,16 @@ __all__ = ["FIELDS", "Record", "Transaction", "as_record"]
 
 #: A record in the stored layout (field name -> bytes), or None for a deleted key.
 Record = dict[bytes, bytes]
-#: The fields of a record a read fetches (all but the index entries).
-FIELDS = ("v", "c", "t", "z", "m", "d", "b", "h")
-_NAMES = tuple(name.encode() for name in FIELDS)
+#: The fields of a record a read fetches (all but the index entries), as bytes: the
+#: client sends bytes as they are, where it would encode each str again on every call.
+FIELDS = (b"v", b"c", b"t", b"z", b"m", b"d", b"b", b"h")
 
 
 def as_record(values: list[bytes | None]) -> Record | None:
     """The record of an ``HMGET`` of :data:`FIELDS` (``None``: no such key)."""
     if values[0] is None:
         return None
-    return {name: value for name, value in zip(_NAMES, values, strict=True) if value is not None}
+    return {name: value for name, value in zip(FIELDS, values, strict=True) if value is not None}
 
 
 _ABSENT = object()
