@@ -341,3 +341,24 @@ def test_a_connection_killed_inside_a_transaction_applies_nothing(
             assert store.to_bytes("a") == b"1" and not store.exists("new")
         store.set("a", (b"after", {}))  # the store reconnects by itself
         assert store.to_bytes("a") == b"after"
+
+
+def test_a_reconnected_store_hears_what_it_missed_or_reports_the_gap(prefix: str) -> None:
+    manager = EventManager()
+    seen: list[Any] = []
+    manager.connect(StoreModificationEvent, seen.append)
+    listening = _store(prefix, event_manager=manager)
+    with _store(prefix, stream_length=50) as writer:
+        listening.connect()
+        listening.disconnect()
+        for n in range(20):
+            writer.set("k", (b"", {"n": n}))
+        listening.connect()
+        assert _wait_for(lambda: len(seen) == 20)
+        assert [e.metadata["n"] for e in seen] == list(range(20)) and listening.event_gaps == 0
+        listening.disconnect()
+        for n in range(20, 600):
+            writer.set("k", (b"", {"n": n}))  # trims the stream far past the cursor
+        listening.connect()
+        assert _wait_for(lambda: listening.event_gaps == 1)
+        listening.disconnect()

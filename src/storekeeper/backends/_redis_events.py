@@ -16,8 +16,13 @@ the server nothing.
 
 The stream is trimmed to about ``length`` entries. A listener that falls further
 behind than that (a long network outage, a stopped process) finds entries deleted
-past its cursor: it logs a warning naming how far it got and counts the gap in
-:attr:`Listener.gaps`, since those changes cannot be delivered any more.
+past its cursor. It tells by counting: it knows how many entries the stream had
+received when it stood at its cursor (``entries-added`` of ``XINFO STREAM``, plus one
+per entry read since), so after a reconnect it compares the entries added since with
+those still there. It then logs a warning and counts the gap in
+:attr:`Listener.gaps`, since those changes cannot be delivered any more. (Given only
+a cursor, as after ``event_cursor=``, it warns when the entry at the cursor itself
+was trimmed, which means it may have missed some.)
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["IDLE_SECONDS", "Entry", "Listener", "last_id"]
+__all__ = ["IDLE_SECONDS", "Entry", "Listener", "position"]
 
 _log = logging.getLogger("storekeeper.backends.redis")
 
@@ -42,10 +47,14 @@ IDLE_SECONDS = 0.05
 _BATCH = 500
 
 
-def last_id(client: Any, stream: str) -> str:
-    """The id of the newest entry of *stream* (``0-0`` when it is empty or missing)."""
-    newest = client.xrevrange(stream, count=1)
-    return _text(newest[0][0]) if newest else "0-0"
+def position(client: Any, stream: str) -> tuple[str, int | None]:
+    """The id of the newest entry of *stream* (``0-0`` when it is empty or missing) and
+    how many entries it has received in all (``entries-added``), read together."""
+    try:
+        info = client.xinfo_stream(stream)
+    except Exception:  # noqa: BLE001 - no such stream yet: nothing received
+        return "0-0", 0
+    return _text(info["last-generated-id"]), int(info.get("entries-added", 0))
 
 
 def _text(value: bytes | str) -> str:
@@ -71,6 +80,7 @@ class Listener:
         control: Any,
         stream: str,
         cursor: str,
+        added: int | None,
         deliver: Callable[[Entry], None],
         wanted: Callable[[], bool],
     ) -> None:
@@ -78,6 +88,9 @@ class Listener:
         self._control = control
         self._stream = stream
         self.cursor = cursor
+        #: How many entries the stream had received when it stood at the cursor
+        #: (``None``: unknown), for telling a trimmed gap.
+        self.added = added
         self._deliver = deliver
         self._wanted = wanted
         self._idle = False
@@ -146,7 +159,7 @@ class Listener:
             self._stopping.wait(IDLE_SECONDS)
             return
         if self._idle:
-            self.cursor = last_id(client, self._stream)
+            self.cursor, self.added = position(client, self._stream)
             self._idle = False
         answer = client.xread({self._stream: self.cursor}, count=_BATCH, block=_BLOCK_MS)
         for _, entries in answer or ():
@@ -155,22 +168,27 @@ class Listener:
                     return
                 self._deliver((_text(entry_id), fields))
                 self.cursor = _text(entry_id)
+                if self.added is not None:
+                    self.added += 1
 
     def _check_gap(self, client: Any) -> None:
         """Warn when entries after the cursor were trimmed before they were read."""
-        if self.cursor == "0-0":
-            return
         try:
             info = client.xinfo_stream(self._stream)
         except Exception:  # noqa: BLE001 - no stream yet: nothing was trimmed
             return
-        deleted = info.get("max-deleted-entry-id")
-        if deleted is not None and _id_tuple(_text(deleted)) > _id_tuple(self.cursor):
-            self.gaps += 1
-            _log.warning(
-                "change stream %s was trimmed past this listener's cursor %s (up to %s): "
-                "the changes in between cannot be delivered",
-                self._stream,
-                self.cursor,
-                _text(deleted),
-            )
+        first = info.get("first-entry")
+        if first is None or _id_tuple(_text(first[0])) <= _id_tuple(self.cursor):
+            return  # the cursor's entry is still there: nothing after it was trimmed
+        if self.added is not None:
+            since = int(info.get("entries-added", 0)) - self.added
+            if since <= int(info["length"]):
+                return  # every entry added after the cursor is still there
+        self.gaps += 1
+        _log.warning(
+            "change stream %s was trimmed past this listener's cursor %s: changes made "
+            "since then %s cannot be delivered",
+            self._stream,
+            self.cursor,
+            "were lost and" if self.added is not None else "may have been lost and",
+        )

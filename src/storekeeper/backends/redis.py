@@ -43,6 +43,7 @@ or newer (not Redis Cluster).
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 import threading
@@ -56,7 +57,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from storekeeper.backends._redis_errors import lost_watch, translate
-from storekeeper.backends._redis_events import Entry, Listener, last_id
+from storekeeper.backends._redis_events import Entry, Listener, position
 from storekeeper.backends._redis_index import index_entries
 from storekeeper.backends._redis_reads import Reads
 from storekeeper.backends._redis_scripts import APPLY, READ_CHUNK, STATUS_CONFLICT, STATUS_MISSING
@@ -143,7 +144,8 @@ class RedisStore(Reads, AbstractStore):
         self._start_cursor = event_cursor
         self._client: Any = None
         self._listener: Listener | None = None
-        self._origin = ""
+        self._origin_token = secrets.token_hex(8)
+        self._start_added: int | None = None
         self._turn = OwnerLock(self)
         self._transaction: Transaction | None = None
         self._state_lock = threading.Lock()
@@ -183,10 +185,18 @@ class RedisStore(Reads, AbstractStore):
 
     @property
     def origin(self) -> str:
-        """The id this store object writes into the change stream with each change
-        (new on every connect; empty before the first): events whose entry carries it
-        are this object's own and are not delivered to it as remote."""
-        return self._origin
+        """The id this store object writes into the change stream with each change:
+        events whose entry carries it are this object's own and are not delivered to it
+        as remote. One per store object and process (a copy in a forked child has its
+        own)."""
+        return f"{self._origin_token}-{os.getpid()}"
+
+    @property
+    def event_gaps(self) -> int:
+        """How many times the listener found changes trimmed from the stream before it
+        could deliver them (after being disconnected for longer than about
+        ``stream_length`` changes); each is also logged as a warning."""
+        return 0 if self._listener is None else self._listener.gaps
 
     @property
     def event_cursor(self) -> str | None:
@@ -222,15 +232,18 @@ class RedisStore(Reads, AbstractStore):
             client.ping()
             self._apply_script = client.register_script(APPLY)
             self._read_script = client.register_script(READ_CHUNK)
-            cursor = self._start_cursor or last_id(client, self.root + "X")
+            if self._start_cursor is None:
+                cursor, added = position(client, self.root + "X")
+            else:
+                cursor, added = self._start_cursor, self._start_added
         self._client = client
-        self._origin = secrets.token_hex(8)
         if self.stream_length:
             self._listener = Listener(
                 self._listener_client,
                 client,
                 self.root + "X",
                 cursor,
+                added,
                 self._deliver,
                 self._listened,
             )
@@ -248,8 +261,9 @@ class RedisStore(Reads, AbstractStore):
         """Stop the listener and close the connections (connecting again is allowed)."""
         listener, self._listener = self._listener, None
         if listener is not None:
-            self._start_cursor = listener.cursor
             listener.stop()
+            # Connecting again resumes where this listener stopped.
+            self._start_cursor, self._start_added = listener.cursor, listener.added
         client, self._client = self._client, None
         if client is not None:
             client.close()
@@ -262,7 +276,7 @@ class RedisStore(Reads, AbstractStore):
     def _deliver(self, entry: Entry) -> None:
         """Emit the change in *entry* if another store object made it."""
         _, fields = entry
-        if fields.get(b"o", b"").decode() == self._origin:
+        if fields.get(b"o", b"").decode() == self.origin:
             return
         cls = _ACTIONS.get(fields.get(b"a", b""))
         if cls is None or not self.event_manager.has_listeners(cls):
@@ -342,7 +356,7 @@ class RedisStore(Reads, AbstractStore):
             self.chunk_size if staged is None else staged.chunk_size,
             metadata_json,
             index_entries(decode_metadata(metadata_json)) if mode in ("set", "meta") else "[]",
-            self._origin,
+            self.origin,
             action,
             self.stream_length,
             self.grace,
