@@ -45,7 +45,6 @@ class Reads(AbstractStore):
     root: str
     grace: int
     _client: Any
-    _read_script: Any
 
     def _mine(self) -> Transaction | None:
         raise NotImplementedError  # provided by the store
@@ -61,11 +60,17 @@ class Reads(AbstractStore):
             return as_record(self._client.hmget(f"{self.root}k:{key}", FIELDS))
 
     def _chunk(self, name: str, number: int) -> bytes | None:
+        """Chunk *number* of the chunk set *name* (``None``: the set is gone). A set
+        that expires (its value was replaced) has its expiry pushed back to the grace
+        period while someone reads it; no script, so the chunk is copied once."""
         with translate(f"reading chunk {number} of {name!r}"):
-            found: bytes | None = self._read_script(
-                keys=[], args=[name, number, self.grace], client=self._client
-            )
-        return found
+            pipe = self._client.pipeline(transaction=False)
+            pipe.hget(name, str(number))
+            pipe.ttl(name)
+            found, ttl = pipe.execute()
+            if found is not None and 0 <= ttl < self.grace:
+                self._client.expire(name, self.grace)
+        return found if found is None else bytes(found)
 
     def _value(self, key: str, record: Record) -> Value:
         common: dict[str, Any] = {

@@ -24,7 +24,7 @@ the root they are given, so nothing a caller passes can name a key outside it:
 
 from __future__ import annotations
 
-__all__ = ["APPLY", "READ_CHUNK", "STATUS_CONFLICT", "STATUS_MISSING", "STATUS_OK"]
+__all__ = ["APPLY", "STATUS_CONFLICT", "STATUS_MISSING", "STATUS_OK"]
 
 STATUS_OK = 0
 STATUS_CONFLICT = 1
@@ -114,17 +114,4 @@ if length > 0 then
     'o', ARGV[15], 'a', action, 'k', key, 'm', metadata, 'v', ARGV[7])
 end
 return {0, metadata}
-"""
-
-# ARGV: 1 chunk set name, 2 chunk number, 3 grace seconds. A chunk of a set that expires
-# (a replaced value, or a staged one) pushes the expiry back while someone reads it.
-# Returns false when the set is gone.
-READ_CHUNK = r"""
-local ttl = redis.call('TTL', ARGV[1])
-if ttl == -2 then return false end
-local grace = tonumber(ARGV[3])
-if ttl >= 0 and ttl < grace then redis.call('EXPIRE', ARGV[1], grace) end
-local chunk = redis.call('HGET', ARGV[1], ARGV[2])
-if not chunk then return false end
-return chunk
 """

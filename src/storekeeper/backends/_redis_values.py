@@ -7,9 +7,9 @@ expires after ``STAGING_SECONDS`` unless a write points a record at it, so a wri
 dies half-way leaves nothing behind for long. Memory stays bounded by one chunk plus one
 buffer whatever the size of the value.
 
-Reading (:class:`ChunkStream`) fetches one chunk at a time through the ``READ_CHUNK``
-script, which pushes back the expiry of a chunk set that is being replaced, so a stream
-opened before an overwrite keeps reading its own version as long as it keeps reading.
+Reading (:class:`ChunkStream`) fetches one chunk at a time and pushes back the expiry
+of a chunk set that is being replaced, so a stream opened before an overwrite keeps
+reading its own version as long as it keeps reading.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ __all__ = ["STAGING_SECONDS", "ChunkStream", "Staged", "chunk_set", "stage"]
 #: How long a chunk set may stay unclaimed while its value is being written.
 STAGING_SECONDS = 3600
 
-#: Runs ``READ_CHUNK``: (chunk set name, chunk number) -> bytes, or None if gone.
+#: Reads one chunk: (chunk set name, chunk number) -> bytes, or None if gone.
 ChunkReader = Callable[[str, int], bytes | None]
 
 

@@ -60,7 +60,7 @@ from storekeeper.backends._redis_errors import lost_watch, translate
 from storekeeper.backends._redis_events import Entry, Listener, position
 from storekeeper.backends._redis_index import index_entries
 from storekeeper.backends._redis_reads import Reads
-from storekeeper.backends._redis_scripts import APPLY, READ_CHUNK, STATUS_CONFLICT, STATUS_MISSING
+from storekeeper.backends._redis_scripts import APPLY, STATUS_CONFLICT, STATUS_MISSING
 from storekeeper.backends._redis_server import URL_OPTIONS, durability, persistence, server_url
 from storekeeper.backends._redis_transactions import Record, Transaction
 from storekeeper.backends._redis_values import Staged, chunk_set, stage
@@ -231,7 +231,6 @@ class RedisStore(Reads, AbstractStore):
         with translate(f"connecting to {_without_password(self.url)}"):
             client.ping()
             self._apply_script = client.register_script(APPLY)
-            self._read_script = client.register_script(READ_CHUNK)
             if self._start_cursor is None:
                 cursor, added = position(client, self.root + "X")
             else:
