@@ -49,7 +49,7 @@ import secrets
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 from urllib.parse import SplitResult
 
 import redis
@@ -338,8 +338,16 @@ class RedisStore(Reads, AbstractStore):
         action: str,
         if_version: str | None = None,
         if_exists: bool | None = None,
+        metadata: Mapping[str, Any] | None = None,
     ) -> list[Any]:
-        """The ARGV of one ``APPLY`` call."""
+        """The ARGV of one ``APPLY`` call (*metadata*: *metadata_json* decoded, when
+        the caller has it, so the index entries need no second parse)."""
+        if mode not in ("set", "meta"):
+            entries = "[]"
+        else:
+            entries = index_entries(
+                decode_metadata(metadata_json) if metadata is None else metadata
+            )
         return [
             self.root,
             key,
@@ -354,7 +362,7 @@ class RedisStore(Reads, AbstractStore):
             0 if staged is None else staged.size,
             self.chunk_size if staged is None else staged.chunk_size,
             metadata_json,
-            index_entries(decode_metadata(metadata_json)) if mode in ("set", "meta") else "[]",
+            entries,
             self.origin,
             action,
             self.stream_length,
@@ -380,11 +388,13 @@ class RedisStore(Reads, AbstractStore):
         metadata_json: str,
         if_version: str | None,
         if_exists: bool | None,
+        metadata: Mapping[str, Any] | None = None,
     ) -> str:
         """A write outside transactions; emits its event and returns its version."""
         version = new_version()
+        now = time.time()
         args = self._args(
-            key, mode, staged, metadata_json, version, time.time(), "set", if_version, if_exists
+            key, mode, staged, metadata_json, version, now, "set", if_version, if_exists, metadata
         )
         try:
             stored = self._apply(key, args, if_version, if_exists)
@@ -417,7 +427,8 @@ class RedisStore(Reads, AbstractStore):
                 source.close()  # type: ignore[attr-defined]
         transaction = self._mine()
         if transaction is None:
-            return self._write(key, "set", staged, metadata_json, if_version, if_exists)
+            checked = cast(Mapping[str, Any], metadata)  # encode_metadata accepted it
+            return self._write(key, "set", staged, metadata_json, if_version, if_exists, checked)
         return self._write_in(transaction, key, staged, metadata_json, if_version, if_exists)
 
     def set_data(
@@ -453,7 +464,7 @@ class RedisStore(Reads, AbstractStore):
         if self._mine() is not None:
             super().set_metadata(key, metadata, if_version=if_version, if_exists=if_exists)
             return
-        self._write(key, "meta", None, metadata_json, if_version, if_exists)
+        self._write(key, "meta", None, metadata_json, if_version, if_exists, metadata)
 
     def update_metadata(
         self, key: str, metadata: Mapping[str, Any], *, if_version: str | None = None
@@ -540,7 +551,16 @@ class RedisStore(Reads, AbstractStore):
                 if staged.blob is not None:
                     staged_sets.append(chunk_set(self.root, staged.blob))
                 version = new_version()
-                args = self._args(key, "set", staged, metadata_json, version, now, "set")
+                args = self._args(
+                    key,
+                    "set",
+                    staged,
+                    metadata_json,
+                    version,
+                    now,
+                    "set",
+                    metadata=cast(Mapping[str, Any], metadata),  # encode_metadata accepted it
+                )
                 calls.append((key, args, metadata_json, version))
             with translate(f"setting {len(calls)} keys"):
                 pipe = self._client.pipeline(transaction=True)
