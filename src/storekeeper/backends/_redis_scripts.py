@@ -85,11 +85,11 @@ else
     if ARGV[10] ~= '' then
       table.insert(fields, 'b'); table.insert(fields, ARGV[10])
       table.insert(fields, 'h'); table.insert(fields, ARGV[12])
-      redis.call('HDEL', rk, 'd')
+      if exists and not old[3] then redis.call('HDEL', rk, 'd') end
       redis.call('PERSIST', root .. 'c:' .. ARGV[10])
     else
       table.insert(fields, 'd'); table.insert(fields, ARGV[9])
-      redis.call('HDEL', rk, 'b', 'h')
+      if old[3] then redis.call('HDEL', rk, 'b', 'h') end
     end
   elseif not exists then
     table.insert(fields, 'z'); table.insert(fields, '0')
