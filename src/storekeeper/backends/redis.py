@@ -46,7 +46,6 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import threading
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any, cast
@@ -56,21 +55,20 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from storekeeper.backends._redis_errors import lost_watch, translate
+from storekeeper.backends._redis_commits import Transactional
+from storekeeper.backends._redis_errors import translate
 from storekeeper.backends._redis_events import Entry, Listener, position
 from storekeeper.backends._redis_index import index_entries
 from storekeeper.backends._redis_reads import Reads
 from storekeeper.backends._redis_scripts import APPLY, STATUS_CONFLICT, STATUS_MISSING
 from storekeeper.backends._redis_server import URL_OPTIONS, durability, persistence, server_url
-from storekeeper.backends._redis_transactions import Record, Transaction
+from storekeeper.backends._redis_transactions import Transaction
 from storekeeper.backends._redis_values import Staged, chunk_set, stage
-from storekeeper.errors import BackendUnavailableError
 from storekeeper.events import BaseEventManager
 from storekeeper.store import urls
 from storekeeper.store.abstract import AbstractStore
 from storekeeper.store.backend import (
     DEFAULT_BUFFER_SIZE,
-    Claim,
     OwnerLock,
     StoreCapabilities,
     check_buffer_size,
@@ -103,7 +101,7 @@ _ACTIONS: dict[bytes, type[StoreKeyEvent]] = {
 }
 
 
-class RedisStore(Reads, AbstractStore):
+class RedisStore(Reads, Transactional, AbstractStore):
     """A store kept in a Redis server; safe to share between threads and processes.
 
     *url* is the server's ``redis://`` or ``rediss://`` URL (credentials, host, port,
@@ -148,7 +146,6 @@ class RedisStore(Reads, AbstractStore):
         self._start_added: int | None = None
         self._turn = OwnerLock(self)
         self._transaction: Transaction | None = None
-        self._state_lock = threading.Lock()
 
     @classmethod
     def from_url(cls, parts: SplitResult, **options: Any) -> RedisStore:
@@ -573,133 +570,6 @@ class RedisStore(Reads, AbstractStore):
             raise
         for key, _, metadata_json, version in calls:
             self._emit_local(StoreSetEvent, key, metadata_json, version)
-
-    # -- transactions --------------------------------------------------------------------------
-    def _write_in(
-        self,
-        transaction: Transaction,
-        key: str,
-        staged: Staged,
-        metadata_json: str,
-        if_version: str | None,
-        if_exists: bool | None,
-    ) -> str:
-        """A write kept aside in *transaction*; returns the version it will have."""
-        old = (
-            transaction.record(key)
-            if if_version is not None or if_exists is not None or key in transaction.changes
-            else None
-        )
-        if if_version is not None or if_exists is not None:
-            check_precondition(
-                key, None if old is None else old[b"v"].decode(), if_version, if_exists
-            )
-        version = new_version()
-        now = repr(time.time()).encode()
-        record: Record = {
-            b"v": version.encode(),
-            b"t": now,
-            b"c": old[b"c"] if old is not None and b"c" in old else now,
-            b"z": str(staged.size).encode(),
-            b"m": metadata_json.encode(),
-        }
-        if staged.blob is None:
-            record[b"d"] = staged.inline or b""
-        else:
-            record[b"b"] = staged.blob.encode()
-            record[b"h"] = str(staged.chunk_size).encode()
-        transaction.put(key, record)
-        self._emit_local(StoreSetEvent, key, metadata_json, version)
-        return version
-
-    def _begin_transaction(self) -> None:
-        self._require_connection()
-        self._turn.acquire()
-        try:
-            pipe = self._client.pipeline(transaction=True)
-            self._transaction = Transaction(Claim.take(), pipe, self.root)
-        except BaseException:
-            self._turn.release()
-            raise
-
-    def _own_transaction(self) -> Transaction:
-        transaction = self._transaction
-        assert transaction is not None and transaction.claim.is_mine()  # hooks run in it
-        return transaction
-
-    def _commit_transaction(self) -> None:
-        transaction = self._own_transaction()
-        committed = False
-        try:
-            if transaction.changes:
-                self._send(transaction)
-            committed = True
-        finally:
-            blobs = (
-                transaction.unclaimed()
-                if committed
-                else [chunk_set(self.root, blob) for blob in transaction.staged]
-            )
-            self._end(transaction, blobs)
-
-    def _send(self, transaction: Transaction) -> None:
-        """Apply the transaction's writes in one ``MULTI``/``EXEC``."""
-        now = time.time()
-        pipe = transaction.pipe
-        with translate("committing a transaction"):
-            pipe.multi()
-            for key, record in transaction.changes.items():
-                self._apply_script(keys=[], args=self._commit_args(key, record, now), client=pipe)
-            try:
-                pipe.execute()
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                raise _lost_commit() from exc
-            except redis.WatchError as exc:
-                if lost_watch(exc):
-                    raise _lost_commit() from exc
-                raise
-
-    def _commit_args(self, key: str, record: Record | None, now: float) -> list[Any]:
-        if record is None:
-            return self._args(key, "del", None, "{}", new_version(), now, "delete")
-        staged = Staged(
-            record.get(b"d"),
-            record[b"b"].decode() if b"b" in record else None,
-            int(record[b"z"]),
-            int(record.get(b"h", self.chunk_size)),
-        )
-        metadata_json, version = record[b"m"].decode(), record[b"v"].decode()
-        return self._args(key, "set", staged, metadata_json, version, float(record[b"t"]), "set")
-
-    def _rollback_transaction(self) -> None:
-        transaction = self._transaction
-        if transaction is None or not transaction.claim.is_mine():
-            return
-        self._end(transaction, [chunk_set(self.root, blob) for blob in transaction.staged])
-
-    def _end(self, transaction: Transaction, blobs: list[str]) -> None:
-        self._transaction = None
-        try:
-            transaction.close(self._client, blobs)
-        finally:
-            self._turn.release()
-
-    def _savepoint(self) -> object:
-        return len(self._own_transaction().log)
-
-    def _rollback_to_savepoint(self, token: object) -> None:
-        assert isinstance(token, int)  # made by _savepoint
-        self._own_transaction().rollback_to(token)
-
-    def _release_savepoint(self, token: object) -> None:
-        return None
-
-
-def _lost_commit() -> BackendUnavailableError:
-    return BackendUnavailableError(
-        "the connection to Redis was lost while committing a transaction: Redis applies "
-        "a transaction whole or not at all, but whether this one was applied is unknown"
-    )
 
 
 def _without_password(url: str) -> str:
