@@ -11,14 +11,17 @@ index set (SMEMBERS) and the candidates' metadata (pipelined HGET), decoding the
 Workloads (BENCH_KEYS shrinks them): single set/get of 100 B (2,000 keys) and of 64 KiB
 (300 keys), multiset/multiget in batches of 100, a query returning 1% of 100,000 keys
 (BENCH_QUERY_KEYS), and a 1 GiB value (BENCH_LARGE_MIB) streamed in and out, each phase
-in a fresh subprocess so its peak RSS is its own (target < 64 MiB). Reps are interleaved
-and rotated (BENCH_REPS, default 3); ratios are medians of per-rep ratios. Every key
+in a fresh subprocess so its peak RSS is its own (target < 64 MiB). Within a rep the
+peers take turns every 25 operations (in rotating order), since this shared machine's
+load drifts within seconds; BENCH_REPS (default 3) reps, ratios are medians of per-rep
+ratios (BENCH_LARGE_REPS, default 1, for the large value). Every key
 lives under a prefix of this run, deleted at the end; the server is never flushed.
 Server: STOREKEEPER_TEST_REDIS (default redis://127.0.0.1:6379/0).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -27,7 +30,7 @@ import secrets
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -142,41 +145,87 @@ class Ours:
         return self.store.query(None, {name: value})
 
 
+PEERS = ["ours", "raw", "bare"]
+#: Operations per block: peers alternate block by block, so the load of this shared
+#: machine, which drifts within seconds, weighs on each of them alike.
+BLOCK = 25
+
+
+def _interleaved(
+    results: Results, phase: str, work: dict[str, list[Callable[[], object]]], per_op: int = 1
+) -> None:
+    """Time every peer's *work* (a list of operations each), alternating blocks of
+    BLOCK operations between peers in rotating order; record ops/s per peer."""
+    spent = dict.fromkeys(work, 0.0)
+    count = len(next(iter(work.values())))
+    for block, start in enumerate(range(0, count, BLOCK)):
+        for peer in rotate(list(work), block):
+            operations = work[peer][start : start + BLOCK]
+            began = time.perf_counter()
+            for operation in operations:
+                operation()
+            spent[peer] += time.perf_counter() - began
+    for peer, seconds in spent.items():
+        results.add(phase, peer, count * per_op, seconds)
+
+
 def _small_phases(results: Results, reps: int) -> None:
     scale = env_int("BENCH_KEYS", 2000)
     sizes = {"100B": (scale, 100), "64KiB": (max(scale // 7, 10), 64 * 1024)}
     run = secrets.token_hex(4)
     for rep in range(reps):
-        for peer in rotate(["ours", "raw", "bare"], rep):
-            root = f"{{bench:{run}:{rep}:{peer}}}"
-            adapter: Any = {
-                "ours": lambda: Ours(root[1:-1]),
-                "raw": lambda: Raw(root),
-                "bare": lambda: Bare(root),
-            }[peer]()
-            for label, (count, size) in sizes.items():
-                data = os.urandom(size)
-                keys = [f"{label}/{n:06d}" for n in range(count)]
-                items = [(key, data, {"kind": n % 10}) for n, key in enumerate(keys)]
-                results.add(
-                    f"set {label}", peer, count, timed(lambda: [adapter.set(*i) for i in items])
-                )
-                shuffled = random.sample(keys, len(keys))
-                results.add(
-                    f"get {label}", peer, count, timed(lambda: [adapter.get(k) for k in shuffled])
-                )
-            batch_keys = [f"batch/{n:06d}" for n in range(scale)]
-            batch_items = [(k, b"x" * 100, {"kind": n % 10}) for n, k in enumerate(batch_keys)]
-            batches = [batch_items[i : i + BATCH] for i in range(0, len(batch_items), BATCH)]
-            results.add(
-                "multiset", peer, scale, timed(lambda: [adapter.multiset(b) for b in batches])
+        roots = {peer: f"{{bench:{run}:{rep}:{peer}}}" for peer in PEERS}
+        adapters: dict[str, Any] = {
+            "ours": Ours(roots["ours"][1:-1]),
+            "raw": Raw(roots["raw"]),
+            "bare": Bare(roots["bare"]),
+        }
+        for label, (count, size) in sizes.items():
+            data = os.urandom(size)
+            keys = [f"{label}/{n:06d}" for n in range(count)]
+            items = [(key, data, {"kind": n % 10}) for n, key in enumerate(keys)]
+            shuffled = random.sample(keys, len(keys))
+            _interleaved(
+                results,
+                f"set {label}",
+                {
+                    peer: [functools.partial(a.set, *item) for item in items]
+                    for peer, a in adapters.items()
+                },
             )
-            key_batches = [batch_keys[i : i + BATCH] for i in range(0, len(batch_keys), BATCH)]
-            results.add(
-                "multiget", peer, scale, timed(lambda: [adapter.multiget(b) for b in key_batches])
+            _interleaved(
+                results,
+                f"get {label}",
+                {
+                    peer: [functools.partial(a.get, key) for key in shuffled]
+                    for peer, a in adapters.items()
+                },
             )
+        batch_keys = [f"batch/{n:06d}" for n in range(scale)]
+        batch_items = [(k, b"x" * 100, {"kind": n % 10}) for n, k in enumerate(batch_keys)]
+        batches = [batch_items[i : i + BATCH] for i in range(0, len(batch_items), BATCH)]
+        key_batches = [batch_keys[i : i + BATCH] for i in range(0, len(batch_keys), BATCH)]
+        _interleaved(
+            results,
+            "multiset",
+            {
+                peer: [functools.partial(a.multiset, b) for b in batches]
+                for peer, a in adapters.items()
+            },
+            BATCH,
+        )
+        _interleaved(
+            results,
+            "multiget",
+            {
+                peer: [functools.partial(a.multiget, b) for b in key_batches]
+                for peer, a in adapters.items()
+            },
+            BATCH,
+        )
+        for peer, adapter in adapters.items():
             _close(adapter)
-            _delete_prefix(root)
+            _delete_prefix(roots[peer])
 
 
 def _query_phase(results: Results, reps: int) -> None:
