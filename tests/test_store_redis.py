@@ -362,3 +362,31 @@ def test_a_reconnected_store_hears_what_it_missed_or_reports_the_gap(prefix: str
         listening.connect()
         assert _wait_for(lambda: listening.event_gaps == 1)
         listening.disconnect()
+
+
+def test_large_inline_values_go_through_a_staging_hash_that_never_lingers(
+    prefix: str, server: redis.Redis
+) -> None:
+    big, other = b"a" * 10_000, b"b" * 9_000
+    with _store(prefix) as store:
+        version = store.set("k", (big, {"m": 1}))
+        store.set_data("k", other)
+        assert (store.to_bytes("k"), store.get_metadata("k")) == (other, {"m": 1})
+        assert store.query_keys(m=1) == ["k"]
+        with pytest.raises(ConflictError):
+            store.set("k", (big, {"m": 2}), if_version=version)
+        with pytest.raises(ConflictError):
+            store.set("k", (big, {}), if_exists=False)
+        with store.transaction():
+            store.set("t", (big, {"m": 3}))
+            store.set_data("k", big)
+        assert store.multiget_metadata(["k", "t"]) == [{"m": 1}, {"m": 3}]
+        store.multiset(["x", "y"], [(big, {}), (other, {"m": 4})])
+        assert [store.to_bytes(key) for key in "ktxy"] == [big, big, big, other]
+        assert raw_read(server, store.root, "y") == (other, {"m": 4})
+        staging = list(server.scan_iter(match=_glob(store.root) + "w:*", count=1000))
+        assert staging == []
+
+
+def _glob(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)

@@ -46,6 +46,9 @@ class Transactional(AbstractStore):
     ) -> list[Any]:
         raise NotImplementedError  # provided by the store
 
+    def _enqueue(self, pipe: Any, args: list[Any]) -> bool:
+        raise NotImplementedError  # provided by the store
+
     def _emit_local(self, cls: type[StoreKeyEvent], key: str, metadata: str, version: str) -> None:
         raise NotImplementedError  # provided by the store
 
@@ -123,7 +126,7 @@ class Transactional(AbstractStore):
         with translate("committing a transaction"):
             pipe.multi()
             for key, record in transaction.changes.items():
-                self._apply_script(keys=[], args=self._commit_args(key, record, now), client=pipe)
+                self._enqueue(pipe, self._commit_args(key, record, now))
             try:
                 pipe.execute()
             except (redis.ConnectionError, redis.TimeoutError) as exc:

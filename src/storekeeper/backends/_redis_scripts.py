@@ -13,6 +13,9 @@ the root they are given, so nothing a caller passes can name a key outside it:
 - ``k:<key>``: the record, a hash: ``d`` inline data or ``b`` the chunk set's id (and
   ``h`` its chunk size), ``z`` size, ``m`` metadata JSON, ``v`` version, ``c`` created,
   ``t`` modified, ``x`` the index entries the record is listed under (JSON);
+- ``w:<id>``: a staging hash holding a large inline value's ``d`` and ``z`` on its way
+  into a record (written with an expiry in the same pipeline or ``MULTI`` as the
+  script, which renames it over the record);
 - ``K``: every key, a sorted set of score 0 read with ``ZRANGEBYLEX``;
 - ``c:<id>``: a chunk set, a hash of chunk number to bytes; written with an expiry
   while it is staged, made permanent by the write that points a record at it, and
@@ -24,28 +27,36 @@ the root they are given, so nothing a caller passes can name a key outside it:
 
 from __future__ import annotations
 
-__all__ = ["APPLY", "STATUS_CONFLICT", "STATUS_MISSING", "STATUS_OK"]
+__all__ = ["APPLY", "STATUS_CONFLICT", "STATUS_MISSING", "STATUS_OK", "STATUS_STAGING_GONE"]
 
 STATUS_OK = 0
 STATUS_CONFLICT = 1
 STATUS_MISSING = 2
+STATUS_STAGING_GONE = 3
 
 # ARGV: 1 root, 2 key, 3 mode (set | data | meta | del), 4 if_exists ('' | '1' | '0'),
 # 5 has if_version ('0' | '1'), 6 if_version, 7 new version, 8 now, 9 inline data,
 # 10 chunk set id ('' when inline), 11 size, 12 chunk size, 13 metadata JSON,
 # 14 index entries JSON, 15 origin, 16 event action, 17 stream length (0: no events),
-# 18 grace seconds.
+# 18 grace seconds, 19 staging hash ('' when the data, if any, is in ARGV 9 or a chunk
+# set; else the hash the client wrote the record's d and z into, which becomes the record).
 # Returns {status, text}: ok -> the metadata JSON the key now holds (for a delete: held);
-# conflict -> the current version ('' when missing); missing -> ''.
+# conflict -> the current version ('' when missing); missing -> ''; staging hash gone -> ''.
 APPLY = r"""
 local root, key, mode = ARGV[1], ARGV[2], ARGV[3]
 local rk = root .. 'k:' .. key
 local old = redis.call('HMGET', rk, 'v', 'c', 'b', 'x', 'm')
 local exists = old[1] ~= false
+local tmp = ARGV[19]
+local function refuse(status, text)
+  if tmp ~= '' then redis.call('DEL', root .. tmp) end
+  return {status, text}
+end
+if tmp ~= '' and redis.call('EXISTS', root .. tmp) == 0 then return {3, ''} end
 local if_exists = ARGV[4]
-if if_exists == '1' and not exists then return {1, ''} end
-if if_exists == '0' and exists then return {1, old[1]} end
-if ARGV[5] == '1' and (not exists or old[1] ~= ARGV[6]) then return {1, old[1] or ''} end
+if if_exists == '1' and not exists then return refuse(1, '') end
+if if_exists == '0' and exists then return refuse(1, old[1]) end
+if ARGV[5] == '1' and (not exists or old[1] ~= ARGV[6]) then return refuse(1, old[1] or '') end
 if mode == 'del' and not exists then return {2, ''} end
 
 local function entries(text, add, member)
@@ -74,6 +85,23 @@ if mode == 'del' then
   redis.call('DEL', rk)
   redis.call('ZREM', root .. 'K', key)
   metadata = old[5]
+elseif tmp ~= '' then
+  -- Large inline data never passes through the script (a long argument costs the
+  -- server far more than the copy): the client wrote the new record's data fields to
+  -- the staging hash tmp, which replaces the record whole.
+  local fields = {'v', ARGV[7], 't', ARGV[8], 'c', (exists and old[2]) or ARGV[8]}
+  if mode == 'data' then
+    metadata = old[5] or '{}'
+    table.insert(fields, 'x'); table.insert(fields, old[4] or '[]')
+  else
+    table.insert(fields, 'x'); table.insert(fields, ARGV[14])
+    entries(ARGV[14], true)
+  end
+  table.insert(fields, 'm'); table.insert(fields, metadata)
+  if not exists then redis.call('ZADD', root .. 'K', 0, key) end
+  redis.call('RENAME', root .. tmp, rk)
+  redis.call('PERSIST', rk)
+  redis.call('HSET', rk, unpack(fields))
 else
   local fields = {'v', ARGV[7], 't', ARGV[8]}
   if not exists then

@@ -60,10 +60,16 @@ from storekeeper.backends._redis_errors import translate
 from storekeeper.backends._redis_events import Entry, Listener, position
 from storekeeper.backends._redis_index import index_entries
 from storekeeper.backends._redis_reads import Reads
-from storekeeper.backends._redis_scripts import APPLY, STATUS_CONFLICT, STATUS_MISSING
+from storekeeper.backends._redis_scripts import (
+    APPLY,
+    STATUS_CONFLICT,
+    STATUS_MISSING,
+    STATUS_STAGING_GONE,
+)
 from storekeeper.backends._redis_server import URL_OPTIONS, durability, persistence, server_url
 from storekeeper.backends._redis_transactions import Transaction
-from storekeeper.backends._redis_values import Staged, chunk_set, stage
+from storekeeper.backends._redis_values import STAGING_SECONDS, Staged, chunk_set, stage
+from storekeeper.errors import BackendError
 from storekeeper.events import BaseEventManager
 from storekeeper.store import urls
 from storekeeper.store.abstract import AbstractStore
@@ -93,6 +99,8 @@ from storekeeper.store.value import Value
 __all__ = ["RedisStore"]
 
 _MIB = 1024 * 1024
+#: Inline data longer than this goes to the write script through a staging hash.
+_VIA_STAGING = 2048
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9:._/-]")
 _ACTIONS: dict[bytes, type[StoreKeyEvent]] = {
     b"set": StoreSetEvent,
@@ -364,12 +372,33 @@ class RedisStore(Reads, Transactional, AbstractStore):
             action,
             self.stream_length,
             self.grace,
+            "",
         ]
+
+    def _enqueue(self, pipe: Any, args: list[Any]) -> bool:
+        """Queue one ``APPLY`` on *pipe*, large inline data first into a staging hash
+        (see ``_redis_scripts``); whether it took that path."""
+        data = args[8]
+        staged = args[2] in ("set", "data") and len(data) > _VIA_STAGING
+        if staged:
+            name = f"w:{secrets.token_hex(10)}"
+            pipe.hset(self.root + name, mapping={"d": data, "z": args[10]})
+            pipe.expire(self.root + name, STAGING_SECONDS)
+            args[8], args[18] = b"", name
+        self._apply_script(keys=[], args=args, client=pipe)
+        return staged
 
     def _apply(self, key: str, args: list[Any], if_version: Any, if_exists: Any) -> str:
         """Run one ``APPLY``; the metadata JSON it reports, or the conflict raised."""
         with translate(f"writing {key!r}"):
-            status, text = self._apply_script(keys=[], args=args, client=self._client)
+            if len(args[8]) > _VIA_STAGING:
+                pipe = self._client.pipeline(transaction=False)
+                self._enqueue(pipe, args)
+                status, text = pipe.execute()[-1]
+            else:
+                status, text = self._apply_script(keys=[], args=args, client=self._client)
+        if status == STATUS_STAGING_GONE:
+            raise BackendError(f"the data written to {key!r} expired before it was stored")
         found: str = text.decode()
         if status == STATUS_CONFLICT:
             check_precondition(key, found or None, if_version, if_exists)
@@ -562,7 +591,7 @@ class RedisStore(Reads, Transactional, AbstractStore):
             with translate(f"setting {len(calls)} keys"):
                 pipe = self._client.pipeline(transaction=True)
                 for _, args, _, _ in calls:
-                    self._apply_script(keys=[], args=args, client=pipe)
+                    self._enqueue(pipe, args)
                 pipe.execute()
         except BaseException:
             if staged_sets:
