@@ -8,7 +8,9 @@ import fnmatch
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
-from storekeeper.backends._redis_errors import translate
+from redis.exceptions import RedisError
+
+from storekeeper.backends._redis_errors import translate, translated
 from storekeeper.backends._redis_index import Plan, plan
 from storekeeper.backends._redis_transactions import FIELDS, Record, Transaction, as_record
 from storekeeper.backends._redis_values import ChunkStream, chunk_set
@@ -56,8 +58,10 @@ class Reads(AbstractStore):
         transaction = self._mine()
         if transaction is not None:
             return transaction.record(key)
-        with translate(f"reading {key!r}"):
+        try:  # not "with translate(...)": this runs on every read
             return as_record(self._client.hmget(f"{self.root}k:{key}", FIELDS))
+        except RedisError as exc:
+            raise translated(exc, f"reading {key!r}") from exc
 
     def _chunk(self, name: str, number: int) -> bytes | None:
         """Chunk *number* of the chunk set *name* (``None``: the set is gone). A set
@@ -127,12 +131,15 @@ class Reads(AbstractStore):
         """*key*'s data; an inline value in one round trip."""
         check_read(key, buffer_size)
         self._require_connection()
-        if self._mine() is None and not self._progress_observed():
-            with translate(f"reading {key!r}"):
-                data, blob = self._client.hmget(f"{self.root}k:{key}", "d", "b")
-            if data is not None:
+        if self._mine() is None:
+            try:  # not "with translate(...)": this runs on every read
+                data, blob = self._client.hmget(f"{self.root}k:{key}", b"d", b"b")
+            except RedisError as exc:
+                raise translated(exc, f"reading {key!r}") from exc
+            # A value that fits one buffer emits no progress events.
+            if data is not None and (len(data) <= buffer_size or not self._progress_observed()):
                 return bytes(data)
-            if blob is None:
+            if data is None and blob is None:
                 raise missing(key)
         return super().to_bytes(key, buffer_size)
 

@@ -56,7 +56,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from storekeeper.backends._redis_commits import Transactional
-from storekeeper.backends._redis_errors import translate
+from storekeeper.backends._redis_errors import translate, translated
 from storekeeper.backends._redis_events import Entry, Listener, position
 from storekeeper.backends._redis_index import index_entries
 from storekeeper.backends._redis_reads import Reads
@@ -390,13 +390,15 @@ class RedisStore(Reads, Transactional, AbstractStore):
 
     def _apply(self, key: str, args: list[Any], if_version: Any, if_exists: Any) -> str:
         """Run one ``APPLY``; the metadata JSON it reports, or the conflict raised."""
-        with translate(f"writing {key!r}"):
+        try:  # not "with translate(...)": this runs on every write
             if len(args[8]) > _VIA_STAGING:
                 pipe = self._client.pipeline(transaction=False)
                 self._enqueue(pipe, args)
                 status, text = pipe.execute()[-1]
             else:
                 status, text = self._apply_script(keys=[], args=args, client=self._client)
+        except redis.RedisError as exc:
+            raise translated(exc, f"writing {key!r}") from exc
         if status == STATUS_STAGING_GONE:
             raise BackendError(f"the data written to {key!r} expired before it was stored")
         found: str = text.decode()
