@@ -63,32 +63,54 @@ def stage(
     """
     if isinstance(source, bytes) and len(source) <= inline_limit:
         return Staged(source, None, len(source), chunk_size)
-    pending = bytearray()
+    pieces: list[bytes] = []  # read and not yet sent; joined only when they must be
+    held = total = count = 0
     blob: str | None = None
-    count = total = 0
     try:
         for piece in _pieces(source, buffer_size):
-            pending += piece
+            pieces.append(piece)
+            held += len(piece)
             total += len(piece)
             if progress is not None:
                 progress(total)
-            if blob is None and len(pending) <= inline_limit:
+            if blob is None and held <= inline_limit:
                 continue
             if blob is None:
                 blob = secrets.token_hex(12)
-            while len(pending) >= chunk_size:
-                _put(client, chunk_set(root, blob), count, bytes(pending[:chunk_size]))
-                del pending[:chunk_size]
+            while held >= chunk_size:
+                chunk = _take(pieces, chunk_size)
+                held -= len(chunk)
+                _put(client, chunk_set(root, blob), count, chunk)
                 count += 1
         if blob is None:
-            return Staged(bytes(pending), None, total, chunk_size)
-        if pending:
-            _put(client, chunk_set(root, blob), count, bytes(pending))
+            return Staged(b"".join(pieces), None, total, chunk_size)
+        if pieces:
+            _put(client, chunk_set(root, blob), count, b"".join(pieces))
     except BaseException:
         if blob is not None:
             client.unlink(chunk_set(root, blob))
         raise
     return Staged(None, blob, total, chunk_size)
+
+
+def _take(pieces: list[bytes], size: int) -> bytes:
+    """Remove the first *size* bytes from *pieces* (which hold at least that many) and
+    return them; a piece that is exactly one chunk is passed on without a copy (memory
+    freshly touched costs this machine more than anything else in a large write)."""
+    if len(pieces[0]) == size:
+        return pieces.pop(0)
+    parts: list[bytes] = []
+    need = size
+    while need:
+        piece = pieces[0]
+        if len(piece) <= need:
+            parts.append(pieces.pop(0))
+            need -= len(piece)
+        else:
+            parts.append(piece[:need])
+            pieces[0] = piece[need:]
+            need = 0
+    return b"".join(parts)
 
 
 def _pieces(source: object, buffer_size: int) -> Iterator[bytes]:
