@@ -19,6 +19,7 @@ import redis
 from redis_service import cleaned, prefix_for, raw_client, store_url
 from storekeeper.backends.redis import RedisStore
 from storekeeper.errors import (
+    BackendError,
     BackendUnavailableError,
     ConflictError,
     InvalidURLError,
@@ -390,3 +391,27 @@ def test_large_inline_values_go_through_a_staging_hash_that_never_lingers(
 
 def _glob(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def test_a_lost_write_script_is_loaded_again(prefix: str) -> None:
+    unknown = "0" * 40  # what EVALSHA meets after SCRIPT FLUSH (never run here: shared server)
+    big = b"z" * 5000
+    with _store(prefix) as store:
+        store.set("k", (b"v", {"n": 1}))
+        store._apply_sha = unknown
+        store.set("big", (big, {"n": 2}))  # through a staging hash and a pipeline
+        store._apply_sha = unknown
+        store.multiset(["a", "b"], [(big, {}), (b"small", {"n": 3})])
+        store._apply_sha = unknown
+        store.update_metadata("k", {"m": 1})
+        assert store.to_bytes("big") == big and store.get_metadata("k") == {"n": 1, "m": 1}
+        assert [store.to_bytes(key) for key in "ab"] == [big, b"small"]
+        store._apply_sha = unknown
+        with pytest.raises(BackendError, match="nothing of it was applied"):
+            with store.transaction():
+                store.set("t", (big, {}))
+                store.delete("k")
+        assert not store.exists("t") and store.exists("k")
+        with store.transaction():  # loaded again by the failed commit
+            store.set("t", (big, {}))
+        assert store.to_bytes("t") == big

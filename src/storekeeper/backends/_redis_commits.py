@@ -13,7 +13,7 @@ import redis
 from storekeeper.backends._redis_errors import lost_watch, translate
 from storekeeper.backends._redis_transactions import Record, Transaction
 from storekeeper.backends._redis_values import Staged, chunk_set
-from storekeeper.errors import BackendUnavailableError
+from storekeeper.errors import BackendError, BackendUnavailableError
 from storekeeper.store.abstract import AbstractStore
 from storekeeper.store.backend import Claim, OwnerLock, check_precondition, new_version
 from storekeeper.store.events import StoreKeyEvent, StoreSetEvent
@@ -47,6 +47,9 @@ class Transactional(AbstractStore):
         raise NotImplementedError  # provided by the store
 
     def _enqueue(self, pipe: Any, args: list[Any]) -> bool:
+        raise NotImplementedError  # provided by the store
+
+    def _reload(self) -> None:
         raise NotImplementedError  # provided by the store
 
     def _emit_local(self, cls: type[StoreKeyEvent], key: str, metadata: str, version: str) -> None:
@@ -129,6 +132,12 @@ class Transactional(AbstractStore):
                 self._enqueue(pipe, self._commit_args(key, record, now))
             try:
                 pipe.execute()
+            except redis.exceptions.NoScriptError as exc:
+                self._reload()
+                raise BackendError(
+                    "Redis had lost the store's write script (SCRIPT FLUSH or a restart) "
+                    "when this transaction committed; nothing of it was applied: run it again"
+                ) from exc
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 raise _lost_commit() from exc
             except redis.WatchError as exc:

@@ -236,6 +236,7 @@ class RedisStore(Reads, Transactional, AbstractStore):
         with translate(f"connecting to {_without_password(self.url)}"):
             client.ping()
             self._apply_script = client.register_script(APPLY)
+            self._apply_sha = client.script_load(APPLY)
             if self._start_cursor is None:
                 cursor, added = position(client, self.root + "X")
             else:
@@ -385,8 +386,15 @@ class RedisStore(Reads, Transactional, AbstractStore):
             pipe.hset(self.root + name, mapping={"d": data, "z": args[10]})
             pipe.expire(self.root + name, STAGING_SECONDS)
             args[8], args[18] = b"", name
-        self._apply_script(keys=[], args=args, client=pipe)
+        # Not the Script object: in a pipeline it asks SCRIPT EXISTS first, a round trip
+        # per pipeline. The script was loaded at connect; see _reload for NOSCRIPT.
+        pipe.execute_command("EVALSHA", self._apply_sha, 0, *args)
         return staged
+
+    def _reload(self) -> None:
+        """Load the write script again (after ``SCRIPT FLUSH`` or a server restart)."""
+        with translate("loading the store's write script"):
+            self._apply_sha = self._client.script_load(APPLY)
 
     def _apply(self, key: str, args: list[Any], if_version: Any, if_exists: Any) -> str:
         """Run one ``APPLY``; the metadata JSON it reports, or the conflict raised."""
@@ -394,7 +402,11 @@ class RedisStore(Reads, Transactional, AbstractStore):
             if len(args[8]) > _VIA_STAGING:
                 pipe = self._client.pipeline(transaction=False)
                 self._enqueue(pipe, args)
-                status, text = pipe.execute()[-1]
+                try:
+                    status, text = pipe.execute()[-1]
+                except redis.exceptions.NoScriptError:
+                    self._reload()  # the staging hash was written: run the script alone
+                    status, text = self._apply_script(keys=[], args=args, client=self._client)
             else:
                 status, text = self._apply_script(keys=[], args=args, client=self._client)
         except redis.RedisError as exc:
@@ -525,9 +537,12 @@ class RedisStore(Reads, Transactional, AbstractStore):
                         key, "meta", None, merged_json, version, time.time(), "update"
                     )
                     pipe.multi()
-                    self._apply_script(keys=[], args=args, client=pipe)
+                    self._enqueue(pipe, args)
                     pipe.execute()
                 except redis.WatchError:
+                    continue
+                except redis.exceptions.NoScriptError:
+                    self._reload()  # nothing was applied: read and merge again
                     continue
             self._emit_local(StoreUpdateEvent, key, merged_json, version)
             return
@@ -594,7 +609,16 @@ class RedisStore(Reads, Transactional, AbstractStore):
                 pipe = self._client.pipeline(transaction=True)
                 for _, args, _, _ in calls:
                     self._enqueue(pipe, args)
-                pipe.execute()
+                try:
+                    pipe.execute()
+                except redis.exceptions.NoScriptError:
+                    # Every script failed alike, nothing but staging hashes was written:
+                    # run the scripts again (the staging hashes are still there).
+                    self._reload()
+                    pipe = self._client.pipeline(transaction=True)
+                    for _, args, _, _ in calls:
+                        pipe.execute_command("EVALSHA", self._apply_sha, 0, *args)
+                    pipe.execute()
         except BaseException:
             if staged_sets:
                 self._client.unlink(*staged_sets)
