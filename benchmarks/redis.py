@@ -152,15 +152,20 @@ BLOCK = 25
 
 
 def _interleaved(
-    results: Results, phase: str, work: dict[str, list[Callable[[], object]]], per_op: int = 1
+    results: Results,
+    phase: str,
+    work: dict[str, list[Callable[[], object]]],
+    per_op: int = 1,
+    block: int = BLOCK,
 ) -> None:
     """Time every peer's *work* (a list of operations each), alternating blocks of
-    BLOCK operations between peers in rotating order; record ops/s per peer."""
+    *block* operations between peers in rotating order; record ops/s per peer (an
+    operation counting *per_op*)."""
     spent = dict.fromkeys(work, 0.0)
     count = len(next(iter(work.values())))
-    for block, start in enumerate(range(0, count, BLOCK)):
-        for peer in rotate(list(work), block):
-            operations = work[peer][start : start + BLOCK]
+    for turn, start in enumerate(range(0, count, block)):
+        for peer in rotate(list(work), turn):
+            operations = work[peer][start : start + block]
             began = time.perf_counter()
             for operation in operations:
                 operation()
@@ -213,6 +218,7 @@ def _small_phases(results: Results, reps: int) -> None:
                 for peer, a in adapters.items()
             },
             BATCH,
+            block=1,  # one batch per turn: a phase has only BENCH_KEYS / 100 of them
         )
         _interleaved(
             results,
@@ -222,6 +228,7 @@ def _small_phases(results: Results, reps: int) -> None:
                 for peer, a in adapters.items()
             },
             BATCH,
+            block=1,  # one batch per turn: a phase has only BENCH_KEYS / 100 of them
         )
         for peer, adapter in adapters.items():
             _close(adapter)
