@@ -63,18 +63,21 @@ class Reads(AbstractStore):
         except RedisError as exc:
             raise translated(exc, f"reading {key!r}") from exc
 
-    def _chunk(self, name: str, number: int) -> bytes | None:
-        """Chunk *number* of the chunk set *name* (``None``: the set is gone). A set
-        that expires (its value was replaced) has its expiry pushed back to the grace
-        period while someone reads it; no script, so the chunk is copied once."""
+    def _chunk(self, name: str, number: int, refresh: bool) -> bytes | None:
+        """Chunk *number* of the chunk set *name* (``None``: the set is gone). With
+        *refresh*, a set that expires (its value was replaced) has its expiry pushed
+        back to the grace period; no script, so the chunk is copied once."""
         with translate(f"reading chunk {number} of {name!r}"):
+            if not refresh:
+                found: bytes | None = self._client.hget(name, str(number))
+                return found
             pipe = self._client.pipeline(transaction=False)
             pipe.hget(name, str(number))
             pipe.ttl(name)
             found, ttl = pipe.execute()
             if found is not None and 0 <= ttl < self.grace:
                 self._client.expire(name, self.grace)
-        return found if found is None else bytes(found)
+        return found
 
     def _value(self, key: str, record: Record) -> Value:
         common: dict[str, Any] = {

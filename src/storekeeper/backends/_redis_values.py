@@ -7,15 +7,18 @@ expires after ``STAGING_SECONDS`` unless a write points a record at it, so a wri
 dies half-way leaves nothing behind for long. Memory stays bounded by one chunk plus one
 buffer whatever the size of the value.
 
-Reading (:class:`ChunkStream`) fetches one chunk at a time and pushes back the expiry
-of a chunk set that is being replaced, so a stream opened before an overwrite keeps
-reading its own version as long as it keeps reading.
+Reading (:class:`ChunkStream`) fetches one chunk at a time and, every
+``REFRESH_SECONDS``, pushes back the expiry of a chunk set that is being replaced, so a
+stream opened before an overwrite keeps reading its own version as long as it keeps
+reading.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import secrets
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -23,13 +26,17 @@ from typing import Any
 from storekeeper.errors import KeyNotFoundError
 from storekeeper.store.backend import iter_source
 
-__all__ = ["STAGING_SECONDS", "ChunkStream", "Staged", "chunk_set", "stage"]
+__all__ = ["REFRESH_SECONDS", "STAGING_SECONDS", "ChunkStream", "Staged", "chunk_set", "stage"]
 
 #: How long a chunk set may stay unclaimed while its value is being written.
 STAGING_SECONDS = 3600
 
-#: Reads one chunk: (chunk set name, chunk number) -> bytes, or None if gone.
-ChunkReader = Callable[[str, int], bytes | None]
+#: Reads one chunk: (chunk set name, chunk number, whether to push back the set's
+#: expiry) -> bytes, or None if gone.
+ChunkReader = Callable[[str, int, bool], bytes | None]
+#: How often (seconds) a stream pushes back the expiry of the set it reads; well under
+#: the shortest grace period (1 s), so a set being read never expires.
+REFRESH_SECONDS = 0.25
 
 
 def chunk_set(root: str, blob: str) -> str:
@@ -150,13 +157,18 @@ class ChunkStream(io.RawIOBase):
         self._end = end
         self._buffer = b""
         self._buffer_start = 0
+        self._refreshed = -math.inf
 
     def readable(self) -> bool:
         return True
 
     def _load(self) -> None:
         number = self._position // self._chunk_size
-        chunk = self._read_chunk(self._name, number)
+        now = time.monotonic()
+        refresh = now - self._refreshed > REFRESH_SECONDS
+        if refresh:
+            self._refreshed = now
+        chunk = self._read_chunk(self._name, number, refresh)
         if chunk is None:
             raise KeyNotFoundError(
                 f"the data of the value of {self._key!r} this stream reads is gone: the key "
