@@ -528,6 +528,19 @@ def test_rm_prefix_only_under_prefix(run: Run, url: str) -> None:
     assert keys_of(run, url) == ["AB/1", "a", "ab", "abc/1", "b"]
 
 
+def test_prefixes_with_like_wildcards_and_case(run: Run, url: str) -> None:
+    keys = ["a_b/1", "axb/1", "a%b/1", "azzb/1", "A/1", "a/1", "a\\b", "a\\\\b"]
+    _fill(run, url, keys)
+    assert keys_of(run, url, "--prefix", "a_b/") == ["a_b/1"]
+    assert keys_of(run, url, "--prefix", "a%") == ["a%b/1"]
+    assert keys_of(run, url, "--prefix", "A") == ["A/1"]
+    assert keys_of(run, url, "--prefix", "a\\") == ["a\\\\b", "a\\b"]
+    q = ok(run("query", url, "k=prefix:a_", "--json")).stdout
+    assert [o["key"] for o in jlines(q)] == ["a_b/1"]
+    ok(run("rm", url, "--prefix", "a_"))
+    assert sorted(keys_of(run, url)) == sorted(set(keys) - {"a_b/1"})
+
+
 def test_sync_delete_with_prefix_off_slash_boundary(run: Run, tmp_path: Path) -> None:
     src, dst = f"sqlite:///{tmp_path / 's.db'}", f"sqlite:///{tmp_path / 'd.db'}"
     _fill(run, src, ["ab/1", "ab/2", "a", "b"])
@@ -722,6 +735,62 @@ def test_dry_run_creates_no_file_target(run: Run, tmp_path: Path) -> None:
     _fill(run, src, ["a"])
     ok(run("sync", src, (tmp_path / "new").as_uri() + "?create=true", "--dry-run"))
     assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: 'sync sqlite:///typo.db DST --delete' opens (creates) an empty source "
+    "database and deletes every key of DST, where a missing file:// or folder source "
+    "exits 3",
+)
+def test_sync_delete_from_missing_sqlite_source_keeps_target(run: Run, tmp_path: Path) -> None:
+    dst = _side("file", tmp_path, "backup")
+    _fill(run, dst, ["a", "b"])
+    res = run("sync", f"sqlite:///{tmp_path / 'typo.db'}", dst, "--delete")
+    assert keys_of(run, dst) == ["a", "b"]
+    fails(res, 3)
+
+
+def test_sync_delete_from_missing_folder_or_file_store_keeps_target(
+    run: Run, tmp_path: Path
+) -> None:
+    dst = _side("sqlite", tmp_path, "backup")
+    _fill(run, dst, ["a", "b"])
+    fails(run("sync", str(tmp_path / "nosuchdir"), dst, "--delete"), 3, "nosuchdir")
+    fails(run("sync", (tmp_path / "nosuch").as_uri(), dst, "--delete"), 3, "not found")
+    assert keys_of(run, dst) == ["a", "b"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: 'sync S S' (a store onto itself) copies every key on every run and warns "
+    "'N keys kept changing while copied'; a second sync should copy nothing (or be refused)",
+)
+def test_sync_store_onto_itself(run: Run, tmp_path: Path) -> None:
+    store = _side("sqlite", tmp_path, "s")
+    _fill(run, store, ["a", "b"])
+    first = run("sync", store, store)
+    if first.exit_code == 2:
+        return
+    ok(first)
+    again = ok(run("sync", store, store))
+    assert again.stderr.startswith("copied 0 keys"), again.stderr
+    assert "warning" not in again.stderr
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: 'cp DIR DIR/sub' copies the target into itself: each run nests one level "
+    "deeper (DIR/sub/sub/sub/...) instead of being refused or copying nothing new",
+)
+def test_cp_folder_into_its_own_subfolder(run: Run, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_text("A")
+    first = run("cp", str(src), str(src / "sub"))
+    if first.exit_code == 0:
+        ok(run("cp", str(src), str(src / "sub")))
+    assert not (src / "sub" / "sub").exists()
 
 
 def test_dry_run_writes_nothing_to_existing_targets(run: Run, tmp_path: Path) -> None:
