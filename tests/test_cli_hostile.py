@@ -216,6 +216,33 @@ def test_very_deep_metadata_is_usage_error(tmp_path: Path, opt: str) -> None:
     assert b"RecursionError" not in proc.stderr
 
 
+def test_metadata_edge_values(run: Run, tmp_path: Path) -> None:
+    store = f"sqlite:///{tmp_path / 'a.db'}"
+    huge = {"s": "x" * (4 << 20), "l": list(range(100_000))}
+    ok(run("put", f"{store}#huge", "--meta", json.dumps(huge), stdin="d"))
+    assert json.loads(ok(run("meta", "get", f"{store}#huge")).stdout) == huge
+    wide = {f"n{i}": i for i in range(5000)}
+    ok(run("put", f"{store}#wide", "--meta", json.dumps(wide), stdin="d"))
+    assert ok(run("query", store, "n4999=4999")).stdout == "wide\n"
+    ok(run("put", f"{store}#dup", "-m", "a=1", "-m", "a=2", stdin="d"))
+    assert value(run, store, "dup")[1] == {"a": 2}
+    ok(run("put", f"{store}#bigint", "-m", "n=123456789012345678901234567890", stdin="d"))
+    assert value(run, store, "bigint")[1] == {"n": 123456789012345678901234567890}
+    fails(run("put", f"{store}#inf", "--meta", '{"x": 1e999}', stdin="d"), 2, "JSON")
+    fails(run("put", f"{store}#sur", "--meta", '{"\\ud800": 1}', stdin="d"), 2, "surrogate")
+    fails(run("cat", f"{store}#inf"), 3)
+    fails(run("cat", f"{store}#sur"), 3)
+
+
+def test_debug_adds_traceback(run: Run, tmp_path: Path) -> None:
+    store = f"sqlite:///{tmp_path / 'a.db'}"
+    plain = run("cat", f"{store}#nope")
+    fails(plain, 3, "nope")
+    debug = run("--debug", "cat", f"{store}#nope")
+    assert debug.exit_code == 3
+    assert "Traceback" in debug.stderr
+
+
 # --------------------------------------------------------------------------- conflicts
 
 
@@ -539,6 +566,37 @@ def test_prefixes_with_like_wildcards_and_case(run: Run, url: str) -> None:
     assert [o["key"] for o in jlines(q)] == ["a_b/1"]
     ok(run("rm", url, "--prefix", "a_"))
     assert sorted(keys_of(run, url)) == sorted(set(keys) - {"a_b/1"})
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: 'rm STORE k1 nope k2' removes k1, then stops at the missing key with exit 3: "
+    "k2 is kept, so the store is left half-changed (neither all-or-nothing nor rm -f-like)",
+)
+def test_rm_with_a_missing_key_is_not_half_done(run: Run, tmp_path: Path) -> None:
+    store = f"sqlite:///{tmp_path / 'r.db'}"
+    _fill(run, store, ["k1", "k2", "k3"])
+    fails(run("rm", store, "k1", "nope", "k2"), 3, "nope")
+    left = keys_of(run, store)
+    assert left in (["k1", "k2", "k3"], ["k3"]), left
+
+
+def test_rm_with_a_bad_url_removes_nothing(run: Run, tmp_path: Path) -> None:
+    store = f"sqlite:///{tmp_path / 'r.db'}"
+    _fill(run, store, ["k1", "k2"])
+    fails(run("rm", store, "k1", "bogus://x#k2"), 2, "bogus")
+    assert keys_of(run, store) == ["k1", "k2"]
+
+
+def test_rm_force_and_mixed_selectors(run: Run, tmp_path: Path) -> None:
+    store = f"sqlite:///{tmp_path / 'r.db'}"
+    _fill(run, store, ["k1", "k2", "k3", "p/1", "p/2"])
+    fails(run("rm", store), 2)
+    out = jlines(
+        ok(run("rm", store, "nope", "k1", "--key", "k3", "--prefix", "p/", "-f", "--json")).stdout
+    )
+    assert sorted(o["key"] for o in out if o["removed"]) == ["k1", "k3", "p/1", "p/2"]
+    assert keys_of(run, store) == ["k2"]
 
 
 def test_sync_delete_with_prefix_off_slash_boundary(run: Run, tmp_path: Path) -> None:
