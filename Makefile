@@ -5,7 +5,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EXTRAS ?= test
 
-.PHONY: run test lint typecheck pytest soak bench clean
+CHROMIUM := /usr/bin/chromium
+
+.PHONY: run test lint typecheck pytest soak bench clean browser
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,7 +25,16 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+# The web page's tests drive Debian's Chromium through Playwright (never `playwright install`).
+browser:
+	@if [ -x $(CHROMIUM) ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		apt-get install -y chromium || (apt-get update && apt-get install -y chromium); \
+	else \
+		echo "The web page tests need Chromium at $(CHROMIUM): run 'sudo apt-get install -y chromium'" >&2; \
+	fi
+
+pytest: $(STAMP) browser
 	$(BIN)/pytest -q -p no:cacheprovider -m "not soak"
 
 test: lint typecheck pytest

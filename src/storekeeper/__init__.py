@@ -36,6 +36,7 @@ if TYPE_CHECKING:  # what __getattr__ loads on first use, spelled out for type c
     from storekeeper.backends.filesystem import FileSystemStore, init_shared_store
     from storekeeper.backends.memory import DictMemoryStore
     from storekeeper.backends.sqlite import SqliteStore
+    from storekeeper.backends.static import StaticURLStore
     from storekeeper.composite import CachedStore, JoinedStore, MountedStore, SimpleAuthStore
     from storekeeper.events import (
         BaseEvent,
@@ -89,6 +90,7 @@ _LAZY = {
     "DictMemoryStore": "storekeeper.backends.memory",
     "FileSystemStore": "storekeeper.backends.filesystem",
     "SqliteStore": "storekeeper.backends.sqlite",
+    "StaticURLStore": "storekeeper.backends.static",
     "init_shared_store": "storekeeper.backends.filesystem",
     "JoinedStore": "storekeeper.composite",
     "MountedStore": "storekeeper.composite",
@@ -150,6 +152,7 @@ __all__ = [
     "ReadOnlyStoreError",
     "SimpleAuthStore",
     "SqliteStore",
+    "StaticURLStore",
     "StorekeeperError",
     "StreamValue",
     "TransactionError",

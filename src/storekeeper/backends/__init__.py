@@ -9,12 +9,13 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["DictMemoryStore", "FileSystemStore", "SqliteStore"]
+__all__ = ["DictMemoryStore", "FileSystemStore", "SqliteStore", "StaticURLStore"]
 
 _LOCATIONS = {
     "DictMemoryStore": "storekeeper.backends.memory",
     "FileSystemStore": "storekeeper.backends.filesystem",
     "SqliteStore": "storekeeper.backends.sqlite",
+    "StaticURLStore": "storekeeper.backends.static",
 }
 
 

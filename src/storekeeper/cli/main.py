@@ -33,6 +33,8 @@ COMMANDS: dict[str, str] = {
     "cp": "storekeeper.cli.copying:cp",
     "sync": "storekeeper.cli.copying:sync",
     "users": "storekeeper.cli.users:users",
+    "serve": "storekeeper.cli.serving:serve",
+    "export-static": "storekeeper.cli.serving:export_static",
     "completion": "storekeeper.cli.completion:completion",
 }
 

@@ -49,6 +49,12 @@ _registry: dict[str, _Backend] = {
     "memory": _Backend("storekeeper.backends.memory:DictMemoryStore", None),
     "file": _Backend("storekeeper.backends.filesystem:FileSystemStore", None),
     "sqlite": _Backend("storekeeper.backends.sqlite:SqliteStore", None),
+    "http": _Backend("storekeeper.backends.http:DynamicURLStore", "http"),
+    "https": _Backend("storekeeper.backends.http:DynamicURLStore", "http"),
+    "http+static": _Backend("storekeeper.backends.static:StaticURLStore", "http"),
+    "https+static": _Backend("storekeeper.backends.static:StaticURLStore", "http"),
+    "file+static": _Backend("storekeeper.backends.static:StaticURLStore", None),
+    "s3": _Backend("storekeeper.backends.s3:S3Store", "s3"),
 }
 _lock = threading.Lock()
 _entry_points_loaded = False

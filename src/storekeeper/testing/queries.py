@@ -8,9 +8,20 @@ their input order, and queries (exact values and the terms ``Exists``, ``In``,
 
 from __future__ import annotations
 
+from typing import Any
+
 from storekeeper.store import AbstractStore, Exists, In, Prefix, Range
 
-__all__ = ["QueryTests"]
+__all__ = ["QUERY_VALUES", "QueryTests"]
+
+#: The values the query checks run on (the read-only suite publishes the same ones).
+QUERY_VALUES: dict[str, tuple[bytes, dict[str, Any]]] = {
+    "k1": (b"1", {"author": "ali", "org": "40", "year": 2000, "tag": "a"}),
+    "k2": (b"2", {"author": "ali", "org": "41", "year": 2005.5, "tag": None}),
+    "k3": (b"3", {"author": "bob", "org": "40", "year": 2010, "path": "docs/x"}),
+    "k4": (b"4", {"author": "bob", "year": "2000", "nested": {"a": [1, 2]}}),
+    "k5": (b"5", {}),
+}
 
 
 class QueryTests:
@@ -19,16 +30,7 @@ class QueryTests:
 
     # -- queries --------------------------------------------------------------------------
     def _populate(self, store: AbstractStore) -> None:
-        store.multiset(
-            ["k1", "k2", "k3", "k4", "k5"],
-            [
-                (b"1", {"author": "ali", "org": "40", "year": 2000, "tag": "a"}),
-                (b"2", {"author": "ali", "org": "41", "year": 2005.5, "tag": None}),
-                (b"3", {"author": "bob", "org": "40", "year": 2010, "path": "docs/x"}),
-                (b"4", {"author": "bob", "year": "2000", "nested": {"a": [1, 2]}}),
-                (b"5", {}),
-            ],
-        )
+        store.multiset(list(QUERY_VALUES), list(QUERY_VALUES.values()))
 
     def test_query_exact_match(self, store: AbstractStore) -> None:
         self._populate(store)

@@ -1,0 +1,252 @@
+"""Client-side transactions of :class:`~storekeeper.backends.http.DynamicURLStore`.
+
+A transaction holds the store object's write lock from its start to its end, so plain
+writes and transactions of other threads and tasks of this process wait for it (or are
+refused, see :mod:`storekeeper.store.owners`). Its writes are kept here, in memory, as
+an *overlay* its owner reads through, and as a log sent at the commit: in one
+``POST /batch`` that the server applies inside one transaction of the served store
+(all-or-nothing where that store's transactions are), or, to a server without
+``/batch``, write by write. Other clients' writes between the transaction's reads and
+its commit are not seen by it: transactions are isolated between the users of one
+store object only.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from storekeeper.backends.http_protocol import encode_batch
+from storekeeper.store.backend import Claim, check_precondition, missing
+from storekeeper.store.owners import busy, may_wait
+from storekeeper.store.value import BytesValue, Value
+
+__all__ = ["ClientTransactions", "Op", "Overlay", "PendingTransaction", "Turn", "Write"]
+
+
+@dataclass(frozen=True, slots=True)
+class Overlay:
+    """What the transaction wrote to one key: ``deleted``, or the data and metadata
+    (``None``: as the server has it)."""
+
+    deleted: bool = False
+    data: bytes | None = None
+    metadata_json: str | None = None
+
+
+#: One write to replay at the commit, request by request.
+Write = Callable[[], object]
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    """One write as a ``/batch`` entry: its header (``op``, ``key``, ``metadata``), its
+    data, and the version alias a ``set`` returned."""
+
+    header: dict[str, object]
+    data: bytes | None = None
+    alias: str | None = None
+
+
+@dataclass
+class PendingTransaction:
+    """The open transaction of one owner: its overlay and its log of writes."""
+
+    claim: Claim
+    overlay: dict[str, Overlay] = field(default_factory=dict)
+    log: list[tuple[Write, Op]] = field(default_factory=list)
+    #: The server's version of each key the transaction read (``None``: it was missing),
+    #: as first read; the commit makes the server check them (``if_version``).
+    seen: dict[str, str | None] = field(default_factory=dict)
+
+    def record(self, key: str, entry: Overlay, write: Write, op: Op) -> None:
+        """Note that *key* now reads as *entry* and that *write* (or *op* in a batch)
+        makes it so."""
+        self.overlay[key] = entry
+        self.log.append((write, op))
+
+    def checked_ops(self) -> list[Op]:
+        """The log's writes, the first write of each key read by the transaction made
+        conditional on the version it read, so that a commit over another client's
+        change of that key fails instead of losing it."""
+        ops: list[Op] = []
+        pinned: set[str] = set()
+        for _, logged in self.log:
+            key = str(logged.header["key"])
+            if key in self.seen and key not in pinned:
+                pinned.add(key)
+                version = self.seen[key]
+                extra: dict[str, object] = (
+                    {"if_exists": False} if version is None else {"if_version": version}
+                )
+                logged = Op({**logged.header, **extra}, logged.data, logged.alias)  # noqa: PLW2901
+            ops.append(logged)
+        return ops
+
+    def savepoint(self) -> tuple[int, dict[str, Overlay]]:
+        """A token for :meth:`rollback_to`."""
+        return len(self.log), dict(self.overlay)
+
+    def rollback_to(self, token: object) -> None:
+        """Forget what was written since the savepoint *token*."""
+        assert isinstance(token, tuple)  # made by savepoint()
+        count, overlay = token
+        del self.log[count:]
+        self.overlay = dict(overlay)
+
+
+class ClientTransactions:
+    """The transaction side of :class:`~storekeeper.backends.http.DynamicURLStore`: the
+    transaction hooks, the overlay reads and the write turn (see the module)."""
+
+    _turn: threading.Condition
+    _writers: int
+    _pending: PendingTransaction | None
+    _server: dict[str, Any]
+    root_url: str
+
+    if TYPE_CHECKING:
+
+        def _call(
+            self, method: str, url: str, key: str | None, ok: tuple[int, ...] = ..., **kwargs: Any
+        ) -> Any: ...
+        def _url(self, key: str, part: str) -> str: ...
+        def _head(self, key: str) -> dict[str, Any] | None: ...
+        def _remember(self, alias: str, real: str | None) -> None: ...
+        def _require_connection(self) -> None: ...
+
+    def _own_pending(self) -> PendingTransaction | None:
+        pending = self._pending
+        if pending is not None and pending.claim.is_mine():
+            return pending
+        return None
+
+    def _overlay(self, key: str) -> Overlay | None:
+        pending = self._pending
+        if pending is None or not pending.overlay or not pending.claim.is_mine():
+            return None
+        self._require_connection()
+        return pending.overlay.get(key)
+
+    def _overlay_metadata(self, key: str, entry: Overlay) -> str:
+        if entry.deleted:
+            raise missing(key)
+        if entry.metadata_json is not None:
+            return entry.metadata_json
+        response = self._call("GET", self._url(key, "metadata"), key, (200,))
+        return str(response.data.decode("utf-8"))
+
+    def _overlay_value(self, key: str, entry: Overlay) -> Value:
+        metadata_json = self._overlay_metadata(key, entry)
+        data = entry.data
+        if data is None:
+            data = bytes(self._call("GET", self._url(key, "data"), key, (200,)).data)
+        return BytesValue(data, metadata_json=metadata_json)
+
+    def _check_pending(self, key: str, if_version: str | None, if_exists: bool | None) -> bool:
+        """Check a transaction's write to *key* now; whether *key* exists for it. A key
+        the transaction wrote has no version until the commit, so ``if_version`` fails."""
+        entry = self._overlay(key)
+        if entry is not None:
+            exists = not entry.deleted
+            current = "\x00pending" if exists else None
+        else:
+            found = self._head(key)
+            exists = found is not None
+            current = None if found is None else (found["version"] or "")
+        if if_version is not None or if_exists is not None:
+            check_precondition(key, current, if_version, if_exists)
+        return exists
+
+    def _writing(self) -> Turn:
+        return Turn(self)
+
+    def _begin_transaction(self) -> None:
+        self._require_connection()
+        with self._turn:
+            while self._pending is not None or self._writers:
+                self._wait_turn()
+            self._pending = PendingTransaction(Claim.take())
+
+    def _wait_turn(self) -> None:
+        pending = self._pending
+        if pending is not None and pending.claim.blocks_here():
+            raise pending.claim.refusal(self)
+        if not may_wait():
+            raise busy(self)
+        self._turn.wait()
+
+    def _commit_transaction(self) -> None:
+        pending = self._own_pending()
+        assert pending is not None  # hooks run in the owner
+        try:
+            if not pending.log:
+                return
+            if not self._server.get("batch"):
+                for write, _ in pending.log:
+                    write()
+                return
+            ops = pending.checked_ops()
+            body = encode_batch([(op.header, op.data) for op in ops])
+            response = self._call(
+                "POST", self.root_url + "/batch", None, (200,), body=b"".join(body)
+            )
+            for op, version in zip(ops, json.loads(response.data), strict=False):
+                if op.alias is not None and isinstance(version, str):
+                    self._remember(op.alias, version)
+        finally:
+            self._end()
+
+    def _rollback_transaction(self) -> None:
+        if self._own_pending() is not None:
+            self._end()
+
+    def _end(self) -> None:
+        with self._turn:
+            self._pending = None
+            self._turn.notify_all()
+
+    def _savepoint(self) -> object:
+        pending = self._own_pending()
+        assert pending is not None
+        return pending.savepoint()
+
+    def _rollback_to_savepoint(self, token: object) -> None:
+        pending = self._own_pending()
+        assert pending is not None
+        pending.rollback_to(token)
+
+    def _release_savepoint(self, token: object) -> None:
+        return None
+
+
+class Turn:
+    """``with store._writing() as pending``: the caller's own transaction, or ``None``
+    once no other owner's transaction is open (counted as a running plain write)."""
+
+    def __init__(self, store: ClientTransactions) -> None:
+        self._store = store
+        self._counted = False
+
+    def __enter__(self) -> PendingTransaction | None:
+        store = self._store
+        with store._turn:
+            while True:
+                pending = store._pending
+                if pending is None:
+                    store._writers += 1
+                    self._counted = True
+                    return None
+                if pending.claim.is_mine():
+                    return pending
+                store._wait_turn()
+
+    def __exit__(self, *exc: object) -> None:
+        if self._counted:
+            store = self._store
+            with store._turn:
+                store._writers -= 1
+                store._turn.notify_all()

@@ -1,0 +1,238 @@
+"""Exporting a store as static files that any web server can serve.
+
+:func:`export_static` writes the layout :class:`~storekeeper.backends.static.StaticURLStore`
+reads (and the original encore ``StaticURLStore`` too)::
+
+    DIRECTORY/index.json   {"key": {metadata}, ...}: ASCII-only JSON, keys sorted
+    DIRECTORY/data/KEY     each key's value; the "/"-separated segments of a key are
+                           directories and a file name
+
+An earlier export in *DIRECTORY* is replaced as a whole: the new export is built in a
+sibling temporary directory and then swapped in with one atomic exchange of the two
+directories (``renameat2(RENAME_EXCHANGE)`` on Linux), so a reader of any file sees the
+old export or the new one, never a missing or half-written file, and a crash at any
+moment leaves the old export or the new one whole. The result equals a fresh export.
+Leftover temporary directories of crashed exports are removed by the next export.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import json
+import os
+import shutil
+import warnings
+from collections.abc import Iterable, Iterator
+from typing import IO, NamedTuple
+
+from storekeeper.backends.static import layout_problem
+from storekeeper.errors import InvalidKeyError
+from storekeeper.files import fsync, fsync_directory, process_alive, write_all
+from storekeeper.store.abstract import AbstractReadOnlyStore
+
+__all__ = ["ExportSummary", "ExportWarning", "NotAnExportError", "export_static", "layout_problems"]
+
+_RENAME_EXCHANGE = 2
+_CHUNK = 1 << 20
+_SHOWN = 10  # keys named in an error; the rest are counted
+
+
+class ExportWarning(UserWarning):
+    """Keys were left out of an export (``skip_invalid=True``); the message names them."""
+
+
+class NotAnExportError(FileExistsError):
+    """The target directory exists and is not an earlier export: it is left untouched."""
+
+
+class ExportSummary(NamedTuple):
+    """What :func:`export_static` did: how many keys it wrote, and which it skipped."""
+
+    exported: int
+    skipped: tuple[str, ...]
+
+
+def layout_problems(keys: Iterable[str]) -> dict[str, str]:
+    """The keys among *keys* that cannot be files of one export, each with the reason.
+
+    A key fails alone when :func:`~storekeeper.backends.static.layout_problem` says so
+    (an empty, ``.`` or ``..`` segment, a segment over 255 bytes); a key that is also
+    the folder of another key (``a`` beside ``a/b``: ``data/a`` cannot be a file and a
+    directory) fails with the other key named. Leaving out every key listed here leaves
+    keys that can all be laid out.
+    """
+    unique = set(keys)
+    problems: dict[str, str] = {}
+    for key in sorted(unique):
+        problem = layout_problem(key)
+        if problem is not None:
+            problems[key] = problem
+            continue
+        segments = key.split("/")
+        for end in range(1, len(segments)):
+            folder = "/".join(segments[:end])
+            if folder in unique and folder not in problems:
+                problems[folder] = f"it is also the folder of the key {key!r}"
+    return problems
+
+
+def export_static(
+    store: AbstractReadOnlyStore,
+    directory: str | os.PathLike[str],
+    *,
+    skip_invalid: bool = False,
+    durable: bool = True,
+) -> ExportSummary:
+    """Write every key of *store* to *directory* in the static layout.
+
+    Keys that cannot be laid out as paths (see :func:`layout_problems`) raise
+    :class:`~storekeeper.errors.InvalidKeyError` naming them, before anything is
+    written; with ``skip_invalid=True`` they are left out and an :class:`ExportWarning`
+    names them. A key deleted from *store* while the export runs is left out.
+
+    *directory* is created, or atomically replaced when it holds an earlier export (a
+    directory with nothing but ``index.json`` and ``data``, or an empty one); any other
+    existing path raises :class:`NotAnExportError` and is not touched. With
+    ``durable=True`` every file and directory is fsynced before the swap, so the new
+    export also survives power loss once this returns.
+    """
+    target = os.path.abspath(os.fspath(directory))
+    parent, name = os.path.split(target)
+    _check_target(target)
+    index = dict(store.query())
+    problems = layout_problems(index)
+    if problems and not skip_invalid:
+        raise InvalidKeyError(_describe(problems, "cannot be laid out as files"))
+    if problems:
+        warnings.warn(_describe(problems, "left out of the export"), ExportWarning, stacklevel=2)
+    for key in problems:
+        del index[key]
+    os.makedirs(parent, exist_ok=True)
+    _remove_stale_temps(parent, name)
+    temp = os.path.join(parent, f".{name}.export-{os.getpid()}-{os.urandom(4).hex()}")
+    try:
+        exported = _write_tree(store, temp, index, durable)
+        _swap_in(temp, target, durable)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    return ExportSummary(exported, tuple(problems))
+
+
+def _describe(problems: dict[str, str], what: str) -> str:
+    shown = [f"{key!r} ({reason})" for key, reason in list(problems.items())[:_SHOWN]]
+    more = len(problems) - len(shown)
+    tail = f" and {more} more" if more > 0 else ""
+    return f"{len(problems)} keys {what}: {'; '.join(shown)}{tail}"
+
+
+def _check_target(target: str) -> None:
+    if not os.path.lexists(target):
+        return
+    if os.path.islink(target) or not os.path.isdir(target):
+        raise NotAnExportError(f"{target} exists and is not a directory of an earlier export")
+    entries = set(os.listdir(target))
+    if entries and (entries - {"index.json", "data"} or "index.json" not in entries):
+        raise NotAnExportError(
+            f"{target} is not an earlier export (it holds more than index.json and data/): "
+            "refusing to replace it"
+        )
+
+
+def _remove_stale_temps(parent: str, name: str) -> None:
+    """Remove temporary directories left by exports whose process is gone."""
+    stem = f".{name}.export-"
+    with os.scandir(parent) as entries:
+        for entry in entries:
+            if not entry.name.startswith(stem):
+                continue
+            pid_text = entry.name[len(stem) :].partition("-")[0]
+            if pid_text.isdigit() and not process_alive(int(pid_text)):
+                shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def _write_tree(
+    store: AbstractReadOnlyStore, root: str, index: dict[str, dict[str, object]], durable: bool
+) -> int:
+    data_root = os.path.join(root, "data")
+    os.mkdir(root)
+    os.mkdir(data_root)
+    directories = {root, data_root}
+    for key in sorted(index):
+        *folders, file_name = key.split("/")
+        folder = os.path.join(data_root, *folders)
+        if folder not in directories:
+            os.makedirs(folder, exist_ok=True)
+            directories.update(_parents(folder, data_root))
+        try:
+            stream = store.get_data(key)
+        except KeyError:
+            del index[key]  # deleted since the index was read
+            continue
+        with stream:
+            _write_file(os.path.join(folder, file_name), _chunks(stream), durable)
+    text = json.dumps(index, ensure_ascii=True, sort_keys=True, separators=(",", ":"))
+    _write_file(os.path.join(root, "index.json"), [text.encode("ascii")], durable)
+    if durable:
+        for path in sorted(directories, key=len, reverse=True):
+            fsync_directory(path)
+    return len(index)
+
+
+def _chunks(stream: IO[bytes]) -> Iterator[bytes]:
+    while chunk := stream.read(_CHUNK):
+        yield chunk
+
+
+def _parents(folder: str, top: str) -> list[str]:
+    found = []
+    while folder != top:
+        found.append(folder)
+        folder = os.path.dirname(folder)
+    return found
+
+
+def _write_file(path: str, chunks: Iterable[bytes], durable: bool) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        for chunk in chunks:
+            write_all(fd, chunk)
+        if durable:
+            fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _swap_in(temp: str, target: str, durable: bool) -> None:
+    """Put *temp* at *target*; the earlier export, if any, ends up at *temp*."""
+    try:
+        os.rename(temp, target)  # no earlier export (or an empty directory)
+    except OSError as exc:
+        if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+            raise
+        _exchange(temp, target)
+    if durable:
+        fsync_directory(os.path.dirname(target))
+
+
+def _exchange(first: str, second: str) -> None:
+    """Swap two directories atomically; where the kernel or file system cannot, move
+    the old one aside and the new one in (a reader may then find neither in between)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is not None:
+        at_fdcwd = -100
+        result = renameat2(
+            at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second), _RENAME_EXCHANGE
+        )
+        if result == 0:
+            return
+        code = ctypes.get_errno()
+        if code not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+            raise OSError(code, os.strerror(code), second)
+    aside = first + ".old"
+    os.rename(second, aside)
+    os.rename(first, second)
+    with contextlib.suppress(OSError):
+        os.rename(aside, first)

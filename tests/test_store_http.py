@@ -1,0 +1,152 @@
+"""DynamicURLStore against the conformance suite, over a real server on a loopback port."""
+
+from __future__ import annotations
+
+import time
+import tracemalloc
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import SplitResult
+
+import pytest
+
+from _http_servers import Served, served_in_process
+from storekeeper.backends import http as http_backend
+from storekeeper.backends.http import DynamicURLStore
+from storekeeper.backends.memory import DictMemoryStore
+from storekeeper.errors import ConflictError, InvalidURLError
+from storekeeper.events import EventManager
+from storekeeper.store import AbstractStore, StoreModificationEvent, open_store
+from storekeeper.testing.store import StoreTests
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    with served_in_process(tmp_path_factory.mktemp("http")) as found:
+        yield found
+
+
+class TestDynamicURLStore(StoreTests):
+    model_examples = 5
+
+    @pytest.fixture(autouse=True)
+    def _server(self, served: Served) -> None:
+        served.clear()
+        self.served = served
+
+    def create_store(self, tmp_path: Path, event_manager: EventManager) -> DynamicURLStore:
+        return DynamicURLStore(self.served.base, event_manager=event_manager)
+
+    def reopen_store(self, tmp_path: Path, event_manager: EventManager) -> DynamicURLStore:
+        return DynamicURLStore(self.served.base, event_manager=event_manager)
+
+    def raw_write(
+        self, store: AbstractStore, key: str, data: bytes, metadata: dict[str, Any]
+    ) -> None:
+        self.served.backing.set(key, (data, metadata))
+
+    def raw_read(self, store: AbstractStore, key: str) -> tuple[bytes, dict[str, Any]]:
+        backing = self.served.backing
+        return backing.to_bytes(key), backing.get_metadata(key)
+
+
+def test_open_store_http_gives_a_connected_dynamic_store(served: Served) -> None:
+    served.clear()
+    with open_store(served.base) as store:
+        assert isinstance(store, DynamicURLStore)
+        assert store.is_connected()
+        store.set("k", (b"v", {}))
+    assert served.backing.to_bytes("k") == b"v"
+
+
+def test_url_options_are_checked(served: Served) -> None:
+    with open_store(served.base + "?timeout=5&query_url=" + served.url + "/query") as store:
+        assert isinstance(store, DynamicURLStore) and store.timeout == 5
+    with pytest.raises(InvalidURLError, match="valid options: query_url, remote_events, timeout"):
+        open_store(served.base + "?timout=5")
+
+
+def test_an_option_of_url_clients_hands_the_url_to_that_client(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(http_backend.URL_CLIENTS, ("flavour", "other"), f"{__name__}:OtherClient")
+    with open_store(served.base + "?flavour=other") as store:
+        assert isinstance(store, OtherClient)
+        assert store.url.endswith("/store?flavour=other")
+
+
+class OtherClient(DictMemoryStore):
+    """Stands for another http(s):// client (the static one)."""
+
+    url = ""
+
+    @classmethod
+    def from_url(cls, parts: SplitResult, **options: Any) -> OtherClient:  # type: ignore[override]
+        store = cls()
+        store.url = parts.geturl()
+        return store
+
+
+def test_get_of_a_large_value_keeps_it_in_a_file_not_in_memory(served: Served) -> None:
+    served.clear()
+    size = 8 * 1024 * 1024
+    served.backing.set("big", (b"b" * size, {"m": 1}))
+    with DynamicURLStore(served.base) as store:
+        tracemalloc.start()
+        try:
+            value = store.get("big")
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert peak < 4 * 1024 * 1024, peak
+        assert value.size == size and value.metadata == {"m": 1}
+        with value.range(size - 3) as stream:
+            assert stream.read() == b"bbb"
+
+
+def test_remote_events_deliver_other_clients_changes_once(served: Served) -> None:
+    served.clear()
+    manager = EventManager()
+    heard: list[Any] = []
+    manager.connect(StoreModificationEvent, heard.append)
+    listener = DynamicURLStore(served.base, event_manager=manager, remote_events=True)
+    with listener, DynamicURLStore(served.base) as writer:
+        listener.set("mine", (b"1", {}))  # its own change: the local event only
+        writer.set("theirs", (b"2", {"a": 1}))
+        writer.update_metadata("theirs", {"b": 2})
+        writer.delete("theirs")
+        deadline = time.monotonic() + 30
+        while len(heard) < 4 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.2)  # a repeat of "mine" would have arrived by now
+    seen = [(type(e).__name__, e.key, getattr(e, "remote", False)) for e in heard]
+    assert seen == [
+        ("StoreSetEvent", "mine", False),
+        ("StoreSetEvent", "theirs", True),
+        ("StoreUpdateEvent", "theirs", True),
+        ("StoreDeleteEvent", "theirs", True),
+    ]
+    assert heard[1].metadata == {"a": 1} and heard[2].metadata == {"a": 1, "b": 2}
+    assert heard[1].source is listener
+
+
+def test_a_commit_over_another_clients_change_fails_instead_of_losing_it(served: Served) -> None:
+    served.clear()
+    with DynamicURLStore(served.base) as mine, DynamicURLStore(served.base) as theirs:
+        mine.set("n", (b"1", {}))
+        with pytest.raises(ConflictError), mine.transaction("increment"):
+            count = int(mine.to_bytes("n"))
+            theirs.set("n", (b"10", {}))  # between my read and my commit
+            mine.set("n", (str(count + 1).encode(), {}))
+            mine.set("other", (b"x", {}))
+        assert mine.to_bytes("n") == b"10"
+        assert not mine.exists("other")  # the whole commit was refused
+        with pytest.raises(ConflictError), mine.transaction("create"):
+            assert not mine.exists("fresh")
+            theirs.set("fresh", (b"theirs", {}))
+            mine.set("fresh", (b"mine", {}))
+        assert mine.to_bytes("fresh") == b"theirs"
+        with mine.transaction("increment"):  # nobody interferes: it commits
+            mine.set("n", (str(int(mine.to_bytes("n")) + 1).encode(), {}))
+        assert theirs.to_bytes("n") == b"11"
