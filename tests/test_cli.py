@@ -26,8 +26,12 @@ Run = Callable[..., Result]
 @pytest.fixture(params=["sqlite", "file"])
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'cli.db'}"
-    return (tmp_path / "cli-store").as_uri() + "?create=true"
+        made = f"sqlite:///{tmp_path / 'cli.db'}"
+    else:
+        made = (tmp_path / "cli-store").as_uri() + "?create=true"
+    with open_store(made):  # a command only reading a store never creates it
+        pass
+    return made
 
 
 @pytest.fixture

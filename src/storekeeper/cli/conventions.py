@@ -44,6 +44,7 @@ __all__ = [
     "OK",
     "USAGE",
     "CommandError",
+    "creates",
     "echo_json",
     "error_for",
     "iso_time",
@@ -157,18 +158,41 @@ def split_key(target: str | None, key: str | None = None) -> tuple[str, str]:
     return store_url(url or None), name
 
 
+# Schemes whose stores take a ``create`` option: a store only read from is never created
+# (a mistyped sqlite path must be "not found", not an empty store).
+_CREATING = ("sqlite", "file")
+
+
+def _no_create(url: str) -> dict[str, Any]:
+    scheme = url.partition(":")[0].lower()
+    return {"create": False} if scheme in _CREATING else {}
+
+
+def creates(url: str) -> bool:
+    """Whether opening *url* for writing would create a store that does not exist yet
+    (an ``sqlite:`` file unless ``create=false``, a ``file:`` URL with ``create=true``)."""
+    from urllib.parse import parse_qs, urlsplit
+
+    parts = urlsplit(url)
+    given = parse_qs(parts.query).get("create", [])
+    default = parts.scheme.lower() == "sqlite"
+    return given[-1].lower() in ("true", "1", "yes", "on") if given else default
+
+
 def read_store(url: str) -> AbstractReadOnlyStore:
-    """The connected store *url* opens, read-only ones included (use it in ``with``)."""
+    """The connected store *url* opens, read-only ones included (use it in ``with``);
+    a store that does not exist is not created (FileNotFoundError)."""
     from storekeeper.store.registry import open_read_only_store
 
-    return open_read_only_store(url)
+    return open_read_only_store(url, **_no_create(url))
 
 
-def write_store(url: str) -> AbstractStore:
-    """The connected writable store *url* opens (use it in ``with``)."""
+def write_store(url: str, *, create: bool = True) -> AbstractStore:
+    """The connected writable store *url* opens (use it in ``with``); without *create*,
+    one that does not exist is not created (FileNotFoundError), as for reading."""
     from storekeeper.store.registry import open_store
 
-    return open_store(url)
+    return open_store(url, **({} if create else _no_create(url)))
 
 
 # -- values on the command line ------------------------------------------------------------
