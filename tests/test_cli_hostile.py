@@ -126,11 +126,6 @@ def test_hash_inside_key_after_url_fragment(run: Run, tmp_path: Path) -> None:
     assert "we?ird%20key" in keys_of(run, store)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a bare key holding '#' (with $STOREKEEPER_URL) is parsed as a store URL "
-    "'k' (no scheme) and refused with exit 2, though 'k' does not start like scheme:",
-)
 def test_bare_key_with_hash_uses_env_store(run: Run, tmp_path: Path) -> None:
     store = f"sqlite:///{tmp_path / 'a.db'}"
     ok(run("put", store, "--key", "k#2", stdin="x"))
@@ -198,11 +193,6 @@ def test_m_values_json_or_string(run: Run, tmp_path: Path) -> None:
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: metadata nested ~5000 deep exits 1 with 'Error: RecursionError: maximum "
-    "recursion depth exceeded ...' instead of the usage error (exit 2) given at 500 levels",
-)
 @pytest.mark.parametrize("opt", ["--meta", "-m"])
 def test_very_deep_metadata_is_usage_error(tmp_path: Path, opt: str) -> None:
     store = f"sqlite:///{tmp_path / 'a.db'}"

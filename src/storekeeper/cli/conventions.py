@@ -9,7 +9,8 @@ how errors become exit codes.
 - **Stores**: a ``STORE`` operand is a store URL; left out, ``$STOREKEEPER_URL`` is used.
 - **Keys**: ``STORE_URL#key``, ``#key`` or a bare key (both in ``$STOREKEEPER_URL``), or
   ``--key KEY`` with the store as the operand. A bare key that looks like a URL
-  (``a:b``) must be written ``#a:b``.
+  (``a:b``) must be written ``#a:b``; one that does not is a key whole, ``#`` included
+  (``k#2``).
 - **Values** given on the command line (``-m name=value``, query terms) are JSON when
   they parse as JSON (``5``, ``true``, ``"007"``, ``[1,2]``) and strings otherwise.
 - **Output**: ``--json`` prints one JSON object per line; progress goes to stderr, and
@@ -149,10 +150,11 @@ def split_key(target: str | None, key: str | None = None) -> tuple[str, str]:
     if not target:
         raise click.UsageError("name a key: STORE_URL#key, #key or --key KEY")
     url, hashmark, name = target.partition("#")
-    if not hashmark:
-        if looks_like_url(target):
-            raise click.UsageError(f"{target!r} names no key: add #key or --key KEY")
-        url, name = "", target
+    if not looks_like_url(target):
+        if url:  # a bare key, "#" and all ("k#2"); "#k" names k in $STOREKEEPER_URL
+            url, name = "", target
+    elif not hashmark:
+        raise click.UsageError(f"{target!r} names no key: add #key or --key KEY")
     if not name:
         raise click.UsageError(f"{target!r} names an empty key")
     return store_url(url or None), name
@@ -205,15 +207,25 @@ def parse_json(text: str, what: str) -> Any:
     try:
         return json.loads(text, parse_constant=_no_constant)
     except ValueError as exc:
-        raise click.BadParameter(f"{what} is not valid JSON ({exc}): {text!r}") from None
+        raise click.BadParameter(f"{what} is not valid JSON ({exc}): {_short(text)}") from None
+    except RecursionError:
+        raise click.BadParameter(f"{what} is JSON nested too deeply: {_short(text)}") from None
 
 
 def parse_value(text: str) -> Any:
-    """*text* as JSON if it is valid JSON, else the string itself."""
+    """*text* as JSON if it is valid JSON, else the string itself; JSON nested too
+    deeply to parse is a usage error (it is meant as JSON, and no store keeps it)."""
     try:
         return json.loads(text, parse_constant=_no_constant)
     except ValueError:
         return text
+    except RecursionError:
+        raise click.BadParameter(f"a value is JSON nested too deeply: {_short(text)}") from None
+
+
+def _short(text: str) -> str:
+    """*text* quoted, cut to a length that fits on one error line."""
+    return repr(text) if len(text) <= 80 else repr(text[:77]) + "..."
 
 
 def parse_metadata(meta: str | None, pairs: tuple[str, ...]) -> dict[str, Any] | None:

@@ -225,8 +225,9 @@ def rm(
     if len(stores) > 1:
         raise click.UsageError("name one STORE; keys in other stores as STORE_URL#key")
     default = stores[0] if stores else None
-    named = [split_key(t) for t in targets if "#" in t]
-    bare = [t for t in targets if "#" not in t and not looks_like_url(t)] + list(keys)
+    in_url = [t for t in targets if t.startswith("#") or ("#" in t and looks_like_url(t))]
+    named = [split_key(t) for t in in_url]
+    bare = [t for t in targets if t not in in_url and not looks_like_url(t)] + list(keys)
     named += [(store_url(default), name) for name in bare]
     if prefix is None and not named:
         raise click.UsageError("name the keys to remove, or --prefix P")
