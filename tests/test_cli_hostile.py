@@ -373,11 +373,6 @@ def test_usage_error_is_one_line(run: Run, tmp_path: Path) -> None:
     assert len(res.stderr.strip().splitlines()) == 1, res.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: 'meta update KEY [1]' (positional JSON) is refused with a message about "
-    "--meta, an option the user did not give (meta set/update take no --meta)",
-)
 def test_meta_positional_json_error_names_the_argument(run: Run, tmp_path: Path) -> None:
     store = f"sqlite:///{tmp_path / 'a.db'}"
     ok(run("put", f"{store}#k", stdin="x"))

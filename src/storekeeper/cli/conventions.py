@@ -228,16 +228,19 @@ def _short(text: str) -> str:
     return repr(text) if len(text) <= 80 else repr(text[:77]) + "..."
 
 
-def parse_metadata(meta: str | None, pairs: tuple[str, ...]) -> dict[str, Any] | None:
-    """The metadata of ``--meta JSON`` and ``-m name=value`` options (the pairs win),
-    ``None`` when neither was given."""
+def parse_metadata(
+    meta: str | None, pairs: tuple[str, ...], what: str = "--meta"
+) -> dict[str, Any] | None:
+    """The metadata of a JSON object (the ``--meta`` option, or the argument *what*
+    names in errors) and ``-m name=value`` options (the pairs win), ``None`` when
+    neither was given."""
     if meta is None and not pairs:
         return None
     metadata: dict[str, Any] = {}
     if meta is not None:
-        parsed = parse_json(meta, "--meta")
+        parsed = parse_json(meta, what)
         if not isinstance(parsed, dict):
-            raise click.BadParameter(f"--meta must be a JSON object, not {meta!r}")
+            raise click.BadParameter(f"{what} must be a JSON object, not {_short(meta)}")
         metadata.update(parsed)
     for pair in pairs:
         name, equals, value = pair.partition("=")

@@ -88,7 +88,7 @@ def set_(
       storekeeper meta set '#photos/cat.jpg' -m title=Cat -m year=2024 --if-version 7
     """
     url, name, text = _operands(operands, key)
-    metadata = parse_metadata(text, pairs)
+    metadata = parse_metadata(text, pairs, "the JSON argument")
     if metadata is None:
         raise click.UsageError("give the metadata: JSON and/or -m NAME=VALUE")
     with write_store(url) as opened:
@@ -112,7 +112,7 @@ def update(
       storekeeper meta update '#photos/cat.jpg' '{"tags": ["pet"]}'
     """
     url, name, text = _operands(operands, key)
-    metadata = parse_metadata(text, pairs)
+    metadata = parse_metadata(text, pairs, "the JSON argument")
     if metadata is None:
         raise click.UsageError("give the metadata: JSON and/or -m NAME=VALUE")
     with write_store(url) as opened:
