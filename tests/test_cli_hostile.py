@@ -361,11 +361,6 @@ def test_wrong_argument_combinations(run: Run, tmp_path: Path) -> None:
     assert value(run, store, "k") == (b"orig", {})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: usage errors (bad JSON, -m, arg combos) print click's 'Usage:'/'Try' "
-    "preamble: 4 lines on stderr where an error is promised to be one line",
-)
 def test_usage_error_is_one_line(run: Run, tmp_path: Path) -> None:
     store = f"sqlite:///{tmp_path / 'a.db'}"
     res = run("put", f"{store}#k", "--meta", "[1]", stdin="x")
