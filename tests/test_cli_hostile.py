@@ -936,11 +936,6 @@ def test_progress_only_on_a_terminal(tmp_path: Path) -> None:
     assert err.rstrip().endswith(b"copied 60 keys (3000000 bytes), 0 unchanged")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: on a terminal the progress bar is redrawn once per key, unthrottled (250 "
-    "keys: 256 redraws, 62 kB of escapes; 1500 x 20 kB keys: 376 kB and ~7 s vs ~1 s piped)",
-)
 def test_progress_redraws_are_throttled(tmp_path: Path) -> None:
     src = _make_source(tmp_path, 250, 20_000)
     rc, err, _ = _run_on_pty([SK, "cp", src, f"sqlite:///{tmp_path / 't.db'}"])
