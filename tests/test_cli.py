@@ -322,7 +322,8 @@ def test_users(run: Run, url: str) -> None:
         )
     )
     ok(run("users", "add", url, "bob", "--password-stdin", stdin="pw2\n", env=env))
-    fails(run("users", "add", url, "bob", "--password-stdin", stdin="x\n", env=env), 4)
+    line = fails(run("users", "add", url, "bob", "--password-stdin", stdin="x\n", env=env), 4)
+    assert line == "Error: user 'bob' already exists"  # not the record's key
     fails(run("users", "add", url, "carol", "--password-stdin", stdin="x\n"), 2, "secret")
     assert ok(run("users", "list", url)).stdout.split() == ["alice", "bob"]
     assert lines(ok(run("users", "list", url, "--json"))) == [
@@ -337,7 +338,7 @@ def test_users(run: Run, url: str) -> None:
         with pytest.raises(AuthenticationError):
             SimpleAuthStore(store, make_encoder(b"app-secret")).connect(("bob", "wrong"))
     ok(run("users", "rm", url, "bob"))
-    fails(run("users", "rm", url, "bob"), 3)
+    assert fails(run("users", "rm", url, "bob"), 3) == "Error: no user 'bob'"
     assert ok(run("users", "list", url)).stdout.split() == ["alice"]
 
 
