@@ -145,6 +145,19 @@ def test_rm(run: Run, url: str) -> None:
     assert ok(run("ls", url)).stdout.split() == ["keep"]
 
 
+def test_rm_every_key_needs_all(run: Run, url: str) -> None:
+    for key in ("a", "b/c"):
+        ok(run("put", f"{url}#{key}", stdin=b"."))
+    fails(run("rm", url, "--prefix", ""), 2, "--all")
+    assert ok(run("rm", url, "--prefix", "", "--dry-run")).stdout.split("\n")[:2] == [
+        "would remove a",
+        "would remove b/c",
+    ]
+    assert ok(run("ls", url)).stdout.split() == ["a", "b/c"]
+    ok(run("rm", url, "--prefix", "", "--all"))
+    assert ok(run("ls", url)).stdout == ""
+
+
 def test_meta_commands(run: Run, url: str) -> None:
     ok(run("put", f"{url}#k", stdin=b"data"))
     ok(run("meta", "set", f"{url}#k", '{"title": "T", "n": 1}'))
