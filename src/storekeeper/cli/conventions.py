@@ -7,6 +7,8 @@ how errors become exit codes.
   ``--create-only``, an existing user).
 - **Errors**: one line on stderr, ``Error: <message>``; the traceback too with ``--debug``.
 - **Stores**: a ``STORE`` operand is a store URL; left out, ``$STOREKEEPER_URL`` is used.
+  A store a command only reads (ls, cat, get, head, glob, query, info, meta get, the
+  SRC of cp/sync, rm, a dry run's DST) is never created: a missing one is exit 3.
 - **Keys**: ``STORE_URL#key``, ``#key`` or a bare key (both in ``$STOREKEEPER_URL``), or
   ``--key KEY`` with the store as the operand. A bare key that looks like a URL
   (``a:b``) must be written ``#a:b``; one that does not is a key whole, ``#`` included
