@@ -115,5 +115,5 @@ def update(
     metadata = parse_metadata(text, pairs, "the JSON argument")
     if metadata is None:
         raise click.UsageError("give the metadata: JSON and/or -m NAME=VALUE")
-    with write_store(url) as opened:
+    with write_store(url, create=False) as opened:  # KEY must exist: so must its store
         opened.update_metadata(name, metadata, if_version=if_version)
