@@ -99,6 +99,21 @@ def test_open_store_urls(tmp_path: Path) -> None:
         open_store("sqlite://host/x.db")
 
 
+def test_create_false_opens_only_an_existing_database(tmp_path: Path) -> None:
+    missing = tmp_path / "typo.db"
+    with pytest.raises(FileNotFoundError, match=r"typo\.db"):
+        open_store(f"sqlite:///{missing}?create=false")
+    with pytest.raises(FileNotFoundError):
+        SqliteStore(missing, create=False).connect()
+    assert sorted(os.listdir(tmp_path)) == []
+    with open_store(f"sqlite:///{missing}") as store:  # create=true is the default
+        store.set("k", (b"v", {}))
+    with open_store(f"sqlite:///{missing}?create=false") as again:
+        assert again.to_bytes("k") == b"v"
+    with open_store("sqlite://", create=False) as memory:  # nothing to find in memory
+        assert list(memory.list_keys()) == []
+
+
 def test_hostile_table_and_metadata_names_cannot_inject_sql(tmp_path: Path) -> None:
     table = 'x"; DROP TABLE victim; --'
     db = tmp_path / "inject.db"
