@@ -388,6 +388,34 @@ def test_etag_and_if_none_match(c: Client, store: Any) -> None:
     assert r.headers["ETag"] != etag
 
 
+def test_304_and_206_carry_validators(c: Client, store: Any) -> None:
+    store.set("v", (DATA, {}))
+    etag = c("HEAD", "/store/v/data").headers["ETag"]
+    r = c("GET", "/store/v/data", headers={"If-None-Match": etag})
+    assert r.status == 304
+    assert r.headers.get("ETag") == etag  # RFC 9110 15.4.5
+    r = c("GET", "/store/v/data", headers={"Range": "bytes=1-2"})
+    assert r.status == 206
+    assert r.headers.get("ETag") == etag
+    r = c("GET", "/store/v/data", headers={"Range": "bytes=1-2", "If-Range": etag})
+    assert (r.status, r.body) == (206, DATA[1:3])
+    r = c("GET", "/store/v/data", headers={"Range": "bytes=1-2", "If-None-Match": etag})
+    assert r.status == 304
+
+
+def test_ranges_on_a_file_backed_value(c: Client, store: Any) -> None:
+    value = os.urandom(3 << 20)  # over 1 MiB: kept in its own file by SQLite
+    store.set("fb", (value, {}))
+    for spec, start, end in [
+        ("bytes=1048570-1048590", 1048570, 1048591),
+        ("bytes=-7", len(value) - 7, len(value)),
+        (f"bytes={len(value) - 3}-", len(value) - 3, len(value)),
+    ]:
+        r = c("GET", "/store/fb/data", headers={"Range": spec})
+        assert (r.status, r.body) == (206, value[start:end]), spec
+    assert c("GET", "/store/fb/data", headers={"Range": f"bytes={len(value)}-"}).status == 416
+
+
 def test_if_none_match_star_on_get_existing_is_304(c: Client, store: Any) -> None:
     store.set("e", (b"x", {}))
     assert c("GET", "/store/e/data", headers={"If-None-Match": "*"}).status == 304
@@ -1209,6 +1237,27 @@ def test_auth_exists_only_metadata_is_no_query_oracle(auth_env: dict[str, Any]) 
         assert b"bob may see" not in r.body
 
 
+def test_auth_more_forbidden_parts(auth_env: dict[str, Any]) -> None:
+    bob, alice, base = auth_env["bob"], auth_env["alice"], auth_env["base"]
+    r = bob("GET", "/store/shared/r/auth")
+    assert r.status == 403, r
+    assert b"owned" not in r.body
+    meta = b'{"m": 1}'
+    r = bob("PUT", "/store/shared/r/value", meta + b"evil", {ML: str(len(meta))})
+    assert r.status == 403, r
+    assert base.to_bytes("shared/r") == b"bob may read"
+    assert bob("GET", "/store/shared/r/value").status == 200
+    r = alice("PUT", "/store/.user_mallory/data", b'{"password": "x"}')
+    assert 400 <= r.status < 500, r
+    assert not base.exists(".user_mallory")
+
+
+def test_auth_scheme_is_case_insensitive(auth_env: dict[str, Any]) -> None:
+    token = base64.b64encode(b"bob:pw-bob").decode()
+    bob = Client(auth_env["url"], {"Authorization": f"basic {token}"})
+    assert bob("GET", "/info").status == 200  # RFC 9110 11.1: schemes are case-insensitive
+
+
 def test_auth_utf8_basic_credentials(tmp_path: Path) -> None:
     base = open_store(f"sqlite:///{tmp_path / 'u.db'}")
     auth = SimpleAuthStore(base, make_encoder(b"salt", n=16))
@@ -1435,6 +1484,59 @@ def test_sse_metadata_null_for_exists_only(auth_env: dict[str, Any]) -> None:
         sse.close()
 
 
+def _batch(*ops: tuple[dict[str, Any], bytes]) -> bytes:
+    out = b""
+    for op, data in ops:
+        line = {**op, "size": len(data)} if op["op"] in ("set", "set_data") else op
+        out += json.dumps(line).encode() + b"\n" + data
+    return out
+
+
+def test_batch_is_all_or_nothing_and_silent_on_failure(c: Client, store: Any) -> None:
+    store.set("keep", (b"keep", {}))
+    sse = SSE(c)
+    try:
+        body = _batch(
+            ({"op": "set", "key": "b/1", "metadata": {"a": 1}}, b"one"),
+            ({"op": "delete", "key": "keep"}, b""),
+            ({"op": "delete", "key": "b/missing"}, b""),
+        )
+        r = c("POST", "/batch", body)
+        assert 400 <= r.status < 500, r
+        assert not store.exists("b/1")
+        assert store.to_bytes("keep") == b"keep"
+        r = c("POST", "/batch", _batch(({"op": "set", "key": "b/2", "metadata": {}}, b"two")))
+        assert r.status == 200, r
+        ev = json.loads(sse.next_event()["data"])
+        assert ev["key"] == "b/2", ev  # nothing was announced for the failed batch
+    finally:
+        sse.close()
+    assert store.to_bytes("b/2") == b"two"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"op": "set", "key": "x", "metadata": {}, "size": 100}\nshort',
+        b'{"op": "explode", "key": "x"}\n',
+        b'{"op": "set", "key": "x", "metadata": {}, "size": 1}\nA{not json\n',
+        b'{"op": "set", "key": "x", "metadata": [], "size": 1}\nA',
+        b'{"op": "set", "key": "", "metadata": {}, "size": 1}\nA',
+        b'{"op": "set", "key": "x", "metadata": {}, "size": -1}\nA',
+        b"[1, 2, 3]\n",
+    ],
+    ids=["short", "unknown-op", "bad-json", "meta-list", "empty-key", "neg-size", "not-object"],
+)
+def test_bad_batch_is_400_nothing_applied(c: Client, store: Any, body: bytes) -> None:
+    store.set("keep", (b"keep", {}))
+    prefix = b'{"op": "delete", "key": "keep"}\n'
+    r = c("POST", "/batch", prefix + body)
+    assert 400 <= r.status < 500, r
+    assert store.to_bytes("keep") == b"keep"
+    assert sorted(store.list_keys()) == ["keep"]
+    assert alive(c)
+
+
 # --------------------------------------------------------------------------- DynamicURLStore
 
 
@@ -1557,6 +1659,56 @@ def test_dynamic_abandoned_streams_do_not_poison_the_pool(server: ServerThread, 
         assert time.monotonic() - t0 < 8
     finally:
         dyn.disconnect()
+
+
+class _Exploding:
+    def __init__(self, good: int) -> None:
+        self.left = good
+
+    def read(self, n: int = -1) -> bytes:
+        if self.left <= 0:
+            raise OSError("disk on fire")
+        n = 65536 if n is None or n < 0 else min(n, 65536)
+        n = min(n, self.left)
+        self.left -= n
+        return b"N" * n
+
+
+def test_dynamic_failing_source_keeps_old_value(dyn: Any, store: Any) -> None:
+    store.set("src", (b"old value", {"m": 1}))
+    with pytest.raises(OSError, match="disk on fire"):
+        dyn.set("src", (_Exploding(3 << 20), {"m": 2}))
+    with pytest.raises(OSError, match="disk on fire"):
+        dyn.set_data("src", _Exploding(100))
+    time.sleep(0.2)
+    assert store.to_bytes("src") == b"old value"
+    assert store.get_metadata("src") == {"m": 1}
+    assert dyn.to_bytes("src") == b"old value"
+    dyn.set("src", (iter([b"a", b"b", b"c"]), {}))
+    assert store.to_bytes("src") == b"abc"
+
+
+def test_dynamic_transaction_belongs_to_its_thread(dyn: Any, store: Any) -> None:
+    ready, checked = threading.Event(), threading.Event()
+    seen: list[bool] = []
+
+    def other() -> None:
+        ready.wait(10)
+        seen.append(dyn.exists("tt/inside"))  # not this thread's transaction
+        checked.set()
+        dyn.set("tt/outside", (b"o", {}))  # may wait for the transaction: fine
+
+    t = threading.Thread(target=other)
+    t.start()
+    with dyn.transaction():
+        dyn.set("tt/inside", (b"i" * (2 << 20), {}))
+        ready.set()
+        assert checked.wait(10)
+        assert not store.exists("tt/inside")
+    t.join(10)
+    assert seen == [False]
+    assert store.to_bytes("tt/inside") == b"i" * (2 << 20)
+    assert store.to_bytes("tt/outside") == b"o"
 
 
 def test_dynamic_missing_key_errors(dyn: Any) -> None:
@@ -1704,7 +1856,7 @@ STATIC_KEYS = {
     "a%2F": {"n": 2},
     "x%25y": {"n": 3},
     "q?x#y": {"n": 4},
-    "été/☃": {"n": 5, "s": "ünï"},
+    "été/☃": {"n": 5, "s": "ünï 😀 \u2028"},
     "sp ace/f": {"n": 6},
     "index.json": {"n": 7},
     "data": {"n": 8},
@@ -1933,6 +2085,30 @@ def test_export_static_command(store: Any, tmp_path: Path) -> None:
     assert r.returncode != 0
     assert "a/b" in r.stderr or "'a'" in r.stderr
     assert not site.exists() or not any(site.iterdir())
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/../../../../etc/passwd",
+        "/%2e%2e/%2e%2e/%2e%2e/%2e%2e/etc/passwd",
+        "/static/../../../../../../etc/passwd",
+        "/static/%2e%2e%2f%2e%2e%2f%2e%2e%2f%2e%2e%2f%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+        "/..%2f..%2f..%2f..%2f..%2f..%2fetc%2fpasswd",
+        "//etc/passwd",
+        "/static//etc/passwd",
+    ],
+)
+def test_web_page_no_path_traversal(c: Client, path: str) -> None:
+    r = c("GET", path)
+    assert b"root:" not in r.body, (path, r)
+    assert r.status < 500
+
+
+def test_web_page_served(c: Client) -> None:
+    r = c("GET", "/")
+    assert r.status == 200
+    assert r.headers["Content-Type"].startswith("text/html")
 
 
 # --------------------------------------------------------------------------- storekeeper serve
