@@ -935,6 +935,104 @@ def test_fifty_concurrent_clients(c: Client, store: Any) -> None:
     assert len(list(store.list_keys("conc/"))) == n
 
 
+@contextlib.contextmanager
+def open_sockets(c: Client, n: int, payload: bytes = b"") -> Iterator[list[socket.socket]]:
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(n):
+            sock = socket.create_connection((c.host, c.port), timeout=10)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            if payload:
+                sock.sendall(payload)
+            socks.append(sock)
+        yield socks
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def _responsive(c: Client, store: Any, tag: str) -> None:
+    t0 = time.monotonic()
+    assert c("PUT", f"/store/resp/{tag}/data", b"ok").status < 300
+    assert c("GET", f"/store/resp/{tag}/data").body == b"ok"
+    assert c("GET", "/query").status == 200
+    assert time.monotonic() - t0 < 5
+    assert store.to_bytes(f"resp/{tag}") == b"ok"
+
+
+def test_idle_connections_do_not_starve_others(c: Client, store: Any) -> None:
+    with open_sockets(c, 100):
+        _responsive(c, store, "idle")
+
+
+def test_sixty_sse_listeners_do_not_starve_others(c: Client, store: Any) -> None:
+    with open_sockets(c, 60, b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n") as socks:
+        time.sleep(0.5)
+        _responsive(c, store, "sse")
+        for sock in socks[:: len(socks) // 5]:
+            sock.settimeout(5)
+            got = b""
+            while b"resp/sse" not in got:
+                got += sock.recv(65536)
+
+
+def test_fifty_stalled_downloads_do_not_starve_others(c: Client, store: Any) -> None:
+    store.set("big", (os.urandom(4 << 20), {}))
+    with open_sockets(c, 50, b"GET /store/big/data HTTP/1.1\r\nHost: x\r\n\r\n"):
+        time.sleep(0.5)
+        _responsive(c, store, "dl")
+
+
+def test_fifty_stalled_uploads_do_not_starve_others(c: Client, store: Any) -> None:
+    store.set("up", (b"old", {}))
+    head = b"PUT /store/up/data HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\npartial"
+    with open_sockets(c, 50, head):
+        time.sleep(0.5)
+        _responsive(c, store, "ul")
+    time.sleep(0.3)
+    assert store.to_bytes("up") == b"old"
+
+
+def test_huge_headers_are_refused_cleanly(c: Client) -> None:
+    r = c("GET", "/query", headers={"X-Big": "x" * 200_000})
+    assert r.status < 500
+    assert alive(c)
+
+
+@pytest.mark.parametrize("size", [200_000, 24 << 20], ids=["inline", "file"])
+@pytest.mark.parametrize("action", ["overwrite", "delete"])
+def test_download_during_overwrite_is_never_mixed(
+    c: Client, store: Any, size: int, action: str
+) -> None:
+    old = b"A" * size
+    store.set("mix", (old, {}))
+    with socket.create_connection((c.host, c.port), timeout=10) as sock:
+        sock.sendall(b"GET /store/mix/data HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        got = sock.recv(1000)
+        if action == "overwrite":
+            assert c("PUT", "/store/mix/data", b"B" * size).status < 300
+        else:
+            assert c("DELETE", "/store/mix").status < 300
+        sock.settimeout(10)
+        while chunk := sock.recv(1 << 20):
+            got += chunk
+    head, body = got.split(b"\r\n\r\n", 1)
+    assert b" 200 " in head.split(b"\r\n")[0]
+    assert body in (old, b"B" * size), (len(body), body.count(b"A"), body.count(b"B"))
+
+
+def test_etag_not_reused_after_delete_and_recreate(c: Client, store: Any) -> None:
+    assert c("PUT", "/store/aba/data", b"same").status < 300
+    etag1 = c("HEAD", "/store/aba/data").headers["ETag"]
+    assert c("DELETE", "/store/aba").status < 300
+    assert c("PUT", "/store/aba/data", b"same").status < 300
+    etag2 = c("HEAD", "/store/aba/data").headers["ETag"]
+    assert etag1 != etag2
+    r = c("PUT", "/store/aba/data", b"late", headers={"If-Match": etag1})
+    assert r.status == 412
+    assert store.to_bytes("aba") == b"same"
+
+
 def test_abandoned_download_does_not_disturb_server(c: Client, store: Any) -> None:
     value = os.urandom(8 << 20)
     store.set("huge", (value, {}))
