@@ -1809,6 +1809,79 @@ def test_dynamic_transaction_belongs_to_its_thread(dyn: Any, store: Any) -> None
     assert store.to_bytes("tt/outside") == b"o"
 
 
+def _in_thread(fn: Any, timeout: float = 8) -> Any:
+    out: list[Any] = []
+    t = threading.Thread(target=lambda: out.append(fn()), daemon=True)
+    t.start()
+    t.join(timeout)
+    assert not t.is_alive(), "deadlocked"
+    return out[0]
+
+
+def test_dynamic_suspended_listing_does_not_block_the_pool(
+    server: ServerThread, store: Any
+) -> None:
+    from storekeeper.backends.http import DynamicURLStore
+
+    store.multiset([f"l/{i:05}" for i in range(3000)], [(b"x", {})] * 3000)
+    dyn = DynamicURLStore(server.url + "/store", pool_size=1, timeout=10)
+    dyn.connect()
+    try:
+        it = dyn.list_keys("l/")
+        assert next(it) == "l/00000"
+        assert _in_thread(lambda: dyn.to_bytes("l/00001")) == b"x"
+        assert _in_thread(lambda: dyn.exists("l/00002"))
+        it2 = dyn.list_keys("l/")
+        next(it2)
+        assert _in_thread(lambda: dyn.set("l/new", (b"n", {}))) is not None
+        rest = list(it)
+        assert rest[:2999] == [f"l/{i:05}" for i in range(1, 3000)]
+        assert rest[2999:] in ([], ["l/new"])
+    finally:
+        dyn.disconnect()
+
+
+def test_static_suspended_listing_does_not_deadlock(store: Any, tmp_path: Path) -> None:
+    store.multiset([f"s/{i}" for i in range(50)], [(b"x", {"i": i}) for i in range(50)])
+    site = tmp_path / "site"
+    export_static(store, site, durable=False)
+    s = open_read_only_store(site.as_uri().replace("file:", "file+static:", 1) + "?poll=0")
+    try:
+        it = s.list_keys("s/")
+        next(it)
+        store.set("s/new", (b"n", {}))
+        export_static(store, site, durable=False)
+        _in_thread(s.update_index)
+        _in_thread(lambda: s.query_keys(i=3))
+        list(it)
+    finally:
+        s.disconnect()
+
+
+def test_static_polling_notices_changes(store: Any, tmp_path: Path) -> None:
+    from storekeeper.store import StoreModificationEvent
+
+    store.set("p", (b"1", {}))
+    site = tmp_path / "site"
+    export_static(store, site, durable=False)
+    with static_http(site) as (url, _hits):
+        s = open_read_only_store(url + "?static=true&poll=0.1")
+        heard: list[str] = []
+
+        def listen(e: Any) -> None:
+            if e.source is s:
+                heard.append(e.key)
+
+        s.event_manager.connect(StoreModificationEvent, listen)
+        try:
+            store.set("q", (b"2", {}))
+            export_static(store, site, durable=False)
+            assert wait_for(lambda: "q" in heard, 5)
+            assert s.to_bytes("q") == b"2"
+        finally:
+            s.disconnect()
+
+
 def test_dynamic_missing_key_errors(dyn: Any) -> None:
     assert not dyn.exists("nope")
     with pytest.raises(KeyError):
@@ -2183,6 +2256,11 @@ def test_export_static_command(store: Any, tmp_path: Path) -> None:
     assert r.returncode != 0
     assert "a/b" in r.stderr or "'a'" in r.stderr
     assert not site.exists() or not any(site.iterdir())
+    store.delete("a")
+    r = subprocess.run(exe, capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((site / "index.json").read_text()) == {"a/b": {"x": 1}}
+    assert (site / "data" / "a" / "b").read_bytes() == b"cli"
 
 
 @pytest.mark.parametrize(
@@ -2232,8 +2310,9 @@ def test_serve_command_subprocess(tmp_path: Path) -> None:
         assert cl("PUT", "/store/k%2Bx+y/data", b"via cli").status < 300
         assert cl("GET", "/query").body.decode() == "k+x+y\n"
     finally:
-        proc.terminate()
-        proc.wait(10)
+        proc.send_signal(2)  # Ctrl-C ends a server with status 0
+        rc = proc.wait(10)
+    assert rc == 0
     s = open_store(f"sqlite:///{db}")
     try:
         assert s.to_bytes("k+x+y") == b"via cli"
