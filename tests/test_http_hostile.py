@@ -133,6 +133,12 @@ def alive(client: Client) -> bool:
     return client("GET", "/query").status == 200
 
 
+def _cases(names: Any, values: list[Any], ids: Any = None) -> list[tuple[Any, ...]]:
+    """A ``parametrize`` table run as a loop in one test (one server instead of many)."""
+    del names, ids
+    return [v if isinstance(v, tuple) else (v,) for v in values]
+
+
 # --------------------------------------------------------------------------- fixtures
 
 
@@ -505,12 +511,21 @@ def test_if_match_on_get(c: Client, store: Any) -> None:
     assert r.status == 412, r
 
 
-@pytest.mark.parametrize("name", ["select", "prefix", "delimiter", "where", "last_event_id"])
-def test_query_names_are_all_metadata(c: Client, store: Any, name: str) -> None:
+_QUERY_NAMES_ARE_ALL_METADATA_CASES = _cases(
+    "name", ["select", "prefix", "delimiter", "where", "last_event_id"]
+)
+
+
+def _check_query_names_are_all_metadata(c: Client, store: Any, name: str) -> None:
     store.set("hit", (b"", {name: "v"}))
     store.set("miss", (b"", {name: "w"}))
     r = c("GET", f"/query?{name}=" + quote(json.dumps("v")))
     assert (r.status, r.body) == (200, b"hit\n"), r
+
+
+def test_query_names_are_all_metadata(c: Any, store: Any) -> None:
+    for case in _QUERY_NAMES_ARE_ALL_METADATA_CASES:
+        _check_query_names_are_all_metadata(c, store, *case)
 
 
 def test_query_typed_values(c: Client, store: Any) -> None:
@@ -557,7 +572,7 @@ def test_if_match_star_requires_existence(c: Client, store: Any) -> None:
 DATA = bytes(range(100))
 
 
-@pytest.mark.parametrize(
+_SINGLE_RANGES_CASES = _cases(
     ("spec", "start", "end"),
     [
         ("bytes=0-3", 0, 4),
@@ -568,7 +583,9 @@ DATA = bytes(range(100))
         ("bytes=-500", 0, 100),
     ],
 )
-def test_single_ranges(c: Client, store: Any, spec: str, start: int, end: int) -> None:
+
+
+def _check_single_ranges(c: Client, store: Any, spec: str, start: int, end: int) -> None:
     store.set("r", (DATA, {}))
     r = c("GET", "/store/r/data", headers={"Range": spec})
     assert r.status == 206, r
@@ -577,12 +594,24 @@ def test_single_ranges(c: Client, store: Any, spec: str, start: int, end: int) -
     assert r.headers["Content-Length"] == str(end - start)
 
 
-@pytest.mark.parametrize("spec", ["bytes=100-", "bytes=100-200", "bytes=500-600"])
-def test_range_beyond_end_is_416(c: Client, store: Any, spec: str) -> None:
+def test_single_ranges(c: Any, store: Any) -> None:
+    for case in _SINGLE_RANGES_CASES:
+        _check_single_ranges(c, store, *case)
+
+
+_RANGE_BEYOND_END_IS_416_CASES = _cases("spec", ["bytes=100-", "bytes=100-200", "bytes=500-600"])
+
+
+def _check_range_beyond_end_is_416(c: Client, store: Any, spec: str) -> None:
     store.set("r", (DATA, {}))
     r = c("GET", "/store/r/data", headers={"Range": spec})
     assert r.status == 416, r
     assert r.headers.get("Content-Range") == "bytes */100"
+
+
+def test_range_beyond_end_is_416(c: Any, store: Any) -> None:
+    for case in _RANGE_BEYOND_END_IS_416_CASES:
+        _check_range_beyond_end_is_416(c, store, *case)
 
 
 def test_range_on_empty_value_is_416(c: Client, store: Any) -> None:
@@ -591,15 +620,22 @@ def test_range_on_empty_value_is_416(c: Client, store: Any) -> None:
     assert r.status == 416, r
 
 
-@pytest.mark.parametrize(
+_INVALID_RANGE_IS_IGNORED_OR_416_CASES = _cases(
     "spec", ["bytes=abc", "bytes=5-2", "pages=1-2", "bytes=", "bytes=--1", "bytes=1-2-3"]
 )
-def test_invalid_range_is_ignored_or_416(c: Client, store: Any, spec: str) -> None:
+
+
+def _check_invalid_range_is_ignored_or_416(c: Client, store: Any, spec: str) -> None:
     store.set("r", (DATA, {}))
     r = c("GET", "/store/r/data", headers={"Range": spec})
     assert r.status in (200, 416), r
     if r.status == 200:
         assert r.body == DATA
+
+
+def test_invalid_range_is_ignored_or_416(c: Any, store: Any) -> None:
+    for case in _INVALID_RANGE_IS_IGNORED_OR_416_CASES:
+        _check_invalid_range_is_ignored_or_416(c, store, *case)
 
 
 def test_multiple_ranges(c: Client, store: Any) -> None:
@@ -715,8 +751,12 @@ def test_value_part_roundtrip(c: Client, store: Any) -> None:
     assert r.body[n:] == b"DATA"
 
 
-@pytest.mark.parametrize("length", [None, "-1", "abc", "999", "3", "1e3", " 8"])
-def test_value_part_bad_metadata_length_is_400(c: Client, store: Any, length: str | None) -> None:
+_VALUE_PART_BAD_METADATA_LENGTH_IS_400_CASES = _cases(
+    "length", [None, "-1", "abc", "999", "3", "1e3", " 8"]
+)
+
+
+def _check_value_part_bad_metadata_length_is_400(c: Client, store: Any, length: str | None) -> None:
     store.set("v", (b"old", {"m": 1}))
     meta = b'{"m": 2}'
     headers = {} if length is None else {ML: length}
@@ -727,6 +767,11 @@ def test_value_part_bad_metadata_length_is_400(c: Client, store: Any, length: st
     assert r.status == 400, r
     assert store.to_bytes("v") == b"old"
     assert store.get_metadata("v") == {"m": 1}
+
+
+def test_value_part_bad_metadata_length_is_400(c: Any, store: Any) -> None:
+    for case in _VALUE_PART_BAD_METADATA_LENGTH_IS_400_CASES:
+        _check_value_part_bad_metadata_length_is_400(c, store, *case)
 
 
 def test_max_upload_is_413_and_nothing_stored(store: Any) -> None:
@@ -810,6 +855,30 @@ def test_content_length_with_chunked_is_not_smuggled(c: Client, store: Any) -> N
         assert not store.exists("sm")
 
 
+DEEP = "[" * 50_000 + "]" * 50_000
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: deeply nested JSON (RecursionError in json.loads) answers 500 "
+    "InternalServerError instead of 400 on POST /query and POST /batch too",
+)
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/query", '{"where": ' + DEEP + "}"),
+        ("/query", '{"where": {}, "select": ' + DEEP + "}"),
+        ("/batch", '{"op": "delete", "key": ' + DEEP + "}\n"),
+    ],
+    ids=["query-where", "query-select", "batch"],
+)
+def test_deep_json_in_query_and_batch_is_400(c: Client, store: Any, path: str, body: str) -> None:
+    store.set("keep", (b"keep", {}))
+    r = c("POST", path, body)
+    assert r.status == 400, r
+    assert store.to_bytes("keep") == b"keep"
+
+
 def test_error_body_is_json(c: Client) -> None:
     r = c("PUT", "/store/x/metadata", b"{bad")
     assert r.headers["Content-Type"].startswith("application/json")
@@ -878,7 +947,7 @@ def test_post_metadata_on_missing_key_is_404(c: Client, store: Any) -> None:
 # --------------------------------------------------------------------------- read-only server
 
 
-@pytest.mark.parametrize(
+_READ_ONLY_SERVER_REFUSES_WRITES_CASES = _cases(
     ("method", "path", "body"),
     [
         ("PUT", "/store/ro/data", b"new"),
@@ -890,7 +959,9 @@ def test_post_metadata_on_missing_key_is_404(c: Client, store: Any) -> None:
         ("POST", "/batch", b'{"op": "delete", "key": "ro"}\n'),
     ],
 )
-def test_read_only_server_refuses_writes(
+
+
+def _check_read_only_server_refuses_writes(
     ro_client: Client, store: Any, method: str, path: str, body: bytes | None
 ) -> None:
     r = ro_client(method, path, body)
@@ -899,6 +970,11 @@ def test_read_only_server_refuses_writes(
     assert store.get_metadata("ro") == {"a": 1}
     assert list(store.list_keys()) == ["ro"]
     assert ro_client("GET", "/store/ro/data").body == b"old"
+
+
+def test_read_only_server_refuses_writes(ro_client: Any, store: Any) -> None:
+    for case in _READ_ONLY_SERVER_REFUSES_WRITES_CASES:
+        _check_read_only_server_refuses_writes(ro_client, store, *case)
 
 
 # --------------------------------------------------------------------------- concurrency
@@ -1612,7 +1688,7 @@ def test_batch_is_all_or_nothing_and_silent_on_failure(c: Client, store: Any) ->
     assert store.to_bytes("b/2") == b"two"
 
 
-@pytest.mark.parametrize(
+_BAD_BATCH_IS_400_NOTHING_APPLIED_CASES = _cases(
     "body",
     [
         b'{"op": "set", "key": "x", "metadata": {}, "size": 100}\nshort',
@@ -1625,7 +1701,9 @@ def test_batch_is_all_or_nothing_and_silent_on_failure(c: Client, store: Any) ->
     ],
     ids=["short", "unknown-op", "bad-json", "meta-list", "empty-key", "neg-size", "not-object"],
 )
-def test_bad_batch_is_400_nothing_applied(c: Client, store: Any, body: bytes) -> None:
+
+
+def _check_bad_batch_is_400_nothing_applied(c: Client, store: Any, body: bytes) -> None:
     store.set("keep", (b"keep", {}))
     prefix = b'{"op": "delete", "key": "keep"}\n'
     r = c("POST", "/batch", prefix + body)
@@ -1633,6 +1711,11 @@ def test_bad_batch_is_400_nothing_applied(c: Client, store: Any, body: bytes) ->
     assert store.to_bytes("keep") == b"keep"
     assert sorted(store.list_keys()) == ["keep"]
     assert alive(c)
+
+
+def test_bad_batch_is_400_nothing_applied(c: Any, store: Any) -> None:
+    for case in _BAD_BATCH_IS_400_NOTHING_APPLIED_CASES:
+        _check_bad_batch_is_400_nothing_applied(c, store, *case)
 
 
 # --------------------------------------------------------------------------- DynamicURLStore
@@ -1666,10 +1749,12 @@ def test_dynamic_conditional_writes(dyn: Any, store: Any) -> None:
     assert not store.exists("fresh")
 
 
-@pytest.mark.parametrize(
+_DYNAMIC_RANGES_END_EXCLUSIVE_CASES = _cases(
     ("start", "end"), [(0, 4), (2, 5), (5, None), (None, 3), (0, 0), (95, 200), (3, 3)]
 )
-def test_dynamic_ranges_end_exclusive(dyn: Any, store: Any, start: Any, end: Any) -> None:
+
+
+def _check_dynamic_ranges_end_exclusive(dyn: Any, store: Any, start: Any, end: Any) -> None:
     store.set("r", (DATA, {}))
     with dyn.get_data_range("r", start, end) as stream:
         got = stream.read()
@@ -1677,6 +1762,11 @@ def test_dynamic_ranges_end_exclusive(dyn: Any, store: Any, start: Any, end: Any
     with expected as e:
         assert got == e.read()
     assert got == DATA[slice(start, end)]
+
+
+def test_dynamic_ranges_end_exclusive(dyn: Any, store: Any) -> None:
+    for case in _DYNAMIC_RANGES_END_EXCLUSIVE_CASES:
+        _check_dynamic_ranges_end_exclusive(dyn, store, *case)
 
 
 def test_dynamic_hostile_keys_roundtrip(dyn: Any, store: Any) -> None:
@@ -2263,7 +2353,7 @@ def test_export_static_command(store: Any, tmp_path: Path) -> None:
     assert (site / "data" / "a" / "b").read_bytes() == b"cli"
 
 
-@pytest.mark.parametrize(
+_WEB_PAGE_NO_PATH_TRAVERSAL_CASES = _cases(
     "path",
     [
         "/../../../../etc/passwd",
@@ -2275,10 +2365,17 @@ def test_export_static_command(store: Any, tmp_path: Path) -> None:
         "/static//etc/passwd",
     ],
 )
-def test_web_page_no_path_traversal(c: Client, path: str) -> None:
+
+
+def _check_web_page_no_path_traversal(c: Client, path: str) -> None:
     r = c("GET", path)
     assert b"root:" not in r.body, (path, r)
     assert r.status < 500
+
+
+def test_web_page_no_path_traversal(c: Any) -> None:
+    for case in _WEB_PAGE_NO_PATH_TRAVERSAL_CASES:
+        _check_web_page_no_path_traversal(c, *case)
 
 
 def test_web_page_served(c: Client) -> None:
