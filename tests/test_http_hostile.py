@@ -1646,6 +1646,31 @@ def test_auth_token_expires(tmp_path: Path) -> None:
         base.disconnect()
 
 
+def test_revoked_user_stops_seeing_key_everywhere(auth_env: dict[str, Any]) -> None:
+    alice, bob = auth_env["alice"], auth_env["bob"]
+    assert bob("GET", "/store/shared/r/data").status == 200
+    sse = SSE(bob)
+    try:
+        r = alice("PUT", "/store/shared/r/auth", b'{"owned": ["alice"]}')
+        assert r.status < 300, r
+        assert alice("PUT", "/store/shared/r/metadata", b'{"tag": "after-revoke"}').status < 300
+        assert alice("PUT", "/store/shared/r/data", b"after revoke").status < 300
+        assert alice("PUT", "/store/shared/e/data", b"marker").status < 300
+        events = []
+        while True:
+            data = json.loads(sse.next_event()["data"])
+            events.append(data)
+            if data["key"] == "shared/e":
+                break
+        assert "after-revoke" not in json.dumps(events), events
+        assert len([e for e in events if e["key"] == "shared/r"]) <= 1, events
+    finally:
+        sse.close()
+    assert bob("GET", "/store/shared/r/data").status == 404
+    assert "shared/r" not in bob("GET", "/list").body.decode()
+    assert "shared/r" not in bob("GET", "/query").body.decode()
+
+
 def test_sse_metadata_null_for_exists_only(auth_env: dict[str, Any]) -> None:
     alice, bob = auth_env["alice"], auth_env["bob"]
     sse = SSE(bob)
