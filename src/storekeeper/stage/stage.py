@@ -1,0 +1,540 @@
+"""The stage: transactions over staged documents, each session writing its own copies.
+
+``with stage:`` opens a transaction for the current context (a thread, or an asyncio
+task). Reads merge every session's copy of a document, seen through the transaction's
+:class:`DirtyBuffer` (so a transaction reads its own writes); writes go to the buffer.
+When the block exits normally the buffer is flushed in one store transaction: each copy
+is re-read, merged with whatever another thread or process of the same session wrote
+meanwhile, and written with a conditional write, retried on conflict, so no edit is
+lost. When the block raises, the buffer is discarded and nothing is written.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import traceback
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import TypeVar
+
+from storekeeper import errors
+from storekeeper.stage._copies import Copy, CopyCache, load_copy
+from storekeeper.stage.codec import decode_slot, encode_document
+from storekeeper.stage.document import MergeableDocument
+from storekeeper.stage.merge import (
+    DocState,
+    build_document,
+    document_alive,
+    has_pending,
+    join_all_documents,
+    join_documents,
+    state_of,
+    tombstone,
+)
+from storekeeper.stage.route import (
+    KeySpec,
+    compile_format_to_pattern,
+    escape_component,
+    join_key,
+    unescape_component,
+)
+from storekeeper.stage.session import Revision, RevisionSet, Session, from_micros
+from storekeeper.store.abstract import AbstractStore
+from storekeeper.store.owners import current_owner
+
+__all__ = [
+    "SNAPSHOT_IDENTIFIER",
+    "BaseStage",
+    "DirtyBuffer",
+    "TransactionError",
+    "get_current_context_id",
+]
+
+_D = TypeVar("_D", bound=MergeableDocument)
+#: The name a compacted snapshot takes in place of a session identifier (it cannot be
+#: one: session identifiers have no ``@``).
+SNAPSHOT_IDENTIFIER = "@snapshot"
+_MISSING = "missing"  # the version token of a listed copy that has vanished since
+_COMMIT_ATTEMPTS = 64
+
+
+class TransactionError(errors.TransactionError, RuntimeError):
+    """A stage operation needs a transaction and none is open in this context, or one
+    is begun while another is open in it; also a commit that kept conflicting."""
+
+
+def get_current_context_id() -> object:
+    """The current context: the running asyncio task, or else the current thread."""
+    return current_owner()
+
+
+@dataclass(slots=True)
+class _Buffered:
+    document_type: type[MergeableDocument]
+    state: DocState
+    revision: Revision
+    bases: RevisionSet
+
+
+class DirtyBuffer:
+    """A transaction's pending writes: store key -> merge state of the session's copy.
+
+    Internal: the stage creates one per transaction and :meth:`flush`\\ es it on commit.
+    *repository* is the store it flushes to, *lock* the stage's lock shared by its buffers.
+    """
+
+    def __init__(
+        self, repository: AbstractStore, lock: threading.RLock, cache: CopyCache | None = None
+    ) -> None:
+        self.repository = repository
+        self.lock = lock
+        self.cache = cache if cache is not None else CopyCache()
+        #: Pending writes: key -> what will be merged into the stored copy.
+        self.dictionary: dict[str, _Buffered] = {}
+
+    def write(self, key: str, entry: _Buffered) -> None:
+        """Buffer *entry* for *key*, merged with what the buffer already holds for it."""
+        known = self.dictionary.get(key)
+        if known is not None:
+            state = join_documents(entry.document_type, known.state, entry.state)
+            updated = max(known.revision.updated_at, entry.revision.updated_at)
+            bases = known.bases.merge(entry.bases)
+            entry = _Buffered(
+                entry.document_type, state, Revision(entry.revision.session, updated), bases
+            )
+        self.dictionary[key] = entry
+
+    def keys_under(self, prefix: str) -> list[str]:
+        """The buffered keys starting with *prefix*."""
+        return [key for key in self.dictionary if key.startswith(prefix)]
+
+    def flush(self, session: Session, extra: dict[str, bytes] | None = None) -> None:
+        """Write every buffered copy (plus the raw *extra* keys) in one store
+        transaction, merging each with its stored version; retried on conflict."""
+        if not self.dictionary and not extra:
+            return
+        with self.lock:
+            for attempt in range(_COMMIT_ATTEMPTS):
+                written = []
+                try:
+                    with self.repository.transaction("stage commit"):
+                        for key, entry in self.dictionary.items():
+                            written.append(self._flush_one(session, key, entry))
+                        for key, data in (extra or {}).items():
+                            self.repository.set(key, (data, {}))
+                except errors.ConflictError:
+                    time.sleep(random.uniform(0, 0.002 * 2 ** min(attempt, 8)))
+                    continue
+                for key, version, copy in written:
+                    self.cache.put((copy.state_type, key), version, copy.copy)
+                self.dictionary.clear()
+                return
+        raise TransactionError(f"the commit conflicted {_COMMIT_ATTEMPTS} times in a row")
+
+    def _flush_one(
+        self, session: Session, key: str, entry: _Buffered
+    ) -> tuple[str, str | None, _Written]:
+        store = self.repository
+        found = load_copy(store, key, entry.document_type, session, self.cache)
+        version = None
+        if found is not None:
+            stored, version = found
+            merged = join_documents(entry.document_type, entry.state, stored.state)
+            updated = max(entry.revision.updated_at, stored.revision.updated_at)
+            entry = _Buffered(
+                entry.document_type,
+                merged,
+                Revision(session, updated),
+                entry.bases.merge(stored.bases),
+            )
+        body, metadata = encode_document(
+            entry.document_type, entry.state, entry.revision, entry.bases
+        )
+        if found is None:
+            new_version = store.set(key, (body, metadata), if_exists=False)
+        else:
+            new_version = store.set(key, (body, metadata), if_version=version)
+        copy = Copy(entry.state, entry.revision, entry.bases, True)
+        return key, new_version, _Written(entry.document_type, copy)
+
+
+@dataclass(frozen=True, slots=True)
+class _Written:
+    state_type: type[MergeableDocument]
+    copy: Copy
+
+
+class BaseStage:
+    """Typed documents routed into *repository* (a store, or a store URL to open),
+    edited by *session* inside per-context transactions (``with stage:``).
+
+    Subclasses declare :class:`~storekeeper.stage.Route` attributes. Every operation
+    needs an open transaction in the current context, else :class:`TransactionError`.
+    """
+
+    #: Where sessions record when they last used the stage (one key per session).
+    SESSION_DIRECTORY_KEY: Sequence[str] = (".sessions",)
+    #: A session touches the stage at most this often (every transaction would be a write).
+    touch_interval = timedelta(seconds=30)
+
+    def __init__(self, session: Session, repository: AbstractStore | str) -> None:
+        if not isinstance(session, Session):
+            raise TypeError(f"expected a Session, not {type(session)!r}")
+        if isinstance(repository, str):
+            from storekeeper.store.registry import open_store
+
+            repository = open_store(repository)
+        if not isinstance(repository, AbstractStore):
+            raise TypeError(f"expected a store or a store URL, not {type(repository)!r}")
+        if not repository.is_connected():
+            repository.connect()
+        self.session = session
+        self.repository = repository
+        self.lock = threading.RLock()
+        #: Open transactions: context id -> (buffer, where it began).
+        self.transactions: dict[object, tuple[DirtyBuffer, str]] = {}
+        #: Decoded copies and merges, valid while their versions hold.
+        self.cache = CopyCache()
+        self._last_touch: datetime | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__module__}.{type(self).__name__}({self.session!r}, {self.repository!r})"
+        )
+
+    def compact(self, retention: timedelta = timedelta(days=30)) -> int:
+        """Fold every document's copies into one snapshot and remove the copies it
+        contains; drop tombstones every live session's copy covers (live: touched
+        within *retention*, which also bounds how old a dropped tombstone is). Safe
+        while other threads and processes use the stage. Returns how many documents
+        were compacted. See :mod:`storekeeper.stage.compact`."""
+        from storekeeper.stage.compact import compact_stage
+
+        return compact_stage(self, retention)
+
+    # -- transactions --------------------------------------------------------------------
+    def __enter__(self) -> BaseStage:
+        context = get_current_context_id()
+        with self.lock:
+            if context in self.transactions:
+                began = self.transactions[context][1]
+                raise TransactionError(
+                    "a transaction is already open in this context; it began at:\n" + began
+                )
+            stack = "".join(traceback.format_stack()[:-1])
+            self.transactions[context] = (
+                DirtyBuffer(self.repository, self.lock, self.cache),
+                stack,
+            )
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        buffer = self.get_current_transaction(pop=True)
+        if exc_type is None:
+            buffer.flush(self.session, self._touch_entry())
+        else:
+            self.touch()
+
+    def get_current_transaction(self, pop: bool = False) -> DirtyBuffer:
+        """The current context's :class:`DirtyBuffer` (removed from :attr:`transactions`
+        with *pop*); :class:`TransactionError` when no transaction is open here."""
+        context = get_current_context_id()
+        with self.lock:
+            found = self.transactions.pop(context, None) if pop else self.transactions.get(context)
+        if found is None:
+            raise TransactionError(
+                "no transaction is open in this context: use 'with stage:' around stage operations"
+            )
+        return found[0]
+
+    # -- sessions ------------------------------------------------------------------------
+    def _session_prefix(self) -> str:
+        return join_key(self.SESSION_DIRECTORY_KEY) + "/"
+
+    @property
+    def sessions(self) -> frozenset[Session]:
+        """Every session that has used the stage (touched it), this one included once
+        it has."""
+        prefix = self._session_prefix()
+        found = set()
+        for key in self.repository.list_keys(prefix, "/"):
+            name = unescape_component(key[len(prefix) :])
+            if Session.IDENTIFIER_PATTERN.fullmatch(name):
+                found.add(Session(name))
+        return frozenset(found)
+
+    def session_times(self) -> dict[Session, datetime]:
+        """When each session last touched the stage."""
+        prefix = self._session_prefix()
+        times = {}
+        for key in self.repository.list_keys(prefix, "/"):
+            name = unescape_component(key[len(prefix) :])
+            if not Session.IDENTIFIER_PATTERN.fullmatch(name):
+                continue
+            try:
+                text = self.repository.to_bytes(key).decode("ascii")
+                times[Session(name)] = datetime.fromisoformat(text)
+            except (KeyError, ValueError):
+                continue
+        return times
+
+    def _touch_entry(self) -> dict[str, bytes] | None:
+        now = self.session.clock.now()
+        if self._last_touch is not None and now - self._last_touch < self.touch_interval:
+            return None
+        self._last_touch = now
+        key = join_key([*self.SESSION_DIRECTORY_KEY, self.session.identifier])
+        return {key: now.isoformat().encode("ascii")}
+
+    def touch(self) -> None:
+        """Record in the store that this session used the stage now."""
+        self._last_touch = None
+        entry = self._touch_entry()
+        assert entry is not None
+        for key, data in entry.items():
+            self.repository.set(key, (data, {}))
+
+    # -- reading -------------------------------------------------------------------------
+    def _read_copy(self, buffer: DirtyBuffer, key: str, document_type: type[_D]) -> Copy | None:
+        return self._load(buffer, key, document_type)[0]
+
+    def _load(
+        self, buffer: DirtyBuffer, key: str, document_type: type[_D]
+    ) -> tuple[Copy | None, object]:
+        """The copy at *key* as this transaction sees it, and a token of its version
+        (``None`` when it cannot be cached: buffered, or the store has no versions)."""
+        entry = buffer.dictionary.get(key)
+        if entry is not None:
+            return Copy(entry.state, entry.revision, entry.bases, True), None
+        found = load_copy(self.repository, key, document_type, self.session, self.cache)
+        if found is None:
+            return None, _MISSING
+        return found
+
+    def read(self, document_type: type[_D], key: Sequence[str]) -> _D:
+        """The document of *document_type* stored at *key* (a sequence of components),
+        as this session's; KeyError if it is missing. Internal: use routes."""
+        _check_type(document_type)
+        buffer = self.get_current_transaction()
+        copy = self._read_copy(buffer, join_key(key), document_type)
+        if copy is None:
+            raise errors.KeyNotFoundError(f"no document at {list(key)!r}")
+        revision = Revision(self.session, copy.revision.updated_at)
+        return build_document(document_type, copy.state, revision, copy.bases)
+
+    def list_level(self, key: Sequence[str]) -> list[str]:
+        """The component names one level below *key*, with the open transaction's."""
+        buffer = self.get_current_transaction()
+        prefix = join_key(key) + "/" if key else ""
+        names = set()
+        keys = [*self.repository.list_keys(prefix, "/"), *buffer.keys_under(prefix)]
+        for found in keys:
+            names.add(unescape_component(found[len(prefix) :].split("/", 1)[0]))
+        return sorted(names)
+
+    def copy_keys(self, spec: KeySpec, key: Sequence[str]) -> Iterator[tuple[str, str]]:
+        """``(store key, session identifier)`` of each copy of the document at *key*
+        (its components before the session's): one prefix listing."""
+        buffer = self.get_current_transaction()
+        component = spec.components[spec.session_index]
+        head = component.split("{", 1)[0]
+        base = join_key(key) + "/" if key else ""
+        prefix = base + escape_component(head.replace("}}", "}"))
+        pattern = compile_format_to_pattern(component)
+        rest = [
+            spec.format(i, (), self.session)
+            for i in range(spec.session_index + 1, len(spec.components))
+        ]
+        tail = "/" + join_key(rest) if rest else ""
+        listed = set(self.repository.list_keys(prefix, "/")) | set(buffer.keys_under(prefix))
+        for found in sorted(listed):
+            name = found[len(base) :]
+            if rest:
+                if not name.endswith("/") or "/" in name[:-1]:
+                    continue
+                name = name[:-1]
+            elif "/" in name:
+                continue
+            match = pattern.match(unescape_component(name))
+            if match is None:
+                continue
+            identifier = match.group(1)
+            if _is_copy(identifier):
+                yield base + name + tail, identifier
+
+    def read_merged_document(
+        self, document_type: type[_D], key_spec: Sequence[str], key: Sequence[str]
+    ) -> _D | None:
+        """Every session's copy of the document at *key* (the components before the
+        session's) merged, as this session's; ``None`` if there is none or it was
+        deleted. Writes nothing, but adopts an unstamped copy into this session's own.
+        Internal: use routes."""
+        _check_type(document_type)
+        merged = self._merged(document_type, KeySpec(key_spec), key)
+        if merged is None or not document_alive(merged[0]):
+            return None
+        state, revision, bases = merged
+        return build_document(document_type, state, revision, bases)
+
+    def _merged(
+        self, document_type: type[_D], spec: KeySpec, key: Sequence[str]
+    ) -> tuple[DocState, Revision, RevisionSet] | None:
+        buffer = self.get_current_transaction()
+        copies = []
+        versions: list[object] = [document_type]
+        for store_key, _ in self.copy_keys(spec, key):
+            copy, version = self._load(buffer, store_key, document_type)
+            versions.append((store_key, version))
+            if copy is not None:
+                copies.append(copy)
+        if not copies:
+            return None
+        signature = tuple(versions)
+        cacheable = all(v[1] is not None for v in versions[1:])  # type: ignore[index]
+        merged = self.cache.get(signature, True) if cacheable else None
+        if merged is None:
+            merged = _merge_copies(document_type, copies)
+            if cacheable:
+                self.cache.put(signature, True, merged)
+        state, updated, bases = merged
+        if not all(c.stamped for c in copies):
+            self._adopt(buffer, document_type, spec, key, state, updated, bases)
+        return state, Revision(self.session, updated), bases
+
+    def _adopt(
+        self,
+        buffer: DirtyBuffer,
+        document_type: type[_D],
+        spec: KeySpec,
+        key: Sequence[str],
+        state: DocState,
+        updated: datetime,
+        bases: RevisionSet,
+    ) -> None:
+        own = self._own_key(spec, key)
+        mine = self._read_copy(buffer, own, document_type)
+        if (
+            mine is not None
+            and mine.stamped
+            and join_documents(document_type, mine.state, state) is mine.state
+        ):
+            return
+        buffer.write(own, _Buffered(document_type, state, Revision(self.session, updated), bases))
+
+    def _own_key(self, spec: KeySpec, key: Sequence[str]) -> str:
+        components = [*key] + [
+            spec.format(i, (), self.session)
+            for i in range(spec.session_index, len(spec.components))
+        ]
+        return join_key(components)
+
+    def document_exists(self, key_spec: Sequence[str] | KeySpec, key: Sequence[str]) -> bool:
+        """Whether the document at *key* exists (some copy, and not deleted), judged
+        from the copies' metadata alone."""
+        spec = key_spec if isinstance(key_spec, KeySpec) else KeySpec(key_spec)
+        buffer = self.get_current_transaction()
+        added = deleted = None
+        any_copy = False
+        for store_key, _ in self.copy_keys(spec, key):
+            entry = buffer.dictionary.get(store_key)
+            if entry is not None:
+                slot = (entry.state.added, entry.state.deleted)
+            else:
+                try:
+                    slot = decode_slot(self.repository.get_metadata(store_key))[:2]
+                except KeyError:
+                    continue
+            any_copy = True
+            added = slot[0] if added is None or (slot[0] is not None and slot[0] > added) else added
+            deleted = (
+                slot[1]
+                if deleted is None or (slot[1] is not None and slot[1] > deleted)
+                else deleted
+            )
+        return any_copy and document_alive(DocState(added, deleted, None, {}))
+
+    # -- writing -------------------------------------------------------------------------
+    def write(self, key: Sequence[str], document: _D, merge: bool = True) -> _D:
+        """Save *document* as this session's copy at *key* (a sequence of components):
+        its pending edits are stamped now and it is merged with the copy already there
+        when the transaction commits (*merge* also merges at once, so the returned
+        document -- the one actually written -- shows the result). Internal: use routes."""
+        if not isinstance(document, MergeableDocument):
+            raise TypeError(f"expected a MergeableDocument, not {type(document)!r}")
+        buffer = self.get_current_transaction()
+        store_key = join_key(key)
+        document_type = type(document)
+        if has_pending(document) or document.__revision__ is None:
+            self.session.revise(document)
+        revision = document.__revision__
+        assert revision is not None
+        entry = _Buffered(
+            document_type,
+            state_of(document),
+            Revision(self.session, revision.updated_at),
+            document.__base_revisions__,
+        )
+        if merge:
+            known = self._read_copy(buffer, store_key, document_type)
+            if known is not None:
+                state = join_documents(document_type, known.state, entry.state)
+                updated = max(known.revision.updated_at, revision.updated_at)
+                entry = _Buffered(
+                    document_type,
+                    state,
+                    Revision(self.session, updated),
+                    entry.bases.merge(known.bases),
+                )
+        buffer.write(store_key, entry)
+        return build_document(document_type, entry.state, entry.revision, entry.bases)
+
+    def delete_document(
+        self, document_type: type[_D], key_spec: Sequence[str], key: Sequence[str]
+    ) -> bool:
+        """Delete the document at *key* for every session: a tombstone in this
+        session's copy. False if there was no such document."""
+        spec = KeySpec(key_spec)
+        merged = self._merged(document_type, spec, key)
+        if merged is None or not document_alive(merged[0]):
+            return False
+        state, _, bases = merged
+        micros = self.session.clock.now_micros()
+        stamp = (micros, self.session.identifier)
+        tomb = tombstone(document_type, state, stamp)
+        buffer = self.get_current_transaction()
+        revision = Revision(self.session, from_micros(micros))
+        buffer.write(self._own_key(spec, key), _Buffered(document_type, tomb, revision, bases))
+        return True
+
+
+def _merge_copies(
+    document_type: type[MergeableDocument], copies: list[Copy]
+) -> tuple[DocState, datetime, RevisionSet]:
+    """The join of *copies*, the time of the merged revision (that of the copy that is
+    the join, if one is, else the newest) and the merged base revisions."""
+    state = join_all_documents(document_type, [c.state for c in copies])
+    same = [c for c in copies if c.state is state]
+    newest = same[0] if same else max(copies, key=lambda c: c.revision.updated_at)
+    revisions = RevisionSet(c.revision for c in copies if c.stamped)
+    return state, newest.revision.updated_at, revisions.merge(*(c.bases for c in copies))
+
+
+def _is_copy(identifier: str) -> bool:
+    """Whether a copy's name part is a session identifier or the snapshot's."""
+    return identifier == SNAPSHOT_IDENTIFIER or bool(
+        Session.IDENTIFIER_PATTERN.fullmatch(identifier)
+    )
+
+
+def _check_type(document_type: type) -> None:
+    if not (isinstance(document_type, type) and issubclass(document_type, MergeableDocument)):
+        raise TypeError(f"expected a MergeableDocument subclass, not {document_type!r}")
