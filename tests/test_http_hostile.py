@@ -921,7 +921,6 @@ def test_wrong_methods_are_4xx_nothing_stored(c: Client, store: Any) -> None:
         assert list(store.list_keys()) == ["wm"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: 405 answers carry no Allow header (RFC 9110 15.5.6)")
 @pytest.mark.parametrize(
     ("method", "path"), [("PATCH", "/store/wm/data"), ("POST", "/store/wm/data")]
 )

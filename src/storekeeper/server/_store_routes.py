@@ -99,7 +99,7 @@ class StoreEndpoint:
             return await self._metadata(store, key, request, receive)
         elif part == "auth":
             return await self._permissions(store, key, request, receive)
-        raise HTTPProblem(405, f"{method} is not allowed on {part}", "MethodNotAllowed")
+        raise _not_allowed(method, part)
 
     # -- data -----------------------------------------------------------------------------
     async def _read(
@@ -161,7 +161,7 @@ class StoreEndpoint:
             metadata = await run_in_threadpool(store.get_metadata, key, select)
             return json_response(metadata)
         if method not in {"PUT", "POST"}:
-            raise HTTPProblem(405, f"{method} is not allowed on metadata", "MethodNotAllowed")
+            raise _not_allowed(method, "metadata")
         writable = self.context.writable(store)
         body = await read_body(receive, self.context.max_json)
         metadata = parse_json(body, "metadata")
@@ -183,13 +183,30 @@ class StoreEndpoint:
             permissions = await run_in_threadpool(store.get_permissions, key)
             return json_response({name: sorted(tags) for name, tags in permissions.items()})
         if method not in {"PUT", "POST"} or self.context.read_only:
-            raise HTTPProblem(405, f"{method} is not allowed on auth", "MethodNotAllowed")
+            raise _not_allowed(method, "auth", "GET" if self.context.read_only else None)
         given = parse_json(await read_body(receive, self.context.max_json), "permissions")
         if not all(isinstance(tags, list) for tags in given.values()):
             raise HTTPProblem(400, "permissions map names to lists of tags", "InvalidArgumentError")
         change = store.set_permissions if method == "PUT" else store.update_permissions
         await run_in_threadpool(change, key, given)
         return Response(status_code=204)
+
+
+#: The methods each part answers (RFC 9110 15.5.6: a 405 names them in ``Allow``).
+_ALLOWED = {
+    "data": "GET, HEAD, PUT",
+    "value": "GET, HEAD, PUT",
+    "metadata": "GET, PUT, POST",
+    "auth": "GET, PUT, POST",
+}
+
+
+def _not_allowed(method: str, part: str | None, allow: str | None = None) -> HTTPProblem:
+    """The 405 answer to *method* on *part*, with the ``Allow`` header it needs."""
+    allowed = allow or _ALLOWED.get(part or "", "GET, HEAD")
+    return HTTPProblem(
+        405, f"{method} is not allowed on {part}", "MethodNotAllowed", {"Allow": allowed}
+    )
 
 
 def _load(
