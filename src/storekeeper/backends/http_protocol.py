@@ -183,6 +183,8 @@ def decode_batch(body: bytes) -> list[tuple[dict[str, Any], bytes | None]]:
             header = json.loads(body[position:end])
         except ValueError as exc:
             raise InvalidArgumentError(f"a batch write's header is not JSON: {exc}") from None
+        except RecursionError:
+            raise InvalidArgumentError("a batch write's header is nested too deeply") from None
         if not isinstance(header, dict) or header.get("op") not in BATCH_OPERATIONS:
             raise InvalidArgumentError(f"not a batch write: {header!r}")
         if not isinstance(header.get("key"), str):

@@ -146,11 +146,14 @@ def conditions(headers: Headers, *, allow_exists: bool = True) -> Conditions:
 
 
 def parse_json(body: bytes, what: str, kind: type = dict) -> Any:
-    """*body* decoded as a JSON *kind*; InvalidMetadataError (400) otherwise."""
+    """*body* decoded as a JSON *kind*; InvalidMetadataError (400) otherwise, also for
+    JSON nested deeper than the decoder can follow."""
     try:
         value = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise InvalidMetadataError(f"the {what} is not valid JSON: {exc}") from None
+    except RecursionError:  # the decoder recurses per nesting level: hostile depth
+        raise InvalidMetadataError(f"the {what} JSON is nested too deeply") from None
     if not isinstance(value, kind):
         raise InvalidMetadataError(
             f"the {what} is a JSON {kind.__name__}, not {type(value).__name__}"

@@ -48,6 +48,10 @@ async def query_get(context: ServerContext, request: Request) -> Response:
             raise InvalidMetadataError(
                 f"the query parameter {name!r} is not JSON: {value!r}"
             ) from None
+        except RecursionError:
+            raise InvalidMetadataError(
+                f"the query parameter {name!r} is JSON nested too deeply"
+            ) from None
     keys = await run_in_threadpool(store.query_keys, terms)
     body = "".join(key + "\n" for key in keys).encode("utf-8", "surrogatepass")
     return Response(body, media_type="text/plain; charset=utf-8")
