@@ -452,11 +452,6 @@ def test_if_match_mismatch_is_412_and_value_untouched(c: Client, store: Any) -> 
     assert store.to_bytes("cw") == b"new"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: If-Match: W/<current etag> lets the write through (204); If-Match uses the "
-    "strong comparison, a weak tag never matches (RFC 9110 13.1.1)",
-)
 @pytest.mark.parametrize(
     ("method", "path", "body"),
     [
@@ -476,17 +471,41 @@ def test_if_match_weak_tag_never_matches(
     assert store.get_metadata("wk") == {}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason='BUG: If-Match: "nope", <current etag> (a list, RFC 9110 13.1.1) answers 400 '
-    '"If-Match takes one entity tag or *" instead of writing',
-)
 def test_if_match_lists(c: Client, store: Any) -> None:
     store.set("wk", (b"old", {}))
     etag = c("HEAD", "/store/wk/data").headers["ETag"]
     r = c("PUT", "/store/wk/data", b"listed", headers={"If-Match": f'"nope", {etag}'})
     assert r.status < 300, r
     assert store.to_bytes("wk") == b"listed"
+
+
+def test_if_match_lists_on_every_write_and_read(c: Client, store: Any) -> None:
+    store.set("wl", (b"old", {"m": 1}))
+    etag = c("HEAD", "/store/wl/data").headers["ETag"]
+    stale = '"nope", "other", W/' + etag
+    for method, path, body in [
+        ("PUT", "/store/wl/data", b"x"),
+        ("PUT", "/store/wl/metadata", b'{"m": 2}'),
+        ("POST", "/store/wl/metadata", b'{"m": 3}'),
+        ("DELETE", "/store/wl", None),
+        ("GET", "/store/wl/data", None),
+        ("HEAD", "/store/wl/data", None),
+        ("GET", "/store/wl/value", None),
+    ]:
+        r = c(method, path, body, headers={"If-Match": stale})
+        assert r.status == 412, (method, path, r)
+        assert (store.to_bytes("wl"), store.get_metadata("wl")) == (b"old", {"m": 1})
+    listed = {"If-Match": f'"nope", W/"x", {etag}'}
+    assert c("GET", "/store/wl/data", headers=listed).body == b"old"
+    assert c("GET", "/store/wl/data", headers={"If-Match": "W/" + etag}).status == 412
+    assert c("POST", "/store/wl/metadata", b'{"n": 2}', headers=listed).status < 300
+    assert store.get_metadata("wl") == {"m": 1, "n": 2}
+    etag = c("HEAD", "/store/wl/data").headers["ETag"]
+    assert c("DELETE", "/store/wl", headers={"If-Match": f'"a", {etag}'}).status < 300
+    assert not store.exists("wl")
+    r = c("PUT", "/store/wl/data", b"x", headers={"If-Match": f'"a", {etag}'})
+    assert r.status == 412, r
+    assert not store.exists("wl")
 
 
 def test_if_none_match_with_current_tag_on_put_is_refused(c: Client, store: Any) -> None:
@@ -498,11 +517,6 @@ def test_if_none_match_with_current_tag_on_put_is_refused(c: Client, store: Any)
     assert store.to_bytes("inm") == b"old"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: GET with a failing If-Match answers 200 with the data instead of 412 "
-    "(RFC 9110 13.1.1)",
-)
 def test_if_match_on_get(c: Client, store: Any) -> None:
     store.set("img", (b"old", {}))
     etag = c("HEAD", "/store/img/data").headers["ETag"]
