@@ -131,6 +131,7 @@ class Conditions(dict[str, Any]):
         still checks it atomically); ConflictError (412) if none matches."""
         if self.candidates is None:
             return self
+        current: str | None
         try:
             if isinstance(store, VersionedStore):
                 current = store.version_of(key)
