@@ -6,11 +6,10 @@ layout is described in :mod:`storekeeper.backends.http_protocol`; the original e
 ``DynamicURLStore`` client works against it unchanged, and so does
 :class:`storekeeper.backends.http.DynamicURLStore`.
 
-Keys and line breaks: ``GET /query`` answers one key per line, so the server refuses
-(400 ``InvalidKeyError``) to write a key holding CR or LF, through ``/store`` or
-``/batch``. A store may still hold such keys written by other means: they stay
-readable and deletable over HTTP and ``POST /query`` (JSON) lists them, while a
-``GET /query`` they would match answers 409 ``UnlistableKey`` instead of forging lines.
+Keys and line breaks: keys may hold CR and LF like any other character (every store
+round-trips them), but ``GET /query`` answers one key per line, so when a key it
+would list holds a line break it answers 409 ``UnlistableKey`` instead of letting
+the key forge lines. ``POST /query`` (JSON) and ``GET /list`` list such keys.
 
 Also ``python -m storekeeper.server STORE_URL [--host H] [--port P] [--read-only]``.
 """

@@ -18,7 +18,6 @@ from storekeeper.errors import InvalidArgumentError, InvalidMetadataError
 from storekeeper.server._bridge import read_body
 from storekeeper.server._context import ServerContext
 from storekeeper.server._http import json_response
-from storekeeper.server._paths import storable
 from storekeeper.store.abstract import AbstractStore
 
 __all__ = ["batch"]
@@ -48,8 +47,6 @@ def _apply(store: AbstractStore, writes: list[tuple[dict[str, Any], bytes | None
 
 def _write(store: AbstractStore, header: dict[str, Any], data: bytes | None) -> str | None:
     key, operation = header["key"], header["op"]
-    if operation != "delete":
-        storable(key)
     conditions = {
         name: header[name] for name in ("if_version", "if_exists") if header.get(name) is not None
     }

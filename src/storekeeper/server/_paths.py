@@ -8,11 +8,7 @@ from starlette.types import Scope
 
 from storekeeper.server._http import HTTPProblem
 
-__all__ = ["LINE_BREAKS", "PARTS", "key_and_part", "raw_remainder", "storable"]
-
-#: Characters a key written over HTTP may not hold: ``GET /query`` answers one key per
-#: line, so a key holding one would read as several keys there.
-LINE_BREAKS = frozenset("\r\n")
+__all__ = ["PARTS", "key_and_part", "raw_remainder"]
 
 #: The parts a key has under the base URL.
 PARTS = frozenset({"data", "metadata", "auth", "value"})
@@ -65,16 +61,4 @@ def _checked(key: str) -> str:
         raise HTTPProblem(400, "the key is empty", "InvalidKeyError")
     if "\x00" in key:
         raise HTTPProblem(400, "the key holds NUL", "InvalidKeyError")
-    return key
-
-
-def storable(key: str) -> str:
-    """*key* if the server may write it; HTTPProblem 400 if it holds a line break
-    (keys already stored that way stay readable and deletable)."""
-    if not LINE_BREAKS.isdisjoint(key):
-        raise HTTPProblem(
-            400,
-            f"the key {key!r} holds a line break, which the server does not store",
-            "InvalidKeyError",
-        )
     return key

@@ -18,10 +18,12 @@ from storekeeper.errors import InvalidArgumentError, InvalidMetadataError
 from storekeeper.server._bridge import read_body
 from storekeeper.server._context import ServerContext, parse_json
 from storekeeper.server._http import HTTPProblem, json_response
-from storekeeper.server._paths import LINE_BREAKS
 from storekeeper.store.abstract import AbstractAuthorizingStore
 
 __all__ = ["info", "list_keys", "query_get", "query_post"]
+
+#: Characters a key in the answer of ``GET /query`` (one key per line) cannot hold.
+LINE_BREAKS = frozenset("\r\n")
 
 #: Keys listed per worker-thread hop.
 LIST_BATCH = 512
@@ -32,8 +34,7 @@ async def query_get(context: ServerContext, request: Request) -> Response:
 
     Each parameter value is ``json.dumps`` of the value to match exactly (what the
     encore client sends). No parameter: every key. A matching key holding a line break
-    (stored by another path than this server) makes the answer 409 rather than a
-    forged line; ``POST /query`` answers such keys.
+    makes the answer 409 rather than a forged line; ``POST /query`` answers such keys.
     """
     store = await context.store_for(request)
     terms: dict[str, Any] = {}

@@ -26,7 +26,7 @@ from storekeeper.server._http import (
     matches_if_match,
     parse_range,
 )
-from storekeeper.server._paths import key_and_part, raw_remainder, storable
+from storekeeper.server._paths import key_and_part, raw_remainder
 from storekeeper.store.abstract import AbstractAuthorizingStore, AbstractReadOnlyStore
 from storekeeper.store.value import Value
 
@@ -75,8 +75,6 @@ class StoreEndpoint:
         method = request.method
         raw = raw_remainder(scope, self.mount)
         key, part = key_and_part(raw, method != "DELETE")
-        if method in {"PUT", "POST"}:
-            storable(key)
         store = await self.context.store_for(request)
         headers = request.headers
         if method == "DELETE":
