@@ -10,7 +10,8 @@ The layout (``base`` is ``http://HOST:PORT/store``)::
     GET/PUT/POST {base}/{key}/auth     permissions: {permission: [tags]}
     GET/PUT   {base}/{key}/value       data and metadata in one body (see below)
     DELETE    {base}/{key}             delete the key
-    GET       /query?name=json...      matching keys, one per line (UTF-8)
+    GET       /query?name=json...      matching keys, one per line (UTF-8); 409 when
+                                       one holds a line break
     POST      /query                   JSON {"where": {...}, "select": [...]} -> JSON
     GET       /list?prefix=&delimiter= keys (folders) under a prefix, in key order, as a
                                        JSON array (one JSON string per line with
