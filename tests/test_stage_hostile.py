@@ -1295,3 +1295,157 @@ def test_unicode_normalisation_forms_are_distinct_keys(disk: Any) -> None:
     with stage:
         assert sorted(stage.docs) == sorted([nfc, nfd])
         assert (stage.docs[nfc].title, stage.docs[nfd].title) == ("nfc", "nfd")
+
+
+def test_compaction_between_read_and_commit_of_open_transaction(memory: DictMemoryStore) -> None:
+    wall = Wall()
+    a = DocStage(fresh("mid", wall), memory)
+    b = DocStage(fresh("mid", wall), memory)
+    compactor = DocStage(fresh("mid", wall), memory)
+    with a:
+        doc = Doc(title="t")
+        doc.notes["n1"] = Note(text="one")
+        doc.notes["n2"] = Note(text="two")
+        a.doc = doc
+    wall.at += timedelta(seconds=1)
+    with b:
+        doc = b.doc
+        del doc.notes["n1"]
+        b.doc = doc
+    wall.at += timedelta(days=60)  # nobody live: the compaction may drop the tombstone
+    done = threading.Event()
+    with a:
+        doc = a.doc
+        assert set(doc.notes) == {"n2"}
+        doc.notes["n2"].text = "edited while compacting"
+        doc.notes["n3"] = Note(text="added while compacting")
+        a.doc = doc
+        thread = threading.Thread(
+            target=lambda: (compactor.compact(retention=timedelta(days=30)), done.set())
+        )
+        thread.start()
+        thread.join(30)
+        assert done.is_set()
+    compactor.compact(retention=timedelta(days=30))
+    for stage in (a, b, compactor):
+        with stage:
+            notes = {key: note.text for key, note in stage.doc.notes.items()}
+            assert notes == {"n2": "edited while compacting", "n3": "added while compacting"}
+            assert stage.doc.title == "t"
+
+
+def test_directory_delete_and_readd_inside_one_transaction(memory: DictMemoryStore) -> None:
+    stage = DocStage(fresh("inside", Wall()), memory)
+    with stage:
+        stage.docs["gone"] = Doc(title="g")
+        stage.docs["back"] = Doc(title="b")
+        del stage.docs["gone"]
+        del stage.docs["back"]
+        assert list(stage.docs) == []
+        stage.docs["back"] = Doc(title="again")
+        assert list(stage.docs) == ["back"]
+        assert len(stage.docs) == 1
+    with stage:
+        assert list(stage.docs) == ["back"]
+        assert stage.docs["back"].title == "again"
+
+
+def test_entities_mutable_mapping_mixins_leave_tombstones(memory: DictMemoryStore) -> None:
+    a = DocStage(fresh("mix"), memory)
+    b = DocStage(fresh("mix"), memory)
+    with a:
+        doc = Doc()
+        doc.notes.update({"p": Note(text="p"), "q": Note(text="q"), "r": Note(text="r")})
+        a.doc = doc
+    with b:
+        doc = b.doc
+        assert doc.notes.pop("p").text == "p"
+        doc.notes.clear()
+        b.doc = doc
+    with a:
+        a.doc = a.doc  # a rewrites its (older) copy
+    for stage in (a, b):
+        with stage:
+            assert len(stage.doc.notes) == 0
+
+
+def test_child_task_and_thread_do_not_share_the_transaction(memory: DictMemoryStore) -> None:
+    stage = DocStage(fresh("child", Wall()), memory)
+    failures: list[BaseException] = []
+
+    def in_thread() -> None:
+        try:
+            stage.doc  # noqa: B018
+        except TransactionError as error:
+            failures.append(error)
+
+    async def child() -> None:
+        stage.doc  # noqa: B018
+
+    async def parent() -> None:
+        with stage:
+            stage.doc = Doc(title="parent")
+            with pytest.raises(TransactionError):
+                await asyncio.create_task(child())
+            thread = threading.Thread(target=in_thread)
+            thread.start()
+            thread.join()
+
+    asyncio.run(parent())
+    assert len(failures) == 1
+    with stage:
+        assert stage.doc.title == "parent"
+
+
+class OverlapStage(BaseStage):
+    doc = Route(Doc, ["doc.{session.identifier}.json"])
+    doc_extra = Route(Doc, ["doc.extra.{session.identifier}.json"])
+    items = Route(Doc, ["items", "{0}", "{session.identifier}.json"])
+    meta = Route(Doc, ["items", "{0}", "meta.{session.identifier}.json"])
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: a route's copy listing takes another route's files for copies of its own "
+    "document (session ids may hold '.'): after writing only doc_extra "
+    "('doc.extra.{session.identifier}.json'), route doc ('doc.{session.identifier}.json') "
+    "reads it as session 'extra.<id>'s copy; likewise a 'meta.{session.identifier}.json' "
+    "route pollutes the directory beside it. Overlapping routes should be rejected or kept apart",
+)
+def test_routes_with_overlapping_key_specs_do_not_cross_talk(memory: DictMemoryStore) -> None:
+    a = OverlapStage(fresh("overlap"), memory)
+    b = OverlapStage(fresh("overlap"), memory)
+    with a:
+        a.doc_extra = Doc(title="extra")
+        a.meta["k"] = Doc(title="meta")
+    with b:
+        assert b.doc_extra.title == "extra"
+        assert b.meta["k"].title == "meta"
+        assert b.doc is None
+        assert list(b.items) == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: Session defines __getnewargs__ (interned) but holds a thread lock, so "
+    "copy.deepcopy/pickle of a Session -- and of every revised document, whose "
+    "__revision__ holds one -- raises TypeError: cannot pickle '_thread.lock' object",
+)
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_sessions_and_revised_documents_copy_and_pickle(how: str) -> None:
+    import copy
+    import pickle
+
+    def clone(value: Any) -> Any:
+        if how == "deepcopy":
+            return copy.deepcopy(value)
+        return pickle.loads(pickle.dumps(value))
+
+    session = Session("pickled")
+    assert clone(session) is session
+    doc = Doc(title="x")
+    doc.notes["n"] = Note(text="t")
+    session.revise(doc)
+    again = clone(doc)
+    assert _view(again) == _view(doc)
+    assert again.__revision__ == doc.__revision__
