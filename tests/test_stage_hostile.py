@@ -802,8 +802,14 @@ def test_dot_identifiers_stay_inside_the_store(name: str, tmp_path: Path) -> Non
 # -- compaction -------------------------------------------------------------------------
 
 
-def _writer_during_compaction(location: str, name: str, count: int) -> None:
-    with FileSystemStore(location, durable=False) as store:
+def _open(kind: str, location: str) -> Any:
+    if kind == "filesystem":
+        return FileSystemStore(location, durable=False)
+    return SqliteStore(location, durable=False)
+
+
+def _writer_during_compaction(kind: str, location: str, name: str, count: int) -> None:
+    with _open(kind, location) as store:
         stage = Stage(Session(name), store)
         for index in range(count):
             with stage:
@@ -814,19 +820,24 @@ def _writer_during_compaction(location: str, name: str, count: int) -> None:
                 stage.feeds["f"] = feed
 
 
-def test_compact_while_other_processes_write(tmp_path: Path) -> None:
-    location = str(tmp_path / "fs")
-    init_shared_store(location)
+@pytest.mark.parametrize("kind", ["filesystem", "sqlite"])
+def test_compact_while_other_processes_write(kind: str, tmp_path: Path) -> None:
+    if kind == "filesystem":
+        location = str(tmp_path / "fs")
+        init_shared_store(location)
+    else:
+        location = str(tmp_path / "db.sqlite")
+        SqliteStore(location, durable=False).connect()
     context = multiprocessing.get_context("spawn")
     count = 12
     names = ["cw-a", "cw-b"]
     workers = [
-        context.Process(target=_writer_during_compaction, args=(location, name, count))
+        context.Process(target=_writer_during_compaction, args=(kind, location, name, count))
         for name in names
     ]
     for process in workers:
         process.start()
-    with FileSystemStore(location, durable=False) as store:
+    with _open(kind, location) as store:
         compactor = Stage(Session("compactor"), store)
         while any(process.is_alive() for process in workers):
             compactor.compact(retention=timedelta(days=1))
@@ -1449,3 +1460,36 @@ def test_sessions_and_revised_documents_copy_and_pickle(how: str) -> None:
     again = clone(doc)
     assert _view(again) == _view(doc)
     assert again.__revision__ == doc.__revision__
+
+
+def _identify(path: str, barrier: Any, queue: Any) -> None:
+    from storekeeper.stage import default_identifier
+
+    barrier.wait(30)
+    queue.put(default_identifier(path))
+
+
+def test_default_identifier_racing_processes_agree(tmp_path: Path) -> None:
+    context = multiprocessing.get_context("spawn")
+    path = str(tmp_path / "deep" / "dir" / "session-id")
+    barrier, queue = context.Barrier(3), context.Queue()
+    workers = [context.Process(target=_identify, args=(path, barrier, queue)) for _ in range(3)]
+    for process in workers:
+        process.start()
+    got = {queue.get(timeout=60) for _ in workers}
+    for process in workers:
+        process.join(60)
+        assert process.exitcode == 0
+    assert len(got) == 1
+    identifier = got.pop()
+    assert Session(identifier).identifier == identifier
+    from storekeeper.stage import default_identifier
+
+    assert default_identifier(path) == identifier
+
+
+def test_session_file_environment_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STOREKEEPER_SESSION_FILE", str(tmp_path / "id"))
+    first = Session()
+    assert first is Session()
+    assert (tmp_path / "id").read_text().strip() == first.identifier
