@@ -1493,3 +1493,90 @@ def test_session_file_environment_variable(tmp_path: Path, monkeypatch: pytest.M
     first = Session()
     assert first is Session()
     assert (tmp_path / "id").read_text().strip() == first.identifier
+
+
+concurrent_step = st.tuples(
+    st.integers(0, 2),  # which session
+    st.booleans(),  # commit an open transaction (else open one / edit inside it)
+    stage_op,
+    clock_step,
+)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(concurrent_step, min_size=1, max_size=16))
+def test_interleaved_transactions_converge(history: list[Any]) -> None:
+    """Open transactions of three sessions interleave and commit in random order: every
+    session then reads the same document, and an entity added but never deleted is kept."""
+    walls = [Wall(EPOCH) for _ in range(3)]
+    with DictMemoryStore() as store:
+        stages = [DocStage(fresh("mix", wall), store) for wall in walls]
+        open_docs: dict[int, Doc] = {}
+        added: set[str] = set()
+        deleted: set[str] = set()
+        for who, commit, operation, skew in history:
+            walls[who].at = walls[who].at + skew
+            stage = stages[who]
+            if commit and who in open_docs:
+                stage.doc = open_docs.pop(who)
+                stage.__exit__(None, None, None)
+                continue
+            if who not in open_docs:
+                stage.__enter__()
+                open_docs[who] = stage.doc or Doc()
+            _apply(open_docs[who], operation)
+            if operation[0] == "note":
+                added.add(operation[1])
+            elif operation[0] == "del":
+                deleted.add(operation[1])
+        for who, doc in open_docs.items():
+            stages[who].doc = doc
+            stages[who].__exit__(None, None, None)
+        views = []
+        for stage in stages:
+            with stage:
+                doc = stage.doc
+                views.append(None if doc is None else _view(doc))
+        assert views[0] == views[1] == views[2]
+        if views[0] is not None:
+            assert added - deleted <= set(views[0][4])
+
+
+def test_refetched_feed_built_fresh_keeps_other_devices_marks(memory: DictMemoryStore) -> None:
+    """A feed reader rebuilds a Feed from the network and writes it: the fresh entries
+    never assign read/starred, so the marks another device made must survive."""
+    fid = "https://example.org/feed.xml"
+    laptop, phone = Stage(fresh("refetch"), memory), Stage(fresh("refetch"), memory)
+
+    def fetched() -> Feed:
+        feed = Feed(id=fid, title="Example")
+        feed.entries["post-1"] = Entry(title="Hello", link="https://example.org/1")
+        feed.entries["post-2"] = Entry(title="World", link="https://example.org/2")
+        return feed
+
+    with laptop:
+        laptop.feeds[fid] = fetched()
+    with phone:
+        feed = phone.feeds[fid]
+        feed.entries["post-1"].read = True
+        feed.entries["post-2"].starred = True
+        phone.feeds[fid] = feed
+    with laptop:
+        laptop.feeds[fid] = fetched()
+    for device in (laptop, phone):
+        with device:
+            entries = device.feeds[fid].entries
+            assert entries["post-1"].read and entries["post-2"].starred
+            assert entries["post-1"].title == "Hello"
+
+
+def test_fresh_nested_element_merges_with_other_sessions_fields(memory: DictMemoryStore) -> None:
+    a, b = DocStage(fresh("nest"), memory), DocStage(fresh("nest"), memory)
+    with a:
+        a.doc = Doc(inner=Inner(b=5))
+    with b:
+        b.doc = Doc(inner=Inner(a="x"))
+    for stage in (a, b):
+        with stage:
+            inner = stage.doc.inner
+            assert inner is not None and (inner.a, inner.b) == ("x", 5)
