@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from storekeeper import files
+from storekeeper import files, sessions
 from storekeeper.errors import CorruptFileError, LockedStorageError
 from storekeeper.sessions import (
     ENVIRONMENT_VARIABLE,
@@ -209,6 +209,30 @@ def test_failed_fsync_raises_and_keeps_the_old(
         storage.save_checkpoint(b"n" * size)
     monkeypatch.undo()
     assert storage.load_checkpoint() == b"old"
+
+
+@pytest.mark.parametrize("writeback_hint", [True, False])
+@pytest.mark.parametrize("size", [10, 2 << 20])
+def test_the_last_fsync_covers_the_whole_checkpoint(
+    storage: SessionStorage, monkeypatch: pytest.MonkeyPatch, size: int, writeback_hint: bool
+) -> None:
+    """Every byte of the checkpoint file, checksum included, is written before its last
+    fsync, with or without the platform's write-back hint."""
+    if not writeback_hint:
+        monkeypatch.setattr(sessions, "_start_writeback", None)
+    synced_sizes: list[int] = []
+    real_fsync = files.fsync
+
+    def recording(fd: int) -> None:
+        synced_sizes.append(os.fstat(fd).st_size)
+        real_fsync(fd)
+
+    monkeypatch.setattr(files, "fsync", recording)
+    data = os.urandom(size)
+    storage.save_checkpoint(data)
+    monkeypatch.undo()
+    assert synced_sizes[-1] == os.path.getsize(storage.session_file)
+    assert storage.load_checkpoint() == data
 
 
 def test_failed_rename_raises_and_keeps_the_old(storage: SessionStorage) -> None:

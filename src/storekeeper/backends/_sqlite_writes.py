@@ -58,11 +58,12 @@ class RowState(NamedTuple):
 
 class Batch(NamedTuple):
     """A batch of inline values: keys, metadata texts (``None`` when every value's
-    metadata is empty) and data."""
+    metadata is empty), data and the data's total size in bytes."""
 
     keys: list[str]
     metadata_texts: list[str] | None
     datas: list[bytes]
+    size: int
 
 
 class Writes:
@@ -231,17 +232,15 @@ class Writes:
         or too large to be stored inline."""
         limit = self.inline_limit
         # The common batch, (bytes, metadata dict) pairs only, is split by C-level maps.
-        if set(map(type, values)) == {tuple} and set(map(len, values)) == {2}:
+        pairs = values and all_of_type(values, tuple)
+        if pairs and list(map(len, values)).count(2) == len(values):
             datas = list(map(itemgetter(0), values))
             metadatas = list(map(itemgetter(1), values))
-            if (
-                set(map(type, datas)) == {bytes}
-                and set(map(type, metadatas)) == {dict}
-                and max(map(len, datas)) <= limit
-            ):
-                if any(metadatas):
-                    return Batch(keys, list(map(encode_metadata, metadatas)), datas)
-                return Batch(keys, None, datas)
+            if all_of_type(datas, bytes) and all_of_type(metadatas, dict):
+                sizes = list(map(len, datas))
+                if max(sizes) <= limit:
+                    texts = list(map(encode_metadata, metadatas)) if any(metadatas) else None
+                    return Batch(keys, texts, datas, sum(sizes))
         metadata_texts: list[str] = []
         datas = []
         for value in values:
@@ -253,7 +252,7 @@ class Writes:
                 return None
             datas.append(source)
             metadata_texts.append("{}" if metadata is None else encode_metadata(metadata))
-        return Batch(keys, metadata_texts, datas)
+        return Batch(keys, metadata_texts, datas, sum(map(len, datas)))
 
     def write_batch(self, conn: sqlite3.Connection, batch: Batch) -> None:
         """Upsert *batch* inside the caller's transaction on *conn*."""
@@ -269,7 +268,7 @@ class Writes:
             self.indexes.ensure_for_batch(conn, texts)
         log = self.transactions.log()
         if log is not None:
-            log.inline += sum(map(len, batch.datas))
+            log.inline += batch.size
         for blob in previous.values():
             self._drop_chunks(conn, blob)
             self.transactions.files_replaced(None, blob)
@@ -340,6 +339,12 @@ class Writes:
             conn.execute(self.schema.insert_chunk, (blob, seq, chunk))
             total += len(chunk)
         return total
+
+
+def all_of_type(items: list[Any], kind: type) -> bool:
+    """Whether every item of *items* is exactly of type *kind* (not a subclass)."""
+    # Counting in a list of types is a C loop of identity tests, cheaper than a set.
+    return list(map(type, items)).count(kind) == len(items)
 
 
 def small_bytes(source: object, limit: int) -> bytes | None:

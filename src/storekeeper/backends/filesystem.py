@@ -36,41 +36,32 @@
 
 from __future__ import annotations
 
-import errno
 import itertools
 import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import SplitResult
 
 from storekeeper.backends._fs_errors import from_source, translated
 from storekeeper.backends._fs_journal import (
-    JOURNAL_NAME,
-    JournalReader,
     collect_garbage,
-    is_orphan,
     recover,
     visible_keys,
     visible_records,
 )
+from storekeeper.backends._fs_layout import (
+    DEFAULT_MAGIC_FNAME,
+    StoreLayout,
+    init_shared_store,
+    key_of_name,
+)
 from storekeeper.backends._fs_listing import KeyLister
 from storekeeper.backends._fs_lock import StoreLock
-from storekeeper.backends._fs_names import decode_name, encode_key, is_hashed
-from storekeeper.backends._fs_records import (
-    Record,
-    SharedFile,
-    clear_damaged,
-    damaged_record,
-    is_damaged,
-    load_record,
-    obsolete_data_file,
-    pack_record,
-    record_value,
-)
+from storekeeper.backends._fs_names import encode_key
+from storekeeper.backends._fs_records import Record, SharedFile, is_damaged, record_value
 from storekeeper.backends._fs_transactions import Staging, commit_staging, remove_staged_files
 from storekeeper.backends._fs_url import URL_OPTIONS, url_directory
 from storekeeper.errors import (
@@ -81,7 +72,6 @@ from storekeeper.errors import (
     TransactionError,
 )
 from storekeeper.events import BaseEventManager
-from storekeeper.files import atomic_write, fsync_directory
 from storekeeper.store import urls
 from storekeeper.store.abstract import AbstractStore
 from storekeeper.store.backend import (
@@ -117,28 +107,14 @@ from storekeeper.store.listing import check_listing, fold_keys
 from storekeeper.store.value import Value
 
 # FileSystemStoreError is defined in storekeeper.errors (with the whole error tree) and
-# stays importable from here.
+# init_shared_store in _fs_layout; both stay importable from here.
 __all__ = ["FileSystemStore", "FileSystemStoreError", "init_shared_store"]
 
-_MAGIC_CONTENT = b"storekeeper FileSystemStore\n__version__ = 1\n"
 _LOCK_NAME = ".lock"
 # A reader that finds a record's data file gone (the key was just overwritten) re-reads
 # the record; this bounds the retries under pathological churn.
 _READ_RETRIES = 100
 _log = logging.getLogger(__name__)
-
-
-def init_shared_store(path: str | os.PathLike[str], magic_fname: str = ".FSStore") -> None:
-    """Make *path* a store: create the directory (and parents) and the magic file.
-
-    Idempotent: an existing store is left as it is.
-    """
-    root = os.path.abspath(os.fspath(path))
-    for directory in (root, os.path.join(root, "keys"), os.path.join(root, "data")):
-        os.makedirs(directory, exist_ok=True)
-    magic = os.path.join(root, magic_fname)
-    if not os.path.exists(magic):
-        atomic_write(magic, _MAGIC_CONTENT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,12 +143,22 @@ class FileSystemStore(AbstractStore):
     for the store lock before :class:`~storekeeper.errors.LockTimeoutError`),
     ``inline_limit`` (values up to this size live inside their record) and
     ``orphan_grace`` (age in seconds after which an unreferenced data file is garbage).
+
+    Listing cost: records live in one flat directory whose order is the file system's,
+    so every :meth:`list_keys` reads all its names (no record is opened): listing 100
+    keys among 100,000 reads 100,000 names. Avoiding that needs an ordered index next to
+    the records, and an index readers can trust without a lock must change with every
+    record in one atomic step, which costs every write a second file and fsync (a
+    journal entry); an index rebuilt on the side and checked against the directory's
+    modification time would be trusted while stale whenever two changes land within one
+    tick of the file system's clock. Neither is worth a slower or less certain ``set``;
+    a store with many keys listed by prefix is better served by :class:`~storekeeper.SqliteStore`.
     """
 
     def __init__(
         self,
         path: str | os.PathLike[str],
-        magic_fname: str = ".FSStore",
+        magic_fname: str = DEFAULT_MAGIC_FNAME,
         *,
         durable: bool = True,
         event_manager: BaseEventManager | None = None,
@@ -191,16 +177,12 @@ class FileSystemStore(AbstractStore):
         self.lock_timeout = lock_timeout
         self.inline_limit = inline_limit
         self.orphan_grace = orphan_grace
-        self._keys = os.path.join(self.path, "keys")
-        self._data = os.path.join(self.path, "data")
-        self._keys_prefix = self._keys + os.sep
-        self._journal = os.path.join(self.path, JOURNAL_NAME)
-        self._journal_reader = JournalReader(self.path)
-        self._lister = KeyLister(self._keys, self._on_damaged)
+        self._layout = StoreLayout(self.path)
+        self._lister = KeyLister(self._layout.keys, self._on_damaged)
         self._lock: StoreLock | None = None
         # Seen only by the transaction's owner, not by tasks that inherit its context.
         self._staging_var: OwnedVar[Staging] = OwnedVar(f"storekeeper-fs-staging-{id(self):x}")
-        self._check_layout()
+        self._layout.check(self.magic_fname)
 
     @classmethod
     def from_url(cls, parts: SplitResult, **options: Any) -> FileSystemStore:
@@ -220,7 +202,7 @@ class FileSystemStore(AbstractStore):
         settings.update(options)
         path = url_directory(parts)
         if settings.pop("create", False):
-            init_shared_store(path, settings.get("magic_fname", ".FSStore"))
+            init_shared_store(path, settings.get("magic_fname", DEFAULT_MAGIC_FNAME))
         return urls.create(cls, parts, path, **settings)
 
     @property
@@ -236,16 +218,17 @@ class FileSystemStore(AbstractStore):
         info = {**super().info(), "path": self.path, "durable": self.durable}
         if self.is_connected():
             damaged: list[str] = []
-            pending = self._journal_reader.pending()
-            for _ in visible_records(self._keys, pending, lambda n, e: damaged.append(n)):
+            layout = self._layout
+            pending = layout.journal_reader.pending()
+            for _ in visible_records(layout.keys, pending, lambda n, e: damaged.append(n)):
                 pass
-            info["damaged_keys"] = sorted(_key_of_name(name) for name in damaged)
+            info["damaged_keys"] = sorted(key_of_name(name) for name in damaged)
         return info
 
     # -- connection ----------------------------------------------------------------------
     def connect(self, credentials: Any = None) -> None:
         """Check the directory, finish a crashed transaction and collect garbage."""
-        self._check_layout()
+        self._layout.check(self.magic_fname)
         lock = StoreLock(os.path.join(self.path, _LOCK_NAME), self.lock_timeout, self._recover)
         with lock.held():
             collect_garbage(self.path, self.orphan_grace)
@@ -267,19 +250,6 @@ class FileSystemStore(AbstractStore):
         with translated("collecting garbage"), self._locked().held():
             return collect_garbage(self.path, self.orphan_grace if grace is None else grace)
 
-    def _check_layout(self) -> None:
-        if not os.path.isdir(self.path):
-            raise FileSystemStoreError(
-                errno.ENOENT, "store directory not found (see init_shared_store)", self.path
-            )
-        magic = os.path.join(self.path, self.magic_fname)
-        if not os.path.isfile(magic):
-            raise FileSystemStoreError(
-                errno.ENOENT, "not a FileSystemStore: magic file missing", magic
-            )
-        for directory in (self._keys, self._data):
-            os.makedirs(directory, exist_ok=True)
-
     # -- locking ---------------------------------------------------------------------------
     def _locked(self) -> StoreLock:
         lock = self._lock
@@ -290,7 +260,7 @@ class FileSystemStore(AbstractStore):
     def _recover(self) -> None:
         # A writer that died after committing a journal left it for the next one to
         # finish before anything else changes.
-        if os.path.exists(self._journal):
+        if os.path.exists(self._layout.journal):
             recover(self.path, durable=self.durable)
 
     # -- reading ---------------------------------------------------------------------------
@@ -299,20 +269,7 @@ class FileSystemStore(AbstractStore):
         staging = self._staging_var.get()
         if staging is not None and key in staging.changes:
             return staging.changes[key]
-        # The journal is read before the record: see _fs_journal for why that order.
-        pending = self._journal_reader.pending()
-        try:
-            if pending is None or not pending.covers(name):
-                record = load_record(self._keys_prefix + name, with_data=with_data)
-            else:
-                record = pending.load(self._keys, name, with_data=with_data)
-        except CorruptFileError as exc:
-            raise CorruptFileError(
-                f"the record of key {key!r} is damaged ({exc}); set or delete the key to replace it"
-            ) from exc
-        if record is None or record.key != key:  # a different key, hashed alike
-            return None
-        return record
+        return self._layout.load(key, name, with_data=with_data)
 
     def _load_replaced(self, key: str, name: str, *, with_data: bool) -> Record | None:
         """As :meth:`_load`, for a write that replaces or deletes the whole record: a
@@ -321,8 +278,7 @@ class FileSystemStore(AbstractStore):
             return self._load(key, name, with_data=with_data)
         except CorruptFileError as exc:
             _log.warning("replacing the damaged record of key %r: %s", key, exc)
-            clear_damaged(self._keys_prefix + name, key)
-            return damaged_record(key)
+            return self._layout.clear_damaged(key, name)
 
     def _record(self, key: str, *, with_data: bool) -> Record:
         check_key(key)
@@ -333,7 +289,7 @@ class FileSystemStore(AbstractStore):
         return record
 
     def _on_damaged(self, name: str, error: CorruptFileError) -> None:
-        _log.warning("skipping the damaged record of key %r: %s", _key_of_name(name), error)
+        _log.warning("skipping the damaged record of key %r: %s", key_of_name(name), error)
 
     def get(self, key: str) -> Value:
         """The value of *key*: in memory for small values, streamed from disk otherwise.
@@ -347,7 +303,7 @@ class FileSystemStore(AbstractStore):
             if record.data_file is None:
                 return record_value(record, None)
             try:
-                shared = SharedFile(os.path.join(self._data, record.data_file), f"key {key!r}")
+                shared = SharedFile(self._layout.data_path(record.data_file), f"key {key!r}")
             except FileNotFoundError:
                 # Overwritten between reading the record and opening its data, unless
                 # the record is still the same: then its data file is gone (damage).
@@ -365,12 +321,12 @@ class FileSystemStore(AbstractStore):
         self._require_connection()
         name = encode_key(key)
         staging = self._staging_var.get()
-        if is_hashed(name) or (staging is not None and key in staging.changes):
+        found = (
+            None if staging is not None and key in staging.changes else self._layout.exists(name)
+        )
+        if found is None:
             return self._load(key, name, with_data=False) is not None
-        pending = self._journal_reader.pending()
-        if pending is not None and pending.covers(name):
-            return self._load(key, name, with_data=False) is not None
-        return os.path.exists(self._keys_prefix + name)
+        return found
 
     def get_metadata(self, key: str, select: Iterable[str] | None = None) -> Metadata:
         """A copy of *key*'s metadata (the data is not read)."""
@@ -400,7 +356,8 @@ class FileSystemStore(AbstractStore):
         result = []
         staging = self._staging_var.get()
         changes = staging.changes if staging is not None else {}
-        records = visible_records(self._keys, self._journal_reader.pending(), self._on_damaged)
+        layout = self._layout
+        records = visible_records(layout.keys, layout.journal_reader.pending(), self._on_damaged)
         committed = (r for r in records if r.key not in changes)
         staged = (r for r in changes.values() if r is not None)
         for record in itertools.chain(committed, staged):
@@ -417,7 +374,8 @@ class FileSystemStore(AbstractStore):
         self._require_connection()
         staging = self._staging_var.get()
         changes = staging.changes if staging is not None else {}
-        listed = visible_keys(self._keys, self._journal_reader.pending(), self._on_damaged)
+        layout = self._layout
+        listed = visible_keys(layout.keys, layout.journal_reader.pending(), self._on_damaged)
         keys = [key for key in listed if key not in changes]
         keys.extend(key for key, record in changes.items() if record is not None)
         return keys
@@ -431,7 +389,7 @@ class FileSystemStore(AbstractStore):
         :meth:`query` and :meth:`query_keys` (which read records) leave it out."""
         check_listing(prefix, delimiter)
         self._require_connection()
-        keys = self._lister.keys(prefix, self._journal_reader.pending())
+        keys = self._lister.keys(prefix, self._layout.journal_reader.pending())
         staging = self._staging_var.get()
         for key, record in staging.changes.items() if staging is not None else ():
             if record is None:
@@ -558,7 +516,7 @@ class FileSystemStore(AbstractStore):
                 self._store(key, name, old, new)
         except BaseException:
             if payload is not None and payload.data_file is not None:
-                self._discard_data(payload.data_file)
+                self._layout.discard_data(payload.data_file)
             raise
         self._emit_change(event, key, new.metadata_json)
         return new.version
@@ -591,29 +549,7 @@ class FileSystemStore(AbstractStore):
         if staging is not None:
             staging.record(key, new)
             return
-        path = os.path.join(self._keys, name)
-        if new is not None:
-            atomic_write(path, pack_record(new), durable=self.durable)
-        else:
-            with suppress(FileNotFoundError):  # a damaged record's directory, removed
-                os.unlink(path)
-            if self.durable:
-                fsync_directory(self._keys)
-        obsolete = obsolete_data_file(old, new)
-        if obsolete is not None:
-            self._unlink_data(obsolete)
-
-    def _discard_data(self, data_file: str) -> None:
-        """Remove a data file this store wrote, unless a committed record names it.
-
-        Used after a failure, when the write may or may not have reached its record.
-        """
-        if is_orphan(self._keys, data_file):
-            self._unlink_data(data_file)
-
-    def _unlink_data(self, data_file: str) -> None:
-        with suppress(FileNotFoundError):
-            os.unlink(os.path.join(self._data, data_file))
+        self._layout.put(name, old, new, durable=self.durable)
 
     def _ingest(
         self, key: str, source: object, buffer_size: int, metadata_json: str | None = None
@@ -639,13 +575,11 @@ class FileSystemStore(AbstractStore):
         return _Payload(b"".join(head), None, total)
 
     def _write_data_file(self, key: str, chunks: bytes | Iterator[bytes]) -> _Payload:
-        data_file = f"{encode_key(key)}.{new_version()}"
-        path = os.path.join(self._data, data_file)
-        atomic_write(path, chunks, durable=self.durable)
+        data_file = self._layout.write_data(key, chunks, durable=self.durable)
         staging = self._staging_var.get()
         if staging is not None:
             staging.created_data.append(data_file)
-        return _Payload(None, data_file, os.stat(path).st_size)
+        return _Payload(None, data_file, os.stat(self._layout.data_path(data_file)).st_size)
 
     # -- transactions ----------------------------------------------------------------------
     def _staging(self) -> Staging:
@@ -666,7 +600,7 @@ class FileSystemStore(AbstractStore):
                 self.path, self._staging(), self._store_committed, durable=self.durable
             )
             for data_file in unused:
-                self._unlink_data(data_file)
+                self._layout.unlink_data(data_file)
         self._staging_var.set(None)
         self._locked().release()
 
@@ -677,7 +611,7 @@ class FileSystemStore(AbstractStore):
             with translated("rolling back a transaction"):
                 if not staging.journaled:
                     for data_file in staging.created_data:
-                        self._discard_data(data_file)
+                        self._layout.discard_data(data_file)
                     remove_staged_files(self.path)
         finally:
             self._locked().release()
@@ -705,12 +639,6 @@ def _missing_data(key: str, data_file: str) -> CorruptFileError:
         f"the data file {data_file!r} of key {key!r} is missing; set or delete the key "
         "to replace it"
     )
-
-
-def _key_of_name(name: str) -> str:
-    """The key of the record file *name*, or the name itself when it is hashed."""
-    key = decode_name(name)
-    return name if key is None else key
 
 
 def _kept_metadata(old: Record | None) -> str:

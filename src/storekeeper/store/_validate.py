@@ -203,10 +203,17 @@ def check_keys(keys: Sequence[object]) -> None:
     """Raise :class:`InvalidKeyError` for the first invalid key in *keys*, as
     :func:`check_key` would; nothing happens when all are valid."""
     # Whole-list checks run in C; only a list holding a bad key is walked key by key.
-    if set(map(type, keys)) <= {str} and all(keys):
+    try:
         joined = "".join(keys)  # type: ignore[arg-type]
-        if "\x00" not in joined and (joined.isascii() or encodable(joined)):
-            return
+    except TypeError:  # a key that is not a str
+        joined = None
+    if (
+        joined is not None
+        and "\x00" not in joined
+        and (joined.isascii() or encodable(joined))
+        and all(keys)
+    ):
+        return
     for key in keys:
         check_key(key)
 
@@ -308,17 +315,25 @@ def _check_nesting(metadata: Mapping[Any, Any]) -> None:
     values: Iterable[Any] = metadata.values()
     if _LEAVES.issuperset(map(type, values)):
         return
-    level = [value for value in values if isinstance(value, _CONTAINERS)]
+    # Plain loops: metadata usually nests a small dict or list or two, for which a
+    # comprehension's or generator's own call would cost more than the walk.
+    level: list[Any] = []
+    for value in values:
+        if isinstance(value, _CONTAINERS):
+            level.append(value)
     for _ in range(MAX_METADATA_DEPTH - 1):
         below: list[Any] = []
         for item in level:
             if isinstance(item, dict):
-                _check_names(item)
+                if not _STR_ONLY.issuperset(map(type, item)):
+                    _check_names(item)
                 values = item.values()
             else:
                 values = item
             if not _LEAVES.issuperset(map(type, values)):
-                below.extend(value for value in values if isinstance(value, _CONTAINERS))
+                for value in values:
+                    if isinstance(value, _CONTAINERS):
+                        below.append(value)
         if not below:
             return
         level = below
@@ -330,8 +345,6 @@ def _check_nesting(metadata: Mapping[Any, Any]) -> None:
 
 def _check_names(nested: dict[Any, Any]) -> None:
     """Raise :class:`InvalidMetadataError` unless every key of the *nested* dict is a str."""
-    if _STR_ONLY.issuperset(map(type, nested)):
-        return
     for name in nested:
         if not isinstance(name, str):
             raise InvalidMetadataError(f"metadata keys must be str at every depth, not {name!r}")

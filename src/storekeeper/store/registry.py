@@ -54,6 +54,9 @@ _registry: dict[str, _Backend] = {
     "http+static": _Backend("storekeeper.backends.static:StaticURLStore", "http"),
     "https+static": _Backend("storekeeper.backends.static:StaticURLStore", "http"),
     "file+static": _Backend("storekeeper.backends.static:StaticURLStore", None),
+    "s3": _Backend("storekeeper.backends.s3:S3Store", "s3"),
+    "postgresql": _Backend("storekeeper.backends.postgres:PostgresStore", "postgres"),
+    "postgres": _Backend("storekeeper.backends.postgres:PostgresStore", "postgres"),
 }
 _lock = threading.Lock()
 _entry_points_loaded = False

@@ -236,7 +236,12 @@ def _uniform(reader: _Reader, report: Observation, when: str, *, asks: int = 1) 
 
 
 def _writer_round(
-    reader: _Reader, opener: Opener, generation: int, freezes: int, report: Observation
+    reader: _Reader,
+    opener: Opener,
+    generation: int,
+    freezes: int,
+    report: Observation,
+    settle: Callable[[], None],
 ) -> int | None:
     """One writer: frozen *freezes* times, then killed; the generation it left."""
     writer = _start_writer(opener, generation)
@@ -246,6 +251,7 @@ def _writer_round(
             time.sleep(random.uniform(0.0, 0.004))
             os.kill(writer.pid, signal.SIGSTOP)
             _wait_stopped(writer.pid)
+            settle()
             report.freezes += 1
             frozen = _uniform(reader, report, "while the writer was frozen")
             os.kill(writer.pid, signal.SIGCONT)
@@ -256,6 +262,7 @@ def _writer_round(
         writer.kill()
         writer.join(_WAIT)
     report.kills += 1
+    settle()
     # Once the writer is dead nothing may keep the reader waiting: ask until it answers.
     left = _uniform(reader, report, "after the writer was killed", asks=5)
     if left == REFUSED_GENERATION:
@@ -264,9 +271,13 @@ def _writer_round(
     return left
 
 
-def observe_commits(opener: Opener, *, writers: int, freezes: int) -> Observation:
+def observe_commits(
+    opener: Opener, *, writers: int, freezes: int, settle: Callable[[], None] = lambda: None
+) -> Observation:
     """Run *writers* writer processes one after another against the store *opener*
-    opens, each frozen *freezes* times and then killed; see the module documentation."""
+    opens, each frozen *freezes* times and then killed; see the module documentation.
+    *settle* runs each time a writer has been frozen or killed, before the reader is
+    asked for a uniform state (see :meth:`CrossProcessTests.settle_stopped_writer`)."""
     report = Observation()
     with opener() as store:
         _write_generation(store, 0)
@@ -275,7 +286,7 @@ def observe_commits(opener: Opener, *, writers: int, freezes: int) -> Observatio
         generation: int | None = 0
         for _ in range(writers):
             assert generation is not None
-            generation = _writer_round(reader, opener, generation + 1, freezes, report)
+            generation = _writer_round(reader, opener, generation + 1, freezes, report, settle)
             if generation is None or report.problems:
                 break
         passes = reader.ask("stop", report)
@@ -299,6 +310,14 @@ class CrossProcessTests:
         does not declare ``cross_process`` in its capabilities."""
         url = self.store_url(tmp_path)
         return None if url is None else functools.partial(open_store, url)
+
+    def settle_stopped_writer(self) -> None:
+        """Wait until a writer process just frozen or killed can change nothing more.
+
+        Nothing to wait for (the default) where the writer's process does all the
+        writing. A client-server store overrides it: the server may still be finishing a
+        COMMIT the writer sent before it stopped, and that commit may land (whole) after
+        the reader was asked for one uniform state."""
 
     @pytest.mark.crash
     def test_transactions_are_atomic_for_readers_in_other_processes(self, tmp_path: Path) -> None:
@@ -326,4 +345,6 @@ class CrossProcessTests:
                 f"{type(self).__name__}: the store declares cross_process; define store_url "
                 "or process_opener so other processes can open it"
             )
-        return observe_commits(opener, writers=writers, freezes=freezes)
+        return observe_commits(
+            opener, writers=writers, freezes=freezes, settle=self.settle_stopped_writer
+        )

@@ -1,0 +1,360 @@
+"""Connections of a :class:`~storekeeper.backends.postgres.PostgresStore`: its pool, the
+transaction of each owner, and what a ``fork`` leaves behind.
+
+- **One pool per store** (:mod:`psycopg_pool`), in autocommit mode: a plain read or write
+  borrows a connection for one statement (or one short transaction) and gives it back.
+  Connections given back healthy and idle are kept in a small last-in-first-out cache
+  in front of the pool, so one thread's calls reuse one warm connection without the
+  pool's bookkeeping; anything else goes back to the pool, which resets or replaces it.
+- **A transaction per owner** (the asyncio task or thread, see
+  :mod:`storekeeper.store.owners`): ``store.transaction()`` borrows a connection for the
+  whole block and runs ``BEGIN`` on it; every call of that owner inside the block runs
+  on it, nested blocks are savepoints. Other owners use other connections, so they never
+  see its uncommitted writes.
+- **Waiting**: PostgreSQL makes a writer wait for the row locks of another transaction.
+  Waiting for another thread is fine; waiting for another asyncio task of the same
+  thread would block the event loop that task needs, so while such a task has a
+  transaction open, this thread's statements run with a short ``lock_timeout`` and a
+  lock that would make them wait raises :meth:`Claim.refusal` (a ``TransactionError``)
+  instead. A transaction begun with ``wait=False`` runs with the same short
+  ``lock_timeout`` and raises :func:`busy` (a ``LockTimeoutError``).
+- **After fork** the child must not talk on the parent's sockets: the first call in a
+  new process points every inherited socket at ``/dev/null`` (so that freeing the
+  connection objects, which tells the server goodbye, cannot end the parent's
+  sessions) and opens a pool of its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+import psycopg_pool
+from psycopg import errors as pg
+from psycopg.pq import TransactionStatus
+
+from storekeeper.backends._pg_errors import convert
+from storekeeper.errors import BackendUnavailableError, NotConnectedError, TransactionError
+from storekeeper.store.backend import Claim, OwnedVar
+from storekeeper.store.owners import busy, may_wait
+
+__all__ = ["Connections", "Transaction", "neutralize"]
+
+Connection = psycopg.Connection[Any]
+
+# A lock wait that can never end (another task of this thread holds the lock) or that
+# the caller refused (wait=False) gives up after this long instead.
+_SHORT_LOCK_TIMEOUT = "'20ms'"
+#: Pools whose connections a forked child inherited: kept referenced so that they are
+#: never finalised while the child runs (their sockets point at /dev/null by then).
+_INHERITED: list[object] = []
+
+
+def neutralize(conn: Connection) -> None:
+    """Point *conn*'s socket at ``/dev/null``: for a connection inherited through
+    ``fork``, whose socket is the parent's session."""
+    try:
+        fd = conn.pgconn.socket
+    except psycopg.Error:
+        return  # already closed: nothing left to protect
+    null = os.open(os.devnull, os.O_RDWR)
+    try:
+        os.dup2(null, fd)
+    finally:
+        os.close(null)
+
+
+@dataclass(eq=False)
+class Transaction:
+    """One owner's open transaction: its connection, who owns it, in which process."""
+
+    conn: Connection
+    claim: Claim
+    pid: int
+    nowait: bool
+    short: bool = False
+    savepoints: int = 0
+
+
+class Connections:
+    """The pool and the transactions of one store (see the module documentation)."""
+
+    def __init__(
+        self, conninfo: str, origin: str, *, max_size: int, timeout: float, what: str
+    ) -> None:
+        self.conninfo = conninfo
+        self.origin = origin
+        self.max_size = max_size
+        self.timeout = timeout
+        self.what = what
+        self._pool: psycopg_pool.ConnectionPool[Connection] | None = None
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._opened: weakref.WeakSet[Connection] = weakref.WeakSet()
+        # Connections borrowed from the pool and kept for the next call, last in first
+        # out: one thread's calls reuse one warm connection and skip the pool's
+        # bookkeeping (which cost a third of a point read).
+        self._idle: list[Connection] = []
+        self._claims: set[Claim] = set()
+        self._var: OwnedVar[Transaction] = OwnedVar(f"pg-{id(self):x}-transaction")
+
+    # -- the pool --------------------------------------------------------------------------
+    def open(self) -> None:
+        """Open the pool (checking that the server answers)."""
+        with self._lock:
+            if self._pool is not None and self._pid == os.getpid():
+                return  # open already (its connections may all be lent out: no wait)
+            self._renew()
+            pool = self._pool
+        assert pool is not None
+        try:
+            pool.wait(self.timeout)
+        except psycopg_pool.PoolTimeout as exc:
+            self.close()
+            raise self._why_not(exc) from exc
+        except BaseException:
+            self.close()
+            raise
+
+    def _why_not(self, exc: psycopg_pool.PoolTimeout) -> BaseException:
+        """The error of a pool that opened no connection: the server's own refusal
+        (bad credentials, no such database...) when one connection attempt shows it."""
+        try:
+            psycopg.connect(self.conninfo, connect_timeout=max(1, int(self.timeout))).close()
+        except psycopg.Error as refused:
+            return convert(refused, f"connecting to {self.what}")
+        return convert(exc, f"connecting to {self.what}")
+
+    def close(self) -> None:
+        """Close the pool (in this process; a forked child's inherited one is left be)."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+            idle, self._idle = self._idle, []
+        if pool is not None and self._pid == os.getpid():
+            for conn in idle:
+                pool.putconn(conn)
+            pool.close(timeout=5.0)
+
+    def pool(self) -> psycopg_pool.ConnectionPool[Connection]:
+        """The pool of this process (a new one after ``fork``)."""
+        pool = self._pool
+        if pool is not None and self._pid == os.getpid():
+            return pool
+        with self._lock:
+            if self._pool is None:
+                raise NotConnectedError(f"{self.what} is not connected")
+            if self._pid != os.getpid():
+                self._renew()
+            assert self._pool is not None
+            return self._pool
+
+    def _renew(self) -> None:
+        """A new pool; in a forked child, the inherited connections are neutralized."""
+        if self._pid != os.getpid():
+            for conn in list(self._opened):
+                neutralize(conn)
+            _INHERITED.append(self._pool)  # never finalised in the child
+            self._opened = weakref.WeakSet()
+            _INHERITED.append(self._idle)
+            self._idle = []
+            self._claims = set()
+            self._pid = os.getpid()
+        self._pool = psycopg_pool.ConnectionPool(
+            self.conninfo,
+            min_size=2,
+            max_size=self.max_size,
+            kwargs={"autocommit": True},
+            configure=self._configure,
+            timeout=self.timeout,
+            name=self.what,
+            open=True,
+        )
+
+    def _configure(self, conn: Connection) -> None:
+        # The trigger writing the change log reads the origin to tell whose write it is.
+        conn.execute("SELECT set_config('storekeeper.origin', %s, false)", [self.origin])
+        self._opened.add(conn)
+
+    def track(self, conn: Connection) -> None:
+        """Count *conn* (opened outside the pool) among the connections a forked child
+        must neutralize."""
+        self._opened.add(conn)
+
+    # -- using a connection ----------------------------------------------------------------
+    def transaction(self) -> Transaction | None:
+        """The caller's open transaction, or ``None``."""
+        txn = self._var.get()
+        if txn is not None and txn.pid != os.getpid():
+            raise TransactionError(
+                f"a transaction on {self.what} was begun before this process was forked; "
+                "it belongs to the parent process"
+            )
+        return txn
+
+    @contextmanager
+    def using(self, doing: str) -> Iterator[Connection]:
+        """The connection for the caller's next statements: its transaction's, or one
+        borrowed from the pool; psycopg's errors in the block are translated."""
+        txn = self.transaction()
+        refusal = self._blocker(txn)
+        try:
+            if txn is not None:
+                if refusal is not None and not txn.short and not txn.nowait:
+                    txn.conn.execute(f"SET LOCAL lock_timeout = {_SHORT_LOCK_TIMEOUT}")
+                    txn.short = True
+                yield txn.conn
+                return
+            conn = self._borrow()
+            try:
+                if refusal is None:
+                    yield conn
+                    return
+                with conn.transaction():
+                    conn.execute(f"SET LOCAL lock_timeout = {_SHORT_LOCK_TIMEOUT}")
+                    yield conn
+            finally:
+                self._give_back(conn)
+        except pg.LockNotAvailable as exc:
+            if txn is not None and txn.nowait:
+                raise busy(self.what) from exc
+            if refusal is not None:
+                raise refusal.refusal(self.what) from exc
+            raise convert(exc, doing) from exc
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            error = convert(exc, doing)
+            if isinstance(error, BackendUnavailableError):
+                self._drop_broken()
+            raise error from exc
+
+    def _drop_broken(self) -> None:
+        """After a lost connection (a server restart ends them all): test the idle
+        connections, so the pool replaces the broken ones before the next calls get them."""
+        pool = self._pool
+        if pool is None or self._pid != os.getpid():
+            return
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            pool.putconn(conn)
+        with contextlib.suppress(psycopg.Error):  # still away: the next call reports it
+            pool.check()
+
+    def _borrow(self, timeout: float | None = None) -> Connection:
+        """A connection for the caller: the one given back last, or one from the pool."""
+        pool = self.pool()
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        return pool.getconn(timeout=timeout)
+
+    def _give_back(self, conn: Connection) -> None:
+        """Keep *conn* for the next call if it is healthy and idle, else return it to
+        the pool (which resets or replaces it)."""
+        pool = self._pool
+        if pool is None or self._pid != os.getpid():
+            conn.close()
+            return
+        if not conn.broken and conn.pgconn.transaction_status == TransactionStatus.IDLE:
+            with self._lock:
+                if self._pool is pool and len(self._idle) < self.max_size:
+                    self._idle.append(conn)
+                    return
+        pool.putconn(conn)
+
+    def _blocker(self, txn: Transaction | None) -> Claim | None:
+        """Another task of this thread with a transaction open, which this thread's
+        statements must not wait for."""
+        if not self._claims:
+            return None
+        with self._lock:
+            for claim in self._claims:
+                if claim.blocks_here() and (txn is None or claim is not txn.claim):
+                    return claim
+        return None
+
+    # -- transactions ----------------------------------------------------------------------
+    def begin(self) -> None:
+        """Begin a transaction for the caller on a connection of its own."""
+        nowait = not may_wait()
+        try:
+            conn = self._borrow(timeout=0.5 if nowait else None)
+        except psycopg_pool.PoolTimeout as exc:
+            if nowait:
+                raise busy(self.what) from exc
+            raise convert(exc, "beginning a transaction") from exc
+        try:
+            statement = "BEGIN"
+            if nowait:
+                statement += f"; SET LOCAL lock_timeout = {_SHORT_LOCK_TIMEOUT}"
+            conn.execute(statement)
+        except psycopg.Error as exc:
+            self._give_back(conn)
+            raise convert(exc, "beginning a transaction") from exc
+        txn = Transaction(conn, Claim.take(), os.getpid(), nowait)
+        with self._lock:
+            self._claims.add(txn.claim)
+        self._var.set(txn)
+
+    def commit(self) -> None:
+        """Commit the caller's transaction and end it."""
+        txn = self.transaction()
+        if txn is None:
+            raise TransactionError(f"no transaction is open on {self.what}")
+        try:
+            txn.conn.execute("COMMIT")
+        except psycopg.Error as exc:
+            raise convert(exc, "committing a transaction") from exc
+        self._end(txn)
+
+    def rollback(self) -> None:
+        """Roll the caller's transaction back (if any) and end it; a connection that
+        broke meanwhile is dropped by the pool."""
+        txn = self.transaction()
+        if txn is None:
+            return
+        try:
+            if not txn.conn.closed and not txn.conn.broken:
+                txn.conn.execute("ROLLBACK")
+        except psycopg.Error:
+            pass  # the server rolls back a transaction whose session ends
+        finally:
+            self._end(txn)
+
+    def _end(self, txn: Transaction) -> None:
+        self._var.set(None)
+        with self._lock:
+            self._claims.discard(txn.claim)
+        self._give_back(txn.conn)
+
+    def savepoint(self) -> str:
+        """Open a savepoint in the caller's transaction; its name."""
+        txn = self._require()
+        txn.savepoints += 1
+        name = f"sk_{txn.savepoints}"
+        with self.using("opening a savepoint") as conn:
+            conn.execute(f"SAVEPOINT {name}")
+        return name
+
+    def rollback_to(self, token: str) -> None:
+        """Undo what followed the savepoint *token*."""
+        self._require()
+        with self.using("rolling back to a savepoint") as conn:
+            conn.execute(f"ROLLBACK TO SAVEPOINT {token}")
+
+    def release(self, token: str) -> None:
+        """Keep what followed the savepoint *token*."""
+        with self.using("releasing a savepoint") as conn:
+            conn.execute(f"RELEASE SAVEPOINT {token}")
+
+    def _require(self) -> Transaction:
+        txn = self.transaction()
+        if txn is None:
+            raise TransactionError(f"no transaction is open on {self.what}")
+        return txn

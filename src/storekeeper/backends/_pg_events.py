@@ -1,0 +1,252 @@
+"""Change events across processes for :class:`~storekeeper.backends.postgres.PostgresStore`.
+
+Statement-level triggers on the store's table write every change (whoever made it: a
+store in any process or host, or plain SQL) to the change log ``T__changes`` and
+announce it with ``NOTIFY`` on the table's channel (see ``_pg_schema``). A statement
+that changed one row sends the change's origin, id, action, key and metadata when that
+fits well under the 8,000-byte limit of ``NOTIFY``; otherwise (a larger change, or a
+statement of many rows) it sends the origin and the ids, 500 per notification, and the
+listener reads the rest from the log. PostgreSQL delivers notifications when the
+transaction commits, in commit order.
+
+Each connected store runs a :class:`Listener`: a thread with a connection of its own that
+``LISTEN``s on the channel and hands each change made by *another* store object (another
+origin) to the store, which emits it on its event manager as the usual
+``StoreSetEvent``/``StoreUpdateEvent``/``StoreDeleteEvent`` with ``remote=True`` (local
+changes are emitted by the writing call itself, so each change reaches each store object
+once). After a (re)connection the listener first reads the log from its cursor, the last
+change id it delivered, so a listener that lost its connection misses nothing that the
+log still holds; ids it has delivered are remembered so nothing is delivered twice.
+
+The log is bounded: the listener deletes all but the newest ``change_log_size`` changes
+every ``maintenance_interval`` seconds (and deletes chunk sets that have been in the
+trash longer than ``reclaim_after``); a listener disconnected for longer than it takes
+to make that many changes misses the older ones, and logs a warning saying so.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from storekeeper.backends._pg_schema import Schema
+
+__all__ = ["Change", "Listener", "maintain"]
+
+_log = logging.getLogger(__name__)
+#: Changes before the cursor read again after a reconnection: ids are taken when a
+#: change is written, so one written earlier may commit after a later one.
+_SLACK = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One committed change from the log."""
+
+    id: int
+    action: str
+    key: str
+    metadata: str | None
+    origin: str | None
+
+
+def maintain(
+    conn: psycopg.Connection[Any], schema: Schema, keep_changes: int, reclaim_after: float
+) -> None:
+    """Bound the change log to its newest *keep_changes* changes and delete chunk sets
+    trashed more than *reclaim_after* seconds ago."""
+    conn.execute(
+        schema.compose("DELETE FROM {changes} WHERE id <= (SELECT max(id) FROM {changes}) - %s"),
+        [keep_changes],
+    )
+    with conn.transaction():
+        rows = conn.execute(
+            schema.compose(
+                "DELETE FROM {trash} WHERE since < now() - make_interval(secs => %s) RETURNING blob"
+            ),
+            [reclaim_after],
+        ).fetchall()
+        if rows:
+            conn.execute(
+                schema.compose("DELETE FROM {chunks} WHERE blob = ANY(%s)"), [[b for (b,) in rows]]
+            )
+
+
+def _last_id(payload: str, start: int) -> int:
+    """The highest change id of a payload whose origin ends at *start*: the ``i`` that
+    follows (one change) or the last of the ``ids`` list."""
+    if payload.startswith('"i" : ', start):
+        begin = start + len('"i" : ')
+        end = payload.find(",", begin)
+        return int(payload[begin:end])
+    listed = payload[payload.rindex("[") + 1 : payload.rindex("]")]
+    return int(listed.rsplit(",", 1)[-1])
+
+
+class Listener:
+    """The thread delivering the changes of other origins to *deliver*."""
+
+    def __init__(
+        self,
+        conninfo: str,
+        schema: Schema,
+        origin: str,
+        deliver: Callable[[Change], None],
+        *,
+        cursor: int,
+        track: Callable[[psycopg.Connection[Any]], None],
+        maintenance: Callable[[psycopg.Connection[Any]], None],
+        interval: float,
+    ) -> None:
+        self.conninfo = conninfo
+        self.schema = schema
+        self.origin = origin
+        self.deliver = deliver
+        self.cursor = cursor
+        self.floor = cursor
+        self.track = track
+        self.maintenance = maintenance
+        self.interval = interval
+        self.connected = threading.Event()
+        self._stop = threading.Event()
+        # The ids delivered lately (as many as a catch-up may read again).
+        self._seen: set[int] = set()
+        self._order: deque[int] = deque()
+        # How PostgreSQL's json_build_object starts a payload of this origin.
+        self._own = '{"o" : ' + json.dumps(origin) + ", "
+        self._conn: psycopg.Connection[Any] | None = None
+        self._thread = threading.Thread(
+            target=self._run, name=f"storekeeper-listen-{schema.table}", daemon=True
+        )
+
+    def start(self) -> None:
+        """Start listening (returns at once; :attr:`connected` is set once it listens)."""
+        self._thread.start()
+
+    def stop(self, wake: Callable[[], None] | None = None) -> None:
+        """Stop the thread and close its connection; *wake*, when given, sends the
+        thread a notification so that it stops without waiting for its timeout."""
+        self._stop.set()
+        if wake is not None and self._thread.is_alive():
+            try:
+                wake()
+            except Exception:  # noqa: BLE001 - the thread then stops after its timeout
+                _log.debug("could not wake the change listener of %s", self.schema.table)
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(10)
+
+    # -- the thread --------------------------------------------------------------------------
+    def _run(self) -> None:
+        delay = 0.1
+        while not self._stop.is_set():
+            try:
+                self._session()
+                delay = 0.1
+            except psycopg.Error as exc:
+                self.connected.clear()
+                _log.warning("change listener of %s lost its connection: %s", self.schema, exc)
+                self._stop.wait(delay)
+                delay = min(delay * 2, 5.0)
+            except Exception:  # noqa: BLE001 - a listener's bug must not end delivery for good
+                _log.exception("change listener of %s failed", self.schema.table)
+                self._stop.wait(delay)
+
+    def _session(self) -> None:
+        with psycopg.connect(self.conninfo, autocommit=True) as conn:
+            self._conn = conn
+            self.track(conn)
+            conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.schema.channel)))
+            self._catch_up(conn)
+            self.connected.set()
+            last_maintenance = time.monotonic()  # connect() has just tidied up
+            while not self._stop.is_set():
+                for payload in self._receive(conn):
+                    self._notified(conn, payload)
+                now = time.monotonic()
+                if now - last_maintenance >= self.interval:
+                    last_maintenance = now
+                    self.maintenance(conn)
+
+    def _catch_up(self, conn: psycopg.Connection[Any]) -> None:
+        low = max(self.floor, self.cursor - _SLACK)
+        rows = conn.execute(
+            self.schema.compose(
+                "SELECT id, action, key, metadata, origin FROM {changes} WHERE id > %s ORDER BY id"
+            ),
+            [low],
+        ).fetchall()
+        if rows and rows[0][0] > low + 1 and self.cursor > self.floor:
+            _log.warning(
+                "change listener of %s: changes %d to %d left the log before they were read",
+                self.schema.table,
+                low + 1,
+                rows[0][0] - 1,
+            )
+        for row in rows:
+            self._handle(Change(*row))
+
+    def _receive(self, conn: psycopg.Connection[Any]) -> list[str]:
+        """Wait up to half a second for a packet of notifications; those of them that
+        need the log read.
+
+        The others (this store's own changes, wake-up calls) are dealt with as they
+        come. The generator holds the connection's lock, and reading the log needs the
+        connection, so it is run to its end: it stops after the first packet (closing
+        it earlier would drop the rest of that packet).
+        """
+        later: list[str] = []
+        for notify in conn.notifies(timeout=0.5, stop_after=1):
+            if not self._settled(notify.payload):
+                later.append(notify.payload)
+        return later
+
+    def _settled(self, payload: str) -> bool:
+        """Deal with a notification that needs no statement; whether it was one."""
+        if not payload:
+            return True  # a disconnecting store's wake-up call (see stop)
+        if payload.startswith(self._own):
+            # This store's own change: its writer emitted it. Only the cursor moves,
+            # read from the id that follows the origin without parsing the rest.
+            self.cursor = max(self.cursor, _last_id(payload, len(self._own)))
+            return True
+        return False
+
+    def _notified(self, conn: psycopg.Connection[Any], payload: str) -> None:
+        if self._settled(payload):
+            return
+        fields = json.loads(payload)
+        if "ids" not in fields:
+            self._handle(Change(fields["i"], fields["a"], fields["k"], fields["m"], fields["o"]))
+            return
+        ids = fields["ids"]
+        rows = conn.execute(
+            self.schema.compose(
+                "SELECT id, action, key, metadata, origin FROM {changes} "
+                "WHERE id = ANY(%s) ORDER BY id"
+            ),
+            [ids],
+        ).fetchall()
+        if len(rows) < len(ids):
+            _log.warning("changes of %s left the log unread", self.schema.table)
+        for row in rows:
+            self._handle(Change(*row))
+
+    def _handle(self, change: Change) -> None:
+        if change.id <= self.floor or change.id in self._seen:
+            return
+        self._seen.add(change.id)
+        self._order.append(change.id)
+        if len(self._order) > _SLACK:
+            self._seen.discard(self._order.popleft())
+        self.cursor = max(self.cursor, change.id)
+        if change.origin != self.origin:
+            self.deliver(change)

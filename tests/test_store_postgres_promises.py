@@ -1,0 +1,216 @@
+"""What only PostgresStore promises: URLs, SQL that no user text can change, queries on
+indexes, bounded logs and trash, and psycopg's errors in storekeeper's tree."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import errors as pg
+from psycopg import sql
+
+from _pg_harness import SERVER, database_url, drop_database, table_for
+from storekeeper.backends._pg_errors import convert
+from storekeeper.backends._pg_query import compile_query
+from storekeeper.backends.postgres import PostgresStore
+from storekeeper.errors import (
+    AuthenticationError,
+    AuthorizationError,
+    BackendError,
+    BackendUnavailableError,
+    InvalidArgumentError,
+    InvalidURLError,
+    LockTimeoutError,
+    TransactionError,
+)
+from storekeeper.events import EventManager
+from storekeeper.store import Exists, In, Prefix, Range, StoreSetEvent, open_store
+from storekeeper.store.query import compile_terms
+
+pytestmark = [pytest.mark.service, pytest.mark.postgres]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _session_database() -> Iterator[None]:
+    yield
+    drop_database()
+
+
+@pytest.fixture
+def table(tmp_path: Path) -> str:
+    return table_for(str(tmp_path))
+
+
+def test_open_store_urls(table: str) -> None:
+    url = database_url()
+    with open_store(f"{url}?table={table}&inline_limit=10&chunk_size=7&listen=false") as store:
+        assert isinstance(store, PostgresStore)
+        assert (store.table, store.inline_limit, store.chunk_size) == (table, 10, 7)
+        store.set("k", (b"streamed in chunks", {"a": 1}))
+    with open_store(url.replace("postgresql://", "postgres://", 1) + f"?table={table}") as again:
+        assert again.to_bytes("k") == b"streamed in chunks"
+        info = again.info()
+        assert info["table"] == table and info["dbname"] == url.rsplit("/", 1)[1]
+    with pytest.raises(InvalidURLError, match=r"valid options: .*inline_limit"):
+        open_store(f"{url}?tabel={table}")
+    with pytest.raises(InvalidURLError, match="inline_limit"):
+        open_store(f"{url}?inline_limit=lots")
+    with pytest.raises(InvalidArgumentError, match="unknown option"):
+        open_store(url, colour="blue")
+    with pytest.raises(InvalidURLError, match="longer than"):
+        open_store(f"{url}?table={'x' * 41}")
+
+
+def test_the_password_is_never_shown() -> None:
+    store = PostgresStore("postgresql://someone:s3cret@127.0.0.1:1/db")
+    assert "s3cret" not in repr(store) and "s3cret" not in str(store.info())
+
+
+def test_a_missing_driver_names_the_extra() -> None:
+    code = (
+        "import sys; sys.modules['psycopg'] = None\n"
+        "from storekeeper.errors import MissingDependencyError\n"
+        "from storekeeper.store import open_store\n"
+        "try:\n    open_store('postgresql://u@h/db')\n"
+        "except MissingDependencyError as exc:\n    print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "pip install 'storekeeper[postgres]'" in out.stdout
+
+
+def test_hostile_names_cannot_inject_sql() -> None:
+    table = 'x"; DROP TABLE victim; --'
+    with psycopg.connect(database_url(), autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS victim (a int)")
+    names = ['a"b', "c'); DROP TABLE victim; --", "$.x", "d\\e", "[f]", "$storekeeper_body$"]
+    with PostgresStore(database_url(), table) as store:
+        for index, name in enumerate(names):
+            store.set(f"k{index}", (b"", {name: index, "s": name}))
+        for index, name in enumerate(names):
+            assert store.query_keys(**{name: index}) == [f"k{index}"]
+            assert store.query_keys(**{name: Range(index, index + 1)}) == [f"k{index}"]
+            assert store.query_keys(s=Prefix(name)) == [f"k{index}"]
+    with psycopg.connect(database_url()) as conn:
+        assert conn.execute("SELECT to_regclass('victim')").fetchone() != (None,)
+        assert conn.execute("SELECT to_regclass(%s)", [f'"{table.replace(chr(34), 2 * chr(34))}"'])
+    with pytest.raises(ValueError, match="invalid table"):
+        PostgresStore(database_url(), "x$storekeeper_body$").connect()
+
+
+@pytest.mark.parametrize(
+    ("term", "index"),
+    [
+        ("author", "__meta"),
+        (In(["ali", "bob"]), "__meta"),
+        (Exists(), "__meta"),
+        (Range(2000, 2010), "__n"),
+        (2005, "__n"),
+        (Prefix("docs/"), "__s"),
+        (Range("a", "b"), "__s"),
+    ],
+)
+def test_queries_run_on_indexes(table: str, term: Any, index: str) -> None:
+    name = "year" if isinstance(term, int | Range) and index == "__n" else "m"
+    with PostgresStore(database_url(), table) as store:
+        store.multiset(
+            [f"k{i}" for i in range(2000)],
+            [(b"", {"m": f"docs/{i}", "year": 1990 + i % 40}) for i in range(2000)],
+        )
+        store.query_keys(**{name: term})  # builds the expression indexes it needs
+        terms = compile_terms({name: term})
+        condition, compiled = compile_query(terms)
+        statement = sql.SQL("EXPLAIN SELECT key FROM {} WHERE meta IS NOT NULL AND ({})").format(
+            sql.Identifier(table), condition
+        )
+        with psycopg.connect(database_url()) as conn:
+            conn.execute("SET enable_seqscan = off")
+            plan = "\n".join(row[0] for row in conn.execute(statement, compiled.params))
+    assert f"{table}{index}" in plan, plan
+    assert "Seq Scan" not in plan, plan
+
+
+def test_large_values_of_overwritten_keys_are_reclaimed(table: str) -> None:
+    def chunk_sets(conn: psycopg.Connection[Any]) -> int:
+        row = conn.execute(
+            sql.SQL("SELECT count(DISTINCT blob) FROM {}").format(
+                sql.Identifier(table + "__chunks")
+            )
+        ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    options: dict[str, Any] = {"inline_limit": 10, "chunk_size": 100, "reclaim_after": 0.0}
+    with PostgresStore(database_url(), table, **options) as store:
+        store.set("k", (b"1" * 1000, {}))
+        old = store.get("k")
+        store.set("k", (b"2" * 1000, {}))
+        assert old.data.read() == b"1" * 1000  # still there until the trash is emptied
+        store.delete("k")
+        with psycopg.connect(database_url()) as conn:
+            assert chunk_sets(conn) == 2
+        with PostgresStore(database_url(), table, **options):  # connecting tidies up
+            with psycopg.connect(database_url()) as conn:
+                assert chunk_sets(conn) == 0
+        with pytest.raises(BackendError, match="reclaim_after"):
+            old.data.read()
+
+
+def test_the_change_log_is_bounded(table: str) -> None:
+    with PostgresStore(database_url(), table, change_log_size=5) as store:
+        for i in range(30):
+            store.set("k", (b"", {"i": i}))
+    with PostgresStore(database_url(), table, change_log_size=5):
+        with psycopg.connect(database_url()) as conn:
+            statement = sql.SQL("SELECT count(*), max(id) FROM {}")
+            row = conn.execute(statement.format(sql.Identifier(table + "__changes"))).fetchone()
+    assert row is not None and row[0] <= 5 and row[1] >= 30
+
+
+def test_local_events_are_not_marked_remote(table: str) -> None:
+    manager = EventManager()
+    seen: list[Any] = []
+    manager.connect(StoreSetEvent, seen.append)
+    with PostgresStore(database_url(), table, event_manager=manager) as store:
+        store.set("k", (b"", {}))
+        with PostgresStore(database_url(), table, listen=False) as other:
+            other.set("r", (b"", {"x": 1}))
+        for _ in range(500):
+            if len(seen) == 2:
+                break
+            __import__("time").sleep(0.01)
+    assert [(e.key, getattr(e, "remote", False)) for e in seen] == [("k", False), ("r", True)]
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (pg.LockNotAvailable, LockTimeoutError),
+        (pg.DeadlockDetected, TransactionError),
+        (pg.SerializationFailure, TransactionError),
+        (pg.InFailedSqlTransaction, TransactionError),
+        (pg.InvalidPassword, AuthenticationError),
+        (pg.InsufficientPrivilege, AuthorizationError),
+        (pg.AdminShutdown, BackendUnavailableError),
+        (pg.ConnectionFailure, BackendUnavailableError),
+        (pg.UndefinedTable, BackendError),
+        (psycopg.OperationalError, BackendUnavailableError),
+    ],
+)
+def test_psycopg_errors_are_translated(error: type[Exception], expected: type[Exception]) -> None:
+    converted = convert(error("the server said no"), "doing something")
+    assert type(converted) is expected
+    assert "the server said no" in str(converted) and "doing something" in str(converted)
+
+
+def test_unreachable_and_refusing_servers_raise_clear_errors() -> None:
+    database_url()  # the refusing server is the test server: skip (fail in CI) without it
+    with pytest.raises(BackendUnavailableError, match="PostgreSQL"):
+        PostgresStore("postgresql://postgres@127.0.0.1:1/test", timeout=2.0).connect()
+    missing = SERVER.rsplit("/", 1)[0] + "/storekeeper_no_such_database"
+    with pytest.raises(BackendError, match="does not exist"):
+        PostgresStore(missing, timeout=2.0).connect()
