@@ -1241,12 +1241,6 @@ def test_default_factories_are_not_shared() -> None:
     assert list(two.tags) == [] and len(two.notes) == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a copy stamped near datetime.max (a device whose RTC says 9999-12-31, or "
-    "a damaged copy) is 'accepted', after which every session that reads it fails every "
-    "later commit -- even of unrelated documents -- with OverflowError",
-)
 def test_copy_stamped_at_end_of_time_does_not_brick_readers(memory: DictMemoryStore) -> None:
     end = datetime.max.replace(tzinfo=UTC) - timedelta(microseconds=5)
     broken = DocStage(fresh("rtc", Wall(end)), memory)
