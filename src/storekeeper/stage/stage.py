@@ -15,6 +15,7 @@ import random
 import threading
 import time
 import traceback
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -37,6 +38,7 @@ from storekeeper.stage.merge import (
 )
 from storekeeper.stage.route import (
     KeySpec,
+    Route,
     compile_format_to_pattern,
     escape_component,
     join_key,
@@ -368,8 +370,32 @@ class BaseStage:
             if match is None:
                 continue
             identifier = match.group(1)
-            if _is_copy(identifier):
+            components = [*key, unescape_component(name), *rest]
+            if _is_copy(identifier) and not self._claimed_elsewhere(spec, components):
                 yield base + name + tail, identifier
+
+    def _claimed_elsewhere(self, spec: KeySpec, components: Sequence[str]) -> bool:
+        """Whether another route of this stage claims the key *components* more
+        specifically than *spec* (see :meth:`KeySpec.claim`): then it is that route's."""
+        own = spec.claim(components)
+        if own is None:
+            return False
+        for other in _route_specs(type(self)):
+            if other is spec or other.components == spec.components:
+                continue
+            claim = other.claim(components)
+            if claim is not None and claim[0] > own[0] and _is_copy(claim[1]):
+                return True
+        return False
+
+    def check_own_key(self, spec: KeySpec, key: Sequence[str]) -> None:
+        """ValueError if this session's copy at *key* (of a route with *spec*) would be
+        taken for another route's copy: its identifier makes the key ambiguous."""
+        if self._claimed_elsewhere(spec, key):
+            raise ValueError(
+                f"session {self.session.identifier!r} cannot write {list(key)!r}: another "
+                "route of this stage claims that key (its identifier holds that route's text)"
+            )
 
     def read_merged_document(
         self, document_type: type[_D], key_spec: Sequence[str], key: Sequence[str]
@@ -526,6 +552,21 @@ def _merge_copies(
     newest = same[0] if same else max(copies, key=lambda c: c.revision.updated_at)
     revisions = RevisionSet(c.revision for c in copies if c.stamped)
     return state, newest.revision.updated_at, revisions.merge(*(c.bases for c in copies))
+
+
+_ROUTE_SPECS: weakref.WeakKeyDictionary[type, list[KeySpec]] = weakref.WeakKeyDictionary()
+
+
+def _route_specs(cls: type) -> list[KeySpec]:
+    """The key specs of the routes *cls* declares (or inherits)."""
+    specs = _ROUTE_SPECS.get(cls)
+    if specs is None:
+        seen: dict[str, object] = {}
+        for klass in reversed(cls.__mro__):
+            seen.update(vars(klass))
+        specs = [value.spec for value in seen.values() if isinstance(value, Route)]
+        _ROUTE_SPECS[cls] = specs
+    return specs
 
 
 def _is_copy(identifier: str) -> bool:
