@@ -1422,12 +1422,6 @@ def test_routes_with_overlapping_key_specs_do_not_cross_talk(memory: DictMemoryS
         assert list(b.items) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Session defines __getnewargs__ (interned) but holds a thread lock, so "
-    "copy.deepcopy/pickle of a Session -- and of every revised document, whose "
-    "__revision__ holds one -- raises TypeError: cannot pickle '_thread.lock' object",
-)
 @pytest.mark.parametrize("how", ["deepcopy", "pickle"])
 def test_sessions_and_revised_documents_copy_and_pickle(how: str) -> None:
     import copy

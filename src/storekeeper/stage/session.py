@@ -242,6 +242,17 @@ class Session:
     def __getnewargs__(self) -> tuple[str]:
         return (self.identifier,)
 
+    def __reduce__(self) -> tuple[type[Session], tuple[str]]:
+        # Rebuilt from the identifier alone: a copy or an unpickled session is the
+        # interned one of this process (with its clock), never a second one.
+        return (type(self), (self.identifier,))
+
+    def __copy__(self) -> Session:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, object]) -> Session:
+        return self
+
     def __hash__(self) -> int:
         return hash(self.identifier)
 
