@@ -966,13 +966,6 @@ def test_unencodable_dict_keys_rejected(memory: DictMemoryStore, value: Any) -> 
         assert stage.doc is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a dict value with non-str keys (int, None, bool, float) is silently "
-    "rewritten by JSON ({1: 'a'} -> {'1': 'a'}; {1: 'a', '1': 'b'} loses an item): "
-    "the writer's document and every other session's differ; it must be rejected "
-    "(TypeError/ValueError, as a tuple key is) or round-trip",
-)
 @pytest.mark.parametrize("value", [{1: "a"}, {None: 1}, {True: 1}, {1: "a", "1": "b"}])
 def test_non_str_dict_keys_rejected_or_round_trip(memory: DictMemoryStore, value: Any) -> None:
     try:
