@@ -1251,12 +1251,6 @@ def test_copy_stamped_at_end_of_time_does_not_brick_readers(memory: DictMemorySt
         reader.docs["unrelated"] = Doc(title="u")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: RevisionSet accepts naive datetimes (updated_at must be aware UTC; "
-    "HybridClock.observe rejects them with ValueError), and the set then raises "
-    "'can't compare offset-naive and offset-aware datetimes' in contains()/merge()",
-)
 def test_revision_set_rejects_naive_datetimes() -> None:
     with pytest.raises((TypeError, ValueError)):
         RevisionSet([(fresh("naive"), datetime(2026, 1, 1))])

@@ -326,12 +326,15 @@ def ensure_revision_pair(
 
 class RevisionSet(Mapping[Session, datetime]):
     """An immutable mapping from session to the newest time of it known, built from
-    ``(session, datetime)`` pairs (a later pair of the same session replaces an earlier)."""
+    ``(session, datetime)`` pairs (a later pair of the same session replaces an earlier;
+    a naive datetime raises :class:`ValueError`, as the times are compared)."""
 
     def __init__(self, revisions: Iterable[tuple[Session, datetime]] = ()) -> None:
         self._items: dict[Session, datetime] = {}
         for pair in revisions:
             session, updated_at = ensure_revision_pair(pair)
+            if updated_at.utcoffset() is None:
+                raise ValueError(f"revision times must be timezone-aware, not {updated_at!r}")
             self._items[session] = updated_at
 
     def __getitem__(self, session: Session) -> datetime:
