@@ -207,13 +207,16 @@ class Session:
     """One installation (device or app) editing staged documents.
 
     ``Session(identifier=None)``: *identifier* matches :attr:`IDENTIFIER_PATTERN`
-    (letters of either case, digits, ``-``, ``_``, ``.``), else :class:`ValueError`; a
+    (ASCII letters of either case, digits, ``-``, ``_``, ``.``; ``re.ASCII`` keeps
+    letters such as the Kelvin sign out), else :class:`ValueError`; a
     non-``str`` raises :class:`TypeError`. ``None`` means :func:`default_identifier`,
     stable for this installation. Sessions are interned: ``Session('a') is Session('a')``.
     Each session has one :attr:`clock` (a :class:`HybridClock`) shared by its users.
     """
 
-    IDENTIFIER_PATTERN: ClassVar[re.Pattern[str]] = re.compile(r"^[-a-z0-9_.]+$", re.IGNORECASE)
+    IDENTIFIER_PATTERN: ClassVar[re.Pattern[str]] = re.compile(
+        r"^[-a-z0-9_.]+$", re.IGNORECASE | re.ASCII
+    )
     #: The interned sessions, by identifier.
     interns: ClassVar[dict[str, Session]] = {}
     _intern_lock: ClassVar[threading.Lock] = threading.Lock()
