@@ -527,11 +527,6 @@ def test_touch_outside_transaction_raises(memory: DictMemoryStore) -> None:
         assert raw(memory) == {}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (docs): a rolled-back transaction still writes the session's touch "
-    "record .sessions/<id>; the stage docstring says 'nothing is written'",
-)
 def test_rolled_back_transaction_writes_nothing_at_all(memory: DictMemoryStore) -> None:
     stage = DocStage(fresh("rb"), memory)
     with pytest.raises(ValueError), stage:

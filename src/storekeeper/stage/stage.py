@@ -241,10 +241,9 @@ class BaseStage:
         tb: TracebackType | None,
     ) -> None:
         buffer = self.get_current_transaction(pop=True)
+        # A rolled-back transaction writes nothing at all, not even the touch record.
         if exc_type is None:
             buffer.flush(self.session, self._touch_entry())
-        else:
-            self.touch()
 
     def get_current_transaction(self, pop: bool = False) -> DirtyBuffer:
         """The current context's :class:`DirtyBuffer` (removed from :attr:`transactions`
