@@ -111,7 +111,9 @@ def test_sessions_appear_once_a_stage_has_been_used(store: AbstractStore) -> Non
 
 def test_touch_records_the_time(memory: DictMemoryStore) -> None:
     stage = _stage(memory, "touch-a")
-    stage.touch()
+    with stage:
+        stage.touch()
+        assert list(memory.list_keys()) == []  # recorded when the transaction commits
     stored = datetime.fromisoformat(memory.to_bytes(".sessions/touch-a").decode())
     assert stored.tzinfo is not None
     assert abs((datetime.now(UTC) - stored).total_seconds()) < 60

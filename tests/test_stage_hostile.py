@@ -513,11 +513,6 @@ def test_operations_outside_transaction_raise(memory: DictMemoryStore) -> None:
             action()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (docs): touch() outside a transaction writes .sessions/<id> instead of "
-    "raising TransactionError ('Every operation needs an open transaction')",
-)
 def test_touch_outside_transaction_raises(memory: DictMemoryStore) -> None:
     stage = DocStage(fresh("out"), memory)
     try:

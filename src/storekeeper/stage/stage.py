@@ -97,6 +97,8 @@ class DirtyBuffer:
         self.cache = cache if cache is not None else CopyCache()
         #: Pending writes: key -> what will be merged into the stored copy.
         self.dictionary: dict[str, _Buffered] = {}
+        #: Whether the commit must record the session's use of the stage (``touch()``).
+        self.touched = False
 
     def write(self, key: str, entry: _Buffered) -> None:
         """Buffer *entry* for *key*, merged with what the buffer already holds for it."""
@@ -243,7 +245,7 @@ class BaseStage:
         buffer = self.get_current_transaction(pop=True)
         # A rolled-back transaction writes nothing at all, not even the touch record.
         if exc_type is None:
-            buffer.flush(self.session, self._touch_entry())
+            buffer.flush(self.session, self._touch_entry(force=buffer.touched))
 
     def get_current_transaction(self, pop: bool = False) -> DirtyBuffer:
         """The current context's :class:`DirtyBuffer` (removed from :attr:`transactions`
@@ -288,21 +290,20 @@ class BaseStage:
                 continue
         return times
 
-    def _touch_entry(self) -> dict[str, bytes] | None:
+    def _touch_entry(self, force: bool = False) -> dict[str, bytes] | None:
         now = self.session.clock.now()
-        if self._last_touch is not None and now - self._last_touch < self.touch_interval:
+        recent = self._last_touch is not None and now - self._last_touch < self.touch_interval
+        if recent and not force:
             return None
         self._last_touch = now
         key = join_key([*self.SESSION_DIRECTORY_KEY, self.session.identifier])
         return {key: now.isoformat().encode("ascii")}
 
     def touch(self) -> None:
-        """Record in the store that this session used the stage now."""
-        self._last_touch = None
-        entry = self._touch_entry()
-        assert entry is not None
-        for key, data in entry.items():
-            self.repository.set(key, (data, {}))
+        """Record in the store that this session used the stage, when the open
+        transaction commits (nothing if it rolls back); :class:`TransactionError`
+        outside a transaction, like every operation."""
+        self.get_current_transaction().touched = True
 
     # -- reading -------------------------------------------------------------------------
     def _read_copy(self, buffer: DirtyBuffer, key: str, document_type: type[_D]) -> Copy | None:
