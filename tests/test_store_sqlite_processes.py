@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import multiprocessing
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -78,3 +80,36 @@ def test_writers_in_processes_keep_a_durable_false_database_intact_soak(
     tmp_path: Path,
 ) -> None:
     _writers_on_one_database(tmp_path / "shared.db", workers=6, rounds=20_000)
+
+
+def _touch_in_another_process(path: Path) -> None:
+    # Its only connection closes at the end: SQLite deletes the WAL then if no other
+    # process holds the database file's shared lock.
+    code = (
+        "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
+        "c.execute('CREATE TABLE IF NOT EXISTS other (x)'); "
+        "c.execute('INSERT INTO other VALUES (1)'); c.commit(); c.close()"
+    )
+    subprocess.run([sys.executable, "-c", code, str(path)], check=True, timeout=120)
+
+
+def test_disconnecting_one_store_keeps_the_locks_of_another_on_the_file(tmp_path: Path) -> None:
+    # The file watch once closed its own descriptor of the database at disconnect, which
+    # dropped the shared lock of every connection of the process: another process closing
+    # its last connection then deleted the log under the store still connected.
+    path = tmp_path / "two.db"
+    with open_store(f"sqlite:///{path}?table=kept") as kept:
+        with open_store(f"sqlite:///{path}?table=closed") as closed:
+            closed.set("k", (b"closed", {}))
+        _touch_in_another_process(path)
+        kept.set("k", (b"kept", {"n": 1}))
+        _touch_in_another_process(path)
+        checked = sqlite3.connect(path)
+        try:
+            assert checked.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+            assert checked.execute("SELECT count(*) FROM other").fetchone() == (2,)
+        finally:
+            checked.close()
+    with open_store(f"sqlite:///{path}?table=kept") as again:
+        assert again.to_bytes("k") == b"kept"
+        assert again.get_metadata("k") == {"n": 1}
