@@ -54,6 +54,19 @@ class TestSqliteFileStore(_SqliteRaw):
         )
 
 
+class TestSqliteNotDurableStore(_SqliteRaw):
+    """``durable=False``: ``synchronous=NORMAL`` and background checkpoints, which the
+    cross-process checks run in several processes at once."""
+
+    def create_store(self, tmp_path: Path, event_manager: EventManager) -> SqliteStore:
+        return SqliteStore(tmp_path / "store.db", durable=False, event_manager=event_manager)
+
+    reopen_store = create_store
+
+    def store_url(self, tmp_path: Path) -> str:
+        return f"sqlite:///{tmp_path / 'store.db'}?durable=false"
+
+
 class TestSqliteChunkedStore(_SqliteRaw):
     """Tiny inline limit and chunks, so every code path of large values is exercised."""
 
