@@ -1331,14 +1331,6 @@ def test_percent_in_metadata_name_of_unindexed_query(store: Any) -> None:
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a table name holding '%' breaks the store: 'a%b' and 'a%sb' fail to "
-    "connect with BackendError ('the query has 3 placeholders but 1 parameters were "
-    "passed'); 'a%%b' creates tables 'a%%b*' but some statements name 'a%b__changes' "
-    "(connect fails with listen=False; with the listener, chunked values written are "
-    "then unreadable: 'the data of this value ... is gone')",
-)
 @pytest.mark.parametrize("table", ["a%b", "a%sb", "a%%b"])
 def test_percent_in_table_name(dbname: str, table: str) -> None:
     from urllib.parse import quote

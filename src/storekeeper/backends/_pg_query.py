@@ -31,7 +31,7 @@ from typing import Any
 
 from psycopg import sql
 
-from storekeeper.backends._pg_schema import Schema, short_hash
+from storekeeper.backends._pg_schema import Escaped, Schema, short_hash
 from storekeeper.store.listing import prefix_end
 from storekeeper.store.query import Equals, Exists, In, Prefix, QueryTerm, Range
 
@@ -224,7 +224,8 @@ class Indexes:
 
     def missing(self, names: Iterable[str]) -> list[tuple[str, sql.Composed]]:
         """``(index name, CREATE INDEX ...)`` for the metadata *names* without their
-        indexes, as long as the table stays within the limit of indexed names."""
+        indexes, as long as the table stays within the limit of indexed names; each to
+        execute with parameters (``[]``)."""
         indexed = sum(1 for index in self.existing if index.startswith(self.schema.table + "__n"))
         out: list[tuple[str, sql.Composed]] = []
         for name in sorted(names):
@@ -239,7 +240,7 @@ class Indexes:
                 (text, string_expression(name)),
             ):
                 statement = sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} ({})").format(
-                    sql.Identifier(index), self.schema.main, expression
+                    Escaped(sql.Identifier(index)), Escaped(self.schema.main), expression
                 )
                 out.append((index, statement))
         return out

@@ -184,7 +184,7 @@ class Reads:
         """``(key, metadata JSON)`` of the keys matching *terms* (see ``_pg_query``)."""
         if not terms:
             with self.connections.using("running a query") as conn:
-                rows = conn.execute(self.schema.compose("SELECT key, metadata FROM {main}"))
+                rows = conn.execute(self.schema.compose("SELECT key, metadata FROM {main}"), [])
                 return [(key, text) for key, text in rows]
         condition, compiled = compile_query(terms)
         self._ensure_indexes(compiled.indexed)
@@ -200,7 +200,8 @@ class Reads:
     def keys(self) -> list[str]:
         """Every key."""
         with self.connections.using("listing keys") as conn:
-            return [key for (key,) in conn.execute(self.schema.compose("SELECT key FROM {main}"))]
+            rows = conn.execute(self.schema.compose("SELECT key FROM {main}"), [])
+            return [key for (key,) in rows]
 
     def glob(self, pattern: str) -> list[str]:
         """Keys matching *pattern*, scanning only the range of its literal prefix."""
@@ -247,7 +248,7 @@ class Reads:
                 for index, statement in statements:
                     with conn.transaction():
                         conn.execute("SET LOCAL lock_timeout = '2s'")
-                        conn.execute(statement)
+                        conn.execute(statement, [])  # composed for parameters
                     self.indexes.existing.add(index)
         except psycopg.Error as exc:
             # The query still answers without the index, only more slowly.

@@ -235,7 +235,7 @@ class PostgresStore(AbstractStore):
             with translate(f"connecting {self!r}"), connections.pool().connection() as conn:
                 self._create(conn)
                 maintain(conn, self._schema, self.change_log_size, self.reclaim_after)
-                found = conn.execute(self._schema.compose("SELECT max(id) FROM {changes}"))
+                found = conn.execute(self._schema.compose("SELECT max(id) FROM {changes}"), [])
                 row = found.fetchone()
                 cursor = 0 if row is None or row[0] is None else int(row[0])
             self._indexes.load(self._reads.index_names())
