@@ -1309,7 +1309,6 @@ PERCENT_BUG = (
 )
 
 
-@pytest.mark.xfail(strict=True, reason=PERCENT_BUG)
 @pytest.mark.parametrize("name", ["%", "%s", "%%", "100%", "%(x)s", "x%sy"])
 def test_percent_in_metadata_name_of_indexed_query(store: Any, name: str) -> None:
     store.set("k", (b"", {name: 1, "other": "v"}))
@@ -1318,6 +1317,32 @@ def test_percent_in_metadata_name_of_indexed_query(store: Any, name: str) -> Non
     assert store.query_keys({name: 1.0}) == ["k"]
     assert store.query_keys({name: Range(0, 2)}) == ["k"]
     assert store.query_keys({name: Prefix("val")}) == ["t"]
+
+
+def test_percent_names_build_and_use_their_indexes(dbname: str) -> None:
+    """A '%' metadata name in a '%' table gets its two expression indexes, and its
+    queries' conditions match them (the planner uses them)."""
+    from psycopg import sql
+
+    from storekeeper.backends._pg_query import compile_query
+    from storekeeper.backends._pg_schema import Escaped
+
+    with open_store(f"{BASE}/{dbname}?table=p%25t", listen=False) as s:
+        keys = [f"k{i:03}" for i in range(300)]
+        s.multiset(keys, [(b"", {"%s": i, "x%": f"v{i:03}"}) for i in range(300)])
+        assert s.query_keys({"%s": Range(10, 12)}) == ["k010", "k011"]
+        assert s.query_keys({"x%": Prefix("v29")}) == keys[290:]
+    with psycopg.connect(f"{BASE}/{dbname}", autocommit=True) as conn:
+        rows = conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = %s", ["p%t"])
+        assert len([n for (n,) in rows if n.startswith(("p%t__n", "p%t__s")) and len(n) == 22]) == 4
+        conn.execute("SET enable_seqscan = off")
+        for terms, index in (({"%s": Range(10, 11)}, "p%t__n"), ({"x%": Prefix("v2")}, "p%t__s")):
+            condition, compiled = compile_query(compile_terms(terms))
+            statement = sql.SQL("EXPLAIN SELECT key FROM {} WHERE {}").format(
+                Escaped(sql.Identifier("p%t")), condition
+            )
+            plan = "\n".join(row[0] for row in conn.execute(statement, compiled.params))
+            assert index in plan, plan
 
 
 def test_percent_in_metadata_name_of_unindexed_query(store: Any) -> None:

@@ -43,16 +43,18 @@ _WIDEN = Decimal(2) ** -50
 
 
 def numeric_expression(name: str) -> sql.Composed:
-    """The numeric value of metadata *name* (``NULL`` unless a number)."""
-    literal = sql.Literal(name)
+    """The numeric value of metadata *name* (``NULL`` unless a number), for a statement
+    executed with parameters (the name is a literal, so that expression indexes match)."""
+    literal = Escaped(sql.Literal(name))
     return sql.SQL(
         "(CASE WHEN jsonb_typeof(meta -> {n}) = 'number' THEN (meta ->> {n})::numeric END)"
     ).format(n=literal)
 
 
 def string_expression(name: str) -> sql.Composed:
-    """The string value of metadata *name* in code-point order (``NULL`` unless a str)."""
-    literal = sql.Literal(name)
+    """The string value of metadata *name* in code-point order (``NULL`` unless a str),
+    for a statement executed with parameters."""
+    literal = Escaped(sql.Literal(name))
     return sql.SQL(
         "((CASE WHEN jsonb_typeof(meta -> {n}) = 'string' THEN meta ->> {n} END) COLLATE \"C\")"
     ).format(n=literal)
