@@ -704,29 +704,41 @@ def test_wrong_host_is_a_clear_error_within_the_timeout() -> None:
     assert time.monotonic() - start < 6
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a database that does not exist (SQLSTATE 3D000, permanent) is retried "
-    "until `timeout` (30 s by default) before BackendUnavailableError",
-)
 def test_missing_database_fails_at_once(dbname: str) -> None:
     start = time.monotonic()
     with pytest.raises(StorekeeperError) as info:
         open_store(f"{BASE}/{dbname}_nope?table=x&timeout=2")
     assert f"{dbname}_nope" in str(info.value)
+    assert isinstance(info.value, BackendUnavailableError), info.value
     assert time.monotonic() - start < 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a role that does not exist (SQLSTATE 28000) is a BackendUnavailableError "
-    "after retrying until `timeout`, not the AuthenticationError connect() promises",
-)
 def test_unknown_role_is_an_authentication_error(dbname: str) -> None:
     from storekeeper.errors import AuthenticationError
 
     with pytest.raises(AuthenticationError):
         open_store(f"postgresql://no_such_role_zz@127.0.0.1:5432/{dbname}?table=x&timeout=2")
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        ('FATAL:  password authentication failed for user "u"', "AuthenticationError"),
+        ('FATAL:  no pg_hba.conf entry for host "1.2.3.4", user "u"', "AuthenticationError"),
+        ('FATAL:  role "u" is not permitted to log in', "AuthenticationError"),
+        ('FATAL:  database "d" does not exist', "BackendUnavailableError"),
+        ("Connection refused", None),
+        ("FATAL:  the database system is starting up", None),
+    ],
+)
+def test_lasting_connection_refusals_are_recognised(message: str, expected: str | None) -> None:
+    """Refusals libpq reports without SQLSTATE: those retrying cannot cure are told
+    apart from a server that is down or starting (which the pool retries)."""
+    from storekeeper.backends._pg_errors import lasting_refusal
+
+    exc = psycopg.OperationalError(f'connection failed: server at "h", port 5432 failed: {message}')
+    found = lasting_refusal(exc)
+    assert (found and found.__name__) == expected
 
 
 def test_use_after_disconnect(url: str) -> None:

@@ -11,11 +11,18 @@ original as ``__cause__``:
   transaction (25P02): :class:`TransactionError` (the transaction is rolled back);
 - bad credentials (class 28): :class:`AuthenticationError`; missing privileges
   (42501): :class:`AuthorizationError`;
+- a connection the server refuses for good (:func:`lasting_refusal`): a database that
+  does not exist (3D000) is a :class:`BackendUnavailableError`, an unknown role or bad
+  credentials (28000, 28P01) an :class:`AuthenticationError`. libpq gives no SQLSTATE
+  for a failed connection, only the server's message: these are recognised by its
+  English text (a server whose ``lc_messages`` is another language gets the generic
+  error, after the pool's retries);
 - anything else: :class:`BackendError`.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -33,7 +40,7 @@ from storekeeper.errors import (
     TransactionError,
 )
 
-__all__ = ["convert", "translate"]
+__all__ = ["convert", "lasting_refusal", "translate"]
 
 
 #: SQLSTATE prefixes and the errors they become, the first match winning.
@@ -46,6 +53,31 @@ _BY_STATE: tuple[tuple[str, type[StorekeeperError]], ...] = (
     ("08", BackendUnavailableError),
     ("57P", BackendUnavailableError),
 )
+
+
+#: The server's messages refusing a connection in a way retrying cannot cure.
+_REFUSALS: tuple[tuple[re.Pattern[str], type[StorekeeperError]], ...] = (
+    (re.compile(r'FATAL:\s+database ".*" does not exist'), BackendUnavailableError),
+    (
+        re.compile(
+            r'FATAL:\s+role ".*" does not exist|password authentication failed'
+            r"|no pg_hba\.conf entry|is not permitted to log in|no password supplied"
+        ),
+        AuthenticationError,
+    ),
+)
+
+
+def lasting_refusal(exc: BaseException) -> type[StorekeeperError] | None:
+    """The error class of a failed connection attempt *exc* that retrying cannot cure
+    (no such database, unknown role, bad credentials); ``None`` for any other."""
+    if not isinstance(exc, psycopg.OperationalError) or getattr(exc, "sqlstate", None):
+        return None
+    text = str(exc)
+    for pattern, cls in _REFUSALS:
+        if pattern.search(text):
+            return cls
+    return None
 
 
 def convert(exc: BaseException, doing: str) -> StorekeeperError:
@@ -62,7 +94,10 @@ def convert(exc: BaseException, doing: str) -> StorekeeperError:
             cls = candidate
             break
     else:
-        if _is_disconnect(exc):
+        refusal = lasting_refusal(exc)
+        if refusal is not None:
+            cls = refusal
+        elif _is_disconnect(exc):
             cls = BackendUnavailableError
     if cls is TransactionError:
         message += " (the transaction was rolled back)"
