@@ -1566,12 +1566,6 @@ def test_forked_child_that_used_the_store_gets_remote_events(url: str) -> None:
         assert _wait(lambda: [k for _, k, _ in rec.remote()] == ["after-fork"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: in a child forked after connect, wait_listening() returns True but no "
-    "remote event is delivered until the child has run some other operation (the "
-    "listener starts lazily, after wait_listening has answered)",
-)
 def test_forked_child_wait_listening_means_listening(url: str) -> None:
     with open_store(url, event_manager=EventManager()) as store:
         assert store.wait_listening(10)

@@ -290,7 +290,11 @@ class PostgresStore(AbstractStore):
 
     def wait_listening(self, timeout: float = 30.0) -> bool:
         """Wait until the change listener listens (events of changes committed from
-        then on are delivered); whether it does (false when ``listen=False``)."""
+        then on are delivered); whether it does (false when ``listen=False``). In a
+        process forked from the one that connected, this starts the process's own
+        listener and waits for it (the inherited one is the parent's)."""
+        if self.is_connected() and self._pid != os.getpid():
+            self._require_connection()
         listener = self._listener
         return listener is not None and listener.connected.wait(timeout)
 
