@@ -1418,6 +1418,27 @@ def test_long_compressible_key_round_trips(store: Any) -> None:
     assert store.to_bytes(key) == b"v"
 
 
+def test_long_metadata_strings_of_an_indexed_name(store: Any) -> None:
+    """Once a name has its string index, long incompressible strings (beyond a btree
+    entry's 2,704 bytes) are still written, and Range/Prefix stay exact past the
+    indexed characters."""
+    import random
+    import string
+
+    rnd = random.Random(7)
+    head = "".join(rnd.choice(string.ascii_letters) for _ in range(3000))
+    store.set("short", (b"", {"m": "a"}))
+    assert store.query_keys({"m": Prefix("a")}) == ["short"]  # builds the indexes
+    store.set("x1", (b"", {"m": head + "1" + head}))
+    store.set("x2", (b"", {"m": head + "2"}))
+    store.set("x3", (b"", {"m": "\u00e9" * 5000}))
+    assert store.query_keys({"m": Prefix(head + "1")}) == ["x1"]
+    assert store.query_keys({"m": Prefix(head)}) == ["x1", "x2"]
+    assert store.query_keys({"m": Range(head + "2", None)}) == ["x2", "x3"]
+    assert store.query_keys({"m": Range(head + "1", head + "2")}) == ["x1"]
+    assert store.query_keys({"m": Prefix("\u00e9" * 4000)}) == ["x3"]
+
+
 def test_remote_events_skip_rolled_back_savepoints_and_batch_once(url: str) -> None:
     manager = EventManager()
     rec = _Recorder(manager)
