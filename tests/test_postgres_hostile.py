@@ -1389,13 +1389,6 @@ def test_percent_in_table_name(dbname: str, table: str) -> None:
         assert again.to_bytes("big") == b"b" * 1000
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a key whose UTF-8 form exceeds ~2.7 kB (incompressible) is refused by "
-    "the primary-key btree: BackendError 'index row size 3016 exceeds btree version 4 "
-    "maximum 2704' (the message repeats the whole key); the contract sets no length "
-    "limit, and none is documented",
-)
 @pytest.mark.parametrize("length", [3000, 100_000])
 def test_long_random_key(store: Any, length: int) -> None:
     import random
@@ -1410,6 +1403,42 @@ def test_long_random_key(store: Any, length: int) -> None:
         return
     assert store.to_bytes(key) == b"v"
     assert list(store.list_keys(key[:50])) == [key]
+
+
+def test_key_limit_is_kept_and_refusals_write_nothing(url: str) -> None:
+    """Keys up to KEY_LIMIT UTF-8 bytes always work; an incompressible longer key is an
+    InvalidKeyError with a short message, whatever the write path, and nothing of it
+    (row, chunks) is left."""
+    import random
+
+    from storekeeper.backends._pg_errors import KEY_LIMIT
+
+    rnd = random.Random(3)
+    fits = "".join(chr(rnd.randrange(0x4E00, 0x9FFF)) for _ in range(KEY_LIMIT // 3))
+    assert len(fits.encode()) <= KEY_LIMIT
+    too_long = "".join(chr(rnd.randrange(0x4E00, 0x9FFF)) for _ in range(4000))
+    with open_store(url, inline_limit=100, chunk_size=64, listen=False) as s:
+        s.set(fits, (b"v" * 500, {"n": 1}))
+        assert s.to_bytes(fits) == b"v" * 500
+        writes = [
+            lambda: s.set(too_long, (b"v", {})),
+            lambda: s.set(too_long, (b"w" * 1000, {})),
+            lambda: s.multiset(["ok", too_long], [(b"", {}), (b"", {})]),
+            lambda: s.set(too_long, (b"", {"nul": "a\x00b"})),
+        ]
+        for write in writes:
+            with pytest.raises(InvalidKeyError) as info:
+                write()
+            assert len(str(info.value)) < 500
+        with pytest.raises(InvalidKeyError), s.transaction():
+            s.set("in-txn", (b"", {}))
+            s.set(too_long, (b"", {}))
+        assert sorted(s.list_keys()) == [fits]
+        with psycopg.connect(url.split("?", maxsplit=1)[0]) as conn:
+            table = url.split("table=")[1]
+            row = conn.execute(f'SELECT count(*) FROM "{table}__chunks"').fetchone()
+            assert row is not None
+            assert row[0] == 500 // 64 + 1  # the chunks of `fits` only
 
 
 def test_long_compressible_key_round_trips(store: Any) -> None:

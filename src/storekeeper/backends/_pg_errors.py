@@ -17,7 +17,12 @@ original as ``__cause__``:
   for a failed connection, only the server's message: these are recognised by its
   English text (a server whose ``lc_messages`` is another language gets the generic
   error, after the pool's retries);
+- a key too long for the primary-key index (54000 "index row size ... exceeds" or
+  "index row requires", see :data:`KEY_LIMIT`): :class:`InvalidKeyError`, nothing
+  written;
 - anything else: :class:`BackendError`.
+
+Messages show keys through :func:`shown`, cut short: a key may be long.
 """
 
 from __future__ import annotations
@@ -35,12 +40,26 @@ from storekeeper.errors import (
     AuthorizationError,
     BackendError,
     BackendUnavailableError,
+    InvalidKeyError,
     LockTimeoutError,
     StorekeeperError,
     TransactionError,
 )
 
-__all__ = ["convert", "lasting_refusal", "translate"]
+__all__ = ["KEY_LIMIT", "convert", "lasting_refusal", "shown", "translate"]
+
+#: The UTF-8 size up to which every key fits the primary-key index (a btree entry holds
+#: at most 2,704 bytes, after compression): longer keys are stored only when PostgreSQL
+#: compresses them enough, and refused with InvalidKeyError otherwise.
+KEY_LIMIT = 2600
+
+# A key too long for the indexes holding it (the primary key, and the rows without
+# ``meta``). Beyond 8,191 bytes PostgreSQL names no index; the key is the only value
+# that long in any btree (the string indexes hold a bounded head, see ``_pg_query``;
+# the GIN index hashes long strings).
+_KEY_INDEX = re.compile(
+    r'index row size \d+ exceeds .* for index ".*(_pkey|__nul)"|index row requires \d+ bytes'
+)
 
 
 #: SQLSTATE prefixes and the errors they become, the first match winning.
@@ -80,6 +99,13 @@ def lasting_refusal(exc: BaseException) -> type[StorekeeperError] | None:
     return None
 
 
+def shown(key: str, size: int = 60) -> str:
+    """*key* for a message: its ``repr``, cut after *size* characters."""
+    if len(key) <= size:
+        return repr(key)
+    return f"{key[:size]!r}... ({len(key)} characters)"
+
+
 def convert(exc: BaseException, doing: str) -> StorekeeperError:
     """The storekeeper error for *exc* (raised by psycopg while *doing* something)."""
     if isinstance(exc, psycopg_pool.PoolTimeout):
@@ -88,6 +114,11 @@ def convert(exc: BaseException, doing: str) -> StorekeeperError:
         )
     message = f"PostgreSQL failed {doing}: {_first_line(exc)}"
     state = getattr(exc, "sqlstate", None) or ""
+    if state == "54000" and _KEY_INDEX.search(str(exc)):
+        return InvalidKeyError(
+            f"PostgreSQL refused {doing}: a key too long for its key index (keys of up to "
+            f"{KEY_LIMIT:,} UTF-8 bytes always fit; longer ones only if they compress)"
+        )
     cls: type[StorekeeperError] = BackendError
     for prefix, candidate in _BY_STATE:
         if state.startswith(prefix):
