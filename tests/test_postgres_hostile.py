@@ -1210,6 +1210,17 @@ HOSTILE_NAMES = [
 ]
 
 
+def test_max_indexes_counts_indexed_names_only(url: str, dbname: str) -> None:
+    """max_indexes=2: two names get their two expression indexes, the third none."""
+    with open_store(url, listen=False, max_indexes=2) as s:
+        s.set("k", (b"", {"a": 1, "b": 2, "c": 3}))
+        for name in "abc":
+            assert s.query_keys({name: Range(0, 9)}) == ["k"]
+    table = url.split("table=")[1]
+    rows = _sql(dbname, f"SELECT indexname FROM pg_indexes WHERE tablename = '{table}'")
+    assert len([n for (n,) in rows if n.startswith((f"{table}__n", f"{table}__s"))]) == 5  # nul
+
+
 def test_hostile_metadata_names_in_indexed_queries(url: str, dbname: str) -> None:
     _sql(dbname, "CREATE TABLE IF NOT EXISTS victim (x int)")
     with open_store(url, listen=False, max_indexes=4) as s:

@@ -245,7 +245,11 @@ class Indexes:
         """``(index name, CREATE INDEX ...)`` for the metadata *names* without their
         indexes, as long as the table stays within the limit of indexed names; each to
         execute with parameters (``[]``)."""
-        indexed = sum(1 for index in self.existing if index.startswith(self.schema.table + "__n"))
+        # Numeric index names only: the table's "__nul" index shares their prefix.
+        prefix = self.schema.table + "__n"
+        indexed = sum(
+            1 for index in self.existing if index.startswith(prefix) and index != prefix + "ul"
+        )
         out: list[tuple[str, sql.Composed]] = []
         for name in sorted(names):
             if self.has(name):
