@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,7 +41,7 @@ import psycopg_pool
 from psycopg import errors as pg
 from psycopg.pq import TransactionStatus
 
-from storekeeper.backends._pg_errors import convert
+from storekeeper.backends._pg_errors import convert, lasting_refusal
 from storekeeper.errors import BackendUnavailableError, NotConnectedError, TransactionError
 from storekeeper.store.backend import Claim, OwnedVar
 from storekeeper.store.owners import busy, may_wait
@@ -107,21 +108,38 @@ class Connections:
 
     # -- the pool --------------------------------------------------------------------------
     def open(self) -> None:
-        """Open the pool (checking that the server answers)."""
+        """Open the pool (checking that the server answers). A refusal retrying cannot
+        cure (no such database, bad credentials) fails at once; a server that does not
+        answer yet is retried for up to ``timeout`` seconds."""
         with self._lock:
             if self._pool is not None and self._pid == os.getpid():
                 return  # open already (its connections may all be lent out: no wait)
+        deadline = time.monotonic() + self.timeout
+        self._refuse_at_once()
+        with self._lock:
+            if self._pool is not None and self._pid == os.getpid():
+                return
             self._renew()
             pool = self._pool
         assert pool is not None
         try:
-            pool.wait(self.timeout)
+            pool.wait(max(1.0, deadline - time.monotonic()))
         except psycopg_pool.PoolTimeout as exc:
             self.close()
             raise self._why_not(exc) from exc
         except BaseException:
             self.close()
             raise
+
+    def _refuse_at_once(self) -> None:
+        """Raise the server's refusal of one connection attempt if it is lasting: the
+        pool would retry it until the timeout."""
+        try:
+            psycopg.connect(self.conninfo, connect_timeout=max(1, int(self.timeout))).close()
+        except psycopg.Error as exc:
+            if lasting_refusal(exc) is not None:
+                raise convert(exc, f"connecting to {self.what}") from exc
+            # Anything else (the server is down, starting...): the pool retries it.
 
     def _why_not(self, exc: psycopg_pool.PoolTimeout) -> BaseException:
         """The error of a pool that opened no connection: the server's own refusal

@@ -11,11 +11,23 @@ original as ``__cause__``:
   transaction (25P02): :class:`TransactionError` (the transaction is rolled back);
 - bad credentials (class 28): :class:`AuthenticationError`; missing privileges
   (42501): :class:`AuthorizationError`;
+- a connection the server refuses for good (:func:`lasting_refusal`): a database that
+  does not exist (3D000) is a :class:`BackendUnavailableError`, an unknown role or bad
+  credentials (28000, 28P01) an :class:`AuthenticationError`. libpq gives no SQLSTATE
+  for a failed connection, only the server's message: these are recognised by its
+  English text (a server whose ``lc_messages`` is another language gets the generic
+  error, after the pool's retries);
+- a key too long for the primary-key index (54000 "index row size ... exceeds" or
+  "index row requires", see :data:`KEY_LIMIT`): :class:`InvalidKeyError`, nothing
+  written;
 - anything else: :class:`BackendError`.
+
+Messages show keys through :func:`shown`, cut short: a key may be long.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -28,12 +40,26 @@ from storekeeper.errors import (
     AuthorizationError,
     BackendError,
     BackendUnavailableError,
+    InvalidKeyError,
     LockTimeoutError,
     StorekeeperError,
     TransactionError,
 )
 
-__all__ = ["convert", "translate"]
+__all__ = ["KEY_LIMIT", "convert", "lasting_refusal", "shown", "translate"]
+
+#: The UTF-8 size up to which every key fits the primary-key index (a btree entry holds
+#: at most 2,704 bytes, after compression): longer keys are stored only when PostgreSQL
+#: compresses them enough, and refused with InvalidKeyError otherwise.
+KEY_LIMIT = 2600
+
+# A key too long for the indexes holding it (the primary key, and the rows without
+# ``meta``). Beyond 8,191 bytes PostgreSQL names no index; the key is the only value
+# that long in any btree (the string indexes hold a bounded head, see ``_pg_query``;
+# the GIN index hashes long strings).
+_KEY_INDEX = re.compile(
+    r'index row size \d+ exceeds .* for index ".*(_pkey|__nul)"|index row requires \d+ bytes'
+)
 
 
 #: SQLSTATE prefixes and the errors they become, the first match winning.
@@ -48,6 +74,38 @@ _BY_STATE: tuple[tuple[str, type[StorekeeperError]], ...] = (
 )
 
 
+#: The server's messages refusing a connection in a way retrying cannot cure.
+_REFUSALS: tuple[tuple[re.Pattern[str], type[StorekeeperError]], ...] = (
+    (re.compile(r'FATAL:\s+database ".*" does not exist'), BackendUnavailableError),
+    (
+        re.compile(
+            r'FATAL:\s+role ".*" does not exist|password authentication failed'
+            r"|no pg_hba\.conf entry|is not permitted to log in|no password supplied"
+        ),
+        AuthenticationError,
+    ),
+)
+
+
+def lasting_refusal(exc: BaseException) -> type[StorekeeperError] | None:
+    """The error class of a failed connection attempt *exc* that retrying cannot cure
+    (no such database, unknown role, bad credentials); ``None`` for any other."""
+    if not isinstance(exc, psycopg.OperationalError) or getattr(exc, "sqlstate", None):
+        return None
+    text = str(exc)
+    for pattern, cls in _REFUSALS:
+        if pattern.search(text):
+            return cls
+    return None
+
+
+def shown(key: str, size: int = 60) -> str:
+    """*key* for a message: its ``repr``, cut after *size* characters."""
+    if len(key) <= size:
+        return repr(key)
+    return f"{key[:size]!r}... ({len(key)} characters)"
+
+
 def convert(exc: BaseException, doing: str) -> StorekeeperError:
     """The storekeeper error for *exc* (raised by psycopg while *doing* something)."""
     if isinstance(exc, psycopg_pool.PoolTimeout):
@@ -56,13 +114,21 @@ def convert(exc: BaseException, doing: str) -> StorekeeperError:
         )
     message = f"PostgreSQL failed {doing}: {_first_line(exc)}"
     state = getattr(exc, "sqlstate", None) or ""
+    if state == "54000" and _KEY_INDEX.search(str(exc)):
+        return InvalidKeyError(
+            f"PostgreSQL refused {doing}: a key too long for its key index (keys of up to "
+            f"{KEY_LIMIT:,} UTF-8 bytes always fit; longer ones only if they compress)"
+        )
     cls: type[StorekeeperError] = BackendError
     for prefix, candidate in _BY_STATE:
         if state.startswith(prefix):
             cls = candidate
             break
     else:
-        if _is_disconnect(exc):
+        refusal = lasting_refusal(exc)
+        if refusal is not None:
+            cls = refusal
+        elif _is_disconnect(exc):
             cls = BackendUnavailableError
     if cls is TransactionError:
         message += " (the transaction was rolled back)"

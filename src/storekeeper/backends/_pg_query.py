@@ -13,7 +13,10 @@ decimal text is not their exact value, NUL characters, which neither ``jsonb`` n
   over a range widened by a relative 2**-50 (a float's shortest decimal text is within
   half a unit in the last place of its value), plus the boolean a 0 or 1 also equals;
 - strings in a ``Range`` or ``Prefix``: the name's string expression index, which orders
-  by code point (``COLLATE "C"``); a bound holding NUL is dropped (Python decides);
+  by code point (``COLLATE "C"``) the first :data:`INDEXED_CHARACTERS` characters of the
+  strings (a btree entry holds at most 2,704 bytes: a longer string could not be
+  written), so a lower bound is cut to as many; a bound holding NUL is dropped (Python
+  decides);
 - ``Exists(False)``: ``NOT meta ? name`` (no index can find what is missing).
 
 Rows whose metadata holds a NUL character have no ``meta``; a query reads them through
@@ -31,11 +34,21 @@ from typing import Any
 
 from psycopg import sql
 
-from storekeeper.backends._pg_schema import Schema, short_hash
+from storekeeper.backends._pg_schema import Escaped, Schema, short_hash
 from storekeeper.store.listing import prefix_end
 from storekeeper.store.query import Equals, Exists, In, Prefix, QueryTerm, Range
 
-__all__ = ["Compiled", "Indexes", "compile_query", "numeric_expression", "string_expression"]
+__all__ = [
+    "INDEXED_CHARACTERS",
+    "Compiled",
+    "Indexes",
+    "compile_query",
+    "numeric_expression",
+    "string_expression",
+]
+
+#: How many leading characters of a string its string index holds (4 bytes at most each).
+INDEXED_CHARACTERS = 600
 
 _FALSE = sql.SQL("FALSE")
 _TRUE = sql.SQL("TRUE")
@@ -43,19 +56,23 @@ _WIDEN = Decimal(2) ** -50
 
 
 def numeric_expression(name: str) -> sql.Composed:
-    """The numeric value of metadata *name* (``NULL`` unless a number)."""
-    literal = sql.Literal(name)
+    """The numeric value of metadata *name* (``NULL`` unless a number), for a statement
+    executed with parameters (the name is a literal, so that expression indexes match)."""
+    literal = Escaped(sql.Literal(name))
     return sql.SQL(
         "(CASE WHEN jsonb_typeof(meta -> {n}) = 'number' THEN (meta ->> {n})::numeric END)"
     ).format(n=literal)
 
 
 def string_expression(name: str) -> sql.Composed:
-    """The string value of metadata *name* in code-point order (``NULL`` unless a str)."""
-    literal = sql.Literal(name)
+    """The first :data:`INDEXED_CHARACTERS` characters of the string value of metadata
+    *name* in code-point order (``NULL`` unless a str), for a statement executed with
+    parameters."""
+    literal = Escaped(sql.Literal(name))
     return sql.SQL(
-        "((CASE WHEN jsonb_typeof(meta -> {n}) = 'string' THEN meta ->> {n} END) COLLATE \"C\")"
-    ).format(n=literal)
+        "(left(CASE WHEN jsonb_typeof(meta -> {n}) = 'string' THEN meta ->> {n} END, {size}) "
+        'COLLATE "C")'
+    ).format(n=literal, size=sql.Literal(INDEXED_CHARACTERS))
 
 
 class Compiled:
@@ -156,7 +173,8 @@ def _range(name: str, term: Range, compiled: Compiled) -> sql.Composable:
     expression = string_expression(name)
     bounds.append(sql.SQL("{} IS NOT NULL").format(expression))
     if term.low is not None and "\x00" not in term.low:
-        bounds.append(sql.SQL("{} >= {}").format(expression, compiled.param(term.low, "text")))
+        low = term.low[:INDEXED_CHARACTERS]
+        bounds.append(sql.SQL("{} >= {}").format(expression, compiled.param(low, "text")))
     if term.high is not None and "\x00" not in term.high:
         bounds.append(sql.SQL("{} <= {}").format(expression, compiled.param(term.high, "text")))
     return sql.SQL(" AND ").join(bounds)
@@ -166,7 +184,8 @@ def _prefix(name: str, prefix: str, compiled: Compiled) -> sql.Composable:
     compiled.indexed.add(name)
     prefix = prefix.partition("\x00")[0]
     expression = string_expression(name)
-    condition = sql.SQL("{} >= {}").format(expression, compiled.param(prefix, "text"))
+    low = prefix[:INDEXED_CHARACTERS]
+    condition = sql.SQL("{} >= {}").format(expression, compiled.param(low, "text"))
     end = prefix_end(prefix)
     if end is None:
         return condition
@@ -224,8 +243,13 @@ class Indexes:
 
     def missing(self, names: Iterable[str]) -> list[tuple[str, sql.Composed]]:
         """``(index name, CREATE INDEX ...)`` for the metadata *names* without their
-        indexes, as long as the table stays within the limit of indexed names."""
-        indexed = sum(1 for index in self.existing if index.startswith(self.schema.table + "__n"))
+        indexes, as long as the table stays within the limit of indexed names; each to
+        execute with parameters (``[]``)."""
+        # Numeric index names only: the table's "__nul" index shares their prefix.
+        prefix = self.schema.table + "__n"
+        indexed = sum(
+            1 for index in self.existing if index.startswith(prefix) and index != prefix + "ul"
+        )
         out: list[tuple[str, sql.Composed]] = []
         for name in sorted(names):
             if self.has(name):
@@ -239,7 +263,7 @@ class Indexes:
                 (text, string_expression(name)),
             ):
                 statement = sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} ({})").format(
-                    sql.Identifier(index), self.schema.main, expression
+                    Escaped(sql.Identifier(index)), Escaped(self.schema.main), expression
                 )
                 out.append((index, statement))
         return out

@@ -27,6 +27,7 @@ import psycopg
 from psycopg import sql
 
 from storekeeper.backends._pg_connections import Connections
+from storekeeper.backends._pg_errors import shown
 from storekeeper.backends._pg_query import Indexes, compile_query
 from storekeeper.backends._pg_schema import Schema
 from storekeeper.backends._pg_values import open_chunks
@@ -76,7 +77,7 @@ class Reads:
     def row(self, key: str) -> RowTuple | None:
         """*key*'s row (locked inside a transaction), or ``None``."""
         locking = self.connections.transaction() is not None
-        with self.connections.using(f"reading {key!r}") as conn:
+        with self.connections.using(f"reading {shown(key)}") as conn:
             if not locking:
                 return conn.execute(self._select, [key], binary=True).fetchone()
             return self.locked_row(conn, key)
@@ -86,7 +87,7 @@ class Reads:
         statement); ``None`` when the general path must answer (a missing key too)."""
         if self.connections.transaction() is not None:
             return None
-        with self.connections.using(f"reading {key!r}") as conn:
+        with self.connections.using(f"reading {shown(key)}") as conn:
             found = conn.execute(self._data, [key], binary=True).fetchone()
         if found is None or found[0] is None:
             return None
@@ -97,7 +98,7 @@ class Reads:
         inline value is cut by PostgreSQL, a chunked one reads only its chunks."""
         if self.connections.transaction() is not None:
             return self.value(key).range(start, end)  # the locking read of one key
-        with self.connections.using(f"reading {key!r}") as conn:
+        with self.connections.using(f"reading {shown(key)}") as conn:
             # substring() counts from 1 in int4: an inline value is far shorter.
             first = min(start, _INT4 - 1) + 1
             length = None if end is None else min(max(end - start, 0), _INT4)
@@ -184,7 +185,7 @@ class Reads:
         """``(key, metadata JSON)`` of the keys matching *terms* (see ``_pg_query``)."""
         if not terms:
             with self.connections.using("running a query") as conn:
-                rows = conn.execute(self.schema.compose("SELECT key, metadata FROM {main}"))
+                rows = conn.execute(self.schema.compose("SELECT key, metadata FROM {main}"), [])
                 return [(key, text) for key, text in rows]
         condition, compiled = compile_query(terms)
         self._ensure_indexes(compiled.indexed)
@@ -200,7 +201,8 @@ class Reads:
     def keys(self) -> list[str]:
         """Every key."""
         with self.connections.using("listing keys") as conn:
-            return [key for (key,) in conn.execute(self.schema.compose("SELECT key FROM {main}"))]
+            rows = conn.execute(self.schema.compose("SELECT key FROM {main}"), [])
+            return [key for (key,) in rows]
 
     def glob(self, pattern: str) -> list[str]:
         """Keys matching *pattern*, scanning only the range of its literal prefix."""
@@ -247,7 +249,7 @@ class Reads:
                 for index, statement in statements:
                     with conn.transaction():
                         conn.execute("SET LOCAL lock_timeout = '2s'")
-                        conn.execute(statement)
+                        conn.execute(statement, [])  # composed for parameters
                     self.indexes.existing.add(index)
         except psycopg.Error as exc:
             # The query still answers without the index, only more slowly.

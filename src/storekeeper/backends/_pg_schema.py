@@ -2,7 +2,12 @@
 
 Every name in the SQL is a quoted :class:`psycopg.sql.Identifier` and every value a
 parameter (or a quoted :class:`psycopg.sql.Literal` where PostgreSQL takes no parameter),
-so no user text ever becomes SQL. For a store table ``T``:
+so no user text ever becomes SQL. psycopg reads every ``%`` of a statement executed with
+parameters as a placeholder, quoted text included: :meth:`Schema.compose` therefore
+doubles the ``%`` of the names (:class:`Escaped`), and its statements are always executed
+with parameters (an empty list if none), while :meth:`Schema.create` and
+:meth:`Schema.drop` render them as they are, for execution without parameters (as a
+COPY is). For a store table ``T``:
 
 - ``T``: one row per key. ``key text COLLATE "C"`` is the primary key (so its index
   orders keys by code point, as Python sorts ``str``, and a prefix is one range of it);
@@ -31,8 +36,9 @@ from __future__ import annotations
 import hashlib
 
 from psycopg import sql
+from psycopg.abc import AdaptContext
 
-__all__ = ["Schema", "channel_name", "short_hash"]
+__all__ = ["Escaped", "Schema", "channel_name", "short_hash"]
 
 # The dollar quote of the trigger function's body; refused if a quoted name holds it.
 _BODY_QUOTE = "$storekeeper_body$"
@@ -133,6 +139,18 @@ END
 """
 
 
+class Escaped(sql.Composable):
+    """*wrapped* (a quoted name or literal) for a statement executed with parameters:
+    each ``%`` doubled, which psycopg's placeholder parser turns back into one."""
+
+    def __init__(self, wrapped: sql.Composable) -> None:
+        super().__init__(wrapped)
+
+    def as_bytes(self, context: AdaptContext | None = None) -> bytes:
+        """The wrapped text with ``%`` doubled."""
+        return bytes(self._obj.as_bytes(context)).replace(b"%", b"%%")
+
+
 def short_hash(text: str, size: int = 12) -> str:
     """A stable hex digest of *text*, for names derived from user text."""
     return hashlib.blake2b(text.encode(), digest_size=size // 2 or 1).hexdigest()[:size]
@@ -176,20 +194,28 @@ class Schema:
         return sql.Identifier(self.schema, name)
 
     def compose(self, text: str, **extra: sql.Composable) -> bytes:
-        """*text* with its ``{names}`` filled in (the table names and *extra*), as the
-        bytes of the statement: rendered once, where psycopg would render a
+        """*text* with its ``{names}`` filled in (the table names, their ``%`` doubled,
+        and *extra*, already safe), as the bytes of a statement to execute WITH
+        parameters (``[]`` if none): rendered once, where psycopg would render a
         :class:`~psycopg.sql.Composed` again at every execution (which cost half the
         time of a point read)."""
+        names = {name: Escaped(value) for name, value in self.names.items()}
+        return sql.SQL(text).format(**names, **extra).as_bytes(None)
+
+    def script(self, text: str, **extra: sql.Composable) -> bytes:
+        """*text* with its ``{names}`` filled in as they are, for a statement executed
+        without parameters."""
         return sql.SQL(text).format(**self.names, **extra).as_bytes(None)
 
     def create(self) -> list[bytes]:
-        """The statements creating what is missing of the tables, indexes and trigger."""
-        statements = [self.compose(text) for text in _CREATE]
-        body = self.compose(_TRIGGER_BODY).decode()
+        """The statements creating what is missing of the tables, indexes and trigger
+        (to execute without parameters)."""
+        statements = [self.script(text) for text in _CREATE]
+        body = self.script(_TRIGGER_BODY).decode()
         if _BODY_QUOTE in body:
             raise ValueError(f"invalid table name {self.table!r}")
         statements.append(
-            self.compose(
+            self.script(
                 "CREATE OR REPLACE FUNCTION {function}() RETURNS trigger "
                 "LANGUAGE plpgsql AS {body}",
                 body=sql.SQL(_BODY_QUOTE + body + _BODY_QUOTE),  # checked above
@@ -202,7 +228,7 @@ class Schema:
             ("trigger_delete", "DELETE", "OLD TABLE AS old_rows"),
         ):
             statements.append(
-                self.compose(
+                self.script(
                     f"CREATE OR REPLACE TRIGGER {{{trigger}}} AFTER {event} ON {{main}} "
                     f"REFERENCING {tables} FOR EACH STATEMENT EXECUTE FUNCTION {{function}}()"
                 )
@@ -210,8 +236,9 @@ class Schema:
         return statements
 
     def drop(self) -> list[bytes]:
-        """The statements dropping the store's tables and function (for tests and tools)."""
+        """The statements dropping the store's tables and function (for tests and tools;
+        to execute without parameters)."""
         return [
-            self.compose("DROP TABLE IF EXISTS {main}, {chunks}, {trash}, {changes}"),
-            self.compose("DROP FUNCTION IF EXISTS {function}()"),
+            self.script("DROP TABLE IF EXISTS {main}, {chunks}, {trash}, {changes}"),
+            self.script("DROP FUNCTION IF EXISTS {function}()"),
         ]

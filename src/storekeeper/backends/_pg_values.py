@@ -66,7 +66,8 @@ def copy_chunks(
     conn: psycopg.Connection[Any], schema: Schema, blob: int, chunks: Iterable[bytes]
 ) -> int:
     """Write *chunks* as the chunk set *blob*; the number of bytes written."""
-    statement = schema.compose("COPY {chunks} (blob, seq, data) FROM STDIN (FORMAT BINARY)")
+    # psycopg sends a COPY without parameters as it is: the names stay unescaped.
+    statement = schema.script("COPY {chunks} (blob, seq, data) FROM STDIN (FORMAT BINARY)")
     total = 0
     with conn.cursor() as cursor, cursor.copy(statement) as copy:
         copy.set_types(["int8", "int4", "bytea"])

@@ -42,7 +42,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from storekeeper.backends._pg_connections import Connections
-from storekeeper.backends._pg_errors import translate
+from storekeeper.backends._pg_errors import shown, translate
 from storekeeper.backends._pg_events import Change, Listener, maintain
 from storekeeper.backends._pg_query import Indexes
 from storekeeper.backends._pg_reads import Reads
@@ -124,6 +124,11 @@ class PostgresStore(AbstractStore):
     or URL (``postgresql://user@host/db``); the rest is keyword-only. ``listen=False``
     runs no listener thread (no remote events; the log and the trash are then tidied
     only when a store connects).
+
+    **Key length**: a key is the table's primary key, and a PostgreSQL index entry holds
+    at most 2,704 bytes (after compression). Keys of up to 2,600 UTF-8 bytes always
+    work; a longer key works only if PostgreSQL compresses it enough, and is refused with
+    :class:`~storekeeper.errors.InvalidKeyError` otherwise (nothing is written).
     """
 
     def __init__(
@@ -235,7 +240,7 @@ class PostgresStore(AbstractStore):
             with translate(f"connecting {self!r}"), connections.pool().connection() as conn:
                 self._create(conn)
                 maintain(conn, self._schema, self.change_log_size, self.reclaim_after)
-                found = conn.execute(self._schema.compose("SELECT max(id) FROM {changes}"))
+                found = conn.execute(self._schema.compose("SELECT max(id) FROM {changes}"), [])
                 row = found.fetchone()
                 cursor = 0 if row is None or row[0] is None else int(row[0])
             self._indexes.load(self._reads.index_names())
@@ -290,7 +295,11 @@ class PostgresStore(AbstractStore):
 
     def wait_listening(self, timeout: float = 30.0) -> bool:
         """Wait until the change listener listens (events of changes committed from
-        then on are delivered); whether it does (false when ``listen=False``)."""
+        then on are delivered); whether it does (false when ``listen=False``). In a
+        process forked from the one that connected, this starts the process's own
+        listener and waits for it (the inherited one is the parent's)."""
+        if self.is_connected() and self._pid != os.getpid():
+            self._require_connection()
         listener = self._listener
         return listener is not None and listener.connected.wait(timeout)
 
@@ -481,7 +490,7 @@ class PostgresStore(AbstractStore):
         metadata_json = encode_metadata(metadata)
         self._require_connection()
         row = Row(key, version_numbers(1)[0], metadata_json, keep_data=True)
-        with self._connections.using(f"writing the metadata of {key!r}") as conn:
+        with self._connections.using(f"writing the metadata of {shown(key)}") as conn:
             self._writes.write(conn, row, if_version, if_exists)
         self._emit_change(StoreSetEvent, key, metadata_json)
 
@@ -493,7 +502,7 @@ class PostgresStore(AbstractStore):
         check_write(key, if_version)
         encode_metadata(metadata)  # refuse bad input before touching anything
         self._require_connection()
-        doing = f"updating the metadata of {key!r}"
+        doing = f"updating the metadata of {shown(key)}"
         with self._connections.using(doing) as conn, conn.transaction():
             found = self._reads.locked_row(conn, key)
             if found is None:
@@ -511,7 +520,7 @@ class PostgresStore(AbstractStore):
         """Delete *key*; :class:`KeyNotFoundError` if missing. One statement."""
         check_write(key, if_version)
         self._require_connection()
-        with self._connections.using(f"deleting {key!r}") as conn:
+        with self._connections.using(f"deleting {shown(key)}") as conn:
             metadata_json = self._writes.delete(conn, key, if_version)
             if metadata_json is None:
                 if self._writes.version_of(conn, key) is None:
@@ -570,7 +579,7 @@ class PostgresStore(AbstractStore):
         version = version_numbers(1)[0]
         if isinstance(source, bytes | bytearray | memoryview) and len(source) <= self.inline_limit:
             row = Row(key, version, metadata_json, bytes(source), None, len(source))
-            with self._connections.using(f"writing {key!r}") as conn:
+            with self._connections.using(f"writing {shown(key)}") as conn:
                 written = self._writes.write(conn, row, if_version, if_exists)
             return self._written(key, version, written)
         chunks = iter_source(source, min(check_buffer_size(buffer_size), self.chunk_size))
@@ -579,7 +588,7 @@ class PostgresStore(AbstractStore):
             head, stream = take(_report(chunks, progress), self.inline_limit + 1)
             if len(head) <= self.inline_limit:
                 row = Row(key, version, metadata_json, head, None, len(head))
-                with self._connections.using(f"writing {key!r}") as conn:
+                with self._connections.using(f"writing {shown(key)}") as conn:
                     written = self._writes.write(conn, row, if_version, if_exists)
             else:
                 written = self._store_chunks(
@@ -597,7 +606,7 @@ class PostgresStore(AbstractStore):
         if_exists: bool | None,
     ) -> str:
         """Write a large value: its chunks, then its row, in one transaction."""
-        with self._connections.using(f"writing {key!r}") as conn, conn.transaction():
+        with self._connections.using(f"writing {shown(key)}") as conn, conn.transaction():
             blob = version_numbers(1)[0]
             size = copy_chunks(conn, self._schema, blob, rechunk(stream, self.chunk_size))
             row = Row(key, version, metadata_json, None, blob, size)
