@@ -57,6 +57,8 @@ _registry: dict[str, _Backend] = {
     "s3": _Backend("storekeeper.backends.s3:S3Store", "s3"),
     "postgresql": _Backend("storekeeper.backends.postgres:PostgresStore", "postgres"),
     "postgres": _Backend("storekeeper.backends.postgres:PostgresStore", "postgres"),
+    "redis": _Backend("storekeeper.backends.redis:RedisStore", "redis"),
+    "rediss": _Backend("storekeeper.backends.redis:RedisStore", "redis"),
 }
 _lock = threading.Lock()
 _entry_points_loaded = False
