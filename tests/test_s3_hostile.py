@@ -1179,12 +1179,6 @@ def test_multiset_and_events(endpoint: str, prefix: str) -> None:
         assert [_data(v) for v in store.multiget(["c", "a"])] == [b"3", b"1"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: exists() inside a transaction is not recorded as a read: a key another "
-    "process creates between exists()->False and the commit is silently overwritten "
-    "(lost update; get() of the missing key is checked correctly)",
-)
 def test_transaction_read_of_absence_is_checked(endpoint: str, prefix: str, store: S3Store) -> None:
     """Create-if-absent in a transaction: a key created meanwhile by another process is
     not overwritten (the transaction read it as missing)."""
@@ -1578,21 +1572,7 @@ READS = {
 }
 
 
-_UNTRACKED = pytest.mark.xfail(
-    strict=True,
-    reason="BUG: this read inside a transaction is not recorded (neither exists() nor "
-    "version_of() is): a concurrent write to the key between it and the commit is "
-    "silently overwritten by the commit (lost update despite isolated_transactions)",
-)
-
-
-@pytest.mark.parametrize(
-    "read",
-    [
-        pytest.param(name, marks=_UNTRACKED) if name in ("exists", "version_of") else name
-        for name in READS
-    ],
-)
+@pytest.mark.parametrize("read", list(READS))
 def test_transaction_read_then_write_of_existing_key_is_checked(
     endpoint: str, prefix: str, store: S3Store, read: str
 ) -> None:

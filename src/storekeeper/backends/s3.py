@@ -264,8 +264,9 @@ class S3Store(AbstractStore):
         check_key(key)
         self._require_connection()
         transaction = self._own_transaction_or_none()
-        if transaction is not None and key in transaction.changes:
-            return transaction.changes[key].data is not None
+        if transaction is not None:
+            # recorded, so the commit checks that the key is still as this read found it
+            return self._visible_version(transaction, key, self._name(key)) is not None
         return self._objects.head(key, self._name(key)) is not None
 
     def version_of(self, key: str) -> str:
@@ -273,11 +274,11 @@ class S3Store(AbstractStore):
         check_key(key)
         self._require_connection()
         transaction = self._own_transaction_or_none()
-        if transaction is not None and key in transaction.changes:
-            change = transaction.changes[key]
-            if change.data is None:
+        if transaction is not None:
+            version = self._visible_version(transaction, key, self._name(key))
+            if version is None:
                 raise missing(key)
-            return change.version
+            return version
         head = self._objects.head(key, self._name(key))
         if head is None:
             raise missing(key)
