@@ -313,7 +313,10 @@ class Objects:
                     yield item["Key"], item["ETag"]
 
     def keys_under(self, prefix: str) -> Iterator[str]:
-        """The keys starting with *prefix*, in order."""
+        """The keys starting with *prefix*, in key order."""
+        return names.in_key_order(self._keys_under(prefix))
+
+    def _keys_under(self, prefix: str) -> Iterator[str]:
         for page in self.pages(names.encode_prefix(self.prefix, prefix)):
             for item in page.get("Contents", ()):
                 key = names.decode_name(self.prefix, item["Key"])
@@ -321,7 +324,11 @@ class Objects:
                     yield key
 
     def folded(self, prefix: str, delimiter: str) -> Iterator[str]:
-        """The keys and folders under *prefix* as S3 folds them at *delimiter*."""
+        """The keys and folders under *prefix* as S3 folds them at *delimiter*, in key
+        order."""
+        return names.in_key_order(self._folded(prefix, delimiter))
+
+    def _folded(self, prefix: str, delimiter: str) -> Iterator[str]:
         for page in self.pages(names.encode_prefix(self.prefix, prefix), delimiter):
             objects = (item["Key"] for item in page.get("Contents", ()))
             folders = (item["Prefix"] for item in page.get("CommonPrefixes", ()))

@@ -349,6 +349,7 @@ class S3Store(AbstractStore):
                 metadata = decode_metadata(change.metadata_json)
                 if matches(metadata, terms):
                     result.append((key, pick_metadata(metadata, names_)))
+        result.sort(key=lambda item: item[0])  # the listing's order is not quite key order
         return result
 
     def query_keys(self, *where: Mapping[str, Any], **kwargs: Any) -> list[str]:
