@@ -955,13 +955,6 @@ def test_unroutable_endpoint_does_not_hang() -> None:
     assert time.monotonic() - t0 < 30
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: connect() with unknown credentials raises AuthorizationError (the 403 of "
-    "HeadBucket, which has no body) where the contract says AuthenticationError; the "
-    "server does say InvalidAccessKeyId on any request with a body (e.g. ListObjectsV2)",
-)
 def test_bad_credentials_are_authentication_error() -> None:
     proc, url = _start_moto({"INITIAL_NO_AUTH_ACTION_COUNT": "0"})
     try:

@@ -55,7 +55,13 @@ from storekeeper.backends._s3_client import (
 )
 from storekeeper.backends._s3_objects import PART_SIZE, Head, new_tag
 from storekeeper.backends._s3_transactions import Base, Change, Transaction, file_chunks
-from storekeeper.errors import BackendError, ConflictError, InvalidURLError, TransactionError
+from storekeeper.errors import (
+    AuthorizationError,
+    BackendError,
+    ConflictError,
+    InvalidURLError,
+    TransactionError,
+)
 from storekeeper.events import BaseEventManager
 from storekeeper.store.abstract import AbstractStore
 from storekeeper.store.backend import (
@@ -208,6 +214,20 @@ class S3Store(AbstractStore):
         except MissingObjectError as exc:  # HEAD answers a bare 404, without a code
             client.close()
             raise BackendError(f"the S3 bucket {self.bucket!r} does not exist") from exc
+        except AuthorizationError:
+            # HEAD's 403 has no body to say why; a request with one tells unknown
+            # credentials (AuthenticationError) from a real denial.
+            try:
+                call(
+                    f"bucket {self.bucket!r}",
+                    client.list_objects_v2,
+                    Bucket=self.bucket,
+                    Prefix=self.prefix,
+                    MaxKeys=1,
+                )
+            finally:
+                client.close()
+            raise
         self._objects.client = client
         super().connect()
 
