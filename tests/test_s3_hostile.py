@@ -1521,12 +1521,6 @@ def test_throttling_is_retried(endpoint: str, prefix: str, store: S3Store) -> No
         proxy.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: max_attempts is documented as 'attempts per request' but a request is "
-    "sent max_attempts + 1 times (max_attempts=3: 4 GETs on a persistent 503 SlowDown; "
-    "max_attempts=1: 2 GETs), as if it were botocore's retry count",
-)
 def test_throttling_bounded_by_max_attempts(endpoint: str, prefix: str, store: S3Store) -> None:
     store.set("k", (b"v", {}))
     proxy = _CountingProxy(endpoint)
