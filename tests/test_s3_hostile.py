@@ -1316,12 +1316,6 @@ def test_ranges_agree_with_memory_store(store: S3Store) -> None:
                 assert a.read() == b.read(), (start, end)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: get_data_range(key, True, 3) returns b'01' (bytes [0, 2)) where "
-    "every other backend treats True as the int 1 (b'12'); a bool offset is not rejected "
-    "either (no InvalidArgumentError)",
-)
 def test_range_with_bool_offset_like_other_backends(store: S3Store) -> None:
     from storekeeper.backends import DictMemoryStore
 

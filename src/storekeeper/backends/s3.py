@@ -33,6 +33,7 @@ Promises (:attr:`S3Store.capabilities`):
 from __future__ import annotations
 
 import io
+import operator
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from typing import IO, Any
@@ -333,6 +334,10 @@ class S3Store(AbstractStore):
         """Bytes ``[start, end)`` of *key*'s data in one ranged GET."""
         check_key(key)
         self._require_connection()
+        # Offsets are integers as a slice takes them (True is 1, 1.5 a TypeError), like
+        # every backend that slices a value.
+        start = None if start is None else operator.index(start)
+        end = None if end is None else operator.index(end)
         negative = (start is not None and start < 0) or (end is not None and end < 0)
         if negative or self._own_transaction_or_none() is not None:
             return super().get_data_range(key, start, end)
