@@ -489,13 +489,6 @@ def test_query_over_many_keys_costs_few_requests(
     assert changed <= 6, changed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a store object that wrote every key and then queried (a complete index) "
-    "leaves no usable snapshot: a new store object's first query still costs one HEAD "
-    "per key (303 requests for 300 keys, 203 for 200) although the README says it 'starts from an "
-    "index snapshot kept in the bucket'",
-)
 def test_fresh_store_uses_snapshot_of_writer_that_queried(
     endpoint: str, prefix: str, store: S3Store
 ) -> None:
@@ -511,13 +504,6 @@ def test_fresh_store_uses_snapshot_of_writer_that_queried(
     assert first < N_KEYS // 10, first
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the first query after keys were written by store objects that never "
-    "queried costs one HEAD per key (303 requests for 300 keys, 203 for 200): no index snapshot is "
-    "kept by writes, so issue 19's 'a query over 10,000 keys must cost far fewer "
-    "requests than 10,000' fails for a fresh bucket filled by writers",
-)
 def test_first_query_after_plain_writers_costs_few_requests(
     endpoint: str, prefix: str, store: S3Store
 ) -> None:

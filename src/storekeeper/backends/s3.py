@@ -23,7 +23,10 @@ Promises (:attr:`S3Store.capabilities`):
   is in :mod:`storekeeper.backends._s3_transactions`.
 - *Queries* use a metadata index checked against the listing (see
   :mod:`storekeeper.backends._s3_index`): exact, and ``ceil(keys / 1000)`` LIST requests
-  plus one per key changed since the store object last looked.
+  plus one per key changed since the store object last looked. A new store object starts
+  from the snapshot and deltas that queries and writers leave in the bucket (writers:
+  one PUT per 64 writes and one at ``disconnect``), so its first query costs a few
+  requests more, plus one HEAD per key whose write is in no snapshot or delta yet.
 - *Values keep their version*: a value of up to ``inline_limit`` bytes is read whole by
   ``get``; a larger one streams when its data is read, by its object version on a
   versioned bucket, otherwise on the condition that the key is unchanged (a
@@ -233,7 +236,11 @@ class S3Store(AbstractStore):
         super().connect()
 
     def disconnect(self) -> None:
-        """Close the client's connections."""
+        """Leave this store object's last writes to the index in the bucket (a delta,
+        one PUT, see :mod:`storekeeper.backends._s3_index`); close the client's
+        connections."""
+        if self._objects.client is not None:
+            self._objects.index.flush()
         client, self._objects.client = self._objects.client, None
         if client is not None:
             client.close()
