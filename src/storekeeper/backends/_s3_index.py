@@ -120,7 +120,8 @@ class MetadataIndex:
             compact = bool(deltas) or self._learned > max(64, len(listing) // 20)
             if compact:
                 self._learned = 0
-                self._unsent.clear()  # in the snapshot about to be written
+                # what the snapshot about to be written holds need not go in a delta
+                self._unsent = {n: e for n, e in self._unsent.items() if fresh.get(n) != e}
         self.last_fetches = len(stale)
         if compact:
             self._compact(fresh, deltas)
