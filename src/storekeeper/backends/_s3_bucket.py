@@ -35,6 +35,7 @@ from storekeeper.backends._s3_objects import (
     parse_head,
     upload,
 )
+from storekeeper.backends._s3_snapshots import Snapshots
 from storekeeper.errors import ConflictError
 from storekeeper.store.value import BytesValue, StreamValue, Value
 
@@ -77,7 +78,9 @@ class Objects:
         self.client: Any = None
         self._lock = threading.Lock()
         self._known: OrderedDict[str, Known] = OrderedDict()
-        self.index = MetadataIndex(self._fetch_entry, self._load_snapshot, self._save_snapshot)
+        self.index = MetadataIndex(
+            self._fetch_entry, Snapshots(bucket, prefix, lambda: self.client)
+        )
 
     def name(self, key: str) -> str:
         """*key*'s object name."""
@@ -313,7 +316,10 @@ class Objects:
                     yield item["Key"], item["ETag"]
 
     def keys_under(self, prefix: str) -> Iterator[str]:
-        """The keys starting with *prefix*, in order."""
+        """The keys starting with *prefix*, in key order."""
+        return names.in_key_order(self._keys_under(prefix))
+
+    def _keys_under(self, prefix: str) -> Iterator[str]:
         for page in self.pages(names.encode_prefix(self.prefix, prefix)):
             for item in page.get("Contents", ()):
                 key = names.decode_name(self.prefix, item["Key"])
@@ -321,7 +327,11 @@ class Objects:
                     yield key
 
     def folded(self, prefix: str, delimiter: str) -> Iterator[str]:
-        """The keys and folders under *prefix* as S3 folds them at *delimiter*."""
+        """The keys and folders under *prefix* as S3 folds them at *delimiter*, in key
+        order."""
+        return names.in_key_order(self._folded(prefix, delimiter))
+
+    def _folded(self, prefix: str, delimiter: str) -> Iterator[str]:
         for page in self.pages(names.encode_prefix(self.prefix, prefix), delimiter):
             objects = (item["Key"] for item in page.get("Contents", ()))
             folders = (item["Prefix"] for item in page.get("CommonPrefixes", ()))
@@ -335,32 +345,6 @@ class Objects:
         response = call(name, self.client.head_object, Bucket=self.bucket, Key=name)
         head = parse_head(response)
         return head.etag, self.metadata_json(head)
-
-    def _snapshot_name(self) -> str:
-        return names.internal_root(self.prefix) + "index"
-
-    def _load_snapshot(self) -> bytes | None:
-        try:
-            response = call(
-                "index snapshot",
-                self.client.get_object,
-                Bucket=self.bucket,
-                Key=self._snapshot_name(),
-            )
-        except MissingObjectError:
-            return None
-        with response["Body"] as body:
-            data: bytes = body.read()
-            return data
-
-    def _save_snapshot(self, data: bytes) -> None:
-        call(
-            "index snapshot",
-            self.client.put_object,
-            Bucket=self.bucket,
-            Key=self._snapshot_name(),
-            Body=data,
-        )
 
 
 def stream(body: Any, limit: int) -> BinaryStream:

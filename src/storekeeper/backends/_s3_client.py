@@ -81,7 +81,8 @@ def make_client(
     Credentials: *credentials* if given, else the named *profile*, else boto3's
     standard lookup (environment, default profile, instance role)."""
     config = botocore.config.Config(
-        retries={"max_attempts": max_attempts, "mode": "standard"},
+        # botocore's "max_attempts" counts retries only; ours counts every attempt.
+        retries={"total_max_attempts": max_attempts, "mode": "standard"},
         max_pool_connections=max_pool_connections,
         s3={"addressing_style": "path"} if endpoint_url else None,
         # Checksums on every request cost a full pass over the data; the S3 SDK

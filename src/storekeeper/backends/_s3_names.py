@@ -5,7 +5,11 @@ control characters U+0001..U+001F and U+007F (some servers and proxies refuse a 
 in a request path), which become two characters: ``\\x01`` followed by the code point
 plus 0x21 (``\\x7f`` as ``\\x01\\x40``). The escape starts with the lowest character a
 key can hold, so the encoded names sort in UTF-8 byte order exactly as the keys sort in
-code-point order, and the object listing comes back in key order.
+code-point order, with one exception: U+007F sorts above ``~`` as a key but its
+escape sorts below the space, so a name holding it is listed *earlier* than its key's
+place (never later: at the first character where two keys differ, only a U+007F on one
+side can invert their order, and it moves that side forward). :func:`in_key_order`
+puts a listing back in key order while streaming.
 
 The store's own objects (metadata sidecars, the index snapshot) live under
 ``prefix + "\\x01~sk/"``: ``\\x01`` followed by ``~`` never starts an encoded key, so no
@@ -14,7 +18,9 @@ key can collide with them; listings skip that subtree.
 
 from __future__ import annotations
 
+import heapq
 import re
+from collections.abc import Iterable, Iterator
 
 from storekeeper.errors import InvalidKeyError
 
@@ -23,6 +29,7 @@ __all__ = [
     "decode_name",
     "encode_name",
     "encode_prefix",
+    "in_key_order",
     "internal_root",
     "needs_escape",
 ]
@@ -84,3 +91,23 @@ def decode_name(prefix: str, name: str) -> str | None:
 def internal_root(prefix: str) -> str:
     """Where the store keeps its own objects under *prefix*."""
     return prefix + _INTERNAL
+
+
+def in_key_order(keys: Iterable[str]) -> Iterator[str]:
+    """The decoded *keys* (or folders) of a listing, in key order.
+
+    A key holding U+007F may come before keys that sort below it (see above), never
+    after a key above it. So it waits in a heap until a key without U+007F above it
+    arrives (or the listing ends); every other key goes out at once after the waiting
+    ones below it. Memory grows with the keys holding U+007F that wait, not with the
+    listing."""
+    waiting: list[str] = []
+    for key in keys:
+        if "\x7f" in key:
+            heapq.heappush(waiting, key)
+            continue
+        while waiting and waiting[0] < key:
+            yield heapq.heappop(waiting)
+        yield key
+    while waiting:
+        yield heapq.heappop(waiting)

@@ -41,9 +41,11 @@ __all__ = [
     "BodyStream",
     "Head",
     "Written",
+    "chain",
     "header_fields",
     "new_tag",
     "parse_head",
+    "take",
     "upload",
 ]
 
@@ -331,3 +333,22 @@ def now() -> float:
 
 
 BinaryStream = IO[bytes]
+
+
+def take(chunks: Iterator[bytes], limit: int) -> Iterator[bytes]:
+    """Chunks from *chunks* until at least *limit* bytes were taken (the last chunk is
+    taken whole)."""
+    taken = 0
+    while taken < limit:
+        chunk = next(chunks, None)
+        if chunk is None:
+            return
+        taken += len(chunk)
+        yield chunk
+
+
+def chain(firsts: list[bytes], rest: Iterator[bytes]) -> Iterator[bytes]:
+    """*firsts* (emptied as they are handed out, so none is kept alive), then *rest*."""
+    while firsts:
+        yield firsts.pop(0)
+    yield from rest

@@ -29,9 +29,12 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from storekeeper.backends._s3_bucket import Known, Objects
+from storekeeper.backends._s3_client import PreconditionError
+from storekeeper.errors import ConflictError, TransactionError
 from storekeeper.store.backend import Claim
 
-__all__ = ["Base", "Change", "Transaction", "file_chunks"]
+__all__ = ["Base", "Change", "Transaction", "apply", "file_chunks"]
 
 _ABSENT = object()
 
@@ -117,3 +120,63 @@ def file_chunks(path: str, size: int = 1024 * 1024) -> Iterator[bytes]:
     with open(path, "rb") as stream:
         while chunk := stream.read(size):
             yield chunk
+
+
+def apply(objects: Objects, transaction: Transaction) -> None:
+    """Write the transaction's changes: a key the transaction read (or wrote on a
+    condition) only if it is still as first seen, a key it only wrote as a plain set
+    does; see the module's docstring."""
+    bases = transaction.bases
+    changes = [
+        (key, change)
+        for key, change in transaction.changes.items()
+        if change.data is not None or bases[key].etag is not None
+    ]
+    checked = [(key, change) for key, change in changes if key in bases]
+    if len(changes) > 1:  # every condition checked before the first write
+        for key, change in checked:
+            head = objects.head(key, change.name)
+            if (None if head is None else head.etag) != bases[key].etag:
+                raise ConflictError(f"key {key!r} changed since the transaction read it")
+    done: list[str] = []
+    for key, change in changes:
+        try:
+            _apply_one(objects, key, change, bases.get(key))
+        except Exception as exc:
+            if not done:
+                if isinstance(exc, PreconditionError):
+                    raise ConflictError(
+                        f"key {key!r} changed since the transaction read it"
+                    ) from exc
+                raise
+            left = [k for k, _ in changes[len(done) :]]
+            raise TransactionError(
+                f"commit partly applied: written {done}, not written {left} "
+                f"(writing {key!r} failed: {exc})"
+            ) from exc
+        done.append(key)
+
+
+def _apply_one(objects: Objects, key: str, change: Change, base: Base | None) -> None:
+    """Write one change: on *base*'s condition, or (``None``: a blind set) as a
+    plain set that tries again after losing a race."""
+    if change.data is None:
+        assert base is not None and base.etag is not None  # deletes look first
+        objects.delete(key, change.name, base.etag, base.sidecar)
+        return
+    if base is None:
+        known = objects.recall(key)
+    elif base.etag is None:
+        known = None
+    else:
+        known = Known(base.version or "", base.etag, base.created or 0.0, base.sidecar)
+    data = change.data
+    objects.write(
+        key,
+        change.name,
+        lambda: [data] if isinstance(data, bytes) else file_chunks(data),
+        change.tag,
+        change.metadata_json,
+        known,
+        retry=base is None,
+    )

@@ -23,7 +23,10 @@ Promises (:attr:`S3Store.capabilities`):
   is in :mod:`storekeeper.backends._s3_transactions`.
 - *Queries* use a metadata index checked against the listing (see
   :mod:`storekeeper.backends._s3_index`): exact, and ``ceil(keys / 1000)`` LIST requests
-  plus one per key changed since the store object last looked.
+  plus one per key changed since the store object last looked. A new store object starts
+  from the snapshot and deltas that queries and writers leave in the bucket (writers:
+  one PUT per 64 writes and one at ``disconnect``), so its first query costs a few
+  requests more, plus one HEAD per key whose write is in no snapshot or delta yet.
 - *Values keep their version*: a value of up to ``inline_limit`` bytes is read whole by
   ``get``; a larger one streams when its data is read, by its object version on a
   versioned bucket, otherwise on the condition that the key is unchanged (a
@@ -33,6 +36,7 @@ Promises (:attr:`S3Store.capabilities`):
 from __future__ import annotations
 
 import io
+import operator
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from typing import IO, Any
@@ -41,7 +45,6 @@ from urllib.parse import SplitResult
 from storekeeper.backends import _s3_names as names
 from storekeeper.backends._s3_bucket import (
     RACE_ATTEMPTS,
-    Known,
     Objects,
     SidecarGoneError,
     known_of,
@@ -53,9 +56,14 @@ from storekeeper.backends._s3_client import (
     call,
     make_client,
 )
-from storekeeper.backends._s3_objects import PART_SIZE, Head, new_tag
-from storekeeper.backends._s3_transactions import Base, Change, Transaction, file_chunks
-from storekeeper.errors import BackendError, ConflictError, InvalidURLError, TransactionError
+from storekeeper.backends._s3_objects import PART_SIZE, Head, chain, new_tag, take
+from storekeeper.backends._s3_transactions import Base, Change, Transaction, apply
+from storekeeper.errors import (
+    AuthorizationError,
+    BackendError,
+    ConflictError,
+    InvalidURLError,
+)
 from storekeeper.events import BaseEventManager
 from storekeeper.store.abstract import AbstractStore
 from storekeeper.store.backend import (
@@ -208,11 +216,29 @@ class S3Store(AbstractStore):
         except MissingObjectError as exc:  # HEAD answers a bare 404, without a code
             client.close()
             raise BackendError(f"the S3 bucket {self.bucket!r} does not exist") from exc
+        except AuthorizationError:
+            # HEAD's 403 has no body to say why; a request with one tells unknown
+            # credentials (AuthenticationError) from a real denial.
+            try:
+                call(
+                    f"bucket {self.bucket!r}",
+                    client.list_objects_v2,
+                    Bucket=self.bucket,
+                    Prefix=self.prefix,
+                    MaxKeys=1,
+                )
+            finally:
+                client.close()
+            raise
         self._objects.client = client
         super().connect()
 
     def disconnect(self) -> None:
-        """Close the client's connections."""
+        """Leave this store object's last writes to the index in the bucket (a delta,
+        one PUT, see :mod:`storekeeper.backends._s3_index`); close the client's
+        connections."""
+        if self._objects.client is not None:
+            self._objects.index.flush()
         client, self._objects.client = self._objects.client, None
         if client is not None:
             client.close()
@@ -264,8 +290,9 @@ class S3Store(AbstractStore):
         check_key(key)
         self._require_connection()
         transaction = self._own_transaction_or_none()
-        if transaction is not None and key in transaction.changes:
-            return transaction.changes[key].data is not None
+        if transaction is not None:
+            # recorded, so the commit checks that the key is still as this read found it
+            return self._visible_version(transaction, key, self._name(key)) is not None
         return self._objects.head(key, self._name(key)) is not None
 
     def version_of(self, key: str) -> str:
@@ -273,11 +300,11 @@ class S3Store(AbstractStore):
         check_key(key)
         self._require_connection()
         transaction = self._own_transaction_or_none()
-        if transaction is not None and key in transaction.changes:
-            change = transaction.changes[key]
-            if change.data is None:
+        if transaction is not None:
+            version = self._visible_version(transaction, key, self._name(key))
+            if version is None:
                 raise missing(key)
-            return change.version
+            return version
         head = self._objects.head(key, self._name(key))
         if head is None:
             raise missing(key)
@@ -312,6 +339,10 @@ class S3Store(AbstractStore):
         """Bytes ``[start, end)`` of *key*'s data in one ranged GET."""
         check_key(key)
         self._require_connection()
+        # Offsets are integers as a slice takes them (True is 1, 1.5 a TypeError), like
+        # every backend that slices a value.
+        start = None if start is None else operator.index(start)
+        end = None if end is None else operator.index(end)
         negative = (start is not None and start < 0) or (end is not None and end < 0)
         if negative or self._own_transaction_or_none() is not None:
             return super().get_data_range(key, start, end)
@@ -348,6 +379,7 @@ class S3Store(AbstractStore):
                 metadata = decode_metadata(change.metadata_json)
                 if matches(metadata, terms):
                     result.append((key, pick_metadata(metadata, names_)))
+        result.sort(key=lambda item: item[0])  # the listing's order is not quite key order
         return result
 
     def query_keys(self, *where: Mapping[str, Any], **kwargs: Any) -> list[str]:
@@ -450,9 +482,9 @@ class S3Store(AbstractStore):
     ) -> str:
         """Write *key* now (no transaction): read the data, then put it on the right
         condition, retrying a plain set that lost a race."""
-        first = b"".join(_take(chunks, self.part_size))
+        first = b"".join(take(chunks, self.part_size))
         small = len(first) < self.part_size
-        source: Iterable[bytes] = [first] if small else _chain([first], chunks)
+        source: Iterable[bytes] = [first] if small else chain([first], chunks)
         del first  # a large value's first part is not kept for the whole upload
         conditional = if_version is not None or if_exists is not None
         known = None if (if_exists is True or not small) else self._objects.recall(key)
@@ -592,12 +624,12 @@ class S3Store(AbstractStore):
             check_precondition(
                 key, self._visible_version(transaction, key, name), if_version, if_exists
             )
-        first = b"".join(_take(chunks, self.part_size))
+        first = b"".join(take(chunks, self.part_size))
         if len(first) < self.part_size:
             data: bytes | str = first
             size = len(first)
         else:
-            data, size = transaction.spill(_chain([first], chunks))
+            data, size = transaction.spill(chain([first], chunks))
         change = Change(name, data, metadata_json, new_tag(), size)
         transaction.record(key, change)
         self._emit_change(StoreSetEvent, key, metadata_json)
@@ -637,7 +669,7 @@ class S3Store(AbstractStore):
     def _commit_transaction(self) -> None:
         transaction = self._own_transaction()
         try:
-            self._apply(transaction)
+            apply(self._objects, transaction)
         finally:
             self._end(transaction)
 
@@ -665,86 +697,9 @@ class S3Store(AbstractStore):
     def _release_savepoint(self, token: object) -> None:
         return None
 
-    def _apply(self, transaction: Transaction) -> None:
-        """Write the transaction's changes: a key the transaction read (or wrote on a
-        condition) only if it is still as first seen, a key it only wrote as a plain set
-        does; see :mod:`storekeeper.backends._s3_transactions`."""
-        bases = transaction.bases
-        changes = [
-            (key, change)
-            for key, change in transaction.changes.items()
-            if change.data is not None or bases[key].etag is not None
-        ]
-        checked = [(key, change) for key, change in changes if key in bases]
-        if len(changes) > 1:  # every condition checked before the first write
-            for key, change in checked:
-                head = self._objects.head(key, change.name)
-                if (None if head is None else head.etag) != bases[key].etag:
-                    raise ConflictError(f"key {key!r} changed since the transaction read it")
-        done: list[str] = []
-        for key, change in changes:
-            try:
-                self._apply_one(key, change, bases.get(key))
-            except Exception as exc:
-                if not done:
-                    if isinstance(exc, PreconditionError):
-                        raise ConflictError(
-                            f"key {key!r} changed since the transaction read it"
-                        ) from exc
-                    raise
-                left = [k for k, _ in changes[len(done) :]]
-                raise TransactionError(
-                    f"commit partly applied: written {done}, not written {left} "
-                    f"(writing {key!r} failed: {exc})"
-                ) from exc
-            done.append(key)
-
-    def _apply_one(self, key: str, change: Change, base: Base | None) -> None:
-        """Write one change: on *base*'s condition, or (``None``: a blind set) as a
-        plain set that tries again after losing a race."""
-        if change.data is None:
-            assert base is not None and base.etag is not None  # deletes look first
-            self._objects.delete(key, change.name, base.etag, base.sidecar)
-            return
-        if base is None:
-            known = self._objects.recall(key)
-        elif base.etag is None:
-            known = None
-        else:
-            known = Known(base.version or "", base.etag, base.created or 0.0, base.sidecar)
-        data = change.data
-        self._objects.write(
-            key,
-            change.name,
-            lambda: [data] if isinstance(data, bytes) else file_chunks(data),
-            change.tag,
-            change.metadata_json,
-            known,
-            retry=base is None,
-        )
-
 
 def _base_of(head: Head) -> Base:
     return Base(head.etag, head.version, head.created, head.sidecar, head.metadata_json)
-
-
-def _take(chunks: Iterator[bytes], limit: int) -> Iterator[bytes]:
-    """Chunks from *chunks* until at least *limit* bytes were taken (the last chunk is
-    taken whole)."""
-    taken = 0
-    while taken < limit:
-        chunk = next(chunks, None)
-        if chunk is None:
-            return
-        taken += len(chunk)
-        yield chunk
-
-
-def _chain(firsts: list[bytes], rest: Iterator[bytes]) -> Iterator[bytes]:
-    """*firsts* (emptied as they are handed out, so none is kept alive), then *rest*."""
-    while firsts:
-        yield firsts.pop(0)
-    yield from rest
 
 
 def _conflict_message(key: str, if_version: str | None, if_exists: bool | None) -> str:
