@@ -23,13 +23,13 @@ import random
 import time
 from collections.abc import Iterator
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from storekeeper import errors
 from storekeeper.stage.codec import decode_document, decode_revision, encode_document
 from storekeeper.stage.document import MergeableDocument
 from storekeeper.stage.merge import DocState, collect_tombstones, join_documents
-from storekeeper.stage.route import KeySpec, Route, compile_format_to_pattern, join_key
+from storekeeper.stage.route import KeySpec, Route, compile_format_to_pattern
 from storekeeper.stage.session import Revision, RevisionSet, to_micros
 
 if TYPE_CHECKING:
@@ -38,10 +38,6 @@ if TYPE_CHECKING:
 __all__ = ["compact_document", "compact_stage", "documents_of"]
 
 _ATTEMPTS = 64
-
-
-class _Snapshot(NamedTuple):
-    identifier: str
 
 
 def documents_of(stage: BaseStage, route: Route[Any]) -> Iterator[list[str]]:
@@ -102,15 +98,7 @@ def compact_document(
 ) -> bool:
     """Compact the document at *key*; False if it had nothing to fold."""
     store = stage.repository
-    snapshot_key = join_key(
-        [
-            *key,
-            *(
-                spec.components[i].format(session=_Snapshot("@snapshot"))
-                for i in range(spec.session_index, len(spec.components))
-            ),
-        ]
-    )
+    snapshot_key = stage.snapshot_key(spec, key)
     for attempt in range(_ATTEMPTS):
         try:
             with store.transaction("stage compaction"):

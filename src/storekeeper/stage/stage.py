@@ -16,11 +16,11 @@ import threading
 import time
 import traceback
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from storekeeper import errors
 from storekeeper.stage._copies import Copy, CopyCache, load_copy
@@ -57,11 +57,18 @@ __all__ = [
 ]
 
 _D = TypeVar("_D", bound=MergeableDocument)
+_T = TypeVar("_T")
 #: The name a compacted snapshot takes in place of a session identifier (it cannot be
 #: one: session identifiers have no ``@``).
 SNAPSHOT_IDENTIFIER = "@snapshot"
 _MISSING = "missing"  # the version token of a listed copy that has vanished since
 _COMMIT_ATTEMPTS = 64
+
+
+class _SnapshotSession(NamedTuple):
+    """Stands in for a session when formatting the snapshot's key."""
+
+    identifier: str
 
 
 class TransactionError(errors.TransactionError, RuntimeError):
@@ -374,6 +381,33 @@ class BaseStage:
             if _is_copy(identifier) and not self._claimed_elsewhere(spec, components):
                 yield base + name + tail, identifier
 
+    def snapshot_key(self, spec: KeySpec, key: Sequence[str]) -> str:
+        """The store key of the compacted snapshot of the document at *key* (its
+        components before the session's), whether or not it exists."""
+        snapshot = _SnapshotSession(SNAPSHOT_IDENTIFIER)
+        components = [*key] + [
+            spec.format(i, (), snapshot) for i in range(spec.session_index, len(spec.components))
+        ]
+        return join_key(components)
+
+    def _fetch_copies(
+        self, spec: KeySpec, key: Sequence[str], fetch: Callable[[str], _T]
+    ) -> list[tuple[str, _T]]:
+        """``(store key, fetch(store key))`` for every copy of the document at *key*:
+        the listed copies, then the snapshot, fetched whether it was listed or not.
+
+        Listing the copies and fetching them are separate steps, and a compaction may
+        fold a listed copy into the snapshot and delete it in between; fetched alone,
+        that copy is missing (or rewritten by its session without its old content) and
+        its acknowledged edits would be hidden. A compaction writes the snapshot before
+        (or together with) deleting what it folded, and a later snapshot contains the
+        earlier ones, so a snapshot fetched after every other copy holds whatever
+        vanished from under the fetches."""
+        snapshot = self.snapshot_key(spec, key)
+        listed = [store_key for store_key, _ in self.copy_keys(spec, key)]
+        ordered = [store_key for store_key in listed if store_key != snapshot] + [snapshot]
+        return [(store_key, fetch(store_key)) for store_key in ordered]
+
     def _claimed_elsewhere(self, spec: KeySpec, components: Sequence[str]) -> bool:
         """Whether another route of this stage claims the key *components* more
         specifically than *spec* (see :meth:`KeySpec.claim`): then it is that route's."""
@@ -417,8 +451,9 @@ class BaseStage:
         buffer = self.get_current_transaction()
         copies = []
         versions: list[object] = [document_type]
-        for store_key, _ in self.copy_keys(spec, key):
-            copy, version = self._load(buffer, store_key, document_type)
+        for store_key, (copy, version) in self._fetch_copies(
+            spec, key, lambda store_key: self._load(buffer, store_key, document_type)
+        ):
             versions.append((store_key, version))
             if copy is not None:
                 copies.append(copy)
@@ -468,17 +503,21 @@ class BaseStage:
         from the copies' metadata alone."""
         spec = key_spec if isinstance(key_spec, KeySpec) else KeySpec(key_spec)
         buffer = self.get_current_transaction()
-        added = deleted = None
-        any_copy = False
-        for store_key, _ in self.copy_keys(spec, key):
+
+        def fetch(store_key: str) -> tuple[Any, Any] | None:
             entry = buffer.dictionary.get(store_key)
             if entry is not None:
-                slot = (entry.state.added, entry.state.deleted)
-            else:
-                try:
-                    slot = decode_slot(self.repository.get_metadata(store_key))[:2]
-                except KeyError:
-                    continue
+                return entry.state.added, entry.state.deleted
+            try:
+                return decode_slot(self.repository.get_metadata(store_key))[:2]
+            except KeyError:
+                return None
+
+        added = deleted = None
+        any_copy = False
+        for _, slot in self._fetch_copies(spec, key, fetch):
+            if slot is None:
+                continue
             any_copy = True
             added = slot[0] if added is None or (slot[0] is not None and slot[0] > added) else added
             deleted = (
