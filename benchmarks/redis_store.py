@@ -34,16 +34,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-# This file is named redis.py: its own directory must not be where "import redis" looks.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != _HERE]
+import redis
 
-import redis  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-sys.path.append(str(_HERE))
-
-from _harness import Results, env_int, rotate, timed  # noqa: E402
-from storekeeper.backends.redis import RedisStore  # noqa: E402
+from _harness import Results, env_int, rotate, timed
+from storekeeper.backends.redis import RedisStore
 
 SERVER = os.environ.get("STOREKEEPER_TEST_REDIS", "redis://127.0.0.1:6379/0")
 MIB = 1 << 20

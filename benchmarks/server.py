@@ -16,24 +16,18 @@ large, client, concurrency). Needs nginx, wrk and curl (Debian packages).
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
-
-# Run as a script, this file's directory comes first on sys.path, where this file's
-# name would hide the standard library's http package from everything imported below.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != _HERE]
-
-import contextlib  # noqa: E402 - after the sys.path repair
-import os  # noqa: E402
-import re  # noqa: E402
-import shutil  # noqa: E402
-import socket  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
 
 REPS = int(os.environ.get("BENCH_REPS", "3"))
 LARGE = int(os.environ.get("BENCH_LARGE_MIB", "1024")) * 1024 * 1024
@@ -339,7 +333,7 @@ def main() -> None:
     for tool in ("wrk", "nginx", "curl"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is missing: apt-get install -y nginx wrk curl")
-    print(f"benchmarks/http.py: {REPS} reps, wrk {SECONDS}s runs, large value {LARGE >> 20} MiB")
+    print(f"benchmarks/server.py: {REPS} reps, wrk {SECONDS}s runs, large value {LARGE >> 20} MiB")
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as tmp:
         work = Path(tmp)
         sections = {
