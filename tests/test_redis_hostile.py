@@ -1575,6 +1575,49 @@ def test_range_with_high_bound_matches_integers_near_double_max(store, exponent)
     assert store.query_keys(x=Range(None, 2**exponent, include_high=True)) == ["k"]
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: an integer in (-2**1024, -2**1000] never matches a Range with a low "
+    "bound (Range(-(2**1021), 0) misses a stored -(2**1020); Range(None, 0) finds it)",
+)
+@pytest.mark.parametrize("exponent", [1000, 1020])
+def test_range_with_low_bound_matches_negative_integers_near_double_max(store, exponent):
+    store.set("k", (b"", {"x": -(2**exponent)}))
+    assert store.query_keys(x=Range(-(2 ** (exponent + 1)), 0)) == ["k"]
+    assert store.query_keys(x=Range(-1e308, None)) == ["k"]
+
+
+def _num(rng, exponents):
+    e = rng.choice(exponents)
+    v = (2**e + rng.choice([-1, 0, 1])) * rng.choice([1, -1])
+    return float(v) if rng.random() < 0.3 else v
+
+
+def test_numeric_ranges_fuzz_below_2_pow_1000_match_model(store):
+    rng = random.Random(11)
+    exps = [0, 1, 10, 52, 53, 54, 63, 64, 65, 300, 900, 999]
+    records = {f"k{i}": {"x": _num(rng, exps)} for i in range(80)}
+    store.multiset(list(records), [(b"", m) for m in records.values()])
+    failures = []
+    for _ in range(200):
+        a, b = sorted([_num(rng, exps), _num(rng, exps)])
+        term = rng.choice(
+            [
+                Range(a, b),
+                Range(a, None),
+                Range(None, b),
+                Range(a, b, include_low=False, include_high=True),
+                a,
+                In([a, b]),
+            ]
+        )
+        got = sorted(store.query_keys(x=term))
+        want = _model(records, "x", term)
+        if got != want:
+            failures.append((term, got, want))
+    assert failures == []
+
+
 def test_database_out_of_range_clear_error(base):
     t0 = time.monotonic()
     with pytest.raises(StorekeeperError), open_store(f"redis://127.0.0.1:6379/999?prefix={base}"):
