@@ -1248,7 +1248,7 @@ def test_transaction_remote_events_same_as_local(base):
             writer.set("a", (b"", {"i": 3}))
             writer.delete("b")
         local = [(e.action, e.key, e.metadata) for e in wcol.wait(4)]
-        rcol.wait(4, timeout=3)
+        rcol.wait(4, timeout=1.5)
         time.sleep(0.3)
         remote = [(e.action, e.key, e.metadata) for e in rcol.wait(10, timeout=0.1)]
         assert remote == local
@@ -1623,3 +1623,194 @@ def test_database_out_of_range_clear_error(base):
     with pytest.raises(StorekeeperError), open_store(f"redis://127.0.0.1:6379/999?prefix={base}"):
         pass
     assert time.monotonic() - t0 < 5
+
+
+def test_string_terms_fuzz_match_model(store):
+    rng = random.Random(13)
+    alphabet = [
+        "",
+        "a",
+        "b",
+        "\x00",
+        "\x7f",
+        "\x80",
+        "\u00e9",
+        "e\u0301",
+        "\uffff",
+        "\U00010000",
+        ":",
+        "*",
+        "1",
+    ]
+
+    def word():
+        return "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 3)))
+
+    records = {f"k{i}": {"x": word()} for i in range(80)}
+    records["num"] = {"x": 1}
+    store.multiset(list(records), [(b"", m) for m in records.values()])
+    failures = []
+    for _ in range(200):
+        a, b = sorted([word(), word()])
+        term = rng.choice(
+            [
+                Range(a, b),
+                Range(a, None),
+                Range(None, b, include_high=True),
+                Range(a, b, include_low=False),
+                Prefix(a),
+                a,
+                In([a, b]),
+            ]
+        )
+        got = sorted(store.query_keys(x=term))
+        want = _model(records, "x", term)
+        if got != want:
+            failures.append((term, got, want))
+    assert failures == []
+
+
+def test_remote_delete_event_carries_previous_metadata(base):
+    writer, _ = _open_with_manager(_url(base))
+    reader, rcol = _open_with_manager(_url(base))
+    try:
+        time.sleep(0.2)
+        writer.set("k", (b"", {"before": 1}))
+        writer.delete("k")
+        events = rcol.wait(2)
+        assert [(e.action, e.metadata) for e in events] == [
+            ("set", {"before": 1}),
+            ("delete", {"before": 1}),
+        ]
+    finally:
+        writer.disconnect()
+        reader.disconnect()
+
+
+def test_conflicted_chunked_transaction_applies_and_leaks_nothing(base):
+    raw = _raw()
+    try:
+        with (
+            open_store(_url(base, inline_limit=100, chunk_size=100, grace=1)) as s,
+            open_store(_url(base)) as other,
+        ):
+            s.set("a", (b"", {}))
+            time.sleep(1.2)
+            baseline = set(raw.scan_iter(match=f"*{base}*", count=1000))
+            with pytest.raises(ConflictError), s.transaction():
+                s.get("a")
+                s.set("big", (iter([b"x" * 700, b"y" * 700]), {"big": 1}))
+                other.set("a", (b"", {"changed": 1}))
+            assert not other.exists("big")
+            assert other.query_keys(big=1) == []
+            other.set("a", (b"", {}))
+            time.sleep(1.5)
+            leaked = set(raw.scan_iter(match=f"*{base}*", count=1000)) - baseline
+            assert leaked == set()
+    finally:
+        raw.close()
+
+
+@pytest.mark.parametrize("op", ["set_metadata", "set_data", "delete", "update_metadata"])
+def test_conditional_variants_one_winner_of_8_threads(store, op):
+    version = store.set("k", (b"0", {"m": 0}))
+    barrier = threading.Barrier(8)
+    wins = []
+
+    def run(i):
+        barrier.wait()
+        try:
+            if op == "set_metadata":
+                store.set_metadata("k", {"m": i}, if_version=version)
+            elif op == "set_data":
+                store.set_data("k", str(i).encode(), if_version=version)
+            elif op == "delete":
+                store.delete("k", if_version=version)
+            else:
+                store.update_metadata("k", {"u": i}, if_version=version)
+            wins.append(i)
+        except (ConflictError, KeyNotFoundError):
+            pass
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(wins) == 1
+
+
+def test_multiget_values_consistent_under_overwrite(base):
+    with open_store(_url(base, inline_limit=512, chunk_size=512)) as s:
+        s.multiset(["a", "b"], [(b"A" * 4000, {"c": "A"}), (b"A" * 100, {"c": "A"})])
+        stop = threading.Event()
+
+        def writer():
+            i = 0
+            while not stop.is_set():
+                c = "BCDEF"[i % 5]
+                s.multiset(
+                    ["a", "b"], [(c.encode() * 4000, {"c": c}), (c.encode() * 100, {"c": c})]
+                )
+                i += 1
+
+        t = threading.Thread(target=writer)
+        t.start()
+        bad = []
+        try:
+            end = time.monotonic() + 1.0
+            while time.monotonic() < end:
+                for v in s.multiget(["a", "b"]):
+                    data = v.data.read()
+                    if set(data) != {ord(v.metadata["c"])}:
+                        bad.append((set(data), v.metadata))
+        finally:
+            stop.set()
+            t.join()
+        assert bad == []
+
+
+@pytest.mark.parametrize("read", ["query", "list"])
+def test_no_write_skew_through_queries_or_listings(base, read):
+    for round_ in range(4):
+        stores = [open_store(_url(base, events="false")) for _ in range(2)]
+        barrier = threading.Barrier(2)
+
+        def run(i, s, round_=round_, barrier=barrier):
+            try:
+                with s.transaction():
+                    if read == "query":
+                        seen = s.query_keys(slot=round_)
+                    else:
+                        seen = list(s.list_keys(f"L{round_}/"))
+                    barrier.wait()
+                    if not seen:
+                        s.set(f"L{round_}/{i}", (b"", {"slot": round_}))
+            except ConflictError:
+                pass
+
+        threads = [threading.Thread(target=run, args=(i, s)) for i, s in enumerate(stores)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        try:
+            assert len(stores[0].query_keys(slot=round_)) == 1
+        finally:
+            for s in stores:
+                s.disconnect()
+
+
+def test_large_metadata_event_crosses_processes(base):
+    writer, _ = _open_with_manager(_url(base))
+    reader, rcol = _open_with_manager(_url(base))
+    try:
+        time.sleep(0.2)
+        big = {"blob": "z" * 2_000_000, "n": list(range(1000))}
+        writer.set("k", (b"", big))
+        events = rcol.wait(1)
+        assert len(events) == 1 and events[0].metadata == big
+        assert reader.query_keys(blob=Prefix("zzz")) == ["k"]
+    finally:
+        writer.disconnect()
+        reader.disconnect()
