@@ -1939,3 +1939,43 @@ def test_malformed_event_cursor_refused(base, cursor):
             s.connect()
         finally:
             s.disconnect()
+
+
+def test_asyncio_tasks_sharing_a_store_never_deadlock(store):
+    import asyncio
+
+    from storekeeper.errors import TransactionError
+
+    store.set("n", (b"0", {}))
+
+    async def task():
+        with store.transaction():
+            v = int(store.to_bytes("n"))
+            await asyncio.sleep(0.01)
+            store.set("n", (str(v + 1).encode(), {}))
+
+    async def main():
+        return await asyncio.gather(task(), task(), return_exceptions=True)
+
+    out = {}
+    t = threading.Thread(target=lambda: out.update(r=asyncio.run(main())), daemon=True)
+    t.start()
+    t.join(10)
+    assert not t.is_alive(), "two asyncio tasks deadlocked on one store's transactions"
+    failures = [r for r in out["r"] if r is not None]
+    assert all(isinstance(r, TransactionError) for r in failures)
+    assert store.to_bytes("n") == str(2 - len(failures)).encode()
+
+
+def test_remote_event_version_is_the_written_version(base):
+    writer, _ = _open_with_manager(_url(base))
+    reader, rcol = _open_with_manager(_url(base))
+    try:
+        time.sleep(0.2)
+        versions = [writer.set("k", (b"", {"i": i})) for i in range(3)]
+        events = rcol.wait(3)
+        assert [e.version for e in events] == versions
+        assert reader.get("k").version == versions[-1]
+    finally:
+        writer.disconnect()
+        reader.disconnect()
