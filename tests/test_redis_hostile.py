@@ -1979,3 +1979,20 @@ def test_remote_event_version_is_the_written_version(base):
     finally:
         writer.disconnect()
         reader.disconnect()
+
+
+def test_self_copy_of_chunked_value(base):
+    with open_store(_url(base, inline_limit=100, chunk_size=100)) as s:
+        data = os.urandom(1000)
+        s.set("a", (data, {"m": 1}))
+        s.set("a", s.get("a"))
+        assert s.to_bytes("a") == data and s.get_metadata("a") == {"m": 1}
+        s.set_data("a", s.get_data("a"))
+        assert s.to_bytes("a") == data
+        with s.transaction():
+            s.set("c", s.get("a"))
+            s.set("a", (b"x", {}))
+        assert s.to_bytes("c") == data and s.to_bytes("a") == b"x"
+        s.from_bytes("a", data)
+        s.set("a", (s.get_data_range("a", 50, 950), {}))
+        assert s.to_bytes("a") == data[50:950]
