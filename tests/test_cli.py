@@ -26,8 +26,12 @@ Run = Callable[..., Result]
 @pytest.fixture(params=["sqlite", "file"])
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'cli.db'}"
-    return (tmp_path / "cli-store").as_uri() + "?create=true"
+        made = f"sqlite:///{tmp_path / 'cli.db'}"
+    else:
+        made = (tmp_path / "cli-store").as_uri() + "?create=true"
+    with open_store(made):  # a command only reading a store never creates it
+        pass
+    return made
 
 
 @pytest.fixture
@@ -139,6 +143,19 @@ def test_rm(run: Run, url: str) -> None:
     fails(run("rm", f"{url}#x"), 3, "x")
     ok(run("rm", f"{url}#x", "--force"))
     assert ok(run("ls", url)).stdout.split() == ["keep"]
+
+
+def test_rm_every_key_needs_all(run: Run, url: str) -> None:
+    for key in ("a", "b/c"):
+        ok(run("put", f"{url}#{key}", stdin=b"."))
+    fails(run("rm", url, "--prefix", ""), 2, "--all")
+    assert ok(run("rm", url, "--prefix", "", "--dry-run")).stdout.split("\n")[:2] == [
+        "would remove a",
+        "would remove b/c",
+    ]
+    assert ok(run("ls", url)).stdout.split() == ["a", "b/c"]
+    ok(run("rm", url, "--prefix", "", "--all"))
+    assert ok(run("ls", url)).stdout == ""
 
 
 def test_meta_commands(run: Run, url: str) -> None:
@@ -318,7 +335,8 @@ def test_users(run: Run, url: str) -> None:
         )
     )
     ok(run("users", "add", url, "bob", "--password-stdin", stdin="pw2\n", env=env))
-    fails(run("users", "add", url, "bob", "--password-stdin", stdin="x\n", env=env), 4)
+    line = fails(run("users", "add", url, "bob", "--password-stdin", stdin="x\n", env=env), 4)
+    assert line == "Error: user 'bob' already exists"  # not the record's key
     fails(run("users", "add", url, "carol", "--password-stdin", stdin="x\n"), 2, "secret")
     assert ok(run("users", "list", url)).stdout.split() == ["alice", "bob"]
     assert lines(ok(run("users", "list", url, "--json"))) == [
@@ -333,7 +351,7 @@ def test_users(run: Run, url: str) -> None:
         with pytest.raises(AuthenticationError):
             SimpleAuthStore(store, make_encoder(b"app-secret")).connect(("bob", "wrong"))
     ok(run("users", "rm", url, "bob"))
-    fails(run("users", "rm", url, "bob"), 3)
+    assert fails(run("users", "rm", url, "bob"), 3) == "Error: no user 'bob'"
     assert ok(run("users", "list", url)).stdout.split() == ["alice"]
 
 

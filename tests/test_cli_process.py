@@ -51,6 +51,10 @@ def test_console_script_and_module_run(tmp_path: Path) -> None:
 
 def test_errors_from_a_real_process(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'p.db'}"
+    absent = storekeeper("cat", f"{url}#nope")  # a reader never creates the store
+    assert absent.returncode == 3 and b"no such SQLite database" in absent.stderr
+    assert not (tmp_path / "p.db").exists()
+    assert storekeeper("put", f"{url}#k", stdin=b"").returncode == 0
     missing = storekeeper("cat", f"{url}#nope")
     assert missing.returncode == 3 and missing.stdout == b""
     assert missing.stderr.decode().splitlines() == ["Error: key 'nope' does not exist"]

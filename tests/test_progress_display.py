@@ -127,3 +127,17 @@ def test_rich_shows_sizes_rate_and_time_left_never_none(
     assert "Reading key 'photo': done" in text
     assert re.search(r"Scanning: done +━+ 7/7 .*/s +0:00:0\d elapsed", text)
     assert "━" in text  # the bar itself
+
+
+@pytest.mark.parametrize("use_rich", [False, True])
+def test_steps_redraw_at_most_once_per_redraw_interval(use_rich: bool) -> None:
+    manager = EventManager()
+    out = FakeTerminal()
+    with ProgressDisplay(manager, out, use_rich=use_rich, redraw_interval=3600.0):
+        with ProgressManager(manager, message="Copying", steps=1000) as copying:
+            for step in range(1, 1001):
+                copying(step=step)
+    text = _visible(out.getvalue())
+    # the start, the first step, the end (rich: and its own start/stop): not 1000 redraws
+    assert text.count("Copying") <= 6, text
+    assert "Copying: done" in text

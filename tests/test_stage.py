@@ -111,7 +111,9 @@ def test_sessions_appear_once_a_stage_has_been_used(store: AbstractStore) -> Non
 
 def test_touch_records_the_time(memory: DictMemoryStore) -> None:
     stage = _stage(memory, "touch-a")
-    stage.touch()
+    with stage:
+        stage.touch()
+        assert list(memory.list_keys()) == []  # recorded when the transaction commits
     stored = datetime.fromisoformat(memory.to_bytes(".sessions/touch-a").decode())
     assert stored.tzinfo is not None
     assert abs((datetime.now(UTC) - stored).total_seconds()) < 60
@@ -545,3 +547,23 @@ def test_a_damaged_copy_is_a_clear_error_naming_it(
     with _stage(memory, "dmg-a") as stage, pytest.raises(errors.CorruptFileError, match="damaged"):
         stage.doc  # noqa: B018
     assert memory.to_bytes("doc.damaged.json") == body  # left as it was
+
+
+class OverlappingStage(BaseStage):
+    doc = Route(Doc, ["doc.{session.identifier}.json"])
+    extra = Route(Doc, ["doc.extra.{session.identifier}.json"])
+
+
+def test_a_session_whose_copy_another_route_would_claim_cannot_write(
+    memory: DictMemoryStore,
+) -> None:
+    ambiguous = OverlappingStage(Session("extra.ovl-a"), memory)
+    with pytest.raises(ValueError, match="another route"), ambiguous:
+        ambiguous.doc = Doc(title="would read as session ovl-a's extra")
+    assert [key for key in memory.list_keys() if key.startswith("doc")] == []
+    plain = OverlappingStage(Session("ovl-b"), memory)
+    with plain:
+        plain.extra = Doc(title="extra")
+    with ambiguous:
+        assert ambiguous.doc is None
+        assert ambiguous.extra.title == "extra"

@@ -134,7 +134,8 @@ def test_a_live_session_that_has_not_seen_a_delete_keeps_its_tombstone(
     a, b = _setup(store, clock, "live")
     _delete_e1(b, clock)
     clock.now += timedelta(days=40)
-    a.touch()  # a is live, and its copy is older than the delete
+    with a:
+        a.touch()  # a is live, and its copy is older than the delete
     assert a.compact(retention=timedelta(days=30)) == 1
     snapshot = store.get("feeds/f/@snapshot.json")
     state = decode_document(Feed, snapshot.data.read(), snapshot.metadata)

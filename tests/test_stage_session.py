@@ -160,6 +160,23 @@ def test_a_far_ahead_clock_is_accepted_but_logged(caplog: pytest.LogCaptureFixtu
     assert clock.now() > _at(3600 * 24)
 
 
+def test_a_time_beyond_the_bound_is_folded_only_up_to_it(caplog: pytest.LogCaptureFixture) -> None:
+    clock = HybridClock(lambda: _at(0), max_lead=timedelta(days=1))
+    end = datetime.max.replace(tzinfo=UTC)
+    with caplog.at_level(logging.ERROR, logger="storekeeper.stage.session"):
+        clock.observe(end)
+        clock.observe(end)
+    assert caplog.text.count("beyond the bound") == 1
+    assert clock.now() == _at(3600 * 24) + timedelta(microseconds=1)
+
+
+def test_the_clock_raises_a_clear_error_at_the_end_of_time() -> None:
+    clock = HybridClock(lambda: datetime.max.replace(tzinfo=UTC))
+    assert clock.now() == datetime.max.replace(tzinfo=UTC)
+    with pytest.raises(OverflowError, match="end of representable time"):
+        clock.now()
+
+
 def test_micros_round_trip() -> None:
     moment = datetime(2026, 12, 6, 23, 1, 2, 345678, tzinfo=UTC)
     assert from_micros(to_micros(moment)) == moment

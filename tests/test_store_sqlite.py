@@ -54,6 +54,19 @@ class TestSqliteFileStore(_SqliteRaw):
         )
 
 
+class TestSqliteNotDurableStore(_SqliteRaw):
+    """``durable=False``: ``synchronous=NORMAL`` and background checkpoints, which the
+    cross-process checks run in several processes at once."""
+
+    def create_store(self, tmp_path: Path, event_manager: EventManager) -> SqliteStore:
+        return SqliteStore(tmp_path / "store.db", durable=False, event_manager=event_manager)
+
+    reopen_store = create_store
+
+    def store_url(self, tmp_path: Path) -> str:
+        return f"sqlite:///{tmp_path / 'store.db'}?durable=false"
+
+
 class TestSqliteChunkedStore(_SqliteRaw):
     """Tiny inline limit and chunks, so every code path of large values is exercised."""
 
@@ -97,6 +110,21 @@ def test_open_store_urls(tmp_path: Path) -> None:
         assert isinstance(memory, SqliteStore) and memory.location == ":memory:"
     with pytest.raises(ValueError, match="no host"):
         open_store("sqlite://host/x.db")
+
+
+def test_create_false_opens_only_an_existing_database(tmp_path: Path) -> None:
+    missing = tmp_path / "typo.db"
+    with pytest.raises(FileNotFoundError, match=r"typo\.db"):
+        open_store(f"sqlite:///{missing}?create=false")
+    with pytest.raises(FileNotFoundError):
+        SqliteStore(missing, create=False).connect()
+    assert sorted(os.listdir(tmp_path)) == []
+    with open_store(f"sqlite:///{missing}") as store:  # create=true is the default
+        store.set("k", (b"v", {}))
+    with open_store(f"sqlite:///{missing}?create=false") as again:
+        assert again.to_bytes("k") == b"v"
+    with open_store("sqlite://", create=False) as memory:  # nothing to find in memory
+        assert list(memory.list_keys()) == []
 
 
 def test_hostile_table_and_metadata_names_cannot_inject_sql(tmp_path: Path) -> None:

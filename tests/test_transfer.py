@@ -272,6 +272,44 @@ def test_missing_source_folder_and_bad_mode(tmp_path: Path) -> None:
             iter_transfer(store, store, compare="sometimes")
 
 
+def test_store_onto_itself_and_overlapping_folders_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "src" / "sub").mkdir(parents=True)
+    (tmp_path / "src" / "a").write_bytes(b"A")
+    with open_store("memory://") as store, pytest.raises(InvalidArgumentError, match="same"):
+        iter_transfer(store, store)
+    for source, target in [("src", "src/sub"), ("src/sub", "src"), ("src", "src/.")]:
+        with pytest.raises(InvalidArgumentError, match="overlap"):
+            transfer(Folder(tmp_path / source), Folder(tmp_path / target))
+    transfer(Folder(tmp_path / "src"), Folder(tmp_path / "srcx"))  # a sibling, not inside
+    assert (tmp_path / "srcx" / "a").read_bytes() == b"A"
+    assert sorted(p.name for p in (tmp_path / "src").iterdir()) == ["a", "sub"]
+
+
+def test_every_folder_file_is_a_key_whatever_its_name(tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / ".x.0123456789ab.tmp").write_bytes(b"mine")
+    (tmp_path / "out" / "k").mkdir(parents=True)
+    stale = tmp_path / "out" / "k" / ".a.9cefa6ad6315.tmp"
+    stale.write_bytes(b"half")  # what a copy killed mid-file leaves
+    with open_store("memory://") as store:
+        transfer(Folder(tmp_path / "src"), store)
+        assert store.to_bytes(".x.0123456789ab.tmp") == b"mine"
+        store.set("k/a", (b"whole", {}))
+        report = transfer(store, Folder(tmp_path / "out"), delete=True)
+    assert [a.key for a in report.actions if a.action == "delete"] == ["k/.a.9cefa6ad6315.tmp"]
+    assert sorted(p.name for p in (tmp_path / "out" / "k").iterdir()) == ["a"]
+
+
+def test_dangling_symlink_is_skipped_with_a_warning(tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a").write_bytes(b"A")
+    (tmp_path / "src" / "dangling").symlink_to(tmp_path / "gone")
+    with open_store("memory://") as store:
+        with pytest.warns(UserWarning, match="dangling"):
+            transfer(Folder(tmp_path / "src"), store)
+        assert list(store.list_keys()) == ["a"]
+
+
 KINDS = ["memory", "sqlite", "file"]
 
 

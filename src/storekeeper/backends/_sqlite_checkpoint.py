@@ -27,6 +27,14 @@ it, which a thread racing a steady writer never does; so once the log has grown 
 the next commit restarts the log, and it stays bounded. (A durable store does not use
 this mode: there every commit fsyncs the log, and a log that keeps growing makes each of
 those fsyncs extend the file.)
+
+The wal-index is read through one descriptor per file and process (:func:`_wal_index`),
+which stays open as long as the file exists: SQLite coordinates processes with POSIX
+locks on that file, and closing *any* descriptor of a file drops every such lock its
+process holds, those of SQLite's connections included (https://sqlite.org/howtocorrupt.html,
+section 2.2). A checkpoint thread that opened and closed the file to read it made
+another process's writer or checkpoint ignore this process's readers and writer, and
+several processes writing one ``durable=False`` database reported it malformed.
 """
 
 from __future__ import annotations
@@ -69,6 +77,34 @@ def _frames(header: bytes) -> tuple[int, int] | None:
     (last_frame,) = struct.unpack_from("=I", header, 16)
     (backfilled,) = struct.unpack_from("=I", header, 96)
     return int(last_frame), int(backfilled)
+
+
+# path of a wal-index -> the descriptor _wal_index() keeps open on it (see the module
+# documentation: never closed while its file exists, since that would drop SQLite's locks).
+_indexes: dict[str, int] = {}
+_indexes_lock = threading.Lock()
+
+
+def _wal_index(path: str) -> int:
+    """A read-only descriptor of the wal-index file *path*, shared by the process.
+
+    It is never closed while the file exists. SQLite deletes the file when the last
+    connection of every process closes, and only then is a descriptor of it closed (at
+    a later call), so a deleted and re-created wal-index gets a new descriptor. Raises
+    :class:`OSError` if the file cannot be opened.
+    """
+    with _indexes_lock:
+        index = _indexes.get(path)
+        if index is not None and os.path.samestat(os.fstat(index), os.stat(path)):
+            return index
+        for name, stale in list(_indexes.items()):
+            if os.fstat(stale).st_nlink == 0:  # deleted: no connection has it open
+                del _indexes[name]
+                os.close(stale)
+        index = os.open(path, os.O_RDONLY | _O_CLOEXEC)
+        # A descriptor of a file that was renamed (not deleted) stays open.
+        _indexes[path] = index
+        return index
 
 
 def _pending(header: bytes, unknown: int) -> int:
@@ -142,8 +178,8 @@ class Checkpointer:
         self._failed = False
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
-        # The wal-index, kept open for after_commit's one pread (closed by stop(): SQLite
-        # may delete and re-create the file once every connection has closed).
+        # The wal-index descriptor (_wal_index()), for after_commit's one pread; forgotten
+        # by stop(): SQLite may delete and re-create the file once every connection closed.
         self._index: int | None = None
         _live.add(self)
 
@@ -216,13 +252,12 @@ class Checkpointer:
         """End the thread (after the checkpoint it may be running); idempotent."""
         with self._lock:
             thread, self._thread = self._thread, None
+            self._index = None
             if thread is None or self._pid != os.getpid():
-                self._close_index()
                 return
             stop, wake = self._stop, self._wake
             self._stop, self._wake = threading.Event(), threading.Event()
         self._failed = False
-        self._close_index()  # only committing threads use it, and none runs now
         stop.set()
         wake.set()
         thread.join(self.timeout if timeout is None else timeout)
@@ -232,22 +267,14 @@ class Checkpointer:
         wal-index says; :attr:`threshold` when it cannot be read, so that a checkpoint
         runs rather than never."""
         try:
-            with open(self.path + "-shm", "rb", buffering=0) as index:
-                header = index.read(_WAL_INDEX_READ)
+            header = os.pread(_wal_index(self.path + "-shm"), _WAL_INDEX_READ, 0)
         except OSError:
             return self.threshold
         return _pending(header, self.threshold)
 
     def _open_index(self) -> int:
-        with self._lock:  # two committing threads must not both open (and leak) one
-            if self._index is None:
-                self._index = os.open(self.path + "-shm", os.O_RDONLY | _O_CLOEXEC)
-            return self._index
-
-    def _close_index(self) -> None:
-        index, self._index = self._index, None
-        if index is not None:
-            os.close(index)
+        self._index = _wal_index(self.path + "-shm")
+        return self._index
 
     def checkpoint_now(self, conn: sqlite3.Connection) -> tuple[int, int]:
         """Checkpoint through *conn* now; ``(frames in the log, frames copied)``."""

@@ -148,8 +148,6 @@ class Connections:
         """Stop the checkpointer and close every connection opened (in any thread)."""
         if self.checkpointer is not None:
             self.checkpointer.stop()
-        if self.database is not None:
-            self.database.close()
         with self._lock:
             opened, self._opened = self._opened, []
             self._generation += 1
@@ -158,6 +156,8 @@ class Connections:
             self._idle = []
         for conn in opened:
             conn.close()
+        if self.database is not None:
+            self.database.close()  # only now: closing it drops the connections' locks
 
     def conn(self) -> sqlite3.Connection:
         """The connection for a call now: the transaction's, the thread's, or the

@@ -36,6 +36,7 @@ import contextlib
 import hashlib
 import os
 import re
+import threading
 import time
 import weakref
 from collections.abc import Iterable, Iterator
@@ -317,26 +318,42 @@ class ChunkHolds:
         return done
 
 
+# (st_dev, st_ino) of a database file -> [descriptor, attached DatabaseFiles]: one
+# descriptor per file and process, closed when the last DatabaseFile detaches. Closing
+# any descriptor of a file drops every POSIX lock the process holds on it, SQLite's own
+# included: in WAL mode each connection keeps a SHARED lock on the database file, and a
+# process that finds none when it closes its last connection deletes the WAL under the
+# others (https://sqlite.org/howtocorrupt.html, section 2.2).
+_watched: dict[tuple[int, int], list[int]] = {}
+_watched_lock = threading.Lock()
+
+
 class DatabaseFile:
     """The database file a store has open, watched for deletion or replacement.
 
-    :meth:`attach` opens a descriptor of its own on the file; :meth:`check` (before a
-    write commits: one ``fstat``) raises once the file has no name left, that is, once
-    it was deleted or replaced by another file, when SQLite would go on acknowledging
-    writes that nothing can ever read.
+    :meth:`attach` takes a descriptor of the file, shared by every store of the process
+    on that file; :meth:`check` (before a write commits: one ``fstat``) raises once the
+    file has no name left, that is, once it was deleted or replaced by another file,
+    when SQLite would go on acknowledging writes that nothing can ever read. The
+    descriptor is closed when the last store of the process detaches (:meth:`close`),
+    which must come after the store's connections are closed, as closing it drops the
+    locks SQLite holds on the file for every connection of the process.
     """
 
     def __init__(self, location: str) -> None:
         self.location = location
         self._fd: int | None = None
+        self._key: tuple[int, int] | None = None
 
     def attach(self) -> None:
         """Start watching the file now at the location (after the database is open)."""
-        self.close()
+        previous = self._key
         try:
-            self._fd = os.open(self.location, os.O_RDONLY | _O_CLOEXEC)
+            self._key, self._fd = _take(self.location)
         except OSError as exc:
             raise BackendError(f"cannot open the database file {self.location!r}: {exc}") from exc
+        if previous is not None:  # only now: the count must not reach 0 in between
+            _give_back(previous)
 
     def check(self) -> None:
         """Raise :class:`~storekeeper.errors.BackendError` if the file is gone."""
@@ -349,7 +366,33 @@ class DatabaseFile:
             )
 
     def close(self) -> None:
-        """Stop watching (at disconnect)."""
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)
+        """Stop watching (at disconnect, once the store's connections are closed)."""
+        key, self._key, self._fd = self._key, None, None
+        if key is not None:
+            _give_back(key)
+
+
+def _take(location: str) -> tuple[tuple[int, int], int]:
+    """The key and the shared descriptor of the file at *location*, counted once more."""
+    with _watched_lock:
+        found = os.stat(location)  # by path: opening a descriptor to compare is unsafe
+        key = (found.st_dev, found.st_ino)
+        entry = _watched.get(key)
+        if entry is None:
+            fd = os.open(location, os.O_RDONLY | _O_CLOEXEC)
+            opened = os.fstat(fd)
+            key = (opened.st_dev, opened.st_ino)  # replaced since the stat: this one
+            entry = _watched.setdefault(key, [fd, 0])
+            # If that file is watched already (a race with a replacement), fd stays
+            # open unused: closing it would drop SQLite's locks on the file.
+        entry[1] += 1
+        return key, entry[0]
+
+
+def _give_back(key: tuple[int, int]) -> None:
+    with _watched_lock:
+        entry = _watched[key]
+        entry[1] -= 1
+        if entry[1] == 0:
+            del _watched[key]
+            os.close(entry[0])

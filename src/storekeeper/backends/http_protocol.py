@@ -10,7 +10,8 @@ The layout (``base`` is ``http://HOST:PORT/store``)::
     GET/PUT/POST {base}/{key}/auth     permissions: {permission: [tags]}
     GET/PUT   {base}/{key}/value       data and metadata in one body (see below)
     DELETE    {base}/{key}             delete the key
-    GET       /query?name=json...      matching keys, one per line (UTF-8)
+    GET       /query?name=json...      matching keys, one per line (UTF-8); 409 when
+                                       one holds a line break
     POST      /query                   JSON {"where": {...}, "select": [...]} -> JSON
     GET       /list?prefix=&delimiter= keys (folders) under a prefix, in key order, as a
                                        JSON array (one JSON string per line with
@@ -183,6 +184,8 @@ def decode_batch(body: bytes) -> list[tuple[dict[str, Any], bytes | None]]:
             header = json.loads(body[position:end])
         except ValueError as exc:
             raise InvalidArgumentError(f"a batch write's header is not JSON: {exc}") from None
+        except RecursionError:
+            raise InvalidArgumentError("a batch write's header is nested too deeply") from None
         if not isinstance(header, dict) or header.get("op") not in BATCH_OPERATIONS:
             raise InvalidArgumentError(f"not a batch write: {header!r}")
         if not isinstance(header.get("key"), str):

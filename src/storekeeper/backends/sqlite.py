@@ -37,6 +37,8 @@ in-memory database): see :meth:`SqliteStore.from_url`.
   connection's write transaction. A database file deleted or replaced while open is
   noticed before each write commits (one ``fstat``), which then raises
   :class:`~storekeeper.errors.BackendError` instead of acknowledging a lost write.
+  A missing database file is created, unless ``create=False`` (``?create=false``):
+  then connecting raises FileNotFoundError and creates nothing.
 - **Deleted data**: freed pages are zeroed only where that costs no extra writes
   (``PRAGMA secure_delete=FAST``), unlike builds that zero every freed page and so
   write a large value again to delete it; ``secure_delete=True`` zeroes everything.
@@ -52,6 +54,7 @@ and the database file watch; ``_sqlite_checkpoint`` the background checkpoints.
 
 from __future__ import annotations
 
+import errno
 import os
 import sqlite3
 import weakref
@@ -108,6 +111,7 @@ _URL_OPTIONS = {
     "index": urls.choice(*_INDEX_MODES),
     "index_columns": urls.names,
     "durable": urls.flag,
+    "create": urls.flag,
     "background_checkpoints": urls.flag,
     "secure_delete": urls.flag,
     "inline_limit": urls.count,
@@ -164,10 +168,11 @@ class SqliteStore(AbstractStore):
         max_indexes: int = 64,
         secure_delete: bool = False,
         background_checkpoints: bool | None = None,
+        create: bool = True,
         event_manager: BaseEventManager | None = None,
     ) -> None:
         super().__init__(event_manager)
-        check_types(bool, durable=durable, secure_delete=secure_delete)
+        check_types(bool, durable=durable, secure_delete=secure_delete, create=create)
         check_types(int, inline_limit=inline_limit, chunk_size=chunk_size, max_indexes=max_indexes)
         check_types(float, timeout=timeout)
         check_types(str, table=table)
@@ -189,6 +194,7 @@ class SqliteStore(AbstractStore):
         self.chunk_size = chunk_size
         self.max_indexes = max_indexes
         self.secure_delete = secure_delete
+        self.create = create
         memory = self.location == MEMORY
         self.background_checkpoints = (
             not durable if background_checkpoints is None else background_checkpoints
@@ -230,7 +236,8 @@ class SqliteStore(AbstractStore):
         ``sqlite:////absolute/path.db`` and ``sqlite://`` (a private in-memory database;
         ``sqlite:///:memory:`` too). The path is percent-decoded. Options: ``table``,
         ``index`` (``dynamic``/``static``/``none``), ``index_columns`` (comma-separated),
-        ``durable``, ``background_checkpoints`` and ``secure_delete`` (true/false),
+        ``durable``, ``background_checkpoints``, ``secure_delete`` and ``create``
+        (true/false),
         ``inline_limit``, ``chunk_size`` and ``max_indexes`` (integers), ``timeout``
         (seconds); keyword *options* win over them. Anything else is an
         :class:`~storekeeper.errors.InvalidURLError` naming the valid forms.
@@ -265,8 +272,14 @@ class SqliteStore(AbstractStore):
 
         An existing database is opened without its write lock, so connecting never waits
         for another connection's write transaction; the tidying up (orphaned chunks, old
-        unreferenced value files) is skipped while one runs.
+        unreferenced value files) is skipped while one runs. With ``create=False`` a
+        database file that does not exist is not created: FileNotFoundError instead
+        (what a reader wants, so a mistyped path is not an empty store).
         """
+        if not self.create and self.location != MEMORY and not os.path.exists(self.location):
+            raise FileNotFoundError(
+                errno.ENOENT, "no such SQLite database (create=false)", self.location
+            )
         connections = self._connections
         connections.renew()
         with translate(f"opening {self.location!r}"):

@@ -7,9 +7,12 @@ how errors become exit codes.
   ``--create-only``, an existing user).
 - **Errors**: one line on stderr, ``Error: <message>``; the traceback too with ``--debug``.
 - **Stores**: a ``STORE`` operand is a store URL; left out, ``$STOREKEEPER_URL`` is used.
+  A store a command only reads (ls, cat, get, head, glob, query, info, meta get, the
+  SRC of cp/sync, rm, a dry run's DST) is never created: a missing one is exit 3.
 - **Keys**: ``STORE_URL#key``, ``#key`` or a bare key (both in ``$STOREKEEPER_URL``), or
   ``--key KEY`` with the store as the operand. A bare key that looks like a URL
-  (``a:b``) must be written ``#a:b``.
+  (``a:b``) must be written ``#a:b``; one that does not is a key whole, ``#`` included
+  (``k#2``).
 - **Values** given on the command line (``-m name=value``, query terms) are JSON when
   they parse as JSON (``5``, ``true``, ``"007"``, ``[1,2]``) and strings otherwise.
 - **Output**: ``--json`` prints one JSON object per line; progress goes to stderr, and
@@ -44,6 +47,7 @@ __all__ = [
     "OK",
     "USAGE",
     "CommandError",
+    "creates",
     "echo_json",
     "error_for",
     "iso_time",
@@ -148,27 +152,51 @@ def split_key(target: str | None, key: str | None = None) -> tuple[str, str]:
     if not target:
         raise click.UsageError("name a key: STORE_URL#key, #key or --key KEY")
     url, hashmark, name = target.partition("#")
-    if not hashmark:
-        if looks_like_url(target):
-            raise click.UsageError(f"{target!r} names no key: add #key or --key KEY")
-        url, name = "", target
+    if not looks_like_url(target):
+        if url:  # a bare key, "#" and all ("k#2"); "#k" names k in $STOREKEEPER_URL
+            url, name = "", target
+    elif not hashmark:
+        raise click.UsageError(f"{target!r} names no key: add #key or --key KEY")
     if not name:
         raise click.UsageError(f"{target!r} names an empty key")
     return store_url(url or None), name
 
 
+# Schemes whose stores take a ``create`` option: a store only read from is never created
+# (a mistyped sqlite path must be "not found", not an empty store).
+_CREATING = ("sqlite", "file")
+
+
+def _no_create(url: str) -> dict[str, Any]:
+    scheme = url.partition(":")[0].lower()
+    return {"create": False} if scheme in _CREATING else {}
+
+
+def creates(url: str) -> bool:
+    """Whether opening *url* for writing would create a store that does not exist yet
+    (an ``sqlite:`` file unless ``create=false``, a ``file:`` URL with ``create=true``)."""
+    from urllib.parse import parse_qs, urlsplit
+
+    parts = urlsplit(url)
+    given = parse_qs(parts.query).get("create", [])
+    default = parts.scheme.lower() == "sqlite"
+    return given[-1].lower() in ("true", "1", "yes", "on") if given else default
+
+
 def read_store(url: str) -> AbstractReadOnlyStore:
-    """The connected store *url* opens, read-only ones included (use it in ``with``)."""
+    """The connected store *url* opens, read-only ones included (use it in ``with``);
+    a store that does not exist is not created (FileNotFoundError)."""
     from storekeeper.store.registry import open_read_only_store
 
-    return open_read_only_store(url)
+    return open_read_only_store(url, **_no_create(url))
 
 
-def write_store(url: str) -> AbstractStore:
-    """The connected writable store *url* opens (use it in ``with``)."""
+def write_store(url: str, *, create: bool = True) -> AbstractStore:
+    """The connected writable store *url* opens (use it in ``with``); without *create*,
+    one that does not exist is not created (FileNotFoundError), as for reading."""
     from storekeeper.store.registry import open_store
 
-    return open_store(url)
+    return open_store(url, **({} if create else _no_create(url)))
 
 
 # -- values on the command line ------------------------------------------------------------
@@ -181,27 +209,40 @@ def parse_json(text: str, what: str) -> Any:
     try:
         return json.loads(text, parse_constant=_no_constant)
     except ValueError as exc:
-        raise click.BadParameter(f"{what} is not valid JSON ({exc}): {text!r}") from None
+        raise click.BadParameter(f"{what} is not valid JSON ({exc}): {_short(text)}") from None
+    except RecursionError:
+        raise click.BadParameter(f"{what} is JSON nested too deeply: {_short(text)}") from None
 
 
 def parse_value(text: str) -> Any:
-    """*text* as JSON if it is valid JSON, else the string itself."""
+    """*text* as JSON if it is valid JSON, else the string itself; JSON nested too
+    deeply to parse is a usage error (it is meant as JSON, and no store keeps it)."""
     try:
         return json.loads(text, parse_constant=_no_constant)
     except ValueError:
         return text
+    except RecursionError:
+        raise click.BadParameter(f"a value is JSON nested too deeply: {_short(text)}") from None
 
 
-def parse_metadata(meta: str | None, pairs: tuple[str, ...]) -> dict[str, Any] | None:
-    """The metadata of ``--meta JSON`` and ``-m name=value`` options (the pairs win),
-    ``None`` when neither was given."""
+def _short(text: str) -> str:
+    """*text* quoted, cut to a length that fits on one error line."""
+    return repr(text) if len(text) <= 80 else repr(text[:77]) + "..."
+
+
+def parse_metadata(
+    meta: str | None, pairs: tuple[str, ...], what: str = "--meta"
+) -> dict[str, Any] | None:
+    """The metadata of a JSON object (the ``--meta`` option, or the argument *what*
+    names in errors) and ``-m name=value`` options (the pairs win), ``None`` when
+    neither was given."""
     if meta is None and not pairs:
         return None
     metadata: dict[str, Any] = {}
     if meta is not None:
-        parsed = parse_json(meta, "--meta")
+        parsed = parse_json(meta, what)
         if not isinstance(parsed, dict):
-            raise click.BadParameter(f"--meta must be a JSON object, not {meta!r}")
+            raise click.BadParameter(f"{what} must be a JSON object, not {_short(meta)}")
         metadata.update(parsed)
     for pair in pairs:
         name, equals, value = pair.partition("=")

@@ -8,18 +8,23 @@ anything else a local folder of plain files.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from storekeeper.cli.conventions import (
+    creates,
     echo_json,
     looks_like_url,
     progress_events,
     read_store,
     write_store,
 )
+
+if TYPE_CHECKING:
+    from storekeeper.store.abstract import AbstractStore
 
 __all__ = ["cp", "sync"]
 
@@ -61,8 +66,14 @@ def _run(
     report = TransferReport(dry_run=dry_run)
     with contextlib.ExitStack() as stack:
         src = stack.enter_context(read_store(source)) if looks_like_url(source) else None
-        dst = stack.enter_context(write_store(target)) if looks_like_url(target) else None
+        if src is not None and source == target and src.capabilities.persistent:
+            raise click.UsageError("SRC and DST are the same store")
+        dst = _target(target, dry_run)
+        if dst is not None:
+            stack.enter_context(dst)
         manager = stack.enter_context(progress_events())
+        caught = stack.enter_context(warnings.catch_warnings(record=True))
+        warnings.simplefilter("always")
         actions = iter_transfer(
             src if src is not None else Folder(source),
             dst if dst is not None else Folder(target),
@@ -75,6 +86,8 @@ def _run(
         )
         for action in actions:
             _show(action, as_json=as_json, verbose=verbose or dry_run)
+        for warning in caught:
+            click.echo(f"warning: {warning.message}", err=True)
     verb = "would copy" if dry_run else "copied"
     keys = "key" if report.copied == 1 else "keys"
     click.echo(
@@ -88,6 +101,21 @@ def _run(
             f"{report.unsettled[0]!r}); run again with --checksum once the source is quiet",
             err=True,
         )
+
+
+def _target(target: str, dry_run: bool) -> AbstractStore | None:
+    """The store DST names (``None`` for a folder); a dry run creates none, and sees a
+    store that a real run would create as empty."""
+    if not looks_like_url(target):
+        return None
+    if not dry_run:
+        return write_store(target)
+    try:
+        return write_store(target, create=False)
+    except FileNotFoundError:
+        if not creates(target):
+            raise
+    return write_store("memory://")
 
 
 def _show(action: Any, *, as_json: bool, verbose: bool) -> None:

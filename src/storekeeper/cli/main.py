@@ -14,7 +14,7 @@ from typing import Any, cast
 
 import click
 
-from storekeeper.cli.conventions import error_for
+from storekeeper.cli.conventions import USAGE, CommandError, error_for
 
 __all__ = ["COMMANDS", "cli", "main"]
 
@@ -57,15 +57,41 @@ class StorekeeperGroup(click.Group):
         module, _, attribute = target.partition(":")
         return cast(click.Command, getattr(importlib.import_module(module), attribute))
 
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        """Parse the group's own options; a usage error is one line (see invoke)."""
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:
+            raise _one_line(exc) from exc
+
     def invoke(self, ctx: click.Context) -> Any:
-        """Run the command; an exception that is not click's becomes a CommandError."""
+        """Run the command; an exception that is not click's becomes a CommandError,
+        and a usage error one line (``Error: ...``, exit 2), without click's preamble."""
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:
+            raise _one_line(exc) from exc
         except _PASS_THROUGH:
             raise
         except Exception as exc:
             debug = bool(ctx.meta.get("storekeeper.debug"))
             raise error_for(exc, debug) from exc
+
+
+def _one_line(exc: click.UsageError) -> click.ClickException:
+    """*exc* as one line naming the help to read, exit 2 (a request for help, such as
+    a group run without a command, stays as it is)."""
+    if isinstance(exc, click.exceptions.NoArgsIsHelpError):
+        return exc
+    path = exc.ctx.command_path if exc.ctx is not None else "storekeeper"
+    message = exc.format_message().replace("\n", " ")
+    return CommandError(f"{message} (see '{path} --help')", USAGE)
 
 
 @click.group(

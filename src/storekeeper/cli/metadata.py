@@ -88,7 +88,7 @@ def set_(
       storekeeper meta set '#photos/cat.jpg' -m title=Cat -m year=2024 --if-version 7
     """
     url, name, text = _operands(operands, key)
-    metadata = parse_metadata(text, pairs)
+    metadata = parse_metadata(text, pairs, "the JSON argument")
     if metadata is None:
         raise click.UsageError("give the metadata: JSON and/or -m NAME=VALUE")
     with write_store(url) as opened:
@@ -112,8 +112,8 @@ def update(
       storekeeper meta update '#photos/cat.jpg' '{"tags": ["pet"]}'
     """
     url, name, text = _operands(operands, key)
-    metadata = parse_metadata(text, pairs)
+    metadata = parse_metadata(text, pairs, "the JSON argument")
     if metadata is None:
         raise click.UsageError("give the metadata: JSON and/or -m NAME=VALUE")
-    with write_store(url) as opened:
+    with write_store(url, create=False) as opened:  # KEY must exist: so must its store
         opened.update_metadata(name, metadata, if_version=if_version)

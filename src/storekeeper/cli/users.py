@@ -11,7 +11,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from storekeeper.cli.conventions import echo_json, json_option, take_store, write_store
+from storekeeper.cli.conventions import (
+    CONFLICT,
+    NOT_FOUND,
+    CommandError,
+    echo_json,
+    json_option,
+    take_store,
+    write_store,
+)
 
 if TYPE_CHECKING:
     from storekeeper.composite.auth import SimpleAuthStore
@@ -35,9 +43,10 @@ def _user_prefix(function: F) -> F:
 def _auth_store(url: str, user_prefix: str, secret: str | None) -> Iterator[SimpleAuthStore]:
     from storekeeper.composite.auth import SimpleAuthStore, make_encoder
 
-    # Listing and removing users hash nothing: any key will do for them.
+    # Listing and removing users hash nothing: any key will do for them. Only adding
+    # one may create the store.
     encoder = make_encoder(secret.encode("utf-8") if secret else b"unused")
-    with write_store(url) as store:
+    with write_store(url, create=secret is not None) as store:
         yield SimpleAuthStore(store, encoder, user_prefix)
 
 
@@ -84,8 +93,13 @@ def add(
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
     if not password:
         raise click.UsageError("the password must not be empty")
+    from storekeeper.errors import ConflictError
+
     with _auth_store(url, user_prefix, secret) as auth:
-        auth.add_user(username, password, tags)
+        try:
+            auth.add_user(username, password, tags)
+        except ConflictError:  # its message names the record's key, not the user
+            raise CommandError(f"user {username!r} already exists", CONFLICT) from None
 
 
 @users.command("rm")
@@ -100,7 +114,10 @@ def remove(operands: tuple[str, ...], user_prefix: str) -> None:
     """
     url, (username,) = take_store(operands, 1)
     with _auth_store(url, user_prefix, None) as auth:
-        auth.remove_user(username)
+        try:
+            auth.remove_user(username)
+        except KeyError:  # its message names the record's key, not the user
+            raise CommandError(f"no user {username!r}", NOT_FOUND) from None
 
 
 @users.command("list")

@@ -183,6 +183,8 @@ def put(
         version = None
         if metadata is None:
             opened.set_data(name, source, if_version=if_version, if_exists=if_exists)
+            if as_json:  # set_data returns no version: ask (a racing writer may win)
+                version = _version_now(opened, name)
         else:
             version = opened.set(
                 name, (source, metadata), if_version=if_version, if_exists=if_exists
@@ -197,6 +199,7 @@ def put(
 @click.option("--prefix", metavar="P", help="Remove every key starting with P.")
 @click.option("--dry-run", is_flag=True, help="Print what would be removed; remove nothing.")
 @click.option("-f", "--force", is_flag=True, help="Ignore keys that do not exist.")
+@click.option("--all", "every", is_flag=True, help="Allow --prefix '' (every key) to remove.")
 @json_option
 def rm(
     targets: tuple[str, ...],
@@ -204,10 +207,13 @@ def rm(
     prefix: str | None,
     dry_run: bool,
     force: bool,
+    every: bool,
     as_json: bool,
 ) -> None:
     """Remove keys: each KEY (STORE_URL#key, #key, or a bare key of the STORE
-    operand or $STOREKEEPER_URL), each --key, and with --prefix every key under it.
+    operand or $STOREKEEPER_URL), each --key, and with --prefix every key under it
+    (--prefix '' needs --all). A named key that does not exist removes nothing at all
+    (unless -f).
 
     \b
     Examples:
@@ -219,41 +225,72 @@ def rm(
     if len(stores) > 1:
         raise click.UsageError("name one STORE; keys in other stores as STORE_URL#key")
     default = stores[0] if stores else None
-    named = [split_key(t) for t in targets if "#" in t]
-    bare = [t for t in targets if "#" not in t and not looks_like_url(t)] + list(keys)
+    in_url = [t for t in targets if t.startswith("#") or ("#" in t and looks_like_url(t))]
+    named = [split_key(t) for t in in_url]
+    bare = [t for t in targets if t not in in_url and not looks_like_url(t)] + list(keys)
     named += [(store_url(default), name) for name in bare]
     if prefix is None and not named:
         raise click.UsageError("name the keys to remove, or --prefix P")
+    if prefix == "" and not (dry_run or every):
+        raise click.UsageError("--prefix '' names every key: remove them with --prefix '' --all")
     plan: dict[str, list[str]] = {}
     for url, name in named:
         plan.setdefault(url, []).append(name)
     if prefix is not None:
         plan.setdefault(store_url(default), [])
-    for url, names in plan.items():
-        with write_store(url) as opened:
-            work = [(name, force) for name in names]
-            if prefix is not None:  # a key listed but gone by now is no error
-                work += [(name, True) for name in opened.list_keys(prefix)]
-            for name, missing_ok in work:
-                removed = _remove(opened, name, dry_run, missing_ok)
+    with contextlib.ExitStack() as stack:
+        work = []
+        for url, names in plan.items():
+            opened = stack.enter_context(write_store(url, create=False))
+            # Every key named must exist before any is removed: all or nothing.
+            _check_present(opened, names, force)
+            found = list(opened.list_keys(prefix)) if prefix is not None else []
+            work.append((opened, [*names, *found]))
+        for opened, names in work:
+            removed = _remove_all(opened, names, dry_run)
+            for name in dict.fromkeys(names):
                 if as_json:
-                    echo_json({"key": name, "removed": removed, "dry_run": dry_run})
-                elif dry_run and removed:
+                    echo_json({"key": name, "removed": name in removed, "dry_run": dry_run})
+                elif dry_run and name in removed:
                     click.echo(f"would remove {name}")
 
 
-def _remove(store: Any, name: str, dry_run: bool, missing_ok: bool) -> bool:
-    """Remove *name* (or, in a dry run, check it exists); whether it was there."""
+def _version_now(store: Any, name: str) -> str | None:
+    """*name*'s version in *store* now, ``None`` if it is gone."""
     try:
-        if dry_run:
-            if not store.exists(name):
-                from storekeeper.errors import KeyNotFoundError
-
-                raise KeyNotFoundError(f"no key {name!r}")
-        else:
-            store.delete(name)
+        return store.get(name).version  # type: ignore[no-any-return]
     except KeyError:
-        if not missing_ok:
-            raise
-        return False
-    return True
+        return None
+
+
+def _check_present(store: Any, names: list[str], force: bool) -> None:
+    """Raise KeyNotFoundError for the first of *names* missing from *store* (unless
+    *force*)."""
+    from storekeeper.errors import KeyNotFoundError
+
+    for name in names:
+        if not force and not store.exists(name):
+            raise KeyNotFoundError(f"no key {name!r} (nothing was removed)")
+
+
+def _remove_all(store: Any, names: list[str], dry_run: bool) -> set[str]:
+    """Remove *names* from *store* (in one transaction where it has them; a dry run only
+    looks); the names that were there. A key gone meanwhile is no error."""
+    removed = set()
+    batch = (
+        store.transaction("Removing keys")
+        if not dry_run and store.capabilities.atomic_transactions
+        else contextlib.nullcontext()
+    )
+    with batch:
+        for name in dict.fromkeys(names):
+            try:
+                if dry_run:
+                    if not store.exists(name):
+                        continue
+                else:
+                    store.delete(name)
+            except KeyError:
+                continue
+            removed.add(name)
+    return removed

@@ -32,6 +32,8 @@ class ProgressDisplay:
     Use as a context manager (connects on enter, disconnects on exit) or call
     :meth:`connect` / :meth:`disconnect`. ``use_rich`` forces (``True``) or forbids
     (``False``) rich; by default rich is used when importable and *stream* is a TTY.
+    On a terminal, steps redraw at most once per ``redraw_interval`` seconds (a start
+    or an end redraws at once), so many small steps cost no more than a few.
     """
 
     def __init__(
@@ -41,10 +43,13 @@ class ProgressDisplay:
         *,
         use_rich: bool | None = None,
         interval: float = 1.0,
+        redraw_interval: float = 0.1,
     ) -> None:
         self.event_manager = event_manager if event_manager is not None else get_event_manager()
         self.stream = stream if stream is not None else sys.stderr
         self.interval = interval
+        self.redraw_interval = redraw_interval
+        self._last_draw = float("-inf")
         self._lock = threading.Lock()
         self._operations: dict[Any, Operation] = {}
         self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
@@ -123,14 +128,24 @@ class ProgressDisplay:
             operation.step = event.step if event.step >= 0 else operation.step + 1
             if self._rich is not None:
                 self._rich.update(self._rich_tasks[event.operation_id], completed=operation.step)
-                self._rich.refresh()
+                if self._due():
+                    self._rich.refresh()
             elif not self._tty:
                 now = time.monotonic()
                 if now - operation.last_line >= self.interval:
                     operation.last_line = now
                     self._line(operation.describe())
-            else:
+            elif self._due():
                 self._redraw()
+
+    def _due(self) -> bool:
+        """Whether a step may redraw now (the last redraw is old enough); if so, it is
+        counted as done."""
+        now = time.monotonic()
+        if now - self._last_draw < self.redraw_interval:
+            return False
+        self._last_draw = now
+        return True
 
     def _on_end(self, event: ProgressEndEvent) -> None:
         with self._lock:

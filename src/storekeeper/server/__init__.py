@@ -6,6 +6,16 @@ layout is described in :mod:`storekeeper.backends.http_protocol`; the original e
 ``DynamicURLStore`` client works against it unchanged, and so does
 :class:`storekeeper.backends.http.DynamicURLStore`.
 
+Keys and line breaks: keys may hold CR and LF like any other character (every store
+round-trips them), but ``GET /query`` answers one key per line, so when a key it
+would list holds a line break it answers 409 ``UnlistableKey`` instead of letting
+the key forge lines. ``POST /query`` (JSON) and ``GET /list`` list such keys.
+
+Conditional requests: ``If-Match`` (a tag, a list of tags, or ``*``) guards reads
+and writes of a key and uses the strong comparison, so weak tags (``W/"..."``) never
+match (412); ``If-None-Match`` on reads compares weakly (304). Deeply nested JSON in
+a request body answers 400, and a 405 names the allowed methods in ``Allow``.
+
 Also ``python -m storekeeper.server STORE_URL [--host H] [--port P] [--read-only]``.
 """
 

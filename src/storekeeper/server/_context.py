@@ -11,10 +11,16 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response
 
-from storekeeper.errors import InvalidArgumentError, InvalidMetadataError, ReadOnlyStoreError
+from storekeeper.errors import (
+    ConflictError,
+    InvalidArgumentError,
+    InvalidMetadataError,
+    KeyNotFoundError,
+    ReadOnlyStoreError,
+)
 from storekeeper.server._bridge import ClientGone
-from storekeeper.server._http import HTTPProblem, error_response, parse_etags
-from storekeeper.store.abstract import AbstractReadOnlyStore, AbstractStore
+from storekeeper.server._http import HTTPProblem, error_response, parse_etags, strong_versions
+from storekeeper.store.abstract import AbstractReadOnlyStore, AbstractStore, VersionedStore
 
 __all__ = [
     "ORIGIN",
@@ -111,26 +117,56 @@ def handled(context: ServerContext, handler: Handler) -> Callable[[Request], Awa
 
 
 class Conditions(dict[str, Any]):
-    """Keyword preconditions (``if_version`` / ``if_exists``) read from request headers."""
+    """Keyword preconditions (``if_version`` / ``if_exists``) read from request headers.
+
+    ``candidates`` holds the versions of an ``If-Match`` list of several strong tags:
+    a store compares one version, so :meth:`for_key` picks the one the key is at.
+    """
+
+    candidates: list[str] | None = None
+
+    def for_key(self, store: AbstractReadOnlyStore, key: str) -> dict[str, Any]:
+        """The keywords for a write of *key* (in a worker thread). With several
+        candidates, the key's current version if it is one of them (the write then
+        still checks it atomically); ConflictError (412) if none matches."""
+        if self.candidates is None:
+            return self
+        current: str | None
+        try:
+            if isinstance(store, VersionedStore):
+                current = store.version_of(key)
+            else:
+                current = store.get(key).version
+        except KeyNotFoundError:
+            raise ConflictError(f"{key!r} does not exist: If-Match fails") from None
+        if current is None or current not in self.candidates:
+            raise ConflictError(f"{key!r} is at none of the If-Match versions")
+        return {**self, "if_version": current}
 
 
 def conditions(headers: Headers, *, allow_exists: bool = True) -> Conditions:
     """``If-Match`` / ``If-None-Match: *`` as ``if_version`` / ``if_exists`` keywords.
 
     ``If-Match: *`` means the key must exist, ``If-Match: "v"`` that it is at version
-    ``v``; ``If-None-Match: *`` that it must not exist. Other forms (several tags, a
-    tag in ``If-None-Match``) are refused with 400: a store compares one version.
+    ``v``, a list of tags that it is at one of them. If-Match compares strongly: weak
+    tags (``W/"v"``) never match, so a header of weak tags only fails at once (412).
+    ``If-None-Match: *`` means the key must not exist; a tag in ``If-None-Match`` is
+    refused with 400.
     """
     found = Conditions()
     if_match = headers.get("if-match")
     if if_match is not None:
-        versions = parse_etags(if_match)
+        versions = strong_versions(if_match)
         if versions is None:
             found["if_exists"] = True
-        elif len(versions) == 1:
+        elif not versions:
+            raise HTTPProblem(
+                412, "If-Match names no strong entity tag; weak ones never match", "ConflictError"
+            )
+        elif len(set(versions)) == 1:
             found["if_version"] = versions[0]
         else:
-            raise InvalidArgumentError("If-Match takes one entity tag or *")
+            found.candidates = versions
     if_none_match = headers.get("if-none-match")
     if if_none_match is not None:
         if parse_etags(if_none_match) is not None:
@@ -146,11 +182,14 @@ def conditions(headers: Headers, *, allow_exists: bool = True) -> Conditions:
 
 
 def parse_json(body: bytes, what: str, kind: type = dict) -> Any:
-    """*body* decoded as a JSON *kind*; InvalidMetadataError (400) otherwise."""
+    """*body* decoded as a JSON *kind*; InvalidMetadataError (400) otherwise, also for
+    JSON nested deeper than the decoder can follow."""
     try:
         value = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise InvalidMetadataError(f"the {what} is not valid JSON: {exc}") from None
+    except RecursionError:  # the decoder recurses per nesting level: hostile depth
+        raise InvalidMetadataError(f"the {what} JSON is nested too deeply") from None
     if not isinstance(value, kind):
         raise InvalidMetadataError(
             f"the {what} is a JSON {kind.__name__}, not {type(value).__name__}"

@@ -34,7 +34,10 @@ __all__ = [
     "etag",
     "http_date",
     "matches_etag",
+    "matches_if_match",
+    "parse_etags",
     "parse_range",
+    "strong_versions",
 ]
 
 _log = logging.getLogger("storekeeper.server")
@@ -124,17 +127,16 @@ def etag(version: str | None) -> str | None:
     return '"' + version.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def parse_etags(header: str) -> list[str] | None:
-    """The versions named by an ``If-Match``/``If-None-Match`` header; ``None`` for ``*``.
-
-    Weak tags (``W/"..."``) compare by their version too, which is all a store has.
-    """
+def parse_etags(header: str) -> list[tuple[bool, str]] | None:
+    """The entity tags of an ``If-Match``/``If-None-Match`` *header* as ``(weak,
+    version)`` pairs; ``None`` for ``*``. HTTPProblem 400 for a malformed list."""
     if header.strip() == "*":
         return None
-    versions: list[str] = []
+    tags: list[tuple[bool, str]] = []
     rest = header.strip()
     while rest:
         rest = rest.lstrip(", \t")
+        weak = rest.startswith("W/")
         rest = rest.removeprefix("W/")
         if not rest.startswith('"'):
             raise HTTPProblem(400, f"malformed entity tag list {header!r}", "InvalidArgumentError")
@@ -146,15 +148,32 @@ def parse_etags(header: str) -> list[str] | None:
             index += 1
         if index >= len(rest):
             raise HTTPProblem(400, f"malformed entity tag list {header!r}", "InvalidArgumentError")
-        versions.append("".join(value))
+        tags.append((weak, "".join(value)))
         rest = rest[index + 1 :].lstrip(" \t")
-    return versions
+    return tags
+
+
+def strong_versions(header: str) -> list[str] | None:
+    """The versions an ``If-Match`` *header* accepts (``None`` for ``*``): its strong
+    tags only, since If-Match uses the strong comparison (RFC 9110 13.1.1) and a weak
+    tag matches nothing."""
+    tags = parse_etags(header)
+    return None if tags is None else [version for weak, version in tags if not weak]
 
 
 def matches_etag(header: str, version: str | None) -> bool:
     """Whether the ``If-None-Match``-style *header* names *version* of an existing
-    value (``*`` names every one)."""
-    versions = parse_etags(header)
+    value (``*`` names every one), by the weak comparison (RFC 9110 13.1.2)."""
+    tags = parse_etags(header)
+    if tags is None:
+        return True
+    return version is not None and any(version == tagged for _, tagged in tags)
+
+
+def matches_if_match(header: str, version: str | None) -> bool:
+    """Whether an ``If-Match`` *header* lets a request on an existing value at
+    *version* through: ``*``, or a strong tag equal to *version*."""
+    versions = strong_versions(header)
     if versions is None:
         return True
     return version is not None and version in versions

@@ -17,10 +17,13 @@ from storekeeper.backends.http_protocol import decode_terms
 from storekeeper.errors import InvalidArgumentError, InvalidMetadataError
 from storekeeper.server._bridge import read_body
 from storekeeper.server._context import ServerContext, parse_json
-from storekeeper.server._http import json_response
+from storekeeper.server._http import HTTPProblem, json_response
 from storekeeper.store.abstract import AbstractAuthorizingStore
 
 __all__ = ["info", "list_keys", "query_get", "query_post"]
+
+#: Characters a key in the answer of ``GET /query`` (one key per line) cannot hold.
+LINE_BREAKS = frozenset("\r\n")
 
 #: Keys listed per worker-thread hop.
 LIST_BATCH = 512
@@ -30,7 +33,8 @@ async def query_get(context: ServerContext, request: Request) -> Response:
     """``GET /query?name=json&...``: the matching keys, one per line, UTF-8.
 
     Each parameter value is ``json.dumps`` of the value to match exactly (what the
-    encore client sends). No parameter: every key.
+    encore client sends). No parameter: every key. A matching key holding a line break
+    makes the answer 409 rather than a forged line; ``POST /query`` answers such keys.
     """
     store = await context.store_for(request)
     terms: dict[str, Any] = {}
@@ -48,7 +52,19 @@ async def query_get(context: ServerContext, request: Request) -> Response:
             raise InvalidMetadataError(
                 f"the query parameter {name!r} is not JSON: {value!r}"
             ) from None
-    keys = await run_in_threadpool(store.query_keys, terms)
+        except RecursionError:
+            raise InvalidMetadataError(
+                f"the query parameter {name!r} is JSON nested too deeply"
+            ) from None
+    keys = await run_in_threadpool(lambda: list(store.query_keys(terms)))
+    broken = next((key for key in keys if not LINE_BREAKS.isdisjoint(key)), None)
+    if broken is not None:  # never let a key forge lines of the answer
+        raise HTTPProblem(
+            409,
+            f"the matching key {broken!r} holds a line break, which one key per line cannot "
+            "express: ask POST /query (JSON) instead",
+            "UnlistableKey",
+        )
     body = "".join(key + "\n" for key in keys).encode("utf-8", "surrogatepass")
     return Response(body, media_type="text/plain; charset=utf-8")
 

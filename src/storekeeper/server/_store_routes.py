@@ -23,6 +23,7 @@ from storekeeper.server._http import (
     http_date,
     json_response,
     matches_etag,
+    matches_if_match,
     parse_range,
 )
 from storekeeper.server._paths import key_and_part, raw_remainder
@@ -79,7 +80,7 @@ class StoreEndpoint:
         if method == "DELETE":
             writable = self.context.writable(store)
             found = conditions(headers, allow_exists=False)
-            await run_in_threadpool(writable.delete, key, **found)
+            await run_in_threadpool(lambda: writable.delete(key, **found.for_key(writable, key)))
             return Response(status_code=204)
         if part == "data":
             if method in {"GET", "HEAD"}:
@@ -88,7 +89,9 @@ class StoreEndpoint:
                 writable = self.context.writable(store)
                 found = conditions(headers)
                 source = await self._body(headers, receive)
-                await run_in_threadpool(lambda: writable.set_data(key, source, **found))
+                await run_in_threadpool(
+                    lambda: writable.set_data(key, source, **found.for_key(writable, key))
+                )
                 return Response(status_code=204)
         elif part == "value":
             if method in {"GET", "HEAD"}:
@@ -99,7 +102,7 @@ class StoreEndpoint:
             return await self._metadata(store, key, request, receive)
         elif part == "auth":
             return await self._permissions(store, key, request, receive)
-        raise HTTPProblem(405, f"{method} is not allowed on {part}", "MethodNotAllowed")
+        raise _not_allowed(method, part)
 
     # -- data -----------------------------------------------------------------------------
     async def _read(
@@ -132,9 +135,11 @@ class StoreEndpoint:
                 if len(source) < length:
                     raise HTTPProblem(400, "the request body ended early", "InvalidValueError")
                 metadata = parse_json(source[:length], "metadata")
-                return writable.set(key, (source[length:], metadata), **found)
+                return writable.set(
+                    key, (source[length:], metadata), **found.for_key(writable, key)
+                )
             metadata = parse_json(source.read_exactly(length), "metadata")
-            return writable.set(key, (source, metadata), **found)
+            return writable.set(key, (source, metadata), **found.for_key(writable, key))
 
         version = await run_in_threadpool(write)
         tag = etag(version)
@@ -161,16 +166,20 @@ class StoreEndpoint:
             metadata = await run_in_threadpool(store.get_metadata, key, select)
             return json_response(metadata)
         if method not in {"PUT", "POST"}:
-            raise HTTPProblem(405, f"{method} is not allowed on metadata", "MethodNotAllowed")
+            raise _not_allowed(method, "metadata")
         writable = self.context.writable(store)
         body = await read_body(receive, self.context.max_json)
         metadata = parse_json(body, "metadata")
         if method == "PUT":
             found = conditions(request.headers)
-            await run_in_threadpool(lambda: writable.set_metadata(key, metadata, **found))
+            await run_in_threadpool(
+                lambda: writable.set_metadata(key, metadata, **found.for_key(writable, key))
+            )
         else:
             found = conditions(request.headers, allow_exists=False)
-            await run_in_threadpool(lambda: writable.update_metadata(key, metadata, **found))
+            await run_in_threadpool(
+                lambda: writable.update_metadata(key, metadata, **found.for_key(writable, key))
+            )
         return Response(status_code=204)
 
     async def _permissions(
@@ -183,13 +192,30 @@ class StoreEndpoint:
             permissions = await run_in_threadpool(store.get_permissions, key)
             return json_response({name: sorted(tags) for name, tags in permissions.items()})
         if method not in {"PUT", "POST"} or self.context.read_only:
-            raise HTTPProblem(405, f"{method} is not allowed on auth", "MethodNotAllowed")
+            raise _not_allowed(method, "auth", "GET" if self.context.read_only else None)
         given = parse_json(await read_body(receive, self.context.max_json), "permissions")
         if not all(isinstance(tags, list) for tags in given.values()):
             raise HTTPProblem(400, "permissions map names to lists of tags", "InvalidArgumentError")
         change = store.set_permissions if method == "PUT" else store.update_permissions
         await run_in_threadpool(change, key, given)
         return Response(status_code=204)
+
+
+#: The methods each part answers (RFC 9110 15.5.6: a 405 names them in ``Allow``).
+_ALLOWED = {
+    "data": "GET, HEAD, PUT",
+    "value": "GET, HEAD, PUT",
+    "metadata": "GET, PUT, POST",
+    "auth": "GET, PUT, POST",
+}
+
+
+def _not_allowed(method: str, part: str | None, allow: str | None = None) -> HTTPProblem:
+    """The 405 answer to *method* on *part*, with the ``Allow`` header it needs."""
+    allowed = allow or _ALLOWED.get(part or "", "GET, HEAD")
+    return HTTPProblem(
+        405, f"{method} is not allowed on {part}", "MethodNotAllowed", {"Allow": allowed}
+    )
 
 
 def _load(
@@ -201,6 +227,9 @@ def _load(
     size = value.size
     tag = etag(value.version)
     found = _Loaded(200, _validators(value, tag, whole))
+    if_match = headers.get("if-match")
+    if if_match is not None and not matches_if_match(if_match, value.version):
+        raise HTTPProblem(412, f"{key!r} is at none of the If-Match versions", "ConflictError")
     if_none_match = headers.get("if-none-match")
     if if_none_match is not None and matches_etag(if_none_match, value.version):
         found.status = 304

@@ -82,8 +82,23 @@ def encode_value(spec: FieldSpec, value: Any) -> Any:
             raise ValueError(f"{spec.name}: times must be timezone-aware, not {value!r}")
         return value.isoformat()
     if isinstance(value, list | dict):
+        _check_keys(spec.name, value)
         return copy.deepcopy(value)
     return value
+
+
+def _check_keys(name: str, value: Any) -> None:
+    """TypeError if a dict inside *value* has a key that is not a ``str``: JSON would
+    turn ``{1: 'a'}`` into ``{'1': 'a'}`` (and merge ``1`` with ``'1'``), so the copy
+    other sessions read would differ from the document written."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"{name}: dict keys must be str, not {key!r}")
+            _check_keys(name, item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _check_keys(name, item)
 
 
 _DYNAMIC: Any = object()

@@ -92,6 +92,10 @@ class KeySpec:
             self._parse(index, component)
         if self.session_index < 0:
             raise ValueError(f"key_spec {key_spec!r} has no {{session.identifier}} component")
+        self._patterns = [compile_format_to_pattern(c) for c in self.components]
+        self._weight = sum(
+            len(text) for c in self.components for text, _, _, _ in _FORMATTER.parse(c)
+        )
 
     def _parse(self, index: int, component: str) -> None:
         fields = _fields(component)
@@ -109,6 +113,25 @@ class KeySpec:
             if int(positions[0]) != len(self.levels):
                 raise ValueError(f"positional fields must be numbered in order: {component!r}")
             self.levels.append(index)
+
+    def claim(self, components: Sequence[str]) -> tuple[int, str] | None:
+        """How specifically this spec matches the complete key *components* (unescaped):
+        the length of its literal text and the session part, or ``None`` if no key of
+        this spec looks like that.
+
+        Session identifiers may hold ``.``, so the specs ``doc.{session.identifier}``
+        and ``doc.extra.{session.identifier}`` both match ``doc.extra.x``; a stage gives
+        such a key to the spec that claims it with more literal text."""
+        if len(components) != len(self.components):
+            return None
+        session = ""
+        for index, (pattern, name) in enumerate(zip(self._patterns, components, strict=True)):
+            match = pattern.match(name)
+            if match is None:
+                return None
+            if index == self.session_index:
+                session = match.group(1)
+        return self._weight, session
 
     def format(self, index: int, indices: Sequence[str], session: object) -> str:
         """Component *index* formatted with the directory *indices* and *session*."""
@@ -148,6 +171,7 @@ class Route(Generic[_D]):
         _check_document(self.document_type, document)
         spec = self.spec
         key = [spec.format(i, (), stage.session) for i in range(len(spec.components))]
+        stage.check_own_key(spec, key)
         stage.write(key, document)
 
 
@@ -250,7 +274,9 @@ class Directory(Mapping[str, Any], Generic[_D]):
     def __setitem__(self, index: str, document: _D) -> None:
         self._descend(index)
         _check_document(self.document_type, document)
-        self.stage.write(self._full_key(index), document)
+        key = self._full_key(index)
+        self.stage.check_own_key(self.spec, key)
+        self.stage.write(key, document)
 
     def __delitem__(self, index: str) -> None:
         self._descend(index)

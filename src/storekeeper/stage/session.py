@@ -5,7 +5,10 @@ documents. It writes only its own copy of each document and stamps its edits wit
 from its :class:`HybridClock`: ``max(wall clock, last stamp + 1 µs, newest stamp seen
 + 1 µs)``. Such a time never goes backwards and is never behind anything the session has
 read, so an edit made after reading another one always wins over it, however skewed the
-devices' wall clocks are.
+devices' wall clocks are -- within :data:`MAX_FOLDED_LEAD`: a time further ahead of the
+local wall clock than that (a device whose clock says year 9999, a damaged copy) is logged
+and folded in only up to the bound, so one insane clock cannot drag every session to the
+end of representable time. Such a copy still takes part in the merge with its own stamps.
 
 Several processes may use the same session: their copies are merged at commit (see
 :mod:`storekeeper.stage.stage`), so neither loses the other's edits.
@@ -29,6 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_CLOCK_DRIFT",
+    "MAX_FOLDED_LEAD",
     "HybridClock",
     "Revision",
     "RevisionSet",
@@ -47,6 +51,13 @@ _D = TypeVar("_D", bound="MergeableDocument")
 #: correct) but logged: one device's clock running ahead drags every clock forward.
 MAX_CLOCK_DRIFT = timedelta(minutes=5)
 
+#: The default bound of :class:`HybridClock`: a time seen further than this ahead of the
+#: local wall clock is folded into the clock only up to ``wall + MAX_FOLDED_LEAD``. It is
+#: generous (a century) so that skewed but plausible clocks keep the promise that a
+#: causally later edit wins, while a clock near ``datetime.max`` cannot make every later
+#: stamp of its readers overflow.
+MAX_FOLDED_LEAD = timedelta(days=36_525)
+
 
 def to_micros(moment: datetime) -> int:
     """Microseconds since the Unix epoch of the aware datetime *moment*."""
@@ -61,6 +72,10 @@ def from_micros(micros: int) -> datetime:
     return _EPOCH + timedelta(microseconds=micros)
 
 
+#: The last representable microsecond (``datetime.max`` in UTC).
+_END_OF_TIME = to_micros(datetime.max.replace(tzinfo=UTC))
+
+
 def _wall_clock() -> datetime:
     return datetime.now(UTC)
 
@@ -70,31 +85,63 @@ class HybridClock:
 
     :meth:`now` returns ``max(wall, last + 1 µs, seen + 1 µs)`` as an aware UTC datetime;
     :meth:`observe` records a time read from another copy. *wall* (a callable returning
-    an aware datetime) is the wall clock; tests inject a skewed one. Thread-safe.
+    an aware datetime) is the wall clock; tests inject a skewed one. *max_lead* bounds
+    how far ahead of the wall clock an observed time is folded in (the excess is logged
+    and ignored). Past ``datetime.max`` :meth:`now` raises :class:`OverflowError` saying
+    so, rather than returning a time that is not after the previous one. Thread-safe.
     """
 
-    def __init__(self, wall: Callable[[], datetime] = _wall_clock) -> None:
+    def __init__(
+        self,
+        wall: Callable[[], datetime] = _wall_clock,
+        max_lead: timedelta = MAX_FOLDED_LEAD,
+    ) -> None:
+        if max_lead < timedelta(0):
+            raise ValueError(f"max_lead must not be negative, not {max_lead!r}")
         self.wall = wall
+        self.max_lead = max_lead
         self._last = 0
+        # The newest time refused so far: a copy read again is not logged again.
+        self._refused = 0
         self._lock = threading.Lock()
 
     def now_micros(self) -> int:
         """The next time, in microseconds since the epoch."""
         wall = to_micros(self.wall())
         with self._lock:
-            self._last = max(wall, self._last + 1)
-            return self._last
+            following = max(wall, self._last + 1)
+            if following > _END_OF_TIME:
+                raise OverflowError(
+                    "this session's clock reached the end of representable time "
+                    f"({datetime.max.isoformat()}): its wall clock is wrong"
+                )
+            self._last = following
+            return following
 
     def now(self) -> datetime:
         """The next time as an aware UTC datetime (strictly after every earlier answer)."""
         return from_micros(self.now_micros())
 
     def observe_micros(self, micros: int) -> None:
-        """Record a time seen in a copy: later answers of :meth:`now` are after it."""
+        """Record a time seen in a copy: later answers of :meth:`now` are after it, if
+        it is at most :attr:`max_lead` ahead of the wall clock (else after that bound)."""
         if micros <= self._last:
             return
         wall = to_micros(self.wall())
-        if micros - wall > MAX_CLOCK_DRIFT // timedelta(microseconds=1):
+        bound = min(wall + self.max_lead // timedelta(microseconds=1), _END_OF_TIME - 1)
+        if micros > bound:
+            if micros > self._refused:
+                self._refused = micros
+                _log.error(
+                    "a revision time %s is %s ahead of this clock, beyond the bound of %s; "
+                    "its copy is merged, but this clock moves only to %s",
+                    from_micros(micros).isoformat(),
+                    timedelta(microseconds=micros - wall),
+                    self.max_lead,
+                    from_micros(bound).isoformat(),
+                )
+            micros = bound
+        elif micros - wall > MAX_CLOCK_DRIFT // timedelta(microseconds=1):
             _log.warning(
                 "a revision time %s is %s ahead of this clock; accepted, but every later "
                 "edit of this session is stamped after it",
@@ -160,13 +207,16 @@ class Session:
     """One installation (device or app) editing staged documents.
 
     ``Session(identifier=None)``: *identifier* matches :attr:`IDENTIFIER_PATTERN`
-    (letters of either case, digits, ``-``, ``_``, ``.``), else :class:`ValueError`; a
+    (ASCII letters of either case, digits, ``-``, ``_``, ``.``; ``re.ASCII`` keeps
+    letters such as the Kelvin sign out), else :class:`ValueError`; a
     non-``str`` raises :class:`TypeError`. ``None`` means :func:`default_identifier`,
     stable for this installation. Sessions are interned: ``Session('a') is Session('a')``.
     Each session has one :attr:`clock` (a :class:`HybridClock`) shared by its users.
     """
 
-    IDENTIFIER_PATTERN: ClassVar[re.Pattern[str]] = re.compile(r"^[-a-z0-9_.]+$", re.IGNORECASE)
+    IDENTIFIER_PATTERN: ClassVar[re.Pattern[str]] = re.compile(
+        r"^[-a-z0-9_.]+$", re.IGNORECASE | re.ASCII
+    )
     #: The interned sessions, by identifier.
     interns: ClassVar[dict[str, Session]] = {}
     _intern_lock: ClassVar[threading.Lock] = threading.Lock()
@@ -194,6 +244,17 @@ class Session:
 
     def __getnewargs__(self) -> tuple[str]:
         return (self.identifier,)
+
+    def __reduce__(self) -> tuple[type[Session], tuple[str]]:
+        # Rebuilt from the identifier alone: a copy or an unpickled session is the
+        # interned one of this process (with its clock), never a second one.
+        return (type(self), (self.identifier,))
+
+    def __copy__(self) -> Session:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, object]) -> Session:
+        return self
 
     def __hash__(self) -> int:
         return hash(self.identifier)
@@ -268,12 +329,15 @@ def ensure_revision_pair(
 
 class RevisionSet(Mapping[Session, datetime]):
     """An immutable mapping from session to the newest time of it known, built from
-    ``(session, datetime)`` pairs (a later pair of the same session replaces an earlier)."""
+    ``(session, datetime)`` pairs (a later pair of the same session replaces an earlier;
+    a naive datetime raises :class:`ValueError`, as the times are compared)."""
 
     def __init__(self, revisions: Iterable[tuple[Session, datetime]] = ()) -> None:
         self._items: dict[Session, datetime] = {}
         for pair in revisions:
             session, updated_at = ensure_revision_pair(pair)
+            if updated_at.utcoffset() is None:
+                raise ValueError(f"revision times must be timezone-aware, not {updated_at!r}")
             self._items[session] = updated_at
 
     def __getitem__(self, session: Session) -> datetime:

@@ -15,6 +15,7 @@ import random
 import threading
 import time
 import traceback
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -37,6 +38,7 @@ from storekeeper.stage.merge import (
 )
 from storekeeper.stage.route import (
     KeySpec,
+    Route,
     compile_format_to_pattern,
     escape_component,
     join_key,
@@ -95,6 +97,8 @@ class DirtyBuffer:
         self.cache = cache if cache is not None else CopyCache()
         #: Pending writes: key -> what will be merged into the stored copy.
         self.dictionary: dict[str, _Buffered] = {}
+        #: Whether the commit must record the session's use of the stage (``touch()``).
+        self.touched = False
 
     def write(self, key: str, entry: _Buffered) -> None:
         """Buffer *entry* for *key*, merged with what the buffer already holds for it."""
@@ -239,10 +243,9 @@ class BaseStage:
         tb: TracebackType | None,
     ) -> None:
         buffer = self.get_current_transaction(pop=True)
+        # A rolled-back transaction writes nothing at all, not even the touch record.
         if exc_type is None:
-            buffer.flush(self.session, self._touch_entry())
-        else:
-            self.touch()
+            buffer.flush(self.session, self._touch_entry(force=buffer.touched))
 
     def get_current_transaction(self, pop: bool = False) -> DirtyBuffer:
         """The current context's :class:`DirtyBuffer` (removed from :attr:`transactions`
@@ -287,21 +290,20 @@ class BaseStage:
                 continue
         return times
 
-    def _touch_entry(self) -> dict[str, bytes] | None:
+    def _touch_entry(self, force: bool = False) -> dict[str, bytes] | None:
         now = self.session.clock.now()
-        if self._last_touch is not None and now - self._last_touch < self.touch_interval:
+        recent = self._last_touch is not None and now - self._last_touch < self.touch_interval
+        if recent and not force:
             return None
         self._last_touch = now
         key = join_key([*self.SESSION_DIRECTORY_KEY, self.session.identifier])
         return {key: now.isoformat().encode("ascii")}
 
     def touch(self) -> None:
-        """Record in the store that this session used the stage now."""
-        self._last_touch = None
-        entry = self._touch_entry()
-        assert entry is not None
-        for key, data in entry.items():
-            self.repository.set(key, (data, {}))
+        """Record in the store that this session used the stage, when the open
+        transaction commits (nothing if it rolls back); :class:`TransactionError`
+        outside a transaction, like every operation."""
+        self.get_current_transaction().touched = True
 
     # -- reading -------------------------------------------------------------------------
     def _read_copy(self, buffer: DirtyBuffer, key: str, document_type: type[_D]) -> Copy | None:
@@ -368,8 +370,32 @@ class BaseStage:
             if match is None:
                 continue
             identifier = match.group(1)
-            if _is_copy(identifier):
+            components = [*key, unescape_component(name), *rest]
+            if _is_copy(identifier) and not self._claimed_elsewhere(spec, components):
                 yield base + name + tail, identifier
+
+    def _claimed_elsewhere(self, spec: KeySpec, components: Sequence[str]) -> bool:
+        """Whether another route of this stage claims the key *components* more
+        specifically than *spec* (see :meth:`KeySpec.claim`): then it is that route's."""
+        own = spec.claim(components)
+        if own is None:
+            return False
+        for other in _route_specs(type(self)):
+            if other is spec or other.components == spec.components:
+                continue
+            claim = other.claim(components)
+            if claim is not None and claim[0] > own[0] and _is_copy(claim[1]):
+                return True
+        return False
+
+    def check_own_key(self, spec: KeySpec, key: Sequence[str]) -> None:
+        """ValueError if this session's copy at *key* (of a route with *spec*) would be
+        taken for another route's copy: its identifier makes the key ambiguous."""
+        if self._claimed_elsewhere(spec, key):
+            raise ValueError(
+                f"session {self.session.identifier!r} cannot write {list(key)!r}: another "
+                "route of this stage claims that key (its identifier holds that route's text)"
+            )
 
     def read_merged_document(
         self, document_type: type[_D], key_spec: Sequence[str], key: Sequence[str]
@@ -526,6 +552,21 @@ def _merge_copies(
     newest = same[0] if same else max(copies, key=lambda c: c.revision.updated_at)
     revisions = RevisionSet(c.revision for c in copies if c.stamped)
     return state, newest.revision.updated_at, revisions.merge(*(c.bases for c in copies))
+
+
+_ROUTE_SPECS: weakref.WeakKeyDictionary[type, list[KeySpec]] = weakref.WeakKeyDictionary()
+
+
+def _route_specs(cls: type) -> list[KeySpec]:
+    """The key specs of the routes *cls* declares (or inherits)."""
+    specs = _ROUTE_SPECS.get(cls)
+    if specs is None:
+        seen: dict[str, object] = {}
+        for klass in reversed(cls.__mro__):
+            seen.update(vars(klass))
+        specs = [value.spec for value in seen.values() if isinstance(value, Route)]
+        _ROUTE_SPECS[cls] = specs
+    return specs
 
 
 def _is_copy(identifier: str) -> bool:

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO
@@ -127,7 +128,8 @@ def transfer(
 
     *source* and *target* are connected stores or :class:`Folder` objects (the target
     folder is created if missing). Raises :class:`~storekeeper.errors.InvalidArgumentError`
-    for an unknown *compare* mode, :class:`FileNotFoundError` for a missing source
+    for an unknown *compare* mode or a transfer of a store onto itself or between
+    overlapping folders, :class:`FileNotFoundError` for a missing source
     folder, :class:`~storekeeper.errors.InvalidKeyError` when a key cannot be a file
     in a target folder, and whatever the stores raise; keys copied before an error stay
     copied (run it again to finish).
@@ -171,6 +173,7 @@ def iter_transfer(
         raise InvalidArgumentError(f"compare is one of {COMPARE_MODES}, not {compare!r}")
     if batch_keys < 1 or batch_bytes < 1:
         raise InvalidArgumentError("batch_keys and batch_bytes must be positive")
+    _check_apart(source, target)
     report = report if report is not None else TransferReport(dry_run=dry_run)
     src, dst = _side(source, is_target=False), _side(target, is_target=True)
     return _run(
@@ -220,6 +223,20 @@ def _run(
         dst.delete(key)
         report.deleted += 1
         yield TransferAction("delete", key, "extra", None, done=True)
+
+
+def _check_apart(source: Location, target: Location) -> None:
+    """Refuse a transfer of a store onto itself, or of a folder into itself or into one
+    of its own subfolders (or the other way round): each run would copy what the last
+    one wrote."""
+    if source is target:
+        raise InvalidArgumentError("the source and the target are the same store")
+    if isinstance(source, Folder) and isinstance(target, Folder):
+        inner, outer = sorted((os.path.realpath(source.path), os.path.realpath(target.path)))
+        if outer == inner or outer.startswith(inner.rstrip(os.sep) + os.sep):
+            raise InvalidArgumentError(
+                f"the folders {source.path!r} and {target.path!r} overlap: one is inside the other"
+            )
 
 
 def _side(location: Location, *, is_target: bool) -> Side:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any, Protocol
@@ -24,9 +24,6 @@ __all__ = ["Entry", "Folder", "Side", "folder_side", "store_side"]
 #: How far apart (seconds) a folder file's mtime and its source's modified time may be
 #: and still count as equal: file systems round timestamps (float seconds lose ns).
 MTIME_TOLERANCE = 0.001
-# Temp files that storekeeper.files.atomic_write leaves behind if the process is killed
-# mid-write: never data, so never listed as keys.
-_TEMP_FILE = re.compile(r"^\..*\.[0-9a-f]{12}\.tmp$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +88,11 @@ class Folder:
     Files are written atomically (temp file, rename) with their modification time set
     to the source key's, so an interrupted copy never leaves a partial file and a later
     one recognises the files it wrote. *durable* fsyncs every file written.
+
+    Every regular file is a key, whatever its name: the temp file a killed copy left
+    behind (``.name.<hex>.tmp``) is an extra key that a sync with ``delete`` removes.
+    A symlink is followed; one to nothing is skipped with a :class:`UserWarning`, and
+    one to a directory is not descended into.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, durable: bool = False) -> None:
@@ -191,8 +193,12 @@ class _FolderSide:
                     folder = key + "/"
                     if folder.startswith(prefix) or prefix.startswith(folder):
                         self._scan(item.path, folder, prefix)
-                elif key.startswith(prefix) and not _TEMP_FILE.match(item.name):
-                    stat = item.stat()
+                elif key.startswith(prefix):
+                    try:
+                        stat = item.stat()
+                    except FileNotFoundError:  # a dangling symlink: no data to copy
+                        warnings.warn(f"skipped {item.path!r}: a symlink to nothing", stacklevel=2)
+                        continue
                     if _is_file(stat):
                         self._seen[key] = _file_entry(stat)
 
