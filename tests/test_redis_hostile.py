@@ -1885,13 +1885,6 @@ def test_same_key_commit_order_identical_for_all_readers(base):
         r2.disconnect()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a store that connected to an empty change stream reports event_cursor "
-    "'0-0'; resuming from it delivers every change but counts a gap (event_gaps == 1) "
-    "and logs 'trimmed past this listener's cursor ... may have been lost' although "
-    "nothing was trimmed",
-)
 def test_resume_from_cursor_of_empty_stream_reports_no_gap(base):
     from storekeeper.backends.redis import RedisStore
 
