@@ -1906,12 +1906,6 @@ def test_resume_from_cursor_of_empty_stream_reports_no_gap(base):
         assert again.event_gaps == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a malformed event_cursor ('garbage', '') is accepted by the constructor "
-    "and connect(); the listener thread then fails forever ('lost its connection; "
-    "retrying', ValueError) and delivers nothing instead of a clear argument error",
-)
 @pytest.mark.parametrize("cursor", ["garbage", ""])
 def test_malformed_event_cursor_refused(base, cursor):
     from storekeeper.backends.redis import RedisStore

@@ -57,7 +57,7 @@ from redis.retry import Retry
 
 from storekeeper.backends._redis_commits import Transactional
 from storekeeper.backends._redis_errors import translate, translated
-from storekeeper.backends._redis_events import Entry, Listener, position
+from storekeeper.backends._redis_events import Entry, Listener, checked_cursor, position
 from storekeeper.backends._redis_index import index_entries
 from storekeeper.backends._redis_reads import Reads
 from storekeeper.backends._redis_scripts import (
@@ -117,7 +117,9 @@ class RedisStore(Reads, Transactional, AbstractStore):
     *inline_limit* and *chunk_size* are in bytes; *grace* is how long (seconds) the
     data of a replaced value stays readable after its last read; *stream_length* bounds
     the change stream; *events* false turns cross-process events off; *event_cursor*
-    resumes delivery after that stream id; *timeout* bounds each server call (seconds).
+    resumes delivery after that stream id (``<milliseconds>-<sequence>``, as
+    :attr:`event_cursor` gives it; anything else is a :class:`ValueError`); *timeout*
+    bounds each server call (seconds).
     """
 
     def __init__(
@@ -147,7 +149,7 @@ class RedisStore(Reads, Transactional, AbstractStore):
         self.grace = int(grace)
         self.stream_length = stream_length if events else 0
         self.timeout = timeout
-        self._start_cursor = event_cursor
+        self._start_cursor = None if event_cursor is None else checked_cursor(event_cursor)
         self._client: Any = None
         self._listener: Listener | None = None
         self._origin_token = secrets.token_hex(8)
