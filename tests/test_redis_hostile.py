@@ -1231,12 +1231,6 @@ def test_transaction_net_changes_reach_remote_listeners(base):
         reader.disconnect()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a transaction's writes reach local listeners one event per write "
-    "(set a, set b, set a, delete b) but remote listeners only the coalesced net "
-    "change (one set of a): the 'usual' events differ between local and remote",
-)
 def test_transaction_remote_events_same_as_local(base):
     writer, wcol = _open_with_manager(_url(base))
     reader, rcol = _open_with_manager(_url(base))
@@ -1249,6 +1243,28 @@ def test_transaction_remote_events_same_as_local(base):
             writer.delete("b")
         local = [(e.action, e.key, e.metadata) for e in wcol.wait(4)]
         rcol.wait(4, timeout=1.5)
+        time.sleep(0.3)
+        remote = [(e.action, e.key, e.metadata) for e in rcol.wait(10, timeout=0.1)]
+        assert remote == local
+    finally:
+        writer.disconnect()
+        reader.disconnect()
+
+
+def test_transaction_remote_events_follow_savepoints_and_updates(base):
+    writer, wcol = _open_with_manager(_url(base))
+    reader, rcol = _open_with_manager(_url(base))
+    try:
+        time.sleep(0.2)
+        with writer.transaction():
+            writer.set("a", (b"", {"i": 1}))
+            with pytest.raises(RuntimeError), writer.transaction():
+                writer.set("b", (b"", {"i": 2}))
+                raise RuntimeError("roll the savepoint back")
+            writer.update_metadata("a", {"j": 2})
+        local = [(e.action, e.key, e.metadata) for e in wcol.wait(2)]
+        assert [(action, key) for action, key, _ in local] == [("set", "a"), ("update", "a")]
+        rcol.wait(2, timeout=1.5)
         time.sleep(0.3)
         remote = [(e.action, e.key, e.metadata) for e in rcol.wait(10, timeout=0.1)]
         assert remote == local

@@ -32,9 +32,12 @@ or newer (not Redis Cluster).
   delivers other store objects' changes (in this process or any other, on any host)
   to its ``event_manager`` as the usual :class:`StoreSetEvent`, :class:`StoreUpdateEvent`
   or :class:`StoreDeleteEvent`, after their commit, with ``event.remote`` true (false
-  on the events of the store's own writes) and ``event.version``. A listener that
-  reconnects goes on from its cursor (:attr:`RedisStore.event_cursor`; pass it back as
-  ``event_cursor=`` to a new store to resume), missing nothing the stream still holds.
+  on the events of the store's own writes) and ``event.version``. A transaction's
+  writes arrive as its own listeners receive them: one event per write, in order
+  (none for writes a rolled-back savepoint undid), all appended by the commit itself.
+  A listener that reconnects goes on from its cursor (:attr:`RedisStore.event_cursor`;
+  pass it back as ``event_cursor=`` to a new store to resume), missing nothing the
+  stream still holds.
 - **Durability** is the server's: :meth:`RedisStore.info` reports its ``save`` and
   ``appendonly`` settings and what they mean. With neither (as on a cache-only server)
   everything lives in the server's memory and a restart of the server loses every key.
@@ -107,6 +110,8 @@ _ACTIONS: dict[bytes, type[StoreKeyEvent]] = {
     b"update": StoreUpdateEvent,
     b"delete": StoreDeleteEvent,
 }
+
+_NAMES: dict[object, str] = {cls: name.decode() for name, cls in _ACTIONS.items()}
 
 
 class RedisStore(Reads, Transactional, AbstractStore):
@@ -306,6 +311,13 @@ class RedisStore(Reads, Transactional, AbstractStore):
                     self, key=key, metadata=decode_metadata(metadata), version=version, remote=False
                 )
             )
+        transaction, state = self._mine(), self._transaction_state()
+        if transaction is not None and state is not None and state.events:
+            # The event as held for local listeners (a set inside update() is held as
+            # an update): other processes receive the same one when the commit lands.
+            action = _NAMES.get(type(state.events[-1]), _NAMES[cls])
+            fields = {"o": self.origin, "a": action, "k": key, "m": metadata, "v": version}
+            transaction.note_event(fields)
 
     # -- the write core ----------------------------------------------------------------------
     def _mine(self) -> Transaction | None:
