@@ -10,9 +10,11 @@ write or, when a watched key changed since it was read, none
 loses a concurrent update from any process; it fails instead, and the caller decides
 whether to run it again.
 
-Within one store object transactions take turns (an owner lock), so transactions of
-one process never conflict with each other: only writes outside transactions and other
-processes' writes can make one fail.
+Within one store object one transaction is open at a time (an owner lock): another
+thread waits for it, another asyncio task of the same thread gets
+:class:`~storekeeper.errors.TransactionError` at once. So transactions of one store
+object never conflict with each other: only writes outside transactions and other
+processes' (or store objects') writes can make one fail.
 """
 
 from __future__ import annotations

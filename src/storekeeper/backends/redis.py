@@ -16,9 +16,11 @@ or newer (not Redis Cluster).
   they read, writes are kept aside and applied together by ``MULTI``/``EXEC``; a
   transaction whose reads another writer changed raises
   :class:`~storekeeper.errors.ConflictError` at commit and applies nothing. Within one
-  store object, transactions take turns (per thread or asyncio task, as everywhere in
-  storekeeper), so only other processes' writes and writes outside transactions can
-  make one fail.
+  store object one transaction is open at a time: another thread's ``transaction()``
+  waits for it to end, while another asyncio task of the same thread gets
+  :class:`~storekeeper.errors.TransactionError` at once (waiting would block the event
+  loop that must finish the first). So only other processes' writes and writes
+  outside transactions can make one fail with a conflict.
 - **Large values** (over ``inline_limit``, default 1 MiB) are streamed in and out in
   chunks of ``chunk_size`` bytes (default 1 MiB), never held whole in memory. A value
   replaced or deleted keeps its chunks for ``grace`` seconds (default 300) after its
