@@ -21,8 +21,9 @@ received when it stood at its cursor (``entries-added`` of ``XINFO STREAM``, plu
 per entry read since), so after a reconnect it compares the entries added since with
 those still there. It then logs a warning and counts the gap in
 :attr:`Listener.gaps`, since those changes cannot be delivered any more. (Given only
-a cursor, as after ``event_cursor=``, it warns when an entry after the cursor was
-trimmed, ``max-deleted-entry-id`` of ``XINFO STREAM``: it may have missed some.)
+a cursor, as after ``event_cursor=``, it warns when the entry at the cursor itself
+was trimmed, which means it may have missed some; unless the stream still holds every
+entry it ever received, as when the cursor is the ``0-0`` of an empty stream.)
 """
 
 from __future__ import annotations
@@ -199,10 +200,8 @@ class Listener:
             since = int(info.get("entries-added", 0)) - self.added
             if since <= int(info["length"]):
                 return  # every entry added after the cursor is still there
-        else:
-            deleted = info.get("max-deleted-entry-id")
-            if deleted is not None and _id_tuple(_text(deleted)) <= _id_tuple(self.cursor):
-                return  # nothing after the cursor was ever trimmed (a '0-0' cursor, say)
+        elif info.get("entries-added") == info["length"]:
+            return  # nothing was ever trimmed (as for the '0-0' of a store that began empty)
         self.gaps += 1
         _log.warning(
             "change stream %s was trimmed past this listener's cursor %s: changes made "
