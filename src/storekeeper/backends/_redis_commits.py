@@ -26,6 +26,7 @@ class Transactional(AbstractStore):
 
     root: str
     chunk_size: int
+    stream_length: int
     _client: Any
     _apply_script: Any
     _turn: OwnerLock
@@ -129,7 +130,15 @@ class Transactional(AbstractStore):
         with translate("committing a transaction"):
             pipe.multi()
             for key, record in transaction.changes.items():
-                self._enqueue(pipe, self._commit_args(key, record, now))
+                args = self._commit_args(key, record, now)
+                args[16] = 0  # the events below, not the net change, go to the stream
+                self._enqueue(pipe, args)
+            # Every write's event, in order, as local listeners receive them; in the
+            # same MULTI, so the entries exist exactly when the writes were applied.
+            if self.stream_length > 0:
+                for _, fields in transaction.events:
+                    stream = self.root + "X"
+                    pipe.xadd(stream, fields, maxlen=self.stream_length, approximate=True)
             try:
                 pipe.execute()
             except redis.exceptions.NoScriptError as exc:

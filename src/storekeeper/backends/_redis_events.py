@@ -22,19 +22,21 @@ per entry read since), so after a reconnect it compares the entries added since 
 those still there. It then logs a warning and counts the gap in
 :attr:`Listener.gaps`, since those changes cannot be delivered any more. (Given only
 a cursor, as after ``event_cursor=``, it warns when the entry at the cursor itself
-was trimmed, which means it may have missed some.)
+was trimmed, which means it may have missed some; unless the stream still holds every
+entry it ever received, as when the cursor is the ``0-0`` of an empty stream.)
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["IDLE_SECONDS", "Entry", "Listener", "position"]
+__all__ = ["IDLE_SECONDS", "Entry", "Listener", "checked_cursor", "position"]
 
 _log = logging.getLogger("storekeeper.backends.redis")
 
@@ -55,6 +57,20 @@ def position(client: Any, stream: str) -> tuple[str, int | None]:
     except Exception:  # noqa: BLE001 - no such stream yet: nothing received
         return "0-0", 0
     return _text(info["last-generated-id"]), int(info.get("entries-added", 0))
+
+
+_CURSOR = re.compile(r"[0-9]+-[0-9]+", re.ASCII)
+
+
+def checked_cursor(cursor: str) -> str:
+    """*cursor* if it is a stream entry id ``<milliseconds>-<sequence>`` (two decimal
+    integers below ``2**64``, as :attr:`Listener.cursor` holds); otherwise
+    :class:`ValueError`, so a bad cursor fails where it is given, not in the thread."""
+    if not isinstance(cursor, str) or not _CURSOR.fullmatch(cursor):
+        raise ValueError(f"an event cursor is a stream id '<milliseconds>-<sequence>': {cursor!r}")
+    if any(int(part) >= 2**64 for part in cursor.split("-")):
+        raise ValueError(f"an event cursor's numbers are below 2**64: {cursor!r}")
+    return cursor
 
 
 def _text(value: bytes | str) -> str:
@@ -184,6 +200,8 @@ class Listener:
             since = int(info.get("entries-added", 0)) - self.added
             if since <= int(info["length"]):
                 return  # every entry added after the cursor is still there
+        elif info.get("entries-added") == info["length"]:
+            return  # nothing was ever trimmed (as for the '0-0' of a store that began empty)
         self.gaps += 1
         _log.warning(
             "change stream %s was trimmed past this listener's cursor %s: changes made "

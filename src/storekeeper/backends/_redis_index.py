@@ -79,9 +79,12 @@ def value_class(name: str, value: Any) -> str:
 
 
 def _score(value: float) -> str:
-    if isinstance(value, int) and not -(2**1000) < value < 2**1000:
+    # Rounding to the nearest double keeps the order (non-decreasing), and the query
+    # bounds are rounded outwards, so no stored number falls outside a range it matches.
+    try:
+        return repr(float(value))
+    except OverflowError:  # an int beyond every double: past every finite bound
         return "inf" if value > 0 else "-inf"
-    return repr(float(value))
 
 
 def index_entries(metadata: Mapping[str, Any]) -> str:

@@ -10,9 +10,11 @@ write or, when a watched key changed since it was read, none
 loses a concurrent update from any process; it fails instead, and the caller decides
 whether to run it again.
 
-Within one store object transactions take turns (an owner lock), so transactions of
-one process never conflict with each other: only writes outside transactions and other
-processes' writes can make one fail.
+Within one store object one transaction is open at a time (an owner lock): another
+thread waits for it, another asyncio task of the same thread gets
+:class:`~storekeeper.errors.TransactionError` at once. So transactions of one store
+object never conflict with each other: only writes outside transactions and other
+processes' (or store objects') writes can make one fail.
 """
 
 from __future__ import annotations
@@ -56,6 +58,9 @@ class Transaction:
     root: str
     changes: dict[str, Record | None] = field(default_factory=dict)
     log: list[tuple[str, object]] = field(default_factory=list)
+    #: The change-stream entries of the writes, in order: (position in :attr:`log`,
+    #: fields); the commit appends them, so other processes see each write's event.
+    events: list[tuple[int, dict[str, str]]] = field(default_factory=list)
     staged: set[str] = field(default_factory=set)
     watched: set[str] = field(default_factory=set)
 
@@ -97,8 +102,14 @@ class Transaction:
         if record is not None and b"b" in record:
             self.staged.add(record[b"b"].decode())
 
+    def note_event(self, fields: dict[str, str]) -> None:
+        """Keep the change-stream entry *fields* of the write just :meth:`put`."""
+        self.events.append((len(self.log) - 1, fields))
+
     def rollback_to(self, mark: int) -> None:
-        """Undo the writes made since the log had *mark* entries."""
+        """Undo the writes (and their events) made since the log had *mark* entries."""
+        while self.events and self.events[-1][0] >= mark:
+            self.events.pop()
         while len(self.log) > mark:
             key, previous = self.log.pop()
             if previous is _ABSENT:

@@ -16,9 +16,11 @@ or newer (not Redis Cluster).
   they read, writes are kept aside and applied together by ``MULTI``/``EXEC``; a
   transaction whose reads another writer changed raises
   :class:`~storekeeper.errors.ConflictError` at commit and applies nothing. Within one
-  store object, transactions take turns (per thread or asyncio task, as everywhere in
-  storekeeper), so only other processes' writes and writes outside transactions can
-  make one fail.
+  store object one transaction is open at a time: another thread's ``transaction()``
+  waits for it to end, while another asyncio task of the same thread gets
+  :class:`~storekeeper.errors.TransactionError` at once (waiting would block the event
+  loop that must finish the first). So only other processes' writes and writes
+  outside transactions can make one fail with a conflict.
 - **Large values** (over ``inline_limit``, default 1 MiB) are streamed in and out in
   chunks of ``chunk_size`` bytes (default 1 MiB), never held whole in memory. A value
   replaced or deleted keeps its chunks for ``grace`` seconds (default 300) after its
@@ -32,9 +34,12 @@ or newer (not Redis Cluster).
   delivers other store objects' changes (in this process or any other, on any host)
   to its ``event_manager`` as the usual :class:`StoreSetEvent`, :class:`StoreUpdateEvent`
   or :class:`StoreDeleteEvent`, after their commit, with ``event.remote`` true (false
-  on the events of the store's own writes) and ``event.version``. A listener that
-  reconnects goes on from its cursor (:attr:`RedisStore.event_cursor`; pass it back as
-  ``event_cursor=`` to a new store to resume), missing nothing the stream still holds.
+  on the events of the store's own writes) and ``event.version``. A transaction's
+  writes arrive as its own listeners receive them: one event per write, in order
+  (none for writes a rolled-back savepoint undid), all appended by the commit itself.
+  A listener that reconnects goes on from its cursor (:attr:`RedisStore.event_cursor`;
+  pass it back as ``event_cursor=`` to a new store to resume), missing nothing the
+  stream still holds.
 - **Durability** is the server's: :meth:`RedisStore.info` reports its ``save`` and
   ``appendonly`` settings and what they mean. With neither (as on a cache-only server)
   everything lives in the server's memory and a restart of the server loses every key.
@@ -57,7 +62,7 @@ from redis.retry import Retry
 
 from storekeeper.backends._redis_commits import Transactional
 from storekeeper.backends._redis_errors import translate, translated
-from storekeeper.backends._redis_events import Entry, Listener, position
+from storekeeper.backends._redis_events import Entry, Listener, checked_cursor, position
 from storekeeper.backends._redis_index import index_entries
 from storekeeper.backends._redis_reads import Reads
 from storekeeper.backends._redis_scripts import (
@@ -108,6 +113,8 @@ _ACTIONS: dict[bytes, type[StoreKeyEvent]] = {
     b"delete": StoreDeleteEvent,
 }
 
+_NAMES: dict[object, str] = {cls: name.decode() for name, cls in _ACTIONS.items()}
+
 
 class RedisStore(Reads, Transactional, AbstractStore):
     """A store kept in a Redis server; safe to share between threads and processes.
@@ -117,7 +124,9 @@ class RedisStore(Reads, Transactional, AbstractStore):
     *inline_limit* and *chunk_size* are in bytes; *grace* is how long (seconds) the
     data of a replaced value stays readable after its last read; *stream_length* bounds
     the change stream; *events* false turns cross-process events off; *event_cursor*
-    resumes delivery after that stream id; *timeout* bounds each server call (seconds).
+    resumes delivery after that stream id (``<milliseconds>-<sequence>``, as
+    :attr:`event_cursor` gives it; anything else is a :class:`ValueError`); *timeout*
+    bounds each server call (seconds).
     """
 
     def __init__(
@@ -147,7 +156,7 @@ class RedisStore(Reads, Transactional, AbstractStore):
         self.grace = int(grace)
         self.stream_length = stream_length if events else 0
         self.timeout = timeout
-        self._start_cursor = event_cursor
+        self._start_cursor = None if event_cursor is None else checked_cursor(event_cursor)
         self._client: Any = None
         self._listener: Listener | None = None
         self._origin_token = secrets.token_hex(8)
@@ -304,6 +313,13 @@ class RedisStore(Reads, Transactional, AbstractStore):
                     self, key=key, metadata=decode_metadata(metadata), version=version, remote=False
                 )
             )
+        transaction, state = self._mine(), self._transaction_state()
+        if transaction is not None and state is not None and state.events:
+            # The event as held for local listeners (a set inside update() is held as
+            # an update): other processes receive the same one when the commit lands.
+            action = _NAMES.get(type(state.events[-1]), _NAMES[cls])
+            fields = {"o": self.origin, "a": action, "k": key, "m": metadata, "v": version}
+            transaction.note_event(fields)
 
     # -- the write core ----------------------------------------------------------------------
     def _mine(self) -> Transaction | None:
