@@ -711,19 +711,6 @@ def test_stale_temp_files_are_cleaned_by_sync_delete(run: Run, tmp_path: Path) -
     assert [p.name for p in out.iterdir()] == ["00001"]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
-def test_unreadable_file_in_source_folder(run: Run, tmp_path: Path) -> None:
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "a").write_text("A")
-    (src / "secret").write_text("S")
-    (src / "secret").chmod(0)
-    dst = f"sqlite:///{tmp_path / 'd.db'}"
-    res = run("cp", str(src), dst)
-    assert res.exit_code != 0
-    assert "Traceback" not in res.stderr
-
-
 def test_dry_run_creates_no_sqlite_target(run: Run, tmp_path: Path) -> None:
     src = f"sqlite:///{tmp_path / 's.db'}"
     _fill(run, src, ["a"])
