@@ -51,9 +51,3 @@ class TestS3Store(StoreTests):
     ) -> None:
         assert isinstance(store, S3Store)
         raw_write(shared(), store, key, data, metadata)
-
-    def test_transactions_are_atomic_for_readers_in_other_processes(self, tmp_path: Path) -> None:
-        pytest.skip(
-            "S3Store declares atomic_transactions=False: a commit is seen key by key "
-            "(test_s3_promises checks what it promises to other processes instead)"
-        )

@@ -1,7 +1,8 @@
 """Conformance checks between processes: multi-key transactions seen from outside.
 
 :class:`CrossProcessTests` is a mixin of :class:`storekeeper.testing.store.StoreTests`.
-It applies to the stores whose ``capabilities`` declare ``cross_process``; their test
+It applies to the stores whose ``capabilities`` declare ``cross_process`` and
+``atomic_transactions``; their test
 class says how another process opens the same store by returning a URL from
 :meth:`CrossProcessTests.store_url` or, for stores no URL can describe (composites,
 unusual options), a picklable opener from :meth:`CrossProcessTests.process_opener`
@@ -336,9 +337,13 @@ class CrossProcessTests:
     def _observe(self, tmp_path: Path, *, writers: int, freezes: int) -> Observation:
         create_store = getattr(self, "create_store")  # noqa: B009 (StoreTests defines it)
         with create_store(tmp_path, EventManager()) as store:
-            shared = store.capabilities.cross_process  # and the store exists from now on
-        if not shared:
+            capabilities = store.capabilities  # and the store exists from now on
+        if not capabilities.cross_process:
             pytest.skip("the store does not declare cross_process")
+        if not capabilities.atomic_transactions:
+            pytest.skip(
+                "the store does not declare atomic_transactions: a commit is seen key by key"
+            )
         opener = self.process_opener(tmp_path)
         if opener is None:
             pytest.fail(
