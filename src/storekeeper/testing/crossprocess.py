@@ -2,8 +2,8 @@
 
 :class:`CrossProcessTests` is a mixin of :class:`storekeeper.testing.store.StoreTests`.
 It applies to the stores whose ``capabilities`` declare ``cross_process`` and
-``atomic_transactions``; their test
-class says how another process opens the same store by returning a URL from
+``atomic_transactions``; their test class says how another process opens the same store
+by returning a URL from
 :meth:`CrossProcessTests.store_url` or, for stores no URL can describe (composites,
 unusual options), a picklable opener from :meth:`CrossProcessTests.process_opener`
 (see :func:`same_store`). A store that declares ``cross_process`` without either fails.
