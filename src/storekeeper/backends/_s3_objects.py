@@ -64,7 +64,7 @@ def new_tag() -> bytes:
 
 
 def _escape_char(match: re.Match[str]) -> str:
-    # json.dumps of one character gives its \\uXXXX escape (a surrogate pair above BMP).
+    # json.dumps of one character gives its \\u escape (a surrogate pair above the BMP).
     return json.dumps(match.group())[1:-1]
 
 
