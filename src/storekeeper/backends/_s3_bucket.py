@@ -28,7 +28,6 @@ from storekeeper.backends._s3_client import (
 )
 from storekeeper.backends._s3_index import MetadataIndex
 from storekeeper.backends._s3_objects import (
-    BodyStream,
     Head,
     fits_inline,
     header_fields,
@@ -37,7 +36,7 @@ from storekeeper.backends._s3_objects import (
 )
 from storekeeper.backends._s3_snapshots import Snapshots
 from storekeeper.errors import ConflictError
-from storekeeper.store.value import BytesValue, StreamValue, Value
+from storekeeper.store.value import BytesValue, LimitedStream, StreamValue, Value
 
 __all__ = ["Known", "Objects", "SidecarGoneError", "known_of"]
 
@@ -349,4 +348,4 @@ class Objects:
 
 def stream(body: Any, limit: int) -> BinaryStream:
     """The first *limit* bytes of a response *body* as a binary stream."""
-    return cast(BinaryStream, BodyStream(body, limit))
+    return cast(BinaryStream, LimitedStream(body, limit))

@@ -24,7 +24,6 @@ visible before the whole value is.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -38,7 +37,6 @@ from storekeeper.backends._s3_client import call
 __all__ = [
     "PART_SIZE",
     "TAG_SIZE",
-    "BodyStream",
     "Head",
     "Written",
     "chain",
@@ -284,47 +282,6 @@ def _abort(client: Any, bucket: str, name: str, upload_id: str) -> None:
         client.abort_multipart_upload(Bucket=bucket, Key=name, UploadId=upload_id)
     except Exception:  # noqa: BLE001 - the original error matters; S3 expires leftovers
         return
-
-
-class BodyStream(io.RawIOBase):
-    """A readable stream over the first *limit* bytes of a botocore response body
-    (the rest, the write tag, is never handed out)."""
-
-    def __init__(self, body: Any, limit: int) -> None:
-        super().__init__()
-        self._body = body
-        self._left = limit
-
-    def readable(self) -> bool:
-        """Always true."""
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        """Read into *buffer*; 0 at the end of the value."""
-        view = memoryview(buffer).cast("B")
-        want = min(len(view), self._left)
-        if want <= 0:
-            return 0
-        chunk = self._body.read(want)
-        view[: len(chunk)] = chunk
-        self._left -= len(chunk)
-        return len(chunk)
-
-    def read(self, size: int | None = -1) -> bytes:
-        """Up to *size* bytes (all that is left for ``-1``/``None``)."""
-        if size is None or size < 0:
-            size = self._left
-        if size == 0 or self._left <= 0:
-            return b""
-        chunk: bytes = self._body.read(min(size, self._left))
-        self._left -= len(chunk)
-        return chunk
-
-    def close(self) -> None:
-        """Release the HTTP connection."""
-        if not self.closed:
-            self._body.close()
-        super().close()
 
 
 def now() -> float:

@@ -20,7 +20,7 @@ needs is private elsewhere.
   every key checked before anything is written).
 - **Streams**: :func:`iter_source` (any accepted data source as chunks),
   :func:`read_stream`, :func:`source_size`, :func:`buffer_iterator`,
-  :data:`DEFAULT_BUFFER_SIZE`.
+  :class:`LimitedStream` (the first bytes of another stream), :data:`DEFAULT_BUFFER_SIZE`.
 - **Queries**: :func:`query_terms`, :func:`pass_terms`, :func:`compile_terms`,
   :func:`matches` (for stores that evaluate queries in Python).
 - **Transactions per owner**: :class:`OwnedVar`, :class:`OwnerLock`, :class:`Claim`,
@@ -72,12 +72,13 @@ from storekeeper.store.capabilities import StoreCapabilities
 from storekeeper.store.owners import Claim, OwnedVar, OwnerLock, current_owner
 from storekeeper.store.query import compile_terms, matches, pass_terms, query_terms
 from storekeeper.store.utils import buffer_iterator, read_stream, source_size
-from storekeeper.store.value import Value
+from storekeeper.store.value import LimitedStream, Value
 
 __all__ = [
     "DEFAULT_BUFFER_SIZE",
     "MAX_METADATA_DEPTH",
     "Claim",
+    "LimitedStream",
     "Metadata",
     "OwnedVar",
     "OwnerLock",

@@ -25,7 +25,14 @@ from storekeeper.store._validate import (
 )
 from storekeeper.store.utils import buffer_iterator
 
-__all__ = ["BytesValue", "StreamValue", "StringValue", "Value", "normalize_range"]
+__all__ = [
+    "BytesValue",
+    "LimitedStream",
+    "StreamValue",
+    "StringValue",
+    "Value",
+    "normalize_range",
+]
 
 BinaryStream = IO[bytes]
 ProgressCallback = Callable[..., object]
@@ -94,7 +101,7 @@ class Value(abc.ABC):
         _skip(stream, lo)
         if hi is None:
             return stream
-        return cast(BinaryStream, _LimitedStream(stream, hi - lo))
+        return cast(BinaryStream, LimitedStream(stream, hi - lo))
 
     def iterdata(
         self, buffer_size: int = DEFAULT_BUFFER_SIZE, progress: ProgressCallback | None = None
@@ -261,8 +268,9 @@ def _skip(stream: BinaryStream, count: int) -> None:
         count -= len(chunk)
 
 
-class _LimitedStream(io.RawIOBase):
-    """A read-only stream that yields at most *limit* bytes of an underlying stream."""
+class LimitedStream(io.RawIOBase):
+    """A read-only stream over at most the first *limit* bytes of the stream *inner*;
+    closing it closes *inner* (for a response body: releases its connection)."""
 
     def __init__(self, inner: BinaryStream, limit: int) -> None:
         super().__init__()
@@ -270,9 +278,11 @@ class _LimitedStream(io.RawIOBase):
         self._left = limit
 
     def readable(self) -> bool:
+        """Always true."""
         return True
 
     def readinto(self, buffer: Any) -> int:
+        """Read into *buffer*; 0 at the end of the limit or of *inner*."""
         view = memoryview(buffer).cast("B")
         want = min(len(view), self._left)
         if want <= 0:
@@ -283,6 +293,7 @@ class _LimitedStream(io.RawIOBase):
         return len(chunk)
 
     def read(self, size: int | None = -1) -> bytes:
+        """Up to *size* bytes (all that is left for ``-1``/``None``)."""
         if size is None or size < 0:
             size = self._left
         chunk = self._inner.read(min(size, self._left)) if self._left > 0 else b""
@@ -290,6 +301,7 @@ class _LimitedStream(io.RawIOBase):
         return chunk
 
     def close(self) -> None:
+        """Close this stream and *inner*."""
         if not self.closed:
             self._inner.close()
         super().close()
