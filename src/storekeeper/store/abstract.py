@@ -107,10 +107,13 @@ _updating: contextvars.ContextVar[tuple[object, str] | None] = contextvars.Conte
 
 
 def _as_update(event: BaseEvent, key: str) -> BaseEvent:
-    """*event* (a StoreSetEvent) as a StoreUpdateEvent if it concerns *key*."""
+    """*event* (a StoreSetEvent) as a StoreUpdateEvent if it concerns *key*, with every
+    attribute the set event carried (a backend may add ``version`` or ``remote``)."""
     if getattr(event, "key", None) != key:
         return event
-    return StoreUpdateEvent(event.source, key=key, metadata=getattr(event, "metadata", None))
+    attributes = {name: value for name, value in vars(event).items() if not name.startswith("_")}
+    attributes.pop("source", None)
+    return StoreUpdateEvent(event.source, **attributes)
 
 
 @runtime_checkable

@@ -77,6 +77,7 @@ from storekeeper.store.value import LimitedStream, Value
 __all__ = [
     "DEFAULT_BUFFER_SIZE",
     "MAX_METADATA_DEPTH",
+    "SHOWN_KEY_LENGTH",
     "Claim",
     "LimitedStream",
     "Metadata",
@@ -113,6 +114,7 @@ __all__ = [
     "query_terms",
     "read_stream",
     "select_metadata",
+    "shown_key",
     "source_size",
     "split_pairs",
     "unpack_value",
@@ -162,10 +164,23 @@ _reset_version_source()
 os.register_at_fork(after_in_child=_reset_version_source)
 
 
+# -- error messages --------------------------------------------------------------------------
+SHOWN_KEY_LENGTH = 200
+
+
+def shown_key(key: str) -> str:
+    """*key* as error messages show it: its ``repr``, cut after
+    :data:`SHOWN_KEY_LENGTH` characters (with the key's length) so that a huge key does
+    not make a huge message."""
+    if len(key) <= SHOWN_KEY_LENGTH:
+        return repr(key)
+    return f"{key[:SHOWN_KEY_LENGTH]!r}... ({len(key):,} characters)"
+
+
 # -- writes ----------------------------------------------------------------------------------
 def exists_conflict(key: str) -> ConflictError:
     """The error of a create-only write (``if_exists=False``) of an existing *key*."""
-    return ConflictError(f"key {key!r} already exists (if_exists=False)")
+    return ConflictError(f"key {shown_key(key)} already exists (if_exists=False)")
 
 
 def check_precondition(
@@ -185,7 +200,7 @@ def check_precondition(
         pass
     elif if_exists is True:
         if current is None:
-            raise ConflictError(f"key {key!r} does not exist (if_exists=True)")
+            raise ConflictError(f"key {shown_key(key)} does not exist (if_exists=True)")
     elif if_exists is False:
         if current is not None:
             raise exists_conflict(key)
@@ -194,7 +209,7 @@ def check_precondition(
     if if_version is not None and current != if_version:
         check_conditions(if_version, if_exists)
         found = "it does not exist" if current is None else f"its version is {current!r}"
-        raise ConflictError(f"key {key!r} is not at version {if_version!r}: {found}")
+        raise ConflictError(f"key {shown_key(key)} is not at version {if_version!r}: {found}")
 
 
 def unpack_value(value: object) -> tuple[object, object, bool]:
@@ -222,7 +237,7 @@ def unpack_value(value: object) -> tuple[object, object, bool]:
 # -- reads -----------------------------------------------------------------------------------
 def missing(key: str) -> KeyNotFoundError:
     """The error every backend raises for a missing *key* (a ``KeyError`` subclass)."""
-    return KeyNotFoundError(f"key {key!r} does not exist")
+    return KeyNotFoundError(f"key {shown_key(key)} does not exist")
 
 
 # -- batches ---------------------------------------------------------------------------------
