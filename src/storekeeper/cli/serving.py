@@ -88,8 +88,10 @@ def serve(
 @click.argument("operands", nargs=-1, required=True, metavar="[STORE] DIRECTORY")
 @click.option("--skip-invalid", is_flag=True, help="Skip keys that cannot be paths (a warning).")
 def export_static(operands: tuple[str, ...], skip_invalid: bool) -> None:
-    """Write STORE as a static site in DIRECTORY (index.json plus data/), replacing an
-    earlier export in one step; a StaticURLStore reads it from any static host.
+    """Write STORE as a static site in DIRECTORY (index.json plus data/, and the same
+    files under generations/NAME/ with generation.json naming the export), replacing an
+    earlier export in one step; a StaticURLStore reads it from any static host and never
+    mixes two exports.
 
     \b
     Examples:
