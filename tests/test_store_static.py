@@ -218,6 +218,30 @@ def test_a_broken_index_is_a_clear_error(tmp_path: Path, index: bytes) -> None:
         StaticURLStore(tmp_path.as_uri(), poll=0).connect()
 
 
+@pytest.mark.parametrize(
+    "generation",
+    [b"[]", b"{}", b'{"generation": 7}', b'{"generation": ".."}', b'{"generation": "a/../.."}'],
+)
+def test_a_broken_generation_file_is_a_clear_error(tmp_path: Path, generation: bytes) -> None:
+    export_values(tmp_path, {"k": (b"v", {})})
+    (tmp_path / "generation.json").write_bytes(generation)
+    with pytest.raises(CorruptFileError, match=r"generation\.json"):
+        StaticURLStore(tmp_path.as_uri(), poll=0).connect()
+
+
+def test_a_host_forbidding_the_generation_file_is_read_without_generations(
+    tmp_path: Path,
+) -> None:
+    export_values(tmp_path, {"k": (b"v", {"n": 1})})
+    (tmp_path / "index.json").write_bytes(b'{"k": {"n": 2}}')  # tells the two apart
+    with StaticServer(tmp_path) as server:
+        server.forbidden.add("/generation.json")  # as a bucket answers for a missing file
+        with StaticURLStore(server.url, poll=0) as store:
+            assert store.get_metadata("k") == {"n": 2}
+            assert store.to_bytes("k") == b"v"
+        assert "GET /data/k" in server.requests
+
+
 def test_a_missing_host_or_index(tmp_path: Path) -> None:
     with pytest.raises(BackendUnavailableError):
         StaticURLStore(tmp_path.as_uri(), poll=0).connect()

@@ -405,9 +405,11 @@ class StaticURLStore(AbstractReadOnlyStore):
         )
 
     def _fetch_generation(self) -> str | None:
-        """The export's generation name from ``generation.json`` (``None``: no such file)."""
+        """The export's generation name from ``generation.json`` (``None``: no such file,
+        or the host forbids it, as hosts that hide which files exist answer for a
+        missing one)."""
         url = self._location(self.root_url, "generation.json")
-        raw = self._read_optional(url)
+        raw = self._read_optional(url, (404, 403))
         if raw is None:
             return None
         try:
@@ -418,8 +420,9 @@ class StaticURLStore(AbstractReadOnlyStore):
             raise CorruptFileError(f"{url} names no valid generation: {generation!r}")
         return generation
 
-    def _read_optional(self, url: str) -> bytes | None:
-        """The bytes at *url*, or ``None`` when the host has no such file."""
+    def _read_optional(self, url: str, missing: tuple[int, ...] = (404,)) -> bytes | None:
+        """The bytes at *url*, or ``None`` when the host has no such file (answers one
+        of the *missing* statuses)."""
         if self._scheme == "file":
             try:
                 with open(url, "rb") as stream:
@@ -428,8 +431,9 @@ class StaticURLStore(AbstractReadOnlyStore):
                 return None
             except OSError as exc:
                 raise file_error(exc, url, None) from None
-        response = self._request("GET", url, None, {"Accept-Encoding": "identity"}, (200, 404))
-        if response.status == 404:
+        headers = {"Accept-Encoding": "identity"}
+        response = self._request("GET", url, None, headers, (200, *missing))
+        if response.status != 200:
             response.drain_conn()
             response.release_conn()
             return None
