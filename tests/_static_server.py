@@ -12,6 +12,7 @@ import functools
 import http.server
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -26,12 +27,23 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
     #: While set, requests for index.json wait until it is cleared (a stuck host).
     hold_index: threading.Event
     index_waiting: threading.Event
+    #: Called with each request's path before the request is answered (a test's hook).
+    before: list[Callable[[str], None]]
+    #: Paths answered 403 Forbidden.
+    forbidden: set[str]
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
         """Quiet: the tests read the request list instead."""
 
     def _allowed(self) -> bool:
         self.requests.append(f"{self.command} {self.path}")
+        for hook in self.before:
+            hook(self.path)
+        if self.path in self.forbidden:
+            self.send_response(403)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return False
         if self.credentials is None:
             return True
         expected = "Basic " + base64.b64encode(self.credentials.encode()).decode()
@@ -64,6 +76,8 @@ class StaticServer:
         self.requests: list[str] = []
         self.hold_index = threading.Event()
         self.index_waiting = threading.Event()
+        self.before: list[Callable[[str], None]] = []
+        self.forbidden: set[str] = set()
         handler = type(
             "Handler",
             (_Handler,),
@@ -72,6 +86,8 @@ class StaticServer:
                 "requests": self.requests,
                 "hold_index": self.hold_index,
                 "index_waiting": self.index_waiting,
+                "before": self.before,
+                "forbidden": self.forbidden,
             },
         )
         self._server = http.server.ThreadingHTTPServer(

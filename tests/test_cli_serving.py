@@ -3,7 +3,9 @@ and the static export, checked through a second path (HTTP, a StaticURLStore).""
 
 from __future__ import annotations
 
+import base64
 import http.client
+import json
 import os
 import signal
 import socket
@@ -104,3 +106,53 @@ def test_serve_process_answers_http_and_stops_on_sigint(tmp_path: Path) -> None:
     with SqliteStore(tmp_path / "a.db") as store:  # what the server wrote, read directly
         with store.get_data("k/2") as stream:
             assert stream.read() == b"new"
+
+
+def _status(port: int, method: str, path: str, authorization: str) -> tuple[int, str, bytes]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request(method, path, headers={"Authorization": authorization})
+        response = connection.getresponse()
+        return response.status, response.getheader("Retry-After") or "", response.read()
+    finally:
+        connection.close()
+
+
+def test_serve_login_options_reach_the_server(tmp_path: Path) -> None:
+    url = _sqlite_with(tmp_path / "a.db", {})
+    env = {"STOREKEEPER_AUTH_SECRET": "k"}
+    added = CliRunner().invoke(
+        cli, ["users", "add", url, "ann", "--password-stdin"], input="pw\n", env=env
+    )
+    assert added.exit_code == 0, added.output
+    refused = CliRunner().invoke(cli, ["serve", url, "--auth", "--token-idle", "0"], env=env)
+    assert refused.exit_code == 2 and "--token-idle" in refused.output
+    port = _free_port()
+    options = ["--max-tokens", "1", "--max-failed-logins", "2", "--failed-login-window", "900"]
+    command = [sys.executable, "-m", "storekeeper", "serve", url, "--auth", "--port", str(port)]
+    process = subprocess.Popen(
+        [*command, *options], stderr=subprocess.PIPE, env={**os.environ, **env}
+    )
+    right = "Basic " + base64.b64encode(b"ann:pw").decode()
+    wrong = "Basic " + base64.b64encode(b"ann:nope").decode()
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                status, _, body = _status(port, "POST", "/login", right)
+                break
+            except OSError:
+                assert process.poll() is None, process.stderr.read() if process.stderr else ""
+                assert time.monotonic() < deadline, "the server did not start"
+                time.sleep(0.2)
+        first = json.loads(body)["token"]
+        second = json.loads(_status(port, "POST", "/login", right)[2])["token"]
+        assert _status(port, "GET", "/info", f"Bearer {first}")[0] == 401  # pushed out
+        assert _status(port, "GET", "/info", f"Bearer {second}")[0] == 200
+        assert [_status(port, "GET", "/info", wrong)[0] for _ in range(2)] == [401, 401]
+        status, retry_after, _ = _status(port, "GET", "/info", right)
+        assert status == 429 and 890 <= int(retry_after) <= 900
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, errors = process.communicate(timeout=30)
+        assert process.returncode == 0, errors.decode(errors="replace")[-2000:]

@@ -40,11 +40,14 @@ VALUES = {
 
 
 def _tree(root: Path) -> dict[str, bytes | None]:
-    """Every file (with its bytes) and directory (None) under *root*."""
+    """Every file (with its bytes) and directory (None) under *root*, the export's
+    generation name written as GEN (every export has its own)."""
+    generation = json.loads((root / "generation.json").read_bytes())["generation"]
     found: dict[str, bytes | None] = {}
     for path in sorted(root.rglob("*")):
-        name = path.relative_to(root).as_posix()
-        found[name] = None if path.is_dir() else path.read_bytes()
+        name = path.relative_to(root).as_posix().replace(generation, "GEN")
+        raw = None if path.is_dir() else path.read_bytes()
+        found[name] = raw if raw is None else raw.replace(generation.encode(), b"GEN")
     return found
 
 

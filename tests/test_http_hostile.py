@@ -2345,8 +2345,14 @@ def test_static_corrupt_index_keeps_the_old_one(store: Any, tmp_path: Path) -> N
 
 
 def _tree(root: Path) -> dict[str, bytes]:
+    """Every file under *root*, the export's own generation name written as GEN."""
+    generation = json.loads((root / "generation.json").read_bytes())["generation"]
     return {
-        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+        str(p.relative_to(root)).replace(generation, "GEN"): p.read_bytes().replace(
+            generation.encode(), b"GEN"
+        )
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
     }
 
 

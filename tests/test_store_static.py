@@ -4,6 +4,7 @@ change events, authentication, hostile indexes and opening by URL."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -179,7 +180,7 @@ def test_a_range_is_asked_for_end_exclusive(served: StaticServer) -> None:
         served.requests.clear()
         with store.get_data_range("a", 0, 1) as stream:
             assert stream.read() == b"A"
-        assert served.requests[-1] == "GET /data/a"
+        assert re.fullmatch(r"GET /generations/[^/]+/data/a", served.requests[-1])
 
 
 def test_keys_are_quoted_per_segment(tmp_path: Path) -> None:
@@ -189,7 +190,8 @@ def test_keys_are_quoted_per_segment(tmp_path: Path) -> None:
     with StaticServer(tmp_path) as server, StaticURLStore(server.url, poll=0) as store:
         for key in keys:
             assert store.to_bytes(key) == key.encode()
-        assert "GET /data/sp%20ace/q%3F%23%2541%2B" in server.requests
+        wanted = r"GET /generations/[^/]+/data/sp%20ace/q%3F%23%2541%2B"
+        assert any(re.fullmatch(wanted, line) for line in server.requests)
 
 
 @pytest.mark.parametrize("hostile", ["../outside", "a/../../outside", "/etc/passwd", "", "a//b"])
@@ -216,6 +218,30 @@ def test_a_broken_index_is_a_clear_error(tmp_path: Path, index: bytes) -> None:
         StaticURLStore(tmp_path.as_uri(), poll=0).connect()
 
 
+@pytest.mark.parametrize(
+    "generation",
+    [b"[]", b"{}", b'{"generation": 7}', b'{"generation": ".."}', b'{"generation": "a/../.."}'],
+)
+def test_a_broken_generation_file_is_a_clear_error(tmp_path: Path, generation: bytes) -> None:
+    export_values(tmp_path, {"k": (b"v", {})})
+    (tmp_path / "generation.json").write_bytes(generation)
+    with pytest.raises(CorruptFileError, match=r"generation\.json"):
+        StaticURLStore(tmp_path.as_uri(), poll=0).connect()
+
+
+def test_a_host_forbidding_the_generation_file_is_read_without_generations(
+    tmp_path: Path,
+) -> None:
+    export_values(tmp_path, {"k": (b"v", {"n": 1})})
+    (tmp_path / "index.json").write_bytes(b'{"k": {"n": 2}}')  # tells the two apart
+    with StaticServer(tmp_path) as server:
+        server.forbidden.add("/generation.json")  # as a bucket answers for a missing file
+        with StaticURLStore(server.url, poll=0) as store:
+            assert store.get_metadata("k") == {"n": 2}
+            assert store.to_bytes("k") == b"v"
+        assert "GET /data/k" in server.requests
+
+
 def test_a_missing_host_or_index(tmp_path: Path) -> None:
     with pytest.raises(BackendUnavailableError):
         StaticURLStore(tmp_path.as_uri(), poll=0).connect()
@@ -225,7 +251,8 @@ def test_a_missing_host_or_index(tmp_path: Path) -> None:
 
 def test_a_key_whose_data_file_is_missing(served: StaticServer, tmp_path: Path) -> None:
     with StaticURLStore(served.url, poll=0) as store:
-        (tmp_path / "site" / "data" / "a").unlink()
+        for name in (tmp_path / "site").glob("**/data/a"):
+            name.unlink()
         assert store.exists("a")  # the index says so
         with pytest.raises(KeyNotFoundError):
             store.get("a")

@@ -323,6 +323,16 @@ def guarded() -> Iterator[tuple[DictMemoryStore, str]]:
     backing.disconnect()
 
 
+def _info_status(url: str, token: str) -> int:
+    host, port = url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        connection.request("GET", "/info", headers={"Authorization": f"Bearer {token}"})
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
 def test_log_in_when_the_server_asks(browser: Any, guarded: tuple[DictMemoryStore, str]) -> None:
     context = browser.new_context()
     context.set_default_timeout(TIMEOUT_MS)
@@ -346,9 +356,12 @@ def test_log_in_when_the_server_asks(browser: Any, guarded: tuple[DictMemoryStor
         )
         page.wait_for_selector("#entries li[data-key='mine.txt']")
         assert guarded[0].to_bytes("mine.txt") == b"m"
+        token = page.evaluate("sessionStorage.getItem('storekeeper-token')")
+        assert _info_status(guarded[1], token) == 200
         page.click("#logout-button")
         page.wait_for_selector("#login-dialog[open]")
         assert page.locator("#entries li").count() == 0
+        assert _info_status(guarded[1], token) == 401  # the server forgot the token
     finally:
         context.close()
 

@@ -3,16 +3,27 @@
 :func:`export_static` writes the layout :class:`~storekeeper.backends.static.StaticURLStore`
 reads (and the original encore ``StaticURLStore`` too)::
 
-    DIRECTORY/index.json   {"key": {metadata}, ...}: ASCII-only JSON, keys sorted
-    DIRECTORY/data/KEY     each key's value; the "/"-separated segments of a key are
-                           directories and a file name
+    DIRECTORY/index.json        {"key": {metadata}, ...}: ASCII-only JSON, keys sorted
+    DIRECTORY/data/KEY          each key's value; the "/"-separated segments of a key are
+                                directories and a file name
+    DIRECTORY/generation.json   {"generation": "GEN"}: the name of this export
+    DIRECTORY/generations/GEN/  index.json and data/ again (hard links to the same files,
+                                copies where links are impossible), under the export's name
+
+Every export gets a new generation name (the UTC time and random hex digits). Readers
+that know the layout read ``generation.json`` and then only files under
+``generations/GEN/``: a key's metadata, size and data all come from one export, and a
+path of a replaced export answers "not found" instead of another export's bytes (see
+:class:`~storekeeper.backends.static.StaticURLStore`). ``index.json`` and ``data/`` at
+the top serve readers that do not know generations.
 
 An earlier export in *DIRECTORY* is replaced as a whole: the new export is built in a
 sibling temporary directory and then swapped in with one atomic exchange of the two
 directories (``renameat2(RENAME_EXCHANGE)`` on Linux), so a reader of any file sees the
 old export or the new one, never a missing or half-written file, and a crash at any
-moment leaves the old export or the new one whole. The result equals a fresh export.
-Leftover temporary directories of crashed exports are removed by the next export.
+moment leaves the old export or the new one whole. The result equals a fresh export
+(but for the generation name). Leftover temporary directories of crashed exports are
+removed by the next export.
 """
 
 from __future__ import annotations
@@ -23,6 +34,7 @@ import errno
 import json
 import os
 import shutil
+import time
 import warnings
 from collections.abc import Iterable, Iterator
 from typing import IO, NamedTuple
@@ -32,7 +44,20 @@ from storekeeper.errors import InvalidKeyError
 from storekeeper.files import fsync, fsync_directory, process_alive, write_all
 from storekeeper.store.abstract import AbstractReadOnlyStore
 
-__all__ = ["ExportSummary", "ExportWarning", "NotAnExportError", "export_static", "layout_problems"]
+__all__ = [
+    "GENERATIONS",
+    "GENERATION_FILE",
+    "ExportSummary",
+    "ExportWarning",
+    "NotAnExportError",
+    "export_static",
+    "layout_problems",
+]
+
+#: The file naming an export's generation, and the folder holding each generation's files.
+GENERATION_FILE = "generation.json"
+GENERATIONS = "generations"
+_EXPORT_ENTRIES = frozenset({"index.json", "data", GENERATION_FILE, GENERATIONS})
 
 _RENAME_EXCHANGE = 2
 _CHUNK = 1 << 20
@@ -93,7 +118,8 @@ def export_static(
     names them. A key deleted from *store* while the export runs is left out.
 
     *directory* is created, or atomically replaced when it holds an earlier export (a
-    directory with nothing but ``index.json`` and ``data``, or an empty one); any other
+    directory with ``index.json`` and nothing but ``data``, ``generation.json`` and
+    ``generations`` besides, or an empty one); any other
     existing path raises :class:`NotAnExportError` and is not touched. With
     ``durable=True`` every file and directory is fsynced before the swap, so the new
     export also survives power loss once this returns.
@@ -133,10 +159,10 @@ def _check_target(target: str) -> None:
     if os.path.islink(target) or not os.path.isdir(target):
         raise NotAnExportError(f"{target} exists and is not a directory of an earlier export")
     entries = set(os.listdir(target))
-    if entries and (entries - {"index.json", "data"} or "index.json" not in entries):
+    if entries and (entries - _EXPORT_ENTRIES or "index.json" not in entries):
         raise NotAnExportError(
-            f"{target} is not an earlier export (it holds more than index.json and data/): "
-            "refusing to replace it"
+            f"{target} is not an earlier export (it holds more than index.json, data/, "
+            f"{GENERATION_FILE} and {GENERATIONS}/): refusing to replace it"
         )
 
 
@@ -155,10 +181,29 @@ def _remove_stale_temps(parent: str, name: str) -> None:
 def _write_tree(
     store: AbstractReadOnlyStore, root: str, index: dict[str, dict[str, object]], durable: bool
 ) -> int:
+    """Write the export into the new directory *root*: the generation's files first,
+    then the same files linked at the top, then ``generation.json``."""
+    generation = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.urandom(6).hex()}"
+    own = os.path.join(root, GENERATIONS, generation)
+    os.makedirs(own)
+    directories = {root, os.path.join(root, GENERATIONS), own}
+    directories.update(_write_generation(store, own, index, durable))
+    directories.update(_link_tree(own, root, durable))
+    text = json.dumps({"generation": generation}, sort_keys=True)
+    _write_file(os.path.join(root, GENERATION_FILE), [text.encode("ascii")], durable)
+    if durable:
+        for path in sorted(directories, key=len, reverse=True):
+            fsync_directory(path)
+    return len(index)
+
+
+def _write_generation(
+    store: AbstractReadOnlyStore, root: str, index: dict[str, dict[str, object]], durable: bool
+) -> set[str]:
+    """Write ``index.json`` and ``data/`` under *root*; the directories made."""
     data_root = os.path.join(root, "data")
-    os.mkdir(root)
     os.mkdir(data_root)
-    directories = {root, data_root}
+    directories = {data_root}
     for key in sorted(index):
         *folders, file_name = key.split("/")
         folder = os.path.join(data_root, *folders)
@@ -174,10 +219,26 @@ def _write_tree(
             _write_file(os.path.join(folder, file_name), _chunks(stream), durable)
     text = json.dumps(index, ensure_ascii=True, sort_keys=True, separators=(",", ":"))
     _write_file(os.path.join(root, "index.json"), [text.encode("ascii")], durable)
-    if durable:
-        for path in sorted(directories, key=len, reverse=True):
-            fsync_directory(path)
-    return len(index)
+    return directories
+
+
+def _link_tree(source: str, target: str, durable: bool) -> set[str]:
+    """Give every file under *source* a second name under *target* (a hard link, or a
+    copy where the file system refuses links); the directories made."""
+    made: set[str] = set()
+    for folder, _, files in os.walk(source):
+        twin = os.path.join(target, os.path.relpath(folder, source))
+        if not os.path.isdir(twin):
+            os.mkdir(twin)
+            made.add(twin)
+        for name in files:
+            original, copy = os.path.join(folder, name), os.path.join(twin, name)
+            try:
+                os.link(original, copy)
+            except OSError:
+                with open(original, "rb") as stream:
+                    _write_file(copy, _chunks(stream), durable)
+    return made
 
 
 def _chunks(stream: IO[bytes]) -> Iterator[bytes]:

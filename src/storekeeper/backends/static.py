@@ -5,6 +5,20 @@ The layout (what :func:`storekeeper.export.export_static` writes)::
     ROOT/index.json      {"key": {metadata}, ...}, ASCII-only JSON
     ROOT/data/KEY        the value of KEY; each "/"-separated segment of KEY is one path
                          segment, percent-quoted in URLs
+    ROOT/generation.json {"generation": "GEN"} (optional): the name of the export
+    ROOT/generations/GEN/index.json, ROOT/generations/GEN/data/KEY
+                         the same files, under the name of the export they belong to
+
+When ``generation.json`` exists, the store reads the index and every data file under
+``generations/GEN/`` instead, so what it combines for a key (metadata, size, version,
+data) always comes from one export: a re-export swaps the whole tree, and the replaced
+generation's paths then answer "not found" rather than the new export's bytes. A read
+that meets a vanished generation re-reads ``generation.json`` and the index and starts
+again (a few times, then :class:`ExportReplacedError`); a :class:`~storekeeper.store.value.Value`
+whose export was replaced before its data was read raises :class:`ExportReplacedError`
+instead of answering another export's bytes. Without ``generation.json`` (a tree not
+written by :func:`~storekeeper.export.export_static`) the top-level files are read, and
+a read that straddles a change of the files can mix them.
 
 ``root_url`` is ``http://``, ``https://`` (through urllib3, the ``[http]`` extra) or
 ``file:`` (plain file reads). The store reads ``index.json`` on :meth:`connect` and
@@ -27,12 +41,13 @@ import io
 import json
 import logging
 import os
+import re
 import threading
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any, cast
+from typing import IO, TYPE_CHECKING, Any, TypeVar, cast
 from urllib.parse import SplitResult
 
 from storekeeper.backends._static_io import (
@@ -75,9 +90,16 @@ from storekeeper.store.value import StreamValue, Value
 if TYPE_CHECKING:
     import urllib3
 
-__all__ = ["StaticURLStore", "data_segments", "layout_problem", "static_requested"]
+__all__ = [
+    "ExportReplacedError",
+    "StaticURLStore",
+    "data_segments",
+    "layout_problem",
+    "static_requested",
+]
 
 _log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 _CAPABILITIES = StoreCapabilities(cross_process=True, ranges=True, persistent=True)
 #: The longest file name common file systems take, in bytes of UTF-8.
@@ -92,6 +114,15 @@ URL_OPTIONS: dict[str, Callable[[str], Any]] = {
 }
 
 BinaryStream = IO[bytes]
+#: How many times a read starts again after meeting a replaced export.
+_ATTEMPTS = 5
+_GENERATION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+class ExportReplacedError(BackendError):
+    """The export a read started from was replaced before the read could finish (or
+    kept being replaced while it started again): nothing of another export was
+    returned in its place. Reading the key again reads the current export."""
 
 
 def layout_problem(key: str) -> str | None:
@@ -151,9 +182,15 @@ class _Index:
     texts: dict[str, str]  # key -> metadata as compact JSON
     parsed: dict[str, Metadata]
     keys: list[str]  # sorted
+    generation: str | None = None  # the export's name, None for a tree without one
+    data_prefix: str = ""  # where this index's data files are (URL, or path for file:)
 
 
 _EMPTY = _Index({}, {}, [])
+
+
+class _VanishedError(Exception):
+    """A file of the generation named by ``generation.json`` is gone (re-exported)."""
 
 
 def _reject_constant(name: str) -> Any:
@@ -192,9 +229,11 @@ class StaticURLStore(AbstractReadOnlyStore):
     "password": ...}`` (HTTP Basic) or ``{"token": ...}`` (a bearer token), and raises
     :class:`~storekeeper.errors.AuthenticationError` when the host answers 401.
 
-    What a reader sees is consistent per file but may lag the host by up to *poll*
-    seconds; a key's data file is read when its value is, so it can be newer than the
-    metadata of the index read earlier.
+    What a reader sees may lag the host by up to *poll* seconds. Over an export with
+    generations (see the module documentation) a key's metadata, size, version and data
+    always belong to one export, or the read raises :class:`ExportReplacedError`; over a
+    tree without them each file is consistent, but a data file read after the index can
+    be newer than the metadata.
     """
 
     def __init__(
@@ -224,13 +263,7 @@ class StaticURLStore(AbstractReadOnlyStore):
         self.poll = float(poll)
         self.timeout = timeout
         self._scheme = scheme
-        # Where index.json and the data files are: URLs, or paths for a file: root.
-        data_url = urllib.parse.urljoin(self.root_url, data_path)
-        index_url = urllib.parse.urljoin(self.root_url, query_path)
-        if scheme == "file":
-            data_url, index_url = file_path(data_url), file_path(index_url)
-        self._data_prefix = data_url
-        self._index_location = index_url
+        self._index_location = self._location(self.root_url, query_path)
         self._index = _EMPTY
         self._update_lock = threading.RLock()
         self._headers: dict[str, str] = {}
@@ -347,17 +380,95 @@ class StaticURLStore(AbstractReadOnlyStore):
             if key not in new.texts:
                 self._emit(StoreDeleteEvent(self, key=key, metadata=decode_metadata(before)))
 
+    def _location(self, base_url: str, relative: str) -> str:
+        """The URL of *relative* under *base_url*, or its path for a ``file:`` root."""
+        url = urllib.parse.urljoin(base_url, relative)
+        return file_path(url) if self._scheme == "file" else url
+
     def _fetch_index(self) -> _Index:
-        url = self._index_location
-        with self._open(url, None) as response:
-            raw = response.stream.read()
-        return parse_index(raw, url)
+        """The index of the current export, with where its data files are."""
+        for _ in range(_ATTEMPTS):
+            generation = self._fetch_generation()
+            base = self.root_url
+            if generation is not None:
+                base = urllib.parse.urljoin(base, f"generations/{generation}/")
+            url = self._location(base, self.query_path)
+            raw = self._read_optional(url)
+            if raw is None and generation is None:
+                raise BackendUnavailableError(f"cannot read {url}: there is no such file")
+            if raw is not None:
+                index = parse_index(raw, url)
+                data_prefix = self._location(base, self.data_path)
+                return _Index(index.texts, index.parsed, index.keys, generation, data_prefix)
+        raise ExportReplacedError(
+            f"{self.root_url} was re-exported {_ATTEMPTS} times while its index was read"
+        )
+
+    def _fetch_generation(self) -> str | None:
+        """The export's generation name from ``generation.json`` (``None``: no such file,
+        or the host forbids it, as hosts that hide which files exist answer for a
+        missing one)."""
+        url = self._location(self.root_url, "generation.json")
+        raw = self._read_optional(url, (404, 403))
+        if raw is None:
+            return None
+        try:
+            generation = json.loads(raw.decode("utf-8"))["generation"]
+        except (UnicodeDecodeError, ValueError, TypeError, KeyError):
+            raise CorruptFileError(f'{url} is not {{"generation": NAME}}') from None
+        if not isinstance(generation, str) or not _GENERATION_NAME.fullmatch(generation):
+            raise CorruptFileError(f"{url} names no valid generation: {generation!r}")
+        return generation
+
+    def _read_optional(self, url: str, missing: tuple[int, ...] = (404,)) -> bytes | None:
+        """The bytes at *url*, or ``None`` when the host has no such file (answers one
+        of the *missing* statuses)."""
+        if self._scheme == "file":
+            try:
+                with open(url, "rb") as stream:
+                    return stream.read()
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+            except OSError as exc:
+                raise file_error(exc, url, None) from None
+        headers = {"Accept-Encoding": "identity"}
+        response = self._request("GET", url, None, headers, (200, *missing))
+        if response.status != 200:
+            response.drain_conn()
+            response.release_conn()
+            return None
+        with Opened(cast(BinaryStream, ResponseBody(response)), 200) as opened:
+            return opened.stream.read()
+
+    def _replaced(self, index: _Index) -> bool:
+        """Whether the export *index* came from was replaced (a data file of a key it
+        holds is missing): if so, the index held is now a newer export's."""
+        if index.generation is None:
+            return False
+        with self._update_lock:
+            if self._index is index:
+                self._refresh(None)
+            return self._index.generation != index.generation
+
+    def _settled(self, read: Callable[[_Index], _T]) -> _T:
+        """``read(index)`` over the current index, again over a newer one while the
+        export it read from turns out to be replaced."""
+        for _ in range(_ATTEMPTS):
+            index = self._index
+            try:
+                return read(index)
+            except _VanishedError as gone:
+                if not self._replaced(index):  # not replaced: the export lacks the file
+                    raise KeyNotFoundError(gone.args[0]) from None
+        raise ExportReplacedError(
+            f"{self.root_url} was re-exported {_ATTEMPTS} times while a key was read"
+        )
 
     # -- reads -------------------------------------------------------------------------------
-    def _metadata_text(self, key: str) -> str:
+    def _metadata_text(self, key: str, index: _Index | None = None) -> str:
         check_key(key)
         self._require_connection()
-        text = self._index.texts.get(key)
+        text = (self._index if index is None else index).texts.get(key)
         if text is None:
             raise KeyNotFoundError(key)
         return text
@@ -377,20 +488,60 @@ class StaticURLStore(AbstractReadOnlyStore):
 
     def get(self, key: str) -> Value:
         """*key*'s value: metadata from the index, size and dates from the data file
-        (one ``HEAD`` request over HTTP), data read when the value's stream is opened."""
-        text = self._metadata_text(key)
-        url = self._data_location(key)
-        info = self._head(url, key)
+        (one ``HEAD`` request over HTTP), data read when the value's stream is opened
+        (from the export the metadata came from, or :class:`ExportReplacedError`)."""
+        check_key(key)
+        return self._settled(lambda index: self._get_from(index, key))
+
+    def get_data_range(
+        self, key: str, start: int | None = None, end: int | None = None
+    ) -> BinaryStream:
+        """A stream over bytes ``start`` up to, not including, ``end`` of *key*'s data,
+        from the current export (a ``HEAD`` and a ``GET`` over HTTP)."""
+        check_key(key)
+        return self._settled(lambda index: self._get_from(index, key, True).range(start, end))
+
+    def _get_from(self, index: _Index, key: str, now: bool = False) -> Value:
+        """*key*'s value in *index*'s export; *now*: its data is read before this
+        store's next call (so a replaced export may be retried, see :meth:`_settled`)."""
+        text = self._metadata_text(key, index)
+        url = self._data_location(key, index)
+        info = self._vanishing(index, key, lambda: self._head(url, key))
         stamp = f"{text}\x00{info.stamp}".encode()
+        guard = self._vanishing if now else self._kept
         return StreamValue(
-            lambda: self._open(url, key).stream,
+            lambda: guard(index, key, lambda: self._open(url, key).stream),
             metadata_json=text,
             size=info.size,
             created=info.modified,
             modified=info.modified,
             version=hashlib.sha256(stamp).hexdigest()[:20],
-            range_opener=lambda lo, hi: self._open_range(url, key, lo, hi),
+            range_opener=lambda lo, hi: guard(
+                index, key, lambda: self._open_range(url, key, lo, hi)
+            ),
         )
+
+    @staticmethod
+    def _vanishing(index: _Index, key: str, read: Callable[[], _T]) -> _T:
+        """``read()``, with a missing data file of a generation as :class:`_VanishedError`."""
+        try:
+            return read()
+        except KeyNotFoundError:
+            if index.generation is None:
+                raise
+            raise _VanishedError(key) from None
+
+    def _kept(self, index: _Index, key: str, read: Callable[[], _T]) -> _T:
+        """``read()`` of a value handed out earlier: its export must still be there."""
+        try:
+            return self._vanishing(index, key, read)
+        except _VanishedError:
+            if self._fetch_generation() == index.generation:
+                raise KeyNotFoundError(key) from None
+            raise ExportReplacedError(
+                f"{self.root_url} was re-exported after the value of {key!r} was read "
+                f"(generation {index.generation} is gone): get the key again"
+            ) from None
 
     def version_of(self, key: str) -> str:
         """*key*'s version, as ``get(key).version`` reports it (one ``HEAD`` over HTTP, no
@@ -398,9 +549,14 @@ class StaticURLStore(AbstractReadOnlyStore):
         return cast(str, self.get(key).version)
 
     def get_data(self, key: str) -> BinaryStream:
-        """A stream over *key*'s data (one ``GET`` over HTTP)."""
-        self._metadata_text(key)
-        return self._open(self._data_location(key), key).stream
+        """A stream over *key*'s data (one ``GET`` over HTTP), from the current export."""
+        check_key(key)
+        return self._settled(lambda index: self._data_from(index, key))
+
+    def _data_from(self, index: _Index, key: str) -> BinaryStream:
+        self._metadata_text(key, index)
+        url = self._data_location(key, index)
+        return self._vanishing(index, key, lambda: self._open(url, key).stream)
 
     def query(
         self, select: Iterable[str] | None = None, *where: Mapping[str, Any], **kwargs: Any
@@ -434,12 +590,13 @@ class StaticURLStore(AbstractReadOnlyStore):
         return fold_keys((key for key in keys if key.startswith(prefix)), prefix, delimiter)
 
     # -- transport ---------------------------------------------------------------------------
-    def _data_location(self, key: str) -> str:
-        """The URL (or, for a file: root, the path) of *key*'s data file."""
+    def _data_location(self, key: str, index: _Index) -> str:
+        """The URL (or, for a file: root, the path) of *key*'s data file in *index*'s
+        export."""
         segments = data_segments(key)
         if self._scheme == "file":
-            return self._data_prefix + "/".join(segments)
-        return self._data_prefix + "/".join(urllib.parse.quote(part, safe="") for part in segments)
+            return index.data_prefix + "/".join(segments)
+        return index.data_prefix + "/".join(urllib.parse.quote(part, safe="") for part in segments)
 
     def _head(self, url: str, key: str) -> FileInfo:
         if self._scheme == "file":

@@ -38,6 +38,41 @@ SECRET_ENV = "STOREKEEPER_AUTH_SECRET"  # noqa: S105 - the name of a variable, n
     is_flag=True,
     help="Allow --auth over plain HTTP on an address that is not loopback.",
 )
+@click.option(
+    "--token-lifetime",
+    type=click.FloatRange(0, min_open=True),
+    default=12 * 3600,
+    show_default=True,
+    help="Seconds a login token lasts at most.",
+)
+@click.option(
+    "--token-idle",
+    type=click.FloatRange(0, min_open=True),
+    default=3600,
+    show_default=True,
+    help="Seconds a login token lasts unused.",
+)
+@click.option(
+    "--max-tokens",
+    type=click.IntRange(1),
+    default=10_000,
+    show_default=True,
+    help="Live login tokens at most (the oldest make room).",
+)
+@click.option(
+    "--max-failed-logins",
+    type=click.IntRange(1),
+    default=10,
+    show_default=True,
+    help="Wrong passwords per address or user name before 429.",
+)
+@click.option(
+    "--failed-login-window",
+    type=click.FloatRange(0, min_open=True),
+    default=300,
+    show_default=True,
+    help="Seconds over which wrong passwords are counted.",
+)
 def serve(
     store: str | None,
     host: str,
@@ -49,9 +84,18 @@ def serve(
     ssl_certfile: str | None,
     ssl_keyfile: str | None,
     insecure_auth: bool,
+    token_lifetime: float,
+    token_idle: float,
+    max_tokens: int,
+    max_failed_logins: int,
+    failed_login_window: float,
 ) -> None:
     """Serve STORE over HTTP (REST under /store, queries at /query, events at
     /events, a web page at /) until interrupted.
+
+    With --auth, POST /login gives a token that ends after --token-idle seconds
+    unused, after --token-lifetime seconds in any case, or at DELETE /login; too many
+    wrong passwords from one address or for one user name answer 429 for a while.
 
     \b
     Examples:
@@ -81,6 +125,11 @@ def serve(
             insecure_auth=insecure_auth,
             ssl_certfile=ssl_certfile,
             ssl_keyfile=ssl_keyfile,
+            token_lifetime=token_lifetime,
+            token_idle=token_idle,
+            max_tokens=max_tokens,
+            max_failed_logins=max_failed_logins,
+            failed_login_window=failed_login_window,
         )
 
 
@@ -88,8 +137,10 @@ def serve(
 @click.argument("operands", nargs=-1, required=True, metavar="[STORE] DIRECTORY")
 @click.option("--skip-invalid", is_flag=True, help="Skip keys that cannot be paths (a warning).")
 def export_static(operands: tuple[str, ...], skip_invalid: bool) -> None:
-    """Write STORE as a static site in DIRECTORY (index.json plus data/), replacing an
-    earlier export in one step; a StaticURLStore reads it from any static host.
+    """Write STORE as a static site in DIRECTORY (index.json plus data/, and the same
+    files under generations/NAME/ with generation.json naming the export), replacing an
+    earlier export in one step; a StaticURLStore reads it from any static host and never
+    mixes two exports.
 
     \b
     Examples:

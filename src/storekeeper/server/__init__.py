@@ -27,6 +27,7 @@ from typing import Any
 
 from storekeeper.composite.auth import SimpleAuthStore
 from storekeeper.server._app import STATIC_DIR, create_app
+from storekeeper.server._limits import LoginPolicy
 from storekeeper.server._threaded import ServerThread
 from storekeeper.store.registry import open_read_only_store
 
@@ -70,6 +71,12 @@ def serve(
     ssl_keyfile_password: str | None = None,
     ssl_ca_certs: str | None = None,
     max_upload: int | None = None,
+    token_lifetime: float = LoginPolicy.token_lifetime,
+    token_idle: float = LoginPolicy.token_idle,
+    max_tokens: int = LoginPolicy.max_tokens,
+    max_failed_logins: int = LoginPolicy.max_failed_logins,
+    failed_login_window: float = LoginPolicy.failed_login_window,
+    max_tracked_logins: int = LoginPolicy.max_tracked,
     log_level: str = "info",
     **uvicorn_options: Any,
 ) -> None:
@@ -80,7 +87,9 @@ def serve(
     wrapped the same way (same encoder, user key path and user store) and every
     request must authenticate. Authentication over plain HTTP on an address that is not
     loopback raises :class:`InsecureAuthError` unless *insecure_auth* is true (pass
-    *ssl_certfile* and *ssl_keyfile* for TLS). Remaining options go to
+    *ssl_certfile* and *ssl_keyfile* for TLS). *token_lifetime*, *token_idle*,
+    *max_tokens*, *max_failed_logins*, *failed_login_window* and *max_tracked_logins*
+    bound login tokens and failed logins as :func:`create_app` describes. Remaining options go to
     ``uvicorn.Config``.
     """
     import uvicorn
@@ -103,7 +112,18 @@ def serve(
                 users,
                 recheck_interval=auth.recheck_interval,
             )
-        app = create_app(store, read_only=read_only, auth=guard_store, max_upload=max_upload)
+        app = create_app(
+            store,
+            read_only=read_only,
+            auth=guard_store,
+            max_upload=max_upload,
+            token_lifetime=token_lifetime,
+            token_idle=token_idle,
+            max_tokens=max_tokens,
+            max_failed_logins=max_failed_logins,
+            failed_login_window=failed_login_window,
+            max_tracked_logins=max_tracked_logins,
+        )
         uvicorn_options.setdefault("backlog", BACKLOG)
         uvicorn_options.setdefault("timeout_graceful_shutdown", 5)
         config = uvicorn.Config(

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -16,6 +17,7 @@ from storekeeper.server._batch import batch
 from storekeeper.server._context import ServerContext, handled
 from storekeeper.server._events import EventHub, events_endpoint
 from storekeeper.server._guard import UserGuard, login, logout
+from storekeeper.server._limits import LoginPolicy
 from storekeeper.server._query_routes import info, list_keys, query_get, query_post
 from storekeeper.server._store_routes import StoreEndpoint
 from storekeeper.store.abstract import AbstractReadOnlyStore
@@ -32,8 +34,14 @@ def create_app(
     read_only: bool = False,
     auth: SimpleAuthStore | None = None,
     max_upload: int | None = None,
-    token_lifetime: float = 12 * 3600,
+    token_lifetime: float = LoginPolicy.token_lifetime,
+    token_idle: float = LoginPolicy.token_idle,
+    max_tokens: int = LoginPolicy.max_tokens,
+    max_failed_logins: int = LoginPolicy.max_failed_logins,
+    failed_login_window: float = LoginPolicy.failed_login_window,
+    max_tracked_logins: int = LoginPolicy.max_tracked,
     static_dir: str | Path | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> StoreApplication:
     """An ASGI application serving *store* (connected; the caller disconnects it).
 
@@ -42,12 +50,32 @@ def create_app(
     wrapping *store*, makes every request authenticate (HTTP Basic, or a bearer token
     from ``POST /login``) and see the store as that user may; *store* must then be
     ``auth.store``. *max_upload* bounds a value's size in bytes (413 beyond it).
-    *token_lifetime* is how long a login token lasts, in seconds. *static_dir*
-    replaces the packaged web page directory.
+    *static_dir* replaces the packaged web page directory.
+
+    Logins (with *auth*): a token from ``POST /login`` lasts *token_lifetime* seconds
+    at most (default 12 hours) and ends sooner when unused for *token_idle* seconds
+    (default 1 hour) or revoked by ``DELETE /login``; at most *max_tokens* (default
+    10000) live at once, and a new one pushes out the oldest. After
+    *max_failed_logins* (default 10) wrong passwords within *failed_login_window*
+    seconds (default 300) from one client address or for one user name, further
+    attempts from that address or for that name answer 429 with ``Retry-After`` until
+    the window ends, without the password being checked; the failures of at most
+    *max_tracked_logins* addresses and names (default 10000) are remembered, the least
+    recent forgotten first. *clock* gives the time in POSIX seconds (tests pass their
+    own).
     """
     if auth is not None and auth.store is not store:
         raise ValueError("auth must be a SimpleAuthStore wrapping the served store")
-    guard = None if auth is None else UserGuard(auth, token_lifetime)
+    policy = LoginPolicy(
+        token_lifetime=token_lifetime,
+        token_idle=token_idle,
+        max_tokens=max_tokens,
+        max_failed_logins=max_failed_logins,
+        failed_login_window=failed_login_window,
+        max_tracked=max_tracked_logins,
+        clock=clock,
+    )
+    guard = None if auth is None else UserGuard(auth, policy)
     context = ServerContext(store, read_only=read_only, guard=guard, max_upload=max_upload)
     hub = EventHub()
     static = Path(static_dir) if static_dir is not None else STATIC_DIR

@@ -7,6 +7,14 @@ keys the store lets them. Verified passwords are remembered as keyed digests, so
 slow password hash runs once per user and password, not once per request. A session
 is re-checked against the user record by the store itself (``recheck_interval``), so a
 removed user or a changed password locks the old credentials out.
+
+``POST /login`` trades credentials for a bearer token and ``DELETE /login`` revokes
+it; tokens end after an idle time and a lifetime, and at most a set number live at once
+(see :mod:`storekeeper.server._limits`). Password checks are limited per client address
+and per user name: too many failures answer 429 with ``Retry-After`` before any
+password is looked at. A failure is counted when its check ends, so guesses sent
+together can pass the limit by as many as the server checks at once (its worker
+threads); each of them costs a slow password hash.
 """
 
 from __future__ import annotations
@@ -16,7 +24,6 @@ import binascii
 import hashlib
 import hmac
 import secrets
-import time
 from dataclasses import dataclass
 
 from starlette.concurrency import run_in_threadpool
@@ -27,7 +34,8 @@ from storekeeper.composite.auth import SimpleAuthStore
 from storekeeper.errors import AuthenticationError
 from storekeeper.events import EventManager
 from storekeeper.server._context import BASIC_CHALLENGE, ServerContext
-from storekeeper.server._http import json_response
+from storekeeper.server._http import HTTPProblem, json_response
+from storekeeper.server._limits import FailureLimiter, LoginPolicy, TokenTable
 from storekeeper.store.abstract import AbstractReadOnlyStore
 
 __all__ = ["UserGuard", "login", "logout"]
@@ -43,20 +51,16 @@ class _Session:
     digest: bytes
 
 
-@dataclass
-class _Token:
-    session: _Session
-    expires: float
-
-
 class UserGuard:
-    """Authenticates requests against the users of *auth* (see the module)."""
+    """Authenticates requests against the users of *auth* under *policy* (see the
+    module)."""
 
-    def __init__(self, auth: SimpleAuthStore, token_lifetime: float) -> None:
+    def __init__(self, auth: SimpleAuthStore, policy: LoginPolicy) -> None:
         self.auth = auth
-        self.token_lifetime = token_lifetime
+        self.policy = policy
+        self.tokens: TokenTable[_Session] = TokenTable(policy)
+        self.failures = FailureLimiter(policy)
         self._sessions: dict[str, _Session] = {}
-        self._tokens: dict[str, _Token] = {}
         self._key = secrets.token_bytes(32)
 
     def challenge(self, request: Request) -> str:
@@ -72,12 +76,18 @@ class UserGuard:
         return (await self.session_for(request)).store
 
     async def session_for(self, request: Request) -> _Session:
+        """The requesting user's session (see :meth:`store_for`)."""
+        return (await self.authenticate(request))[0]
+
+    async def authenticate(self, request: Request) -> tuple[_Session, float | None]:
+        """The requesting user's session, and the end of the token it came with
+        (``None`` for a password)."""
         header = request.headers.get("authorization")
         if header is not None:
             scheme, _, credentials = header.partition(" ")
             if scheme.lower() == "basic":
                 username, password = _basic(credentials.strip())
-                return await self._verify(username, password)
+                return await self._password(request, username, password), None
             if scheme.lower() == "bearer":
                 return self._bearer(credentials.strip())
             raise AuthenticationError(f"unsupported authorization scheme {scheme!r}")
@@ -85,6 +95,26 @@ class UserGuard:
         if token is not None and request.method in {"GET", "HEAD"}:
             return self._bearer(token)
         raise AuthenticationError("this server requires authentication")
+
+    async def _password(self, request: Request, username: str, password: str) -> _Session:
+        """:meth:`_verify` unless the address or the name failed too often lately."""
+        address = request.client.host if request.client is not None else "unknown"
+        subjects = (f"address:{address}", f"user:{username}")
+        wait = self.failures.retry_after(*subjects)
+        if wait is not None:
+            raise HTTPProblem(
+                429,
+                f"too many failed logins from this address or for this user: try again in {wait} s",
+                "TooManyRequests",
+                {"Retry-After": str(wait)},
+            )
+        try:
+            session = await self._verify(username, password)
+        except AuthenticationError:
+            self.failures.failed(*subjects)
+            raise
+        self.failures.forget(subjects[1])
+        return session
 
     async def _verify(self, username: str, password: str) -> _Session:
         digest = hmac.new(self._key, password.encode("utf-8", "surrogatepass"), hashlib.sha256)
@@ -110,27 +140,11 @@ class UserGuard:
         self._sessions[username] = session
         return session
 
-    def _bearer(self, token: str) -> _Session:
-        found = self._tokens.get(token)
-        if found is None or found.expires < time.time():
-            self._tokens.pop(token, None)
+    def _bearer(self, token: str) -> tuple[_Session, float]:
+        found = self.tokens.use(token)
+        if found is None:
             raise AuthenticationError("the token is unknown or has expired: log in again")
-        return found.session
-
-    def issue(self, session: _Session) -> tuple[str, float]:
-        """A new bearer token for *session* and when it expires."""
-        now = time.time()
-        for token, entry in list(self._tokens.items()):
-            if entry.expires < now:
-                del self._tokens[token]
-        token = secrets.token_urlsafe(32)
-        expires = now + self.token_lifetime
-        self._tokens[token] = _Token(session, expires)
-        return token, expires
-
-    def revoke(self, token: str) -> None:
-        """Forget *token* (nothing if unknown)."""
-        self._tokens.pop(token, None)
+        return found
 
 
 def _basic(credentials: str) -> tuple[str, str]:
@@ -145,14 +159,24 @@ def _basic(credentials: str) -> tuple[str, str]:
 
 
 async def login(context: ServerContext, request: Request) -> Response:
-    """``POST /login`` (with Basic credentials): ``{"token", "user", "expires"}``; send
-    ``Authorization: Bearer TOKEN`` (or ``?access_token=TOKEN`` on a GET) afterwards."""
+    """``POST /login`` (with Basic credentials, or a token): ``{"token", "user",
+    "expires", "idle_timeout"}``; send ``Authorization: Bearer TOKEN`` (or
+    ``?access_token=TOKEN`` on a GET) afterwards. ``expires`` is the token's last moment
+    (POSIX seconds; a token asked for with a token ends no later than that one), and
+    unused for ``idle_timeout`` seconds it ends sooner."""
     guard = context.guard
     if not isinstance(guard, UserGuard):
-        return json_response({"token": None, "user": None, "expires": None})
-    session = await guard.session_for(request)
-    token, expires = guard.issue(session)
-    return json_response({"token": token, "user": session.store.user_tag, "expires": expires})
+        return json_response({"token": None, "user": None, "expires": None, "idle_timeout": None})
+    session, ends = await guard.authenticate(request)
+    token, expires = guard.tokens.issue(session, ends)
+    return json_response(
+        {
+            "token": token,
+            "user": session.store.user_tag,
+            "expires": expires,
+            "idle_timeout": guard.policy.token_idle,
+        }
+    )
 
 
 async def logout(context: ServerContext, request: Request) -> Response:
@@ -160,5 +184,5 @@ async def logout(context: ServerContext, request: Request) -> Response:
     guard = context.guard
     header = request.headers.get("authorization", "")
     if isinstance(guard, UserGuard) and header.lower().startswith("bearer "):
-        guard.revoke(header[7:].strip())
+        guard.tokens.revoke(header[7:].strip())
     return Response(status_code=204)

@@ -1,0 +1,176 @@
+"""Bounded login state: bearer tokens that expire, and a limit on failed logins.
+
+:class:`LoginPolicy` holds the settings. :class:`TokenTable` keeps at most
+``max_tokens`` live tokens: a token ends after ``token_idle`` seconds without use, after
+``token_lifetime`` seconds in any case, when it is revoked, or when newer tokens push
+it out (the oldest goes first). :class:`FailureLimiter` counts failed password checks
+per client address and per user name: after ``max_failed_logins`` failures within
+``failed_login_window`` seconds, further attempts for that address or name are refused
+(HTTP 429 with ``Retry-After``) without looking at the password, until the window that
+began with the first failure ends. It remembers at most ``max_tracked`` addresses and
+names (the least recently failing are forgotten first), so neither table grows
+without bound whatever clients send.
+
+Both read the time from the policy's ``clock`` (``time.time`` unless a test gives
+another), so expiry can be tested without sleeping.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+__all__ = ["FailureLimiter", "LoginPolicy", "TokenTable"]
+
+_S = TypeVar("_S")
+
+
+@dataclass(frozen=True)
+class LoginPolicy:
+    """How long login tokens live and how failed logins are limited (see the module).
+
+    Times are in seconds. ``token_idle`` and ``token_lifetime`` bound a token's life
+    since its last use and since the password login it descends from;
+    ``max_tokens`` bounds the live tokens of all users together; ``max_failed_logins``
+    failures within ``failed_login_window`` block an address or a user name until that
+    window ends; ``max_tracked`` bounds the addresses and names remembered.
+    """
+
+    token_lifetime: float = 12 * 3600
+    token_idle: float = 3600
+    max_tokens: int = 10_000
+    max_failed_logins: int = 10
+    failed_login_window: float = 300
+    max_tracked: int = 10_000
+    clock: Callable[[], float] = time.time
+
+    def __post_init__(self) -> None:
+        for name in ("token_lifetime", "token_idle", "failed_login_window"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise ValueError(f"{name} is a number of seconds > 0, not {value!r}")
+        for name in ("max_tokens", "max_failed_logins", "max_tracked"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} is an int >= 1, not {value!r}")
+
+
+@dataclass
+class _Token(Generic[_S]):
+    session: _S
+    ends: float  # the absolute end, inherited by tokens issued on this one
+    used: float
+
+
+class TokenTable(Generic[_S]):
+    """Bearer tokens, each standing for one user's session *_S* (see the module)."""
+
+    def __init__(self, policy: LoginPolicy) -> None:
+        self.policy = policy
+        self._tokens: OrderedDict[str, _Token[_S]] = OrderedDict()  # oldest first
+
+    def __len__(self) -> int:
+        return len(self._tokens)
+
+    def issue(self, session: _S, ends: float | None = None) -> tuple[str, float]:
+        """A new token for *session* and when it ends at the latest: ``token_lifetime``
+        from now, or *ends* (the end of the token it was asked for with) if sooner."""
+        now = self.policy.clock()
+        self._drop_ended(now)
+        while len(self._tokens) >= self.policy.max_tokens:
+            self._tokens.popitem(last=False)
+        limit = now + self.policy.token_lifetime
+        end = limit if ends is None else min(ends, limit)
+        token = secrets.token_urlsafe(32)
+        self._tokens[token] = _Token(session, end, now)
+        return token, end
+
+    def use(self, token: str) -> tuple[_S, float] | None:
+        """The session of *token* and its absolute end, counting this as a use;
+        ``None`` for a token that is unknown, revoked, pushed out or ended."""
+        found = self._tokens.get(token)
+        if found is None:
+            return None
+        now = self.policy.clock()
+        if now >= found.ends or now - found.used >= self.policy.token_idle:
+            del self._tokens[token]
+            return None
+        found.used = now
+        return found.session, found.ends
+
+    def revoke(self, token: str) -> bool:
+        """Forget *token*; whether it was live."""
+        return self._tokens.pop(token, None) is not None
+
+    def _drop_ended(self, now: float) -> None:
+        """Drop tokens past their absolute end from the front (where the oldest are);
+        idle ones elsewhere end when used or pushed out."""
+        while self._tokens:
+            oldest = next(iter(self._tokens.values()))
+            if now < oldest.ends and now - oldest.used < self.policy.token_idle:
+                return
+            self._tokens.popitem(last=False)
+
+
+@dataclass
+class _Failures:
+    first: float
+    count: int
+
+
+class FailureLimiter:
+    """Failed password checks per address and per user name (see the module)."""
+
+    def __init__(self, policy: LoginPolicy) -> None:
+        self.policy = policy
+        # By digest, least recent first: a name as long as a header costs no more.
+        self._seen: OrderedDict[bytes, _Failures] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def retry_after(self, *subjects: str) -> int | None:
+        """Whole seconds until an attempt for *subjects* is let through again (``None``:
+        now). A subject is ``"address:..."`` or ``"user:..."``."""
+        now = self.policy.clock()
+        waits = [self._wait(subject, now) for subject in subjects]
+        longest = max((wait for wait in waits if wait is not None), default=None)
+        return None if longest is None else max(1, math.ceil(longest))
+
+    def _wait(self, subject: str, now: float) -> float | None:
+        name = _digest(subject)
+        found = self._seen.get(name)
+        if found is None:
+            return None
+        left = found.first + self.policy.failed_login_window - now
+        if left <= 0:
+            del self._seen[name]
+            return None
+        return left if found.count >= self.policy.max_failed_logins else None
+
+    def failed(self, *subjects: str) -> None:
+        """Count one failed attempt against each of *subjects*."""
+        now = self.policy.clock()
+        for subject in subjects:
+            name = _digest(subject)
+            found = self._seen.pop(name, None)
+            if found is None or now - found.first >= self.policy.failed_login_window:
+                found = _Failures(now, 0)
+            found.count += 1
+            self._seen[name] = found
+        while len(self._seen) > self.policy.max_tracked:
+            self._seen.popitem(last=False)
+
+    def forget(self, subject: str) -> None:
+        """Clear *subject*'s failures (a user who just gave the right password)."""
+        self._seen.pop(_digest(subject), None)
+
+
+def _digest(subject: str) -> bytes:
+    return hashlib.blake2b(subject.encode("utf-8", "surrogatepass"), digest_size=16).digest()
