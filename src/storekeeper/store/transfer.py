@@ -250,25 +250,49 @@ def _side(location: Location, *, is_target: bool) -> Side:
 
 
 def _plan(src: Side, dst: Side, prefix: str, compare: str, delete: bool) -> _Plan:
-    """Decide, key by key, what to copy and delete (reading entries, no data but for
-    checksums)."""
-    source_keys = list(src.keys(prefix))
-    dst.check_keys(source_keys)
-    target_keys = set(dst.keys(prefix))
+    """Decide, key by key, what to copy and delete: one listing of each side, walked
+    together in key order (no data is read but for checksums)."""
+    source = list(src.entries(prefix, metadata=dst.keeps_metadata))
+    dst.check_keys([key for key, _ in source])
+    target = dst.entries(prefix, metadata=src.keeps_metadata)
     copies: list[tuple[str, str, int | None]] = []
+    deletes: list[str] = []
     skipped = 0
-    for key in source_keys:
-        mine = src.entry(key, metadata=dst.keeps_metadata)
-        if mine is None:  # deleted since it was listed: nothing to copy
+    for key, mine, theirs in _side_by_side(iter(source), target):
+        if mine is None:
+            if delete:
+                deletes.append(key)
             continue
-        theirs = dst.entry(key, metadata=src.keeps_metadata) if key in target_keys else None
         reason = _reason(src, dst, key, mine, theirs, compare)
         if reason is None:
             skipped += 1
         else:
             copies.append((key, reason, mine.size))
-    deletes = sorted(target_keys.difference(source_keys)) if delete else []
     return _Plan(copies, deletes, skipped)
+
+
+def _side_by_side(
+    left: Iterator[tuple[str, Entry]], right: Iterator[tuple[str, Entry]]
+) -> Iterator[tuple[str, Entry | None, Entry | None]]:
+    """Merge two listings in key order: each key once, with its entry on each side
+    (``None`` on the side that lacks it)."""
+    mine, theirs = next(left, None), next(right, None)
+    while mine is not None and theirs is not None:
+        if mine[0] < theirs[0]:
+            yield mine[0], mine[1], None
+            mine = next(left, None)
+        elif theirs[0] < mine[0]:
+            yield theirs[0], None, theirs[1]
+            theirs = next(right, None)
+        else:
+            yield mine[0], mine[1], theirs[1]
+            mine, theirs = next(left, None), next(right, None)
+    if mine is not None:
+        yield mine[0], mine[1], None
+        yield from ((key, entry, None) for key, entry in left)
+    if theirs is not None:
+        yield theirs[0], None, theirs[1]
+        yield from ((key, None, entry) for key, entry in right)
 
 
 def _reason(
