@@ -454,3 +454,26 @@ def test_same_size_folder_change_is_copied_into_a_store(
         report = transfer(Folder(folder), store, compare="checksum")
         assert [(a.key, a.reason) for a in report.actions] == [("k", "checksum")]
         assert store.to_bytes("k") == b"old0"
+
+
+def test_a_listing_out_of_key_order_is_refused_before_any_delete(tmp_path: Path) -> None:
+    from storekeeper.backends.memory import DictMemoryStore
+    from storekeeper.errors import BackendError
+    from storekeeper.store import KeyInfo
+
+    class Shuffled(DictMemoryStore):
+        """A store whose detailed listing breaks the key-order contract."""
+
+        def list_info(
+            self, prefix: str = "", *, metadata: bool = False
+        ) -> Iterator[tuple[str, KeyInfo]]:
+            return reversed(list(super().list_info(prefix, metadata=metadata)))
+
+    with Shuffled() as source, open_store(f"sqlite:///{tmp_path / 't.db'}") as target:
+        content = fill(source)
+        target.set("a.txt", (b"kept", {}))
+        # Merged in the wrong order, "a.txt" would look like the target's alone.
+        with pytest.raises(BackendError, match="not in key order"):
+            transfer(source, target, delete=True)
+        assert snapshot(target) == {"a.txt": (b"kept", {})}
+        assert set(content) > {"a.txt"}

@@ -44,7 +44,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO
 
-from storekeeper.errors import InvalidArgumentError
+from storekeeper.errors import BackendError, InvalidArgumentError
 from storekeeper.events import BaseEventManager, ProgressManager
 from storekeeper.store.abstract import AbstractReadOnlyStore
 from storekeeper.store.transfer_sides import Entry, Folder, Side, folder_side, store_side
@@ -131,8 +131,9 @@ def transfer(
     for an unknown *compare* mode or a transfer of a store onto itself or between
     overlapping folders, :class:`FileNotFoundError` for a missing source
     folder, :class:`~storekeeper.errors.InvalidKeyError` when a key cannot be a file
-    in a target folder, and whatever the stores raise; keys copied before an error stay
-    copied (run it again to finish).
+    in a target folder, :class:`~storekeeper.errors.BackendError` (before anything is
+    written) when a store lists its keys out of key order, and whatever the stores
+    raise; keys copied before an error stay copied (run it again to finish).
     """
     report = TransferReport(dry_run=dry_run)
     actions = iter_transfer(
@@ -252,9 +253,9 @@ def _side(location: Location, *, is_target: bool) -> Side:
 def _plan(src: Side, dst: Side, prefix: str, compare: str, delete: bool) -> _Plan:
     """Decide, key by key, what to copy and delete: one listing of each side, walked
     together in key order (no data is read but for checksums)."""
-    source = list(src.entries(prefix, metadata=dst.keeps_metadata))
+    source = list(_in_order(src.entries(prefix, metadata=dst.keeps_metadata), "source"))
     dst.check_keys([key for key, _ in source])
-    target = dst.entries(prefix, metadata=src.keeps_metadata)
+    target = _in_order(dst.entries(prefix, metadata=src.keeps_metadata), "target")
     copies: list[tuple[str, str, int | None]] = []
     deletes: list[str] = []
     skipped = 0
@@ -269,6 +270,19 @@ def _plan(src: Side, dst: Side, prefix: str, compare: str, delete: bool) -> _Pla
         else:
             copies.append((key, reason, mine.size))
     return _Plan(copies, deletes, skipped)
+
+
+def _in_order(listing: Iterator[tuple[str, Entry]], which: str) -> Iterator[tuple[str, Entry]]:
+    """*listing*, checked to be in strictly increasing key order: the merge that follows
+    would otherwise take a key both sides hold for one side's alone (and delete it)."""
+    previous: str | None = None
+    for item in listing:
+        if previous is not None and item[0] <= previous:
+            raise BackendError(
+                f"the {which}'s listing is not in key order: {item[0]!r} came after {previous!r}"
+            )
+        previous = item[0]
+        yield item
 
 
 def _side_by_side(
