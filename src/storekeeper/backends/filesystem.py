@@ -402,7 +402,6 @@ class FileSystemStore(AbstractStore):
                 keys.add(key)
         return sorted(keys)
 
-    # -- writing ---------------------------------------------------------------------------
     def list_info(
         self, prefix: str = "", *, metadata: bool = False
     ) -> Iterator[tuple[str, KeyInfo]]:
@@ -421,6 +420,7 @@ class FileSystemStore(AbstractStore):
             info = KeyInfo(record.size, record.created, record.modified, record.version, chosen)
             yield key, info
 
+    # -- writing ---------------------------------------------------------------------------
     def set(
         self,
         key: str,
