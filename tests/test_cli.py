@@ -128,6 +128,23 @@ def test_ls_shapes(run: Run, url: str) -> None:
     assert text[0].split()[0] == "3" and text[0].endswith(" a/1")
 
 
+def test_ls_long_reads_one_listing_not_each_key(
+    run: Run, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with open_store(url) as store:
+        store.multiset([f"k{index:03}" for index in range(200)], [(b"abc", {})] * 200)
+        expected = {key: (info.size, info.version) for key, info in store.list_info()}
+    store_class = type(open_store(url))
+
+    def no_get(self: Any, key: str) -> Any:
+        raise AssertionError(f"ls --long looked up {key!r} by itself")
+
+    monkeypatch.setattr(store_class, "get", no_get)
+    listed = lines(ok(run("ls", url, "--json", "--long")))
+    assert {entry["key"]: (entry["size"], entry["version"]) for entry in listed} == expected
+    assert [entry["key"] for entry in listed] == sorted(expected)
+
+
 def test_rm(run: Run, url: str) -> None:
     for key in ("keep", "tmp/1", "tmp/2", "x", "y"):
         ok(run("put", f"{url}#{key}", stdin=b"."))

@@ -349,3 +349,131 @@ def test_key_changed_while_copied_is_copied_again(
     assert ("a.txt", "changed") in [(a.key, a.reason) for a in report.actions]
     assert target.to_bytes("a.txt") == source.to_bytes("a.txt") == b"ALPHA"
     assert transfer(source, target, compare="checksum").copied == 0
+
+
+#: What a no-change re-sync may ask of a store: one listing, no lookup per key.
+READ_CALLS = ("get", "exists", "get_metadata", "multiget", "list_keys", "list_info", "to_bytes")
+
+
+def count_reads(store: AbstractStore, monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Count the calls of the store's read methods made from outside it."""
+    calls: dict[str, int] = {}
+
+    def counted(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            calls[name] = calls.get(name, 0) + 1
+            return method(*args, **kwargs)
+
+        return call
+
+    for name in READ_CALLS:
+        if hasattr(store, name):
+            monkeypatch.setattr(store, name, counted(name, getattr(store, name)))
+    return calls
+
+
+def small_tree(folder: Path, count: int) -> None:
+    for index in range(count):
+        path = folder / f"d{index % 10}" / f"f{index:04}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"%04d" % index)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "file"])
+def test_no_change_resync_lists_the_target_once(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    small_tree(tmp_path / "in", 600)
+    url = f"sqlite:///{tmp_path / 't.db'}" if kind == "sqlite" else (tmp_path / "t").as_uri()
+    with open_store(url + ("" if kind == "sqlite" else "?create=true")) as store:
+        assert transfer(Folder(tmp_path / "in"), store).copied == 600
+        calls = count_reads(store, monkeypatch)
+        report = transfer(Folder(tmp_path / "in"), store, delete=True)
+        assert (report.copied, report.skipped, report.deleted) == (0, 600, 0)
+        assert calls == {"list_info": 1}
+
+
+def test_no_change_resync_between_stores_lists_each_side_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with (
+        open_store(f"sqlite:///{tmp_path / 'a.db'}") as source,
+        open_store((tmp_path / "b").as_uri() + "?create=true") as target,
+    ):
+        source.multiset([f"k{index:04}" for index in range(500)], [(b"x", {"n": 1})] * 500)
+        assert transfer(source, target).copied == 500
+        source.update_metadata("k0250", {"n": 2})  # found in the listing's metadata
+        from_source = count_reads(source, monkeypatch)
+        from_target = count_reads(target, monkeypatch)
+        report = transfer(source, target, delete=True)
+        assert [(a.key, a.reason) for a in report.actions] == [("k0250", "metadata")]
+        assert target.get_metadata("k0250") == {"n": 2}
+        # One listing each; the one copy reads its key (and checks it again after): a
+        # few calls in all, none per key that did not change.
+        for calls in (from_source, from_target):
+            assert calls.pop("list_info") == 1
+            assert sum(calls.values()) <= 3, calls
+
+
+def test_no_change_resync_into_sqlite_runs_a_few_statements(tmp_path: Path) -> None:
+    small_tree(tmp_path / "in", 1500)
+    with open_store(f"sqlite:///{tmp_path / 't.db'}") as store:
+        transfer(Folder(tmp_path / "in"), store)
+        statements: list[str] = []
+        store._conn().set_trace_callback(statements.append)  # type: ignore[attr-defined]
+        try:
+            assert transfer(Folder(tmp_path / "in"), store).skipped == 1500
+        finally:
+            store._conn().set_trace_callback(None)  # type: ignore[attr-defined]
+    # A paged scan of the key range: a handful of pages, not one lookup per key.
+    assert 0 < len(statements) <= 10, statements[:12]
+
+
+def test_same_size_folder_change_is_copied_into_a_store(
+    url_for: StoreFactory, tmp_path: Path
+) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    path = folder / "k"
+    path.write_bytes(b"one1")
+    with open_store(url_for("t")) as store:
+        assert transfer(Folder(folder), store).copied == 1
+        copied_at = store.get("k").modified
+        assert copied_at is not None
+        # Edited after the copy, same size: its newer modified time tells.
+        path.write_bytes(b"two2")
+        later = round((copied_at + 1) * 1e9)
+        os.utime(path, ns=(later, later))
+        report = transfer(Folder(folder), store)
+        assert [(a.key, a.reason) for a in report.actions] == [("k", "newer")]
+        assert store.to_bytes("k") == b"two2"
+        # Same size and an older time (restored from a backup): a checksum finds it.
+        path.write_bytes(b"old0")
+        os.utime(path, ns=(later - 10**10, later - 10**10))
+        assert transfer(Folder(folder), store).copied == 0
+        report = transfer(Folder(folder), store, compare="checksum")
+        assert [(a.key, a.reason) for a in report.actions] == [("k", "checksum")]
+        assert store.to_bytes("k") == b"old0"
+
+
+def test_a_listing_out_of_key_order_is_refused_before_any_delete(tmp_path: Path) -> None:
+    from storekeeper.backends.memory import DictMemoryStore
+    from storekeeper.errors import BackendError
+    from storekeeper.store import KeyInfo
+
+    class Shuffled(DictMemoryStore):
+        """A store whose detailed listing breaks the key-order contract."""
+
+        def list_info(
+            self, prefix: str = "", *, metadata: bool = False
+        ) -> Iterator[tuple[str, KeyInfo]]:
+            return reversed(list(super().list_info(prefix, metadata=metadata)))
+
+    with Shuffled() as source, open_store(f"sqlite:///{tmp_path / 't.db'}") as target:
+        content = fill(source)
+        target.set("a.txt", (b"kept", {}))
+        # Merged in the wrong order, "a.txt" would look like the target's alone.
+        with pytest.raises(BackendError, match="not in key order"):
+            transfer(source, target, delete=True)
+        assert snapshot(target) == {"a.txt": (b"kept", {})}
+        assert set(content) > {"a.txt"}

@@ -14,7 +14,7 @@ from typing import IO, NamedTuple, cast
 
 from storekeeper.backends._sqlite_connections import Connections
 from storekeeper.backends._sqlite_files import ChunkHolds, ValueFiles, file_value, is_file_ref
-from storekeeper.backends._sqlite_listing import key_range
+from storekeeper.backends._sqlite_listing import key_range, row_range
 from storekeeper.backends._sqlite_schema import (
     Schema,
     compile_query,
@@ -25,7 +25,7 @@ from storekeeper.errors import BackendError, ConflictError
 from storekeeper.store.backend import Metadata, decode_metadata, matches, missing, pick_metadata
 from storekeeper.store.query import QueryTerm
 from storekeeper.store.utils import BufferIteratorIO
-from storekeeper.store.value import BytesValue, StreamValue, Value
+from storekeeper.store.value import BytesValue, KeyInfo, StreamValue, Value
 
 __all__ = ["Reads", "Row", "literal_prefix"]
 
@@ -145,6 +145,23 @@ class Reads:
         """The keys from *low* (included) to *high* (excluded; ``None``: no end), in
         order, read a page at a time (:func:`key_range`)."""
         return key_range(self.connections.using, self.schema.main, low, high)
+
+    def info_range(
+        self, low: str, high: str | None, *, metadata: bool
+    ) -> Iterator[tuple[str, KeyInfo]]:
+        """``(key, info)`` of the keys from *low* to *high* (as :meth:`key_range`), read
+        from the rows alone: sizes, times and versions, and the metadata when asked."""
+        columns = self.schema.info_columns + (", metadata" if metadata else "")
+        rows = row_range(self.connections.using, self.schema.main, columns, low, high)
+        if not metadata:
+            return (
+                (key, KeyInfo(size, created, modified, version))
+                for key, size, created, modified, version in rows
+            )
+        return (
+            (key, KeyInfo(size, created, modified, version, decode_metadata(text)))
+            for key, size, created, modified, version, text in rows
+        )
 
     def _file_value(self, row: Row) -> Value | None:
         """The value of a row naming a value file, or ``None`` if the file is gone (the

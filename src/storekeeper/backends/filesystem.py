@@ -104,7 +104,7 @@ from storekeeper.store.events import (
     StoreUpdateEvent,
 )
 from storekeeper.store.listing import check_listing, fold_keys
-from storekeeper.store.value import Value
+from storekeeper.store.value import KeyInfo, Value
 
 # FileSystemStoreError is defined in storekeeper.errors (with the whole error tree) and
 # init_shared_store in _fs_layout; both stay importable from here.
@@ -388,6 +388,10 @@ class FileSystemStore(AbstractStore):
         Because no record is read, a damaged record is listed under its name, where
         :meth:`query` and :meth:`query_keys` (which read records) leave it out."""
         check_listing(prefix, delimiter)
+        return fold_keys(self._sorted_keys(prefix), prefix, delimiter)
+
+    def _sorted_keys(self, prefix: str) -> list[str]:
+        """The keys under *prefix* this context sees, sorted (see :meth:`list_keys`)."""
         self._require_connection()
         keys = self._lister.keys(prefix, self._layout.journal_reader.pending())
         staging = self._staging_var.get()
@@ -396,7 +400,25 @@ class FileSystemStore(AbstractStore):
                 keys.discard(key)
             elif key.startswith(prefix):
                 keys.add(key)
-        return fold_keys(sorted(keys), prefix, delimiter)
+        return sorted(keys)
+
+    def list_info(
+        self, prefix: str = "", *, metadata: bool = False
+    ) -> Iterator[tuple[str, KeyInfo]]:
+        """``(key, info)`` under *prefix* (see :meth:`AbstractReadOnlyStore.list_info`):
+        the names :meth:`list_keys` reads, then each record's header (a damaged record
+        raises CorruptFileError, as :meth:`get` does); no data file is opened."""
+        check_listing(prefix, None)
+        return self._described(self._sorted_keys(prefix), metadata)
+
+    def _described(self, keys: Iterable[str], metadata: bool) -> Iterator[tuple[str, KeyInfo]]:
+        for key in keys:
+            record = self._load(key, encode_key(key), with_data=False)
+            if record is None:  # deleted since it was listed
+                continue
+            chosen = decode_metadata(record.metadata_json) if metadata else None
+            info = KeyInfo(record.size, record.created, record.modified, record.version, chosen)
+            yield key, info
 
     # -- writing ---------------------------------------------------------------------------
     def set(

@@ -100,7 +100,7 @@ from storekeeper.store.backend import (
 )
 from storekeeper.store.events import StoreDeleteEvent, StoreSetEvent, StoreUpdateEvent
 from storekeeper.store.listing import check_listing, prefix_end, walk
-from storekeeper.store.value import Value
+from storekeeper.store.value import KeyInfo, Value
 
 __all__ = ["SqliteStore"]
 
@@ -400,6 +400,16 @@ class SqliteStore(AbstractStore):
         self._require_connection()
         end = prefix_end(prefix)
         return walk(lambda low: self._reads.key_range(low, end), prefix, delimiter)
+
+    def list_info(
+        self, prefix: str = "", *, metadata: bool = False
+    ) -> Iterator[tuple[str, KeyInfo]]:
+        """``(key, info)`` under *prefix* (see :meth:`AbstractReadOnlyStore.list_info`):
+        the same paged scan as :meth:`list_keys`, reading the rows' size, times and
+        version columns (and metadata when asked) instead of one lookup per key."""
+        check_listing(prefix, None)
+        self._require_connection()
+        return self._reads.info_range(prefix, prefix_end(prefix), metadata=metadata)
 
     # -- writes --------------------------------------------------------------------------
     def set(

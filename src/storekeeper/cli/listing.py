@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import click
@@ -40,41 +41,49 @@ def ls(store: str | None, prefix: str, delimiter: str | None, long_: bool, as_js
       storekeeper ls --prefix photos/ --delimiter / --long
       storekeeper ls --json | jq -r .key
     """
-    from storekeeper.store.listing import is_folder
-
     with read_store(store_url(store)) as opened:
-        for entry in opened.list_keys(prefix, delimiter or None):
-            record: dict[str, Any] | None = {"key": entry}
-            if is_folder(entry, prefix, delimiter or None):
-                record = {"key": entry, "folder": True}
-            elif long_:
-                record = _long_record(opened, entry)
-            if record is None:  # deleted since it was listed
-                continue
+        for record in _records(opened, prefix, delimiter or None, long_):
             if as_json:
                 echo_json(record)
             elif long_:
                 size = "-" if record.get("size") is None else record["size"]
                 click.echo(
                     f"{size:>12}  {record.get('modified') or '-':20}  "
-                    f"{record.get('version') or '-'}  {entry}"
+                    f"{record.get('version') or '-'}  {record['key']}"
                 )
             else:
-                click.echo(entry)
+                click.echo(record["key"])
 
 
-def _long_record(store: Any, key: str) -> dict[str, Any] | None:
-    """``ls --long``'s record of *key*: size, modified time, version; None if it is gone."""
-    try:
-        value = store.get(key)
-    except KeyError:
-        return None
-    return {
-        "key": key,
-        "size": value.size,
-        "modified": iso_time(value.modified),
-        "version": value.version,
-    }
+def _records(
+    store: Any, prefix: str, delimiter: str | None, long_: bool
+) -> Iterator[dict[str, Any]]:
+    """``ls``'s records: keys (and folders), with size, modified time and version when
+    *long_* (one listing with details when there are no folders to fold)."""
+    from storekeeper.store.listing import is_folder
+
+    if long_ and delimiter is None:
+        for key, info in store.list_info(prefix):
+            yield _long_record(key, info.size, info.modified, info.version)
+        return
+    for entry in store.list_keys(prefix, delimiter):
+        if is_folder(entry, prefix, delimiter):
+            yield {"key": entry, "folder": True}
+        elif not long_:
+            yield {"key": entry}
+        else:
+            try:
+                value = store.get(entry)
+            except KeyError:  # deleted since it was listed
+                continue
+            yield _long_record(entry, value.size, value.modified, value.version)
+
+
+def _long_record(
+    key: str, size: int | None, modified: float | None, version: str | None
+) -> dict[str, Any]:
+    """``ls --long``'s record of *key*: size, modified time, version."""
+    return {"key": key, "size": size, "modified": iso_time(modified), "version": version}
 
 
 @click.command()

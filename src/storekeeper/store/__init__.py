@@ -44,7 +44,7 @@ from storekeeper.store.utils import (
     buffer_iterator,
     tee,
 )
-from storekeeper.store.value import BytesValue, StreamValue, StringValue, Value
+from storekeeper.store.value import BytesValue, KeyInfo, StreamValue, StringValue, Value
 
 __all__ = [
     "AbstractAuthorizingStore",
@@ -56,6 +56,7 @@ __all__ = [
     "Equals",
     "Exists",
     "In",
+    "KeyInfo",
     "Prefix",
     "QueryTerm",
     "Range",

@@ -76,7 +76,7 @@ from storekeeper.store.utils import (
     buffer_iterator,
     read_stream,
 )
-from storekeeper.store.value import Value
+from storekeeper.store.value import KeyInfo, Value
 
 __all__ = [
     "AbstractAuthorizingStore",
@@ -104,6 +104,19 @@ _PROGRESS_EVENTS = (StoreProgressStartEvent, StoreProgressStepEvent, StoreProgre
 _updating: contextvars.ContextVar[tuple[object, str] | None] = contextvars.ContextVar(
     "storekeeper-updating", default=None
 )
+
+
+def _described(
+    store: AbstractReadOnlyStore, keys: Iterable[str], metadata: bool
+) -> Iterator[tuple[str, KeyInfo]]:
+    """``(key, info)`` for each of *keys* that *store* still holds, read by ``get``."""
+    for key in keys:
+        try:
+            value = store.get(key)
+        except KeyError:  # deleted since it was listed
+            continue
+        chosen = value.metadata if metadata else None
+        yield key, KeyInfo(value.size, value.created, value.modified, value.version, chosen)
 
 
 def _as_update(event: BaseEvent, key: str) -> BaseEvent:
@@ -289,6 +302,22 @@ class AbstractReadOnlyStore(abc.ABC):
         check_listing(prefix, delimiter)
         keys = sorted(key for key in self.query_keys() if key.startswith(prefix))
         return fold_keys(keys, prefix, delimiter)
+
+    def list_info(
+        self, prefix: str = "", *, metadata: bool = False
+    ) -> Iterator[tuple[str, KeyInfo]]:
+        """An iterator over ``(key, info)`` for the keys that start with *prefix*, in key
+        order: each key's size, times and version as a :class:`KeyInfo`, its metadata
+        too when *metadata* is true; no data is read.
+
+        It lists what :meth:`list_keys` lists (without folders) and sees what it sees; a
+        key deleted between its listing and its details is left out. The *prefix* is
+        checked when it is called, as :meth:`list_keys` checks it.
+
+        Default: :meth:`list_keys`, then :meth:`get` per key; backends that hold these
+        details in their listing's source override it with one scan of the range.
+        """
+        return _described(self, self.list_keys(prefix), metadata)
 
     def to_bytes(self, key: str, buffer_size: int = DEFAULT_BUFFER_SIZE) -> bytes:
         """*key*'s data as ``bytes`` (read in chunks of *buffer_size*).

@@ -10,7 +10,8 @@ needs is private elsewhere.
   :func:`check_conditions`, :func:`check_precondition` (the decision, given the key's
   current version), :func:`exists_conflict`, :func:`unpack_value`.
 - **Reads**: :func:`missing` (the error of a missing key), :func:`check_select`,
-  :func:`select_metadata`, :func:`pick_metadata`, :func:`check_buffer_size`.
+  :func:`select_metadata`, :func:`pick_metadata`, :func:`check_buffer_size`;
+  :class:`KeyInfo`, the entry of a detailed listing (``list_info``).
 - **Metadata**: :func:`encode_metadata` (validates and serialises to compact JSON text),
   :func:`decode_metadata`, :func:`copy_metadata`, :func:`check_json_value`,
   :func:`encodable` (no lone surrogates). ``Metadata`` is the type of a metadata dict
@@ -72,13 +73,14 @@ from storekeeper.store.capabilities import StoreCapabilities
 from storekeeper.store.owners import Claim, OwnedVar, OwnerLock, current_owner
 from storekeeper.store.query import compile_terms, matches, pass_terms, query_terms
 from storekeeper.store.utils import buffer_iterator, read_stream, source_size
-from storekeeper.store.value import LimitedStream, Value
+from storekeeper.store.value import KeyInfo, LimitedStream, Value
 
 __all__ = [
     "DEFAULT_BUFFER_SIZE",
     "MAX_METADATA_DEPTH",
     "SHOWN_KEY_LENGTH",
     "Claim",
+    "KeyInfo",
     "LimitedStream",
     "Metadata",
     "OwnedVar",

@@ -44,7 +44,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO
 
-from storekeeper.errors import InvalidArgumentError
+from storekeeper.errors import BackendError, InvalidArgumentError
 from storekeeper.events import BaseEventManager, ProgressManager
 from storekeeper.store.abstract import AbstractReadOnlyStore
 from storekeeper.store.transfer_sides import Entry, Folder, Side, folder_side, store_side
@@ -131,8 +131,9 @@ def transfer(
     for an unknown *compare* mode or a transfer of a store onto itself or between
     overlapping folders, :class:`FileNotFoundError` for a missing source
     folder, :class:`~storekeeper.errors.InvalidKeyError` when a key cannot be a file
-    in a target folder, and whatever the stores raise; keys copied before an error stay
-    copied (run it again to finish).
+    in a target folder, :class:`~storekeeper.errors.BackendError` (before anything is
+    written) when a store lists its keys out of key order, and whatever the stores
+    raise; keys copied before an error stay copied (run it again to finish).
     """
     report = TransferReport(dry_run=dry_run)
     actions = iter_transfer(
@@ -250,25 +251,62 @@ def _side(location: Location, *, is_target: bool) -> Side:
 
 
 def _plan(src: Side, dst: Side, prefix: str, compare: str, delete: bool) -> _Plan:
-    """Decide, key by key, what to copy and delete (reading entries, no data but for
-    checksums)."""
-    source_keys = list(src.keys(prefix))
-    dst.check_keys(source_keys)
-    target_keys = set(dst.keys(prefix))
+    """Decide, key by key, what to copy and delete: one listing of each side, walked
+    together in key order (no data is read but for checksums)."""
+    source = list(_in_order(src.entries(prefix, metadata=dst.keeps_metadata), "source"))
+    dst.check_keys([key for key, _ in source])
+    target = _in_order(dst.entries(prefix, metadata=src.keeps_metadata), "target")
     copies: list[tuple[str, str, int | None]] = []
+    deletes: list[str] = []
     skipped = 0
-    for key in source_keys:
-        mine = src.entry(key, metadata=dst.keeps_metadata)
-        if mine is None:  # deleted since it was listed: nothing to copy
+    for key, mine, theirs in _side_by_side(iter(source), target):
+        if mine is None:
+            if delete:
+                deletes.append(key)
             continue
-        theirs = dst.entry(key, metadata=src.keeps_metadata) if key in target_keys else None
         reason = _reason(src, dst, key, mine, theirs, compare)
         if reason is None:
             skipped += 1
         else:
             copies.append((key, reason, mine.size))
-    deletes = sorted(target_keys.difference(source_keys)) if delete else []
     return _Plan(copies, deletes, skipped)
+
+
+def _in_order(listing: Iterator[tuple[str, Entry]], which: str) -> Iterator[tuple[str, Entry]]:
+    """*listing*, checked to be in strictly increasing key order: the merge that follows
+    would otherwise take a key both sides hold for one side's alone (and delete it)."""
+    previous: str | None = None
+    for item in listing:
+        if previous is not None and item[0] <= previous:
+            raise BackendError(
+                f"the {which}'s listing is not in key order: {item[0]!r} came after {previous!r}"
+            )
+        previous = item[0]
+        yield item
+
+
+def _side_by_side(
+    left: Iterator[tuple[str, Entry]], right: Iterator[tuple[str, Entry]]
+) -> Iterator[tuple[str, Entry | None, Entry | None]]:
+    """Merge two listings in key order: each key once, with its entry on each side
+    (``None`` on the side that lacks it)."""
+    mine, theirs = next(left, None), next(right, None)
+    while mine is not None and theirs is not None:
+        if mine[0] < theirs[0]:
+            yield mine[0], mine[1], None
+            mine = next(left, None)
+        elif theirs[0] < mine[0]:
+            yield theirs[0], None, theirs[1]
+            theirs = next(right, None)
+        else:
+            yield mine[0], mine[1], theirs[1]
+            mine, theirs = next(left, None), next(right, None)
+    if mine is not None:
+        yield mine[0], mine[1], None
+        yield from ((key, entry, None) for key, entry in left)
+    if theirs is not None:
+        yield theirs[0], None, theirs[1]
+        yield from ((key, None, entry) for key, entry in right)
 
 
 def _reason(

@@ -1,9 +1,10 @@
 """The two kinds of place a transfer reads from and writes to: a store, or a local folder.
 
 :func:`storekeeper.store.transfer.transfer` sees both through one small interface,
-:class:`Side`: sorted keys under a prefix, a key's :class:`Entry` (size, modified time,
-metadata), its data, a write and a delete. :class:`Folder` is the public name users
-pass to say "this directory, as plain files"; the store side wraps any store.
+:class:`Side`: the keys under a prefix with their :class:`Entry` (size, modified time,
+metadata) in key order, one key's entry, its data, a write and a delete.
+:class:`Folder` is the public name users pass to say "this directory, as plain files";
+the store side wraps any store.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import contextlib
 import os
 import warnings
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from typing import IO, Any, Protocol
+from operator import itemgetter
+from stat import S_ISREG
+from typing import IO, Any, NamedTuple, Protocol
 
 from storekeeper.errors import InvalidKeyError, ReadOnlyStoreError
 from storekeeper.store.abstract import AbstractReadOnlyStore, AbstractStore
@@ -26,8 +28,7 @@ __all__ = ["Entry", "Folder", "Side", "folder_side", "store_side"]
 MTIME_TOLERANCE = 0.001
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
     """What a transfer compares about one key: ``size`` and ``modified`` (UTC POSIX
     seconds; ``None`` where the side cannot tell), ``metadata`` (``None`` for a side
     that keeps none, such as a folder), and ``version``: a token that changes whenever
@@ -51,8 +52,9 @@ class Side(Protocol):
 
     keeps_metadata: bool
 
-    def keys(self, prefix: str) -> Iterator[str]:
-        """The keys starting with *prefix*, sorted."""
+    def entries(self, prefix: str, *, metadata: bool) -> Iterator[tuple[str, Entry]]:
+        """The keys starting with *prefix* with their entries, in key order, read in
+        one listing; without *metadata*, as for :meth:`entry`."""
 
     def entry(self, key: str, *, metadata: bool = True) -> Entry | None:
         """*key*'s entry, ``None`` if it is missing; without *metadata* (when the other
@@ -111,8 +113,9 @@ class _StoreSide:
     def __init__(self, store: AbstractReadOnlyStore) -> None:
         self.store = store
 
-    def keys(self, prefix: str) -> Iterator[str]:
-        return self.store.list_keys(prefix)
+    def entries(self, prefix: str, *, metadata: bool) -> Iterator[tuple[str, Entry]]:
+        for key, info in self.store.list_info(prefix, metadata=metadata):
+            yield key, Entry(info.size, info.modified, info.metadata, info.version)
 
     def entry(self, key: str, *, metadata: bool = True) -> Entry | None:
         try:
@@ -172,35 +175,33 @@ class _FolderSide:
         self.root = folder.path
         self.durable = folder.durable
         self.missing_ok = missing_ok
-        self._seen: dict[str, Entry] = {}
 
-    def keys(self, prefix: str) -> Iterator[str]:
+    def entries(self, prefix: str, *, metadata: bool) -> Iterator[tuple[str, Entry]]:
         if not os.path.isdir(self.root):
             if self.missing_ok and not os.path.exists(self.root):
                 return iter(())  # a target folder is created by its first write
             raise FileNotFoundError(f"no such folder: {self.root!r}")
-        # The walk's stats answer the entry() calls of the plan that follows: one stat
-        # per file instead of two, and no path building.
-        self._seen = {}
-        self._scan(self.root, "", prefix)
-        return iter(sorted(self._seen))
+        found: list[tuple[str, Entry]] = []
+        self._scan(self.root, "", prefix, found)
+        found.sort(key=itemgetter(0))
+        return iter(found)
 
-    def _scan(self, directory: str, base: str, prefix: str) -> None:
-        with os.scandir(directory) as entries:
-            for item in entries:
+    def _scan(self, directory: str, base: str, prefix: str, found: list[tuple[str, Entry]]) -> None:
+        with os.scandir(directory) as items:
+            for item in items:
                 key = base + item.name
                 if item.is_dir(follow_symlinks=False):
                     folder = key + "/"
                     if folder.startswith(prefix) or prefix.startswith(folder):
-                        self._scan(item.path, folder, prefix)
+                        self._scan(item.path, folder, prefix, found)
                 elif key.startswith(prefix):
                     try:
                         stat = item.stat()
                     except FileNotFoundError:  # a dangling symlink: no data to copy
                         warnings.warn(f"skipped {item.path!r}: a symlink to nothing", stacklevel=2)
                         continue
-                    if _is_file(stat):
-                        self._seen[key] = _file_entry(stat)
+                    if S_ISREG(stat.st_mode):
+                        found.append((key, _file_entry(stat)))
 
     def path_of(self, key: str) -> str:
         """The file that holds *key*; InvalidKeyError for a key no file name can hold."""
@@ -214,12 +215,9 @@ class _FolderSide:
             stat = os.stat(self.path_of(key))
         except (FileNotFoundError, NotADirectoryError):
             return None
-        return stat if _is_file(stat) else None
+        return stat if S_ISREG(stat.st_mode) else None
 
     def entry(self, key: str, *, metadata: bool = True) -> Entry | None:
-        seen = self._seen.pop(key, None)
-        if seen is not None:
-            return seen
         stat = self._stat(key)
         return None if stat is None else _file_entry(stat)
 
@@ -281,12 +279,6 @@ class _FolderSide:
 def _file_entry(stat: os.stat_result) -> Entry:
     version = f"{stat.st_ino}-{stat.st_mtime_ns}-{stat.st_size}"
     return Entry(stat.st_size, stat.st_mtime_ns / 1e9, None, version)
-
-
-def _is_file(stat: os.stat_result) -> bool:
-    import stat as stat_module
-
-    return stat_module.S_ISREG(stat.st_mode)
 
 
 def store_side(store: AbstractReadOnlyStore) -> Side:

@@ -14,7 +14,7 @@ import io
 import time
 from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
-from typing import IO, Any, cast
+from typing import IO, Any, NamedTuple, cast
 
 from storekeeper.errors import AuthorizationError, InvalidValueError
 from storekeeper.store._validate import (
@@ -27,6 +27,7 @@ from storekeeper.store.utils import buffer_iterator
 
 __all__ = [
     "BytesValue",
+    "KeyInfo",
     "LimitedStream",
     "StreamValue",
     "StringValue",
@@ -36,6 +37,19 @@ __all__ = [
 
 BinaryStream = IO[bytes]
 ProgressCallback = Callable[..., object]
+
+
+class KeyInfo(NamedTuple):
+    """What a detailed listing (:meth:`~storekeeper.store.AbstractReadOnlyStore.list_info`)
+    tells about one key without reading its data: the attributes its :class:`Value`
+    would have (``None`` where the store does not know one), and its ``metadata`` when
+    the listing was asked for it (``None`` otherwise)."""
+
+    size: int | None
+    created: float | None
+    modified: float | None
+    version: str | None
+    metadata: Metadata | None = None
 
 
 def normalize_range(start: int | None, end: int | None, size: int | None) -> tuple[int, int | None]:

@@ -1,4 +1,5 @@
-"""Conformance checks of ``list_keys(prefix, delimiter)``: prefix listing in key order.
+"""Conformance checks of ``list_keys(prefix, delimiter)``: prefix listing in key order,
+and of ``list_info(prefix)``, the listing with each key's details.
 
 Every answer is compared with :func:`model_listing`, the listing worked out in plain
 Python from the keys the store holds, on keys chosen to trip a backend that maps keys
@@ -19,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from storekeeper.errors import InvalidArgumentError, InvalidKeyError
-from storekeeper.store import AbstractStore
+from storekeeper.store import AbstractStore, KeyInfo
 
 __all__ = ["ListingTests", "model_listing"]
 
@@ -237,6 +238,59 @@ class ListingTests:
         # bytes per key: a streaming listing needs far less for its first key.
         assert peak < 4 * count, f"{peak} bytes allocated to yield the first of {count} keys"
         assert next(listing) == keys[1]
+
+    def _described(
+        self, store: AbstractStore, keys: list[str], metadata: bool
+    ) -> list[tuple[str, KeyInfo]]:
+        """What ``list_info`` must say about *keys*: what ``get`` says of each."""
+        values = {key: store.get(key) for key in keys}
+        return [
+            (
+                key,
+                KeyInfo(v.size, v.created, v.modified, v.version, v.metadata if metadata else None),
+            )
+            for key, v in values.items()
+        ]
+
+    def test_list_info_agrees_with_get(self, store: AbstractStore) -> None:
+        sizes = [0, 1, 7, 100, 3000]
+        store.multiset(
+            TRICKY_KEYS,
+            [(b"x" * sizes[i % 5], {"n": i, "k": [key]}) for i, key in enumerate(TRICKY_KEYS)],
+        )
+        store.set("a/b", (b"rewritten", {"n": "again"}))  # a second version of one key
+        for prefix in ("", "a", "a/", "b::", "p" + _MAX, "zz"):
+            expected = model_listing(TRICKY_KEYS, prefix)
+            listed = store.list_info(prefix)
+            assert isinstance(listed, Iterator)
+            assert list(listed) == self._described(store, expected, False), prefix
+            detailed = list(store.list_info(prefix, metadata=True))
+            assert detailed == self._described(store, expected, True), prefix
+        sizes_seen = {key: info.size for key, info in store.list_info()}
+        assert sizes_seen["a/b"] == len(b"rewritten")
+        assert all(info.version is not None for _, info in store.list_info())
+
+    def test_list_info_sees_the_transaction_s_own_writes(self, store: AbstractStore) -> None:
+        _fill(store, ["t/a", "t/b"])
+        with store.transaction():
+            store.set("t/0", (b"new", {"m": 1}))
+            store.delete("t/b")
+            store.set("t/a", (b"changed", {}))
+            listed = list(store.list_info("t/", metadata=True))
+            assert [key for key, _ in listed] == ["t/0", "t/a"]
+            # Times of uncommitted writes may be unknown (a value then says "now"):
+            # the rest must agree with get.
+            expected = self._described(store, ["t/0", "t/a"], True)
+            parts = [(key, i.size, i.version, i.metadata) for key, i in listed]
+            assert parts == [(key, i.size, i.version, i.metadata) for key, i in expected]
+        assert [key for key, _ in store.list_info("t/")] == ["t/0", "t/a"]
+
+    def test_list_info_checks_its_prefix_when_called(self, store: AbstractStore) -> None:
+        for prefix in (None, 1, b"a"):
+            with pytest.raises(InvalidArgumentError):
+                store.list_info(prefix)  # type: ignore[arg-type]
+        with pytest.raises(InvalidKeyError):
+            store.list_info("a\udc80")
 
 
 def _model_keys() -> list[str]:
