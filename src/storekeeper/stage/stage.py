@@ -219,10 +219,12 @@ class BaseStage:
 
     def compact(self, retention: timedelta = timedelta(days=30)) -> int:
         """Fold every document's copies into one snapshot and remove the copies it
-        contains; drop tombstones every live session's copy covers (live: touched
-        within *retention*, which also bounds how old a dropped tombstone is). Safe
-        while other threads and processes use the stage. Returns how many documents
-        were compacted. See :mod:`storekeeper.stage.compact`."""
+        contains; drop tombstones, at every depth, that every live session's copy
+        covers (live: wrote or called :meth:`touch` within *retention*, which also
+        bounds how old a dropped tombstone is). Safe while other threads and processes
+        use the stage; a session that returns later rebases on the snapshot and cannot
+        bring anything deleted back. Returns how many documents were compacted. See
+        :mod:`storekeeper.stage.compact`."""
         from storekeeper.stage.compact import compact_stage
 
         return compact_stage(self, retention)
