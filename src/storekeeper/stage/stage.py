@@ -104,8 +104,12 @@ class DirtyBuffer:
         self.cache = cache if cache is not None else CopyCache()
         #: Pending writes: key -> what will be merged into the stored copy.
         self.dictionary: dict[str, _Buffered] = {}
-        #: Whether the commit must record the session's use of the stage (``touch()``).
+        #: Whether :meth:`BaseStage.touch` was called: the commit records the session.
         self.touched = False
+        #: Whether the transaction wrote or deleted a document: the commit records the
+        #: session too (at most once per :attr:`BaseStage.touch_interval`). A read that
+        #: adopts an unstamped document buffers a copy but does not set it.
+        self.edited = False
 
     def write(self, key: str, entry: _Buffered) -> None:
         """Buffer *entry* for *key*, merged with what the buffer already holds for it."""
@@ -187,9 +191,11 @@ class BaseStage:
     needs an open transaction in the current context, else :class:`TransactionError`.
     """
 
-    #: Where sessions record when they last used the stage (one key per session).
+    #: Where sessions record when they last used the stage (one key per session): a
+    #: commit that writes or deletes a document records it, as does :meth:`touch`;
+    #: a transaction that only reads records nothing (see :meth:`touch`).
     SESSION_DIRECTORY_KEY: Sequence[str] = (".sessions",)
-    #: A session touches the stage at most this often (every transaction would be a write).
+    #: A writing session records itself at most this often (:meth:`touch` always does).
     touch_interval = timedelta(seconds=30)
 
     def __init__(self, session: Session, repository: AbstractStore | str) -> None:
@@ -252,9 +258,11 @@ class BaseStage:
         tb: TracebackType | None,
     ) -> None:
         buffer = self.get_current_transaction(pop=True)
-        # A rolled-back transaction writes nothing at all, not even the touch record.
+        # A rolled-back transaction writes nothing at all, not even the touch record,
+        # and one that only read writes nothing either (bar an adopted document).
         if exc_type is None:
-            buffer.flush(self.session, self._touch_entry(force=buffer.touched))
+            record = buffer.touched or buffer.edited
+            buffer.flush(self.session, self._touch_entry(buffer.touched) if record else None)
 
     def get_current_transaction(self, pop: bool = False) -> DirtyBuffer:
         """The current context's :class:`DirtyBuffer` (removed from :attr:`transactions`
@@ -299,7 +307,7 @@ class BaseStage:
                 continue
         return times
 
-    def _touch_entry(self, force: bool = False) -> dict[str, bytes] | None:
+    def _touch_entry(self, force: bool) -> dict[str, bytes] | None:
         now = self.session.clock.now()
         recent = self._last_touch is not None and now - self._last_touch < self.touch_interval
         if recent and not force:
@@ -311,7 +319,17 @@ class BaseStage:
     def touch(self) -> None:
         """Record in the store that this session used the stage, when the open
         transaction commits (nothing if it rolls back); :class:`TransactionError`
-        outside a transaction, like every operation."""
+        outside a transaction, like every operation.
+
+        The record is what makes a session *live* for :meth:`compact`: a live session's
+        copies bound which tombstones it may drop. Commits that write record it on
+        their own; a transaction that only reads writes nothing, so a session that only
+        reads counts as live only if it calls this. It rarely needs to: compaction never
+        lets a copy bring a deleted entity back, and an edit stamped after the
+        snapshot's floor always survives -- which every edit is when made after reading
+        the document (a session's clock passes every revision it reads, the
+        snapshot's included), or when the session's wall clock is less than the
+        retention behind."""
         self.get_current_transaction().touched = True
 
     # -- reading -------------------------------------------------------------------------
@@ -538,6 +556,7 @@ class BaseStage:
         if not isinstance(document, MergeableDocument):
             raise TypeError(f"expected a MergeableDocument, not {type(document)!r}")
         buffer = self.get_current_transaction()
+        buffer.edited = True
         store_key = join_key(key)
         document_type = type(document)
         if has_pending(document) or document.__revision__ is None:
@@ -578,6 +597,7 @@ class BaseStage:
         stamp = (micros, self.session.identifier)
         tomb = tombstone(document_type, state, stamp)
         buffer = self.get_current_transaction()
+        buffer.edited = True
         revision = Revision(self.session, from_micros(micros))
         buffer.write(self._own_key(spec, key), _Buffered(document_type, tomb, revision, bases))
         return True
