@@ -450,3 +450,39 @@ def test_a_snapshot_absorbs_every_older_state_it_folded(
         for state in folded:
             if state.floor is None or (snapshot.floor is not None and state.floor < snapshot.floor):
                 assert _join(state, snapshot) == snapshot
+
+
+def test_stale_copies_and_a_snapshot_join_the_same_in_every_order() -> None:
+    """Two copies made before a compaction -- one holding a label added before the
+    floor, one editing the entity after it, unaware of the delete the compaction
+    collected -- joined with the snapshot: every order gives the same state, and the
+    entity stays deleted."""
+    world = _world([0, 0, 0])
+    a, c = world.sessions[0], world.sessions[2]
+    board = world.replicas[0]
+    board.tasks["t2"] = Task(title="x")
+    a.revise(board)
+    other = c.pull(board)
+    world.tick[0] += 1000
+    board.tasks["t2"].labels.append("l")
+    a.revise(board)
+    labelled = state_of(board)
+    world.tick[0] += 1000
+    del board.tasks["t2"]
+    a.revise(board)
+    world.tick[0] += 1000
+    floor = (to_micros(_BASE) + world.tick[0], "")
+    snapshot = collect_tombstones(Board, state_of(board), floor)
+    assert "t2" not in snapshot.state.get("tasks", {})
+    world.tick[0] += 1000
+    other.tasks["t2"].title = "edited offline"
+    c.revise(other)
+    edited = state_of(other)
+    orders = [
+        _join(_join(labelled, edited), snapshot),
+        _join(labelled, _join(edited, snapshot)),
+        _join(_join(labelled, snapshot), edited),
+    ]
+    assert orders[0] == orders[1] == orders[2]
+    board = build_document(Board, orders[0], None, RevisionSet())
+    assert "t2" not in board.tasks
