@@ -65,6 +65,7 @@ class Task(Element):
 
 class Board(MergeableDocument):
     title: str = ""
+    color: str = ""
     pin: Note | None = None
     tasks: Entities[Task] = entities(key="id")
 
@@ -486,3 +487,24 @@ def test_stale_copies_and_a_snapshot_join_the_same_in_every_order() -> None:
     assert orders[0] == orders[1] == orders[2]
     board = build_document(Board, orders[0], None, RevisionSet())
     assert "t2" not in board.tasks
+
+
+def test_a_document_put_by_hand_next_to_a_snapshot_is_adopted(store: AbstractStore) -> None:
+    """An unstamped copy's contents carry the oldest possible stamp: they lose to every
+    real write, but fill the fields nobody wrote, a compacted snapshot or not."""
+    clock = Clock()
+    a = _stage(store, clock, "hand-a")
+    with a:
+        a.board = Board(title="plan")
+    clock.now += timedelta(days=40)
+    with a:
+        a.touch()
+    assert a.compact(retention=timedelta(days=30)) == 1
+    hand = json.dumps({"title": "by hand", "color": "red"}).encode()
+    store.set("board.by-hand.json", (hand, {}))
+    reader = _stage(store, clock, "hand-r")
+    with reader:
+        board = reader.board
+        assert (board.title, board.color) == ("plan", "red")
+    with a:
+        assert (a.board.title, a.board.color) == ("plan", "red")

@@ -213,3 +213,44 @@ def test_a_delete_in_another_process_leaves_the_directory(tmp_path: Path) -> Non
         assert json.loads(child.stdout) == [["2"], 1, False]
         with a:
             assert list(a.seats) == ["2"] and len(a.seats) == 1 and "1" not in a.seats
+
+
+def test_listing_agrees_with_reading_when_a_stale_copy_returns(store: AbstractStore) -> None:
+    """A device away longer than the retention re-created a deleted document while
+    offline, before the floor of a later compaction; its copy syncs back afterwards.
+    The snapshot supersedes what the copy did before its floor, so the document stays
+    deleted -- and the directory must say so as reading does."""
+    clock = Clock()
+    stages = []
+    for name in ("ls-a", "ls-b", "ls-c"):
+        session = Session(f"{name}-{next(_names)}")
+        session.clock = HybridClock(clock)
+        stages.append(ChartStage(session, store))
+    a, b, device = stages
+    with a:
+        a.rooms["r"] = Seat(name="room")
+    with b:
+        held = b.rooms["r"]
+    clock.now += timedelta(seconds=1)
+    with a:
+        del a.rooms["r"]
+    clock.now += timedelta(seconds=1)
+    with device:  # offline: its copy reaches the shared store only later
+        device.rooms["r"] = Seat(name="re-created offline")
+    own = f"rooms/r/{device.session.identifier}.json"
+    offline = store.get(own)
+    offline_copy = (offline.data.read(), offline.metadata)
+    store.delete(own)
+    clock.now += timedelta(seconds=1)
+    with b:  # b's copy now covers everything so far (an edit of the deleted document)
+        held.note = "late"
+        b.rooms["r"] = held
+    clock.now += timedelta(days=40)
+    with b:
+        b.touch()
+    assert b.compact(retention=timedelta(days=30)) == 1
+    store.set(own, offline_copy)
+    for stage in stages:
+        with stage:
+            assert stage.rooms.get("r") is None
+            assert list(stage.rooms) == [] and "r" not in stage.rooms

@@ -20,10 +20,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any, NamedTuple, TypeVar
+from typing import NamedTuple, TypeVar
 
 from storekeeper import errors
 from storekeeper.stage._copies import Copy, CopyCache, load_copy
+from storekeeper.stage._lattice import Stamp
 from storekeeper.stage.codec import decode_slot, encode_document
 from storekeeper.stage.document import MergeableDocument
 from storekeeper.stage.merge import (
@@ -520,32 +521,35 @@ class BaseStage:
 
     def document_exists(self, key_spec: Sequence[str] | KeySpec, key: Sequence[str]) -> bool:
         """Whether the document at *key* exists (some copy, and not deleted), judged
-        from the copies' metadata alone."""
+        from the copies' metadata alone, as their merge would judge it: a copy older
+        than a compacted snapshot counts only with what it did after the snapshot's
+        floor."""
         spec = key_spec if isinstance(key_spec, KeySpec) else KeySpec(key_spec)
         buffer = self.get_current_transaction()
 
-        def fetch(store_key: str) -> tuple[Any, Any] | None:
+        def fetch(store_key: str) -> tuple[Stamp | None, Stamp | None, Stamp | None] | None:
             entry = buffer.dictionary.get(store_key)
             if entry is not None:
-                return entry.state.added, entry.state.deleted
+                return entry.state.added, entry.state.deleted, entry.state.floor
             try:
-                return decode_slot(self.repository.get_metadata(store_key))[:2]
+                return decode_slot(self.repository.get_metadata(store_key))
             except KeyError:
                 return None
 
+        slots = [slot for _, slot in self._fetch_copies(spec, key, fetch) if slot is not None]
+        if not slots:
+            return False
+        top = max((slot[2] for slot in slots if slot[2] is not None), default=None)
         added = deleted = None
-        any_copy = False
-        for _, slot in self._fetch_copies(spec, key, fetch):
-            if slot is None:
-                continue
-            any_copy = True
-            added = slot[0] if added is None or (slot[0] is not None and slot[0] > added) else added
-            deleted = (
-                slot[1]
-                if deleted is None or (slot[1] is not None and slot[1] > deleted)
-                else deleted
-            )
-        return any_copy and document_alive(DocState(added, deleted, None, {}))
+        for slot in slots:
+            made, gone = slot[0], slot[1]
+            if top is not None and slot[2] != top:  # superseded up to the snapshot's floor
+                made, gone = _after(made, top), _after(gone, top)
+            if made is not None and (added is None or made > added):
+                added = made
+            if gone is not None and (deleted is None or gone > deleted):
+                deleted = gone
+        return document_alive(DocState(added, deleted, None, {}))
 
     # -- writing -------------------------------------------------------------------------
     def write(self, key: Sequence[str], document: _D, merge: bool = True) -> _D:
@@ -607,8 +611,19 @@ def _merge_copies(
     document_type: type[MergeableDocument], copies: list[Copy]
 ) -> tuple[DocState, datetime, RevisionSet]:
     """The join of *copies*, the time of the merged revision (that of the copy that is
-    the join, if one is, else the newest) and the merged base revisions."""
-    state = join_all_documents(document_type, [c.state for c in copies])
+    the join, if one is, else the newest) and the merged base revisions.
+
+    An unstamped copy (put in the store by hand) takes the newest compaction floor of
+    the others: its contents carry the oldest possible stamp, so against a snapshot
+    they would count as superseded by it; this way they fill the fields no session
+    wrote, and lose to every real write."""
+    states = [c.state for c in copies]
+    if not all(c.stamped for c in copies):
+        floors = [s.floor for s in states if s.floor is not None]
+        if floors:
+            top = max(floors)
+            states = [c.state if c.stamped else c.state._replace(floor=top) for c in copies]
+    state = join_all_documents(document_type, states)
     same = [c for c in copies if c.state is state]
     newest = same[0] if same else max(copies, key=lambda c: c.revision.updated_at)
     revisions = RevisionSet(c.revision for c in copies if c.stamped)
@@ -616,6 +631,11 @@ def _merge_copies(
 
 
 _ROUTE_SPECS: weakref.WeakKeyDictionary[type, list[KeySpec]] = weakref.WeakKeyDictionary()
+
+
+def _after(stamp: Stamp | None, floor: Stamp) -> Stamp | None:
+    """*stamp* if it is after *floor*, else ``None``."""
+    return stamp if stamp is not None and stamp > floor else None
 
 
 def _route_specs(cls: type) -> list[KeySpec]:
