@@ -59,6 +59,8 @@ def collect(specs: Specs, cls: type, state: State, floor: Stamp) -> State:
             }
             if len(kept) == len(register) and all(kept[k] is s for k, s in register.items()):
                 kept = register
+            elif not kept:
+                kept = None
         if kept is register:
             continue
         if out is state:
