@@ -21,8 +21,9 @@ one operation per request, so ours and libearth's operations alternate one by on
 machine's load changes by the second). Both sides use a local directory without fsync
 (libearth never fsyncs; ours runs ``FileSystemStore(durable=False)``); a last row shows
 our commit with the default ``durable=True``. libearth records the session's last use
-after every transaction (a file write), ours at most every 30 s per stage. Ratios are
-libearth's time over ours, median of the per-pair ratios (ours faster when > 1).
+after every transaction (a file write), ours only in commits that write (at most every
+30 s per stage) or call ``touch()``. Ratios are libearth's time over ours, median of the
+per-pair ratios (ours faster when > 1).
 """
 
 from __future__ import annotations

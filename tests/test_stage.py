@@ -101,12 +101,19 @@ def test_sessions_appear_once_a_stage_has_been_used(store: AbstractStore) -> Non
     a, b = _stage(store, "ses-a"), _stage(store, "ses-b")
     assert a.sessions == frozenset()
     with a:
-        pass
+        assert a.doc is None
+    assert a.sessions == frozenset()  # a transaction that only reads records nothing
+    with a:
+        a.touch()
     assert a.sessions == {Session("ses-a")}
     with b:
-        b.doc = Doc(title="b")
+        b.dir["k"] = Doc(title="b")
     assert a.sessions == b.sessions == {Session("ses-a"), Session("ses-b")}
     assert isinstance(a.session_times()[Session("ses-b")], datetime)
+    c = _stage(store, "ses-c")
+    with c:
+        del c.dir["k"]  # a delete is a write
+    assert Session("ses-c") in a.sessions
 
 
 def test_touch_records_the_time(memory: DictMemoryStore) -> None:

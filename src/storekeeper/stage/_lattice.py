@@ -283,15 +283,20 @@ def join_slot_all(specs: Specs, cls: type, slots: list[Slot]) -> Slot:
     return Slot(added, deleted, state)
 
 
-def _prune_slot(specs: Specs, cls: type, slot: Slot, floor: Stamp) -> Slot:
+def _prune_slot(specs: Specs, cls: type, slot: Slot, floor: Stamp) -> Slot | None:
     added = None if slot.added is None or slot.added <= floor else slot.added
     deleted = None if slot.deleted is None or slot.deleted <= floor else slot.deleted
-    return Slot(added, deleted, prune(specs, cls, slot.state, floor))
+    state = prune(specs, cls, slot.state, floor)
+    if added is None and deleted is None and not state:
+        return None  # nothing left: the same, to every join, as no slot at all
+    return Slot(added, deleted, state)
 
 
 def prune(specs: Specs, cls: type, state: State, floor: Stamp) -> State:
     """*state* without the writes stamped at or before *floor* (what a delete at
-    *floor* covers)."""
+    *floor* covers, or what a compaction at *floor* supersedes), leaving out the
+    elements nothing is left of. It distributes over :func:`join`: pruning a join is
+    joining the pruned states."""
     out: State = {}
     for name, spec in specs(cls).items():
         register = state.get(name)
@@ -306,10 +311,15 @@ def prune(specs: Specs, cls: type, state: State, floor: Stamp) -> State:
             if items:
                 out[name] = items
         elif kind is Kind.ELEMENT:
-            out[name] = _prune_slot(specs, spec.item, register, floor)
+            slot = _prune_slot(specs, spec.item, register, floor)
+            if slot is not None:
+                out[name] = slot
         else:
             item = spec.item
-            out[name] = {k: _prune_slot(specs, item, s, floor) for k, s in register.items()}
+            slots = ((k, _prune_slot(specs, item, s, floor)) for k, s in register.items())
+            kept = {k: s for k, s in slots if s is not None}
+            if kept:
+                out[name] = kept
     return out
 
 

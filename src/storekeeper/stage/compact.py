@@ -6,15 +6,26 @@ leaves a tombstone, so a stage grows with the number of sessions and of deletes.
 
 1. read every copy (the previous snapshot included) and merge them;
 2. drop the tombstones that every *live* session's copy covers (live: touched within
-   the retention), recording the newest dropped point as the snapshot's *floor*;
+   the retention), at every depth -- deleted entities, entities of entities, nested
+   elements set to ``None``, and the contents of a deleted document. What is dropped is
+   stamped at or before the *floor*, the oldest of "now minus the retention" and each
+   live session's copy revision, recorded in the snapshot;
 3. write the merge as the snapshot (a copy under the reserved identifier ``@snapshot``)
    and delete each folded copy with a conditional delete, so a copy rewritten meanwhile
    is kept (a conflict retries the whole document).
 
-Readers treat the snapshot as one more copy. An entity absent from the snapshot whose
-every stamp is at or before the floor is one the compaction dropped as deleted: a stale
-copy (of a session that returns after the retention) cannot bring it back, so such a
-session rebases on the snapshot. Edits stamped after the floor always survive.
+Readers treat the snapshot as one more copy, holding everything written up to its
+floor. Joined with it, a copy made before (of a session that returns after the
+retention, say) adds only what it wrote after the floor: it cannot bring back a
+dropped tombstone's element, even one it edited offline, so such a session rebases on
+the snapshot. Edits stamped after the floor always survive, and the snapshot's revision
+is never older than its floor, so a session that reads it stamps its later edits after
+the floor, whatever its wall clock says. The floor is at least the retention in the
+past: a writer whose clock runs behind by more than that, and that has not read the
+snapshot, may see its older-stamped edits superseded.
+
+A deleted document keeps a small snapshot (its created and deleted stamps, no
+contents) so that a stale copy cannot bring it back.
 """
 
 from __future__ import annotations
@@ -30,7 +41,7 @@ from storekeeper.stage.codec import decode_document, decode_revision, encode_doc
 from storekeeper.stage.document import MergeableDocument
 from storekeeper.stage.merge import DocState, collect_tombstones, join_documents
 from storekeeper.stage.route import KeySpec, Route, compile_format_to_pattern
-from storekeeper.stage.session import Revision, RevisionSet, to_micros
+from storekeeper.stage.session import Revision, RevisionSet, from_micros, to_micros
 
 if TYPE_CHECKING:
     from storekeeper.stage.stage import BaseStage
@@ -143,7 +154,11 @@ def _fold(
     for copy in copies[1:]:
         merged = join_documents(document_type, merged, copy[2])
     merged = collect_tombstones(document_type, merged, floor)
-    revision = Revision(stage.session, max(c[3].updated_at for c in copies))
+    assert merged.floor is not None
+    # Never older than the floor: a reader's clock observes the snapshot's revision, so
+    # whatever it edits after reading is stamped after the floor and survives the join.
+    updated = max([c[3].updated_at for c in copies] + [from_micros(merged.floor[0])])
+    revision = Revision(stage.session, updated)
     bases = RevisionSet(c[3] for c in copies).merge(*(c[4] for c in copies))
     body, metadata = encode_document(document_type, merged, revision, bases)
     snapshot = next((c for c in copies if c[0] == snapshot_key), None)

@@ -4,8 +4,11 @@ A document's merge state (:class:`DocState`) is its fields' state (see
 :mod:`storekeeper.stage._lattice`) plus its own slot stamps -- created and deleted, so a
 deleted document stays deleted unless it is created again afterwards -- and the floor
 of the last compaction that dropped tombstones. :func:`join_documents` is the join
-of two such states; :class:`~storekeeper.stage.Session` builds ``revise``, ``pull`` and
-``merge`` on the functions here.
+of two such states: the one with the older floor is first pruned to what it wrote
+after the newer floor (pruning distributes over the join and pruning twice is pruning
+at the later floor, so this stays commutative, associative and idempotent).
+:class:`~storekeeper.stage.Session` builds ``revise``, ``pull`` and ``merge`` on the
+functions here.
 """
 
 from __future__ import annotations
@@ -13,17 +16,15 @@ from __future__ import annotations
 from typing import NamedTuple, TypeVar
 
 from storekeeper.stage._capture import PendingEditsError, StampClock, capture, settle
+from storekeeper.stage._collect import collect
 from storekeeper.stage._lattice import (
-    Slot,
     Stamp,
     State,
-    alive,
     join,
     join_all,
     newest_stamp,
     prune,
 )
-from storekeeper.stage._schema import FieldSpec, Kind
 from storekeeper.stage.document import (
     Element,
     MergeableDocument,
@@ -83,47 +84,34 @@ def has_pending(doc: Element) -> bool:
     return False
 
 
-def _drop_compacted(cls: type, low: DocState, high: DocState) -> State:
-    """*low*'s state without the entities a compaction (at *high*'s floor) dropped as
-    deleted: absent from *high* and nothing newer than its floor."""
-    floor = high.floor
-    assert floor is not None
-    state = low.state
-    for name, spec in fields_of(cls).items():
-        slots = state.get(name)
-        if spec.kind is not Kind.ENTITIES or not slots:
-            continue
-        kept = high.state.get(name) or {}
-        dropped = [k for k, s in slots.items() if k not in kept and _newest(spec, s) <= floor]
-        if dropped:
-            state = dict(state) if state is low.state else state
-            state[name] = {k: s for k, s in slots.items() if k not in dropped}
-    return state
-
-
-def _newest(spec: FieldSpec, slot: Slot) -> Stamp:
-    stamps = [s for s in (slot.added, slot.deleted) if s is not None]
-    inner = newest_stamp(fields_of, spec.item, slot.state)
-    if inner is not None:
-        stamps.append(inner)
-    return max(stamps) if stamps else (0, "")
+def _superseded(cls: type, low: DocState, floor: Stamp) -> DocState:
+    """*low* as a snapshot compacted at *floor* leaves it: only what it wrote after the
+    floor (the snapshot holds everything up to it, except what it collected)."""
+    return DocState(
+        None if low.added is None or low.added <= floor else low.added,
+        None if low.deleted is None or low.deleted <= floor else low.deleted,
+        floor,
+        prune(fields_of, cls, low.state, floor),
+    )
 
 
 def join_documents(cls: type, a: DocState, b: DocState) -> DocState:
     """The join of two merge states of document type *cls*."""
     if a is b or a == b:
         return a
-    sa, sb = a.state, b.state
+    pa, pb = a, b
     if a.floor != b.floor:
         if b.floor is None or (a.floor is not None and a.floor > b.floor):
-            sb = _drop_compacted(cls, b, a)
+            assert a.floor is not None
+            pb = _superseded(cls, b, a.floor)
         else:
-            sa = _drop_compacted(cls, a, b)
-    state = join(fields_of, cls, sa, sb)
-    deleted = _max_stamp(a.deleted, b.deleted)
+            assert b.floor is not None
+            pa = _superseded(cls, a, b.floor)
+    state = join(fields_of, cls, pa.state, pb.state)
+    deleted = _max_stamp(pa.deleted, pb.deleted)
     if deleted is not None:
         state = prune(fields_of, cls, state, deleted)
-    added = _max_stamp(a.added, b.added)
+    added = _max_stamp(pa.added, pb.added)
     result = DocState(added, deleted, _max_stamp(a.floor, b.floor), state)
     if result == a:
         return a
@@ -190,18 +178,16 @@ def tombstone(cls: type, doc: DocState, stamp: Stamp) -> DocState:
 
 
 def collect_tombstones(cls: type, doc: DocState, floor: Stamp) -> DocState:
-    """*doc* without the deleted entities (of its top-level ``Entities`` fields) whose
-    every stamp is at or before *floor*, and with *floor* recorded, so a copy that still
-    holds one of them cannot bring it back."""
-    state = doc.state
-    for name, spec in fields_of(cls).items():
-        slots = state.get(name)
-        if spec.kind is not Kind.ENTITIES or not slots:
-            continue
-        dead = [k for k, s in slots.items() if not alive(s) and _newest(spec, s) <= floor]
-        if dead:
-            state = dict(state) if state is doc.state else state
-            state[name] = {k: s for k, s in slots.items() if k not in dead}
+    """*doc* as a compaction at *floor* stores it: without the deleted elements, at any
+    depth, whose every stamp is at or before *floor* (a deleted document's contents
+    too, when all of them are), and with *floor* recorded, so that joining it with a
+    copy made before prunes that copy to what it wrote after the floor and a deleted
+    element never comes back (see :mod:`storekeeper.stage._collect`)."""
+    state = collect(fields_of, cls, doc.state, floor)
+    if not document_alive(doc) and state:
+        newest = newest_stamp(fields_of, cls, state)
+        if newest is None or newest <= floor:
+            state = {}
     if doc.floor is not None and doc.floor >= floor:
         floor = doc.floor
     return DocState(doc.added, doc.deleted, floor, state)

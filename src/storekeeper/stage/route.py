@@ -178,10 +178,13 @@ class Route(Generic[_D]):
 class Directory(Mapping[str, Any], Generic[_D]):
     """One level of a routed key path: index -> deeper :class:`Directory`, or document.
 
-    Built by :class:`Route`, not directly. Iteration lists the level's indices in key
-    order, including those written in the open transaction and leaving out documents
-    that were deleted; a missing level is empty. ``directory[i] = doc`` writes the
-    current session's copy, ``del directory[i]`` writes a tombstone to it.
+    Built by :class:`Route`, not directly. Iteration, ``len`` and ``in`` cover the
+    level's indices in key order, including those written in the open transaction and
+    leaving out deleted documents -- and, above the last level, indices below which
+    every document was deleted; a missing level is empty. ``directory[i] = doc`` writes
+    the current session's copy; ``del directory[i]`` writes a tombstone to it, after
+    which (in this transaction, and in every session that reads the copies) reading
+    ``directory[i]`` raises KeyError until a new document is assigned there.
     """
 
     def __init__(
@@ -211,19 +214,29 @@ class Directory(Mapping[str, Any], Generic[_D]):
     def _last_level(self) -> bool:
         return len(self.indices) + 1 == len(self.spec.levels)
 
-    def __iter__(self) -> Iterator[str]:
-        names = self.stage.list_level(self.key)
-        found = {}
-        for name in names:
+    def _candidates(self) -> list[str]:
+        """The indices with keys at this level (the open transaction's included), in
+        order, whether or not a document below them still exists."""
+        found = set()
+        for name in self.stage.list_level(self.key):
             match = self.pattern.match(name)
             if match is not None:
-                found[match.group(1)] = name
-        indices = sorted(found)
+                found.add(match.group(1))
+        return sorted(found)
+
+    def _holds(self, index: str) -> bool:
+        """Whether a document that exists (not deleted, as this transaction sees it) is
+        at *index*, or anywhere below it when this is not the last level."""
         if self._last_level():
-            indices = [
-                i for i in indices if self.stage.document_exists(self.spec, self._complete(i))
-            ]
-        return iter(indices)
+            return self.stage.document_exists(self.spec, self._complete(index))
+        key, _ = self._descend(index)
+        below = Directory(
+            self.stage, self.document_type, self.key_spec, (*self.indices, index), key
+        )
+        return any(below._holds(i) for i in below._candidates())
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([index for index in self._candidates() if self._holds(index)])
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
@@ -258,9 +271,7 @@ class Directory(Mapping[str, Any], Generic[_D]):
     def __contains__(self, index: object) -> bool:
         if not isinstance(index, str):
             return False
-        if self._last_level():
-            return self.stage.document_exists(self.spec, self._complete(index))
-        return index in set(self)
+        return self._holds(index)
 
     def _full_key(self, index: str) -> list[str]:
         if not self._last_level():

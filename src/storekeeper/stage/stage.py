@@ -20,10 +20,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any, NamedTuple, TypeVar
+from typing import NamedTuple, TypeVar
 
 from storekeeper import errors
 from storekeeper.stage._copies import Copy, CopyCache, load_copy
+from storekeeper.stage._lattice import Stamp
 from storekeeper.stage.codec import decode_slot, encode_document
 from storekeeper.stage.document import MergeableDocument
 from storekeeper.stage.merge import (
@@ -104,8 +105,12 @@ class DirtyBuffer:
         self.cache = cache if cache is not None else CopyCache()
         #: Pending writes: key -> what will be merged into the stored copy.
         self.dictionary: dict[str, _Buffered] = {}
-        #: Whether the commit must record the session's use of the stage (``touch()``).
+        #: Whether :meth:`BaseStage.touch` was called: the commit records the session.
         self.touched = False
+        #: Whether the transaction wrote or deleted a document: the commit records the
+        #: session too (at most once per :attr:`BaseStage.touch_interval`). A read that
+        #: adopts an unstamped document buffers a copy but does not set it.
+        self.edited = False
 
     def write(self, key: str, entry: _Buffered) -> None:
         """Buffer *entry* for *key*, merged with what the buffer already holds for it."""
@@ -187,9 +192,11 @@ class BaseStage:
     needs an open transaction in the current context, else :class:`TransactionError`.
     """
 
-    #: Where sessions record when they last used the stage (one key per session).
+    #: Where sessions record when they last used the stage (one key per session): a
+    #: commit that writes or deletes a document records it, as does :meth:`touch`;
+    #: a transaction that only reads records nothing (see :meth:`touch`).
     SESSION_DIRECTORY_KEY: Sequence[str] = (".sessions",)
-    #: A session touches the stage at most this often (every transaction would be a write).
+    #: A writing session records itself at most this often (:meth:`touch` always does).
     touch_interval = timedelta(seconds=30)
 
     def __init__(self, session: Session, repository: AbstractStore | str) -> None:
@@ -219,10 +226,12 @@ class BaseStage:
 
     def compact(self, retention: timedelta = timedelta(days=30)) -> int:
         """Fold every document's copies into one snapshot and remove the copies it
-        contains; drop tombstones every live session's copy covers (live: touched
-        within *retention*, which also bounds how old a dropped tombstone is). Safe
-        while other threads and processes use the stage. Returns how many documents
-        were compacted. See :mod:`storekeeper.stage.compact`."""
+        contains; drop tombstones, at every depth, that every live session's copy
+        covers (live: wrote or called :meth:`touch` within *retention*, which also
+        bounds how old a dropped tombstone is). Safe while other threads and processes
+        use the stage; a session that returns later rebases on the snapshot and cannot
+        bring anything deleted back. Returns how many documents were compacted. See
+        :mod:`storekeeper.stage.compact`."""
         from storekeeper.stage.compact import compact_stage
 
         return compact_stage(self, retention)
@@ -250,9 +259,11 @@ class BaseStage:
         tb: TracebackType | None,
     ) -> None:
         buffer = self.get_current_transaction(pop=True)
-        # A rolled-back transaction writes nothing at all, not even the touch record.
+        # A rolled-back transaction writes nothing at all, not even the touch record,
+        # and one that only read writes nothing either (bar an adopted document).
         if exc_type is None:
-            buffer.flush(self.session, self._touch_entry(force=buffer.touched))
+            record = buffer.touched or buffer.edited
+            buffer.flush(self.session, self._touch_entry(buffer.touched) if record else None)
 
     def get_current_transaction(self, pop: bool = False) -> DirtyBuffer:
         """The current context's :class:`DirtyBuffer` (removed from :attr:`transactions`
@@ -297,7 +308,7 @@ class BaseStage:
                 continue
         return times
 
-    def _touch_entry(self, force: bool = False) -> dict[str, bytes] | None:
+    def _touch_entry(self, force: bool) -> dict[str, bytes] | None:
         now = self.session.clock.now()
         recent = self._last_touch is not None and now - self._last_touch < self.touch_interval
         if recent and not force:
@@ -309,7 +320,17 @@ class BaseStage:
     def touch(self) -> None:
         """Record in the store that this session used the stage, when the open
         transaction commits (nothing if it rolls back); :class:`TransactionError`
-        outside a transaction, like every operation."""
+        outside a transaction, like every operation.
+
+        The record is what makes a session *live* for :meth:`compact`: a live session's
+        copies bound which tombstones it may drop. Commits that write record it on
+        their own; a transaction that only reads writes nothing, so a session that only
+        reads counts as live only if it calls this. It rarely needs to: compaction never
+        lets a copy bring a deleted entity back, and an edit stamped after the
+        snapshot's floor always survives -- which every edit is when made after reading
+        the document (a session's clock passes every revision it reads, the
+        snapshot's included), or when the session's wall clock is less than the
+        retention behind."""
         self.get_current_transaction().touched = True
 
     # -- reading -------------------------------------------------------------------------
@@ -500,32 +521,35 @@ class BaseStage:
 
     def document_exists(self, key_spec: Sequence[str] | KeySpec, key: Sequence[str]) -> bool:
         """Whether the document at *key* exists (some copy, and not deleted), judged
-        from the copies' metadata alone."""
+        from the copies' metadata alone, as their merge would judge it: a copy older
+        than a compacted snapshot counts only with what it did after the snapshot's
+        floor."""
         spec = key_spec if isinstance(key_spec, KeySpec) else KeySpec(key_spec)
         buffer = self.get_current_transaction()
 
-        def fetch(store_key: str) -> tuple[Any, Any] | None:
+        def fetch(store_key: str) -> tuple[Stamp | None, Stamp | None, Stamp | None] | None:
             entry = buffer.dictionary.get(store_key)
             if entry is not None:
-                return entry.state.added, entry.state.deleted
+                return entry.state.added, entry.state.deleted, entry.state.floor
             try:
-                return decode_slot(self.repository.get_metadata(store_key))[:2]
+                return decode_slot(self.repository.get_metadata(store_key))
             except KeyError:
                 return None
 
+        slots = [slot for _, slot in self._fetch_copies(spec, key, fetch) if slot is not None]
+        if not slots:
+            return False
+        top = max((slot[2] for slot in slots if slot[2] is not None), default=None)
         added = deleted = None
-        any_copy = False
-        for _, slot in self._fetch_copies(spec, key, fetch):
-            if slot is None:
-                continue
-            any_copy = True
-            added = slot[0] if added is None or (slot[0] is not None and slot[0] > added) else added
-            deleted = (
-                slot[1]
-                if deleted is None or (slot[1] is not None and slot[1] > deleted)
-                else deleted
-            )
-        return any_copy and document_alive(DocState(added, deleted, None, {}))
+        for slot in slots:
+            made, gone = slot[0], slot[1]
+            if top is not None and slot[2] != top:  # superseded up to the snapshot's floor
+                made, gone = _after(made, top), _after(gone, top)
+            if made is not None and (added is None or made > added):
+                added = made
+            if gone is not None and (deleted is None or gone > deleted):
+                deleted = gone
+        return document_alive(DocState(added, deleted, None, {}))
 
     # -- writing -------------------------------------------------------------------------
     def write(self, key: Sequence[str], document: _D, merge: bool = True) -> _D:
@@ -536,6 +560,7 @@ class BaseStage:
         if not isinstance(document, MergeableDocument):
             raise TypeError(f"expected a MergeableDocument, not {type(document)!r}")
         buffer = self.get_current_transaction()
+        buffer.edited = True
         store_key = join_key(key)
         document_type = type(document)
         if has_pending(document) or document.__revision__ is None:
@@ -576,6 +601,7 @@ class BaseStage:
         stamp = (micros, self.session.identifier)
         tomb = tombstone(document_type, state, stamp)
         buffer = self.get_current_transaction()
+        buffer.edited = True
         revision = Revision(self.session, from_micros(micros))
         buffer.write(self._own_key(spec, key), _Buffered(document_type, tomb, revision, bases))
         return True
@@ -585,8 +611,19 @@ def _merge_copies(
     document_type: type[MergeableDocument], copies: list[Copy]
 ) -> tuple[DocState, datetime, RevisionSet]:
     """The join of *copies*, the time of the merged revision (that of the copy that is
-    the join, if one is, else the newest) and the merged base revisions."""
-    state = join_all_documents(document_type, [c.state for c in copies])
+    the join, if one is, else the newest) and the merged base revisions.
+
+    An unstamped copy (put in the store by hand) takes the newest compaction floor of
+    the others: its contents carry the oldest possible stamp, so against a snapshot
+    they would count as superseded by it; this way they fill the fields no session
+    wrote, and lose to every real write."""
+    states = [c.state for c in copies]
+    if not all(c.stamped for c in copies):
+        floors = [s.floor for s in states if s.floor is not None]
+        if floors:
+            top = max(floors)
+            states = [c.state if c.stamped else c.state._replace(floor=top) for c in copies]
+    state = join_all_documents(document_type, states)
     same = [c for c in copies if c.state is state]
     newest = same[0] if same else max(copies, key=lambda c: c.revision.updated_at)
     revisions = RevisionSet(c.revision for c in copies if c.stamped)
@@ -594,6 +631,11 @@ def _merge_copies(
 
 
 _ROUTE_SPECS: weakref.WeakKeyDictionary[type, list[KeySpec]] = weakref.WeakKeyDictionary()
+
+
+def _after(stamp: Stamp | None, floor: Stamp) -> Stamp | None:
+    """*stamp* if it is after *floor*, else ``None``."""
+    return stamp if stamp is not None and stamp > floor else None
 
 
 def _route_specs(cls: type) -> list[KeySpec]:
