@@ -231,15 +231,20 @@ def join_all(specs: Specs, cls: type, states: list[State]) -> State:
 def _join_flat_all(states: list[State]) -> State:
     out = dict(states[0])
     for state in states[1:]:
-        for name, rb in state.items():
-            ra = out.get(name)
-            if ra is None:
-                out[name] = rb
-            elif ra is not rb:
-                stamp_a, stamp_b = ra[0], rb[0]
-                if stamp_b > stamp_a or (stamp_b == stamp_a and _join_register(ra, rb) is rb):
-                    out[name] = rb
+        _join_flat_into(out, state)
     return out
+
+
+def _join_flat_into(out: State, state: State) -> None:
+    """Join the flat *state* into *out* (a new dict of the caller's), in place."""
+    for name, rb in state.items():
+        ra = out.get(name)
+        if ra is None:
+            out[name] = rb
+        elif ra is not rb:
+            stamp_a, stamp_b = ra[0], rb[0]
+            if stamp_b > stamp_a or (stamp_b == stamp_a and _join_register(ra, rb) is rb):
+                out[name] = rb
 
 
 def _join_entities_all(
@@ -253,8 +258,9 @@ def _join_entities_all(
                 groups[key] = [slot]
             else:
                 group.append(slot)
+    join = _join_flat_slot_all if flat_field_names(specs, cls) is not None else join_slot_all
     return {
-        key: group[0] if len(group) == 1 else join_slot_all(specs, cls, group)
+        key: group[0] if len(group) == 1 else join(specs, cls, group)
         for key, group in groups.items()
     }
 
@@ -280,6 +286,30 @@ def join_slot_all(specs: Specs, cls: type, slots: list[Slot]) -> Slot:
             if slot.deleted != deleted:
                 state = prune(specs, cls, state, deleted)
                 break
+    return Slot(added, deleted, state)
+
+
+def _join_flat_slot_all(specs: Specs, cls: type, slots: list[Slot]) -> Slot:
+    """:func:`join_slot_all` for an element type whose fields are all scalars (the
+    entries of a feed): one loop over the slots joins their stamps and states."""
+    head = slots[0]
+    added, deleted, state = head.added, head.deleted, head.state
+    for slot in slots[1:]:
+        if slot is head:
+            continue
+        stamp = slot.added
+        if stamp is not None and (added is None or stamp > added):
+            added = stamp
+        stamp = slot.deleted
+        if stamp is not None and (deleted is None or stamp > deleted):
+            deleted = stamp
+        if state is head.state:
+            state = dict(state)
+        _join_flat_into(state, slot.state)
+    if state is head.state:
+        return head
+    if deleted is not None and any(slot.deleted != deleted for slot in slots):
+        state = prune(specs, cls, state, deleted)
     return Slot(added, deleted, state)
 
 
