@@ -265,30 +265,6 @@ def _join_entities_all(
     }
 
 
-def join_slot_all(specs: Specs, cls: type, slots: list[Slot]) -> Slot:
-    """:func:`join_all` for slots."""
-    head = slots[0]
-    added, deleted, same = head.added, head.deleted, True
-    for slot in slots[1:]:  # plain loops: this runs once per entity of a merged read
-        if slot is not head:
-            same = False
-        stamp = slot.added
-        if stamp is not None and (added is None or stamp > added):
-            added = stamp
-        stamp = slot.deleted
-        if stamp is not None and (deleted is None or stamp > deleted):
-            deleted = stamp
-    if same:
-        return head
-    state = join_all(specs, cls, [s.state for s in slots])
-    if deleted is not None:
-        for slot in slots:
-            if slot.deleted != deleted:
-                state = prune(specs, cls, state, deleted)
-                break
-    return Slot(added, deleted, state)
-
-
 def _join_flat_slot_all(specs: Specs, cls: type, slots: list[Slot]) -> Slot:
     """:func:`join_slot_all` for an element type whose fields are all scalars (the
     entries of a feed): one loop over the slots joins their stamps and states."""
@@ -310,6 +286,30 @@ def _join_flat_slot_all(specs: Specs, cls: type, slots: list[Slot]) -> Slot:
         return head
     if deleted is not None and any(slot.deleted != deleted for slot in slots):
         state = prune(specs, cls, state, deleted)
+    return Slot(added, deleted, state)
+
+
+def join_slot_all(specs: Specs, cls: type, slots: list[Slot]) -> Slot:
+    """:func:`join_all` for slots."""
+    head = slots[0]
+    added, deleted, same = head.added, head.deleted, True
+    for slot in slots[1:]:  # plain loops: this runs once per entity of a merged read
+        if slot is not head:
+            same = False
+        stamp = slot.added
+        if stamp is not None and (added is None or stamp > added):
+            added = stamp
+        stamp = slot.deleted
+        if stamp is not None and (deleted is None or stamp > deleted):
+            deleted = stamp
+    if same:
+        return head
+    state = join_all(specs, cls, [s.state for s in slots])
+    if deleted is not None:
+        for slot in slots:
+            if slot.deleted != deleted:
+                state = prune(specs, cls, state, deleted)
+                break
     return Slot(added, deleted, state)
 
 
