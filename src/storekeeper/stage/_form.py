@@ -1,10 +1,11 @@
 """The JSON form of a staged document's merge state: the body of a stored copy.
 
 A body is a JSON object: the document's element (below) plus ``"#"``, the table of
-the stamps the body uses, each ``[microseconds, session id]``; everything else names a
-stamp by its position in that table. A copy is written by one session, mostly in one
-revise, so a handful of stamps serve thousands of registers: the body stays small and
-decoding it makes one stamp object per table entry, shared by every register.
+the stamps the body uses (left out when it uses none), each ``[microseconds, session
+id]``; everything else names a stamp by its position in that table. A copy is written
+by one session, mostly in one revise, so a handful of stamps serve thousands of
+registers: the body stays small and decoding it makes one stamp object per table
+entry, shared by every register.
 
 An element is a JSON object holding each field that has a register under its name:
 
@@ -37,6 +38,8 @@ def encode_body(specs: Specs, cls: type, state: State) -> dict[str, Any]:
     """The JSON-ready body holding *state* (of element type *cls*)."""
     table: _Table = {}
     element = _element_out(specs, cls, state, table)
+    if not table:
+        return element  # nothing stamped (an empty state): no table either
     return {"#": [[micros, session] for micros, session in table], **element}
 
 
