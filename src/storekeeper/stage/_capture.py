@@ -141,7 +141,7 @@ def settle(element: Element, state: State) -> None:
     """Make *state* (just written) *element*'s own: its edits are no longer pending, and
     where the join kept another session's newer write, the element shows that."""
     object.__setattr__(element, "_state", state)
-    element._assigned.clear()
+    element.__dict__.pop("_assigned", None)
     for name, spec in fields_of(type(element)).items():
         value = element.__dict__[name]
         register = state.get(name)

@@ -1,4 +1,4 @@
-"""The merge of staged documents, as a join of plain states, and their JSON form.
+"""The merge of staged documents, as a join of plain states.
 
 An element's *state* maps field names to registers (a field never written has none):
 
@@ -29,11 +29,11 @@ from storekeeper.stage._schema import FieldSpec, Kind
 
 __all__ = [
     "Slot",
+    "Specs",
     "Stamp",
     "State",
     "alive",
-    "decode_state",
-    "encode_state",
+    "flat_field_names",
     "join",
     "join_all",
     "join_slot",
@@ -131,7 +131,7 @@ def _join_slots(specs: Specs, cls: type, a: dict[str, Slot], b: dict[str, Slot])
 _FLAT: dict[type, frozenset[str] | None] = {}
 
 
-def _flat_names(specs: Specs, cls: type) -> frozenset[str] | None:
+def flat_field_names(specs: Specs, cls: type) -> frozenset[str] | None:
     """The field names of *cls* if every field is a scalar (entries of a feed usually
     are), else ``None``: such states are decoded and joined by one tight loop."""
     try:
@@ -177,7 +177,7 @@ def join(specs: Specs, cls: type, a: State, b: State) -> State:
     register of the join is that input's)."""
     if a is b:
         return a
-    if _flat_names(specs, cls) is not None:
+    if flat_field_names(specs, cls) is not None:
         return _join_flat(a, b)
     out: State = {}
     all_a = all_b = True
@@ -206,7 +206,7 @@ def join_all(specs: Specs, cls: type, states: list[State]) -> State:
     session's copy)."""
     if len(states) == 1:
         return states[0]
-    if _flat_names(specs, cls) is not None:
+    if flat_field_names(specs, cls) is not None:
         return _join_flat_all(states)
     out = {}
     for name, spec in specs(cls).items():
@@ -231,15 +231,20 @@ def join_all(specs: Specs, cls: type, states: list[State]) -> State:
 def _join_flat_all(states: list[State]) -> State:
     out = dict(states[0])
     for state in states[1:]:
-        for name, rb in state.items():
-            ra = out.get(name)
-            if ra is None:
-                out[name] = rb
-            elif ra is not rb:
-                stamp_a, stamp_b = ra[0], rb[0]
-                if stamp_b > stamp_a or (stamp_b == stamp_a and _join_register(ra, rb) is rb):
-                    out[name] = rb
+        _join_flat_into(out, state)
     return out
+
+
+def _join_flat_into(out: State, state: State) -> None:
+    """Join the flat *state* into *out* (a new dict of the caller's), in place."""
+    for name, rb in state.items():
+        ra = out.get(name)
+        if ra is None:
+            out[name] = rb
+        elif ra is not rb:
+            stamp_a, stamp_b = ra[0], rb[0]
+            if stamp_b > stamp_a or (stamp_b == stamp_a and _join_register(ra, rb) is rb):
+                out[name] = rb
 
 
 def _join_entities_all(
@@ -253,10 +258,35 @@ def _join_entities_all(
                 groups[key] = [slot]
             else:
                 group.append(slot)
+    join = _join_flat_slot_all if flat_field_names(specs, cls) is not None else join_slot_all
     return {
-        key: group[0] if len(group) == 1 else join_slot_all(specs, cls, group)
+        key: group[0] if len(group) == 1 else join(specs, cls, group)
         for key, group in groups.items()
     }
+
+
+def _join_flat_slot_all(specs: Specs, cls: type, slots: list[Slot]) -> Slot:
+    """:func:`join_slot_all` for an element type whose fields are all scalars (the
+    entries of a feed): one loop over the slots joins their stamps and states."""
+    head = slots[0]
+    added, deleted, state = head.added, head.deleted, head.state
+    for slot in slots[1:]:
+        if slot is head:
+            continue
+        stamp = slot.added
+        if stamp is not None and (added is None or stamp > added):
+            added = stamp
+        stamp = slot.deleted
+        if stamp is not None and (deleted is None or stamp > deleted):
+            deleted = stamp
+        if state is head.state:
+            state = dict(state)
+        _join_flat_into(state, slot.state)
+    if state is head.state:
+        return head
+    if deleted is not None and any(slot.deleted != deleted for slot in slots):
+        state = prune(specs, cls, state, deleted)
+    return Slot(added, deleted, state)
 
 
 def join_slot_all(specs: Specs, cls: type, slots: list[Slot]) -> Slot:
@@ -342,133 +372,3 @@ def newest_stamp(specs: Specs, cls: type, state: State) -> Stamp | None:
                 newest = _max(_max(newest, slot.added), slot.deleted)
                 newest = _max(newest, newest_stamp(specs, spec.item, slot.state))
     return newest
-
-
-# -- JSON form ----------------------------------------------------------------------
-# An element is a JSON object: "@" holds the stamp most of its scalar fields share,
-# a scalar is [value] under it or [value, micros, session] with its own stamp, a list
-# [[item, micros, session, position], ...], a slot [added, deleted, element] and
-# entities {id: slot}. A stamp is [micros, session] or null.
-
-
-def _stamp_out(stamp: Stamp | None) -> Any:
-    return None if stamp is None else [stamp[0], stamp[1]]
-
-
-def _common_stamp(specs: dict[str, FieldSpec], state: State) -> Stamp | None:
-    counts: dict[Stamp, int] = {}
-    for name, spec in specs.items():
-        if spec.kind is Kind.SCALAR or spec.kind is Kind.DATETIME:
-            register = state.get(name)
-            if register is not None:
-                counts[register[0]] = counts.get(register[0], 0) + 1
-    return max(counts, key=counts.__getitem__) if counts else None
-
-
-def encode_state(specs: Specs, cls: type, state: State) -> dict[str, Any]:
-    """The JSON-ready form of *state* (element type *cls*)."""
-    fields = specs(cls)
-    common = _common_stamp(fields, state)
-    out: dict[str, Any] = {}
-    if common is not None:
-        out["@"] = [common[0], common[1]]
-    for name, spec in fields.items():
-        register = state.get(name)
-        if register is None:
-            continue
-        kind = spec.kind
-        if kind is Kind.SCALAR or kind is Kind.DATETIME:
-            stamp, value = register
-            out[name] = [value] if stamp == common else [value, stamp[0], stamp[1]]
-        elif kind is Kind.LIST:
-            out[name] = [[item, *stamp] for item, stamp in register.items()]
-        elif kind is Kind.ELEMENT:
-            out[name] = _slot_out(specs, spec.item, register)
-        else:
-            out[name] = {k: _slot_out(specs, spec.item, s) for k, s in register.items()}
-    return out
-
-
-def _slot_out(specs: Specs, cls: type, slot: Slot) -> list[Any]:
-    return [_stamp_out(slot.added), _stamp_out(slot.deleted), encode_state(specs, cls, slot.state)]
-
-
-def decode_state(specs: Specs, cls: type, raw: dict[str, Any]) -> State:
-    """The state encoded by :func:`encode_state` (ValueError if *raw* is malformed)."""
-    if not isinstance(raw, dict):
-        raise ValueError(f"a {cls.__name__} element must be a JSON object")  # noqa: TRY004
-    try:
-        return _decode(specs, cls, raw)
-    except (TypeError, IndexError, KeyError, AttributeError, ValueError) as exc:
-        raise ValueError(f"malformed {cls.__name__} element: {exc}") from exc
-
-
-def _decode(specs: Specs, cls: type, raw: dict[str, Any]) -> State:
-    # Reading a feed decodes every entry of every copy: the loops are spelled out.
-    common_raw = raw.get("@")
-    common = None if common_raw is None else (common_raw[0], common_raw[1])
-    names = _flat_names(specs, cls)
-    if names is not None:
-        flat = {
-            name: (common if len(encoded) == 1 else (encoded[1], encoded[2]), encoded[0])
-            for name, encoded in raw.items()
-            if name in names
-        }
-        if common is None and any(register[0] is None for register in flat.values()):
-            raise ValueError(f"a {cls.__name__} field has no stamp")
-        return flat
-    state: State = {}
-    for name, spec in specs(cls).items():
-        encoded = raw.get(name)
-        if encoded is None:
-            continue
-        kind = spec.kind
-        if kind is _SCALAR or kind is _DATETIME:
-            if len(encoded) == 1:
-                if common is None:
-                    raise ValueError(f"{name} has no stamp")
-                state[name] = (common, encoded[0])
-            else:
-                state[name] = ((encoded[1], encoded[2]), encoded[0])
-        elif kind is _LIST:
-            state[name] = {e[0]: (e[1], e[2], e[3]) for e in encoded}
-        elif kind is _ELEMENT:
-            state[name] = _slot_in(specs, spec.item, encoded)
-        else:
-            state[name] = _decode_entities(specs, spec.item, encoded)
-    return state
-
-
-def _decode_entities(specs: Specs, item: type, encoded: dict[str, Any]) -> dict[str, Slot]:
-    names = _flat_names(specs, item)
-    if names is not None:
-        return {k: _flat_slot_in(names, s) for k, s in encoded.items()}
-    return {k: _slot_in(specs, item, s) for k, s in encoded.items()}
-
-
-def _flat_slot_in(names: frozenset[str], raw: list[Any]) -> Slot:
-    """:func:`_slot_in` for an element type whose fields are all scalars, inline."""
-    added, deleted, body = raw
-    common_raw = body.get("@")
-    common = None if common_raw is None else (common_raw[0], common_raw[1])
-    state = {
-        name: (common if len(encoded) == 1 else (encoded[1], encoded[2]), encoded[0])
-        for name, encoded in body.items()
-        if name in names
-    }
-    if common is None and any(register[0] is None for register in state.values()):
-        raise ValueError("a field has no stamp")
-    return Slot(
-        None if added is None else (added[0], added[1]),
-        None if deleted is None else (deleted[0], deleted[1]),
-        state,
-    )
-
-
-def _slot_in(specs: Specs, cls: type, raw: list[Any]) -> Slot:
-    added, deleted, body = raw
-    return Slot(
-        None if added is None else (added[0], added[1]),
-        None if deleted is None else (deleted[0], deleted[1]),
-        _decode(specs, cls, body),
-    )

@@ -1,6 +1,6 @@
 """How a staged document's copy is kept in a store: a JSON body and stage metadata.
 
-The body is the fields' merge state (see :mod:`storekeeper.stage._lattice` for its
+The body is the fields' merge state (see :mod:`storekeeper.stage._form` for its
 JSON form). The metadata, under the one name :data:`METADATA_NAME`, holds the revision,
 the base revisions and the document's own stamps (created, deleted, compaction floor),
 so revisions are read without parsing the body.
@@ -12,7 +12,8 @@ import json
 from datetime import datetime
 from typing import Any, TypeVar
 
-from storekeeper.stage._lattice import Stamp, decode_state, encode_state
+from storekeeper.stage._form import decode_body, encode_body
+from storekeeper.stage._lattice import Stamp
 from storekeeper.stage._schema import Kind
 from storekeeper.stage.document import MergeableDocument, decode_value, fields_of
 from storekeeper.stage.merge import DocState
@@ -61,7 +62,7 @@ def encode_document(
     cls: type, doc: DocState, revision: Revision, bases: RevisionSet
 ) -> tuple[bytes, dict[str, Any]]:
     """The body bytes and metadata that store the merge state *doc*."""
-    body = json.dumps(encode_state(fields_of, cls, doc.state), separators=(",", ":"))
+    body = json.dumps(encode_body(fields_of, cls, doc.state), separators=(",", ":"))
     meta = {
         "type": cls.__name__,
         "revision": _revision_text(revision),
@@ -101,7 +102,7 @@ def decode_document(cls: type, body: bytes, metadata: dict[str, Any]) -> DocStat
     must then be adopted with :func:`captured_state`."""
     raw = json.loads(body.decode("utf-8")) if body else {}
     added, deleted, floor = decode_slot(metadata)
-    return DocState(added, deleted, floor, decode_state(fields_of, cls, raw))
+    return DocState(added, deleted, floor, decode_body(fields_of, cls, raw))
 
 
 def plain_document(cls: type[_D], body: bytes) -> _D:

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import ItemsView, Iterator, MutableMapping, ValuesView
+from collections.abc import Set as AbstractSet
 from datetime import datetime
 from typing import Any, Generic, NamedTuple, Self, TypeVar
 
@@ -157,7 +158,9 @@ class Element:
     """
 
     _state: State
-    _assigned: set[str]
+    #: The fields assigned since the last revise: none until the first assignment (an
+    #: element read from a store gets its own set only then; a feed has many entries).
+    _assigned: AbstractSet[str] = frozenset()
 
     def __init__(self, **values: Any) -> None:
         specs = fields_of(type(self))
@@ -165,7 +168,6 @@ class Element:
         if unknown:
             raise TypeError(f"{type(self).__name__} has no field {sorted(unknown)[0]!r}")
         object.__setattr__(self, "_state", {})
-        object.__setattr__(self, "_assigned", set())
         for name, spec in specs.items():
             if name in values:
                 setattr(self, name, values[name])
@@ -178,7 +180,10 @@ class Element:
         spec = fields_of(type(self)).get(name)
         if spec is not None:
             value = _checked(spec, value)
-            self._assigned.add(name)
+            assigned = self.__dict__.get("_assigned")
+            if assigned is None:
+                assigned = self.__dict__["_assigned"] = set()
+            assigned.add(name)
         object.__setattr__(self, name, value)
 
     def __eq__(self, other: object) -> bool:
@@ -214,7 +219,6 @@ class Element:
                 else:
                     values[name] = materialize(spec, register)
         values["_state"] = state
-        values["_assigned"] = set()
         return self
 
 
