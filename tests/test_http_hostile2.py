@@ -882,6 +882,16 @@ def test_tracked_logins_are_bounded_least_recent_forgotten(
     assert s.login("ali", "pw-ali", source="127.0.3.1")[0] == 200  # ali was forgotten
 
 
+def test_blocked_address_cannot_flush_its_own_entry_with_bogus_names(
+    server_factory: Callable[..., Server],
+) -> None:
+    s = server_factory(max_failed_logins=2, failed_login_window=100, max_tracked_logins=4)
+    assert [s.login("ali", "w", source="127.0.4.1")[0] for _ in range(3)] == [401, 401, 429]
+    assert {s.login(f"g{i}", "w", source="127.0.4.1")[0] for i in range(10)} == {429}
+    assert s.login("bob", "pw-bob", source="127.0.4.1")[0] == 429
+    assert s.login("ali", "pw-ali", source="127.0.4.2")[0] == 429
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="fixed failed-login window: N failures within W seconds, the next is still checked",
