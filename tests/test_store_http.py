@@ -150,3 +150,42 @@ def test_a_commit_over_another_clients_change_fails_instead_of_losing_it(served:
         with mine.transaction("increment"):  # nobody interferes: it commits
             mine.set("n", (str(int(mine.to_bytes("n")) + 1).encode(), {}))
         assert theirs.to_bytes("n") == b"11"
+
+
+@pytest.mark.parametrize(
+    "read",
+    [
+        lambda store: store.get_metadata("a"),
+        lambda store: store.get_metadata("a", ["m"]),
+        lambda store: store.get("a"),
+        lambda store: store.exists("a"),
+        lambda store: store.version_of("a"),
+    ],
+    ids=["get_metadata", "get_metadata_select", "get", "exists", "version_of"],
+)
+def test_a_commit_based_on_a_key_it_only_read_fails_if_that_key_changed(
+    served: Served, read: Any
+) -> None:
+    served.clear()
+    with DynamicURLStore(served.base) as mine, DynamicURLStore(served.base) as theirs:
+        theirs.set("a", (b"1", {"m": 1}))
+        with pytest.raises(ConflictError), mine.transaction("derive b from a"):
+            read(mine)
+            theirs.update_metadata("a", {"m": 2})  # between my read and my commit
+            mine.set("b", (b"derived", {"from": 1}))
+        assert not theirs.exists("b") and not served.backing.exists("b")
+        assert served.backing.get_metadata("a") == {"m": 2}
+        with mine.transaction("nobody interferes"):
+            read(mine)
+            mine.set("b", (b"derived", {"from": 2}))
+        assert served.backing.get_metadata("b") == {"from": 2}
+
+
+def test_a_commit_based_on_a_key_read_as_missing_fails_if_it_appeared(served: Served) -> None:
+    served.clear()
+    with DynamicURLStore(served.base) as mine, DynamicURLStore(served.base) as theirs:
+        with pytest.raises(ConflictError), mine.transaction("claim"):
+            assert not mine.exists("lock")
+            theirs.set("lock", (b"theirs", {}))
+            mine.set("owner", (b"mine", {}))
+        assert not served.backing.exists("owner")
