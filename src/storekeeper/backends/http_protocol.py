@@ -87,9 +87,12 @@ def quote_key(key: str) -> str:
     Segments that are ``.`` or ``..`` are escaped as ``%2E`` so that no client or proxy
     normalises them away (``a/../b`` stays three segments).
     """
-    segments = quote(key, safe=_SAFE).split("/")
+    quoted = quote(key, safe=_SAFE)
+    if "." not in quoted:
+        return quoted
     return "/".join(
-        segment.replace(".", "%2E") if segment in {".", ".."} else segment for segment in segments
+        segment.replace(".", "%2E") if segment in {".", ".."} else segment
+        for segment in quoted.split("/")
     )
 
 
