@@ -5,7 +5,8 @@
 2. A 1 GiB download from our server (FileSystemStore) vs nginx serving the same bytes
    as a static file, fetched by curl (target >= 0.7).
 3. A 1 GiB upload to our server, with the server's peak RSS (target < 64 MiB).
-4. DynamicURLStore vs raw urllib3 requests, small GET and PUT (target >= 0.9).
+4. DynamicURLStore vs raw urllib3 sending the same requests: get, set, to_bytes and
+   set_data of 100 B (target >= 0.9).
 5. Our server's throughput and p99 latency at 1, 8 and 64 concurrent clients (wrk).
 
 Each server runs in a process of its own; reps interleave the peers, and ratios are
@@ -264,37 +265,62 @@ def client_overhead() -> None:
     import urllib3
 
     from storekeeper.backends.http import DynamicURLStore
+    from storekeeper.backends.http_protocol import METADATA_LENGTH
 
     count = 2000
+    metadata = {"a": 1}
+    value_body = b'{"a":1}' + SMALL
+    value_headers = {METADATA_LENGTH: "7"}
     rates: dict[tuple[str, str], list[float]] = {}
     cpus: dict[tuple[str, str], list[float]] = {}
     with server("ours", "memory://") as (port, _):
         base = f"http://127.0.0.1:{port}/store"
         pool = urllib3.PoolManager()
         with DynamicURLStore(base) as store:
-            store.set_data("k", SMALL)
+            store.set("k", (SMALL, metadata))
 
             def ours_get() -> None:
                 for _ in range(count):
-                    store.to_bytes("k")
+                    with store.get("k").data as stream:
+                        stream.read()
 
             def raw_get() -> None:
                 for _ in range(count):
+                    pool.request("GET", base + "/k/value").data  # noqa: B018
+
+            def ours_set() -> None:
+                for _ in range(count):
+                    store.set("k", (SMALL, metadata))
+
+            def raw_set() -> None:
+                for _ in range(count):
+                    pool.request("PUT", base + "/k/value", body=value_body, headers=value_headers)
+
+            def ours_get_data() -> None:
+                for _ in range(count):
+                    store.to_bytes("k")
+
+            def raw_get_data() -> None:
+                for _ in range(count):
                     pool.request("GET", base + "/k/data").data  # noqa: B018
 
-            def ours_put() -> None:
+            def ours_put_data() -> None:
                 for _ in range(count):
                     store.set_data("k", SMALL)
 
-            def raw_put() -> None:
+            def raw_put_data() -> None:
                 for _ in range(count):
                     pool.request("PUT", base + "/k/data", body=SMALL)
 
             runs = {
-                ("GET", "ours"): ours_get,
-                ("GET", "raw"): raw_get,
-                ("PUT", "ours"): ours_put,
-                ("PUT", "raw"): raw_put,
+                ("get", "ours"): ours_get,
+                ("get", "raw"): raw_get,
+                ("set", "ours"): ours_set,
+                ("set", "raw"): raw_set,
+                ("to_bytes", "ours"): ours_get_data,
+                ("to_bytes", "raw"): raw_get_data,
+                ("set_data", "ours"): ours_put_data,
+                ("set_data", "raw"): raw_put_data,
             }
             for rep in range(REPS):
                 items = list(runs.items()) if rep % 2 == 0 else list(reversed(runs.items()))
@@ -303,8 +329,9 @@ def client_overhead() -> None:
                     action()
                     rates.setdefault((op, peer), []).append(count / (time.perf_counter() - start))
                     cpus.setdefault((op, peer), []).append(count / (time.process_time() - cpu))
-    print("4. DynamicURLStore vs raw urllib3, one client, ops/s median:")
-    for op in ("GET", "PUT"):
+    print("4. DynamicURLStore vs raw urllib3 (same requests), one client, ops/s median:")
+    print("   get = GET {key}/value, set = PUT {key}/value, to_bytes/set_data = {key}/data")
+    for op in ("get", "set", "to_bytes", "set_data"):
         ours, raw = rates[(op, "ours")], rates[(op, "raw")]
         print(
             f"   {op}: DynamicURLStore {statistics.median(ours):,.0f}  urllib3 "

@@ -123,6 +123,30 @@ def test_if_none_match_gives_304(served: Served) -> None:
     assert response.status == 200 and body == b"x"
 
 
+def test_metadata_get_carries_the_datas_etag_and_answers_if_none_match(served: Served) -> None:
+    served.backing.set("k", (b"x", {"a": 1, "b": 2}))
+    data, _ = request(served, "GET", data_path("k"))
+    tag = data.getheader("ETag")
+    assert tag == f'"{served.backing.get("k").version}"'
+    for path in (data_path("k", "metadata"), data_path("k", "metadata") + "?select=a"):
+        response, body = request(served, "GET", path)
+        assert response.status == 200 and response.getheader("ETag") == tag, path
+        response, body = request(served, "GET", path, headers={"If-None-Match": tag})
+        assert (response.status, body) == (304, b""), path
+        assert response.getheader("ETag") == tag
+    response, body = request(served, "GET", data_path("k", "metadata"), headers={"If-Match": tag})
+    assert (response.status, json.loads(body)) == (200, {"a": 1, "b": 2})
+    response, _ = request(served, "GET", data_path("k", "metadata"), headers={"If-Match": '"x"'})
+    assert response.status == 412
+    served.backing.update_metadata("k", {"a": 3})  # a metadata write makes a new version
+    response, body = request(
+        served, "GET", data_path("k", "metadata"), headers={"If-None-Match": tag}
+    )
+    assert (response.status, json.loads(body)) == (200, {"a": 3, "b": 2})
+    head, _ = request(served, "HEAD", data_path("k"))
+    assert response.getheader("ETag") == head.getheader("ETag") != tag
+
+
 # -- conditional writes --------------------------------------------------------------------
 def test_conditional_puts_map_to_preconditions(served: Served) -> None:
     version = served.backing.set("k", (b"old", {"m": 1}))
@@ -402,3 +426,33 @@ def test_a_malformed_batch_is_400_and_applies_nothing(served: Served, body: byte
     response, answer = request(served, "POST", "/batch", body=good + body)
     assert response.status == 400, answer
     assert served.backing.query_keys() == []
+
+
+def test_a_batch_check_fails_the_batch_unless_the_key_is_as_read(served: Served) -> None:
+    version = served.backing.set("read", (b"r", {}))
+    write = ({"op": "set", "key": "w", "metadata": {}}, b"w")
+    stale: list[tuple[dict[str, Any], bytes | None]] = [
+        ({"op": "check", "key": "read", "if_version": "stale"}, None),
+        write,
+    ]
+    created: list[tuple[dict[str, Any], bytes | None]] = [
+        ({"op": "check", "key": "read", "if_exists": False}, None),
+        write,
+    ]
+    for writes in (stale, created):
+        response, body = request(served, "POST", "/batch", body=b"".join(encode_batch(writes)))
+        assert response.status == 412, body
+        assert not served.backing.exists("w")
+    writes = [({"op": "check", "key": "read", "if_version": version}, None), write]
+    writes.append(({"op": "check", "key": "never", "if_exists": False}, None))
+    response, body = request(served, "POST", "/batch", body=b"".join(encode_batch(writes)))
+    assert response.status == 200, body
+    assert json.loads(body)[0] is None and served.backing.to_bytes("w") == b"w"
+    bare = b"".join(encode_batch([({"op": "check", "key": "read"}, None)]))
+    response, _ = request(served, "POST", "/batch", body=bare)
+    assert response.status == 400  # a check names the version it expects
+
+
+def test_info_tells_that_batches_take_checks(served: Served) -> None:
+    _, body = request(served, "GET", "/info")
+    assert json.loads(body)["batch_checks"] is True

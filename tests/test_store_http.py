@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
 import tracemalloc
 from collections.abc import Iterator
@@ -15,7 +17,7 @@ from _http_servers import Served, served_in_process
 from storekeeper.backends import http as http_backend
 from storekeeper.backends.http import DynamicURLStore
 from storekeeper.backends.memory import DictMemoryStore
-from storekeeper.errors import ConflictError, InvalidURLError
+from storekeeper.errors import BackendError, ConflictError, InvalidURLError
 from storekeeper.events import EventManager
 from storekeeper.store import AbstractStore, StoreModificationEvent, open_store
 from storekeeper.testing.store import StoreTests
@@ -150,3 +152,84 @@ def test_a_commit_over_another_clients_change_fails_instead_of_losing_it(served:
         with mine.transaction("increment"):  # nobody interferes: it commits
             mine.set("n", (str(int(mine.to_bytes("n")) + 1).encode(), {}))
         assert theirs.to_bytes("n") == b"11"
+
+
+@pytest.mark.parametrize(
+    "read",
+    [
+        lambda store: store.get_metadata("a"),
+        lambda store: store.get_metadata("a", ["m"]),
+        lambda store: store.get("a"),
+        lambda store: store.exists("a"),
+        lambda store: store.version_of("a"),
+    ],
+    ids=["get_metadata", "get_metadata_select", "get", "exists", "version_of"],
+)
+def test_a_commit_based_on_a_key_it_only_read_fails_if_that_key_changed(
+    served: Served, read: Any
+) -> None:
+    served.clear()
+    with DynamicURLStore(served.base) as mine, DynamicURLStore(served.base) as theirs:
+        theirs.set("a", (b"1", {"m": 1}))
+        with pytest.raises(ConflictError), mine.transaction("derive b from a"):
+            read(mine)
+            theirs.update_metadata("a", {"m": 2})  # between my read and my commit
+            mine.set("b", (b"derived", {"from": 1}))
+        assert not theirs.exists("b") and not served.backing.exists("b")
+        assert served.backing.get_metadata("a") == {"m": 2}
+        with mine.transaction("nobody interferes"):
+            read(mine)
+            mine.set("b", (b"derived", {"from": 2}))
+        assert served.backing.get_metadata("b") == {"from": 2}
+
+
+def test_a_commit_based_on_a_key_read_as_missing_fails_if_it_appeared(served: Served) -> None:
+    served.clear()
+    with DynamicURLStore(served.base) as mine, DynamicURLStore(served.base) as theirs:
+        with pytest.raises(ConflictError), mine.transaction("claim"):
+            assert not mine.exists("lock")
+            theirs.set("lock", (b"theirs", {}))
+            mine.set("owner", (b"mine", {}))
+        assert not served.backing.exists("owner")
+
+
+def _cut_off_server(declared: int, sent: bytes) -> tuple[socket.socket, threading.Thread]:
+    """A server answering ``/info`` with 404 and any other request with a value body
+    of *declared* bytes (7 of metadata) of which it sends only *sent* before closing
+    the connection."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            with connection:
+                if b"/info " in connection.recv(65536):
+                    connection.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+                    continue
+                head = (
+                    f"HTTP/1.1 200 OK\r\nContent-Length: {declared}\r\n"
+                    f'X-Storekeeper-Metadata-Length: 7\r\nETag: "v"\r\n\r\n'
+                )
+                connection.sendall(head.encode() + sent)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return listener, thread
+
+
+@pytest.mark.parametrize("sent", [b'{"a":1}' + b"x" * 43, b'{"a":1', b""])
+def test_get_of_a_cut_off_answer_is_an_error_not_a_shorter_value(sent: bytes) -> None:
+    listener, thread = _cut_off_server(107, sent)
+    try:
+        port = listener.getsockname()[1]
+        with DynamicURLStore(f"http://127.0.0.1:{port}/store", timeout=10) as store:
+            with pytest.raises(BackendError):
+                store.get("k")
+    finally:
+        listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() of the server thread
+        listener.close()
+        thread.join(5)
+    assert not thread.is_alive()

@@ -13,9 +13,9 @@ from typing import IO, Any, cast
 import urllib3
 from urllib3.exceptions import HTTPError as Urllib3Error
 
-from storekeeper.errors import BackendUnavailableError
+from storekeeper.errors import BackendError, BackendUnavailableError
 
-__all__ = ["ResponseStream", "SpooledCopy", "counted", "window"]
+__all__ = ["ResponseStream", "SpooledCopy", "counted", "read_body", "window"]
 
 #: Bytes asked of the socket per read while downloading into a temporary file.
 COPY_CHUNK = 1024 * 1024
@@ -67,6 +67,21 @@ class ResponseStream(io.RawIOBase):
                 response.drain_conn()
                 response.release_conn()
         super().close()
+
+
+def read_body(response: urllib3.BaseHTTPResponse, size: int) -> bytes:
+    """The whole body of a streamed *response* of *size* bytes, read at once (which gives
+    the connection back to the pool); BackendError if the server sent another length,
+    BackendUnavailableError if the download broke off."""
+    try:
+        body: bytes = response.read()
+    except Urllib3Error as exc:
+        raise BackendUnavailableError(f"the download broke off: {exc}") from exc
+    finally:
+        response.release_conn()
+    if len(body) != size:
+        raise BackendError(f"the server sent {len(body)} bytes where it announced {size}")
+    return body
 
 
 class _PositionedReader(io.RawIOBase):

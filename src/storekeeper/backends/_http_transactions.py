@@ -8,7 +8,11 @@ an *overlay* its owner reads through, and as a log sent at the commit: in one
 (all-or-nothing where that store's transactions are), or, to a server without
 ``/batch``, write by write. Other clients' writes between the transaction's reads and
 its commit are not seen by it: transactions are isolated between the users of one
-store object only.
+store object only. But they are detected: the batch carries the version of each key
+the transaction read (by ``get``, ``get_data``, ``get_metadata``, ``exists``...) as a
+precondition, and the server refuses the whole commit (``ConflictError``) if one of
+them changed. Keys found by a query are not covered, nor are commits to a server
+without ``/batch``.
 """
 
 from __future__ import annotations
@@ -68,23 +72,27 @@ class PendingTransaction:
         self.overlay[key] = entry
         self.log.append((write, op))
 
-    def checked_ops(self) -> list[Op]:
+    def checked_ops(self, checks: bool) -> list[Op]:
         """The log's writes, the first write of each key read by the transaction made
         conditional on the version it read, so that a commit over another client's
-        change of that key fails instead of losing it."""
+        change of that key fails instead of losing it. With *checks* (a server that
+        takes them), a ``check`` entry first for each key read but not written: a
+        commit based on a key it only read fails too if that key changed."""
         ops: list[Op] = []
         pinned: set[str] = set()
         for _, logged in self.log:
             key = str(logged.header["key"])
             if key in self.seen and key not in pinned:
                 pinned.add(key)
-                version = self.seen[key]
-                extra: dict[str, object] = (
-                    {"if_exists": False} if version is None else {"if_version": version}
-                )
+                extra = _precondition(self.seen[key])
                 logged = Op({**logged.header, **extra}, logged.data, logged.alias)  # noqa: PLW2901
             ops.append(logged)
-        return ops
+        if not checks:
+            return ops
+        only_read = [key for key in self.seen if key not in pinned]
+        return [
+            Op({"op": "check", "key": key, **_precondition(self.seen[key])}) for key in only_read
+        ] + ops
 
     def savepoint(self) -> tuple[int, dict[str, Overlay]]:
         """A token for :meth:`rollback_to`."""
@@ -96,6 +104,11 @@ class PendingTransaction:
         count, overlay = token
         del self.log[count:]
         self.overlay = dict(overlay)
+
+
+def _precondition(version: str | None) -> dict[str, object]:
+    """The batch precondition "as read": at *version*, or missing (``None``)."""
+    return {"if_exists": False} if version is None else {"if_version": version}
 
 
 class ClientTransactions:
@@ -189,7 +202,7 @@ class ClientTransactions:
                 for write, _ in pending.log:
                     write()
                 return
-            ops = pending.checked_ops()
+            ops = pending.checked_ops(bool(self._server.get("batch_checks")))
             body = encode_batch([(op.header, op.data) for op in ops])
             response = self._call(
                 "POST", self.root_url + "/batch", None, (200,), body=b"".join(body)

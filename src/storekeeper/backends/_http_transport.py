@@ -48,8 +48,14 @@ class Transport:
 
     def __init__(self, timeout: float, pool_size: int) -> None:
         self.timeout = urllib3.Timeout(connect=timeout, read=timeout)
+        # One Retry object for every request (no retries, no redirects followed): a
+        # bare ``False`` would be turned into a new Retry object per request.
         self.pool = urllib3.PoolManager(
-            num_pools=4, maxsize=pool_size, block=False, retries=False, timeout=self.timeout
+            num_pools=4,
+            maxsize=pool_size,
+            block=False,
+            retries=urllib3.Retry(total=False, redirect=False),
+            timeout=self.timeout,
         )
         self.headers: dict[str, str] = {}
 

@@ -8,6 +8,7 @@ import contextlib
 import email.utils
 import io
 import json
+import re
 from collections.abc import Iterable, Iterator, Mapping
 
 from storekeeper.backends._http_streams import ResponseStream
@@ -25,6 +26,10 @@ __all__ = [
     "value_times",
     "watched",
 ]
+
+
+#: A backslash-escaped character inside an entity tag (the server escapes ``"`` and ``\\``).
+_ESCAPED = re.compile(r"\\(.)", re.DOTALL)
 
 
 def batch_header(operation: str, key: str, metadata_json: str | None = None) -> dict[str, object]:
@@ -54,14 +59,9 @@ def etag_version(tag: str | None) -> str | None:
     tag = tag.removeprefix("W/")
     if len(tag) >= 2 and tag[0] == tag[-1] == '"':
         tag = tag[1:-1]
-    out, escaped = [], False
-    for char in tag:
-        if escaped or char != "\\":
-            out.append(char)
-            escaped = False
-        else:
-            escaped = True
-    return "".join(out)
+    if "\\" in tag:  # escapes appear only in versions holding a quote or a backslash
+        tag = _ESCAPED.sub(r"\1", tag)
+    return tag
 
 
 def value_times(headers: Mapping[str, str]) -> tuple[float | None, float | None]:

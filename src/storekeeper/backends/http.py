@@ -30,7 +30,7 @@ from typing import IO, Any
 from urllib.parse import SplitResult, quote, unquote, urlencode, urlsplit, urlunsplit
 
 from storekeeper.backends._http_events import EventFollower
-from storekeeper.backends._http_streams import ResponseStream, SpooledCopy, window
+from storekeeper.backends._http_streams import ResponseStream, SpooledCopy, read_body, window
 from storekeeper.backends._http_transactions import (
     ClientTransactions,
     Op,
@@ -138,7 +138,9 @@ class DynamicURLStore(Uploads, ClientTransactions, AbstractAuthorizingStore):
         self.pool_size = pool_size
         self._default_credentials = credentials
         self.remote_events = remote_events
-        #: Names this store object to the server (``X-Storekeeper-Origin``).
+        #: Names this store object to the server (``X-Storekeeper-Origin``, sent with
+        #: *remote_events*): the server's events repeat it, so that this object does
+        #: not emit its own changes twice.
         self.origin = secrets.token_hex(8)
         self._follower: EventFollower | None = None
         self._transport: Transport | None = None
@@ -192,7 +194,8 @@ class DynamicURLStore(Uploads, ClientTransactions, AbstractAuthorizingStore):
         reached.
         """
         transport = Transport(self.timeout, self.pool_size)
-        transport.headers[ORIGIN] = self.origin
+        if self.remote_events:
+            transport.headers[ORIGIN] = self.origin
         tag = self._authorize(transport, credentials or self._default_credentials)
         response = transport.request("GET", self.root_url + "/info")
         if response.status in (401, 403):
@@ -323,23 +326,24 @@ class DynamicURLStore(Uploads, ClientTransactions, AbstractAuthorizingStore):
         if entry is not None:
             return self._overlay_value(key, entry)
         response = self._call("GET", self._url(key, "value"), key, (200,), stream=True)
+        headers = response.headers
+        length = int(headers.get(METADATA_LENGTH, "0"))
+        total = headers.get("Content-Length")
+        size = None if total is None else int(total) - length
+        version = self._alias(etag_version(headers.get("ETag")))
+        created, modified = value_times(headers)
+        if size is not None and 0 <= size <= INLINE_LIMIT:
+            body = read_body(response, length + size)
+            return BytesValue(
+                body[length:],
+                created=created,
+                modified=modified,
+                version=version,
+                metadata_json=body[:length].decode("utf-8"),
+            )
         stream = ResponseStream(response)
         try:
-            length = int(response.headers.get(METADATA_LENGTH, "0"))
             metadata_json = read_exactly(stream, length).decode("utf-8")
-            total = response.headers.get("Content-Length")
-            size = None if total is None else int(total) - length
-            version = self._alias(etag_version(response.headers.get("ETag")))
-            created, modified = value_times(response.headers)
-            if size is not None and size <= INLINE_LIMIT:
-                data = read_exactly(stream, size)
-                return BytesValue(
-                    data,
-                    created=created,
-                    modified=modified,
-                    version=version,
-                    metadata_json=metadata_json,
-                )
             copy = SpooledCopy(stream)
         finally:
             stream.close()

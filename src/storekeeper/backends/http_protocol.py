@@ -5,7 +5,8 @@ The layout (``base`` is ``http://HOST:PORT/store``)::
 
     HEAD/GET  {base}/{key}/data        data (Content-Length, ETag, Last-Modified, Range)
     PUT       {base}/{key}/data        replace the data, keep the metadata
-    GET/PUT   {base}/{key}/metadata    metadata as JSON; PUT replaces
+    GET/PUT   {base}/{key}/metadata    metadata as JSON (GET: ETag, If-None-Match); PUT
+                                       replaces
     POST      {base}/{key}/metadata    metadata merged like dict.update
     GET/PUT/POST {base}/{key}/auth     permissions: {permission: [tags]}
     GET/PUT   {base}/{key}/value       data and metadata in one body (see below)
@@ -18,7 +19,7 @@ The layout (``base`` is ``http://HOST:PORT/store``)::
                                        Accept: application/x-ndjson), streamed
     POST      /batch                   writes applied in one transaction (see below)
     GET       /info                    {"read_only", "auth", "user", "permissions",
-                                        "capabilities"} of the served store
+                                        "capabilities", "batch", "batch_checks"}
 
 A *value body* is the metadata as UTF-8 JSON followed by the data; the header
 :data:`METADATA_LENGTH` gives the length of the JSON part in bytes. Error responses
@@ -27,10 +28,12 @@ name back to the storekeeper exception.
 
 A *batch* body is a sequence of writes, each a line of JSON ``{"op": "set" | "set_data"
 | "set_metadata" | "update_metadata" | "delete", "key": ..., "metadata": {...},
-"size": n}`` followed by *n* bytes of data (for ``set`` and ``set_data``); see
-:func:`encode_batch` / :func:`decode_batch`. The server applies them in order inside one
-transaction of the served store and answers a JSON list: each ``set``'s version, else
-``null``.
+"size": n}`` followed by *n* bytes of data (for ``set`` and ``set_data``), or a check
+``{"op": "check", "key": ..., "if_version": v}`` (``"if_exists": false`` for a key read
+as missing) that fails the batch unless the key is still so; see :func:`encode_batch` /
+:func:`decode_batch`. The server applies them in order inside one transaction of the
+served store and answers a JSON list: each ``set``'s version, else ``null``. A server
+that takes checks says ``"batch_checks": true`` in ``/info``.
 
 Query terms travel as JSON by :func:`encode_terms` / :func:`decode_terms`: a plain
 value is an exact match, ``{"$in": [...]}``, ``{"$range": [low, high, include_low,
@@ -84,9 +87,12 @@ def quote_key(key: str) -> str:
     Segments that are ``.`` or ``..`` are escaped as ``%2E`` so that no client or proxy
     normalises them away (``a/../b`` stays three segments).
     """
-    segments = quote(key, safe=_SAFE).split("/")
+    quoted = quote(key, safe=_SAFE)
+    if "." not in quoted:
+        return quoted
     return "/".join(
-        segment.replace(".", "%2E") if segment in {".", ".."} else segment for segment in segments
+        segment.replace(".", "%2E") if segment in {".", ".."} else segment
+        for segment in quoted.split("/")
     )
 
 
@@ -153,7 +159,9 @@ def _decode_term(value: Any) -> Any:
 
 
 #: The writes a batch may hold.
-BATCH_OPERATIONS = frozenset({"set", "set_data", "set_metadata", "update_metadata", "delete"})
+BATCH_OPERATIONS = frozenset(
+    {"set", "set_data", "set_metadata", "update_metadata", "delete", "check"}
+)
 
 
 def encode_batch(writes: list[tuple[dict[str, Any], bytes | None]]) -> list[bytes]:

@@ -117,7 +117,8 @@ async def list_keys(context: ServerContext, request: Request) -> Response:
 
 
 async def info(context: ServerContext, request: Request) -> Response:
-    """``GET /info``: ``{"read_only", "auth", "user", "permissions"}`` for the caller."""
+    """``GET /info``: ``{"read_only", "auth", "user", "permissions", "capabilities",
+    "batch", "batch_checks"}`` for the caller."""
     store = await context.store_for(request)
     user = store.user_tag if isinstance(store, AbstractAuthorizingStore) else None
     return json_response(
@@ -128,5 +129,6 @@ async def info(context: ServerContext, request: Request) -> Response:
             "permissions": isinstance(store, AbstractAuthorizingStore),
             "capabilities": dataclasses.asdict(store.capabilities),
             "batch": True,
+            "batch_checks": True,
         }
     )

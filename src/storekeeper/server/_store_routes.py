@@ -28,6 +28,7 @@ from storekeeper.server._http import (
 )
 from storekeeper.server._paths import key_and_part, raw_remainder
 from storekeeper.store.abstract import AbstractAuthorizingStore, AbstractReadOnlyStore
+from storekeeper.store.backend import select_metadata
 from storekeeper.store.value import Value
 
 __all__ = ["StoreEndpoint"]
@@ -163,8 +164,8 @@ class StoreEndpoint:
         method = request.method
         if method == "GET":
             select = request.query_params.getlist("select") or None
-            metadata = await run_in_threadpool(store.get_metadata, key, select)
-            return json_response(metadata)
+            loaded = await run_in_threadpool(_load_metadata, store, key, select, request.headers)
+            return Response(loaded.body, loaded.status, loaded.headers, media_type=None)
         if method not in {"PUT", "POST"}:
             raise _not_allowed(method, "metadata")
         writable = self.context.writable(store)
@@ -262,6 +263,32 @@ def _load(
         stream.close()
         raise
     found.body, found.stream = prefix, stream
+    return found
+
+
+def _load_metadata(
+    store: AbstractReadOnlyStore, key: str, select: list[str] | None, headers: Headers
+) -> _Loaded:
+    """Read *key*'s metadata for a GET (in a worker thread), with the ETag of the version
+    it belongs to (the data's ETag for that version) and the same conditional handling
+    as a data GET. Read through ``get`` so that the metadata and the tag come from one
+    read: a tag of another version would let a client's check of what it read pass
+    over a change."""
+    value = store.get(key)
+    tag = etag(value.version)
+    found = _Loaded(200, {"Cache-Control": "no-cache"})
+    if tag is not None:
+        found.headers["ETag"] = tag
+    if_match = headers.get("if-match")
+    if if_match is not None and not matches_if_match(if_match, value.version):
+        raise HTTPProblem(412, f"{key!r} is at none of the If-Match versions", "ConflictError")
+    if_none_match = headers.get("if-none-match")
+    if if_none_match is not None and matches_etag(if_none_match, value.version):
+        found.status = 304
+        return found
+    found.headers["Content-Type"] = "application/json"
+    metadata = select_metadata(value.metadata, select)
+    found.body = json.dumps(metadata, separators=(",", ":")).encode()
     return found
 
 
