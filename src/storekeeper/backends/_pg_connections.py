@@ -42,6 +42,7 @@ from psycopg import errors as pg
 from psycopg.pq import TransactionStatus
 
 from storekeeper.backends._pg_errors import convert, lasting_refusal
+from storekeeper.backends._pg_schema import LOGGED_SETTING, ORIGIN_SETTING
 from storekeeper.errors import BackendUnavailableError, NotConnectedError, TransactionError
 from storekeeper.store.backend import Claim, OwnedVar
 from storekeeper.store.owners import busy, may_wait
@@ -196,8 +197,12 @@ class Connections:
         )
 
     def _configure(self, conn: Connection) -> None:
-        # The trigger writing the change log reads the origin to tell whose write it is.
-        conn.execute("SELECT set_config('storekeeper.origin', %s, false)", [self.origin])
+        # The store's statements log their changes under this origin, and the logging
+        # trigger (for other programs' writes) skips the connections that say they do.
+        conn.execute(
+            "SELECT set_config(%s, %s, false), set_config(%s, 'on', false)",
+            [ORIGIN_SETTING, self.origin, LOGGED_SETTING],
+        )
         self._opened.add(conn)
 
     def track(self, conn: Connection) -> None:

@@ -254,13 +254,18 @@ class PostgresStore(AbstractStore):
         super().connect(credentials)
 
     def _create(self, conn: psycopg.Connection[Any]) -> None:
-        """Create the tables (under an advisory lock: concurrent creators would clash)."""
+        """Create what is missing of the tables and triggers (under an advisory lock:
+        concurrent creators would clash)."""
         schema = self._schema
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", [self._reads.lock_id("\x00schema")])
-            exists = conn.execute("SELECT to_regclass(%s)", [schema.main.as_string(conn)])
-            row = exists.fetchone()
-            if row is not None and row[0] is not None:
+            # The log trigger exists once the tables, indexes and triggers of this
+            # version all do (a table made by an earlier version gets them now).
+            current = conn.execute(
+                "SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass(%s) AND tgname = %s",
+                [schema.main.as_string(conn), schema.log_trigger],
+            )
+            if current.fetchone() is not None:
                 return
             # One round trip: the statements take no parameters.
             conn.execute(b";\n".join(schema.create()))
