@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import threading
 import time
 import weakref
@@ -47,7 +48,7 @@ from storekeeper.errors import BackendUnavailableError, NotConnectedError, Trans
 from storekeeper.store.backend import Claim, OwnedVar
 from storekeeper.store.owners import busy, may_wait
 
-__all__ = ["Connections", "Transaction", "neutralize"]
+__all__ = ["Connections", "Transaction", "check_alive", "neutralize"]
 
 Connection = psycopg.Connection[Any]
 
@@ -57,6 +58,20 @@ _SHORT_LOCK_TIMEOUT = "'20ms'"
 #: Pools whose connections a forked child inherited: kept referenced so that they are
 #: never finalised while the child runs (their sockets point at /dev/null by then).
 _INHERITED: list[object] = []
+
+
+def check_alive(conn: Connection) -> None:
+    """Raise :class:`psycopg.OperationalError` if *conn*, idle, cannot serve: closed, or
+    its socket has something to read (it is then closed). An idle session of the pool gets nothing from the
+    server unless the server ends it (a restart, ``pg_terminate_backend``: a message,
+    then the end of the stream), so that is one test without a round trip, and the
+    first call after the server came back does not fail on a dead connection."""
+    if conn.closed or conn.broken:
+        raise psycopg.OperationalError("the connection is closed")
+    readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
+    if readable:
+        conn.close()  # so that the pool drops it (it would hand it out again)
+        raise psycopg.OperationalError("the server ended the session")
 
 
 def neutralize(conn: Connection) -> None:
@@ -191,6 +206,7 @@ class Connections:
             max_size=self.max_size,
             kwargs={"autocommit": True},
             configure=self._configure,
+            check=check_alive,
             timeout=self.timeout,
             name=self.what,
             open=True,
@@ -272,9 +288,17 @@ class Connections:
     def _borrow(self, timeout: float | None = None) -> Connection:
         """A connection for the caller: the one given back last, or one from the pool."""
         pool = self.pool()
-        with self._lock:
-            if self._idle:
-                return self._idle.pop()
+        while True:
+            with self._lock:
+                if not self._idle:
+                    break
+                conn = self._idle.pop()
+            try:
+                check_alive(conn)
+            except psycopg.Error:
+                pool.putconn(conn)  # closed: the pool replaces it
+                continue
+            return conn
         return pool.getconn(timeout=timeout)
 
     def _give_back(self, conn: Connection) -> None:
