@@ -71,7 +71,9 @@ class PrivatePostgres:
     reaches its ``postgres`` database. *settings* are extra ``-c name=value`` server
     settings."""
 
-    def __init__(self, settings: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, settings: dict[str, str] | None = None, environment: dict[str, str] | None = None
+    ) -> None:
         binaries = _postgres_bin()
         if binaries is None:
             require_service("PostgreSQL binaries", "no initdb/pg_ctl (set STOREKEEPER_PG_BIN)")
@@ -81,6 +83,7 @@ class PrivatePostgres:
         self.data = self.root / "data"
         self.port = free_port()
         self.settings = settings or {}
+        self.environment = environment or {}
         self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
         self._user: list[str] = []
         if os.geteuid() == 0:
@@ -91,9 +94,34 @@ class PrivatePostgres:
             self._user = ["runuser", "-u", "postgres", "--"]
 
     def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        variables = [f"{name}={value}" for name, value in self.environment.items()]
         return subprocess.run(
-            [*self._user, *args], capture_output=True, text=True, check=check, timeout=120
+            [*self._user, "env", *variables, *args],
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=120,
         )
+
+    def add_locale(self, name: str) -> bool:
+        """Make the locale *name* (e.g. ``de_DE.UTF-8``) available to this server, in its
+        directory (``localedef``, ``LOCPATH``): the machine need not have it installed.
+        Whether that worked (call before :meth:`start`)."""
+        source, _, charset = name.partition(".")
+        where = self.root / "locales"
+        where.mkdir(exist_ok=True)
+        made = subprocess.run(
+            ["localedef", "-c", "-i", source, "-f", charset or "UTF-8", str(where / name)],
+            capture_output=True,
+            check=False,
+        )
+        if made.returncode != 0 or not (where / name).exists():
+            return False
+        if self._user:
+            for path in [where, *where.rglob("*")]:
+                shutil.chown(path, "postgres", "postgres")
+        self.environment["LOCPATH"] = str(where)
+        return True
 
     def start(self) -> None:
         """Start the server (making the cluster first if there is none yet)."""

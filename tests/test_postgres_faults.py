@@ -16,6 +16,7 @@ import multiprocessing
 import os
 import queue
 import secrets
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,9 +28,10 @@ from psycopg import sql
 
 from private_servers import PrivatePostgres
 from storekeeper.backends.postgres import PostgresStore
-from storekeeper.errors import BackendUnavailableError
+from storekeeper.errors import BackendUnavailableError, InvalidKeyError
 from storekeeper.events import EventManager
 from storekeeper.store import StoreModificationEvent
+from storekeeper.testing.plugin import require_service
 
 pytestmark = [pytest.mark.service, pytest.mark.postgres]
 
@@ -313,3 +315,44 @@ def test_repeated_crashes_under_writer_processes_lose_nothing(
     rows = _rows(server, table)
     missing = [key for key in acknowledged if key not in rows]
     assert not missing, f"{len(missing)} acknowledged writes lost: {missing[:5]}"
+
+
+# -- a server speaking German ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def german() -> Iterator[PrivatePostgres]:
+    """A private server whose messages are German (``lc_messages``), also those it sends
+    while refusing a connection."""
+    pg = PrivatePostgres()
+    if shutil.which("localedef") is None or not pg.add_locale("de_DE.UTF-8"):
+        pg.close()
+        require_service("a German locale", "localedef cannot make de_DE.UTF-8")
+    pg.settings = {"lc_messages": "de_DE.UTF-8"}
+    try:
+        pg.start()
+        yield pg
+    finally:
+        pg.close()
+
+
+def test_errors_are_classified_in_any_language(german: PrivatePostgres, table: str) -> None:
+    """The errors storekeeper tells apart by their meaning, on a server that words them
+    in German: a key too long for the key index is an InvalidKeyError (nothing written),
+    and a database that does not exist is refused at once, not retried to the timeout."""
+    with psycopg.connect(german.url) as conn:  # the server does speak German
+        with pytest.raises(psycopg.Error, match="existiert nicht"):
+            conn.execute("SELECT * FROM no_such_table")
+    store = PostgresStore(german.url, table, listen=False)
+    store.connect()
+    try:
+        for size in (3_000, 9_000):  # refused by the btree, and by any index entry
+            key = secrets.token_hex(size)[:size]
+            with pytest.raises(InvalidKeyError):
+                store.set(key, (b"", {}))
+        assert list(store.list_keys()) == []
+    finally:
+        store.disconnect()
+    missing = german.url.rsplit("/", 1)[0] + "/no_such_database"
+    started = time.monotonic()
+    with pytest.raises(BackendUnavailableError, match="no_such_database"):
+        PostgresStore(missing, table, timeout=20.0).connect()
+    assert time.monotonic() - started < 10, "retried a refusal that cannot go away"

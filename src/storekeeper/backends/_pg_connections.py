@@ -42,7 +42,7 @@ import psycopg_pool
 from psycopg import errors as pg
 from psycopg.pq import TransactionStatus
 
-from storekeeper.backends._pg_errors import convert, lasting_refusal
+from storekeeper.backends._pg_errors import convert, database_refused, lasting_refusal
 from storekeeper.backends._pg_schema import LOGGED_SETTING, ORIGIN_SETTING
 from storekeeper.errors import BackendUnavailableError, NotConnectedError, TransactionError
 from storekeeper.store.backend import Claim, OwnedVar
@@ -60,12 +60,19 @@ _SHORT_LOCK_TIMEOUT = "'20ms'"
 _INHERITED: list[object] = []
 
 
+def _reason(exc: BaseException) -> str:
+    """The last line of *exc*'s message: the server's words, for a failed connection."""
+    text = str(exc).strip()
+    return text.splitlines()[-1] if text else type(exc).__name__
+
+
 def check_alive(conn: Connection) -> None:
     """Raise :class:`psycopg.OperationalError` if *conn*, idle, cannot serve: closed, or
-    its socket has something to read (it is then closed). An idle session of the pool gets nothing from the
-    server unless the server ends it (a restart, ``pg_terminate_backend``: a message,
-    then the end of the stream), so that is one test without a round trip, and the
-    first call after the server came back does not fail on a dead connection."""
+    its socket has something to read (it is then closed). An idle session of the pool
+    gets nothing from the server unless the server ends it (a restart,
+    ``pg_terminate_backend``: a message, then the end of the stream), so that is one
+    test without a round trip, and the first call after the server came back does not
+    fail on a dead connection."""
     if conn.closed or conn.broken:
         raise psycopg.OperationalError("the connection is closed")
     readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
@@ -150,11 +157,17 @@ class Connections:
     def _refuse_at_once(self) -> None:
         """Raise the server's refusal of one connection attempt if it is lasting: the
         pool would retry it until the timeout."""
+        wait = max(1, int(self.timeout))
         try:
-            psycopg.connect(self.conninfo, connect_timeout=max(1, int(self.timeout))).close()
+            psycopg.connect(self.conninfo, connect_timeout=wait).close()
         except psycopg.Error as exc:
             if lasting_refusal(exc) is not None:
                 raise convert(exc, f"connecting to {self.what}") from exc
+            if database_refused(self.conninfo, wait):
+                raise BackendUnavailableError(
+                    f"PostgreSQL refused connecting to {self.what}: the database does not "
+                    f"exist or takes no connections ({_reason(exc)})"
+                ) from exc
             # Anything else (the server is down, starting...): the pool retries it.
 
     def _why_not(self, exc: psycopg_pool.PoolTimeout) -> BaseException:
