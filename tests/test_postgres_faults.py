@@ -231,7 +231,7 @@ def test_a_write_is_one_statement_on_the_server(server: PrivatePostgres, table: 
     BEGIN/COMMIT), and so is a conditional one; the change log still gets each change
     once."""
     if "pg_stat_statements" not in server.settings.get("shared_preload_libraries", ""):
-        pytest.skip("pg_stat_statements is not installed with this PostgreSQL")
+        require_service("pg_stat_statements", "not installed with this PostgreSQL")
     store = _store(server, table, listen=False)
     try:
         with psycopg.connect(server.url, autocommit=True) as admin:
