@@ -41,12 +41,12 @@ WRITERS = 3
 @pytest.fixture(scope="module")
 def server() -> Iterator[PrivatePostgres]:
     pg = PrivatePostgres()
-    if pg.library("pg_stat_statements"):  # lets tests count the statements a call runs
-        pg.settings = {
-            "shared_preload_libraries": "pg_stat_statements",
-            "pg_stat_statements.track": "all",
-        }
     try:
+        if pg.library("pg_stat_statements"):  # lets tests count the statements a call runs
+            pg.settings = {
+                "shared_preload_libraries": "pg_stat_statements",
+                "pg_stat_statements.track": "all",
+            }
         pg.start()
         yield pg
     finally:
@@ -323,11 +323,10 @@ def german() -> Iterator[PrivatePostgres]:
     """A private server whose messages are German (``lc_messages``), also those it sends
     while refusing a connection."""
     pg = PrivatePostgres()
-    if shutil.which("localedef") is None or not pg.add_locale("de_DE.UTF-8"):
-        pg.close()
-        require_service("a German locale", "localedef cannot make de_DE.UTF-8")
-    pg.settings = {"lc_messages": "de_DE.UTF-8"}
     try:
+        if shutil.which("localedef") is None or not pg.add_locale("de_DE.UTF-8"):
+            require_service("a German locale", "localedef cannot make de_DE.UTF-8")
+        pg.settings = {"lc_messages": "de_DE.UTF-8"}
         pg.start()
         yield pg
     finally:
