@@ -609,8 +609,9 @@ def test_listener_killed_misses_nothing(url: str, dbname: str) -> None:
         assert listener.wait_listening(10)
         writer.set("before", (b"", {}))
         assert _wait(lambda: len(rec.remote()) == 1)
-        # the listener's session is the one reading the change log
-        killed = _kill_backends(dbname, "query LIKE '%%\\_\\_changes%%'")
+        # the listener's session is the one reading the change log (the writer's
+        # statements write to it)
+        killed = _kill_backends(dbname, "query LIKE 'SELECT id, action, key, metadata%%'")
         assert killed >= 1
         for i in range(20):
             writer.set(f"gap{i}", (b"", {"i": i}))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,15 @@ from storekeeper.errors import (
     TransactionError,
 )
 from storekeeper.events import EventManager
-from storekeeper.store import Exists, In, Prefix, Range, StoreSetEvent, open_store
+from storekeeper.store import (
+    Exists,
+    In,
+    Prefix,
+    Range,
+    StoreModificationEvent,
+    StoreSetEvent,
+    open_store,
+)
 from storekeeper.store.query import compile_terms
 
 pytestmark = [pytest.mark.service, pytest.mark.postgres]
@@ -184,6 +193,91 @@ def test_local_events_are_not_marked_remote(table: str) -> None:
                 break
             __import__("time").sleep(0.01)
     assert [(e.key, getattr(e, "remote", False)) for e in seen] == [("k", False), ("r", True)]
+
+
+def _changes(table: str) -> list[tuple[str, str, str | None]]:
+    """The change log of *table*: (key, action, origin), oldest first."""
+    with psycopg.connect(database_url()) as conn:
+        statement = sql.SQL("SELECT key, action, origin FROM {} ORDER BY id")
+        return conn.execute(statement.format(sql.Identifier(table + "__changes"))).fetchall()
+
+
+def test_each_change_is_logged_once_and_other_programs_writes_too(table: str) -> None:
+    """The store's statements log their own changes, the trigger those of plain SQL
+    (several rows in one statement included); a chunk set a plain-SQL delete orphans
+    goes to the trash all the same."""
+    manager = EventManager()
+    seen: list[Any] = []
+    manager.connect(StoreModificationEvent, seen.append)
+    with PostgresStore(database_url(), table, inline_limit=10, chunk_size=100) as writer:
+        with PostgresStore(database_url(), table, event_manager=manager) as watcher:
+            writer.set("a", (b"a", {}))
+            writer.multiset(["b", "c"], [(b"b", {}), (b"c", {})])
+            writer.set("big", (b"x" * 1000, {}))
+            writer.delete("c")
+            with psycopg.connect(database_url()) as conn:
+                main = sql.Identifier(table)
+                conn.execute(
+                    sql.SQL(
+                        "UPDATE {} SET metadata = '{{\"sql\": 1}}', meta = '{{\"sql\": 1}}', "
+                        "version = version + 1 WHERE key IN ('a', 'b')"
+                    ).format(main)
+                )
+                conn.execute(sql.SQL("DELETE FROM {} WHERE key = 'big'").format(main))
+            for _ in range(500):
+                if len(seen) == 8:
+                    break
+                time.sleep(0.01)
+            assert watcher.origin != writer.origin
+    mine = [("a", "set"), ("b", "set"), ("c", "set"), ("big", "set"), ("c", "delete")]
+    plain = [("a", "set"), ("b", "set"), ("big", "delete")]
+    logged = _changes(table)
+    assert [(key, action) for key, action, _ in logged] == mine + plain
+    assert {origin for _, _, origin in logged[:5]} == {writer.origin}
+    assert [origin for _, _, origin in logged[5:]] == [None, None, None]
+    events = [(e.key, type(e).__name__, e.origin) for e in seen]
+    assert events[5:] == [
+        ("a", "StoreSetEvent", None),
+        ("b", "StoreSetEvent", None),
+        ("big", "StoreDeleteEvent", None),
+    ]
+    assert seen[5].metadata == {"sql": 1}
+    with psycopg.connect(database_url()) as conn:
+        trash = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table + "__trash"))
+        assert conn.execute(trash).fetchone() == (1,)
+
+
+def test_a_table_of_the_earlier_layout_is_upgraded(table: str) -> None:
+    """A table whose changes a statement-level trigger logged (the layout before the
+    store's statements logged their own) loses that trigger on connect: no change is
+    logged twice."""
+    with PostgresStore(database_url(), table, listen=False):
+        pass
+    with psycopg.connect(database_url()) as conn:
+        names = {
+            "main": sql.Identifier(table),
+            "log": sql.Identifier(table + "__log"),
+            "old": sql.Identifier(table + "__insert"),
+            "changes": sql.Identifier(table + "__changes"),
+            "function": sql.Identifier(table + "__earlier"),
+        }
+        conn.execute(sql.SQL("DROP TRIGGER {log} ON {main}").format(**names))
+        conn.execute(
+            sql.SQL(
+                "CREATE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                "INSERT INTO {changes} (key, action, metadata, origin) "
+                "SELECT key, action, metadata, NULL FROM new_rows; RETURN NULL; END $$"
+            ).format(**names)
+        )
+        conn.execute(
+            sql.SQL(
+                "CREATE TRIGGER {old} AFTER INSERT ON {main} REFERENCING NEW TABLE AS new_rows "
+                "FOR EACH STATEMENT EXECUTE FUNCTION {function}()"
+            ).format(**names)
+        )
+    with PostgresStore(database_url(), table, listen=False) as store:
+        store.set("k", (b"", {}))
+    assert [key for key, _, _ in _changes(table)] == ["k"]
 
 
 @pytest.mark.parametrize(

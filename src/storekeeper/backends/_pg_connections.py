@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import threading
 import time
 import weakref
@@ -41,12 +42,13 @@ import psycopg_pool
 from psycopg import errors as pg
 from psycopg.pq import TransactionStatus
 
-from storekeeper.backends._pg_errors import convert, lasting_refusal
+from storekeeper.backends._pg_errors import convert, database_refused, lasting_refusal
+from storekeeper.backends._pg_schema import LOGGED_SETTING, ORIGIN_SETTING
 from storekeeper.errors import BackendUnavailableError, NotConnectedError, TransactionError
 from storekeeper.store.backend import Claim, OwnedVar
 from storekeeper.store.owners import busy, may_wait
 
-__all__ = ["Connections", "Transaction", "neutralize"]
+__all__ = ["Connections", "Transaction", "check_alive", "neutralize"]
 
 Connection = psycopg.Connection[Any]
 
@@ -56,6 +58,27 @@ _SHORT_LOCK_TIMEOUT = "'20ms'"
 #: Pools whose connections a forked child inherited: kept referenced so that they are
 #: never finalised while the child runs (their sockets point at /dev/null by then).
 _INHERITED: list[object] = []
+
+
+def _reason(exc: BaseException) -> str:
+    """The last line of *exc*'s message: the server's words, for a failed connection."""
+    text = str(exc).strip()
+    return text.splitlines()[-1] if text else type(exc).__name__
+
+
+def check_alive(conn: Connection) -> None:
+    """Raise :class:`psycopg.OperationalError` if *conn*, idle, cannot serve: closed, or
+    its socket has something to read (it is then closed). An idle session of the pool
+    gets nothing from the server unless the server ends it (a restart,
+    ``pg_terminate_backend``: a message, then the end of the stream), so that is one
+    test without a round trip, and the first call after the server came back does not
+    fail on a dead connection."""
+    if conn.closed or conn.broken:
+        raise psycopg.OperationalError("the connection is closed")
+    readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
+    if readable:
+        conn.close()  # so that the pool drops it (it would hand it out again)
+        raise psycopg.OperationalError("the server ended the session")
 
 
 def neutralize(conn: Connection) -> None:
@@ -134,11 +157,17 @@ class Connections:
     def _refuse_at_once(self) -> None:
         """Raise the server's refusal of one connection attempt if it is lasting: the
         pool would retry it until the timeout."""
+        wait = max(1, int(self.timeout))
         try:
-            psycopg.connect(self.conninfo, connect_timeout=max(1, int(self.timeout))).close()
+            psycopg.connect(self.conninfo, connect_timeout=wait).close()
         except psycopg.Error as exc:
             if lasting_refusal(exc) is not None:
                 raise convert(exc, f"connecting to {self.what}") from exc
+            if database_refused(self.conninfo, wait):
+                raise BackendUnavailableError(
+                    f"PostgreSQL refused connecting to {self.what}: the database does not "
+                    f"exist or takes no connections ({_reason(exc)})"
+                ) from exc
             # Anything else (the server is down, starting...): the pool retries it.
 
     def _why_not(self, exc: psycopg_pool.PoolTimeout) -> BaseException:
@@ -190,14 +219,19 @@ class Connections:
             max_size=self.max_size,
             kwargs={"autocommit": True},
             configure=self._configure,
+            check=check_alive,
             timeout=self.timeout,
             name=self.what,
             open=True,
         )
 
     def _configure(self, conn: Connection) -> None:
-        # The trigger writing the change log reads the origin to tell whose write it is.
-        conn.execute("SELECT set_config('storekeeper.origin', %s, false)", [self.origin])
+        # The store's statements log their changes under this origin, and the logging
+        # trigger (for other programs' writes) skips the connections that say they do.
+        conn.execute(
+            "SELECT set_config(%s, %s, false), set_config(%s, 'on', false)",
+            [ORIGIN_SETTING, self.origin, LOGGED_SETTING],
+        )
         self._opened.add(conn)
 
     def track(self, conn: Connection) -> None:
@@ -267,9 +301,17 @@ class Connections:
     def _borrow(self, timeout: float | None = None) -> Connection:
         """A connection for the caller: the one given back last, or one from the pool."""
         pool = self.pool()
-        with self._lock:
-            if self._idle:
-                return self._idle.pop()
+        while True:
+            with self._lock:
+                if not self._idle:
+                    break
+                conn = self._idle.pop()
+            try:
+                check_alive(conn)
+            except psycopg.Error:
+                pool.putconn(conn)  # closed: the pool replaces it
+                continue
+            return conn
         return pool.getconn(timeout=timeout)
 
     def _give_back(self, conn: Connection) -> None:

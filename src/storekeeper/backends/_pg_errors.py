@@ -11,15 +11,16 @@ original as ``__cause__``:
   transaction (25P02): :class:`TransactionError` (the transaction is rolled back);
 - bad credentials (class 28): :class:`AuthenticationError`; missing privileges
   (42501): :class:`AuthorizationError`;
-- a connection the server refuses for good (:func:`lasting_refusal`): a database that
-  does not exist (3D000) is a :class:`BackendUnavailableError`, an unknown role or bad
-  credentials (28000, 28P01) an :class:`AuthenticationError`. libpq gives no SQLSTATE
-  for a failed connection, only the server's message: these are recognised by its
-  English text (a server whose ``lc_messages`` is another language gets the generic
-  error, after the pool's retries);
-- a key too long for the primary-key index (54000 "index row size ... exceeds" or
-  "index row requires", see :data:`KEY_LIMIT`): :class:`InvalidKeyError`, nothing
-  written;
+- a connection the server refuses for good: libpq reports no SQLSTATE for a failed
+  connection, only the server's message, in the server's language. A database that
+  does not exist (or takes no connections) is told by behaviour
+  (:func:`database_refused`), in any language: :class:`BackendUnavailableError` at once.
+  Bad credentials or an unknown role are recognised by the server's English message
+  only (:func:`lasting_refusal`): :class:`AuthenticationError` at once; in another
+  language, the pool's retries run to the timeout and the server's message is shown;
+- a key too long for the key indexes (54000 with the index named, or refused by the
+  function building any index entry, see :func:`key_too_long` and :data:`KEY_LIMIT`):
+  :class:`InvalidKeyError`, nothing written;
 - anything else: :class:`BackendError`.
 
 Messages show keys through :func:`shown`, cut short: a key may be long.
@@ -34,6 +35,7 @@ from contextlib import contextmanager
 import psycopg
 import psycopg_pool
 from psycopg import errors as pg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from storekeeper.errors import (
     AuthenticationError,
@@ -46,20 +48,42 @@ from storekeeper.errors import (
     TransactionError,
 )
 
-__all__ = ["KEY_LIMIT", "convert", "lasting_refusal", "shown", "translate"]
+__all__ = [
+    "KEY_LIMIT",
+    "convert",
+    "database_refused",
+    "key_too_long",
+    "lasting_refusal",
+    "shown",
+    "translate",
+]
 
 #: The UTF-8 size up to which every key fits the primary-key index (a btree entry holds
 #: at most 2,704 bytes, after compression): longer keys are stored only when PostgreSQL
 #: compresses them enough, and refused with InvalidKeyError otherwise.
 KEY_LIMIT = 2600
 
-# A key too long for the indexes holding it (the primary key, and the rows without
-# ``meta``). Beyond 8,191 bytes PostgreSQL names no index; the key is the only value
-# that long in any btree (the string indexes hold a bounded head, see ``_pg_query``;
-# the GIN index hashes long strings).
-_KEY_INDEX = re.compile(
-    r'index row size \d+ exceeds .* for index ".*(_pkey|__nul)"|index row requires \d+ bytes'
-)
+# The indexes holding keys (the primary key, and the rows without ``meta``), by the end
+# of their names, which PostgreSQL reports in the error's constraint field.
+_KEY_INDEXES = ("_pkey", "__nul")
+# Where PostgreSQL refuses any index entry over 8,191 bytes, naming no index: the key is
+# the only value that long in any btree (the string indexes hold a bounded head, see
+# ``_pg_query``; the GIN index hashes long strings).
+_ENTRY_TOO_LARGE = "index_form_tuple"
+
+
+def key_too_long(exc: BaseException) -> bool:
+    """Whether *exc* is PostgreSQL refusing a key too long for the key indexes: its
+    SQLSTATE (54000) and error fields (the index named, or the function refusing an
+    entry of any index), never its message, which is in the server's language."""
+    if getattr(exc, "sqlstate", None) != "54000":
+        return False
+    diag = exc.diag  # type: ignore[attr-defined]
+    index = diag.constraint_name or ""
+    if index.endswith(_KEY_INDEXES):
+        return True
+    function: str = diag.source_function or ""
+    return function.startswith(_ENTRY_TOO_LARGE)
 
 
 #: SQLSTATE prefixes and the errors they become, the first match winning.
@@ -99,6 +123,26 @@ def lasting_refusal(exc: BaseException) -> type[StorekeeperError] | None:
     return None
 
 
+def database_refused(conninfo: str, timeout: int) -> bool:
+    """Whether the server of *conninfo*, which refused a connection, runs and accepts
+    connections but not to that database (it does not exist, or takes none): libpq's
+    ping (which tells a server starting or stopping by the SQLSTATE libpq keeps to
+    itself) says it accepts connections, and one to ``template1`` with the same
+    credentials succeeds. Language-independent, where the refusal's message is in the
+    server's language and libpq reports no SQLSTATE for it."""
+    if psycopg.pq.PGconn.ping(conninfo.encode()) != psycopg.pq.Ping.OK:
+        return False
+    params = conninfo_to_dict(conninfo)
+    if params.get("dbname") == "template1":
+        return False
+    params["dbname"] = "template1"
+    try:
+        psycopg.connect(make_conninfo("", **params), connect_timeout=timeout).close()
+    except psycopg.Error:
+        return False
+    return True
+
+
 def shown(key: str, size: int = 60) -> str:
     """*key* for a message: its ``repr``, cut after *size* characters."""
     if len(key) <= size:
@@ -114,7 +158,7 @@ def convert(exc: BaseException, doing: str) -> StorekeeperError:
         )
     message = f"PostgreSQL failed {doing}: {_first_line(exc)}"
     state = getattr(exc, "sqlstate", None) or ""
-    if state == "54000" and _KEY_INDEX.search(str(exc)):
+    if key_too_long(exc):
         return InvalidKeyError(
             f"PostgreSQL refused {doing}: a key too long for its key index (keys of up to "
             f"{KEY_LIMIT:,} UTF-8 bytes always fit; longer ones only if they compress)"

@@ -1,13 +1,13 @@
 """Change events across processes for :class:`~storekeeper.backends.postgres.PostgresStore`.
 
-Statement-level triggers on the store's table write every change (whoever made it: a
-store in any process or host, or plain SQL) to the change log ``T__changes`` and
-announce it with ``NOTIFY`` on the table's channel (see ``_pg_schema``). A statement
-that changed one row sends the change's origin, id, action, key and metadata when that
-fits well under the 8,000-byte limit of ``NOTIFY``; otherwise (a larger change, or a
-statement of many rows) it sends the origin and the ids, 500 per notification, and the
-listener reads the rest from the log. PostgreSQL delivers notifications when the
-transaction commits, in commit order.
+Every change to the store's table is written to the change log ``T__changes`` and
+announced with ``NOTIFY`` on the table's channel, in the transaction that makes it: a
+store's write statements do it themselves, and a row-level trigger does it for writes
+by any other program (plain SQL); see ``_pg_schema``. A change is announced with its
+origin, id, action, key and metadata when that fits well under the 8,000-byte limit of
+``NOTIFY``; otherwise (a larger change, or a store statement of many rows) with the
+origin and the ids, 500 per notification, and the listener reads the rest from the log.
+PostgreSQL delivers notifications when the transaction commits, in commit order.
 
 Each connected store runs a :class:`Listener`: a thread with a connection of its own that
 ``LISTEN``s on the channel and hands each change made by *another* store object (another

@@ -20,10 +20,14 @@ COPY is). For a store table ``T``:
 - ``T__trash``: chunk sets no row names any more and since when; they are deleted
   ``reclaim_after`` seconds later, so that a value read before an overwrite can still be
   streamed meanwhile.
-- ``T__changes``: the change log (``id``, ``key``, ``action``, ``metadata``, ``origin``),
-  written by statement-level triggers on ``T`` (so a batch of rows costs one trigger
-  call) that also send ``NOTIFY`` and move replaced chunk sets to the trash (see
-  ``_pg_events``).
+- ``T__changes``: the change log (``id``, ``key``, ``action``, ``metadata``, ``origin``).
+  The store's write statements log their changes themselves and announce them with
+  ``NOTIFY`` (:meth:`Schema.logged`: one statement, no trigger call); writes by other
+  programs are logged and announced by a row-level trigger, ``T__log``, which skips the
+  store's connections (they set ``storekeeper.logged``). See ``_pg_events``.
+- Two row-level triggers move a chunk set that a row stops naming (overwritten or
+  deleted, by anyone) to the trash; their ``WHEN`` conditions keep every other write
+  from calling them.
 
 Indexes: a GIN index on ``meta`` (exact values, ``In``, ``Exists``), a partial index of
 the rows whose ``meta`` is ``NULL``, and for each metadata name queried with ``Range``
@@ -38,7 +42,15 @@ import hashlib
 from psycopg import sql
 from psycopg.abc import AdaptContext
 
-__all__ = ["Escaped", "Schema", "channel_name", "short_hash"]
+__all__ = [
+    "LOGGED_SETTING",
+    "NOTIFY_LIMIT",
+    "ORIGIN_SETTING",
+    "Escaped",
+    "Schema",
+    "channel_name",
+    "short_hash",
+]
 
 # The dollar quote of the trigger function's body; refused if a quoted name holds it.
 _BODY_QUOTE = "$storekeeper_body$"
@@ -81,62 +93,97 @@ _CREATE = [
     "CREATE INDEX IF NOT EXISTS {nul_index} ON {main} (key) WHERE meta IS NULL",
 ]
 
-_TRIGGER_BODY = """
+#: Longest ``NOTIFY`` payload sent with the change itself (PostgreSQL's limit is 8,000
+#: bytes); a longer one is replaced by the change's id, and listeners read the log.
+NOTIFY_LIMIT = 7900
+#: The session setting that names the writing store object (its ``origin``).
+ORIGIN_SETTING = "storekeeper.origin"
+#: The session setting by which a store's connections say that their statements log
+#: their own changes (so the logging trigger, for other programs' writes, skips them).
+LOGGED_SETTING = "storekeeper.logged"
+
+# The NOTIFY payload of one logged change, from the columns of a change-log row: the
+# origin leads, so a listener skips its own store's changes without parsing them.
+_PAYLOAD = (
+    "CASE WHEN octet_length(p) <= {limit} THEN p "
+    "ELSE json_build_object('o', origin, 'ids', json_build_array(id))::text END"
+)
+_FULL = "json_build_object('o', origin, 'i', id, 'a', action, 'k', key, 'm', metadata)::text"
+
+# A write statement of the store (returning ``key, action, metadata`` per row) wrapped
+# so that the same statement logs each change and announces it: one round trip, no
+# trigger call.
+_LOGGED_ONE = f"""WITH written AS ({{write}}),
+logged AS (
+    INSERT INTO {{{{changes}}}} (key, action, metadata, origin)
+    SELECT key, action, metadata, current_setting('{ORIGIN_SETTING}') FROM written
+    RETURNING id, key, action, metadata, origin
+)
+SELECT metadata, pg_notify({{{{channel}}}}, {_PAYLOAD.format(limit=NOTIFY_LIMIT)})
+FROM logged, LATERAL (SELECT {_FULL}) AS full_payload(p)"""
+
+# The same for a statement of many rows: their ids, 500 a notification (listeners read
+# the changes from the log).
+_LOGGED_MANY = f"""WITH written AS ({{write}}),
+logged AS (
+    INSERT INTO {{{{changes}}}} (key, action, metadata, origin)
+    SELECT key, action, metadata, current_setting('{ORIGIN_SETTING}') FROM written ORDER BY key
+    RETURNING id
+)
+SELECT pg_notify({{{{channel}}}}, json_build_object(
+    'o', current_setting('{ORIGIN_SETTING}'), 'ids', array_agg(id ORDER BY id))::text)
+FROM (SELECT id, (row_number() OVER (ORDER BY id) - 1) / 500 AS part FROM logged) AS numbered
+GROUP BY part"""
+
+# Row-level trigger function logging and announcing a change made by another program
+# (plain SQL): the store's own statements log themselves and skip it (see the WHEN
+# condition of its trigger).
+_LOG_BODY = f"""
 DECLARE
-    origin_ text := current_setting('storekeeper.origin', true);
-    ids bigint[];
-    one record;
-    payload text;
-    part bigint[];
+    origin text := current_setting('{ORIGIN_SETTING}', true);
+    id bigint;
+    key text;
+    action text;
+    metadata text;
+    p text;
 BEGIN
-    IF TG_OP = 'INSERT' THEN
-        WITH logged AS (
-            INSERT INTO {changes} (key, action, metadata, origin)
-            SELECT key, action, metadata, origin_ FROM new_rows ORDER BY key RETURNING id
-        ) SELECT array_agg(id ORDER BY id) INTO ids FROM logged;
-    ELSIF TG_OP = 'UPDATE' THEN
-        INSERT INTO {trash} (blob)
-            SELECT o.blob FROM old_rows o
-            WHERE o.blob IS NOT NULL AND NOT EXISTS (
-                SELECT 1 FROM new_rows n WHERE n.key = o.key AND n.blob = o.blob)
-            ON CONFLICT DO NOTHING;
-        WITH logged AS (
-            INSERT INTO {changes} (key, action, metadata, origin)
-            SELECT key, action, metadata, origin_ FROM new_rows ORDER BY key RETURNING id
-        ) SELECT array_agg(id ORDER BY id) INTO ids FROM logged;
+    IF TG_OP = 'DELETE' THEN
+        key := OLD.key; action := 'delete'; metadata := OLD.metadata;
     ELSE
-        INSERT INTO {trash} (blob)
-            SELECT blob FROM old_rows WHERE blob IS NOT NULL ON CONFLICT DO NOTHING;
-        WITH logged AS (
-            INSERT INTO {changes} (key, action, metadata, origin)
-            SELECT key, 'delete', metadata, origin_ FROM old_rows ORDER BY key RETURNING id
-        ) SELECT array_agg(id ORDER BY id) INTO ids FROM logged;
+        key := NEW.key; action := NEW.action; metadata := NEW.metadata;
     END IF;
-    IF ids IS NULL THEN
-        RETURN NULL;
-    END IF;
-    -- The origin leads every payload, so a listener skips its own store's changes
-    -- without parsing them.
-    IF cardinality(ids) = 1 THEN
-        SELECT id, action, key, metadata INTO one FROM {changes} WHERE id = ids[1];
-        payload := json_build_object(
-            'o', origin_, 'i', one.id, 'a', one.action, 'k', one.key, 'm', one.metadata)::text;
-        IF octet_length(payload) <= 7900 THEN
-            PERFORM pg_notify({channel}, payload);
-            RETURN NULL;
-        END IF;
-    END IF;
-    -- Many changes (or a large one): their ids, 500 a notification; the listener
-    -- reads the rest from the log.
-    FOR part IN
-        SELECT array_agg(id ORDER BY id) FROM unnest(ids) WITH ORDINALITY AS u(id, n)
-        GROUP BY (n - 1) / 500 ORDER BY min(n)
-    LOOP
-        PERFORM pg_notify({channel}, json_build_object('o', origin_, 'ids', part)::text);
-    END LOOP;
+    INSERT INTO {{changes}} (key, action, metadata, origin)
+        VALUES (key, action, metadata, origin) RETURNING {{changes}}.id INTO id;
+    p := {_FULL};
+    PERFORM pg_notify({{channel}}, {_PAYLOAD.format(limit=NOTIFY_LIMIT)});
     RETURN NULL;
 END
 """
+
+# Row-level trigger function moving the chunk set a row no longer names to the trash
+# (whoever wrote the row; its WHEN condition calls it only then).
+_RECLAIM_BODY = """
+BEGIN
+    INSERT INTO {trash} (blob) VALUES (OLD.blob) ON CONFLICT DO NOTHING;
+    RETURN NULL;
+END
+"""
+
+_TRIGGERS = (
+    (
+        "log_trigger",
+        "INSERT OR UPDATE OR DELETE",
+        f"current_setting('{LOGGED_SETTING}', true) IS DISTINCT FROM 'on'",
+        "function",
+    ),
+    (
+        "reclaim_update",
+        "UPDATE",
+        "OLD.blob IS NOT NULL AND OLD.blob IS DISTINCT FROM NEW.blob",
+        "reclaim",
+    ),
+    ("reclaim_delete", "DELETE", "OLD.blob IS NOT NULL", "reclaim"),
+)
 
 
 class Escaped(sql.Composable):
@@ -173,6 +220,8 @@ class Schema:
         self.trash = self.name(table + "__trash")
         self.changes = self.name(table + "__changes")
         self.function = self.name(table + "__notify")
+        #: The trigger whose presence says the table has this version's triggers.
+        self.log_trigger = table + "__log"
         self.names = {
             "main": self.main,
             "chunks": self.chunks,
@@ -180,10 +229,14 @@ class Schema:
             "changes": self.changes,
             "meta_index": sql.Identifier(table + "__meta"),
             "nul_index": sql.Identifier(table + "__nul"),
-            "trigger_insert": sql.Identifier(table + "__insert"),
-            "trigger_update": sql.Identifier(table + "__update"),
-            "trigger_delete": sql.Identifier(table + "__delete"),
+            "old_insert": sql.Identifier(table + "__insert"),
+            "old_update": sql.Identifier(table + "__update"),
+            "old_delete": sql.Identifier(table + "__delete"),
+            "log_trigger": sql.Identifier(self.log_trigger),
+            "reclaim_update": sql.Identifier(table + "__reclaim_update"),
+            "reclaim_delete": sql.Identifier(table + "__reclaim_delete"),
             "function": self.function,
+            "reclaim": self.name(table + "__reclaim"),
             "channel": sql.Literal(self.channel),
         }
 
@@ -207,30 +260,38 @@ class Schema:
         without parameters."""
         return sql.SQL(text).format(**self.names, **extra).as_bytes(None)
 
+    def logged(self, write: str, *, many: bool = False) -> bytes:
+        """*write*, a statement changing rows of the table and returning their ``key,
+        action, metadata``, wrapped so that it also logs each change and announces it
+        with ``NOTIFY`` (see the module documentation), as a statement to execute with
+        parameters. It returns each row's metadata (one row), or nothing useful
+        (*many*: the changes are announced by id, 500 a notification)."""
+        template = _LOGGED_MANY if many else _LOGGED_ONE
+        return self.compose(template.format(write=write))
+
     def create(self) -> list[bytes]:
-        """The statements creating what is missing of the tables, indexes and trigger
-        (to execute without parameters)."""
+        """The statements creating what is missing of the tables, indexes, functions and
+        triggers, and dropping the triggers of earlier versions (to execute without
+        parameters)."""
         statements = [self.script(text) for text in _CREATE]
-        body = self.script(_TRIGGER_BODY).decode()
-        if _BODY_QUOTE in body:
-            raise ValueError(f"invalid table name {self.table!r}")
-        statements.append(
-            self.script(
-                "CREATE OR REPLACE FUNCTION {function}() RETURNS trigger "
-                "LANGUAGE plpgsql AS {body}",
-                body=sql.SQL(_BODY_QUOTE + body + _BODY_QUOTE),  # checked above
-            )
-        )
-        # One trigger per event: PostgreSQL gives transition tables to those only.
-        for trigger, event, tables in (
-            ("trigger_insert", "INSERT", "NEW TABLE AS new_rows"),
-            ("trigger_update", "UPDATE", "OLD TABLE AS old_rows NEW TABLE AS new_rows"),
-            ("trigger_delete", "DELETE", "OLD TABLE AS old_rows"),
-        ):
+        for function, text in (("function", _LOG_BODY), ("reclaim", _RECLAIM_BODY)):
+            body = self.script(text).decode()
+            if _BODY_QUOTE in body:
+                raise ValueError(f"invalid table name {self.table!r}")
             statements.append(
                 self.script(
-                    f"CREATE OR REPLACE TRIGGER {{{trigger}}} AFTER {event} ON {{main}} "
-                    f"REFERENCING {tables} FOR EACH STATEMENT EXECUTE FUNCTION {{function}}()"
+                    f"CREATE OR REPLACE FUNCTION {{{function}}}() RETURNS trigger "
+                    "LANGUAGE plpgsql AS {body}",
+                    body=sql.SQL(_BODY_QUOTE + body + _BODY_QUOTE),  # checked above
+                )
+            )
+        for old in ("old_insert", "old_update", "old_delete"):
+            statements.append(self.script(f"DROP TRIGGER IF EXISTS {{{old}}} ON {{main}}"))
+        for trigger, events, condition, function in _TRIGGERS:
+            statements.append(
+                self.script(
+                    f"CREATE OR REPLACE TRIGGER {{{trigger}}} AFTER {events} ON {{main}} "
+                    f"FOR EACH ROW WHEN ({condition}) EXECUTE FUNCTION {{{function}}}()"
                 )
             )
         return statements
@@ -240,5 +301,5 @@ class Schema:
         to execute without parameters)."""
         return [
             self.script("DROP TABLE IF EXISTS {main}, {chunks}, {trash}, {changes}"),
-            self.script("DROP FUNCTION IF EXISTS {function}()"),
+            self.script("DROP FUNCTION IF EXISTS {function}(), {reclaim}()"),
         ]

@@ -8,10 +8,12 @@ the write are one atomic step for PostgreSQL:
 - ``if_exists=True`` and/or ``if_version``: ``UPDATE ... WHERE key = ... [AND version =
   ...]`` (no row: the key was missing or at another version).
 
-A write that changed no row then reads the key's version, only to word the
-:class:`~storekeeper.errors.ConflictError`. Writes that keep the data (``set_metadata``)
-or the metadata (``set_data``) leave those columns out of the update and return what
-the row holds, for the event.
+The same statement logs the change and announces it with ``NOTIFY``
+(:meth:`Schema.logged`), so a write is one round trip in autocommit mode, and its
+announcement leaves when it commits. A write that changed no row then reads the key's
+version, only to word the :class:`~storekeeper.errors.ConflictError`. Writes that keep
+the data (``set_metadata``) or the metadata (``set_data``) leave those columns out of the
+update and return what the row holds, for the event.
 """
 
 from __future__ import annotations
@@ -29,6 +31,18 @@ __all__ = ["Row", "Writes", "version_number"]
 
 _NOW = "extract(epoch FROM statement_timestamp())"
 _DATA_COLUMNS = ("size", "data", "blob")
+_RETURNING = "RETURNING o.key, o.action, o.metadata"
+_BATCH = (
+    "INSERT INTO {main} AS o "
+    "(key, version, size, created, modified, metadata, meta, data, blob, action) "
+    f"SELECT k, v, octet_length(d), {_NOW}, {_NOW}, m, j::jsonb, d, NULL, 'set' "
+    # Binary parameters: the text form of arrays escapes every element.
+    "FROM unnest(%b::text[], %b::bigint[], %b::text[], %b::text[], %b::bytea[]) "
+    "AS u(k, v, m, j, d) "
+    "ON CONFLICT (key) DO UPDATE SET modified = EXCLUDED.modified, "
+    "version = EXCLUDED.version, action = 'set', metadata = EXCLUDED.metadata, "
+    "meta = EXCLUDED.meta, size = EXCLUDED.size, data = EXCLUDED.data, blob = NULL " + _RETURNING
+)
 _META_COLUMNS = ("metadata", "meta")
 
 
@@ -74,7 +88,13 @@ class Writes:
 
     def __init__(self, schema: Schema) -> None:
         self.schema = schema
-        self._cache: dict[tuple[str, bool, bool, bool], bytes] = {}
+        self._cache: dict[tuple[str, bool, bool], bytes] = {}
+        deleted = "RETURNING key, 'delete' AS action, metadata"
+        self._delete = schema.logged(f"DELETE FROM {{main}} WHERE key = %s {deleted}")
+        self._delete_version = schema.logged(
+            f"DELETE FROM {{main}} WHERE key = %s AND version = %s {deleted}"
+        )
+        self._batch = schema.logged(_BATCH, many=True)
 
     def write(
         self,
@@ -127,7 +147,7 @@ class Writes:
         return None if found is None else str(found[0])
 
     def _statement(self, mode: str, keep_meta: bool, keep_data: bool) -> bytes:
-        shape = (mode, keep_meta, keep_data, True)
+        shape = (mode, keep_meta, keep_data)
         statement = self._cache.get(shape)
         if statement is None:
             statement = self._cache[shape] = self._build(mode, keep_meta, keep_data)
@@ -143,9 +163,9 @@ class Writes:
             assignments = [f"{name} = %({name})s" for name in changed]
             assignments = [a.replace("%(meta)s", "%(meta)s::jsonb") for a in assignments]
             condition = " AND version = %(if_version)s" if mode == "update_version" else ""
-            return self.schema.compose(
+            return self.schema.logged(
                 f"UPDATE {{main}} SET modified = {_NOW}, {', '.join(assignments)} "
-                f"WHERE key = %(key)s{condition} RETURNING metadata"
+                f"WHERE key = %(key)s{condition} RETURNING key, action, metadata"
             )
         insert = (
             "INSERT INTO {main} AS o "
@@ -154,44 +174,29 @@ class Writes:
             "%(meta)s::jsonb, %(data)s, %(blob)s, %(action)s) "
         )
         if mode == "insert":
-            return self.schema.compose(insert + "ON CONFLICT (key) DO NOTHING RETURNING metadata")
+            return self.schema.logged(insert + "ON CONFLICT (key) DO NOTHING " + _RETURNING)
         updates = ", ".join(f"{name} = EXCLUDED.{name}" for name in ["modified", *changed])
-        return self.schema.compose(
-            insert + f"ON CONFLICT (key) DO UPDATE SET {updates} RETURNING o.metadata"
+        return self.schema.logged(
+            insert + f"ON CONFLICT (key) DO UPDATE SET {updates} {_RETURNING}"
         )
 
     def delete(self, conn: psycopg.Connection[Any], key: str, if_version: str | None) -> str | None:
         """Delete *key* (at *if_version*); its metadata JSON, ``None`` if nothing was
         deleted (the caller tells a missing key from a conflict)."""
         if if_version is None:
-            statement = self.schema.compose("DELETE FROM {main} WHERE key = %s RETURNING metadata")
-            found = conn.execute(statement, [key]).fetchone()
+            found = conn.execute(self._delete, [key]).fetchone()
         else:
             number = version_number(if_version)
             if number is None:
                 return None
-            statement = self.schema.compose(
-                "DELETE FROM {main} WHERE key = %s AND version = %s RETURNING metadata"
-            )
-            found = conn.execute(statement, [key, number]).fetchone()
+            found = conn.execute(self._delete_version, [key, number]).fetchone()
         return None if found is None else str(found[0])
 
     def batch(self, conn: psycopg.Connection[Any], rows: list[Row]) -> None:
         """Upsert many inline *rows* (distinct keys) in one statement."""
-        statement = self.schema.compose(
-            "INSERT INTO {main} AS o "
-            "(key, version, size, created, modified, metadata, meta, data, blob, action) "
-            f"SELECT k, v, octet_length(d), {_NOW}, {_NOW}, m, j::jsonb, d, NULL, 'set' "
-            # Binary parameters: the text form of arrays escapes every element.
-            "FROM unnest(%b::text[], %b::bigint[], %b::text[], %b::text[], %b::bytea[]) "
-            "AS u(k, v, m, j, d) "
-            "ON CONFLICT (key) DO UPDATE SET modified = EXCLUDED.modified, "
-            "version = EXCLUDED.version, action = 'set', metadata = EXCLUDED.metadata, "
-            "meta = EXCLUDED.meta, size = EXCLUDED.size, data = EXCLUDED.data, blob = NULL"
-        )
         params = [row.params() for row in rows]
         conn.execute(
-            statement,
+            self._batch,
             [
                 [p["key"] for p in params],
                 [p["version"] for p in params],

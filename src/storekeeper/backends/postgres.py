@@ -6,7 +6,10 @@ and psycopg_pool).
 
 - **Connections**: one pool per store object, safe to share between threads; a process
   forked from one that used the store opens a pool of its own on first use and never
-  touches the parent's connections (see ``_pg_connections``).
+  touches the parent's connections (see ``_pg_connections``). While the server is away
+  calls raise :class:`~storekeeper.errors.BackendUnavailableError` (after up to
+  ``timeout`` seconds waiting for a connection); pooled connections the server ended
+  are dropped before use, so the first call after it is back works.
 - **Transactions** are PostgreSQL transactions, one per owner (thread or asyncio task),
   all-or-nothing, nested with savepoints. Read-modify-write is exact: inside a
   transaction a read locks the key's row (``SELECT ... FOR UPDATE``; an advisory lock
@@ -16,7 +19,8 @@ and psycopg_pool).
   transactions locking keys in opposite orders deadlock; PostgreSQL rolls one back with
   a :class:`~storekeeper.errors.TransactionError` (retry it).
 - **Conditional writes** are single statements (``INSERT ... ON CONFLICT``, ``UPDATE ...
-  WHERE version = ...``): of racing writers exactly one wins.
+  WHERE version = ...``): of racing writers exactly one wins. A write outside a
+  transaction is one statement and one round trip, change log and ``NOTIFY`` included.
 - **Schema** (``_pg_schema``): a row per key with its metadata as exact JSON text and as
   ``jsonb`` for queries; values up to ``inline_limit`` bytes in the row, larger ones in
   ``chunk_size`` chunks, streamed in and out with bounded memory. A value read before
@@ -254,13 +258,18 @@ class PostgresStore(AbstractStore):
         super().connect(credentials)
 
     def _create(self, conn: psycopg.Connection[Any]) -> None:
-        """Create the tables (under an advisory lock: concurrent creators would clash)."""
+        """Create what is missing of the tables and triggers (under an advisory lock:
+        concurrent creators would clash)."""
         schema = self._schema
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", [self._reads.lock_id("\x00schema")])
-            exists = conn.execute("SELECT to_regclass(%s)", [schema.main.as_string(conn)])
-            row = exists.fetchone()
-            if row is not None and row[0] is not None:
+            # The log trigger exists once the tables, indexes and triggers of this
+            # version all do (a table made by an earlier version gets them now).
+            current = conn.execute(
+                "SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass(%s) AND tgname = %s",
+                [schema.main.as_string(conn), schema.log_trigger],
+            )
+            if current.fetchone() is not None:
                 return
             # One round trip: the statements take no parameters.
             conn.execute(b";\n".join(schema.create()))
