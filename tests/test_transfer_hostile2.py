@@ -1,0 +1,612 @@
+"""Hostile tests of ``list_info``, ``storekeeper.store.transfer`` and ``storekeeper sync/cp/ls``.
+
+Written from the README, the docstrings and the issue text only (no implementation read).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from storekeeper import open_store
+from storekeeper.composite import (
+    CachedStore,
+    JoinedStore,
+    MountedStore,
+    SimpleAuthStore,
+    make_encoder,
+)
+from storekeeper.errors import InvalidArgumentError, InvalidKeyError
+from storekeeper.store import AbstractStore, KeyInfo
+from storekeeper.store.transfer import Folder, transfer
+
+PG = "postgresql://postgres@127.0.0.1:5432/test?table="
+REDIS = "redis://127.0.0.1:6379/0?prefix="
+
+# Keys that sort around each other and around a prefix's last character.
+ODD_KEYS = [
+    "a",
+    "a b",
+    "a-b",
+    "a.b",
+    "a/b",
+    "a/b-c",
+    "a/bc",
+    "a/\U0010ffff",
+    "a0",
+    "aé",
+    "a\U0010ffff",
+    "a\t",
+    "a\x7f",
+    "A",
+    "B/x",
+    "b",
+    "é/x",
+    "a" * 300,
+    "\U0010ffff",
+]
+PREFIXES = ["", "a", "a/", "a/b", "a.", "A", "é", "a\U0010ffff", "\U0010ffff", "zz"]
+
+
+def _url(kind: str, tmp_path: Path) -> str:
+    tag = "hc2_" + uuid.uuid4().hex[:10]
+    return {
+        "memory": "memory://",
+        "sqlite": f"sqlite:///{tmp_path}/s.db",
+        "file": f"file://{tmp_path}/fs?create=true",
+        "postgres": PG + tag,
+        "redis": REDIS + tag,
+    }[kind]
+
+
+def _clear(store: AbstractStore) -> None:
+    for key in list(store.list_keys()):
+        store.delete(key)
+
+
+@pytest.fixture(params=["memory", "sqlite", "file", "postgres", "redis"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    url = _url(request.param, tmp_path)
+    yield url
+    if request.param in ("postgres", "redis"):
+        with open_store(url) as s:
+            _clear(s)
+
+
+def _fresh(url: str, first: AbstractStore) -> AbstractStore:
+    """A second store object over the same storage (the same object for memory://)."""
+    return first if url == "memory://" else open_store(url)
+
+
+# ---------------------------------------------------------------------------------------
+# list_info on the backends
+# ---------------------------------------------------------------------------------------
+
+
+def test_list_info_same_keys_and_order_as_list_keys_odd_keys(store_url: str) -> None:
+    store = open_store(store_url)
+    for key in ODD_KEYS:
+        store.set(key, (key.encode(), {"k": key[:3]}))
+    other = _fresh(store_url, store)
+    for prefix in PREFIXES:
+        expected = sorted(k for k in ODD_KEYS if k.startswith(prefix))
+        assert list(store.list_keys(prefix)) == expected, prefix
+        assert [k for k, _ in store.list_info(prefix)] == expected, prefix
+        assert [k for k, _ in other.list_info(prefix, metadata=True)] == expected, prefix
+
+
+def test_list_info_details_equal_get_through_fresh_store(store_url: str) -> None:
+    store = open_store(store_url)
+    store.set("big", (iter([b"x" * (1 << 20), b"y" * (1 << 20), b"zzz"]), {"b": 1}))
+    store.set("empty", (b"", {}))
+    store.set("re", (b"1", {"old": 1}))
+    store.set("re", (b"123", {"z": None, "l": [1, "é"]}))
+    store.set("meta", (b"12345", {"a": 1}))
+    store.update_metadata("meta", {"a": 2})
+    other = _fresh(store_url, store)
+    plain = dict(other.list_info(""))
+    detailed = dict(other.list_info("", metadata=True))
+    assert list(plain) == ["big", "empty", "meta", "re"]
+    for key, plain_info in plain.items():
+        value = store.get(key)
+        for info in (plain_info, detailed[key]):
+            assert isinstance(info, KeyInfo)
+            assert info.size == value.size == len(store.to_bytes(key))
+            assert info.version == value.version
+            assert info.modified == value.modified
+            assert info.created == value.created
+        assert plain_info.metadata is None  # only when asked
+        assert detailed[key].metadata == dict(value.metadata)
+    assert detailed["meta"].metadata == {"a": 2}
+    assert detailed["re"].metadata == {"z": None, "l": [1, "é"]}
+
+
+def test_list_info_in_another_process_agrees(tmp_path: Path) -> None:
+    url = f"file://{tmp_path}/fs?create=true"
+    store = open_store(url)
+    store.set("k/1", (b"abc", {"x": 1}))
+    store.set("k/2", (b"", {}))
+    code = (
+        "import json,sys; from storekeeper import open_store\n"
+        f"s = open_store({url!r})\n"
+        "print(json.dumps([[k, i.size, i.version, i.modified, i.metadata]"
+        " for k, i in s.list_info('k/', metadata=True)]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    theirs = json.loads(out.stdout)
+    mine = [
+        [k, i.size, i.version, i.modified, i.metadata]
+        for k, i in store.list_info("k/", metadata=True)
+    ]
+    assert theirs == mine
+    assert [row[0] for row in theirs] == ["k/1", "k/2"]
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite", "file"])
+def test_list_info_writes_and_deletes_while_consuming(kind: str, tmp_path: Path) -> None:
+    store = open_store(_url(kind, tmp_path))
+    keys = [f"p/{i:03d}" for i in range(40)]
+    for key in keys:
+        store.set(key, (b"v", {}))
+    store.set("q/outside", (b"v", {}))
+    seen: list[str] = []
+    it = store.list_info("p/")
+    for _ in range(10):
+        seen.append(next(it)[0])
+    # writes and deletes from another thread while the iterator is half consumed
+    deleted = {"p/020", "p/039", "p/005"}
+
+    def mutate() -> None:
+        for key in deleted:
+            store.delete(key)
+        store.set("p/0205", (b"new", {}))
+        store.set("p/000a", (b"new", {}))
+        store.set("p/", (b"new", {}))
+        store.set("p0", (b"outside", {}))
+
+    t = threading.Thread(target=mutate)
+    t.start()
+    t.join()
+    rest = list(it)
+    seen += [k for k, _ in rest]
+    assert len(seen) == len(set(seen)), "a key listed twice"
+    assert seen == sorted(seen)
+    assert all(k.startswith("p/") for k in seen)
+    allowed = set(keys) | {"p/0205", "p/000a", "p/"}
+    assert set(seen) <= allowed, "an invented key"
+    throughout = set(keys) - deleted
+    assert throughout <= set(seen), "a key present throughout was not listed"
+    for key, info in rest:
+        assert info.size == len(store.to_bytes(key)) if store.exists(key) else True
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "error"),
+    [
+        ((5,), {}, InvalidArgumentError),
+        ((None,), {}, InvalidArgumentError),
+        ((b"a",), {}, InvalidArgumentError),
+        (("\ud800",), {}, InvalidKeyError),
+        (("", True), {}, TypeError),
+        (("",), {"delimiter": "/"}, TypeError),
+    ],
+)
+def test_list_info_bad_arguments_raise_at_call(
+    args: tuple[Any, ...], kwargs: dict[str, Any], error: type[Exception]
+) -> None:
+    for store in (open_store("memory://"), _joined()):
+        with pytest.raises(error):
+            store.list_info(*args, **kwargs)  # not only at the first next()
+        assert issubclass(error, (TypeError, ValueError))
+
+
+def _joined() -> JoinedStore:
+    j = JoinedStore([open_store("memory://"), open_store("memory://")])
+    j.connect()
+    return j
+
+
+# ---------------------------------------------------------------------------------------
+# list_info on composites
+# ---------------------------------------------------------------------------------------
+
+
+def _composites(tmp_path: Path) -> Iterator[tuple[str, AbstractStore]]:
+    lower, upper = open_store("memory://"), open_store("memory://")
+    for i in range(6):
+        lower.set(f"k/{i}", (b"L" * i, {"i": i}))
+    joined = JoinedStore([upper, lower])
+    joined.connect()
+    yield "joined", joined
+    back, mnt = open_store("memory://"), open_store("memory://")
+    for i in range(6):
+        back.set(f"k/{i}", (b"B" * i, {"i": i}))
+    mounted = MountedStore("k/", mnt, back)
+    mounted.connect()
+    yield "mounted", mounted
+    src = open_store(f"sqlite:///{tmp_path}/src.db")
+    for i in range(6):
+        src.set(f"k/{i}", (b"S" * i, {"i": i}))
+    cached = CachedStore(src, open_store("memory://"))
+    cached.connect()
+    cached.get("k/1")
+    src.set("k/1", (b"changed!", {"fresh": True}))  # the cache's copy is stale now
+    yield "cached", cached
+
+
+def test_list_info_composites_hide_whiteouts_and_agree_with_get(tmp_path: Path) -> None:
+    for name, store in _composites(tmp_path):
+        store.set("k/2", (b"overlaid", {"top": 1}))
+        store.delete("k/3")
+        listed = list(store.list_info("k/", metadata=True))
+        assert [k for k, _ in listed] == ["k/0", "k/1", "k/2", "k/4", "k/5"], name
+        assert [k for k, _ in listed] == list(store.list_keys("k/")), name
+        for key, info in listed:
+            value = store.get(key)
+            assert (info.size, info.version, info.modified) == (
+                value.size,
+                value.version,
+                value.modified,
+            ), name
+            assert info.metadata == dict(value.metadata), name
+        info2 = dict(listed)
+        assert info2["k/2"].size == len(b"overlaid")
+        if name == "cached":
+            assert info2["k/1"].size == len(b"changed!") and info2["k/1"].metadata == {
+                "fresh": True
+            }
+        # a key deleted between its listing and its details is left out
+        it = store.list_info("k/")
+        assert next(it)[0] == "k/0"
+        store.delete("k/5")
+        assert [k for k, _ in it] == ["k/1", "k/2", "k/4"], name
+
+
+def _auth_pair() -> tuple[SimpleAuthStore, SimpleAuthStore]:
+    shared = open_store("memory://")
+    alice = SimpleAuthStore(shared, make_encoder(b"k"))
+    alice.add_user("alice", "pw")
+    alice.add_user("bob", "pw")
+    alice.connect({"username": "alice", "password": "pw"})
+    bob = SimpleAuthStore(shared, make_encoder(b"k"))
+    bob.connect({"username": "bob", "password": "pw"})
+    return alice, bob
+
+
+def test_auth_list_info_hides_keys_the_user_may_not_see() -> None:
+    alice, bob = _auth_pair()
+    alice.set("n/secret", (b"top secret data", {"s": "hidden"}))
+    alice.set("n/read", (b"readable", {"r": 1}))
+    alice.update_permissions("n/read", {"get": {"bob"}})
+    listed = list(bob.list_info("", metadata=True))
+    assert [k for k, _ in listed] == list(bob.list_keys("")) == ["n/read"]
+    assert listed[0][1].metadata == {"r": 1}
+    assert listed[0][1].size == 8
+    assert all(not k.startswith(".user_") for k, _ in bob.list_info(""))
+    assert [k for k, _ in alice.list_info("n/")] == ["n/read", "n/secret"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="SimpleAuthStore.list_info raises AuthorizationError when a listed key is visible "
+    "(exists) but not readable (get) by the user, instead of listing what list_keys lists",
+)
+def test_auth_list_info_with_exists_only_key_lists_without_leaking() -> None:
+    alice, bob = _auth_pair()
+    alice.set("n/exists", (b"exists-only", {"s": "not for bob"}))
+    alice.set("n/read", (b"readable", {"r": 1}))
+    alice.update_permissions("n/exists", {"exists": {"bob"}})
+    alice.update_permissions("n/read", {"get": {"bob"}})
+    assert list(bob.list_keys("n/")) == ["n/exists", "n/read"]
+    listed = dict(bob.list_info("n/", metadata=True))  # AuthorizationError today
+    assert list(listed) == ["n/exists", "n/read"]
+    assert listed["n/exists"].metadata != {"s": "not for bob"}
+    assert listed["n/read"].metadata == {"r": 1}
+
+
+# ---------------------------------------------------------------------------------------
+# transfer / sync / cp
+# ---------------------------------------------------------------------------------------
+
+
+def _make_tree(root: Path, keys: list[str]) -> None:
+    for key in keys:
+        p = root / key
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(key.encode() * 3)
+
+
+TREE_KEYS = [
+    "a-b",
+    "a.b",
+    "a/b",
+    "a/c/d",
+    "a/c-d",
+    "a0",
+    "aé",
+    "A",
+    "a b",
+    "a/bc",
+    "a/b-c",
+    "B/x",
+    "b",
+    "a\U0010ffff",
+]
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite", "file", "postgres", "redis"])
+def test_sync_delete_never_deletes_a_source_key(kind: str, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    _make_tree(src, TREE_KEYS)
+    url = _url(kind, tmp_path)
+    target = open_store(url)
+    try:
+        for extra in ["a/", "a/b/extra", "zz", "a.b/c", "a-b/c", "a", "é"]:
+            target.set(extra, (b"x", {}))
+        target.set("a.b", (b"old", {"keep": 1}))
+        report = transfer(Folder(src), target, delete=True)
+        deleted = {a.key for a in report.actions if a.action == "delete"}
+        assert deleted == {"a/", "a/b/extra", "zz", "a.b/c", "a-b/c", "a", "é"}
+        fresh = _fresh(url, target)
+        assert list(fresh.list_keys()) == sorted(TREE_KEYS)
+        for key in TREE_KEYS:
+            assert fresh.to_bytes(key) == key.encode() * 3
+        again = transfer(Folder(src), target, delete=True)
+        assert (again.copied, again.deleted, again.skipped) == (0, 0, len(TREE_KEYS))
+        # and back out to a folder, mirrored, then idempotent
+        out = tmp_path / "out"
+        transfer(target, Folder(out), delete=True)
+        files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+        assert files == sorted(TREE_KEYS)
+        assert transfer(target, Folder(out), delete=True).copied == 0
+    finally:
+        if kind in ("postgres", "redis"):
+            _clear(target)
+
+
+def test_store_to_store_second_run_copies_nothing_and_keeps_metadata(tmp_path: Path) -> None:
+    a = open_store(f"sqlite:///{tmp_path}/a.db")
+    b = open_store(f"file://{tmp_path}/b?create=true")
+    for i in range(30):
+        a.set(f"k/{i:02d}", (bytes([i]) * i, {"i": i, "é": [i]}))
+    first = transfer(a, b)
+    assert first.copied == 30
+    assert transfer(a, b).copied == 0
+    b2 = open_store(f"file://{tmp_path}/b")
+    assert dict(b2.list_info("", metadata=True))["k/07"].metadata == {"i": 7, "é": [7]}
+    # a metadata-only change on either side is found by the quick compare
+    a.update_metadata("k/03", {"new": True})
+    b.set_metadata("k/04", {"tampered": True})
+    again = transfer(a, b)
+    assert sorted((x.key, x.reason) for x in again.actions) == [
+        ("k/03", "metadata"),
+        ("k/04", "metadata"),
+    ]
+    assert b2.get_metadata("k/04") == {"i": 4, "é": [4]}
+    assert transfer(a, b).copied == 0
+
+
+def test_same_size_change_with_mtime_preserved_is_missed_quick_found_by_checksum(
+    tmp_path: Path,
+) -> None:
+    """The module doc: quick compares size, metadata, then modified times; checksum reads."""
+    src = tmp_path / "src"
+    _make_tree(src, ["f"])
+    store = open_store(f"sqlite:///{tmp_path}/t.db")
+    assert transfer(Folder(src), store).copied == 1
+    st = os.stat(src / "f")
+    (src / "f").write_bytes(b"FFF")  # same size as b"f"*3
+    os.utime(src / "f", ns=(st.st_atime_ns, st.st_mtime_ns))
+    quick = transfer(Folder(src), store)
+    assert quick.copied == 0  # documented: time and size unchanged, so not seen
+    assert store.to_bytes("f") == b"fff"
+    checked = transfer(Folder(src), store, compare="checksum")
+    assert [(a.key, a.reason) for a in checked.actions] == [("f", "checksum")]
+    assert store.to_bytes("f") == b"FFF"
+    assert transfer(Folder(src), store, compare="checksum").copied == 0
+
+
+def test_cli_checksum_option_detects_same_size_same_mtime(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    _make_tree(src, ["x/f"])
+    url = f"sqlite:///{tmp_path}/t.db"
+    assert _cli("sync", str(src), url).returncode == 0
+    st = os.stat(src / "x/f")
+    (src / "x/f").write_bytes(b"X/F" * 3)
+    os.utime(src / "x/f", ns=(st.st_atime_ns, st.st_mtime_ns))
+    r = _cli("sync", str(src), url)
+    assert "copied 0 keys" in r.stdout + r.stderr
+    r = _cli("sync", str(src), url, "--checksum", "--json")
+    assert r.returncode == 0
+    actions = [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
+    assert [(x["key"], x["reason"]) for x in actions if x.get("action") == "copy"] == [
+        ("x/f", "checksum")
+    ]
+    assert open_store(url).to_bytes("x/f") == b"X/F" * 3
+
+
+def test_keys_that_cannot_be_files_are_refused_before_writing(tmp_path: Path) -> None:
+    for key in ["../evil", "a/../../evil", "/abs", "a//b", "./x", ".", ".."]:
+        s = open_store("memory://")
+        s.set(key, (b"z", {}))
+        out = tmp_path / ("o" + hashlib.sha1(key.encode()).hexdigest()[:8])
+        with pytest.raises(InvalidKeyError):
+            transfer(s, Folder(out))
+    assert not (tmp_path.parent / "evil").exists()
+    s = open_store("memory://")
+    s.set("a", (b"1", {}))
+    s.set("a/b", (b"2", {}))
+    with pytest.raises(InvalidKeyError):
+        transfer(s, Folder(tmp_path / "conflict"))
+    assert not (tmp_path / "conflict").exists() or not any((tmp_path / "conflict").rglob("*"))
+
+
+# ---------------------------------------------------------------------------------------
+# the command line
+# ---------------------------------------------------------------------------------------
+
+
+def _cli(*args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    env.pop("STOREKEEPER_URL", None)
+    return subprocess.run(
+        [sys.executable, "-m", "storekeeper", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+        **kw,
+    )
+
+
+def _sqlite_dump(db: Path) -> list[Any]:
+    con = sqlite3.connect(db)
+    try:
+        return sorted(
+            con.execute(
+                "select key, metadata, modified, version, size, blob, data from store"
+            ).fetchall()
+        )
+    finally:
+        con.close()
+
+
+def test_cli_dry_run_writes_nothing(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    _make_tree(src, ["x", "d/y"])
+    db = tmp_path / "t.db"
+    url = f"sqlite:///{db}"
+    open_store(url).set("gone", (b"old", {"m": 1}))
+    before = _sqlite_dump(db)
+    r = _cli("sync", str(src), url, "--delete", "--dry-run", "--json")
+    assert r.returncode == 0, r.stderr
+    planned = sorted(
+        (x["action"], x["key"], x["done"]) for x in map(json.loads, r.stdout.splitlines())
+    )
+    assert planned == [("copy", "d/y", False), ("copy", "x", False), ("delete", "gone", False)]
+    assert _sqlite_dump(db) == before
+    out = tmp_path / "never"
+    r = _cli("sync", url, str(out), "--delete", "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert not out.exists()
+    r = _cli("cp", str(src), url, "--dry-run", "--all")
+    assert r.returncode == 0, r.stderr
+    assert _sqlite_dump(db) == before
+
+
+def test_cli_ls_long_json_agrees_with_list_info(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/t.db"
+    store = open_store(url)
+    for key in ["n/a", "n/a b", "n/é", "n/\U0010ffff", "n0", "m"]:
+        store.set(key, (key.encode() * 2, {"k": 1}))
+    r = _cli("ls", url, "--prefix", "n/", "--long", "--json")
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    infos = list(open_store(url).list_info("n/"))
+    assert [row["key"] for row in rows] == [k for k, _ in infos]
+    for row, (_, info) in zip(rows, infos, strict=True):
+        assert row["size"] == info.size
+        assert str(row["version"]) == str(info.version)
+        assert row["modified"] == time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(info.modified))
+    r = _cli("ls", url, "--prefix", "n/", "--long")
+    lines = r.stdout.splitlines()
+    assert len(lines) == 4
+    assert [line.split()[0] for line in lines] == [str(i.size) for _, i in infos]
+
+
+def test_cli_exit_codes(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/t.db"
+    assert _cli("put", f"{url}#k", "-", input="v").returncode == 0
+    r = _cli("put", f"{url}#k", "-", "--create-only", input="w")
+    assert r.returncode == 4 and len(r.stderr.strip().splitlines()) == 1
+    assert _cli("put", f"{url}#k", "-", "--if-version", "1", input="w").returncode == 4
+    r = _cli("cat", f"{url}#nope")
+    assert r.returncode == 3 and "Traceback" not in r.stderr
+    assert _cli("ls", "bogus://x").returncode == 2
+    assert _cli("ls", url, "--nope").returncode == 2
+    assert _cli("sync", url, url).returncode == 2
+    assert _cli("sync", str(tmp_path / "missing"), url).returncode in (1, 3)
+    assert _cli("ls", "memory://foo").returncode == 2
+    assert _cli("sync", f"{url}?durabel=false", str(tmp_path / "o")).returncode == 2
+    assert open_store(url).to_bytes("k") == b"v"
+
+
+def _count_rows(db: Path) -> int:
+    try:
+        con = sqlite3.connect(db, timeout=0.05)
+        try:
+            return int(con.execute("select count(*) from store").fetchone()[0])
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return 0
+
+
+def test_cli_sync_killed_midway_then_rerun_is_identical(tmp_path: Path) -> None:
+    n = 1200
+    src_url = f"sqlite:///{tmp_path}/src.db"
+    src = open_store(src_url)
+    with src.transaction():
+        for i in range(n):
+            src.set(f"k/{i:05d}", (os.urandom(1500), {"i": i}))
+    src.set("k/a.b", (b"dot", {}))
+    src.set("k/a-b", (b"dash", {}))
+    src.set("k/a/b", (b"slash", {}))
+    out = tmp_path / "out"
+    env = dict(os.environ)
+    env.pop("STOREKEEPER_URL", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "storekeeper", "sync", src_url, str(out), "--delete"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and proc.poll() is None:
+        if out.exists() and sum(1 for _ in out.rglob("*")) > 20:
+            break
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the sync finished before it could be killed"
+    partial = sum(1 for p in out.rglob("*") if p.is_file())
+    assert 0 < partial < n
+    r = _cli("sync", src_url, str(out), "--delete")
+    assert r.returncode == 0, r.stderr
+    files = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    expected = {k: src.to_bytes(k) for k in src.list_keys()}
+    assert files == expected
+    r = _cli("sync", src_url, str(out), "--delete")
+    assert "copied 0 keys" in r.stdout + r.stderr
+
+    # the other way: the folder into a fresh SQLite store, killed after its first commit
+    db = tmp_path / "t.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "storekeeper", "sync", str(out), f"sqlite:///{db}", "--delete"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and proc.poll() is None and _count_rows(db) == 0:
+        pass
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the sync finished before it could be killed"
+    assert 0 < _count_rows(db) < len(expected)
+    assert _cli("cp", str(out), f"sqlite:///{db}").returncode == 0
+    rows = _sqlite_dump(db)
+    assert len(rows) == len({row[0] for row in rows}) == len(expected)
+    target = open_store(f"sqlite:///{db}")
+    assert {k: target.to_bytes(k) for k in target.list_keys()} == expected
