@@ -973,3 +973,30 @@ def test_sync_delete_into_folder_when_a_key_became_a_folder(
             p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()
         }
         assert files == {key: b"NEW" + key.encode() for key in new}
+
+
+@pytest.mark.parametrize("meta", [False, True])
+def test_list_info_another_writer_deletes_and_rewrites_mid_listing(
+    store_url: str, meta: bool
+) -> None:
+    store = open_store(store_url)
+    writer = _fresh(store_url, store)
+    n = 60
+    for i in range(n):
+        store.set(f"p/{i:04d}", (b"x" * (i % 7), {"i": i}))
+    it = store.list_info("p/", metadata=meta)
+    first = next(it)
+    for i in range(1, n, 2):
+        writer.delete(f"p/{i:04d}")
+    for i in range(0, n, 3):
+        writer.set(f"p/{i:04d}", (b"yy" * 20, {"j": i}))
+    rest = list(it)
+    keys = [first[0]] + [k for k, _ in rest]
+    assert len(keys) == len(set(keys)) and keys == sorted(keys)
+    assert set(keys) <= {f"p/{i:04d}" for i in range(n)}
+    assert {f"p/{i:04d}" for i in range(0, n, 2)} <= set(keys)  # present throughout
+    for key, info in rest:
+        i = int(key[2:])
+        assert info.size in (i % 7, 40), key  # the old value or the new one, nothing else
+        if meta:
+            assert info.metadata in ({"i": i}, {"j": i}), key
