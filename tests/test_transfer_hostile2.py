@@ -61,8 +61,13 @@ ODD_KEYS = [
 PREFIXES = ["", "a", "a/", "a/b", "a.", "A", "é", "a\U0010ffff", "\U0010ffff", "zz"]
 
 
-def _url(kind: str, tmp_path: Path) -> str:
-    tag = "hc2_" + uuid.uuid4().hex[:10]
+def _url(kind: str, tmp_path: Path, name: str = "") -> str:
+    # a stable table/prefix per test (emptied afterwards), so runs leave no new tables behind
+    tag = (
+        "hc2_" + hashlib.sha1(name.encode()).hexdigest()[:10]
+        if name
+        else "hc2_" + uuid.uuid4().hex[:10]
+    )
     return {
         "memory": "memory://",
         "sqlite": f"sqlite:///{tmp_path}/s.db",
@@ -79,7 +84,9 @@ def _clear(store: AbstractStore) -> None:
 
 @pytest.fixture(params=["memory", "sqlite", "file", "postgres", "redis"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    url = _url(request.param, tmp_path)
+    url = _url(request.param, tmp_path, request.node.nodeid)
+    with open_store(url) as s:
+        _clear(s)  # left over by a run that was killed
     yield url
     if request.param in ("postgres", "redis"):
         with open_store(url) as s:
@@ -351,8 +358,9 @@ TREE_KEYS = [
 def test_sync_delete_never_deletes_a_source_key(kind: str, tmp_path: Path) -> None:
     src = tmp_path / "src"
     _make_tree(src, TREE_KEYS)
-    url = _url(kind, tmp_path)
+    url = _url(kind, tmp_path, f"sync-delete-{kind}")
     target = open_store(url)
+    _clear(target)
     try:
         for extra in ["a/", "a/b/extra", "zz", "a.b/c", "a-b/c", "a", "é"]:
             target.set(extra, (b"x", {}))
