@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from storekeeper import DictMemoryStore, EventManager, SqliteStore
+from storekeeper import DictMemoryStore, EventManager, FileSystemStore, SqliteStore, open_store
 from storekeeper.stage import (
     BaseStage,
     Element,
@@ -596,3 +596,98 @@ def test_compaction_twice_and_by_two_processes_at_once(tmp_path: Path) -> None:
     assert listing(sqlite(path)) == versions
     assert {k: raw(sqlite(path), k) for k in keys} == snap
     assert fresh_dump(url) == before
+
+
+class HookMixin:
+    """Runs a hook once, before the store's ``at``-th transaction (the write lock is
+    taken inside it, so another writer can commit while the hook runs)."""
+
+    hook: Callable[[], None] | None = None
+    at: int = 1
+    calls: int = 0
+
+    def transaction(self, *args: Any, **kw: Any) -> Any:
+        self.calls += 1
+        if self.hook is not None and self.calls == self.at:
+            hook, self.hook = self.hook, None
+            hook()
+        return super().transaction(*args, **kw)  # type: ignore[misc]
+
+
+class HookSqlite(HookMixin, SqliteStore):
+    pass
+
+
+class HookFS(HookMixin, FileSystemStore):
+    pass
+
+
+@pytest.mark.parametrize(
+    ("kind", "at"), [("sqlite", 1), ("sqlite", 2), ("sqlite", 3), ("folder", 2)]
+)
+def test_compaction_concurrent_with_writer_thread_loses_nothing(
+    tmp_path: Path, at: int, kind: str
+) -> None:
+    if kind == "sqlite":
+        path = tmp_path / "s.db"
+        url = f"sqlite:///{path}"
+        hooked: HookMixin = HookSqlite(path)
+        other: Any = sqlite(path)
+    else:
+        path = tmp_path / "f"
+        url = path.as_uri()
+        other = open_store(url + "?create=true")
+        hooked = HookFS(path)
+    wall = Wall()
+    a, b = deleting_history(other, wall)
+    wall.t += timedelta(days=40)
+    with a:
+        a.touch()
+    with b:
+        b.touch()
+    hooked.at = at
+    compactor = S(session("compactor", wall), hooked)  # type: ignore[arg-type]
+    writer_stage = S(a.session, url)  # same session as a, another store object
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            with writer_stage:
+                d = writer_stage.one
+                assert d is not None
+                d.title = "written during compaction"
+                d.items["i1"].subs["s3"] = Sub(name="new")
+                del d.items["i1"].subs["s2"]
+                d.items["i9"] = Item(text="nine")
+                writer_stage.one = d
+                writer_stage.docs["x"]["new"] = Doc(title="new doc")
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=write)
+    interleaved: list[bool] = []
+
+    def hook() -> None:
+        thread.start()
+        interleaved.append(done.wait(5))
+
+    hooked.hook = hook
+    compactor.compact(retention=timedelta(days=30))
+    assert done.wait(10)
+    thread.join(5)
+    assert not errors
+    assert interleaved == [True]  # the writer committed between two compaction steps
+    dumped = fresh_dump(url)
+    one = dumped["one"]
+    assert "written during compaction" in one
+    assert "'s3'" in one and "'s2'" not in one and "'i9'" in one
+    assert "'i2'" not in one and "'s1'" not in one
+    assert dumped["docs/x/new"] == repr(Doc(title="new doc"))
+    assert dumped["levels"] == ["x"]
+    # a second compaction afterwards changes nothing anyone reads
+    compactor2 = S(session("compactor2", wall), url)
+    compactor2.compact(retention=timedelta(days=30))
+    assert fresh_dump(url) == dumped
