@@ -691,3 +691,132 @@ def test_compaction_concurrent_with_writer_thread_loses_nothing(
     compactor2 = S(session("compactor2", wall), url)
     compactor2.compact(retention=timedelta(days=30))
     assert fresh_dump(url) == dumped
+
+
+# -- 4. merge laws ---------------------------------------------------------------------------
+
+
+def sync_own(src: Any, dst: Any, ident: str) -> None:
+    """What a file-sync tool does: bring *ident*'s files from *src* to *dst*."""
+    for key in list(src.list_keys("")):
+        if key.endswith(f"/{ident}.json") or key == f".sessions/{ident}":
+            dst.set(key, src.get(key))
+
+
+def random_edit(rng: random.Random, d: Doc, tag: str) -> None:
+    for _ in range(rng.randint(1, 4)):
+        op = rng.randrange(9)
+        ids = list(d.items)
+        if op == 0:
+            d.title = f"title-{tag}-{rng.randrange(100)}"
+        elif op == 1:
+            d.tags.append(f"tag-{tag}-{rng.randrange(3)}")
+        elif op == 2 and ids:
+            del d.items[rng.choice(ids)]
+        elif op == 3:
+            d.items[f"i{rng.randrange(5)}"] = Item(text=f"added-{tag}")
+        elif op == 4 and ids:
+            d.items[rng.choice(ids)].text = f"text-{tag}"
+        elif op == 5 and ids:
+            item = d.items[rng.choice(ids)]
+            subs = list(item.subs)
+            if subs and rng.random() < 0.5:
+                del item.subs[rng.choice(subs)]
+            else:
+                item.subs[f"s{rng.randrange(4)}"] = Sub(name=f"sub-{tag}")
+        elif op == 6:
+            d.meta = None if rng.random() < 0.5 else Note(body=f"meta-{tag}")
+        elif op == 7 and d.meta is not None:
+            d.meta.body = f"body-{tag}"
+        elif op == 8 and ids:
+            item = d.items[rng.choice(ids)]
+            item.note = None if item.note is not None else Note(body=f"note-{tag}")
+
+
+def build_histories(seed: int) -> tuple[Any, list[tuple[str, Any, Wall]], Wall]:
+    rng = random.Random(seed)
+    base_wall = Wall()
+    origin = memory()
+    with S(session("base", base_wall), origin) as st:
+        st.one = base_doc()
+    devices: list[tuple[str, Any, Wall]] = []
+    for n in range(4):
+        wall = Wall(skew=timedelta(minutes=rng.randint(-90, 90)))
+        s = session(f"dev{n}", wall)
+        store = memory()
+        for key in origin.list_keys(""):
+            store.set(key, origin.get(key))
+        devices.append((s.identifier, store, wall))
+    for rnd in range(3):
+        for ident, store, wall in devices:
+            wall.t += timedelta(minutes=7)
+            for other, ostore, _ in devices:
+                if other != ident and rng.random() < 0.4:
+                    sync_own(ostore, store, other)
+            st = S(Session(ident), store)
+            with st:
+                d = st.one
+                assert d is not None
+                random_edit(rng, d, f"{ident[:4]}-{rnd}")
+                st.one = d
+    return origin, devices, base_wall
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_sync_order_and_compactions_never_change_the_result(seed: int) -> None:
+    origin, devices, base_wall = build_histories(seed)
+    rng = random.Random(seed * 7919)
+    results = set()
+    orders = [list(range(4)) for _ in range(5)]
+    for order in orders[1:]:
+        rng.shuffle(order)
+    for k, order in enumerate(orders):
+        main = memory()
+        for key in origin.list_keys(""):
+            main.set(key, origin.get(key))
+        wall = Wall(T0 + timedelta(hours=6), skew=timedelta(minutes=rng.randint(-30, 30)))
+        compactor = S(session(f"compactor{k}", wall), main)
+        for n in order:
+            ident, store, _ = devices[n]
+            sync_own(store, main, ident)
+            if rng.random() < 0.6:
+                compactor.compact(retention=timedelta(days=30))
+        reader = S(session("reader", wall), main)
+        with reader:
+            before = repr(reader.one)
+        results.add(before)
+        if k % 2 == 0:
+            compactor.compact(retention=timedelta(days=30))
+            with reader:
+                assert repr(reader.one) == before
+    assert len(results) == 1, results
+
+
+@pytest.mark.parametrize("seed", [4, 5])
+def test_session_merge_is_a_join_on_device_copies(seed: int) -> None:
+    _, devices, _ = build_histories(seed)
+    docs = []
+    for ident, store, _ in devices:
+        with S(Session(ident), store) as st:
+            d = st.one
+            assert d is not None
+            docs.append(d)
+    merger = session("merger")
+    rng = random.Random(seed)
+    reprs = set()
+    for _ in range(6):
+        order = docs[:]
+        rng.shuffle(order)
+        acc = order[0]
+        for d in order[1:]:
+            acc = merger.merge(acc, d) if rng.random() < 0.5 else merger.merge(d, acc)
+        reprs.add(repr(acc))
+        assert repr(merger.merge(acc, acc)) == repr(acc)
+        for d in docs:
+            assert repr(merger.merge(acc, d)) == repr(acc)  # absorbs every input
+    # associativity, explicitly
+    a, b, c = docs[:3]
+    left = merger.merge(merger.merge(a, b), c)
+    right = merger.merge(a, merger.merge(b, c))
+    assert repr(left) == repr(right)
+    assert len(reprs) == 1, reprs
