@@ -820,3 +820,114 @@ def test_session_merge_is_a_join_on_device_copies(seed: int) -> None:
     right = merger.merge(a, merger.merge(b, c))
     assert repr(left) == repr(right)
     assert len(reprs) == 1, reprs
+
+
+# -- returning sessions, same session twice ------------------------------------------------
+
+
+def test_returning_session_rebases_on_snapshot_and_keeps_later_edits(tmp_path: Path) -> None:
+    wall = Wall()
+    path = tmp_path / "s.db"
+    store = sqlite(path)
+    a, b = S(session("a", wall), store), S(session("b", wall), store)
+    c = session("c", wall)
+    with a:
+        a.one = base_doc()
+        a.docs["x"]["y"] = Doc(title="to be deleted")
+    offline = memory()  # c's device: a copy of the folder, then no sync for 40 days
+    for key in store.list_keys(""):
+        offline.set(key, store.get(key))
+    wall.t += timedelta(seconds=1)
+    with b:
+        d = b.one
+        assert d is not None
+        del d.items["i2"]
+        del d.items["i1"].subs["s1"]
+        d.meta = None
+        b.one = d
+        del b.docs["x"]["y"]
+    wall.t += timedelta(days=35)
+    with S(c, offline) as st:
+        d = st.one
+        assert d is not None
+        d.title = "offline title"  # after the floor: kept
+        d.items["i2"].text = "edited offline"  # element of a dropped tombstone
+        d.items["i1"].subs["s1"].name = "edited offline"
+        assert d.meta is not None
+        d.meta.body = "edited offline"
+        del d.items["i1"].subs["s2"]  # a delete after the floor: kept
+        d.items["i7"] = Item(text="added offline")
+        st.one = d
+        y = st.docs["x"]["y"]
+        y.title = "edited offline"
+        st.docs["x"]["y"] = y
+    wall.t += timedelta(days=5)
+    assert a.compact(retention=timedelta(days=30)) >= 1
+    sync_own(offline, store, c.identifier)
+    url = f"sqlite:///{path}"
+    dumped = fresh_dump(url)
+    with a:
+        mine = repr(a.one)
+        assert list(a.docs) == []
+    assert dumped["one"] == mine
+    assert dumped["levels"] == []
+    with a:
+        d = a.one
+        assert d is not None
+        assert d.title == "offline title"
+        assert list(d.items) == ["i1", "i7"]
+        assert list(d.items["i1"].subs) == []
+        assert d.meta is None
+    # c, back online, reads and edits: its edits win over everything it read
+    with S(c, store) as st:
+        d = st.one
+        assert d is not None
+        d.items["i1"].text = "c is back"
+        st.one = d
+    with b:
+        d = b.one
+        assert d is not None
+        assert d.items["i1"].text == "c is back"
+
+
+def test_same_session_two_store_objects_interleaved_delete_and_edit(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    s = session("same")
+    first, second = S(s, sqlite(path)), S(s, sqlite(path))
+    with first:
+        first.one = base_doc()
+    read = threading.Event()
+    go = threading.Event()
+    errors: list[BaseException] = []
+
+    def slow() -> None:
+        try:
+            with first:
+                d = first.one
+                assert d is not None
+                read.set()
+                assert go.wait(5)
+                d.items["i1"].text = "edited by the slow thread"
+                first.one = d
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    t = threading.Thread(target=slow)
+    t.start()
+    assert read.wait(5)
+    with second:
+        d = second.one
+        assert d is not None
+        del d.items["i2"]
+        del d.items["i1"].subs["s1"]
+        second.one = d
+    go.set()
+    t.join(5)
+    assert not errors
+    other = S(session("reader"), sqlite(path))
+    with other:
+        d = other.one
+        assert d is not None
+        assert list(d.items) == ["i1"]
+        assert d.items["i1"].text == "edited by the slow thread"
+        assert list(d.items["i1"].subs) == ["s2"]
