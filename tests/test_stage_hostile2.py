@@ -1044,3 +1044,81 @@ def test_transaction_straddling_compaction_keeps_its_edits_and_deletes() -> None
             assert list(d.items["i1"].subs) == ["s1"]
             assert d.items["i1"].subs["s1"].name == "renamed by x"
             assert d.tags == ["x was here"]
+
+
+def tombstones_in(store: Any) -> dict[str, int]:
+    out = {}
+    for key in stage_keys(store):
+        found: list[Any] = []
+        walk_tombstones(json.loads(raw(store, key)[0]), found)
+        out[key] = len(found)
+    return out
+
+
+def test_tombstone_kept_until_every_live_session_has_seen_it() -> None:
+    wall = Wall()
+    store = memory()
+    a, b, c = (S(session(n, wall), store) for n in "abc")
+    with a:
+        a.one = base_doc()
+    with c:
+        d = c.one
+        assert d is not None
+        d.tags.append("c")
+        c.one = d  # c's copy predates the delete
+    wall.t += timedelta(seconds=1)
+    with b:
+        d = b.one
+        assert d is not None
+        del d.items["i2"]
+        b.one = d
+    wall.t += timedelta(days=35)
+    with c:
+        c.touch()  # live, but its copy has not seen the delete
+    wall.t += timedelta(days=5)
+    assert a.compact(retention=timedelta(days=30)) == 1
+    assert tombstones_in(store) == {"one/@snapshot.json": 1}
+    with c:
+        d = c.one
+        assert d is not None
+        assert "i2" not in d.items
+        d.title = "c has seen it"
+        c.one = d
+    wall.t += timedelta(days=1)
+    assert a.compact(retention=timedelta(days=30)) == 1
+    assert tombstones_in(store) == {"one/@snapshot.json": 0}
+    with b:
+        d = b.one
+        assert d is not None
+        assert d.title == "c has seen it" and list(d.items) == ["i1"] and d.tags == ["c"]
+
+
+def test_unstamped_copy_is_adopted_once_and_cannot_resurrect() -> None:
+    events = EventManager()
+    rec = Recorder()
+    events.connect(StoreModificationEvent, rec)
+    store = DictMemoryStore(event_manager=events)
+    store.connect()
+    store.set("docs/x/y/legacy.json", (b'{"title": "legacy"}', {}))
+    store.set("one/legacy.json", (b'{"title": "legacy", "tags": ["t1"]}', {}))
+    a = S(session("a"), store)
+    with a:
+        assert a.docs["x"]["y"].title == "legacy"
+        del a.docs["x"]["y"]
+        d = a.one
+        assert d is not None and d.tags == ["t1"]
+        d.title = "a's title"
+        a.one = d
+    rec.events.clear()
+    for _ in range(2):
+        with a:
+            assert list(a.docs["x"]) == []
+            assert a.one is not None and a.one.title == "a's title"
+    assert rec.events == []  # a already adopted: reads write nothing
+    b = S(session("b"), store)
+    with b:  # adopting is allowed, bringing back or overwriting is not
+        assert list(b.docs) == [] and "y" not in b.docs["x"]
+        assert b.one is not None and b.one.title == "a's title"
+    with a:
+        assert list(a.docs["x"]) == []
+        assert a.one is not None and a.one.title == "a's title"
