@@ -1122,3 +1122,46 @@ def test_unstamped_copy_is_adopted_once_and_cannot_resurrect() -> None:
     with a:
         assert list(a.docs["x"]) == []
         assert a.one is not None and a.one.title == "a's title"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a compactor whose clock runs more than the retention ahead puts the floor in "
+    "the writers' future: an acknowledged in-flight edit (read before, committed after "
+    "the compaction) is dropped, though no later edit replaced it (issue 17 promise)",
+)
+def test_compactor_clock_far_ahead_does_not_drop_acknowledged_edit() -> None:
+    wall = Wall()
+    store = memory()
+    a, x = S(session("a", wall), store), S(session("x", wall), store)
+    compactor = S(session("compactor", Wall(skew=timedelta(days=40))), store)
+    with a:
+        a.one = base_doc()
+    read, compacted = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def in_flight() -> None:
+        try:
+            with x:
+                d = x.one
+                assert d is not None
+                read.set()
+                assert compacted.wait(5)
+                d.title = "x edit"
+                d.items["i1"].text = "x text"
+                x.one = d
+        except BaseException as e:
+            errors.append(e)
+
+    t = threading.Thread(target=in_flight)
+    t.start()
+    assert read.wait(5)
+    compactor.compact(retention=timedelta(days=30))
+    compacted.set()
+    t.join(5)
+    assert not errors  # the commit was acknowledged
+    with a:
+        d = a.one
+        assert d is not None
+        assert d.title == "x edit"
+        assert d.items["i1"].text == "x text"
