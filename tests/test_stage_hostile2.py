@@ -492,12 +492,18 @@ def stage_keys(store: Any) -> list[str]:
 
 
 def walk_tombstones(node: Any, found: list[Any]) -> None:
-    """Entity slots are [added, deleted, body]; nested elements too."""
+    """Entity slots are [added, deleted, body] (nested elements too); a tombstone is a
+    slot whose delete is newer than its add."""
     if isinstance(node, dict):
         for value in node.values():
             walk_tombstones(value, found)
     elif isinstance(node, list):
-        if len(node) == 3 and isinstance(node[2], dict) and node[1] is not None:
+        if (
+            len(node) == 3
+            and isinstance(node[2], dict)
+            and node[1] is not None
+            and (node[0] is None or node[1] > node[0])
+        ):
             found.append(node)
         for value in node:
             walk_tombstones(value, found)
@@ -809,6 +815,10 @@ def test_sync_order_and_compactions_never_change_the_result(seed: int) -> None:
             before = repr(reader.one)
         results.add(before)
         if k % 2 == 0:
+            compactor.compact(retention=timedelta(days=30))
+            with reader:
+                assert repr(reader.one) == before
+            wall.t += timedelta(days=40)  # nobody live: tombstones may be collected
             compactor.compact(retention=timedelta(days=30))
             with reader:
                 assert repr(reader.one) == before
@@ -1165,3 +1175,32 @@ def test_compactor_clock_far_ahead_does_not_drop_acknowledged_edit() -> None:
         assert d is not None
         assert d.title == "x edit"
         assert d.items["i1"].text == "x text"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a document whose only copy is already a snapshot is skipped by compact() "
+    "(nothing to fold), so tombstones too young at the last compaction are never collected",
+)
+def test_tombstones_collected_by_a_later_compaction_without_new_copies() -> None:
+    wall = Wall()
+    store = memory()
+    a, b = S(session("a", wall), store), S(session("b", wall), store)
+    with a:
+        a.one = base_doc()
+    wall.t += timedelta(seconds=1)
+    with b:
+        d = b.one
+        assert d is not None
+        del d.items["i2"]
+        del d.items["i1"].subs["s1"]
+        d.meta = None
+        b.one = d
+    a.compact(retention=timedelta(days=30))  # too young to collect: kept
+    assert tombstones_in(store) == {"one/@snapshot.json": 3}
+    wall.t += timedelta(days=40)  # every session has seen them, nobody is live
+    a.compact(retention=timedelta(days=30))
+    assert tombstones_in(store) == {"one/@snapshot.json": 0}
+    with b:
+        d = b.one
+        assert d is not None and list(d.items) == ["i1"] and d.meta is None
