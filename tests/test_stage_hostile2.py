@@ -491,22 +491,24 @@ def stage_keys(store: Any) -> list[str]:
     return sorted(k for k in store.list_keys("") if not k.startswith(".sessions/"))
 
 
-def walk_tombstones(node: Any, found: list[Any]) -> None:
-    """Entity slots are [added, deleted, body] (nested elements too); a tombstone is a
-    slot whose delete is newer than its add."""
+def walk_tombstones(node: Any, found: list[Any], table: list[Any] | None = None) -> None:
+    """A stored body names its stamps by position in its ``"#"`` table; an element slot
+    carries ``"+"`` (added) and ``"-"`` (deleted) stamps: a tombstone is a slot whose
+    delete is newer than its add."""
     if isinstance(node, dict):
-        for value in node.values():
-            walk_tombstones(value, found)
+        if table is None:
+            table = node.get("#", [])
+        if "-" in node:
+            deleted = table[node["-"]]
+            added = table[node["+"]] if "+" in node else None
+            if added is None or deleted > added:
+                found.append(node)
+        for name, value in node.items():
+            if name not in ("#", "@", "!", "+", "-"):
+                walk_tombstones(value, found, table)
     elif isinstance(node, list):
-        if (
-            len(node) == 3
-            and isinstance(node[2], dict)
-            and node[1] is not None
-            and (node[0] is None or node[1] > node[0])
-        ):
-            found.append(node)
         for value in node:
-            walk_tombstones(value, found)
+            walk_tombstones(value, found, table)
 
 
 def deleting_history(store: Any, wall: Wall) -> tuple[S, S]:
