@@ -1214,3 +1214,100 @@ def test_head_metadata_like_get(served: Served, ns: str) -> None:
     assert headers["etag"] == f'"{version}"'
     status, _, _ = served.request("HEAD", path_of(ns + "missing") + "/metadata")
     assert status == 404
+
+
+# --- size ---------------------------------------------------------------------------
+
+
+def test_many_reads_one_changed_fails_whole_commit(
+    two: tuple[DynamicURLStore, DynamicURLStore], served: Served, ns: str
+) -> None:
+    a, b = two
+    keys = [f"{ns}many/{i:03d}" for i in range(150)]
+    with a.transaction():
+        for k in keys:
+            a.set(k, (b"0", {}))
+    outs = [f"{ns}outs/{i}" for i in range(5)]
+
+    def body() -> None:
+        for i, k in enumerate(keys):
+            a.get_metadata(k)
+            if i == 120:
+                b.set(k, (b"changed", {}))
+        for o in outs:
+            a.set(o, (b"x" * 1000, {}))
+
+    assert not commits(a, body)
+    assert not any(served.backing.exists(o) for o in outs)
+    assert commits(a, lambda: ([a.exists(k) for k in keys], [a.set(o, (b"y", {})) for o in outs]))
+    assert all(served.backing.to_bytes(o) == b"y" for o in outs)
+
+
+def test_large_value_read_is_checked(
+    two: tuple[DynamicURLStore, DynamicURLStore], served: Served, ns: str
+) -> None:
+    a, b = two
+    key, out = ns + "big", ns + "out"
+    a.set(key, (b"x" * (3 << 20), {}))  # beyond the inline limit: a temporary file
+
+    def body() -> None:
+        value = a.get(key)
+        with value.data as stream:
+            assert stream.read(1) == b"x"
+        b.set(key, (b"small", {}))
+        a.set(out, (b"y" * (2 << 20), {}))
+
+    assert not commits(a, body)
+    assert not served.backing.exists(out)
+
+
+# --- checks under authentication: no oracle for hidden keys ---------------------------
+
+
+def test_batch_checks_do_not_reveal_hidden_keys(tmp_path: Path) -> None:
+    import base64
+
+    from storekeeper.composite import SimpleAuthStore, make_encoder
+
+    shared = SqliteStore(str(tmp_path / "auth.db"))
+    shared.connect()
+    auth = SimpleAuthStore(shared, make_encoder(b"hostile3 secret"))
+    auth.add_user("alice", "pw-alice")
+    auth.add_user("bob", "pw-bob")
+    with ServerThread(create_app(shared, auth=auth)) as server:
+        bob = DynamicURLStore(server.url + "/store")
+        bob.connect({"username": "bob", "password": "pw-bob"})
+        bob.set("bob/secret", (b"s", {}))
+        version = shared.get("bob/secret").version
+        assert version is not None
+        bob.disconnect()
+        hostport = server.url.split("//", 1)[1]
+        basic = "Basic " + base64.b64encode(b"alice:pw-alice").decode()
+
+        def batch(entry: dict[str, object]) -> tuple[int, bytes]:
+            conn = http.client.HTTPConnection(hostport, timeout=10)
+            try:
+                conn.request("POST", "/batch", body=line(entry), headers={"Authorization": basic})
+                resp = conn.getresponse()
+                return resp.status, resp.read()
+            finally:
+                conn.close()
+
+        hidden = batch({"op": "check", "key": "bob/secret", "if_exists": False})
+        absent = batch({"op": "check", "key": "bob/nothing", "if_exists": False})
+        assert hidden[0] == absent[0] == 200
+        status, body = batch({"op": "check", "key": "bob/secret", "if_version": "1"})
+        assert status == 412 and version.encode() not in body
+        status, _ = batch({"op": "check", "key": "bob/secret", "if_version": version})
+        assert status == 412  # alice cannot confirm a guessed version either
+
+        alice = DynamicURLStore(server.url + "/store")
+        alice.connect({"username": "alice", "password": "pw-alice"})
+        try:
+            with alice.transaction():
+                assert not alice.exists("bob/secret")
+                alice.set("alice/out", (b"x", {}))
+        finally:
+            alice.disconnect()
+    assert shared.to_bytes("alice/out") == b"x"
+    shared.disconnect()
