@@ -15,6 +15,8 @@ import pytest
 import storekeeper.backends.static as static_module
 from _static_server import StaticServer, export_values
 from storekeeper.backends.static import ExportReplacedError, StaticURLStore
+from storekeeper.errors import CorruptFileError
+from storekeeper.store.events import StoreProgressEvent
 from storekeeper.store.value import Value
 
 ONE = {"k": (b"one", {"v": 1}), "other": (b"o", {})}
@@ -175,3 +177,27 @@ def test_an_export_replaced_at_every_read_is_a_clear_error(site: Site) -> None:
             store.get("k")
         assert runs == [5]
         assert store.get_metadata("other") == {}
+
+
+def test_to_file_and_to_bytes_that_meet_a_re_export_read_the_new_one(
+    site: Site, tmp_path: Path
+) -> None:
+    with StaticURLStore(site.url, poll=0) as store:
+        store.get_metadata("k")  # the first export's index is held
+        target = tmp_path / "copy"
+        # after the size of the first export's file is known, before its data is read
+        runs = site.before(r"/data/k$", site.export(TWO), after=1)
+        store.to_file("k", target)
+        assert runs == [1] and target.read_bytes() == b"second value"
+        # to_bytes with progress listeners reads through a value, as to_file does
+        progress: list[Any] = []
+        store.event_manager.connect(StoreProgressEvent, progress.append)
+        runs = site.before(r"/data/k$", site.export(ONE), after=1)
+        assert store.to_bytes("k", buffer_size=1) == b"one"
+        assert runs == [1] and progress and progress[0].steps == 3
+
+
+def test_generation_json_naming_a_missing_generation_is_a_damaged_export(site: Site) -> None:
+    (site.root / "generation.json").write_text('{"generation": "20990101T000000Z-00"}')
+    with pytest.raises(CorruptFileError, match=r"20990101T000000Z-00.*does not exist"):
+        StaticURLStore(site.url, poll=0).connect()

@@ -13,8 +13,9 @@ When ``generation.json`` exists, the store reads the index and every data file u
 ``generations/GEN/`` instead, so what it combines for a key (metadata, size, version,
 data) always comes from one export: a re-export swaps the whole tree, and the replaced
 generation's paths then answer "not found" rather than the new export's bytes. A read
-that meets a vanished generation re-reads ``generation.json`` and the index and starts
-again (a few times, then :class:`ExportReplacedError`); a :class:`~storekeeper.store.value.Value`
+(``get``, ``get_data``, ``get_data_range``, ``to_bytes``, ``to_file``) that meets a
+vanished generation re-reads ``generation.json`` and the index and starts again (a few
+times, then :class:`ExportReplacedError`); a :class:`~storekeeper.store.value.Value`
 whose export was replaced before its data was read raises :class:`ExportReplacedError`
 instead of answering another export's bytes. Without ``generation.json`` (a tree not
 written by :func:`~storekeeper.export.export_static`) the top-level files are read, and
@@ -30,7 +31,12 @@ caller iterates); ``get`` reads the data file.
 
 Keys whose path would be empty, ``.`` or ``..`` in a segment, or a segment longer than a
 file name may be (255 bytes), cannot be laid out: :func:`layout_problem` says why, and
-such keys in an index are ignored (with a warning) rather than followed outside the root.
+such keys in an index are ignored rather than followed outside the root (each logged as
+a warning on the ``storekeeper.backends.static`` logger; not a Python warning).
+
+A damaged export (an ``index.json`` or ``generation.json`` that is not what the layout
+says, JSON nested too deeply included, or a ``generation.json`` naming a generation
+that is not there) raises :class:`~storekeeper.errors.CorruptFileError` naming the file.
 """
 
 from __future__ import annotations
@@ -70,11 +76,14 @@ from storekeeper.errors import (
     StorekeeperError,
 )
 from storekeeper.events import BaseEventManager
+from storekeeper.files import atomic_write
 from storekeeper.store.abstract import AbstractReadOnlyStore
 from storekeeper.store.backend import (
+    DEFAULT_BUFFER_SIZE,
     Metadata,
     StoreCapabilities,
     check_key,
+    check_read,
     check_select,
     decode_metadata,
     encode_metadata,
@@ -85,6 +94,7 @@ from storekeeper.store.backend import (
 from storekeeper.store.events import StoreDeleteEvent, StoreSetEvent, StoreUpdateEvent
 from storekeeper.store.listing import check_listing, fold_keys
 from storekeeper.store.urls import create, flag, seconds, text, url_options
+from storekeeper.store.utils import buffer_iterator, read_stream
 from storekeeper.store.value import StreamValue, Value
 
 if TYPE_CHECKING:
@@ -203,6 +213,8 @@ def parse_index(raw: bytes, source: str) -> _Index:
         document = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError) as exc:
         raise CorruptFileError(f"{source} is not a JSON document: {exc}") from None
+    except RecursionError:  # the decoder recurses per nesting level: hostile depth
+        raise CorruptFileError(f"{source} holds JSON nested too deeply") from None
     if not isinstance(document, dict):
         raise CorruptFileError(f"{source} is not a JSON object of key -> metadata")
     texts: dict[str, str] = {}
@@ -394,12 +406,17 @@ class StaticURLStore(AbstractReadOnlyStore):
                 base = urllib.parse.urljoin(base, f"generations/{generation}/")
             url = self._location(base, self.query_path)
             raw = self._read_optional(url)
-            if raw is None and generation is None:
-                raise BackendUnavailableError(f"cannot read {url}: there is no such file")
             if raw is not None:
                 index = parse_index(raw, url)
                 data_prefix = self._location(base, self.data_path)
                 return _Index(index.texts, index.parsed, index.keys, generation, data_prefix)
+            if generation is None:
+                raise BackendUnavailableError(f"cannot read {url}: there is no such file")
+            if self._fetch_generation() == generation:  # not replaced meanwhile: missing
+                raise CorruptFileError(
+                    f"{self._location(self.root_url, 'generation.json')} names generation "
+                    f"{generation!r}, but {url} does not exist: the export is damaged"
+                )
         raise ExportReplacedError(
             f"{self.root_url} was re-exported {_ATTEMPTS} times while its index was read"
         )
@@ -414,7 +431,7 @@ class StaticURLStore(AbstractReadOnlyStore):
             return None
         try:
             generation = json.loads(raw.decode("utf-8"))["generation"]
-        except (UnicodeDecodeError, ValueError, TypeError, KeyError):
+        except (UnicodeDecodeError, ValueError, TypeError, KeyError, RecursionError):
             raise CorruptFileError(f'{url} is not {{"generation": NAME}}') from None
         if not isinstance(generation, str) or not _GENERATION_NAME.fullmatch(generation):
             raise CorruptFileError(f"{url} names no valid generation: {generation!r}")
@@ -557,6 +574,41 @@ class StaticURLStore(AbstractReadOnlyStore):
         self._metadata_text(key, index)
         url = self._data_location(key, index)
         return self._vanishing(index, key, lambda: self._open(url, key).stream)
+
+    def to_bytes(self, key: str, buffer_size: int = DEFAULT_BUFFER_SIZE) -> bytes:
+        """*key*'s data as ``bytes``, from the current export (see :meth:`to_file`)."""
+        check_read(key, buffer_size)
+        if not self._progress_observed():
+            return read_stream(self.get_data(key), buffer_size)
+        value, stream = self._opened(key)
+        with stream:
+            if value.size is not None and value.size <= buffer_size:
+                return b"".join(buffer_iterator(stream, buffer_size))
+            message = f"Reading key {key!r}"
+            with self._progress(message, key, value.size, value.metadata) as progress:
+                return b"".join(buffer_iterator(stream, buffer_size, progress))
+
+    def to_file(
+        self, key: str, path: str | os.PathLike[str], buffer_size: int = DEFAULT_BUFFER_SIZE
+    ) -> None:
+        """Write *key*'s data to the file *path*, atomically and durably, with progress
+        events (see :meth:`AbstractReadOnlyStore.to_file`). Like :meth:`get_data`, a
+        read whose export is replaced before its data file is opened starts again from
+        the new export; *path* is written once, from one export."""
+        check_read(key, buffer_size)
+        value, stream = self._opened(key)
+        message = f"Saving key {key!r} to file {os.fspath(path)!r}"
+        with stream, self._progress(message, key, value.size, value.metadata) as progress:
+            atomic_write(path, buffer_iterator(stream, buffer_size, progress))
+
+    def _opened(self, key: str) -> tuple[Value, BinaryStream]:
+        """*key*'s value and its data stream, opened from one export: the current one."""
+
+        def read(index: _Index) -> tuple[Value, BinaryStream]:
+            value = self._get_from(index, key, True)
+            return value, value.data
+
+        return self._settled(read)
 
     def query(
         self, select: Iterable[str] | None = None, *where: Mapping[str, Any], **kwargs: Any
