@@ -175,7 +175,8 @@ def _basic(credentials: str) -> tuple[str, str]:
 
 
 async def login(context: ServerContext, request: Request) -> Response:
-    """``POST /login`` (with Basic credentials, or a token): ``{"token", "user",
+    """``POST /login`` with ``Authorization: Basic ...`` (or ``Bearer TOKEN`` for a fresh
+    token; the request body is not read): ``{"token", "user",
     "expires", "idle_timeout"}``; send ``Authorization: Bearer TOKEN`` (or
     ``?access_token=TOKEN`` on a GET) afterwards. ``expires`` is the token's last moment
     (POSIX seconds; a token asked for with a token ends no later than that one), and
