@@ -10,10 +10,11 @@ address or name are refused (HTTP 429 with ``Retry-After``) without looking at t
 password, until the oldest of them is ``failed_login_window`` seconds old. A password
 check also holds a place while it runs: an attempt is refused when the failures in the
 window plus the checks still running for its address or name reach the limit, so
-guesses sent together are never checked more than ``max_failed_logins`` times per
-window. It remembers the failures of at most ``max_tracked_logins`` addresses and names
-(the least recently failing are forgotten first), so no table grows without bound
-whatever clients send.
+wrong passwords, even sent together, are never checked more than ``max_failed_logins``
+times within any ``failed_login_window`` seconds for an address or a name (while it is
+remembered; a right password clears the name's failures). It remembers the failures of
+at most ``max_tracked_logins`` addresses and names (the least recently failing are
+forgotten first), so no table grows without bound whatever clients send.
 
 Both read the time from the policy's ``clock`` (``time.time`` unless a test gives
 another), so expiry can be tested without sleeping.
