@@ -244,3 +244,28 @@ def test_bad_settings_are_refused() -> None:
     ]:
         with pytest.raises(ValueError, match=name.removesuffix("_logins")):
             create_app(backing, auth=auth, **{name: value})
+
+
+def test_the_window_slides_and_retry_after_names_when_the_oldest_failure_leaves(
+    server: Server,
+) -> None:
+    wrong = ("alice", "guess")
+    for step in (0, 50, 49):  # failures at 0, 50 and 99 s (the limit is 3 in 100 s)
+        server.clock.advance(step)
+        assert server.call("POST", "/login", user=wrong, source="127.0.0.2")[0] == 401
+    status, headers, _ = server.call("POST", "/login", user=ALICE, source="127.0.0.3")
+    assert (status, headers["retry-after"]) == (429, "1")  # the failure at 0 s leaves at 100
+    server.clock.advance(1)
+    assert server.call("POST", "/login", user=wrong, source="127.0.0.2")[0] == 401
+    status, headers, _ = server.call("POST", "/login", user=ALICE, source="127.0.0.3")
+    assert (status, headers["retry-after"]) == (429, "50")  # then the one at 50 s, at 150
+
+
+def test_a_finished_password_check_gives_its_place_in_the_limit_back() -> None:
+    for server in _server(max_failed_logins=1, failed_login_window=100):
+        # two right passwords from one address, each a full check: the first one's
+        # place is back before the second asks for one
+        assert server.login(ALICE) and server.login(BOB)
+        assert server.call("POST", "/login", user=("alice", "guess"))[0] == 401
+        status, headers, _ = server.call("POST", "/login", user=BOB)
+        assert (status, headers["retry-after"]) == (429, "100")

@@ -4,6 +4,8 @@ server, gives one export's value, metadata, size and version, or a clear error."
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -15,6 +17,9 @@ import pytest
 import storekeeper.backends.static as static_module
 from _static_server import StaticServer, export_values
 from storekeeper.backends.static import ExportReplacedError, StaticURLStore
+from storekeeper.errors import CorruptFileError
+from storekeeper.events import EventManager
+from storekeeper.store.events import StoreModificationEvent, StoreProgressEvent
 from storekeeper.store.value import Value
 
 ONE = {"k": (b"one", {"v": 1}), "other": (b"o", {})}
@@ -175,3 +180,78 @@ def test_an_export_replaced_at_every_read_is_a_clear_error(site: Site) -> None:
             store.get("k")
         assert runs == [5]
         assert store.get_metadata("other") == {}
+
+
+def test_to_file_and_to_bytes_that_meet_a_re_export_read_the_new_one(
+    site: Site, tmp_path: Path
+) -> None:
+    with StaticURLStore(site.url, poll=0) as store:
+        store.get_metadata("k")  # the first export's index is held
+        target = tmp_path / "copy"
+        # after the size of the first export's file is known, before its data is read
+        runs = site.before(r"/data/k$", site.export(TWO), after=1)
+        store.to_file("k", target)
+        assert runs == [1] and target.read_bytes() == b"second value"
+        # to_bytes with progress listeners reads through a value, as to_file does
+        progress: list[Any] = []
+        store.event_manager.connect(StoreProgressEvent, progress.append)
+        runs = site.before(r"/data/k$", site.export(ONE), after=1)
+        assert store.to_bytes("k", buffer_size=1) == b"one"
+        assert runs == [1] and progress and progress[0].steps == 3
+
+
+def test_generation_json_naming_a_missing_generation_is_a_damaged_export(site: Site) -> None:
+    (site.root / "generation.json").write_text('{"generation": "20990101T000000Z-00"}')
+    with pytest.raises(CorruptFileError, match=r"20990101T000000Z-00.*does not exist"):
+        StaticURLStore(site.url, poll=0).connect()
+
+
+def _listening(site: Site) -> tuple[StaticURLStore, list[tuple[str, str]]]:
+    manager = EventManager()
+    heard: list[tuple[str, str]] = []
+    manager.connect(StoreModificationEvent, lambda e: heard.append((type(e).__name__, e.key)))
+    store = StaticURLStore(site.url, poll=0, event_manager=manager)
+    store.connect()
+    return store, heard
+
+
+def test_update_index_tells_new_data_from_new_metadata(site: Site) -> None:
+    start = {"same": (b"s", {"v": 1}), "data": (b"one", {"v": 1}), "meta": (b"m", {"v": 1})}
+    export_values(site.root, start)
+    generation = json.loads((site.root / "generation.json").read_text())["generation"]
+    digests = json.loads((site.root / "generations" / generation / "digests.json").read_text())
+    assert digests == {key: hashlib.sha256(data).hexdigest() for key, (data, _) in start.items()}
+    store, heard = _listening(site)
+    with store:
+        # "data" keeps its size and metadata: only its bytes tell the change
+        export_values(site.root, {**start, "data": (b"two", {"v": 1}), "meta": (b"m", {"v": 2})})
+        store.update_index()
+        assert sorted(heard) == [("StoreSetEvent", "data"), ("StoreUpdateEvent", "meta")]
+        heard.clear()
+        export_values(site.root, {**start, "data": (b"two", {"v": 1}), "meta": (b"m", {"v": 2})})
+        store.update_index()  # a re-export of the same values: nothing changed
+        assert heard == []
+        assert store.to_bytes("data") == b"two"
+
+
+def test_exports_without_digests_are_read_and_tell_metadata_changes(site: Site) -> None:
+    def export_without_digests(values: Any) -> None:
+        export_values(site.root, values)
+        for path in site.root.glob("generations/*/digests.json"):
+            path.unlink()
+
+    export_without_digests(ONE)
+    store, heard = _listening(site)
+    with store:
+        export_without_digests(TWO)
+        store.update_index()
+        assert heard == [("StoreUpdateEvent", "k")]
+        assert store.to_bytes("k") == b"second value"
+
+
+@pytest.mark.parametrize("text", ["[]", '{"k": 5}', "[" * 100_000, "not json"])
+def test_a_damaged_digests_file_is_a_clear_error(site: Site, text: str) -> None:
+    generation = json.loads((site.root / "generation.json").read_text())["generation"]
+    (site.root / "generations" / generation / "digests.json").write_text(text)
+    with pytest.raises(CorruptFileError, match=r"digests\.json"):
+        StaticURLStore(site.url, poll=0).connect()

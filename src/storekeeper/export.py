@@ -8,13 +8,15 @@ reads (and the original encore ``StaticURLStore`` too)::
                                 directories and a file name
     DIRECTORY/generation.json   {"generation": "GEN"}: the name of this export
     DIRECTORY/generations/GEN/  index.json and data/ again (hard links to the same files,
-                                copies where links are impossible), under the export's name
+                                copies where links are impossible), under the export's name,
+                                and digests.json: {"key": "SHA-256 of its data, hex"}
 
 Every export gets a new generation name (the UTC time and random hex digits). Readers
 that know the layout read ``generation.json`` and then only files under
 ``generations/GEN/``: a key's metadata, size and data all come from one export, and a
 path of a replaced export answers "not found" instead of another export's bytes (see
-:class:`~storekeeper.backends.static.StaticURLStore`). ``index.json`` and ``data/`` at
+:class:`~storekeeper.backends.static.StaticURLStore`); ``digests.json`` tells them which
+values' data changed since the export they read before. ``index.json`` and ``data/`` at
 the top serve readers that do not know generations.
 
 An earlier export in *DIRECTORY* is replaced as a whole: the new export is built in a
@@ -31,15 +33,16 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import hashlib
 import json
 import os
 import shutil
 import time
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import IO, NamedTuple
 
-from storekeeper.backends.static import layout_problem
+from storekeeper.backends.static import DIGESTS_FILE, layout_problem
 from storekeeper.errors import InvalidKeyError
 from storekeeper.files import fsync, fsync_directory, process_alive, write_all
 from storekeeper.store.abstract import AbstractReadOnlyStore
@@ -187,8 +190,12 @@ def _write_tree(
     own = os.path.join(root, GENERATIONS, generation)
     os.makedirs(own)
     directories = {root, os.path.join(root, GENERATIONS), own}
-    directories.update(_write_generation(store, own, index, durable))
+    digests: dict[str, str] = {}
+    directories.update(_write_generation(store, own, index, digests, durable))
     directories.update(_link_tree(own, root, durable))
+    # After the links: the digests are the generation's own, not a top-level file.
+    text = json.dumps(digests, ensure_ascii=True, sort_keys=True, separators=(",", ":"))
+    _write_file(os.path.join(own, DIGESTS_FILE), [text.encode("ascii")], durable)
     text = json.dumps({"generation": generation}, sort_keys=True)
     _write_file(os.path.join(root, GENERATION_FILE), [text.encode("ascii")], durable)
     if durable:
@@ -198,9 +205,14 @@ def _write_tree(
 
 
 def _write_generation(
-    store: AbstractReadOnlyStore, root: str, index: dict[str, dict[str, object]], durable: bool
+    store: AbstractReadOnlyStore,
+    root: str,
+    index: dict[str, dict[str, object]],
+    digests: dict[str, str],
+    durable: bool,
 ) -> set[str]:
-    """Write ``index.json`` and ``data/`` under *root*; the directories made."""
+    """Write ``index.json`` and ``data/`` under *root*, and each key's data digest into
+    *digests*; the directories made."""
     data_root = os.path.join(root, "data")
     os.mkdir(data_root)
     directories = {data_root}
@@ -215,8 +227,10 @@ def _write_generation(
         except KeyError:
             del index[key]  # deleted since the index was read
             continue
+        digest = hashlib.sha256()
         with stream:
-            _write_file(os.path.join(folder, file_name), _chunks(stream), durable)
+            _write_file(os.path.join(folder, file_name), _hashed(stream, digest.update), durable)
+        digests[key] = digest.hexdigest()
     text = json.dumps(index, ensure_ascii=True, sort_keys=True, separators=(",", ":"))
     _write_file(os.path.join(root, "index.json"), [text.encode("ascii")], durable)
     return directories
@@ -243,6 +257,12 @@ def _link_tree(source: str, target: str, durable: bool) -> set[str]:
 
 def _chunks(stream: IO[bytes]) -> Iterator[bytes]:
     while chunk := stream.read(_CHUNK):
+        yield chunk
+
+
+def _hashed(stream: IO[bytes], update: Callable[[bytes], object]) -> Iterator[bytes]:
+    for chunk in _chunks(stream):
+        update(chunk)
         yield chunk
 
 

@@ -8,13 +8,16 @@ The layout (what :func:`storekeeper.export.export_static` writes)::
     ROOT/generation.json {"generation": "GEN"} (optional): the name of the export
     ROOT/generations/GEN/index.json, ROOT/generations/GEN/data/KEY
                          the same files, under the name of the export they belong to
+    ROOT/generations/GEN/digests.json
+                         {"key": "SHA-256 of its data, hex", ...} (optional)
 
 When ``generation.json`` exists, the store reads the index and every data file under
 ``generations/GEN/`` instead, so what it combines for a key (metadata, size, version,
 data) always comes from one export: a re-export swaps the whole tree, and the replaced
 generation's paths then answer "not found" rather than the new export's bytes. A read
-that meets a vanished generation re-reads ``generation.json`` and the index and starts
-again (a few times, then :class:`ExportReplacedError`); a :class:`~storekeeper.store.value.Value`
+(``get``, ``get_data``, ``get_data_range``, ``to_bytes``, ``to_file``) that meets a
+vanished generation re-reads ``generation.json`` and the index and starts again (a few
+times, then :class:`ExportReplacedError`); a :class:`~storekeeper.store.value.Value`
 whose export was replaced before its data was read raises :class:`ExportReplacedError`
 instead of answering another export's bytes. Without ``generation.json`` (a tree not
 written by :func:`~storekeeper.export.export_static`) the top-level files are read, and
@@ -23,18 +26,25 @@ a read that straddles a change of the files can mix them.
 ``root_url`` is ``http://``, ``https://`` (through urllib3, the ``[http]`` extra) or
 ``file:`` (plain file reads). The store reads ``index.json`` on :meth:`connect` and
 again every ``poll`` seconds in a daemon thread; :meth:`StaticURLStore.update_index`
-re-reads it at once and emits a set, update or delete event per key that appeared,
-changed its metadata or vanished. Queries, listings and ``exists`` are answered from the
-copy of the index held in memory (a snapshot replaced whole, so no lock is held while a
-caller iterates); ``get`` reads the data file.
+re-reads it at once and emits a set, update or delete event per key that appeared or
+changed its data (known from ``digests.json``), changed only its metadata, or
+vanished. Queries, listings and ``exists`` are answered from the copy of the index held
+in memory (a snapshot replaced whole, so no lock is held while a caller iterates);
+``get`` reads the data file.
 
 Keys whose path would be empty, ``.`` or ``..`` in a segment, or a segment longer than a
 file name may be (255 bytes), cannot be laid out: :func:`layout_problem` says why, and
-such keys in an index are ignored (with a warning) rather than followed outside the root.
+such keys in an index are ignored rather than followed outside the root (each logged as
+a warning on the ``storekeeper.backends.static`` logger; not a Python warning).
+
+A damaged export (an ``index.json`` or ``generation.json`` that is not what the layout
+says, JSON nested too deeply included, or a ``generation.json`` naming a generation
+that is not there) raises :class:`~storekeeper.errors.CorruptFileError` naming the file.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import hashlib
 import io
@@ -46,10 +56,17 @@ import threading
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, TypeVar, cast
 from urllib.parse import SplitResult
 
+from storekeeper.backends._static_index import (
+    EMPTY,
+    Index,
+    data_segments,
+    layout_problem,
+    parse_digests,
+    parse_index,
+)
 from storekeeper.backends._static_io import (
     FileInfo,
     Opened,
@@ -70,14 +87,16 @@ from storekeeper.errors import (
     StorekeeperError,
 )
 from storekeeper.events import BaseEventManager
+from storekeeper.files import atomic_write
 from storekeeper.store.abstract import AbstractReadOnlyStore
 from storekeeper.store.backend import (
+    DEFAULT_BUFFER_SIZE,
     Metadata,
     StoreCapabilities,
     check_key,
+    check_read,
     check_select,
     decode_metadata,
-    encode_metadata,
     matches,
     pick_metadata,
     query_terms,
@@ -85,12 +104,14 @@ from storekeeper.store.backend import (
 from storekeeper.store.events import StoreDeleteEvent, StoreSetEvent, StoreUpdateEvent
 from storekeeper.store.listing import check_listing, fold_keys
 from storekeeper.store.urls import create, flag, seconds, text, url_options
+from storekeeper.store.utils import buffer_iterator, read_stream
 from storekeeper.store.value import StreamValue, Value
 
 if TYPE_CHECKING:
     import urllib3
 
 __all__ = [
+    "DIGESTS_FILE",
     "ExportReplacedError",
     "StaticURLStore",
     "data_segments",
@@ -102,8 +123,6 @@ _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 _CAPABILITIES = StoreCapabilities(cross_process=True, ranges=True, persistent=True)
-#: The longest file name common file systems take, in bytes of UTF-8.
-_MAX_SEGMENT = 255
 #: URL options a ``?static=true`` URL may carry besides ``static``.
 URL_OPTIONS: dict[str, Callable[[str], Any]] = {
     "static": flag,
@@ -114,6 +133,8 @@ URL_OPTIONS: dict[str, Callable[[str], Any]] = {
 }
 
 BinaryStream = IO[bytes]
+#: The file in a generation's folder naming each key's data digest (see the module).
+DIGESTS_FILE = "digests.json"
 #: How many times a read starts again after meeting a replaced export.
 _ATTEMPTS = 5
 _GENERATION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -123,32 +144,6 @@ class ExportReplacedError(BackendError):
     """The export a read started from was replaced before the read could finish (or
     kept being replaced while it started again): nothing of another export was
     returned in its place. Reading the key again reads the current export."""
-
-
-def layout_problem(key: str) -> str | None:
-    """Why *key* cannot be a file path under ``data/`` (``None`` if it can).
-
-    A key is split at ``/``; every segment must be non-empty, neither ``.`` nor ``..``,
-    and at most 255 bytes of UTF-8. Clashes between keys (``a`` beside ``a/b``) are a
-    property of a set of keys: see :func:`storekeeper.export.layout_problems`.
-    """
-    for segment in key.split("/"):
-        if not segment:
-            return "it has an empty path segment (a leading, trailing or doubled '/')"
-        if segment in (".", ".."):
-            return f"it has a {segment!r} path segment"
-        if len(segment.encode("utf-8", "surrogatepass")) > _MAX_SEGMENT:
-            return f"a path segment is longer than {_MAX_SEGMENT} bytes"
-    return None
-
-
-def data_segments(key: str) -> list[str]:
-    """The path segments of *key*'s data file under ``data/``; ``ValueError`` (naming
-    the reason) for a key that cannot be laid out (see :func:`layout_problem`)."""
-    problem = layout_problem(key)
-    if problem is not None:
-        raise ValueError(f"key {key!r} cannot be a file path: {problem}")
-    return key.split("/")
 
 
 def static_requested(parts: SplitResult) -> bool:
@@ -175,48 +170,12 @@ def _true(text: str) -> bool:
         return False
 
 
-@dataclass(frozen=True, slots=True)
-class _Index:
-    """One reading of ``index.json``: never changed, replaced whole."""
-
-    texts: dict[str, str]  # key -> metadata as compact JSON
-    parsed: dict[str, Metadata]
-    keys: list[str]  # sorted
-    generation: str | None = None  # the export's name, None for a tree without one
-    data_prefix: str = ""  # where this index's data files are (URL, or path for file:)
-
-
-_EMPTY = _Index({}, {}, [])
+def _digest(index: Index, key: str) -> str | None:
+    return None if index.digests is None else index.digests.get(key)
 
 
 class _VanishedError(Exception):
     """A file of the generation named by ``generation.json`` is gone (re-exported)."""
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON value")
-
-
-def parse_index(raw: bytes, source: str) -> _Index:
-    """The index in *raw* (the bytes of ``index.json`` read from *source*)."""
-    try:
-        document = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise CorruptFileError(f"{source} is not a JSON document: {exc}") from None
-    if not isinstance(document, dict):
-        raise CorruptFileError(f"{source} is not a JSON object of key -> metadata")
-    texts: dict[str, str] = {}
-    parsed: dict[str, Metadata] = {}
-    for key, metadata in document.items():
-        if not isinstance(metadata, dict):
-            raise CorruptFileError(f"{source}: the metadata of {key!r} is not a JSON object")
-        problem = "it holds NUL" if "\x00" in key or not key else layout_problem(key)
-        if problem is not None:
-            _log.warning("%s: ignoring key %r: %s", source, key, problem)
-            continue
-        texts[key] = encode_metadata(metadata)
-        parsed[key] = metadata
-    return _Index(texts, parsed, sorted(texts))
 
 
 class StaticURLStore(AbstractReadOnlyStore):
@@ -264,7 +223,7 @@ class StaticURLStore(AbstractReadOnlyStore):
         self.timeout = timeout
         self._scheme = scheme
         self._index_location = self._location(self.root_url, query_path)
-        self._index = _EMPTY
+        self._index = EMPTY
         self._update_lock = threading.RLock()
         self._headers: dict[str, str] = {}
         self._pool: urllib3.PoolManager | None = None
@@ -338,7 +297,7 @@ class StaticURLStore(AbstractReadOnlyStore):
         if poller is not None and poller is not threading.current_thread():
             poller.join(timeout=1.0)
         self._close_pool()
-        self._index = _EMPTY
+        self._index = EMPTY
         super().disconnect()
 
     def _close_pool(self) -> None:
@@ -356,8 +315,11 @@ class StaticURLStore(AbstractReadOnlyStore):
     # -- the index -------------------------------------------------------------------------
     def update_index(self) -> None:
         """Re-read the index now and emit an event per change since the last reading:
-        :class:`StoreSetEvent` for a new key, :class:`StoreUpdateEvent` for changed
-        metadata, :class:`StoreDeleteEvent` for a key that is gone."""
+        :class:`StoreSetEvent` for a new key or changed data, :class:`StoreUpdateEvent`
+        for changed metadata alone, :class:`StoreDeleteEvent` for a key that is gone.
+        Changed data is seen through the exports' ``digests.json``: between trees
+        without one (not written by :func:`~storekeeper.export.export_static`, or by
+        an earlier version) only metadata changes are seen."""
         self._require_connection()
         self._refresh(None)
 
@@ -369,10 +331,11 @@ class StaticURLStore(AbstractReadOnlyStore):
             old, self._index = self._index, new
             self._emit_changes(old, new)
 
-    def _emit_changes(self, old: _Index, new: _Index) -> None:
+    def _emit_changes(self, old: Index, new: Index) -> None:
+        known = old.digests is not None and new.digests is not None
         for key, now in new.texts.items():
             before = old.texts.get(key)
-            if before is None:
+            if before is None or (known and _digest(old, key) != _digest(new, key)):
                 self._emit(StoreSetEvent(self, key=key, metadata=decode_metadata(now)))
             elif before != now:
                 self._emit(StoreUpdateEvent(self, key=key, metadata=decode_metadata(now)))
@@ -385,23 +348,50 @@ class StaticURLStore(AbstractReadOnlyStore):
         url = urllib.parse.urljoin(base_url, relative)
         return file_path(url) if self._scheme == "file" else url
 
-    def _fetch_index(self) -> _Index:
+    def _fetch_index(self) -> Index:
         """The index of the current export, with where its data files are."""
         for _ in range(_ATTEMPTS):
             generation = self._fetch_generation()
-            base = self.root_url
             if generation is not None:
-                base = urllib.parse.urljoin(base, f"generations/{generation}/")
-            url = self._location(base, self.query_path)
+                found = self._generation_index(generation)
+                if found is None:
+                    continue  # replaced while it was read
+                return found
+            url = self._location(self.root_url, self.query_path)
             raw = self._read_optional(url)
-            if raw is None and generation is None:
+            if raw is None:
                 raise BackendUnavailableError(f"cannot read {url}: there is no such file")
-            if raw is not None:
-                index = parse_index(raw, url)
-                data_prefix = self._location(base, self.data_path)
-                return _Index(index.texts, index.parsed, index.keys, generation, data_prefix)
+            index = parse_index(raw, url)
+            return dataclasses.replace(
+                index, data_prefix=self._location(self.root_url, self.data_path)
+            )
         raise ExportReplacedError(
             f"{self.root_url} was re-exported {_ATTEMPTS} times while its index was read"
+        )
+
+    def _generation_index(self, generation: str) -> Index | None:
+        """The index and data digests of the export *generation* (``None``: it was
+        replaced while they were read). An export written before ``digests.json``
+        existed has none."""
+        base = urllib.parse.urljoin(self.root_url, f"generations/{generation}/")
+        url = self._location(base, self.query_path)
+        digests_url = self._location(base, DIGESTS_FILE)
+        raw = self._read_optional(url)
+        raw_digests = None if raw is None else self._read_optional(digests_url, (404, 403))
+        if raw is None or raw_digests is None:
+            if self._fetch_generation() != generation:
+                return None
+            if raw is None:
+                raise CorruptFileError(
+                    f"{self._location(self.root_url, 'generation.json')} names generation "
+                    f"{generation!r}, but {url} does not exist: the export is damaged"
+                )
+        index = parse_index(raw, url)
+        return dataclasses.replace(
+            index,
+            generation=generation,
+            data_prefix=self._location(base, self.data_path),
+            digests=None if raw_digests is None else parse_digests(raw_digests, digests_url),
         )
 
     def _fetch_generation(self) -> str | None:
@@ -414,7 +404,7 @@ class StaticURLStore(AbstractReadOnlyStore):
             return None
         try:
             generation = json.loads(raw.decode("utf-8"))["generation"]
-        except (UnicodeDecodeError, ValueError, TypeError, KeyError):
+        except (UnicodeDecodeError, ValueError, TypeError, KeyError, RecursionError):
             raise CorruptFileError(f'{url} is not {{"generation": NAME}}') from None
         if not isinstance(generation, str) or not _GENERATION_NAME.fullmatch(generation):
             raise CorruptFileError(f"{url} names no valid generation: {generation!r}")
@@ -440,7 +430,7 @@ class StaticURLStore(AbstractReadOnlyStore):
         with Opened(cast(BinaryStream, ResponseBody(response)), 200) as opened:
             return opened.stream.read()
 
-    def _replaced(self, index: _Index) -> bool:
+    def _replaced(self, index: Index) -> bool:
         """Whether the export *index* came from was replaced (a data file of a key it
         holds is missing): if so, the index held is now a newer export's."""
         if index.generation is None:
@@ -450,7 +440,7 @@ class StaticURLStore(AbstractReadOnlyStore):
                 self._refresh(None)
             return self._index.generation != index.generation
 
-    def _settled(self, read: Callable[[_Index], _T]) -> _T:
+    def _settled(self, read: Callable[[Index], _T]) -> _T:
         """``read(index)`` over the current index, again over a newer one while the
         export it read from turns out to be replaced."""
         for _ in range(_ATTEMPTS):
@@ -465,7 +455,7 @@ class StaticURLStore(AbstractReadOnlyStore):
         )
 
     # -- reads -------------------------------------------------------------------------------
-    def _metadata_text(self, key: str, index: _Index | None = None) -> str:
+    def _metadata_text(self, key: str, index: Index | None = None) -> str:
         check_key(key)
         self._require_connection()
         text = (self._index if index is None else index).texts.get(key)
@@ -501,7 +491,7 @@ class StaticURLStore(AbstractReadOnlyStore):
         check_key(key)
         return self._settled(lambda index: self._get_from(index, key, True).range(start, end))
 
-    def _get_from(self, index: _Index, key: str, now: bool = False) -> Value:
+    def _get_from(self, index: Index, key: str, now: bool = False) -> Value:
         """*key*'s value in *index*'s export; *now*: its data is read before this
         store's next call (so a replaced export may be retried, see :meth:`_settled`)."""
         text = self._metadata_text(key, index)
@@ -522,7 +512,7 @@ class StaticURLStore(AbstractReadOnlyStore):
         )
 
     @staticmethod
-    def _vanishing(index: _Index, key: str, read: Callable[[], _T]) -> _T:
+    def _vanishing(index: Index, key: str, read: Callable[[], _T]) -> _T:
         """``read()``, with a missing data file of a generation as :class:`_VanishedError`."""
         try:
             return read()
@@ -531,7 +521,7 @@ class StaticURLStore(AbstractReadOnlyStore):
                 raise
             raise _VanishedError(key) from None
 
-    def _kept(self, index: _Index, key: str, read: Callable[[], _T]) -> _T:
+    def _kept(self, index: Index, key: str, read: Callable[[], _T]) -> _T:
         """``read()`` of a value handed out earlier: its export must still be there."""
         try:
             return self._vanishing(index, key, read)
@@ -553,10 +543,45 @@ class StaticURLStore(AbstractReadOnlyStore):
         check_key(key)
         return self._settled(lambda index: self._data_from(index, key))
 
-    def _data_from(self, index: _Index, key: str) -> BinaryStream:
+    def _data_from(self, index: Index, key: str) -> BinaryStream:
         self._metadata_text(key, index)
         url = self._data_location(key, index)
         return self._vanishing(index, key, lambda: self._open(url, key).stream)
+
+    def to_bytes(self, key: str, buffer_size: int = DEFAULT_BUFFER_SIZE) -> bytes:
+        """*key*'s data as ``bytes``, from the current export (see :meth:`to_file`)."""
+        check_read(key, buffer_size)
+        if not self._progress_observed():
+            return read_stream(self.get_data(key), buffer_size)
+        value, stream = self._opened(key)
+        with stream:
+            if value.size is not None and value.size <= buffer_size:
+                return b"".join(buffer_iterator(stream, buffer_size))
+            message = f"Reading key {key!r}"
+            with self._progress(message, key, value.size, value.metadata) as progress:
+                return b"".join(buffer_iterator(stream, buffer_size, progress))
+
+    def to_file(
+        self, key: str, path: str | os.PathLike[str], buffer_size: int = DEFAULT_BUFFER_SIZE
+    ) -> None:
+        """Write *key*'s data to the file *path*, atomically and durably, with progress
+        events (see :meth:`AbstractReadOnlyStore.to_file`). Like :meth:`get_data`, a
+        read whose export is replaced before its data file is opened starts again from
+        the new export; *path* is written once, from one export."""
+        check_read(key, buffer_size)
+        value, stream = self._opened(key)
+        message = f"Saving key {key!r} to file {os.fspath(path)!r}"
+        with stream, self._progress(message, key, value.size, value.metadata) as progress:
+            atomic_write(path, buffer_iterator(stream, buffer_size, progress))
+
+    def _opened(self, key: str) -> tuple[Value, BinaryStream]:
+        """*key*'s value and its data stream, opened from one export: the current one."""
+
+        def read(index: Index) -> tuple[Value, BinaryStream]:
+            value = self._get_from(index, key, True)
+            return value, value.data
+
+        return self._settled(read)
 
     def query(
         self, select: Iterable[str] | None = None, *where: Mapping[str, Any], **kwargs: Any
@@ -590,7 +615,7 @@ class StaticURLStore(AbstractReadOnlyStore):
         return fold_keys((key for key in keys if key.startswith(prefix)), prefix, delimiter)
 
     # -- transport ---------------------------------------------------------------------------
-    def _data_location(self, key: str, index: _Index) -> str:
+    def _data_location(self, key: str, index: Index) -> str:
         """The URL (or, for a file: root, the path) of *key*'s data file in *index*'s
         export."""
         segments = data_segments(key)

@@ -26,7 +26,7 @@ import os
 from typing import Any
 
 from storekeeper.composite.auth import SimpleAuthStore
-from storekeeper.server._app import STATIC_DIR, create_app
+from storekeeper.server._app import STATIC_DIR, check_max_upload, create_app
 from storekeeper.server._limits import LoginPolicy
 from storekeeper.server._threaded import ServerThread
 from storekeeper.store.registry import open_read_only_store
@@ -76,7 +76,7 @@ def serve(
     max_tokens: int = LoginPolicy.max_tokens,
     max_failed_logins: int = LoginPolicy.max_failed_logins,
     failed_login_window: float = LoginPolicy.failed_login_window,
-    max_tracked_logins: int = LoginPolicy.max_tracked,
+    max_tracked_logins: int = LoginPolicy.max_tracked_logins,
     log_level: str = "info",
     **uvicorn_options: Any,
 ) -> None:
@@ -89,11 +89,21 @@ def serve(
     loopback raises :class:`InsecureAuthError` unless *insecure_auth* is true (pass
     *ssl_certfile* and *ssl_keyfile* for TLS). *token_lifetime*, *token_idle*,
     *max_tokens*, *max_failed_logins*, *failed_login_window* and *max_tracked_logins*
-    bound login tokens and failed logins as :func:`create_app` describes. Remaining options go to
-    ``uvicorn.Config``.
+    bound login tokens and failed logins, and *max_upload* bounds a value's size, as
+    :func:`create_app` describes (a bad value raises before the store is opened).
+    Remaining options go to ``uvicorn.Config``.
     """
     import uvicorn
 
+    check_max_upload(max_upload)
+    LoginPolicy(  # only to refuse bad settings before the store is opened
+        token_lifetime=token_lifetime,
+        token_idle=token_idle,
+        max_tokens=max_tokens,
+        max_failed_logins=max_failed_logins,
+        failed_login_window=failed_login_window,
+        max_tracked_logins=max_tracked_logins,
+    )
     tls = ssl_certfile is not None
     if auth is not None and not tls and not is_loopback(host) and not insecure_auth:
         raise InsecureAuthError(

@@ -12,9 +12,10 @@ removed user or a changed password locks the old credentials out.
 it; tokens end after an idle time and a lifetime, and at most a set number live at once
 (see :mod:`storekeeper.server._limits`). Password checks are limited per client address
 and per user name: too many failures answer 429 with ``Retry-After`` before any
-password is looked at. A failure is counted when its check ends, so guesses sent
-together can pass the limit by as many as the server checks at once (its worker
-threads); each of them costs a slow password hash.
+password is looked at. A check that must run the slow password hash holds a place in
+the limit while it runs, so guesses sent together are never checked more often than
+the limit allows; a password the server verified before is accepted without holding
+one (while neither the address nor the name is blocked).
 """
 
 from __future__ import annotations
@@ -97,34 +98,38 @@ class UserGuard:
         raise AuthenticationError("this server requires authentication")
 
     async def _password(self, request: Request, username: str, password: str) -> _Session:
-        """:meth:`_verify` unless the address or the name failed too often lately."""
+        """The session of *username* if *password* is right: a remembered one at once,
+        else :meth:`_verify` holding a place in the failed-login limit; 429 while the
+        address or the name is blocked, whatever the password."""
         address = request.client.host if request.client is not None else "unknown"
         subjects = (f"address:{address}", f"user:{username}")
-        wait = self.failures.retry_after(*subjects)
-        if wait is not None:
-            raise HTTPProblem(
-                429,
-                f"too many failed logins from this address or for this user: try again in {wait} s",
-                "TooManyRequests",
-                {"Retry-After": str(wait)},
-            )
-        try:
-            session = await self._verify(username, password)
-        except AuthenticationError:
-            self.failures.failed(*subjects)
-            raise
-        self.failures.forget(subjects[1])
-        return session
-
-    async def _verify(self, username: str, password: str) -> _Session:
-        digest = hmac.new(self._key, password.encode("utf-8", "surrogatepass"), hashlib.sha256)
+        _refuse_after(self.failures.retry_after(*subjects))
+        digest = hmac.new(
+            self._key, password.encode("utf-8", "surrogatepass"), hashlib.sha256
+        ).digest()
         known = self._sessions.get(username)
         if (
             known is not None
-            and hmac.compare_digest(known.digest, digest.digest())
+            and hmac.compare_digest(known.digest, digest)
             and known.store.is_connected()
         ):
+            self.failures.forget(subjects[1])
             return known
+        _refuse_after(self.failures.reserve(*subjects))
+        wrong = False
+        try:
+            session = await self._verify(username, password, digest)
+        except AuthenticationError:
+            wrong = True
+            raise
+        finally:  # also when the client went away: the place is given back
+            self.failures.finished(*subjects, failed=wrong)
+        self.failures.forget(subjects[1])
+        return session
+
+    async def _verify(self, username: str, password: str, digest: bytes) -> _Session:
+        """A new session of *username* checked with *password* (the slow hash runs in
+        a worker thread); *digest* is the password's keyed digest, remembered with it."""
         store = SimpleAuthStore(
             self.auth.store,
             self.auth.encoder,
@@ -135,7 +140,7 @@ class UserGuard:
         )
         credentials = {"username": username, "password": password}
         await run_in_threadpool(store.connect, credentials)
-        session = _Session(store, digest.digest())
+        session = _Session(store, digest)
         # A session replaced here lives on while tokens issued on it do.
         self._sessions[username] = session
         return session
@@ -145,6 +150,17 @@ class UserGuard:
         if found is None:
             raise AuthenticationError("the token is unknown or has expired: log in again")
         return found
+
+
+def _refuse_after(wait: int | None) -> None:
+    """Answer 429 with ``Retry-After: wait`` unless *wait* is ``None``."""
+    if wait is not None:
+        raise HTTPProblem(
+            429,
+            f"too many failed logins from this address or for this user: try again in {wait} s",
+            "TooManyRequests",
+            {"Retry-After": str(wait)},
+        )
 
 
 def _basic(credentials: str) -> tuple[str, str]:
@@ -159,7 +175,8 @@ def _basic(credentials: str) -> tuple[str, str]:
 
 
 async def login(context: ServerContext, request: Request) -> Response:
-    """``POST /login`` (with Basic credentials, or a token): ``{"token", "user",
+    """``POST /login`` with ``Authorization: Basic ...`` (or ``Bearer TOKEN`` for a fresh
+    token; the request body is not read): ``{"token", "user",
     "expires", "idle_timeout"}``; send ``Authorization: Bearer TOKEN`` (or
     ``?access_token=TOKEN`` on a GET) afterwards. ``expires`` is the token's last moment
     (POSIX seconds; a token asked for with a token ends no later than that one), and
