@@ -48,6 +48,8 @@ ALICE = {"username": "alice", "password": "alice's secret"}
 BOB = {"username": "bob", "password": "bob's secret"}
 CAROL = {"username": "carol", "password": "carol's secret"}
 FAST = make_encoder(b"pepper", n=2)  # scrypt at the lowest cost: tests only
+#: The permissions entry of a key alice owns, as the store writes it.
+_ALICE_OWNS = '{"owned":["alice"]}'
 
 
 class _AliceStore(SimpleAuthStore):
@@ -61,19 +63,19 @@ class _AuthConformance(StoreTests):
     kind = "memory"
 
     # Raw access goes through the wrapped data store, where each key's metadata carries
-    # its permission record: written here as the record of a key alice owns, and taken
-    # off what is read back (a record must be there: every write through the store
-    # leaves one).
+    # its permission record as JSON text: written here as the record of a key alice
+    # owns, and taken off what is read back (a record must be there: every write
+    # through the store leaves one).
     def raw_write(
         self, store: AbstractStore, key: str, data: bytes, metadata: dict[str, Any]
     ) -> None:
         assert isinstance(store, SimpleAuthStore)
-        store.store.set(key, (data, {**metadata, PERMISSIONS: {"owned": ["alice"]}}))
+        store.store.set(key, (data, {**metadata, PERMISSIONS: _ALICE_OWNS}))
 
     def raw_read(self, store: AbstractStore, key: str) -> tuple[bytes, dict[str, Any]]:
         assert isinstance(store, SimpleAuthStore)
         metadata = store.store.get_metadata(key)
-        assert metadata.pop(PERMISSIONS) == {"owned": ["alice"]}
+        assert metadata.pop(PERMISSIONS) == _ALICE_OWNS
         return store.store.to_bytes(key), metadata
 
     def create_store(self, tmp_path: Path, event_manager: EventManager) -> SimpleAuthStore:
@@ -568,9 +570,11 @@ def test_events_reach_listeners_connected_later_or_before_a_commit(inner: Abstra
         ' {"a": 1} ',
         '{"a":1}\n',
         '{"\\u0000storekeeper:permissions":{"owned":["bob"]},"a":[1,{"b":null}]}',
-        '{"\\u0000storekeeper:permissions":["not", "a", "record"]}',
+        '{"\\u0000storekeeper:permissions":"{\\"owned\\":[\\"bob\\"]}","a":[1,{"b":null}]}',
         '{"\\u0000storekeeper:permissions":{"owned":["bob"]},'
         '"\\u0000storekeeper:permissions":{"owned":["alice"]}}',  # the last one counts
+        '{"\\u0000storekeeper:permissions":"{\\"owned\\":[\\"bob\\"]}",'
+        '"\\u0000storekeeper:permissions":"{\\"owned\\":[\\"alice\\"]}"}',  # as text
     ],
 )
 def test_permission_records_are_read_exactly_as_the_metadata(text: str) -> None:
@@ -578,7 +582,9 @@ def test_permission_records_are_read_exactly_as_the_metadata(text: str) -> None:
     assert decode_metadata(text) == json.loads(text)
     value = BytesValue(b"", metadata_json=text)
     expected = json.loads(text).get(PERMISSIONS)
-    assert record_in(value.metadata) == (expected if isinstance(expected, dict) else None)
+    if isinstance(expected, str):
+        expected = json.loads(expected)
+    assert record_in(value.metadata) == expected
 
 
 _ALICE_TAIL = '"\\u0000storekeeper:permissions":{"owned":["alice"]}}'

@@ -42,6 +42,7 @@ from storekeeper.composite._auth_permissions import (
     PermissionMap,
     Record,
     as_permission_map,
+    entry_of,
     granted,
     normalize_permissions,
     record_in,
@@ -79,7 +80,7 @@ from storekeeper.store.backend import (
 )
 from storekeeper.store.events import StoreModificationEvent, StoreProgressEvent
 from storekeeper.store.listing import check_listing, filter_listing
-from storekeeper.store.value import Value
+from storekeeper.store.value import Head, Value
 
 __all__ = [
     "ALL_PERMISSIONS",
@@ -97,11 +98,10 @@ RECENT_WRITES = 4096
 
 
 class _Found(NamedTuple):
-    """A visible key as a check found it: its value and decoded metadata, the
+    """A visible key as a check found it: its head (version and decoded metadata), the
     permission record in it, what the user may do, and the session checked."""
 
-    value: Value
-    metadata: Metadata
+    head: Head
     record: Record | None
     allowed: frozenset[str]
     session: Session
@@ -237,10 +237,10 @@ class SimpleAuthStore(GuardedWrites, UserAdministration, CompositeStore, Abstrac
         on top of the key's own permissions.
         """
         session = self._current()
-        value = None if key is None else self._lookup(check_key(key))
-        if value is None:
+        head = None if key is None else self._head(check_key(key))
+        if head is None:
             return set(ALL_PERMISSIONS)
-        return set(granted(record_in(value.metadata), session.tags) - {"owned"}) | {"connect"}
+        return set(granted(record_in(head.metadata), session.tags) - {"owned"}) | {"connect"}
 
     def _allowed(self, key: str, record: Record | None, session: Session) -> frozenset[str]:
         """What *session*'s user may do with *key*, whose permissions are *record*."""
@@ -256,46 +256,74 @@ class SimpleAuthStore(GuardedWrites, UserAdministration, CompositeStore, Abstrac
     def _reserved(self, key: str) -> bool:
         return key.startswith(self.user_key_path)
 
-    def _lookup(self, key: str) -> Value | None:
-        """The wrapped store's value of a checked *key*, or None (always None for user
+    def _head(self, key: str) -> Head | None:
+        """The wrapped store's head of a checked *key*, or None (always None for user
         records)."""
         if key.startswith(self.user_key_path):
             return None
-        try:
-            return self._data.get(key)
-        except KeyError:
-            return None
+        return self._data.head(key)
 
     def _visible(self, key: str, action: str) -> _Found:
         """*key* as found for the user; KeyNotFoundError if they cannot see it,
         AuthorizationError if they may not do *action*."""
         key = check_key(key)
         session = self._current()
-        value = self._lookup(key)
-        if value is None:
+        head = self._head(key)
+        if head is None:
             raise missing(key)
-        metadata = value.metadata
-        record = record_in(metadata)
+        record = record_in(head.metadata)
+        allowed = self._check(key, record, session, action)
+        return _Found(head, record, allowed, session)
+
+    def _check(
+        self, key: str, record: Record | None, session: Session, action: str
+    ) -> frozenset[str]:
+        """What the user may do with *key*; KeyNotFoundError if they cannot see it,
+        AuthorizationError if they may not do *action*."""
         allowed = self._allowed(key, record, session)
-        if "exists" not in allowed:
-            raise missing(key)
         if action not in allowed:
+            if "exists" not in allowed:
+                raise missing(key)
             raise AuthorizationError(f"{session.username!r} may not {action} key {key!r}")
-        return _Found(value, metadata, record, allowed, session)
+        return allowed
 
     def get(self, key: str) -> Value:
         """The value of *key*; needs the ``get`` permission."""
-        found = self._visible(key, "get")
-        return MaskedValue(found.value, found.metadata, found.record, "owned" in found.allowed)
+        key = check_key(key)
+        session = self._current()
+        if key.startswith(self.user_key_path):
+            raise missing(key)
+        value = self._data.get(key)
+        metadata = value.metadata
+        record = record_in(metadata)
+        allowed = self._check(key, record, session, "get")
+        return MaskedValue(value, metadata, record, "owned" in allowed)
+
+    def head(self, key: str) -> Head | None:
+        """*key*'s version, size and metadata (without the permissions entry), or None
+        if it is missing or the user cannot see it; needs the ``get`` permission
+        (AuthorizationError without it)."""
+        key = check_key(key)
+        session = self._current()
+        head = self._head(key)
+        if head is None:
+            return None
+        record = record_in(head.metadata)
+        try:
+            self._check(key, record, session, "get")
+        except KeyError:
+            return None
+        head.metadata.pop(PERMISSIONS, None)
+        return head
 
     def exists(self, key: str) -> bool:
         """Whether *key* exists *for this user* (False without the ``exists`` permission)."""
         key = check_key(key)
         session = self._current()
-        value = self._lookup(key)
-        if value is None:
+        head = self._head(key)
+        if head is None:
             return False
-        return "exists" in self._allowed(key, record_in(value.metadata), session)
+        return "exists" in self._allowed(key, record_in(head.metadata), session)
 
     def query(
         self, select: Iterable[str] | None = None, *where: Mapping[str, Any], **kwargs: Any
@@ -347,7 +375,7 @@ class SimpleAuthStore(GuardedWrites, UserAdministration, CompositeStore, Abstrac
         def write(check: WriteCheck) -> str | None:
             stored = self._stored(metadata, check)
             version = self._writer(0).set(key, (source, stored), buffer_size, **check.pins)
-            self._recent.remember(key, version, stored.get(PERMISSIONS))
+            self._recent.remember(key, version, check.entry)
             return version
 
         if isinstance(data, LazyData):
@@ -469,10 +497,10 @@ class SimpleAuthStore(GuardedWrites, UserAdministration, CompositeStore, Abstrac
             if "owned" not in found.allowed:
                 raise AuthorizationError(f"{found.session.username!r} does not own key {key!r}")
             self._recent.forget(key)
-            old = found.record or {"owned": [EVERYONE]}
+            old = {"owned": [EVERYONE]} if found.record is None else found.record
             try:
                 self._writer(0).update_metadata(
-                    key, {PERMISSIONS: build(old)}, if_version=found.value.version
+                    key, {PERMISSIONS: entry_of(build(old))}, if_version=found.head.version
                 )
             except ConflictError:
                 continue
