@@ -387,6 +387,69 @@ def test_a_record_entry_that_is_not_a_list_of_tags_grants_nothing(
     assert session(inner, CAROL).to_bytes("k") == b"x"
 
 
+@pytest.mark.parametrize(
+    "entry",
+    [
+        ["not", "a", "record"],
+        None,
+        1,
+        "",
+        "not json",
+        "[1]",
+        '{"owned": "carol"}',  # tags that are not a list
+        '{"owned": [1, "carol"]}',  # ... or not all str
+        '{"owned": [{"carol": 1}]}',
+        "[" * 100_000,  # deeper than the JSON parser goes
+    ],
+)
+def test_a_damaged_record_grants_nothing_to_anyone(inner: AbstractStore, entry: Any) -> None:
+    inner.set("k", (b"x", {"a": 1, PERMISSIONS: entry}))
+    before = (inner.get("k").version, inner.get_metadata("k"))
+    heard: list[str] = []
+    for who in (ALICE, BOB, CAROL):
+        user = session(inner, who)
+        user.event_manager.connect(StoreModificationEvent, lambda event: heard.append(event.key))
+        _assert_locked_out(user, "k")
+    inner.update_metadata("k", {"b": 2})  # heard by nobody: no one may see the key
+    assert heard == []
+    assert inner.get_metadata("k")[PERMISSIONS] == entry
+    assert inner.get("k").version != before[0]
+
+
+def _assert_locked_out(user: SimpleAuthStore, key: str) -> None:
+    """*user* can neither see, read nor change *key*."""
+    assert not user.exists(key) and user.head(key) is None
+    assert user.check_permissions(key) == {"connect"}
+    assert user.query_keys() == [] and list(user.list_keys()) == []
+    for read in (user.get, user.get_permissions):
+        with pytest.raises(KeyNotFoundError):
+            read(key)
+    for write in (
+        lambda: user.set(key, (b"mine", {})),
+        lambda: user.set_data(key, b"mine"),
+        lambda: user.set_permissions(key, {"owned": [user.user_tag]}),
+    ):
+        with pytest.raises((AuthorizationError, KeyNotFoundError)):
+            write()
+
+
+def test_records_written_by_earlier_versions_are_read_and_kept(inner: AbstractStore) -> None:
+    # Earlier versions kept the record as a dict in the metadata; it still decides, and a
+    # write through the store keeps it as it is.
+    inner.set("old", (b"v1", {"a": 1, PERMISSIONS: {"owned": ["alice"], "get": ["bob"]}}))
+    alice, bob, carol = session(inner, ALICE), session(inner, BOB), session(inner, CAROL)
+    assert bob.to_bytes("old") == b"v1" and bob.get_metadata("old") == {"a": 1}
+    assert not carol.exists("old")
+    with pytest.raises(AuthorizationError):
+        bob.set("old", (b"bob's", {}))
+    assert alice.get_permissions("old") == {"owned": {"alice"}, "get": {"bob"}}
+    alice.set("old", (b"v2", {"a": 2}))
+    assert inner.get_metadata("old")[PERMISSIONS] == {"owned": ["alice"], "get": ["bob"]}
+    alice.update_permissions("old", {"get": ["carol"]})
+    assert inner.get_metadata("old")[PERMISSIONS] == ('{"owned":["alice"],"get":["bob","carol"]}')
+    assert carol.to_bytes("old") == b"v2" and bob.to_bytes("old") == b"v2"
+
+
 # -- per-key permissions --------------------------------------------------------------------------
 def test_a_user_without_permission_can_never_reach_another_users_data(
     inner: AbstractStore,

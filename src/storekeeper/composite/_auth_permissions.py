@@ -96,6 +96,8 @@ def record_in(metadata: Mapping[str, Any]) -> Record | None:
     """The permission record in a key's decoded *metadata*: None without the entry,
     else :func:`record_of` the entry."""
     entry = metadata.get(PERMISSIONS, _ABSENT)
+    if type(entry) is str:  # the form the store writes, before the call below
+        return _parse(entry)
     return None if entry is _ABSENT else record_of(entry)
 
 

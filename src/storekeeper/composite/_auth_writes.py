@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 from storekeeper.composite._auth_permissions import (
     PERMISSIONS,
@@ -95,13 +95,10 @@ def pins_for(head: Head | None) -> dict[str, Any]:
     return {"if_version": head.version}
 
 
-class Written(NamedTuple):
-    """What a store remembers of a key it wrote: the *version* written and the
-    permissions *entry* written with it: one fact (at that version the key holds that
-    entry)."""
-
-    version: str
-    entry: object
+#: What a store remembers of a key it wrote: ``(version, entry)``, the version written and
+#: the permissions entry written with it; one fact (at that version the key holds that
+#: entry). A plain pair: one is built on every write.
+Written = tuple[str, object]
 
 
 class RecentWrites:
@@ -133,7 +130,7 @@ class RecentWrites:
             # The older half goes at once: removing the oldest entry on every write
             # leaves a dict whose iteration must first skip all the removed ones.
             self._entries = entries = dict(list(entries.items())[self.capacity // 2 :])
-        entries[key] = Written(version, entry)
+        entries[key] = (version, entry)
 
     def forget(self, key: str) -> None:
         """Drop what is remembered of *key* (before a write that changes it otherwise)."""
@@ -242,7 +239,7 @@ class GuardedWrites:
         wrong (a conflict, or no permission).
         """
         known = self._recent.recall(key)
-        if known is not None and if_exists is not False and if_version in (None, known.version):
+        if known is not None and if_exists is not False and if_version in (None, known[0]):
             return self._write_known(key, action, write, known)
         if if_exists is not False or if_version is not None:
             return False, None
@@ -264,13 +261,14 @@ class GuardedWrites:
         ``(False, None)`` when the permissions do not allow it (the checked path then
         decides, on a fresh lookup) or the key has changed since.
         """
+        version, entry = known
         session = self._current()
-        record = None if known.entry is None else record_of(known.entry)
+        record = None if entry is None else record_of(entry)
         if action not in self._allowed(key, record, session):
             return False, None
         self._recent.forget(key)
         try:
-            return True, write(WriteCheck(EXISTING, known.entry, {"if_version": known.version}))
+            return True, write(WriteCheck(EXISTING, entry, {"if_version": version}))
         except ConflictError:
             return False, None
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextvars
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 from storekeeper.composite._auth_passwords import (
     PasswordEncoder,
@@ -272,20 +272,17 @@ class SimpleAuthStore(GuardedWrites, UserAdministration, CompositeStore, Abstrac
         if head is None:
             raise missing(key)
         record = record_in(head.metadata)
-        allowed = self._check(key, record, session, action)
-        return _Found(head, record, allowed, session)
-
-    def _check(
-        self, key: str, record: Record | None, session: Session, action: str
-    ) -> frozenset[str]:
-        """What the user may do with *key*; KeyNotFoundError if they cannot see it,
-        AuthorizationError if they may not do *action*."""
         allowed = self._allowed(key, record, session)
         if action not in allowed:
-            if "exists" not in allowed:
-                raise missing(key)
-            raise AuthorizationError(f"{session.username!r} may not {action} key {key!r}")
-        return allowed
+            self._refuse(key, action, allowed, session)
+        return _Found(head, record, allowed, session)
+
+    def _refuse(self, key: str, action: str, allowed: frozenset[str], session: Session) -> NoReturn:
+        """Raise for *action* on *key*, which the user may do only *allowed* with:
+        KeyNotFoundError if they cannot see it, else AuthorizationError."""
+        if "exists" not in allowed:
+            raise missing(key)
+        raise AuthorizationError(f"{session.username!r} may not {action} key {key!r}")
 
     def get(self, key: str) -> Value:
         """The value of *key*; needs the ``get`` permission."""
@@ -296,7 +293,9 @@ class SimpleAuthStore(GuardedWrites, UserAdministration, CompositeStore, Abstrac
         value = self._data.get(key)
         metadata = value.metadata
         record = record_in(metadata)
-        allowed = self._check(key, record, session, "get")
+        allowed = self._allowed(key, record, session)
+        if "get" not in allowed:
+            self._refuse(key, "get", allowed, session)
         return MaskedValue(value, metadata, record, "owned" in allowed)
 
     def head(self, key: str) -> Head | None:
@@ -308,11 +307,11 @@ class SimpleAuthStore(GuardedWrites, UserAdministration, CompositeStore, Abstrac
         head = self._head(key)
         if head is None:
             return None
-        record = record_in(head.metadata)
-        try:
-            self._check(key, record, session, "get")
-        except KeyError:
-            return None
+        allowed = self._allowed(key, record_in(head.metadata), session)
+        if "get" not in allowed:
+            if "exists" not in allowed:
+                return None
+            self._refuse(key, "get", allowed, session)
         head.metadata.pop(PERMISSIONS, None)
         return head
 
@@ -378,6 +377,8 @@ class SimpleAuthStore(GuardedWrites, UserAdministration, CompositeStore, Abstrac
             self._recent.remember(key, version, check.entry)
             return version
 
+        if type(data) is bytes:  # the usual data, which can be sent again: no transaction
+            return self._guarded(key, "set", write, if_version, if_exists, repeatable=True)
         if isinstance(data, LazyData):
             with data.value.data as source:
                 return self._write_once(key, source, write, if_version, if_exists)
