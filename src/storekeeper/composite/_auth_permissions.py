@@ -2,29 +2,31 @@
 
 A key's permissions are a *record*: a dict of permission name -> sorted list of tags,
 kept in the key's metadata under the reserved name :data:`PERMISSIONS`. The store writes
-the record there as its compact JSON text (a str: metadata without nesting, which costs
-less to store and read); a dict there, the form earlier versions wrote, is read too. The
-record is read only from the top level of the metadata as the shared metadata decoder
-returns it, never from the metadata's text: a record anywhere else (nested, inside
-another string, under a name that merely looks like the reserved one) is ordinary data
-and grants nothing. Writes through the store refuse metadata that holds the reserved
-name, so only the store itself (and code writing around it, to the wrapped store) puts
-a record there.
+the record there as URL query text (``owned=alice&get=bob&get=carol``, names and tags
+percent-encoded, as :func:`urllib.parse.urlencode` writes and
+:func:`urllib.parse.parse_qs` reads it): a str with nothing the metadata's JSON must
+escape, which costs less to store and read than a nested dict. A dict there, the form
+earlier versions wrote, is read too. The record is read only from the top level of the
+metadata as the shared metadata decoder returns it, never from the metadata's text: a
+record anywhere else (nested, inside another string, under a name that merely looks
+like the reserved one) is ordinary data and grants nothing. Writes through the store
+refuse metadata that holds the reserved name, so only the store itself (and code
+writing around it, to the wrapped store) puts a record there.
 
 A key without the entry behaves as owned by :data:`EVERYONE`. A damaged entry (text
-that is not a JSON object, or anything but text or a dict) grants nothing to anyone,
-and neither does an entry of a record that is not a list of tags.
+that is not query text, or anything but text or a dict) grants nothing to anyone, and
+neither does an entry of a record that is not a list of tags.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Iterable, Mapping
 from typing import IO, Any
+from urllib.parse import parse_qs, urlencode
 
 from storekeeper.errors import InvalidMetadataError
-from storekeeper.store.backend import Metadata, encode_metadata
+from storekeeper.store.backend import Metadata
 from storekeeper.store.value import Value
 
 __all__ = [
@@ -102,10 +104,11 @@ def record_in(metadata: Mapping[str, Any]) -> Record | None:
 
 
 def record_of(entry: object) -> Record:
-    """The record an entry under :data:`PERMISSIONS` holds: its JSON text (the form
-    the store writes) or a dict (the form earlier versions wrote), keeping only the
-    permissions whose tags are a list of str (others grant nothing). :data:`DENIED` for
-    anything else: text that is not a JSON object, or an entry of another type."""
+    """The record an entry under :data:`PERMISSIONS` holds: its query text (the form
+    the store writes) or a dict (the form earlier versions wrote, of which only the
+    permissions whose tags are a list of str count: others grant nothing).
+    :data:`DENIED` for anything else: text that is not query text (a field without
+    ``=``, a percent-escape that is not UTF-8), or an entry of another type."""
     if type(entry) is str:
         return _parse(entry)
     if isinstance(entry, dict):
@@ -115,11 +118,10 @@ def record_of(entry: object) -> Record:
 
 @functools.lru_cache(maxsize=_PARSED_ENTRIES)
 def _parse(text: str) -> Record:
-    try:
-        raw = json.loads(text)
-    except (ValueError, RecursionError):
+    try:  # (UnicodeDecodeError, of a bad percent-escape, is a ValueError)
+        return parse_qs(text, keep_blank_values=True, strict_parsing=True, errors="strict")
+    except ValueError:
         return DENIED
-    return _clean(raw) if isinstance(raw, dict) else DENIED
 
 
 def _clean(raw: Mapping[Any, Any]) -> Record:
@@ -132,9 +134,13 @@ def _clean(raw: Mapping[Any, Any]) -> Record:
 
 
 def entry_of(record: Record) -> str:
-    """The entry the store writes under :data:`PERMISSIONS` for *record*: its compact
-    JSON text."""
-    return encode_metadata(record)
+    """The entry the store writes under :data:`PERMISSIONS` for *record*: its query
+    text. A permission without tags is left out (it grants nothing either way).
+    InvalidMetadataError for a name or tag with a lone surrogate (no UTF-8 form)."""
+    try:
+        return urlencode(record, doseq=True)
+    except UnicodeEncodeError as exc:
+        raise InvalidMetadataError(f"permissions must be UTF-8 text: {exc}") from None
 
 
 @functools.lru_cache(maxsize=_PARSED_ENTRIES)
