@@ -202,8 +202,8 @@ class GuardedWrites:
 
         The write is pinned to what was checked (see the module docstring), so a
         permission change or another write in between makes it fail; without caller
-        preconditions it is then checked and tried again. *write* gets the permission
-        record that was checked, so what it writes back is exactly what allowed the
+        preconditions it is then checked and tried again. *write* gets the permissions
+        entry that was checked, so what it writes back is exactly what allowed the
         write. With *must_exist*, a key that is missing or that the user may not see
         raises KeyNotFoundError.
 
