@@ -40,6 +40,7 @@ __all__ = [
     "as_permission_map",
     "entry_of",
     "granted",
+    "grants_in",
     "normalize_permissions",
     "normalize_tags",
     "owned_by",
@@ -92,6 +93,24 @@ def granted(record: Record | None, tags: frozenset[str]) -> frozenset[str]:
         return _NOTHING
     allowed.add("exists")
     return frozenset(allowed)
+
+
+def grants_in(
+    metadata: Mapping[str, Any], tags: frozenset[str]
+) -> tuple[Record | None, frozenset[str]]:
+    """``(record_in(metadata), granted(that record, tags))`` in one step: for the entry
+    the store writes (text), both come from a cache keyed by the entry and the tags."""
+    entry = metadata.get(PERMISSIONS, _ABSENT)
+    if type(entry) is str:
+        return _grants(entry, tags)
+    record = None if entry is _ABSENT else record_of(entry)
+    return record, granted(record, tags)
+
+
+@functools.lru_cache(maxsize=_PARSED_ENTRIES)
+def _grants(entry: str, tags: frozenset[str]) -> tuple[Record, frozenset[str]]:
+    record = _parse(entry)
+    return record, granted(record, tags)
 
 
 def record_in(metadata: Mapping[str, Any]) -> Record | None:

@@ -44,6 +44,7 @@ from storekeeper.composite._auth_permissions import (
     as_permission_map,
     entry_of,
     granted,
+    grants_in,
     normalize_permissions,
     record_in,
     without_record,
@@ -249,6 +250,16 @@ class SimpleAuthStore(GuardedWrites, UserAdministration, CompositeStore, Abstrac
             allowed &= self.check_permissions(key) | {"owned"}
         return allowed
 
+    def _permits(
+        self, key: str, metadata: Metadata, session: Session
+    ) -> tuple[Record | None, frozenset[str]]:
+        """The permission record in *key*'s *metadata*, and what *session*'s user may
+        do with *key* (:meth:`_allowed`, of that record)."""
+        record, allowed = grants_in(metadata, session.tags)
+        if self._custom_check:
+            allowed &= self.check_permissions(key) | {"owned"}
+        return record, allowed
+
     def _may_create(self) -> bool:
         return not self._custom_check or "set" in self.check_permissions(None)
 
@@ -271,8 +282,7 @@ class SimpleAuthStore(GuardedWrites, UserAdministration, CompositeStore, Abstrac
         head = self._head(key)
         if head is None:
             raise missing(key)
-        record = record_in(head.metadata)
-        allowed = self._allowed(key, record, session)
+        record, allowed = self._permits(key, head.metadata, session)
         if action not in allowed:
             self._refuse(key, action, allowed, session)
         return _Found(head, record, allowed, session)
@@ -292,8 +302,7 @@ class SimpleAuthStore(GuardedWrites, UserAdministration, CompositeStore, Abstrac
             raise missing(key)
         value = self._data.get(key)
         metadata = value.metadata
-        record = record_in(metadata)
-        allowed = self._allowed(key, record, session)
+        record, allowed = self._permits(key, metadata, session)
         if "get" not in allowed:
             self._refuse(key, "get", allowed, session)
         return MaskedValue(value, metadata, record, "owned" in allowed)
@@ -322,7 +331,7 @@ class SimpleAuthStore(GuardedWrites, UserAdministration, CompositeStore, Abstrac
         head = self._head(key)
         if head is None:
             return False
-        return "exists" in self._allowed(key, record_in(head.metadata), session)
+        return "exists" in self._permits(key, head.metadata, session)[1]
 
     def query(
         self, select: Iterable[str] | None = None, *where: Mapping[str, Any], **kwargs: Any
