@@ -8,6 +8,7 @@ import hmac
 import io
 import json
 import threading
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,8 @@ ALICE = {"username": "alice", "password": "alice's secret"}
 BOB = {"username": "bob", "password": "bob's secret"}
 CAROL = {"username": "carol", "password": "carol's secret"}
 FAST = make_encoder(b"pepper", n=2)  # scrypt at the lowest cost: tests only
+#: The permissions entry of a key alice owns, as the store writes it.
+_ALICE_OWNS = "owned=alice"
 
 
 class _AliceStore(SimpleAuthStore):
@@ -61,19 +64,19 @@ class _AuthConformance(StoreTests):
     kind = "memory"
 
     # Raw access goes through the wrapped data store, where each key's metadata carries
-    # its permission record: written here as the record of a key alice owns, and taken
-    # off what is read back (a record must be there: every write through the store
-    # leaves one).
+    # its permission record as JSON text: written here as the record of a key alice
+    # owns, and taken off what is read back (a record must be there: every write
+    # through the store leaves one).
     def raw_write(
         self, store: AbstractStore, key: str, data: bytes, metadata: dict[str, Any]
     ) -> None:
         assert isinstance(store, SimpleAuthStore)
-        store.store.set(key, (data, {**metadata, PERMISSIONS: {"owned": ["alice"]}}))
+        store.store.set(key, (data, {**metadata, PERMISSIONS: _ALICE_OWNS}))
 
     def raw_read(self, store: AbstractStore, key: str) -> tuple[bytes, dict[str, Any]]:
         assert isinstance(store, SimpleAuthStore)
         metadata = store.store.get_metadata(key)
-        assert metadata.pop(PERMISSIONS) == {"owned": ["alice"]}
+        assert metadata.pop(PERMISSIONS) == _ALICE_OWNS
         return store.store.to_bytes(key), metadata
 
     def create_store(self, tmp_path: Path, event_manager: EventManager) -> SimpleAuthStore:
@@ -385,6 +388,84 @@ def test_a_record_entry_that_is_not_a_list_of_tags_grants_nothing(
     assert session(inner, CAROL).to_bytes("k") == b"x"
 
 
+@pytest.mark.parametrize(
+    "entry",
+    [
+        ["not", "a", "record"],
+        None,
+        1,
+        "",
+        "not json",
+        "[1]",
+        '{"owned": "carol"}',  # tags that are not a list
+        '{"owned": [1, "carol"]}',  # ... or not all str
+        '{"owned": [{"carol": 1}]}',
+        "owned",  # a field without "="
+        "owned=%FF",  # a percent-escape that is not UTF-8
+        "[" * 100_000,
+    ],
+)
+def test_a_damaged_record_grants_nothing_to_anyone(inner: AbstractStore, entry: Any) -> None:
+    inner.set("k", (b"x", {"a": 1, PERMISSIONS: entry}))
+    before = (inner.get("k").version, inner.get_metadata("k"))
+    heard: list[str] = []
+    for who in (ALICE, BOB, CAROL):
+        user = session(inner, who)
+        user.event_manager.connect(StoreModificationEvent, lambda event: heard.append(event.key))
+        _assert_locked_out(user, "k")
+    inner.update_metadata("k", {"b": 2})  # heard by nobody: no one may see the key
+    assert heard == []
+    assert inner.get_metadata("k")[PERMISSIONS] == entry
+    assert inner.get("k").version != before[0]
+
+
+def _assert_locked_out(user: SimpleAuthStore, key: str) -> None:
+    """*user* can neither see, read nor change *key*."""
+    assert not user.exists(key) and user.head(key) is None
+    assert user.check_permissions(key) == {"connect"}
+    assert user.query_keys() == [] and list(user.list_keys()) == []
+    for read in (user.get, user.get_permissions):
+        with pytest.raises(KeyNotFoundError):
+            read(key)
+    for write in (
+        lambda: user.set(key, (b"mine", {})),
+        lambda: user.set_data(key, b"mine"),
+        lambda: user.set_permissions(key, {"owned": [user.user_tag]}),
+    ):
+        with pytest.raises((AuthorizationError, KeyNotFoundError)):
+            write()
+
+
+def test_tags_with_the_characters_of_the_stored_form_round_trip(inner: AbstractStore) -> None:
+    odd = ["team a&owned=*", "50%+ ;", "é=1", "%2A"]  # not EVERYONE's "*", escaped or not
+    SimpleAuthStore(inner, FAST).add_user("dave", "dave's secret", tags=[odd[0]])
+    alice, bob = session(inner, ALICE), session(inner, BOB)
+    dave = session(inner, ("dave", "dave's secret"))
+    alice.set("doc", (b"x", {}))
+    alice.set_permissions("doc", {"owned": ["alice"], "get": odd})
+    assert alice.get_permissions("doc") == {"owned": {"alice"}, "get": set(odd)}
+    assert dave.to_bytes("doc") == b"x"
+    assert dave.check_permissions("doc") == {"connect", "exists", "get"}
+    _assert_locked_out(bob, "doc")
+
+
+def test_records_written_by_earlier_versions_are_read_and_kept(inner: AbstractStore) -> None:
+    # Earlier versions kept the record as a dict in the metadata; it still decides, and a
+    # write through the store keeps it as it is.
+    inner.set("old", (b"v1", {"a": 1, PERMISSIONS: {"owned": ["alice"], "get": ["bob"]}}))
+    alice, bob, carol = session(inner, ALICE), session(inner, BOB), session(inner, CAROL)
+    assert bob.to_bytes("old") == b"v1" and bob.get_metadata("old") == {"a": 1}
+    assert not carol.exists("old")
+    with pytest.raises(AuthorizationError):
+        bob.set("old", (b"bob's", {}))
+    assert alice.get_permissions("old") == {"owned": {"alice"}, "get": {"bob"}}
+    alice.set("old", (b"v2", {"a": 2}))
+    assert inner.get_metadata("old")[PERMISSIONS] == {"owned": ["alice"], "get": ["bob"]}
+    alice.update_permissions("old", {"get": ["carol"]})
+    assert inner.get_metadata("old")[PERMISSIONS] == "owned=alice&get=bob&get=carol"
+    assert carol.to_bytes("old") == b"v2" and bob.to_bytes("old") == b"v2"
+
+
 # -- per-key permissions --------------------------------------------------------------------------
 def test_a_user_without_permission_can_never_reach_another_users_data(
     inner: AbstractStore,
@@ -568,9 +649,11 @@ def test_events_reach_listeners_connected_later_or_before_a_commit(inner: Abstra
         ' {"a": 1} ',
         '{"a":1}\n',
         '{"\\u0000storekeeper:permissions":{"owned":["bob"]},"a":[1,{"b":null}]}',
-        '{"\\u0000storekeeper:permissions":["not", "a", "record"]}',
+        '{"\\u0000storekeeper:permissions":"owned=bob&get=%2A","a":[1,{"b":null}]}',
         '{"\\u0000storekeeper:permissions":{"owned":["bob"]},'
         '"\\u0000storekeeper:permissions":{"owned":["alice"]}}',  # the last one counts
+        '{"\\u0000storekeeper:permissions":"owned=bob",'
+        '"\\u0000storekeeper:permissions":"owned=alice"}',  # as text
     ],
 )
 def test_permission_records_are_read_exactly_as_the_metadata(text: str) -> None:
@@ -578,7 +661,9 @@ def test_permission_records_are_read_exactly_as_the_metadata(text: str) -> None:
     assert decode_metadata(text) == json.loads(text)
     value = BytesValue(b"", metadata_json=text)
     expected = json.loads(text).get(PERMISSIONS)
-    assert record_in(value.metadata) == (expected if isinstance(expected, dict) else None)
+    if isinstance(expected, str):
+        expected = urllib.parse.parse_qs(expected)
+    assert record_in(value.metadata) == expected
 
 
 _ALICE_TAIL = '"\\u0000storekeeper:permissions":{"owned":["alice"]}}'

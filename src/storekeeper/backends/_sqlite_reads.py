@@ -25,7 +25,7 @@ from storekeeper.errors import BackendError, ConflictError
 from storekeeper.store.backend import Metadata, decode_metadata, matches, missing, pick_metadata
 from storekeeper.store.query import QueryTerm
 from storekeeper.store.utils import BufferIteratorIO
-from storekeeper.store.value import BytesValue, KeyInfo, StreamValue, Value
+from storekeeper.store.value import BytesValue, Head, KeyInfo, StreamValue, Value
 
 __all__ = ["Reads", "Row", "literal_prefix"]
 
@@ -96,6 +96,14 @@ class Reads:
     def exists(self, key: str) -> bool:
         """Whether *key* has a row."""
         return self.connections.fetch_one(self.schema.select_exists, (key,)) is not None
+
+    def head(self, key: str) -> Head | None:
+        """*key*'s version, size and decoded metadata, or ``None`` if it has no row."""
+        row = self.connections.fetch_one(self.schema.select_head, (key,))
+        if row is None:
+            return None
+        version, size, metadata = row
+        return Head(cast(str, version), cast(int, size), decode_metadata(cast(str, metadata)))
 
     def metadata(self, key: str) -> Metadata:
         """*key*'s metadata, decoded."""

@@ -91,6 +91,7 @@ class Schema:
         self.select_state = f"SELECT metadata, {_VERSION}, blob FROM {self.main} WHERE key=?"
         self.select_data = f"SELECT data FROM {self.main} WHERE key=?"
         self.select_metadata = f"SELECT metadata FROM {self.main} WHERE key=?"
+        self.select_head = f"SELECT {_VERSION}, size, metadata FROM {self.main} WHERE key=?"
         self.select_exists = f"SELECT 1 FROM {self.main} WHERE key=?"
         # The columns of a detailed listing, after the key (see _sqlite_listing.row_range).
         self.info_columns = f", size, created, modified, {_VERSION}"

@@ -104,7 +104,7 @@ from storekeeper.store.events import (
     StoreUpdateEvent,
 )
 from storekeeper.store.listing import check_listing, fold_keys
-from storekeeper.store.value import KeyInfo, Value
+from storekeeper.store.value import Head, KeyInfo, Value
 
 # FileSystemStoreError is defined in storekeeper.errors (with the whole error tree) and
 # init_shared_store in _fs_layout; both stay importable from here.
@@ -327,6 +327,16 @@ class FileSystemStore(AbstractStore):
         if found is None:
             return self._load(key, name, with_data=False) is not None
         return found
+
+    def head(self, key: str) -> Head | None:
+        """*key*'s version, size and metadata, or ``None`` if missing: one read of its
+        record (a large value's data file is not opened)."""
+        check_key(key)
+        self._require_connection()
+        record = self._load(key, encode_key(key), with_data=False)
+        if record is None:
+            return None
+        return Head(record.version, record.size, decode_metadata(record.metadata_json))
 
     def get_metadata(self, key: str, select: Iterable[str] | None = None) -> Metadata:
         """A copy of *key*'s metadata (the data is not read)."""

@@ -100,7 +100,7 @@ from storekeeper.store.backend import (
 )
 from storekeeper.store.events import StoreDeleteEvent, StoreSetEvent, StoreUpdateEvent
 from storekeeper.store.listing import check_listing, prefix_end, walk
-from storekeeper.store.value import KeyInfo, Value
+from storekeeper.store.value import Head, KeyInfo, Value
 
 __all__ = ["SqliteStore"]
 
@@ -347,6 +347,13 @@ class SqliteStore(AbstractStore):
         check_key(key)
         self._require_connection()
         return self._reads.exists(key)
+
+    def head(self, key: str) -> Head | None:
+        """*key*'s version, size and metadata, or ``None`` if missing (one indexed
+        lookup; the data is not read)."""
+        check_key(key)
+        self._require_connection()
+        return self._reads.head(key)
 
     def get_metadata(self, key: str, select: Iterable[str] | None = None) -> Metadata:
         """A copy of *key*'s metadata, limited to *select* when given."""

@@ -1,21 +1,29 @@
 """Per-key permissions of :class:`~storekeeper.composite.SimpleAuthStore`.
 
 A key's permissions are a *record*: a dict of permission name -> sorted list of tags,
-kept in the key's metadata under the reserved name :data:`PERMISSIONS`. The record is
-read only from the top level of the metadata as the shared metadata decoder returns it,
-never from the metadata's text: a record anywhere else (nested, inside a string, under
-a name that merely looks like the reserved one) is ordinary data and grants nothing.
-Writes through the store refuse metadata that holds the reserved name, so only the
-store itself (and code writing around it, to the wrapped store) puts a record there.
+kept in the key's metadata under the reserved name :data:`PERMISSIONS`. The store writes
+the record there as URL query text (``owned=alice&get=bob&get=carol``, names and tags
+percent-encoded, as :func:`urllib.parse.urlencode` writes and
+:func:`urllib.parse.parse_qs` reads it): a str with nothing the metadata's JSON must
+escape, which costs less to store and read than a nested dict. A dict there, the form
+earlier versions wrote, is read too. The record is read only from the top level of the
+metadata as the shared metadata decoder returns it, never from the metadata's text: a
+record anywhere else (nested, inside another string, under a name that merely looks
+like the reserved one) is ordinary data and grants nothing. Writes through the store
+refuse metadata that holds the reserved name, so only the store itself (and code
+writing around it, to the wrapped store) puts a record there.
 
-A key without a record behaves as owned by :data:`EVERYONE`; an entry of a record that
-is not a list of tags grants nothing.
+A key without the entry behaves as owned by :data:`EVERYONE`. A damaged entry (text
+that is not query text, or anything but text or a dict) grants nothing to anyone, and
+neither does an entry of a record that is not a list of tags.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from typing import IO, Any
+from urllib.parse import parse_qs, urlencode
 
 from storekeeper.errors import InvalidMetadataError
 from storekeeper.store.backend import Metadata
@@ -23,16 +31,21 @@ from storekeeper.store.value import Value
 
 __all__ = [
     "ALL_PERMISSIONS",
+    "DENIED",
     "EVERYONE",
     "PERMISSIONS",
     "MaskedValue",
     "PermissionMap",
     "Record",
     "as_permission_map",
+    "entry_of",
     "granted",
+    "grants_in",
     "normalize_permissions",
     "normalize_tags",
+    "owned_by",
     "record_in",
+    "record_of",
     "without_record",
 ]
 
@@ -44,9 +57,11 @@ EVERYONE = "*"
 ALL_PERMISSIONS = frozenset({"connect", "exists", "get", "set", "delete"})
 #: Permission name -> tags granted it (a name, since ``set`` is also a method name here).
 PermissionMap = dict[str, set[str]]
-#: A stored permission record: permission name -> sorted tags. Never mutated once made:
-#: values, caches and writes may share one.
+#: A permission record: permission name -> sorted tags. Never mutated once made: values,
+#: caches and writes share one.
 Record = dict[str, list[str]]
+#: The record of a damaged entry: it grants nothing to anyone.
+DENIED: Record = {}
 
 _KEY_ACTIONS = ("exists", "get", "set", "delete")
 #: What a record's entry may be to grant anything: a decoded one is a list; the metadata
@@ -54,37 +69,103 @@ _KEY_ACTIONS = ("exists", "get", "set", "delete")
 _TAG_LISTS = (list, tuple)
 #: What an owner may do with a key (frozen, so one object serves every check).
 _EVERYTHING = frozenset({*_KEY_ACTIONS, "owned"})
+_NOTHING: frozenset[str] = frozenset()
+#: How many distinct entry texts :func:`record_of` keeps parsed (most keys share a few).
+_PARSED_ENTRIES = 1024
+_ABSENT = object()
 
 
-def granted(record: Mapping[str, Any] | None, tags: frozenset[str]) -> frozenset[str]:
-    """What a user with *tags* may do with a key whose permissions are *record*.
+def granted(record: Record | None, tags: frozenset[str]) -> frozenset[str]:
+    """What a user with *tags* may do with a key whose permissions are *record* (as
+    :func:`record_in` returns it).
 
     A subset of ``{'owned', 'exists', 'get', 'set', 'delete'}``: everything for an owner
     (or when *record* is None: everyone owns the key); otherwise the actions whose tags
-    meet *tags*, plus ``'exists'`` if any does. An entry that is not a list of tags
-    grants nothing.
+    meet *tags*, plus ``'exists'`` if any does.
     """
     if record is None:
         return _EVERYTHING
-    owners: Any = record.get("owned")  # the common case first, without a call
-    if type(owners) in _TAG_LISTS and not tags.isdisjoint(owners):
+    owners = record.get("owned")  # the common case first
+    if owners is not None and not tags.isdisjoint(owners):
         return _EVERYTHING
-    allowed = {action for action in _KEY_ACTIONS if _meets(record.get(action), tags)}
-    if allowed:
-        allowed.add("exists")
+    allowed = {action for action in _KEY_ACTIONS if not tags.isdisjoint(record.get(action, ()))}
+    if not allowed:
+        return _NOTHING
+    allowed.add("exists")
     return frozenset(allowed)
 
 
-def _meets(entry: object, tags: frozenset[str]) -> bool:
-    # A str entry would otherwise be read as a set of one-letter tags.
-    return type(entry) in _TAG_LISTS and not tags.isdisjoint(entry)  # type: ignore[arg-type]
+def grants_in(
+    metadata: Mapping[str, Any], tags: frozenset[str]
+) -> tuple[Record | None, frozenset[str]]:
+    """``(record_in(metadata), granted(that record, tags))`` in one step: for the entry
+    the store writes (text), both come from a cache keyed by the entry and the tags."""
+    entry = metadata.get(PERMISSIONS, _ABSENT)
+    if type(entry) is str:
+        return _grants(entry, tags)
+    record = None if entry is _ABSENT else record_of(entry)
+    return record, granted(record, tags)
+
+
+@functools.lru_cache(maxsize=_PARSED_ENTRIES)
+def _grants(entry: str, tags: frozenset[str]) -> tuple[Record, frozenset[str]]:
+    record = _parse(entry)
+    return record, granted(record, tags)
 
 
 def record_in(metadata: Mapping[str, Any]) -> Record | None:
-    """The permission record at the top level of decoded *metadata* (None: none, or an
-    entry that is not a dict, which :func:`granted` then treats as no record)."""
-    record = metadata.get(PERMISSIONS)
-    return record if isinstance(record, dict) else None
+    """The permission record in a key's decoded *metadata*: None without the entry,
+    else :func:`record_of` the entry."""
+    entry = metadata.get(PERMISSIONS, _ABSENT)
+    if type(entry) is str:  # the form the store writes, before the call below
+        return _parse(entry)
+    return None if entry is _ABSENT else record_of(entry)
+
+
+def record_of(entry: object) -> Record:
+    """The record an entry under :data:`PERMISSIONS` holds: its query text (the form
+    the store writes) or a dict (the form earlier versions wrote, of which only the
+    permissions whose tags are a list of str count: others grant nothing).
+    :data:`DENIED` for anything else: text that is not query text (a field without
+    ``=``, a percent-escape that is not UTF-8), or an entry of another type."""
+    if type(entry) is str:
+        return _parse(entry)
+    if isinstance(entry, dict):
+        return _clean(entry)
+    return DENIED
+
+
+@functools.lru_cache(maxsize=_PARSED_ENTRIES)
+def _parse(text: str) -> Record:
+    try:  # (UnicodeDecodeError, of a bad percent-escape, is a ValueError)
+        return parse_qs(text, keep_blank_values=True, strict_parsing=True, errors="strict")
+    except ValueError:
+        return DENIED
+
+
+def _clean(raw: Mapping[Any, Any]) -> Record:
+    """The permissions of *raw* whose tags are a list (or tuple) of str."""
+    record = {}
+    for name, tags in raw.items():
+        if type(tags) in _TAG_LISTS and all(type(tag) is str for tag in tags):
+            record[name] = list(tags)
+    return record
+
+
+def entry_of(record: Record) -> str:
+    """The entry the store writes under :data:`PERMISSIONS` for *record*: its query
+    text. A permission without tags is left out (it grants nothing either way).
+    InvalidMetadataError for a name or tag with a lone surrogate (no UTF-8 form)."""
+    try:
+        return urlencode(record, doseq=True)
+    except UnicodeEncodeError as exc:
+        raise InvalidMetadataError(f"permissions must be UTF-8 text: {exc}") from None
+
+
+@functools.lru_cache(maxsize=_PARSED_ENTRIES)
+def owned_by(username: str) -> str:
+    """The entry of a key owned by *username* alone (what a user's new key gets)."""
+    return entry_of({"owned": [username]})
 
 
 def without_record(metadata: Metadata) -> Metadata:

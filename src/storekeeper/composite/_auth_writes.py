@@ -14,12 +14,17 @@ looks the key up first.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from storekeeper.composite._auth_permissions import PERMISSIONS, Record, record_in
+from storekeeper.composite._auth_permissions import (
+    PERMISSIONS,
+    Record,
+    owned_by,
+    record_in,
+    record_of,
+)
 from storekeeper.composite._auth_users import Session
 from storekeeper.errors import (
     AuthorizationError,
@@ -34,7 +39,7 @@ from storekeeper.store.backend import (
     copy_metadata,
     missing,
 )
-from storekeeper.store.value import Value
+from storekeeper.store.value import Head, Value
 
 __all__ = [
     "EXISTING",
@@ -54,20 +59,25 @@ RETRIES = 20
 #: :attr:`WriteCheck.old` of a key known to exist without a lookup (a remembered rewrite).
 EXISTING = object()
 
+#: The preconditions that pin a write to the key's absence (shared: never changed).
+_ABSENT_PINS: dict[str, Any] = {"if_exists": False}
+
 
 @dataclass(slots=True)
 class WriteCheck:
-    """What a guarded write was allowed on: the key's value looked up (:data:`EXISTING`
-    when known to exist without a lookup, None for a new key), its permission *record*,
-    the *session*, and the preconditions (*pins*) that tie the write to them.
+    """What a guarded write was allowed on, and what it writes back: the key as looked
+    up (its :class:`~storekeeper.store.value.Head`; :data:`EXISTING` when known to
+    exist without a lookup; None for a new key), the permissions *entry* the write
+    stores (the key's own, exactly as found, or for a new key its creator's; None: the
+    key has none, and gets none), and the preconditions (*pins*) that tie the write to
+    what was checked.
 
     Never changed once made (not frozen: every write builds one, and a frozen dataclass
     is slower to build).
     """
 
     old: object
-    record: Record | None
-    session: Session
+    entry: object
     pins: dict[str, Any]
 
 
@@ -75,63 +85,56 @@ class WriteCheck:
 Write = Callable[[WriteCheck], "str | None"]
 
 
-def pins_for(value: Value | None) -> dict[str, Any]:
-    """The preconditions that pin a write to *value* (None: to the key's absence)."""
-    if value is None:
-        return {"if_exists": False}
-    if value.version is None:
+def pins_for(head: Head | None) -> dict[str, Any]:
+    """The preconditions that pin a write to the key looked up as *head* (None: to the
+    key's absence)."""
+    if head is None:
+        return _ABSENT_PINS
+    if head.version is None:
         return {"if_exists": True}
-    return {"if_version": value.version}
+    return {"if_version": head.version}
 
 
-class Written:
-    """What a store remembers of a key it wrote: the *version* written and the
-    permission *record* written with it. Never changed once made: the pair is one
-    fact (at that version the key holds that record), read without a lock."""
-
-    __slots__ = ("record", "version")
-
-    def __init__(self, version: str, record: Record | None) -> None:
-        self.version = version
-        self.record = record
+#: What a store remembers of a key it wrote: ``(version, entry)``, the version written and
+#: the permissions entry written with it; one fact (at that version the key holds that
+#: entry). A plain pair: one is built on every write.
+Written = tuple[str, object]
 
 
 class RecentWrites:
-    """The version and permission record of the keys a store wrote last, bounded.
+    """The version and permissions entry of the keys a store wrote last, bounded.
 
     A hint for skipping the lookup before a rewrite: a write pinned to the remembered
     version succeeds only while the key is exactly what the store wrote, so a stale
-    entry can make a write fail (and be checked afresh) but never let one through.
+    entry (a race between two writers of one key, or a write that failed after the
+    wrapped store took it) can make a write fail (and be checked afresh) but never let
+    one through. Hence no lock: a lost or stale entry costs a lookup, nothing more.
     """
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._entries: dict[str, Written] = {}
-        self._lock = threading.Lock()
 
     def recall(self, key: str) -> Written | None:
         """What is remembered of *key*, or None."""
         return self._entries.get(key)
 
-    def remember(self, key: str, version: str | None, record: object) -> None:
-        """Keep *key*'s *version* and permission *record* after the store wrote them
-        (nothing is kept without a version, or for a record that is not a dict)."""
-        if version is None or not (record is None or isinstance(record, dict)):
+    def remember(self, key: str, version: str | None, entry: object) -> None:
+        """Keep *key*'s *version* and permissions *entry* after the store wrote them
+        (nothing is kept without a version)."""
+        if version is None:
             return
-        with self._lock:
-            entries = self._entries
-            entries.pop(key, None)
-            if len(entries) >= self.capacity:
-                # The older half goes at once: removing the oldest entry on every write
-                # leaves a dict whose iteration must first skip all the removed ones.
-                self._entries = entries = dict(list(entries.items())[self.capacity // 2 :])
-            entries[key] = Written(version, record)
+        entries = self._entries
+        entries.pop(key, None)  # to the end: the dict's order is the order of writes
+        if len(entries) >= self.capacity:
+            # The older half goes at once: removing the oldest entry on every write
+            # leaves a dict whose iteration must first skip all the removed ones.
+            self._entries = entries = dict(list(entries.items())[self.capacity // 2 :])
+        entries[key] = (version, entry)
 
     def forget(self, key: str) -> None:
-        """Drop what is remembered of *key* (before a write whose outcome is unknown)."""
-        if key in self._entries:
-            with self._lock:
-                self._entries.pop(key, None)
+        """Drop what is remembered of *key* (before a write that changes it otherwise)."""
+        self._entries.pop(key, None)
 
 
 class LazyData:
@@ -172,8 +175,8 @@ class GuardedWrites:
         """The live session; raises without one."""
         raise NotImplementedError
 
-    def _lookup(self, key: str) -> Value | None:
-        """The wrapped store's value of *key*, or None."""
+    def _head(self, key: str) -> Head | None:
+        """The wrapped store's head of *key*, or None."""
         raise NotImplementedError
 
     def _allowed(self, key: str, record: Record | None, session: Session) -> frozenset[str]:
@@ -199,8 +202,8 @@ class GuardedWrites:
 
         The write is pinned to what was checked (see the module docstring), so a
         permission change or another write in between makes it fail; without caller
-        preconditions it is then checked and tried again. *write* gets the permission
-        record that was checked, so what it writes back is exactly what allowed the
+        preconditions it is then checked and tried again. *write* gets the permissions
+        entry that was checked, so what it writes back is exactly what allowed the
         write. With *must_exist*, a key that is missing or that the user may not see
         raises KeyNotFoundError.
 
@@ -236,7 +239,7 @@ class GuardedWrites:
         wrong (a conflict, or no permission).
         """
         known = self._recent.recall(key)
-        if known is not None and if_exists is not False and if_version in (None, known.version):
+        if known is not None and if_exists is not False and if_version in (None, known[0]):
             return self._write_known(key, action, write, known)
         if if_exists is not False or if_version is not None:
             return False, None
@@ -244,27 +247,28 @@ class GuardedWrites:
         if not self._may_create():
             return False, None
         try:
-            return True, write(WriteCheck(None, None, session, {"if_exists": False}))
+            return True, write(WriteCheck(None, owned_by(session.username), _ABSENT_PINS))
         except ConflictError:
             return False, None
 
     def _write_known(
         self, key: str, action: str, write: Write, known: Written
     ) -> tuple[bool, str | None]:
-        """*write*, allowed by the permission record *key* had at the version this store
-        last wrote, and pinned to that version: ``(True, new version)``. Sound without a
+        """*write*, allowed by the permissions *key* had at the version this store last
+        wrote, and pinned to that version: ``(True, new version)``. Sound without a
         lookup because the pinned write succeeds only while the key is exactly that
         value (a permission change, here or anywhere else, changes the version).
-        ``(False, None)`` when the record does not allow it (the checked path then
+        ``(False, None)`` when the permissions do not allow it (the checked path then
         decides, on a fresh lookup) or the key has changed since.
         """
+        version, entry = known
         session = self._current()
-        if action not in self._allowed(key, known.record, session):
+        record = None if entry is None else record_of(entry)
+        if action not in self._allowed(key, record, session):
             return False, None
         self._recent.forget(key)
         try:
-            check = WriteCheck(EXISTING, known.record, session, {"if_version": known.version})
-            return True, write(check)
+            return True, write(WriteCheck(EXISTING, entry, {"if_version": version}))
         except ConflictError:
             return False, None
 
@@ -280,57 +284,48 @@ class GuardedWrites:
         """:meth:`_guarded` on a fresh lookup of *key*, retried while it keeps changing."""
         for _ in range(RETRIES):
             session = self._current()
-            value = self._lookup(key)
-            record = None if value is None else record_in(value.metadata)
-            self._authorize_write(key, action, value, record, session, must_exist)
+            head = self._head(key)
+            if head is None:
+                if must_exist:
+                    raise missing(key)
+                if not self._may_create():
+                    raise AuthorizationError(f"{session.username!r} may not create keys")
+                entry: object = owned_by(session.username)
+            else:
+                entry = head.metadata.get(PERMISSIONS)
+                self._authorize(key, action, record_in(head.metadata), session, must_exist)
             if if_version is not None or if_exists is not None:
-                current = None if value is None else value.version
+                current = None if head is None else head.version
                 check_precondition(key, current, if_version, if_exists)
             self._recent.forget(key)
             try:
-                return write(WriteCheck(value, record, session, pins_for(value)))
+                return write(WriteCheck(head, entry, pins_for(head)))
             except ConflictError:
                 if if_version is not None or if_exists is not None:
                     raise
                 continue
         raise ConflictError(f"key {key!r} kept changing while it was being written")
 
-    def _authorize_write(
-        self,
-        key: str,
-        action: str,
-        value: Value | None,
-        record: Record | None,
-        session: Session,
-        must_exist: bool,
+    def _authorize(
+        self, key: str, action: str, record: Record | None, session: Session, must_exist: bool
     ) -> None:
-        if value is None:
-            if must_exist:
-                raise missing(key)
-            if not self._may_create():
-                raise AuthorizationError(f"{session.username!r} may not create keys")
-            return
+        """AuthorizationError unless the user may do *action* with the existing *key*
+        (KeyNotFoundError instead, with *must_exist*, if they may not even see it)."""
         allowed = self._allowed(key, record, session)
         if action not in allowed:
             if must_exist and "exists" not in allowed:
                 raise missing(key)
             raise AuthorizationError(f"{session.username!r} may not {action} key {key!r}")
 
-    def _new_record(self, session: Session) -> Record:
-        return {"owned": [session.username]}
-
     def _stored(self, metadata: object, check: WriteCheck) -> Metadata:
-        """*metadata* with the key's permissions: the record checked for this write (none
-        stored: none written), or for a new key, owned by the user. InvalidMetadataError
-        if *metadata* holds the permissions entry itself."""
+        """*metadata* with the key's permissions entry as *check* says (none: none
+        written). InvalidMetadataError if *metadata* holds the permissions entry itself."""
         # A shallow copy of a dict is enough to add the permissions without touching the
         # caller's dict: the wrapped store validates and copies what it stores. (set's
         # None for {} was mapped by split_value: None here is refused.)
         stored = dict(metadata) if type(metadata) is dict else copy_metadata(metadata)
         if PERMISSIONS in stored:
             raise InvalidMetadataError("the permissions entry is set through set_permissions")
-        if check.old is None:
-            stored[PERMISSIONS] = self._new_record(check.session)
-        elif check.record is not None:
-            stored[PERMISSIONS] = check.record
+        if check.entry is not None:
+            stored[PERMISSIONS] = check.entry
         return stored

@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextvars
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 from storekeeper.composite._auth_passwords import (
     PasswordEncoder,
@@ -42,7 +42,9 @@ from storekeeper.composite._auth_permissions import (
     PermissionMap,
     Record,
     as_permission_map,
+    entry_of,
     granted,
+    grants_in,
     normalize_permissions,
     record_in,
     without_record,
@@ -79,7 +81,7 @@ from storekeeper.store.backend import (
 )
 from storekeeper.store.events import StoreModificationEvent, StoreProgressEvent
 from storekeeper.store.listing import check_listing, filter_listing
-from storekeeper.store.value import Value
+from storekeeper.store.value import Head, Value
 
 __all__ = [
     "ALL_PERMISSIONS",
@@ -97,11 +99,10 @@ RECENT_WRITES = 4096
 
 
 class _Found(NamedTuple):
-    """A visible key as a check found it: its value and decoded metadata, the
+    """A visible key as a check found it: its head (version and decoded metadata), the
     permission record in it, what the user may do, and the session checked."""
 
-    value: Value
-    metadata: Metadata
+    head: Head
     record: Record | None
     allowed: frozenset[str]
     session: Session
@@ -237,10 +238,10 @@ class SimpleAuthStore(GuardedWrites, UserAdministration, CompositeStore, Abstrac
         on top of the key's own permissions.
         """
         session = self._current()
-        value = None if key is None else self._lookup(check_key(key))
-        if value is None:
+        head = None if key is None else self._head(check_key(key))
+        if head is None:
             return set(ALL_PERMISSIONS)
-        return set(granted(record_in(value.metadata), session.tags) - {"owned"}) | {"connect"}
+        return set(granted(record_in(head.metadata), session.tags) - {"owned"}) | {"connect"}
 
     def _allowed(self, key: str, record: Record | None, session: Session) -> frozenset[str]:
         """What *session*'s user may do with *key*, whose permissions are *record*."""
@@ -249,6 +250,16 @@ class SimpleAuthStore(GuardedWrites, UserAdministration, CompositeStore, Abstrac
             allowed &= self.check_permissions(key) | {"owned"}
         return allowed
 
+    def _permits(
+        self, key: str, metadata: Metadata, session: Session
+    ) -> tuple[Record | None, frozenset[str]]:
+        """The permission record in *key*'s *metadata*, and what *session*'s user may
+        do with *key* (:meth:`_allowed`, of that record)."""
+        record, allowed = grants_in(metadata, session.tags)
+        if self._custom_check:
+            allowed &= self.check_permissions(key) | {"owned"}
+        return record, allowed
+
     def _may_create(self) -> bool:
         return not self._custom_check or "set" in self.check_permissions(None)
 
@@ -256,46 +267,71 @@ class SimpleAuthStore(GuardedWrites, UserAdministration, CompositeStore, Abstrac
     def _reserved(self, key: str) -> bool:
         return key.startswith(self.user_key_path)
 
-    def _lookup(self, key: str) -> Value | None:
-        """The wrapped store's value of a checked *key*, or None (always None for user
+    def _head(self, key: str) -> Head | None:
+        """The wrapped store's head of a checked *key*, or None (always None for user
         records)."""
         if key.startswith(self.user_key_path):
             return None
-        try:
-            return self._data.get(key)
-        except KeyError:
-            return None
+        return self._data.head(key)
 
     def _visible(self, key: str, action: str) -> _Found:
         """*key* as found for the user; KeyNotFoundError if they cannot see it,
         AuthorizationError if they may not do *action*."""
         key = check_key(key)
         session = self._current()
-        value = self._lookup(key)
-        if value is None:
+        head = self._head(key)
+        if head is None:
             raise missing(key)
-        metadata = value.metadata
-        record = record_in(metadata)
-        allowed = self._allowed(key, record, session)
+        record, allowed = self._permits(key, head.metadata, session)
+        if action not in allowed:
+            self._refuse(key, action, allowed, session)
+        return _Found(head, record, allowed, session)
+
+    def _refuse(self, key: str, action: str, allowed: frozenset[str], session: Session) -> NoReturn:
+        """Raise for *action* on *key*, which the user may do only *allowed* with:
+        KeyNotFoundError if they cannot see it, else AuthorizationError."""
         if "exists" not in allowed:
             raise missing(key)
-        if action not in allowed:
-            raise AuthorizationError(f"{session.username!r} may not {action} key {key!r}")
-        return _Found(value, metadata, record, allowed, session)
+        raise AuthorizationError(f"{session.username!r} may not {action} key {key!r}")
 
     def get(self, key: str) -> Value:
         """The value of *key*; needs the ``get`` permission."""
-        found = self._visible(key, "get")
-        return MaskedValue(found.value, found.metadata, found.record, "owned" in found.allowed)
+        key = check_key(key)
+        session = self._current()
+        if key.startswith(self.user_key_path):
+            raise missing(key)
+        value = self._data.get(key)
+        metadata = value.metadata
+        record, allowed = self._permits(key, metadata, session)
+        if "get" not in allowed:
+            self._refuse(key, "get", allowed, session)
+        return MaskedValue(value, metadata, record, "owned" in allowed)
+
+    def head(self, key: str) -> Head | None:
+        """*key*'s version, size and metadata (without the permissions entry), or None
+        if it is missing or the user cannot see it; needs the ``get`` permission
+        (AuthorizationError without it)."""
+        key = check_key(key)
+        session = self._current()
+        head = self._head(key)
+        if head is None:
+            return None
+        allowed = self._allowed(key, record_in(head.metadata), session)
+        if "get" not in allowed:
+            if "exists" not in allowed:
+                return None
+            self._refuse(key, "get", allowed, session)
+        head.metadata.pop(PERMISSIONS, None)
+        return head
 
     def exists(self, key: str) -> bool:
         """Whether *key* exists *for this user* (False without the ``exists`` permission)."""
         key = check_key(key)
         session = self._current()
-        value = self._lookup(key)
-        if value is None:
+        head = self._head(key)
+        if head is None:
             return False
-        return "exists" in self._allowed(key, record_in(value.metadata), session)
+        return "exists" in self._permits(key, head.metadata, session)[1]
 
     def query(
         self, select: Iterable[str] | None = None, *where: Mapping[str, Any], **kwargs: Any
@@ -347,9 +383,11 @@ class SimpleAuthStore(GuardedWrites, UserAdministration, CompositeStore, Abstrac
         def write(check: WriteCheck) -> str | None:
             stored = self._stored(metadata, check)
             version = self._writer(0).set(key, (source, stored), buffer_size, **check.pins)
-            self._recent.remember(key, version, stored.get(PERMISSIONS))
+            self._recent.remember(key, version, check.entry)
             return version
 
+        if type(data) is bytes:  # the usual data, which can be sent again: no transaction
+            return self._guarded(key, "set", write, if_version, if_exists, repeatable=True)
         if isinstance(data, LazyData):
             with data.value.data as source:
                 return self._write_once(key, source, write, if_version, if_exists)
@@ -469,10 +507,10 @@ class SimpleAuthStore(GuardedWrites, UserAdministration, CompositeStore, Abstrac
             if "owned" not in found.allowed:
                 raise AuthorizationError(f"{found.session.username!r} does not own key {key!r}")
             self._recent.forget(key)
-            old = found.record or {"owned": [EVERYONE]}
+            old = {"owned": [EVERYONE]} if found.record is None else found.record
             try:
                 self._writer(0).update_metadata(
-                    key, {PERMISSIONS: build(old)}, if_version=found.value.version
+                    key, {PERMISSIONS: entry_of(build(old))}, if_version=found.head.version
                 )
             except ConflictError:
                 continue

@@ -44,7 +44,7 @@ from storekeeper.store.utils import (
     buffer_iterator,
     tee,
 )
-from storekeeper.store.value import BytesValue, KeyInfo, StreamValue, StringValue, Value
+from storekeeper.store.value import BytesValue, Head, KeyInfo, StreamValue, StringValue, Value
 
 __all__ = [
     "AbstractAuthorizingStore",
@@ -55,6 +55,7 @@ __all__ = [
     "DummyTransactionContext",
     "Equals",
     "Exists",
+    "Head",
     "In",
     "KeyInfo",
     "Prefix",

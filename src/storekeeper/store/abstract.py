@@ -76,7 +76,7 @@ from storekeeper.store.utils import (
     buffer_iterator,
     read_stream,
 )
-from storekeeper.store.value import KeyInfo, Value
+from storekeeper.store.value import Head, KeyInfo, Value
 
 __all__ = [
     "AbstractAuthorizingStore",
@@ -237,6 +237,21 @@ class AbstractReadOnlyStore(abc.ABC):
         except KeyError:
             return False
         return True
+
+    def head(self, key: str) -> Head | None:
+        """*key*'s version, size and metadata (a fresh copy) without its data, or
+        ``None`` if *key* is missing: a lookup that raises nothing for a missing key.
+
+        It answers as :meth:`get` would at the same moment (the same version, size and
+        metadata; the same errors for an invalid key or an unconnected store).
+        Default: from :meth:`get`; backends whose ``get`` costs more than reading the
+        key's row or record override it.
+        """
+        try:
+            value = self.get(key)
+        except KeyError:
+            return None
+        return Head(value.version, value.size, value.metadata)
 
     def get_data(self, key: str) -> BinaryStream:
         """A new readable stream over *key*'s data; close it when done."""

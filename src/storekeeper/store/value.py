@@ -27,6 +27,7 @@ from storekeeper.store.utils import buffer_iterator
 
 __all__ = [
     "BytesValue",
+    "Head",
     "KeyInfo",
     "LimitedStream",
     "StreamValue",
@@ -145,6 +146,16 @@ class Value(abc.ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} size={self.size} version={self.version}>"
+
+
+class Head(NamedTuple):
+    """What :meth:`~storekeeper.store.AbstractReadOnlyStore.head` tells of a key without
+    reading its data: its *version* and *size* (as the key's :class:`Value` reports
+    them, ``None`` where the store cannot tell) and a fresh copy of its *metadata*."""
+
+    version: str | None
+    size: int | None
+    metadata: Metadata
 
 
 class _MetadataHolder(Value):

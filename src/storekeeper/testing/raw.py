@@ -95,6 +95,11 @@ class RawStorageTests:
             assert store.to_bytes(key) == bytes([number, 0, 255])
             assert store.get_metadata(key) == {**_METADATA, "i": number}
             assert store.exists(key)
+            head = store.head(key)
+            assert head is not None and (head.size, head.metadata) == (
+                3,
+                {**_METADATA, "i": number},
+            )
 
     def test_delete_is_seen_in_raw_storage(self, store: AbstractStore) -> None:
         store.set("gone", (b"x", {}))

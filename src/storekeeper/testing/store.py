@@ -99,6 +99,7 @@ from storekeeper.store import (
 from storekeeper.testing.arguments import ArgumentTests
 from storekeeper.testing.crossprocess import CrossProcessTests
 from storekeeper.testing.events import EventConformance
+from storekeeper.testing.head import HeadTests
 from storekeeper.testing.isolation import IsolationTests
 from storekeeper.testing.listing import ListingTests
 from storekeeper.testing.model import ModelTests
@@ -206,6 +207,7 @@ class StoreTests(
     ModelTests,
     RawStorageTests,
     NoWaitTests,
+    HeadTests,
     abc.ABC,
 ):
     """Conformance tests for a writable store; subclass and implement ``create_store``."""
@@ -246,6 +248,8 @@ class StoreTests(
         assert not store.is_connected()
         with pytest.raises(NotConnectedError):
             store.get("a")
+        with pytest.raises(NotConnectedError):
+            store.head("a")
         with pytest.raises(NotConnectedError):
             store.set("a", (b"x", {}))
         with store:
