@@ -49,6 +49,9 @@ if TYPE_CHECKING:
 __all__ = ["compact_document", "compact_stage", "documents_of"]
 
 _ATTEMPTS = 64
+#: Sorts after every session identifier (they are ASCII letters, digits and ``-_.``):
+#: a floor at ``(t, _AFTER_EVERY_SESSION)`` covers every stamp made at time ``t``.
+_AFTER_EVERY_SESSION = "~"
 
 
 def documents_of(stage: BaseStage, route: Route[Any]) -> Iterator[list[str]]:
@@ -133,6 +136,7 @@ def _fold(
         listed = list(stage.copy_keys(spec, key))
     copies: list[tuple[str, str | None, DocState, Revision, RevisionSet]] = []
     floor = horizon
+    newest = 0
     for store_key, identifier in listed:
         try:
             value = store.get(store_key)
@@ -146,14 +150,24 @@ def _fold(
         revision, bases = found
         state = decode_document(document_type, body, value.metadata)
         copies.append((store_key, value.version, state, revision, bases))
+        newest = max(newest, to_micros(revision.updated_at))
         if identifier in live:
             floor = min(floor, (to_micros(revision.updated_at), identifier))
-    if not copies or (len(copies) == 1 and copies[0][0] == snapshot_key):
+    if not copies:
         return False
+    # Never past what was written: a copy's revision is at or after each of its stamps,
+    # so this floor covers every stamp the copies hold, and nothing newer.
+    floor = min(floor, (newest, _AFTER_EVERY_SESSION))
     merged = copies[0][2]
     for copy in copies[1:]:
         merged = join_documents(document_type, merged, copy[2])
-    merged = collect_tombstones(document_type, merged, floor)
+    collected = collect_tombstones(document_type, merged, floor)
+    if len(copies) == 1 and copies[0][0] == snapshot_key:
+        if collected.state == merged.state:
+            return False  # only the snapshot, and nothing more to collect from it
+        # The floor is recorded only when it lets tombstones go: otherwise the snapshot
+        # stays as it is (a second compaction in a row writes nothing).
+    merged = collected
     assert merged.floor is not None
     # Never older than the floor: a reader's clock observes the snapshot's revision, so
     # whatever it edits after reading is stamped after the floor and survives the join.
