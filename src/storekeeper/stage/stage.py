@@ -7,6 +7,23 @@ When the block exits normally the buffer is flushed in one store transaction: ea
 is re-read, merged with whatever another thread or process of the same session wrote
 meanwhile, and written with a conditional write, retried on conflict, so no edit is
 lost. When the block raises, the buffer is discarded and nothing is written.
+
+Edits are stamped when they are assigned (``stage.route = doc``, ``directory[i] =
+doc``, ``del directory[i]``), not at commit, by the session's clock, which has by then
+passed everything the session has read -- including what ``in``, ``len`` and
+iteration of a :class:`~storekeeper.stage.Directory` revealed. Assigning a new document
+(one built by its constructor, not read) first reads the metadata of every copy at its
+key, so it is stamped after each of them: a document re-added after a delete that is
+already in the store wins over it, and the transaction sees it, however slow this
+session's clock. A delete another session commits after the assignment, stamped later,
+is a later edit and wins.
+
+A compaction (:meth:`BaseStage.compact`) that runs while a transaction is open may put
+its floor after that transaction's edits, if the transaction stays open longer than the
+retention while other sessions write the document; committing would then hide them.
+The commit checks each document's snapshot floor and, in that case, raises
+:class:`TransactionError` and writes nothing: keep transactions much shorter than the
+retention, and redo the edits in a new transaction if it happens.
 """
 
 from __future__ import annotations
@@ -99,7 +116,9 @@ class _Buffered:
 class DirtyBuffer:
     """A transaction's pending writes: store key -> merge state of the session's copy.
 
-    Internal: the stage creates one per transaction and :meth:`flush`\\ es it on commit.
+    Internal: the stage creates one per transaction and :meth:`flush`\\ es it on commit;
+    the flush raises :class:`TransactionError`, writing nothing, when a compaction floor
+    recorded since would supersede the transaction's edits (see the module docstring).
     *repository* is the store it flushes to, *lock* the stage's lock shared by its buffers.
     """
 
@@ -263,9 +282,15 @@ class BaseStage:
         """Fold every document's copies into one snapshot and remove the copies it
         contains; drop tombstones, at every depth, that every live session's copy
         covers (live: wrote or called :meth:`touch` within *retention*, which also
-        bounds how old a dropped tombstone is). Safe while other threads and processes
-        use the stage; a session that returns later rebases on the snapshot and cannot
-        bring anything deleted back. Returns how many documents were compacted. See
+        bounds how old a dropped tombstone is, by this session's clock; the floor of
+        what is dropped is also never after the newest revision among the copies, so
+        this clock running ahead cannot supersede edits made after them). A document
+        left with only its snapshot is compacted again once its tombstones are old
+        enough. Safe while other threads and processes use the stage -- a transaction
+        kept open across it for longer than the retention fails at commit rather than
+        lose its edits (see :mod:`storekeeper.stage.stage`); a session that returns
+        later rebases on the snapshot and cannot bring anything deleted back. Returns
+        how many documents were compacted (snapshots rewritten). See
         :mod:`storekeeper.stage.compact`."""
         from storekeeper.stage.compact import compact_stage
 
@@ -364,8 +389,10 @@ class BaseStage:
         lets a copy bring a deleted entity back, and an edit stamped after the
         snapshot's floor always survives -- which every edit is when made after reading
         the document (a session's clock passes every revision it reads, the
-        snapshot's included), or when the session's wall clock is less than the
-        retention behind."""
+        snapshot's included) and committed within the retention, or made when the
+        session's wall clock is less than the retention behind the compacting
+        session's. A commit whose edits a newer floor would supersede fails instead of
+        losing them."""
         self.get_current_transaction().touched = True
 
     # -- reading -------------------------------------------------------------------------
@@ -646,18 +673,17 @@ class BaseStage:
             first,
             snapshot,
         )
-        if merge:
-            if known is not None:
-                state = join_documents(document_type, known.state, entry.state)
-                updated = max(known.revision.updated_at, revision.updated_at)
-                entry = _Buffered(
-                    document_type,
-                    state,
-                    Revision(self.session, updated),
-                    entry.bases.merge(known.bases),
-                    first,
-                    snapshot,
-                )
+        if known is not None:
+            state = join_documents(document_type, known.state, entry.state)
+            updated = max(known.revision.updated_at, revision.updated_at)
+            entry = _Buffered(
+                document_type,
+                state,
+                Revision(self.session, updated),
+                entry.bases.merge(known.bases),
+                first,
+                snapshot,
+            )
         buffer.write(store_key, entry)
         return build_document(document_type, entry.state, entry.revision, entry.bases)
 
