@@ -361,11 +361,6 @@ def test_readd_after_delete_wins_from_slow_clock_after_reading_the_delete() -> N
 
 
 @pytest.mark.parametrize("observe", ["in", "iterate"])
-@pytest.mark.xfail(
-    strict=True,
-    reason="`in`/iterating a Directory shows a document deleted but does not advance "
-    "the session clock past the delete, so a re-add from a slower clock loses to it",
-)
 def test_readd_after_seeing_delete_through_in_or_listing(observe: str) -> None:
     store = memory()
     fast = S(session("fast", Wall(skew=timedelta(hours=2))), store)
@@ -1136,12 +1131,6 @@ def test_unstamped_copy_is_adopted_once_and_cannot_resurrect() -> None:
         assert a.one is not None and a.one.title == "a's title"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a compactor whose clock runs more than the retention ahead puts the floor in "
-    "the writers' future: an acknowledged in-flight edit (read before, committed after "
-    "the compaction) is dropped, though no later edit replaced it (issue 17 promise)",
-)
 def test_compactor_clock_far_ahead_does_not_drop_acknowledged_edit() -> None:
     wall = Wall()
     store = memory()
@@ -1179,11 +1168,6 @@ def test_compactor_clock_far_ahead_does_not_drop_acknowledged_edit() -> None:
         assert d.items["i1"].text == "x text"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a document whose only copy is already a snapshot is skipped by compact() "
-    "(nothing to fold), so tombstones too young at the last compaction are never collected",
-)
 def test_tombstones_collected_by_a_later_compaction_without_new_copies() -> None:
     wall = Wall()
     store = memory()

@@ -26,6 +26,7 @@ __all__ = [
     "decode_slot",
     "encode_document",
     "plain_document",
+    "revision_micros",
 ]
 
 _D = TypeVar("_D", bound=MergeableDocument)
@@ -84,6 +85,18 @@ def decode_revision(metadata: dict[str, Any]) -> tuple[Revision, RevisionSet] | 
         raise ValueError(f"malformed {METADATA_NAME} metadata")  # noqa: TRY004 - stored data, not an argument
     bases = RevisionSet(_revision_from(text) for text in meta.get("bases", ()))
     return _revision_from(meta.get("revision")), bases
+
+
+def revision_micros(metadata: dict[str, Any]) -> int | None:
+    """The time of the revision in a stored copy's *metadata*, in microseconds since the
+    epoch (``None`` for an unstamped document), without parsing its base revisions;
+    ValueError if it is malformed."""
+    meta = metadata.get(METADATA_NAME)
+    if meta is None:
+        return None
+    if not isinstance(meta, dict):
+        raise ValueError(f"malformed {METADATA_NAME} metadata")  # noqa: TRY004 - stored data
+    return to_micros(_revision_from(meta.get("revision")).updated_at)
 
 
 def decode_slot(metadata: dict[str, Any]) -> tuple[Stamp | None, Stamp | None, Stamp | None]:

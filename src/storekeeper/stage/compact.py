@@ -8,21 +8,45 @@ leaves a tombstone, so a stage grows with the number of sessions and of deletes.
 2. drop the tombstones that every *live* session's copy covers (live: touched within
    the retention), at every depth -- deleted entities, entities of entities, nested
    elements set to ``None``, and the contents of a deleted document. What is dropped is
-   stamped at or before the *floor*, the oldest of "now minus the retention" and each
-   live session's copy revision, recorded in the snapshot;
+   stamped at or before the *floor*, recorded in the snapshot: the oldest of "now minus
+   the retention" (now by the compacting session's clock), each live session's copy
+   revision, and the newest revision among the copies read;
 3. write the merge as the snapshot (a copy under the reserved identifier ``@snapshot``)
    and delete each folded copy with a conditional delete, so a copy rewritten meanwhile
-   is kept (a conflict retries the whole document).
+   is kept (a conflict retries the whole document). A document whose only copy is its
+   snapshot is rewritten (conditionally too) when tombstones in it have become old
+   enough to drop, and left alone otherwise.
 
 Readers treat the snapshot as one more copy, holding everything written up to its
 floor. Joined with it, a copy made before (of a session that returns after the
 retention, say) adds only what it wrote after the floor: it cannot bring back a
 dropped tombstone's element, even one it edited offline, so such a session rebases on
-the snapshot. Edits stamped after the floor always survive, and the snapshot's revision
-is never older than its floor, so a session that reads it stamps its later edits after
-the floor, whatever its wall clock says. The floor is at least the retention in the
-past: a writer whose clock runs behind by more than that, and that has not read the
-snapshot, may see its older-stamped edits superseded.
+the snapshot. The snapshot's revision is never older than its floor, so a session that
+reads it stamps its later edits after the floor, whatever its wall clock says.
+
+Why no acknowledged edit is lost unless a later edit of the same field replaced it,
+however skewed the clocks. Take an edit stamped *s*:
+
+- If its copy is among those the compaction read, the snapshot is their join, so it
+  holds the edit or the later write that replaced it; collecting drops only deleted
+  elements, i.e. edits a later delete removed.
+- If it reaches the store afterwards through a commit, the commit reads the snapshot's
+  floor in the same store transaction as its conditional write, and raises
+  :class:`~storekeeper.stage.TransactionError`, writing nothing, when the floor is at
+  or after its earliest edit (see :class:`~storekeeper.stage.DirtyBuffer`): an edit is
+  refused, never acknowledged and then hidden. The floor is never after the newest
+  revision the compaction read, and a transaction that read the document before
+  editing stamps its edits after every revision it read; so this happens only when
+  another session wrote the document after that read and the edits are older than the
+  retention by the compacting session's clock -- a transaction kept open that long.
+- If it reaches the store afterwards as a copy synced from elsewhere (a device that was
+  offline), nothing checks it: its edits stamped at or before the floor are superseded.
+  The floor is bounded twice, so a clock running ahead on either side cannot put it in
+  the future of the writers: it is at least the retention behind the compacting
+  session's clock, and never after the newest revision among the copies -- a
+  compacting clock 40 days ahead does not move the floor past what was written. Such a
+  device keeps every edit made after the newest write the compaction saw, and, when
+  the compacting clock is right, every edit younger than the retention.
 
 A deleted document keeps a small snapshot (its created and deleted stamps, no
 contents) so that a stale copy cannot bring it back.
@@ -49,6 +73,9 @@ if TYPE_CHECKING:
 __all__ = ["compact_document", "compact_stage", "documents_of"]
 
 _ATTEMPTS = 64
+#: Sorts after every session identifier (they are ASCII letters, digits and ``-_.``):
+#: a floor at ``(t, _AFTER_EVERY_SESSION)`` covers every stamp made at time ``t``.
+_AFTER_EVERY_SESSION = "~"
 
 
 def documents_of(stage: BaseStage, route: Route[Any]) -> Iterator[list[str]]:
@@ -107,7 +134,7 @@ def compact_document(
     live: set[str],
     horizon: tuple[int, str],
 ) -> bool:
-    """Compact the document at *key*; False if it had nothing to fold."""
+    """Compact the document at *key*; False if it had nothing to fold or collect."""
     store = stage.repository
     snapshot_key = stage.snapshot_key(spec, key)
     for attempt in range(_ATTEMPTS):
@@ -133,6 +160,7 @@ def _fold(
         listed = list(stage.copy_keys(spec, key))
     copies: list[tuple[str, str | None, DocState, Revision, RevisionSet]] = []
     floor = horizon
+    newest = 0
     for store_key, identifier in listed:
         try:
             value = store.get(store_key)
@@ -146,14 +174,24 @@ def _fold(
         revision, bases = found
         state = decode_document(document_type, body, value.metadata)
         copies.append((store_key, value.version, state, revision, bases))
+        newest = max(newest, to_micros(revision.updated_at))
         if identifier in live:
             floor = min(floor, (to_micros(revision.updated_at), identifier))
-    if not copies or (len(copies) == 1 and copies[0][0] == snapshot_key):
+    if not copies:
         return False
+    # Never past what was written: a copy's revision is at or after each of its stamps,
+    # so this floor covers every stamp the copies hold, and nothing newer.
+    floor = min(floor, (newest, _AFTER_EVERY_SESSION))
     merged = copies[0][2]
     for copy in copies[1:]:
         merged = join_documents(document_type, merged, copy[2])
-    merged = collect_tombstones(document_type, merged, floor)
+    collected = collect_tombstones(document_type, merged, floor)
+    only_snapshot = len(copies) == 1 and copies[0][0] == snapshot_key
+    if only_snapshot and collected.state == merged.state:
+        # Nothing more to collect: the snapshot stays as it is (a newer floor alone is
+        # not worth a write, and a second compaction in a row writes nothing).
+        return False
+    merged = collected
     assert merged.floor is not None
     # Never older than the floor: a reader's clock observes the snapshot's revision, so
     # whatever it edits after reading is stamped after the floor and survives the join.

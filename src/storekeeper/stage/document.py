@@ -22,7 +22,9 @@ How fields merge (each session writes only its own copy; reading merges every co
 - A nested :class:`Element` merges field by field; assigning ``None`` deletes it.
 - ``Entities[T]`` fields are mutable mappings from entity id to entity, merged entity by
   entity. ``del`` leaves a tombstone, so another session's older copy cannot bring the
-  entity back, while assigning the entity again after the delete wins.
+  entity back, while assigning the entity again after the delete wins -- "after" as the
+  session's clock sees it: a session that read the delete stamps the re-add after it,
+  however skewed the wall clocks (see :mod:`storekeeper.stage.session`).
 - ``list`` fields of ``str``/``int``/``float``/``bool`` are grow-only ordered unions:
   items added anywhere appear everywhere, in the order they were added; removing an
   item from the list is not a write.

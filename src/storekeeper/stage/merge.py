@@ -41,6 +41,7 @@ __all__ = [
     "collect_tombstones",
     "document_alive",
     "has_pending",
+    "is_new",
     "join_all_documents",
     "join_documents",
     "merge_documents",
@@ -71,6 +72,12 @@ def document_alive(doc: DocState) -> bool:
 def state_of(doc: MergeableDocument) -> DocState:
     """*doc*'s merge state as last revised (edits not yet revised are not in it)."""
     return DocState(doc._added, doc._deleted, doc._floor, doc._state)
+
+
+def is_new(doc: MergeableDocument) -> bool:
+    """Whether *doc* was built by its constructor and never revised: assigning it adds
+    (or re-adds) a document rather than editing one that was read."""
+    return doc._fresh
 
 
 def has_pending(doc: Element) -> bool:

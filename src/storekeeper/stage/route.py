@@ -184,7 +184,10 @@ class Directory(Mapping[str, Any], Generic[_D]):
     every document was deleted; a missing level is empty. ``directory[i] = doc`` writes
     the current session's copy; ``del directory[i]`` writes a tombstone to it, after
     which (in this transaction, and in every session that reads the copies) reading
-    ``directory[i]`` raises KeyError until a new document is assigned there.
+    ``directory[i]`` raises KeyError until a new document is assigned there. Reading
+    ``in``, ``len`` or iterating counts as reading the copies for the session's clock, and
+    assigning a new document is stamped after every copy already there: the re-added
+    document is seen at once, and wins over every delete that was in the store.
     """
 
     def __init__(

@@ -5,9 +5,18 @@ documents. It writes only its own copy of each document and stamps its edits wit
 from its :class:`HybridClock`: ``max(wall clock, last stamp + 1 µs, newest stamp seen
 + 1 µs)``. Such a time never goes backwards and is never behind anything the session has
 read, so an edit made after reading another one always wins over it, however skewed the
-devices' wall clocks are -- within :data:`MAX_FOLDED_LEAD`: a time further ahead of the
-local wall clock than that (a device whose clock says year 9999, a damaged copy) is logged
-and folded in only up to the bound, so one insane clock cannot drag every session to the
+devices' wall clocks are. "Reading" is anything that reveals a copy to the user: reading
+a document, and ``in``, ``len`` and iteration of a stage directory (which judge from the
+copies' metadata, whose revisions the clock observes); assigning a new document reads
+the copies at its key too (see :mod:`storekeeper.stage.stage`). So a document or entity
+deleted and then deliberately added again wins over the delete when the session that
+adds it had seen the delete -- not merely when its wall clock says later: a session
+whose clock runs behind and that never saw the delete (it was offline) stamps its
+re-add before it, and the delete wins.
+
+All this holds within :data:`MAX_FOLDED_LEAD`: a time further ahead of the local wall
+clock than that (a device whose clock says year 9999, a damaged copy) is logged and
+folded in only up to the bound, so one insane clock cannot drag every session to the
 end of representable time. Such a copy still takes part in the merge with its own stamps.
 
 Several processes may use the same session: their copies are merged at commit (see

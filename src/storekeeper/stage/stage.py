@@ -7,6 +7,23 @@ When the block exits normally the buffer is flushed in one store transaction: ea
 is re-read, merged with whatever another thread or process of the same session wrote
 meanwhile, and written with a conditional write, retried on conflict, so no edit is
 lost. When the block raises, the buffer is discarded and nothing is written.
+
+Edits are stamped when they are assigned (``stage.route = doc``, ``directory[i] =
+doc``, ``del directory[i]``), not at commit, by the session's clock, which has by then
+passed everything the session has read -- including what ``in``, ``len`` and
+iteration of a :class:`~storekeeper.stage.Directory` revealed. Assigning a new document
+(one built by its constructor, not read) first reads the metadata of every copy at its
+key, so it is stamped after each of them: a document re-added after a delete that is
+already in the store wins over it, and the transaction sees it, however slow this
+session's clock. A delete another session commits after the assignment, stamped later,
+is a later edit and wins.
+
+A compaction (:meth:`BaseStage.compact`) that runs while a transaction is open may put
+its floor after that transaction's edits, if the transaction stays open longer than the
+retention while other sessions write the document; committing would then hide them.
+The commit checks each document's snapshot floor and, in that case, raises
+:class:`TransactionError` and writes nothing: keep transactions much shorter than the
+retention, and redo the edits in a new transaction if it happens.
 """
 
 from __future__ import annotations
@@ -25,13 +42,14 @@ from typing import NamedTuple, TypeVar
 from storekeeper import errors
 from storekeeper.stage._copies import Copy, CopyCache, load_copy
 from storekeeper.stage._lattice import Stamp
-from storekeeper.stage.codec import decode_slot, encode_document
+from storekeeper.stage.codec import decode_slot, encode_document, revision_micros
 from storekeeper.stage.document import MergeableDocument
 from storekeeper.stage.merge import (
     DocState,
     build_document,
     document_alive,
     has_pending,
+    is_new,
     join_all_documents,
     join_documents,
     state_of,
@@ -45,7 +63,7 @@ from storekeeper.stage.route import (
     join_key,
     unescape_component,
 )
-from storekeeper.stage.session import Revision, RevisionSet, Session, from_micros
+from storekeeper.stage.session import Revision, RevisionSet, Session, from_micros, to_micros
 from storekeeper.store.abstract import AbstractStore
 from storekeeper.store.owners import current_owner
 
@@ -88,12 +106,19 @@ class _Buffered:
     state: DocState
     revision: Revision
     bases: RevisionSet
+    #: The time (microseconds) of the earliest edit this transaction stamped into the
+    #: entry, ``None`` if it made none (an adopted document).
+    first: int | None = None
+    #: The store key of the document's compacted snapshot, checked at commit.
+    snapshot: str | None = None
 
 
 class DirtyBuffer:
     """A transaction's pending writes: store key -> merge state of the session's copy.
 
-    Internal: the stage creates one per transaction and :meth:`flush`\\ es it on commit.
+    Internal: the stage creates one per transaction and :meth:`flush`\\ es it on commit;
+    the flush raises :class:`TransactionError`, writing nothing, when a compaction floor
+    recorded since would supersede the transaction's edits (see the module docstring).
     *repository* is the store it flushes to, *lock* the stage's lock shared by its buffers.
     """
 
@@ -119,8 +144,14 @@ class DirtyBuffer:
             state = join_documents(entry.document_type, known.state, entry.state)
             updated = max(known.revision.updated_at, entry.revision.updated_at)
             bases = known.bases.merge(entry.bases)
+            firsts = [f for f in (known.first, entry.first) if f is not None]
             entry = _Buffered(
-                entry.document_type, state, Revision(entry.revision.session, updated), bases
+                entry.document_type,
+                state,
+                Revision(entry.revision.session, updated),
+                bases,
+                min(firsts, default=None),
+                entry.snapshot or known.snapshot,
             )
         self.dictionary[key] = entry
 
@@ -155,6 +186,7 @@ class DirtyBuffer:
         self, session: Session, key: str, entry: _Buffered
     ) -> tuple[str, str | None, _Written]:
         store = self.repository
+        self._check_floor(session, key, entry)
         found = load_copy(store, key, entry.document_type, session, self.cache)
         version = None
         if found is not None:
@@ -176,6 +208,28 @@ class DirtyBuffer:
             new_version = store.set(key, (body, metadata), if_version=version)
         copy = Copy(entry.state, entry.revision, entry.bases, True)
         return key, new_version, _Written(entry.document_type, copy)
+
+    def _check_floor(self, session: Session, key: str, entry: _Buffered) -> None:
+        """TransactionError if a compaction that ran while this transaction was open put
+        its floor at or after the transaction's earliest edit of *key*: the snapshot
+        would supersede that edit, so committing it would drop it silently. A floor
+        never passes what the compaction saw written (see
+        :mod:`storekeeper.stage.compact`), so this only happens to a transaction kept
+        open longer than the retention while others kept writing."""
+        if entry.first is None or entry.snapshot is None:
+            return
+        try:
+            floor = decode_slot(self.repository.get_metadata(entry.snapshot))[2]
+        except KeyError:
+            return
+        if floor is not None and floor >= (entry.first, session.identifier):
+            raise TransactionError(
+                f"cannot commit {key!r}: a compaction ran while this transaction was open "
+                f"and supersedes what it stamped at {from_micros(entry.first).isoformat()} "
+                f"(the compaction's floor is {from_micros(floor[0]).isoformat()}); nothing "
+                "was written -- read the document again and redo the edit in a new "
+                "transaction, and keep transactions open for less than the retention"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,9 +282,15 @@ class BaseStage:
         """Fold every document's copies into one snapshot and remove the copies it
         contains; drop tombstones, at every depth, that every live session's copy
         covers (live: wrote or called :meth:`touch` within *retention*, which also
-        bounds how old a dropped tombstone is). Safe while other threads and processes
-        use the stage; a session that returns later rebases on the snapshot and cannot
-        bring anything deleted back. Returns how many documents were compacted. See
+        bounds how old a dropped tombstone is, by this session's clock; the floor of
+        what is dropped is also never after the newest revision among the copies, so
+        this clock running ahead cannot supersede edits made after them). A document
+        left with only its snapshot is compacted again once its tombstones are old
+        enough. Safe while other threads and processes use the stage -- a transaction
+        kept open across it for longer than the retention fails at commit rather than
+        lose its edits (see :mod:`storekeeper.stage.stage`); a session that returns
+        later rebases on the snapshot and cannot bring anything deleted back. Returns
+        how many documents were compacted (snapshots rewritten). See
         :mod:`storekeeper.stage.compact`."""
         from storekeeper.stage.compact import compact_stage
 
@@ -329,8 +389,10 @@ class BaseStage:
         lets a copy bring a deleted entity back, and an edit stamped after the
         snapshot's floor always survives -- which every edit is when made after reading
         the document (a session's clock passes every revision it reads, the
-        snapshot's included), or when the session's wall clock is less than the
-        retention behind."""
+        snapshot's included) and committed within the retention, or made when the
+        session's wall clock is less than the retention behind the compacting
+        session's. A commit whose edits a newer floor would supersede fails instead of
+        losing them."""
         self.get_current_transaction().touched = True
 
     # -- reading -------------------------------------------------------------------------
@@ -525,18 +587,7 @@ class BaseStage:
         than a compacted snapshot counts only with what it did after the snapshot's
         floor."""
         spec = key_spec if isinstance(key_spec, KeySpec) else KeySpec(key_spec)
-        buffer = self.get_current_transaction()
-
-        def fetch(store_key: str) -> tuple[Stamp | None, Stamp | None, Stamp | None] | None:
-            entry = buffer.dictionary.get(store_key)
-            if entry is not None:
-                return entry.state.added, entry.state.deleted, entry.state.floor
-            try:
-                return decode_slot(self.repository.get_metadata(store_key))
-            except KeyError:
-                return None
-
-        slots = [slot for _, slot in self._fetch_copies(spec, key, fetch) if slot is not None]
+        slots = self._copy_slots(spec, key)
         if not slots:
             return False
         top = max((slot[2] for slot in slots if slot[2] is not None), default=None)
@@ -551,6 +602,40 @@ class BaseStage:
                 deleted = gone
         return document_alive(DocState(added, deleted, None, {}))
 
+    def _copy_slots(
+        self, spec: KeySpec, key: Sequence[str]
+    ) -> list[tuple[Stamp | None, Stamp | None, Stamp | None]]:
+        """The ``(added, deleted, floor)`` stamps of every copy of the document at *key*,
+        from their metadata alone. The session's clock observes each copy's revision:
+        what a read reveals (that a document exists, or was deleted) is something the
+        session has read, so its later edits are stamped after it."""
+        buffer = self.get_current_transaction()
+        clock = self.session.clock
+
+        def fetch(store_key: str) -> tuple[Stamp | None, Stamp | None, Stamp | None] | None:
+            entry = buffer.dictionary.get(store_key)
+            if entry is not None:
+                return entry.state.added, entry.state.deleted, entry.state.floor
+            try:
+                metadata = self.repository.get_metadata(store_key)
+            except KeyError:
+                return None
+            micros = revision_micros(metadata)
+            if micros is not None:
+                clock.observe_micros(micros)
+            return decode_slot(metadata)
+
+        return [slot for _, slot in self._fetch_copies(spec, key, fetch) if slot is not None]
+
+    def _route_of(self, key: Sequence[str]) -> KeySpec | None:
+        """The key spec of the route of this stage that claims the complete *key*."""
+        best: tuple[int, KeySpec] | None = None
+        for spec in _route_specs(type(self)):
+            claim = spec.claim(key)
+            if claim is not None and (best is None or claim[0] > best[0]):
+                best = claim[0], spec
+        return None if best is None else best[1]
+
     # -- writing -------------------------------------------------------------------------
     def write(self, key: Sequence[str], document: _D, merge: bool = True) -> _D:
         """Save *document* as this session's copy at *key* (a sequence of components):
@@ -563,8 +648,21 @@ class BaseStage:
         buffer.edited = True
         store_key = join_key(key)
         document_type = type(document)
+        spec = self._route_of(key)
+        snapshot = None
+        if spec is not None:
+            snapshot = self.snapshot_key(spec, key[: spec.session_index])
+            if is_new(document):
+                # A new document may re-add a deleted one: stamp it after every copy
+                # there now (their deletes included), however slow this clock is.
+                self._copy_slots(spec, key[: spec.session_index])
+        # Read before stamping, so the stamps come after whatever the read reveals.
+        known = self._read_copy(buffer, store_key, document_type) if merge else None
+        first = None
         if has_pending(document) or document.__revision__ is None:
             self.session.revise(document)
+            assert document.__revision__ is not None
+            first = to_micros(document.__revision__.updated_at)
         revision = document.__revision__
         assert revision is not None
         entry = _Buffered(
@@ -572,18 +670,20 @@ class BaseStage:
             state_of(document),
             Revision(self.session, revision.updated_at),
             document.__base_revisions__,
+            first,
+            snapshot,
         )
-        if merge:
-            known = self._read_copy(buffer, store_key, document_type)
-            if known is not None:
-                state = join_documents(document_type, known.state, entry.state)
-                updated = max(known.revision.updated_at, revision.updated_at)
-                entry = _Buffered(
-                    document_type,
-                    state,
-                    Revision(self.session, updated),
-                    entry.bases.merge(known.bases),
-                )
+        if known is not None:
+            state = join_documents(document_type, known.state, entry.state)
+            updated = max(known.revision.updated_at, revision.updated_at)
+            entry = _Buffered(
+                document_type,
+                state,
+                Revision(self.session, updated),
+                entry.bases.merge(known.bases),
+                first,
+                snapshot,
+            )
         buffer.write(store_key, entry)
         return build_document(document_type, entry.state, entry.revision, entry.bases)
 
@@ -603,7 +703,10 @@ class BaseStage:
         buffer = self.get_current_transaction()
         buffer.edited = True
         revision = Revision(self.session, from_micros(micros))
-        buffer.write(self._own_key(spec, key), _Buffered(document_type, tomb, revision, bases))
+        entry = _Buffered(
+            document_type, tomb, revision, bases, micros, self.snapshot_key(spec, key)
+        )
+        buffer.write(self._own_key(spec, key), entry)
         return True
 
 
