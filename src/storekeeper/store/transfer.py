@@ -40,13 +40,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO
 
 from storekeeper.errors import BackendError, InvalidArgumentError
 from storekeeper.events import BaseEventManager, ProgressManager
 from storekeeper.store.abstract import AbstractReadOnlyStore
+from storekeeper.store.backend import path_identity
 from storekeeper.store.transfer_sides import Entry, Folder, Side, folder_side, store_side
 
 __all__ = [
@@ -106,7 +107,8 @@ class TransferReport:
 @dataclass(frozen=True, slots=True)
 class _Plan:
     copies: list[tuple[str, str, int | None]]  # key, reason, size
-    deletes: list[str]
+    clearing: list[str]  # deletes that must run before the copies
+    deletes: list[str]  # deletes that run after them
     skipped: int
 
 
@@ -128,8 +130,10 @@ def transfer(
 
     *source* and *target* are connected stores or :class:`Folder` objects (the target
     folder is created if missing). Raises :class:`~storekeeper.errors.InvalidArgumentError`
-    for an unknown *compare* mode or a transfer of a store onto itself or between
-    overlapping folders, :class:`FileNotFoundError` for a missing source
+    for an unknown *compare* mode, a transfer of a store onto itself (the same object,
+    or two objects on the same storage as their ``storage_identity()`` tells: one
+    SQLite table or one directory opened twice, however its path was spelled) or
+    between overlapping folders, :class:`FileNotFoundError` for a missing source
     folder, :class:`~storekeeper.errors.InvalidKeyError` when a key cannot be a file
     in a target folder, :class:`~storekeeper.errors.BackendError` (before anything is
     written) when a store lists its keys out of key order, and whatever the stores
@@ -197,6 +201,9 @@ def _run(
     plan = _plan(src, dst, prefix, compare, delete)
     report.skipped = plan.skipped
     if dry_run:
+        for key in plan.clearing:
+            report.deleted += 1
+            yield TransferAction("delete", key, "extra", None, done=False)
         for key, reason, size in plan.copies:
             report.copied += 1
             report.bytes += size or 0
@@ -211,6 +218,10 @@ def _run(
     progress = None
     if event_manager is not None:
         progress = ProgressManager(event_manager, None, message=message, steps=total, unit="bytes")
+    # Deletes that free a path a copy needs (a file "a" where "a/b" goes, or the files
+    # under "a/" where "a" goes) run first; the others run after the copies, so that an
+    # interrupted run has removed nothing it did not have to.
+    yield from _deleting(dst, plan.clearing, report)
     with progress if progress is not None else contextlib.nullcontext():
         counter = _Counter(progress)
         for group in _groups(plan.copies, batch_keys, batch_bytes):
@@ -220,16 +231,21 @@ def _run(
                 report.copied += 1
                 report.bytes += action.size or 0
                 yield action
-    for key in plan.deletes:
+    yield from _deleting(dst, plan.deletes, report)
+
+
+def _deleting(dst: Side, keys: list[str], report: TransferReport) -> Iterator[TransferAction]:
+    for key in keys:
         dst.delete(key)
         report.deleted += 1
         yield TransferAction("delete", key, "extra", None, done=True)
 
 
 def _check_apart(source: Location, target: Location) -> None:
-    """Refuse a transfer of a store onto itself, or of a folder into itself or into one
-    of its own subfolders (or the other way round): each run would copy what the last
-    one wrote."""
+    """Refuse a transfer of a store onto itself (the same object, or the same storage
+    by ``storage_identity``: one database or directory opened twice), or of a folder
+    into itself or into one of its own subfolders (or the other way round): each run
+    would copy what the last one wrote."""
     if source is target:
         raise InvalidArgumentError("the source and the target are the same store")
     if isinstance(source, Folder) and isinstance(target, Folder):
@@ -238,6 +254,22 @@ def _check_apart(source: Location, target: Location) -> None:
             raise InvalidArgumentError(
                 f"the folders {source.path!r} and {target.path!r} overlap: one is inside the other"
             )
+    identity = _identity(source)
+    if identity is not None and identity == _identity(target):
+        raise InvalidArgumentError(
+            f"the source and the target are the same storage opened twice: {source!r}"
+        )
+
+
+def _identity(location: Location) -> Hashable | None:
+    """What *location* holds its keys in (see ``storage_identity``); a folder counts as
+    its directory, so a :class:`Folder` over a file-system store's directory matches it."""
+    if isinstance(location, Folder):
+        found = path_identity(location.path)
+        return None if found is None else ("directory", *found)
+    if isinstance(location, AbstractReadOnlyStore):
+        return location.storage_identity()
+    return None
 
 
 def _side(location: Location, *, is_target: bool) -> Side:
@@ -269,7 +301,31 @@ def _plan(src: Side, dst: Side, prefix: str, compare: str, delete: bool) -> _Pla
             skipped += 1
         else:
             copies.append((key, reason, mine.size))
-    return _Plan(copies, deletes, skipped)
+    clearing = _in_the_way(deletes, [key for key, _, _ in copies])
+    later = [key for key in deletes if key not in clearing] if clearing else deletes
+    return _Plan(copies, sorted(clearing), later, skipped)
+
+
+def _in_the_way(deletes: list[str], copies: list[str]) -> set[str]:
+    """The keys of *deletes* that share a path with a key of *copies* in a folder: one
+    is a folder ("a/") of the other ("a/b"). A file cannot also be a directory, so the
+    copy can only be written once the delete has removed the file or directory."""
+    if not deletes or not copies:
+        return set()
+    copied, doomed = set(copies), set(deletes)
+    folders_copied = {folder for key in copies for folder in _folders(key)}
+    return {
+        key
+        for key in doomed
+        if key in folders_copied or any(folder in copied for folder in _folders(key))
+    }
+
+
+def _folders(key: str) -> Iterator[str]:
+    """The folders *key* is in as a file path: ``a``, ``a/b`` for ``a/b/c``."""
+    parts = key.split("/")
+    for depth in range(1, len(parts)):
+        yield "/".join(parts[:depth])
 
 
 def _in_order(listing: Iterator[tuple[str, Entry]], which: str) -> Iterator[tuple[str, Entry]]:
@@ -322,8 +378,9 @@ def _reason(
     if src.keeps_metadata and dst.keeps_metadata and mine.metadata != theirs.metadata:
         return "metadata"
     known = None not in (mine.size, theirs.size, mine.modified, theirs.modified)
-    if compare == "quick" and known:
-        return None if dst.is_fresh(theirs, mine) else "newer"
+    fresh = dst.is_fresh(theirs, mine) if compare == "quick" and known else None
+    if fresh is not None:
+        return None if fresh else "newer"
     return None if _digest(src, key) == _digest(dst, key) else "checksum"
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 import warnings
 from collections.abc import Iterable, Iterator
 from operator import itemgetter
@@ -73,9 +74,10 @@ class Side(Protocol):
     def delete(self, key: str) -> None:
         """Remove *key*; nothing if it is already gone."""
 
-    def is_fresh(self, mine: Entry, source: Entry) -> bool:
-        """Whether *mine*, of the same size and metadata as *source*, is known to hold
-        *source*'s data without reading it (by modification times)."""
+    def is_fresh(self, mine: Entry, source: Entry) -> bool | None:
+        """Whether *mine*, of the same size and metadata as *source*, holds *source*'s
+        data, told by modification times without reading it; ``None`` when the times
+        cannot tell (the data is then compared by checksum)."""
 
     def batch(self) -> contextlib.AbstractContextManager[Any]:
         """A context in which several writes may be applied together (or a no-op)."""
@@ -151,13 +153,17 @@ class _StoreSide:
         with contextlib.suppress(KeyError):
             self._writable().delete(key)
 
-    def is_fresh(self, mine: Entry, source: Entry) -> bool:
+    def is_fresh(self, mine: Entry, source: Entry) -> bool | None:
         # A store sets a key's modified time itself, so a copy is younger than its source
         # until the source changes again. Equal times prove nothing (a change within one
-        # clock tick of the copy): such a key is copied again.
+        # clock tick of the copy): such a key is copied again. A source time still in
+        # the future (a file stamped ahead, a clock ahead of ours) stays later than any
+        # copy made before then, so the order says nothing: compare the data instead.
         if mine.modified is None or source.modified is None:
-            return False
-        return mine.modified > source.modified
+            return None
+        if mine.modified > source.modified:
+            return True
+        return None if source.modified > time.time() else False
 
     def batch(self) -> contextlib.AbstractContextManager[Any]:
         store = self.store
@@ -265,11 +271,11 @@ class _FolderSide:
                 break
             directory = os.path.dirname(directory)
 
-    def is_fresh(self, mine: Entry, source: Entry) -> bool:
+    def is_fresh(self, mine: Entry, source: Entry) -> bool | None:
         # A file written here got its source's modified time: equal times mean this
         # copy (a file changed since then has a newer mtime).
         if mine.modified is None or source.modified is None:
-            return False
+            return None
         return abs(mine.modified - source.modified) <= MTIME_TOLERANCE
 
     def batch(self) -> contextlib.AbstractContextManager[Any]:
