@@ -194,11 +194,14 @@ class AbstractReadOnlyStore(abc.ABC):
         it), and different for different storage; ``None`` when the store cannot tell,
         and then only the same object is known to be the same store.
 
-        Tools compare it to refuse work of a store onto itself (:func:`~storekeeper.store.transfer.transfer`).
-        Default: ``None``; :class:`~storekeeper.SqliteStore` and
-        :class:`~storekeeper.FileSystemStore` tell theirs (by the database file's or the
-        directory's device and inode, see :func:`~storekeeper.store.backend.path_identity`),
-        and composites that wrap one store tell the wrapped store's.
+        Tools compare it to refuse work of a store onto itself
+        (:func:`~storekeeper.store.transfer.transfer`). Default: ``None``;
+        :class:`~storekeeper.SqliteStore` and :class:`~storekeeper.FileSystemStore`
+        tell theirs (the database file's or the directory's device and inode, see
+        :func:`~storekeeper.store.backend.path_identity`);
+        :class:`~storekeeper.composite.SimpleAuthStore` and
+        :class:`~storekeeper.composite.CachedStore` tell that of the store they wrap
+        (a cache's source).
         """
         return None
 

@@ -18,15 +18,30 @@ otherwise be younger than the change by its time, and no quick check would find 
 What "differ" means is the *compare* mode:
 
 - ``"quick"`` (default): the target key is missing, or its size or metadata differ, or
-  it is older than the source key (by modified times; a key whose times are unknown is
-  compared by checksum). Versions are not compared: they are tokens of one store and
+  its modified time says it is not the source key's latest copy. A file written into a
+  folder gets the source key's modified time, so there the times must be equal (as
+  rsync compares them). A store sets its own keys' modified times when it writes them,
+  so there the copy must be younger than the source key; a source time still in the
+  future (a file stamped ahead of the clock, a source whose clock runs ahead) says
+  nothing about that order, and such a key is compared by checksum instead, as is a
+  key whose times are unknown. A target key changed after its copy with size and
+  metadata kept (a file edited in a mirror folder, its mtime newer) is not found:
+  use ``"checksum"``. Versions are not compared: they are tokens of one store and
   mean nothing to another.
 - ``"checksum"``: missing, size or metadata differ, or the data's SHA-256 differs
   (every key present on both sides is read in full on both sides).
 - ``"always"``: every key is copied.
 
 With ``delete=True`` (``sync``), target keys under the prefix that the source lacks are
-deleted after the copies. ``dry_run=True`` reports the same actions without writing.
+deleted after the copies, but for those in the way of a copy into a folder (a file
+``a`` where ``a/b`` goes, or the files under ``a/`` where ``a`` goes): they are deleted
+first, so a key that became a folder, or the reverse, is mirrored in one run.
+``dry_run=True`` reports the same actions, in the same order, without writing.
+
+The source and the target must be different storage: the same store object, two
+objects on one SQLite table or one directory (as their
+:meth:`~storekeeper.store.AbstractReadOnlyStore.storage_identity` tells), or
+overlapping folders are refused before anything is read or written.
 
 Writes into a store whose transactions are atomic are grouped (up to *batch_keys* keys
 or *batch_bytes* bytes per transaction), which saves a durable commit per key; the
@@ -73,11 +88,11 @@ class TransferAction:
     """One thing a transfer did (or, in a dry run, would do) to the target.
 
     ``action`` is ``"copy"`` or ``"delete"``; ``reason`` says why: ``"new"`` (missing
-    in the target), ``"size"``, ``"metadata"``, ``"newer"`` (the source changed after
-    the target's copy), ``"checksum"``, ``"always"``, ``"changed"`` (copied again: the
-    source changed while it was copied), or ``"extra"`` for a delete (not in the
-    source). ``size`` is the bytes copied (``None`` for a delete or when
-    unknown); ``done`` is false in a dry run.
+    in the target), ``"size"``, ``"metadata"``, ``"newer"`` (the modified times say the
+    source changed after the target's copy), ``"checksum"``, ``"always"``,
+    ``"changed"`` (copied again: the source changed while it was copied), or
+    ``"extra"`` for a delete (not in the source). ``size`` is the bytes copied
+    (``None`` for a delete or when unknown); ``done`` is false in a dry run.
     """
 
     action: str
@@ -178,9 +193,9 @@ def iter_transfer(
         raise InvalidArgumentError(f"compare is one of {COMPARE_MODES}, not {compare!r}")
     if batch_keys < 1 or batch_bytes < 1:
         raise InvalidArgumentError("batch_keys and batch_bytes must be positive")
+    src, dst = _side(source, is_target=False), _side(target, is_target=True)
     _check_apart(source, target)
     report = report if report is not None else TransferReport(dry_run=dry_run)
-    src, dst = _side(source, is_target=False), _side(target, is_target=True)
     return _run(
         src, dst, prefix, delete, dry_run, compare, event_manager, batch_keys, batch_bytes, report
     )
@@ -267,9 +282,7 @@ def _identity(location: Location) -> Hashable | None:
     if isinstance(location, Folder):
         found = path_identity(location.path)
         return None if found is None else ("directory", *found)
-    if isinstance(location, AbstractReadOnlyStore):
-        return location.storage_identity()
-    return None
+    return location.storage_identity()
 
 
 def _side(location: Location, *, is_target: bool) -> Side:

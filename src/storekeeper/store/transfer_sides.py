@@ -20,7 +20,7 @@ from typing import IO, Any, NamedTuple, Protocol
 
 from storekeeper.errors import InvalidKeyError, ReadOnlyStoreError
 from storekeeper.store.abstract import AbstractReadOnlyStore, AbstractStore
-from storekeeper.store.backend import Metadata
+from storekeeper.store.backend import Metadata, encodable
 
 __all__ = ["Entry", "Folder", "Side", "folder_side", "store_side"]
 
@@ -93,10 +93,13 @@ class Folder:
     to the source key's, so an interrupted copy never leaves a partial file and a later
     one recognises the files it wrote. *durable* fsyncs every file written.
 
-    Every regular file is a key, whatever its name: the temp file a killed copy left
-    behind (``.name.<hex>.tmp``) is an extra key that a sync with ``delete`` removes.
-    A symlink is followed; one to nothing is skipped with a :class:`UserWarning`, and
-    one to a directory is not descended into.
+    Every regular file whose path is valid UTF-8 is a key, whatever its name: the temp
+    file a killed copy left behind (``.name.<hex>.tmp``) is an extra key that a sync
+    with ``delete`` removes. A file or directory whose name is not UTF-8 can be no key:
+    it is skipped (on either side, so a sync with ``delete`` leaves it too) with a
+    :class:`UserWarning` naming it, and the rest is copied. A symlink is followed; one
+    to nothing is skipped with a :class:`UserWarning`, and one to a directory is not
+    descended into.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, durable: bool = False) -> None:
@@ -195,6 +198,15 @@ class _FolderSide:
     def _scan(self, directory: str, base: str, prefix: str, found: list[tuple[str, Entry]]) -> None:
         with os.scandir(directory) as items:
             for item in items:
+                if not encodable(item.name):
+                    # No key can hold a lone surrogate: the name (bytes that are not
+                    # UTF-8, decoded with surrogateescape) has no key to be.
+                    warnings.warn(
+                        f"skipped {os.fsencode(item.path)!r}: its name is not UTF-8, so it "
+                        "cannot be a key (rename it to copy it)",
+                        stacklevel=2,
+                    )
+                    continue
                 key = base + item.name
                 if item.is_dir(follow_symlinks=False):
                     folder = key + "/"
