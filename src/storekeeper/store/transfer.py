@@ -272,7 +272,8 @@ def _check_apart(source: Location, target: Location) -> None:
     identity = _identity(source)
     if identity is not None and identity == _identity(target):
         raise InvalidArgumentError(
-            f"the source and the target are the same storage opened twice: {source!r}"
+            f"the source ({type(source).__name__}) and the target ({type(target).__name__}) "
+            "are the same storage opened twice"
         )
 
 
