@@ -306,11 +306,6 @@ def test_auth_list_info_hides_keys_the_user_may_not_see() -> None:
     assert [k for k, _ in alice.list_info("n/")] == ["n/read", "n/secret"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SimpleAuthStore.list_info raises AuthorizationError when a listed key is visible "
-    "(exists) but not readable (get) by the user, instead of listing what list_keys lists",
-)
 def test_auth_list_info_with_exists_only_key_lists_without_leaking() -> None:
     alice, bob = _auth_pair()
     alice.set("n/exists", (b"exists-only", {"s": "not for bob"}))
@@ -742,11 +737,6 @@ def test_transfer_out_of_an_auth_view_sees_only_visible_keys() -> None:
     assert "n/secret" not in [a.key for a in report.actions]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="transfer() does not refuse a store onto itself when it is opened twice (two "
-    "SqliteStore objects on one file): every key is rewritten onto itself",
-)
 def test_transfer_onto_the_same_database_opened_twice_is_refused(tmp_path: Path) -> None:
     a = open_store(f"sqlite:///{tmp_path}/t.db")
     b = open_store(f"sqlite:///{tmp_path}/t.db")
@@ -759,12 +749,6 @@ def test_transfer_onto_the_same_database_opened_twice_is_refused(tmp_path: Path)
         assert a.get("q").version == version
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="`sync` of one store onto itself spelled two ways (sqlite:///t.db and "
-    "sqlite:///./t.db) rewrites every key, warns they 'kept changing', and every re-run "
-    "does it again",
-)
 def test_cli_sync_same_store_two_spellings_writes_nothing(tmp_path: Path) -> None:
     store = open_store(f"sqlite:///{tmp_path}/t.db")
     store.set("a", (b"hello", {}))
@@ -869,11 +853,6 @@ def test_list_info_merges_composite_key_spaces_in_order() -> None:
     assert listed["a/b"].size == 1 and listed["a-b"].size == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a folder file whose mtime is in the future is copied again by every sync "
-    "(quick compare: the target's write time stays older than the source's mtime)",
-)
 def test_second_sync_copies_nothing_for_a_file_with_a_future_mtime(tmp_path: Path) -> None:
     tree = tmp_path / "tree"
     _make_tree(tree, ["cam/img1", "cam/img2"])
@@ -951,12 +930,6 @@ def test_cached_store_list_info_follows_the_source() -> None:
     assert listed["k/2"].size == 10 and listed["k/2"].metadata == {"i": 22}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="sync --delete into a folder cannot converge when a source key 'a' became 'a/b' "
-    "(or the reverse): the copy hits the old file/dir (FileExistsError/IsADirectoryError) "
-    "because deletes only run after the copies, on every re-run",
-)
 @pytest.mark.parametrize(
     ("old", "new"),
     [(["a", "z"], ["a/b", "z"]), (["a/b", "a/c/d", "z"], ["a", "z"])],

@@ -40,7 +40,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import SplitResult
@@ -91,6 +91,7 @@ from storekeeper.store.backend import (
     matches,
     missing,
     new_version,
+    path_identity,
     pick_metadata,
     query_terms,
     select_metadata,
@@ -103,7 +104,7 @@ from storekeeper.store.events import (
     StoreSetEvent,
     StoreUpdateEvent,
 )
-from storekeeper.store.listing import check_listing, fold_keys
+from storekeeper.store.listing import check_list_info, check_listing, fold_keys
 from storekeeper.store.value import Head, KeyInfo, Value
 
 # FileSystemStoreError is defined in storekeeper.errors (with the whole error tree) and
@@ -209,6 +210,11 @@ class FileSystemStore(AbstractStore):
     def capabilities(self) -> StoreCapabilities:
         """Everything but server-side queries: a query reads every record's metadata."""
         return _CAPABILITIES
+
+    def storage_identity(self) -> Hashable | None:
+        """The store's directory (its device and inode): equal for every path to it."""
+        found = path_identity(self.path)
+        return None if found is None else ("directory", *found)
 
     def info(self) -> dict[str, Any]:
         """Store description with ``path``, ``durable`` and, when connected,
@@ -418,7 +424,7 @@ class FileSystemStore(AbstractStore):
         """``(key, info)`` under *prefix* (see :meth:`AbstractReadOnlyStore.list_info`):
         the names :meth:`list_keys` reads, then each record's header (a damaged record
         raises CorruptFileError, as :meth:`get` does); no data file is opened."""
-        check_listing(prefix, None)
+        check_list_info(prefix, metadata)
         return self._described(self._sorted_keys(prefix), metadata)
 
     def _described(self, keys: Iterable[str], metadata: bool) -> Iterator[tuple[str, KeyInfo]]:

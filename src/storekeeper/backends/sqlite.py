@@ -58,7 +58,7 @@ import errno
 import os
 import sqlite3
 import weakref
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Hashable, Iterable, Iterator, Mapping
 from typing import Any
 from urllib.parse import SplitResult
 
@@ -91,6 +91,7 @@ from storekeeper.store.backend import (
     encodable,
     encode_metadata,
     iter_source,
+    path_identity,
     query_terms,
     read_stream,
     select_metadata,
@@ -99,7 +100,7 @@ from storekeeper.store.backend import (
     unpack_value,
 )
 from storekeeper.store.events import StoreDeleteEvent, StoreSetEvent, StoreUpdateEvent
-from storekeeper.store.listing import check_listing, prefix_end, walk
+from storekeeper.store.listing import check_list_info, check_listing, prefix_end, walk
 from storekeeper.store.value import Head, KeyInfo, Value
 
 __all__ = ["SqliteStore"]
@@ -253,6 +254,14 @@ class SqliteStore(AbstractStore):
         if self.location == MEMORY:
             return StoreCapabilities.everything().but(cross_process=False, persistent=False)
         return StoreCapabilities.everything()
+
+    def storage_identity(self) -> Hashable | None:
+        """The database file (its device and inode) and the table: equal for every path
+        to one database, ``None`` for an in-memory database (private to this object)."""
+        if self.location == MEMORY:
+            return None
+        found = path_identity(self.location)
+        return None if found is None else ("sqlite", *found, self.table)
 
     def info(self) -> dict[str, Any]:
         """Store description with ``location``, ``table``, ``index``, ``durable`` and
@@ -414,7 +423,7 @@ class SqliteStore(AbstractStore):
         """``(key, info)`` under *prefix* (see :meth:`AbstractReadOnlyStore.list_info`):
         the same paged scan as :meth:`list_keys`, reading the rows' size, times and
         version columns (and metadata when asked) instead of one lookup per key."""
-        check_listing(prefix, None)
+        check_list_info(prefix, metadata)
         self._require_connection()
         return self._reads.info_range(prefix, prefix_end(prefix), metadata=metadata)
 

@@ -96,9 +96,11 @@ def _run(
         err=True,
     )
     if report.unsettled:
+        count = len(report.unsettled)
         click.echo(
-            f"warning: {len(report.unsettled)} keys kept changing while copied (first: "
-            f"{report.unsettled[0]!r}); run again with --checksum once the source is quiet",
+            f"warning: {count} {'key' if count == 1 else 'keys'} kept changing while copied "
+            f"(first: {report.unsettled[0]!r}); run again with --checksum once the source "
+            "is quiet",
             err=True,
         )
 
@@ -145,7 +147,9 @@ def cp(
 
     Only keys that differ are copied (size, metadata, then modified time, or the
     data itself with --checksum), so an interrupted cp run again picks up where it
-    stopped, and a second run copies nothing. A folder keeps data only.
+    stopped, and a second run copies nothing. A folder keeps data only. The summary
+    line ("copied N keys ...") and warnings go to stderr; -v and --json print the
+    actions to stdout.
 
     \b
     Examples:
@@ -181,6 +185,13 @@ def sync(
 ) -> None:
     """Make DST hold what SRC holds: copy the keys that differ and, with --delete,
     remove the keys SRC lacks. Running it again copies nothing.
+
+    A key differs when it is missing from DST or its size or metadata differ, or (by
+    modified times) SRC changed it after DST's copy was made. A DST key changed after
+    the copy with its size and metadata kept (a file edited in a mirror folder) is
+    left alone: --checksum compares the data itself and finds it. SRC and DST must
+    not be the same store, however its URL is spelled. The summary line ("copied N
+    keys ...") and warnings go to stderr; -v and --json print the actions to stdout.
 
     \b
     Examples:

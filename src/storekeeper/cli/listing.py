@@ -35,6 +35,11 @@ __all__ = ["glob", "info", "ls", "parse_term", "query"]
 def ls(store: str | None, prefix: str, delimiter: str | None, long_: bool, as_json: bool) -> None:
     """List the keys of STORE, in key order.
 
+    Each key is printed as it is, one per line, so a key holding a newline spans two
+    lines (and one holding other control characters prints them): use --json, which
+    escapes them, when keys may hold such characters. A key you may see but not read
+    (a SimpleAuthStore "exists" grant) shows "-" for its size, time and version.
+
     \b
     Examples:
       storekeeper ls sqlite:///app.db

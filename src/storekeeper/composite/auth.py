@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextvars
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from typing import Any, NamedTuple, NoReturn
 
 from storekeeper.composite._auth_passwords import (
@@ -71,6 +71,7 @@ from storekeeper.events import BaseEvent, BaseEventManager
 from storekeeper.store.abstract import AbstractAuthorizingStore, AbstractStore
 from storekeeper.store.backend import (
     DEFAULT_BUFFER_SIZE,
+    KeyInfo,
     Metadata,
     check_key,
     check_select,
@@ -80,7 +81,7 @@ from storekeeper.store.backend import (
     query_terms,
 )
 from storekeeper.store.events import StoreModificationEvent, StoreProgressEvent
-from storekeeper.store.listing import check_listing, filter_listing
+from storekeeper.store.listing import check_list_info, check_listing, filter_listing
 from storekeeper.store.value import Head, Value
 
 __all__ = [
@@ -173,6 +174,10 @@ class SimpleAuthStore(GuardedWrites, UserAdministration, CompositeStore, Abstrac
     def store(self) -> AbstractStore:
         """The wrapped store that holds the data."""
         return self._data
+
+    def storage_identity(self) -> Hashable | None:
+        """The wrapped store's: a user's view holds its keys in the wrapped storage."""
+        return self._data.storage_identity()
 
     @property
     def user_key_store(self) -> AbstractStore:
@@ -364,6 +369,40 @@ class SimpleAuthStore(GuardedWrites, UserAdministration, CompositeStore, Abstrac
         check_listing(prefix, delimiter)
         self._current()
         return filter_listing(self._data.list_keys, self.exists, prefix, delimiter)
+
+    def list_info(
+        self, prefix: str = "", *, metadata: bool = False
+    ) -> Iterator[tuple[str, KeyInfo]]:
+        """``(key, info)`` for the keys :meth:`list_keys` lists (see
+        :meth:`AbstractReadOnlyStore.list_info`): one detailed listing of the wrapped
+        store, each key's permissions read from the metadata it carries.
+
+        A key the user may ``get`` has its size, times and version (and its metadata,
+        without the permissions entry, when asked). A key the user may only see (an
+        ``exists`` grant without ``get``) is listed with every detail ``None``: its
+        size, times and version tell about data the user may not read. Keys the user
+        may not see at all are absent, as in :meth:`list_keys`.
+        """
+        check_list_info(prefix, metadata)
+        self._current()
+        return self._listed_info(self._data.list_info(prefix, metadata=True), metadata)
+
+    def _listed_info(
+        self, listing: Iterator[tuple[str, KeyInfo]], metadata: bool
+    ) -> Iterator[tuple[str, KeyInfo]]:
+        for key, info in listing:
+            if self._reserved(key):
+                continue
+            stored = info.metadata if info.metadata is not None else {}
+            # Checked per key: a long listing still sees a re-check of the session when due.
+            allowed = self._allowed(key, record_in(stored), self._current())
+            if "exists" not in allowed:
+                continue
+            if "get" not in allowed:
+                yield key, KeyInfo(None, None, None, None, None)
+                continue
+            shown = without_record(stored) if metadata else None
+            yield key, info._replace(metadata=shown)
 
     # -- writes --------------------------------------------------------------------------
     def set(

@@ -63,7 +63,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from typing import IO, Any, Literal, TypeVar
 
 from storekeeper.composite._wrapper import CompositeStore, refuse_reserved
@@ -214,6 +214,10 @@ class CachedStore(CompositeStore):
         waits for another process's transaction on the cache (a frozen writer stalls
         every reader), which the cross-process promise rules out."""
         return super().capabilities.but(cross_process=False)
+
+    def storage_identity(self) -> Hashable | None:
+        """The source's: the cache holds copies, the keys live in the source."""
+        return self.source.storage_identity()
 
     def info(self) -> dict[str, Any]:
         """The store description plus the cache's policy and bounds."""

@@ -24,7 +24,7 @@ import abc
 import contextvars
 import fnmatch
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Hashable, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import IO, Any, Protocol, Self, runtime_checkable
 
@@ -67,7 +67,7 @@ from storekeeper.store.events import (
     StoreSetEvent,
     StoreUpdateEvent,
 )
-from storekeeper.store.listing import check_listing, fold_keys
+from storekeeper.store.listing import check_list_info, check_listing, fold_keys
 from storekeeper.store.mapping import StoreMapping
 from storekeeper.store.utils import (
     SimpleTransactionContext,
@@ -187,6 +187,23 @@ class AbstractReadOnlyStore(abc.ABC):
         :class:`~storekeeper.store.StoreCapabilities`). Default: nothing; every backend
         declares its own, composites derive theirs from their children."""
         return _NO_CAPABILITIES
+
+    def storage_identity(self) -> Hashable | None:
+        """A value equal for two store objects that hold their keys in the same storage
+        (one database table or one directory opened twice, whatever path or URL spelled
+        it), and different for different storage; ``None`` when the store cannot tell,
+        and then only the same object is known to be the same store.
+
+        Tools compare it to refuse work of a store onto itself
+        (:func:`~storekeeper.store.transfer.transfer`). Default: ``None``;
+        :class:`~storekeeper.SqliteStore` and :class:`~storekeeper.FileSystemStore`
+        tell theirs (the database file's or the directory's device and inode, see
+        :func:`~storekeeper.store.backend.path_identity`);
+        :class:`~storekeeper.composite.SimpleAuthStore` and
+        :class:`~storekeeper.composite.CachedStore` tell that of the store they wrap
+        (a cache's source).
+        """
+        return None
 
     def __enter__(self) -> Self:
         if not self.is_connected():
@@ -326,12 +343,17 @@ class AbstractReadOnlyStore(abc.ABC):
         too when *metadata* is true; no data is read.
 
         It lists what :meth:`list_keys` lists (without folders) and sees what it sees; a
-        key deleted between its listing and its details is left out. The *prefix* is
-        checked when it is called, as :meth:`list_keys` checks it.
+        key deleted between its listing and its details is left out. A store that may
+        show a key without its details gives ``None`` for them (a
+        :class:`~storekeeper.composite.SimpleAuthStore` user who may see a key but not
+        read it). The arguments are checked when it is called: the *prefix* as
+        :meth:`list_keys` checks it, and *metadata* must be a ``bool``
+        (:class:`~storekeeper.errors.InvalidArgumentError` otherwise).
 
         Default: :meth:`list_keys`, then :meth:`get` per key; backends that hold these
         details in their listing's source override it with one scan of the range.
         """
+        check_list_info(prefix, metadata)
         return _described(self, self.list_keys(prefix), metadata)
 
     def to_bytes(self, key: str, buffer_size: int = DEFAULT_BUFFER_SIZE) -> bytes:

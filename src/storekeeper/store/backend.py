@@ -27,7 +27,8 @@ needs is private elsewhere.
 - **Transactions per owner**: :class:`OwnedVar`, :class:`OwnerLock`, :class:`Claim`,
   :func:`current_owner` (see :mod:`storekeeper.store.owners`).
 - **Capabilities**: :class:`StoreCapabilities`, what the store declares as its
-  ``capabilities`` property.
+  ``capabilities`` property; :func:`path_identity`, for a ``storage_identity()``
+  built on a file or directory.
 
 Most names are defined in the topical modules (:mod:`storekeeper.store.query`,
 :mod:`storekeeper.store.owners`, :mod:`storekeeper.store.utils`, the package's private
@@ -112,6 +113,7 @@ __all__ = [
     "new_version",
     "pair_up",
     "pass_terms",
+    "path_identity",
     "pick_metadata",
     "query_terms",
     "read_stream",
@@ -164,6 +166,19 @@ _next_number = 0
 _number_lock = threading.Lock()
 _reset_version_source()
 os.register_at_fork(after_in_child=_reset_version_source)
+
+
+# -- storage identity --------------------------------------------------------------------------
+def path_identity(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+    """The ``(st_dev, st_ino)`` of the file or directory *path* names (links followed):
+    equal for every spelling of one path (relative, absolute, through a link), different
+    for two files; ``None`` when *path* cannot be examined (missing, no permission).
+    For a store's ``storage_identity()``."""
+    try:
+        stat = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return stat.st_dev, stat.st_ino
 
 
 # -- error messages --------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from storekeeper.store._validate import encodable
 
 __all__ = [
     "SortedKeys",
+    "check_list_info",
     "check_listing",
     "filter_listing",
     "fold_keys",
@@ -57,6 +58,17 @@ def check_listing(prefix: object, delimiter: object) -> None:
     for name, text in (("key prefix", prefix), ("delimiter", delimiter)):
         if text is not None and not text.isascii() and not encodable(text):
             raise InvalidKeyError(f"a {name} must not contain lone surrogates: {text!r}")
+
+
+def check_list_info(prefix: object, metadata: object) -> None:
+    """Raise unless ``list_info(prefix, metadata=metadata)`` has valid arguments: the
+    *prefix* as :func:`check_listing` checks it, and *metadata* a ``bool``
+    (:class:`InvalidArgumentError` otherwise: a truthy string is a mistake, not a yes)."""
+    check_listing(prefix, None)
+    if not isinstance(metadata, bool):
+        raise InvalidArgumentError(
+            f"metadata is True or False, not {type(metadata).__name__}: {metadata!r}"
+        )
 
 
 def prefix_end(prefix: str) -> str | None:

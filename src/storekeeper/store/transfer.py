@@ -18,15 +18,30 @@ otherwise be younger than the change by its time, and no quick check would find 
 What "differ" means is the *compare* mode:
 
 - ``"quick"`` (default): the target key is missing, or its size or metadata differ, or
-  it is older than the source key (by modified times; a key whose times are unknown is
-  compared by checksum). Versions are not compared: they are tokens of one store and
+  its modified time says it is not the source key's latest copy. A file written into a
+  folder gets the source key's modified time, so there the times must be equal (as
+  rsync compares them). A store sets its own keys' modified times when it writes them,
+  so there the copy must be younger than the source key; a source time still in the
+  future (a file stamped ahead of the clock, a source whose clock runs ahead) says
+  nothing about that order, and such a key is compared by checksum instead, as is a
+  key whose times are unknown. A target key changed after its copy with size and
+  metadata kept (a file edited in a mirror folder, its mtime newer) is not found:
+  use ``"checksum"``. Versions are not compared: they are tokens of one store and
   mean nothing to another.
 - ``"checksum"``: missing, size or metadata differ, or the data's SHA-256 differs
   (every key present on both sides is read in full on both sides).
 - ``"always"``: every key is copied.
 
 With ``delete=True`` (``sync``), target keys under the prefix that the source lacks are
-deleted after the copies. ``dry_run=True`` reports the same actions without writing.
+deleted after the copies, but for those in the way of a copy into a folder (a file
+``a`` where ``a/b`` goes, or the files under ``a/`` where ``a`` goes): they are deleted
+first, so a key that became a folder, or the reverse, is mirrored in one run.
+``dry_run=True`` reports the same actions, in the same order, without writing.
+
+The source and the target must be different storage: the same store object, two
+objects on one SQLite table or one directory (as their
+:meth:`~storekeeper.store.AbstractReadOnlyStore.storage_identity` tells), or
+overlapping folders are refused before anything is read or written.
 
 Writes into a store whose transactions are atomic are grouped (up to *batch_keys* keys
 or *batch_bytes* bytes per transaction), which saves a durable commit per key; the
@@ -40,13 +55,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO
 
 from storekeeper.errors import BackendError, InvalidArgumentError
 from storekeeper.events import BaseEventManager, ProgressManager
 from storekeeper.store.abstract import AbstractReadOnlyStore
+from storekeeper.store.backend import path_identity
 from storekeeper.store.transfer_sides import Entry, Folder, Side, folder_side, store_side
 
 __all__ = [
@@ -72,11 +88,11 @@ class TransferAction:
     """One thing a transfer did (or, in a dry run, would do) to the target.
 
     ``action`` is ``"copy"`` or ``"delete"``; ``reason`` says why: ``"new"`` (missing
-    in the target), ``"size"``, ``"metadata"``, ``"newer"`` (the source changed after
-    the target's copy), ``"checksum"``, ``"always"``, ``"changed"`` (copied again: the
-    source changed while it was copied), or ``"extra"`` for a delete (not in the
-    source). ``size`` is the bytes copied (``None`` for a delete or when
-    unknown); ``done`` is false in a dry run.
+    in the target), ``"size"``, ``"metadata"``, ``"newer"`` (the modified times say the
+    source changed after the target's copy), ``"checksum"``, ``"always"``,
+    ``"changed"`` (copied again: the source changed while it was copied), or
+    ``"extra"`` for a delete (not in the source). ``size`` is the bytes copied
+    (``None`` for a delete or when unknown); ``done`` is false in a dry run.
     """
 
     action: str
@@ -106,7 +122,8 @@ class TransferReport:
 @dataclass(frozen=True, slots=True)
 class _Plan:
     copies: list[tuple[str, str, int | None]]  # key, reason, size
-    deletes: list[str]
+    clearing: list[str]  # deletes that must run before the copies
+    deletes: list[str]  # deletes that run after them
     skipped: int
 
 
@@ -128,8 +145,10 @@ def transfer(
 
     *source* and *target* are connected stores or :class:`Folder` objects (the target
     folder is created if missing). Raises :class:`~storekeeper.errors.InvalidArgumentError`
-    for an unknown *compare* mode or a transfer of a store onto itself or between
-    overlapping folders, :class:`FileNotFoundError` for a missing source
+    for an unknown *compare* mode, a transfer of a store onto itself (the same object,
+    or two objects on the same storage as their ``storage_identity()`` tells: one
+    SQLite table or one directory opened twice, however its path was spelled) or
+    between overlapping folders, :class:`FileNotFoundError` for a missing source
     folder, :class:`~storekeeper.errors.InvalidKeyError` when a key cannot be a file
     in a target folder, :class:`~storekeeper.errors.BackendError` (before anything is
     written) when a store lists its keys out of key order, and whatever the stores
@@ -174,9 +193,9 @@ def iter_transfer(
         raise InvalidArgumentError(f"compare is one of {COMPARE_MODES}, not {compare!r}")
     if batch_keys < 1 or batch_bytes < 1:
         raise InvalidArgumentError("batch_keys and batch_bytes must be positive")
+    src, dst = _side(source, is_target=False), _side(target, is_target=True)
     _check_apart(source, target)
     report = report if report is not None else TransferReport(dry_run=dry_run)
-    src, dst = _side(source, is_target=False), _side(target, is_target=True)
     return _run(
         src, dst, prefix, delete, dry_run, compare, event_manager, batch_keys, batch_bytes, report
     )
@@ -197,6 +216,9 @@ def _run(
     plan = _plan(src, dst, prefix, compare, delete)
     report.skipped = plan.skipped
     if dry_run:
+        for key in plan.clearing:
+            report.deleted += 1
+            yield TransferAction("delete", key, "extra", None, done=False)
         for key, reason, size in plan.copies:
             report.copied += 1
             report.bytes += size or 0
@@ -211,6 +233,10 @@ def _run(
     progress = None
     if event_manager is not None:
         progress = ProgressManager(event_manager, None, message=message, steps=total, unit="bytes")
+    # Deletes that free a path a copy needs (a file "a" where "a/b" goes, or the files
+    # under "a/" where "a" goes) run first; the others run after the copies, so that an
+    # interrupted run has removed nothing it did not have to.
+    yield from _deleting(dst, plan.clearing, report)
     with progress if progress is not None else contextlib.nullcontext():
         counter = _Counter(progress)
         for group in _groups(plan.copies, batch_keys, batch_bytes):
@@ -220,16 +246,21 @@ def _run(
                 report.copied += 1
                 report.bytes += action.size or 0
                 yield action
-    for key in plan.deletes:
+    yield from _deleting(dst, plan.deletes, report)
+
+
+def _deleting(dst: Side, keys: list[str], report: TransferReport) -> Iterator[TransferAction]:
+    for key in keys:
         dst.delete(key)
         report.deleted += 1
         yield TransferAction("delete", key, "extra", None, done=True)
 
 
 def _check_apart(source: Location, target: Location) -> None:
-    """Refuse a transfer of a store onto itself, or of a folder into itself or into one
-    of its own subfolders (or the other way round): each run would copy what the last
-    one wrote."""
+    """Refuse a transfer of a store onto itself (the same object, or the same storage
+    by ``storage_identity``: one database or directory opened twice), or of a folder
+    into itself or into one of its own subfolders (or the other way round): each run
+    would copy what the last one wrote."""
     if source is target:
         raise InvalidArgumentError("the source and the target are the same store")
     if isinstance(source, Folder) and isinstance(target, Folder):
@@ -238,6 +269,21 @@ def _check_apart(source: Location, target: Location) -> None:
             raise InvalidArgumentError(
                 f"the folders {source.path!r} and {target.path!r} overlap: one is inside the other"
             )
+    identity = _identity(source)
+    if identity is not None and identity == _identity(target):
+        raise InvalidArgumentError(
+            f"the source ({type(source).__name__}) and the target ({type(target).__name__}) "
+            "are the same storage opened twice"
+        )
+
+
+def _identity(location: Location) -> Hashable | None:
+    """What *location* holds its keys in (see ``storage_identity``); a folder counts as
+    its directory, so a :class:`Folder` over a file-system store's directory matches it."""
+    if isinstance(location, Folder):
+        found = path_identity(location.path)
+        return None if found is None else ("directory", *found)
+    return location.storage_identity()
 
 
 def _side(location: Location, *, is_target: bool) -> Side:
@@ -269,7 +315,31 @@ def _plan(src: Side, dst: Side, prefix: str, compare: str, delete: bool) -> _Pla
             skipped += 1
         else:
             copies.append((key, reason, mine.size))
-    return _Plan(copies, deletes, skipped)
+    clearing = _in_the_way(deletes, [key for key, _, _ in copies])
+    later = [key for key in deletes if key not in clearing] if clearing else deletes
+    return _Plan(copies, sorted(clearing), later, skipped)
+
+
+def _in_the_way(deletes: list[str], copies: list[str]) -> set[str]:
+    """The keys of *deletes* that share a path with a key of *copies* in a folder: one
+    is a folder ("a/") of the other ("a/b"). A file cannot also be a directory, so the
+    copy can only be written once the delete has removed the file or directory."""
+    if not deletes or not copies:
+        return set()
+    copied, doomed = set(copies), set(deletes)
+    folders_copied = {folder for key in copies for folder in _folders(key)}
+    return {
+        key
+        for key in doomed
+        if key in folders_copied or any(folder in copied for folder in _folders(key))
+    }
+
+
+def _folders(key: str) -> Iterator[str]:
+    """The folders *key* is in as a file path: ``a``, ``a/b`` for ``a/b/c``."""
+    parts = key.split("/")
+    for depth in range(1, len(parts)):
+        yield "/".join(parts[:depth])
 
 
 def _in_order(listing: Iterator[tuple[str, Entry]], which: str) -> Iterator[tuple[str, Entry]]:
@@ -322,8 +392,9 @@ def _reason(
     if src.keeps_metadata and dst.keeps_metadata and mine.metadata != theirs.metadata:
         return "metadata"
     known = None not in (mine.size, theirs.size, mine.modified, theirs.modified)
-    if compare == "quick" and known:
-        return None if dst.is_fresh(theirs, mine) else "newer"
+    fresh = dst.is_fresh(theirs, mine) if compare == "quick" and known else None
+    if fresh is not None:
+        return None if fresh else "newer"
     return None if _digest(src, key) == _digest(dst, key) else "checksum"
 
 

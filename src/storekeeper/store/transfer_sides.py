@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 import warnings
 from collections.abc import Iterable, Iterator
 from operator import itemgetter
@@ -19,7 +20,7 @@ from typing import IO, Any, NamedTuple, Protocol
 
 from storekeeper.errors import InvalidKeyError, ReadOnlyStoreError
 from storekeeper.store.abstract import AbstractReadOnlyStore, AbstractStore
-from storekeeper.store.backend import Metadata
+from storekeeper.store.backend import Metadata, encodable
 
 __all__ = ["Entry", "Folder", "Side", "folder_side", "store_side"]
 
@@ -73,9 +74,10 @@ class Side(Protocol):
     def delete(self, key: str) -> None:
         """Remove *key*; nothing if it is already gone."""
 
-    def is_fresh(self, mine: Entry, source: Entry) -> bool:
-        """Whether *mine*, of the same size and metadata as *source*, is known to hold
-        *source*'s data without reading it (by modification times)."""
+    def is_fresh(self, mine: Entry, source: Entry) -> bool | None:
+        """Whether *mine*, of the same size and metadata as *source*, holds *source*'s
+        data, told by modification times without reading it; ``None`` when the times
+        cannot tell (the data is then compared by checksum)."""
 
     def batch(self) -> contextlib.AbstractContextManager[Any]:
         """A context in which several writes may be applied together (or a no-op)."""
@@ -91,10 +93,13 @@ class Folder:
     to the source key's, so an interrupted copy never leaves a partial file and a later
     one recognises the files it wrote. *durable* fsyncs every file written.
 
-    Every regular file is a key, whatever its name: the temp file a killed copy left
-    behind (``.name.<hex>.tmp``) is an extra key that a sync with ``delete`` removes.
-    A symlink is followed; one to nothing is skipped with a :class:`UserWarning`, and
-    one to a directory is not descended into.
+    Every regular file whose path is valid UTF-8 is a key, whatever its name: the temp
+    file a killed copy left behind (``.name.<hex>.tmp``) is an extra key that a sync
+    with ``delete`` removes. A file or directory whose name is not UTF-8 can be no key:
+    it is skipped (on either side, so a sync with ``delete`` leaves it too) with a
+    :class:`UserWarning` naming it, and the rest is copied. A symlink is followed; one
+    to nothing is skipped with a :class:`UserWarning`, and one to a directory is not
+    descended into.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, durable: bool = False) -> None:
@@ -151,13 +156,17 @@ class _StoreSide:
         with contextlib.suppress(KeyError):
             self._writable().delete(key)
 
-    def is_fresh(self, mine: Entry, source: Entry) -> bool:
+    def is_fresh(self, mine: Entry, source: Entry) -> bool | None:
         # A store sets a key's modified time itself, so a copy is younger than its source
         # until the source changes again. Equal times prove nothing (a change within one
-        # clock tick of the copy): such a key is copied again.
+        # clock tick of the copy): such a key is copied again. A source time still in
+        # the future (a file stamped ahead, a clock ahead of ours) stays later than any
+        # copy made before then, so the order says nothing: compare the data instead.
         if mine.modified is None or source.modified is None:
-            return False
-        return mine.modified > source.modified
+            return None
+        if mine.modified > source.modified:
+            return True
+        return None if source.modified > time.time() else False
 
     def batch(self) -> contextlib.AbstractContextManager[Any]:
         store = self.store
@@ -189,6 +198,15 @@ class _FolderSide:
     def _scan(self, directory: str, base: str, prefix: str, found: list[tuple[str, Entry]]) -> None:
         with os.scandir(directory) as items:
             for item in items:
+                if not encodable(item.name):
+                    # No key can hold a lone surrogate: the name (bytes that are not
+                    # UTF-8, decoded with surrogateescape) has no key to be.
+                    warnings.warn(
+                        f"skipped {os.fsencode(item.path)!r}: its name is not UTF-8, so it "
+                        "cannot be a key (rename it to copy it)",
+                        stacklevel=2,
+                    )
+                    continue
                 key = base + item.name
                 if item.is_dir(follow_symlinks=False):
                     folder = key + "/"
@@ -265,11 +283,11 @@ class _FolderSide:
                 break
             directory = os.path.dirname(directory)
 
-    def is_fresh(self, mine: Entry, source: Entry) -> bool:
+    def is_fresh(self, mine: Entry, source: Entry) -> bool | None:
         # A file written here got its source's modified time: equal times mean this
         # copy (a file changed since then has a newer mtime).
         if mine.modified is None or source.modified is None:
-            return False
+            return None
         return abs(mine.modified - source.modified) <= MTIME_TOLERANCE
 
     def batch(self) -> contextlib.AbstractContextManager[Any]:

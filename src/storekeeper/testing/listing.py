@@ -291,6 +291,9 @@ class ListingTests:
                 store.list_info(prefix)  # type: ignore[arg-type]
         with pytest.raises(InvalidKeyError):
             store.list_info("a\udc80")
+        for flag in ("no", 0, 1, None):  # a truthy string is a mistake, not a yes
+            with pytest.raises(InvalidArgumentError):
+                store.list_info("", metadata=flag)  # type: ignore[arg-type]
 
 
 def _model_keys() -> list[str]:

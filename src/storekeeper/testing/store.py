@@ -77,6 +77,7 @@ import pytest
 
 from storekeeper.errors import (
     ConflictError,
+    InvalidArgumentError,
     InvalidKeyError,
     InvalidMetadataError,
     InvalidValueError,
@@ -667,3 +668,22 @@ class StoreTests(
             assert value.metadata == {"a": [1]}
             assert value.version == version
             assert again.query_keys(a=[1]) == ["k"]
+
+    def test_storage_identity_tells_the_same_storage(
+        self, tmp_path: Path, event_manager: EventManager
+    ) -> None:
+        from storekeeper.store.transfer import transfer  # used by this check only
+
+        with self.create_store(tmp_path, event_manager) as store:
+            identity = store.storage_identity()
+            hash(identity)  # a value to compare and to keep in a set
+            if not store.capabilities.persistent:
+                pytest.skip("the store does not declare persistent: nothing to reopen")
+            store.set("k", (b"one", {}))
+            version = store.get("k").version
+            with self.reopen_store(tmp_path, event_manager) as again:
+                assert again.storage_identity() == identity
+                if identity is not None:  # a copy onto the same storage is refused
+                    with pytest.raises(InvalidArgumentError):
+                        transfer(store, again, delete=True)
+                    assert again.get("k").version == version
