@@ -25,6 +25,7 @@ import pytest
 from private_servers import PrivatePostgres, PrivateRedis
 from storekeeper import EventManager
 from storekeeper.errors import (
+    AuthenticationError,
     BackendUnavailableError,
     ConflictError,
     InvalidKeyError,
@@ -137,6 +138,8 @@ def private_pg() -> Iterator[PrivatePostgres]:
     except Exception as exc:  # pragma: no cover - only without the binaries
         require_service("postgresql", f"cannot start a private PostgreSQL: {exc}")
     yield server
+    if server.running():
+        server.stop("immediate")  # the cluster is deleted anyway: no need to wait
     server.close()
 
 
@@ -558,6 +561,7 @@ def test_extreme_but_valid_metadata_round_trips(
 
     meta = {
         "nul": "a\x00b",
+        "na\x00me": {"in\x00ner": 2},
         "big": 10**60,
         "neg0": -0.0,
         "tiny": 5e-324,
@@ -578,6 +582,7 @@ def test_extreme_but_valid_metadata_round_trips(
             assert type(got["big"]) is int and type(got["bool"]) is bool
             assert math.copysign(1.0, got["neg0"]) == -1.0
             assert fresh.query_keys(nul="a\x00b") == ["k"]
+            assert fresh.query_keys(one=True) == ["k"]  # True == 1, as in Python
             assert fresh.query_keys(big=10**60) == ["k"]
             assert fresh.query_keys({"%s": "percent"}) == ["k"]
         finally:
@@ -612,6 +617,11 @@ def test_pg_missing_database_refused_at_once() -> None:
     started = time.monotonic()
     with pytest.raises(BackendUnavailableError):
         store.connect()
+    assert time.monotonic() - started < 3
+    role = PG_URL.replace("postgres@", f"no_role_{uuid.uuid4().hex[:6]}@", 1)
+    started = time.monotonic()
+    with pytest.raises(AuthenticationError):
+        PostgresStore(role, "t", timeout=20).connect()
     assert time.monotonic() - started < 3
 
 
@@ -1017,3 +1027,84 @@ def test_redis_kill_mid_stream_leaves_a_whole_value(redis_prefix: str) -> None:
             fresh.disconnect()
     finally:
         store.disconnect()
+
+
+# ---------------------------------------------- both: merges and savepoint events
+
+
+def _merge_worker(kind: str, name: str, start: Any, wid: int, out: Any) -> None:
+    try:
+        store = _open(kind, name)
+        start.wait(10)
+        for i in range(15):
+            store.update_metadata("doc", {f"p{wid}": i, "last": wid})
+        store.disconnect()
+        out.put("ok")
+    except BaseException as exc:  # pragma: no cover
+        out.put(repr(exc))
+
+
+@pytest.mark.parametrize("kind", ["postgres", "redis"])
+def test_update_metadata_from_four_processes_loses_no_field(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    name = request.getfixturevalue("pg_schema" if kind == "postgres" else "redis_prefix")
+    seed = _open(kind, name)
+    seed.set("doc", (b"data", {"keep": True}))
+    seed.disconnect()
+    rec = Recorder()
+    listener = _open(kind, name, event_manager=rec.manager)
+    start = FORK.Event()
+    out = FORK.Queue()
+    procs = [FORK.Process(target=_merge_worker, args=(kind, name, start, w, out)) for w in range(4)]
+    for p in procs:
+        p.start()
+    try:
+        start.set()
+        assert [out.get(timeout=30) for _ in procs] == ["ok"] * 4
+        for p in procs:
+            p.join(10)
+        meta = listener.get_metadata("doc")
+        assert {k: meta[k] for k in meta if k != "last"} == {
+            "keep": True,
+            **{f"p{w}": 14 for w in range(4)},
+        }
+        assert listener.to_bytes("doc") == b"data"
+        assert rec.wait(lambda ev: len(ev) >= 60, 10)
+        time.sleep(0.2)
+        assert len(rec.events) == 60 and {e[0] for e in rec.events} == {"update"}
+        # each event's metadata is a state that really existed: the per-process
+        # counters never go backwards along the commit order
+        for w in range(4):
+            seen = [e[5].get(f"p{w}", -1) for e in rec.events]
+            assert seen == sorted(seen)
+        assert rec.events[-1][5] == meta
+    finally:
+        listener.disconnect()
+
+
+@pytest.mark.parametrize("kind", ["postgres", "redis"])
+def test_rolled_back_savepoint_sends_no_remote_event(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    name = request.getfixturevalue("pg_schema" if kind == "postgres" else "redis_prefix")
+    rec = Recorder()
+    listener = _open(kind, name, event_manager=rec.manager)
+    writer = _open(kind, name)
+    try:
+        with writer.transaction():
+            writer.set("a", (b"1", {"step": 1}))
+            with pytest.raises(RuntimeError):
+                with writer.transaction():
+                    writer.set("b", (b"undone", {}))
+                    writer.delete("a")
+                    raise RuntimeError("undo the inner block")
+            writer.set("c", (b"3", {"step": 3}))
+        writer.set("end", (b"", {}))
+        assert rec.wait_key("end")
+        time.sleep(0.2)
+        assert [(e[0], e[1]) for e in rec.events] == [("set", "a"), ("set", "c"), ("set", "end")]
+        assert sorted(listener.list_keys()) == ["a", "c", "end"]
+    finally:
+        writer.disconnect()
+        listener.disconnect()
