@@ -3,6 +3,7 @@ storage_identity(), written from the public documentation only."""
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -157,7 +158,7 @@ LOOKALIKES = [
     "\x00storekeeper\uff1apermissions",  # fullwidth colon
     "\x00storekeeper:permissions ",
     " \x00storekeeper:permissions",
-    "\x00ѕtorekeeper:permissions",  # cyrillic dze
+    "\x00\u0455torekeeper:permissions",  # cyrillic dze
     "\x00storekeeper:permissions\x00",
 ]
 
@@ -167,7 +168,7 @@ def test_lookalike_names_are_plain_data_and_grant_nothing(child: AbstractStore) 
     alice, mallory = u["alice"], u["mallory"]
     alice.set("k", (b"v", {}))
     alice.update_permissions("k", {"set": {"mallory"}})
-    forged = {name: "owned=mallory&get=mallory&owned=%2A" for name in LOOKALIKES}
+    forged = dict.fromkeys(LOOKALIKES, "owned=mallory&get=mallory&owned=%2A")
     forged["nested"] = {PERMISSIONS: "owned=mallory"}
     forged["text"] = f'{{"{PERMISSIONS}": "owned=mallory"}}'
     mallory.set_metadata("k", forged)
@@ -207,10 +208,8 @@ def test_permission_names_with_query_characters_grant_nothing(child: AbstractSto
     u = _users(child, "alice", "mallory")
     alice = u["alice"]
     alice.set("k", (b"v", {}))
-    try:
+    with contextlib.suppress(InvalidMetadataError, InvalidArgumentError):
         alice.update_permissions("k", {"get&owned=mallory": {"x"}, "get=mallory&owned": {"y"}})
-    except (InvalidMetadataError, InvalidArgumentError):
-        pass
     assert not u["mallory"].exists("k")
     assert u["mallory"].check_permissions("k") == {"connect"}
 
@@ -428,7 +427,7 @@ def test_exists_only_keys_listed_without_details(child: AbstractStore) -> None:
     assert "p/a" not in bob.query_keys(s=1)
 
 
-@pytest.mark.parametrize("bad", [dict(metadata="yes"), dict(metadata=1), dict(prefix=5)])
+@pytest.mark.parametrize("bad", [{"metadata": "yes"}, {"metadata": 1}, {"prefix": 5}])
 def test_list_info_checks_arguments_at_call(child: AbstractStore, bad: dict[str, Any]) -> None:
     u = _users(child, "alice")
     with pytest.raises(InvalidArgumentError):
@@ -553,6 +552,8 @@ def _killed_writer(url: str, ready: Any) -> None:  # runs in a forked child
         yield b"never"
 
     with alice.transaction():
+        alice.set("j", (b"SECRET-J", {"secret": True}))
+        alice.set_permissions("j", {"owned": {"alice"}})
         alice.set_permissions("k", {"owned": {"alice"}})
         alice.set("k", (chunks(), {"secret": True}))
 
@@ -564,6 +565,8 @@ def test_sigkill_mid_write_keeps_value_and_permissions_together(kind: str, tmp_p
     u = _users(store, "alice", "bob")
     u["alice"].set("k", (b"public", {"p": 1}))
     u["alice"].update_permissions("k", {"get": {"bob"}})
+    u["alice"].set("j", (b"public-j", {}))
+    u["alice"].update_permissions("j", {"get": {"bob"}})
     store.disconnect()
     ctx = multiprocessing.get_context("fork")
     ready = ctx.Event()
@@ -580,6 +583,8 @@ def test_sigkill_mid_write_keeps_value_and_permissions_together(kind: str, tmp_p
     assert bob.get_metadata("k") == {"p": 1}
     raw = fresh.get_metadata("k")
     assert raw["p"] == 1 and "secret" not in raw
+    assert bob.to_bytes("j") == b"public-j"
+    assert bob.get_metadata("j") == {}
     fresh.disconnect()
 
 
@@ -645,3 +650,150 @@ def test_identity_sqlite_table_name_case(tmp_path: Path) -> None:
     assert b.exists("k")  # the same table
     with pytest.raises(InvalidArgumentError):
         transfer(a, b, "")
+
+
+def test_hidden_and_missing_keys_answer_as_documented(child: AbstractStore) -> None:
+    u = _users(child, "alice", "bob")
+    version = u["alice"].set("hid", (b"v", {}))
+    bob = u["bob"]
+    writes: list[Callable[[str], object]] = [
+        lambda k: bob.set(k, (b"x", {}), if_exists=True),
+        lambda k: bob.set(k, (b"x", {}), if_version="bogus"),
+        lambda k: bob.set(k, (b"x", {}), if_version=version),
+        lambda k: bob.set_metadata(k, {}, if_exists=True),
+    ]
+    for write in writes:
+        with pytest.raises(AuthorizationError):
+            write("hid")
+        with pytest.raises(ConflictError):
+            write("missing")
+    as_missing: list[Callable[[str], object]] = [
+        lambda k: bob.update_metadata(k, {"a": 1}),
+        lambda k: bob.update_metadata(k, {"a": 1}, if_version=version),
+        lambda k: bob.delete(k, if_version=version),
+        bob.get_permissions,
+        lambda k: bob.update_permissions(k, {"get": ["bob"]}),
+        lambda k: bob.set_permissions(k, {"owned": ["bob"]}),
+        bob.get_metadata,
+        bob.to_bytes,
+    ]
+    for op in as_missing:
+        for key in ("hid", "missing"):
+            with pytest.raises(KeyNotFoundError):
+                op(key)
+    assert child.to_bytes("hid") == b"v"
+    assert u["alice"].get_permissions("hid") == {"owned": {"alice"}}
+    assert not child.exists("missing")
+
+
+def test_rolled_back_write_version_is_never_reused(child: AbstractStore) -> None:
+    u = _users(child, "alice", "bob")
+    u["alice"].set("k", (b"v", {}))
+    u["alice"].update_permissions("k", {"set": {"bob"}})
+    with pytest.raises(RuntimeError), u["bob"].transaction():
+        u["bob"].set("k", (b"rolled back", {}))
+        raise RuntimeError
+    u["alice"].set_permissions("k", {"owned": {"alice"}})
+    with pytest.raises(AuthorizationError):
+        u["bob"].set("k", (b"after revoke", {}))
+    assert child.to_bytes("k") == b"v"
+
+
+def test_concurrent_data_metadata_and_permission_changes_lose_nothing(
+    child: AbstractStore,
+) -> None:
+    _users(child, "alice")
+    objs = []
+    for _ in range(3):
+        store = SimpleAuthStore(child, ENCODER)
+        store.connect({"username": "alice", "password": "pw-alice"})
+        objs.append(store)
+    objs[0].set("k", (b"0", {"m": -1}))
+    for i in range(15):
+        barrier = threading.Barrier(3)
+        jobs: list[Callable[[], object]] = [
+            lambda i=i: objs[0].update_permissions("k", {"get": [f"t{i}"]}),  # type: ignore[misc]
+            lambda i=i: objs[1].set_data("k", f"d{i}".encode()),  # type: ignore[misc]
+            lambda i=i: objs[2].update_metadata("k", {"m": i}),  # type: ignore[misc]
+        ]
+
+        def run(job: Callable[[], object], barrier: threading.Barrier = barrier) -> None:
+            barrier.wait()
+            job()
+
+        threads = [threading.Thread(target=run, args=(job,)) for job in jobs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        assert f"t{i}" in objs[0].get_permissions("k")["get"]
+        assert child.to_bytes("k") == f"d{i}".encode()
+        assert objs[0].get_metadata("k") == {"m": i}
+
+
+def test_grantee_write_racing_revocation(child: AbstractStore) -> None:
+    u = _users(child, "alice", "bob", "carol")
+    alice, bob = u["alice"], u["bob"]
+    alice.set("k", (b"v", {}))
+    for i in range(15):
+        alice.set_permissions("k", {"owned": {"alice"}, "set": {"bob"}})
+        barrier = threading.Barrier(2)
+        outcome: list[object] = []
+
+        def write(
+            i: int = i, barrier: threading.Barrier = barrier, outcome: list[object] = outcome
+        ) -> None:
+            barrier.wait()
+            try:
+                outcome.append(bob.set("k", (f"bob{i}".encode(), {})))
+            except AuthorizationError as error:
+                outcome.append(error)
+
+        def revoke(barrier: threading.Barrier = barrier) -> None:
+            barrier.wait()
+            alice.set_permissions("k", {"owned": {"alice"}})
+
+        threads = [threading.Thread(target=write), threading.Thread(target=revoke)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        assert alice.get_permissions("k") == {"owned": {"alice"}}
+        assert not u["carol"].exists("k")
+        data = child.to_bytes("k")
+        if isinstance(outcome[0], str):  # bob's write happened, before the revocation
+            assert data == f"bob{i}".encode()
+        else:
+            assert not data.startswith(f"bob{i}".encode())
+
+
+def test_user_records_cannot_be_written_through_the_store(child: AbstractStore) -> None:
+    u = _users(child, "alice", "bob")
+    admin = SimpleAuthStore(child, ENCODER)
+    before = admin.users()
+    with pytest.raises(AuthorizationError):
+        u["bob"].set(".user_mallory", (b'{"tags": ["admin"]}', {}))
+    with pytest.raises((AuthorizationError, KeyNotFoundError)):
+        u["bob"].set_data(".user_alice", b"x")
+    with pytest.raises((AuthorizationError, KeyNotFoundError)):
+        u["bob"].delete(".user_alice")
+    assert admin.users() == before
+    assert u["bob"].glob(".user*") == []
+
+
+def test_identity_other_spellings_and_wrappers(tmp_path: Path) -> None:
+    from storekeeper.composite import CachedStore
+
+    a = open_store(f"sqlite:///{tmp_path}/a.db")
+    b = open_store(f"sqlite:///{tmp_path}/a.db?table=store&durable=false")
+    assert a.storage_identity() == b.storage_identity()
+    a.set("k", (b"1", {}))
+    cache = open_store(f"sqlite:///{tmp_path}/cache.db")
+    cached = CachedStore(b, cache)
+    cached.connect()
+    assert cached.storage_identity() == a.storage_identity()
+    with pytest.raises(InvalidArgumentError):
+        transfer(a, cached, "")
+    with pytest.raises(InvalidArgumentError):
+        transfer(cached, a, "", delete=True)
+    assert a.to_bytes("k") == b"1"
