@@ -797,3 +797,44 @@ def test_identity_other_spellings_and_wrappers(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgumentError):
         transfer(cached, a, "", delete=True)
     assert a.to_bytes("k") == b"1"
+
+
+def test_old_dict_entries_are_read_hidden_and_converted(child: AbstractStore) -> None:
+    u = _users(child, "alice", "bob", "carol")
+    seen: list[Any] = []
+    events = EventManager()
+    events.connect(StoreEvent, lambda e: seen.append(getattr(e, "metadata", None)), priority=10)
+    bob_ev = SimpleAuthStore(child, ENCODER, event_manager=events)
+    bob_ev.connect({"username": "bob", "password": "pw-bob"})
+    old = {"owned": ["alice"], "get": ["bob"], "set": ["bob", None]}
+    child.set("old", (b"data", {"m": 1, PERMISSIONS: old}))
+    bob = u["bob"]
+    assert bob.get_metadata("old") == {"m": 1}
+    assert bob.head("old") == (child.head("old").version, 4, {"m": 1})  # type: ignore[union-attr]
+    assert [(k, i.metadata) for k, i in bob.list_info(metadata=True)] == [("old", {"m": 1})]
+    assert bob.query([PERMISSIONS, "m"]) == [("old", {"m": 1})]
+    assert bob.check_permissions("old") == {"connect", "exists", "get"}  # the set list is bad
+    assert not u["carol"].exists("old")
+    assert seen == [{"m": 1}]
+    u["alice"].update_permissions("old", {"get": ["carol"]})
+    entry = child.get_metadata("old")[PERMISSIONS]
+    assert isinstance(entry, str)
+    assert u["alice"].get_permissions("old") == {"owned": {"alice"}, "get": {"bob", "carol"}}
+    assert u["carol"].to_bytes("old") == b"data"
+    assert all(_no_record(m) for m in seen)
+
+
+def test_no_progress_or_change_events_of_others_hidden_writes(child: AbstractStore) -> None:
+    import io
+
+    u = _users(child, "alice", "bob")
+    seen: list[StoreEvent] = []
+    events = EventManager()
+    events.connect(StoreEvent, seen.append, priority=10)
+    bob_ev = SimpleAuthStore(child, ENCODER, event_manager=events)
+    bob_ev.connect({"username": "bob", "password": "pw-bob"})
+    big = b"x" * (3 << 20)
+    u["alice"].set("secret/big", (io.BytesIO(big), {"s": 1}))
+    assert u["alice"].to_bytes("secret/big") == big
+    u["alice"].delete("secret/big")
+    assert seen == []
