@@ -82,6 +82,14 @@ def _wait(condition: Callable[[], bool], timeout: float = 30.0, what: str = "") 
         time.sleep(0.02)
 
 
+def _reads(store: PostgresStore, key: str) -> bytes | None:
+    """*key*'s data, or ``None`` while the store finds no connection."""
+    try:
+        return store.to_bytes(key)
+    except BackendUnavailableError:
+        return None
+
+
 class _Writer(threading.Thread):
     """Writes new keys until told to stop, recording what was acknowledged and what
     raised."""
@@ -173,7 +181,7 @@ def test_a_crash_loses_nothing_acknowledged_and_the_store_recovers(
         assert {e.key for e in events} <= attempted
         # And the same store objects go on working.
         writer.set("after", (b"after", {}))
-        assert listener.to_bytes("after") == b"after"
+        _wait(lambda: _reads(listener, "after") == b"after", what="the listener's store")
     finally:
         writer.disconnect()
         listener.disconnect()
@@ -202,7 +210,9 @@ def test_a_crash_inside_a_transaction_applies_none_of_it(
                 sql.Identifier(table + "__chunks")
             )
             assert conn.execute(statement).fetchone() == (3,)  # kept's 10,000 bytes
-        assert store.to_bytes("kept") == b"k" * 10_000  # the store works again
+        # The store works again once its pool has reconnected (it backs off while the
+        # server was away, so the first call may still find no connection).
+        _wait(lambda: _reads(store, "kept") == b"k" * 10_000, what="the store to work again")
     finally:
         store.disconnect()
 
