@@ -10,8 +10,11 @@ upload is sent as it is read, and ``get`` keeps a large value in a temporary fil
 :class:`~storekeeper.store.Value` keeps the data it was read with).
 
 Transactions are kept by the client (see :mod:`storekeeper.backends._http_transactions`):
-isolated between the threads and tasks sharing this store object, replayed key by key
-at the commit, so not atomic for other clients.
+isolated between the threads and tasks sharing this store object, and optimistic
+towards other clients: the commit is one ``POST /batch`` that the server applies in one
+transaction of the served store (atomic where that store's transactions are), and
+refuses with ``ConflictError`` if a key the transaction read has changed since. Inside
+a transaction, a key it wrote has no version yet (``set`` returns ``None``).
 
 Built on urllib3: pooled connections, streaming in both directions, no other dependency.
 """
@@ -73,7 +76,6 @@ from storekeeper.store.backend import (
     encode_metadata,
     matches,
     missing,
-    new_version,
     pick_metadata,
     query_terms,
     unpack_value,
@@ -150,9 +152,6 @@ class DynamicURLStore(Uploads, ClientTransactions, AbstractAuthorizingStore):
         # Guards _pending and _writers; plain writes run side by side, a transaction alone.
         self._turn = threading.Condition()
         self._writers = 0
-        # Versions set() returned inside transactions, and the server's versions for them.
-        self._aliases: dict[str, str] = {}
-        self._reals: dict[str, str] = {}
 
     @classmethod
     def from_url(cls, parts: SplitResult, **options: Any) -> AbstractReadOnlyStore:
@@ -330,7 +329,7 @@ class DynamicURLStore(Uploads, ClientTransactions, AbstractAuthorizingStore):
         length = int(headers.get(METADATA_LENGTH, "0"))
         total = headers.get("Content-Length")
         size = None if total is None else int(total) - length
-        version = self._alias(etag_version(headers.get("ETag")))
+        version = etag_version(headers.get("ETag"))
         created, modified = value_times(headers)
         if size is not None and 0 <= size <= INLINE_LIMIT:
             body = read_body(response, length + size)
@@ -365,16 +364,21 @@ class DynamicURLStore(Uploads, ClientTransactions, AbstractAuthorizingStore):
             return not entry.deleted
         return self._head(key) is not None
 
-    def version_of(self, key: str) -> str:
-        """*key*'s current version (a HEAD request); KeyError if it is missing."""
+    def version_of(self, key: str) -> str | None:
+        """*key*'s current version (a HEAD request); KeyError if it is missing. ``None``
+        for a key written in the caller's open transaction (its version is given at the
+        commit) or when the server sends no ``ETag``."""
         check_key(key)
         entry = self._overlay(key)
         if entry is not None:
-            return self.get(key).version or ""
+            if entry.deleted:
+                raise missing(key)
+            return None
         found = self._head(key)
         if found is None:
             raise missing(key)
-        return found.get("version") or ""
+        version: str | None = found["version"]
+        return version
 
     def _head(self, key: str) -> dict[str, Any] | None:
         response = self._call("HEAD", self._url(key, "data"), key, (200, 404))
@@ -383,7 +387,7 @@ class DynamicURLStore(Uploads, ClientTransactions, AbstractAuthorizingStore):
         length = response.headers.get("Content-Length")
         return {
             "size": None if length is None else int(length),
-            "version": self._alias(etag_version(response.headers.get("ETag"))),
+            "version": etag_version(response.headers.get("ETag")),
         }
 
     def get_data(self, key: str) -> IO[bytes]:
@@ -521,8 +525,14 @@ class DynamicURLStore(Uploads, ClientTransactions, AbstractAuthorizingStore):
         if_version: str | None = None,
         if_exists: bool | None = None,
     ) -> str | None:
-        """Replace *key*'s data and metadata in one request; the version written
-        (``None`` inside a transaction: the server assigns it at the commit)."""
+        """Replace *key*'s data and metadata in one request; the version written.
+
+        Inside a transaction the value is sent at the commit and the server gives it
+        its version then, so this returns ``None`` (as ``get(key).version`` and
+        :meth:`version_of` do for *key* until the commit; afterwards they report the
+        server's version). An *if_version* precondition on a key the transaction
+        already wrote fails (:class:`~storekeeper.errors.ConflictError`): the key is no
+        longer at any version read before."""
         check_write(key, if_version, if_exists, buffer_size)
         self._require_connection()
         source, metadata, owned = unpack_value(value)
@@ -535,15 +545,15 @@ class DynamicURLStore(Uploads, ClientTransactions, AbstractAuthorizingStore):
                         source,
                         metadata_json,
                         buffer_size,
-                        condition_headers(self._real(if_version), if_exists),
+                        condition_headers(if_version, if_exists),
                     )
                 else:
                     data = self._read_source(key, source, buffer_size, metadata_json)
                     if if_version is not None or if_exists is not None:
                         self._check_pending(key, if_version, if_exists)
-                    version = new_version()
-                    send = partial(self._replay_set, key, data, metadata_json, version)
-                    op = Op(batch_header("set", key, metadata_json), data, version)
+                    version = None
+                    send = partial(self._replay_set, key, data, metadata_json)
+                    op = Op(batch_header("set", key, metadata_json), data)
                     pending.record(key, Overlay(False, data, metadata_json), send, op)
         finally:
             if owned:
@@ -565,7 +575,7 @@ class DynamicURLStore(Uploads, ClientTransactions, AbstractAuthorizingStore):
         self._require_connection()
         with self._writing() as pending:
             if pending is None:
-                conditions = condition_headers(self._real(if_version), if_exists)
+                conditions = condition_headers(if_version, if_exists)
                 self._send_data(key, data, buffer_size, conditions)
                 metadata_json = self._metadata_for_event(key, StoreSetEvent)
             else:
@@ -599,7 +609,7 @@ class DynamicURLStore(Uploads, ClientTransactions, AbstractAuthorizingStore):
         with self._writing() as pending:
             if pending is None:
                 self._send_metadata(
-                    "PUT", key, metadata_json, condition_headers(self._real(if_version), if_exists)
+                    "PUT", key, metadata_json, condition_headers(if_version, if_exists)
                 )
             else:
                 exists = self._check_pending(key, if_version, if_exists)
@@ -623,9 +633,7 @@ class DynamicURLStore(Uploads, ClientTransactions, AbstractAuthorizingStore):
         given = encode_metadata(metadata)
         with self._writing() as pending:
             if pending is None:
-                self._send_metadata(
-                    "POST", key, given, condition_headers(self._real(if_version), None)
-                )
+                self._send_metadata("POST", key, given, condition_headers(if_version, None))
                 merged_json = self._metadata_for_event(key, StoreUpdateEvent)
             else:
                 self._check_pending(key, if_version, True)
@@ -647,7 +655,7 @@ class DynamicURLStore(Uploads, ClientTransactions, AbstractAuthorizingStore):
         with self._writing() as pending:
             old_json = self._metadata_for_event(key, StoreDeleteEvent)
             if pending is None:
-                headers = condition_headers(self._real(if_version), None)
+                headers = condition_headers(if_version, None)
                 url = self.url_format_no_part.format(base=self.base_url, key=quote_key(key))
                 self._call("DELETE", url, key, (200, 204), headers=headers)
             else:

@@ -180,7 +180,10 @@ def encode_batch(writes: list[tuple[dict[str, Any], bytes | None]]) -> list[byte
 
 def decode_batch(body: bytes) -> list[tuple[dict[str, Any], bytes | None]]:
     """The writes of a ``POST /batch`` body; :class:`~storekeeper.errors.InvalidArgumentError`
-    for a malformed one (nothing is applied then)."""
+    for a malformed one (nothing is applied then): a header that is not a JSON object of
+    a known ``op``, a field that ``op`` does not take (data, ``"size"``, only after
+    ``set`` and ``set_data``, which need it), a precondition of the wrong type, or a
+    body that ends early."""
     writes: list[tuple[dict[str, Any], bytes | None]] = []
     view = memoryview(body)
     position = 0
@@ -188,16 +191,7 @@ def decode_batch(body: bytes) -> list[tuple[dict[str, Any], bytes | None]]:
         end = body.find(b"\n", position)
         if end < 0:
             raise InvalidArgumentError("a batch write's header line has no end")
-        try:
-            header = json.loads(body[position:end])
-        except ValueError as exc:
-            raise InvalidArgumentError(f"a batch write's header is not JSON: {exc}") from None
-        except RecursionError:
-            raise InvalidArgumentError("a batch write's header is nested too deeply") from None
-        if not isinstance(header, dict) or header.get("op") not in BATCH_OPERATIONS:
-            raise InvalidArgumentError(f"not a batch write: {header!r}")
-        if not isinstance(header.get("key"), str):
-            raise InvalidArgumentError(f"a batch write names its key: {header!r}")
+        header = _batch_header(body[position:end])
         position = end + 1
         data = None
         size = header.pop("size", None)
@@ -208,3 +202,44 @@ def decode_batch(body: bytes) -> list[tuple[dict[str, Any], bytes | None]]:
             position += size
         writes.append((header, data))
     return writes
+
+
+#: The fields each batch entry takes (besides ``op`` and ``key``).
+_BATCH_FIELDS = {
+    "set": frozenset({"metadata", "size", "if_version", "if_exists"}),
+    "set_data": frozenset({"size", "if_version", "if_exists"}),
+    "set_metadata": frozenset({"metadata", "if_version", "if_exists"}),
+    "update_metadata": frozenset({"metadata", "if_version"}),
+    "delete": frozenset({"if_version"}),
+    "check": frozenset({"if_version", "if_exists"}),
+}
+
+
+def _batch_header(line: bytes) -> dict[str, Any]:
+    """One entry's header line, checked: see :func:`decode_batch`."""
+    try:
+        header = json.loads(line)
+    except ValueError as exc:
+        raise InvalidArgumentError(f"a batch write's header is not JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidArgumentError("a batch write's header is nested too deeply") from None
+    if not isinstance(header, dict) or header.get("op") not in BATCH_OPERATIONS:
+        raise InvalidArgumentError(f"not a batch write: {header!r}")
+    operation = header["op"]
+    if not isinstance(header.get("key"), str):
+        raise InvalidArgumentError(f"a batch write names its key: {header!r}")
+    unknown = sorted(set(header) - {"op", "key"} - _BATCH_FIELDS[operation])
+    if unknown:
+        raise InvalidArgumentError(f"a batch {operation} takes no {', '.join(unknown)}: {header!r}")
+    if operation in {"set", "set_data"} and "size" not in header:
+        raise InvalidArgumentError(f"a batch {operation} is followed by its data: {header!r}")
+    if "metadata" in _BATCH_FIELDS[operation] and not isinstance(header.get("metadata"), dict):
+        raise InvalidArgumentError(f"a batch {operation} carries its metadata: {header!r}")
+    version, exists = header.get("if_version"), header.get("if_exists")
+    if version is not None and (not isinstance(version, str) or not version):
+        raise InvalidArgumentError(f"if_version is a non-empty version string: {header!r}")
+    if exists is not None and not isinstance(exists, bool):
+        raise InvalidArgumentError(f"if_exists is true or false: {header!r}")
+    if operation == "check" and version is None and exists is None:
+        raise InvalidArgumentError(f"a batch check names the version it expects: {header!r}")
+    return header
