@@ -258,15 +258,34 @@ class DynamicURLStore(Uploads, ClientTransactions, AbstractAuthorizingStore):
 
     @property
     def capabilities(self) -> StoreCapabilities:
-        """Ranges and server-side queries; conditional writes and persistence as the
-        served store declares them (``/info``); atomic transactions when the server
-        commits batches and the served store's transactions are atomic."""
+        """What this client promises over the server it is connected to (``/info``).
+
+        Always ranges and server-side queries; conditional writes and persistence as
+        the served store declares them. Atomic transactions when the server commits
+        batches and the served store's transactions are atomic. Isolated transactions
+        when the server commits batches with checks in transactions of the served
+        store that are isolated themselves: a transaction's writes are seen by nobody
+        before the commit, and a commit over another client's change of any key the
+        transaction read fails (``ConflictError``), so a read-modify-write never loses
+        a concurrent update and a transaction that read an inconsistent state does not
+        end normally. The isolation is optimistic: reads inside the transaction see
+        other clients' commits as they happen; only the commit tells whether they were
+        consistent.
+        ``cross_process`` is not declared: clients in several processes do share the
+        server's one store object, but a commit is the server's to finish once sent, so
+        it may still land after the client that sent it was stopped or killed."""
         served = self._server.get("capabilities", {})
+        atomic = bool(self._server.get("batch")) and bool(served.get("atomic_transactions"))
+        isolated = (
+            bool(self._server.get("batch"))
+            and bool(self._server.get("batch_checks"))
+            and bool(served.get("isolated_transactions"))
+        )
         return _CAPABILITIES.but(
             conditional_writes=bool(served.get("conditional_writes")),
             persistent=bool(served.get("persistent")),
-            atomic_transactions=bool(self._server.get("batch"))
-            and bool(served.get("atomic_transactions")),
+            atomic_transactions=atomic,
+            isolated_transactions=isolated,
         )
 
     def info(self) -> dict[str, Any]:

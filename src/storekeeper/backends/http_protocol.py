@@ -5,11 +5,14 @@ The layout (``base`` is ``http://HOST:PORT/store``)::
 
     HEAD/GET  {base}/{key}/data        data (Content-Length, ETag, Last-Modified, Range)
     PUT       {base}/{key}/data        replace the data, keep the metadata
-    GET/PUT   {base}/{key}/metadata    metadata as JSON (GET: ETag, If-None-Match); PUT
-                                       replaces
+    HEAD/GET  {base}/{key}/metadata    metadata as JSON, with the ETag of the value's
+                                       version (If-Match, If-None-Match);
+                                       ?select=NAME (repeatable; ?select= alone: no
+                                       field) answers only those fields
+    PUT       {base}/{key}/metadata    replace the metadata, keep the data
     POST      {base}/{key}/metadata    metadata merged like dict.update
-    GET/PUT/POST {base}/{key}/auth     permissions: {permission: [tags]}
-    GET/PUT   {base}/{key}/value       data and metadata in one body (see below)
+    HEAD/GET/PUT/POST {base}/{key}/auth  permissions: {permission: [tags]}
+    HEAD/GET/PUT {base}/{key}/value    data and metadata in one body (see below)
     DELETE    {base}/{key}             delete the key
     GET       /query?name=json...      matching keys, one per line (UTF-8); 409 when
                                        one holds a line break
@@ -26,14 +29,23 @@ A *value body* is the metadata as UTF-8 JSON followed by the data; the header
 carry JSON ``{"error": class name, "message": text}``; :func:`error_class` maps the
 name back to the storekeeper exception.
 
-A *batch* body is a sequence of writes, each a line of JSON ``{"op": "set" | "set_data"
-| "set_metadata" | "update_metadata" | "delete", "key": ..., "metadata": {...},
-"size": n}`` followed by *n* bytes of data (for ``set`` and ``set_data``), or a check
-``{"op": "check", "key": ..., "if_version": v}`` (``"if_exists": false`` for a key read
-as missing) that fails the batch unless the key is still so; see :func:`encode_batch` /
-:func:`decode_batch`. The server applies them in order inside one transaction of the
-served store and answers a JSON list: each ``set``'s version, else ``null``. A server
-that takes checks says ``"batch_checks": true`` in ``/info``.
+A *batch* body is a sequence of entries, each a line of JSON naming its ``op`` and
+``key``. Writes: ``set`` (``metadata``, ``size``), ``set_data`` (``size``), each
+followed by *size* bytes of data; ``set_metadata`` and ``update_metadata``
+(``metadata``); ``delete``. A write may carry the preconditions of the same call
+(``if_version``: a version string; ``if_exists``: ``true`` / ``false``, not for
+``update_metadata`` and ``delete``). A check ``{"op": "check", "key": ...}`` writes
+nothing and fails the batch unless the key is as its condition says: ``"if_version":
+v`` at that version, ``"if_exists": false`` missing, ``"if_exists": true`` present (at
+any version). An entry with a field its ``op`` does not take (data after anything but
+``set`` / ``set_data``), without a field it needs, or with a precondition of the wrong
+type makes the whole batch a 400, nothing applied; see :func:`encode_batch` /
+:func:`decode_batch`. The server applies the entries in order inside one transaction
+of the served store and answers a JSON list: each ``set``'s version, else ``null``; a
+failed condition is a 412 (``ConflictError``) and nothing is applied. A batch of
+checks only (a client's read-only transaction) is also answered by a read-only
+server and to a user who may only read. A server that takes checks says
+``"batch_checks": true`` in ``/info``.
 
 Query terms travel as JSON by :func:`encode_terms` / :func:`decode_terms`: a plain
 value is an exact match, ``{"$in": [...]}``, ``{"$range": [low, high, include_low,
