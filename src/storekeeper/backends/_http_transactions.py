@@ -26,6 +26,13 @@ transaction a key it wrote has no known version: ``set`` returns ``None``,
 an ``if_version`` of such a key fails (``ConflictError``) since the key is no longer at
 any version the caller could have read. After the commit, reads give the version the
 server assigned.
+
+So :attr:`~storekeeper.backends.http.DynamicURLStore.capabilities` declares
+``isolated_transactions`` where the server takes batch checks and the served store's
+transactions are isolated: a transaction's writes are seen by nobody before the commit,
+a read-modify-write never loses another client's concurrent update, and a transaction
+that read an inconsistent state does not end normally; only, the isolation is checked
+at the commit rather than kept during the transaction.
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ from storekeeper.backends._http_transactions import (
     Overlay,
     PendingTransaction,
 )
-from storekeeper.backends._http_transport import Transport, basic_header
+from storekeeper.backends._http_transport import Transport, authorize
 from storekeeper.backends._http_uploads import Uploads
 from storekeeper.backends._http_wire import (
     batch_header,
@@ -57,7 +57,6 @@ from storekeeper.backends.http_protocol import (
     quote_key,
 )
 from storekeeper.errors import (
-    AuthenticationError,
     InvalidURLError,
     NotConnectedError,
 )
@@ -195,7 +194,7 @@ class DynamicURLStore(Uploads, ClientTransactions, AbstractAuthorizingStore):
         transport = Transport(self.timeout, self.pool_size)
         if self.remote_events:
             transport.headers[ORIGIN] = self.origin
-        tag = self._authorize(transport, credentials or self._default_credentials)
+        tag = authorize(transport, credentials or self._default_credentials)
         response = transport.request("GET", self.root_url + "/info")
         if response.status in (401, 403):
             transport.close()
@@ -217,35 +216,6 @@ class DynamicURLStore(Uploads, ClientTransactions, AbstractAuthorizingStore):
             )
             self._follower.start()
 
-    def _authorize(self, transport: Transport, credentials: Any) -> str | None:
-        if credentials is None:
-            return None
-        if isinstance(credentials, str):
-            transport.headers["Authorization"] = "Bearer " + credentials
-            return None
-        if isinstance(credentials, Mapping):
-            if "token" in credentials:
-                transport.headers["Authorization"] = "Bearer " + str(credentials["token"])
-                return None
-            username, password = credentials.get("username"), credentials.get("password")
-            credentials = (username, password)
-        if isinstance(credentials, tuple | list) and len(credentials) == 2:
-            first, second = credentials
-            if isinstance(first, str) and isinstance(second, str | bytes):
-                password = second.decode() if isinstance(second, bytes) else second
-                transport.headers["Authorization"] = basic_header(first, password)
-                return first
-            if isinstance(first, str):  # encore's (user_tag, session)
-                transport.headers.update(dict(getattr(second, "headers", {}) or {}))
-                auth = getattr(second, "auth", None)
-                if isinstance(auth, tuple) and len(auth) == 2:
-                    transport.headers["Authorization"] = basic_header(*auth)
-                return first
-        raise AuthenticationError(
-            "credentials are {'username', 'password'}, a (username, password) pair, "
-            "a token, or a (user_tag, session) pair"
-        )
-
     def disconnect(self) -> None:
         """Stop following events and close the pooled connections."""
         if self._follower is not None:
@@ -258,22 +228,14 @@ class DynamicURLStore(Uploads, ClientTransactions, AbstractAuthorizingStore):
 
     @property
     def capabilities(self) -> StoreCapabilities:
-        """What this client promises over the server it is connected to (``/info``).
-
-        Always ranges and server-side queries; conditional writes and persistence as
-        the served store declares them. Atomic transactions when the server commits
-        batches and the served store's transactions are atomic. Isolated transactions
-        when the server commits batches with checks in transactions of the served
-        store that are isolated themselves: a transaction's writes are seen by nobody
-        before the commit, and a commit over another client's change of any key the
-        transaction read fails (``ConflictError``), so a read-modify-write never loses
-        a concurrent update and a transaction that read an inconsistent state does not
-        end normally. The isolation is optimistic: reads inside the transaction see
-        other clients' commits as they happen; only the commit tells whether they were
-        consistent.
-        ``cross_process`` is not declared: clients in several processes do share the
-        server's one store object, but a commit is the server's to finish once sent, so
-        it may still land after the client that sent it was stopped or killed."""
+        """What this client promises over the server it is connected to (``/info``):
+        ranges and server-side queries; conditional writes and persistence as the
+        served store declares them; atomic transactions when the server commits batches
+        in atomic transactions of the served store; isolated ones when those batches
+        take read checks and the served store's transactions are isolated (optimistic
+        isolation: see :mod:`storekeeper.backends._http_transactions`). Not
+        ``cross_process``: a commit, once sent, is the server's to finish, so it may
+        land after the client that sent it was stopped or killed."""
         served = self._server.get("capabilities", {})
         atomic = bool(self._server.get("batch")) and bool(served.get("atomic_transactions"))
         isolated = (
@@ -545,13 +507,8 @@ class DynamicURLStore(Uploads, ClientTransactions, AbstractAuthorizingStore):
         if_exists: bool | None = None,
     ) -> str | None:
         """Replace *key*'s data and metadata in one request; the version written.
-
-        Inside a transaction the value is sent at the commit and the server gives it
-        its version then, so this returns ``None`` (as ``get(key).version`` and
-        :meth:`version_of` do for *key* until the commit; afterwards they report the
-        server's version). An *if_version* precondition on a key the transaction
-        already wrote fails (:class:`~storekeeper.errors.ConflictError`): the key is no
-        longer at any version read before."""
+        ``None`` inside a transaction: the server gives the version at the commit (see
+        :mod:`storekeeper.backends._http_transactions`)."""
         check_write(key, if_version, if_exists, buffer_size)
         self._require_connection()
         source, metadata, owned = unpack_value(value)
