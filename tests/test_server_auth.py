@@ -23,7 +23,7 @@ from storekeeper.backends.http_protocol import quote_key
 from storekeeper.backends.memory import DictMemoryStore
 from storekeeper.backends.sqlite import SqliteStore
 from storekeeper.composite import SimpleAuthStore, make_encoder
-from storekeeper.errors import AuthenticationError, AuthorizationError
+from storekeeper.errors import AuthenticationError, AuthorizationError, ConflictError
 from storekeeper.server import InsecureAuthError, serve
 from storekeeper.store import open_store
 
@@ -66,6 +66,42 @@ def request(
     body = response.read()
     connection.close()
     return response, body
+
+
+def test_a_reader_commits_read_only_transactions_and_sees_their_conflicts(
+    guarded: Served,
+) -> None:
+    # bob may read shared/note but write nothing: his read-only transactions are
+    # checked at the commit all the same, and never reveal alice's private key
+    with (
+        DynamicURLStore(guarded.base, credentials=BOB) as bob,
+        DynamicURLStore(guarded.base, credentials=ALICE) as alice,
+    ):
+        with bob.transaction():
+            assert bob.to_bytes("shared/note") == b"hello"
+            assert not bob.exists("private/plan")
+        with pytest.raises(ConflictError), bob.transaction():
+            assert bob.to_bytes("shared/note") == b"hello"
+            alice.set_data("shared/note", b"changed")
+        with pytest.raises(ConflictError), bob.transaction():
+            assert not bob.exists("shared/new")
+            alice.set("shared/new", (b"n", {}))
+            alice.update_permissions("shared/new", {"get": ["bob"]})
+        with bob.transaction():
+            assert not bob.exists("private/plan")
+            alice.set_data("private/plan", b"still hidden")  # nothing bob may see changed
+
+
+def test_head_of_metadata_and_permissions_answers_like_get(guarded: Served) -> None:
+    for part in ("/metadata", "/auth"):
+        path = "/store/" + quote_key("shared/note") + part
+        got, body = request(guarded, "GET", path, ALICE)
+        head, empty = request(guarded, "HEAD", path, ALICE)
+        assert got.status == head.status == 200 and body and empty == b""
+        for name in ("ETag", "Content-Type", "Content-Length"):
+            assert head.getheader(name) == got.getheader(name), (part, name)
+    hidden = "/store/" + quote_key("private/plan") + "/metadata"
+    assert request(guarded, "HEAD", hidden, BOB)[0].status == 404
 
 
 def test_requests_without_valid_credentials_are_401(guarded: Served) -> None:

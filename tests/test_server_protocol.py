@@ -243,12 +243,23 @@ def test_read_only_server_refuses_writes() -> None:
     store = DictMemoryStore()
     store.connect()
     store.set("k", (b"old", {}))
+    version = store.get("k").version
+    write = b"".join(encode_batch([({"op": "set_data", "key": "k"}, b"new")]))
     with served_in_thread(store, read_only=True) as limited:
-        for method, path in [("PUT", data_path("k")), ("DELETE", "/store/k"), ("POST", "/batch")]:
-            response, _ = request(limited, method, path, body=b"new")
+        for method, path, body in [
+            ("PUT", data_path("k"), b"new"),
+            ("DELETE", "/store/k", None),
+            ("POST", "/batch", write),
+        ]:
+            response, _ = request(limited, method, path, body=body)
             assert response.status == 405
         response, data = request(limited, "GET", data_path("k"))
         assert data == b"old"
+        # a batch of checks only writes nothing: a read-only server answers it
+        for condition, status in [({"if_version": version}, 200), ({"if_exists": False}, 412)]:
+            check = b"".join(encode_batch([({"op": "check", "key": "k", **condition}, None)]))
+            response, body = request(limited, "POST", "/batch", body=check)
+            assert response.status == status, body
 
 
 # -- keys and bodies --------------------------------------------------------------------------
@@ -451,6 +462,73 @@ def test_a_batch_check_fails_the_batch_unless_the_key_is_as_read(served: Served)
     bare = b"".join(encode_batch([({"op": "check", "key": "read"}, None)]))
     response, _ = request(served, "POST", "/batch", body=bare)
     assert response.status == 400  # a check names the version it expects
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        b'{"op": "check", "key": "read", "if_exists": true, "size": 2}\nxx',
+        b'{"op": "check", "key": "read", "if_exists": true, "metadata": {}}\n',
+        b'{"op": "check", "key": "read", "if_exists": true, "extra": 1}\n',
+        b'{"op": "check", "key": "read", "if_version": ""}\n',
+        b'{"op": "check", "key": "read", "if_exists": "yes"}\n',
+        b'{"op": "set_metadata", "key": "read", "metadata": {}, "size": 1}\nx',
+        b'{"op": "update_metadata", "key": "read", "metadata": {}, "if_exists": true}\n',
+        b'{"op": "delete", "key": "read", "size": 0}\n',
+        b'{"op": "delete", "key": "read", "if_exists": true}\n',
+        b'{"op": "set", "key": "read", "metadata": {}}\n',
+        b'{"op": "set", "key": "read", "size": 1}\nx',
+        b'{"op": "set_data", "key": "read"}\n',
+        b'{"op": "set_metadata", "key": "read", "metadata": []}\n',
+    ],
+)
+def test_a_batch_entry_with_fields_its_op_does_not_take_is_400(
+    served: Served, entry: bytes
+) -> None:
+    # data follows set and set_data only; every other field is one the op takes
+    version = served.backing.set("read", (b"r", {}))
+    write = b"".join(encode_batch([({"op": "set", "key": "w", "metadata": {}}, b"w")]))
+    for body in (entry + write, write + entry):
+        response, answer = request(served, "POST", "/batch", body=body)
+        assert response.status == 400, (body, answer)
+        assert json.loads(answer)["error"] == "InvalidArgumentError"
+        assert not served.backing.exists("w")
+        assert served.backing.get("read").version == version
+
+
+def test_a_batch_check_with_if_exists_true_wants_the_key_at_any_version(
+    served: Served,
+) -> None:
+    served.backing.set("read", (b"r", {}))
+    for key, status in [("missing", 412), ("read", 200)]:
+        check = ({"op": "check", "key": key, "if_exists": True}, None)
+        write = ({"op": "set", "key": "w", "metadata": {}}, b"w")
+        response, body = request(
+            served, "POST", "/batch", body=b"".join(encode_batch([check, write]))
+        )
+        assert response.status == status, body
+        assert served.backing.exists("w") is (status == 200)
+
+
+def test_metadata_get_and_head_take_select(served: Served) -> None:
+    served.backing.set("k", (b"x", {"a": 1, "b": 2}))
+    for query, expected in [
+        ("?select=a", {"a": 1}),
+        ("?select=a&select=zz", {"a": 1}),
+        ("?select=", {}),
+        ("", {"a": 1, "b": 2}),
+    ]:
+        got, body = request(served, "GET", data_path("k", "metadata") + query)
+        assert got.status == 200 and json.loads(body) == expected, query
+        head, empty = request(served, "HEAD", data_path("k", "metadata") + query)
+        assert head.status == 200 and empty == b""
+        assert head.getheader("Content-Length") == str(len(body))
+        assert head.getheader("ETag") == got.getheader("ETag") is not None
+    tag = got.getheader("ETag") or ""
+    head, _ = request(served, "HEAD", data_path("k", "metadata"), headers={"If-None-Match": tag})
+    assert head.status == 304 and head.getheader("ETag") == tag
+    head, _ = request(served, "HEAD", data_path("missing", "metadata"))
+    assert head.status == 404
 
 
 def test_info_tells_that_batches_take_checks(served: Served) -> None:

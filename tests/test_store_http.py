@@ -13,7 +13,7 @@ from urllib.parse import SplitResult
 
 import pytest
 
-from _http_servers import Served, served_in_process
+from _http_servers import Served, served_in_process, served_in_thread
 from storekeeper.backends import http as http_backend
 from storekeeper.backends.http import DynamicURLStore
 from storekeeper.backends.memory import DictMemoryStore
@@ -31,6 +31,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 
 class TestDynamicURLStore(StoreTests):
     model_examples = 5
+    versions_before_commit = False  # the server gives the version at the commit
 
     @pytest.fixture(autouse=True)
     def _server(self, served: Served) -> None:
@@ -191,6 +192,47 @@ def test_a_commit_based_on_a_key_read_as_missing_fails_if_it_appeared(served: Se
             theirs.set("lock", (b"theirs", {}))
             mine.set("owner", (b"mine", {}))
         assert not served.backing.exists("owner")
+
+
+def test_a_read_only_transaction_fails_if_what_it_read_changed(served: Served) -> None:
+    # read skew: x read before and y after another client moved 50 from x to y
+    served.clear()
+    with DynamicURLStore(served.base) as mine, DynamicURLStore(served.base) as theirs:
+        theirs.multiset(["x", "y"], [(b"100", {}), (b"0", {})])
+        with pytest.raises(ConflictError), mine.transaction("total"):
+            total = int(mine.to_bytes("x"))
+            with theirs.transaction("move 50"):
+                theirs.set("x", (b"50", {}))
+                theirs.set("y", (b"50", {}))
+            total += int(mine.to_bytes("y"))
+        assert total == 150  # an inconsistent state was read, and the commit said so
+        with mine.transaction("total again"):
+            assert int(mine.to_bytes("x")) + int(mine.to_bytes("y")) == 100
+
+
+def test_a_read_only_transaction_is_checked_by_a_read_only_server() -> None:
+    backing = DictMemoryStore()
+    backing.connect()
+    backing.set("k", (b"1", {}))
+    with (
+        served_in_thread(backing, read_only=True) as limited,
+        DynamicURLStore(limited.base) as mine,
+    ):
+        with mine.transaction():
+            assert mine.to_bytes("k") == b"1"
+        with pytest.raises(ConflictError), mine.transaction():
+            assert mine.to_bytes("k") == b"1"
+            backing.set("k", (b"2", {}))  # a change the server's store makes itself
+
+
+def test_capabilities_follow_the_served_store(served: Served) -> None:
+    with DynamicURLStore(served.base) as store:
+        served_capabilities = served.backing.capabilities
+        capabilities = store.capabilities
+    assert capabilities.atomic_transactions is served_capabilities.atomic_transactions
+    assert capabilities.isolated_transactions is served_capabilities.isolated_transactions
+    assert capabilities.isolated_transactions  # a SQLite store's are
+    assert not capabilities.cross_process
 
 
 def _cut_off_server(declared: int, sent: bytes) -> tuple[socket.socket, threading.Thread]:

@@ -6,25 +6,51 @@ refused, see :mod:`storekeeper.store.owners`). Its writes are kept here, in memo
 an *overlay* its owner reads through, and as a log sent at the commit: in one
 ``POST /batch`` that the server applies inside one transaction of the served store
 (all-or-nothing where that store's transactions are), or, to a server without
-``/batch``, write by write. Other clients' writes between the transaction's reads and
-its commit are not seen by it: transactions are isolated between the users of one
-store object only. But they are detected: the batch carries the version of each key
-the transaction read (by ``get``, ``get_data``, ``get_metadata``, ``exists``...) as a
-precondition, and the server refuses the whole commit (``ConflictError``) if one of
-them changed. Keys found by a query are not covered, nor are commits to a server
-without ``/batch``.
+``/batch``, write by write.
+
+Other clients are not kept out: a read inside the transaction sees their committed
+writes as they happen (so two reads of one key may differ). The transaction is
+*optimistic*: each key it read (by ``get``, ``get_data``, ``get_metadata``, ``exists``,
+``version_of``, ...) is remembered at the version it first had, and at the commit the
+server checks that every one of them is still at that version (or still missing),
+refusing the whole commit with :class:`~storekeeper.errors.ConflictError` otherwise.
+That holds for a transaction that only read, too: its commit is a batch of checks,
+which fails if what it read was not one consistent state of the store. What a query
+or a listing finds is not checked (a key another client adds to its results goes
+unnoticed), only the keys read; nor is anything checked at a commit to a server
+without ``/batch`` checks (``"batch_checks"`` in ``/info``).
+
+The server gives a value its version only when the commit applies it, so inside the
+transaction a key it wrote has no known version: ``set`` returns ``None``,
+``get(key).version`` and ``version_of(key)`` are ``None``, and a write conditional on
+an ``if_version`` of such a key fails (``ConflictError``) since the key is no longer at
+any version the caller could have read. After the commit, reads give the version the
+server assigned.
+
+So :attr:`~storekeeper.backends.http.DynamicURLStore.capabilities` declares
+``isolated_transactions`` where the server takes batch checks and the served store's
+transactions are isolated: a transaction's writes are seen by nobody before the commit,
+a read-modify-write never loses another client's concurrent update, and a transaction
+that read an inconsistent state does not end normally; only, the isolation is checked
+at the commit rather than kept during the transaction.
 """
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from storekeeper.backends.http_protocol import encode_batch
-from storekeeper.store.backend import Claim, check_precondition, missing
+from storekeeper.errors import ConflictError
+from storekeeper.store.backend import (
+    Claim,
+    check_precondition,
+    exists_conflict,
+    missing,
+    shown_key,
+)
 from storekeeper.store.owners import busy, may_wait
 from storekeeper.store.value import BytesValue, Value
 
@@ -47,12 +73,11 @@ Write = Callable[[], object]
 
 @dataclass(frozen=True, slots=True)
 class Op:
-    """One write as a ``/batch`` entry: its header (``op``, ``key``, ``metadata``), its
-    data, and the version alias a ``set`` returned."""
+    """One write as a ``/batch`` entry: its header (``op``, ``key``, ``metadata``) and
+    its data."""
 
     header: dict[str, object]
     data: bytes | None = None
-    alias: str | None = None
 
 
 @dataclass
@@ -85,7 +110,7 @@ class PendingTransaction:
             if key in self.seen and key not in pinned:
                 pinned.add(key)
                 extra = _precondition(self.seen[key])
-                logged = Op({**logged.header, **extra}, logged.data, logged.alias)  # noqa: PLW2901
+                logged = Op({**logged.header, **extra}, logged.data)  # noqa: PLW2901
             ops.append(logged)
         if not checks:
             return ops
@@ -128,7 +153,6 @@ class ClientTransactions:
         ) -> Any: ...
         def _url(self, key: str, part: str) -> str: ...
         def _head(self, key: str) -> dict[str, Any] | None: ...
-        def _remember(self, alias: str, real: str | None) -> None: ...
         def _require_connection(self) -> None: ...
 
     def _own_pending(self) -> PendingTransaction | None:
@@ -160,19 +184,27 @@ class ClientTransactions:
         return BytesValue(data, metadata_json=metadata_json)
 
     def _check_pending(self, key: str, if_version: str | None, if_exists: bool | None) -> bool:
-        """Check a transaction's write to *key* now; whether *key* exists for it. A key
-        the transaction wrote has no version until the commit, so ``if_version`` fails."""
+        """Check the preconditions of a transaction's write to *key* now; whether *key*
+        exists for the transaction. A key the transaction wrote has no version until the
+        commit (see the module), so an ``if_version`` fails for it."""
         entry = self._overlay(key)
-        if entry is not None:
-            exists = not entry.deleted
-            current = "\x00pending" if exists else None
-        else:
+        if entry is None:
             found = self._head(key)
-            exists = found is not None
             current = None if found is None else (found["version"] or "")
-        if if_version is not None or if_exists is not None:
-            check_precondition(key, current, if_version, if_exists)
-        return exists
+            if if_version is not None or if_exists is not None:
+                check_precondition(key, current, if_version, if_exists)
+            return found is not None
+        if entry.deleted:
+            check_precondition(key, None, if_version, if_exists)
+            return False
+        if if_version is not None:
+            raise ConflictError(
+                f"key {shown_key(key)} is not at version {if_version!r}: this transaction "
+                "wrote it, and it gets its version when the transaction commits"
+            )
+        if if_exists is False:
+            raise exists_conflict(key)
+        return True
 
     def _writing(self) -> Turn:
         return Turn(self)
@@ -196,22 +228,23 @@ class ClientTransactions:
         pending = self._own_pending()
         assert pending is not None  # hooks run in the owner
         try:
+            checks = bool(self._server.get("batch_checks"))
             if not pending.log:
+                if pending.seen and checks:
+                    self._send_batch(pending.checked_ops(True))
                 return
             if not self._server.get("batch"):
                 for write, _ in pending.log:
                     write()
                 return
-            ops = pending.checked_ops(bool(self._server.get("batch_checks")))
-            body = encode_batch([(op.header, op.data) for op in ops])
-            response = self._call(
-                "POST", self.root_url + "/batch", None, (200,), body=b"".join(body)
-            )
-            for op, version in zip(ops, json.loads(response.data), strict=False):
-                if op.alias is not None and isinstance(version, str):
-                    self._remember(op.alias, version)
+            self._send_batch(pending.checked_ops(checks))
         finally:
             self._end()
+
+    def _send_batch(self, ops: list[Op]) -> None:
+        """``POST /batch`` of *ops*; ConflictError when a check or precondition fails."""
+        body = encode_batch([(op.header, op.data) for op in ops])
+        self._call("POST", self.root_url + "/batch", None, (200,), body=b"".join(body))
 
     def _rollback_transaction(self) -> None:
         if self._own_pending() is not None:

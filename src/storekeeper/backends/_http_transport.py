@@ -25,7 +25,7 @@ from storekeeper.errors import (
 )
 from storekeeper.store.backend import missing
 
-__all__ = ["Transport", "basic_header"]
+__all__ = ["Transport", "authorize", "basic_header"]
 
 #: Statuses that mean "the request was understood"; others raise (see :meth:`Transport.fail`).
 _FALLBACK: dict[int, type[StorekeeperError]] = {
@@ -117,3 +117,36 @@ class Transport:
         if fallback is not None:
             return fallback(message or f"HTTP {status}")
         return BackendError(f"the server answered {status}: {message}")
+
+
+def authorize(transport: Transport, credentials: Any) -> str | None:
+    """Set *transport*'s ``Authorization`` header for *credentials* (see
+    :meth:`~storekeeper.backends.http.DynamicURLStore.connect` for the forms taken);
+    the user tag they name, if any."""
+    if credentials is None:
+        return None
+    if isinstance(credentials, str):
+        transport.headers["Authorization"] = "Bearer " + credentials
+        return None
+    if isinstance(credentials, Mapping):
+        if "token" in credentials:
+            transport.headers["Authorization"] = "Bearer " + str(credentials["token"])
+            return None
+        username, password = credentials.get("username"), credentials.get("password")
+        credentials = (username, password)
+    if isinstance(credentials, tuple | list) and len(credentials) == 2:
+        first, second = credentials
+        if isinstance(first, str) and isinstance(second, str | bytes):
+            password = second.decode() if isinstance(second, bytes) else second
+            transport.headers["Authorization"] = basic_header(first, password)
+            return first
+        if isinstance(first, str):  # encore's (user_tag, session)
+            transport.headers.update(dict(getattr(second, "headers", {}) or {}))
+            auth = getattr(second, "auth", None)
+            if isinstance(auth, tuple) and len(auth) == 2:
+                transport.headers["Authorization"] = basic_header(*auth)
+            return first
+    raise AuthenticationError(
+        "credentials are {'username', 'password'}, a (username, password) pair, "
+        "a token, or a (user_tag, session) pair"
+    )

@@ -1,10 +1,8 @@
 """The upload side of :class:`~storekeeper.backends.http.DynamicURLStore`: values, data,
-metadata and deletes sent to the server, with progress events, and the versions
-``set`` returned inside transactions (aliases of the server's versions)."""
+metadata and deletes sent to the server, with progress events."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -19,18 +17,12 @@ from storekeeper.store.backend import (
 )
 from storekeeper.store.utils import StoreProgressManager
 
-__all__ = ["ALIASES", "Uploads"]
-
-#: How many versions returned inside transactions a store object remembers.
-ALIASES = 4096
+__all__ = ["Uploads"]
 
 
 class Uploads:
     """Sending writes to the server (see the module)."""
 
-    _turn: threading.Condition
-    _aliases: dict[str, str]
-    _reals: dict[str, str]
     base_url: str
     url_format_no_part: str
 
@@ -75,32 +67,9 @@ class Uploads:
             )
         return etag_version(response.headers.get("ETag"))
 
-    def _replay_set(self, key: str, data: bytes, metadata_json: str, alias: str) -> None:
-        """A transaction's ``set`` at the commit: the version the server gives the value
-        is known to this store object by the *alias* the ``set`` returned."""
-        self._remember(alias, self._send_value(key, data, metadata_json, DEFAULT_BUFFER_SIZE, {}))
-
-    def _remember(self, alias: str, real: str | None) -> None:
-        if real is None:
-            return
-        with self._turn:
-            self._aliases[real] = alias
-            self._reals[alias] = real
-            while len(self._aliases) > ALIASES:
-                oldest = next(iter(self._aliases))
-                self._reals.pop(self._aliases.pop(oldest), None)
-
-    def _alias(self, version: str | None) -> str | None:
-        """The version to report for the server's *version*."""
-        if version is None or not self._aliases:
-            return version
-        return self._aliases.get(version, version)
-
-    def _real(self, version: str | None) -> str | None:
-        """The server's version for a reported *version*."""
-        if version is None or not self._reals:
-            return version
-        return self._reals.get(version, version)
+    def _replay_set(self, key: str, data: bytes, metadata_json: str) -> None:
+        """A transaction's ``set``, sent at the commit to a server without ``/batch``."""
+        self._send_value(key, data, metadata_json, DEFAULT_BUFFER_SIZE, {})
 
     def _send_data(
         self, key: str, data: object, buffer_size: int, conditions: dict[str, str]

@@ -43,7 +43,7 @@ def batch_header(operation: str, key: str, metadata_json: str | None = None) -> 
 def condition_headers(if_version: str | None, if_exists: bool | None) -> dict[str, str]:
     """``If-Match`` / ``If-None-Match`` for the preconditions of a write."""
     headers: dict[str, str] = {}
-    if if_version is not None:  # (translated by the store: see _real)
+    if if_version is not None:
         headers["If-Match"] = '"' + if_version.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if if_exists is True:
         headers.setdefault("If-Match", "*")

@@ -10,8 +10,11 @@ upload is sent as it is read, and ``get`` keeps a large value in a temporary fil
 :class:`~storekeeper.store.Value` keeps the data it was read with).
 
 Transactions are kept by the client (see :mod:`storekeeper.backends._http_transactions`):
-isolated between the threads and tasks sharing this store object, replayed key by key
-at the commit, so not atomic for other clients.
+isolated between the threads and tasks sharing this store object, and optimistic
+towards other clients: the commit is one ``POST /batch`` that the server applies in one
+transaction of the served store (atomic where that store's transactions are), and
+refuses with ``ConflictError`` if a key the transaction read has changed since. Inside
+a transaction, a key it wrote has no version yet (``set`` returns ``None``).
 
 Built on urllib3: pooled connections, streaming in both directions, no other dependency.
 """
@@ -37,7 +40,7 @@ from storekeeper.backends._http_transactions import (
     Overlay,
     PendingTransaction,
 )
-from storekeeper.backends._http_transport import Transport, basic_header
+from storekeeper.backends._http_transport import Transport, authorize
 from storekeeper.backends._http_uploads import Uploads
 from storekeeper.backends._http_wire import (
     batch_header,
@@ -54,7 +57,6 @@ from storekeeper.backends.http_protocol import (
     quote_key,
 )
 from storekeeper.errors import (
-    AuthenticationError,
     InvalidURLError,
     NotConnectedError,
 )
@@ -73,7 +75,6 @@ from storekeeper.store.backend import (
     encode_metadata,
     matches,
     missing,
-    new_version,
     pick_metadata,
     query_terms,
     unpack_value,
@@ -150,9 +151,6 @@ class DynamicURLStore(Uploads, ClientTransactions, AbstractAuthorizingStore):
         # Guards _pending and _writers; plain writes run side by side, a transaction alone.
         self._turn = threading.Condition()
         self._writers = 0
-        # Versions set() returned inside transactions, and the server's versions for them.
-        self._aliases: dict[str, str] = {}
-        self._reals: dict[str, str] = {}
 
     @classmethod
     def from_url(cls, parts: SplitResult, **options: Any) -> AbstractReadOnlyStore:
@@ -196,7 +194,7 @@ class DynamicURLStore(Uploads, ClientTransactions, AbstractAuthorizingStore):
         transport = Transport(self.timeout, self.pool_size)
         if self.remote_events:
             transport.headers[ORIGIN] = self.origin
-        tag = self._authorize(transport, credentials or self._default_credentials)
+        tag = authorize(transport, credentials or self._default_credentials)
         response = transport.request("GET", self.root_url + "/info")
         if response.status in (401, 403):
             transport.close()
@@ -218,35 +216,6 @@ class DynamicURLStore(Uploads, ClientTransactions, AbstractAuthorizingStore):
             )
             self._follower.start()
 
-    def _authorize(self, transport: Transport, credentials: Any) -> str | None:
-        if credentials is None:
-            return None
-        if isinstance(credentials, str):
-            transport.headers["Authorization"] = "Bearer " + credentials
-            return None
-        if isinstance(credentials, Mapping):
-            if "token" in credentials:
-                transport.headers["Authorization"] = "Bearer " + str(credentials["token"])
-                return None
-            username, password = credentials.get("username"), credentials.get("password")
-            credentials = (username, password)
-        if isinstance(credentials, tuple | list) and len(credentials) == 2:
-            first, second = credentials
-            if isinstance(first, str) and isinstance(second, str | bytes):
-                password = second.decode() if isinstance(second, bytes) else second
-                transport.headers["Authorization"] = basic_header(first, password)
-                return first
-            if isinstance(first, str):  # encore's (user_tag, session)
-                transport.headers.update(dict(getattr(second, "headers", {}) or {}))
-                auth = getattr(second, "auth", None)
-                if isinstance(auth, tuple) and len(auth) == 2:
-                    transport.headers["Authorization"] = basic_header(*auth)
-                return first
-        raise AuthenticationError(
-            "credentials are {'username', 'password'}, a (username, password) pair, "
-            "a token, or a (user_tag, session) pair"
-        )
-
     def disconnect(self) -> None:
         """Stop following events and close the pooled connections."""
         if self._follower is not None:
@@ -259,15 +228,26 @@ class DynamicURLStore(Uploads, ClientTransactions, AbstractAuthorizingStore):
 
     @property
     def capabilities(self) -> StoreCapabilities:
-        """Ranges and server-side queries; conditional writes and persistence as the
-        served store declares them (``/info``); atomic transactions when the server
-        commits batches and the served store's transactions are atomic."""
+        """What this client promises over the server it is connected to (``/info``):
+        ranges and server-side queries; conditional writes and persistence as the
+        served store declares them; atomic transactions when the server commits batches
+        in atomic transactions of the served store; isolated ones when those batches
+        take read checks and the served store's transactions are isolated (optimistic
+        isolation: see :mod:`storekeeper.backends._http_transactions`). Not
+        ``cross_process``: a commit, once sent, is the server's to finish, so it may
+        land after the client that sent it was stopped or killed."""
         served = self._server.get("capabilities", {})
+        atomic = bool(self._server.get("batch")) and bool(served.get("atomic_transactions"))
+        isolated = (
+            bool(self._server.get("batch"))
+            and bool(self._server.get("batch_checks"))
+            and bool(served.get("isolated_transactions"))
+        )
         return _CAPABILITIES.but(
             conditional_writes=bool(served.get("conditional_writes")),
             persistent=bool(served.get("persistent")),
-            atomic_transactions=bool(self._server.get("batch"))
-            and bool(served.get("atomic_transactions")),
+            atomic_transactions=atomic,
+            isolated_transactions=isolated,
         )
 
     def info(self) -> dict[str, Any]:
@@ -330,7 +310,7 @@ class DynamicURLStore(Uploads, ClientTransactions, AbstractAuthorizingStore):
         length = int(headers.get(METADATA_LENGTH, "0"))
         total = headers.get("Content-Length")
         size = None if total is None else int(total) - length
-        version = self._alias(etag_version(headers.get("ETag")))
+        version = etag_version(headers.get("ETag"))
         created, modified = value_times(headers)
         if size is not None and 0 <= size <= INLINE_LIMIT:
             body = read_body(response, length + size)
@@ -365,16 +345,21 @@ class DynamicURLStore(Uploads, ClientTransactions, AbstractAuthorizingStore):
             return not entry.deleted
         return self._head(key) is not None
 
-    def version_of(self, key: str) -> str:
-        """*key*'s current version (a HEAD request); KeyError if it is missing."""
+    def version_of(self, key: str) -> str | None:
+        """*key*'s current version (a HEAD request); KeyError if it is missing. ``None``
+        for a key written in the caller's open transaction (its version is given at the
+        commit) or when the server sends no ``ETag``."""
         check_key(key)
         entry = self._overlay(key)
         if entry is not None:
-            return self.get(key).version or ""
+            if entry.deleted:
+                raise missing(key)
+            return None
         found = self._head(key)
         if found is None:
             raise missing(key)
-        return found.get("version") or ""
+        version: str | None = found["version"]
+        return version
 
     def _head(self, key: str) -> dict[str, Any] | None:
         response = self._call("HEAD", self._url(key, "data"), key, (200, 404))
@@ -383,7 +368,7 @@ class DynamicURLStore(Uploads, ClientTransactions, AbstractAuthorizingStore):
         length = response.headers.get("Content-Length")
         return {
             "size": None if length is None else int(length),
-            "version": self._alias(etag_version(response.headers.get("ETag"))),
+            "version": etag_version(response.headers.get("ETag")),
         }
 
     def get_data(self, key: str) -> IO[bytes]:
@@ -521,8 +506,9 @@ class DynamicURLStore(Uploads, ClientTransactions, AbstractAuthorizingStore):
         if_version: str | None = None,
         if_exists: bool | None = None,
     ) -> str | None:
-        """Replace *key*'s data and metadata in one request; the version written
-        (``None`` inside a transaction: the server assigns it at the commit)."""
+        """Replace *key*'s data and metadata in one request; the version written.
+        ``None`` inside a transaction: the server gives the version at the commit (see
+        :mod:`storekeeper.backends._http_transactions`)."""
         check_write(key, if_version, if_exists, buffer_size)
         self._require_connection()
         source, metadata, owned = unpack_value(value)
@@ -535,15 +521,15 @@ class DynamicURLStore(Uploads, ClientTransactions, AbstractAuthorizingStore):
                         source,
                         metadata_json,
                         buffer_size,
-                        condition_headers(self._real(if_version), if_exists),
+                        condition_headers(if_version, if_exists),
                     )
                 else:
                     data = self._read_source(key, source, buffer_size, metadata_json)
                     if if_version is not None or if_exists is not None:
                         self._check_pending(key, if_version, if_exists)
-                    version = new_version()
-                    send = partial(self._replay_set, key, data, metadata_json, version)
-                    op = Op(batch_header("set", key, metadata_json), data, version)
+                    version = None
+                    send = partial(self._replay_set, key, data, metadata_json)
+                    op = Op(batch_header("set", key, metadata_json), data)
                     pending.record(key, Overlay(False, data, metadata_json), send, op)
         finally:
             if owned:
@@ -565,7 +551,7 @@ class DynamicURLStore(Uploads, ClientTransactions, AbstractAuthorizingStore):
         self._require_connection()
         with self._writing() as pending:
             if pending is None:
-                conditions = condition_headers(self._real(if_version), if_exists)
+                conditions = condition_headers(if_version, if_exists)
                 self._send_data(key, data, buffer_size, conditions)
                 metadata_json = self._metadata_for_event(key, StoreSetEvent)
             else:
@@ -599,7 +585,7 @@ class DynamicURLStore(Uploads, ClientTransactions, AbstractAuthorizingStore):
         with self._writing() as pending:
             if pending is None:
                 self._send_metadata(
-                    "PUT", key, metadata_json, condition_headers(self._real(if_version), if_exists)
+                    "PUT", key, metadata_json, condition_headers(if_version, if_exists)
                 )
             else:
                 exists = self._check_pending(key, if_version, if_exists)
@@ -623,9 +609,7 @@ class DynamicURLStore(Uploads, ClientTransactions, AbstractAuthorizingStore):
         given = encode_metadata(metadata)
         with self._writing() as pending:
             if pending is None:
-                self._send_metadata(
-                    "POST", key, given, condition_headers(self._real(if_version), None)
-                )
+                self._send_metadata("POST", key, given, condition_headers(if_version, None))
                 merged_json = self._metadata_for_event(key, StoreUpdateEvent)
             else:
                 self._check_pending(key, if_version, True)
@@ -647,7 +631,7 @@ class DynamicURLStore(Uploads, ClientTransactions, AbstractAuthorizingStore):
         with self._writing() as pending:
             old_json = self._metadata_for_event(key, StoreDeleteEvent)
             if pending is None:
-                headers = condition_headers(self._real(if_version), None)
+                headers = condition_headers(if_version, None)
                 url = self.url_format_no_part.format(base=self.base_url, key=quote_key(key))
                 self._call("DELETE", url, key, (200, 204), headers=headers)
             else:

@@ -5,11 +5,14 @@ The layout (``base`` is ``http://HOST:PORT/store``)::
 
     HEAD/GET  {base}/{key}/data        data (Content-Length, ETag, Last-Modified, Range)
     PUT       {base}/{key}/data        replace the data, keep the metadata
-    GET/PUT   {base}/{key}/metadata    metadata as JSON (GET: ETag, If-None-Match); PUT
-                                       replaces
+    HEAD/GET  {base}/{key}/metadata    metadata as JSON, with the ETag of the value's
+                                       version (If-Match, If-None-Match);
+                                       ?select=NAME (repeatable; ?select= alone: no
+                                       field) answers only those fields
+    PUT       {base}/{key}/metadata    replace the metadata, keep the data
     POST      {base}/{key}/metadata    metadata merged like dict.update
-    GET/PUT/POST {base}/{key}/auth     permissions: {permission: [tags]}
-    GET/PUT   {base}/{key}/value       data and metadata in one body (see below)
+    HEAD/GET/PUT/POST {base}/{key}/auth  permissions: {permission: [tags]}
+    HEAD/GET/PUT {base}/{key}/value    data and metadata in one body (see below)
     DELETE    {base}/{key}             delete the key
     GET       /query?name=json...      matching keys, one per line (UTF-8); 409 when
                                        one holds a line break
@@ -26,14 +29,23 @@ A *value body* is the metadata as UTF-8 JSON followed by the data; the header
 carry JSON ``{"error": class name, "message": text}``; :func:`error_class` maps the
 name back to the storekeeper exception.
 
-A *batch* body is a sequence of writes, each a line of JSON ``{"op": "set" | "set_data"
-| "set_metadata" | "update_metadata" | "delete", "key": ..., "metadata": {...},
-"size": n}`` followed by *n* bytes of data (for ``set`` and ``set_data``), or a check
-``{"op": "check", "key": ..., "if_version": v}`` (``"if_exists": false`` for a key read
-as missing) that fails the batch unless the key is still so; see :func:`encode_batch` /
-:func:`decode_batch`. The server applies them in order inside one transaction of the
-served store and answers a JSON list: each ``set``'s version, else ``null``. A server
-that takes checks says ``"batch_checks": true`` in ``/info``.
+A *batch* body is a sequence of entries, each a line of JSON naming its ``op`` and
+``key``. Writes: ``set`` (``metadata``, ``size``), ``set_data`` (``size``), each
+followed by *size* bytes of data; ``set_metadata`` and ``update_metadata``
+(``metadata``); ``delete``. A write may carry the preconditions of the same call
+(``if_version``: a version string; ``if_exists``: ``true`` / ``false``, not for
+``update_metadata`` and ``delete``). A check ``{"op": "check", "key": ...}`` writes
+nothing and fails the batch unless the key is as its condition says: ``"if_version":
+v`` at that version, ``"if_exists": false`` missing, ``"if_exists": true`` present (at
+any version). An entry with a field its ``op`` does not take (data after anything but
+``set`` / ``set_data``), without a field it needs, or with a precondition of the wrong
+type makes the whole batch a 400, nothing applied; see :func:`encode_batch` /
+:func:`decode_batch`. The server applies the entries in order inside one transaction
+of the served store and answers a JSON list: each ``set``'s version, else ``null``; a
+failed condition is a 412 (``ConflictError``) and nothing is applied. A batch of
+checks only (a client's read-only transaction) is also answered by a read-only
+server and to a user who may only read. A server that takes checks says
+``"batch_checks": true`` in ``/info``.
 
 Query terms travel as JSON by :func:`encode_terms` / :func:`decode_terms`: a plain
 value is an exact match, ``{"$in": [...]}``, ``{"$range": [low, high, include_low,
@@ -180,7 +192,10 @@ def encode_batch(writes: list[tuple[dict[str, Any], bytes | None]]) -> list[byte
 
 def decode_batch(body: bytes) -> list[tuple[dict[str, Any], bytes | None]]:
     """The writes of a ``POST /batch`` body; :class:`~storekeeper.errors.InvalidArgumentError`
-    for a malformed one (nothing is applied then)."""
+    for a malformed one (nothing is applied then): a header that is not a JSON object of
+    a known ``op``, a field that ``op`` does not take (data, ``"size"``, only after
+    ``set`` and ``set_data``, which need it), a precondition of the wrong type, or a
+    body that ends early."""
     writes: list[tuple[dict[str, Any], bytes | None]] = []
     view = memoryview(body)
     position = 0
@@ -188,16 +203,7 @@ def decode_batch(body: bytes) -> list[tuple[dict[str, Any], bytes | None]]:
         end = body.find(b"\n", position)
         if end < 0:
             raise InvalidArgumentError("a batch write's header line has no end")
-        try:
-            header = json.loads(body[position:end])
-        except ValueError as exc:
-            raise InvalidArgumentError(f"a batch write's header is not JSON: {exc}") from None
-        except RecursionError:
-            raise InvalidArgumentError("a batch write's header is nested too deeply") from None
-        if not isinstance(header, dict) or header.get("op") not in BATCH_OPERATIONS:
-            raise InvalidArgumentError(f"not a batch write: {header!r}")
-        if not isinstance(header.get("key"), str):
-            raise InvalidArgumentError(f"a batch write names its key: {header!r}")
+        header = _batch_header(body[position:end])
         position = end + 1
         data = None
         size = header.pop("size", None)
@@ -208,3 +214,44 @@ def decode_batch(body: bytes) -> list[tuple[dict[str, Any], bytes | None]]:
             position += size
         writes.append((header, data))
     return writes
+
+
+#: The fields each batch entry takes (besides ``op`` and ``key``).
+_BATCH_FIELDS = {
+    "set": frozenset({"metadata", "size", "if_version", "if_exists"}),
+    "set_data": frozenset({"size", "if_version", "if_exists"}),
+    "set_metadata": frozenset({"metadata", "if_version", "if_exists"}),
+    "update_metadata": frozenset({"metadata", "if_version"}),
+    "delete": frozenset({"if_version"}),
+    "check": frozenset({"if_version", "if_exists"}),
+}
+
+
+def _batch_header(line: bytes) -> dict[str, Any]:
+    """One entry's header line, checked: see :func:`decode_batch`."""
+    try:
+        header = json.loads(line)
+    except ValueError as exc:
+        raise InvalidArgumentError(f"a batch write's header is not JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidArgumentError("a batch write's header is nested too deeply") from None
+    if not isinstance(header, dict) or header.get("op") not in BATCH_OPERATIONS:
+        raise InvalidArgumentError(f"not a batch write: {header!r}")
+    operation = header["op"]
+    if not isinstance(header.get("key"), str):
+        raise InvalidArgumentError(f"a batch write names its key: {header!r}")
+    unknown = sorted(set(header) - {"op", "key"} - _BATCH_FIELDS[operation])
+    if unknown:
+        raise InvalidArgumentError(f"a batch {operation} takes no {', '.join(unknown)}: {header!r}")
+    if operation in {"set", "set_data"} and "size" not in header:
+        raise InvalidArgumentError(f"a batch {operation} is followed by its data: {header!r}")
+    if "metadata" in _BATCH_FIELDS[operation] and not isinstance(header.get("metadata"), dict):
+        raise InvalidArgumentError(f"a batch {operation} carries its metadata: {header!r}")
+    version, exists = header.get("if_version"), header.get("if_exists")
+    if version is not None and (not isinstance(version, str) or not version):
+        raise InvalidArgumentError(f"if_version is a non-empty version string: {header!r}")
+    if exists is not None and not isinstance(exists, bool):
+        raise InvalidArgumentError(f"if_exists is true or false: {header!r}")
+    if operation == "check" and version is None and exists is None:
+        raise InvalidArgumentError(f"a batch check names the version it expects: {header!r}")
+    return header

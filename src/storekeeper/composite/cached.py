@@ -306,7 +306,7 @@ class CachedStore(CompositeStore):
         """The source's current version of *key*; drops the copy if the key is gone."""
         try:
             if self._version_of is not None:
-                return str(self._version_of(key))
+                return self._version_of(key)
             return self.source.get(key).version
         except KeyError:
             self._write_cache_now(lambda: self._drop(key))

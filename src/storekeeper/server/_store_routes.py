@@ -21,7 +21,6 @@ from storekeeper.server._http import (
     error_response,
     etag,
     http_date,
-    json_response,
     matches_etag,
     matches_if_match,
     parse_range,
@@ -162,10 +161,10 @@ class StoreEndpoint:
         self, store: AbstractReadOnlyStore, key: str, request: Request, receive: Receive
     ) -> Response:
         method = request.method
-        if method == "GET":
+        if method in {"GET", "HEAD"}:
             select = request.query_params.getlist("select") or None
             loaded = await run_in_threadpool(_load_metadata, store, key, select, request.headers)
-            return Response(loaded.body, loaded.status, loaded.headers, media_type=None)
+            return _answer(loaded, method == "HEAD")
         if method not in {"PUT", "POST"}:
             raise _not_allowed(method, "metadata")
         writable = self.context.writable(store)
@@ -189,11 +188,13 @@ class StoreEndpoint:
         if not isinstance(store, AbstractAuthorizingStore):
             raise HTTPProblem(404, "this store keeps no permissions", "NotFound")
         method = request.method
-        if method == "GET":
+        if method in {"GET", "HEAD"}:
             permissions = await run_in_threadpool(store.get_permissions, key)
-            return json_response({name: sorted(tags) for name, tags in permissions.items()})
+            body = json.dumps({name: sorted(tags) for name, tags in permissions.items()})
+            found = _Loaded(200, {"Content-Type": "application/json"}, body.encode())
+            return _answer(found, method == "HEAD")
         if method not in {"PUT", "POST"} or self.context.read_only:
-            raise _not_allowed(method, "auth", "GET" if self.context.read_only else None)
+            raise _not_allowed(method, "auth", "GET, HEAD" if self.context.read_only else None)
         given = parse_json(await read_body(receive, self.context.max_json), "permissions")
         if not all(isinstance(tags, list) for tags in given.values()):
             raise HTTPProblem(400, "permissions map names to lists of tags", "InvalidArgumentError")
@@ -206,9 +207,20 @@ class StoreEndpoint:
 _ALLOWED = {
     "data": "GET, HEAD, PUT",
     "value": "GET, HEAD, PUT",
-    "metadata": "GET, PUT, POST",
-    "auth": "GET, PUT, POST",
+    "metadata": "GET, HEAD, PUT, POST",
+    "auth": "GET, HEAD, PUT, POST",
 }
+
+
+def _answer(loaded: _Loaded, head: bool) -> Response:
+    """The response for *loaded* (a whole body in memory): a HEAD gets the GET's headers,
+    ``Content-Length`` included, and no body (RFC 9110 9.3.2)."""
+    if not head:
+        return Response(loaded.body, loaded.status, loaded.headers, media_type=None)
+    headers = dict(loaded.headers)
+    if loaded.status == 200:
+        headers["Content-Length"] = str(len(loaded.body))
+    return Response(b"", loaded.status, headers, media_type=None)
 
 
 def _not_allowed(method: str, part: str | None, allow: str | None = None) -> HTTPProblem:

@@ -137,10 +137,12 @@ class VersionedStore(Protocol):
     a cache can validate an entry cheaply (see :mod:`storekeeper.composite.cached`).
     """
 
-    def version_of(self, key: str) -> str:
+    def version_of(self, key: str) -> str | None:
         """*key*'s current version (what ``get(key).version`` would report), without
         transferring its data; a ``KeyError`` (:class:`~storekeeper.errors.KeyNotFoundError`)
-        if the key is missing."""
+        if the key is missing. ``None`` when the store cannot tell: for example a key
+        written in the caller's open transaction of a store whose server assigns the
+        version only at the commit."""
 
 
 class AbstractReadOnlyStore(abc.ABC):
@@ -525,7 +527,9 @@ class AbstractStore(AbstractReadOnlyStore):
         Returns the version of the value written (what ``get(key).version`` reports
         until the next write: an ``if_version`` for the next conditional write, with no
         lookup), or ``None`` from a store that cannot tell. Inside a transaction it is
-        the version the value has once the transaction commits.
+        the version the value has once the transaction commits, or ``None`` from a store
+        that learns it only at the commit (then ``get(key).version`` is ``None`` too
+        until the commit, and after it reports the version given).
         """
 
     @abc.abstractmethod

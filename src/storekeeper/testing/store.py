@@ -54,6 +54,8 @@ Hooks and settings a subclass may override:
   :meth:`~storekeeper.testing.crossprocess.CrossProcessTests.process_opener`: how
   another process opens the same data (for a ``cross_process`` store);
 - ``large_value_size`` and ``kept_value_size``: the sizes of the large-value checks;
+- ``versions_before_commit`` (see :class:`~storekeeper.testing.transactions.TransactionTests`):
+  ``False`` for a store whose ``set`` returns ``None`` inside a transaction;
 - :meth:`~storekeeper.testing.model.ModelTests.create_model_store` and
   ``model_examples`` / ``model_steps`` (``soak_model_examples`` / ``soak_model_steps``):
   the store and the length of the model runs.
