@@ -193,10 +193,6 @@ class SimpleAuthStore(GuardedWrites, UserAdministration, CompositeStore, Abstrac
         """The wrapped store's: a user's view holds its keys in the wrapped storage."""
         return self._data.storage_identity()
 
-    def storage_paths(self) -> tuple[str, ...]:
-        """The paths of the wrapped store and of the store of the user records."""
-        return tuple(path for child in self._children for path in child.storage_paths())
-
     @property
     def user_key_store(self) -> AbstractStore:
         """The store that holds the user records."""

@@ -219,10 +219,6 @@ class CachedStore(CompositeStore):
         """The source's: the cache holds copies, the keys live in the source."""
         return self.source.storage_identity()
 
-    def storage_paths(self) -> tuple[str, ...]:
-        """The paths of the source and of the cache: both hold files a copy must spare."""
-        return (*self.source.storage_paths(), *self.cache.storage_paths())
-
     def info(self) -> dict[str, Any]:
         """The store description plus the cache's policy and bounds."""
         return {

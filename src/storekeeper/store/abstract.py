@@ -211,7 +211,7 @@ class AbstractReadOnlyStore(abc.ABC):
         when there are none or the store cannot tell (the default). Tools refuse a
         :class:`~storekeeper.store.transfer.Folder` that is one, lies inside one or
         holds one (:func:`~storekeeper.store.transfer.transfer`); composites tell
-        those of the stores they wrap."""
+        those of all their children."""
         return ()
 
     def __enter__(self) -> Self:
