@@ -349,10 +349,6 @@ def test_a_grantee_rewriting_keeps_the_permissions(child: AbstractStore) -> None
         u["bob"].get("k")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a user named '*' is accepted; its new keys are owned by EVERYONE, not by it alone",
-)
 def test_a_user_named_everyone_does_not_own_keys_for_all(child: AbstractStore) -> None:
     admin = SimpleAuthStore(child, ENCODER)
     admin.add_user("bob", "pw-bob")
@@ -638,11 +634,6 @@ def test_identity_different_tables_and_memory_stores_differ(tmp_path: Path) -> N
     assert m2.to_bytes("k") == b"1"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SQLite table names are case-insensitive: table=Things and table=things are one "
-    "table but storage_identity differs, so transfer copies the store onto itself",
-)
 def test_identity_sqlite_table_name_case(tmp_path: Path) -> None:
     a = open_store(f"sqlite:///{tmp_path}/a.db?table=Things")
     b = open_store(f"sqlite:///{tmp_path}/a.db?table=things")
@@ -840,11 +831,6 @@ def test_no_progress_or_change_events_of_others_hidden_writes(child: AbstractSto
     assert seen == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="query_keys() with no terms lists exists-only keys but query() leaves them out: "
-    "query_keys is documented as the keys query returns for the same terms",
-)
 def test_query_keys_agrees_with_query_for_exists_only_keys(child: AbstractStore) -> None:
     u = _users(child, "alice", "bob")
     u["alice"].set("e", (b"x", {"q": 1}))
@@ -854,11 +840,6 @@ def test_query_keys_agrees_with_query_for_exists_only_keys(child: AbstractStore)
     assert bob.query_keys() == [key for key, _ in bob.query()]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="transfer refuses a FileSystemStore onto Folder(its own directory) but not onto "
-    "Folder(its keys/ subfolder): it overwrites the store's record files and corrupts it",
-)
 def test_transfer_refuses_a_folder_inside_the_store_directory(tmp_path: Path) -> None:
     from storekeeper.errors import CorruptFileError
     from storekeeper.store.transfer import Folder

@@ -59,6 +59,7 @@ __all__ = [
     "ValueFiles",
     "file_value",
     "fixed_chunks",
+    "fold_table_name",
     "is_file_ref",
     "table_directory",
 ]
@@ -77,6 +78,12 @@ def is_file_ref(blob: str | None) -> bool:
     return blob is not None and blob.startswith(FILE_PREFIX)
 
 
+def fold_table_name(table: str) -> str:
+    """*table* with its ASCII letters in lower case: SQLite matches table names so
+    (``Store`` and ``store`` are one table), and leaves other letters as they are."""
+    return table.translate(_ASCII_LOWER)
+
+
 def table_directory(table: str) -> str:
     """The name of the directory holding *table*'s value files.
 
@@ -85,7 +92,7 @@ def table_directory(table: str) -> str:
     (``~`` and the first 32 hex digits of its SHA-256), so no table name can reach
     outside the values directory or collide with another table's.
     """
-    folded = table.translate(_ASCII_LOWER)
+    folded = fold_table_name(table)
     if _PLAIN_TABLE.fullmatch(folded) and folded.strip(".") == folded:
         return folded
     return "~" + hashlib.sha256(folded.encode("utf-8", "surrogatepass")).hexdigest()[:32]

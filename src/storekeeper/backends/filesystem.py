@@ -216,6 +216,10 @@ class FileSystemStore(AbstractStore):
         found = path_identity(self.path)
         return None if found is None else ("directory", *found)
 
+    def storage_paths(self) -> tuple[str, ...]:
+        """The store's directory, links resolved."""
+        return (os.path.realpath(self.path),)
+
     def info(self) -> dict[str, Any]:
         """Store description with ``path``, ``durable`` and, when connected,
         ``damaged_keys``: the keys whose record file is damaged (found by reading every

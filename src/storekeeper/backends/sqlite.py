@@ -63,7 +63,7 @@ from typing import Any
 from urllib.parse import SplitResult
 
 from storekeeper.backends._sqlite_connections import MEMORY, Connections, translate
-from storekeeper.backends._sqlite_files import ChunkHolds, ValueFiles
+from storekeeper.backends._sqlite_files import ChunkHolds, ValueFiles, fold_table_name
 from storekeeper.backends._sqlite_indexes import Indexes
 from storekeeper.backends._sqlite_reads import Reads
 from storekeeper.backends._sqlite_schema import (
@@ -256,12 +256,23 @@ class SqliteStore(AbstractStore):
         return StoreCapabilities.everything()
 
     def storage_identity(self) -> Hashable | None:
-        """The database file (its device and inode) and the table: equal for every path
-        to one database, ``None`` for an in-memory database (private to this object)."""
+        """The database file (its device and inode) and the table (its ASCII letters
+        in lower case, as SQLite matches table names): equal for every path to one
+        database and every spelling of one table, ``None`` for an in-memory database
+        (private to this object)."""
         if self.location == MEMORY:
             return None
         found = path_identity(self.location)
-        return None if found is None else ("sqlite", *found, self.table)
+        return None if found is None else ("sqlite", *found, fold_table_name(self.table))
+
+    def storage_paths(self) -> tuple[str, ...]:
+        """The database file, the files SQLite keeps beside it (``-wal``, ``-shm``,
+        ``-journal``) and the directory of value files (``-values``), links
+        resolved; none for an in-memory database."""
+        if self.location == MEMORY:
+            return ()
+        base = os.path.realpath(self.location)
+        return tuple(base + suffix for suffix in ("", "-wal", "-shm", "-journal", "-values"))
 
     def info(self) -> dict[str, Any]:
         """Store description with ``location``, ``table``, ``index``, ``durable`` and

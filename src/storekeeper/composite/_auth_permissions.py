@@ -34,6 +34,7 @@ __all__ = [
     "DENIED",
     "EVERYONE",
     "PERMISSIONS",
+    "RESERVED_TAGS",
     "MaskedValue",
     "PermissionMap",
     "Record",
@@ -53,6 +54,8 @@ __all__ = [
 PERMISSIONS = "\x00storekeeper:permissions"
 #: The tag every authenticated user has.
 EVERYONE = "*"
+#: Tags the permission model gives a meaning of its own: no user or group may be named so.
+RESERVED_TAGS = frozenset({EVERYONE})
 #: Everything :meth:`SimpleAuthStore.check_permissions` can grant.
 ALL_PERMISSIONS = frozenset({"connect", "exists", "get", "set", "delete"})
 #: Permission name -> tags granted it (a name, since ``set`` is also a method name here).

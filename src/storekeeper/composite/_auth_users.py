@@ -6,6 +6,11 @@ group tags. Data that is not such JSON is read as a bare hash without a per-user
 (records written by a plain one-argument encoder). :class:`UserAdministration` holds
 the store's user tools and the checks of a user's password; a :class:`Session` is what
 a successful check leaves behind.
+
+User names and group tags share one namespace (a key's permissions name both the same
+way), so the tools keep them apart: no user is named like a reserved tag
+(:data:`~storekeeper.composite._auth_permissions.RESERVED_TAGS`) or like another user's
+group, and no group is named like a reserved tag or another user.
 """
 
 from __future__ import annotations
@@ -18,8 +23,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from storekeeper.composite._auth_passwords import PasswordEncoder, password_bytes
-from storekeeper.composite._auth_permissions import EVERYONE, normalize_tags
-from storekeeper.errors import AuthenticationError, InvalidKeyError, NotConnectedError
+from storekeeper.composite._auth_permissions import EVERYONE, RESERVED_TAGS, normalize_tags
+from storekeeper.errors import (
+    AuthenticationError,
+    InvalidKeyError,
+    InvalidMetadataError,
+    NotConnectedError,
+)
 from storekeeper.store.abstract import AbstractStore
 from storekeeper.store.backend import check_key, read_stream
 
@@ -112,9 +122,18 @@ class UserAdministration:
         raise NotImplementedError
 
     def add_user(self, username: str, password: str | bytes, tags: Iterable[str] = ()) -> None:
-        """Create a user; ConflictError if they exist. *tags* are the user's groups."""
-        record = self._make_record(password, tags)
-        self._user_store("add_user").set(self._user_key(username), (record, {}), if_exists=False)
+        """Create a user; ConflictError if they exist. *tags* are the user's groups.
+
+        User names and group tags share one namespace: InvalidKeyError for a
+        *username* that is a reserved tag (:data:`EVERYONE`) or another user's group
+        tag, InvalidMetadataError for a tag that is reserved or another user's name.
+        """
+        users = self._user_store("add_user")
+        key = self._user_key(username)
+        self._check_new_name(username)
+        group_tags = self._check_group_tags(username, normalize_tags(tags))
+        record = self._make_record(password, group_tags)
+        users.set(key, (record, {}), if_exists=False)
 
     def change_user(
         self,
@@ -124,17 +143,20 @@ class UserAdministration:
     ) -> None:
         """Change a user's password and/or tags; KeyNotFoundError if there is no such user.
 
-        A new password ends the user's open sessions (at their next re-check).
+        A new password ends the user's open sessions (at their next re-check). New
+        *tags* are checked as :meth:`add_user` checks them (InvalidMetadataError).
         """
         key = self._user_key(username)
         users = self._user_store("change_user")
         value = users.get(key)
         current = UserRecord.parse(read_stream(value.data))
+        new_tags = current.tags
+        if tags is not None:
+            new_tags = self._check_group_tags(username, normalize_tags(tags))
         if password is None:
-            new_tags = current.tags if tags is None else normalize_tags(tags)
             record = current.with_tags(new_tags).dump()
         else:
-            record = self._make_record(password, current.tags if tags is None else tags)
+            record = self._make_record(password, new_tags)
         users.set(key, (record, {}), if_version=value.version)
 
     def remove_user(self, username: str) -> None:
@@ -149,6 +171,10 @@ class UserAdministration:
 
     def _authenticate(self, username: str, password: bytes) -> Session:
         """A session for *username* if *password* is theirs; AuthenticationError if not."""
+        if username in RESERVED_TAGS:
+            # A record made before such names were refused: its user would own every
+            # key they create for everyone, so it never connects (remove_user drops it).
+            raise AuthenticationError(f"the user name {username!r} is reserved: it cannot connect")
         record = self._read_user(username)
         if record is None:
             # Hash anyway, so that a missing user takes as long as a wrong password.
@@ -169,6 +195,39 @@ class UserAdministration:
             raise AuthenticationError(f"the session of {session.username!r} has ended: reconnect")
         session.tags = frozenset({session.username, EVERYONE, *record.tags})
         session.checked = time.monotonic()
+
+    def _check_new_name(self, username: str) -> None:
+        """InvalidKeyError if *username* is a reserved tag or an existing user's group."""
+        if username in RESERVED_TAGS:
+            raise InvalidKeyError(f"the user name {username!r} is reserved (it means everyone)")
+        for other, record in self._records():
+            if username in record.tags:
+                raise InvalidKeyError(
+                    f"the user name {username!r} is a group tag of user {other!r}: user "
+                    "names and group tags share one namespace"
+                )
+
+    def _check_group_tags(self, username: str, tags: tuple[str, ...]) -> tuple[str, ...]:
+        """*tags* for user *username*; InvalidMetadataError for a reserved tag or one
+        that names another user (a user's own name adds nothing, and is allowed)."""
+        reserved = RESERVED_TAGS.intersection(tags)
+        if reserved:
+            raise InvalidMetadataError(f"group tags {sorted(reserved)!r} are reserved")
+        if tags:
+            clashes = sorted(name for name in self.users() if name != username and name in tags)
+            if clashes:
+                raise InvalidMetadataError(
+                    f"group tags {clashes!r} are user names: user names and group tags "
+                    "share one namespace"
+                )
+        return tags
+
+    def _records(self) -> Iterable[tuple[str, UserRecord]]:
+        """``(username, record)`` of every user whose record can still be read."""
+        for name in self.users():
+            record = self._read_user(name)
+            if record is not None:
+                yield name, record
 
     def _user_key(self, username: str) -> str:
         if not isinstance(username, str) or not username:

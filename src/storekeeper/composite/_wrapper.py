@@ -254,6 +254,12 @@ class CompositeStore(AbstractStore):
             isolated_transactions=writes.isolated_transactions,
         )
 
+    def storage_paths(self) -> tuple[str, ...]:
+        """The paths of every child (see :meth:`AbstractReadOnlyStore.storage_paths`):
+        a copy into a folder must spare the files of each store this one writes or
+        reads through."""
+        return tuple(path for child in self._children for path in child.storage_paths())
+
     def info(self) -> dict[str, Any]:
         """The store description plus ``children``: each child's own ``info()``."""
         return {**super().info(), "children": [child.info() for child in self._children]}

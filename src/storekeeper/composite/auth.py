@@ -129,8 +129,22 @@ class SimpleAuthStore(GuardedWrites, UserAdministration, CompositeStore, Abstrac
     Events obey the same rules: a change of a key reaches this store's listeners only if
     the user may see the key (its metadata only if they may ``get`` it), and progress
     only for the user's own streamed writes. A hidden key is told apart from a missing
-    one only where that cannot be avoided: writing it fails (AuthorizationError) and
-    :meth:`check_permissions` reports ``{'connect'}`` for it.
+    one only where that cannot be avoided: :meth:`set`, :meth:`set_data` and
+    :meth:`set_metadata` (which would create a missing key) and conditional writes
+    (which would fail with ConflictError on a missing key) raise AuthorizationError
+    for it, and :meth:`check_permissions` reports ``{'connect'}`` for it; every other
+    call (reads, :meth:`update_metadata`, :meth:`delete`, the permission calls)
+    raises KeyNotFoundError, as for a missing key.
+
+    User names and group tags share one namespace: a key's permissions name a user by
+    their name and a group by its tag, and a user holds both. So :meth:`add_user`
+    refuses a name that is reserved (:data:`EVERYONE`, ``'*'``) or is another user's
+    group tag (InvalidKeyError), and :meth:`add_user` and :meth:`change_user` refuse
+    group tags that are reserved or name another user (InvalidMetadataError). These
+    checks read every user record; two administrators adding at the same moment can
+    still race past them. A record made before the checks existed keeps its tags
+    (fix them with :meth:`change_user`), but a user named ``'*'`` can never connect
+    (AuthenticationError), so no key is ever owned by such a user's name.
 
     :meth:`add_user`, :meth:`change_user`, :meth:`remove_user` and :meth:`users`
     administer the user records; they need no session (whoever holds this object can
@@ -341,7 +355,15 @@ class SimpleAuthStore(GuardedWrites, UserAdministration, CompositeStore, Abstrac
     def query(
         self, select: Iterable[str] | None = None, *where: Mapping[str, Any], **kwargs: Any
     ) -> list[tuple[str, Metadata]]:
-        """Matches among the keys the user may see; metadata only where they may ``get``."""
+        """Matches among the keys the user may see (see
+        :meth:`AbstractReadOnlyStore.query`), without the permissions entry.
+
+        With no terms, every key the user may see is returned, as :meth:`list_keys`
+        and :meth:`query_keys` list them: a key the user may only see (an ``exists``
+        grant without ``get``) comes with empty metadata. With terms, only keys the
+        user may ``get`` can match: matching reads metadata, and a match would tell
+        about metadata the user may not read.
+        """
         self._current()
         terms = query_terms(where, kwargs)
         if PERMISSIONS in terms:
@@ -349,8 +371,7 @@ class SimpleAuthStore(GuardedWrites, UserAdministration, CompositeStore, Abstrac
         names = check_select(select)
         if names is not None:
             names.append(PERMISSIONS)
-        # Listing keys needs only ``exists``; matching metadata terms reads the metadata.
-        need = "exists" if names == [PERMISSIONS] and not terms else "get"
+        need = "get" if terms else "exists"
         results = []
         for key, metadata in pass_terms(self._data.query, terms, names):
             if self._reserved(key):
@@ -358,8 +379,9 @@ class SimpleAuthStore(GuardedWrites, UserAdministration, CompositeStore, Abstrac
             record = record_in(metadata)
             metadata.pop(PERMISSIONS, None)
             # Checked per key: a long query still sees a re-check of the session when due.
-            if need in self._allowed(key, record, self._current()):
-                results.append((key, metadata))
+            allowed = self._allowed(key, record, self._current())
+            if need in allowed:
+                results.append((key, metadata if "get" in allowed else {}))
         return results
 
     def list_keys(self, prefix: str = "", delimiter: str | None = None) -> Iterator[str]:

@@ -207,6 +207,15 @@ class AbstractReadOnlyStore(abc.ABC):
         """
         return None
 
+    def storage_paths(self) -> tuple[str, ...]:
+        """The real paths of the local files and directories holding this store's
+        data (a database file and the files beside it, a store's directory); empty
+        when there are none or the store cannot tell (the default). Tools refuse a
+        :class:`~storekeeper.store.transfer.Folder` that is one, lies inside one or
+        holds one (:func:`~storekeeper.store.transfer.transfer`); composites tell
+        those of all their children."""
+        return ()
+
     def __enter__(self) -> Self:
         if not self.is_connected():
             self.connect()

@@ -40,8 +40,11 @@ first, so a key that became a folder, or the reverse, is mirrored in one run.
 
 The source and the target must be different storage: the same store object, two
 objects on one SQLite table or one directory (as their
-:meth:`~storekeeper.store.AbstractReadOnlyStore.storage_identity` tells), or
-overlapping folders are refused before anything is read or written.
+:meth:`~storekeeper.store.AbstractReadOnlyStore.storage_identity` tells),
+overlapping folders, and a folder that overlaps a store's own files (as its
+:meth:`~storekeeper.store.AbstractReadOnlyStore.storage_paths` tells: a folder
+inside a file-system store's directory, or one holding a SQLite database file or the
+files beside it) are refused before anything is read or written.
 
 Writes into a store whose transactions are atomic are grouped (up to *batch_keys* keys
 or *batch_bytes* bytes per transaction), which saves a durable commit per key; the
@@ -147,12 +150,14 @@ def transfer(
     folder is created if missing). Raises :class:`~storekeeper.errors.InvalidArgumentError`
     for an unknown *compare* mode, a transfer of a store onto itself (the same object,
     or two objects on the same storage as their ``storage_identity()`` tells: one
-    SQLite table or one directory opened twice, however its path was spelled) or
-    between overlapping folders, :class:`FileNotFoundError` for a missing source
-    folder, :class:`~storekeeper.errors.InvalidKeyError` when a key cannot be a file
-    in a target folder, :class:`~storekeeper.errors.BackendError` (before anything is
-    written) when a store lists its keys out of key order, and whatever the stores
-    raise; keys copied before an error stay copied (run it again to finish).
+    SQLite table or one directory opened twice, however its path was spelled),
+    between overlapping folders, or between a folder and a store whose own files it
+    holds or lies inside (see the module documentation), :class:`FileNotFoundError`
+    for a missing source folder, :class:`~storekeeper.errors.InvalidKeyError` when a
+    key cannot be a file in a target folder, :class:`~storekeeper.errors.BackendError`
+    (before anything is written) when a store lists its keys out of key order, and
+    whatever the stores raise; keys copied before an error stay copied (run it again
+    to finish).
     """
     report = TransferReport(dry_run=dry_run)
     actions = iter_transfer(
@@ -258,16 +263,19 @@ def _deleting(dst: Side, keys: list[str], report: TransferReport) -> Iterator[Tr
 
 def _check_apart(source: Location, target: Location) -> None:
     """Refuse a transfer of a store onto itself (the same object, or the same storage
-    by ``storage_identity``: one database or directory opened twice), or of a folder
+    by ``storage_identity``: one database or directory opened twice), of a folder
     into itself or into one of its own subfolders (or the other way round): each run
-    would copy what the last one wrote."""
+    would copy what the last one wrote, and between a folder and a store whose files
+    (``storage_paths``) are that folder, inside it or around it: writing plain files
+    there overwrites the store's own."""
     if source is target:
         raise InvalidArgumentError("the source and the target are the same store")
-    if isinstance(source, Folder) and isinstance(target, Folder):
-        inner, outer = sorted((os.path.realpath(source.path), os.path.realpath(target.path)))
-        if outer == inner or outer.startswith(inner.rstrip(os.sep) + os.sep):
+    if isinstance(source, Folder) or isinstance(target, Folder):
+        overlap = _overlap(_paths(source), _paths(target))
+        if overlap is not None:
             raise InvalidArgumentError(
-                f"the folders {source.path!r} and {target.path!r} overlap: one is inside the other"
+                f"the source ({_named(source)}) and the target ({_named(target)}) overlap: "
+                f"{overlap[0]!r} and {overlap[1]!r} are one inside the other"
             )
     identity = _identity(source)
     if identity is not None and identity == _identity(target):
@@ -275,6 +283,30 @@ def _check_apart(source: Location, target: Location) -> None:
             f"the source ({type(source).__name__}) and the target ({type(target).__name__}) "
             "are the same storage opened twice"
         )
+
+
+def _paths(location: Location) -> tuple[str, ...]:
+    """The local paths *location* keeps its data in: a folder's own, a store's
+    ``storage_paths()``."""
+    if isinstance(location, Folder):
+        return (os.path.realpath(location.path),)
+    return location.storage_paths()
+
+
+def _overlap(first: Iterable[str], second: Iterable[str]) -> tuple[str, str] | None:
+    """A pair of paths, one of each, that are equal or one inside the other, or None."""
+    for a in first:
+        for b in second:
+            inner, outer = sorted((a.rstrip(os.sep), b.rstrip(os.sep)))
+            if outer == inner or outer.startswith(inner + os.sep):
+                return a, b
+    return None
+
+
+def _named(location: Location) -> str:
+    if isinstance(location, Folder):
+        return f"folder {os.fspath(location.path)!r}"
+    return type(location).__name__
 
 
 def _identity(location: Location) -> Hashable | None:

@@ -689,3 +689,24 @@ class StoreTests(
                     with pytest.raises(InvalidArgumentError):
                         transfer(store, again, delete=True)
                     assert again.get("k").version == version
+
+    def test_storage_paths_are_spared_by_folder_copies(
+        self, tmp_path: Path, event_manager: EventManager
+    ) -> None:
+        import os
+
+        from storekeeper.store.transfer import Folder, transfer  # used by this check only
+
+        with self.create_store(tmp_path, event_manager) as store:
+            store.set("k", (b"kept", {}))
+            version = store.get("k").version
+            paths = store.storage_paths()
+            assert all(isinstance(path, str) and os.path.isabs(path) for path in paths)
+            for path in paths:
+                inside = Folder(os.path.join(path, "sub"))
+                for source, target in ((store, inside), (inside, store)):
+                    with pytest.raises(InvalidArgumentError):
+                        transfer(source, target, delete=True)
+                with pytest.raises(InvalidArgumentError):
+                    transfer(store, Folder(os.path.dirname(path)), delete=True)
+            assert store.get("k").version == version
