@@ -67,7 +67,7 @@ from storekeeper.store.events import (
     StoreSetEvent,
     StoreUpdateEvent,
 )
-from storekeeper.store.listing import check_list_info, check_listing, fold_keys
+from storekeeper.store.listing import check_list_info, check_listing, details_by_get, fold_keys
 from storekeeper.store.mapping import StoreMapping
 from storekeeper.store.utils import (
     SimpleTransactionContext,
@@ -104,19 +104,6 @@ _PROGRESS_EVENTS = (StoreProgressStartEvent, StoreProgressStepEvent, StoreProgre
 _updating: contextvars.ContextVar[tuple[object, str] | None] = contextvars.ContextVar(
     "storekeeper-updating", default=None
 )
-
-
-def _described(
-    store: AbstractReadOnlyStore, keys: Iterable[str], metadata: bool
-) -> Iterator[tuple[str, KeyInfo]]:
-    """``(key, info)`` for each of *keys* that *store* still holds, read by ``get``."""
-    for key in keys:
-        try:
-            value = store.get(key)
-        except KeyError:  # deleted since it was listed
-            continue
-        chosen = value.metadata if metadata else None
-        yield key, KeyInfo(value.size, value.created, value.modified, value.version, chosen)
 
 
 def _as_update(event: BaseEvent, key: str) -> BaseEvent:
@@ -365,7 +352,7 @@ class AbstractReadOnlyStore(abc.ABC):
         details in their listing's source override it with one scan of the range.
         """
         check_list_info(prefix, metadata)
-        return _described(self, self.list_keys(prefix), metadata)
+        return details_by_get(self.get, self.list_keys(prefix), metadata)
 
     def to_bytes(self, key: str, buffer_size: int = DEFAULT_BUFFER_SIZE) -> bytes:
         """*key*'s data as ``bytes`` (read in chunks of *buffer_size*).

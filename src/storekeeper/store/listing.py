@@ -21,11 +21,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from storekeeper.errors import InvalidArgumentError, InvalidKeyError
 from storekeeper.store._validate import encodable
+from storekeeper.store.value import KeyInfo, Value
 
 __all__ = [
     "SortedKeys",
     "check_list_info",
     "check_listing",
+    "details_by_get",
     "filter_listing",
     "fold_keys",
     "is_folder",
@@ -259,3 +261,18 @@ def _applied(keys: list[str], changes: Mapping[str, bool], few: int) -> list[str
 def _contains(keys: list[str], key: str) -> bool:
     index = bisect_left(keys, key)
     return index < len(keys) and keys[index] == key
+
+
+def details_by_get(
+    get: Callable[[str], Value], keys: Iterable[str], metadata: bool
+) -> Iterator[tuple[str, KeyInfo]]:
+    """``(key, info)`` for each of *keys* that *get* still finds (a key deleted since it
+    was listed is left out): the details of a listing read value by value, for stores
+    whose listing holds no more than the keys."""
+    for key in keys:
+        try:
+            value = get(key)
+        except KeyError:
+            continue
+        chosen = value.metadata if metadata else None
+        yield key, KeyInfo(value.size, value.created, value.modified, value.version, chosen)
