@@ -24,6 +24,7 @@ from storekeeper.errors import (
     AuthorizationError,
     BackendError,
     BackendUnavailableError,
+    ConflictError,
     InvalidArgumentError,
     InvalidURLError,
     LockTimeoutError,
@@ -278,6 +279,112 @@ def test_a_table_of_the_earlier_layout_is_upgraded(table: str) -> None:
     with PostgresStore(database_url(), table, listen=False) as store:
         store.set("k", (b"", {}))
     assert [key for key, _, _ in _changes(table)] == ["k"]
+
+
+def _plain_sql(table: str, *statements: str) -> None:
+    """Run *statements* (``{}`` is the table) as another program would: plain psycopg."""
+    with psycopg.connect(database_url(), autocommit=True) as conn:
+        for statement in statements:
+            conn.execute(sql.SQL(statement).format(sql.Identifier(table)))
+
+
+def _listening(table: str) -> tuple[PostgresStore, list[Any]]:
+    manager = EventManager()
+    seen: list[Any] = []
+    manager.connect(StoreModificationEvent, seen.append)
+    store = PostgresStore(database_url(), table, event_manager=manager)
+    store.connect()
+    return store, seen
+
+
+def _settle(seen: list[Any], count: int) -> None:
+    """Wait for *count* events, then a little more for any duplicate on its way."""
+    deadline = time.monotonic() + 10
+    while len(seen) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)
+
+
+def test_a_plain_sql_truncate_is_announced_once_per_key(table: str) -> None:
+    """``TRUNCATE`` by another program is logged as a delete of every key it removes
+    (announced by id, 500 a notification), delivered once each; the store's own writes
+    before and after are unaffected."""
+    store, seen = _listening(table)
+    try:
+        keys = [f"k{n:04}" for n in range(1200)]
+        store.multiset(keys, [(b"", {"n": n}) for n in range(1200)])
+        local = len(seen)
+        _plain_sql(table, "TRUNCATE {}")
+        _settle(seen, local + 1200)
+        deletes = seen[local:]
+        assert [(e.key, type(e).__name__, e.remote) for e in deletes] == [
+            (key, "StoreDeleteEvent", True) for key in keys
+        ]
+        assert deletes[7].metadata == {"n": 7}
+        assert list(store.list_keys()) == []
+        store.set("again", (b"", {}))
+        assert store.to_bytes("again") == b""
+    finally:
+        store.disconnect()
+
+
+def test_a_plain_sql_key_change_is_a_delete_then_a_set(table: str) -> None:
+    store, seen = _listening(table)
+    try:
+        store.set("old", (b"v", {"n": 1}))
+        _plain_sql(table, "UPDATE {} SET key = 'new' WHERE key = 'old'")
+        _settle(seen, 3)
+        assert [(e.key, type(e).__name__, e.metadata) for e in seen[1:]] == [
+            ("old", "StoreDeleteEvent", {"n": 1}),
+            ("new", "StoreSetEvent", {"n": 1}),
+        ]
+        assert store.to_bytes("new") == b"v" and not store.exists("old")
+    finally:
+        store.disconnect()
+
+
+def test_a_plain_sql_change_gets_a_new_version_unless_it_sets_one(table: str) -> None:
+    """Another program's update that changes a row keeps no stale version (conditional
+    writes see it); one that sets a version itself keeps it; one that changes nothing
+    keeps the version."""
+    with PostgresStore(database_url(), table, listen=False) as store:
+        first = store.set("k", (b"mine", {}))
+        _plain_sql(table, "UPDATE {} SET key = key WHERE key = 'k'")
+        assert store.get("k").version == first
+        _plain_sql(table, "UPDATE {} SET metadata = '{{\"x\": 1}}' WHERE key = 'k'")
+        second = store.get("k").version
+        assert second != first and int(second) > 0
+        with pytest.raises(ConflictError):
+            store.set("k", (b"lost", {}), if_version=first)
+        _plain_sql(table, "UPDATE {} SET data = 'theirs', version = 42 WHERE key = 'k'")
+        assert store.get("k").version == "42"
+        assert store.to_bytes("k") == b"theirs"
+        third = store.set("k", (b"mine again", {}), if_version="42")
+        assert store.get("k").version == third
+
+
+def test_a_table_of_the_previous_layout_gets_the_new_triggers(table: str) -> None:
+    """A table made before plain-SQL renames, versions and ``TRUNCATE`` were handled
+    (no version or truncate trigger) gets them on connect."""
+    with PostgresStore(database_url(), table, listen=False):
+        pass
+    with psycopg.connect(database_url(), autocommit=True) as conn:
+        for name in ("__version", "__truncate"):
+            drop = sql.SQL("DROP TRIGGER {} ON {}")
+            conn.execute(drop.format(sql.Identifier(table + name), sql.Identifier(table)))
+    store, seen = _listening(table)
+    try:
+        version = store.set("k", (b"", {}))
+        _plain_sql(table, "UPDATE {} SET data = 'x' WHERE key = 'k'")
+        assert store.get("k").version != version
+        _plain_sql(table, "TRUNCATE {}")
+        _settle(seen, 3)
+        assert [(e.key, type(e).__name__) for e in seen[1:]] == [
+            ("k", "StoreSetEvent"),
+            ("k", "StoreDeleteEvent"),
+        ]
+    finally:
+        store.disconnect()
 
 
 @pytest.mark.parametrize(

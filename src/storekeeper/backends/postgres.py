@@ -263,13 +263,15 @@ class PostgresStore(AbstractStore):
         schema = self._schema
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", [self._reads.lock_id("\x00schema")])
-            # The log trigger exists once the tables, indexes and triggers of this
-            # version all do (a table made by an earlier version gets them now).
+            # This version's triggers all exist once its tables, indexes, functions and
+            # triggers all do (a table made by an earlier version gets them now).
             current = conn.execute(
-                "SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass(%s) AND tgname = %s",
-                [schema.main.as_string(conn), schema.log_trigger],
+                "SELECT count(*) FROM pg_trigger "
+                "WHERE tgrelid = to_regclass(%s) AND tgname = ANY(%s)",
+                [schema.main.as_string(conn), schema.triggers],
             )
-            if current.fetchone() is not None:
+            found = current.fetchone()
+            if found is not None and found[0] == len(schema.triggers):
                 return
             # One round trip: the statements take no parameters.
             conn.execute(b";\n".join(schema.create()))
