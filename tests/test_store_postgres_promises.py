@@ -196,6 +196,41 @@ def test_local_events_are_not_marked_remote(table: str) -> None:
     assert [(e.key, getattr(e, "remote", False)) for e in seen] == [("k", False), ("r", True)]
 
 
+def test_events_carry_remote_and_the_version_written(table: str) -> None:
+    """Local and remote events alike carry ``remote`` and ``version`` (the version the
+    write gave the key, as ``get`` reports it; ``None`` for a delete), whether the remote
+    change arrives whole in its notification, by id (large metadata), or from plain SQL."""
+    store, seen = _listening(table)
+    try:
+        mine = store.set("k", (b"", {}))
+        store.update_metadata("k", {"u": 1})
+        updated = store.get("k").version
+        store.delete("k")
+        with PostgresStore(database_url(), table, listen=False) as other:
+            small = other.set("r", (b"", {"x": 1}))
+            large = other.set("big", (b"", {"x": "y" * 20_000}))
+            other.multiset(["m1", "m2"], [(b"", {}), (b"", {})])
+            batch = [other.get("m1").version, other.get("m2").version]
+            other.delete("r")
+        _plain_sql(table, "UPDATE {} SET data = 'z' WHERE key = 'big'")
+        plain = store.get("big").version
+        _settle(seen, 9)
+        assert [(e.key, e.action, e.remote, e.version) for e in seen] == [
+            ("k", "set", False, mine),
+            ("k", "update", False, updated),
+            ("k", "delete", False, None),
+            ("r", "set", True, small),
+            ("big", "set", True, large),
+            ("m1", "set", True, batch[0]),
+            ("m2", "set", True, batch[1]),
+            ("r", "delete", True, None),
+            ("big", "set", True, plain),
+        ]
+        assert len({mine, updated, small, large, plain, *batch}) == 7
+    finally:
+        store.disconnect()
+
+
 def _changes(table: str) -> list[tuple[str, str, str | None]]:
     """The change log of *table*: (key, action, origin), oldest first."""
     with psycopg.connect(database_url()) as conn:
@@ -365,13 +400,16 @@ def test_a_plain_sql_change_gets_a_new_version_unless_it_sets_one(table: str) ->
 
 def test_a_table_of_the_previous_layout_gets_the_new_triggers(table: str) -> None:
     """A table made before plain-SQL renames, versions and ``TRUNCATE`` were handled
-    (no version or truncate trigger) gets them on connect."""
+    (no version or truncate trigger, no version in the change log) gets them on
+    connect."""
     with PostgresStore(database_url(), table, listen=False):
         pass
     with psycopg.connect(database_url(), autocommit=True) as conn:
         for name in ("__version", "__truncate"):
             drop = sql.SQL("DROP TRIGGER {} ON {}")
             conn.execute(drop.format(sql.Identifier(table + name), sql.Identifier(table)))
+        changes = sql.Identifier(table + "__changes")
+        conn.execute(sql.SQL("ALTER TABLE {} DROP COLUMN version").format(changes))
     store, seen = _listening(table)
     try:
         version = store.set("k", (b"", {}))
@@ -383,6 +421,7 @@ def test_a_table_of_the_previous_layout_gets_the_new_triggers(table: str) -> Non
             ("k", "StoreSetEvent"),
             ("k", "StoreDeleteEvent"),
         ]
+        assert seen[1].version not in (None, version)
     finally:
         store.disconnect()
 

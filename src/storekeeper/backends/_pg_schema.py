@@ -20,7 +20,8 @@ COPY is). For a store table ``T``:
 - ``T__trash``: chunk sets no row names any more and since when; they are deleted
   ``reclaim_after`` seconds later, so that a value read before an overwrite can still be
   streamed meanwhile.
-- ``T__changes``: the change log (``id``, ``key``, ``action``, ``metadata``, ``origin``).
+- ``T__changes``: the change log (``id``, ``key``, ``action``, ``metadata``, ``origin``,
+  ``version``: the row's new version, ``NULL`` for a delete).
   The store's write statements log their changes themselves and announce them with
   ``NOTIFY`` (:meth:`Schema.logged`: one statement, no trigger call); writes by other
   programs are logged and announced by a row-level trigger, ``T__log``, which skips the
@@ -94,8 +95,11 @@ _CREATE = [
         key text NOT NULL,
         action text NOT NULL,
         metadata text,
-        origin text
+        origin text,
+        version bigint
     )""",
+    # A table made before changes were logged with the version written gets it.
+    "ALTER TABLE {changes} ADD COLUMN IF NOT EXISTS version bigint",
     "CREATE INDEX IF NOT EXISTS {meta_index} ON {main} USING gin (meta)",
     "CREATE INDEX IF NOT EXISTS {nul_index} ON {main} (key) WHERE meta IS NULL",
 ]
@@ -115,16 +119,20 @@ _PAYLOAD = (
     "CASE WHEN octet_length(p) <= {limit} THEN p "
     "ELSE json_build_object('o', origin, 'ids', json_build_array(id))::text END"
 )
-_FULL = "json_build_object('o', origin, 'i', id, 'a', action, 'k', key, 'm', metadata)::text"
+_FULL = (
+    "json_build_object('o', origin, 'i', id, 'a', action, 'k', key, 'm', metadata, "
+    "'v', version)::text"
+)
 
-# A write statement of the store (returning ``key, action, metadata`` per row) wrapped
+# A write statement of the store (returning ``key, action, metadata, version`` per row)
+# wrapped
 # so that the same statement logs each change and announces it: one round trip, no
 # trigger call.
 _LOGGED_ONE = f"""WITH written AS ({{write}}),
 logged AS (
-    INSERT INTO {{{{changes}}}} (key, action, metadata, origin)
-    SELECT key, action, metadata, current_setting('{ORIGIN_SETTING}') FROM written
-    RETURNING id, key, action, metadata, origin
+    INSERT INTO {{{{changes}}}} (key, action, metadata, origin, version)
+    SELECT key, action, metadata, current_setting('{ORIGIN_SETTING}'), version FROM written
+    RETURNING id, key, action, metadata, origin, version
 )
 SELECT metadata, pg_notify({{{{channel}}}}, {_PAYLOAD.format(limit=NOTIFY_LIMIT)})
 FROM logged, LATERAL (SELECT {_FULL}) AS full_payload(p)"""
@@ -133,8 +141,9 @@ FROM logged, LATERAL (SELECT {_FULL}) AS full_payload(p)"""
 # the changes from the log).
 _LOGGED_MANY = f"""WITH written AS ({{write}}),
 logged AS (
-    INSERT INTO {{{{changes}}}} (key, action, metadata, origin)
-    SELECT key, action, metadata, current_setting('{ORIGIN_SETTING}') FROM written ORDER BY key
+    INSERT INTO {{{{changes}}}} (key, action, metadata, origin, version)
+    SELECT key, action, metadata, current_setting('{ORIGIN_SETTING}'), version
+    FROM written ORDER BY key
     RETURNING id
 )
 SELECT pg_notify({{{{channel}}}}, json_build_object(
@@ -152,23 +161,24 @@ DECLARE
     key text;
     action text;
     metadata text;
+    version bigint;
     p text;
 BEGIN
     IF TG_OP = 'UPDATE' AND OLD.key IS DISTINCT FROM NEW.key THEN
         -- a renamed key: the old one is gone (announced first), the new one set
-        key := OLD.key; action := 'delete'; metadata := OLD.metadata;
-        INSERT INTO {{changes}} (key, action, metadata, origin)
-            VALUES (key, action, metadata, origin) RETURNING {{changes}}.id INTO id;
+        key := OLD.key; action := 'delete'; metadata := OLD.metadata; version := NULL;
+        INSERT INTO {{changes}} (key, action, metadata, origin, version)
+            VALUES (key, action, metadata, origin, version) RETURNING {{changes}}.id INTO id;
         p := {_FULL};
         PERFORM pg_notify({{channel}}, {_PAYLOAD.format(limit=NOTIFY_LIMIT)});
     END IF;
     IF TG_OP = 'DELETE' THEN
-        key := OLD.key; action := 'delete'; metadata := OLD.metadata;
+        key := OLD.key; action := 'delete'; metadata := OLD.metadata; version := NULL;
     ELSE
-        key := NEW.key; action := NEW.action; metadata := NEW.metadata;
+        key := NEW.key; action := NEW.action; metadata := NEW.metadata; version := NEW.version;
     END IF;
-    INSERT INTO {{changes}} (key, action, metadata, origin)
-        VALUES (key, action, metadata, origin) RETURNING {{changes}}.id INTO id;
+    INSERT INTO {{changes}} (key, action, metadata, origin, version)
+        VALUES (key, action, metadata, origin, version) RETURNING {{changes}}.id INTO id;
     p := {_FULL};
     PERFORM pg_notify({{channel}}, {_PAYLOAD.format(limit=NOTIFY_LIMIT)});
     RETURN NULL;
@@ -325,7 +335,7 @@ class Schema:
 
     def logged(self, write: str, *, many: bool = False) -> bytes:
         """*write*, a statement changing rows of the table and returning their ``key,
-        action, metadata``, wrapped so that it also logs each change and announces it
+        action, metadata, version``, wrapped so that it also logs each change and announces it
         with ``NOTIFY`` (see the module documentation), as a statement to execute with
         parameters. It returns each row's metadata (one row), or nothing useful
         (*many*: the changes are announced by id, 500 a notification)."""
