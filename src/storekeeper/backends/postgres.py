@@ -14,8 +14,9 @@ and psycopg_pool).
   all-or-nothing, nested with savepoints. Each call inside one runs under a savepoint
   of its own, so a call that fails (a key refused, a lock not granted) undoes only
   itself: the caller may catch the error and go on, and the commit applies the rest.
-  Read-modify-write is exact: inside a transaction a read locks the key's row (``SELECT ... FOR UPDATE``; an advisory lock
-  for a missing key), so a concurrent writer waits for the commit instead of being lost.
+  Read-modify-write is exact: inside a transaction a read locks the key's row
+  (``SELECT ... FOR UPDATE``; an advisory lock for a missing key), so a concurrent
+  writer waits for the commit instead of being lost.
   This is pessimistic on purpose: a serializable transaction would have to be retried,
   and ``with store.transaction():`` blocks cannot be re-run by the store. Two
   transactions locking keys in opposite orders deadlock; PostgreSQL rolls one back with
