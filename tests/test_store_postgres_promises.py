@@ -3,8 +3,10 @@ indexes, bounded logs and trash, and psycopg's errors in storekeeper's tree."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +28,7 @@ from storekeeper.errors import (
     BackendUnavailableError,
     ConflictError,
     InvalidArgumentError,
+    InvalidKeyError,
     InvalidURLError,
     LockTimeoutError,
     TransactionError,
@@ -229,6 +232,41 @@ def test_events_carry_remote_and_the_version_written(table: str) -> None:
         assert len({mine, updated, small, large, plain, *batch}) == 7
     finally:
         store.disconnect()
+
+
+def test_a_call_refused_inside_a_transaction_undoes_only_itself(table: str) -> None:
+    """A read refused by the server (a lock not granted under ``wait=False``) and a
+    write refused (a key too long for the index) inside one block: the caller catches
+    both, and the commit applies every other write of the block."""
+    locked, release = threading.Event(), threading.Event()
+    with PostgresStore(database_url(), table, listen=False) as store:
+        store.set("busy", (b"old", {}))
+
+        def hold() -> None:
+            with store.transaction():
+                store.set("busy", (b"held", {}))
+                locked.set()
+                release.wait(10)
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        try:
+            assert locked.wait(10)
+            with store.transaction(wait=False):
+                store.set("a", (b"1", {}))
+                with pytest.raises(LockTimeoutError):
+                    store.get("busy")
+                store.set("b", (b"2", {}))
+                with pytest.raises(InvalidKeyError):
+                    store.set(os.urandom(1500).hex(), (b"", {}))
+                store.update_metadata("a", {"after": True})
+        finally:
+            release.set()
+            holder.join()
+    with PostgresStore(database_url(), table, listen=False) as fresh:
+        assert sorted(fresh.list_keys()) == ["a", "b", "busy"]
+        assert fresh.get_metadata("a") == {"after": True}
+        assert fresh.to_bytes("busy") == b"held"
 
 
 def _changes(table: str) -> list[tuple[str, str, str | None]]:
