@@ -219,10 +219,6 @@ def test_pg_plain_sql_rows_arrive_once_each_with_metadata(pg_schema: str) -> Non
         store.disconnect()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="plain-SQL UPDATE of a row's key announces the new key but never deletes the old one",
-)
 def test_pg_plain_sql_key_rename_announces_old_key_gone(pg_schema: str) -> None:
     rec = Recorder()
     store = pg_store(pg_schema, event_manager=rec.manager)
@@ -238,9 +234,6 @@ def test_pg_plain_sql_key_rename_announces_old_key_gone(pg_schema: str) -> None:
         store.disconnect()
 
 
-@pytest.mark.xfail(
-    strict=True, reason="plain-SQL TRUNCATE of the store's table emits no event at all"
-)
 def test_pg_plain_sql_truncate_is_announced(pg_schema: str) -> None:
     rec = Recorder()
     store = pg_store(pg_schema, event_manager=rec.manager)
@@ -254,10 +247,6 @@ def test_pg_plain_sql_truncate_is_announced(pg_schema: str) -> None:
         store.disconnect()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a plain-SQL UPDATE of a row's data keeps its version: if_version then overwrites it",
-)
 def test_pg_plain_sql_data_change_gives_new_version(pg_schema: str) -> None:
     store = pg_store(pg_schema, listen=False)
     try:
@@ -464,11 +453,6 @@ def test_pg_keys_near_the_index_limit(pg_schema: str) -> None:
         store.disconnect()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a too-long key refused inside a transaction aborts it: the block then exits "
-    "normally and silently commits nothing",
-)
 def test_pg_refused_long_key_inside_transaction_loses_nothing(pg_schema: str) -> None:
     store = pg_store(pg_schema, listen=False)
     try:

@@ -3,8 +3,10 @@ indexes, bounded logs and trash, and psycopg's errors in storekeeper's tree."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +26,9 @@ from storekeeper.errors import (
     AuthorizationError,
     BackendError,
     BackendUnavailableError,
+    ConflictError,
     InvalidArgumentError,
+    InvalidKeyError,
     InvalidURLError,
     LockTimeoutError,
     TransactionError,
@@ -195,6 +199,76 @@ def test_local_events_are_not_marked_remote(table: str) -> None:
     assert [(e.key, getattr(e, "remote", False)) for e in seen] == [("k", False), ("r", True)]
 
 
+def test_events_carry_remote_and_the_version_written(table: str) -> None:
+    """Local and remote events alike carry ``remote`` and ``version`` (the version the
+    write gave the key, as ``get`` reports it; ``None`` for a delete), whether the remote
+    change arrives whole in its notification, by id (large metadata), or from plain SQL."""
+    store, seen = _listening(table)
+    try:
+        mine = store.set("k", (b"", {}))
+        store.update_metadata("k", {"u": 1})
+        updated = store.get("k").version
+        store.delete("k")
+        with PostgresStore(database_url(), table, listen=False) as other:
+            small = other.set("r", (b"", {"x": 1}))
+            large = other.set("big", (b"", {"x": "y" * 20_000}))
+            other.multiset(["m1", "m2"], [(b"", {}), (b"", {})])
+            batch = [other.get("m1").version, other.get("m2").version]
+            other.delete("r")
+        _plain_sql(table, "UPDATE {} SET data = 'z' WHERE key = 'big'")
+        plain = store.get("big").version
+        _settle(seen, 9)
+        assert [(e.key, e.action, e.remote, e.version) for e in seen] == [
+            ("k", "set", False, mine),
+            ("k", "update", False, updated),
+            ("k", "delete", False, None),
+            ("r", "set", True, small),
+            ("big", "set", True, large),
+            ("m1", "set", True, batch[0]),
+            ("m2", "set", True, batch[1]),
+            ("r", "delete", True, None),
+            ("big", "set", True, plain),
+        ]
+        assert len({mine, updated, small, large, plain, *batch}) == 7
+    finally:
+        store.disconnect()
+
+
+def test_a_call_refused_inside_a_transaction_undoes_only_itself(table: str) -> None:
+    """A read refused by the server (a lock not granted under ``wait=False``) and a
+    write refused (a key too long for the index) inside one block: the caller catches
+    both, and the commit applies every other write of the block."""
+    locked, release = threading.Event(), threading.Event()
+    with PostgresStore(database_url(), table, listen=False) as store:
+        store.set("busy", (b"old", {}))
+
+        def hold() -> None:
+            with store.transaction():
+                store.set("busy", (b"held", {}))
+                locked.set()
+                release.wait(10)
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        try:
+            assert locked.wait(10)
+            with store.transaction(wait=False):
+                store.set("a", (b"1", {}))
+                with pytest.raises(LockTimeoutError):
+                    store.get("busy")
+                store.set("b", (b"2", {}))
+                with pytest.raises(InvalidKeyError):
+                    store.set(os.urandom(1500).hex(), (b"", {}))
+                store.update_metadata("a", {"after": True})
+        finally:
+            release.set()
+            holder.join()
+    with PostgresStore(database_url(), table, listen=False) as fresh:
+        assert sorted(fresh.list_keys()) == ["a", "b", "busy"]
+        assert fresh.get_metadata("a") == {"after": True}
+        assert fresh.to_bytes("busy") == b"held"
+
+
 def _changes(table: str) -> list[tuple[str, str, str | None]]:
     """The change log of *table*: (key, action, origin), oldest first."""
     with psycopg.connect(database_url()) as conn:
@@ -278,6 +352,116 @@ def test_a_table_of_the_earlier_layout_is_upgraded(table: str) -> None:
     with PostgresStore(database_url(), table, listen=False) as store:
         store.set("k", (b"", {}))
     assert [key for key, _, _ in _changes(table)] == ["k"]
+
+
+def _plain_sql(table: str, *statements: str) -> None:
+    """Run *statements* (``{}`` is the table) as another program would: plain psycopg."""
+    with psycopg.connect(database_url(), autocommit=True) as conn:
+        for statement in statements:
+            conn.execute(sql.SQL(statement).format(sql.Identifier(table)))
+
+
+def _listening(table: str) -> tuple[PostgresStore, list[Any]]:
+    manager = EventManager()
+    seen: list[Any] = []
+    manager.connect(StoreModificationEvent, seen.append)
+    store = PostgresStore(database_url(), table, event_manager=manager)
+    store.connect()
+    return store, seen
+
+
+def _settle(seen: list[Any], count: int) -> None:
+    """Wait for *count* events, then a little more for any duplicate on its way."""
+    deadline = time.monotonic() + 10
+    while len(seen) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)
+
+
+def test_a_plain_sql_truncate_is_announced_once_per_key(table: str) -> None:
+    """``TRUNCATE`` by another program is logged as a delete of every key it removes
+    (announced by id, 500 a notification), delivered once each; the store's own writes
+    before and after are unaffected."""
+    store, seen = _listening(table)
+    try:
+        keys = [f"k{n:04}" for n in range(1200)]
+        store.multiset(keys, [(b"", {"n": n}) for n in range(1200)])
+        local = len(seen)
+        _plain_sql(table, "TRUNCATE {}")
+        _settle(seen, local + 1200)
+        deletes = seen[local:]
+        assert [(e.key, type(e).__name__, e.remote) for e in deletes] == [
+            (key, "StoreDeleteEvent", True) for key in keys
+        ]
+        assert deletes[7].metadata == {"n": 7}
+        assert list(store.list_keys()) == []
+        store.set("again", (b"", {}))
+        assert store.to_bytes("again") == b""
+    finally:
+        store.disconnect()
+
+
+def test_a_plain_sql_key_change_is_a_delete_then_a_set(table: str) -> None:
+    store, seen = _listening(table)
+    try:
+        store.set("old", (b"v", {"n": 1}))
+        _plain_sql(table, "UPDATE {} SET key = 'new' WHERE key = 'old'")
+        _settle(seen, 3)
+        assert [(e.key, type(e).__name__, e.metadata) for e in seen[1:]] == [
+            ("old", "StoreDeleteEvent", {"n": 1}),
+            ("new", "StoreSetEvent", {"n": 1}),
+        ]
+        assert store.to_bytes("new") == b"v" and not store.exists("old")
+    finally:
+        store.disconnect()
+
+
+def test_a_plain_sql_change_gets_a_new_version_unless_it_sets_one(table: str) -> None:
+    """Another program's update that changes a row keeps no stale version (conditional
+    writes see it); one that sets a version itself keeps it; one that changes nothing
+    keeps the version."""
+    with PostgresStore(database_url(), table, listen=False) as store:
+        first = store.set("k", (b"mine", {}))
+        _plain_sql(table, "UPDATE {} SET key = key WHERE key = 'k'")
+        assert store.get("k").version == first
+        _plain_sql(table, "UPDATE {} SET metadata = '{{\"x\": 1}}' WHERE key = 'k'")
+        second = store.get("k").version
+        assert second != first and int(second) > 0
+        with pytest.raises(ConflictError):
+            store.set("k", (b"lost", {}), if_version=first)
+        _plain_sql(table, "UPDATE {} SET data = 'theirs', version = 42 WHERE key = 'k'")
+        assert store.get("k").version == "42"
+        assert store.to_bytes("k") == b"theirs"
+        third = store.set("k", (b"mine again", {}), if_version="42")
+        assert store.get("k").version == third
+
+
+def test_a_table_of_the_previous_layout_gets_the_new_triggers(table: str) -> None:
+    """A table made before plain-SQL renames, versions and ``TRUNCATE`` were handled
+    (no version or truncate trigger, no version in the change log) gets them on
+    connect."""
+    with PostgresStore(database_url(), table, listen=False):
+        pass
+    with psycopg.connect(database_url(), autocommit=True) as conn:
+        for name in ("__version", "__truncate"):
+            drop = sql.SQL("DROP TRIGGER {} ON {}")
+            conn.execute(drop.format(sql.Identifier(table + name), sql.Identifier(table)))
+        changes = sql.Identifier(table + "__changes")
+        conn.execute(sql.SQL("ALTER TABLE {} DROP COLUMN version").format(changes))
+    store, seen = _listening(table)
+    try:
+        version = store.set("k", (b"", {}))
+        _plain_sql(table, "UPDATE {} SET data = 'x' WHERE key = 'k'")
+        assert store.get("k").version != version
+        _plain_sql(table, "TRUNCATE {}")
+        _settle(seen, 3)
+        assert [(e.key, type(e).__name__) for e in seen[1:]] == [
+            ("k", "StoreSetEvent"),
+            ("k", "StoreDeleteEvent"),
+        ]
+        assert seen[1].version not in (None, version)
+    finally:
+        store.disconnect()
 
 
 @pytest.mark.parametrize(

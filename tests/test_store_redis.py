@@ -7,6 +7,7 @@ and deletes it afterwards; the server is never flushed.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ import pytest
 import redis
 
 from redis_service import cleaned, prefix_for, raw_client, store_url
+from storekeeper.backends import _redis_events
 from storekeeper.backends.redis import RedisStore
 from storekeeper.errors import (
     BackendError,
@@ -284,6 +286,26 @@ def test_remote_events_are_marked_and_survive_a_lost_listener_connection(
     with _store(prefix, event_manager=again, event_cursor=cursor):
         assert _wait_for(lambda: len(later) == 1)
         assert later[0].key == "later" and later[0].remote
+
+
+def test_an_idle_listener_reports_no_lost_connection(
+    prefix: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Short blocking reads, so that a few seconds of idleness are many empty blocks:
+    # each must read as "no events", never as a lost connection.
+    monkeypatch.setattr(_redis_events, "BLOCK_SECONDS", 0.2)
+    manager = EventManager()
+    seen: list[Any] = []
+    manager.connect(StoreModificationEvent, seen.append)
+    caplog.set_level(logging.WARNING, logger="storekeeper.backends.redis")
+    with _store(prefix, event_manager=manager, timeout=0.2), _store(prefix) as writer:
+        writer.set("first", (b"", {}))
+        assert _wait_for(lambda: len(seen) == 1)
+        time.sleep(2.0)  # ten blocks with nothing to read
+        writer.set("after", (b"", {}))
+        assert _wait_for(lambda: len(seen) == 2)
+    assert [e.key for e in seen] == ["first", "after"]
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
 def test_the_change_stream_is_trimmed(prefix: str, server: redis.Redis) -> None:

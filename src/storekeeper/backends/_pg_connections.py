@@ -18,6 +18,12 @@ transaction of each owner, and what a ``fork`` leaves behind.
   lock that would make them wait raises :meth:`Claim.refusal` (a ``TransactionError``)
   instead. A transaction begun with ``wait=False`` runs with the same short
   ``lock_timeout`` and raises :func:`busy` (a ``LockTimeoutError``).
+- **A refused call undoes only itself**: inside a transaction each call runs under a
+  savepoint (``SAVEPOINT``, the call, ``RELEASE``), so an error PostgreSQL raises for
+  one call (a key too long for the index, a lock not granted) rolls back that call
+  alone; the caller may catch it and go on, and the block commits its other writes, as
+  on every other backend. Without the savepoint PostgreSQL would abort the whole
+  transaction and its commit would silently apply nothing.
 - **After fork** the child must not talk on the parent's sockets: the first call in a
   new process points every inherited socket at ``/dev/null`` (so that freeing the
   connection objects, which tells the server goodbye, cannot end the parent's
@@ -251,9 +257,11 @@ class Connections:
         return txn
 
     @contextmanager
-    def using(self, doing: str) -> Iterator[Connection]:
+    def using(self, doing: str, *, guarded: bool = True) -> Iterator[Connection]:
         """The connection for the caller's next statements: its transaction's, or one
-        borrowed from the pool; psycopg's errors in the block are translated."""
+        borrowed from the pool; psycopg's errors in the block are translated. In a
+        transaction the block runs under a savepoint that an error rolls back
+        (*guarded*; not for the statements managing the savepoints themselves)."""
         txn = self.transaction()
         refusal = self._blocker(txn)
         try:
@@ -261,7 +269,11 @@ class Connections:
                 if refusal is not None and not txn.short and not txn.nowait:
                     txn.conn.execute(f"SET LOCAL lock_timeout = {_SHORT_LOCK_TIMEOUT}")
                     txn.short = True
-                yield txn.conn
+                if not guarded:
+                    yield txn.conn
+                    return
+                with _statement_savepoint(txn.conn):
+                    yield txn.conn
                 return
             conn = self._borrow()
             try:
@@ -398,19 +410,19 @@ class Connections:
         txn = self._require()
         txn.savepoints += 1
         name = f"sk_{txn.savepoints}"
-        with self.using("opening a savepoint") as conn:
+        with self.using("opening a savepoint", guarded=False) as conn:
             conn.execute(f"SAVEPOINT {name}")
         return name
 
     def rollback_to(self, token: str) -> None:
         """Undo what followed the savepoint *token*."""
         self._require()
-        with self.using("rolling back to a savepoint") as conn:
+        with self.using("rolling back to a savepoint", guarded=False) as conn:
             conn.execute(f"ROLLBACK TO SAVEPOINT {token}")
 
     def release(self, token: str) -> None:
         """Keep what followed the savepoint *token*."""
-        with self.using("releasing a savepoint") as conn:
+        with self.using("releasing a savepoint", guarded=False) as conn:
             conn.execute(f"RELEASE SAVEPOINT {token}")
 
     def _require(self) -> Transaction:
@@ -418,3 +430,24 @@ class Connections:
         if txn is None:
             raise TransactionError(f"no transaction is open on {self.what}")
         return txn
+
+
+@contextmanager
+def _statement_savepoint(conn: Connection) -> Iterator[None]:
+    """Run the block under a savepoint of its own in *conn*'s open transaction: an
+    error rolls back what the block did and leaves the transaction usable."""
+    conn.execute(_SAVEPOINT)
+    try:
+        yield
+    except BaseException:
+        if not conn.closed and not conn.broken:
+            with contextlib.suppress(psycopg.Error):  # lost meanwhile: the error says so
+                conn.execute(_UNDO)
+        raise
+    conn.execute(_RELEASE)
+
+
+# The name is distinct from the nested transactions' savepoints (``sk_<n>``).
+_SAVEPOINT = "SAVEPOINT sk_call"
+_UNDO = "ROLLBACK TO SAVEPOINT sk_call; RELEASE SAVEPOINT sk_call"
+_RELEASE = "RELEASE SAVEPOINT sk_call"

@@ -57,6 +57,9 @@ class Change:
     key: str
     metadata: str | None
     origin: str | None
+    #: The version the change gave the key (``None`` for a delete, and for changes
+    #: logged before versions were).
+    version: int | None = None
 
 
 def maintain(
@@ -180,7 +183,8 @@ class Listener:
         low = max(self.floor, self.cursor - _SLACK)
         rows = conn.execute(
             self.schema.compose(
-                "SELECT id, action, key, metadata, origin FROM {changes} WHERE id > %s ORDER BY id"
+                "SELECT id, action, key, metadata, origin, version FROM {changes} "
+                "WHERE id > %s ORDER BY id"
             ),
             [low],
         ).fetchall()
@@ -225,12 +229,16 @@ class Listener:
             return
         fields = json.loads(payload)
         if "ids" not in fields:
-            self._handle(Change(fields["i"], fields["a"], fields["k"], fields["m"], fields["o"]))
+            self._handle(
+                Change(
+                    fields["i"], fields["a"], fields["k"], fields["m"], fields["o"], fields.get("v")
+                )
+            )
             return
         ids = fields["ids"]
         rows = conn.execute(
             self.schema.compose(
-                "SELECT id, action, key, metadata, origin FROM {changes} "
+                "SELECT id, action, key, metadata, origin, version FROM {changes} "
                 "WHERE id = ANY(%s) ORDER BY id"
             ),
             [ids],

@@ -20,11 +20,19 @@ COPY is). For a store table ``T``:
 - ``T__trash``: chunk sets no row names any more and since when; they are deleted
   ``reclaim_after`` seconds later, so that a value read before an overwrite can still be
   streamed meanwhile.
-- ``T__changes``: the change log (``id``, ``key``, ``action``, ``metadata``, ``origin``).
+- ``T__changes``: the change log (``id``, ``key``, ``action``, ``metadata``, ``origin``,
+  ``version``: the row's new version, ``NULL`` for a delete).
   The store's write statements log their changes themselves and announce them with
   ``NOTIFY`` (:meth:`Schema.logged`: one statement, no trigger call); writes by other
   programs are logged and announced by a row-level trigger, ``T__log``, which skips the
   store's connections (they set ``storekeeper.logged``). See ``_pg_events``.
+- Other programs' writes also get: a fresh ``version`` when an ``UPDATE`` changes a row
+  but keeps its version (``T__version``, ``BEFORE UPDATE``), so a conditional write
+  against the version read before fails and caches validated by version see the change;
+  a ``delete`` of the old key before the ``set`` of the new one when an ``UPDATE``
+  changes a row's key; and, for ``TRUNCATE`` (which fires no row trigger), a ``delete``
+  logged for every key it removes (``T__truncate``, ``BEFORE TRUNCATE``, announced by
+  id like a store statement of many rows), so listeners get each exactly once.
 - Two row-level triggers move a chunk set that a row stops naming (overwritten or
   deleted, by anyone) to the trash; their ``WHEN`` conditions keep every other write
   from calling them.
@@ -87,8 +95,11 @@ _CREATE = [
         key text NOT NULL,
         action text NOT NULL,
         metadata text,
-        origin text
+        origin text,
+        version bigint
     )""",
+    # A table made before changes were logged with the version written gets it.
+    "ALTER TABLE {changes} ADD COLUMN IF NOT EXISTS version bigint",
     "CREATE INDEX IF NOT EXISTS {meta_index} ON {main} USING gin (meta)",
     "CREATE INDEX IF NOT EXISTS {nul_index} ON {main} (key) WHERE meta IS NULL",
 ]
@@ -108,16 +119,20 @@ _PAYLOAD = (
     "CASE WHEN octet_length(p) <= {limit} THEN p "
     "ELSE json_build_object('o', origin, 'ids', json_build_array(id))::text END"
 )
-_FULL = "json_build_object('o', origin, 'i', id, 'a', action, 'k', key, 'm', metadata)::text"
+_FULL = (
+    "json_build_object('o', origin, 'i', id, 'a', action, 'k', key, 'm', metadata, "
+    "'v', version)::text"
+)
 
-# A write statement of the store (returning ``key, action, metadata`` per row) wrapped
+# A write statement of the store (returning ``key, action, metadata, version`` per row)
+# wrapped
 # so that the same statement logs each change and announces it: one round trip, no
 # trigger call.
 _LOGGED_ONE = f"""WITH written AS ({{write}}),
 logged AS (
-    INSERT INTO {{{{changes}}}} (key, action, metadata, origin)
-    SELECT key, action, metadata, current_setting('{ORIGIN_SETTING}') FROM written
-    RETURNING id, key, action, metadata, origin
+    INSERT INTO {{{{changes}}}} (key, action, metadata, origin, version)
+    SELECT key, action, metadata, current_setting('{ORIGIN_SETTING}'), version FROM written
+    RETURNING id, key, action, metadata, origin, version
 )
 SELECT metadata, pg_notify({{{{channel}}}}, {_PAYLOAD.format(limit=NOTIFY_LIMIT)})
 FROM logged, LATERAL (SELECT {_FULL}) AS full_payload(p)"""
@@ -126,8 +141,9 @@ FROM logged, LATERAL (SELECT {_FULL}) AS full_payload(p)"""
 # the changes from the log).
 _LOGGED_MANY = f"""WITH written AS ({{write}}),
 logged AS (
-    INSERT INTO {{{{changes}}}} (key, action, metadata, origin)
-    SELECT key, action, metadata, current_setting('{ORIGIN_SETTING}') FROM written ORDER BY key
+    INSERT INTO {{{{changes}}}} (key, action, metadata, origin, version)
+    SELECT key, action, metadata, current_setting('{ORIGIN_SETTING}'), version
+    FROM written ORDER BY key
     RETURNING id
 )
 SELECT pg_notify({{{{channel}}}}, json_build_object(
@@ -145,18 +161,60 @@ DECLARE
     key text;
     action text;
     metadata text;
+    version bigint;
     p text;
 BEGIN
-    IF TG_OP = 'DELETE' THEN
-        key := OLD.key; action := 'delete'; metadata := OLD.metadata;
-    ELSE
-        key := NEW.key; action := NEW.action; metadata := NEW.metadata;
+    IF TG_OP = 'UPDATE' AND OLD.key IS DISTINCT FROM NEW.key THEN
+        -- a renamed key: the old one is gone (announced first), the new one set
+        key := OLD.key; action := 'delete'; metadata := OLD.metadata; version := NULL;
+        INSERT INTO {{changes}} (key, action, metadata, origin, version)
+            VALUES (key, action, metadata, origin, version) RETURNING {{changes}}.id INTO id;
+        p := {_FULL};
+        PERFORM pg_notify({{channel}}, {_PAYLOAD.format(limit=NOTIFY_LIMIT)});
     END IF;
-    INSERT INTO {{changes}} (key, action, metadata, origin)
-        VALUES (key, action, metadata, origin) RETURNING {{changes}}.id INTO id;
+    IF TG_OP = 'DELETE' THEN
+        key := OLD.key; action := 'delete'; metadata := OLD.metadata; version := NULL;
+    ELSE
+        key := NEW.key; action := NEW.action; metadata := NEW.metadata; version := NEW.version;
+    END IF;
+    INSERT INTO {{changes}} (key, action, metadata, origin, version)
+        VALUES (key, action, metadata, origin, version) RETURNING {{changes}}.id INTO id;
     p := {_FULL};
     PERFORM pg_notify({{channel}}, {_PAYLOAD.format(limit=NOTIFY_LIMIT)});
     RETURN NULL;
+END
+"""
+
+# Statement-level trigger function logging a plain-SQL ``TRUNCATE`` (which fires no row
+# trigger) before it happens: a delete of every key, announced by id, 500 a notification,
+# so listeners get each as an ordinary change, exactly once, from the log.
+_TRUNCATE_BODY = f"""
+DECLARE
+    origin text := current_setting('{ORIGIN_SETTING}', true);
+    ids bigint[];
+BEGIN
+    WITH logged AS (
+        INSERT INTO {{changes}} (key, action, metadata, origin)
+        SELECT key, 'delete', metadata, origin FROM {{main}} ORDER BY key
+        RETURNING id
+    )
+    SELECT array_agg(id ORDER BY id) INTO ids FROM logged;
+    FOR n IN 1 .. coalesce(array_length(ids, 1), 0) BY 500 LOOP
+        PERFORM pg_notify({{channel}}, json_build_object(
+            'o', origin, 'ids', ids[n:n + 499])::text);
+    END LOOP;
+    RETURN NULL;
+END
+"""
+
+# Row-level trigger function giving a row that another program changed (plain SQL) a
+# fresh version when it kept the old one, so conditional writes and caches validated
+# by version see the change (a random positive 62-bit number, as the store's own are).
+_VERSION_BODY = """
+BEGIN
+    NEW.version := ('x' || translate(gen_random_uuid()::text, '-', ''))::bit(64)::bigint
+        & 4611686018427387903;
+    RETURN NEW;
 END
 """
 
@@ -169,21 +227,32 @@ BEGIN
 END
 """
 
+_NOT_STORE = f"current_setting('{LOGGED_SETTING}', true) IS DISTINCT FROM 'on'"
+
+# (name, timing and events, level, condition, function) of each trigger on the table.
 _TRIGGERS = (
-    (
-        "log_trigger",
-        "INSERT OR UPDATE OR DELETE",
-        f"current_setting('{LOGGED_SETTING}', true) IS DISTINCT FROM 'on'",
-        "function",
-    ),
+    ("log_trigger", "AFTER INSERT OR UPDATE OR DELETE", "ROW", _NOT_STORE, "function"),
     (
         "reclaim_update",
-        "UPDATE",
+        "AFTER UPDATE",
+        "ROW",
         "OLD.blob IS NOT NULL AND OLD.blob IS DISTINCT FROM NEW.blob",
         "reclaim",
     ),
-    ("reclaim_delete", "DELETE", "OLD.blob IS NOT NULL", "reclaim"),
+    ("reclaim_delete", "AFTER DELETE", "ROW", "OLD.blob IS NOT NULL", "reclaim"),
+    (
+        "version_trigger",
+        "BEFORE UPDATE",
+        "ROW",
+        f"{_NOT_STORE} AND OLD.version = NEW.version AND OLD.* IS DISTINCT FROM NEW.*",
+        "version_function",
+    ),
+    ("truncate_trigger", "BEFORE TRUNCATE", "STATEMENT", _NOT_STORE, "truncate_function"),
 )
+
+
+_TRIGGER_NAMES = [trigger[0] for trigger in _TRIGGERS]
+_TRIGGER_SUFFIXES = ["__log", "__reclaim_update", "__reclaim_delete", "__version", "__truncate"]
 
 
 class Escaped(sql.Composable):
@@ -220,8 +289,9 @@ class Schema:
         self.trash = self.name(table + "__trash")
         self.changes = self.name(table + "__changes")
         self.function = self.name(table + "__notify")
-        #: The trigger whose presence says the table has this version's triggers.
-        self.log_trigger = table + "__log"
+        #: The triggers whose presence says the table has this version's triggers and
+        #: functions (an earlier version's table lacks one of them).
+        self.triggers = [table + suffix for suffix in _TRIGGER_SUFFIXES]
         self.names = {
             "main": self.main,
             "chunks": self.chunks,
@@ -232,11 +302,14 @@ class Schema:
             "old_insert": sql.Identifier(table + "__insert"),
             "old_update": sql.Identifier(table + "__update"),
             "old_delete": sql.Identifier(table + "__delete"),
-            "log_trigger": sql.Identifier(self.log_trigger),
-            "reclaim_update": sql.Identifier(table + "__reclaim_update"),
-            "reclaim_delete": sql.Identifier(table + "__reclaim_delete"),
+            **{
+                trigger: sql.Identifier(table + suffix)
+                for trigger, suffix in zip(_TRIGGER_NAMES, _TRIGGER_SUFFIXES, strict=True)
+            },
             "function": self.function,
             "reclaim": self.name(table + "__reclaim"),
+            "version_function": self.name(table + "__version"),
+            "truncate_function": self.name(table + "__truncate"),
             "channel": sql.Literal(self.channel),
         }
 
@@ -262,7 +335,7 @@ class Schema:
 
     def logged(self, write: str, *, many: bool = False) -> bytes:
         """*write*, a statement changing rows of the table and returning their ``key,
-        action, metadata``, wrapped so that it also logs each change and announces it
+        action, metadata, version``, wrapped so that it also logs each change and announces it
         with ``NOTIFY`` (see the module documentation), as a statement to execute with
         parameters. It returns each row's metadata (one row), or nothing useful
         (*many*: the changes are announced by id, 500 a notification)."""
@@ -274,7 +347,12 @@ class Schema:
         triggers, and dropping the triggers of earlier versions (to execute without
         parameters)."""
         statements = [self.script(text) for text in _CREATE]
-        for function, text in (("function", _LOG_BODY), ("reclaim", _RECLAIM_BODY)):
+        for function, text in (
+            ("function", _LOG_BODY),
+            ("reclaim", _RECLAIM_BODY),
+            ("version_function", _VERSION_BODY),
+            ("truncate_function", _TRUNCATE_BODY),
+        ):
             body = self.script(text).decode()
             if _BODY_QUOTE in body:
                 raise ValueError(f"invalid table name {self.table!r}")
@@ -287,11 +365,11 @@ class Schema:
             )
         for old in ("old_insert", "old_update", "old_delete"):
             statements.append(self.script(f"DROP TRIGGER IF EXISTS {{{old}}} ON {{main}}"))
-        for trigger, events, condition, function in _TRIGGERS:
+        for trigger, events, level, condition, function in _TRIGGERS:
             statements.append(
                 self.script(
-                    f"CREATE OR REPLACE TRIGGER {{{trigger}}} AFTER {events} ON {{main}} "
-                    f"FOR EACH ROW WHEN ({condition}) EXECUTE FUNCTION {{{function}}}()"
+                    f"CREATE OR REPLACE TRIGGER {{{trigger}}} {events} ON {{main}} "
+                    f"FOR EACH {level} WHEN ({condition}) EXECUTE FUNCTION {{{function}}}()"
                 )
             )
         return statements
@@ -301,5 +379,8 @@ class Schema:
         to execute without parameters)."""
         return [
             self.script("DROP TABLE IF EXISTS {main}, {chunks}, {trash}, {changes}"),
-            self.script("DROP FUNCTION IF EXISTS {function}(), {reclaim}()"),
+            self.script(
+                "DROP FUNCTION IF EXISTS {function}(), {reclaim}(), {version_function}(), "
+                "{truncate_function}()"
+            ),
         ]

@@ -31,7 +31,7 @@ __all__ = ["Row", "Writes", "version_number"]
 
 _NOW = "extract(epoch FROM statement_timestamp())"
 _DATA_COLUMNS = ("size", "data", "blob")
-_RETURNING = "RETURNING o.key, o.action, o.metadata"
+_RETURNING = "RETURNING o.key, o.action, o.metadata, o.version"
 _BATCH = (
     "INSERT INTO {main} AS o "
     "(key, version, size, created, modified, metadata, meta, data, blob, action) "
@@ -89,7 +89,7 @@ class Writes:
     def __init__(self, schema: Schema) -> None:
         self.schema = schema
         self._cache: dict[tuple[str, bool, bool], bytes] = {}
-        deleted = "RETURNING key, 'delete' AS action, metadata"
+        deleted = "RETURNING key, 'delete' AS action, metadata, NULL::bigint AS version"
         self._delete = schema.logged(f"DELETE FROM {{main}} WHERE key = %s {deleted}")
         self._delete_version = schema.logged(
             f"DELETE FROM {{main}} WHERE key = %s AND version = %s {deleted}"
@@ -165,7 +165,7 @@ class Writes:
             condition = " AND version = %(if_version)s" if mode == "update_version" else ""
             return self.schema.logged(
                 f"UPDATE {{main}} SET modified = {_NOW}, {', '.join(assignments)} "
-                f"WHERE key = %(key)s{condition} RETURNING key, action, metadata"
+                f"WHERE key = %(key)s{condition} RETURNING key, action, metadata, version"
             )
         insert = (
             "INSERT INTO {main} AS o "

@@ -36,14 +36,28 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["IDLE_SECONDS", "Entry", "Listener", "checked_cursor", "position"]
+__all__ = [
+    "BLOCK_SECONDS",
+    "IDLE_SECONDS",
+    "READ_MARGIN",
+    "Entry",
+    "Listener",
+    "checked_cursor",
+    "position",
+]
 
 _log = logging.getLogger("storekeeper.backends.redis")
 
 #: One stream entry as delivered: (id, fields).
 Entry = tuple[str, dict[bytes, bytes]]
 
-_BLOCK_MS = 5000
+#: How long one blocking read waits for new entries (seconds). An empty answer after
+#: it is not an error: the thread simply reads again.
+BLOCK_SECONDS = 5.0
+#: How much longer than the block the listener's connection waits for an answer before
+#: it counts as lost (the server's empty reply comes at the end of the block, never
+#: before it, so a socket timeout equal to the block would race with it).
+READ_MARGIN = 10.0
 #: How often a listener nobody listens to looks whether someone does.
 IDLE_SECONDS = 0.05
 _BATCH = 500
@@ -85,14 +99,16 @@ def _id_tuple(entry_id: str) -> tuple[int, int]:
 class Listener:
     """A thread delivering the entries of *stream* after *cursor* to *deliver*.
 
-    *connect* makes the thread's own client (a blocking read holds its connection);
-    it is called again after a connection is lost. :meth:`stop` ends the thread
+    *connect* makes the thread's own client (a blocking read holds its connection),
+    given the socket timeout its reads need (longer than a block of
+    :data:`BLOCK_SECONDS`, so an idle stream never looks like a lost connection); it
+    is called again after a connection is lost. :meth:`stop` ends the thread
     promptly (``CLIENT UNBLOCK`` from *control*, the store's own client).
     """
 
     def __init__(
         self,
-        connect: Callable[[], Any],
+        connect: Callable[[float], Any],
         control: Any,
         stream: str,
         cursor: str,
@@ -101,6 +117,8 @@ class Listener:
         wanted: Callable[[], bool],
     ) -> None:
         self._connect = connect
+        # Read once: the block and the socket timeout must stay consistent.
+        self._block = BLOCK_SECONDS
         self._control = control
         self._stream = stream
         self.cursor = cursor
@@ -125,7 +143,7 @@ class Listener:
         self._stopping.set()
         if threading.current_thread() is self._thread:
             return
-        deadline = time.monotonic() + _BLOCK_MS / 1000 + 5
+        deadline = time.monotonic() + self._block + 5
         # An unblock sent just before the thread blocks again is lost: send until it ends.
         while self._thread.is_alive() and time.monotonic() < deadline:
             self._unblock()
@@ -146,7 +164,7 @@ class Listener:
         while not self._stopping.is_set():
             try:
                 if client is None:
-                    client = self._connect()
+                    client = self._connect(self._block + READ_MARGIN)
                     with self._lock:
                         self._client_id = client.client_id()
                     self._check_gap(client)
@@ -177,7 +195,9 @@ class Listener:
         if self._idle:
             self.cursor, self.added = position(client, self._stream)
             self._idle = False
-        answer = client.xread({self._stream: self.cursor}, count=_BATCH, block=_BLOCK_MS)
+        answer = client.xread(
+            {self._stream: self.cursor}, count=_BATCH, block=max(1, int(self._block * 1000))
+        )
         for _, entries in answer or ():
             for entry_id, fields in entries:
                 if self._stopping.is_set():

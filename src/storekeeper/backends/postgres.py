@@ -11,9 +11,12 @@ and psycopg_pool).
   ``timeout`` seconds waiting for a connection); pooled connections the server ended
   are dropped before use, so the first call after it is back works.
 - **Transactions** are PostgreSQL transactions, one per owner (thread or asyncio task),
-  all-or-nothing, nested with savepoints. Read-modify-write is exact: inside a
-  transaction a read locks the key's row (``SELECT ... FOR UPDATE``; an advisory lock
-  for a missing key), so a concurrent writer waits for the commit instead of being lost.
+  all-or-nothing, nested with savepoints. Each call inside one runs under a savepoint
+  of its own, so a call that fails (a key refused, a lock not granted) undoes only
+  itself: the caller may catch the error and go on, and the commit applies the rest.
+  Read-modify-write is exact: inside a transaction a read locks the key's row
+  (``SELECT ... FOR UPDATE``; an advisory lock for a missing key), so a concurrent
+  writer waits for the commit instead of being lost.
   This is pessimistic on purpose: a serializable transaction would have to be retried,
   and ``with store.transaction():`` blocks cannot be re-run by the store. Two
   transactions locking keys in opposite orders deadlock; PostgreSQL rolls one back with
@@ -29,8 +32,23 @@ and psycopg_pool).
   scan the key index by range.
 - **Events across processes** (``_pg_events``): every change is logged and announced
   with ``NOTIFY``; every connected store object emits the changes other store objects
-  (any process, any host) or plain SQL made, as the usual events with ``remote=True``
-  and the writer's ``origin``, from its listener thread, after the commit.
+  (any process, any host) or plain SQL made, as the usual events with ``remote=True``,
+  the writer's ``origin`` (``None`` for plain SQL) and ``version`` (the version the
+  change gave the key; ``None`` for a delete), from its listener thread, after the
+  commit. The events of the store object's own writes carry ``remote=False`` and the
+  ``version`` too, as on every store with cross-process events.
+- **Other programs writing with plain SQL** (another application sharing the table):
+  a row is ``key``, ``version`` (``bigint``; any number the key has not had, e.g. a
+  random positive 62-bit one), ``size`` (bytes of ``data``), ``created`` and
+  ``modified`` (epoch seconds), ``metadata`` (the JSON text of an object), ``meta``
+  (the same as ``jsonb``, or ``NULL``: queries then read ``metadata``), ``data``
+  (``bytea``); leave ``blob`` ``NULL`` (chunked values are the store's) and ``action``
+  to its default. Their committed changes reach every connected store as remote events
+  with ``origin=None``. An ``UPDATE`` that changes a row but not its ``version`` gets a
+  fresh version (so conditional writes and caches notice it); one that changes ``key``
+  is announced as a delete of the old key then a set of the new one; ``TRUNCATE`` is
+  announced as a delete of every key it removes. Triggers do all this, and skip the
+  store's own connections.
 - **Errors**: psycopg's errors are translated into storekeeper's (``_pg_errors``).
 """
 
@@ -263,13 +281,15 @@ class PostgresStore(AbstractStore):
         schema = self._schema
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", [self._reads.lock_id("\x00schema")])
-            # The log trigger exists once the tables, indexes and triggers of this
-            # version all do (a table made by an earlier version gets them now).
+            # This version's triggers all exist once its tables, indexes, functions and
+            # triggers all do (a table made by an earlier version gets them now).
             current = conn.execute(
-                "SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass(%s) AND tgname = %s",
-                [schema.main.as_string(conn), schema.log_trigger],
+                "SELECT count(*) FROM pg_trigger "
+                "WHERE tgrelid = to_regclass(%s) AND tgname = ANY(%s)",
+                [schema.main.as_string(conn), schema.triggers],
             )
-            if current.fetchone() is not None:
+            found = current.fetchone()
+            if found is not None and found[0] == len(schema.triggers):
                 return
             # One round trip: the statements take no parameters.
             conn.execute(b";\n".join(schema.create()))
@@ -342,6 +362,7 @@ class PostgresStore(AbstractStore):
                 metadata=metadata,
                 remote=True,
                 origin=change.origin,
+                version=None if change.version is None else str(change.version),
                 change_id=change.id,
             )
         )
@@ -501,7 +522,7 @@ class PostgresStore(AbstractStore):
         row = Row(key, version_numbers(1)[0], metadata_json, keep_data=True)
         with self._connections.using(f"writing the metadata of {shown(key)}") as conn:
             self._writes.write(conn, row, if_version, if_exists)
-        self._emit_change(StoreSetEvent, key, metadata_json)
+        self._emit_local(StoreSetEvent, key, metadata_json, row.version)
 
     def update_metadata(
         self, key: str, metadata: Mapping[str, Any], *, if_version: str | None = None
@@ -523,7 +544,9 @@ class PostgresStore(AbstractStore):
             text = encode_metadata(merged)
             row = Row(key, version_numbers(1)[0], text, keep_data=True, action="update")
             self._writes.write(conn, row, None, True)
-        self._emit(StoreUpdateEvent(self, key=key, metadata=merged))
+        self._emit(
+            StoreUpdateEvent(self, key=key, metadata=merged, remote=False, version=str(row.version))
+        )
 
     def delete(self, key: str, *, if_version: str | None = None) -> None:
         """Delete *key*; :class:`KeyNotFoundError` if missing. One statement."""
@@ -535,7 +558,7 @@ class PostgresStore(AbstractStore):
                 if self._writes.version_of(conn, key) is None:
                     raise missing(key)
                 raise self._writes.conflict(conn, key, if_version, None)
-        self._emit_change(StoreDeleteEvent, key, metadata_json)
+        self._emit_local(StoreDeleteEvent, key, metadata_json, None)
 
     def multiset(
         self,
@@ -557,7 +580,7 @@ class PostgresStore(AbstractStore):
                 self._writes.batch(conn, list(latest.values()))
         if self._observed(StoreSetEvent):
             for row in rows:
-                self._emit_change(StoreSetEvent, row.key, row.metadata or "{}")
+                self._emit_local(StoreSetEvent, row.key, row.metadata or "{}", row.version)
 
     def _inline_rows(self, keys: list[str], values: list[Any]) -> list[Row] | None:
         """The rows of a batch of ``(bytes, metadata)`` pairs that all fit inline, every
@@ -622,8 +645,24 @@ class PostgresStore(AbstractStore):
             return self._writes.write(conn, row, if_version, if_exists)
 
     def _written(self, key: str, version: int, metadata_json: str) -> str:
-        self._emit_change(StoreSetEvent, key, metadata_json)
+        self._emit_local(StoreSetEvent, key, metadata_json, version)
         return str(version)
+
+    def _emit_local(
+        self, cls: type[StoreModificationEvent], key: str, metadata_json: str, version: int | None
+    ) -> None:
+        """Emit the event of this store object's own write: ``remote=False`` and the
+        version it wrote (``None`` for a delete), as remote events carry them."""
+        if self._observed(cls):
+            self._emit(
+                cls(
+                    self,
+                    key=key,
+                    metadata=decode_metadata(metadata_json),
+                    remote=False,
+                    version=None if version is None else str(version),
+                )
+            )
 
     # -- transactions --------------------------------------------------------------------
     def _begin_transaction(self) -> None:

@@ -263,10 +263,11 @@ class RedisStore(Reads, Transactional, AbstractStore):
             )
         super().connect(credentials)
 
-    def _listener_client(self) -> Any:
+    def _listener_client(self, read_timeout: float) -> Any:
         return redis.Redis.from_url(
             self.url,
             single_connection_client=True,
+            socket_timeout=read_timeout,
             socket_connect_timeout=self.timeout,
             client_name=self.client_name.replace("storekeeper:", "storekeeper-events:", 1),
         )
