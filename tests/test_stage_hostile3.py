@@ -366,7 +366,7 @@ def test_commit_across_compaction_floor_raises_and_writes_nothing(
 ) -> None:
     rec = Recorder()
     store = store_factory(rec)
-    a, b, c, wa, wb, wc = _open_across_compaction(store)
+    a, b, c, _wa, wb, wc = _open_across_compaction(store)
     with b:
         f = Feed(id="k", title="b0")
         f.entries["e"] = Entry(title="e")
@@ -646,9 +646,9 @@ def test_read_only_after_compaction_by_returning_session_writes_nothing(
 ) -> None:
     rec = Recorder()
     store = store_factory(rec)
-    sa, wa = fresh("a", -timedelta(days=2))
-    sb, wb = fresh("b")
-    sc, wc = fresh("c", timedelta(days=40))
+    sa, _wa = fresh("a", -timedelta(days=2))
+    sb, _wb = fresh("b")
+    sc, _wc = fresh("c", timedelta(days=40))
     a, b, c = Stage(sa, store), Stage(sb, store), Stage(sc, store)
     with a:
         f = Feed(id="k", title="t")
@@ -666,3 +666,95 @@ def test_read_only_after_compaction_by_returning_session_writes_nothing(
             assert list(st.feeds) == ["k"] and "e" not in st.feeds["k"].entries
             assert len(st.feeds) == 1
     assert rec.events == [] and raw(store) == before
+
+
+@pytest.mark.parametrize("compactor_skew", [timedelta(days=40), -timedelta(days=40)])
+def test_deep_routes_compact_twice_and_readd_after_compaction(
+    store_factory: Callable[[Recorder | None], Any], compactor_skew: timedelta
+) -> None:
+    rec = Recorder()
+    store = store_factory(rec)
+    sa, _ = fresh("a", -timedelta(days=3))
+    sb, wb = fresh("b", timedelta(days=3))
+    sc, wc = fresh("c", compactor_skew)
+    a, b, c = DeepStage(sa, store), DeepStage(sb, store), DeepStage(sc, store)
+    with a:
+        d = Doc(title="x")
+        d.items["i"] = Item(id="i", text="i")
+        a.docs["p"]["x"] = d
+        a.docs["q"]["y"] = Doc(title="y")
+    with b:
+        del b.docs["p"]["x"]
+        y = b.docs["q"]["y"]
+        y.items["j"] = Item(id="j", text="j")
+        b.docs["q"]["y"] = y
+    wb.t = wc.t = BASE + timedelta(days=10)
+    assert c.compact(retention=timedelta(hours=1)) >= 1
+    before = raw(store)
+    rec.events.clear()
+    assert c.compact(retention=timedelta(hours=1)) == 0
+    assert rec.events == [] and raw(store) == before
+    with a:
+        assert list(a.docs) == ["q"] and "p" not in a.docs and len(a.docs["p"]) == 0
+        a.docs["p"]["x"] = Doc(title="readd")
+        assert a.docs["p"]["x"].title == "readd" and list(a.docs["p"]["x"].items) == []
+    for st in (a, b, c):
+        with st:
+            assert list(st.docs) == ["p", "q"]
+            assert st.docs["p"]["x"].title == "readd"
+            assert list(st.docs["p"]["x"].items) == []
+            assert sorted(st.docs["q"]["y"].items) == ["j"]
+
+
+def _copy_keys(src: Any, dst: Any, prefix: str = "") -> None:
+    for key in list(src.list_keys(prefix)):
+        value = src.get(key)
+        with value.data as stream:
+            data = stream.read()
+        dst.set(key, (data, dict(value.metadata)))
+
+
+@pytest.mark.parametrize("second", [timedelta(days=61), timedelta(days=200)])
+def test_offline_copy_after_newest_write_survives_repeated_compaction_ahead(
+    second: timedelta,
+) -> None:
+    # An offline device edits after the newest write the compactions saw; a compactor
+    # 40 days ahead compacts twice (the second time collecting old tombstones of a
+    # snapshot-only document). The device's synced copy must keep its edits, and the
+    # deleted entity must stay deleted.
+    shared = DictMemoryStore()
+    shared.connect()
+    sa, _ = fresh("a")
+    sb, wb = fresh("b")
+    sc, wc = fresh("c", timedelta(days=40))
+    so, wo = fresh("o")
+    a, b, c = Stage(sa, shared), Stage(sb, shared), Stage(sc, shared)
+    with a:
+        f = Feed(id="k", title="t")
+        f.entries["e"] = Entry(title="e")
+        a.feeds["k"] = f
+    wb.t = BASE + timedelta(minutes=1)
+    with b:
+        f = b.feeds["k"]
+        del f.entries["e"]
+        b.feeds["k"] = f
+    local = DictMemoryStore()
+    local.connect()
+    _copy_keys(shared, local)
+    wo.t = BASE + timedelta(minutes=2)
+    with Stage(so, local) as o:
+        f = o.feeds["k"]
+        f.title = "offline-edit"
+        f.entries["new"] = Entry(title="n")
+        o.feeds["k"] = f
+    wc.t = BASE + timedelta(minutes=3)
+    assert c.compact(retention=timedelta(days=100)) == 1
+    wc.t = BASE + second
+    assert c.compact(retention=timedelta(days=100)) == 1
+    assert c.compact(retention=timedelta(days=100)) == 0
+    _copy_keys(local, shared, f"feeds/k/{so.identifier}")
+    sd, _ = fresh("d")
+    with Stage(sd, shared) as d:
+        f = d.feeds["k"]
+        assert f.title == "offline-edit"
+        assert sorted(f.entries) == ["new"]
