@@ -758,3 +758,58 @@ def test_offline_copy_after_newest_write_survives_repeated_compaction_ahead(
         f = d.feeds["k"]
         assert f.title == "offline-edit"
         assert sorted(f.entries) == ["new"]
+
+
+_SAME_SESSION_CHILD = textwrap.dedent(
+    """
+    import logging, sys
+    from datetime import datetime, timedelta, timezone
+    from storekeeper import FileSystemStore, SqliteStore
+    from storekeeper.stage import Entry, Feed, HybridClock, Session, Stage
+    logging.disable(logging.WARNING)
+    kind, path, name, tag, skew_h = sys.argv[1:6]
+    base = datetime(2026, 1, 1, tzinfo=timezone.utc) + timedelta(hours=float(skew_h))
+    s = Session(name)
+    s.clock = HybridClock(wall=lambda: base)
+    store = SqliteStore(path, durable=False) if kind == "sqlite" else FileSystemStore(path)
+    store.connect()
+    st = Stage(s, store)
+    for i in range(8):
+        with st:
+            f = st.feeds["k"]
+            f.entries[f"{tag}-{i}"] = Entry(title=tag)
+            st.feeds["k"] = f
+        if tag == "x" and i == 4:
+            st.compact(retention=timedelta(hours=1))
+    store.disconnect()
+    """
+)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "folder"])
+def test_two_processes_of_one_session_lose_nothing(kind: str, tmp_path: Path) -> None:
+    path = tmp_path / ("s.db" if kind == "sqlite" else "f")
+    if kind == "folder":
+        init_shared_store(path)
+    store: Any = SqliteStore(path, durable=False) if kind == "sqlite" else FileSystemStore(path)
+    store.connect()
+    s0, _ = fresh("seed")
+    with Stage(s0, store) as st:
+        st.feeds["k"] = Feed(id="k", title="seed")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1] / "src"))
+    name = f"h3-shared-{os.getpid()}"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _SAME_SESSION_CHILD, kind, str(path), name, tag, skew],
+            env=env,
+        )
+        for tag, skew in (("x", "-20"), ("y", "20"))
+    ]
+    for p in procs:
+        p.wait(20)
+        assert p.returncode == 0
+    s1, _ = fresh("reader")
+    with Stage(s1, store) as st:
+        got = sorted(st.feeds["k"].entries)
+    store.disconnect()
+    assert got == sorted([f"x-{i}" for i in range(8)] + [f"y-{i}" for i in range(8)])
