@@ -813,3 +813,36 @@ def test_two_processes_of_one_session_lose_nothing(kind: str, tmp_path: Path) ->
         got = sorted(st.feeds["k"].entries)
     store.disconnect()
     assert got == sorted([f"x-{i}" for i in range(8)] + [f"y-{i}" for i in range(8)])
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="assigning a previously read document after seeing its delete (via `in`) is"
+    " silently dropped: not visible in its own transaction, lost after commit",
+)
+@pytest.mark.parametrize("source", ["held", "other-key"])
+def test_readd_of_read_document_after_seen_delete_wins(
+    store_factory: Callable[[Recorder | None], Any], source: str
+) -> None:
+    # No clock skew at all. A holds a feed it read earlier (or reads another feed),
+    # B deletes k, A sees the delete (`in` is False, which advances A's clock past it)
+    # and assigns the document back at k: a deliberate re-add after a seen delete.
+    store = store_factory(None)
+    sa, _ = fresh("a")
+    sb, _ = fresh("b")
+    a, b = Stage(sa, store), Stage(sb, store)
+    with a:
+        a.feeds["k"] = Feed(id="k", title="one")
+        a.feeds["other"] = Feed(id="other", title="other")
+    with a:
+        held = a.feeds["k"]
+    with b:
+        del b.feeds["k"]
+    with a:
+        assert "k" not in a.feeds
+        doc = held if source == "held" else a.feeds["other"]
+        doc.title = "back"
+        a.feeds["k"] = doc
+        assert "k" in a.feeds and a.feeds["k"].title == "back"
+    with b:
+        assert "k" in b.feeds and b.feeds["k"].title == "back"
