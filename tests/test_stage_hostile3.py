@@ -846,3 +846,25 @@ def test_readd_of_read_document_after_seen_delete_wins(
         assert "k" in a.feeds and a.feeds["k"].title == "back"
     with b:
         assert "k" in b.feeds and b.feeds["k"].title == "back"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a document read, deleted and assigned back in one transaction stays deleted:"
+    " the acknowledged assignment is dropped",
+)
+def test_delete_then_assign_read_document_back_same_transaction() -> None:
+    store = DictMemoryStore()
+    store.connect()
+    sa, _ = fresh("a")
+    a = Stage(sa, store)
+    with a:
+        a.feeds["k"] = Feed(id="k", title="one")
+    with a:
+        f = a.feeds["k"]
+        del a.feeds["k"]
+        f.title = "back"
+        a.feeds["k"] = f
+        assert "k" in a.feeds
+    with a:
+        assert a.feeds["k"].title == "back"
