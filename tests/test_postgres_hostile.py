@@ -1686,3 +1686,20 @@ def test_multiget_order_duplicates_and_missing(store: Any) -> None:
     with pytest.raises((InvalidKeyError, InvalidArgumentError)):
         store.multiget(["a_", "a\x00"])
     assert store.multiget([]) == []
+
+
+def test_a_process_holding_many_descriptors_still_gets_connections(url: str) -> None:
+    # A busy process has descriptors past 1023, where select() gives up: checking an
+    # idle pooled session must still work there.
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        store = open_store(f"{url}&timeout=5")
+        try:
+            store.set("k", (b"v", {"n": 1}))
+            assert store.to_bytes("k") == b"v"
+            assert store.get_metadata("k") == {"n": 1}
+        finally:
+            store.disconnect()
+    finally:
+        for fd in held:
+            os.close(fd)

@@ -81,8 +81,10 @@ def check_alive(conn: Connection) -> None:
     fail on a dead connection."""
     if conn.closed or conn.broken:
         raise psycopg.OperationalError("the connection is closed")
-    readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
-    if readable:
+    # poll, not select: select refuses descriptors past 1023, which a busy process has.
+    poller = select.poll()
+    poller.register(conn.pgconn.socket, select.POLLIN)
+    if poller.poll(0):
         conn.close()  # so that the pool drops it (it would hand it out again)
         raise psycopg.OperationalError("the server ended the session")
 
