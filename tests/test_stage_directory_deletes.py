@@ -181,7 +181,7 @@ def test_compaction_keeps_a_deleted_document_deleted_and_forgets_its_contents(
         del b.rooms["r"]
     clock.now += timedelta(seconds=1)
     with a:
-        assert "r" not in a.rooms  # a's copy now covers the delete
+        assert "r" not in a.rooms  # a sees the delete (a read-only check, writes nothing)
     clock.now += timedelta(days=40)
     with a:
         a.touch()  # the one live session; its copy covers the delete and the late edit
