@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,15 @@ from typing import Any
 import pytest
 
 from storekeeper import DictMemoryStore, FileSystemStore, SqliteStore, init_shared_store
-from storekeeper.stage import BaseStage, MergeableDocument, Route, Session
+from storekeeper.stage import (
+    BaseStage,
+    Element,
+    Entities,
+    MergeableDocument,
+    Route,
+    Session,
+    entities,
+)
 from storekeeper.stage.session import HybridClock
 from storekeeper.store.abstract import AbstractStore
 
@@ -105,12 +114,15 @@ def test_a_deleted_document_leaves_every_level_in_every_session(store: AbstractS
                 stage.seats["1"]["2"]
 
 
-def test_only_a_document_assigned_after_the_delete_brings_it_back(
+def test_assigning_a_document_after_the_delete_brings_it_back(
     store: AbstractStore,
 ) -> None:
-    """A session holding a document from before the delete edits and writes it back:
-    that edit is concurrent with the delete, no re-creation, so the document stays
-    deleted. A new document assigned after the delete brings the key back."""
+    """A session holding a document from before the delete edits it and assigns it
+    back: assigning is a re-add, stamped after the delete stored at the key, so the
+    document comes back for everyone with every field as the held document shows --
+    whether or not the session looked at the key first. The key deleted alongside,
+    which nobody assigned, stays deleted. A new document assigned after a further
+    delete brings the key back as well."""
     a, b = _populate(store)
     with a:
         held = a.seats["1"]["1"]
@@ -120,10 +132,14 @@ def test_only_a_document_assigned_after_the_delete_brings_it_back(
     with a:
         held.note = "edited, unaware of the delete"
         a.seats["1"]["1"] = held
-    for stage in (a, b):
+        assert "1" in a.seats["1"] and a.seats["1"]["1"] == held
+    for stage in (a, b, _stage(store, "dd-fresh")):
         with stage:
-            assert list(stage.seats) == ["2"] and "1" not in stage.seats
-            assert stage.seats["1"].get("1") is None
+            assert list(stage.seats) == ["1", "2"] and list(stage.seats["1"]) == ["1"]
+            assert stage.seats["1"]["1"] == Seat(name="ann", note="edited, unaware of the delete")
+            assert stage.seats["1"].get("2") is None
+    with b:
+        del b.seats["1"]["1"]
     with a:
         a.seats["1"]["1"] = Seat(name="dee")  # a new document, after the delete
         assert list(a.seats) == ["1", "2"]
@@ -131,7 +147,7 @@ def test_only_a_document_assigned_after_the_delete_brings_it_back(
         with stage:
             assert list(stage.seats) == ["1", "2"] and len(stage.seats) == 2
             assert list(stage.seats["1"]) == ["1"]
-            assert stage.seats["1"]["1"].name == "dee"
+            assert stage.seats["1"]["1"] == Seat(name="dee")
 
 
 class Clock:
@@ -154,16 +170,18 @@ def test_compaction_keeps_a_deleted_document_deleted_and_forgets_its_contents(
     a, b = stages
     with a:
         a.rooms["r"] = Seat(name="room")
-    with a:
-        held = a.rooms["r"]
     stale = store.get(f"rooms/r/{a.session.identifier}.json")
+    clock.now += timedelta(seconds=1)
+    with a:  # an edit the delete below covers: kept only while the tombstone is
+        held = a.rooms["r"]
+        held.note = "late"
+        a.rooms["r"] = held
     clock.now += timedelta(seconds=1)
     with b:
         del b.rooms["r"]
     clock.now += timedelta(seconds=1)
-    with a:  # an edit made unaware of the delete: kept while the tombstone is
-        held.note = "late"
-        a.rooms["r"] = held
+    with a:
+        assert "r" not in a.rooms  # a sees the delete (a read-only check, writes nothing)
     clock.now += timedelta(days=40)
     with a:
         a.touch()  # the one live session; its copy covers the delete and the late edit
@@ -243,9 +261,12 @@ def test_listing_agrees_with_reading_when_a_stale_copy_returns(store: AbstractSt
     offline_copy = (offline.data.read(), offline.metadata)
     store.delete(own)
     clock.now += timedelta(seconds=1)
-    with b:  # b's copy now covers everything so far (an edit of the deleted document)
+    with b:  # b's copy comes to cover everything so far: it re-adds, then deletes again
         held.note = "late"
         b.rooms["r"] = held
+    clock.now += timedelta(seconds=1)
+    with b:
+        del b.rooms["r"]
     clock.now += timedelta(days=40)
     with b:
         b.touch()
@@ -255,3 +276,62 @@ def test_listing_agrees_with_reading_when_a_stale_copy_returns(store: AbstractSt
         with stage:
             assert stage.rooms.get("r") is None
             assert list(stage.rooms) == [] and "r" not in stage.rooms
+
+
+class Cover(Element):
+    color: str = ""
+    labels: list[str] = field(default_factory=list)
+
+
+class Item(Element):
+    id: str
+    title: str = ""
+
+
+class Album(MergeableDocument):
+    name: str = ""
+    cover: Cover | None = None
+    items: Entities[Item] = entities(key="id")
+
+
+class AlbumStage(BaseStage):
+    albums = Route(Album, ["albums", "{0}", "{session.identifier}.json"])
+
+
+def test_readd_of_a_read_document_writes_it_as_shown(store: AbstractStore) -> None:
+    """Re-adding a document read before its delete (or read from another key) writes
+    every field as the document shows at the assignment -- nested element, its list,
+    entities, including changes made to the held object -- in one transaction and for
+    everyone after; what the held object had removed stays removed."""
+    a = AlbumStage(Session(f"ra-a-{next(_names)}"), store)
+    b = AlbumStage(Session(f"ra-b-{next(_names)}"), store)
+    with a:
+        album = Album(name="trip", cover=Cover(color="red", labels=["x", "y"]))
+        album.items["1"] = Item(title="one")
+        album.items["2"] = Item(title="two")
+        a.albums["k"] = album
+        a.albums["other"] = Album(name="other", cover=Cover(labels=["o"]))
+    with a:
+        held = a.albums["k"]
+    with b:
+        del b.albums["k"]
+    with a:
+        assert "k" not in a.albums
+        del held.items["2"]
+        held.items["3"] = Item(title="three")
+        held.items["1"].title = "uno"
+        assert held.cover is not None
+        held.cover.labels.append("z")
+        a.albums["k"] = held
+        a.albums["copy"] = a.albums["other"]  # a read document at a new key
+        del a.albums["other"]
+        a.albums["other"] = a.albums["copy"]  # ... and back where it was deleted
+    expected = Album(name="trip", cover=Cover(color="red", labels=["x", "y", "z"]))
+    expected.items["1"] = Item(id="1", title="uno")
+    expected.items["3"] = Item(id="3", title="three")
+    for stage in (a, b, AlbumStage(Session(f"ra-c-{next(_names)}"), store)):
+        with stage:
+            assert list(stage.albums) == ["copy", "k", "other"]
+            assert stage.albums["k"] == expected
+            assert list(stage.albums["k"].items) == ["1", "3"]
+            assert stage.albums["other"] == Album(name="other", cover=Cover(labels=["o"]))

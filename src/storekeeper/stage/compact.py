@@ -38,7 +38,10 @@ however skewed the clocks. Take an edit stamped *s*:
   revision the compaction read, and a transaction that read the document before
   editing stamps its edits after every revision it read; so this happens only when
   another session wrote the document after that read and the edits are older than the
-  retention by the compacting session's clock -- a transaction kept open that long.
+  retention by the compacting session's clock: the transaction was kept open that
+  long, or the writer's clock runs more than the retention behind the compacting
+  session's (then a short transaction is refused too; redone, it reads the snapshot,
+  its clock passes the floor and it commits).
 - If it reaches the store afterwards as a copy synced from elsewhere (a device that was
   offline), nothing checks it: its edits stamped at or before the floor are superseded.
   The floor is bounded twice, so a clock running ahead on either side cannot put it in

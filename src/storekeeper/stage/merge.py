@@ -13,7 +13,8 @@ functions here.
 
 from __future__ import annotations
 
-from typing import NamedTuple, TypeVar
+import copy
+from typing import Any, NamedTuple, TypeVar
 
 from storekeeper.stage._capture import PendingEditsError, StampClock, capture, settle
 from storekeeper.stage._collect import collect
@@ -25,6 +26,7 @@ from storekeeper.stage._lattice import (
     newest_stamp,
     prune,
 )
+from storekeeper.stage._schema import Kind
 from storekeeper.stage.document import (
     Element,
     MergeableDocument,
@@ -46,12 +48,15 @@ __all__ = [
     "join_documents",
     "merge_documents",
     "pull_document",
+    "renewed",
     "revise_document",
     "state_of",
+    "take_over",
     "tombstone",
 ]
 
 _D = TypeVar("_D", bound=MergeableDocument)
+_L = TypeVar("_L", bound=Element)
 
 
 class DocState(NamedTuple):
@@ -78,6 +83,33 @@ def is_new(doc: MergeableDocument) -> bool:
     """Whether *doc* was built by its constructor and never revised: assigning it adds
     (or re-adds) a document rather than editing one that was read."""
     return doc._fresh
+
+
+def renewed(element: _L) -> _L:
+    """A copy of *element* built by its constructor, every field given as *element*
+    shows it now (nested elements and entities renewed the same way): revising it
+    writes every field it shows, at that revise's time. Assigning a document where the
+    document was deleted stores this instead, so that what the user sees is what the
+    re-added document holds, all of it stamped after the delete."""
+    values: dict[str, Any] = {}
+    for name, spec in fields_of(type(element)).items():
+        value = element.__dict__[name]
+        if spec.kind is Kind.ENTITIES:
+            values[name] = {key: renewed(entity) for key, entity in value.items()}
+        elif spec.kind is Kind.ELEMENT:
+            values[name] = None if value is None else renewed(value)
+        else:
+            values[name] = copy.deepcopy(value)
+    return type(element)(**values)
+
+
+def take_over(doc: MergeableDocument, written: MergeableDocument) -> None:
+    """Make *doc* show *written* (its :func:`renewed` copy, just revised): the same
+    state and revision, and no pending edits."""
+    settle(doc, written._state)
+    init_document(doc, written._added, written._deleted, written._floor, fresh=False)
+    object.__setattr__(doc, "__revision__", written.__revision__)
+    object.__setattr__(doc, "__base_revisions__", written.__base_revisions__)
 
 
 def has_pending(doc: Element) -> bool:

@@ -184,10 +184,14 @@ class Directory(Mapping[str, Any], Generic[_D]):
     every document was deleted; a missing level is empty. ``directory[i] = doc`` writes
     the current session's copy; ``del directory[i]`` writes a tombstone to it, after
     which (in this transaction, and in every session that reads the copies) reading
-    ``directory[i]`` raises KeyError until a new document is assigned there. Reading
-    ``in``, ``len`` or iterating counts as reading the copies for the session's clock, and
-    assigning a new document is stamped after every copy already there: the re-added
-    document is seen at once, and wins over every delete that was in the store.
+    ``directory[i]`` raises KeyError until a document is assigned there again. Reading
+    ``in``, ``len`` or iterating counts as reading the copies for the session's clock.
+    Assigning a document where the document is deleted re-adds it, whatever the object's
+    origin (built by its constructor, read from that key before the delete or from
+    another key, or copied): it is stamped after every copy already there, written with
+    every field as it shows at the assignment, seen at once in the transaction, and wins
+    over every delete that was in the store. Assigning a read document where the
+    document exists is an edit of the fields changed since the read.
     """
 
     def __init__(

@@ -221,6 +221,10 @@ class Session:
     non-``str`` raises :class:`TypeError`. ``None`` means :func:`default_identifier`,
     stable for this installation. Sessions are interned: ``Session('a') is Session('a')``.
     Each session has one :attr:`clock` (a :class:`HybridClock`) shared by its users.
+    To inject a wall clock (in tests), assign the attribute:
+    ``session.clock = HybridClock(wall=lambda: some_aware_utc_datetime)``. Because
+    sessions are interned, that clock then serves every stage in this process that uses
+    the identifier, not only the one in hand.
     """
 
     IDENTIFIER_PATTERN: ClassVar[re.Pattern[str]] = re.compile(

@@ -11,19 +11,30 @@ lost. When the block raises, the buffer is discarded and nothing is written.
 Edits are stamped when they are assigned (``stage.route = doc``, ``directory[i] =
 doc``, ``del directory[i]``), not at commit, by the session's clock, which has by then
 passed everything the session has read -- including what ``in``, ``len`` and
-iteration of a :class:`~storekeeper.stage.Directory` revealed. Assigning a new document
-(one built by its constructor, not read) first reads the metadata of every copy at its
-key, so it is stamped after each of them: a document re-added after a delete that is
-already in the store wins over it, and the transaction sees it, however slow this
-session's clock. A delete another session commits after the assignment, stamped later,
-is a later edit and wins.
+iteration of a :class:`~storekeeper.stage.Directory` revealed. Assigning a document
+built by its constructor, or any document where the document is deleted or missing,
+first reads the metadata of every copy at its key, so it is stamped after each of them:
+a document re-added after a delete that is already in the store wins over it, and the
+transaction sees it, however slow this session's clock. A delete another session
+commits after the assignment, stamped later, is a later edit and wins.
 
 A compaction (:meth:`BaseStage.compact`) that runs while a transaction is open may put
-its floor after that transaction's edits, if the transaction stays open longer than the
-retention while other sessions write the document; committing would then hide them.
-The commit checks each document's snapshot floor and, in that case, raises
-:class:`TransactionError` and writes nothing: keep transactions much shorter than the
-retention, and redo the edits in a new transaction if it happens.
+its floor after that transaction's edits when other sessions write the document
+meanwhile and the edits are stamped more than the retention before the compacting
+session's clock: the transaction stayed open longer than the retention, or this
+session's clock runs more than the retention behind the compacting session's (then a
+transaction of a second can be hit). Committing would then hide the edits, so the
+commit checks each document's snapshot floor and, in that case, raises
+:class:`TransactionError` and writes nothing. Redo the edits in a new transaction: it
+reads the snapshot, which moves the clock past the floor, so the retry commits. Keep
+transactions much shorter than the retention, and clocks within it of each other.
+
+Assigning a document to a key where the document is deleted (or missing) adds it
+again, whether it was built by its constructor or read (from that key before the
+delete, from another key, or copied): a read document is written as new, every field
+as it shows at the assignment, stamped after every copy at the key. Assigning a read
+document where the document exists is an edit: only the fields changed since it was
+read are written.
 """
 
 from __future__ import annotations
@@ -52,7 +63,9 @@ from storekeeper.stage.merge import (
     is_new,
     join_all_documents,
     join_documents,
+    renewed,
     state_of,
+    take_over,
     tombstone,
 )
 from storekeeper.stage.route import (
@@ -76,6 +89,7 @@ __all__ = [
 ]
 
 _D = TypeVar("_D", bound=MergeableDocument)
+_Slot = tuple[Stamp | None, Stamp | None, Stamp | None]
 _T = TypeVar("_T")
 #: The name a compacted snapshot takes in place of a session identifier (it cannot be
 #: one: session identifiers have no ``@``).
@@ -214,8 +228,13 @@ class DirtyBuffer:
         its floor at or after the transaction's earliest edit of *key*: the snapshot
         would supersede that edit, so committing it would drop it silently. A floor
         never passes what the compaction saw written (see
-        :mod:`storekeeper.stage.compact`), so this only happens to a transaction kept
-        open longer than the retention while others kept writing."""
+        :mod:`storekeeper.stage.compact`), so this only happens when another session
+        wrote the document after this transaction read it and this transaction's edits
+        are stamped more than the retention before the compacting session's clock:
+        because the transaction stayed open that long, or because this session's clock
+        runs more than the retention behind the compacting session's (then even a
+        short transaction is refused; the retry succeeds, since reading the snapshot
+        moves this session's clock past its floor)."""
         if entry.first is None or entry.snapshot is None:
             return
         try:
@@ -228,7 +247,9 @@ class DirtyBuffer:
                 f"and supersedes what it stamped at {from_micros(entry.first).isoformat()} "
                 f"(the compaction's floor is {from_micros(floor[0]).isoformat()}); nothing "
                 "was written -- read the document again and redo the edit in a new "
-                "transaction, and keep transactions open for less than the retention"
+                "transaction (this happens when the transaction stayed open longer than "
+                "the compaction's retention, or when this session's clock runs more than "
+                "the retention behind the compacting session's clock)"
             )
 
 
@@ -287,8 +308,10 @@ class BaseStage:
         this clock running ahead cannot supersede edits made after them). A document
         left with only its snapshot is compacted again once its tombstones are old
         enough. Safe while other threads and processes use the stage -- a transaction
-        kept open across it for longer than the retention fails at commit rather than
-        lose its edits (see :mod:`storekeeper.stage.stage`); a session that returns
+        whose edits the floor passes (one kept open across it for longer than the
+        retention, or one of a session whose clock runs more than the retention behind
+        this session's) fails at commit rather than lose its edits, and succeeds when
+        redone (see :mod:`storekeeper.stage.stage`); a session that returns
         later rebases on the snapshot and cannot bring anything deleted back. Returns
         how many documents were compacted (snapshots rewritten). See
         :mod:`storekeeper.stage.compact`."""
@@ -587,45 +610,48 @@ class BaseStage:
         than a compacted snapshot counts only with what it did after the snapshot's
         floor."""
         spec = key_spec if isinstance(key_spec, KeySpec) else KeySpec(key_spec)
-        slots = self._copy_slots(spec, key)
-        if not slots:
-            return False
-        top = max((slot[2] for slot in slots if slot[2] is not None), default=None)
-        added = deleted = None
-        for slot in slots:
-            made, gone = slot[0], slot[1]
-            if top is not None and slot[2] != top:  # superseded up to the snapshot's floor
-                made, gone = _after(made, top), _after(gone, top)
-            if made is not None and (added is None or made > added):
-                added = made
-            if gone is not None and (deleted is None or gone > deleted):
-                deleted = gone
-        return document_alive(DocState(added, deleted, None, {}))
+        return _slots_alive(self._copy_slots(spec, key))
 
-    def _copy_slots(
-        self, spec: KeySpec, key: Sequence[str]
-    ) -> list[tuple[Stamp | None, Stamp | None, Stamp | None]]:
+    def _copy_slots(self, spec: KeySpec, key: Sequence[str]) -> list[_Slot]:
         """The ``(added, deleted, floor)`` stamps of every copy of the document at *key*,
         from their metadata alone. The session's clock observes each copy's revision:
         what a read reveals (that a document exists, or was deleted) is something the
         session has read, so its later edits are stamped after it."""
-        buffer = self.get_current_transaction()
         clock = self.session.clock
+        found = self._copy_stamps(spec, key)
+        for _, micros in found:
+            if micros is not None:
+                clock.observe_micros(micros)
+        return [slot for slot, _ in found]
 
-        def fetch(store_key: str) -> tuple[Stamp | None, Stamp | None, Stamp | None] | None:
+    def _copy_stamps(self, spec: KeySpec, key: Sequence[str]) -> list[tuple[_Slot, int | None]]:
+        """Each copy's slot stamps and the time of its stored revision (``None`` for a
+        buffered or unstamped copy), without observing them."""
+        buffer = self.get_current_transaction()
+
+        def fetch(store_key: str) -> tuple[_Slot, int | None] | None:
             entry = buffer.dictionary.get(store_key)
             if entry is not None:
-                return entry.state.added, entry.state.deleted, entry.state.floor
+                return (entry.state.added, entry.state.deleted, entry.state.floor), None
             try:
                 metadata = self.repository.get_metadata(store_key)
             except KeyError:
                 return None
-            micros = revision_micros(metadata)
-            if micros is not None:
-                clock.observe_micros(micros)
-            return decode_slot(metadata)
+            return decode_slot(metadata), revision_micros(metadata)
 
-        return [slot for _, slot in self._fetch_copies(spec, key, fetch) if slot is not None]
+        return [found for _, found in self._fetch_copies(spec, key, fetch) if found is not None]
+
+    def _slots_alive_else_observe(self, spec: KeySpec, key: Sequence[str]) -> bool:
+        """Whether the document at *key* exists; when it does not, the session's clock
+        observes every copy there first (an edit of an existing document observes
+        nothing: it stays concurrent with the edits it did not read)."""
+        found = self._copy_stamps(spec, key)
+        if _slots_alive([slot for slot, _ in found]):
+            return True
+        for _, micros in found:
+            if micros is not None:
+                self.session.clock.observe_micros(micros)
+        return False
 
     def _route_of(self, key: Sequence[str]) -> KeySpec | None:
         """The key spec of the route of this stage that claims the complete *key*."""
@@ -650,12 +676,20 @@ class BaseStage:
         document_type = type(document)
         spec = self._route_of(key)
         snapshot = None
+        assigned = document
         if spec is not None:
             snapshot = self.snapshot_key(spec, key[: spec.session_index])
             if is_new(document):
                 # A new document may re-add a deleted one: stamp it after every copy
                 # there now (their deletes included), however slow this clock is.
                 self._copy_slots(spec, key[: spec.session_index])
+            elif not self._slots_alive_else_observe(spec, key[: spec.session_index]):
+                # A read document assigned where the document is deleted (or missing)
+                # re-adds it: its stamps predate the delete, which would prune them, so
+                # write it as new, every field as it shows now, stamped after every copy
+                # there (their deletes included), however slow this clock is.
+                document = renewed(document)
+                object.__setattr__(document, "__base_revisions__", assigned.__base_revisions__)
         # Read before stamping, so the stamps come after whatever the read reveals.
         known = self._read_copy(buffer, store_key, document_type) if merge else None
         first = None
@@ -685,6 +719,8 @@ class BaseStage:
                 snapshot,
             )
         buffer.write(store_key, entry)
+        if document is not assigned:
+            take_over(assigned, document)
         return build_document(document_type, entry.state, entry.revision, entry.bases)
 
     def delete_document(
@@ -734,6 +770,25 @@ def _merge_copies(
 
 
 _ROUTE_SPECS: weakref.WeakKeyDictionary[type, list[KeySpec]] = weakref.WeakKeyDictionary()
+
+
+def _slots_alive(slots: list[_Slot]) -> bool:
+    """Whether copies with these ``(added, deleted, floor)`` stamps hold a document
+    that exists, as their merge would judge it: a copy older than a compacted
+    snapshot counts only with what it did after the snapshot's floor."""
+    if not slots:
+        return False
+    top = max((slot[2] for slot in slots if slot[2] is not None), default=None)
+    added = deleted = None
+    for slot in slots:
+        made, gone = slot[0], slot[1]
+        if top is not None and slot[2] != top:  # superseded up to the snapshot's floor
+            made, gone = _after(made, top), _after(gone, top)
+        if made is not None and (added is None or made > added):
+            added = made
+        if gone is not None and (deleted is None or gone > deleted):
+            deleted = gone
+    return document_alive(DocState(added, deleted, None, {}))
 
 
 def _after(stamp: Stamp | None, floor: Stamp) -> Stamp | None:
