@@ -13,7 +13,8 @@ sync through nothing smarter than a shared folder or bucket::
 
 Modules: :mod:`~storekeeper.stage.session` (sessions, revisions, the clock),
 :mod:`~storekeeper.stage.document` (document types and their merge),
-:mod:`~storekeeper.stage.stage` (transactions), :mod:`~storekeeper.stage.route`
+:mod:`~storekeeper.stage.stage` (transactions), :mod:`~storekeeper.stage.buffer` (a
+transaction's pending writes and their commit), :mod:`~storekeeper.stage.route`
 (routes and directories), :mod:`~storekeeper.stage.feeds` (the feed reader's stage),
 :mod:`~storekeeper.stage.compact` (compaction).
 """
