@@ -272,11 +272,11 @@ class ReadOnlyStoreTests(QueryTests, abc.ABC):
         for reader in readers:
             reader.start()
         try:
-            for number in range(1, 8):
+            for number in range(1, 5):
                 self.republish(store, values(number))
         finally:
             stop.set()
             for reader in readers:
                 reader.join(timeout=60)
         assert not failures, failures[:3]
-        assert {m["gen"] for _, m in store.query()} == {7}
+        assert {m["gen"] for _, m in store.query()} == {4}
