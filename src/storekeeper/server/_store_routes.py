@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -240,11 +241,7 @@ def _load(
     size = value.size
     tag = etag(value.version)
     found = _Loaded(200, _validators(value, tag, whole))
-    if_match = headers.get("if-match")
-    if if_match is not None and not matches_if_match(if_match, value.version):
-        raise HTTPProblem(412, f"{key!r} is at none of the If-Match versions", "ConflictError")
-    if_none_match = headers.get("if-none-match")
-    if if_none_match is not None and matches_etag(if_none_match, value.version):
+    if _not_modified(headers, key, value.version):
         found.status = 304
         return found
     found.headers["Content-Type"] = _OCTETS
@@ -291,17 +288,23 @@ def _load_metadata(
     found = _Loaded(200, {"Cache-Control": "no-cache"})
     if tag is not None:
         found.headers["ETag"] = tag
-    if_match = headers.get("if-match")
-    if if_match is not None and not matches_if_match(if_match, value.version):
-        raise HTTPProblem(412, f"{key!r} is at none of the If-Match versions", "ConflictError")
-    if_none_match = headers.get("if-none-match")
-    if if_none_match is not None and matches_etag(if_none_match, value.version):
+    if _not_modified(headers, key, value.version):
         found.status = 304
         return found
     found.headers["Content-Type"] = "application/json"
     metadata = select_metadata(value.metadata, select)
     found.body = json.dumps(metadata, separators=(",", ":")).encode()
     return found
+
+
+def _not_modified(headers: Mapping[str, str], key: str, version: str | None) -> bool:
+    """Whether a read of *key* at *version* answers 304 (``If-None-Match`` names it);
+    412 (HTTPProblem) when ``If-Match`` names none of its versions."""
+    if_match = headers.get("if-match")
+    if if_match is not None and not matches_if_match(if_match, version):
+        raise HTTPProblem(412, f"{key!r} is at none of the If-Match versions", "ConflictError")
+    if_none_match = headers.get("if-none-match")
+    return if_none_match is not None and matches_etag(if_none_match, version)
 
 
 def _validators(value: Value, tag: str | None, whole: bool) -> dict[str, str]:
