@@ -54,6 +54,7 @@ and psycopg_pool).
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 from collections.abc import Iterable, Iterator, Mapping
@@ -65,13 +66,13 @@ from psycopg.conninfo import conninfo_to_dict
 
 from storekeeper.backends._pg_connections import Connections
 from storekeeper.backends._pg_errors import shown, translate
-from storekeeper.backends._pg_events import Change, Listener, maintain
+from storekeeper.backends._pg_events import Change, Listener, maintain, newest
 from storekeeper.backends._pg_query import Indexes
 from storekeeper.backends._pg_reads import Reads
 from storekeeper.backends._pg_schema import Schema
 from storekeeper.backends._pg_values import copy_chunks, rechunk, take
 from storekeeper.backends._pg_writes import Row, Writes
-from storekeeper.errors import InvalidURLError
+from storekeeper.errors import InvalidURLError, NotConnectedError
 from storekeeper.events import BaseEventManager
 from storekeeper.store import urls
 from storekeeper.store.abstract import AbstractStore
@@ -111,6 +112,10 @@ from storekeeper.store.value import Value
 
 __all__ = ["PostgresStore"]
 
+_log = logging.getLogger(__name__)
+#: Seconds to wait for a connection when an event listener connects (see _follow).
+_POSITION_TIMEOUT = 2.0
+
 _URL_OPTIONS = {
     "table": urls.text,
     "schema": urls.text,
@@ -145,7 +150,11 @@ class PostgresStore(AbstractStore):
     ``PostgresStore(conninfo, table='store')``: *conninfo* is a libpq connection string
     or URL (``postgresql://user@host/db``); the rest is keyword-only. ``listen=False``
     runs no listener thread (no remote events; the log and the trash are then tidied
-    only when a store connects).
+    only when a store connects). With ``listen=True`` the thread tidies them and
+    listens for other writers' changes only while an event listener that could receive
+    them is connected (an :class:`~storekeeper.events.EventManager` says when;
+    a manager that cannot tell has it listen all the time): a listening session is
+    woken by every write, so a store nobody listens to writes faster.
 
     **Key length**: a key is the table's primary key, and a PostgreSQL index entry holds
     at most 2,704 bytes (after compression). Keys of up to 2,600 UTF-8 bytes always
@@ -294,7 +303,9 @@ class PostgresStore(AbstractStore):
             # One round trip: the statements take no parameters.
             conn.execute(b";\n".join(schema.create()))
 
-    def _start_listener(self, cursor: int) -> None:
+    def _start_listener(self, cursor: int | None) -> None:
+        """Start the listener thread; it listens from *cursor* (``None``: the newest
+        change) while someone listens to this store's events."""
         if not self.listen:
             return
         schema, keep, reclaim = self._schema, self.change_log_size, self.reclaim_after
@@ -303,16 +314,51 @@ class PostgresStore(AbstractStore):
             schema,
             self.origin,
             self._deliver,
-            cursor=cursor,
+            cursor=cursor or 0,
             track=self._connections.track,
             maintenance=lambda conn: maintain(conn, schema, keep, reclaim),
             interval=self.maintenance_interval,
         )
         self._listener.start()
+        if self.event_manager.watch(self._listeners_changed):
+            self._follow(self._listener, cursor)
+        else:  # a manager that cannot tell who listens: always listen
+            self._listener.activate(cursor)
+
+    def _listeners_changed(self) -> None:
+        """The event manager's listeners changed: listen only while one of them could
+        receive this store's change events."""
+        listener = self._listener
+        if listener is None:
+            return  # not connected, or no listener wanted
+        if self._pid != os.getpid():
+            self._forked()  # follows the listeners itself
+            return
+        self._follow(listener, None)
+
+    def _follow(self, listener: Listener, cursor: int | None) -> None:
+        if not self.event_manager.may_deliver(StoreModificationEvent):
+            listener.deactivate()
+        elif not listener.active:
+            # The cursor is read now, so changes committed after the event listener
+            # connected reach it even before the thread listens.
+            listener.activate(self._newest_change() if cursor is None else cursor)
+
+    def _newest_change(self) -> int | None:
+        """The id of the newest change, or ``None`` if the server cannot say now (the
+        listener thread reads it when it begins listening)."""
+        try:
+            # Briefly: this runs inside the event manager's connect().
+            with self._connections.pool().connection(timeout=_POSITION_TIMEOUT) as conn:
+                return newest(conn, self._schema)
+        except (psycopg.Error, NotConnectedError) as exc:
+            _log.warning("%r could not read its change log position: %s", self, exc)
+            return None
 
     def disconnect(self) -> None:
         """Stop the listener and close the pool."""
         super().disconnect()
+        self.event_manager.unwatch(self._listeners_changed)
         listener, self._listener = self._listener, None
         if listener is not None:
             listener.stop(self._wake_listener)
@@ -323,14 +369,17 @@ class PostgresStore(AbstractStore):
             conn.execute("SELECT pg_notify(%s, '')", [self._schema.channel])
 
     def wait_listening(self, timeout: float = 30.0) -> bool:
-        """Wait until the change listener listens (events of changes committed from
-        then on are delivered); whether it does (false when ``listen=False``). In a
-        process forked from the one that connected, this starts the process's own
-        listener and waits for it (the inherited one is the parent's)."""
+        """Wait until the events of every change committed from then on will be
+        delivered; whether they will (false when ``listen=False``, or when the listener
+        could not connect in time). The listener listens only while someone listens to
+        this store's change events: then this waits for it; otherwise it returns true
+        at once (an event listener connected later receives the changes committed
+        after it connected). In a process forked from the one that connected, this
+        starts the process's own listener (the inherited one is the parent's)."""
         if self.is_connected() and self._pid != os.getpid():
             self._require_connection()
         listener = self._listener
-        return listener is not None and listener.connected.wait(timeout)
+        return listener is not None and listener.listening(timeout)
 
     def _require_connection(self) -> None:
         super()._require_connection()
@@ -347,7 +396,8 @@ class PostgresStore(AbstractStore):
         # first, or freeing it would end the parent's session.
         self._connections.pool()
         inherited, self._listener = self._listener, None
-        self._start_listener(0 if inherited is None else inherited.cursor)
+        active = inherited is not None and inherited.active
+        self._start_listener(inherited.cursor if active and inherited else None)
 
     def _deliver(self, change: Change) -> None:
         """Emit a change another store object made, from the listener thread."""
