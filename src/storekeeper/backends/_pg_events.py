@@ -17,9 +17,11 @@ the store, which emits it on its event manager as the usual
 changes are emitted by the writing call itself, so each change reaches each store object
 once). While nobody listens it does not ``LISTEN`` (:meth:`Listener.deactivate`): a
 listening session is woken by every write of every process, its own included, which
-costs a writer about a sixth of its time. Activation starts from a cursor read when the
-first event listener connected, so the changes committed after that reach it even
-before the thread listens. After a (re)connection the listener first reads the log from
+costs a writer about a sixth of its time. Activation starts from the log's
+:class:`Position` read when the first event listener connected (its newest id, and the
+ids then committed just before it, since an earlier id may commit later), so every
+change committed after that reaches it, even before the thread listens. After a
+(re)connection the listener first reads the log from
 its cursor, the last change id it delivered, so a listener that lost its connection
 misses nothing that the log still holds; ids it has delivered are remembered so nothing
 is delivered twice.
@@ -47,7 +49,7 @@ from psycopg import sql
 
 from storekeeper.backends._pg_schema import Schema
 
-__all__ = ["Change", "Listener", "maintain", "newest"]
+__all__ = ["Change", "Listener", "Position", "maintain", "newest", "position"]
 
 _log = logging.getLogger(__name__)
 #: Changes before the cursor read again after a reconnection: ids are taken when a
@@ -67,6 +69,28 @@ class Change:
     #: The version the change gave the key (``None`` for a delete, and for changes
     #: logged before versions were).
     version: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where the change log stood at one moment, for a listener to start from: the id
+    of its newest change and the ids then committed among the ``_SLACK`` before it.
+    Ids are taken when a change is written, so a change written earlier than the newest
+    may commit later: it is delivered, being absent from *committed*.
+    ``committed=None``: every change after *newest* is delivered."""
+
+    newest: int
+    committed: frozenset[int] | None = None
+
+
+def position(conn: psycopg.Connection[Any], schema: Schema) -> Position:
+    """The change log's position now (one statement: one snapshot)."""
+    rows = conn.execute(
+        schema.compose("SELECT id FROM {changes} WHERE id > (SELECT max(id) FROM {changes}) - %s"),
+        [_SLACK],
+    ).fetchall()
+    committed = frozenset(int(row[0]) for row in rows)
+    return Position(max(committed, default=0), committed)
 
 
 def maintain(
@@ -135,10 +159,11 @@ class Listener:
         self.connected = threading.Event()
         #: Whether the thread is asked to listen (someone listens to the store's events).
         self.active = False
-        # Set by activate(): the next LISTEN starts afresh, from _start (None: from the
-        # newest change then); unset, it goes on from the cursor (a reconnection).
+        # Set by activate(): the next LISTEN starts afresh, from _start (None: after the
+        # cursor, kept current while inactive); unset, it goes on from the cursor (a
+        # reconnection).
         self._fresh = False
-        self._start: int | None = None
+        self._start: Position | None = None
         self._wake = threading.Event()
         self._stop = threading.Event()
         # The ids delivered lately (as many as a catch-up may read again).
@@ -156,13 +181,15 @@ class Listener:
         :meth:`activate` asks it to."""
         self._thread.start()
 
-    def activate(self, cursor: int | None) -> None:
-        """Listen, delivering every change committed after *cursor* (a change id;
-        ``None``: after the newest change in the log when the thread begins listening).
-        Returns at once; :attr:`connected` is set once the thread listens. Nothing
-        happens if it is active already (it then goes on from where it is)."""
+    def activate(self, start: Position | None) -> None:
+        """Listen, delivering every change committed after the log was at *start*
+        (``None``, when it could not be read: every change after the newest one the
+        thread knew of, which it reads every ``interval`` seconds while inactive, so a
+        few changes from shortly before may come too). Returns at once; :attr:`connected`
+        is set once the thread listens. Nothing happens if it is active already (it then
+        goes on from where it is)."""
         if not self.active:
-            self._start, self._fresh = cursor, True
+            self._start, self._fresh = start, True
             self.active = True
             self._wake.set()
 
@@ -175,8 +202,11 @@ class Listener:
     def listening(self, timeout: float) -> bool:
         """Wait up to *timeout* seconds until the thread listens if it is active; whether
         every change committed from now on will be delivered while it stays active
-        (true at once when inactive: a later activation starts from then)."""
-        return not self.active or self.connected.wait(timeout)
+        (true at once when inactive: a later activation starts from then). Also true at
+        once in the thread itself (a handler asking): it is delivering."""
+        if not self.active or threading.current_thread() is self._thread:
+            return True
+        return self.connected.wait(timeout)
 
     def stop(self, wake: Callable[[], None] | None = None) -> None:
         """Stop the thread and close its connection; *wake*, when given, sends the
@@ -226,6 +256,8 @@ class Listener:
                 if now - last_maintenance >= self.interval:
                     last_maintenance = now
                     self.maintenance(conn)
+                    if not listening:  # where a listener that cannot read it starts
+                        self.cursor = max(self.cursor, newest(conn, self.schema))
 
     def _switch(self, conn: psycopg.Connection[Any], on: bool) -> bool:
         """Begin (*on*) or stop listening on *conn*; whether it now listens."""
@@ -237,11 +269,22 @@ class Listener:
         conn.execute(sql.SQL("LISTEN {}").format(channel))
         if self._fresh:  # nothing from before the activation is wanted
             self._fresh = False
-            start = self._start
-            self.cursor = self.floor = newest(conn, self.schema) if start is None else start
-        self._catch_up(conn)
+            self._begin(self._start or Position(self.cursor))
+        # From here every commit is announced to this session: the catch-up reads
+        # the rest, so waiting for it is not needed (a handler may be asking).
         self.connected.set()
+        self._catch_up(conn)
         return True
+
+    def _begin(self, start: Position) -> None:
+        """Start delivering after *start*."""
+        self.cursor = start.newest
+        if start.committed is None:
+            self.floor = start.newest
+            self._seen, self._order = set(), deque()
+        else:
+            self.floor = start.newest - _SLACK
+            self._seen, self._order = set(start.committed), deque(sorted(start.committed))
 
     def _catch_up(self, conn: psycopg.Connection[Any]) -> None:
         low = max(self.floor, self.cursor - _SLACK)
@@ -252,7 +295,7 @@ class Listener:
             ),
             [low],
         ).fetchall()
-        if rows and rows[0][0] > low + 1 and self.cursor > self.floor:
+        if rows and rows[0][0] > low + 1 and low > self.floor:
             _log.warning(
                 "change listener of %s: changes %d to %d left the log before they were read",
                 self.schema.table,

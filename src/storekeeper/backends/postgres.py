@@ -66,7 +66,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from storekeeper.backends._pg_connections import Connections
 from storekeeper.backends._pg_errors import shown, translate
-from storekeeper.backends._pg_events import Change, Listener, maintain, newest
+from storekeeper.backends._pg_events import Change, Listener, Position, maintain, position
 from storekeeper.backends._pg_query import Indexes
 from storekeeper.backends._pg_reads import Reads
 from storekeeper.backends._pg_schema import Schema
@@ -271,15 +271,13 @@ class PostgresStore(AbstractStore):
             with translate(f"connecting {self!r}"), connections.pool().connection() as conn:
                 self._create(conn)
                 maintain(conn, self._schema, self.change_log_size, self.reclaim_after)
-                found = conn.execute(self._schema.compose("SELECT max(id) FROM {changes}"), [])
-                row = found.fetchone()
-                cursor = 0 if row is None or row[0] is None else int(row[0])
+                start = position(conn, self._schema)
             self._indexes.load(self._reads.index_names())
         except BaseException:
             connections.close()
             raise
         self._pid = os.getpid()
-        self._start_listener(cursor)
+        self._start_listener(start.newest, start)
         # Changes committed once connect() returns reach this store's listeners.
         self.wait_listening(self._connections.timeout)
         super().connect(credentials)
@@ -303,9 +301,10 @@ class PostgresStore(AbstractStore):
             # One round trip: the statements take no parameters.
             conn.execute(b";\n".join(schema.create()))
 
-    def _start_listener(self, cursor: int | None) -> None:
-        """Start the listener thread; it listens from *cursor* (``None``: the newest
-        change) while someone listens to this store's events."""
+    def _start_listener(self, cursor: int, start: Position | None) -> None:
+        """Start the listener thread, which knows that the log reached *cursor*. It
+        listens while someone listens to this store's events, from *start* if that is
+        at once (``None``: from the position read then)."""
         if not self.listen:
             return
         schema, keep, reclaim = self._schema, self.change_log_size, self.reclaim_after
@@ -314,16 +313,16 @@ class PostgresStore(AbstractStore):
             schema,
             self.origin,
             self._deliver,
-            cursor=cursor or 0,
+            cursor=cursor,
             track=self._connections.track,
             maintenance=lambda conn: maintain(conn, schema, keep, reclaim),
             interval=self.maintenance_interval,
         )
         self._listener.start()
         if self.event_manager.watch(self._listeners_changed):
-            self._follow(self._listener, cursor)
+            self._follow(self._listener, start)
         else:  # a manager that cannot tell who listens: always listen
-            self._listener.activate(cursor)
+            self._listener.activate(start or self._position())
 
     def _listeners_changed(self) -> None:
         """The event manager's listeners changed: listen only while one of them could
@@ -336,21 +335,21 @@ class PostgresStore(AbstractStore):
             return
         self._follow(listener, None)
 
-    def _follow(self, listener: Listener, cursor: int | None) -> None:
+    def _follow(self, listener: Listener, start: Position | None) -> None:
         if not self.event_manager.may_deliver(StoreModificationEvent):
             listener.deactivate()
         elif not listener.active:
-            # The cursor is read now, so changes committed after the event listener
+            # The position is read now, so changes committed after the event listener
             # connected reach it even before the thread listens.
-            listener.activate(self._newest_change() if cursor is None else cursor)
+            listener.activate(start or self._position())
 
-    def _newest_change(self) -> int | None:
-        """The id of the newest change, or ``None`` if the server cannot say now (the
-        listener thread reads it when it begins listening)."""
+    def _position(self) -> Position | None:
+        """The change log's position, or ``None`` if the server cannot say now (see
+        :meth:`Listener.activate`)."""
         try:
             # Briefly: this runs inside the event manager's connect().
             with self._connections.pool().connection(timeout=_POSITION_TIMEOUT) as conn:
-                return newest(conn, self._schema)
+                return position(conn, self._schema)
         except (psycopg.Error, NotConnectedError) as exc:
             _log.warning("%r could not read its change log position: %s", self, exc)
             return None
@@ -396,8 +395,11 @@ class PostgresStore(AbstractStore):
         # first, or freeing it would end the parent's session.
         self._connections.pool()
         inherited, self._listener = self._listener, None
-        active = inherited is not None and inherited.active
-        self._start_listener(inherited.cursor if active and inherited else None)
+        if inherited is None:
+            self._start_listener(0, None)
+        else:  # an active parent's listener is taken over from where it had got to
+            start = Position(inherited.cursor) if inherited.active else None
+            self._start_listener(inherited.cursor, start)
 
     def _deliver(self, change: Change) -> None:
         """Emit a change another store object made, from the listener thread."""
