@@ -1081,7 +1081,11 @@ def test_updates_deletes_and_large_metadata_arrive_whole(table: str) -> None:
         assert versions["chunked"] is not None
 
 
-def test_a_listener_that_raises_does_not_stop_delivery(table: str) -> None:
+@pytest.mark.parametrize("when", ["before-connect", "first-listener"])
+def test_a_listener_that_raises_does_not_stop_delivery(table: str, when: str) -> None:
+    """A handler raising on every event (run first), connected before the store connects
+    or as the first listener of a connected store (its first events then come from
+    the catch-up): the other listener gets everything, the failing one is called still."""
     manager = EventManager()
     calls: list[str] = []
 
@@ -1089,11 +1093,14 @@ def test_a_listener_that_raises_does_not_stop_delivery(table: str) -> None:
         calls.append(event.key)
         raise RuntimeError("listener failure")
 
-    manager.connect(StoreModificationEvent, angry, priority=10)
+    if when == "before-connect":
+        manager.connect(StoreModificationEvent, angry, priority=10)
     with (
         PostgresStore(database_url(), table, event_manager=manager) as store,
         _writer(table) as writer,
     ):
+        if when == "first-listener":
+            manager.connect(StoreModificationEvent, angry, priority=10)
         recorder = Recorder(manager)
         keys = [f"k{i}" for i in range(10)]
         for key in keys:
