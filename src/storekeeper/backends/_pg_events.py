@@ -29,8 +29,9 @@ is delivered twice.
 The log is bounded: the listener thread (listening or not) deletes all but the newest
 ``change_log_size`` changes every ``maintenance_interval`` seconds (and deletes chunk
 sets that have been in the trash longer than ``reclaim_after``); a listener disconnected
-for longer than it takes to make that many changes misses the older ones, and logs a
-warning saying so.
+for longer than it takes to make that many changes, or that far behind (a slow event
+handler), misses the older ones, logs a warning saying so and counts it
+(:attr:`Listener.gaps`).
 """
 
 from __future__ import annotations
@@ -157,6 +158,8 @@ class Listener:
         self.maintenance = maintenance
         self.interval = interval
         self.connected = threading.Event()
+        #: How many times changes left the log before this listener read them.
+        self.gaps = 0
         #: Whether the thread is asked to listen (someone listens to the store's events).
         self.active = False
         # Set by activate(): the next LISTEN starts afresh, from _start (None: after the
@@ -296,6 +299,7 @@ class Listener:
             [low],
         ).fetchall()
         if rows and rows[0][0] > low + 1 and low > self.floor:
+            self.gaps += 1
             _log.warning(
                 "change listener of %s: changes %d to %d left the log before they were read",
                 self.schema.table,
@@ -351,6 +355,7 @@ class Listener:
             [ids],
         ).fetchall()
         if len(rows) < len(ids):
+            self.gaps += 1
             _log.warning("changes of %s left the log unread", self.schema.table)
         for row in rows:
             self._handle(Change(*row))

@@ -367,6 +367,15 @@ class PostgresStore(AbstractStore):
         with self._connections.using("waking the change listener") as conn:
             conn.execute("SELECT pg_notify(%s, '')", [self._schema.channel])
 
+    @property
+    def event_gaps(self) -> int:
+        """How many times this store's listener found changes gone from the change log
+        before it could deliver them (it was disconnected, or behind, by more than
+        ``change_log_size`` changes); each is also logged as a warning. Events were
+        lost then: a reader that must see every change re-reads the store."""
+        listener = self._listener
+        return 0 if listener is None else listener.gaps
+
     def wait_listening(self, timeout: float = 30.0) -> bool:
         """Wait until the events of every change committed from then on will be
         delivered; whether they will (false when ``listen=False``, or when the listener
