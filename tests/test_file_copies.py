@@ -27,7 +27,7 @@ import pytest
 
 from storekeeper import FileSystemStore, files, init_shared_store
 from storekeeper.backends.sqlite import SqliteStore
-from storekeeper.errors import BackendError
+from storekeeper.errors import BackendError, CorruptFileError
 from storekeeper.events import EventManager, ProgressStepEvent
 from storekeeper.store import AbstractStore
 from storekeeper.store.events import StoreProgressStepEvent
@@ -183,6 +183,49 @@ def test_an_empty_file_and_a_file_read_to_its_end(store: AbstractStore, source: 
         stream.seek(0, os.SEEK_END)
         store.set("end", (stream, {}))
     assert _stored(store, "empty") == b"" and _stored(store, "end") == b""
+
+
+# -- stored values as sources ---------------------------------------------------------------
+def test_a_value_is_copied_out_from_where_its_stream_is(
+    store: AbstractStore, source: Path, content: bytes, tmp_path: Path
+) -> None:
+    with open(source, "rb") as stream:
+        store.set("k", (stream, {}))
+    value = store.get("k")
+    with value.data as data:
+        assert data.read(100) == content[:100]
+        files.atomic_write(tmp_path / "out", data, durable=False)
+        assert data.tell() == SIZE and data.read() == b""
+    assert (tmp_path / "out").read_bytes() == content[100:]
+    with value.range(MIDDLE, SIZE - 7) as part:  # a range ends before the file does
+        files.atomic_write(tmp_path / "part", part, durable=False)
+    assert (tmp_path / "part").read_bytes() == content[MIDDLE : SIZE - 7]
+
+
+def test_a_value_is_copied_into_another_store(
+    store: AbstractStore, source: Path, content: bytes, tmp_path: Path
+) -> None:
+    with open(source, "rb") as stream:
+        store.set("k", (stream, {}))
+    (tmp_path / "other").mkdir()
+    for opener in OPENERS.values():
+        with opener(tmp_path / "other", None) as other, store.get("k").range(MIDDLE) as part:
+            other.set("k", (part, {}))
+            assert _stored(other) == content[MIDDLE:]
+
+
+def test_a_truncated_value_file_is_never_copied_short(
+    opener: Opener, source: Path, tmp_path: Path
+) -> None:
+    with opener(tmp_path, None) as store, open(source, "rb") as stream:
+        store.set("k", (stream, {}))
+        value = store.get("k")
+    directory = tmp_path / DATA[opener][0]
+    (stored,) = (path for path in directory.rglob("*") if path.is_file())
+    os.truncate(stored, SIZE // 2)
+    with value.data as data, pytest.raises(CorruptFileError, match="truncated"):
+        files.atomic_write(tmp_path / "out", data, durable=False)
+    assert not (tmp_path / "out").exists()
 
 
 # -- sources the kernel cannot copy ---------------------------------------------------------

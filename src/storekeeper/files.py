@@ -33,7 +33,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import IO, Any, Protocol, TypeGuard, TypeVar
+from typing import IO, Any, NamedTuple, Protocol, TypeGuard, TypeVar
 
 from storekeeper.errors import CorruptFileError, InvalidValueError, LockTimeoutError
 
@@ -216,28 +216,41 @@ def copyable(source: object) -> TypeGuard[IO[bytes] | CountedFile]:
     """Whether the rest of *source* can be copied inside the kernel (:class:`FileTail`).
 
     True for an ``io.FileIO``, or an ``io.BufferedReader`` or ``io.BufferedRandom`` over
-    one (what ``open(path, "rb")`` returns), or a :class:`CountedFile` reading one, when
-    it is open for reading a regular file: what they read is the file's bytes from their
+    one (what ``open(path, "rb")`` returns), open for reading a regular file; for a
+    stream :func:`open_stream` opened (a stored value's file); and for a
+    :class:`CountedFile` reading either: what they read is the file's bytes from their
     position on. Subclasses and other wrappers may change what they read (a decompressing
     reader's ``fileno`` is its compressed file's), so they are read as any stream.
     """
-    return _descriptor(_file_of(source)) is not None
+    return _span(_file_of(source)) is not None
 
 
 def _file_of(source: object) -> object:
     return source.file if isinstance(source, CountedFile) else source
 
 
-def _descriptor(file: object) -> int | None:
-    """The descriptor whose bytes *file* reads unchanged (see :func:`copyable`), or None."""
+class _Span(NamedTuple):
+    """Where the bytes a file object reads are: descriptor *fd*, from offset ``base`` +
+    its ``tell()`` up to offset *end* (``None``: the end of the file)."""
+
+    fd: int
+    base: int
+    end: int | None
+
+
+def _span(file: object) -> _Span | None:
+    """The bytes *file* reads unchanged (see :func:`copyable`), or ``None``."""
     try:
         buffered = type(file) in (io.BufferedReader, io.BufferedRandom)
         raw = file.raw if buffered else file  # type: ignore[attr-defined]
-        if type(raw) is not io.FileIO or raw.closed or not raw.readable():
+        if type(raw) is io.FileIO and not raw.closed and raw.readable():
+            span = _Span(raw.fileno(), 0, None)
+        elif type(raw) is _PositionalReader and type(file) is io.BufferedReader:
+            span = _Span(raw.fd(), raw.start, raw.end)
+        else:
             return None
-        fd = raw.fileno()
-        return fd if stat.S_ISREG(os.fstat(fd).st_mode) else None
-    except (OSError, ValueError):  # a detached or closed buffer
+        return span if stat.S_ISREG(os.fstat(span.fd).st_mode) else None
+    except (OSError, ValueError):  # a detached or closed stream
         return None
 
 
@@ -297,8 +310,8 @@ class FileTail:
         """Copy what the kernel will of the source into *fd*, leaving the source after
         it (a :class:`CountedFile` counting it)."""
         file = _file_of(self.source)
-        source_fd = _descriptor(file)
-        if source_fd is None or _copy_file_range is None:
+        span = _span(file)
+        if span is None or _copy_file_range is None:
             return
         assert isinstance(file, io.FileIO | io.BufferedReader | io.BufferedRandom)
         counter = self.source.on_read if isinstance(self.source, CountedFile) else None
@@ -306,7 +319,12 @@ class FileTail:
         start = self._from_source(file.tell)
         copied = 0
         try:
-            while count := _copy_file_range(source_fd, fd, _COPY_BLOCK, start + copied):
+            while True:
+                offset = span.base + start + copied
+                want = _COPY_BLOCK if span.end is None else min(_COPY_BLOCK, span.end - offset)
+                count = _copy_file_range(span.fd, fd, want, offset) if want > 0 else 0
+                if not count:
+                    break
                 copied += count
                 if counter is not None:
                     counter(count)
@@ -568,8 +586,9 @@ class _PositionalReader(io.RawIOBase):
     def __init__(self, shared: SharedFile, start: int, end: int) -> None:
         super().__init__()
         self._shared: SharedFile | None = shared
-        self._start = start
-        self._end = max(start, end)
+        #: The range read, as offsets in the file.
+        self.start = start
+        self.end = max(start, end)
         self._position = start
 
     def readable(self) -> bool:
@@ -579,25 +598,25 @@ class _PositionalReader(io.RawIOBase):
         return True
 
     def tell(self) -> int:
-        return self._position - self._start
+        return self._position - self.start
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: self._start, io.SEEK_CUR: self._position, io.SEEK_END: self._end}
+        base = {io.SEEK_SET: self.start, io.SEEK_CUR: self._position, io.SEEK_END: self.end}
         target = base[whence] + offset
-        if target < self._start:
-            raise ValueError(f"negative seek position {target - self._start}")
+        if target < self.start:
+            raise ValueError(f"negative seek position {target - self.start}")
         self._position = target
         return self.tell()
 
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
-        want = min(len(view), self._end - self._position, _MAX_READ)
+        want = min(len(view), self.end - self._position, _MAX_READ)
         if want <= 0:
             return 0
         if hasattr(os, "preadv"):
-            count = os.preadv(self._fd(), [view[:want]], self._position)
+            count = os.preadv(self.fd(), [view[:want]], self._position)
         else:
-            chunk = os.pread(self._fd(), want, self._position)
+            chunk = os.pread(self.fd(), want, self._position)
             count = len(chunk)
             view[:count] = chunk
         if count == 0:
@@ -606,14 +625,14 @@ class _PositionalReader(io.RawIOBase):
         return count
 
     def read(self, size: int | None = -1) -> bytes:
-        left = self._end - self._position
+        left = self.end - self._position
         if size is None or size < 0 or size > left:
             size = left
         if size <= 0:
             return b""
         if size > _MAX_READ:
             return self.readall()
-        chunk = os.pread(self._fd(), size, self._position)
+        chunk = os.pread(self.fd(), size, self._position)
         if not chunk:
             self._short_read()
         self._position += len(chunk)
@@ -621,7 +640,7 @@ class _PositionalReader(io.RawIOBase):
 
     def readall(self) -> bytes:
         parts = []
-        while chunk := self.read(min(_MAX_READ, self._end - self._position)):
+        while chunk := self.read(min(_MAX_READ, self.end - self._position)):
             parts.append(chunk)
         return b"".join(parts)
 
@@ -631,11 +650,12 @@ class _PositionalReader(io.RawIOBase):
 
     def _short_read(self) -> None:
         """The file ended before the range did: it was truncated after being opened."""
-        assert self._shared is not None  # _fd() just succeeded
+        assert self._shared is not None  # fd() just succeeded
         size = os.fstat(self._shared.fd).st_size
-        raise self._shared.truncated(self._end, size)
+        raise self._shared.truncated(self.end, size)
 
-    def _fd(self) -> int:
+    def fd(self) -> int:
+        """The descriptor read (``ValueError`` once the stream is closed)."""
         if self._shared is None:
             raise ValueError("I/O operation on a closed stream")
         return self._shared.fd
