@@ -180,8 +180,8 @@ def _replace(source: str, target: str) -> None:
 # Bytes per copy_file_range call: the calls cost nothing next to the copy (with 1 MiB
 # blocks they did, measured on ext4), and progress is still reported every few ms.
 _COPY_BLOCK = 16 << 20
+# Where the system has it, the call that starts the writeback of a range (_Writeback).
 _fadvise: Callable[[int, int, int, int], None] | None = getattr(os, "posix_fadvise", None)
-_DONTNEED = getattr(os, "POSIX_FADV_DONTNEED", 4)
 
 
 class _Readable(Protocol):
@@ -200,8 +200,9 @@ class CountedFile:
         self.file = file
         self.on_read = on_read
 
-    def read(self, size: int = -1, /) -> bytes:
-        """Up to *size* bytes of *file* (all that is left for a negative *size*)."""
+    def read(self, size: int | None = -1) -> bytes:
+        """Up to *size* bytes of *file* (all that is left for ``None`` or a negative
+        *size*)."""
         data = self.file.read(size)
         if data:
             self.on_read(len(data))
@@ -358,9 +359,9 @@ class _Writeback:
     has little left to wait for (rather than all of it, begun only then).
 
     Linux starts the writeback of a range's dirty pages when told they will not be needed
-    (``POSIX_FADV_DONTNEED``); pages still dirty or being written stay cached, so reads
-    of the new file are not slowed. Elsewhere, or where the call fails, nothing happens:
-    it is only a hint.
+    (``POSIX_FADV_DONTNEED``), and drops none of them while they are dirty or being
+    written, so the new file stays cached for its readers. Elsewhere, or where the call
+    fails, nothing happens: it is only a hint.
     """
 
     __slots__ = ("fd", "offset", "pending")
@@ -376,7 +377,7 @@ class _Writeback:
         if self.pending < _COPY_BLOCK or _fadvise is None:
             return
         with contextlib.suppress(OSError):
-            _fadvise(self.fd, self.offset, self.pending, _DONTNEED)
+            _fadvise(self.fd, self.offset, self.pending, os.POSIX_FADV_DONTNEED)
         self.offset += self.pending
         self.pending = 0
 
