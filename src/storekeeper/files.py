@@ -203,7 +203,7 @@ class CountedFile:
     def read(self, size: int | None = -1) -> bytes:
         """Up to *size* bytes of *file* (all that is left for ``None`` or a negative
         *size*)."""
-        data = self.file.read(size)
+        data = self.file.read(-1 if size is None else size)
         if data:
             self.on_read(len(data))
         return data
