@@ -12,6 +12,9 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -78,7 +81,7 @@ def env_int(name: str, default: int) -> int:
     return int(os.environ.get(name, default))
 
 
-def rotate(items: Sequence[str], rep: int) -> list[str]:
+def rotate(items: Sequence[T], rep: int) -> list[T]:
     """*items* rotated by *rep*, so each peer runs first in some rep."""
     shift = rep % len(items)
     return list(items[shift:]) + list(items[:shift])

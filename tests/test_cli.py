@@ -318,6 +318,23 @@ def test_cp_and_sync(run: Run, url: str, tmp_path: Path) -> None:
     assert ok(run("cp", str(folder), url, "--checksum", "--json")).stdout == ""
 
 
+def test_large_files_in_and_out_arrive_whole(run: Run, url: str, tmp_path: Path) -> None:
+    # Over the stores' inline limits: the files' bytes are copied inside the kernel.
+    folder = tmp_path / "big"
+    sizes = {"one.bin": (3 << 20) + 7, "sub/two.bin": (1 << 20) + 1}
+    for name, size in sizes.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(os.urandom(size))
+    copied = ok(run("cp", str(folder), url)).stderr
+    assert f"copied 2 keys ({sum(sizes.values())} bytes)" in copied
+    ok(run("put", f"{url}#put.bin", str(folder / "one.bin")))
+    out = tmp_path / "out"
+    ok(run("cp", url, str(out)))
+    for name in sizes:
+        assert (out / name).read_bytes() == (folder / name).read_bytes()
+    assert (out / "put.bin").read_bytes() == (folder / "one.bin").read_bytes()
+
+
 def test_cp_keeps_metadata_between_stores(run: Run, url: str, tmp_path: Path) -> None:
     ok(run("put", f"{url}#k", "-m", "a=1", stdin=b"v"))
     other = (tmp_path / "other").as_uri() + "?create=true"

@@ -19,7 +19,7 @@ from types import TracebackType
 
 from storekeeper.errors import BackendError, StorekeeperError
 
-__all__ = ["from_source", "translated"]
+__all__ = ["from_source", "mark_from_source", "translated"]
 
 # The attribute that marks an error of the caller's data source.
 _FROM_SOURCE = "_storekeeper_from_source"
@@ -71,5 +71,10 @@ def from_source(chunks: Iterator[bytes]) -> Iterator[bytes]:
     try:
         yield from chunks
     except OSError as exc:
-        setattr(exc, _FROM_SOURCE, True)
+        mark_from_source(exc)
         raise
+
+
+def mark_from_source(exc: OSError) -> None:
+    """Mark *exc* as raised by the caller's data source (see :func:`from_source`)."""
+    setattr(exc, _FROM_SOURCE, True)

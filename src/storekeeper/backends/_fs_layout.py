@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterator
 from contextlib import suppress
 
+from storekeeper.backends._fs_errors import mark_from_source
 from storekeeper.backends._fs_journal import JOURNAL_NAME, JournalReader, is_orphan
 from storekeeper.backends._fs_names import decode_name, encode_key, is_hashed
 from storekeeper.backends._fs_records import (
@@ -24,7 +25,7 @@ from storekeeper.backends._fs_records import (
     pack_record,
 )
 from storekeeper.errors import CorruptFileError, FileSystemStoreError
-from storekeeper.files import atomic_write, fsync_directory
+from storekeeper.files import FileTail, atomic_write, fsync_directory
 from storekeeper.store.backend import new_version
 
 __all__ = ["DEFAULT_MAGIC_FNAME", "StoreLayout", "init_shared_store", "key_of_name"]
@@ -139,10 +140,18 @@ class StoreLayout:
         if obsolete is not None:
             self.unlink_data(obsolete)
 
-    def write_data(self, key: str, chunks: bytes | Iterator[bytes], *, durable: bool) -> str:
-        """Write a new data file for *key* from *chunks*; its name."""
+    def write_data(
+        self, key: str, chunks: bytes | Iterator[bytes] | FileTail, *, durable: bool
+    ) -> str:
+        """Write a new data file for *key* from *chunks* (or the rest of a file, copied
+        inside the kernel where it can be); its name."""
         data_file = f"{encode_key(key)}.{new_version()}"
-        atomic_write(self.data_path(data_file), chunks, durable=durable)
+        try:
+            atomic_write(self.data_path(data_file), chunks, durable=durable)
+        except OSError as exc:
+            if isinstance(chunks, FileTail) and chunks.source_failed:
+                mark_from_source(exc)
+            raise
         return data_file
 
     def discard_data(self, data_file: str) -> None:

@@ -10,7 +10,8 @@ The rules that keep this crash-safe:
 
 - a value file is written with :func:`storekeeper.files.atomic_write` (temp file, fsync,
   rename, directory fsync) *before* the row naming it is committed, so a committed row
-  never names a missing or partial file;
+  never names a missing or partial file (a value read from a regular file is copied
+  into it inside the kernel: :class:`storekeeper.files.FileTail`);
 - a file is removed only after the row that named it is gone for good: once the write
   that replaced or deleted it has committed (for a transaction, the outermost commit);
   a file written by a write or transaction that rolled back is removed at once;
@@ -136,19 +137,20 @@ class ValueFiles:
         """The file of *ref* (``file:<name>``)."""
         return os.path.join(self.directory, ref[len(FILE_PREFIX) :])
 
-    def write(self, chunks: Iterable[bytes]) -> StoredFile:
-        """Store *chunks* in a new file, durably; return its reference and size.
+    def write(self, chunks: Iterable[bytes] | files.FileTail) -> StoredFile:
+        """Store *chunks* (or the rest of a file: :class:`~storekeeper.files.FileTail`,
+        copied inside the kernel where it can be) in a new file, durably; return its
+        reference and size.
 
-        An error raised by *chunks* itself propagates as it is; a failure to write
-        (disk full, permissions) is a :class:`~storekeeper.errors.BackendError`.
+        An error raised by *chunks* itself (reading the file) propagates as it is; a
+        failure to write (disk full, permissions) is a
+        :class:`~storekeeper.errors.BackendError`.
         """
         name = new_version()
-        size = 0
         source_failed = False
 
-        def counted() -> Iterator[bytes]:
-            nonlocal size, source_failed
-            iterator = iter(chunks)
+        def watched(iterator: Iterator[bytes]) -> Iterator[bytes]:
+            nonlocal source_failed
             while True:
                 try:
                     chunk = next(iterator)
@@ -157,13 +159,14 @@ class ValueFiles:
                 except BaseException:
                     source_failed = True
                     raise
-                size += len(chunk)
                 yield chunk
 
+        data = chunks if isinstance(chunks, files.FileTail) else watched(iter(chunks))
+        path = os.path.join(self.directory, name)
         try:
-            files.atomic_write(os.path.join(self.directory, name), counted(), durable=self.durable)
+            size = files.atomic_write(path, data, durable=self.durable)
         except OSError as exc:
-            if source_failed:
+            if source_failed or (isinstance(data, files.FileTail) and data.source_failed):
                 raise
             raise BackendError(f"cannot write a value file in {self.directory!r}: {exc}") from exc
         return StoredFile(FILE_PREFIX + name, size)

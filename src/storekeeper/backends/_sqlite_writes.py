@@ -30,6 +30,7 @@ from storekeeper.backends._sqlite_files import (
 from storekeeper.backends._sqlite_indexes import Indexes
 from storekeeper.backends._sqlite_schema import Schema
 from storekeeper.backends._sqlite_transactions import Transactions
+from storekeeper.files import FileTail
 from storekeeper.store.backend import (
     Metadata,
     check_precondition,
@@ -157,13 +158,14 @@ class Writes:
     def write_file(
         self,
         key: str,
-        stream: Iterator[bytes],
+        stream: Iterator[bytes] | FileTail,
         metadata_json: str | None,
         preconditions: tuple[str | None, bool | None],
         *,
         nested: bool,
     ) -> tuple[str, Metadata]:
-        """:meth:`write` of a large value, to its own file first, then the row naming it."""
+        """:meth:`write` of a large value, to its own file first, then the row naming it;
+        *stream* is its chunks, or the rest of the file it is read from."""
         assert self.files is not None
         # Outside the write transaction: other writers are not held up by the upload.
         stored = self.files.write(stream)

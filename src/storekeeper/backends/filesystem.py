@@ -72,6 +72,7 @@ from storekeeper.errors import (
     TransactionError,
 )
 from storekeeper.events import BaseEventManager
+from storekeeper.files import FileTail, copyable
 from storekeeper.store import urls
 from storekeeper.store.abstract import AbstractStore
 from storekeeper.store.backend import (
@@ -612,11 +613,14 @@ class FileSystemStore(AbstractStore):
                 total += len(chunk)
                 progress.step(step=total)
                 if total > self.inline_limit:
+                    if copyable(source):  # the file's rest is copied inside the kernel
+                        tail = FileTail(b"".join(head), source, lambda n: progress.step(step=n))
+                        return self._write_data_file(key, tail)
                     rest = _stepped(chunks, progress.step, total)
                     return self._write_data_file(key, itertools.chain(head, rest))
         return _Payload(b"".join(head), None, total)
 
-    def _write_data_file(self, key: str, chunks: bytes | Iterator[bytes]) -> _Payload:
+    def _write_data_file(self, key: str, chunks: bytes | Iterator[bytes] | FileTail) -> _Payload:
         data_file = self._layout.write_data(key, chunks, durable=self.durable)
         staging = self._staging_var.get()
         if staging is not None:

@@ -75,6 +75,7 @@ from storekeeper.backends._sqlite_transactions import Savepoint, Transactions
 from storekeeper.backends._sqlite_writes import Writes, small_bytes, take
 from storekeeper.errors import InvalidURLError, TransactionError
 from storekeeper.events import BaseEventManager
+from storekeeper.files import FileTail, copyable
 from storekeeper.store import urls
 from storekeeper.store.abstract import AbstractStore
 from storekeeper.store.backend import (
@@ -581,9 +582,10 @@ class SqliteStore(AbstractStore):
                     key, None, stream, metadata_json, preconditions, nested=nested
                 )
             else:
-                written = writes.write_file(
-                    key, stream, metadata_json, preconditions, nested=nested
-                )
+                rest: Iterator[bytes] | FileTail = stream
+                if copyable(source):  # the file's rest is copied inside the kernel
+                    rest = FileTail(head, source, lambda done: progress.step(step=done))
+                written = writes.write_file(key, rest, metadata_json, preconditions, nested=nested)
         return self._written(key, written)
 
     def _written(self, key: str, written: tuple[str, Metadata]) -> str:

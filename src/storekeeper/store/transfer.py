@@ -64,6 +64,7 @@ from typing import IO
 
 from storekeeper.errors import BackendError, InvalidArgumentError
 from storekeeper.events import BaseEventManager, ProgressManager
+from storekeeper.files import CountedFile
 from storekeeper.store.abstract import AbstractReadOnlyStore
 from storekeeper.store.backend import path_identity
 from storekeeper.store.transfer_sides import Entry, Folder, Side, folder_side, store_side
@@ -496,7 +497,7 @@ def _copy_one(
             # (no chunking, no per-key progress of their own).
             dst.write(key, counter.whole(stream, copied), entry)
         else:
-            dst.write(key, counter.chunks(stream, copied), entry)
+            dst.write(key, counter.stream(stream, copied), entry)
     return key, reason, entry, copied.size
 
 
@@ -524,7 +525,7 @@ class _Counter:
         if self.progress is not None:
             self.progress.step(step=self.total)
 
-    def chunks(self, stream: IO[bytes], copied: _Copied) -> Iterable[bytes]:
-        while chunk := stream.read(BUFFER_SIZE):
-            self._count(len(chunk), copied)
-            yield chunk
+    def stream(self, stream: IO[bytes], copied: _Copied) -> CountedFile:
+        """*stream* read through this counter: a target that copies a regular file inside
+        the kernel (:class:`~storekeeper.files.FileTail`) still counts every block."""
+        return CountedFile(stream, lambda size: self._count(size, copied))

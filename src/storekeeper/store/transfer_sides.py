@@ -16,11 +16,14 @@ import warnings
 from collections.abc import Iterable, Iterator
 from operator import itemgetter
 from stat import S_ISREG
-from typing import IO, Any, NamedTuple, Protocol
+from typing import IO, TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from storekeeper.errors import InvalidKeyError, ReadOnlyStoreError
 from storekeeper.store.abstract import AbstractReadOnlyStore, AbstractStore
 from storekeeper.store.backend import Metadata, encodable
+
+if TYPE_CHECKING:
+    from storekeeper.files import CountedFile
 
 __all__ = ["Entry", "Folder", "Side", "folder_side", "store_side"]
 
@@ -67,9 +70,9 @@ class Side(Protocol):
     def check_keys(self, keys: list[str]) -> None:
         """Raise InvalidKeyError, naming one, if any of *keys* cannot be written here."""
 
-    def write(self, key: str, chunks: bytes | Iterable[bytes], source: Entry) -> None:
-        """Replace *key* with *chunks* (bytes, or an iterable of bytes chunks) and the
-        metadata of *source* (an atomic step)."""
+    def write(self, key: str, chunks: bytes | Iterable[bytes] | CountedFile, source: Entry) -> None:
+        """Replace *key* with *chunks* (bytes, an iterable of bytes chunks, or a stream
+        read to its end) and the metadata of *source* (an atomic step)."""
 
     def delete(self, key: str) -> None:
         """Remove *key*; nothing if it is already gone."""
@@ -145,7 +148,7 @@ class _StoreSide:
     def check_keys(self, keys: list[str]) -> None:
         return None  # a store holds any key: it checks its own on write
 
-    def write(self, key: str, chunks: bytes | Iterable[bytes], source: Entry) -> None:
+    def write(self, key: str, chunks: bytes | Iterable[bytes] | CountedFile, source: Entry) -> None:
         store = self._writable()
         if source.metadata is None:  # from a folder: the key keeps the metadata it has
             store.set_data(key, chunks)
@@ -260,7 +263,7 @@ class _FolderSide:
                         f"keys {folder!r} and {key!r} cannot both be files under {self.root!r}"
                     )
 
-    def write(self, key: str, chunks: bytes | Iterable[bytes], source: Entry) -> None:
+    def write(self, key: str, chunks: bytes | Iterable[bytes] | CountedFile, source: Entry) -> None:
         from storekeeper.files import atomic_write  # the file layer, needed only here
 
         path = self.path_of(key)
