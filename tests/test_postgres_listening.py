@@ -4,6 +4,7 @@ listens to is not woken by every write (checked through the server's own view)."
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -60,12 +61,14 @@ class Recorder:
 
     def __init__(self, manager: EventManager, cls: type[BaseEvent] = StoreModificationEvent):
         self.keys: list[str] = []
+        self.events: list[Any] = []
         self.manager, self.cls = manager, cls
         manager.connect(cls, self.record)
 
     def record(self, event: Any) -> None:
         if event.remote:
             self.keys.append(event.key)
+            self.events.append(event)
 
     def stop(self) -> None:
         self.manager.disconnect(self.cls, self.record)
@@ -187,3 +190,43 @@ def test_the_log_is_tidied_while_nobody_listens(table: str) -> None:
             return int(row[0])
 
         assert _wait(lambda: logged() <= 5), logged()
+
+
+# With this metadata the whole change fits a payload up to a pad of about 7,690
+# characters (the escaped metadata is longer than the pad): both forms are covered.
+@pytest.mark.parametrize("pad", [0, 7_600, 7_660, 7_680, 7_700, 7_720, 7_800])
+def test_remote_events_carry_exact_changes_around_the_payload_limit(
+    table: str, pad: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Writes announce their change whole when it fits a NOTIFY payload and by id
+    otherwise; either way another store object's listener gets exactly what was
+    written (hostile text included), without a hitch (a listener that fails on a
+    payload recovers from the log, so the log must stay quiet), and the writer's own
+    listener nothing remote."""
+    metadata = {"pad": "x" * pad, "q": 'a"b\\c\u00e9\u4e2d\U0001f600', "n": [1, 2.5, None]}
+    key = 'k\u00e9y "\\ \U0001f600'
+    manager, own = EventManager(), EventManager()
+    with (
+        PostgresStore(database_url(), table, event_manager=manager) as store,
+        PostgresStore(database_url(), table, event_manager=own) as writer,
+    ):
+        remote, mine = Recorder(manager), Recorder(own)
+        assert store.wait_listening(5) and writer.wait_listening(5)
+        writer.set(key, (b"v", metadata))
+        writer.set_metadata(key, {**metadata, "m": 1})
+        writer.update_metadata(key, {"u": 2})
+        writer.set_data(key, b"w")  # keeps the metadata: announced by the server
+        assert _wait(lambda: len(remote.events) == 4), remote.events
+        time.sleep(0.2)
+        final = {**metadata, "m": 1, "u": 2}
+        assert [(e.key, e.metadata) for e in remote.events] == [
+            (key, metadata),
+            (key, {**metadata, "m": 1}),
+            (key, final),
+            (key, final),
+        ]
+        versions = [e.version for e in remote.events]
+        assert versions[-1] == store.get(key).version and len(set(versions)) == 4
+        assert mine.events == []  # its own writes never come back as remote
+    problems = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert problems == []

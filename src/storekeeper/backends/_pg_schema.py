@@ -46,6 +46,7 @@ code-point order (``_pg_query``).
 from __future__ import annotations
 
 import hashlib
+import json
 
 from psycopg import sql
 from psycopg.abc import AdaptContext
@@ -56,6 +57,7 @@ __all__ = [
     "ORIGIN_SETTING",
     "Escaped",
     "Schema",
+    "announcement",
     "channel_name",
     "short_hash",
 ]
@@ -125,9 +127,8 @@ _FULL = (
 )
 
 # A write statement of the store (returning ``key, action, metadata, version`` per row)
-# wrapped
-# so that the same statement logs each change and announces it: one round trip, no
-# trigger call.
+# wrapped so that the same statement logs each change and announces it: one round trip,
+# no trigger call.
 _LOGGED_ONE = f"""WITH written AS ({{write}}),
 logged AS (
     INSERT INTO {{{{changes}}}} (key, action, metadata, origin, version)
@@ -136,6 +137,17 @@ logged AS (
 )
 SELECT metadata, pg_notify({{{{channel}}}}, {_PAYLOAD.format(limit=NOTIFY_LIMIT)})
 FROM logged, LATERAL (SELECT {_FULL}) AS full_payload(p)"""
+
+# The same for a write of one row whose change the client knows whole (key, action,
+# metadata, version): it sends the payload's text before and after the id, which only
+# the log can give (see announcement), so the server builds no JSON.
+_LOGGED_KNOWN = f"""WITH written AS ({{write}}),
+logged AS (
+    INSERT INTO {{{{changes}}}} (key, action, metadata, origin, version)
+    SELECT key, action, metadata, current_setting('{ORIGIN_SETTING}'), version FROM written
+    RETURNING id
+)
+SELECT pg_notify({{{{channel}}}}, %(before_id)s || id || %(after_id)s) FROM logged"""
 
 # The same for a statement of many rows: their ids, 500 a notification (listeners read
 # the changes from the log).
@@ -255,6 +267,25 @@ _TRIGGER_NAMES = [trigger[0] for trigger in _TRIGGERS]
 _TRIGGER_SUFFIXES = ["__log", "__reclaim_update", "__reclaim_delete", "__version", "__truncate"]
 
 
+def announcement(
+    origin: str, key: str, action: str, metadata: str, version: int
+) -> tuple[str, str]:
+    """The ``NOTIFY`` payload of one change, as the text before and after its id: the
+    same JSON object the server builds for the others (origin first, then the id, as
+    listeners expect), or, when it would not fit :data:`NOTIFY_LIMIT`, the origin and
+    the id alone (listeners then read the change from the log)."""
+    head = '{"o" : ' + json.dumps(origin)
+    rest = (
+        f', "a" : {json.dumps(action)}, "k" : {json.dumps(key)}, '
+        f'"m" : {json.dumps(metadata)}, "v" : {version}}}'
+    )
+    # json.dumps escapes every non-ASCII character: the length is the byte count. The
+    # id takes at most 19 digits.
+    if len(head) + len(rest) + 26 <= NOTIFY_LIMIT:
+        return head + ', "i" : ', rest
+    return head + ', "ids" : [', "]}"
+
+
 class Escaped(sql.Composable):
     """*wrapped* (a quoted name or literal) for a statement executed with parameters:
     each ``%`` doubled, which psycopg's placeholder parser turns back into one."""
@@ -333,13 +364,15 @@ class Schema:
         without parameters."""
         return sql.SQL(text).format(**self.names, **extra).as_bytes(None)
 
-    def logged(self, write: str, *, many: bool = False) -> bytes:
+    def logged(self, write: str, *, many: bool = False, known: bool = False) -> bytes:
         """*write*, a statement changing rows of the table and returning their ``key,
-        action, metadata, version``, wrapped so that it also logs each change and announces it
-        with ``NOTIFY`` (see the module documentation), as a statement to execute with
-        parameters. It returns each row's metadata (one row), or nothing useful
-        (*many*: the changes are announced by id, 500 a notification)."""
-        template = _LOGGED_MANY if many else _LOGGED_ONE
+        action, metadata, version``, wrapped so that it also logs each change and
+        announces it with ``NOTIFY`` (see the module documentation), as a statement to
+        execute with parameters. It returns each row's metadata (one row), or nothing
+        useful (*many*: the changes are announced by id, 500 a notification; *known*:
+        one row whose payload the caller passes as ``before_id`` and ``after_id``, see
+        :func:`announcement`)."""
+        template = _LOGGED_MANY if many else _LOGGED_KNOWN if known else _LOGGED_ONE
         return self.compose(template.format(write=write))
 
     def create(self) -> list[bytes]:

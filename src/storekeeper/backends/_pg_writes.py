@@ -10,20 +10,23 @@ the write are one atomic step for PostgreSQL:
 
 The same statement logs the change and announces it with ``NOTIFY``
 (:meth:`Schema.logged`), so a write is one round trip in autocommit mode, and its
-announcement leaves when it commits. A write that changed no row then reads the key's
-version, only to word the :class:`~storekeeper.errors.ConflictError`. Writes that keep
-the data (``set_metadata``) or the metadata (``set_data``) leave those columns out of the
-update and return what the row holds, for the event.
+announcement leaves when it commits. When the write sets the metadata, the client knows
+the whole change and sends the announcement's text itself (:func:`announcement`). A
+write that changed no row then reads the key's version, only to word the
+:class:`~storekeeper.errors.ConflictError`. Writes that keep the data (``set_metadata``)
+or the metadata (``set_data``) leave those columns out of the update and return what the
+row holds, for the event.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 
-from storekeeper.backends._pg_schema import Schema
+from storekeeper.backends._pg_schema import Schema, announcement
 from storekeeper.errors import ConflictError
 from storekeeper.store.backend import check_precondition
 
@@ -86,8 +89,10 @@ def version_number(version: str) -> int | None:
 class Writes:
     """The write statements of one table (cached by their shape)."""
 
-    def __init__(self, schema: Schema) -> None:
+    def __init__(self, schema: Schema, origin: Callable[[], str]) -> None:
         self.schema = schema
+        #: The writing store object's origin now (a forked child gets its own).
+        self.origin = origin
         self._cache: dict[tuple[str, bool, bool], bytes] = {}
         deleted = "RETURNING key, 'delete' AS action, metadata, NULL::bigint AS version"
         self._delete = schema.logged(f"DELETE FROM {{main}} WHERE key = %s {deleted}")
@@ -119,10 +124,14 @@ class Writes:
         else:
             mode = "upsert"
         statement = self._statement(mode, row.metadata is None, row.keep_data)
+        if row.metadata is not None:
+            params["before_id"], params["after_id"] = announcement(
+                self.origin(), row.key, row.action, row.metadata, row.version
+            )
         found = conn.execute(statement, params).fetchone()
         if found is None:
             raise self.conflict(conn, row.key, if_version, if_exists)
-        text: str = found[0]
+        text: str = found[0] if row.metadata is None else row.metadata
         return text
 
     def conflict(
@@ -154,6 +163,7 @@ class Writes:
         return statement
 
     def _build(self, mode: str, keep_meta: bool, keep_data: bool) -> bytes:
+        known = not keep_meta  # the client knows the metadata: the whole change
         changed = ["version", "action"]
         if not keep_meta:
             changed += _META_COLUMNS
@@ -165,7 +175,8 @@ class Writes:
             condition = " AND version = %(if_version)s" if mode == "update_version" else ""
             return self.schema.logged(
                 f"UPDATE {{main}} SET modified = {_NOW}, {', '.join(assignments)} "
-                f"WHERE key = %(key)s{condition} RETURNING key, action, metadata, version"
+                f"WHERE key = %(key)s{condition} RETURNING key, action, metadata, version",
+                known=known,
             )
         insert = (
             "INSERT INTO {main} AS o "
@@ -174,10 +185,12 @@ class Writes:
             "%(meta)s::jsonb, %(data)s, %(blob)s, %(action)s) "
         )
         if mode == "insert":
-            return self.schema.logged(insert + "ON CONFLICT (key) DO NOTHING " + _RETURNING)
+            return self.schema.logged(
+                insert + "ON CONFLICT (key) DO NOTHING " + _RETURNING, known=known
+            )
         updates = ", ".join(f"{name} = EXCLUDED.{name}" for name in ["modified", *changed])
         return self.schema.logged(
-            insert + f"ON CONFLICT (key) DO UPDATE SET {updates} {_RETURNING}"
+            insert + f"ON CONFLICT (key) DO UPDATE SET {updates} {_RETURNING}", known=known
         )
 
     def delete(self, conn: psycopg.Connection[Any], key: str, if_version: str | None) -> str | None:

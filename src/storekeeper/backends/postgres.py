@@ -215,7 +215,7 @@ class PostgresStore(AbstractStore):
         )
         self._indexes = Indexes(self._schema, max_indexes)
         self._reads = Reads(self._connections, self._schema, self._indexes, chunk_size)
-        self._writes = Writes(self._schema)
+        self._writes = Writes(self._schema, lambda: self.origin)
         self._listener: Listener | None = None
         self._pid = os.getpid()
 
