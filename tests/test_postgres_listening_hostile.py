@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import os
+import select
 import socket
 import subprocess
 import sys
@@ -673,11 +674,11 @@ def _in_child(func: Callable[[], Any], timeout: float = 20.0) -> Any:
     chunks = []
     deadline = time.monotonic() + timeout
     with os.fdopen(read_end, "rb") as pipe:
-        import select
-
+        # poll, not select: the whole suite may hold more than 1,023 descriptors.
+        poller = select.poll()
+        poller.register(pipe.fileno(), select.POLLIN)
         while time.monotonic() < deadline:
-            ready, _, _ = select.select([pipe], [], [], 0.1)
-            if ready:
+            if poller.poll(100):
                 chunk = os.read(pipe.fileno(), 65536)
                 if not chunk:
                     break
