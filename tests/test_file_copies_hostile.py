@@ -10,8 +10,8 @@ keeps the old value, progress counts every byte, and ``storekeeper cp`` round-tr
 Safety: a broken copy loop can write until the disk is full, so every test runs under a
 file size limit (``RLIMIT_FSIZE``, inherited by the processes it starts, with SIGXFSZ
 ignored so a write past it fails with EFBIG instead of killing) and writes well under
-200 MiB in all. Sources are mostly a few MiB; probes that need several kernel copy
-blocks (16 MiB each) use one ~40 MiB file.
+200 MiB in all, removed after it. Sources are mostly a few MiB; probes that need several
+kernel copy blocks (16 MiB each) use one ~40 MiB file.
 """
 
 from __future__ import annotations
@@ -73,6 +73,18 @@ def file_size_limit() -> Iterator[None]:
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
         signal.signal(signal.SIGXFSZ, handler)
+
+
+@pytest.fixture(autouse=True)
+def emptied_after(tmp_path: Path) -> Iterator[None]:
+    """pytest keeps the temp directories of the last runs, and this file's tests write
+    some GiB in all: empty each test's directory after it, so runs never fill the disk."""
+    yield
+    for child in tmp_path.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -1326,26 +1338,36 @@ def _hostile_folder(folder: Path) -> dict[str, bytes]:
     return _tree(folder)
 
 
-@pytest.mark.parametrize("url", ["sqlite:///{}/c.db", "file://{}/cfs?create=true"])
+CLI_STORES = ["sqlite:///{}/c.db", "file://{}/cfs?create=true"]
+
+
+@pytest.mark.parametrize("url", CLI_STORES, ids=["sqlite", "filesystem"])
 def test_cli_cp_folder_to_store_to_folder_is_byte_exact(tmp_path: Path, url: str) -> None:
+    """Folder -> store -> folder, and store -> the other kind of store, by `storekeeper
+    cp`: every file byte-exact (empty, around 1 MiB, two kernel blocks, sparse, odd
+    names; a FIFO is no key and is never opened), the reports count every byte, a
+    second run copies nothing, `get` of the large key gives its bytes."""
     folder = tmp_path / "in"
     folder.mkdir()
     files = _hostile_folder(folder)
-    target = url.format(tmp_path)
-    first = _cli("cp", str(folder), target)
-    assert first.returncode == 0, first.stderr
     total = sum(map(len, files.values()))
-    assert f"copied {len(files)} keys ({total} bytes)" in first.stderr
-    back = _cli("cp", target.split("?")[0], str(tmp_path / "out"))
-    assert back.returncode == 0, back.stderr
-    assert f"copied {len(files)} keys ({total} bytes)" in back.stderr
+    report = f"copied {len(files)} keys ({total} bytes)"
+    target = url.format(tmp_path)
+    plain = target.split("?")[0]
+    first = _cli("cp", str(folder), target)
+    assert first.returncode == 0 and report in first.stderr, first.stderr
+    back = _cli("cp", plain, str(tmp_path / "out"))
+    assert back.returncode == 0 and report in back.stderr, back.stderr
     assert _tree(tmp_path / "out") == files
-    direct = _cli("cp", str(folder), str(tmp_path / "direct"))
-    assert direct.returncode == 0, direct.stderr
-    assert _tree(tmp_path / "direct") == files
+    other = next(u for u in CLI_STORES if u != url).format(tmp_path / "other")
+    (tmp_path / "other").mkdir()
+    across = _cli("cp", plain, other)
+    assert across.returncode == 0 and report in across.stderr, across.stderr
+    seen = _fresh(other.split("?")[0], list(files))
+    assert seen == {key: [len(data), len(data), _digest(data)] for key, data in files.items()}
     again = _cli("cp", str(folder), target)
     assert "copied 0 keys (0 bytes)" in again.stderr, again.stderr
-    got = _cli("get", target.split("?")[0] + "#deep/er/big", "-o", str(tmp_path / "big"))
+    got = _cli("get", plain + "#deep/er/big", "-o", str(tmp_path / "big"))
     assert got.returncode == 0, got.stderr
     assert (tmp_path / "big").read_bytes() == files["deep/er/big"]
 
@@ -1422,6 +1444,40 @@ def test_cli_put_from_special_files(tmp_path: Path, content: bytes) -> None:
     with SqliteStore(tmp_path / "p.db") as store:
         assert _stored(store, "fifo") == content
         assert _stored(store, "proc") == Path("/proc/version").read_bytes()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="put - with a non-blocking stdin stores the bytes that had arrived and exits 0",
+)
+def test_cli_put_from_a_non_blocking_stdin_is_never_cut_short(tmp_path: Path) -> None:
+    """A stdin inherited with O_NONBLOCK (as some parents leave it) from a slow writer:
+    `storekeeper put KEY -` must store everything written before the pipe closed, or
+    fail; it stores the first 32 KiB of 3 MiB and reports success."""
+    content = os.urandom(3 << 20)
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
+    os.write(write_end, content[: 32 << 10])
+    url = f"sqlite:///{tmp_path}/in.db"
+    with subprocess.Popen(
+        [sys.executable, "-m", "storekeeper", "put", f"{url}#k", "-"],
+        stdin=read_end,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as put:
+        os.close(read_end)
+        time.sleep(0.5)  # a slow writer: the rest comes later
+        with contextlib.suppress(BrokenPipeError), open(write_end, "wb") as out:
+            out.write(content[32 << 10 :])
+        assert put.stderr is not None
+        error = put.stderr.read()
+    with SqliteStore(tmp_path / "in.db") as store:
+        stored = store.to_bytes("k") if store.exists("k") else None
+    assert stored == content or (put.returncode != 0 and stored is None), (
+        put.returncode,
+        error,
+        stored and len(stored),
+    )
 
 
 def _drain(fd: int, stop: threading.Event, into: bytearray) -> None:
@@ -1530,6 +1586,34 @@ def test_atomic_write_of_a_file_onto_itself_and_its_count(tmp_path: Path, conten
         stream.seek(12_345)
         assert atomic_write(path, stream) == SIZE - 12_345
     assert path.read_bytes() == content[12_345:]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="atomic_write(mode=...) changes an existing target's permission bits, "
+    "which its docstring says are kept",
+)
+def test_atomic_write_keeps_an_existing_targets_bits_whatever_mode_says(
+    tmp_path: Path, source: Path
+) -> None:
+    """'The permission bits of an existing target are kept; a new file gets *mode*.'
+    Without *mode* they are kept (the next test); with it the target gets *mode*."""
+    path = tmp_path / "target"
+    path.write_bytes(b"x")
+    path.chmod(0o640)
+    with open(source, "rb") as stream:
+        atomic_write(path, stream, mode=0o600)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+
+
+def test_atomic_write_keeps_an_existing_targets_bits(tmp_path: Path, source: Path) -> None:
+    path = tmp_path / "target"
+    path.write_bytes(b"x")
+    path.chmod(0o640)
+    with open(source, "rb") as stream:
+        atomic_write(path, stream)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    assert path.read_bytes() == source.read_bytes()
 
 
 _SELF_APPEND = """
