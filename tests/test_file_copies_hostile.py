@@ -1372,6 +1372,26 @@ def test_cli_cp_folder_to_store_to_folder_is_byte_exact(tmp_path: Path, url: str
     assert (tmp_path / "big").read_bytes() == files["deep/er/big"]
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="a cp refused because the target store lies inside the source folder "
+    "first creates that store's files there",
+)
+@pytest.mark.parametrize("url", CLI_STORES, ids=["sqlite", "filesystem"])
+def test_cli_cp_refused_for_a_store_inside_the_folder_writes_nothing(
+    tmp_path: Path, url: str
+) -> None:
+    """`storekeeper cp DIR sqlite:///DIR/s.db` is refused (exit 2, the two overlap), but
+    DIR/s.db and DIR/s.db-values/ (or DIR/cfs/ with its .lock and .FSStore) are left
+    behind, empty, so the next `cp DIR elsewhere` copies them as keys."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a").write_bytes(b"data")
+    done = _cli("cp", str(folder), url.format(folder))
+    assert done.returncode == 2 and "overlap" in done.stderr, done.stderr
+    assert sorted(p.name for p in folder.iterdir()) == ["a"]
+
+
 _PARTIAL = """
 import sys
 from storekeeper.store import open_store
