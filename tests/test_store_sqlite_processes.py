@@ -6,7 +6,9 @@ import multiprocessing
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -113,3 +115,37 @@ def test_disconnecting_one_store_keeps_the_locks_of_another_on_the_file(tmp_path
     with open_store(f"sqlite:///{path}?table=kept") as again:
         assert again.to_bytes("k") == b"kept"
         assert again.get_metadata("k") == {"n": 1}
+
+
+def _open_new_store_at_once(url: str, start: float, index: int, results: Any) -> None:
+    while time.time() < start:  # spinning: a barrier wakes its waiters one by one
+        pass
+    try:
+        with open_store(url) as store:
+            store.set(f"k{index}", (b"x", {}))
+    except Exception as exc:
+        results.put(f"{type(exc).__name__}: {exc}")
+        return
+    results.put("ok")
+
+
+def test_processes_opening_a_new_store_at_once_all_succeed(tmp_path: Path) -> None:
+    """Four processes open the same new database at the same moment, twenty times:
+    SQLite refuses a second simultaneous switch to WAL at once (without waiting), which
+    must not reach the caller as a lock error."""
+    context = multiprocessing.get_context("fork")
+    for round_ in range(20):
+        url = f"sqlite:///{tmp_path / f'new-{round_}.db'}"
+        start, results = time.time() + 0.2, context.Queue()
+        processes = [
+            context.Process(target=_open_new_store_at_once, args=(url, start, index, results))
+            for index in range(4)
+        ]
+        for process in processes:
+            process.start()
+        outcomes = [results.get(timeout=60) for _ in processes]
+        for process in processes:
+            process.join(10)
+        assert outcomes == ["ok"] * 4, outcomes
+        with open_store(url) as store:
+            assert sorted(store.list_keys()) == [f"k{index}" for index in range(4)]

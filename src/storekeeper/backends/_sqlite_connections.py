@@ -25,6 +25,7 @@ import itertools
 import os
 import sqlite3
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -187,7 +188,7 @@ class Connections:
             self.location, timeout=self.timeout, isolation_level=None, check_same_thread=False
         )
         if not self.memory:
-            conn.execute("PRAGMA journal_mode=WAL")
+            _enter_wal(conn, self.timeout)
         conn.execute(f"PRAGMA synchronous={self.synchronous}")
         # Reads through a memory map skip a read() system call per page.
         conn.execute(f"PRAGMA mmap_size={_MMAP_SIZE}")
@@ -453,6 +454,24 @@ def translate(action: str) -> Iterator[None]:
         raise backend_error(exc, action) from exc
     except UnicodeEncodeError as exc:
         raise unencodable(exc) from exc
+
+
+def _enter_wal(conn: sqlite3.Connection, timeout: float) -> None:
+    """Put the database in WAL mode. While another connection switches the same new
+    database, SQLite refuses at once ("database is locked") without waiting for its
+    busy timeout, so processes opening a new store together retry, up to *timeout*."""
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+            if code not in _LOCK_CODES or time.monotonic() + delay > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
 
 
 def backend_error(exc: sqlite3.Error, action: str) -> StorekeeperError:
