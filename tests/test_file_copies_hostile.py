@@ -1608,11 +1608,6 @@ def test_atomic_write_of_a_file_onto_itself_and_its_count(tmp_path: Path, conten
     assert path.read_bytes() == content[12_345:]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="atomic_write(mode=...) changes an existing target's permission bits, "
-    "which its docstring says are kept",
-)
 def test_atomic_write_keeps_an_existing_targets_bits_whatever_mode_says(
     tmp_path: Path, source: Path
 ) -> None:

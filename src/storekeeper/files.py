@@ -135,15 +135,14 @@ def atomic_write(
     position to its end, which it is left at) or a :class:`FileTail`; a regular file's
     bytes are copied inside the kernel where it can (see :class:`FileTail`). With
     ``durable=True`` the file and its directory are fsynced, so the new content survives
-    power loss once this returns. The permission bits of an existing target are kept;
-    a new file gets *mode* (default ``0o666`` less the umask). On any failure the target
+    power loss once this returns. The permission bits of an existing target are kept,
+    whatever *mode* says; a new file gets *mode* (default ``0o666`` less the umask). On any failure the target
     is unchanged and the temp file is removed. Returns the number of bytes written.
     """
     target = os.fspath(path)
     directory = os.path.dirname(target) or "."
-    if mode is None:
-        with contextlib.suppress(FileNotFoundError):
-            mode = os.stat(target).st_mode & 0o7777
+    with contextlib.suppress(FileNotFoundError):
+        mode = os.stat(target).st_mode & 0o7777  # an existing target keeps its bits
     temp = os.path.join(directory, f".{os.path.basename(target)[:40]}.{os.urandom(6).hex()}.tmp")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 if mode is None else 0o600)
     try:
