@@ -1194,10 +1194,6 @@ def test_progress_is_monotonic_and_ends_at_the_size(
         _check_steps(log, BIG - 17)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a /proc file's progress start announces 0 bytes (its st_size), then steps past it",
-)
 def test_progress_of_a_file_that_reports_no_size_announces_unknown(tmp_path: Path) -> None:
     """ProgressStartEvent: 'steps is the number of steps, -1 if unknown'. A /proc file's
     size is unknown (the docstrings say so), yet the start announces 0 and the steps

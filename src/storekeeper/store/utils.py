@@ -86,7 +86,8 @@ def buffer_iterator(
 def source_size(source: object) -> int | None:
     """How many bytes a data source will yield, when that can be told without reading it:
     the length of bytes-like data, the ``size`` of a ``Value``, what is left of a regular
-    file or of a ``BytesIO``; ``None`` otherwise (iterators, pipes, sockets...)."""
+    file or of a ``BytesIO``; ``None`` otherwise (iterators, pipes, sockets, files that
+    report a size of 0, such as ``/proc`` files...)."""
     if isinstance(source, bytes | bytearray | memoryview):
         return len(source)
     size = getattr(source, "size", None)
@@ -101,13 +102,19 @@ def source_size(source: object) -> int | None:
 
 
 def _file_size_left(source: object) -> int | None:
-    """Bytes from the position of a regular file object to its end, else ``None``."""
+    """Bytes from the position of a regular file object to its end, else ``None``.
+
+    A regular file reporting a size of 0 is either empty or a file whose size the system
+    does not know (``/proc`` and some ``/sys`` files report 0, then read their bytes):
+    its size is unknown (``None``), so progress announces -1 rather than 0 bytes and
+    never steps past what it announced.
+    """
     fileno = getattr(source, "fileno", None)
     tell = getattr(source, "tell", None)
     if fileno is None or tell is None:
         return None
     status = os.fstat(fileno())
-    if not stat.S_ISREG(status.st_mode):
+    if not stat.S_ISREG(status.st_mode) or status.st_size == 0:
         return None
     return max(status.st_size - int(tell()), 0)
 
