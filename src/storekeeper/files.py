@@ -254,6 +254,17 @@ def _span(file: object) -> _Span | None:
         return None
 
 
+def _descriptor_of(file: object) -> int | None:
+    """The descriptor *file* reads from, if it tells one (``None`` otherwise)."""
+    span = _span(file)
+    if span is not None:
+        return span.fd
+    try:
+        return int(file.fileno())  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError, TypeError):  # no file, closed, detached
+        return None
+
+
 class FileTail:
     """Data for :func:`atomic_write`: *head*, bytes a caller already read from the binary
     file *source*, then the rest of *source* from its position to its end.
@@ -293,7 +304,10 @@ class FileTail:
 
         With *durable* (the caller fsyncs *fd* next), the disk writes of each few MiB
         start as soon as they are copied, so the fsync waits for the last ones only.
+        Raises ``ValueError``, writing nothing, when *fd* is the source's own file (its
+        end would move ahead with every block written, so the copy would never end).
         """
+        self._refuse_own_file(fd)
         self._writeback = _Writeback(fd) if durable else None
         write_all(fd, self.head)
         self.written = len(self.head)
@@ -305,6 +319,18 @@ class FileTail:
                 return self.written
             write_all(fd, chunk)
             self._advance(len(chunk))
+
+    def _refuse_own_file(self, fd: int) -> None:
+        """Raise ``ValueError`` if *fd* writes the regular file the source reads."""
+        source = _descriptor_of(_file_of(self.source))
+        if source is None:
+            return
+        target = os.fstat(fd)
+        if stat.S_ISREG(target.st_mode) and os.path.samestat(target, os.fstat(source)):
+            raise ValueError(
+                f"cannot copy a file into itself: descriptor {fd} writes the file "
+                "the source reads, so the copy would never end"
+            )
 
     def _copy_in_kernel(self, fd: int) -> None:
         """Copy what the kernel will of the source into *fd*, leaving the source after
