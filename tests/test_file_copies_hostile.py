@@ -472,11 +472,6 @@ def test_fifos_sockets_and_devices_are_read(
     assert _stored(store, "null") == b""
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a non-blocking pipe's 'no data yet' (read() -> None) is taken as its end: "
-    "the value is silently replaced by the bytes read so far",
-)
 @pytest.mark.parametrize("buffering", [0, -1], ids=["FileIO", "BufferedReader"])
 def test_a_non_blocking_pipe_is_never_stored_cut_short(
     store: AbstractStore, content: bytes, buffering: int
@@ -1462,10 +1457,6 @@ def test_cli_put_from_special_files(tmp_path: Path, content: bytes) -> None:
         assert _stored(store, "proc") == Path("/proc/version").read_bytes()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="put - with a non-blocking stdin stores the bytes that had arrived and exits 0",
-)
 def test_cli_put_from_a_non_blocking_stdin_is_never_cut_short(tmp_path: Path) -> None:
     """A stdin inherited with O_NONBLOCK (as some parents leave it) from a slow writer:
     `storekeeper put KEY -` must store everything written before the pipe closed, or

@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import IO, Any, NamedTuple, Protocol, TypeGuard, TypeVar
 
+from storekeeper._nonblocking import read_chunk
 from storekeeper.errors import CorruptFileError, InvalidValueError, LockTimeoutError
 
 try:
@@ -136,8 +137,9 @@ def atomic_write(
     bytes are copied inside the kernel where it can (see :class:`FileTail`). With
     ``durable=True`` the file and its directory are fsynced, so the new content survives
     power loss once this returns. The permission bits of an existing target are kept,
-    whatever *mode* says; a new file gets *mode* (default ``0o666`` less the umask). On any failure the target
-    is unchanged and the temp file is removed. Returns the number of bytes written.
+    whatever *mode* says; a new file gets *mode* (default ``0o666`` less the umask). On
+    any failure the target is unchanged and the temp file is removed. Returns the number
+    of bytes written.
     """
     target = os.fspath(path)
     directory = os.path.dirname(target) or "."
@@ -312,9 +314,8 @@ class FileTail:
         write_all(fd, self.head)
         self.written = len(self.head)
         self._copy_in_kernel(fd)
-        read = self.source.read
         while True:
-            chunk = self._from_source(lambda: read(_CHUNK))
+            chunk = self._from_source(lambda: read_chunk(self.source, _CHUNK))
             if not chunk:
                 return self.written
             write_all(fd, chunk)

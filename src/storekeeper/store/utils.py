@@ -24,6 +24,7 @@ from contextlib import nullcontext
 from types import TracebackType
 from typing import IO, Any, Protocol
 
+from storekeeper._nonblocking import read_chunk
 from storekeeper.errors import TransactionError
 from storekeeper.events import BaseEvent, BaseEventManager
 from storekeeper.events.progress import ProgressManager
@@ -66,7 +67,8 @@ def buffer_iterator(
     """Yield the bytes of *filelike* in chunks of at most *buffer_size* bytes.
 
     Stops at the end of the stream or after *max_bytes* bytes, whichever comes first, and
-    never asks the stream for more than *max_bytes* in total (the rest stays unread).
+    never asks the stream for more than *max_bytes* in total (the rest stays unread). A
+    non-blocking stream is waited for, never taken as ended while it has no data yet.
     *progress*, when given, is called as ``progress(step=total_bytes_so_far)`` once per
     non-empty chunk.
     """
@@ -74,7 +76,7 @@ def buffer_iterator(
     total = 0
     while max_bytes is None or total < max_bytes:
         want = buffer_size if max_bytes is None else min(buffer_size, max_bytes - total)
-        chunk = filelike.read(want)
+        chunk = read_chunk(filelike, want)
         if not chunk:
             return
         total += len(chunk)
