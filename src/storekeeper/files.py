@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import IO, Any, NamedTuple, Protocol, TypeGuard, TypeVar
 
+from storekeeper._nonblocking import read_chunk
 from storekeeper.errors import CorruptFileError, InvalidValueError, LockTimeoutError
 
 try:
@@ -135,15 +136,15 @@ def atomic_write(
     position to its end, which it is left at) or a :class:`FileTail`; a regular file's
     bytes are copied inside the kernel where it can (see :class:`FileTail`). With
     ``durable=True`` the file and its directory are fsynced, so the new content survives
-    power loss once this returns. The permission bits of an existing target are kept;
-    a new file gets *mode* (default ``0o666`` less the umask). On any failure the target
-    is unchanged and the temp file is removed. Returns the number of bytes written.
+    power loss once this returns. The permission bits of an existing target are kept,
+    whatever *mode* says; a new file gets *mode* (default ``0o666`` less the umask). On
+    any failure the target is unchanged and the temp file is removed. Returns the number
+    of bytes written.
     """
     target = os.fspath(path)
     directory = os.path.dirname(target) or "."
-    if mode is None:
-        with contextlib.suppress(FileNotFoundError):
-            mode = os.stat(target).st_mode & 0o7777
+    with contextlib.suppress(FileNotFoundError):
+        mode = os.stat(target).st_mode & 0o7777  # an existing target keeps its bits
     temp = os.path.join(directory, f".{os.path.basename(target)[:40]}.{os.urandom(6).hex()}.tmp")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 if mode is None else 0o600)
     try:
@@ -255,6 +256,17 @@ def _span(file: object) -> _Span | None:
         return None
 
 
+def _descriptor_of(file: object) -> int | None:
+    """The descriptor *file* reads from, if it tells one (``None`` otherwise)."""
+    span = _span(file)
+    if span is not None:
+        return span.fd
+    try:
+        return int(file.fileno())  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError, TypeError):  # no file, closed, detached
+        return None
+
+
 class FileTail:
     """Data for :func:`atomic_write`: *head*, bytes a caller already read from the binary
     file *source*, then the rest of *source* from its position to its end.
@@ -294,18 +306,32 @@ class FileTail:
 
         With *durable* (the caller fsyncs *fd* next), the disk writes of each few MiB
         start as soon as they are copied, so the fsync waits for the last ones only.
+        Raises ``ValueError``, writing nothing, when *fd* is the source's own file (its
+        end would move ahead with every block written, so the copy would never end).
         """
+        self._refuse_own_file(fd)
         self._writeback = _Writeback(fd) if durable else None
         write_all(fd, self.head)
         self.written = len(self.head)
         self._copy_in_kernel(fd)
-        read = self.source.read
         while True:
-            chunk = self._from_source(lambda: read(_CHUNK))
+            chunk = self._from_source(lambda: read_chunk(self.source, _CHUNK))
             if not chunk:
                 return self.written
             write_all(fd, chunk)
             self._advance(len(chunk))
+
+    def _refuse_own_file(self, fd: int) -> None:
+        """Raise ``ValueError`` if *fd* writes the regular file the source reads."""
+        source = _descriptor_of(_file_of(self.source))
+        if source is None:
+            return
+        target = os.fstat(fd)
+        if stat.S_ISREG(target.st_mode) and os.path.samestat(target, os.fstat(source)):
+            raise ValueError(
+                f"cannot copy a file into itself: descriptor {fd} writes the file "
+                "the source reads, so the copy would never end"
+            )
 
     def _copy_in_kernel(self, fd: int) -> None:
         """Copy what the kernel will of the source into *fd*, leaving the source after

@@ -14,6 +14,7 @@ import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, cast
 
+from storekeeper._nonblocking import read_chunk
 from storekeeper.errors import (
     InvalidArgumentError,
     InvalidKeyError,
@@ -439,7 +440,9 @@ def iter_source(data: object, buffer_size: int = DEFAULT_BUFFER_SIZE) -> Iterato
     (anything with ``read``), or an iterable of bytes-like chunks. ``str`` is rejected
     (stores hold bytes, never text) with :class:`InvalidValueError`, as is a file-like
     that yields ``str``. Errors raised by the source while it is read propagate unchanged,
-    so a backend that reads the whole source before committing leaves the old value.
+    so a backend that reads the whole source before committing leaves the old value. A
+    non-blocking stream is read to its end, waiting while it has no data yet; one with no
+    descriptor to wait on raises :class:`InvalidValueError` (never read as ended).
     """
     if isinstance(data, bytes | bytearray | memoryview):
         return _single_chunk(bytes(data))
@@ -450,7 +453,7 @@ def iter_source(data: object, buffer_size: int = DEFAULT_BUFFER_SIZE) -> Iterato
     read = getattr(data, "read", None)
     if callable(read):
         check_buffer_size(buffer_size)
-        return _read_chunks(read, buffer_size)
+        return _read_chunks(data, buffer_size)
     if isinstance(data, Iterable):
         return _checked_chunks(data)
     raise InvalidValueError(
@@ -495,9 +498,9 @@ def check_types(kind: type[bool | int | float | str], **values: object) -> None:
             )
 
 
-def _read_chunks(read: Any, buffer_size: int) -> Iterator[bytes]:
+def _read_chunks(source: Any, buffer_size: int) -> Iterator[bytes]:
     while True:
-        chunk = read(buffer_size)
+        chunk = read_chunk(source, buffer_size)
         if not chunk:
             return
         if not isinstance(chunk, bytes | bytearray | memoryview):

@@ -24,6 +24,7 @@ from contextlib import nullcontext
 from types import TracebackType
 from typing import IO, Any, Protocol
 
+from storekeeper._nonblocking import read_chunk
 from storekeeper.errors import TransactionError
 from storekeeper.events import BaseEvent, BaseEventManager
 from storekeeper.events.progress import ProgressManager
@@ -66,7 +67,8 @@ def buffer_iterator(
     """Yield the bytes of *filelike* in chunks of at most *buffer_size* bytes.
 
     Stops at the end of the stream or after *max_bytes* bytes, whichever comes first, and
-    never asks the stream for more than *max_bytes* in total (the rest stays unread).
+    never asks the stream for more than *max_bytes* in total (the rest stays unread). A
+    non-blocking stream is waited for, never taken as ended while it has no data yet.
     *progress*, when given, is called as ``progress(step=total_bytes_so_far)`` once per
     non-empty chunk.
     """
@@ -74,7 +76,7 @@ def buffer_iterator(
     total = 0
     while max_bytes is None or total < max_bytes:
         want = buffer_size if max_bytes is None else min(buffer_size, max_bytes - total)
-        chunk = filelike.read(want)
+        chunk = read_chunk(filelike, want)
         if not chunk:
             return
         total += len(chunk)
@@ -86,7 +88,8 @@ def buffer_iterator(
 def source_size(source: object) -> int | None:
     """How many bytes a data source will yield, when that can be told without reading it:
     the length of bytes-like data, the ``size`` of a ``Value``, what is left of a regular
-    file or of a ``BytesIO``; ``None`` otherwise (iterators, pipes, sockets...)."""
+    file or of a ``BytesIO``; ``None`` otherwise (iterators, pipes, sockets, files that
+    report a size of 0, such as ``/proc`` files...)."""
     if isinstance(source, bytes | bytearray | memoryview):
         return len(source)
     size = getattr(source, "size", None)
@@ -101,13 +104,19 @@ def source_size(source: object) -> int | None:
 
 
 def _file_size_left(source: object) -> int | None:
-    """Bytes from the position of a regular file object to its end, else ``None``."""
+    """Bytes from the position of a regular file object to its end, else ``None``.
+
+    A regular file reporting a size of 0 is either empty or a file whose size the system
+    does not know (``/proc`` and some ``/sys`` files report 0, then read their bytes):
+    its size is unknown (``None``), so progress announces -1 rather than 0 bytes and
+    never steps past what it announced.
+    """
     fileno = getattr(source, "fileno", None)
     tell = getattr(source, "tell", None)
     if fileno is None or tell is None:
         return None
     status = os.fstat(fileno())
-    if not stat.S_ISREG(status.st_mode):
+    if not stat.S_ISREG(status.st_mode) or status.st_size == 0:
         return None
     return max(status.st_size - int(tell()), 0)
 
