@@ -1507,11 +1507,6 @@ def _drain(fd: int, stop: threading.Event, into: bytearray) -> None:
             into += os.read(fd, 1 << 16)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="get -o replaces a FIFO or device node with a regular file (as root, "
-    "-o /dev/null would replace /dev/null)",
-)
 def test_cli_get_into_a_fifo_or_device_writes_into_it(tmp_path: Path, content: bytes) -> None:
     """`storekeeper get KEY -o PATH` where PATH is a FIFO or a character device (here a
     private node with /dev/null's numbers, made where mknod is allowed): the data goes
@@ -1543,10 +1538,6 @@ def test_cli_get_into_a_fifo_or_device_writes_into_it(tmp_path: Path, content: b
     assert done.returncode == 0 and bytes(received) == content
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="get -o /dev/fd/N (process substitution) fails with exit 3, naming a temp file",
-)
 def test_cli_get_into_dev_fd(tmp_path: Path, content: bytes) -> None:
     """`storekeeper get KEY -o >(sha256sum)` passes /dev/fd/63. It should write into the
     pipe, or at least fail with a clear error and a fitting code: it exits 3 (the code
