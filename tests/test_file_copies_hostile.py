@@ -1212,10 +1212,6 @@ def test_progress_of_a_file_that_reports_no_size_announces_unknown(tmp_path: Pat
     _check_steps(log, len(want))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="transfer progress passes its announced total when a changed key is copied again",
-)
 def test_transfer_progress_stays_within_its_total_when_a_key_is_copied_again(
     tmp_path: Path,
 ) -> None:
@@ -1372,11 +1368,6 @@ def test_cli_cp_folder_to_store_to_folder_is_byte_exact(tmp_path: Path, url: str
     assert (tmp_path / "big").read_bytes() == files["deep/er/big"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a cp refused because the target store lies inside the source folder "
-    "first creates that store's files there",
-)
 @pytest.mark.parametrize("url", CLI_STORES, ids=["sqlite", "filesystem"])
 def test_cli_cp_refused_for_a_store_inside_the_folder_writes_nothing(
     tmp_path: Path, url: str
