@@ -1203,10 +1203,6 @@ def test_progress_of_a_file_that_reports_no_size_announces_unknown(tmp_path: Pat
     _check_steps(log, len(want))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="transfer progress passes its announced total when a changed key is copied again",
-)
 def test_transfer_progress_stays_within_its_total_when_a_key_is_copied_again(
     tmp_path: Path,
 ) -> None:
@@ -1363,11 +1359,6 @@ def test_cli_cp_folder_to_store_to_folder_is_byte_exact(tmp_path: Path, url: str
     assert (tmp_path / "big").read_bytes() == files["deep/er/big"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a cp refused because the target store lies inside the source folder "
-    "first creates that store's files there",
-)
 @pytest.mark.parametrize("url", CLI_STORES, ids=["sqlite", "filesystem"])
 def test_cli_cp_refused_for_a_store_inside_the_folder_writes_nothing(
     tmp_path: Path, url: str
@@ -1494,11 +1485,6 @@ def _drain(fd: int, stop: threading.Event, into: bytearray) -> None:
             into += os.read(fd, 1 << 16)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="get -o replaces a FIFO or device node with a regular file (as root, "
-    "-o /dev/null would replace /dev/null)",
-)
 def test_cli_get_into_a_fifo_or_device_writes_into_it(tmp_path: Path, content: bytes) -> None:
     """`storekeeper get KEY -o PATH` where PATH is a FIFO or a character device (here a
     private node with /dev/null's numbers, made where mknod is allowed): the data goes
@@ -1530,10 +1516,6 @@ def test_cli_get_into_a_fifo_or_device_writes_into_it(tmp_path: Path, content: b
     assert done.returncode == 0 and bytes(received) == content
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="get -o /dev/fd/N (process substitution) fails with exit 3, naming a temp file",
-)
 def test_cli_get_into_dev_fd(tmp_path: Path, content: bytes) -> None:
     """`storekeeper get KEY -o >(sha256sum)` passes /dev/fd/63. It should write into the
     pipe, or at least fail with a clear error and a fitting code: it exits 3 (the code

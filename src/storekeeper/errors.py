@@ -57,6 +57,7 @@ __all__ = [
     "LockedStorageError",
     "MissingDependencyError",
     "NotConnectedError",
+    "OutputFileError",
     "ReadOnlyStoreError",
     "StorekeeperError",
     "TransactionError",
@@ -148,6 +149,11 @@ class UnknownFormatError(StorekeeperError, ValueError):
 
 class CorruptFileError(StorekeeperError, ValueError):
     """A file exists but its content cannot be parsed; the message names the file."""
+
+
+class OutputFileError(StorekeeperError, OSError):
+    """A file a value is saved to (``to_file``) could not be opened or written; the
+    message names it and ``__cause__`` holds the ``OSError``."""
 
 
 class FileSystemStoreError(StorekeeperError, FileNotFoundError):

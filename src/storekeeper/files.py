@@ -31,12 +31,17 @@ import stat
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import IO, Any, NamedTuple, Protocol, TypeGuard, TypeVar
 
 from storekeeper._nonblocking import read_chunk
-from storekeeper.errors import CorruptFileError, InvalidValueError, LockTimeoutError
+from storekeeper.errors import (
+    CorruptFileError,
+    InvalidValueError,
+    LockTimeoutError,
+    OutputFileError,
+)
 
 try:
     import fcntl
@@ -55,6 +60,7 @@ __all__ = [
     "open_stream",
     "process_alive",
     "process_start_time",
+    "save_file",
     "write_all",
 ]
 
@@ -175,6 +181,58 @@ def _replace(source: str, target: str) -> None:
             if exc.errno not in _TRANSIENT or attempt == _RETRIES - 1:
                 raise
             time.sleep(0.01 * (attempt + 1))
+
+
+def save_file(
+    path: str | os.PathLike[str], chunks: Iterable[bytes], *, durable: bool = True
+) -> int:
+    """Write *chunks* (bytes) to *path*; the number of bytes written.
+
+    A new path or an existing regular file is replaced atomically (:func:`atomic_write`).
+    An existing FIFO, device or other node that is not a regular file or a directory
+    (``/dev/null``, the pipe ``/dev/fd/N`` of a shell's ``>(command)``) is opened and
+    written into instead: replacing it would destroy it, and a pipe has no directory a
+    temp file could go in. A failure to open or write *path* raises
+    :class:`~storekeeper.errors.OutputFileError` naming it (its ``__cause__`` holds
+    the ``OSError``); an error raised by *chunks* propagates unchanged.
+    """
+    target = os.fspath(path)
+    failed: list[BaseException] = []
+
+    def read() -> Iterator[bytes]:  # remembers the errors of the source
+        iterator = iter(chunks)
+        while True:
+            try:
+                chunk = next(iterator)
+            except StopIteration:
+                return
+            except BaseException as exc:
+                failed.append(exc)
+                raise
+            yield chunk
+
+    try:
+        if not _is_node(target):
+            return atomic_write(target, read(), durable=durable)
+        fd = os.open(target, os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC)
+        try:
+            return _write_data(fd, read(), durable=False)  # a node: nothing to fsync
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        if failed or isinstance(exc, OutputFileError):
+            raise
+        raise OutputFileError(f"cannot write {target!r}: {exc.strerror or exc}") from exc
+
+
+def _is_node(path: str) -> bool:
+    """Whether *path* (links followed) exists and is neither a regular file nor a
+    directory."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:  # missing, or not to be looked at: atomic_write says why
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
 # -- copying a file inside the kernel ---------------------------------------------------------

@@ -140,7 +140,9 @@ class FileSystemStore(AbstractStore):
     """A store kept in the directory *path* (see the module documentation).
 
     The directory must have been made a store with :func:`init_shared_store`; the
-    constructor and :meth:`connect` raise :class:`FileSystemStoreError` otherwise.
+    constructor and :meth:`connect` raise :class:`FileSystemStoreError` otherwise. With
+    ``create=True`` the constructor checks nothing and :meth:`connect` initialises the
+    store first, so nothing is written before the store is connected.
     Keyword options: ``durable`` (fsync, default true), ``lock_timeout`` (seconds to wait
     for the store lock before :class:`~storekeeper.errors.LockTimeoutError`),
     ``inline_limit`` (values up to this size live inside their record) and
@@ -167,9 +169,10 @@ class FileSystemStore(AbstractStore):
         lock_timeout: float = 60.0,
         inline_limit: int = 65536,
         orphan_grace: float = 3600.0,
+        create: bool = False,
     ) -> None:
         super().__init__(event_manager)
-        check_types(bool, durable=durable)
+        check_types(bool, durable=durable, create=create)
         check_types(int, inline_limit=inline_limit)
         check_types(float, lock_timeout=lock_timeout, orphan_grace=orphan_grace)
         check_types(str, magic_fname=magic_fname)
@@ -179,12 +182,14 @@ class FileSystemStore(AbstractStore):
         self.lock_timeout = lock_timeout
         self.inline_limit = inline_limit
         self.orphan_grace = orphan_grace
+        self.create = create
         self._layout = StoreLayout(self.path)
         self._lister = KeyLister(self._layout.keys, self._on_damaged)
         self._lock: StoreLock | None = None
         # Seen only by the transaction's owner, not by tasks that inherit its context.
         self._staging_var: OwnedVar[Staging] = OwnedVar(f"storekeeper-fs-staging-{id(self):x}")
-        self._layout.check(self.magic_fname)
+        if not create:
+            self._layout.check(self.magic_fname)
 
     @classmethod
     def from_url(cls, parts: SplitResult, **options: Any) -> FileSystemStore:
@@ -195,17 +200,14 @@ class FileSystemStore(AbstractStore):
         directory when opened); the path is percent-decoded (``my%20store``). Options:
         ``create`` and ``durable`` (true/false), ``inline_limit`` (bytes),
         ``lock_timeout`` and ``orphan_grace`` (seconds); keyword *options* win over
-        them. With ``create=true`` the store is initialised first (see
+        them. With ``create=true`` the store is initialised when connected (see
         :func:`init_shared_store`); without it a missing store is an error. A host
         part, an unknown option or a bad value is an
         :class:`~storekeeper.errors.InvalidURLError`.
         """
         settings = urls.url_options(parts, URL_OPTIONS)
         settings.update(options)
-        path = url_directory(parts)
-        if settings.pop("create", False):
-            init_shared_store(path, settings.get("magic_fname", DEFAULT_MAGIC_FNAME))
-        return urls.create(cls, parts, path, **settings)
+        return urls.create(cls, parts, url_directory(parts), **settings)
 
     @property
     def capabilities(self) -> StoreCapabilities:
@@ -238,7 +240,10 @@ class FileSystemStore(AbstractStore):
 
     # -- connection ----------------------------------------------------------------------
     def connect(self, credentials: Any = None) -> None:
-        """Check the directory, finish a crashed transaction and collect garbage."""
+        """Initialise the store if created with ``create=True``, check the directory,
+        finish a crashed transaction and collect garbage."""
+        if self.create:
+            init_shared_store(self.path, self.magic_fname)
         self._layout.check(self.magic_fname)
         lock = StoreLock(os.path.join(self.path, _LOCK_NAME), self.lock_timeout, self._recover)
         with lock.held():

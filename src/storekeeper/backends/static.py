@@ -87,7 +87,7 @@ from storekeeper.errors import (
     StorekeeperError,
 )
 from storekeeper.events import BaseEventManager
-from storekeeper.files import atomic_write
+from storekeeper.files import save_file
 from storekeeper.store.abstract import AbstractReadOnlyStore
 from storekeeper.store.backend import (
     DEFAULT_BUFFER_SIZE,
@@ -572,7 +572,7 @@ class StaticURLStore(AbstractReadOnlyStore):
         value, stream = self._opened(key)
         message = f"Saving key {key!r} to file {os.fspath(path)!r}"
         with stream, self._progress(message, key, value.size, value.metadata) as progress:
-            atomic_write(path, buffer_iterator(stream, buffer_size, progress))
+            save_file(path, buffer_iterator(stream, buffer_size, progress))
 
     def _opened(self, key: str) -> tuple[Value, BinaryStream]:
         """*key*'s value and its data stream, opened from one export: the current one."""

@@ -61,7 +61,7 @@ def _run(
     verbose: bool,
     as_json: bool,
 ) -> None:
-    from storekeeper.store.transfer import Folder, TransferReport, iter_transfer
+    from storekeeper.store.transfer import Folder, TransferReport, check_apart, iter_transfer
 
     report = TransferReport(dry_run=dry_run)
     with contextlib.ExitStack() as stack:
@@ -69,14 +69,18 @@ def _run(
         if src is not None and source == target and src.capabilities.persistent:
             raise click.UsageError("SRC and DST are the same store")
         dst = _target(target, dry_run)
+        apart = (
+            src if src is not None else Folder(source),
+            dst if dst is not None else Folder(target),
+        )
+        check_apart(*apart)  # before DST is connected: a refused copy creates nothing
         if dst is not None:
             stack.enter_context(dst)
         manager = stack.enter_context(progress_events())
         caught = stack.enter_context(warnings.catch_warnings(record=True))
         warnings.simplefilter("always")
         actions = iter_transfer(
-            src if src is not None else Folder(source),
-            dst if dst is not None else Folder(target),
+            *apart,
             prefix,
             delete=delete,
             dry_run=dry_run,
@@ -106,12 +110,15 @@ def _run(
 
 
 def _target(target: str, dry_run: bool) -> AbstractStore | None:
-    """The store DST names (``None`` for a folder); a dry run creates none, and sees a
-    store that a real run would create as empty."""
+    """The store DST names (``None`` for a folder): for a real run not connected yet
+    (connecting may create it); a dry run creates none, and sees a store that a real
+    run would create as empty."""
+    from storekeeper.store.registry import create_store
+
     if not looks_like_url(target):
         return None
     if not dry_run:
-        return write_store(target)
+        return create_store(target)
     try:
         return write_store(target, create=False)
     except FileNotFoundError:

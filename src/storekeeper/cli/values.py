@@ -45,13 +45,15 @@ def _copy_out(stream: IO[bytes]) -> None:
     help="Write to FILE ('-': stdout). Default: the key's last path part, here.",
 )
 def get(target: str | None, key: str | None, output: str | None) -> None:
-    """Save the data of KEY to a file, replaced atomically once all of it is read.
+    """Save the data of KEY to a file, replaced atomically once all of it is read
+    (a FIFO or device, such as /dev/null or >(sha256sum), is written into instead).
 
     \b
     Examples:
       storekeeper get sqlite:///app.db#photos/cat.jpg          # writes ./cat.jpg
       storekeeper get sqlite:///app.db --key notes/today -o today.txt
       storekeeper get '#notes/today' -o - | less
+      storekeeper get '#backups/docs.tar' -o >(sha256sum)
     """
     url, name = split_key(target, key)
     path = output if output is not None else name.rstrip("/").rsplit("/", 1)[-1]

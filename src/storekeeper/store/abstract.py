@@ -375,16 +375,19 @@ class AbstractReadOnlyStore(abc.ABC):
         """Write *key*'s data to the file *path*, atomically and durably.
 
         The file is replaced only once all the data has been written, so a missing key or
-        a failure part-way leaves *path* as it was. Emits store progress events.
+        a failure part-way leaves *path* as it was. A *path* that is a FIFO or a device
+        (``/dev/null``, ``/dev/fd/N``) is written into instead (see
+        :func:`~storekeeper.files.save_file`); an error opening or writing *path* is an
+        :class:`~storekeeper.errors.OutputFileError`. Emits store progress events.
         """
-        from storekeeper.files import atomic_write  # foundation; imported on first use
+        from storekeeper.files import save_file  # foundation; imported on first use
 
         check_read(key, buffer_size)
         value = self.get(key)
         message = f"Saving key {key!r} to file {os.fspath(path)!r}"
         progress = self._progress(message, key, value.size, value.metadata)
         with progress, value.data as stream:
-            atomic_write(path, buffer_iterator(stream, buffer_size, progress))
+            save_file(path, buffer_iterator(stream, buffer_size, progress))
 
     def as_mapping(self) -> StoreMapping:
         """A :class:`collections.abc.MutableMapping` view of key -> data bytes."""

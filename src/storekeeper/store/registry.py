@@ -31,7 +31,13 @@ from storekeeper.errors import (
 from storekeeper.store import urls
 from storekeeper.store.abstract import AbstractReadOnlyStore, AbstractStore
 
-__all__ = ["open_read_only_store", "open_store", "register_backend", "registered_schemes"]
+__all__ = [
+    "create_store",
+    "open_read_only_store",
+    "open_store",
+    "register_backend",
+    "registered_schemes",
+]
 
 ENTRY_POINT_GROUP = "storekeeper.backends"
 
@@ -111,13 +117,24 @@ def open_store(url: str, **options: Any) -> AbstractStore:
     URL opens a read-only store (nothing is connected then): open those with
     :func:`open_read_only_store`. Use the result as a context manager to disconnect it.
     """
+    store = create_store(url, **options)
+    store.connect()
+    return store
+
+
+def create_store(url: str, **options: Any) -> AbstractStore:
+    """The writable store *url* describes, not connected: as :func:`open_store` (same
+    URLs, options and errors) but for the ``connect()``. The built-in backends create
+    and open nothing on disk before they are connected (a ``sqlite:`` file or a
+    ``file:`` URL's ``create=true`` waits for it), so its ``storage_paths()`` can be
+    checked first; use it as a context manager to connect and disconnect it.
+    """
     store = _create(url, options)
     if not isinstance(store, AbstractStore):
         raise ReadOnlyStoreError(
             f"{url!r} opens a read-only {type(store).__name__}; "
             "open it with open_read_only_store() to read from it"
         )
-    store.connect()
     return store
 
 

@@ -50,7 +50,13 @@ Writes into a store whose transactions are atomic are grouped (up to *batch_keys
 or *batch_bytes* bytes per transaction), which saves a durable commit per key; the
 actions of a group are reported once it has committed. Progress (bytes copied of the
 bytes to copy) is emitted as progress events on *event_manager* when one is given (for
-:class:`~storekeeper.events.display.ProgressDisplay`).
+:class:`~storekeeper.events.display.ProgressDisplay`). The total announced is the sum
+of the sizes the listing gave (unknown, ``-1``, when one is missing), and each key
+counts once, up to its listed size: a key copied again because it changed counts only
+the bytes past those its earlier copies counted, one that grew while copied counts no
+further than its size, and one that shrank moves progress to its size's end once done.
+So the steps rise, never pass the total and end on it, while the report's ``bytes``
+counts every byte written, copies again included.
 """
 
 from __future__ import annotations
@@ -74,6 +80,7 @@ __all__ = [
     "Folder",
     "TransferAction",
     "TransferReport",
+    "check_apart",
     "iter_transfer",
     "transfer",
 ]
@@ -200,7 +207,7 @@ def iter_transfer(
     if batch_keys < 1 or batch_bytes < 1:
         raise InvalidArgumentError("batch_keys and batch_bytes must be positive")
     src, dst = _side(source, is_target=False), _side(target, is_target=True)
-    _check_apart(source, target)
+    check_apart(source, target)
     report = report if report is not None else TransferReport(dry_run=dry_run)
     return _run(
         src, dst, prefix, delete, dry_run, compare, event_manager, batch_keys, batch_bytes, report
@@ -233,7 +240,8 @@ def _run(
             report.deleted += 1
             yield TransferAction("delete", key, "extra", None, done=False)
         return
-    total = sum(size or 0 for _, _, size in plan.copies)
+    sizes = [size for _, _, size in plan.copies]
+    total = -1 if None in sizes else sum(size or 0 for size in sizes)
     count = len(plan.copies)
     message = f"Copying {count} key{'' if count == 1 else 's'}"
     progress = None
@@ -262,13 +270,16 @@ def _deleting(dst: Side, keys: list[str], report: TransferReport) -> Iterator[Tr
         yield TransferAction("delete", key, "extra", None, done=True)
 
 
-def _check_apart(source: Location, target: Location) -> None:
-    """Refuse a transfer of a store onto itself (the same object, or the same storage
-    by ``storage_identity``: one database or directory opened twice), of a folder
-    into itself or into one of its own subfolders (or the other way round): each run
-    would copy what the last one wrote, and between a folder and a store whose files
-    (``storage_paths``) are that folder, inside it or around it: writing plain files
-    there overwrites the store's own."""
+def check_apart(source: Location, target: Location) -> None:
+    """Raise :class:`~storekeeper.errors.InvalidArgumentError` for a transfer
+    :func:`transfer` refuses: of a store onto itself (the same object, or the same
+    storage by ``storage_identity``: one database or directory opened twice), of a
+    folder into itself or into one of its own subfolders (or the other way round):
+    each run would copy what the last one wrote, and between a folder and a store
+    whose files (``storage_paths``) are that folder, inside it or around it: writing
+    plain files there overwrites the store's own. The stores need not be connected:
+    check a target from :func:`~storekeeper.store.registry.create_store` before
+    connecting it creates its files."""
     if source is target:
         raise InvalidArgumentError("the source and the target are the same store")
     if isinstance(source, Folder) or isinstance(target, Folder):
@@ -465,10 +476,14 @@ def _copy_group(
     the source changed while it was being copied. Returns the actions, one per key, and
     the keys still changing after that (their copies may be stale)."""
     done: dict[str, TransferAction] = {}
+    shares = {key: size for key, _, size in group}
     pending = [(key, reason) for key, reason, _ in group]
     for _ in range(RECOPIES + 1):
         with dst.batch():
-            written = [_copy_one(src, dst, key, reason, counter) for key, reason in pending]
+            written = [
+                _copy_one(src, dst, key, reason, counter.start(key, shares[key]))
+                for key, reason in pending
+            ]
         pending = []
         for key, reason, entry, size in filter(None, written):
             done[key] = TransferAction("copy", key, reason, size, done=True)
@@ -479,53 +494,80 @@ def _copy_group(
                 pending.append((key, "changed"))
         if not pending:
             break
+    for key, share in shares.items():
+        counter.finish(key, share)
     return list(done.values()), [key for key, _ in pending]
 
 
 def _copy_one(
-    src: Side, dst: Side, key: str, reason: str, counter: _Counter
+    src: Side, dst: Side, key: str, reason: str, copied: _Copied
 ) -> tuple[str, str, Entry, int] | None:
-    """Copy *key*; what was copied (``None`` if the source no longer has it)."""
+    """Copy *key*, counting into *copied*; what was copied (``None`` if the source no
+    longer has it)."""
     opened = src.read(key)
     if opened is None:
         return None
     stream, entry = opened
     with stream:
-        copied = _Copied()
         if entry.size is not None and entry.size <= BUFFER_SIZE:
             # One buffer's worth goes as bytes: the stores' fast path for small values
             # (no chunking, no per-key progress of their own).
-            dst.write(key, counter.whole(stream, copied), entry)
+            dst.write(key, copied.whole(stream), entry)
         else:
-            dst.write(key, counter.stream(stream, copied), entry)
+            dst.write(key, copied.stream(stream), entry)
     return key, reason, entry, copied.size
+
+
+class _Counter:
+    """The overall progress of a transfer: each key counts once, up to its *share* (its
+    listed size; no limit when unknown), however often it is copied (see the module
+    documentation). Steps are emitted only when the position moves on."""
+
+    def __init__(self, progress: ProgressManager | None) -> None:
+        self.progress = progress
+        self.position = 0
+        self.counted: dict[str, int] = {}  # key -> bytes of it in self.position
+
+    def start(self, key: str, share: int | None) -> _Copied:
+        """A new copy of *key*: what counts its bytes."""
+        return _Copied(self, key, share)
+
+    def advance(self, key: str, reached: int) -> None:
+        """*key*'s bytes count up to *reached* now (less is ignored)."""
+        before = self.counted.get(key, 0)
+        if reached > before:
+            self.counted[key] = reached
+            self.position += reached - before
+            if self.progress is not None:
+                self.progress.step(step=self.position)
+
+    def finish(self, key: str, share: int | None) -> None:
+        """*key* is done: a known *share* counts whole, whatever was copied of it."""
+        if share is not None:
+            self.advance(key, share)
 
 
 @dataclass(slots=True)
 class _Copied:
+    """One copy of *key*: ``size`` is the bytes it took, all counted in the report."""
+
+    counter: _Counter
+    key: str
+    share: int | None
     size: int = 0
 
-
-class _Counter:
-    """Counts the bytes streamed through it, reporting the running total as progress."""
-
-    def __init__(self, progress: ProgressManager | None) -> None:
-        self.progress = progress
-        self.total = 0
-
-    def whole(self, stream: IO[bytes], copied: _Copied) -> bytes:
+    def whole(self, stream: IO[bytes]) -> bytes:
         """All of *stream* (a small value) as bytes, counted."""
         data = stream.read()
-        self._count(len(data), copied)
+        self._count(len(data))
         return data
 
-    def _count(self, size: int, copied: _Copied) -> None:
-        copied.size += size
-        self.total += size
-        if self.progress is not None:
-            self.progress.step(step=self.total)
-
-    def stream(self, stream: IO[bytes], copied: _Copied) -> CountedFile:
+    def stream(self, stream: IO[bytes]) -> CountedFile:
         """*stream* read through this counter: a target that copies a regular file inside
         the kernel (:class:`~storekeeper.files.FileTail`) still counts every block."""
-        return CountedFile(stream, lambda size: self._count(size, copied))
+        return CountedFile(stream, self._count)
+
+    def _count(self, size: int) -> None:
+        self.size += size
+        reached = self.size if self.share is None else min(self.size, self.share)
+        self.counter.advance(self.key, reached)
