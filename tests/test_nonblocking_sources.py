@@ -10,6 +10,7 @@ test meets that answer, with no sleeps.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import os
 import resource
@@ -50,9 +51,11 @@ def _slow_pipe(read_fd: int | None = None) -> Iterator[_Watched]:
     rest, then closes, once the reader has found no data (at descriptor *read_fd*)."""
     read_end, write_end = os.pipe()
     if read_fd is not None:
-        os.dup2(read_end, read_fd)
+        # The lowest free descriptor from read_fd on: dup2 onto a fixed number would
+        # close whatever the process (the whole test suite) holds there.
+        high = fcntl.fcntl(read_end, fcntl.F_DUPFD, read_fd)
         os.close(read_end)
-        read_end = read_fd
+        read_end = high
     os.set_blocking(read_end, False)
     os.write(write_end, CONTENT[:FIRST])
     reader = _Watched(read_end)
@@ -102,8 +105,8 @@ def test_buffer_iterator_and_file_tail_wait_for_a_non_blocking_pipe(tmp_path: Pa
 def test_a_descriptor_over_1023_is_waited_for(store: AbstractStore) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     high = 1500
-    if soft <= high:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 2048), hard))
+    if soft <= high + 500:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
     try:
         with _slow_pipe(read_fd=high) as pipe:
             store.set("k", (pipe, {}))

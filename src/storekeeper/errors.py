@@ -25,7 +25,8 @@ builtins (``except KeyError``) keeps working::
     ├── CorruptFileError (ValueError)           a file exists but cannot be parsed
     ├── FileSystemStoreError (FileNotFoundError)   a FileSystemStore's directory is not a store
     ├── LockTimeoutError (TimeoutError)         an inter-process lock was not acquired in time
-    └── LockedStorageError (OSError)            session storage is locked by another writer
+    ├── LockedStorageError (OSError)            session storage is locked by another writer
+    └── OutputFileError (OSError)               a local file a value is saved to cannot be written
 
 Backend SDK errors (``sqlite3``, ``psycopg``, ``redis``, S3 SDKs) are translated into
 this tree at the backend edge with ``raise ... from exc``.
