@@ -1109,6 +1109,7 @@ print(json.dumps({"mounted": mounted, "results": results}))
 """
 
 
+@pytest.mark.soak  # several seconds: make soak runs it
 def test_a_full_disk_is_a_clear_error_and_keeps_the_old_value(tmp_path: Path) -> None:
     """A real ENOSPC: a 40 MiB tmpfs mounted in a private mount namespace (gone with the
     process), filled to leave from 64 KiB less to 192 KiB more than the new value needs,

@@ -90,7 +90,7 @@ def test_a_listener_connected_later_gets_every_change_after_it_connected(table: 
         PostgresStore(database_url(), table, listen=False) as writer,
     ):
         writer.set("before", (b"", {}))
-        for round_ in range(5):
+        for round_ in range(3):
             recorder = Recorder(manager)
             keys = recorder.keys
             # Written at once, most likely before the thread listens: the cursor read

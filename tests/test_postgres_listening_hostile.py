@@ -353,6 +353,7 @@ def _start_writer(table: str, key: str, kind: str, seconds: float) -> subprocess
     )
 
 
+@pytest.mark.soak  # several seconds: make soak runs it
 def test_listeners_churned_from_threads_while_processes_write(table: str) -> None:
     """Four threads each connect a listener, note each writer key's committed counter,
     let some writes pass, note it again, wait for that write's event and disconnect;

@@ -130,11 +130,11 @@ def _open_new_store_at_once(url: str, start: float, index: int, results: Any) ->
 
 
 def test_processes_opening_a_new_store_at_once_all_succeed(tmp_path: Path) -> None:
-    """Four processes open the same new database at the same moment, twenty times:
+    """Four processes open the same new database at the same moment, ten times:
     SQLite refuses a second simultaneous switch to WAL at once (without waiting), which
     must not reach the caller as a lock error."""
     context = multiprocessing.get_context("fork")
-    for round_ in range(20):
+    for round_ in range(10):
         url = f"sqlite:///{tmp_path / f'new-{round_}.db'}"
         start, results = time.time() + 0.2, context.Queue()
         processes = [
