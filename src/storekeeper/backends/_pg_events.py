@@ -46,13 +46,27 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+import psycopg_pool
 from psycopg import sql
 
 from storekeeper.backends._pg_schema import Schema
+from storekeeper.errors import NotConnectedError
+from storekeeper.store.backend import decode_metadata
+from storekeeper.store.events import (
+    StoreDeleteEvent,
+    StoreModificationEvent,
+    StoreSetEvent,
+    StoreUpdateEvent,
+)
 
-__all__ = ["Change", "Listener", "Position", "maintain", "newest", "position"]
+__all__ = ["Change", "Listener", "Position", "maintain", "newest", "position", "read_position"]
 
 _log = logging.getLogger(__name__)
+_ACTIONS: dict[str, type[StoreModificationEvent]] = {
+    "set": StoreSetEvent,
+    "update": StoreUpdateEvent,
+    "delete": StoreDeleteEvent,
+}
 #: Changes before the cursor read again after a reconnection: ids are taken when a
 #: change is written, so one written earlier may commit after a later one.
 _SLACK = 1000
@@ -70,6 +84,23 @@ class Change:
     #: The version the change gave the key (``None`` for a delete, and for changes
     #: logged before versions were).
     version: int | None = None
+
+    @property
+    def event_class(self) -> type[StoreModificationEvent]:
+        """The event class of the change's action (a set for an unknown one)."""
+        return _ACTIONS.get(self.action, StoreSetEvent)
+
+    def event(self, source: object) -> StoreModificationEvent:
+        """The remote event announcing this change, as *source* emits it."""
+        return self.event_class(
+            source,
+            key=self.key,
+            metadata=None if self.metadata is None else decode_metadata(self.metadata),
+            remote=True,
+            origin=self.origin,
+            version=None if self.version is None else str(self.version),
+            change_id=self.id,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +123,24 @@ def position(conn: psycopg.Connection[Any], schema: Schema) -> Position:
     ).fetchall()
     committed = frozenset(int(row[0]) for row in rows)
     return Position(max(committed, default=0), committed)
+
+
+def read_position(
+    pool: Callable[[], psycopg_pool.ConnectionPool[Any]],
+    schema: Schema,
+    timeout: float,
+    what: object,
+) -> Position | None:
+    """The change log's position, read on a connection of ``pool()`` (waiting at most
+    *timeout* seconds for one), or ``None`` with a logged warning naming *what* if the
+    server cannot say now or the store is no longer connected (see
+    :meth:`Listener.activate`)."""
+    try:
+        with pool().connection(timeout=timeout) as conn:
+            return position(conn, schema)
+    except (psycopg.Error, NotConnectedError) as exc:
+        _log.warning("%r could not read its change log position: %s", what, exc)
+        return None
 
 
 def maintain(

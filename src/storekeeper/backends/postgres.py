@@ -66,13 +66,20 @@ from psycopg.conninfo import conninfo_to_dict
 
 from storekeeper.backends._pg_connections import Connections
 from storekeeper.backends._pg_errors import shown, translate
-from storekeeper.backends._pg_events import Change, Listener, Position, maintain, position
+from storekeeper.backends._pg_events import (
+    Change,
+    Listener,
+    Position,
+    maintain,
+    position,
+    read_position,
+)
 from storekeeper.backends._pg_query import Indexes
 from storekeeper.backends._pg_reads import Reads
 from storekeeper.backends._pg_schema import Schema
 from storekeeper.backends._pg_values import copy_chunks, rechunk, take
 from storekeeper.backends._pg_writes import Row, Writes
-from storekeeper.errors import InvalidURLError, NotConnectedError
+from storekeeper.errors import InvalidURLError
 from storekeeper.events import BaseEventManager
 from storekeeper.store import urls
 from storekeeper.store.abstract import AbstractStore
@@ -127,11 +134,6 @@ _URL_OPTIONS = {
     "change_log_size": urls.count,
     "max_indexes": urls.count,
     "listen": urls.flag,
-}
-_ACTIONS: dict[str, type[StoreModificationEvent]] = {
-    "set": StoreSetEvent,
-    "update": StoreUpdateEvent,
-    "delete": StoreDeleteEvent,
 }
 #: Longest table name: the names derived from it must fit PostgreSQL's 63 bytes.
 _MAX_TABLE_BYTES = 40
@@ -344,15 +346,8 @@ class PostgresStore(AbstractStore):
             listener.activate(start or self._position())
 
     def _position(self) -> Position | None:
-        """The change log's position, or ``None`` if the server cannot say now (see
-        :meth:`Listener.activate`)."""
-        try:
-            # Briefly: this runs inside the event manager's connect().
-            with self._connections.pool().connection(timeout=_POSITION_TIMEOUT) as conn:
-                return position(conn, self._schema)
-        except (psycopg.Error, NotConnectedError) as exc:
-            _log.warning("%r could not read its change log position: %s", self, exc)
-            return None
+        # Briefly: this runs inside the event manager's connect().
+        return read_position(self._connections.pool, self._schema, _POSITION_TIMEOUT, self)
 
     def disconnect(self) -> None:
         """Stop the listener and close the pool."""
@@ -412,21 +407,8 @@ class PostgresStore(AbstractStore):
 
     def _deliver(self, change: Change) -> None:
         """Emit a change another store object made, from the listener thread."""
-        cls = _ACTIONS.get(change.action, StoreSetEvent)
-        if not self.event_manager.has_listeners(cls):
-            return
-        metadata = None if change.metadata is None else decode_metadata(change.metadata)
-        self.event_manager.emit(
-            cls(
-                self,
-                key=change.key,
-                metadata=metadata,
-                remote=True,
-                origin=change.origin,
-                version=None if change.version is None else str(change.version),
-                change_id=change.id,
-            )
-        )
+        if self.event_manager.has_listeners(change.event_class):
+            self.event_manager.emit(change.event(self))
 
     # -- reads ---------------------------------------------------------------------------
     def get(self, key: str) -> Value:
